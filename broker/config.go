@@ -1,0 +1,611 @@
+package broker
+
+import (
+	"bytes"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"regexp"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Config is valet's server configuration, read from YAML. Unknown keys are
+// errors. Zero values are replaced by defaults in ApplyDefaults; Validate
+// names the offending field in every message.
+type Config struct {
+	Listen    string `yaml:"listen"`
+	DataDir   string `yaml:"data_dir"`
+	PublicURL string `yaml:"public_url"`
+	// KEKFile holds the hex key-encryption key for signing keys at rest.
+	// VALET_KEK in the environment takes precedence.
+	KEKFile string `yaml:"kek_file"`
+
+	TLS       *TLSConfig       `yaml:"tls"`
+	Issuers   []IssuerConfig   `yaml:"issuers"`
+	Backends  []BackendConfig  `yaml:"backends"`
+	Roles     []Role           `yaml:"roles"`
+	Policy    PolicyConfig     `yaml:"policy"`
+	Operators OperatorsConfig  `yaml:"operators"`
+	Limits    LimitsConfig     `yaml:"limits"`
+	Leases    LeasesConfig     `yaml:"leases"`
+	Audit     AuditConfig      `yaml:"audit"`
+	Log       LogConfig        `yaml:"log"`
+}
+
+// TLSConfig turns on HTTPS, optionally with client certificates.
+type TLSConfig struct {
+	CertFile     string `yaml:"cert_file"`
+	KeyFile      string `yaml:"key_file"`
+	ClientCAFile string `yaml:"client_ca_file"`
+	// ClientAuth is "none" (default), "verify_if_given" or "require".
+	ClientAuth string `yaml:"client_auth"`
+}
+
+// Issuer types. Presets set defaults (discovery, claim mappings, lineage) for
+// well-known workload identity platforms.
+const (
+	IssuerOIDC       = "oidc"
+	IssuerKubernetes = "kubernetes"
+	IssuerGitHub     = "github"
+	IssuerSPIFFE     = "spiffe"
+)
+
+// GitHubActionsIssuer is the iss of GitHub Actions OIDC tokens.
+const GitHubActionsIssuer = "https://token.actions.githubusercontent.com"
+
+// IssuerConfig is one trusted attestation issuer (or operator SSO issuer).
+type IssuerConfig struct {
+	Name string `yaml:"name"`
+	// Type is oidc (default), kubernetes, github or spiffe.
+	Type string `yaml:"type"`
+	// Issuer is the exact iss claim tokens must carry. For spiffe issuers it
+	// may be empty: tokens without iss are then matched by TrustDomain.
+	Issuer string `yaml:"issuer"`
+	// TrustDomain is the SPIFFE trust domain (spiffe only).
+	TrustDomain string `yaml:"trust_domain"`
+	// Audiences: a token's aud (string or array) must contain one of them.
+	Audiences []string `yaml:"audiences"`
+	// Exactly one key source: JWKSFile, JWKSURL or Discovery.
+	JWKSFile  string `yaml:"jwks_file"`
+	JWKSURL   string `yaml:"jwks_url"`
+	Discovery bool   `yaml:"discovery"`
+	// CAFile verifies the TLS certificate of JWKSURL or the discovery URL.
+	CAFile string `yaml:"ca_file"`
+	// Algorithms allowed for this issuer, e.g. [RS256, ES256]. Asymmetric only.
+	Algorithms []string `yaml:"algorithms"`
+	// ClockSkew tolerated on exp, nbf and iat (default 30s, at most 5m).
+	ClockSkew Duration `yaml:"clock_skew"`
+	// MaxTokenAge rejects tokens whose iat is older than this (default 24h);
+	// tokens without iat are rejected when it is set.
+	MaxTokenAge Duration `yaml:"max_token_age"`
+	// RequireJTI makes each token single-use: its jti is consumed and
+	// remembered until the token expires.
+	RequireJTI bool `yaml:"require_jti"`
+	// SubjectClaim names the claim used as the agent's subject (default sub).
+	SubjectClaim string `yaml:"subject_claim"`
+	// ClaimMappings maps principal attribute names to claim paths
+	// (dot-separated for nested claims), e.g. team: "ext.team".
+	ClaimMappings map[string]string `yaml:"claim_mappings"`
+	// JWKSRefreshInterval is the least time between two key fetches caused by
+	// an unknown kid (default 1m); JWKSCacheTTL is how long fetched keys are
+	// used before a scheduled refresh (default 1h).
+	JWKSRefreshInterval Duration `yaml:"jwks_refresh_interval"`
+	JWKSCacheTTL        Duration `yaml:"jwks_cache_ttl"`
+}
+
+// BackendConfig is one credential backend. Name and Type are common; every
+// other key belongs to the backend type and is decoded strictly by it.
+type BackendConfig struct {
+	Name    string         `yaml:"name"`
+	Type    string         `yaml:"type"`
+	Options map[string]any `yaml:",inline"`
+}
+
+// Role is a named kind of credential agents can ask for.
+type Role struct {
+	Name        string `yaml:"name"`
+	Description string `yaml:"description"`
+	Backend     string `yaml:"backend"`
+	// TTL is the default lease TTL; MaxTTL caps requests and renewals
+	// (measured from the lease's creation).
+	TTL    Duration `yaml:"ttl"`
+	MaxTTL Duration `yaml:"max_ttl"`
+	// Audience and Scopes describe what the credential is for; the jwt
+	// backend puts them in aud and scope.
+	Audience []string `yaml:"audience"`
+	Scopes   []string `yaml:"scopes"`
+	// Labels are free-form attributes policies can test (resource.labels).
+	Labels   map[string]string `yaml:"labels"`
+	Approval ApprovalConfig    `yaml:"approval"`
+	// Renewable allows renewals up to MaxTTL (default true).
+	Renewable *bool `yaml:"renewable"`
+	// Params are backend-specific and validated by the backend.
+	Params map[string]any `yaml:"params"`
+}
+
+// IsRenewable reports whether leases of the role may be renewed.
+func (r *Role) IsRenewable() bool { return r.Renewable == nil || *r.Renewable }
+
+// ApprovalConfig says whether minting a role needs operator approval.
+type ApprovalConfig struct {
+	// Required is the number of distinct operators who must approve.
+	Required int `yaml:"required"`
+}
+
+// PolicyConfig locates the Cedar policies.
+type PolicyConfig struct {
+	// Dir holds *.cedar files, loaded in name order.
+	Dir string `yaml:"dir"`
+	// Watch reloads the policies when a file in Dir changes (default true);
+	// SIGHUP always reloads.
+	Watch *bool `yaml:"watch"`
+}
+
+// OperatorsConfig says who may act as an operator.
+type OperatorsConfig struct {
+	Tokens  []OperatorToken `yaml:"tokens"`
+	Issuers []IssuerConfig  `yaml:"issuers"`
+}
+
+// OperatorToken is a static operator bearer token, stored as its SHA-256.
+type OperatorToken struct {
+	Name   string   `yaml:"name"`
+	SHA256 string   `yaml:"sha256"`
+	Groups []string `yaml:"groups"`
+}
+
+// LimitsConfig bounds what a client can make valet do.
+type LimitsConfig struct {
+	MaxBodyBytes        int64    `yaml:"max_body_bytes"`        // default 64 KiB
+	MaxHeaderBytes      int      `yaml:"max_header_bytes"`      // default 32 KiB
+	MaxAttestationBytes int      `yaml:"max_attestation_bytes"` // default 16 KiB
+	AgentRate           float64  `yaml:"agent_rate"`            // requests per second per agent (default 10; 0 keeps the default, negative disables)
+	AgentBurst          int      `yaml:"agent_burst"`           // default 20
+	MintTimeout         Duration `yaml:"mint_timeout"`          // default 10s
+}
+
+// LeasesConfig tunes revocation.
+type LeasesConfig struct {
+	// RevokeAttempts is how many failed revocations make a lease irrevocable
+	// (default 8). Irrevocable leases keep being retried, at RevokeMaxBackoff,
+	// until their expiry has passed.
+	RevokeAttempts    int      `yaml:"revoke_attempts"`
+	RevokeBackoff     Duration `yaml:"revoke_backoff"`     // first retry delay (default 1s)
+	RevokeMaxBackoff  Duration `yaml:"revoke_max_backoff"` // default 5m
+	RevokeConcurrency int      `yaml:"revoke_concurrency"` // default 16
+	// Retention is how long ended leases stay queryable (default 7 days).
+	Retention Duration `yaml:"retention"`
+}
+
+// AuditConfig adds an optional JSON-lines copy of the audit log for a SIEM.
+type AuditConfig struct {
+	// Sink is "", "stdout" or a file path.
+	Sink string `yaml:"sink"`
+}
+
+// LogConfig sets the log level (debug, info, warn, error).
+type LogConfig struct {
+	Level string `yaml:"level"`
+}
+
+// LoadConfig reads and strictly decodes a YAML config file, applies defaults
+// and validates it. Relative paths in the file are resolved against the
+// file's directory.
+func LoadConfig(path string) (*Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	cfg, err := ParseConfig(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// ParseConfig strictly decodes YAML (unknown keys are errors), applies
+// defaults and validates.
+func ParseConfig(b []byte) (*Config, error) {
+	var cfg Config
+	if err := DecodeStrict(b, &cfg); err != nil {
+		return nil, err
+	}
+	cfg.ApplyDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &cfg, nil
+}
+
+// DecodeStrict decodes YAML into v, rejecting unknown keys and trailing
+// documents.
+func DecodeStrict(b []byte, v any) error {
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(v); err != nil {
+		if errors.Is(err, io.EOF) {
+			return errors.New("config is empty")
+		}
+		return err
+	}
+	var extra any
+	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
+		return errors.New("config must be a single YAML document")
+	}
+	return nil
+}
+
+// DecodeOptions strictly decodes a backend's options or a role's params into
+// v (a pointer to the backend's own config struct).
+func DecodeOptions(opts map[string]any, v any) error {
+	if len(opts) == 0 {
+		return nil
+	}
+	b, err := yaml.Marshal(opts)
+	if err != nil {
+		return err
+	}
+	return DecodeStrict(b, v)
+}
+
+// Defaults.
+const (
+	DefaultListen              = "127.0.0.1:8750"
+	DefaultMaxBodyBytes        = 64 << 10
+	DefaultMaxHeaderBytes      = 32 << 10
+	DefaultMaxAttestationBytes = 16 << 10
+	DefaultClockSkew           = 30 * time.Second
+	MaxClockSkew               = 5 * time.Minute
+	DefaultMaxTokenAge         = 24 * time.Hour
+)
+
+// ApplyDefaults fills zero values with defaults.
+func (c *Config) ApplyDefaults() {
+	if c.Listen == "" {
+		c.Listen = DefaultListen
+	}
+	if c.PublicURL == "" {
+		c.PublicURL = "http://" + c.Listen
+	}
+	c.PublicURL = strings.TrimRight(c.PublicURL, "/")
+	for i := range c.Issuers {
+		c.Issuers[i].applyDefaults()
+	}
+	for i := range c.Operators.Issuers {
+		c.Operators.Issuers[i].applyDefaults()
+	}
+	for i := range c.Roles {
+		r := &c.Roles[i]
+		if r.TTL == 0 {
+			r.TTL = Duration(15 * time.Minute)
+		}
+		if r.MaxTTL == 0 {
+			r.MaxTTL = Duration(max(time.Hour, r.TTL.D()))
+		}
+	}
+	if c.Policy.Watch == nil {
+		t := true
+		c.Policy.Watch = &t
+	}
+	l := &c.Limits
+	if l.MaxBodyBytes == 0 {
+		l.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	if l.MaxHeaderBytes == 0 {
+		l.MaxHeaderBytes = DefaultMaxHeaderBytes
+	}
+	if l.MaxAttestationBytes == 0 {
+		l.MaxAttestationBytes = DefaultMaxAttestationBytes
+	}
+	if l.AgentRate == 0 {
+		l.AgentRate = 10
+	}
+	if l.AgentBurst == 0 {
+		l.AgentBurst = 20
+	}
+	if l.MintTimeout == 0 {
+		l.MintTimeout = Duration(10 * time.Second)
+	}
+	lc := &c.Leases
+	if lc.RevokeAttempts == 0 {
+		lc.RevokeAttempts = 8
+	}
+	if lc.RevokeBackoff == 0 {
+		lc.RevokeBackoff = Duration(time.Second)
+	}
+	if lc.RevokeMaxBackoff == 0 {
+		lc.RevokeMaxBackoff = Duration(5 * time.Minute)
+	}
+	if lc.RevokeConcurrency == 0 {
+		lc.RevokeConcurrency = 16
+	}
+	if lc.Retention == 0 {
+		lc.Retention = Duration(7 * 24 * time.Hour)
+	}
+	if c.Log.Level == "" {
+		c.Log.Level = "info"
+	}
+}
+
+func (ic *IssuerConfig) applyDefaults() {
+	if ic.Type == "" {
+		ic.Type = IssuerOIDC
+	}
+	if ic.Type == IssuerGitHub {
+		if ic.Issuer == "" {
+			ic.Issuer = GitHubActionsIssuer
+		}
+		if ic.JWKSFile == "" && ic.JWKSURL == "" {
+			ic.Discovery = true
+		}
+	}
+	if len(ic.Algorithms) == 0 {
+		ic.Algorithms = []string{"RS256", "ES256"}
+	}
+	if ic.ClockSkew == 0 {
+		ic.ClockSkew = Duration(DefaultClockSkew)
+	}
+	if ic.MaxTokenAge == 0 {
+		ic.MaxTokenAge = Duration(DefaultMaxTokenAge)
+	}
+	if ic.SubjectClaim == "" {
+		ic.SubjectClaim = "sub"
+	}
+	if ic.JWKSRefreshInterval == 0 {
+		ic.JWKSRefreshInterval = Duration(time.Minute)
+	}
+	if ic.JWKSCacheTTL == 0 {
+		ic.JWKSCacheTTL = Duration(time.Hour)
+	}
+}
+
+var namePattern = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
+
+// allowedAlgorithms are the asymmetric JWS algorithms an issuer may allow.
+var allowedAlgorithms = map[string]bool{
+	"RS256": true, "RS384": true, "RS512": true,
+	"PS256": true, "PS384": true, "PS512": true,
+	"ES256": true, "ES384": true, "ES512": true,
+	"EdDSA": true,
+}
+
+// Validate checks the whole configuration and names the offending field in
+// each error, e.g. "issuers[1].audiences must not be empty".
+func (c *Config) Validate() error {
+	var errs []error
+	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		add("listen %q must be host:port", c.Listen)
+	}
+	if c.DataDir == "" {
+		add("data_dir must be set")
+	}
+	if u, err := url.Parse(c.PublicURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		add("public_url %q must be an absolute http(s) URL", c.PublicURL)
+	}
+	if c.TLS != nil {
+		if c.TLS.CertFile == "" || c.TLS.KeyFile == "" {
+			add("tls.cert_file and tls.key_file must both be set")
+		}
+		switch c.TLS.ClientAuth {
+		case "", "none":
+		case "verify_if_given", "require":
+			if c.TLS.ClientCAFile == "" {
+				add("tls.client_ca_file must be set when tls.client_auth is %q", c.TLS.ClientAuth)
+			}
+		default:
+			add("tls.client_auth %q must be none, verify_if_given or require", c.TLS.ClientAuth)
+		}
+	}
+
+	if len(c.Issuers) == 0 {
+		add("issuers must list at least one trusted attestation issuer")
+	}
+	errs = append(errs, validateIssuers("issuers", c.Issuers)...)
+	errs = append(errs, validateIssuers("operators.issuers", c.Operators.Issuers)...)
+
+	backends := map[string]bool{}
+	for i, b := range c.Backends {
+		f := fmt.Sprintf("backends[%d]", i)
+		if !namePattern.MatchString(b.Name) {
+			add("%s.name %q must be lower-case letters, digits, '.', '_' or '-' (at most 63)", f, b.Name)
+		}
+		if backends[b.Name] {
+			add("%s.name %q is used twice", f, b.Name)
+		}
+		backends[b.Name] = true
+		if b.Type == "" {
+			add("%s.type must be set", f)
+		}
+	}
+
+	roles := map[string]bool{}
+	for i, r := range c.Roles {
+		f := fmt.Sprintf("roles[%d]", i)
+		if !namePattern.MatchString(r.Name) {
+			add("%s.name %q must be lower-case letters, digits, '.', '_' or '-' (at most 63)", f, r.Name)
+		}
+		if roles[r.Name] {
+			add("%s.name %q is used twice", f, r.Name)
+		}
+		roles[r.Name] = true
+		if !backends[r.Backend] {
+			add("%s.backend %q is not one of the configured backends", f, r.Backend)
+		}
+		if r.TTL <= 0 {
+			add("%s.ttl must be positive", f)
+		}
+		if r.MaxTTL < r.TTL {
+			add("%s.max_ttl (%s) must not be less than ttl (%s)", f, r.MaxTTL, r.TTL)
+		}
+		if r.Approval.Required < 0 || r.Approval.Required > 10 {
+			add("%s.approval.required must be between 0 and 10", f)
+		}
+		for j, s := range r.Scopes {
+			if s == "" || strings.ContainsAny(s, " \t\n\"\\") {
+				add("%s.scopes[%d] %q must be a non-empty token without spaces or quotes", f, j, s)
+			}
+		}
+	}
+
+	if c.Policy.Dir == "" {
+		add("policy.dir must be set (a directory of *.cedar files)")
+	}
+
+	seenOps := map[string]bool{}
+	for i, t := range c.Operators.Tokens {
+		f := fmt.Sprintf("operators.tokens[%d]", i)
+		if t.Name == "" {
+			add("%s.name must be set", f)
+		}
+		if seenOps[t.Name] {
+			add("%s.name %q is used twice", f, t.Name)
+		}
+		seenOps[t.Name] = true
+		if b, err := hex.DecodeString(t.SHA256); err != nil || len(b) != 32 {
+			add("%s.sha256 must be the hex SHA-256 of the token (64 hex digits); `valet token hash` prints it", f)
+		}
+	}
+
+	l := c.Limits
+	if l.MaxBodyBytes < 1024 || l.MaxBodyBytes > 16<<20 {
+		add("limits.max_body_bytes must be between 1024 and 16777216")
+	}
+	if l.MaxHeaderBytes < 4096 || l.MaxHeaderBytes > 1<<20 {
+		add("limits.max_header_bytes must be between 4096 and 1048576")
+	}
+	if l.MaxAttestationBytes < 1024 || l.MaxAttestationBytes > 1<<20 {
+		add("limits.max_attestation_bytes must be between 1024 and 1048576")
+	}
+	if l.AgentBurst < 1 {
+		add("limits.agent_burst must be at least 1")
+	}
+	if l.MintTimeout < Duration(100*time.Millisecond) || l.MintTimeout > Duration(5*time.Minute) {
+		add("limits.mint_timeout must be between 100ms and 5m")
+	}
+	lc := c.Leases
+	if lc.RevokeAttempts < 1 {
+		add("leases.revoke_attempts must be at least 1")
+	}
+	if lc.RevokeBackoff <= 0 || lc.RevokeMaxBackoff < lc.RevokeBackoff {
+		add("leases.revoke_backoff must be positive and leases.revoke_max_backoff not less than it")
+	}
+	if lc.RevokeConcurrency < 1 || lc.RevokeConcurrency > 1024 {
+		add("leases.revoke_concurrency must be between 1 and 1024")
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		add("log.level %q must be debug, info, warn or error", c.Log.Level)
+	}
+	return errors.Join(errs...)
+}
+
+func validateIssuers(field string, issuers []IssuerConfig) []error {
+	var errs []error
+	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	names := map[string]bool{}
+	isses := map[string]bool{}
+	for i, ic := range issuers {
+		f := fmt.Sprintf("%s[%d]", field, i)
+		if !namePattern.MatchString(ic.Name) {
+			add("%s.name %q must be lower-case letters, digits, '.', '_' or '-' (at most 63)", f, ic.Name)
+		}
+		if names[ic.Name] {
+			add("%s.name %q is used twice", f, ic.Name)
+		}
+		names[ic.Name] = true
+		switch ic.Type {
+		case IssuerOIDC, IssuerKubernetes, IssuerGitHub:
+			if ic.Issuer == "" {
+				add("%s.issuer must be set (the exact iss claim of its tokens)", f)
+			}
+			if ic.TrustDomain != "" {
+				add("%s.trust_domain is only for type spiffe", f)
+			}
+		case IssuerSPIFFE:
+			if ic.Issuer == "" && ic.TrustDomain == "" {
+				add("%s: a spiffe issuer needs issuer or trust_domain", f)
+			}
+		default:
+			add("%s.type %q must be oidc, kubernetes, github or spiffe", f, ic.Type)
+		}
+		if ic.Issuer != "" {
+			if isses[ic.Issuer] {
+				add("%s.issuer %q is trusted twice; each iss must map to one issuer", f, ic.Issuer)
+			}
+			isses[ic.Issuer] = true
+		}
+		if len(ic.Audiences) == 0 {
+			add("%s.audiences must not be empty", f)
+		}
+		for j, a := range ic.Audiences {
+			if a == "" {
+				add("%s.audiences[%d] must not be empty", f, j)
+			}
+		}
+		sources := 0
+		for _, s := range []bool{ic.JWKSFile != "", ic.JWKSURL != "", ic.Discovery} {
+			if s {
+				sources++
+			}
+		}
+		if sources != 1 {
+			add("%s needs exactly one of jwks_file, jwks_url or discovery: true", f)
+		}
+		if ic.JWKSURL != "" {
+			if u, err := url.Parse(ic.JWKSURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+				add("%s.jwks_url %q must be an absolute http(s) URL", f, ic.JWKSURL)
+			}
+		}
+		if ic.Discovery {
+			if u, err := url.Parse(ic.Issuer); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+				add("%s.issuer %q must be an http(s) URL when discovery is true", f, ic.Issuer)
+			}
+		}
+		if len(ic.Algorithms) == 0 {
+			add("%s.algorithms must not be empty", f)
+		}
+		for j, a := range ic.Algorithms {
+			if !allowedAlgorithms[a] {
+				add("%s.algorithms[%d] %q is not allowed; use RS256/384/512, PS256/384/512, ES256/384/512 or EdDSA", f, j, a)
+			}
+		}
+		if ic.ClockSkew < 0 || ic.ClockSkew.D() > MaxClockSkew {
+			add("%s.clock_skew must be between 0 and %s", f, MaxClockSkew)
+		}
+		if ic.MaxTokenAge < 0 {
+			add("%s.max_token_age must not be negative", f)
+		}
+		if ic.JWKSRefreshInterval < Duration(time.Second) {
+			add("%s.jwks_refresh_interval must be at least 1s", f)
+		}
+		if ic.JWKSCacheTTL < ic.JWKSRefreshInterval {
+			add("%s.jwks_cache_ttl must not be less than jwks_refresh_interval", f)
+		}
+		for k, v := range ic.ClaimMappings {
+			if k == "" || v == "" {
+				add("%s.claim_mappings: attribute names and claim paths must not be empty", f)
+			}
+		}
+	}
+	return errs
+}
+
+// Role returns the role named name, or nil.
+func (c *Config) Role(name string) *Role {
+	for i := range c.Roles {
+		if c.Roles[i].Name == name {
+			return &c.Roles[i]
+		}
+	}
+	return nil
+}

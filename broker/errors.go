@@ -1,0 +1,84 @@
+package broker
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Error codes. Every error valet returns to a client carries one of these; the
+// HTTP layer maps each code to exactly one status (broker/api).
+const (
+	EINVALID      = "invalid"       // the request is malformed or breaks a rule
+	EUNAUTHORIZED = "unauthorized"  // no, or no valid, attestation or operator token
+	EFORBIDDEN    = "forbidden"     // authenticated, but policy or state says no
+	ENOTFOUND     = "not_found"     // no such role, lease, grant, ...
+	ECONFLICT     = "conflict"      // the object is not in a state that allows this
+	ETOOLARGE     = "too_large"     // body or token over its size limit
+	ERATELIMIT    = "rate_limited"  // too many requests from this agent
+	EUNAVAILABLE  = "unavailable"   // a dependency (backend, store) is down; retry later
+	EBADGATEWAY   = "backend_error" // a backend answered with an error
+	EINTERNAL     = "internal"      // a bug or an unexpected failure; details only in logs
+)
+
+// Error is valet's error type. Message is safe to show to the client and says
+// what was wrong and how to fix it; Err, when set, is the internal cause and is
+// only logged.
+type Error struct {
+	Code    string
+	Message string
+	Err     error
+}
+
+// Error returns the message and, if present, the internal cause.
+func (e *Error) Error() string {
+	if e.Err != nil {
+		return fmt.Sprintf("%s: %s: %v", e.Code, e.Message, e.Err)
+	}
+	return fmt.Sprintf("%s: %s", e.Code, e.Message)
+}
+
+// Unwrap returns the internal cause.
+func (e *Error) Unwrap() error { return e.Err }
+
+// Is reports whether target is an *Error with the same code and message, so
+// sentinel errors such as ErrQuarantined can be matched with errors.Is.
+func (e *Error) Is(target error) bool {
+	t, ok := target.(*Error)
+	return ok && t.Code == e.Code && t.Message == e.Message
+}
+
+// Errorf returns an *Error with the given code and a formatted client message.
+func Errorf(code, format string, args ...any) *Error {
+	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// Wrap returns an *Error with a client message and an internal cause.
+func Wrap(code string, err error, format string, args ...any) *Error {
+	return &Error{Code: code, Message: fmt.Sprintf(format, args...), Err: err}
+}
+
+// ErrorCode returns the code of the first *Error in err's chain, EINTERNAL for
+// any other non-nil error, and "" for nil.
+func ErrorCode(err error) string {
+	if err == nil {
+		return ""
+	}
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Code
+	}
+	return EINTERNAL
+}
+
+// ErrorMessage returns the client-safe message of err. Errors that are not an
+// *Error, and EINTERNAL errors, get a generic message so internals never leak.
+func ErrorMessage(err error) string {
+	if err == nil {
+		return ""
+	}
+	var e *Error
+	if errors.As(err, &e) && e.Code != EINTERNAL {
+		return e.Message
+	}
+	return "internal error; the server log has details under this request id"
+}

@@ -1,0 +1,42 @@
+package broker
+
+import (
+	"context"
+	"time"
+
+	"github.com/valet-broker/valet/leases"
+)
+
+// Principal is a verified workload identity: who is asking, according to a
+// trusted attestation issuer. It is derived from a token on every request and
+// never registered ahead of time.
+type Principal struct {
+	// ID is the stable agent id, "<issuer-name>/<sub>".
+	ID string
+	// Issuer is the name of the trusted issuer in valet's configuration.
+	Issuer string
+	// IssuerURL is the token's iss claim.
+	IssuerURL string
+	// Subject is the token's subject (sub, or the issuer's subject claim).
+	Subject string
+	// Claims holds every verified claim of the token, as decoded from JSON.
+	Claims map[string]any
+	// Attributes are the issuer's mapped attributes, e.g. namespace,
+	// service_account, repository. Policies see them as principal attributes.
+	Attributes map[string]string
+	// Lineage identifies the attestation the principal came from, so leases
+	// derived from it can be found and revoked together.
+	Lineage leases.Lineage
+	// IssuedAt and ExpiresAt are the token's iat (zero if absent) and exp.
+	IssuedAt  time.Time
+	ExpiresAt time.Time
+}
+
+// Verifier turns a raw attestation into a Principal.
+type Verifier interface {
+	// Verify checks the token against the trusted issuers. It returns an
+	// *Error with code EUNAUTHORIZED (the message says which rule failed) or
+	// ETOOLARGE (the token is over the size limit); EUNAVAILABLE when an
+	// issuer's keys cannot be fetched.
+	Verify(ctx context.Context, token string) (*Principal, error)
+}
