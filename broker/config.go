@@ -27,16 +27,16 @@ type Config struct {
 	// VALET_KEK in the environment takes precedence.
 	KEKFile string `yaml:"kek_file"`
 
-	TLS       *TLSConfig       `yaml:"tls"`
-	Issuers   []IssuerConfig   `yaml:"issuers"`
-	Backends  []BackendConfig  `yaml:"backends"`
-	Roles     []Role           `yaml:"roles"`
-	Policy    PolicyConfig     `yaml:"policy"`
-	Operators OperatorsConfig  `yaml:"operators"`
-	Limits    LimitsConfig     `yaml:"limits"`
-	Leases    LeasesConfig     `yaml:"leases"`
-	Audit     AuditConfig      `yaml:"audit"`
-	Log       LogConfig        `yaml:"log"`
+	TLS       *TLSConfig      `yaml:"tls"`
+	Issuers   []IssuerConfig  `yaml:"issuers"`
+	Backends  []BackendConfig `yaml:"backends"`
+	Roles     []Role          `yaml:"roles"`
+	Policy    PolicyConfig    `yaml:"policy"`
+	Operators OperatorsConfig `yaml:"operators"`
+	Limits    LimitsConfig    `yaml:"limits"`
+	Leases    LeasesConfig    `yaml:"leases"`
+	Audit     AuditConfig     `yaml:"audit"`
+	Log       LogConfig       `yaml:"log"`
 }
 
 // TLSConfig turns on HTTPS, optionally with client certificates.
