@@ -26,8 +26,8 @@ type AuthzRequest struct {
 type AuthzContext struct {
 	TTL       time.Duration // context.ttl_seconds
 	Reason    string        // context.reason
-	SourceIP  string        // context.source_ip
-	Now       time.Time     // context.now (seconds since the Unix epoch) and context.hour / context.weekday (UTC)
+	SourceIP  string        // context.source_ip (ipaddr)
+	Now       time.Time     // context.now (datetime), context.now_unix, context.hour (0-23 UTC), context.weekday ("mon".."sun", UTC)
 	Risk      int           // context.risk, 0..100
 	Approvals int           // context.approvals, distinct approvers
 }
