@@ -1,0 +1,165 @@
+// Package backends defines what valet needs from a credential backend: mint
+// a credential that expires on its own, and revoke it by handle. Optional
+// capabilities (renewal, keys for resource servers) are separate one-method
+// interfaces that a backend implements only if it can.
+package backends
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"time"
+
+	"github.com/valet-broker/valet/broker/clock"
+)
+
+// Backend mints and revokes credentials.
+type Backend interface {
+	// Mint issues a credential for req. The credential must expire on its own
+	// no later than req.ExpiresAt (invariant 2) and must carry
+	// req.CorrelationID wherever the backend can store it, so an orphan left
+	// by a crash can be found. Errors wrap ErrUnavailable when the backend
+	// cannot be reached (the broker answers 503).
+	Mint(ctx context.Context, req MintRequest) (*Credential, error)
+	// Revoke ends a credential. ref.Handle is empty when the lease was
+	// recovered from a crash before the backend answered; the backend then
+	// revokes by ref.CorrelationID if it can, or returns nil if nothing can
+	// have been issued. Revoking an already revoked or expired credential
+	// returns nil.
+	Revoke(ctx context.Context, ref Ref) error
+}
+
+// Renewer is implemented by backends whose credentials can be extended.
+type Renewer interface {
+	// Renew extends the credential to expire no later than expiresAt.
+	Renew(ctx context.Context, ref Ref, req MintRequest) (*Renewal, error)
+}
+
+// Renewal is the outcome of a renewal.
+type Renewal struct {
+	// ExpiresAt is the credential's new expiry, at most the requested one.
+	ExpiresAt time.Time
+	// Data, when set, is a reissued credential that replaces the old one
+	// (self-contained tokens cannot be extended in place).
+	Data map[string]any
+}
+
+// RoleChecker is implemented by backends with role parameters; valet calls
+// it at start-up so a bad role fails the config, not a mint.
+type RoleChecker interface {
+	CheckRole(role RoleSpec) error
+}
+
+// MintRequest is everything a backend may use to mint.
+type MintRequest struct {
+	// CorrelationID is the lease id; it is also the JWT id for the jwt
+	// backend.
+	CorrelationID string
+	AgentID       string
+	Role          RoleSpec
+	// Attributes are the principal's mapped attributes, for templating.
+	Attributes map[string]string
+	IssuedAt   time.Time
+	ExpiresAt  time.Time
+	// Scope is the client's requested narrowing (optional, backend-defined).
+	Scope map[string]any
+}
+
+// RoleSpec is the part of a role a backend sees.
+type RoleSpec struct {
+	Name     string
+	Audience []string
+	Scopes   []string
+	Params   map[string]any
+}
+
+// Credential is what a backend issued.
+type Credential struct {
+	// Handle revokes the credential later; it is stored, so it must not be
+	// the secret (an accessor, a lease id, a JWT id).
+	Handle string
+	// Data is returned to the agent once and never stored or logged.
+	Data map[string]any
+	// ExpiresAt is the credential's own expiry at the backend.
+	ExpiresAt time.Time
+	// Details are non-secret facts operators may see (e.g. a Vault TTL).
+	Details map[string]string
+}
+
+// Ref identifies an issued credential.
+type Ref struct {
+	Handle        string
+	CorrelationID string
+	AgentID       string
+	Role          string
+	ExpiresAt     time.Time
+}
+
+// ErrUnavailable marks errors caused by the backend being unreachable, down
+// or sealed.
+var ErrUnavailable = errors.New("backend unavailable")
+
+// Deps are the shared services a backend constructor may use.
+type Deps struct {
+	// DataDir is valet's data directory; a backend may keep files under
+	// DataDir/<backend name>/.
+	DataDir string
+	// KEK encrypts keys at rest (AES-256).
+	KEK []byte
+	// PublicURL is valet's public URL, the iss of valet-minted tokens.
+	PublicURL string
+	Clock     clock.Clock
+	Logger    *slog.Logger
+}
+
+// Factory builds a backend from its name, its options (decoded strictly by
+// the backend) and the shared dependencies.
+type Factory func(name string, options map[string]any, deps Deps) (Backend, error)
+
+// Registry maps backend types to factories. It is built explicitly in one
+// place (backends/builtin); nothing registers itself.
+type Registry map[string]Factory
+
+// New builds a backend of the given type.
+func (r Registry) New(typ, name string, options map[string]any, deps Deps) (Backend, error) {
+	f, ok := r[typ]
+	if !ok {
+		return nil, fmt.Errorf("unknown backend type %q (known: %v)", typ, r.Types())
+	}
+	return f(name, options, deps)
+}
+
+// Types lists the registered types in order.
+func (r Registry) Types() []string {
+	var out []string
+	for t := range r {
+		out = append(out, t)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// KeyPublisher is implemented by backends that sign tokens; valet serves
+// their public keys at /.well-known/jwks.json.
+type KeyPublisher interface {
+	// PublicJWKs returns the public keys (current and still-valid previous
+	// ones) as JSON Web Keys.
+	PublicJWKs() []map[string]any
+}
+
+// Introspector is implemented by backends that issue self-contained tokens,
+// so /v1/introspect can tell whether a token is theirs.
+type Introspector interface {
+	// Introspect verifies the token's signature and issuer and returns its
+	// claims; the lease id is Claims["jti"]. It returns an error for a token
+	// it did not issue or cannot verify.
+	Introspect(token string) (*TokenInfo, error)
+}
+
+// TokenInfo is a verified token's content.
+type TokenInfo struct {
+	LeaseID string
+	Claims  map[string]any
+}

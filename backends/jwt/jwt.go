@@ -1,0 +1,405 @@
+// Package jwt is valet's own token backend: it mints JWT access tokens (RFC
+// 9068 shape, typ at+jwt) signed with ES256 or EdDSA. iss is valet's public
+// URL, sub the agent id, aud the role's audience, jti the lease id and exp
+// the lease's expiry. Resource servers verify them with the keys at
+// /.well-known/jwks.json and ask /v1/introspect whether the lease is still
+// active.
+package jwt
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/big"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/valet-broker/valet/backends"
+	"github.com/valet-broker/valet/broker"
+)
+
+// Type is the backend type name in configuration.
+const Type = "jwt"
+
+// Options are the jwt backend's configuration keys.
+type Options struct {
+	// Algorithm is ES256 (default) or EdDSA. RSA is not offered.
+	Algorithm string `yaml:"algorithm"`
+	// KeyRetention is how long a rotated-out key stays in the JWKS so tokens
+	// it signed still verify (default 24h; must exceed the longest role
+	// max_ttl).
+	KeyRetention broker.Duration `yaml:"key_retention"`
+}
+
+// RoleParams are a role's jwt-specific parameters.
+type RoleParams struct {
+	// Claims are extra static claims added to every token of the role. They
+	// cannot override the registered claims.
+	Claims map[string]any `yaml:"claims"`
+}
+
+// Backend signs tokens with its current key.
+type Backend struct {
+	name    string
+	issuer  string
+	opts    Options
+	kek     []byte
+	keyPath string
+	deps    backends.Deps
+
+	mu   sync.RWMutex
+	keys []*signingKey // newest first; keys[0] signs
+
+	roles sync.Map // role name -> RoleParams
+}
+
+var (
+	_ backends.Backend      = (*Backend)(nil)
+	_ backends.Renewer      = (*Backend)(nil)
+	_ backends.KeyPublisher = (*Backend)(nil)
+	_ backends.Introspector = (*Backend)(nil)
+	_ backends.RoleChecker  = (*Backend)(nil)
+)
+
+// New builds a jwt backend. It loads its keys from
+// DataDir/<name>/keys.json (decrypting them with deps.KEK) or creates the
+// first key.
+func New(name string, options map[string]any, deps backends.Deps) (backends.Backend, error) {
+	var o Options
+	if err := broker.DecodeOptions(options, &o); err != nil {
+		return nil, fmt.Errorf("backend %s: %w", name, err)
+	}
+	if o.Algorithm == "" {
+		o.Algorithm = "ES256"
+	}
+	if o.Algorithm != "ES256" && o.Algorithm != "EdDSA" {
+		return nil, fmt.Errorf("backend %s: algorithm %q must be ES256 or EdDSA", name, o.Algorithm)
+	}
+	if o.KeyRetention == 0 {
+		o.KeyRetention = broker.Duration(24 * time.Hour)
+	}
+	if len(deps.KEK) != 32 {
+		return nil, fmt.Errorf("backend %s: signing keys are encrypted at rest and need a 32-byte key-encryption key (set VALET_KEK or kek_file)", name)
+	}
+	b := &Backend{
+		name: name, issuer: deps.PublicURL, opts: o, kek: deps.KEK, deps: deps,
+		keyPath: filepath.Join(deps.DataDir, name, "keys.json"),
+	}
+	keys, err := loadKeys(b.keyPath, deps.KEK, name)
+	if err != nil {
+		return nil, fmt.Errorf("backend %s: %w", name, err)
+	}
+	if len(keys) == 0 {
+		k, err := generateKey(o.Algorithm, deps.Clock.Now())
+		if err != nil {
+			return nil, err
+		}
+		keys = []*signingKey{k}
+		if err := saveKeys(b.keyPath, deps.KEK, name, keys); err != nil {
+			return nil, fmt.Errorf("backend %s: save keys: %w", name, err)
+		}
+	}
+	b.keys = keys
+	return b, nil
+}
+
+// CheckRole validates a role's params.
+func (b *Backend) CheckRole(r backends.RoleSpec) error {
+	var p RoleParams
+	if err := broker.DecodeOptions(r.Params, &p); err != nil {
+		return fmt.Errorf("params: %w", err)
+	}
+	for k := range p.Claims {
+		if reservedClaims[k] {
+			return fmt.Errorf("params.claims.%s: registered claims are set by valet and cannot be overridden", k)
+		}
+	}
+	b.roles.Store(r.Name, p)
+	return nil
+}
+
+var reservedClaims = map[string]bool{
+	"iss": true, "sub": true, "aud": true, "exp": true, "nbf": true, "iat": true, "jti": true,
+	"scope": true, "client_id": true, "role": true,
+}
+
+// Mint signs a token that expires at req.ExpiresAt.
+func (b *Backend) Mint(ctx context.Context, req backends.MintRequest) (*backends.Credential, error) {
+	scopes, aud, err := narrow(req)
+	if err != nil {
+		return nil, err
+	}
+	tok, kid, err := b.sign(req, scopes, aud)
+	if err != nil {
+		return nil, err
+	}
+	data := map[string]any{
+		"access_token": tok,
+		"token_type":   "Bearer",
+		"expires_at":   req.ExpiresAt.UTC().Format(time.RFC3339),
+	}
+	if len(scopes) > 0 {
+		data["scope"] = strings.Join(scopes, " ")
+	}
+	return &backends.Credential{
+		Handle:    req.CorrelationID,
+		ExpiresAt: req.ExpiresAt,
+		Data:      data,
+		Details:   map[string]string{"kid": kid, "scope": strings.Join(scopes, " ")},
+	}, nil
+}
+
+// narrow applies the client's optional scope request: {"scopes": [...],
+// "audience": [...]}, each a subset of the role's.
+func narrow(req backends.MintRequest) (scopes, aud []string, err error) {
+	scopes, aud = req.Role.Scopes, req.Role.Audience
+	for k, v := range req.Scope {
+		switch k {
+		case "scopes", "audience":
+			list, ok := stringList(v)
+			if !ok {
+				return nil, nil, broker.Errorf(broker.EINVALID, "scope.%s must be a list of strings", k)
+			}
+			allowed := req.Role.Scopes
+			if k == "audience" {
+				allowed = req.Role.Audience
+			}
+			for _, s := range list {
+				if !slices.Contains(allowed, s) {
+					return nil, nil, broker.Errorf(broker.EINVALID, "scope.%s: %q is not granted by role %s (allowed: %v)", k, s, req.Role.Name, allowed)
+				}
+			}
+			if k == "scopes" {
+				scopes = list
+			} else {
+				aud = list
+			}
+		default:
+			return nil, nil, broker.Errorf(broker.EINVALID, "scope.%s is not understood by the jwt backend (use scopes or audience)", k)
+		}
+	}
+	return scopes, aud, nil
+}
+
+func stringList(v any) ([]string, bool) {
+	arr, ok := v.([]any)
+	if !ok {
+		return nil, false
+	}
+	out := make([]string, 0, len(arr))
+	for _, x := range arr {
+		s, ok := x.(string)
+		if !ok {
+			return nil, false
+		}
+		out = append(out, s)
+	}
+	return out, true
+}
+
+// Renew reissues the token with the same jti and a later exp: a signed
+// token cannot be extended in place.
+func (b *Backend) Renew(ctx context.Context, ref backends.Ref, req backends.MintRequest) (*backends.Renewal, error) {
+	c, err := b.Mint(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	return &backends.Renewal{ExpiresAt: c.ExpiresAt, Data: c.Data}, nil
+}
+
+// Revoke has nothing to do at a backend: a valet JWT cannot be recalled
+// from whoever holds it, but introspection answers inactive as soon as its
+// lease has ended, and its exp bounds it.
+func (b *Backend) Revoke(ctx context.Context, ref backends.Ref) error { return nil }
+
+type claims struct {
+	Iss      string `json:"iss"`
+	Sub      string `json:"sub"`
+	Aud      any    `json:"aud,omitempty"`
+	Exp      int64  `json:"exp"`
+	Nbf      int64  `json:"nbf"`
+	Iat      int64  `json:"iat"`
+	Jti      string `json:"jti"`
+	ClientID string `json:"client_id"`
+	Scope    string `json:"scope,omitempty"`
+	Role     string `json:"role"`
+}
+
+func (b *Backend) sign(req backends.MintRequest, scopes, aud []string) (string, string, error) {
+	c := claims{
+		Iss: b.issuer, Sub: req.AgentID, Exp: req.ExpiresAt.Unix(), Nbf: req.IssuedAt.Unix(), Iat: req.IssuedAt.Unix(),
+		Jti: req.CorrelationID, ClientID: req.AgentID, Scope: strings.Join(scopes, " "), Role: req.Role.Name,
+	}
+	switch len(aud) {
+	case 0:
+	case 1:
+		c.Aud = aud[0]
+	default:
+		c.Aud = aud
+	}
+	payload, err := json.Marshal(c)
+	if err != nil {
+		return "", "", err
+	}
+	if p, ok := b.roles.Load(req.Role.Name); ok && len(p.(RoleParams).Claims) > 0 {
+		// Merge the role's static claims after the registered ones.
+		m := map[string]any{}
+		if err := json.Unmarshal(payload, &m); err != nil {
+			return "", "", err
+		}
+		for k, v := range p.(RoleParams).Claims {
+			m[k] = v
+		}
+		if payload, err = json.Marshal(m); err != nil {
+			return "", "", err
+		}
+	}
+	b.mu.RLock()
+	k := b.keys[0]
+	b.mu.RUnlock()
+	var sb strings.Builder
+	sb.Grow(len(k.header) + 1 + base64.RawURLEncoding.EncodedLen(len(payload)) + 1 + 86)
+	sb.WriteString(k.header)
+	sb.WriteByte('.')
+	sb.WriteString(base64.RawURLEncoding.EncodeToString(payload))
+	sig, err := signJWS(k, []byte(sb.String()))
+	if err != nil {
+		return "", "", err
+	}
+	sb.WriteByte('.')
+	sb.WriteString(base64.RawURLEncoding.EncodeToString(sig))
+	return sb.String(), k.kid, nil
+}
+
+// signJWS produces a JWS signature: r||s (32 bytes each) for ES256, the
+// plain signature for EdDSA.
+func signJWS(k *signingKey, input []byte) ([]byte, error) {
+	switch priv := k.priv.(type) {
+	case *ecdsa.PrivateKey:
+		h := sha256.Sum256(input)
+		r, s, err := ecdsa.Sign(rand.Reader, priv, h[:])
+		if err != nil {
+			return nil, err
+		}
+		out := make([]byte, 64)
+		r.FillBytes(out[:32])
+		s.FillBytes(out[32:])
+		return out, nil
+	case ed25519.PrivateKey:
+		return priv.Sign(rand.Reader, input, crypto.Hash(0))
+	}
+	return nil, errors.New("unsupported key type")
+}
+
+// PublicJWKs returns the current key and rotated-out keys still retained.
+func (b *Backend) PublicJWKs() []map[string]any {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	out := make([]map[string]any, 0, len(b.keys))
+	for _, k := range b.keys {
+		out = append(out, k.jwk())
+	}
+	return out
+}
+
+// Rotate makes a new key the signing key. Older keys stay published for
+// KeyRetention after they were replaced, then are dropped.
+func (b *Backend) Rotate(now time.Time) error {
+	k, err := generateKey(b.opts.Algorithm, now)
+	if err != nil {
+		return err
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	keys := []*signingKey{k}
+	for i, old := range b.keys {
+		// A key is needed until every token it signed has expired: it
+		// stopped signing when the key before it in the list was created.
+		retiredAt := now
+		if i > 0 {
+			retiredAt = b.keys[i-1].createdAt
+		}
+		if now.Sub(retiredAt) < b.opts.KeyRetention.D() {
+			keys = append(keys, old)
+		}
+	}
+	if err := saveKeys(b.keyPath, b.kek, b.name, keys); err != nil {
+		return err
+	}
+	b.keys = keys
+	return nil
+}
+
+// ErrNotOurs is returned by Introspect for tokens this backend did not sign.
+var ErrNotOurs = errors.New("token was not issued by this backend")
+
+// Introspect verifies a token's signature and issuer.
+func (b *Backend) Introspect(token string) (*backends.TokenInfo, error) {
+	parts := strings.Split(token, ".")
+	if len(parts) != 3 {
+		return nil, ErrNotOurs
+	}
+	hb, err := base64.RawURLEncoding.DecodeString(parts[0])
+	if err != nil {
+		return nil, ErrNotOurs
+	}
+	var h struct {
+		Alg string `json:"alg"`
+		Kid string `json:"kid"`
+	}
+	if json.Unmarshal(hb, &h) != nil {
+		return nil, ErrNotOurs
+	}
+	b.mu.RLock()
+	var key *signingKey
+	for _, k := range b.keys {
+		if k.kid == h.Kid {
+			key = k
+		}
+	}
+	b.mu.RUnlock()
+	if key == nil || key.alg != h.Alg || parts[0] != key.header {
+		return nil, ErrNotOurs
+	}
+	sig, err := base64.RawURLEncoding.DecodeString(parts[2])
+	if err != nil || !verifyJWS(key, []byte(parts[0]+"."+parts[1]), sig) {
+		return nil, ErrNotOurs
+	}
+	pb, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil {
+		return nil, ErrNotOurs
+	}
+	var m map[string]any
+	if err := json.Unmarshal(pb, &m); err != nil {
+		return nil, ErrNotOurs
+	}
+	if m["iss"] != b.issuer {
+		return nil, ErrNotOurs
+	}
+	jti, _ := m["jti"].(string)
+	return &backends.TokenInfo{LeaseID: jti, Claims: m}, nil
+}
+
+func verifyJWS(k *signingKey, input, sig []byte) bool {
+	switch pub := k.priv.Public().(type) {
+	case *ecdsa.PublicKey:
+		if len(sig) != 64 {
+			return false
+		}
+		h := sha256.Sum256(input)
+		return ecdsa.Verify(pub, h[:], new(big.Int).SetBytes(sig[:32]), new(big.Int).SetBytes(sig[32:]))
+	case ed25519.PublicKey:
+		return ed25519.Verify(pub, input, sig)
+	}
+	return false
+}

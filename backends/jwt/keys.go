@@ -1,0 +1,216 @@
+package jwt
+
+import (
+	"crypto"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// signingKey is one key pair. The private half exists only in memory; on
+// disk it is sealed with AES-256-GCM under the key-encryption key.
+type signingKey struct {
+	kid       string
+	alg       string // ES256 or EdDSA
+	createdAt time.Time
+	priv      crypto.Signer
+	// header is the encoded protected header, computed once per key.
+	header string
+}
+
+// keyFile is the on-disk form of a backend's keys.
+type keyFile struct {
+	Keys []sealedKey `json:"keys"`
+}
+
+type sealedKey struct {
+	KID        string    `json:"kid"`
+	Alg        string    `json:"alg"`
+	CreatedAt  time.Time `json:"created_at"`
+	Nonce      []byte    `json:"nonce"`
+	Ciphertext []byte    `json:"ciphertext"` // AES-256-GCM(PKCS#8 DER)
+}
+
+func generateKey(alg string, now time.Time) (*signingKey, error) {
+	var priv crypto.Signer
+	var err error
+	switch alg {
+	case "ES256":
+		priv, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	case "EdDSA":
+		_, priv, err = ed25519.GenerateKey(rand.Reader)
+	default:
+		return nil, fmt.Errorf("unsupported algorithm %q (use ES256 or EdDSA)", alg)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return newSigningKey(alg, now, priv)
+}
+
+func newSigningKey(alg string, created time.Time, priv crypto.Signer) (*signingKey, error) {
+	pub, err := x509.MarshalPKIXPublicKey(priv.Public())
+	if err != nil {
+		return nil, err
+	}
+	// The kid is derived from the public key, so it is stable and unique.
+	sum := sha256.Sum256(pub)
+	k := &signingKey{kid: base64.RawURLEncoding.EncodeToString(sum[:12]), alg: alg, createdAt: created.UTC(), priv: priv}
+	h, err := json.Marshal(map[string]string{"alg": alg, "kid": k.kid, "typ": "at+jwt"})
+	if err != nil {
+		return nil, err
+	}
+	k.header = base64.RawURLEncoding.EncodeToString(h)
+	return k, nil
+}
+
+// jwk returns the public key as a JSON Web Key.
+func (k *signingKey) jwk() map[string]any {
+	m := map[string]any{"kid": k.kid, "alg": k.alg, "use": "sig"}
+	switch pub := k.priv.Public().(type) {
+	case *ecdsa.PublicKey:
+		// Bytes is the uncompressed point 0x04 || X || Y.
+		pt, _ := pub.Bytes()
+		m["kty"] = "EC"
+		m["crv"] = "P-256"
+		m["x"] = b64(pt[1:33])
+		m["y"] = b64(pt[33:65])
+	case ed25519.PublicKey:
+		m["kty"] = "OKP"
+		m["crv"] = "Ed25519"
+		m["x"] = b64(pub)
+	}
+	return m
+}
+
+func b64(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }
+
+func aad(backend, kid string) []byte { return []byte("valet/jwt-key/" + backend + "/" + kid) }
+
+func newGCM(kek []byte) (cipher.AEAD, error) {
+	if len(kek) != 32 {
+		return nil, errors.New("the key-encryption key must be 32 bytes (64 hex digits)")
+	}
+	block, err := aes.NewCipher(kek)
+	if err != nil {
+		return nil, err
+	}
+	return cipher.NewGCM(block)
+}
+
+func seal(kek []byte, backend string, k *signingKey) (sealedKey, error) {
+	gcm, err := newGCM(kek)
+	if err != nil {
+		return sealedKey{}, err
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(k.priv)
+	if err != nil {
+		return sealedKey{}, err
+	}
+	nonce := make([]byte, gcm.NonceSize())
+	if _, err := rand.Read(nonce); err != nil {
+		return sealedKey{}, err
+	}
+	return sealedKey{KID: k.kid, Alg: k.alg, CreatedAt: k.createdAt, Nonce: nonce, Ciphertext: gcm.Seal(nil, nonce, der, aad(backend, k.kid))}, nil
+}
+
+func unseal(kek []byte, backend string, s sealedKey) (*signingKey, error) {
+	gcm, err := newGCM(kek)
+	if err != nil {
+		return nil, err
+	}
+	if len(s.Nonce) != gcm.NonceSize() {
+		return nil, fmt.Errorf("key %s: bad nonce", s.KID)
+	}
+	der, err := gcm.Open(nil, s.Nonce, s.Ciphertext, aad(backend, s.KID))
+	if err != nil {
+		return nil, fmt.Errorf("key %s: cannot decrypt (wrong key-encryption key?)", s.KID)
+	}
+	priv, err := x509.ParsePKCS8PrivateKey(der)
+	if err != nil {
+		return nil, fmt.Errorf("key %s: %w", s.KID, err)
+	}
+	signer, ok := priv.(crypto.Signer)
+	if !ok {
+		return nil, fmt.Errorf("key %s: not a signing key", s.KID)
+	}
+	k, err := newSigningKey(s.Alg, s.CreatedAt, signer)
+	if err != nil {
+		return nil, err
+	}
+	if k.kid != s.KID {
+		return nil, fmt.Errorf("key %s: kid does not match the key", s.KID)
+	}
+	return k, nil
+}
+
+func loadKeys(path string, kek []byte, backend string) ([]*signingKey, error) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var f keyFile
+	if err := json.Unmarshal(b, &f); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	var keys []*signingKey
+	for _, s := range f.Keys {
+		k, err := unseal(kek, backend, s)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		keys = append(keys, k)
+	}
+	return keys, nil
+}
+
+// saveKeys writes the sealed keys atomically (temp file, fsync, rename).
+func saveKeys(path string, kek []byte, backend string, keys []*signingKey) error {
+	var f keyFile
+	for _, k := range keys {
+		s, err := seal(kek, backend, k)
+		if err != nil {
+			return err
+		}
+		f.Keys = append(f.Keys, s)
+	}
+	b, err := json.MarshalIndent(f, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".keys-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(b); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}

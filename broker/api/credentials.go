@@ -1,0 +1,107 @@
+package api
+
+import (
+	"net/http"
+	"time"
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/valet-broker/valet/broker"
+)
+
+func (s *Server) registerCredentialRoutes(r chi.Router) {
+	r.Post("/credentials", s.handleCredentialCreate)
+}
+
+// credentialRequest is the body of POST /v1/credentials.
+type credentialRequest struct {
+	Role   string           `json:"role"`
+	TTL    *broker.Duration `json:"ttl,omitempty"`
+	Reason string           `json:"reason,omitempty"`
+	Scope  map[string]any   `json:"scope,omitempty"`
+}
+
+// Validate checks the request's shape; the broker checks it against the
+// role and the policy.
+func (c *credentialRequest) Validate() error {
+	if err := validateRoleName(c.Role); err != nil {
+		return err
+	}
+	if c.TTL != nil && c.TTL.D() < time.Second {
+		return broker.Errorf(broker.EINVALID, "ttl must be at least 1s")
+	}
+	if err := validateReason(c.Reason); err != nil {
+		return err
+	}
+	if len(c.Scope) > 16 {
+		return broker.Errorf(broker.EINVALID, "scope has %d keys; at most 16 are allowed", len(c.Scope))
+	}
+	return nil
+}
+
+func validateRoleName(role string) error {
+	if role == "" {
+		return broker.Errorf(broker.EINVALID, "role is required")
+	}
+	if len(role) > 63 {
+		return broker.Errorf(broker.EINVALID, "role name is longer than 63 characters")
+	}
+	return nil
+}
+
+func validateReason(reason string) error {
+	if len(reason) > 1024 {
+		return broker.Errorf(broker.EINVALID, "reason is longer than 1024 bytes")
+	}
+	if !utf8.ValidString(reason) {
+		return broker.Errorf(broker.EINVALID, "reason must be UTF-8")
+	}
+	for _, r := range reason {
+		if unicode.IsControl(r) {
+			return broker.Errorf(broker.EINVALID, "reason must not contain control characters")
+		}
+	}
+	return nil
+}
+
+// credentialResponse is the body of a 201 from POST /v1/credentials.
+type credentialResponse struct {
+	LeaseID    string         `json:"lease_id"`
+	Role       string         `json:"role"`
+	AgentID    string         `json:"agent_id"`
+	ExpiresAt  time.Time      `json:"expires_at"`
+	Renewable  bool           `json:"renewable"`
+	Credential map[string]any `json:"credential"`
+}
+
+func (s *Server) handleCredentialCreate(w http.ResponseWriter, r *http.Request) {
+	tok, err := s.bearer(r)
+	if err != nil {
+		s.Error(w, r, err)
+		return
+	}
+	var req credentialRequest
+	if err := decodeJSON(r, &req); err != nil {
+		s.Error(w, r, err)
+		return
+	}
+	mr := broker.MintRequest{
+		Attestation: tok, Role: req.Role, Reason: req.Reason, Scope: req.Scope,
+		SourceIP: sourceIP(r), RequestID: requestID(r.Context()),
+	}
+	if req.TTL != nil {
+		mr.TTL = req.TTL.D()
+	}
+	res, err := s.b.Mint(r.Context(), mr)
+	if err != nil {
+		s.Error(w, r, err)
+		return
+	}
+	w.Header().Set("Location", "/v1/leases/"+res.Lease.ID)
+	writeJSON(w, http.StatusCreated, credentialResponse{
+		LeaseID: res.Lease.ID, Role: res.Lease.Role, AgentID: res.Lease.AgentID,
+		ExpiresAt: res.Lease.ExpiresAt.UTC(), Renewable: res.Lease.Renewable, Credential: res.Credential,
+	})
+}

@@ -1,0 +1,101 @@
+package api
+
+import (
+	"encoding/json"
+	"errors"
+	"net/http"
+
+	"github.com/valet-broker/valet/broker"
+)
+
+// statusOf is the one table from error codes to HTTP status.
+var statusOf = map[string]int{
+	broker.EINVALID:      http.StatusBadRequest,
+	broker.EUNAUTHORIZED: http.StatusUnauthorized,
+	broker.EFORBIDDEN:    http.StatusForbidden,
+	broker.ENOTFOUND:     http.StatusNotFound,
+	broker.ECONFLICT:     http.StatusConflict,
+	broker.ETOOLARGE:     http.StatusRequestEntityTooLarge,
+	broker.ERATELIMIT:    http.StatusTooManyRequests,
+	broker.EUNAVAILABLE:  http.StatusServiceUnavailable,
+	broker.EBADGATEWAY:   http.StatusBadGateway,
+	broker.EINTERNAL:     http.StatusInternalServerError,
+}
+
+var titleOf = map[string]string{
+	broker.EINVALID:      "Invalid request",
+	broker.EUNAUTHORIZED: "Unauthenticated",
+	broker.EFORBIDDEN:    "Forbidden",
+	broker.ENOTFOUND:     "Not found",
+	broker.ECONFLICT:     "Conflict",
+	broker.ETOOLARGE:     "Too large",
+	broker.ERATELIMIT:    "Rate limited",
+	broker.EUNAVAILABLE:  "Unavailable",
+	broker.EBADGATEWAY:   "Backend error",
+	broker.EINTERNAL:     "Internal error",
+}
+
+// Problem is an RFC 9457 problem details body.
+type Problem struct {
+	Type      string `json:"type"`
+	Title     string `json:"title"`
+	Status    int    `json:"status"`
+	Detail    string `json:"detail"`
+	Instance  string `json:"instance,omitempty"`
+	Code      string `json:"code"`
+	RequestID string `json:"request_id,omitempty"`
+}
+
+// ProblemType is the type URI of problems with the given code.
+func ProblemType(code string) string { return "urn:valet:problem:" + code }
+
+// Error writes err as application/problem+json. Internal errors are logged
+// with their cause and shown to the client only as a generic message.
+func (s *Server) Error(w http.ResponseWriter, r *http.Request, err error) {
+	code := broker.ErrorCode(err)
+	status, ok := statusOf[code]
+	if !ok {
+		status = http.StatusInternalServerError
+	}
+	rid := requestID(r.Context())
+	if status >= 500 {
+		s.log.Error("request failed", "request_id", rid, "method", r.Method, "path", r.URL.Path, "code", code, "err", err)
+	} else {
+		var be *broker.Error
+		if errors.As(err, &be) && be.Err != nil {
+			s.log.Debug("request refused", "request_id", rid, "code", code, "err", be.Err)
+		}
+	}
+	if status == http.StatusUnauthorized {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="valet"`)
+	}
+	if status == http.StatusTooManyRequests {
+		w.Header().Set("Retry-After", "1")
+	}
+	writeProblem(w, Problem{
+		Type: ProblemType(code), Title: titleOf[code], Status: status, Detail: broker.ErrorMessage(err),
+		Instance: r.URL.Path, Code: code, RequestID: rid,
+	})
+}
+
+func writeProblem(w http.ResponseWriter, p Problem) {
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(p.Status)
+	_ = json.NewEncoder(w).Encode(p)
+}
+
+// writeJSON writes v with the given status. Unless the handler set them,
+// the content type is application/json and responses are not cached (they
+// may carry credentials).
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	h := w.Header()
+	if h.Get("Content-Type") == "" {
+		h.Set("Content-Type", "application/json")
+	}
+	if h.Get("Cache-Control") == "" {
+		h.Set("Cache-Control", "no-store")
+	}
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}

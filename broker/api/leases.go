@@ -1,0 +1,230 @@
+package api
+
+import (
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/valet-broker/valet/broker"
+	"github.com/valet-broker/valet/leases"
+)
+
+func (s *Server) registerLeaseRoutes(r chi.Router) {
+	r.With(s.requireOperator).Get("/leases", s.handleLeaseList)
+	r.With(s.requireOperator).Post("/leases/revoke", s.handleLeaseRevokeMatching)
+	r.Get("/leases/{id}", s.handleLeaseGet)
+	r.Post("/leases/{id}/renew", s.handleLeaseRenew)
+	r.Delete("/leases/{id}", s.handleLeaseDelete)
+}
+
+// leaseView is a lease as the API shows it. The backend handle is shown to
+// operators only.
+type leaseView struct {
+	ID             string            `json:"id"`
+	AgentID        string            `json:"agent_id"`
+	Role           string            `json:"role"`
+	Backend        string            `json:"backend"`
+	State          leases.State      `json:"state"`
+	EndReason      leases.State      `json:"end_reason,omitempty"`
+	CreatedAt      time.Time         `json:"created_at"`
+	ExpiresAt      time.Time         `json:"expires_at"`
+	MaxExpiresAt   time.Time         `json:"max_expires_at,omitzero"`
+	EndedAt        time.Time         `json:"ended_at,omitzero"`
+	Renewable      bool              `json:"renewable"`
+	RenewCount     int               `json:"renew_count"`
+	GrantID        string            `json:"grant_id,omitempty"`
+	Approvers      []string          `json:"approvers,omitempty"`
+	Lineage        leases.Lineage    `json:"lineage"`
+	Handle         string            `json:"handle,omitempty"`
+	Details        map[string]string `json:"details,omitempty"`
+	RevokeAttempts int               `json:"revoke_attempts,omitempty"`
+	LastError      string            `json:"last_error,omitempty"`
+	NextAttempt    time.Time         `json:"next_attempt,omitzero"`
+}
+
+func viewLease(l *leases.Lease, operator bool, now time.Time) leaseView {
+	v := leaseView{
+		ID: l.ID, AgentID: l.AgentID, Role: l.Role, Backend: l.Backend, State: l.State, EndReason: l.EndReason,
+		CreatedAt: l.CreatedAt.UTC(), ExpiresAt: l.ExpiresAt.UTC(), MaxExpiresAt: l.MaxExpires.UTC(), EndedAt: l.EndedAt.UTC(),
+		Renewable: l.Renewable, RenewCount: l.RenewCount, GrantID: l.GrantID, Approvers: l.Approvers, Lineage: l.Lineage,
+		RevokeAttempts: l.RevokeAttempts, LastError: l.LastError, NextAttempt: l.NextAttempt.UTC(),
+	}
+	if l.EndedAt.IsZero() {
+		v.EndedAt = time.Time{}
+	}
+	if l.NextAttempt.IsZero() {
+		v.NextAttempt = time.Time{}
+	}
+	if l.MaxExpires.IsZero() {
+		v.MaxExpiresAt = time.Time{}
+	}
+	if v.State == leases.StateActive && !now.Before(l.ExpiresAt) {
+		v.State = leases.StateExpired // the scheduler will record it shortly
+	}
+	if operator {
+		v.Handle = l.Handle
+		v.Details = l.Details
+	}
+	return v
+}
+
+func (s *Server) handleLeaseGet(w http.ResponseWriter, r *http.Request) {
+	c, err := s.caller(r)
+	if err != nil {
+		s.Error(w, r, err)
+		return
+	}
+	l, err := s.b.GetLease(r.Context(), c, chi.URLParam(r, "id"))
+	if err != nil {
+		s.Error(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, viewLease(l, c.Operator != nil, s.b.Now()))
+}
+
+// renewRequest is the optional body of POST /v1/leases/{id}/renew.
+type renewRequest struct {
+	TTL *broker.Duration `json:"ttl,omitempty"`
+}
+
+func (r *renewRequest) Validate() error {
+	if r.TTL != nil && r.TTL.D() < time.Second {
+		return broker.Errorf(broker.EINVALID, "ttl must be at least 1s")
+	}
+	return nil
+}
+
+type renewResponse struct {
+	Lease      leaseView      `json:"lease"`
+	Credential map[string]any `json:"credential,omitempty"`
+}
+
+func (s *Server) handleLeaseRenew(w http.ResponseWriter, r *http.Request) {
+	c, err := s.caller(r)
+	if err != nil {
+		s.Error(w, r, err)
+		return
+	}
+	var req renewRequest
+	if r.ContentLength != 0 {
+		if err := decodeJSON(r, &req); err != nil {
+			s.Error(w, r, err)
+			return
+		}
+	}
+	rr := broker.RenewRequest{ID: chi.URLParam(r, "id"), SourceIP: sourceIP(r), RequestID: requestID(r.Context())}
+	if req.TTL != nil {
+		rr.TTL = req.TTL.D()
+	}
+	res, err := s.b.RenewLease(r.Context(), c, rr)
+	if err != nil {
+		s.Error(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, renewResponse{Lease: viewLease(res.Lease, c.Operator != nil, s.b.Now()), Credential: res.Credential})
+}
+
+func (s *Server) handleLeaseDelete(w http.ResponseWriter, r *http.Request) {
+	c, err := s.caller(r)
+	if err != nil {
+		s.Error(w, r, err)
+		return
+	}
+	reason := r.URL.Query().Get("reason")
+	if err := validateReason(reason); err != nil {
+		s.Error(w, r, err)
+		return
+	}
+	l, err := s.b.EndLease(r.Context(), c, chi.URLParam(r, "id"), reason, requestID(r.Context()))
+	if err != nil {
+		s.Error(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, viewLease(l, c.Operator != nil, s.b.Now()))
+}
+
+type leaseListResponse struct {
+	Leases []leaseView `json:"leases"`
+	// Next is the cursor for the following page (pass it as before=).
+	Next string `json:"next,omitempty"`
+}
+
+func (s *Server) handleLeaseList(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	f := leases.Filter{
+		AgentID: q.Get("agent_id"), Role: q.Get("role"), Backend: q.Get("backend"),
+		State: leases.State(q.Get("state")), Lineage: q.Get("lineage"), Before: q.Get("before"),
+	}
+	if f.State != "" && !validState(f.State) {
+		s.Error(w, r, broker.Errorf(broker.EINVALID, "state %q is not one of pending, active, revoking, irrevocable, released, revoked, expired", f.State))
+		return
+	}
+	if f.Before != "" && !leases.ValidID(f.Before) {
+		s.Error(w, r, broker.Errorf(broker.EINVALID, "before must be a lease id"))
+		return
+	}
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 1000 {
+			s.Error(w, r, broker.Errorf(broker.EINVALID, "limit must be an integer from 1 to 1000"))
+			return
+		}
+		f.Limit = n
+	}
+	if f.Limit == 0 {
+		f.Limit = 100
+	}
+	ls, err := s.b.ListLeases(r.Context(), f)
+	if err != nil {
+		s.Error(w, r, err)
+		return
+	}
+	now := s.b.Now()
+	out := leaseListResponse{Leases: make([]leaseView, 0, len(ls))}
+	for _, l := range ls {
+		out.Leases = append(out.Leases, viewLease(l, true, now))
+	}
+	if len(ls) == f.Limit {
+		out.Next = ls[len(ls)-1].ID
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func validState(s leases.State) bool {
+	switch s {
+	case leases.StatePending, leases.StateActive, leases.StateRevoking, leases.StateIrrevocable,
+		leases.StateReleased, leases.StateRevoked, leases.StateExpired:
+		return true
+	}
+	return false
+}
+
+// revokeMatchingRequest is the body of POST /v1/leases/revoke.
+type revokeMatchingRequest struct {
+	AgentID string `json:"agent_id,omitempty"`
+	Lineage string `json:"lineage,omitempty"`
+	Reason  string `json:"reason,omitempty"`
+}
+
+func (r *revokeMatchingRequest) Validate() error {
+	if (r.AgentID == "") == (r.Lineage == "") {
+		return broker.Errorf(broker.EINVALID, "give exactly one of agent_id or lineage")
+	}
+	return validateReason(r.Reason)
+}
+
+func (s *Server) handleLeaseRevokeMatching(w http.ResponseWriter, r *http.Request) {
+	var req revokeMatchingRequest
+	if err := decodeJSON(r, &req); err != nil {
+		s.Error(w, r, err)
+		return
+	}
+	n, err := s.b.RevokeMatching(r.Context(), operatorFrom(r.Context()), leases.Filter{AgentID: req.AgentID, Lineage: req.Lineage}, req.Reason, requestID(r.Context()))
+	if err != nil {
+		s.Error(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]int{"revoked": n})
+}

@@ -1,0 +1,359 @@
+// Package api is valet's HTTP interface: a chi router with one file per
+// resource, strict request decoding, one error-to-status table (errors.go)
+// and bearer authentication for agents (attestations) and operators.
+package api
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"mime"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.etcd.io/bbolt"
+
+	"github.com/valet-broker/valet/broker"
+)
+
+// Config are the Server's dependencies.
+type Config struct {
+	Broker    *broker.Broker
+	Operators *broker.Operators
+	// AuditDB is the database holding the audit log (read-only use).
+	AuditDB *bbolt.DB
+	Limits  broker.LimitsConfig
+	// PublicURL is valet's external URL (iss of its tokens).
+	PublicURL string
+	Metrics   *Metrics
+	Logger    *slog.Logger
+	// Ready reports whether the server can take traffic (/readyz).
+	Ready func() error
+	// UI, if set, is mounted at /ui/.
+	UI http.Handler
+}
+
+// Server serves the API.
+type Server struct {
+	b       *broker.Broker
+	ops     *broker.Operators
+	auditDB *bbolt.DB
+	limits  broker.LimitsConfig
+	public  string
+	metrics *Metrics
+	log     *slog.Logger
+	ready   func() error
+	router  chi.Router
+}
+
+// New builds the router.
+func New(cfg Config) *Server {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = NewMetrics(prometheus.NewRegistry())
+	}
+	if cfg.Ready == nil {
+		cfg.Ready = func() error { return nil }
+	}
+	s := &Server{
+		b: cfg.Broker, ops: cfg.Operators, auditDB: cfg.AuditDB, limits: cfg.Limits, public: cfg.PublicURL,
+		metrics: cfg.Metrics, log: cfg.Logger, ready: cfg.Ready,
+	}
+	r := chi.NewRouter()
+	r.Use(s.withRequestID, s.withRecover, s.withLogging, s.withLimits)
+	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
+		s.Error(w, r, broker.Errorf(broker.ENOTFOUND, "no such endpoint: %s %s", r.Method, r.URL.Path))
+	})
+	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
+		writeProblem(w, Problem{Type: ProblemType("method_not_allowed"), Title: "Method not allowed", Status: http.StatusMethodNotAllowed,
+			Detail: fmt.Sprintf("%s is not allowed on %s", r.Method, r.URL.Path), Code: "method_not_allowed", RequestID: requestID(r.Context())})
+	})
+	s.registerHealthRoutes(r, cfg.Metrics.Registry)
+	s.registerWellKnownRoutes(r)
+	r.Route("/v1", func(r chi.Router) {
+		s.registerCredentialRoutes(r)
+		s.registerOAuthRoutes(r)
+		s.registerLeaseRoutes(r)
+		s.registerAuditRoutes(r)
+		s.registerRoleRoutes(r)
+	})
+	if cfg.UI != nil {
+		r.Mount("/ui", cfg.UI)
+	}
+	s.router = r
+	return s
+}
+
+// ServeHTTP implements http.Handler.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.router.ServeHTTP(w, r) }
+
+func (s *Server) registerHealthRoutes(r chi.Router, reg *prometheus.Registry) {
+	r.Get("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	r.Get("/readyz", func(w http.ResponseWriter, r *http.Request) {
+		if err := s.ready(); err != nil {
+			s.Error(w, r, broker.Wrap(broker.EUNAVAILABLE, err, "not ready: %v", err))
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+	})
+	r.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+}
+
+type ctxKey int
+
+const (
+	keyRequestID ctxKey = iota
+	keyOperator
+)
+
+func requestID(ctx context.Context) string {
+	s, _ := ctx.Value(keyRequestID).(string)
+	return s
+}
+
+// withRequestID takes a well-formed X-Request-Id from the client or makes
+// one, and echoes it.
+func (s *Server) withRequestID(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id := r.Header.Get("X-Request-Id")
+		if !validRequestID(id) {
+			var b [12]byte
+			_, _ = rand.Read(b[:])
+			id = hex.EncodeToString(b[:])
+		}
+		w.Header().Set("X-Request-Id", id)
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), keyRequestID, id)))
+	})
+}
+
+func validRequestID(id string) bool {
+	if id == "" || len(id) > 64 {
+		return false
+	}
+	for _, c := range id {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *Server) withRecover(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer func() {
+			if v := recover(); v != nil {
+				if v == http.ErrAbortHandler {
+					panic(v)
+				}
+				s.Error(w, r, fmt.Errorf("panic: %v", v))
+			}
+		}()
+		next.ServeHTTP(w, r)
+	})
+}
+
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (sw *statusWriter) WriteHeader(code int) {
+	if sw.status == 0 {
+		sw.status = code
+	}
+	sw.ResponseWriter.WriteHeader(code)
+}
+
+func (sw *statusWriter) Write(b []byte) (int, error) {
+	if sw.status == 0 {
+		sw.status = http.StatusOK
+	}
+	return sw.ResponseWriter.Write(b)
+}
+
+func (sw *statusWriter) Unwrap() http.ResponseWriter { return sw.ResponseWriter }
+
+// withLogging logs one line per request: never headers or bodies, which
+// carry attestations and credentials.
+func (s *Server) withLogging(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		sw := &statusWriter{ResponseWriter: w}
+		next.ServeHTTP(sw, r)
+		route := chi.RouteContext(r.Context()).RoutePattern()
+		if route == "" {
+			route = "unmatched"
+		}
+		if sw.status == 0 {
+			sw.status = http.StatusOK
+		}
+		s.metrics.HTTPRequests.WithLabelValues(route, r.Method, fmt.Sprint(sw.status)).Inc()
+		if route == "/healthz" || route == "/metrics" || route == "/readyz" {
+			return
+		}
+		s.log.Info("http", "request_id", requestID(r.Context()), "method", r.Method, "route", route,
+			"status", sw.status, "duration_ms", float64(time.Since(start).Microseconds())/1000, "remote", sourceIP(r))
+	})
+}
+
+// withLimits bounds the request body before any handler reads it.
+func (s *Server) withLimits(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ContentLength > s.limits.MaxBodyBytes {
+			s.Error(w, r, broker.Errorf(broker.ETOOLARGE, "request body of %d bytes is over the limit of %d", r.ContentLength, s.limits.MaxBodyBytes))
+			return
+		}
+		r.Body = http.MaxBytesReader(w, r.Body, s.limits.MaxBodyBytes)
+		next.ServeHTTP(w, r)
+	})
+}
+
+// bearer returns the bearer token of the request, checking its size before
+// anything parses it.
+func (s *Server) bearer(r *http.Request) (string, error) {
+	h := r.Header.Get("Authorization")
+	if h == "" {
+		return "", nil
+	}
+	scheme, tok, ok := strings.Cut(h, " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return "", broker.Errorf(broker.EUNAUTHORIZED, "the Authorization header must be \"Bearer <token>\"")
+	}
+	tok = strings.TrimSpace(tok)
+	if len(tok) > s.limits.MaxAttestationBytes {
+		return "", broker.Errorf(broker.ETOOLARGE, "bearer token of %d bytes is over the limit of %d", len(tok), s.limits.MaxAttestationBytes)
+	}
+	return tok, nil
+}
+
+// caller authenticates the bearer as an operator or, failing that, as an
+// agent attestation.
+func (s *Server) caller(r *http.Request) (broker.Caller, error) {
+	tok, err := s.bearer(r)
+	if err != nil {
+		return broker.Caller{}, err
+	}
+	if tok == "" {
+		return broker.Caller{}, broker.Errorf(broker.EUNAUTHORIZED, "send an attestation or an operator token as Authorization: Bearer <token>")
+	}
+	op, isOp, err := s.ops.Authenticate(r.Context(), tok)
+	if err != nil {
+		return broker.Caller{}, err
+	}
+	if isOp {
+		return broker.Caller{Operator: op}, nil
+	}
+	p, err := s.b.AuthenticateAgent(r.Context(), tok, requestID(r.Context()))
+	if err != nil {
+		return broker.Caller{}, err
+	}
+	return broker.Caller{Agent: p}, nil
+}
+
+// requireOperator admits only operators.
+func (s *Server) requireOperator(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		tok, err := s.bearer(r)
+		if err != nil {
+			s.Error(w, r, err)
+			return
+		}
+		if tok == "" {
+			s.Error(w, r, broker.Errorf(broker.EUNAUTHORIZED, "this endpoint is for operators: send an operator token as Authorization: Bearer <token>"))
+			return
+		}
+		op, isOp, err := s.ops.Authenticate(r.Context(), tok)
+		if err != nil {
+			s.Error(w, r, err)
+			return
+		}
+		if !isOp {
+			s.Error(w, r, broker.Errorf(broker.EUNAUTHORIZED, "this endpoint is for operators; the bearer token is not an operator credential"))
+			return
+		}
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), keyOperator, op)))
+	})
+}
+
+func operatorFrom(ctx context.Context) *broker.Operator {
+	op, _ := ctx.Value(keyOperator).(*broker.Operator)
+	return op
+}
+
+// Validator is implemented by request bodies.
+type Validator interface {
+	Validate() error
+}
+
+// decodeJSON strictly decodes a single JSON object into v and validates
+// it: the content type must be JSON, unknown fields and trailing data are
+// errors, and the body is already bounded by withLimits.
+func decodeJSON(r *http.Request, v Validator) error {
+	if err := requireContentType(r, "application/json"); err != nil {
+		return err
+	}
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return jsonError(err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return broker.Errorf(broker.EINVALID, "the body must hold exactly one JSON object")
+	}
+	return v.Validate()
+}
+
+func requireContentType(r *http.Request, want string) error {
+	mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	if err != nil || mt != want {
+		return broker.Errorf(broker.EINVALID, "Content-Type must be %s", want)
+	}
+	return nil
+}
+
+func jsonError(err error) error {
+	var mbe *http.MaxBytesError
+	var se *json.SyntaxError
+	var te *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &mbe):
+		return broker.Errorf(broker.ETOOLARGE, "request body is over the limit of %d bytes", mbe.Limit)
+	case errors.Is(err, io.EOF):
+		return broker.Errorf(broker.EINVALID, "the request body is empty; send a JSON object")
+	case errors.As(err, &se):
+		return broker.Errorf(broker.EINVALID, "malformed JSON at byte %d", se.Offset)
+	case errors.As(err, &te):
+		if te.Field != "" {
+			return broker.Errorf(broker.EINVALID, "field %q must be %s", te.Field, te.Type)
+		}
+		return broker.Errorf(broker.EINVALID, "the body must be a JSON object")
+	default:
+		// Includes unknown fields, for which encoding/json has no typed
+		// error; its message names the field and is safe to show.
+		return broker.Errorf(broker.EINVALID, "invalid JSON body: %s", strings.TrimPrefix(err.Error(), "json: "))
+	}
+}
+
+// sourceIP is the client address as seen on the connection. valet does not
+// trust X-Forwarded-For.
+func sourceIP(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}

@@ -1,0 +1,323 @@
+// Package audit is valet's append-only, hash-chained audit log. Records live
+// in the same bbolt database as the state they describe and are appended in
+// the same transaction as the change, so a state change without its record
+// (or the reverse) cannot be committed. Each record carries the hash of the
+// one before it; Verify recomputes the chain and detects any changed,
+// deleted or reordered record.
+package audit
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"go.etcd.io/bbolt"
+)
+
+// Actor types.
+const (
+	ActorAgent     = "agent"
+	ActorOperator  = "operator"
+	ActorJob       = "job"
+	ActorDetector  = "detector"
+	ActorSystem    = "system"
+	ActorAnonymous = "anonymous" // a caller whose credentials did not verify
+)
+
+// Decisions.
+const (
+	Allow = "allow"
+	Deny  = "deny"
+)
+
+// Record kinds written by valet.
+const (
+	KindMint          = "mint"            // allowed, or denied with a reason
+	KindMintFailed    = "mint.failed"     // policy allowed, the backend failed
+	KindRenew         = "lease.renew"     // allowed or denied
+	KindRelease       = "lease.release"   // the agent ended its lease
+	KindRevoke        = "lease.revoke"    // an operator (or recovery) ended a lease
+	KindRevoked       = "lease.revoked"   // the backend confirmed revocation
+	KindRevokeFailed  = "lease.revoke_failed"
+	KindIrrevocable   = "lease.irrevocable"
+	KindExpire        = "lease.expire"
+	KindRecover       = "lease.recover" // a pending lease left by a crash
+	KindPolicyReload  = "policy.reload"
+	KindConfigLoad    = "config.load"
+	KindServerStart   = "server.start"
+	KindIntrospection = "introspect"
+)
+
+// Actor is who caused a record.
+type Actor struct {
+	Type string `json:"type"`
+	ID   string `json:"id,omitempty"`
+}
+
+// Entry is what a caller records; the log adds sequence, time and hashes.
+// No field may ever hold a secret: no tokens, passwords, keys or raw
+// attestations.
+type Entry struct {
+	Kind          string            `json:"kind"`
+	Actor         Actor             `json:"actor"`
+	Decision      string            `json:"decision,omitempty"`
+	Reason        string            `json:"reason,omitempty"`
+	AgentID       string            `json:"agent_id,omitempty"`
+	Role          string            `json:"role,omitempty"`
+	LeaseID       string            `json:"lease_id,omitempty"`
+	PolicyVersion string            `json:"policy_version,omitempty"`
+	PolicyIDs     []string          `json:"policy_ids,omitempty"`
+	RequestID     string            `json:"request_id,omitempty"`
+	Details       map[string]string `json:"details,omitempty"`
+}
+
+// Record is one entry of the log.
+type Record struct {
+	Seq  uint64    `json:"seq"`
+	Time time.Time `json:"time"`
+	Entry
+	PrevHash string `json:"prev_hash"`
+	Hash     string `json:"hash"`
+}
+
+var (
+	bucketRecords = []byte("audit")
+	bucketMeta    = []byte("audit.meta")
+	keyHead       = []byte("head")
+)
+
+// Init creates the audit buckets. Call it once, in the transaction that
+// creates the database's other buckets.
+func Init(tx *bbolt.Tx) error {
+	for _, b := range [][]byte{bucketRecords, bucketMeta} {
+		if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+			return fmt.Errorf("create bucket %s: %w", b, err)
+		}
+	}
+	return nil
+}
+
+type head struct {
+	seq  uint64
+	hash [sha256.Size]byte
+}
+
+func readHead(tx *bbolt.Tx) (head, error) {
+	var h head
+	v := tx.Bucket(bucketMeta).Get(keyHead)
+	if v == nil {
+		return h, nil
+	}
+	if len(v) != 8+sha256.Size {
+		return h, errors.New("audit head is corrupt")
+	}
+	h.seq = binary.BigEndian.Uint64(v[:8])
+	copy(h.hash[:], v[8:])
+	return h, nil
+}
+
+// AppendTx appends entries to the log inside tx, chained to the current
+// head, and returns the records. The records are durable exactly when tx
+// commits. Sink, if non-nil, receives them after a successful commit.
+func AppendTx(tx *bbolt.Tx, now time.Time, sink Sink, entries ...Entry) ([]Record, error) {
+	h, err := readHead(tx)
+	if err != nil {
+		return nil, err
+	}
+	b := tx.Bucket(bucketRecords)
+	recs := make([]Record, 0, len(entries))
+	for _, e := range entries {
+		r := Record{Seq: h.seq + 1, Time: now.UTC().Round(0), Entry: e, PrevHash: hex.EncodeToString(h.hash[:])}
+		sum, err := r.computeHash()
+		if err != nil {
+			return nil, err
+		}
+		r.Hash = hex.EncodeToString(sum[:])
+		v, err := json.Marshal(r)
+		if err != nil {
+			return nil, fmt.Errorf("encode audit record: %w", err)
+		}
+		if err := b.Put(seqKey(r.Seq), v); err != nil {
+			return nil, err
+		}
+		h = head{seq: r.Seq, hash: sum}
+		recs = append(recs, r)
+	}
+	hv := make([]byte, 8+sha256.Size)
+	binary.BigEndian.PutUint64(hv, h.seq)
+	copy(hv[8:], h.hash[:])
+	if err := tx.Bucket(bucketMeta).Put(keyHead, hv); err != nil {
+		return nil, err
+	}
+	if sink != nil {
+		tx.OnCommit(func() { sink.Write(recs) })
+	}
+	return recs, nil
+}
+
+// computeHash is SHA-256 over the previous hash and the record's canonical
+// JSON with Hash empty. encoding/json writes struct fields in declaration
+// order and map keys sorted, so the encoding is deterministic.
+func (r Record) computeHash() ([sha256.Size]byte, error) {
+	r.Hash = ""
+	body, err := json.Marshal(r)
+	if err != nil {
+		return [sha256.Size]byte{}, err
+	}
+	prev, err := hex.DecodeString(r.PrevHash)
+	if err != nil {
+		return [sha256.Size]byte{}, fmt.Errorf("prev_hash is not hex")
+	}
+	hh := sha256.New()
+	hh.Write(prev)
+	hh.Write(body)
+	var sum [sha256.Size]byte
+	copy(sum[:], hh.Sum(nil))
+	return sum, nil
+}
+
+func seqKey(seq uint64) []byte {
+	k := make([]byte, 8)
+	binary.BigEndian.PutUint64(k, seq)
+	return k
+}
+
+// Filter selects records for List.
+type Filter struct {
+	AfterSeq uint64 // only records with a greater sequence
+	Kind     string
+	AgentID  string
+	LeaseID  string
+	Limit    int // default 100, at most 1000
+	// Newest lists from the end backwards (AfterSeq is then ignored and
+	// BeforeSeq, when set, bounds from above).
+	Newest    bool
+	BeforeSeq uint64
+}
+
+// List returns records matching f, in sequence order (or newest first).
+func List(db *bbolt.DB, f Filter) ([]Record, error) {
+	if f.Limit <= 0 {
+		f.Limit = 100
+	}
+	f.Limit = min(f.Limit, 1000)
+	var out []Record
+	err := db.View(func(tx *bbolt.Tx) error {
+		c := tx.Bucket(bucketRecords).Cursor()
+		var k, v []byte
+		next := c.Next
+		if f.Newest {
+			next = c.Prev
+			if f.BeforeSeq > 0 {
+				k, v = c.Seek(seqKey(f.BeforeSeq))
+				if k != nil {
+					k, v = c.Prev()
+				} else {
+					k, v = c.Last()
+				}
+			} else {
+				k, v = c.Last()
+			}
+		} else {
+			k, v = c.Seek(seqKey(f.AfterSeq + 1))
+		}
+		for ; k != nil && len(out) < f.Limit; k, v = next() {
+			var r Record
+			if err := json.Unmarshal(v, &r); err != nil {
+				return fmt.Errorf("audit record %d: %w", binary.BigEndian.Uint64(k), err)
+			}
+			if (f.Kind != "" && r.Kind != f.Kind) || (f.AgentID != "" && r.AgentID != f.AgentID) || (f.LeaseID != "" && r.LeaseID != f.LeaseID) {
+				continue
+			}
+			out = append(out, r)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// VerifyResult is the outcome of Verify.
+type VerifyResult struct {
+	OK      bool   `json:"ok"`
+	Records uint64 `json:"records"`
+	// HeadSeq and HeadHash identify the last record; a verifier can keep
+	// them to detect later truncation.
+	HeadSeq  uint64 `json:"head_seq"`
+	HeadHash string `json:"head_hash"`
+	// Problem says what broke the chain, e.g. "record 42: hash does not
+	// match its contents (changed)". Empty when OK.
+	Problem  string `json:"problem,omitempty"`
+	FirstBad uint64 `json:"first_bad_seq,omitempty"`
+}
+
+// Verify walks the whole log and checks that sequence numbers are
+// contiguous from 1, that every record's key matches its sequence, that each
+// record's prev_hash is the previous record's hash, that every hash matches
+// the record's contents, and that the stored head points at the last record
+// (so a deleted tail is detected too).
+func Verify(db *bbolt.DB) (VerifyResult, error) {
+	var res VerifyResult
+	err := db.View(func(tx *bbolt.Tx) error {
+		h, err := readHead(tx)
+		if err != nil {
+			res.Problem = err.Error()
+			return nil
+		}
+		fail := func(seq uint64, format string, args ...any) {
+			res.Problem = fmt.Sprintf("record %d: ", seq) + fmt.Sprintf(format, args...)
+			res.FirstBad = seq
+		}
+		var prev [sha256.Size]byte
+		var want uint64 = 1
+		c := tx.Bucket(bucketRecords).Cursor()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			if len(k) != 8 {
+				fail(want, "malformed key")
+				return nil
+			}
+			seq := binary.BigEndian.Uint64(k)
+			if seq != want {
+				fail(want, "missing (the next stored record is %d): records were deleted", seq)
+				return nil
+			}
+			var r Record
+			dec := json.NewDecoder(bytes.NewReader(v))
+			dec.DisallowUnknownFields()
+			if err := dec.Decode(&r); err != nil {
+				fail(seq, "cannot be decoded (changed): %v", err)
+				return nil
+			}
+			if r.Seq != seq {
+				fail(seq, "holds record %d (reordered)", r.Seq)
+				return nil
+			}
+			if r.PrevHash != hex.EncodeToString(prev[:]) {
+				fail(seq, "prev_hash does not match the hash of record %d (reordered or changed)", seq-1)
+				return nil
+			}
+			sum, err := r.computeHash()
+			if err != nil || r.Hash != hex.EncodeToString(sum[:]) {
+				fail(seq, "hash does not match its contents (changed)")
+				return nil
+			}
+			prev = sum
+			res.Records++
+			want++
+		}
+		if h.seq != res.Records || (h.seq > 0 && h.hash != prev) {
+			res.Problem = fmt.Sprintf("the log ends at record %d but its head says %d: records were deleted from the end", res.Records, h.seq)
+			res.FirstBad = res.Records + 1
+			return nil
+		}
+		res.OK = true
+		res.HeadSeq = h.seq
+		res.HeadHash = hex.EncodeToString(h.hash[:])
+		return nil
+	})
+	return res, err
+}

@@ -1,0 +1,331 @@
+// Package broker is valet's domain: the flows that turn a verified
+// attestation into a short-lived credential (mint), extend it (renew) and
+// end it (release, revoke), with the policy checks, lease records and audit
+// records each step needs. Transport (HTTP), storage (leases) and the
+// credential backends are plugged in through small interfaces.
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/valet-broker/valet/backends"
+	"github.com/valet-broker/valet/broker/audit"
+	"github.com/valet-broker/valet/broker/clock"
+	"github.com/valet-broker/valet/leases"
+)
+
+// Revoker revokes ended leases at their backends (leases.RevocationQueue).
+type Revoker interface {
+	// RevokeNow makes the first attempt at once and returns the lease as it
+	// is afterwards; failures stay queued for retries.
+	RevokeNow(ctx context.Context, l *leases.Lease) (*leases.Lease, error)
+}
+
+// ExpiryNotifier is told about new expiries so the scheduler can wake early
+// (leases.Expirer).
+type ExpiryNotifier interface {
+	Notify(t time.Time)
+}
+
+// Observer receives measurements (Prometheus in production).
+type Observer interface {
+	// Minted is called once per mint request with the role (or "" when the
+	// role is unknown), the outcome (the error code, or "ok"/"pending") and
+	// how long it took.
+	Minted(role, outcome string, d time.Duration)
+}
+
+// Options are the Broker's dependencies.
+type Options struct {
+	Config     *Config
+	Store      leases.Store
+	Auditor    leases.Auditor
+	Verifier   Verifier
+	Authorizer Authorizer
+	Backends   map[string]backends.Backend
+	Revoker    Revoker
+	Expiry     ExpiryNotifier
+	Clock      clock.Clock
+	Logger     *slog.Logger
+	Observer   Observer
+}
+
+// Broker runs the credential flows.
+type Broker struct {
+	cfg      *Config
+	store    leases.Store
+	auditor  leases.Auditor
+	verifier Verifier
+	authz    Authorizer
+	backends map[string]backends.Backend
+	revoker  Revoker
+	expiry   ExpiryNotifier
+	clock    clock.Clock
+	log      *slog.Logger
+	obs      Observer
+	limiter  *agentLimiter
+	roles    map[string]*Role
+}
+
+// New checks that every role's backend exists and accepts the role's
+// parameters, and returns a Broker.
+func New(o Options) (*Broker, error) {
+	if o.Config == nil || o.Store == nil || o.Auditor == nil || o.Verifier == nil || o.Authorizer == nil || o.Revoker == nil {
+		return nil, errors.New("broker: Config, Store, Auditor, Verifier, Authorizer and Revoker are required")
+	}
+	if o.Clock == nil {
+		o.Clock = clock.Real{}
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	b := &Broker{
+		cfg: o.Config, store: o.Store, auditor: o.Auditor, verifier: o.Verifier, authz: o.Authorizer,
+		backends: o.Backends, revoker: o.Revoker, expiry: o.Expiry, clock: o.Clock, log: o.Logger, obs: o.Observer,
+		roles: map[string]*Role{},
+	}
+	b.limiter = newAgentLimiter(o.Config.Limits.AgentRate, o.Config.Limits.AgentBurst, o.Clock)
+	for i := range o.Config.Roles {
+		r := &o.Config.Roles[i]
+		be, ok := o.Backends[r.Backend]
+		if !ok {
+			return nil, fmt.Errorf("roles[%d].backend %q is not configured", i, r.Backend)
+		}
+		if rc, ok := be.(backends.RoleChecker); ok {
+			if err := rc.CheckRole(roleSpec(r)); err != nil {
+				return nil, fmt.Errorf("roles[%d] (%s): %w", i, r.Name, err)
+			}
+		}
+		b.roles[r.Name] = r
+	}
+	return b, nil
+}
+
+func roleSpec(r *Role) backends.RoleSpec {
+	return backends.RoleSpec{Name: r.Name, Audience: r.Audience, Scopes: r.Scopes, Params: r.Params}
+}
+
+// Role returns a configured role or ENOTFOUND.
+func (b *Broker) Role(name string) (*Role, error) {
+	r, ok := b.roles[name]
+	if !ok {
+		return nil, Errorf(ENOTFOUND, "role %q does not exist", name)
+	}
+	return r, nil
+}
+
+// Roles lists the configured roles.
+func (b *Broker) Roles() []Role { return b.cfg.Roles }
+
+// MintRequest asks for a credential.
+type MintRequest struct {
+	// Attestation is the raw workload token. It is verified and dropped;
+	// it is never stored or logged.
+	Attestation string
+	Role        string
+	// TTL is the requested lease TTL; 0 means the role's default. It is
+	// capped at the role's max_ttl.
+	TTL       time.Duration
+	Reason    string
+	Scope     map[string]any
+	SourceIP  string
+	RequestID string
+}
+
+// MintResult is a minted credential. Credential is shown to the agent once.
+type MintResult struct {
+	Lease      *leases.Lease
+	Credential map[string]any
+}
+
+// Mint verifies the attestation, checks policy, records a pending lease,
+// calls the backend and activates the lease, and only then returns the
+// credential. Errors: EUNAUTHORIZED (attestation), ETOOLARGE, ERATELIMIT,
+// ENOTFOUND (role), EFORBIDDEN (policy, or approval required), EINVALID,
+// EUNAVAILABLE (backend or store down), EBADGATEWAY (backend error).
+func (b *Broker) Mint(ctx context.Context, req MintRequest) (res *MintResult, err error) {
+	start := time.Now() // wall time: a latency measurement, not a decision
+	roleName := ""
+	defer func() {
+		if b.obs != nil {
+			outcome := "ok"
+			if err != nil {
+				outcome = ErrorCode(err)
+			}
+			b.obs.Minted(roleName, outcome, time.Since(start))
+		}
+	}()
+	p, err := b.authenticate(ctx, req.Attestation, audit.KindMint, req.Role, req.RequestID)
+	if err != nil {
+		return nil, err
+	}
+	role, ok := b.roles[req.Role]
+	if !ok {
+		err := Errorf(ENOTFOUND, "role %q does not exist", req.Role)
+		b.deny(ctx, p, audit.KindMint, req.Role, req.RequestID, err.Message, Decision{})
+		return nil, err
+	}
+	roleName = role.Name
+	ttl := req.TTL
+	if ttl == 0 {
+		ttl = role.TTL.D()
+	}
+	if ttl < time.Second {
+		return nil, Errorf(EINVALID, "ttl must be at least 1s")
+	}
+	ttl = min(ttl, role.MaxTTL.D())
+
+	now := b.clock.Now()
+	dec, err := b.authz.Authorize(ctx, AuthzRequest{
+		Principal: p, Action: ActionMint, Role: role,
+		Context: AuthzContext{TTL: ttl, Reason: req.Reason, SourceIP: req.SourceIP, Now: now},
+	})
+	if err != nil {
+		return nil, Wrap(EINTERNAL, err, "policy evaluation failed")
+	}
+	if !dec.Allowed {
+		b.deny(ctx, p, audit.KindMint, role.Name, req.RequestID, dec.Reason(), dec)
+		return nil, Errorf(EFORBIDDEN, "%s: agent %s may not mint role %s", dec.Reason(), p.ID, role.Name)
+	}
+	if role.Approval.Required > 0 {
+		msg := fmt.Sprintf("role %s requires approval by %d operator(s); this server does not run the approval workflow", role.Name, role.Approval.Required)
+		b.deny(ctx, p, audit.KindMint, role.Name, req.RequestID, msg, dec)
+		return nil, Errorf(EFORBIDDEN, "%s", msg)
+	}
+	return b.mint(ctx, p, role, ttl, req, dec, now)
+}
+
+// mint runs the side-effecting part of a mint: intent, backend, activation.
+func (b *Broker) mint(ctx context.Context, p *Principal, role *Role, ttl time.Duration, req MintRequest, dec Decision, now time.Time) (*MintResult, error) {
+	be := b.backends[role.Backend]
+	l := &leases.Lease{
+		ID: leases.NewID(now), AgentID: p.ID, Role: role.Name, Backend: role.Backend,
+		State: leases.StatePending, CreatedAt: now, ExpiresAt: now.Add(ttl),
+		MaxExpires: now.Add(role.MaxTTL.D()), Lineage: p.Lineage, RequestID: req.RequestID,
+	}
+	_, canRenew := be.(backends.Renewer)
+	l.Renewable = canRenew && role.IsRenewable() && l.MaxExpires.After(l.ExpiresAt)
+	// Invariant 3: the intent is on disk before the backend is called.
+	if err := b.store.CreatePending(ctx, l); err != nil {
+		return nil, storeError(err)
+	}
+	mctx, cancel := context.WithTimeout(ctx, b.cfg.Limits.MintTimeout.D())
+	cred, err := be.Mint(mctx, backends.MintRequest{
+		CorrelationID: l.ID, AgentID: p.ID, Role: roleSpec(role), Attributes: p.Attributes,
+		IssuedAt: now, ExpiresAt: l.ExpiresAt, Scope: req.Scope,
+	})
+	cancel()
+	if err == nil && (cred.ExpiresAt.IsZero() || cred.ExpiresAt.After(l.ExpiresAt)) {
+		// Invariant 2: never hand out a credential that outlives its lease.
+		err = Errorf(EBADGATEWAY, "backend %s issued a credential expiring at %s, after the lease's expiry %s; it was revoked",
+			role.Backend, cred.ExpiresAt.UTC().Format(time.RFC3339), l.ExpiresAt.UTC().Format(time.RFC3339))
+		if cred.Handle != "" {
+			l.Handle = cred.Handle
+		}
+	}
+	if err != nil {
+		return nil, b.abandon(ctx, l, p, req.RequestID, dec, err)
+	}
+	active, err := b.store.Activate(ctx, l.ID, leases.Activation{Handle: cred.Handle, Details: cred.Details}, b.clock.Now(), audit.Entry{
+		Kind: audit.KindMint, Actor: agentActor(p), Decision: audit.Allow, Reason: dec.Reason(),
+		AgentID: p.ID, Role: role.Name, LeaseID: l.ID, PolicyVersion: dec.Version, PolicyIDs: dec.PolicyIDs,
+		RequestID: req.RequestID, Details: map[string]string{"ttl": ttl.String(), "backend": role.Backend},
+	})
+	if err != nil {
+		// The credential exists but is not recorded as active: it must not
+		// be returned (invariant 4). Revoke it; if even that cannot be
+		// recorded, start-up recovery finds the pending lease.
+		l.Handle = cred.Handle
+		b.abandon(ctx, l, p, req.RequestID, dec, err)
+		return nil, storeError(err)
+	}
+	if b.expiry != nil {
+		b.expiry.Notify(active.ExpiresAt)
+	}
+	return &MintResult{Lease: active, Credential: cred.Data}, nil
+}
+
+// abandon ends a pending lease whose mint failed and revokes whatever the
+// backend may have issued, then returns the error for the client.
+func (b *Broker) abandon(ctx context.Context, l *leases.Lease, p *Principal, requestID string, dec Decision, cause error) error {
+	ctx = context.WithoutCancel(ctx)
+	reason := ErrorMessage(cause)
+	b.log.Warn("mint failed", "lease", l.ID, "agent", p.ID, "role", l.Role, "backend", l.Backend, "request_id", requestID, "err", cause)
+	ended, err := b.store.Abandon(ctx, l.ID, l.Handle, b.clock.Now(), audit.Entry{
+		Kind: audit.KindMintFailed, Actor: agentActor(p), Decision: audit.Allow, Reason: reason,
+		PolicyVersion: dec.Version, PolicyIDs: dec.PolicyIDs, RequestID: requestID,
+		Details: map[string]string{"backend": l.Backend},
+	})
+	if err != nil {
+		b.log.Error("could not end failed mint; recovery will revoke it at start-up", "lease", l.ID, "err", err)
+	} else {
+		if _, err := b.revoker.RevokeNow(ctx, ended); err != nil {
+			b.log.Error("revoke after failed mint", "lease", l.ID, "err", err)
+		}
+	}
+	var be *Error
+	switch {
+	case errors.As(cause, &be):
+		return cause
+	case errors.Is(cause, backends.ErrUnavailable):
+		return Wrap(EUNAVAILABLE, cause, "backend %s is unavailable; retry later", l.Backend)
+	case errors.Is(cause, context.DeadlineExceeded):
+		return Wrap(EUNAVAILABLE, cause, "backend %s did not answer within %s", l.Backend, b.cfg.Limits.MintTimeout)
+	default:
+		return Wrap(EBADGATEWAY, cause, "backend %s failed to issue the credential", l.Backend)
+	}
+}
+
+// authenticate verifies an attestation and applies the per-agent rate
+// limit. Failures are audited (without the token).
+func (b *Broker) authenticate(ctx context.Context, token, kind, role, requestID string) (*Principal, error) {
+	if token == "" {
+		return nil, Errorf(EUNAUTHORIZED, "an attestation is required: send it as Authorization: Bearer <token>")
+	}
+	p, err := b.verifier.Verify(ctx, token)
+	if err != nil {
+		if code := ErrorCode(err); code == EUNAUTHORIZED || code == ETOOLARGE {
+			b.audit(ctx, audit.Entry{Kind: kind, Actor: audit.Actor{Type: audit.ActorAnonymous}, Decision: audit.Deny,
+				Reason: ErrorMessage(err), Role: role, RequestID: requestID})
+		}
+		return nil, err
+	}
+	if !b.limiter.allow(p.ID) {
+		return nil, Errorf(ERATELIMIT, "agent %s is over its rate limit of %g requests per second; slow down", p.ID, b.cfg.Limits.AgentRate)
+	}
+	return p, nil
+}
+
+func (b *Broker) deny(ctx context.Context, p *Principal, kind, role, requestID, reason string, dec Decision) {
+	b.audit(ctx, audit.Entry{Kind: kind, Actor: agentActor(p), Decision: audit.Deny, Reason: reason,
+		AgentID: p.ID, Role: role, PolicyVersion: dec.Version, PolicyIDs: dec.PolicyIDs, RequestID: requestID})
+}
+
+func (b *Broker) audit(ctx context.Context, e audit.Entry) {
+	if err := b.auditor.Audit(context.WithoutCancel(ctx), b.clock.Now(), e); err != nil {
+		b.log.Error("audit write failed", "kind", e.Kind, "err", err)
+	}
+}
+
+func agentActor(p *Principal) audit.Actor { return audit.Actor{Type: audit.ActorAgent, ID: p.ID} }
+
+// storeError turns a store failure into a client error.
+func storeError(err error) error {
+	switch {
+	case errors.Is(err, leases.ErrNotFound):
+		return Wrap(ENOTFOUND, err, "lease not found")
+	case errors.Is(err, leases.ErrState):
+		return Wrap(ECONFLICT, err, "%s", err.Error())
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return Wrap(EUNAVAILABLE, err, "the request was cancelled before the lease store answered")
+	default:
+		return Wrap(EINTERNAL, err, "lease store failure")
+	}
+}
+
+// Now is the broker's clock reading.
+func (b *Broker) Now() time.Time { return b.clock.Now() }

@@ -1,0 +1,288 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"sort"
+	"time"
+
+	"github.com/valet-broker/valet/backends"
+	"github.com/valet-broker/valet/broker/audit"
+	"github.com/valet-broker/valet/leases"
+)
+
+// Caller is who asks about a lease: the agent that owns it (proven by a
+// fresh attestation) or an operator. Exactly one field is set.
+type Caller struct {
+	Agent    *Principal
+	Operator *Operator
+}
+
+func (c Caller) actor() audit.Actor {
+	if c.Operator != nil {
+		return audit.Actor{Type: audit.ActorOperator, ID: c.Operator.Name}
+	}
+	return agentActor(c.Agent)
+}
+
+// AuthenticateAgent verifies an attestation for a lease operation and
+// applies the rate limit.
+func (b *Broker) AuthenticateAgent(ctx context.Context, token, requestID string) (*Principal, error) {
+	return b.authenticate(ctx, token, "lease.access", "", requestID)
+}
+
+// GetLease returns a lease to its owner or an operator. Another agent gets
+// ENOTFOUND, so lease ids cannot be probed.
+func (b *Broker) GetLease(ctx context.Context, c Caller, id string) (*leases.Lease, error) {
+	if !leases.ValidID(id) {
+		return nil, Errorf(ENOTFOUND, "lease %q not found", id)
+	}
+	l, err := b.store.Get(ctx, id)
+	if err != nil {
+		if errors.Is(err, leases.ErrNotFound) {
+			return nil, Errorf(ENOTFOUND, "lease %q not found", id)
+		}
+		return nil, storeError(err)
+	}
+	if c.Operator == nil && (c.Agent == nil || c.Agent.ID != l.AgentID) {
+		return nil, Errorf(ENOTFOUND, "lease %q not found", id)
+	}
+	return l, nil
+}
+
+// ListLeases lists leases for an operator.
+func (b *Broker) ListLeases(ctx context.Context, f leases.Filter) ([]*leases.Lease, error) {
+	ls, err := b.store.List(ctx, f)
+	if err != nil {
+		return nil, storeError(err)
+	}
+	return ls, nil
+}
+
+// RenewRequest extends a lease.
+type RenewRequest struct {
+	ID string
+	// TTL is the requested time from now; 0 means the role's TTL. The new
+	// expiry never passes the lease's max (creation + role max_ttl).
+	TTL       time.Duration
+	SourceIP  string
+	RequestID string
+}
+
+// RenewResult is a renewed lease, with a reissued credential when the
+// backend had to issue a new one.
+type RenewResult struct {
+	Lease      *leases.Lease
+	Credential map[string]any
+}
+
+// RenewLease extends an active lease after asking the policy (action
+// renew). Errors: ENOTFOUND, ECONFLICT (not active, not renewable, at its
+// max), EFORBIDDEN (policy), EUNAVAILABLE / EBADGATEWAY (backend).
+func (b *Broker) RenewLease(ctx context.Context, c Caller, req RenewRequest) (*RenewResult, error) {
+	l, err := b.GetLease(ctx, c, req.ID)
+	if err != nil {
+		return nil, err
+	}
+	now := b.clock.Now()
+	if !l.ActiveAt(now) {
+		return nil, Errorf(ECONFLICT, "lease %s is %s; only active leases can be renewed", l.ID, displayState(l, now))
+	}
+	role, ok := b.roles[l.Role]
+	if !ok {
+		return nil, Errorf(ECONFLICT, "role %s of lease %s is no longer configured", l.Role, l.ID)
+	}
+	renewer, ok := b.backends[l.Backend].(backends.Renewer)
+	if !ok || !l.Renewable {
+		return nil, Errorf(ECONFLICT, "lease %s is not renewable (role %s); mint a new credential instead", l.ID, l.Role)
+	}
+	ttl := req.TTL
+	if ttl == 0 {
+		ttl = role.TTL.D()
+	}
+	if ttl < time.Second {
+		return nil, Errorf(EINVALID, "ttl must be at least 1s")
+	}
+	want := now.Add(ttl)
+	if want.After(l.MaxExpires) {
+		want = l.MaxExpires
+	}
+	if !want.After(l.ExpiresAt) {
+		return nil, Errorf(ECONFLICT, "lease %s already expires at %s, its maximum (role %s max_ttl %s)", l.ID, l.ExpiresAt.UTC().Format(time.RFC3339), l.Role, role.MaxTTL)
+	}
+	var p *Principal
+	dec := Decision{Allowed: true}
+	if c.Agent != nil {
+		p = c.Agent
+		dec, err = b.authz.Authorize(ctx, AuthzRequest{Principal: p, Action: ActionRenew, Role: role,
+			Context: AuthzContext{TTL: want.Sub(now), SourceIP: req.SourceIP, Now: now}})
+		if err != nil {
+			return nil, Wrap(EINTERNAL, err, "policy evaluation failed")
+		}
+		if !dec.Allowed {
+			b.deny(ctx, p, audit.KindRenew, role.Name, req.RequestID, dec.Reason(), dec)
+			return nil, Errorf(EFORBIDDEN, "%s: agent %s may not renew role %s", dec.Reason(), p.ID, role.Name)
+		}
+	} else {
+		dec.Version = b.authz.Version()
+	}
+	ref := backends.Ref{Handle: l.Handle, CorrelationID: l.ID, AgentID: l.AgentID, Role: l.Role, ExpiresAt: l.ExpiresAt}
+	mreq := backends.MintRequest{CorrelationID: l.ID, AgentID: l.AgentID, Role: roleSpec(role), IssuedAt: now, ExpiresAt: want}
+	if p != nil {
+		mreq.Attributes = p.Attributes
+	}
+	rctx, cancel := context.WithTimeout(ctx, b.cfg.Limits.MintTimeout.D())
+	rn, err := renewer.Renew(rctx, ref, mreq)
+	cancel()
+	if err != nil {
+		var be *Error
+		switch {
+		case errors.As(err, &be):
+			return nil, err
+		case errors.Is(err, backends.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
+			return nil, Wrap(EUNAVAILABLE, err, "backend %s is unavailable; the lease still expires at %s", l.Backend, l.ExpiresAt.UTC().Format(time.RFC3339))
+		default:
+			return nil, Wrap(EBADGATEWAY, err, "backend %s could not renew the credential", l.Backend)
+		}
+	}
+	newExp := rn.ExpiresAt
+	if newExp.After(want) {
+		newExp = want // never record more than was asked; invariant 2 holds at the backend side
+	}
+	renewed, err := b.store.Renew(ctx, l.ID, b.clock.Now(), newExp, audit.Entry{
+		Kind: audit.KindRenew, Actor: c.actor(), Decision: audit.Allow, Reason: dec.Reason(),
+		PolicyVersion: dec.Version, PolicyIDs: dec.PolicyIDs, RequestID: req.RequestID,
+		Details: map[string]string{"expires_at": newExp.UTC().Format(time.RFC3339)},
+	})
+	if err != nil {
+		return nil, storeError(err)
+	}
+	return &RenewResult{Lease: renewed, Credential: rn.Data}, nil
+}
+
+// EndLease ends a lease: released when its agent gives it back, revoked
+// when an operator takes it. The first revocation attempt runs at once;
+// the returned lease is released/revoked, or revoking if the backend did
+// not confirm yet (it stays queued). Ending an ended lease is harmless.
+func (b *Broker) EndLease(ctx context.Context, c Caller, id, reason, requestID string) (*leases.Lease, error) {
+	l, err := b.GetLease(ctx, c, id)
+	if err != nil {
+		return nil, err
+	}
+	to, kind := leases.StateReleased, audit.KindRelease
+	if c.Operator != nil {
+		to, kind = leases.StateRevoked, audit.KindRevoke
+	}
+	if reason == "" {
+		reason = string(to) + " by " + c.actor().Type
+	}
+	ended, err := b.store.End(ctx, l.ID, to, b.clock.Now(), audit.Entry{
+		Kind: kind, Actor: c.actor(), Reason: reason, RequestID: requestID,
+	})
+	if err != nil {
+		return nil, storeError(err)
+	}
+	out, err := b.revoker.RevokeNow(ctx, ended)
+	if err != nil {
+		b.log.Error("revocation attempt failed to record", "lease", id, "err", err)
+		return ended, nil
+	}
+	return out, nil
+}
+
+// RevokeMatching revokes every live lease matching f (by agent or
+// lineage) for an operator, and returns how many it ended.
+func (b *Broker) RevokeMatching(ctx context.Context, op *Operator, f leases.Filter, reason, requestID string) (int, error) {
+	if f.AgentID == "" && f.Lineage == "" {
+		return 0, Errorf(EINVALID, "give agent_id or lineage; revoking everything at once is not offered")
+	}
+	n := 0
+	for {
+		f.Limit = 1000
+		ls, err := b.store.List(ctx, f)
+		if err != nil {
+			return n, storeError(err)
+		}
+		for _, l := range ls {
+			if l.State != leases.StateActive && l.State != leases.StatePending {
+				continue
+			}
+			if _, err := b.EndLease(ctx, Caller{Operator: op}, l.ID, reason, requestID); err != nil {
+				return n, err
+			}
+			n++
+		}
+		if len(ls) < f.Limit {
+			return n, nil
+		}
+		f.Before = ls[len(ls)-1].ID
+	}
+}
+
+// displayState is a lease's state as clients should see it: an active lease
+// past its expiry is expired even before the scheduler records it.
+func displayState(l *leases.Lease, now time.Time) leases.State {
+	if l.State == leases.StateActive && !now.Before(l.ExpiresAt) {
+		return leases.StateExpired
+	}
+	return l.State
+}
+
+// Introspection is an RFC 7662 answer.
+type Introspection struct {
+	Active bool
+	Claims map[string]any
+	Lease  *leases.Lease
+}
+
+// Introspect reports whether a valet-issued token is active: its signature
+// and issuer verify and its lease is active and unexpired. Anything else,
+// including malformed input, is simply inactive.
+func (b *Broker) Introspect(ctx context.Context, token string) (*Introspection, error) {
+	if token == "" || len(token) > b.cfg.Limits.MaxAttestationBytes {
+		return &Introspection{}, nil
+	}
+	for _, be := range b.backends {
+		in, ok := be.(backends.Introspector)
+		if !ok {
+			continue
+		}
+		info, err := in.Introspect(token)
+		if err != nil {
+			continue
+		}
+		if !leases.ValidID(info.LeaseID) {
+			return &Introspection{}, nil
+		}
+		l, err := b.store.Get(ctx, info.LeaseID)
+		if errors.Is(err, leases.ErrNotFound) {
+			return &Introspection{}, nil
+		}
+		if err != nil {
+			return nil, storeError(err)
+		}
+		now := b.clock.Now()
+		exp, _ := info.Claims["exp"].(float64)
+		if !l.ActiveAt(now) || float64(now.Unix()) >= exp {
+			return &Introspection{Lease: l}, nil
+		}
+		return &Introspection{Active: true, Claims: info.Claims, Lease: l}, nil
+	}
+	return &Introspection{}, nil
+}
+
+// PublicJWKs returns the public keys of every signing backend.
+func (b *Broker) PublicJWKs() []map[string]any {
+	names := make([]string, 0, len(b.backends))
+	for n := range b.backends {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	out := []map[string]any{}
+	for _, n := range names {
+		if kp, ok := b.backends[n].(backends.KeyPublisher); ok {
+			out = append(out, kp.PublicJWKs()...)
+		}
+	}
+	return out
+}

@@ -1,0 +1,509 @@
+package leases
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
+
+	"github.com/valet-broker/valet/broker/audit"
+)
+
+// Buckets. Every index is maintained by putLease alone, so they cannot drift
+// from the lease records.
+var (
+	bucketLeases  = []byte("leases")         // id -> JSON Lease
+	bucketExpiry  = []byte("leases.expiry")  // expires(8) id -> nil, active leases only
+	bucketAgent   = []byte("leases.agent")   // agent 0x00 id -> nil
+	bucketLineage = []byte("leases.lineage") // lineage-id 0x00 id -> nil
+	bucketState   = []byte("leases.state")   // state 0x00 id -> nil
+	bucketRevoke  = []byte("leases.revoke")  // next-attempt(8) id -> nil, revoking and irrevocable leases
+	bucketEnded   = []byte("leases.ended")   // ended(8) id -> nil, terminal leases (for retention)
+	bucketMeta    = []byte("leases.meta")    // "count/<state>" -> uint64
+)
+
+// BoltStore is the bbolt implementation of Store. It owns the database file;
+// other parts of valet (audit, the attestation replay cache) keep their
+// buckets in the same file and write through Update so that their writes
+// share commits.
+type BoltStore struct {
+	db   *bbolt.DB
+	c    *committer
+	sink audit.Sink
+}
+
+var (
+	_ Store   = (*BoltStore)(nil)
+	_ Auditor = (*BoltStore)(nil)
+)
+
+// BoltOptions configures OpenBolt.
+type BoltOptions struct {
+	// Sink receives audit records after they commit (optional).
+	Sink audit.Sink
+	// MaxBatch bounds how many writes share one commit (default 512).
+	MaxBatch int
+	// ReadOnly opens the file without taking the writer lock (for offline
+	// tools such as `valet audit verify --data-dir`).
+	ReadOnly bool
+}
+
+// OpenBolt opens (creating if needed) the database at path. It fails after
+// two seconds if another process holds the file.
+func OpenBolt(path string, opts BoltOptions) (*BoltStore, error) {
+	if !opts.ReadOnly {
+		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+			return nil, err
+		}
+	}
+	db, err := bbolt.Open(path, 0o600, &bbolt.Options{
+		Timeout:      2 * time.Second,
+		FreelistType: bbolt.FreelistMapType,
+		ReadOnly:     opts.ReadOnly,
+	})
+	if errors.Is(err, bolterrors.ErrTimeout) {
+		return nil, fmt.Errorf("open %s: the database is in use by another valet process", path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	if !opts.ReadOnly {
+		err = db.Update(func(tx *bbolt.Tx) error {
+			for _, b := range [][]byte{bucketLeases, bucketExpiry, bucketAgent, bucketLineage, bucketState, bucketRevoke, bucketEnded, bucketMeta} {
+				if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+					return err
+				}
+			}
+			return audit.Init(tx)
+		})
+		if err != nil {
+			db.Close()
+			return nil, fmt.Errorf("initialise %s: %w", path, err)
+		}
+	}
+	s := &BoltStore{db: db, sink: opts.Sink}
+	if !opts.ReadOnly {
+		s.c = newCommitter(db, opts.MaxBatch)
+	}
+	return s, nil
+}
+
+// DB is the underlying database, for packages that keep their own buckets
+// in it. Writes should go through Update.
+func (s *BoltStore) DB() *bbolt.DB { return s.db }
+
+// Update runs fn in a write transaction that may be shared with other
+// concurrent writes (group commit): it returns after the transaction is on
+// disk. fn may run more than once and must only touch the database.
+func (s *BoltStore) Update(ctx context.Context, fn func(tx *bbolt.Tx) error) error {
+	if s.c == nil {
+		return errors.New("lease store is read-only")
+	}
+	return s.c.do(ctx, fn)
+}
+
+// Close stops the committer and closes the database.
+func (s *BoltStore) Close() error {
+	if s.c != nil {
+		s.c.close()
+	}
+	return s.db.Close()
+}
+
+// Audit appends entries that are not tied to a lease change.
+func (s *BoltStore) Audit(ctx context.Context, now time.Time, e ...audit.Entry) error {
+	return s.Update(ctx, func(tx *bbolt.Tx) error {
+		_, err := audit.AppendTx(tx, now, s.sink, e...)
+		return err
+	})
+}
+
+// AppendAuditTx appends audit entries inside a transaction obtained from
+// Update, with the store's sink.
+func (s *BoltStore) AppendAuditTx(tx *bbolt.Tx, now time.Time, e ...audit.Entry) error {
+	_, err := audit.AppendTx(tx, now, s.sink, e...)
+	return err
+}
+
+// CreatePending implements Store.
+func (s *BoltStore) CreatePending(ctx context.Context, l *Lease) error {
+	if l.State != StatePending || l.ID == "" {
+		return fmt.Errorf("create pending lease: need an id and state pending")
+	}
+	v, err := json.Marshal(l)
+	if err != nil {
+		return err
+	}
+	return s.Update(ctx, func(tx *bbolt.Tx) error {
+		if tx.Bucket(bucketLeases).Get([]byte(l.ID)) != nil {
+			return fmt.Errorf("lease %s already exists", l.ID)
+		}
+		return putLeaseEncoded(tx, nil, l, v)
+	})
+}
+
+// Activate implements Store.
+func (s *BoltStore) Activate(ctx context.Context, id string, a Activation, now time.Time, e audit.Entry) (*Lease, error) {
+	return s.change(ctx, id, now, e, func(l *Lease) error {
+		if l.State != StatePending {
+			return fmt.Errorf("%w: lease %s is %s, not pending", ErrState, id, l.State)
+		}
+		l.State = StateActive
+		l.Handle = a.Handle
+		l.Details = a.Details
+		return nil
+	})
+}
+
+// Renew implements Store.
+func (s *BoltStore) Renew(ctx context.Context, id string, now, expiresAt time.Time, e audit.Entry) (*Lease, error) {
+	return s.change(ctx, id, now, e, func(l *Lease) error {
+		if !l.ActiveAt(now) {
+			return fmt.Errorf("%w: lease %s is %s", ErrState, id, stateAt(l, now))
+		}
+		l.ExpiresAt = expiresAt
+		l.RenewCount++
+		return nil
+	})
+}
+
+// End implements Store.
+func (s *BoltStore) End(ctx context.Context, id string, reason State, now time.Time, e audit.Entry) (*Lease, error) {
+	if !reason.Terminal() {
+		return nil, fmt.Errorf("end lease: %q is not a terminal state", reason)
+	}
+	return s.change(ctx, id, now, e, func(l *Lease) error {
+		if l.State != StatePending && l.State != StateActive {
+			return errUnchanged
+		}
+		l.State = StateRevoking
+		l.EndReason = reason
+		l.EndedAt = now
+		l.NextAttempt = now
+		return nil
+	})
+}
+
+// Abandon implements Store.
+func (s *BoltStore) Abandon(ctx context.Context, id, handle string, now time.Time, e audit.Entry) (*Lease, error) {
+	return s.change(ctx, id, now, e, func(l *Lease) error {
+		if l.State != StatePending {
+			return errUnchanged
+		}
+		l.State = StateRevoking
+		l.EndReason = StateRevoked
+		l.Handle = handle
+		l.EndedAt = now
+		l.NextAttempt = now
+		return nil
+	})
+}
+
+// errUnchanged, returned by a change function, leaves the lease as it is,
+// writes no audit record, and is not an error for the caller.
+var errUnchanged = errors.New("unchanged")
+
+// change loads a lease, applies fn, stores the result and appends e, all in
+// one transaction. now is the time of the audit record.
+func (s *BoltStore) change(ctx context.Context, id string, now time.Time, e audit.Entry, fn func(l *Lease) error) (*Lease, error) {
+	var out *Lease
+	err := s.Update(ctx, func(tx *bbolt.Tx) error {
+		old, err := getLease(tx, id)
+		if err != nil {
+			return err
+		}
+		l := *old
+		if err := fn(&l); err != nil {
+			if errors.Is(err, errUnchanged) {
+				out = old
+				return nil
+			}
+			return err
+		}
+		if err := putLease(tx, old, &l); err != nil {
+			return err
+		}
+		if e.Kind != "" {
+			if e.LeaseID == "" {
+				e.LeaseID = l.ID
+			}
+			if e.AgentID == "" {
+				e.AgentID = l.AgentID
+			}
+			if e.Role == "" {
+				e.Role = l.Role
+			}
+			if _, err := audit.AppendTx(tx, now, s.sink, e); err != nil {
+				return err
+			}
+		}
+		out = &l
+		return nil
+	})
+	return out, err
+}
+
+func stateAt(l *Lease, now time.Time) State {
+	if l.State == StateActive && !now.Before(l.ExpiresAt) {
+		return StateExpired
+	}
+	return l.State
+}
+
+// Get implements Store.
+func (s *BoltStore) Get(ctx context.Context, id string) (*Lease, error) {
+	var l *Lease
+	err := s.db.View(func(tx *bbolt.Tx) error {
+		var err error
+		l, err = getLease(tx, id)
+		return err
+	})
+	return l, err
+}
+
+// List implements Store. With an agent, state or lineage filter it scans
+// that index; otherwise it walks all leases newest first.
+func (s *BoltStore) List(ctx context.Context, f Filter) ([]*Lease, error) {
+	if f.Limit <= 0 {
+		f.Limit = 100
+	}
+	f.Limit = min(f.Limit, 1000)
+	var out []*Lease
+	err := s.db.View(func(tx *bbolt.Tx) error {
+		match := func(l *Lease) bool {
+			return (f.AgentID == "" || l.AgentID == f.AgentID) &&
+				(f.Role == "" || l.Role == f.Role) &&
+				(f.Backend == "" || l.Backend == f.Backend) &&
+				(f.State == "" || l.State == f.State)
+		}
+		var prefix []byte
+		var bucket []byte
+		switch {
+		case f.Lineage != "":
+			bucket, prefix = bucketLineage, append([]byte(f.Lineage), 0)
+		case f.AgentID != "":
+			bucket, prefix = bucketAgent, append([]byte(f.AgentID), 0)
+		case f.State != "":
+			bucket, prefix = bucketState, append([]byte(f.State), 0)
+		}
+		if bucket == nil {
+			c := tx.Bucket(bucketLeases).Cursor()
+			var k, v []byte
+			if f.Before != "" {
+				c.Seek([]byte(f.Before))
+				k, v = c.Prev()
+			} else {
+				k, v = c.Last()
+			}
+			for ; k != nil && len(out) < f.Limit; k, v = c.Prev() {
+				l, err := decodeLease(v)
+				if err != nil {
+					return err
+				}
+				if match(l) {
+					out = append(out, l)
+				}
+			}
+			return nil
+		}
+		// Index keys are prefix + id, and ids are time-ordered, so walking
+		// the prefix backwards lists newest first.
+		c := tx.Bucket(bucket).Cursor()
+		start := append(append([]byte{}, prefix...), 0xff)
+		if f.Before != "" {
+			start = append(append([]byte{}, prefix...), f.Before...)
+		}
+		k, _ := c.Seek(start)
+		if k == nil {
+			k, _ = c.Last()
+		} else {
+			k, _ = c.Prev()
+		}
+		leases := tx.Bucket(bucketLeases)
+		for ; k != nil && bytes.HasPrefix(k, prefix) && len(out) < f.Limit; k, _ = c.Prev() {
+			v := leases.Get(k[len(prefix):])
+			if v == nil {
+				return fmt.Errorf("index %s points at missing lease %q", bucket, k[len(prefix):])
+			}
+			l, err := decodeLease(v)
+			if err != nil {
+				return err
+			}
+			if match(l) {
+				out = append(out, l)
+			}
+		}
+		return nil
+	})
+	return out, err
+}
+
+// Counts returns how many leases are in each state, from counters kept in
+// the same transactions as the changes (no scan).
+func (s *BoltStore) Counts() (map[State]int64, error) {
+	out := map[State]int64{}
+	err := s.db.View(func(tx *bbolt.Tx) error {
+		c := tx.Bucket(bucketMeta).Cursor()
+		p := []byte("count/")
+		for k, v := c.Seek(p); k != nil && bytes.HasPrefix(k, p); k, v = c.Next() {
+			out[State(k[len(p):])] = int64(binary.BigEndian.Uint64(v))
+		}
+		return nil
+	})
+	return out, err
+}
+
+func getLease(tx *bbolt.Tx, id string) (*Lease, error) {
+	v := tx.Bucket(bucketLeases).Get([]byte(id))
+	if v == nil {
+		return nil, ErrNotFound
+	}
+	return decodeLease(v)
+}
+
+func decodeLease(v []byte) (*Lease, error) {
+	var l Lease
+	if err := json.Unmarshal(v, &l); err != nil {
+		return nil, fmt.Errorf("decode lease: %w", err)
+	}
+	return &l, nil
+}
+
+func putLease(tx *bbolt.Tx, old, l *Lease) error {
+	v, err := json.Marshal(l)
+	if err != nil {
+		return err
+	}
+	return putLeaseEncoded(tx, old, l, v)
+}
+
+// putLeaseEncoded stores l (encoded as v) and brings every index in line with
+// the change from old (nil for a new lease) to l.
+func putLeaseEncoded(tx *bbolt.Tx, old, l *Lease, v []byte) error {
+	id := []byte(l.ID)
+	if err := tx.Bucket(bucketLeases).Put(id, v); err != nil {
+		return err
+	}
+	type idx struct {
+		bucket []byte
+		key    []byte
+	}
+	keys := func(x *Lease) []idx {
+		if x == nil {
+			return nil
+		}
+		out := []idx{{bucketState, joinKey([]byte(x.State), id)}}
+		if x.State == StateActive {
+			out = append(out, idx{bucketExpiry, timeKey(x.ExpiresAt, id)})
+		}
+		if x.State == StateRevoking || x.State == StateIrrevocable {
+			out = append(out, idx{bucketRevoke, timeKey(x.NextAttempt, id)})
+		}
+		if x.State.Terminal() {
+			out = append(out, idx{bucketEnded, timeKey(x.EndedAt, id)})
+		}
+		return out
+	}
+	oldKeys, newKeys := keys(old), keys(l)
+	for _, o := range oldKeys {
+		keep := false
+		for _, n := range newKeys {
+			if bytes.Equal(o.bucket, n.bucket) && bytes.Equal(o.key, n.key) {
+				keep = true
+				break
+			}
+		}
+		if !keep {
+			if err := tx.Bucket(o.bucket).Delete(o.key); err != nil {
+				return err
+			}
+		}
+	}
+	for _, n := range newKeys {
+		if err := tx.Bucket(n.bucket).Put(n.key, nil); err != nil {
+			return err
+		}
+	}
+	if old == nil {
+		if err := tx.Bucket(bucketAgent).Put(joinKey([]byte(l.AgentID), id), nil); err != nil {
+			return err
+		}
+		for _, lid := range l.Lineage.IDs() {
+			if err := tx.Bucket(bucketLineage).Put(joinKey([]byte(lid), id), nil); err != nil {
+				return err
+			}
+		}
+	}
+	if old == nil || old.State != l.State {
+		if old != nil {
+			if err := addCount(tx, old.State, -1); err != nil {
+				return err
+			}
+		}
+		return addCount(tx, l.State, 1)
+	}
+	return nil
+}
+
+// deleteLease removes a terminal lease and all its index entries.
+func deleteLease(tx *bbolt.Tx, l *Lease) error {
+	id := []byte(l.ID)
+	for _, d := range []struct{ b, k []byte }{
+		{bucketLeases, id},
+		{bucketState, joinKey([]byte(l.State), id)},
+		{bucketEnded, timeKey(l.EndedAt, id)},
+		{bucketAgent, joinKey([]byte(l.AgentID), id)},
+	} {
+		if err := tx.Bucket(d.b).Delete(d.k); err != nil {
+			return err
+		}
+	}
+	for _, lid := range l.Lineage.IDs() {
+		if err := tx.Bucket(bucketLineage).Delete(joinKey([]byte(lid), id)); err != nil {
+			return err
+		}
+	}
+	return addCount(tx, l.State, -1)
+}
+
+func addCount(tx *bbolt.Tx, st State, d int64) error {
+	b := tx.Bucket(bucketMeta)
+	k := []byte("count/" + string(st))
+	var n int64
+	if v := b.Get(k); len(v) == 8 {
+		n = int64(binary.BigEndian.Uint64(v))
+	}
+	n += d
+	if n < 0 {
+		n = 0
+	}
+	v := make([]byte, 8)
+	binary.BigEndian.PutUint64(v, uint64(n))
+	return b.Put(k, v)
+}
+
+func joinKey(prefix, id []byte) []byte {
+	k := make([]byte, 0, len(prefix)+1+len(id))
+	k = append(k, prefix...)
+	k = append(k, 0)
+	return append(k, id...)
+}
+
+// timeKey orders by time: 8 bytes of big-endian Unix nanoseconds, then the id.
+func timeKey(t time.Time, id []byte) []byte {
+	k := make([]byte, 8, 8+len(id))
+	binary.BigEndian.PutUint64(k, uint64(max(t.UnixNano(), 0)))
+	return append(k, id...)
+}
+
+func keyTime(k []byte) time.Time {
+	return time.Unix(0, int64(binary.BigEndian.Uint64(k[:8])))
+}

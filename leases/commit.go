@@ -1,0 +1,129 @@
+package leases
+
+import (
+	"context"
+	"errors"
+	"sync"
+
+	"go.etcd.io/bbolt"
+)
+
+// committer runs write transactions from one goroutine and lets every write
+// that arrives while a commit is on its way to disk share the next commit.
+// Unlike bbolt's Batch it never waits for more work to arrive: under no load
+// a write costs one commit, under load many writes share one fsync.
+type committer struct {
+	db       *bbolt.DB
+	reqs     chan *commitReq
+	maxBatch int
+	wg       sync.WaitGroup
+	mu       sync.RWMutex
+	closed   bool
+}
+
+type commitReq struct {
+	fn   func(*bbolt.Tx) error
+	done chan error
+}
+
+var errClosed = errors.New("lease store is closed")
+
+func newCommitter(db *bbolt.DB, maxBatch int) *committer {
+	if maxBatch <= 0 {
+		maxBatch = 512
+	}
+	c := &committer{db: db, reqs: make(chan *commitReq, maxBatch), maxBatch: maxBatch}
+	c.wg.Add(1)
+	go c.run()
+	return c
+}
+
+// do queues fn and waits until its transaction has committed or failed. If
+// ctx ends first, do returns ctx.Err() but fn may still commit later.
+func (c *committer) do(ctx context.Context, fn func(*bbolt.Tx) error) error {
+	req := &commitReq{fn: fn, done: make(chan error, 1)}
+	c.mu.RLock()
+	if c.closed {
+		c.mu.RUnlock()
+		return errClosed
+	}
+	select {
+	case c.reqs <- req:
+		c.mu.RUnlock()
+	case <-ctx.Done():
+		c.mu.RUnlock()
+		return ctx.Err()
+	}
+	select {
+	case err := <-req.done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (c *committer) close() {
+	c.mu.Lock()
+	if !c.closed {
+		c.closed = true
+		close(c.reqs)
+	}
+	c.mu.Unlock()
+	c.wg.Wait()
+}
+
+func (c *committer) run() {
+	defer c.wg.Done()
+	batch := make([]*commitReq, 0, c.maxBatch)
+	for req := range c.reqs {
+		batch = append(batch[:0], req)
+	drain:
+		for len(batch) < c.maxBatch {
+			select {
+			case r, ok := <-c.reqs:
+				if !ok {
+					break drain
+				}
+				batch = append(batch, r)
+			default:
+				break drain
+			}
+		}
+		c.commit(batch)
+	}
+}
+
+// commit runs the batch in one transaction. If one function fails, its
+// caller gets the error and the others are retried without it, so one bad
+// write cannot fail its neighbours.
+func (c *committer) commit(batch []*commitReq) {
+	for len(batch) > 0 {
+		failed := -1
+		var fnErr error
+		err := c.db.Update(func(tx *bbolt.Tx) error {
+			for i, r := range batch {
+				if err := r.fn(tx); err != nil {
+					failed, fnErr = i, err
+					return err
+				}
+			}
+			return nil
+		})
+		if err == nil {
+			for _, r := range batch {
+				r.done <- nil
+			}
+			return
+		}
+		if failed < 0 {
+			// The commit itself failed (disk full, I/O error): nobody's
+			// write is durable.
+			for _, r := range batch {
+				r.done <- err
+			}
+			return
+		}
+		batch[failed].done <- fnErr
+		batch = append(batch[:failed:failed], batch[failed+1:]...)
+	}
+}

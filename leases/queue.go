@@ -1,0 +1,196 @@
+package leases
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"time"
+
+	"go.etcd.io/bbolt"
+
+	"github.com/valet-broker/valet/broker/audit"
+)
+
+// This file holds the BoltStore methods that the expiry scheduler, the
+// revocation queue and start-up recovery use. Each is one transaction.
+
+var systemActor = audit.Actor{Type: audit.ActorSystem, ID: "valet"}
+
+// NextExpiry returns the earliest expiry of an active lease, read from the
+// first key of the expiry index.
+func (s *BoltStore) NextExpiry() (time.Time, bool, error) {
+	return s.firstTime(bucketExpiry)
+}
+
+// NextRevocation returns the earliest next attempt in the revocation queue.
+func (s *BoltStore) NextRevocation() (time.Time, bool, error) {
+	return s.firstTime(bucketRevoke)
+}
+
+func (s *BoltStore) firstTime(bucket []byte) (time.Time, bool, error) {
+	var t time.Time
+	var ok bool
+	err := s.db.View(func(tx *bbolt.Tx) error {
+		k, _ := tx.Bucket(bucket).Cursor().First()
+		if k != nil {
+			t, ok = keyTime(k), true
+		}
+		return nil
+	})
+	return t, ok, err
+}
+
+// ExpireDue moves up to limit active leases whose expiry is at or before now
+// to expired, each with an audit record, in one transaction. Their
+// credentials need no revocation: every backend mints with its own expiry no
+// later than the lease's.
+func (s *BoltStore) ExpireDue(ctx context.Context, now time.Time, limit int) ([]*Lease, error) {
+	var out []*Lease
+	err := s.Update(ctx, func(tx *bbolt.Tx) error {
+		out = out[:0]
+		c := tx.Bucket(bucketExpiry).Cursor()
+		var due [][]byte
+		for k, _ := c.First(); k != nil && !keyTime(k).After(now) && len(due) < limit; k, _ = c.Next() {
+			due = append(due, append([]byte{}, k[8:]...))
+		}
+		for _, id := range due {
+			old, err := getLease(tx, string(id))
+			if err != nil {
+				return fmt.Errorf("expiry index: %w", err)
+			}
+			l := *old
+			l.State = StateExpired
+			l.EndedAt = now
+			if err := putLease(tx, old, &l); err != nil {
+				return err
+			}
+			if _, err := audit.AppendTx(tx, now, s.sink, audit.Entry{
+				Kind: audit.KindExpire, Actor: systemActor, AgentID: l.AgentID, Role: l.Role, LeaseID: l.ID,
+				Reason: "ttl elapsed",
+			}); err != nil {
+				return err
+			}
+			out = append(out, &l)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// DueRevocations returns up to limit leases whose next revocation attempt is
+// at or before now, earliest first.
+func (s *BoltStore) DueRevocations(now time.Time, limit int) ([]*Lease, error) {
+	var out []*Lease
+	err := s.db.View(func(tx *bbolt.Tx) error {
+		c := tx.Bucket(bucketRevoke).Cursor()
+		for k, _ := c.First(); k != nil && !keyTime(k).After(now) && len(out) < limit; k, _ = c.Next() {
+			l, err := getLease(tx, string(k[8:]))
+			if err != nil {
+				return fmt.Errorf("revocation index: %w", err)
+			}
+			out = append(out, l)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// RevocationDone records that the backend revoked the credential (or that
+// it expired on its own, when final is StateExpired): the lease reaches its
+// terminal state.
+func (s *BoltStore) RevocationDone(ctx context.Context, id string, final State, now time.Time, e audit.Entry) (*Lease, error) {
+	return s.change(ctx, id, now, e, func(l *Lease) error {
+		if l.State != StateRevoking && l.State != StateIrrevocable {
+			return errUnchanged
+		}
+		l.State = final
+		l.EndReason = ""
+		l.NextAttempt = time.Time{}
+		l.LastError = ""
+		return nil
+	})
+}
+
+// RevocationFailed records a failed attempt and when to try next. When
+// irrevocable is true the lease becomes (or stays) irrevocable.
+func (s *BoltStore) RevocationFailed(ctx context.Context, id string, cause string, next time.Time, irrevocable bool, now time.Time, e audit.Entry) (*Lease, error) {
+	return s.change(ctx, id, now, e, func(l *Lease) error {
+		if l.State != StateRevoking && l.State != StateIrrevocable {
+			return errUnchanged
+		}
+		l.RevokeAttempts++
+		l.LastError = cause
+		l.NextAttempt = next
+		if irrevocable {
+			l.State = StateIrrevocable
+		}
+		return nil
+	})
+}
+
+// RecoverPending ends every pending lease: they are intents left by a
+// process that stopped between recording a lease and activating it. Each
+// becomes revoking (reason revoked) so the revocation queue revokes whatever
+// the backend may have issued, by correlation id. Call it only at start-up,
+// when no mint of this process can be in flight.
+func (s *BoltStore) RecoverPending(ctx context.Context, now time.Time) ([]*Lease, error) {
+	var out []*Lease
+	err := s.Update(ctx, func(tx *bbolt.Tx) error {
+		out = out[:0]
+		prefix := append([]byte(StatePending), 0)
+		c := tx.Bucket(bucketState).Cursor()
+		var ids [][]byte
+		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+			ids = append(ids, append([]byte{}, k[len(prefix):]...))
+		}
+		for _, id := range ids {
+			old, err := getLease(tx, string(id))
+			if err != nil {
+				return err
+			}
+			l := *old
+			l.State = StateRevoking
+			l.EndReason = StateRevoked
+			l.EndedAt = now
+			l.NextAttempt = now
+			if err := putLease(tx, old, &l); err != nil {
+				return err
+			}
+			if _, err := audit.AppendTx(tx, now, s.sink, audit.Entry{
+				Kind: audit.KindRecover, Actor: systemActor, AgentID: l.AgentID, Role: l.Role, LeaseID: l.ID,
+				Reason: "pending lease left by an interrupted mint; revoking by correlation id",
+			}); err != nil {
+				return err
+			}
+			out = append(out, &l)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// PruneEnded deletes up to limit leases that ended before cutoff. Their
+// audit records stay.
+func (s *BoltStore) PruneEnded(ctx context.Context, cutoff time.Time, limit int) (int, error) {
+	var n int
+	err := s.Update(ctx, func(tx *bbolt.Tx) error {
+		n = 0
+		c := tx.Bucket(bucketEnded).Cursor()
+		var ids [][]byte
+		for k, _ := c.First(); k != nil && keyTime(k).Before(cutoff) && len(ids) < limit; k, _ = c.Next() {
+			ids = append(ids, append([]byte{}, k[8:]...))
+		}
+		for _, id := range ids {
+			l, err := getLease(tx, string(id))
+			if err != nil {
+				return err
+			}
+			if err := deleteLease(tx, l); err != nil {
+				return err
+			}
+			n++
+		}
+		return nil
+	})
+	return n, err
+}
