@@ -37,12 +37,12 @@ const (
 
 // Record kinds written by valet.
 const (
-	KindMint          = "mint"            // allowed, or denied with a reason
-	KindMintFailed    = "mint.failed"     // policy allowed, the backend failed
-	KindRenew         = "lease.renew"     // allowed or denied
-	KindRelease       = "lease.release"   // the agent ended its lease
-	KindRevoke        = "lease.revoke"    // an operator (or recovery) ended a lease
-	KindRevoked       = "lease.revoked"   // the backend confirmed revocation
+	KindMint          = "mint"          // allowed, or denied with a reason
+	KindMintFailed    = "mint.failed"   // policy allowed, the backend failed
+	KindRenew         = "lease.renew"   // allowed or denied
+	KindRelease       = "lease.release" // the agent ended its lease
+	KindRevoke        = "lease.revoke"  // an operator (or recovery) ended a lease
+	KindRevoked       = "lease.revoked" // the backend confirmed revocation
 	KindRevokeFailed  = "lease.revoke_failed"
 	KindIrrevocable   = "lease.irrevocable"
 	KindExpire        = "lease.expire"
