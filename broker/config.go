@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"time"
@@ -203,11 +204,43 @@ func LoadConfig(path string) (*Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read config: %w", err)
 	}
-	cfg, err := ParseConfig(b)
-	if err != nil {
+	var cfg Config
+	if err := DecodeStrict(b, &cfg); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	return cfg, nil
+	cfg.ResolvePaths(filepath.Dir(path))
+	cfg.ApplyDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return &cfg, nil
+}
+
+// ResolvePaths makes every relative file path in the config relative to
+// base (the config file's directory) instead of the working directory.
+func (c *Config) ResolvePaths(base string) {
+	abs := func(p *string) {
+		if *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(base, *p)
+		}
+	}
+	abs(&c.DataDir)
+	abs(&c.KEKFile)
+	abs(&c.Policy.Dir)
+	if c.TLS != nil {
+		abs(&c.TLS.CertFile)
+		abs(&c.TLS.KeyFile)
+		abs(&c.TLS.ClientCAFile)
+	}
+	for _, list := range [][]IssuerConfig{c.Issuers, c.Operators.Issuers} {
+		for i := range list {
+			abs(&list[i].JWKSFile)
+			abs(&list[i].CAFile)
+		}
+	}
+	if c.Audit.Sink != "stdout" {
+		abs(&c.Audit.Sink)
+	}
 }
 
 // ParseConfig strictly decodes YAML (unknown keys are errors), applies
@@ -608,4 +641,13 @@ func (c *Config) Role(name string) *Role {
 		}
 	}
 	return nil
+}
+
+// ParseKEK decodes a hex key-encryption key (64 hex digits, AES-256).
+func ParseKEK(s string) ([]byte, error) {
+	b, err := hex.DecodeString(strings.TrimSpace(s))
+	if err != nil || len(b) != 32 {
+		return nil, errors.New("the key-encryption key must be 64 hex digits (32 bytes); generate one with `openssl rand -hex 32`")
+	}
+	return b, nil
 }

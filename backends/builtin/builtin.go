@@ -1,0 +1,16 @@
+// Package builtin lists the backends compiled into valet. It is the one
+// place where backend types are registered: adding a backend means adding a
+// line here.
+package builtin
+
+import (
+	"github.com/valet-broker/valet/backends"
+	"github.com/valet-broker/valet/backends/jwt"
+)
+
+// Registry returns the built-in backend types.
+func Registry() backends.Registry {
+	return backends.Registry{
+		jwt.Type: jwt.New,
+	}
+}

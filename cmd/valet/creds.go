@@ -1,0 +1,261 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"os/exec"
+	"os/signal"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+)
+
+// mintFlags are shared by creds and exec.
+type mintFlags struct {
+	clientFlags
+	attestationFile string
+	ttl             string
+	reason          string
+	scopes          []string
+}
+
+func (f *mintFlags) register(cmd *cobra.Command) {
+	f.clientFlags.register(cmd)
+	cmd.Flags().StringVar(&f.attestationFile, "attestation-file", "", "file holding the workload attestation (default $VALET_ATTESTATION, then the Kubernetes token path)")
+	cmd.Flags().StringVar(&f.ttl, "ttl", "", "requested lease TTL, e.g. 90s or 15m (default: the role's)")
+	cmd.Flags().StringVar(&f.reason, "reason", "", "why the credential is needed (recorded in the audit log)")
+	cmd.Flags().StringSliceVar(&f.scopes, "scope", nil, "narrow the credential to these scopes of the role")
+}
+
+// mintResponse is the 201 answer of POST /v1/credentials.
+type mintResponse struct {
+	LeaseID    string         `json:"lease_id"`
+	Role       string         `json:"role"`
+	AgentID    string         `json:"agent_id"`
+	ExpiresAt  time.Time      `json:"expires_at"`
+	Renewable  bool           `json:"renewable"`
+	Credential map[string]any `json:"credential"`
+}
+
+func (f *mintFlags) mint(ctx context.Context, role string) (*client, *mintResponse, error) {
+	c, err := f.client()
+	if err != nil {
+		return nil, nil, err
+	}
+	tok, err := attestation(f.attestationFile)
+	if err != nil {
+		return nil, nil, err
+	}
+	body := map[string]any{"role": role}
+	if f.ttl != "" {
+		body["ttl"] = f.ttl
+	}
+	if f.reason != "" {
+		body["reason"] = f.reason
+	}
+	if len(f.scopes) > 0 {
+		body["scope"] = map[string]any{"scopes": f.scopes}
+	}
+	var res mintResponse
+	if err := c.do(ctx, "POST", "/v1/credentials", tok, body, &res); err != nil {
+		return nil, nil, err
+	}
+	return c, &res, nil
+}
+
+func newCredsCmd() *cobra.Command {
+	var f mintFlags
+	var format string
+	cmd := &cobra.Command{
+		Use:   "creds ROLE",
+		Short: "Mint a credential for ROLE and print it",
+		Long: `Mint a credential for ROLE with the agent's attestation and print it:
+as JSON (default), as shell exports (--format env), or only the access token
+(--format token). The lease ends on its own at its expiry; release it early
+with: valet leases release LEASE_ID.`,
+		Example: `  valet creds demo
+  eval "$(valet creds demo --format env)"
+  curl -H "Authorization: Bearer $(valet creds demo --format token)" https://api.example.com/`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			switch format {
+			case "json", "env", "token":
+			default:
+				return fmt.Errorf("--format must be json, env or token")
+			}
+			_, res, err := f.mint(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			return printCredential(cmd.OutOrStdout(), res, format)
+		},
+	}
+	f.register(cmd)
+	cmd.Flags().StringVarP(&format, "format", "o", "json", "output: json, env or token")
+	return cmd
+}
+
+func printCredential(w io.Writer, res *mintResponse, format string) error {
+	switch format {
+	case "token":
+		tok, ok := res.Credential["access_token"].(string)
+		if !ok {
+			return errors.New("this credential has no access_token; use --format json")
+		}
+		_, err := fmt.Fprintln(w, tok)
+		return err
+	case "env":
+		for _, kv := range credentialEnv(res, "VALET_") {
+			k, v, _ := strings.Cut(kv, "=")
+			fmt.Fprintf(w, "export %s=%s\n", k, shellQuote(v))
+		}
+		return nil
+	default:
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(res)
+	}
+}
+
+// credentialEnv turns a credential into environment variables: the lease
+// facts plus one variable per credential field, PREFIX + the field name in
+// upper case with anything but letters and digits as '_'.
+func credentialEnv(res *mintResponse, prefix string) []string {
+	env := []string{
+		prefix + "LEASE_ID=" + res.LeaseID,
+		prefix + "LEASE_EXPIRES_AT=" + res.ExpiresAt.UTC().Format(time.RFC3339),
+	}
+	keys := make([]string, 0, len(res.Credential))
+	for k := range res.Credential {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		var v string
+		switch x := res.Credential[k].(type) {
+		case string:
+			v = x
+		default:
+			b, _ := json.Marshal(x)
+			v = string(b)
+		}
+		env = append(env, prefix+envName(k)+"="+v)
+	}
+	return env
+}
+
+func envName(k string) string {
+	var b strings.Builder
+	for _, r := range strings.ToUpper(k) {
+		if r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' {
+			b.WriteRune(r)
+		} else {
+			b.WriteByte('_')
+		}
+	}
+	return b.String()
+}
+
+func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
+
+func newExecCmd() *cobra.Command {
+	var f mintFlags
+	var prefix string
+	cmd := &cobra.Command{
+		Use:   "exec ROLE -- COMMAND [ARGS...]",
+		Short: "Run COMMAND with a fresh credential for ROLE in its environment; release it when COMMAND exits",
+		Long: `Mint a credential for ROLE, run COMMAND with it in COMMAND's environment only
+(VALET_LEASE_ID, VALET_LEASE_EXPIRES_AT and VALET_<FIELD> for each credential
+field, e.g. VALET_ACCESS_TOKEN), forward signals to it, release the lease
+when it exits, and exit with its exit code.`,
+		Example: `  valet exec demo -- sh -c 'curl -H "Authorization: Bearer $VALET_ACCESS_TOKEN" https://api.example.com/'`,
+		Args:    cobra.MinimumNArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if cmd.ArgsLenAtDash() != 1 {
+				return errors.New("usage: valet exec ROLE -- COMMAND [ARGS...]")
+			}
+			return runExec(cmd.Context(), &f, prefix, args[0], args[1:], cmd.ErrOrStderr())
+		},
+	}
+	f.register(cmd)
+	cmd.Flags().StringVar(&prefix, "env-prefix", "VALET_", "prefix of the variables given to COMMAND")
+	return cmd
+}
+
+func runExec(ctx context.Context, f *mintFlags, prefix, role string, argv []string, stderr io.Writer) error {
+	path, err := exec.LookPath(argv[0])
+	if err != nil {
+		return err
+	}
+	c, res, err := f.mint(ctx, role)
+	if err != nil {
+		return err
+	}
+	// Catch signals before starting the child so none is lost; they are
+	// forwarded, and valet itself waits for the child to exit.
+	sigs := make(chan os.Signal, 8)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGWINCH)
+	defer signal.Stop(sigs)
+
+	child := exec.Command(path, argv[1:]...)
+	child.Stdin, child.Stdout, child.Stderr = os.Stdin, os.Stdout, os.Stderr
+	child.Env = append(os.Environ(), credentialEnv(res, prefix)...)
+	code := 0
+	if err := child.Start(); err != nil {
+		release(c, f, res.LeaseID, stderr)
+		return err
+	}
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case s := <-sigs:
+				_ = child.Process.Signal(s)
+			case <-done:
+				return
+			}
+		}
+	}()
+	err = child.Wait()
+	close(done)
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+	case errors.As(err, &ee):
+		code = ee.ExitCode()
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			code = 128 + int(ws.Signal())
+		}
+	default:
+		code = 1
+		fmt.Fprintln(stderr, "valet:", err)
+	}
+	release(c, f, res.LeaseID, stderr)
+	if code != 0 {
+		return exitError{code}
+	}
+	return nil
+}
+
+// release gives the lease back, with a fresh read of the attestation (it
+// may have been rotated while the command ran). A failure is reported but
+// harmless: the lease expires on its own.
+func release(c *client, f *mintFlags, leaseID string, stderr io.Writer) {
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	tok, err := attestation(f.attestationFile)
+	if err == nil {
+		err = c.do(ctx, "DELETE", "/v1/leases/"+url.PathEscape(leaseID), tok, nil, nil)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "valet: could not release lease %s (it still expires on its own): %v\n", leaseID, err)
+	}
+}

@@ -1,0 +1,288 @@
+package main
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/valet-broker/valet/broker"
+	"github.com/valet-broker/valet/broker/attest"
+)
+
+// Dev mode defaults.
+const (
+	devDataDir  = "valet-dev-data"
+	devIssuer   = "valet-dev"
+	devAudience = "valet"
+)
+
+func newDevCmd() *cobra.Command {
+	var dataDir, listen string
+	cmd := &cobra.Command{
+		Use:   "dev",
+		Short: "Run a local broker with a dev attestation issuer, sample policy and roles",
+		Long: `valet dev needs no setup. It writes a working configuration, a dev attestation
+issuer key, a key-encryption key, a sample Cedar policy and two roles (demo,
+and demo-elevated which needs approval) under ./valet-dev-data/, listens on
+127.0.0.1:8750 and prints an operator token and the next commands to try.
+Files it finds there are kept, so edits to config.yaml and policies survive.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg, opToken, err := prepareDev(dataDir, listen)
+			if err != nil {
+				return err
+			}
+			return serve(cmd.Context(), cfg, func(s *Server) {
+				printDevBanner(cmd.OutOrStdout(), s, cfg, opToken, dataDir)
+			})
+		},
+	}
+	cmd.Flags().StringVar(&dataDir, "data-dir", devDataDir, "directory for the dev configuration and data")
+	cmd.Flags().StringVar(&listen, "listen", broker.DefaultListen, "address to listen on (used when config.yaml is first written)")
+	cmd.AddCommand(newDevAttestCmd())
+	return cmd
+}
+
+// prepareDev creates the dev files that are missing and loads the config.
+func prepareDev(dir, listen string) (*broker.Config, string, error) {
+	if err := os.MkdirAll(filepath.Join(dir, "policies"), 0o700); err != nil {
+		return nil, "", err
+	}
+	if _, err := attest.LoadOrCreateDevIssuer(dir, devIssuer); err != nil {
+		return nil, "", fmt.Errorf("dev issuer: %w", err)
+	}
+	if _, err := readOrCreate(filepath.Join(dir, "kek"), func() (string, error) { return randomHex(32) }); err != nil {
+		return nil, "", err
+	}
+	opToken, err := readOrCreate(filepath.Join(dir, "operator-token"), func() (string, error) {
+		h, err := randomHex(24)
+		return "valet_op_" + h, err
+	})
+	if err != nil {
+		return nil, "", err
+	}
+	if _, err := readOrCreate(filepath.Join(dir, "policies", "dev.cedar"), func() (string, error) { return devPolicy, nil }); err != nil {
+		return nil, "", err
+	}
+	if _, err := readOrCreate(filepath.Join(dir, "policies", "dev.test.yaml"), func() (string, error) { return devPolicyTests, nil }); err != nil {
+		return nil, "", err
+	}
+	if _, err := readOrCreate(filepath.Join(dir, "config.yaml"), func() (string, error) {
+		return fmt.Sprintf(devConfig, listen, "http://"+listen, broker.HashToken(opToken)), nil
+	}); err != nil {
+		return nil, "", err
+	}
+	cfg, err := broker.LoadConfig(filepath.Join(dir, "config.yaml"))
+	if err != nil {
+		return nil, "", err
+	}
+	return cfg, opToken, nil
+}
+
+// readOrCreate returns the trimmed content of path, writing make()'s output
+// there (mode 0600) first if the file does not exist.
+func readOrCreate(path string, make func() (string, error)) (string, error) {
+	b, err := os.ReadFile(path)
+	if err == nil {
+		return strings.TrimSpace(string(b)), nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return "", err
+	}
+	v, err := make()
+	if err != nil {
+		return "", err
+	}
+	if err := os.WriteFile(path, []byte(v+"\n"), 0o600); err != nil {
+		return "", err
+	}
+	return strings.TrimSpace(v), nil
+}
+
+func randomHex(n int) (string, error) {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(b), nil
+}
+
+func printDevBanner(w io.Writer, s *Server, cfg *broker.Config, opToken, dir string) {
+	self := os.Args[0]
+	if !strings.Contains(self, "/") {
+		self = "valet"
+	}
+	addr := "http://" + s.Addr()
+	fmt.Fprintf(w, `
+valet dev is running at %s  (data in %s/)
+
+  operator token:  %s
+  roles:           demo (jwt, 5m), demo-elevated (needs 1 approval)
+
+Next, in another terminal:
+
+  export VALET_ADDR=%s VALET_TOKEN=%s
+  export VALET_ATTESTATION=$(%s dev attest --sub my-agent)
+  %s creds demo                 # mint a short-lived token for the demo role
+  %s leases list                # see its lease, as an operator
+
+`, addr, dir, opToken, addr, opToken, self, self, self)
+}
+
+func newDevAttestCmd() *cobra.Command {
+	var (
+		dataDir, sub, aud string
+		ttl               time.Duration
+		claims            []string
+	)
+	cmd := &cobra.Command{
+		Use:   "attest",
+		Short: "Print a dev attestation JWT signed by the dev issuer",
+		Example: `  export VALET_ATTESTATION=$(valet dev attest --sub my-agent --claim team=data)
+  valet dev attest --sub ci-bot --ttl 2m --claim 'env="prod"' --claim 'risk=10'`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			iss, err := attest.LoadOrCreateDevIssuer(dataDir, devIssuer)
+			if err != nil {
+				return err
+			}
+			now := time.Now()
+			jti, err := randomHex(16)
+			if err != nil {
+				return err
+			}
+			c := map[string]any{"sub": sub, "aud": aud, "iat": now.Unix(), "exp": now.Add(ttl).Unix(), "jti": jti}
+			for _, kv := range claims {
+				k, v, ok := strings.Cut(kv, "=")
+				if !ok || k == "" {
+					return fmt.Errorf("--claim %q must be key=value", kv)
+				}
+				// A value that parses as JSON (number, bool, list,
+				// object, quoted string) keeps its type; anything else is
+				// a string.
+				var jv any
+				if err := json.Unmarshal([]byte(v), &jv); err == nil {
+					c[k] = jv
+				} else {
+					c[k] = v
+				}
+			}
+			tok, err := iss.Sign(c)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), tok)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&dataDir, "data-dir", devDataDir, "dev data directory (holds the dev issuer key)")
+	cmd.Flags().StringVar(&sub, "sub", "dev-agent", "subject (the agent id becomes dev/<sub>)")
+	cmd.Flags().StringVar(&aud, "aud", devAudience, "audience")
+	cmd.Flags().DurationVar(&ttl, "ttl", 10*time.Minute, "lifetime of the attestation")
+	cmd.Flags().StringArrayVar(&claims, "claim", nil, "extra claim key=value (repeatable; JSON values keep their type)")
+	return cmd
+}
+
+const devConfig = `# valet dev configuration. Edit freely: valet dev keeps this file.
+listen: %s
+data_dir: .
+public_url: %s
+kek_file: kek
+issuers:
+  - name: dev
+    issuer: valet-dev
+    audiences: [valet]
+    jwks_file: dev-issuer-jwks.json
+    algorithms: [ES256]
+backends:
+  - name: tokens
+    type: jwt
+roles:
+  - name: demo
+    description: A demo access token for the demo API.
+    backend: tokens
+    ttl: 5m
+    max_ttl: 1h
+    audience: [demo-api]
+    scopes: [demo.read, demo.write]
+    labels: {env: dev}
+  - name: demo-elevated
+    description: Admin access to the demo API; an operator must approve each request.
+    backend: tokens
+    ttl: 5m
+    max_ttl: 15m
+    audience: [demo-api]
+    scopes: [demo.admin]
+    labels: {env: dev, tier: elevated}
+    approval: {required: 1}
+policy:
+  dir: policies
+operators:
+  tokens:
+    - name: dev-operator
+      sha256: %s
+      groups: [approvers]
+limits:
+  agent_rate: 50
+  agent_burst: 100
+`
+
+const devPolicy = `// valet dev policy. Deny by default: only what a permit allows is minted,
+// and any matching forbid wins.
+
+// Agents of the dev issuer may mint the demo role for up to an hour.
+@id("demo-mint")
+permit(principal in Issuer::"dev", action == Action::"mint", resource == Role::"demo")
+when { context.ttl_seconds <= 3600 };
+
+@id("demo-renew")
+permit(principal in Issuer::"dev", action == Action::"renew", resource == Role::"demo");
+
+// Anyone of the dev issuer may ask for demo-elevated if they say why; an
+// operator still has to approve it.
+@id("demo-elevated-mint")
+permit(principal in Issuer::"dev", action == Action::"mint", resource == Role::"demo-elevated")
+when { context.reason != "" };
+
+// Try: valet dev attest --claim blocked=true
+@id("deny-blocked")
+forbid(principal, action, resource)
+when { principal.claims has blocked && principal.claims.blocked == true };
+
+@id("deny-high-risk")
+forbid(principal, action, resource)
+when { context.risk >= 70 };
+`
+
+const devPolicyTests = `# Run with: valet policy test valet-dev-data/policies
+cases:
+  - name: a dev agent may mint demo for 5 minutes
+    principal: {issuer: dev, iss: valet-dev, sub: my-agent}
+    role: {name: demo, backend: tokens, ttl: 5m, max_ttl: 1h}
+    context: {ttl: 5m}
+    expect: allow
+    expect_policies: [demo-mint]
+  - name: not for more than an hour
+    principal: {issuer: dev, iss: valet-dev, sub: my-agent}
+    role: {name: demo, backend: tokens, ttl: 5m, max_ttl: 2h}
+    context: {ttl: 2h}
+    expect: deny
+  - name: a blocked agent gets nothing
+    principal: {issuer: dev, iss: valet-dev, sub: my-agent, claims: {blocked: true}}
+    role: {name: demo, backend: tokens}
+    expect: deny
+    expect_policies: [deny-blocked]
+  - name: demo-elevated needs a reason
+    principal: {issuer: dev, iss: valet-dev, sub: my-agent}
+    role: {name: demo-elevated, backend: tokens, approvals_required: 1}
+    expect: deny
+`

@@ -1,0 +1,386 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/valet-broker/valet/broker"
+	"github.com/valet-broker/valet/broker/audit"
+	"github.com/valet-broker/valet/broker/policy"
+	"github.com/valet-broker/valet/leases"
+)
+
+type leaseRow struct {
+	ID        string    `json:"id"`
+	AgentID   string    `json:"agent_id"`
+	Role      string    `json:"role"`
+	Backend   string    `json:"backend"`
+	State     string    `json:"state"`
+	ExpiresAt time.Time `json:"expires_at"`
+	Handle    string    `json:"handle"`
+	LastError string    `json:"last_error"`
+}
+
+func newLeasesCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "leases", Short: "List, inspect, release and revoke leases"}
+
+	var cf clientFlags
+	var agent, role, state, backend string
+	var limit int
+	var asJSON bool
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List leases, newest first (operator)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := cf.client()
+			if err != nil {
+				return err
+			}
+			tok, err := operatorToken()
+			if err != nil {
+				return err
+			}
+			q := url.Values{}
+			for k, v := range map[string]string{"agent_id": agent, "role": role, "state": state, "backend": backend} {
+				if v != "" {
+					q.Set(k, v)
+				}
+			}
+			q.Set("limit", fmt.Sprint(limit))
+			var raw json.RawMessage
+			if err := c.do(cmd.Context(), "GET", "/v1/leases?"+q.Encode(), tok, nil, &raw); err != nil {
+				return err
+			}
+			if asJSON {
+				_, err := fmt.Fprintln(cmd.OutOrStdout(), string(raw))
+				return err
+			}
+			var res struct {
+				Leases []leaseRow `json:"leases"`
+			}
+			if err := json.Unmarshal(raw, &res); err != nil {
+				return err
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tAGENT\tROLE\tBACKEND\tSTATE\tEXPIRES")
+			for _, l := range res.Leases {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", l.ID, l.AgentID, l.Role, l.Backend, l.State, l.ExpiresAt.Local().Format(time.DateTime))
+			}
+			return tw.Flush()
+		},
+	}
+	cf.register(list)
+	list.Flags().StringVar(&agent, "agent", "", "only this agent id")
+	list.Flags().StringVar(&role, "role", "", "only this role")
+	list.Flags().StringVar(&state, "state", "", "only this state (active, revoking, irrevocable, ...)")
+	list.Flags().StringVar(&backend, "backend", "", "only this backend")
+	list.Flags().IntVar(&limit, "limit", 100, "at most this many")
+	list.Flags().BoolVar(&asJSON, "json", false, "print the raw JSON")
+
+	var gf clientFlags
+	get := &cobra.Command{
+		Use:   "get LEASE_ID",
+		Short: "Show one lease (operator with VALET_TOKEN, or its agent)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := gf.client()
+			if err != nil {
+				return err
+			}
+			tok, err := operatorOrAgent()
+			if err != nil {
+				return err
+			}
+			var raw json.RawMessage
+			if err := c.do(cmd.Context(), "GET", "/v1/leases/"+url.PathEscape(args[0]), tok, nil, &raw); err != nil {
+				return err
+			}
+			return printJSON(cmd.OutOrStdout(), raw)
+		},
+	}
+	gf.register(get)
+
+	var rf clientFlags
+	var reason, revokeAgent string
+	revoke := &cobra.Command{
+		Use:   "revoke [LEASE_ID] [--agent AGENT_ID]",
+		Short: "Revoke a lease, or every live lease of an agent (operator)",
+		Args:  cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if (len(args) == 1) == (revokeAgent != "") {
+				return errors.New("give a LEASE_ID or --agent, not both")
+			}
+			c, err := rf.client()
+			if err != nil {
+				return err
+			}
+			tok, err := operatorToken()
+			if err != nil {
+				return err
+			}
+			var raw json.RawMessage
+			if revokeAgent != "" {
+				err = c.do(cmd.Context(), "POST", "/v1/leases/revoke", tok, map[string]string{"agent_id": revokeAgent, "reason": reason}, &raw)
+			} else {
+				err = c.do(cmd.Context(), "DELETE", "/v1/leases/"+url.PathEscape(args[0])+"?reason="+url.QueryEscape(reason), tok, nil, &raw)
+			}
+			if err != nil {
+				return err
+			}
+			return printJSON(cmd.OutOrStdout(), raw)
+		},
+	}
+	rf.register(revoke)
+	revoke.Flags().StringVar(&reason, "reason", "", "why (recorded in the audit log)")
+	revoke.Flags().StringVar(&revokeAgent, "agent", "", "revoke every live lease of this agent id")
+
+	var af mintFlags
+	rel := &cobra.Command{
+		Use:   "release LEASE_ID",
+		Short: "Give a lease back early (agent)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := af.client()
+			if err != nil {
+				return err
+			}
+			tok, err := attestation(af.attestationFile)
+			if err != nil {
+				return err
+			}
+			var raw json.RawMessage
+			if err := c.do(cmd.Context(), "DELETE", "/v1/leases/"+url.PathEscape(args[0]), tok, nil, &raw); err != nil {
+				return err
+			}
+			return printJSON(cmd.OutOrStdout(), raw)
+		},
+	}
+	af.clientFlags.register(rel)
+	rel.Flags().StringVar(&af.attestationFile, "attestation-file", "", "file holding the workload attestation")
+
+	var nf mintFlags
+	renew := &cobra.Command{
+		Use:   "renew LEASE_ID",
+		Short: "Extend a lease (agent, or operator with VALET_TOKEN)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := nf.client()
+			if err != nil {
+				return err
+			}
+			tok, err := operatorOrAgentFile(nf.attestationFile)
+			if err != nil {
+				return err
+			}
+			var body any
+			if nf.ttl != "" {
+				body = map[string]string{"ttl": nf.ttl}
+			}
+			var raw json.RawMessage
+			if err := c.do(cmd.Context(), "POST", "/v1/leases/"+url.PathEscape(args[0])+"/renew", tok, body, &raw); err != nil {
+				return err
+			}
+			return printJSON(cmd.OutOrStdout(), raw)
+		},
+	}
+	nf.clientFlags.register(renew)
+	renew.Flags().StringVar(&nf.attestationFile, "attestation-file", "", "file holding the workload attestation")
+	renew.Flags().StringVar(&nf.ttl, "ttl", "", "requested time from now (default: the role's ttl)")
+
+	cmd.AddCommand(list, get, revoke, rel, renew)
+	return cmd
+}
+
+// operatorOrAgent prefers the operator token and falls back to the agent's
+// attestation.
+func operatorOrAgent() (string, error) { return operatorOrAgentFile("") }
+
+func operatorOrAgentFile(file string) (string, error) {
+	if file == "" {
+		if t := strings.TrimSpace(os.Getenv("VALET_TOKEN")); t != "" {
+			return t, nil
+		}
+	}
+	return attestation(file)
+}
+
+func printJSON(w io.Writer, raw json.RawMessage) error {
+	var v any
+	if err := json.Unmarshal(raw, &v); err != nil {
+		return err
+	}
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func newAuditCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "audit", Short: "Read and verify the audit log"}
+	var cf clientFlags
+	var dataDir string
+	verify := &cobra.Command{
+		Use:   "verify",
+		Short: "Check the audit log's hash chain; exits 1 if any record was changed, deleted or reordered",
+		Long: `Verify the audit log through the running server (operator, VALET_TOKEN), or
+offline with --data-dir when the server is stopped (the database is locked
+while valet runs).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var res audit.VerifyResult
+			if dataDir != "" {
+				s, err := leases.OpenBolt(filepath.Join(dataDir, "valet.db"), leases.BoltOptions{ReadOnly: true})
+				if err != nil {
+					return err
+				}
+				defer s.Close()
+				if res, err = audit.Verify(s.DB()); err != nil {
+					return err
+				}
+			} else {
+				c, err := cf.client()
+				if err != nil {
+					return err
+				}
+				tok, err := operatorToken()
+				if err != nil {
+					return err
+				}
+				if err := c.do(cmd.Context(), "GET", "/v1/audit/verify", tok, nil, &res); err != nil {
+					return err
+				}
+			}
+			if !res.OK {
+				fmt.Fprintf(cmd.OutOrStdout(), "audit log BROKEN after %d good records: %s\n", res.Records, res.Problem)
+				return exitError{1}
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "audit log OK: %d records, head %d %s\n", res.Records, res.HeadSeq, res.HeadHash)
+			return nil
+		},
+	}
+	cf.register(verify)
+	verify.Flags().StringVar(&dataDir, "data-dir", "", "verify the database in this data_dir directly (server stopped)")
+
+	var lf clientFlags
+	var agent, kind string
+	var limit int
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "Show the newest audit records (operator)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := lf.client()
+			if err != nil {
+				return err
+			}
+			tok, err := operatorToken()
+			if err != nil {
+				return err
+			}
+			q := url.Values{"newest": {"true"}, "limit": {fmt.Sprint(limit)}}
+			if agent != "" {
+				q.Set("agent_id", agent)
+			}
+			if kind != "" {
+				q.Set("kind", kind)
+			}
+			var res struct {
+				Records []audit.Record `json:"records"`
+			}
+			if err := c.do(cmd.Context(), "GET", "/v1/audit?"+q.Encode(), tok, nil, &res); err != nil {
+				return err
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "SEQ\tTIME\tKIND\tACTOR\tDECISION\tROLE\tLEASE\tREASON")
+			for _, r := range res.Records {
+				fmt.Fprintf(tw, "%d\t%s\t%s\t%s:%s\t%s\t%s\t%s\t%s\n", r.Seq, r.Time.Local().Format(time.DateTime), r.Kind, r.Actor.Type, r.Actor.ID, r.Decision, r.Role, r.LeaseID, r.Reason)
+			}
+			return tw.Flush()
+		},
+	}
+	lf.register(list)
+	list.Flags().StringVar(&agent, "agent", "", "only this agent id")
+	list.Flags().StringVar(&kind, "kind", "", "only this kind (mint, lease.revoke, ...)")
+	list.Flags().IntVar(&limit, "limit", 50, "at most this many")
+	cmd.AddCommand(verify, list)
+	return cmd
+}
+
+func newPolicyCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "policy", Short: "Work with Cedar policies"}
+	var policies string
+	test := &cobra.Command{
+		Use:   "test DIR",
+		Short: "Run the policy test cases (*.test.yaml) in DIR against the policies (*.cedar); exit 1 on a mismatch",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			pdir := policies
+			if pdir == "" {
+				pdir = args[0]
+			}
+			_, failed, err := policy.RunTests(pdir, args[0], cmd.OutOrStdout())
+			if err != nil {
+				return err
+			}
+			if failed > 0 {
+				return exitError{1}
+			}
+			return nil
+		},
+	}
+	test.Flags().StringVar(&policies, "policies", "", "directory of *.cedar files (default: DIR)")
+	cmd.AddCommand(test)
+	return cmd
+}
+
+func newTokenCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "token", Short: "Make and hash operator tokens"}
+	hash := &cobra.Command{
+		Use:   "hash [TOKEN]",
+		Short: "Print the SHA-256 of an operator token (read from stdin if not given), for operators.tokens[].sha256",
+		Args:  cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var tok string
+			if len(args) == 1 {
+				tok = args[0]
+			} else {
+				b, err := io.ReadAll(io.LimitReader(cmd.InOrStdin(), 1<<20))
+				if err != nil {
+					return err
+				}
+				tok = strings.TrimSpace(string(b))
+			}
+			if tok == "" {
+				return errors.New("empty token")
+			}
+			_, err := fmt.Fprintln(cmd.OutOrStdout(), broker.HashToken(tok))
+			return err
+		},
+	}
+	gen := &cobra.Command{
+		Use:   "generate",
+		Short: "Print a new random operator token and its SHA-256",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			h, err := randomHex(24)
+			if err != nil {
+				return err
+			}
+			tok := "valet_op_" + h
+			_, err = fmt.Fprintf(cmd.OutOrStdout(), "token:  %s\nsha256: %s\n", tok, broker.HashToken(tok))
+			return err
+		},
+	}
+	cmd.AddCommand(hash, gen)
+	return cmd
+}

@@ -1,0 +1,91 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/valet-broker/valet/broker"
+)
+
+func newServeCmd() *cobra.Command {
+	var configPath string
+	cmd := &cobra.Command{
+		Use:   "serve --config FILE",
+		Short: "Run the valet server",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if configPath == "" {
+				return fmt.Errorf("--config is required")
+			}
+			cfg, err := broker.LoadConfig(configPath)
+			if err != nil {
+				return err
+			}
+			return serve(cmd.Context(), cfg, nil)
+		},
+	}
+	cmd.Flags().StringVarP(&configPath, "config", "c", "", "path to the YAML configuration")
+	return cmd
+}
+
+// loadKEK reads the key-encryption key from VALET_KEK or the config's
+// kek_file.
+func loadKEK(cfg *broker.Config) ([]byte, error) {
+	if v := os.Getenv("VALET_KEK"); v != "" {
+		return broker.ParseKEK(v)
+	}
+	if cfg.KEKFile == "" {
+		return nil, fmt.Errorf("no key-encryption key: set VALET_KEK (64 hex digits) or kek_file in the config")
+	}
+	b, err := os.ReadFile(cfg.KEKFile)
+	if err != nil {
+		return nil, fmt.Errorf("kek_file: %w", err)
+	}
+	return broker.ParseKEK(string(b))
+}
+
+func newLogger(level string) *slog.Logger {
+	var l slog.Level
+	_ = l.UnmarshalText([]byte(strings.ToUpper(level)))
+	return slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: l}))
+}
+
+// serve runs a server until ctx ends; SIGHUP reloads the policy. started,
+// if set, is called once the server listens.
+func serve(ctx context.Context, cfg *broker.Config, started func(*Server)) error {
+	kek, err := loadKEK(cfg)
+	if err != nil {
+		return err
+	}
+	log := newLogger(cfg.Log.Level)
+	s := &Server{Config: cfg, KEK: kek, Logger: log}
+	if err := s.Open(ctx); err != nil {
+		return err
+	}
+	if started != nil {
+		started(s)
+	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-ctx.Done():
+			log.Info("shutting down")
+			return s.Close()
+		case <-hup:
+			if err := s.ReloadPolicy(); err != nil {
+				log.Error("policy reload on SIGHUP refused; previous policy set kept", "err", err)
+			} else {
+				log.Info("policy reloaded on SIGHUP")
+			}
+		}
+	}
+}

@@ -1,0 +1,342 @@
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.yaml.in/yaml/v3"
+
+	"github.com/valet-broker/valet/backends"
+	"github.com/valet-broker/valet/backends/builtin"
+	"github.com/valet-broker/valet/broker"
+	"github.com/valet-broker/valet/broker/api"
+	"github.com/valet-broker/valet/broker/attest"
+	"github.com/valet-broker/valet/broker/audit"
+	"github.com/valet-broker/valet/broker/clock"
+	"github.com/valet-broker/valet/broker/policy"
+	"github.com/valet-broker/valet/leases"
+)
+
+// Server is a running valet: everything `valet serve` starts, assembled
+// from a config so that tests can start the real thing in-process.
+type Server struct {
+	Config *broker.Config
+	// KEK is the key-encryption key for signing keys at rest.
+	KEK    []byte
+	Logger *slog.Logger
+	Clock  clock.Clock
+	// Registry lists the backend types (default: builtin.Registry()).
+	Registry backends.Registry
+
+	store    *leases.BoltStore
+	sink     *audit.LineSink
+	broker   *broker.Broker
+	queue    *leases.RevocationQueue
+	expirer  *leases.Expirer
+	policy   *policy.Engine
+	api      *api.Server
+	metrics  *api.Metrics
+	http     *http.Server
+	listener net.Listener
+
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	ready  bool
+	mu     sync.Mutex
+}
+
+// Open builds every component, recovers interrupted mints, starts the
+// background workers and begins listening. It returns once the server
+// accepts connections.
+func (s *Server) Open(ctx context.Context) (err error) {
+	cfg := s.Config
+	if s.Logger == nil {
+		s.Logger = slog.Default()
+	}
+	if s.Clock == nil {
+		s.Clock = clock.Real{}
+	}
+	if s.Registry == nil {
+		s.Registry = builtin.Registry()
+	}
+	log := s.Logger
+	defer func() {
+		if err != nil {
+			s.Close()
+		}
+	}()
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("data_dir: %w", err)
+	}
+
+	if cfg.Audit.Sink != "" {
+		if s.sink, err = audit.OpenSink(cfg.Audit.Sink, log); err != nil {
+			return fmt.Errorf("audit.sink: %w", err)
+		}
+	}
+	var sink audit.Sink
+	if s.sink != nil {
+		sink = s.sink
+	}
+	s.store, err = leases.OpenBolt(filepath.Join(cfg.DataDir, "valet.db"), leases.BoltOptions{Sink: sink})
+	if err != nil {
+		return err
+	}
+	replay, err := attest.NewBoltReplayCache(s.store.DB(), s.Clock)
+	if err != nil {
+		return err
+	}
+	verifier, err := attest.New(ctx, attest.Options{
+		Issuers: cfg.Issuers, MaxTokenBytes: cfg.Limits.MaxAttestationBytes, Clock: s.Clock, Replay: replay, Logger: log,
+	})
+	if err != nil {
+		return fmt.Errorf("issuers: %w", err)
+	}
+	var opVerifier broker.Verifier
+	if len(cfg.Operators.Issuers) > 0 {
+		opVerifier, err = attest.New(ctx, attest.Options{
+			Issuers: cfg.Operators.Issuers, MaxTokenBytes: cfg.Limits.MaxAttestationBytes, Clock: s.Clock, Replay: replay, Logger: log,
+		})
+		if err != nil {
+			return fmt.Errorf("operators.issuers: %w", err)
+		}
+	}
+
+	s.metrics = api.NewMetrics(prometheus.NewRegistry())
+	s.metrics.RegisterLeaseGauges(s.store.Counts)
+	now := s.Clock.Now
+	s.policy, err = policy.NewEngine(policy.Options{
+		Dir: cfg.Policy.Dir, Logger: log,
+		OnReload: func(version string, rerr error) {
+			e := audit.Entry{Kind: audit.KindPolicyReload, Actor: audit.Actor{Type: audit.ActorSystem, ID: "valet"},
+				PolicyVersion: version, Decision: audit.Allow, Reason: "policy set loaded"}
+			result := "ok"
+			if rerr != nil {
+				e.Decision, e.Reason, result = audit.Deny, "reload refused, previous policy set kept: "+rerr.Error(), "error"
+			}
+			s.metrics.PolicyReload.WithLabelValues(result).Inc()
+			if err := s.store.Audit(context.Background(), now(), e); err != nil {
+				log.Error("audit policy reload", "err", err)
+			}
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("policy: %w", err)
+	}
+
+	deps := backends.Deps{DataDir: cfg.DataDir, KEK: s.KEK, PublicURL: cfg.PublicURL, Clock: s.Clock, Logger: log}
+	bes := map[string]backends.Backend{}
+	for i, bc := range cfg.Backends {
+		be, err := s.Registry.New(bc.Type, bc.Name, bc.Options, deps)
+		if err != nil {
+			return fmt.Errorf("backends[%d]: %w", i, err)
+		}
+		bes[bc.Name] = be
+	}
+
+	s.queue = leases.NewRevocationQueue(leases.RevocationQueueConfig{
+		Store: s.store, Clock: s.Clock, Logger: log,
+		Attempts: cfg.Leases.RevokeAttempts, Backoff: cfg.Leases.RevokeBackoff.D(), MaxBackoff: cfg.Leases.RevokeMaxBackoff.D(),
+		Concurrency: cfg.Leases.RevokeConcurrency,
+		Revoke: func(ctx context.Context, l *leases.Lease) error {
+			be, ok := bes[l.Backend]
+			if !ok {
+				return fmt.Errorf("backend %q is no longer configured", l.Backend)
+			}
+			return be.Revoke(ctx, backends.Ref{Handle: l.Handle, CorrelationID: l.ID, AgentID: l.AgentID, Role: l.Role, ExpiresAt: l.ExpiresAt})
+		},
+	})
+	s.expirer = leases.NewExpirer(s.store, s.Clock, log)
+	s.expirer.OnExpire = s.metrics.Expired
+
+	s.broker, err = broker.New(broker.Options{
+		Config: cfg, Store: s.store, Auditor: s.store, Verifier: verifier, Authorizer: s.policy, Backends: bes,
+		Revoker: s.queue, Expiry: s.expirer, Clock: s.Clock, Logger: log, Observer: s.metrics,
+	})
+	if err != nil {
+		return err
+	}
+
+	// Invariant 3: intents left by a crash are revoked before anything new
+	// is minted.
+	recovered, err := s.store.RecoverPending(ctx, s.Clock.Now())
+	if err != nil {
+		return fmt.Errorf("recover pending leases: %w", err)
+	}
+	if len(recovered) > 0 {
+		log.Warn("recovered pending leases from an interrupted run; revoking them", "count", len(recovered))
+	}
+	if err := s.store.Audit(ctx, s.Clock.Now(), audit.Entry{
+		Kind: audit.KindServerStart, Actor: audit.Actor{Type: audit.ActorSystem, ID: "valet"}, PolicyVersion: s.policy.Version(),
+		Details: map[string]string{"config_sha256": configHash(cfg), "recovered_pending": fmt.Sprint(len(recovered)), "version": version},
+	}); err != nil {
+		return err
+	}
+
+	s.api = api.New(api.Config{
+		Broker: s.broker, Operators: broker.NewOperators(cfg.Operators, opVerifier), AuditDB: s.store.DB(),
+		Limits: cfg.Limits, PublicURL: cfg.PublicURL, Metrics: s.metrics, Logger: log, Ready: s.readiness,
+	})
+
+	wctx, cancel := context.WithCancel(context.Background())
+	s.cancel = cancel
+	s.goRun(func() { s.queue.Run(wctx) })
+	s.goRun(func() { s.expirer.Run(wctx) })
+	if *cfg.Policy.Watch {
+		s.goRun(func() {
+			if err := s.policy.Watch(wctx); err != nil && wctx.Err() == nil {
+				log.Error("policy watch stopped; SIGHUP still reloads", "err", err)
+			}
+		})
+	}
+	s.goRun(func() { s.housekeeping(wctx, replay) })
+
+	s.http = &http.Server{
+		Handler:           s.api,
+		MaxHeaderBytes:    cfg.Limits.MaxHeaderBytes,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      60 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	if cfg.TLS != nil {
+		tc, err := tlsConfig(cfg.TLS)
+		if err != nil {
+			return err
+		}
+		s.http.TLSConfig = tc
+	}
+	s.listener, err = net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", cfg.Listen, err)
+	}
+	ln := s.listener
+	if s.http.TLSConfig != nil {
+		ln = tls.NewListener(ln, s.http.TLSConfig)
+	}
+	s.goRun(func() {
+		if err := s.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("http server stopped", "err", err)
+		}
+	})
+	s.mu.Lock()
+	s.ready = true
+	s.mu.Unlock()
+	log.Info("valet is serving", "addr", s.listener.Addr().String(), "public_url", cfg.PublicURL, "policy_version", s.policy.Version())
+	return nil
+}
+
+func (s *Server) goRun(f func()) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		f()
+	}()
+}
+
+func (s *Server) readiness() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.ready {
+		return errors.New("starting")
+	}
+	return nil
+}
+
+// housekeeping prunes ended leases past retention and consumed jti entries
+// past their expiry, once a minute.
+func (s *Server) housekeeping(ctx context.Context, replay *attest.BoltReplayCache) {
+	for {
+		t := s.Clock.NewTimer(time.Minute)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C():
+		}
+		now := s.Clock.Now()
+		if _, err := s.store.PruneEnded(ctx, now.Add(-s.Config.Leases.Retention.D()), 10000); err != nil && ctx.Err() == nil {
+			s.Logger.Error("prune ended leases", "err", err)
+		}
+		if _, err := replay.Purge(now); err != nil && ctx.Err() == nil {
+			s.Logger.Error("purge replay cache", "err", err)
+		}
+	}
+}
+
+// Addr is the address the server listens on.
+func (s *Server) Addr() string { return s.listener.Addr().String() }
+
+// ReloadPolicy re-reads the policy directory (SIGHUP).
+func (s *Server) ReloadPolicy() error { return s.policy.Reload() }
+
+// Close stops accepting requests, lets in-flight ones finish (up to 10s),
+// stops the workers and closes the store.
+func (s *Server) Close() error {
+	if s.http != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_ = s.http.Shutdown(ctx)
+		cancel()
+	} else if s.listener != nil {
+		s.listener.Close()
+	}
+	if s.cancel != nil {
+		s.cancel()
+	}
+	s.wg.Wait()
+	var err error
+	if s.store != nil {
+		err = s.store.Close()
+	}
+	if s.sink != nil {
+		s.sink.Close()
+	}
+	return err
+}
+
+func tlsConfig(c *broker.TLSConfig) (*tls.Config, error) {
+	cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("tls: %w", err)
+	}
+	tc := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	if c.ClientCAFile != "" {
+		pem, err := os.ReadFile(c.ClientCAFile)
+		if err != nil {
+			return nil, fmt.Errorf("tls.client_ca_file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("tls.client_ca_file: no PEM certificates found")
+		}
+		tc.ClientCAs = pool
+	}
+	switch c.ClientAuth {
+	case "require":
+		tc.ClientAuth = tls.RequireAndVerifyClientCert
+	case "verify_if_given":
+		tc.ClientAuth = tls.VerifyClientCertIfGiven
+	}
+	return tc, nil
+}
+
+// configHash identifies the loaded configuration in the audit log.
+func configHash(cfg *broker.Config) string {
+	b, _ := yaml.Marshal(cfg)
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}
