@@ -1,0 +1,56 @@
+# valet — the two commands a newcomer needs are `make run` and `make test`.
+GO      ?= go
+BIN     := bin/valet
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X main.version=$(VERSION)
+FUZZTIME ?= 10s
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+
+.PHONY: all build run test unit race fuzz lint tidy-check bench clean
+
+all: build
+
+build:
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/valet
+
+## run: start `valet dev` on 127.0.0.1:8750 (data under ./valet-dev-data/)
+run: build
+	./$(BIN) dev
+
+## test: vet, the whole suite with the race detector, then each fuzz target briefly
+test: lint race fuzz
+
+## unit: the suite without the race detector (faster)
+unit:
+	$(GO) test -count=1 ./...
+
+race:
+	$(GO) test -race -count=1 -timeout 20m ./...
+
+## fuzz: run every fuzz target for FUZZTIME (default 10s) each
+fuzz:
+	@set -e; for pkg in $$($(GO) list ./...); do \
+	  for t in $$($(GO) test -list '^Fuzz' $$pkg 2>/dev/null | grep '^Fuzz' || true); do \
+	    echo "fuzz $$pkg $$t ($(FUZZTIME))"; \
+	    $(GO) test -run='^$$' -fuzz="^$$t$$" -fuzztime=$(FUZZTIME) $$pkg; \
+	  done; \
+	done
+
+lint:
+	@test -z "$$(gofmt -l .)" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
+	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
+
+tidy-check:
+	@cp go.mod /tmp/valet-go.mod.bak; cp go.sum /tmp/valet-go.sum.bak
+	@$(GO) mod tidy
+	@if ! git diff --quiet -- go.mod go.sum; then \
+	  echo "go.mod/go.sum are not tidy:"; git --no-pager diff -- go.mod go.sum; \
+	  cp /tmp/valet-go.mod.bak go.mod; cp /tmp/valet-go.sum.bak go.sum; exit 1; fi
+
+## bench: the performance report (see README, Performance)
+bench: build
+	$(GO) run ./cmd/valet-bench -valet $(BIN)
+
+clean:
+	rm -rf bin

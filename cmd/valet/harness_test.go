@@ -1,0 +1,252 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/valet-broker/valet/backends"
+	"github.com/valet-broker/valet/backends/builtin"
+	"github.com/valet-broker/valet/broker"
+	"github.com/valet-broker/valet/broker/attest"
+	"github.com/valet-broker/valet/broker/clock"
+)
+
+// testOperatorToken is the operator token of every test server.
+const testOperatorToken = "valet_op_test_token_0123456789"
+
+// testEnv is a real valet server running in-process on a free loopback
+// port, with a dev issuer to sign attestations.
+type testEnv struct {
+	t      testing.TB
+	Dir    string
+	URL    string
+	Server *Server
+	Issuer *attest.DevIssuer
+	Config *broker.Config
+	Clock  clock.Clock
+	// Registry replaces the built-in backends when set before start.
+	Registry backends.Registry
+}
+
+// testPolicy permits the test roles to agents of the "test" issuer and
+// forbids agents whose claims say blocked.
+const testPolicy = `
+@id("mint-demo")
+permit(principal in Issuer::"test", action == Action::"mint", resource == Role::"demo")
+when { context.ttl_seconds <= 3600 };
+
+@id("renew-demo")
+permit(principal in Issuer::"test", action == Action::"renew", resource == Role::"demo");
+
+@id("mint-other")
+permit(principal in Issuer::"test", action == Action::"mint", resource == Role::"other");
+
+@id("mint-flaky")
+permit(principal in Issuer::"test", action in [Action::"mint", Action::"renew"], resource == Role::"flaky");
+
+@id("deny-blocked")
+forbid(principal, action, resource)
+when { principal.claims has blocked && principal.claims.blocked == true };
+`
+
+// testConfig is the YAML of a test server; %s are the data dir and the
+// operator token hash.
+const testConfig = `
+listen: 127.0.0.1:0
+data_dir: %[1]s
+public_url: http://valet.test
+issuers:
+  - name: test
+    issuer: https://issuer.test
+    audiences: [valet]
+    jwks_file: %[1]s/issuer-jwks.json
+    algorithms: [ES256]
+backends:
+  - name: tokens
+    type: jwt
+roles:
+  - name: demo
+    backend: tokens
+    ttl: 5m
+    max_ttl: 1h
+    audience: [demo-api]
+    scopes: [read, write]
+  - name: other
+    backend: tokens
+    ttl: 1m
+    max_ttl: 2m
+  - name: elevated
+    backend: tokens
+    approval: {required: 1}
+policy:
+  dir: %[1]s/policies
+operators:
+  tokens:
+    - name: alice
+      sha256: %[2]s
+limits:
+  agent_rate: -1
+  max_body_bytes: 4096
+`
+
+// newTestEnv writes a config into a temp dir. Call Start (after adjusting
+// Config or Registry if needed) to run the server.
+func newTestEnv(t testing.TB) *testEnv {
+	t.Helper()
+	dir := t.TempDir()
+	iss, err := attest.NewDevIssuer("https://issuer.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := iss.WriteJWKS(filepath.Join(dir, "issuer-jwks.json")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(dir, "policies"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "policies", "test.cedar"), []byte(testPolicy), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfgText := fmt.Sprintf(testConfig, dir, broker.HashToken(testOperatorToken))
+	if err := os.WriteFile(filepath.Join(dir, "config.yaml"), []byte(cfgText), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := broker.LoadConfig(filepath.Join(dir, "config.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &testEnv{t: t, Dir: dir, Issuer: iss, Config: cfg}
+}
+
+// Start opens the server and registers its Close with the test.
+func (e *testEnv) Start() *testEnv {
+	e.t.Helper()
+	kek := bytes.Repeat([]byte{7}, 32)
+	reg := e.Registry
+	if reg == nil {
+		reg = builtin.Registry()
+	}
+	s := &Server{Config: e.Config, KEK: kek, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Clock: e.Clock, Registry: reg}
+	if err := s.Open(context.Background()); err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { s.Close() })
+	e.Server = s
+	e.URL = "http://" + s.Addr()
+	return e
+}
+
+// Attest signs an attestation for sub with the test issuer; extra claims
+// override the defaults (a nil value removes a claim).
+func (e *testEnv) Attest(sub string, extra map[string]any) string {
+	e.t.Helper()
+	c := map[string]any{"sub": sub, "aud": "valet"}
+	for k, v := range extra {
+		c[k] = v
+	}
+	tok, err := e.Issuer.Sign(c)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return tok
+}
+
+// response is a decoded HTTP answer.
+type response struct {
+	Status int
+	Header http.Header
+	Body   []byte
+}
+
+func (r response) JSON(t testing.TB) map[string]any {
+	t.Helper()
+	var m map[string]any
+	if err := json.Unmarshal(r.Body, &m); err != nil {
+		t.Fatalf("body is not a JSON object: %v\n%s", err, r.Body)
+	}
+	return m
+}
+
+// Do sends a request. body is sent as is when it is a string or []byte,
+// else JSON-encoded; bearer may be "".
+func (e *testEnv) Do(method, path, bearer string, body any) response {
+	e.t.Helper()
+	var rd io.Reader
+	ct := ""
+	switch b := body.(type) {
+	case nil:
+	case string:
+		rd, ct = strings.NewReader(b), "application/json"
+	case []byte:
+		rd, ct = bytes.NewReader(b), "application/json"
+	default:
+		j, err := json.Marshal(b)
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		rd, ct = bytes.NewReader(j), "application/json"
+	}
+	req, err := http.NewRequest(method, e.URL+path, rd)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if ct != "" {
+		req.Header.Set("Content-Type", ct)
+	}
+	if bearer != "" {
+		req.Header.Set("Authorization", "Bearer "+bearer)
+	}
+	return e.send(req)
+}
+
+func (e *testEnv) send(req *http.Request) response {
+	e.t.Helper()
+	c := &http.Client{Timeout: 30 * time.Second}
+	resp, err := c.Do(req)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return response{Status: resp.StatusCode, Header: resp.Header, Body: b}
+}
+
+// Mint asks for role with attestation tok and fails the test unless it
+// gets a 201; it returns the decoded body.
+func (e *testEnv) Mint(tok, role string) map[string]any {
+	e.t.Helper()
+	r := e.Do("POST", "/v1/credentials", tok, map[string]any{"role": role})
+	if r.Status != http.StatusCreated {
+		e.t.Fatalf("mint %s: status %d: %s", role, r.Status, r.Body)
+	}
+	return r.JSON(e.t)
+}
+
+// LeaseCount returns the number of leases in each state, from the store.
+func (e *testEnv) LeaseCounts() map[string]int64 {
+	e.t.Helper()
+	c, err := e.Server.store.Counts()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	out := map[string]int64{}
+	for k, v := range c {
+		if v != 0 {
+			out[string(k)] = v
+		}
+	}
+	return out
+}
