@@ -1,0 +1,199 @@
+package policy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+
+	"github.com/valet-broker/valet/broker"
+	"github.com/valet-broker/valet/broker/clock"
+)
+
+// DefaultDebounce is how long Watch waits after the last change in the policy
+// directory before reloading, so that an editor's or a ConfigMap's burst of
+// events (truncate, write, rename) causes one reload of the finished files.
+const DefaultDebounce = 250 * time.Millisecond
+
+// Options configure an Engine.
+type Options struct {
+	// Dir is the directory of *.cedar files, loaded in name order
+	// (non-recursive). Required.
+	Dir string
+	// Logger receives load and reload messages; nil means slog.Default().
+	Logger *slog.Logger
+	// OnReload, if set, is called after every reload attempt (not after the
+	// first load in NewEngine): on success with the new version and a nil
+	// error; on failure with the version still in force and the reason,
+	// which names the file and line. Calls are serialized, in reload order.
+	// It must not call Reload.
+	OnReload func(version string, err error)
+	// Clock times Watch's debounce; nil means the wall clock.
+	Clock clock.Clock
+	// Debounce overrides DefaultDebounce when positive.
+	Debounce time.Duration
+}
+
+// Engine authorizes requests against the current policy set and replaces the
+// set on Reload. Authorize reads the set through an atomic pointer and never
+// waits for a reload. An Engine is safe for concurrent use.
+type Engine struct {
+	dir      string
+	log      *slog.Logger
+	onReload func(string, error)
+	clock    clock.Clock
+	debounce time.Duration
+
+	current  atomic.Pointer[Set]
+	reloadMu sync.Mutex // serializes reloads, so an older read never replaces a newer one
+}
+
+var _ broker.Authorizer = (*Engine)(nil)
+
+// NewEngine loads the policies of opts.Dir. It returns an error when Dir is
+// not set, cannot be read, holds no policies, or holds a file that does not
+// parse (see Load): valet refuses to start rather than deny everything or
+// run on policies other than the ones written.
+func NewEngine(opts Options) (*Engine, error) {
+	if opts.Dir == "" {
+		return nil, errors.New("policy: Options.Dir must be set to a directory of *.cedar files")
+	}
+	e := &Engine{
+		dir:      opts.Dir,
+		log:      opts.Logger,
+		onReload: opts.OnReload,
+		clock:    opts.Clock,
+		debounce: opts.Debounce,
+	}
+	if e.log == nil {
+		e.log = slog.Default()
+	}
+	if e.clock == nil {
+		e.clock = clock.Real{}
+	}
+	if e.debounce <= 0 {
+		e.debounce = DefaultDebounce
+	}
+	set, err := Load(opts.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("load policies: %w", err)
+	}
+	e.current.Store(set)
+	e.log.Info("policy set loaded", "dir", e.dir, "version", set.Version(), "policies", set.Len())
+	e.warnIfNoPermits(set)
+	return e, nil
+}
+
+// Authorize decides req with the current policy set; see Set.Authorize.
+func (e *Engine) Authorize(ctx context.Context, req broker.AuthzRequest) (broker.Decision, error) {
+	return e.current.Load().Authorize(ctx, req)
+}
+
+// Version returns the version of the current policy set.
+func (e *Engine) Version() string { return e.current.Load().Version() }
+
+// Set returns the current policy set.
+func (e *Engine) Set() *Set { return e.current.Load() }
+
+// Reload reads the policy directory again and, if it loads, makes it the
+// current set. On any error (a file that does not parse, a duplicate id, no
+// policies left, an unreadable directory) the current set stays in force;
+// the error is logged, passed to OnReload with the version still in force,
+// and returned.
+func (e *Engine) Reload() error {
+	e.reloadMu.Lock()
+	defer e.reloadMu.Unlock()
+
+	old := e.current.Load()
+	set, err := Load(e.dir)
+	if err != nil {
+		e.log.Error("policy reload failed; keeping the current policies", "dir", e.dir, "version", old.Version(), "err", err)
+		if e.onReload != nil {
+			e.onReload(old.Version(), err)
+		}
+		return err
+	}
+	e.current.Store(set)
+	if set.Version() != old.Version() {
+		e.log.Info("policy set reloaded", "dir", e.dir, "old_version", old.Version(), "version", set.Version(), "policies", set.Len())
+		e.warnIfNoPermits(set)
+	} else {
+		e.log.Debug("policy set reloaded, unchanged", "dir", e.dir, "version", set.Version())
+	}
+	if e.onReload != nil {
+		e.onReload(set.Version(), nil)
+	}
+	return nil
+}
+
+// Watch reloads the policies whenever a file in the directory changes,
+// waiting until changes have paused for the debounce interval. It returns
+// nil when ctx is done, or an error if the directory cannot be watched.
+// Reload errors do not stop it (they are logged and reported to OnReload).
+// Only the directory's own entries are watched: a change to the target of a
+// symbolic link is seen when the link itself is replaced, which is how
+// Kubernetes updates ConfigMap volumes.
+func (e *Engine) Watch(ctx context.Context) error {
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		return fmt.Errorf("watch policies: %w", err)
+	}
+	defer w.Close()
+	if err := w.Add(e.dir); err != nil {
+		return fmt.Errorf("watch policy directory %s: %w", e.dir, err)
+	}
+
+	var (
+		timer clock.Timer
+		fire  <-chan time.Time // nil while no reload is pending
+	)
+	schedule := func() {
+		if timer != nil {
+			timer.Stop()
+		}
+		timer = e.clock.NewTimer(e.debounce)
+		fire = timer.C()
+	}
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case ev, ok := <-w.Events:
+			if !ok {
+				return errors.New("policy watcher stopped")
+			}
+			if ev.Op == fsnotify.Chmod { // touch, indexers: contents unchanged
+				continue
+			}
+			schedule()
+		case err, ok := <-w.Errors:
+			if !ok {
+				return errors.New("policy watcher stopped")
+			}
+			// Usually an event queue overflow: changes may have been
+			// missed, so reload to be sure.
+			e.log.Warn("policy watcher error; reloading", "dir", e.dir, "err", err)
+			schedule()
+		case <-fire:
+			timer, fire = nil, nil
+			_ = e.Reload() // logged and reported to OnReload
+		}
+	}
+}
+
+func (e *Engine) warnIfNoPermits(s *Set) {
+	if s.permits == 0 {
+		e.log.Warn("policy set has no permit policies; every request will be denied", "dir", e.dir, "version", s.Version())
+	}
+}

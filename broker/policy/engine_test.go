@@ -1,0 +1,305 @@
+package policy
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/valet-broker/valet/broker"
+	"github.com/valet-broker/valet/broker/clock"
+)
+
+const (
+	permitAll = `@id("permit-all") permit(principal, action, resource);`
+	forbidAll = `@id("forbid-all") forbid(principal, action, resource);`
+)
+
+// reloadRecorder collects OnReload calls.
+type reloadRecorder struct {
+	mu    sync.Mutex
+	calls []reloadCall
+}
+
+type reloadCall struct {
+	version string
+	err     error
+}
+
+func (r *reloadRecorder) record(version string, err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.calls = append(r.calls, reloadCall{version, err})
+}
+
+func (r *reloadRecorder) last(t *testing.T) reloadCall {
+	t.Helper()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.calls) == 0 {
+		t.Fatal("OnReload was not called")
+	}
+	return r.calls[len(r.calls)-1]
+}
+
+// newTestEngine starts an engine on a temp dir holding files.
+func newTestEngine(t *testing.T, files map[string]string, opts Options) (*Engine, string, *reloadRecorder) {
+	t.Helper()
+	dir := writePolicies(t, t.TempDir(), files)
+	rec := &reloadRecorder{}
+	opts.Dir = dir
+	opts.OnReload = rec.record
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	e, err := NewEngine(opts)
+	if err != nil {
+		t.Fatalf("NewEngine: %v", err)
+	}
+	return e, dir, rec
+}
+
+// allowed asks e to authorize the base request.
+func allowed(t *testing.T, e *Engine) bool {
+	t.Helper()
+	dec, err := e.Authorize(context.Background(), baseRequest())
+	if err != nil {
+		t.Fatalf("Authorize: %v", err)
+	}
+	if dec.Version != e.Version() {
+		t.Errorf("decision version %q, engine version %q", dec.Version, e.Version())
+	}
+	return dec.Allowed
+}
+
+func TestNewEngineRefusesBadDirectories(t *testing.T) {
+	tests := map[string]struct {
+		dir  func(t *testing.T) string
+		want string
+	}{
+		"no dir option": {func(t *testing.T) string { return "" }, "Options.Dir"},
+		"missing dir":   {func(t *testing.T) string { return filepath.Join(t.TempDir(), "missing") }, "read policy directory"},
+		"empty dir":     {func(t *testing.T) string { return t.TempDir() }, "no *.cedar files"},
+		"broken policy": {func(t *testing.T) string {
+			return writePolicies(t, t.TempDir(), map[string]string{"bad.cedar": "permit(principal, action resource);"})
+		}, "bad.cedar:1:"},
+	}
+	for name, tt := range tests {
+		t.Run(name, func(t *testing.T) {
+			e, err := NewEngine(Options{Dir: tt.dir(t), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("NewEngine = %v, %v; want an error mentioning %q", e, err, tt.want)
+			}
+		})
+	}
+}
+
+func TestReload(t *testing.T) {
+	t.Run("a valid change takes effect", func(t *testing.T) {
+		e, dir, rec := newTestEngine(t, map[string]string{"a.cedar": permitAll}, Options{})
+		v1 := e.Version()
+		if !allowed(t, e) {
+			t.Fatal("permit-all did not allow")
+		}
+		writePolicies(t, dir, map[string]string{"b.cedar": forbidAll})
+		if err := e.Reload(); err != nil {
+			t.Fatalf("Reload: %v", err)
+		}
+		if allowed(t, e) {
+			t.Error("still allowed after adding forbid-all")
+		}
+		if e.Version() == v1 {
+			t.Error("version did not change")
+		}
+		if c := rec.last(t); c.version != e.Version() || c.err != nil {
+			t.Errorf("OnReload(%q, %v), want (%q, nil)", c.version, c.err, e.Version())
+		}
+	})
+
+	t.Run("an unchanged directory keeps its version", func(t *testing.T) {
+		e, _, rec := newTestEngine(t, map[string]string{"a.cedar": permitAll}, Options{})
+		v1 := e.Version()
+		if err := e.Reload(); err != nil {
+			t.Fatalf("Reload: %v", err)
+		}
+		if e.Version() != v1 {
+			t.Errorf("version changed from %q to %q without a change", v1, e.Version())
+		}
+		if c := rec.last(t); c.version != v1 || c.err != nil {
+			t.Errorf("OnReload(%q, %v), want (%q, nil)", c.version, c.err, v1)
+		}
+	})
+
+	t.Run("a broken file keeps the old set", func(t *testing.T) {
+		e, dir, rec := newTestEngine(t, map[string]string{"a.cedar": permitAll}, Options{})
+		v1 := e.Version()
+		writePolicies(t, dir, map[string]string{"a.cedar": forbidAll, "b.cedar": "permit(principal, action, resource)\nwhen { context.risk < };"})
+		err := e.Reload()
+		if err == nil || !strings.Contains(err.Error(), "b.cedar:2:") {
+			t.Fatalf("Reload = %v, want an error naming b.cedar line 2", err)
+		}
+		if e.Version() != v1 || !allowed(t, e) {
+			t.Errorf("the broken reload replaced the set (version %q, was %q)", e.Version(), v1)
+		}
+		c := rec.last(t)
+		if c.version != v1 || c.err == nil || !strings.Contains(c.err.Error(), "b.cedar:2:") {
+			t.Errorf("OnReload(%q, %v), want (%q, an error naming b.cedar:2)", c.version, c.err, v1)
+		}
+	})
+
+	t.Run("deleting every file keeps the old set", func(t *testing.T) {
+		e, dir, rec := newTestEngine(t, map[string]string{"a.cedar": permitAll, "b.cedar": `@id("x") forbid(principal, action, resource) when { context.risk > 90 };`}, Options{})
+		v1 := e.Version()
+		for _, name := range []string{"a.cedar", "b.cedar"} {
+			if err := os.Remove(filepath.Join(dir, name)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		err := e.Reload()
+		if err == nil || !strings.Contains(err.Error(), "no *.cedar files") {
+			t.Fatalf("Reload = %v, want an error saying there are no policy files", err)
+		}
+		if e.Version() != v1 || !allowed(t, e) {
+			t.Error("the empty reload replaced the set")
+		}
+		if c := rec.last(t); c.version != v1 || c.err == nil {
+			t.Errorf("OnReload(%q, %v), want (%q, an error)", c.version, c.err, v1)
+		}
+	})
+}
+
+// Authorize must not race with Reload (run with -race).
+func TestAuthorizeDuringReload(t *testing.T) {
+	e, dir, _ := newTestEngine(t, map[string]string{"a.cedar": permitAll}, Options{})
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ctx.Err() == nil {
+				if _, err := e.Authorize(ctx, baseRequest()); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	for i := range 20 {
+		src := permitAll
+		if i%2 == 1 {
+			src = forbidAll
+		}
+		writePolicies(t, dir, map[string]string{"a.cedar": src})
+		if err := e.Reload(); err != nil {
+			t.Error(err)
+		}
+	}
+	cancel()
+	wg.Wait()
+}
+
+func TestWatch(t *testing.T) {
+	start := time.Date(2026, 3, 2, 10, 0, 0, 0, time.UTC)
+	fake := clock.NewFake(start)
+	e, dir, rec := newTestEngine(t, map[string]string{"a.cedar": permitAll}, Options{Clock: fake})
+	v1 := e.Version()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.Watch(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Watch returned %v", err)
+		}
+	})
+
+	// Watch may not have added its watch yet when the file changes: keep
+	// rewriting until an event arms the debounce timer.
+	want := mustLoadVersion(t, map[string]string{"a.cedar": forbidAll})
+	deadline := time.Now().Add(10 * time.Second)
+	for e.Version() != want {
+		if time.Now().After(deadline) {
+			t.Fatalf("Watch did not reload within 10s: version %q, want %q", e.Version(), want)
+		}
+		if fake.Waiters() == 0 {
+			// Replace atomically, as editors and ConfigMaps do, so a
+			// reload never sees a half-written file.
+			tmp := filepath.Join(dir, "a.cedar.tmp")
+			if err := os.WriteFile(tmp, []byte(forbidAll), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Rename(tmp, filepath.Join(dir, "a.cedar")); err != nil {
+				t.Fatal(err)
+			}
+		} else {
+			fake.Advance(DefaultDebounce)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if allowed(t, e) {
+		t.Error("the watched change did not take effect")
+	}
+	if c := rec.last(t); c.err != nil || c.version == v1 {
+		t.Errorf("OnReload(%q, %v) after the watched change", c.version, c.err)
+	}
+}
+
+func TestWatchDebounces(t *testing.T) {
+	fake := clock.NewFake(time.Date(2026, 3, 2, 10, 0, 0, 0, time.UTC))
+	e, dir, rec := newTestEngine(t, map[string]string{"a.cedar": permitAll}, Options{Clock: fake})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.Watch(ctx) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+
+	// Until the debounce interval has passed, nothing is reloaded, however
+	// many events arrive.
+	deadline := time.Now().Add(10 * time.Second)
+	for i := 0; fake.Waiters() == 0 || i < 5; i++ {
+		if time.Now().After(deadline) {
+			t.Fatal("no debounce timer was armed within 10s")
+		}
+		writePolicies(t, dir, map[string]string{"b.cedar": `forbid(principal, action, resource) when { context.risk > ` + string(rune('0'+i%10)) + ` };`})
+		time.Sleep(20 * time.Millisecond)
+	}
+	reloads := func() int {
+		rec.mu.Lock()
+		defer rec.mu.Unlock()
+		return len(rec.calls)
+	}
+	time.Sleep(50 * time.Millisecond) // let the last events arrive
+	fake.Advance(DefaultDebounce - time.Millisecond)
+	time.Sleep(50 * time.Millisecond)
+	if n := reloads(); n != 0 {
+		t.Fatalf("reloaded %d times before the debounce interval passed", n)
+	}
+	// Once it has passed, the burst causes exactly one reload.
+	fake.Advance(time.Millisecond)
+	for reloads() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("no reload within 10s after the debounce interval")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if n := reloads(); n != 1 {
+		t.Errorf("a burst of writes caused %d reloads, want 1", n)
+	}
+}
+
+func mustLoadVersion(t *testing.T, files map[string]string) string {
+	t.Helper()
+	return mustLoad(t, files).Version()
+}
+
+var _ broker.Authorizer = (*Engine)(nil)
