@@ -1,0 +1,440 @@
+// Command valet-bench measures valet on this machine and prints one report:
+// the ES256 verify+sign rate (the crypto ceiling), mint throughput and
+// latency through HTTP at several concurrency levels, start-up time and
+// memory with a large lease store, and expiry lateness. Every figure comes
+// from the same run on the same machine, so ratios between them hold even
+// on a noisy machine.
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/valet-broker/valet/broker/attest"
+	"github.com/valet-broker/valet/broker/audit"
+	"github.com/valet-broker/valet/leases"
+)
+
+func main() {
+	var (
+		bin       = flag.String("valet", "bin/valet", "path to the valet binary")
+		duration  = flag.Duration("duration", 5*time.Second, "measuring time per concurrency level")
+		levels    = flag.String("concurrency", "1,16,64", "concurrency levels for the mint benchmark")
+		nLeases   = flag.Int("startup-leases", 1_000_000, "leases in the store for the start-up measurement (0 skips)")
+		nExpiry   = flag.Int("expiry-leases", 100_000, "leases expiring within one minute for the lateness measurement (0 skips)")
+		skipMints = flag.Bool("skip-mint", false, "skip the mint benchmark")
+	)
+	flag.Parse()
+	b := &bench{bin: *bin}
+	fmt.Printf("valet benchmark — %s, %d CPUs, GOMAXPROCS %d, %s\n\n", runtime.GOARCH, runtime.NumCPU(), runtime.GOMAXPROCS(0), time.Now().UTC().Format(time.RFC3339))
+
+	ceiling := cryptoCeiling(3 * time.Second)
+	fmt.Printf("crypto ceiling: ES256 verify+sign pairs, all cores: %.0f /s\n\n", ceiling)
+
+	if !*skipMints {
+		fmt.Println("mints through HTTP (jwt backend, durable leases and audit, fsync per commit):")
+		fmt.Printf("  %-12s %12s %10s %10s %14s\n", "concurrency", "mints/s", "p50", "p99", "× ceiling")
+		for _, f := range strings.Split(*levels, ",") {
+			c, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil || c < 1 {
+				fatal("bad -concurrency %q", *levels)
+			}
+			r := b.mintLoad(c, *duration)
+			fmt.Printf("  %-12d %12.0f %10s %10s %14.2f\n", c, r.rate, r.p50.Round(10*time.Microsecond), r.p99.Round(10*time.Microsecond), r.rate/ceiling)
+		}
+		fmt.Println()
+	}
+	if *nLeases > 0 {
+		r := b.startup(*nLeases)
+		fmt.Printf("start-up with %d leases in the store: %s to ready, RSS %.0f MiB (store file %.0f MiB; built in %s)\n\n",
+			*nLeases, r.ready.Round(time.Millisecond), float64(r.rss)/(1<<20), float64(r.fileSize)/(1<<20), r.built.Round(time.Second))
+	}
+	if *nExpiry > 0 {
+		r := b.expiry(*nExpiry)
+		fmt.Printf("expiry lateness, %d leases expiring within one minute: p50 %s, p99 %s, max %s (%d expired)\n",
+			*nExpiry, r.p50.Round(time.Millisecond), r.p99.Round(time.Millisecond), r.max.Round(time.Millisecond), r.n)
+	}
+}
+
+func fatal(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "valet-bench: "+format+"\n", args...)
+	os.Exit(1)
+}
+
+type bench struct {
+	bin string
+}
+
+// cryptoCeiling measures how many (ES256 verify of an attestation + ES256
+// sign of a token) pairs the machine does per second on all cores: the
+// most a mint could ever reach with this cryptography.
+func cryptoCeiling(d time.Duration) float64 {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	msg := bytes.Repeat([]byte("x"), 300)
+	h := sha256.Sum256(msg)
+	sig, _ := ecdsa.SignASN1(rand.Reader, key, h[:])
+	var n atomic.Int64
+	var wg sync.WaitGroup
+	deadline := time.Now().Add(d)
+	for i := 0; i < runtime.GOMAXPROCS(0); i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Now().Before(deadline) {
+				hh := sha256.Sum256(msg)
+				if !ecdsa.VerifyASN1(&key.PublicKey, hh[:], sig) {
+					panic("verify")
+				}
+				if _, err := ecdsa.SignASN1(rand.Reader, key, hh[:]); err != nil {
+					panic(err)
+				}
+				n.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	return float64(n.Load()) / d.Seconds()
+}
+
+// env is a data directory with a config, a dev issuer and a policy.
+type env struct {
+	dir    string
+	issuer *attest.DevIssuer
+}
+
+const benchPolicy = `
+permit(principal in Issuer::"bench", action == Action::"mint", resource == Role::"bench")
+when { context.ttl_seconds <= 3600 };
+forbid(principal, action, resource) when { context.risk >= 70 };
+`
+
+const benchConfig = `
+listen: 127.0.0.1:0
+data_dir: .
+public_url: http://valet.bench
+issuers:
+  - name: bench
+    issuer: https://issuer.bench
+    audiences: [valet]
+    jwks_file: issuer-jwks.json
+    algorithms: [ES256]
+backends:
+  - name: tokens
+    type: jwt
+roles:
+  - name: bench
+    backend: tokens
+    ttl: 15m
+    max_ttl: 1h
+    audience: [bench-api]
+    scopes: [read]
+policy:
+  dir: policies
+  watch: false
+limits:
+  agent_rate: -1
+`
+
+func newEnv() *env {
+	dir, err := os.MkdirTemp("", "valet-bench")
+	if err != nil {
+		fatal("%v", err)
+	}
+	iss, err := attest.NewDevIssuer("https://issuer.bench")
+	if err != nil {
+		fatal("%v", err)
+	}
+	must(iss.WriteJWKS(filepath.Join(dir, "issuer-jwks.json")))
+	must(os.MkdirAll(filepath.Join(dir, "policies"), 0o700))
+	must(os.WriteFile(filepath.Join(dir, "policies", "bench.cedar"), []byte(benchPolicy), 0o600))
+	must(os.WriteFile(filepath.Join(dir, "config.yaml"), []byte(benchConfig), 0o600))
+	return &env{dir: dir, issuer: iss}
+}
+
+func must(err error) {
+	if err != nil {
+		fatal("%v", err)
+	}
+}
+
+// server is a running `valet serve`.
+type server struct {
+	cmd   *exec.Cmd
+	url   string
+	start time.Time
+	ready time.Duration
+	done  chan struct{}
+}
+
+func (b *bench) serve(e *env) *server {
+	cmd := exec.Command(b.bin, "serve", "--config", filepath.Join(e.dir, "config.yaml"))
+	cmd.Env = append(os.Environ(), "VALET_KEK="+strings.Repeat("5a", 32))
+	// The server logs its address once it listens; start-up is measured
+	// from exec to the first 200 from /readyz.
+	stderr, err := cmd.StderrPipe()
+	must(err)
+	s := &server{cmd: cmd, start: time.Now(), done: make(chan struct{})}
+	must(cmd.Start())
+	addr := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			var line struct {
+				Msg  string `json:"msg"`
+				Addr string `json:"addr"`
+			}
+			if json.Unmarshal(sc.Bytes(), &line) == nil && line.Msg == "valet is serving" {
+				addr <- line.Addr
+			}
+		}
+		io.Copy(io.Discard, stderr)
+	}()
+	go func() { cmd.Wait(); close(s.done) }()
+	select {
+	case a := <-addr:
+		s.url = "http://" + a
+	case <-s.done:
+		fatal("valet serve exited: %v", cmd.ProcessState)
+	case <-time.After(5 * time.Minute):
+		fatal("valet serve did not start")
+	}
+	// Ready means /readyz answers 200.
+	for {
+		resp, err := http.Get(s.url + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				break
+			}
+		}
+		time.Sleep(time.Millisecond)
+	}
+	s.ready = time.Since(s.start)
+	return s
+}
+
+func (s *server) stop() {
+	_ = s.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-s.done:
+	case <-time.After(30 * time.Second):
+		_ = s.cmd.Process.Kill()
+		<-s.done
+	}
+}
+
+func (s *server) rss() int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", s.cmd.Process.Pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "VmRSS:") {
+			f := strings.Fields(line)
+			kb, _ := strconv.ParseInt(f[1], 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
+
+type loadResult struct {
+	rate     float64
+	p50, p99 time.Duration
+}
+
+// mintLoad runs c agents that mint back to back for d (after a warm-up),
+// each with its own attestation, against a fresh server.
+func (b *bench) mintLoad(c int, d time.Duration) loadResult {
+	e := newEnv()
+	defer os.RemoveAll(e.dir)
+	s := b.serve(e)
+	defer s.stop()
+	tr := &http.Transport{MaxIdleConnsPerHost: c, MaxConnsPerHost: c, IdleConnTimeout: time.Minute}
+	client := &http.Client{Transport: tr, Timeout: 30 * time.Second}
+	toks := make([]string, c)
+	for i := range toks {
+		tok, err := e.issuer.Sign(map[string]any{"sub": fmt.Sprintf("agent-%d", i), "aud": "valet", "exp": time.Now().Add(time.Hour).Unix()})
+		must(err)
+		toks[i] = tok
+	}
+	body := []byte(`{"role":"bench","ttl":"15m"}`)
+	run := func(d time.Duration, record bool) ([]time.Duration, int) {
+		var mu sync.Mutex
+		var all []time.Duration
+		var errs atomic.Int64
+		var wg sync.WaitGroup
+		deadline := time.Now().Add(d)
+		for i := 0; i < c; i++ {
+			wg.Add(1)
+			go func(tok string) {
+				defer wg.Done()
+				var lat []time.Duration
+				for time.Now().Before(deadline) {
+					req, _ := http.NewRequest("POST", s.url+"/v1/credentials", bytes.NewReader(body))
+					req.Header.Set("Content-Type", "application/json")
+					req.Header.Set("Authorization", "Bearer "+tok)
+					t0 := time.Now()
+					resp, err := client.Do(req)
+					if err != nil {
+						errs.Add(1)
+						continue
+					}
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					if resp.StatusCode != 201 {
+						errs.Add(1)
+						continue
+					}
+					lat = append(lat, time.Since(t0))
+				}
+				if record {
+					mu.Lock()
+					all = append(all, lat...)
+					mu.Unlock()
+				}
+			}(toks[i])
+		}
+		wg.Wait()
+		return all, int(errs.Load())
+	}
+	run(time.Second, false)
+	lat, errs := run(d, true)
+	if errs > 0 {
+		fatal("%d mints failed at concurrency %d", errs, c)
+	}
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	if len(lat) == 0 {
+		fatal("no mints completed")
+	}
+	return loadResult{
+		rate: float64(len(lat)) / d.Seconds(),
+		p50:  lat[len(lat)/2],
+		p99:  lat[len(lat)*99/100],
+	}
+}
+
+// fill writes n active leases straight into the store of e, expiring at
+// expiry(i), through the store's own API (pending, then active, with audit
+// records), from many goroutines so writes share commits.
+func fill(e *env, n int, expiry func(i int) time.Time) {
+	st, err := leases.OpenBolt(filepath.Join(e.dir, "valet.db"), leases.BoltOptions{MaxBatch: 2048})
+	must(err)
+	defer st.Close()
+	ctx := context.Background()
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for w := 0; w < 512; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n {
+					return
+				}
+				now := time.Now()
+				l := &leases.Lease{
+					ID: leases.NewID(now), AgentID: fmt.Sprintf("bench/agent-%d", i%5000), Role: "bench", Backend: "tokens",
+					State: leases.StatePending, CreatedAt: now, ExpiresAt: expiry(i), MaxExpires: expiry(i),
+				}
+				must(st.CreatePending(ctx, l))
+				_, err := st.Activate(ctx, l.ID, leases.Activation{Handle: l.ID}, now, auditEntry(l))
+				must(err)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+type startupResult struct {
+	ready    time.Duration
+	rss      int64
+	fileSize int64
+	built    time.Duration
+}
+
+func (b *bench) startup(n int) startupResult {
+	e := newEnv()
+	defer os.RemoveAll(e.dir)
+	t0 := time.Now()
+	far := time.Now().Add(24 * time.Hour)
+	fill(e, n, func(i int) time.Time { return far.Add(time.Duration(i) * time.Millisecond) })
+	built := time.Since(t0)
+	fi, _ := os.Stat(filepath.Join(e.dir, "valet.db"))
+	// Drop the file from the page cache is not possible without root
+	// tricks; the figure is a warm start.
+	s := b.serve(e)
+	r := startupResult{ready: s.ready, rss: s.rss(), fileSize: fi.Size(), built: built}
+	s.stop()
+	return r
+}
+
+type expiryResult struct {
+	p50, p99, max time.Duration
+	n             int
+}
+
+func (b *bench) expiry(n int) expiryResult {
+	e := newEnv()
+	defer os.RemoveAll(e.dir)
+	// Expiries spread evenly over one minute, starting once the store is
+	// filled and the server is up.
+	base := time.Now().Add(45 * time.Second)
+	fill(e, n, func(i int) time.Time { return base.Add(time.Duration(i) * time.Minute / time.Duration(n)) })
+	if time.Now().After(base) {
+		fatal("filling %d leases took longer than 45s; lower -expiry-leases", n)
+	}
+	s := b.serve(e)
+	time.Sleep(time.Until(base.Add(time.Minute + 5*time.Second)))
+	s.stop()
+
+	st, err := leases.OpenBolt(filepath.Join(e.dir, "valet.db"), leases.BoltOptions{ReadOnly: true})
+	must(err)
+	defer st.Close()
+	var late []time.Duration
+	var before string
+	for {
+		ls, err := st.List(context.Background(), leases.Filter{State: leases.StateExpired, Limit: 1000, Before: before})
+		must(err)
+		for _, l := range ls {
+			late = append(late, l.EndedAt.Sub(l.ExpiresAt))
+		}
+		if len(ls) < 1000 {
+			break
+		}
+		before = ls[len(ls)-1].ID
+	}
+	if len(late) == 0 {
+		fatal("no lease expired")
+	}
+	sort.Slice(late, func(i, j int) bool { return late[i] < late[j] })
+	return expiryResult{p50: late[len(late)/2], p99: late[len(late)*99/100], max: late[len(late)-1], n: len(late)}
+}
+
+func auditEntry(l *leases.Lease) audit.Entry {
+	return audit.Entry{Kind: audit.KindMint, Actor: audit.Actor{Type: audit.ActorAgent, ID: l.AgentID},
+		Decision: audit.Allow, Role: l.Role, LeaseID: l.ID, AgentID: l.AgentID}
+}
