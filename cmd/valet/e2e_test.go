@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"math/big"
 	"net/http"
 	"net/url"
 	"os"
@@ -129,16 +128,18 @@ func ecKeyFromJWK(t *testing.T, k map[string]any) *ecdsa.PublicKey {
 	if k["kty"] != "EC" || k["crv"] != "P-256" {
 		t.Fatalf("unexpected JWK %v", k)
 	}
-	dec := func(s any) *big.Int {
+	coord := func(s any) []byte {
 		b, err := base64.RawURLEncoding.DecodeString(s.(string))
 		if err != nil || len(b) != 32 {
 			t.Fatalf("bad JWK coordinate %v", s)
 		}
-		return new(big.Int).SetBytes(b)
+		return b
 	}
-	pub := &ecdsa.PublicKey{Curve: elliptic.P256(), X: dec(k["x"]), Y: dec(k["y"])}
-	if !pub.Curve.IsOnCurve(pub.X, pub.Y) {
-		t.Fatal("JWK point is not on P-256")
+	// ParseUncompressedPublicKey checks that the point is on the curve.
+	point := append(append([]byte{4}, coord(k["x"])...), coord(k["y"])...)
+	pub, err := ecdsa.ParseUncompressedPublicKey(elliptic.P256(), point)
+	if err != nil {
+		t.Fatalf("JWK is not a P-256 point: %v", err)
 	}
 	return pub
 }
