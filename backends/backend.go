@@ -46,10 +46,30 @@ type Renewal struct {
 	Data map[string]any
 }
 
+// SelfContained is implemented by backends whose Mint has no effect outside
+// valet: it only computes a credential (a locally signed token). A crash
+// between such a mint and the lease commit loses a credential nobody
+// received, so valet records the lease once, as active, instead of writing
+// a pending intent first. Backends that create anything elsewhere must not
+// implement it.
+type SelfContained interface {
+	SelfContained()
+}
+
 // RoleChecker is implemented by backends with role parameters; valet calls
 // it at start-up so a bad role fails the config, not a mint.
 type RoleChecker interface {
 	CheckRole(role RoleSpec) error
+}
+
+// ScopeChecker is implemented by backends that understand a client's scope
+// request (a narrowing of the role, e.g. fewer scopes or audiences). The
+// broker asks before it records a lease, so a scope the backend would refuse
+// leaves nothing behind; a scope for a backend without it is refused.
+type ScopeChecker interface {
+	// CheckScope returns an error whose message says what is wrong with
+	// scope (a *broker.Error with code EINVALID) if Mint would refuse it.
+	CheckScope(role RoleSpec, scope map[string]any) error
 }
 
 // MintRequest is everything a backend may use to mint.

@@ -191,6 +191,11 @@ func (b *Broker) Mint(ctx context.Context, req MintRequest) (res *MintResult, er
 		b.deny(ctx, p, audit.KindMint, role.Name, req.RequestID, dec.Reason(), dec)
 		return nil, Errorf(EFORBIDDEN, "%s: agent %s may not mint role %s", dec.Reason(), p.ID, role.Name)
 	}
+	// Invariant 8: a scope the backend would refuse is refused before
+	// anything is recorded, not after a pending lease exists.
+	if err := b.checkScope(role, req.Scope); err != nil {
+		return nil, err
+	}
 	if role.Approval.Required > 0 {
 		msg := fmt.Sprintf("role %s requires approval by %d operator(s); this server does not run the approval workflow", role.Name, role.Approval.Required)
 		b.deny(ctx, p, audit.KindMint, role.Name, req.RequestID, msg, dec)
@@ -199,19 +204,43 @@ func (b *Broker) Mint(ctx context.Context, req MintRequest) (res *MintResult, er
 	return b.mint(ctx, p, role, ttl, req, dec, now)
 }
 
+// checkScope asks the role's backend whether it accepts the client's scope
+// request. Backends that do not understand scopes refuse any.
+func (b *Broker) checkScope(role *Role, scope map[string]any) error {
+	if len(scope) == 0 {
+		return nil
+	}
+	sc, ok := b.backends[role.Backend].(backends.ScopeChecker)
+	if !ok {
+		return Errorf(EINVALID, "role %s (backend %s) does not accept a scope; leave scope out", role.Name, role.Backend)
+	}
+	if err := sc.CheckScope(roleSpec(role), scope); err != nil {
+		if ErrorCode(err) == EINTERNAL {
+			return Wrap(EINVALID, err, "scope is not acceptable for role %s", role.Name)
+		}
+		return err
+	}
+	return nil
+}
+
 // mint runs the side-effecting part of a mint: intent, backend, activation.
 func (b *Broker) mint(ctx context.Context, p *Principal, role *Role, ttl time.Duration, req MintRequest, dec Decision, now time.Time) (*MintResult, error) {
 	be := b.backends[role.Backend]
 	l := &leases.Lease{
 		ID: leases.NewID(now), AgentID: p.ID, Role: role.Name, Backend: role.Backend,
 		State: leases.StatePending, CreatedAt: now, ExpiresAt: now.Add(ttl),
-		MaxExpires: now.Add(role.MaxTTL.D()), Lineage: p.Lineage, RequestID: req.RequestID,
+		MaxExpires: now.Add(role.MaxTTL.D()), Lineage: p.Lineage, RequestID: req.RequestID, Scope: req.Scope,
 	}
 	_, canRenew := be.(backends.Renewer)
 	l.Renewable = canRenew && role.IsRenewable() && l.MaxExpires.After(l.ExpiresAt)
-	// Invariant 3: the intent is on disk before the backend is called.
-	if err := b.store.CreatePending(ctx, l); err != nil {
-		return nil, storeError(err)
+	_, selfContained := be.(backends.SelfContained)
+	// Invariant 3: the intent is on disk before a backend with external
+	// effects is called. A self-contained backend only computes the
+	// credential, so there is nothing to find and revoke after a crash.
+	if !selfContained {
+		if err := b.store.CreatePending(ctx, l); err != nil {
+			return nil, storeError(err)
+		}
 	}
 	mctx, cancel := context.WithTimeout(ctx, b.cfg.Limits.MintTimeout.D())
 	cred, err := be.Mint(mctx, backends.MintRequest{
@@ -228,19 +257,36 @@ func (b *Broker) mint(ctx context.Context, p *Principal, role *Role, ttl time.Du
 		}
 	}
 	if err != nil {
+		if selfContained {
+			b.log.Warn("mint failed", "agent", p.ID, "role", l.Role, "backend", l.Backend, "request_id", req.RequestID, "err", err)
+			b.audit(ctx, audit.Entry{Kind: audit.KindMintFailed, Actor: agentActor(p), Decision: audit.Allow, Reason: ErrorMessage(err),
+				AgentID: p.ID, Role: role.Name, PolicyVersion: dec.Version, PolicyIDs: dec.PolicyIDs, RequestID: req.RequestID,
+				Details: map[string]string{"backend": l.Backend}})
+			return nil, backendError(err, l.Backend, b.cfg.Limits.MintTimeout)
+		}
 		return nil, b.abandon(ctx, l, p, req.RequestID, dec, err)
 	}
-	active, err := b.store.Activate(ctx, l.ID, leases.Activation{Handle: cred.Handle, Details: cred.Details}, b.clock.Now(), audit.Entry{
+	entry := audit.Entry{
 		Kind: audit.KindMint, Actor: agentActor(p), Decision: audit.Allow, Reason: dec.Reason(),
 		AgentID: p.ID, Role: role.Name, LeaseID: l.ID, PolicyVersion: dec.Version, PolicyIDs: dec.PolicyIDs,
 		RequestID: req.RequestID, Details: map[string]string{"ttl": ttl.String(), "backend": role.Backend},
-	})
+	}
+	var active *leases.Lease
+	if selfContained {
+		l.State, l.Handle, l.Details = leases.StateActive, cred.Handle, cred.Details
+		err = b.store.CreateActive(ctx, l, b.clock.Now(), entry)
+		active = l
+	} else {
+		active, err = b.store.Activate(ctx, l.ID, leases.Activation{Handle: cred.Handle, Details: cred.Details}, b.clock.Now(), entry)
+	}
 	if err != nil {
 		// The credential exists but is not recorded as active: it must not
 		// be returned (invariant 4). Revoke it; if even that cannot be
 		// recorded, start-up recovery finds the pending lease.
-		l.Handle = cred.Handle
-		b.abandon(ctx, l, p, req.RequestID, dec, err)
+		if !selfContained {
+			l.Handle = cred.Handle
+			b.abandon(ctx, l, p, req.RequestID, dec, err)
+		}
 		return nil, storeError(err)
 	}
 	if b.expiry != nil {
@@ -267,16 +313,23 @@ func (b *Broker) abandon(ctx context.Context, l *leases.Lease, p *Principal, req
 			b.log.Error("revoke after failed mint", "lease", l.ID, "err", err)
 		}
 	}
+	return backendError(cause, l.Backend, b.cfg.Limits.MintTimeout)
+}
+
+// backendError turns a backend's mint failure into a client error: its own
+// *Error as is, unavailability and timeouts as EUNAVAILABLE, anything else
+// as EBADGATEWAY (the cause is logged, not shown).
+func backendError(cause error, backend string, timeout Duration) error {
 	var be *Error
 	switch {
 	case errors.As(cause, &be):
 		return cause
 	case errors.Is(cause, backends.ErrUnavailable):
-		return Wrap(EUNAVAILABLE, cause, "backend %s is unavailable; retry later", l.Backend)
+		return Wrap(EUNAVAILABLE, cause, "backend %s is unavailable; retry later", backend)
 	case errors.Is(cause, context.DeadlineExceeded):
-		return Wrap(EUNAVAILABLE, cause, "backend %s did not answer within %s", l.Backend, b.cfg.Limits.MintTimeout)
+		return Wrap(EUNAVAILABLE, cause, "backend %s did not answer within %s", backend, timeout)
 	default:
-		return Wrap(EBADGATEWAY, cause, "backend %s failed to issue the credential", l.Backend)
+		return Wrap(EBADGATEWAY, cause, "backend %s failed to issue the credential", backend)
 	}
 }
 
@@ -290,7 +343,7 @@ func (b *Broker) authenticate(ctx context.Context, token, kind, role, requestID 
 	if err != nil {
 		if code := ErrorCode(err); code == EUNAUTHORIZED || code == ETOOLARGE {
 			b.audit(ctx, audit.Entry{Kind: kind, Actor: audit.Actor{Type: audit.ActorAnonymous}, Decision: audit.Deny,
-				Reason: ErrorMessage(err), Role: role, RequestID: requestID})
+				Reason: ErrorMessage(err), Role: role, RequestID: requestID, PolicyVersion: b.authz.Version()})
 		}
 		return nil, err
 	}
@@ -300,7 +353,12 @@ func (b *Broker) authenticate(ctx context.Context, token, kind, role, requestID 
 	return p, nil
 }
 
+// deny audits a refusal. Refusals the policy did not decide (an unknown
+// role) carry the policy version in force, as every decision does.
 func (b *Broker) deny(ctx context.Context, p *Principal, kind, role, requestID, reason string, dec Decision) {
+	if dec.Version == "" {
+		dec.Version = b.authz.Version()
+	}
 	b.audit(ctx, audit.Entry{Kind: kind, Actor: agentActor(p), Decision: audit.Deny, Reason: reason,
 		AgentID: p.ID, Role: role, PolicyVersion: dec.Version, PolicyIDs: dec.PolicyIDs, RequestID: requestID})
 }

@@ -46,6 +46,9 @@ type Store interface {
 	// StatePending) before the backend is called. It returns only after the
 	// record is on disk.
 	CreatePending(ctx context.Context, l *Lease) error
+	// CreateActive records a lease minted without side effects outside
+	// valet directly as active, with its audit record, in one transaction.
+	CreateActive(ctx context.Context, l *Lease, now time.Time, e audit.Entry) error
 	// Activate turns a pending lease active with its backend handle. It
 	// returns ErrNotFound, or ErrState if the lease is no longer pending
 	// (for example recovery revoked it meanwhile).

@@ -10,7 +10,9 @@ import (
 
 // Registry returns the built-in backend types.
 func Registry() backends.Registry {
-	return backends.Registry{
+	r := backends.Registry{
 		jwt.Type: jwt.New,
 	}
+	addTestBackends(r)
+	return r
 }

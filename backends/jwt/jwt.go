@@ -26,6 +26,7 @@ import (
 
 	"github.com/valet-broker/valet/backends"
 	"github.com/valet-broker/valet/broker"
+	"github.com/valet-broker/valet/broker/clock"
 )
 
 // Type is the backend type name in configuration.
@@ -69,6 +70,7 @@ var (
 	_ backends.KeyPublisher = (*Backend)(nil)
 	_ backends.Introspector = (*Backend)(nil)
 	_ backends.RoleChecker  = (*Backend)(nil)
+	_ backends.ScopeChecker = (*Backend)(nil)
 )
 
 // New builds a jwt backend. It loads its keys from
@@ -87,6 +89,9 @@ func New(name string, options map[string]any, deps backends.Deps) (backends.Back
 	}
 	if o.KeyRetention == 0 {
 		o.KeyRetention = broker.Duration(24 * time.Hour)
+	}
+	if deps.Clock == nil {
+		deps.Clock = clock.Real{}
 	}
 	if len(deps.KEK) != 32 {
 		return nil, fmt.Errorf("backend %s: signing keys are encrypted at rest and need a 32-byte key-encryption key (set VALET_KEK or kek_file)", name)
@@ -159,8 +164,17 @@ func (b *Backend) Mint(ctx context.Context, req backends.MintRequest) (*backends
 	}, nil
 }
 
+// CheckScope reports, with the error Mint would return, whether scope is
+// an acceptable narrowing of role.
+func (b *Backend) CheckScope(role backends.RoleSpec, scope map[string]any) error {
+	_, _, err := narrow(backends.MintRequest{Role: role, Scope: scope})
+	return err
+}
+
 // narrow applies the client's optional scope request: {"scopes": [...],
-// "audience": [...]}, each a subset of the role's.
+// "audience": [...]}, each a subset of the role's. An empty audience list is
+// refused: a token without aud is a widening for resource servers that do
+// not insist on one.
 func narrow(req backends.MintRequest) (scopes, aud []string, err error) {
 	scopes, aud = req.Role.Scopes, req.Role.Audience
 	for k, v := range req.Scope {
@@ -169,6 +183,9 @@ func narrow(req backends.MintRequest) (scopes, aud []string, err error) {
 			list, ok := stringList(v)
 			if !ok {
 				return nil, nil, broker.Errorf(broker.EINVALID, "scope.%s must be a list of strings", k)
+			}
+			if k == "audience" && len(list) == 0 {
+				return nil, nil, broker.Errorf(broker.EINVALID, "scope.audience must name at least one of role %s's audiences %v", req.Role.Name, req.Role.Audience)
 			}
 			allowed := req.Role.Scopes
 			if k == "audience" {

@@ -41,7 +41,9 @@ func valetBinary(t *testing.T) string {
 			return
 		}
 		binPath = filepath.Join(dir, "valet")
-		out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
+		// The test build includes the test-ledger backend, whose
+		// credentials are files a test can count.
+		out, err := exec.Command("go", "build", "-tags", "valet_testbackends", "-o", binPath, ".").CombinedOutput()
 		if err != nil {
 			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
 		}
@@ -203,7 +205,10 @@ func TestEndToEndServeMintVerifyRelease(t *testing.T) {
 // TestCrashSafety kills the real server with SIGKILL while many mints are in
 // flight, restarts it, and checks invariants 3 and 4: every credential a
 // client received has an active lease, no pending lease survives recovery,
-// and the audit chain verifies. It loops so kills land at different points.
+// every credential the ledger backend issued for an interrupted mint is
+// revoked, and the audit chain verifies. It loops so kills land at
+// different points. Workers alternate between the jwt backend (leases
+// written once, active) and the ledger backend (pending intent first).
 func TestCrashSafety(t *testing.T) {
 	e := newTestEnv(t)
 	const rounds = 4
@@ -222,13 +227,14 @@ func TestCrashSafety(t *testing.T) {
 				defer wg.Done()
 				tok := e.Attest(fmt.Sprintf("crash-%d-%d", round, w), nil)
 				client := &http.Client{Timeout: 10 * time.Second}
+				role := []string{"demo", "ledger"}[w%2]
 				for {
 					select {
 					case <-stop:
 						return
 					default:
 					}
-					req, _ := http.NewRequest("POST", p.url+"/v1/credentials", strings.NewReader(`{"role":"demo","ttl":"1h"}`))
+					req, _ := http.NewRequest("POST", p.url+"/v1/credentials", strings.NewReader(`{"role":"`+role+`","ttl":"1h"}`))
 					req.Header.Set("Content-Type", "application/json")
 					req.Header.Set("Authorization", "Bearer "+tok)
 					resp, err := client.Do(req)
@@ -283,6 +289,38 @@ func TestCrashSafety(t *testing.T) {
 		}
 		if st := r.JSON(t)["state"]; st != "active" {
 			t.Fatalf("lease %s whose credential was returned is %v, want active", id, st)
+		}
+	}
+	// Recovery revokes the interrupted ledger mints through the queue:
+	// wait until nothing is left to revoke, then every file left in the
+	// ledger must belong to an active lease.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		counts := map[string]int{}
+		for _, st := range []string{"revoking", "irrevocable"} {
+			r := e.Do("GET", "/v1/leases?state="+st+"&limit=1000", testOperatorToken, nil)
+			var l struct {
+				Leases []map[string]any `json:"leases"`
+			}
+			_ = json.Unmarshal(r.Body, &l)
+			counts[st] = len(l.Leases)
+		}
+		if counts["revoking"]+counts["irrevocable"] == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("revocations still outstanding 30s after restart: %v", counts)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	files, err := os.ReadDir(filepath.Join(e.Dir, "ledger"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range files {
+		r := e.Do("GET", "/v1/leases/"+f.Name(), testOperatorToken, nil)
+		if r.Status != http.StatusOK || r.JSON(t)["state"] != "active" {
+			t.Fatalf("ledger credential %s is alive but its lease is not active: %d %s", f.Name(), r.Status, r.Body)
 		}
 	}
 	r = e.Do("GET", "/v1/audit/verify", testOperatorToken, nil)

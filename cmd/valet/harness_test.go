@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/valet-broker/valet/backends"
+	"github.com/valet-broker/valet/backends/backendtest"
 	"github.com/valet-broker/valet/backends/builtin"
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/broker/attest"
@@ -36,6 +37,10 @@ type testEnv struct {
 	Clock  clock.Clock
 	// Registry replaces the built-in backends when set before start.
 	Registry backends.Registry
+	// Log, when set before start, receives the server's log at debug
+	// level (it must be safe for concurrent writes); by default the log
+	// is discarded.
+	Log io.Writer
 }
 
 // testPolicy permits the test roles to agents of the "test" issuer and
@@ -53,6 +58,12 @@ permit(principal in Issuer::"test", action == Action::"mint", resource == Role::
 
 @id("mint-flaky")
 permit(principal in Issuer::"test", action in [Action::"mint", Action::"renew"], resource == Role::"flaky");
+
+@id("mint-elevated")
+permit(principal in Issuer::"test", action == Action::"mint", resource == Role::"elevated");
+
+@id("mint-ledger")
+permit(principal in Issuer::"test", action == Action::"mint", resource == Role::"ledger");
 
 @id("deny-blocked")
 forbid(principal, action, resource)
@@ -74,6 +85,10 @@ issuers:
 backends:
   - name: tokens
     type: jwt
+  - name: ledger
+    type: test-ledger
+    dir: %[1]s/ledger
+    delay: 2ms
 roles:
   - name: demo
     backend: tokens
@@ -88,6 +103,9 @@ roles:
   - name: elevated
     backend: tokens
     approval: {required: 1}
+  - name: ledger
+    backend: ledger
+    ttl: 1h
 policy:
   dir: %[1]s/policies
 operators:
@@ -135,8 +153,13 @@ func (e *testEnv) Start() *testEnv {
 	reg := e.Registry
 	if reg == nil {
 		reg = builtin.Registry()
+		reg[backendtest.LedgerType] = backendtest.NewLedger
 	}
-	s := &Server{Config: e.Config, KEK: kek, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Clock: e.Clock, Registry: reg}
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	if e.Log != nil {
+		logger = slog.New(slog.NewTextHandler(e.Log, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	s := &Server{Config: e.Config, KEK: kek, Logger: logger, Clock: e.Clock, Registry: reg}
 	if err := s.Open(context.Background()); err != nil {
 		e.t.Fatal(err)
 	}
