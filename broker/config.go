@@ -444,6 +444,17 @@ func (c *Config) Validate() error {
 	}
 	errs = append(errs, validateIssuers("issuers", c.Issuers)...)
 	errs = append(errs, validateIssuers("operators.issuers", c.Operators.Issuers)...)
+	for i, oi := range c.Operators.Issuers {
+		for _, ai := range c.Issuers {
+			if oi.Name == ai.Name {
+				// Replay protection keys consumed ids by issuer name.
+				add("operators.issuers[%d].name %q is also an attestation issuer's name; use distinct names", i, oi.Name)
+			}
+			if oi.Issuer != "" && oi.Issuer == ai.Issuer {
+				add("operators.issuers[%d].issuer %q is also trusted for agents; an agent token must never be an operator credential", i, oi.Issuer)
+			}
+		}
+	}
 
 	backends := map[string]bool{}
 	for i, b := range c.Backends {

@@ -41,8 +41,17 @@ var (
 // stores. Expired entries stay until Purge removes them; they no longer
 // count as consumed in the meantime.
 type BoltReplayCache struct {
-	db    *bbolt.DB
-	clock clock.Clock
+	db     *bbolt.DB
+	clock  clock.Clock
+	update func(context.Context, func(*bbolt.Tx) error) error
+}
+
+// UseCommitter makes Consume write through update (for example the lease
+// store's group committer, leases.BoltStore.Update) instead of bbolt's
+// Batch, whose 10ms gathering delay every single-use attestation would pay.
+// update must run fn in a write transaction and may run it more than once.
+func (c *BoltReplayCache) UseCommitter(update func(context.Context, func(*bbolt.Tx) error) error) {
+	c.update = update
 }
 
 var _ ReplayCache = (*BoltReplayCache)(nil)
@@ -86,7 +95,11 @@ func (c *BoltReplayCache) Consume(ctx context.Context, key string, exp time.Time
 	}
 	k := []byte(key)
 	expSec := ceilUnix(exp)
-	return c.db.Batch(func(tx *bbolt.Tx) error {
+	write := func(fn func(*bbolt.Tx) error) error { return c.db.Batch(fn) }
+	if c.update != nil {
+		write = func(fn func(*bbolt.Tx) error) error { return c.update(ctx, fn) }
+	}
+	return write(func(tx *bbolt.Tx) error {
 		// Read the time inside the transaction: a batched call may run
 		// well after Consume was called.
 		now := c.clock.Now().Unix()

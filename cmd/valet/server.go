@@ -99,6 +99,7 @@ func (s *Server) Open(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
+	replay.UseCommitter(s.store.Update)
 	verifier, err := attest.New(ctx, attest.Options{
 		Issuers: cfg.Issuers, MaxTokenBytes: cfg.Limits.MaxAttestationBytes, Clock: s.Clock, Replay: replay, Logger: log,
 	})
