@@ -1,0 +1,132 @@
+package broker
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+const minimalConfig = `
+data_dir: /var/lib/valet
+issuers:
+  - name: k8s
+    issuer: https://kubernetes.default.svc
+    audiences: [valet]
+    jwks_file: /etc/valet/k8s.json
+backends:
+  - name: tokens
+    type: jwt
+roles:
+  - name: demo
+    backend: tokens
+policy:
+  dir: /etc/valet/policies
+`
+
+func TestParseConfigDefaults(t *testing.T) {
+	cfg, err := ParseConfig([]byte(minimalConfig))
+	if err != nil {
+		t.Fatal(err)
+	}
+	checks := []struct {
+		name      string
+		got, want any
+	}{
+		{"listen", cfg.Listen, DefaultListen},
+		{"public_url", cfg.PublicURL, "http://" + DefaultListen},
+		{"issuer type", cfg.Issuers[0].Type, IssuerOIDC},
+		{"algorithms", strings.Join(cfg.Issuers[0].Algorithms, ","), "RS256,ES256"},
+		{"clock skew", cfg.Issuers[0].ClockSkew.D(), 30 * time.Second},
+		{"max token age", cfg.Issuers[0].MaxTokenAge.D(), 24 * time.Hour},
+		{"role ttl", cfg.Roles[0].TTL.D(), 15 * time.Minute},
+		{"role max_ttl", cfg.Roles[0].MaxTTL.D(), time.Hour},
+		{"renewable", cfg.Roles[0].IsRenewable(), true},
+		{"watch", *cfg.Policy.Watch, true},
+		{"body limit", cfg.Limits.MaxBodyBytes, int64(DefaultMaxBodyBytes)},
+		{"mint timeout", cfg.Limits.MintTimeout.D(), 10 * time.Second},
+		{"revoke attempts", cfg.Leases.RevokeAttempts, 8},
+	}
+	for _, c := range checks {
+		if c.got != c.want {
+			t.Errorf("%s = %v, want %v", c.name, c.got, c.want)
+		}
+	}
+}
+
+func TestParseConfigRejects(t *testing.T) {
+	cases := []struct {
+		name string
+		edit func(string) string
+		want string
+	}{
+		{"unknown top-level key", func(s string) string { return s + "colour: blue\n" }, "field colour not found"},
+		{"unknown issuer key", func(s string) string {
+			return strings.Replace(s, "    audiences: [valet]", "    audiences: [valet]\n    audience: valet", 1)
+		}, "field audience not found"},
+		{"no audiences", func(s string) string { return strings.Replace(s, "    audiences: [valet]\n", "", 1) }, "issuers[0].audiences must not be empty"},
+		{"two key sources", func(s string) string {
+			return strings.Replace(s, "    jwks_file: /etc/valet/k8s.json", "    jwks_file: /etc/valet/k8s.json\n    discovery: true", 1)
+		}, "issuers[0] needs exactly one of jwks_file, jwks_url or discovery"},
+		{"HMAC algorithm", func(s string) string {
+			return strings.Replace(s, "    audiences: [valet]", "    audiences: [valet]\n    algorithms: [HS256]", 1)
+		}, `issuers[0].algorithms[0] "HS256" is not allowed`},
+		{"none algorithm", func(s string) string {
+			return strings.Replace(s, "    audiences: [valet]", "    audiences: [valet]\n    algorithms: [none]", 1)
+		}, `"none" is not allowed`},
+		{"role on unknown backend", func(s string) string { return strings.Replace(s, "    backend: tokens", "    backend: vault", 1) }, `roles[0].backend "vault" is not one of the configured backends`},
+		{"max_ttl below ttl", func(s string) string {
+			return strings.Replace(s, "    backend: tokens", "    backend: tokens\n    ttl: 2h\n    max_ttl: 1h", 1)
+		}, "roles[0].max_ttl (1h0m0s) must not be less than ttl (2h0m0s)"},
+		{"bad duration", func(s string) string { return strings.Replace(s, "    backend: tokens", "    backend: tokens\n    ttl: soon", 1) }, "invalid duration"},
+		{"bad role name", func(s string) string { return strings.Replace(s, "  - name: demo", "  - name: Demo Role", 1) }, `roles[0].name "Demo Role"`},
+		{"no policy dir", func(s string) string { return strings.Replace(s, "policy:\n  dir: /etc/valet/policies\n", "", 1) }, "policy.dir must be set"},
+		{"no issuers", func(s string) string {
+			i := strings.Index(s, "issuers:")
+			j := strings.Index(s, "backends:")
+			return s[:i] + s[j:]
+		}, "issuers must list at least one"},
+		{"bad operator hash", func(s string) string { return s + "operators:\n  tokens:\n    - name: alice\n      sha256: abc\n" }, "operators.tokens[0].sha256 must be the hex SHA-256"},
+		{"operator issuer shares a name", func(s string) string {
+			return s + "operators:\n  issuers:\n    - name: k8s\n      issuer: https://sso\n      audiences: [valet]\n      discovery: true\n"
+		}, `operators.issuers[0].name "k8s" is also an attestation issuer's name`},
+		{"two documents", func(s string) string { return s + "---\nlisten: x\n" }, "single YAML document"},
+		{"empty", func(string) string { return "" }, "config is empty"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := ParseConfig([]byte(c.edit(minimalConfig)))
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("error = %v, want it to contain %q", err, c.want)
+			}
+		})
+	}
+}
+
+func TestLoadConfigResolvesRelativePaths(t *testing.T) {
+	dir := t.TempDir()
+	text := strings.NewReplacer("/var/lib/valet", "data", "/etc/valet/k8s.json", "k8s.json", "/etc/valet/policies", "policies").Replace(minimalConfig)
+	path := filepath.Join(dir, "valet.yaml")
+	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := LoadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.DataDir != filepath.Join(dir, "data") || cfg.Policy.Dir != filepath.Join(dir, "policies") || cfg.Issuers[0].JWKSFile != filepath.Join(dir, "k8s.json") {
+		t.Fatalf("paths not resolved against the config's directory: %q %q %q", cfg.DataDir, cfg.Policy.Dir, cfg.Issuers[0].JWKSFile)
+	}
+}
+
+func TestParseKEK(t *testing.T) {
+	if _, err := ParseKEK(strings.Repeat("ab", 32) + "\n"); err != nil {
+		t.Fatalf("valid KEK refused: %v", err)
+	}
+	for _, bad := range []string{"", "zz", strings.Repeat("ab", 16), strings.Repeat("ab", 33)} {
+		if _, err := ParseKEK(bad); err == nil {
+			t.Errorf("KEK %q accepted", bad)
+		}
+	}
+}
