@@ -94,8 +94,8 @@ func newFixture(t *testing.T, cfgEdit func(*broker.Config)) *fixture {
 	os.MkdirAll(filepath.Join(dir, "policies"), 0o700)
 	os.WriteFile(filepath.Join(dir, "policies", "p.cedar"), []byte(`permit(principal, action, resource);`), 0o600)
 	cfg := &broker.Config{
-		DataDir: dir,
-		Issuers: []broker.IssuerConfig{{Name: "test", Issuer: "https://issuer.test", Audiences: []string{"valet"}, JWKSFile: jwks, Algorithms: []string{"ES256"}}},
+		DataDir:  dir,
+		Issuers:  []broker.IssuerConfig{{Name: "test", Issuer: "https://issuer.test", Audiences: []string{"valet"}, JWKSFile: jwks, Algorithms: []string{"ES256"}}},
 		Backends: []broker.BackendConfig{{Name: "ext", Type: "scripted"}},
 		Roles:    []broker.Role{{Name: "r", Backend: "ext", TTL: broker.Duration(time.Minute)}},
 		Policy:   broker.PolicyConfig{Dir: filepath.Join(dir, "policies")},

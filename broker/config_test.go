@@ -79,7 +79,9 @@ func TestParseConfigRejects(t *testing.T) {
 		{"max_ttl below ttl", func(s string) string {
 			return strings.Replace(s, "    backend: tokens", "    backend: tokens\n    ttl: 2h\n    max_ttl: 1h", 1)
 		}, "roles[0].max_ttl (1h0m0s) must not be less than ttl (2h0m0s)"},
-		{"bad duration", func(s string) string { return strings.Replace(s, "    backend: tokens", "    backend: tokens\n    ttl: soon", 1) }, "invalid duration"},
+		{"bad duration", func(s string) string {
+			return strings.Replace(s, "    backend: tokens", "    backend: tokens\n    ttl: soon", 1)
+		}, "invalid duration"},
 		{"bad role name", func(s string) string { return strings.Replace(s, "  - name: demo", "  - name: Demo Role", 1) }, `roles[0].name "Demo Role"`},
 		{"no policy dir", func(s string) string { return strings.Replace(s, "policy:\n  dir: /etc/valet/policies\n", "", 1) }, "policy.dir must be set"},
 		{"no issuers", func(s string) string {

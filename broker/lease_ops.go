@@ -127,7 +127,8 @@ func (b *Broker) RenewLease(ctx context.Context, c Caller, req RenewRequest) (*R
 		dec.Version = b.authz.Version()
 	}
 	ref := backends.Ref{Handle: l.Handle, CorrelationID: l.ID, AgentID: l.AgentID, Role: l.Role, ExpiresAt: l.ExpiresAt}
-	mreq := backends.MintRequest{CorrelationID: l.ID, AgentID: l.AgentID, Role: roleSpec(role), IssuedAt: now, ExpiresAt: want}
+	// The lease's scope is reapplied: a renewal never widens a credential.
+	mreq := backends.MintRequest{CorrelationID: l.ID, AgentID: l.AgentID, Role: roleSpec(role), IssuedAt: now, ExpiresAt: want, Scope: l.Scope}
 	if p != nil {
 		mreq.Attributes = p.Attributes
 	}

@@ -94,6 +94,9 @@ type Lease struct {
 	Approvers  []string          `json:"approvers,omitempty"`
 	Lineage    Lineage           `json:"lineage"`
 	RequestID  string            `json:"request_id,omitempty"`
+	// Scope is the client's narrowing of the role (never a secret); it is
+	// applied again when the lease is renewed.
+	Scope map[string]any `json:"scope,omitempty"`
 
 	// Revocation bookkeeping.
 	RevokeAttempts int       `json:"revoke_attempts,omitempty"`

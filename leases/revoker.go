@@ -63,9 +63,11 @@ func NewRevocationQueue(cfg RevocationQueueConfig) *RevocationQueue {
 	if cfg.Backoff <= 0 {
 		cfg.Backoff = time.Second
 	}
-	if cfg.MaxBackoff < cfg.Backoff {
+	if cfg.MaxBackoff <= 0 {
 		cfg.MaxBackoff = max(cfg.Backoff, 5*time.Minute)
 	}
+	// A cap below the first delay means "do not grow", not the default cap.
+	cfg.MaxBackoff = max(cfg.MaxBackoff, cfg.Backoff)
 	if cfg.Concurrency <= 0 {
 		cfg.Concurrency = 16
 	}
@@ -120,10 +122,13 @@ func (q *RevocationQueue) Run(ctx context.Context) {
 			q.wg.Add(1)
 			go func(l *Lease) {
 				defer q.wg.Done()
+				// Release before kicking (defers run last first): the
+				// loop skips claimed leases and sleeps without a timer
+				// until the next kick.
+				defer q.Kick()
 				defer func() { <-q.sem }()
 				defer q.release(l.ID)
 				q.attempt(ctx, l)
-				q.Kick()
 			}(l)
 		}
 		if started > 0 {
@@ -184,6 +189,9 @@ func (q *RevocationQueue) RevokeNow(ctx context.Context, l *Lease) (*Lease, erro
 	if !q.claim(l.ID) {
 		return l, nil
 	}
+	// Run may be asleep until a later retry, or have skipped this lease
+	// while it was claimed: wake it so a failed attempt is retried on time.
+	defer q.Kick()
 	defer q.release(l.ID)
 	out := q.attempt(ctx, l)
 	if out == nil {

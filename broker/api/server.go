@@ -210,17 +210,29 @@ func (s *Server) withLogging(next http.Handler) http.Handler {
 	})
 }
 
-// withLimits bounds the request body before any handler reads it.
+// withLimits bounds the request body before any handler reads it. A body
+// whose declared length is over the limit is never read: the first read
+// fails with *http.MaxBytesError, so every handler refuses it in its own
+// format (problem+json, or RFC 6749 JSON at the token endpoint).
 func (s *Server) withLimits(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.ContentLength > s.limits.MaxBodyBytes {
-			s.Error(w, r, broker.Errorf(broker.ETOOLARGE, "request body of %d bytes is over the limit of %d", r.ContentLength, s.limits.MaxBodyBytes))
-			return
+			r.Body = tooLargeBody{limit: s.limits.MaxBodyBytes, orig: r.Body}
+		} else {
+			r.Body = http.MaxBytesReader(w, r.Body, s.limits.MaxBodyBytes)
 		}
-		r.Body = http.MaxBytesReader(w, r.Body, s.limits.MaxBodyBytes)
 		next.ServeHTTP(w, r)
 	})
 }
+
+// tooLargeBody stands in for a body declared over the limit.
+type tooLargeBody struct {
+	limit int64
+	orig  io.Closer
+}
+
+func (b tooLargeBody) Read([]byte) (int, error) { return 0, &http.MaxBytesError{Limit: b.limit} }
+func (b tooLargeBody) Close() error             { return b.orig.Close() }
 
 // bearer returns the bearer token of the request, checking its size before
 // anything parses it.

@@ -251,7 +251,9 @@ type VerifyResult struct {
 	HeadHash string `json:"head_hash"`
 	// Problem says what broke the chain, e.g. "record 42: hash does not
 	// match its contents (changed)". Empty when OK.
-	Problem  string `json:"problem,omitempty"`
+	Problem string `json:"problem,omitempty"`
+	// FirstBad is the sequence of the first record that cannot be trusted
+	// (for a deleted tail, the first missing one).
 	FirstBad uint64 `json:"first_bad_seq,omitempty"`
 }
 
@@ -259,7 +261,8 @@ type VerifyResult struct {
 // contiguous from 1, that every record's key matches its sequence, that each
 // record's prev_hash is the previous record's hash, that every hash matches
 // the record's contents, and that the stored head points at the last record
-// (so a deleted tail is detected too).
+// (so a deleted tail, a record appended without moving the head, and a
+// changed last record whose hash was recomputed are detected too).
 func Verify(db *bbolt.DB) (VerifyResult, error) {
 	var res VerifyResult
 	err := db.View(func(tx *bbolt.Tx) error {
@@ -297,6 +300,13 @@ func Verify(db *bbolt.DB) (VerifyResult, error) {
 				return nil
 			}
 			if r.PrevHash != hex.EncodeToString(prev[:]) {
+				if sum, err := r.computeHash(); seq > 1 && err == nil && r.Hash == hex.EncodeToString(sum[:]) {
+					// This record is intact and still names the hash its
+					// predecessor had when it was appended: the
+					// predecessor was changed and its hash recomputed.
+					fail(seq-1, "changed and re-hashed: its hash no longer matches the prev_hash of record %d", seq)
+					return nil
+				}
 				fail(seq, "prev_hash does not match the hash of record %d (reordered or changed)", seq-1)
 				return nil
 			}
@@ -309,9 +319,16 @@ func Verify(db *bbolt.DB) (VerifyResult, error) {
 			res.Records++
 			want++
 		}
-		if h.seq != res.Records || (h.seq > 0 && h.hash != prev) {
+		switch {
+		case h.seq > res.Records:
 			res.Problem = fmt.Sprintf("the log ends at record %d but its head says %d: records were deleted from the end", res.Records, h.seq)
 			res.FirstBad = res.Records + 1
+			return nil
+		case h.seq < res.Records:
+			fail(h.seq+1, "follows the log's head (record %d): records were appended outside the log", h.seq)
+			return nil
+		case h.seq > 0 && h.hash != prev:
+			fail(h.seq, "hash does not match the log's head: the record was changed and re-hashed (or records before it were)")
 			return nil
 		}
 		res.OK = true
