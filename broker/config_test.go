@@ -132,3 +132,13 @@ func TestParseKEK(t *testing.T) {
 		}
 	}
 }
+
+func TestExampleConfigIsValid(t *testing.T) {
+	cfg, err := LoadConfig("../deploy/examples/valet.yaml")
+	if err != nil {
+		t.Fatalf("deploy/examples/valet.yaml: %v", err)
+	}
+	if cfg.Issuers[1].Issuer != GitHubActionsIssuer || !cfg.Issuers[1].Discovery {
+		t.Fatalf("github preset not applied: %+v", cfg.Issuers[1])
+	}
+}

@@ -231,3 +231,12 @@ func TestPolicyTestCommandFailsOnMismatch(t *testing.T) {
 		t.Fatalf("failing test: exit %d\n%s", code, out)
 	}
 }
+
+func TestExamplePoliciesPassTheirTests(t *testing.T) {
+	dir := filepath.Join("..", "..", "deploy", "examples", "policies")
+	var out bytes.Buffer
+	passed, failed, err := policy.RunTests(dir, dir, &out)
+	if err != nil || failed != 0 || passed < 5 {
+		t.Fatalf("passed %d failed %d err %v\n%s", passed, failed, err, out.String())
+	}
+}

@@ -125,9 +125,13 @@ func (c *client) do(ctx context.Context, method, path, bearer string, body, out 
 }
 
 // attestation finds the agent's attestation: --attestation-file, then
-// $VALET_ATTESTATION, then the Kubernetes projected token. It is read
-// fresh each time because platforms rotate these files.
+// $VALET_ATTESTATION_FILE, then $VALET_ATTESTATION, then the Kubernetes
+// service-account token. It is read fresh each time because platforms
+// rotate these files.
 func attestation(file string) (string, error) {
+	if file == "" {
+		file = os.Getenv("VALET_ATTESTATION_FILE")
+	}
 	if file != "" {
 		return readTokenFile(file)
 	}
@@ -137,7 +141,7 @@ func attestation(file string) (string, error) {
 	if _, err := os.Stat(k8sTokenPath); err == nil {
 		return readTokenFile(k8sTokenPath)
 	}
-	return "", errors.New("no attestation: set VALET_ATTESTATION or --attestation-file (in Kubernetes, " + k8sTokenPath + " is used when present)")
+	return "", errors.New("no attestation: set VALET_ATTESTATION, VALET_ATTESTATION_FILE or --attestation-file (in Kubernetes, " + k8sTokenPath + " is used when present)")
 }
 
 func readTokenFile(path string) (string, error) {
