@@ -214,8 +214,7 @@ func List(db *bbolt.DB, f Filter) ([]Record, error) {
 		if f.Newest {
 			next = c.Prev
 			if f.BeforeSeq > 0 {
-				k, v = c.Seek(seqKey(f.BeforeSeq))
-				if k != nil {
+				if k, _ = c.Seek(seqKey(f.BeforeSeq)); k != nil {
 					k, v = c.Prev()
 				} else {
 					k, v = c.Last()

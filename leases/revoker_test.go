@@ -1,0 +1,458 @@
+package leases
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	bolterrors "go.etcd.io/bbolt/errors"
+
+	"github.com/valet-broker/valet/broker/audit"
+	"github.com/valet-broker/valet/broker/clock"
+)
+
+// awaitAttempts waits until lease id has recorded n failed attempts and the
+// queue sleeps on its retry timer, and returns the lease.
+func awaitAttempts(t *testing.T, s *BoltStore, clk *clock.Fake, id string, n int) *Lease {
+	t.Helper()
+	var l *Lease
+	eventually(t, fmt.Sprintf("attempt %d is recorded and the retry is scheduled", n), func() bool {
+		l = mustGet(t, s, id)
+		return l.RevokeAttempts == n && clk.Waiters() == 1
+	})
+	return l
+}
+
+// checkRetryDelay checks that the attempt recorded at now scheduled its
+// retry within the jittered backoff for that attempt.
+func checkRetryDelay(t *testing.T, l *Lease, now time.Time, base time.Duration) {
+	t.Helper()
+	if d := l.NextAttempt.Sub(now); d < base/2 || d > base {
+		t.Errorf("after attempt %d the retry is in %v, want within [%v, %v]", l.RevokeAttempts, d, base/2, base)
+	}
+}
+
+func TestRevocationRetriesWithBackoff(t *testing.T) {
+	s := MustOpenStore(t)
+	clk := clock.NewFake(t0)
+	be := newFakeBackend(3) // three failures, then success
+	be.clk = clk
+	l := mustActivate(t, s, newPending(t0, "a", time.Hour))
+	mustEnd(t, s, l.ID, StateReleased, t0)
+	startQueue(t, newQueue(s, be, clk, 5))
+
+	wantCalls := []time.Time{t0}
+	for n := 1; n <= 3; n++ {
+		got := awaitAttempts(t, s, clk, l.ID, n)
+		checkRetryDelay(t, got, clk.Now(), time.Second<<(n-1))
+		if got.State != StateRevoking || got.EndReason != StateReleased || !strings.Contains(got.LastError, "injected") {
+			t.Errorf("after attempt %d: %s/%s last error %q; want revoking/released with the backend's error", n, got.State, got.EndReason, got.LastError)
+		}
+		if c := mustCounts(t, s); c[StateRevoking] != 1 {
+			t.Errorf("counts %v, want the lease revoking", c)
+		}
+		// Not a moment early.
+		clk.Set(got.NextAttempt.Add(-time.Nanosecond))
+		clk.Set(got.NextAttempt)
+		wantCalls = append(wantCalls, got.NextAttempt)
+	}
+	eventually(t, "the lease is released", func() bool { return mustGet(t, s, l.ID).State == StateReleased })
+
+	if got := be.callTimes(l.ID); !slices.EqualFunc(got, wantCalls, time.Time.Equal) {
+		t.Errorf("backend called at %v, want exactly at %v", got, wantCalls)
+	}
+	done := mustGet(t, s, l.ID)
+	if done.RevokeAttempts != 3 || done.LastError != "" || !done.NextAttempt.IsZero() || done.EndReason != "" {
+		t.Errorf("released lease keeps attempts %d, last error %q, next %v, reason %q; want 3 and the rest cleared",
+			done.RevokeAttempts, done.LastError, done.NextAttempt, done.EndReason)
+	}
+	want := []string{audit.KindMint, audit.KindRelease, audit.KindRevokeFailed, audit.KindRevokeFailed, audit.KindRevokeFailed, audit.KindRevoked}
+	if kinds := auditKinds(t, s, l.ID); !slices.Equal(kinds, want) {
+		t.Errorf("audit kinds = %v, want %v", kinds, want)
+	}
+	recs, _ := audit.List(s.DB(), audit.Filter{LeaseID: l.ID, Kind: audit.KindRevokeFailed})
+	for i, r := range recs {
+		if r.Details["attempt"] != fmt.Sprint(i+1) || r.Details["backend"] != "jwt" || r.Actor.Type != audit.ActorSystem {
+			t.Errorf("revoke_failed record %d details %v actor %v", i, r.Details, r.Actor)
+		}
+	}
+	wantCounts(t, s, map[State]int64{StateReleased: 1})
+	if _, ok, _ := s.NextRevocation(); ok {
+		t.Error("the revocation queue is not empty")
+	}
+	mustVerifyAudit(t, s)
+}
+
+func TestRevocationBecomesIrrevocable(t *testing.T) {
+	s := MustOpenStore(t)
+	clk := clock.NewFake(t0)
+	be := newFakeBackend(-1) // always fails
+	be.clk = clk
+	l := mustActivate(t, s, newPending(t0, "a", time.Hour))
+	mustEnd(t, s, l.ID, StateRevoked, t0)
+	startQueue(t, newQueue(s, be, clk, 2))
+
+	steps := []struct {
+		attempts  int
+		wantState State
+		wantKind  string
+		base      time.Duration
+	}{
+		{1, StateRevoking, audit.KindRevokeFailed, time.Second},
+		{2, StateIrrevocable, audit.KindIrrevocable, 2 * time.Second},
+		{3, StateIrrevocable, audit.KindRevokeFailed, 4 * time.Second}, // still retried, no second irrevocable record
+		{4, StateIrrevocable, audit.KindRevokeFailed, 8 * time.Second},
+		{5, StateIrrevocable, audit.KindRevokeFailed, 8 * time.Second}, // capped at MaxBackoff
+	}
+	for _, st := range steps {
+		got := awaitAttempts(t, s, clk, l.ID, st.attempts)
+		if got.State != st.wantState || got.EndReason != StateRevoked {
+			t.Errorf("after %d failures: %s/%s, want %s/revoked", st.attempts, got.State, got.EndReason, st.wantState)
+		}
+		checkRetryDelay(t, got, clk.Now(), st.base)
+		kinds := auditKinds(t, s, l.ID)
+		if last := kinds[len(kinds)-1]; last != st.wantKind {
+			t.Errorf("after %d failures the last audit record is %s, want %s", st.attempts, last, st.wantKind)
+		}
+		c := mustCounts(t, s)
+		if st.wantState == StateIrrevocable && (c[StateIrrevocable] != 1 || c[StateRevoking] != 0) {
+			t.Errorf("counts %v, want the lease counted as irrevocable", c)
+		}
+		if st.wantState == StateIrrevocable {
+			listed, err := s.List(context.Background(), Filter{State: StateIrrevocable})
+			if err != nil || len(listed) != 1 || listed[0].ID != l.ID {
+				t.Errorf("List(irrevocable) = %v, %v; want the lease, visible to operators", listed, err)
+			}
+		}
+		if st.attempts == len(steps) {
+			// The backend recovers: the next retry revokes it for its
+			// original reason.
+			be.setFailures(0)
+		}
+		clk.Set(got.NextAttempt)
+	}
+	eventually(t, "the irrevocable lease is finally revoked", func() bool { return mustGet(t, s, l.ID).State == StateRevoked })
+	if n := be.callsFor(l.ID); n != 6 {
+		t.Errorf("backend called %d times, want 6", n)
+	}
+	if n := countAudit(t, s, audit.KindIrrevocable); n != 1 {
+		t.Errorf("%d irrevocable records, want 1", n)
+	}
+	wantCounts(t, s, map[State]int64{StateRevoked: 1})
+	mustVerifyAudit(t, s)
+}
+
+// TestRevocationGivesUpAfterExpiry keeps the backend failing: once the
+// lease's expiry plus ExpiryGrace has passed the credential is dead on its
+// own, and the queue records that without calling the backend again.
+func TestRevocationGivesUpAfterExpiry(t *testing.T) {
+	s := MustOpenStore(t)
+	clk := clock.NewFake(t0)
+	be := newFakeBackend(-1)
+	be.clk = clk
+	l := mustActivate(t, s, newPending(t0, "a", 10*time.Second))
+	mustEnd(t, s, l.ID, StateReleased, t0)
+	startQueue(t, newQueue(s, be, clk, 3))
+	deadline := l.ExpiresAt.Add(ExpiryGrace)
+
+	for n := 1; ; n++ {
+		got := awaitAttempts(t, s, clk, l.ID, n)
+		clk.Set(got.NextAttempt)
+		if !got.NextAttempt.Before(deadline) {
+			break
+		}
+		if n > 50 {
+			t.Fatal("the lease was never given up")
+		}
+	}
+	eventually(t, "the lease is expired", func() bool { return mustGet(t, s, l.ID).State == StateExpired })
+	for _, at := range be.callTimes(l.ID) {
+		if !at.Before(deadline) {
+			t.Errorf("backend called at +%v, after expiry plus grace (+%v)", at.Sub(t0), deadline.Sub(t0))
+		}
+	}
+	kinds := auditKinds(t, s, l.ID)
+	if kinds[len(kinds)-1] != audit.KindRevoked || !slices.Contains(kinds, audit.KindIrrevocable) {
+		t.Errorf("audit kinds = %v, want irrevocable on the way and revoked at the end", kinds)
+	}
+	recs, _ := audit.List(s.DB(), audit.Filter{LeaseID: l.ID, Newest: true, Limit: 1})
+	if !strings.Contains(recs[0].Reason, "expired") {
+		t.Errorf("last record's reason = %q, want it to say the credential expired", recs[0].Reason)
+	}
+	wantCounts(t, s, map[State]int64{StateExpired: 1})
+	if _, ok, _ := s.NextRevocation(); ok {
+		t.Error("the revocation queue is not empty")
+	}
+}
+
+func TestRevokeNow(t *testing.T) {
+	ctx := context.Background()
+	cases := []struct {
+		name      string
+		failures  int
+		ttl       time.Duration
+		end       bool // end the lease before RevokeNow
+		twice     bool // call RevokeNow again with the same (stale) lease
+		wantState State
+		wantCalls int
+		wantKinds []string
+	}{
+		{name: "succeeds inline", end: true, ttl: time.Hour, wantState: StateReleased, wantCalls: 1,
+			wantKinds: []string{audit.KindMint, audit.KindRelease, audit.KindRevoked}},
+		{name: "failure stays queued", end: true, ttl: time.Hour, failures: 1, wantState: StateRevoking, wantCalls: 1,
+			wantKinds: []string{audit.KindMint, audit.KindRelease, audit.KindRevokeFailed}},
+		{name: "twice is harmless", end: true, ttl: time.Hour, twice: true, wantState: StateReleased, wantCalls: 2,
+			wantKinds: []string{audit.KindMint, audit.KindRelease, audit.KindRevoked}},
+		{name: "past expiry and grace needs no backend", end: true, ttl: -2 * ExpiryGrace, wantState: StateExpired, wantCalls: 0,
+			wantKinds: []string{audit.KindMint, audit.KindRelease, audit.KindRevoked}},
+		{name: "within the grace the backend is still called", end: true, ttl: -ExpiryGrace / 2, wantState: StateReleased, wantCalls: 1,
+			wantKinds: []string{audit.KindMint, audit.KindRelease, audit.KindRevoked}},
+		{name: "active lease is not revoked", ttl: time.Hour, wantState: StateActive, wantCalls: 0,
+			wantKinds: []string{audit.KindMint}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			s := MustOpenStore(t)
+			clk := clock.NewFake(t0)
+			be := newFakeBackend(tc.failures)
+			q := newQueue(s, be, clk, 3)
+			l := newPending(t0.Add(-time.Hour), "a", 0)
+			l.ExpiresAt = t0.Add(tc.ttl)
+			l = mustActivate(t, s, l)
+			if tc.end {
+				l = mustEnd(t, s, l.ID, StateReleased, t0)
+			}
+			got, err := q.RevokeNow(ctx, l)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.twice {
+				if got, err = q.RevokeNow(ctx, l); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if stored := mustGet(t, s, l.ID); got.State != tc.wantState || stored.State != tc.wantState {
+				t.Errorf("RevokeNow returned %s, stored %s; want %s", got.State, stored.State, tc.wantState)
+			}
+			if n := be.callsFor(l.ID); n != tc.wantCalls {
+				t.Errorf("backend called %d times, want %d", n, tc.wantCalls)
+			}
+			if kinds := auditKinds(t, s, l.ID); !slices.Equal(kinds, tc.wantKinds) {
+				t.Errorf("audit kinds = %v, want %v", kinds, tc.wantKinds)
+			}
+			if tc.wantState == StateRevoking {
+				checkRetryDelay(t, got, t0, time.Second)
+				due, _ := s.DueRevocations(got.NextAttempt, 10)
+				if len(due) != 1 || due[0].ID != l.ID {
+					t.Errorf("failed lease is not queued for its retry: %v", due)
+				}
+			}
+			mustVerifyAudit(t, s)
+		})
+	}
+}
+
+// TestRevokeNowFailureIsRetried: the broker ends a lease and calls RevokeNow
+// while the queue sleeps on a timer for a much later retry. When RevokeNow
+// fails, the queue must still retry this lease at its own time.
+func TestRevokeNowFailureIsRetried(t *testing.T) {
+	s := MustOpenStore(t)
+	clk := clock.NewFake(t0)
+	be := newFakeBackend(1)
+	q := newQueue(s, be, clk, 5)
+	ctx := context.Background()
+
+	// Another lease waits for a retry an hour from now.
+	other := mustActivate(t, s, newPending(t0, "other", 2*time.Hour))
+	mustEnd(t, s, other.ID, StateRevoked, t0)
+	if _, err := s.RevocationFailed(ctx, other.ID, "down", t0.Add(time.Hour), false, t0, audit.Entry{}); err != nil {
+		t.Fatal(err)
+	}
+	startQueue(t, q)
+	eventually(t, "the queue sleeps until the other lease's retry", func() bool { return clk.Waiters() == 1 })
+
+	l := mustActivate(t, s, newPending(t0, "a", time.Hour))
+	l = mustEnd(t, s, l.ID, StateReleased, t0)
+	got, err := q.RevokeNow(ctx, l)
+	if err != nil || got.State != StateRevoking || got.RevokeAttempts != 1 {
+		t.Fatalf("RevokeNow = %+v, %v; want a failed first attempt", got, err)
+	}
+	eventually(t, "the queue sleeps until the retry", func() bool { return clk.Waiters() == 1 })
+	clk.Set(got.NextAttempt)
+	eventually(t, "the queue retries and revokes the lease", func() bool { return mustGet(t, s, l.ID).State == StateReleased })
+	if n := be.callsFor(other.ID); n != 0 {
+		t.Errorf("the other lease was retried %d times before its time", n)
+	}
+}
+
+// TestRevocationNeverOverlaps: RevokeNow from many goroutines and the queue's
+// own workers race for the same leases while the backend holds every call;
+// no lease may be revoked by two calls at once.
+func TestRevocationNeverOverlaps(t *testing.T) {
+	s := MustOpenStore(t)
+	clk := clock.NewFake(t0)
+	be := newFakeBackend(0)
+	be.gate = make(chan struct{})
+	q := NewRevocationQueue(RevocationQueueConfig{Store: s, Revoke: be.Revoke, Clock: clk, Logger: quietLog, Concurrency: 4})
+	const n = 20
+	var ended []*Lease
+	for i := range n {
+		l := mustActivate(t, s, newPending(t0, fmt.Sprint("agent-", i), time.Hour))
+		ended = append(ended, mustEnd(t, s, l.ID, StateReleased, t0))
+	}
+	startQueue(t, q)
+
+	var wg sync.WaitGroup
+	for range 3 {
+		for _, l := range ended {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if _, err := q.RevokeNow(context.Background(), l); err != nil {
+					t.Error(err)
+				}
+			}()
+		}
+	}
+	// Hold the backend until every lease is claimed, by a worker of the
+	// queue or by one of the RevokeNow calls, so that all of them race.
+	eventually(t, "every lease is claimed", func() bool {
+		q.mu.Lock()
+		defer q.mu.Unlock()
+		return len(q.inflight) == n
+	})
+	close(be.gate)
+	wg.Wait()
+	eventually(t, "every lease is released", func() bool {
+		c := mustCounts(t, s)
+		return c[StateReleased] == n
+	})
+
+	be.mu.Lock()
+	if len(be.overlap) > 0 {
+		t.Errorf("leases revoked by two calls at once: %v", be.overlap)
+	}
+	be.mu.Unlock()
+	for _, l := range ended {
+		if kinds := auditKinds(t, s, l.ID); countOf(kinds, audit.KindRevoked) != 1 {
+			t.Errorf("lease %s has audit kinds %v, want exactly one revoked record", l.AgentID, kinds)
+		}
+	}
+	mustVerifyAudit(t, s)
+}
+
+func countOf(xs []string, x string) int {
+	n := 0
+	for _, y := range xs {
+		if y == x {
+			n++
+		}
+	}
+	return n
+}
+
+func TestRevocationTimeout(t *testing.T) {
+	s := MustOpenStore(t)
+	clk := clock.NewFake(t0)
+	be := newFakeBackend(0)
+	be.gate = make(chan struct{}) // never opened: the backend hangs until its context ends
+	q := newQueue(s, be, clk, 5)
+	q.cfg.Timeout = 50 * time.Millisecond
+	l := mustActivate(t, s, newPending(t0, "a", time.Hour))
+	l = mustEnd(t, s, l.ID, StateReleased, t0)
+
+	got, err := q.RevokeNow(context.Background(), l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.State != StateRevoking || got.RevokeAttempts != 1 || !strings.Contains(got.LastError, context.DeadlineExceeded.Error()) {
+		t.Errorf("after a hung backend call: %s, %d attempts, last error %q; want a recorded timeout", got.State, got.RevokeAttempts, got.LastError)
+	}
+}
+
+func TestBackoff(t *testing.T) {
+	cases := []struct {
+		name          string
+		base, max     time.Duration
+		wantByAttempt []time.Duration // the upper bound d for attempts 1, 2, ...
+	}{
+		{"doubles up to the cap", time.Second, 10 * time.Second,
+			[]time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second, 10 * time.Second, 10 * time.Second}},
+		{"cap equal to the base", time.Second, time.Second,
+			[]time.Duration{time.Second, time.Second, time.Second}},
+		{"tiny base", time.Nanosecond, 4 * time.Nanosecond,
+			[]time.Duration{time.Nanosecond, 2, 4, 4}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			q := NewRevocationQueue(RevocationQueueConfig{Backoff: tc.base, MaxBackoff: tc.max})
+			for i, d := range tc.wantByAttempt {
+				attempt := i + 1
+				seen := map[time.Duration]bool{}
+				for range 2000 {
+					got := q.backoff(attempt)
+					if got < d/2 || got > d {
+						t.Fatalf("backoff(%d) = %v, want within [%v, %v]", attempt, got, d/2, d)
+					}
+					seen[got] = true
+				}
+				if d >= time.Millisecond && len(seen) < 10 {
+					t.Errorf("backoff(%d) took only %d distinct values: no jitter", attempt, len(seen))
+				}
+			}
+			if got := q.backoff(1000); got > tc.max {
+				t.Errorf("backoff(1000) = %v, above the cap %v", got, tc.max)
+			}
+		})
+	}
+}
+
+func TestRevocationQueueDefaults(t *testing.T) {
+	cases := []struct {
+		name          string
+		cfg           RevocationQueueConfig
+		wantBase      time.Duration
+		wantMax       time.Duration
+		wantAttempts  int
+		wantConc      int
+		wantTimeoutAt time.Duration
+	}{
+		{"zero", RevocationQueueConfig{}, time.Second, 5 * time.Minute, 8, 16, 30 * time.Second},
+		{"base above the default cap", RevocationQueueConfig{Backoff: 10 * time.Minute}, 10 * time.Minute, 10 * time.Minute, 8, 16, 30 * time.Second},
+		{"cap below the base", RevocationQueueConfig{Backoff: 10 * time.Second, MaxBackoff: 2 * time.Second}, 10 * time.Second, 10 * time.Second, 8, 16, 30 * time.Second},
+		{"explicit", RevocationQueueConfig{Backoff: time.Second, MaxBackoff: time.Minute, Attempts: 3, Concurrency: 2, Timeout: time.Second},
+			time.Second, time.Minute, 3, 2, time.Second},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := NewRevocationQueue(tc.cfg).cfg
+			if c.Backoff != tc.wantBase || c.MaxBackoff != tc.wantMax || c.Attempts != tc.wantAttempts || c.Concurrency != tc.wantConc || c.Timeout != tc.wantTimeoutAt {
+				t.Errorf("config = backoff %v max %v attempts %d concurrency %d timeout %v; want %v %v %d %d %v",
+					c.Backoff, c.MaxBackoff, c.Attempts, c.Concurrency, c.Timeout, tc.wantBase, tc.wantMax, tc.wantAttempts, tc.wantConc, tc.wantTimeoutAt)
+			}
+		})
+	}
+}
+
+// TestRevocationQueueStoreFailure: when the store fails, RevokeNow reports
+// the failure instead of pretending the lease was handled.
+func TestRevocationQueueStoreFailure(t *testing.T) {
+	s := MustOpenStore(t)
+	clk := clock.NewFake(t0)
+	be := newFakeBackend(0)
+	q := newQueue(s, be, clk, 3)
+	l := mustActivate(t, s, newPending(t0, "a", time.Hour))
+	l = mustEnd(t, s, l.ID, StateReleased, t0)
+	s.Close()
+	if _, err := q.RevokeNow(context.Background(), l); !errors.Is(err, bolterrors.ErrDatabaseNotOpen) {
+		t.Errorf("RevokeNow on a failed store = %v, want the store's error", err)
+	}
+	if n := be.callsFor(l.ID); n != 1 {
+		t.Errorf("backend called %d times, want 1", n)
+	}
+}
