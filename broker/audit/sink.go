@@ -28,6 +28,9 @@ type LineSink struct {
 	done    chan struct{}
 	once    sync.Once
 	log     *slog.Logger
+
+	mu     sync.RWMutex // guards closed against a Write racing Close
+	closed bool
 }
 
 // OpenSink opens a sink by its config value: "stdout" or a file path
@@ -54,8 +57,14 @@ func NewLineSink(w io.Writer, closer io.Closer, log *slog.Logger) *LineSink {
 	return s
 }
 
-// Write queues records; it never blocks.
+// Write queues records; it never blocks. After Close it drops them.
 func (s *LineSink) Write(recs []Record) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		s.dropped.Add(uint64(len(recs)))
+		return
+	}
 	select {
 	case s.ch <- recs:
 	default:
@@ -89,7 +98,12 @@ func (s *LineSink) run() {
 
 // Close flushes queued records and closes the file.
 func (s *LineSink) Close() error {
-	s.once.Do(func() { close(s.ch) })
+	s.once.Do(func() {
+		s.mu.Lock()
+		s.closed = true
+		close(s.ch)
+		s.mu.Unlock()
+	})
 	<-s.done
 	if s.closer != nil {
 		return s.closer.Close()

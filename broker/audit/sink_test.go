@@ -216,3 +216,15 @@ func TestOpenSink(t *testing.T) {
 		t.Errorf("OpenSink in a missing directory = %v, want not exist", err)
 	}
 }
+
+func TestLineSinkWriteAfterCloseDrops(t *testing.T) {
+	var buf bytes.Buffer
+	s := NewLineSink(&buf, nil, nil)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s.Write([]Record{{Seq: 1}, {Seq: 2}})
+	if s.Dropped() != 2 || buf.Len() != 0 {
+		t.Fatalf("after Close: dropped %d, wrote %q", s.Dropped(), buf.String())
+	}
+}
