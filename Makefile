@@ -6,7 +6,10 @@ LDFLAGS := -X main.version=$(VERSION)
 FUZZTIME ?= 10s
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: all build run test unit race fuzz lint tidy-check bench clean
+VAULT_VERSION := v1.13.0
+VAULT_BIN     := deploy/vault/bin/vault
+
+.PHONY: all build run test unit race fuzz lint tidy-check bench vault clean
 
 all: build
 
@@ -51,6 +54,18 @@ tidy-check:
 ## bench: the performance report (see README, Performance)
 bench: build
 	$(GO) run ./cmd/valet-bench -valet $(BIN)
+
+## vault: build the Vault test server (MPL-2.0 v1.13.0) from the Go module
+## proxy into deploy/vault/bin/vault; rebuilt only when the version changes
+vault: $(VAULT_BIN)
+
+$(VAULT_BIN): deploy/vault/go.mod Makefile
+	@if [ -x $@ ] && [ "$$(cat $@.version 2>/dev/null)" = "$(VAULT_VERSION)" ]; then touch $@; exit 0; fi; \
+	set -e; cd deploy/vault; \
+	go get github.com/hashicorp/vault@$(VAULT_VERSION); \
+	go build -trimpath -o bin/vault github.com/hashicorp/vault; \
+	echo $(VAULT_VERSION) > bin/vault.version; \
+	GODEBUG=x509negativeserial=1 ./bin/vault version
 
 clean:
 	rm -rf bin

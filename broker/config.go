@@ -170,6 +170,11 @@ type LimitsConfig struct {
 	AgentRate           float64  `yaml:"agent_rate"`            // requests per second per agent (default 10; 0 keeps the default, negative disables)
 	AgentBurst          int      `yaml:"agent_burst"`           // default 20
 	MintTimeout         Duration `yaml:"mint_timeout"`          // default 10s
+	// AttestationCache is how many verified attestations are remembered so
+	// an agent re-presenting the same token skips the signature check
+	// (time rules are still applied on every use; single-use tokens are
+	// never cached). Default 10000; negative disables.
+	AttestationCache int `yaml:"attestation_cache"`
 }
 
 // LeasesConfig tunes revocation.
@@ -345,6 +350,9 @@ func (c *Config) ApplyDefaults() {
 	}
 	if l.MintTimeout == 0 {
 		l.MintTimeout = Duration(10 * time.Second)
+	}
+	if l.AttestationCache == 0 {
+		l.AttestationCache = 10000
 	}
 	lc := &c.Leases
 	if lc.RevokeAttempts == 0 {

@@ -53,6 +53,9 @@ type Options struct {
 	// Replay remembers consumed jti values. It is required when any issuer
 	// has RequireJTI.
 	Replay ReplayCache
+	// CacheSize is how many verified attestations are remembered so a
+	// repeated token skips the signature check (0 disables the cache).
+	CacheSize int
 	// Logger receives warnings about key fetches and skipped keys; nil
 	// means slog.Default().
 	Logger *slog.Logger
@@ -71,6 +74,7 @@ type Verifier struct {
 	clock         clock.Clock
 	replay        ReplayCache
 	log           *slog.Logger
+	cache         *verifiedCache
 }
 
 var _ broker.Verifier = (*Verifier)(nil)
@@ -103,6 +107,7 @@ func New(_ context.Context, opts Options) (*Verifier, error) {
 		clock:         opts.Clock,
 		replay:        opts.Replay,
 		log:           opts.Logger,
+		cache:         newVerifiedCache(opts.CacheSize),
 	}
 	if v.maxBytes <= 0 {
 		v.maxBytes = broker.DefaultMaxAttestationBytes

@@ -3,6 +3,7 @@ package attest
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -33,6 +34,13 @@ import (
 // cannot be fetched or the replay cache fails. No error or log line carries
 // the token.
 func (v *Verifier) Verify(ctx context.Context, token string) (*broker.Principal, error) {
+	var sum [sha256.Size]byte
+	if v.cache != nil && len(token) <= v.maxBytes {
+		sum = sha256.Sum256([]byte(token))
+		if p, ok, err := v.cached(ctx, sum); ok {
+			return p, err
+		}
+	}
 	tok, err := v.parse(token)
 	if err != nil {
 		return nil, err
@@ -68,8 +76,30 @@ func (v *Verifier) Verify(ctx context.Context, token string) (*broker.Principal,
 		if err := v.consume(ctx, ti, c); err != nil {
 			return nil, err
 		}
+	} else if v.cache != nil {
+		v.cache.put(sum, &cachedToken{ti: ti, key: key, kid: tok.kid, alg: tok.alg, claims: tok.claims, p: p})
 	}
-	return p, nil
+	return copyPrincipal(p), nil
+}
+
+// cached answers from the verified-token cache. ok is false when the token
+// is not cached or its entry no longer applies (the issuer's key changed),
+// and the caller then verifies it in full. A cached token that now breaks a
+// time rule gets the same error a fresh verification would give.
+func (v *Verifier) cached(ctx context.Context, sum [sha256.Size]byte) (p *broker.Principal, ok bool, err error) {
+	e := v.cache.get(sum)
+	if e == nil {
+		return nil, false, nil
+	}
+	if k, err := e.ti.key(ctx, e.kid, e.alg); err != nil || k != e.key {
+		v.cache.drop(sum)
+		return nil, false, nil
+	}
+	if _, err := e.ti.checkClaims(e.claims, v.clock.Now()); err != nil {
+		v.cache.drop(sum)
+		return nil, true, err
+	}
+	return copyPrincipal(e.p), true, nil
 }
 
 // consume spends the token's jti. It runs after every other check, so a

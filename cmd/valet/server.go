@@ -102,6 +102,7 @@ func (s *Server) Open(ctx context.Context) (err error) {
 	replay.UseCommitter(s.store.Update)
 	verifier, err := attest.New(ctx, attest.Options{
 		Issuers: cfg.Issuers, MaxTokenBytes: cfg.Limits.MaxAttestationBytes, Clock: s.Clock, Replay: replay, Logger: log,
+		CacheSize: cfg.Limits.AttestationCache,
 	})
 	if err != nil {
 		return fmt.Errorf("issuers: %w", err)
