@@ -65,13 +65,18 @@ type Backend struct {
 }
 
 var (
-	_ backends.Backend      = (*Backend)(nil)
-	_ backends.Renewer      = (*Backend)(nil)
-	_ backends.KeyPublisher = (*Backend)(nil)
-	_ backends.Introspector = (*Backend)(nil)
-	_ backends.RoleChecker  = (*Backend)(nil)
-	_ backends.ScopeChecker = (*Backend)(nil)
+	_ backends.Backend       = (*Backend)(nil)
+	_ backends.Renewer       = (*Backend)(nil)
+	_ backends.KeyPublisher  = (*Backend)(nil)
+	_ backends.Introspector  = (*Backend)(nil)
+	_ backends.RoleChecker   = (*Backend)(nil)
+	_ backends.ScopeChecker  = (*Backend)(nil)
+	_ backends.SelfContained = (*Backend)(nil)
 )
+
+// SelfContained marks the backend as side-effect free: minting only signs,
+// so a crash before the lease commit leaves nothing to revoke.
+func (b *Backend) SelfContained() {}
 
 // New builds a jwt backend. It loads its keys from
 // DataDir/<name>/keys.json (decrypting them with deps.KEK) or creates the

@@ -723,3 +723,12 @@ func BenchmarkMint(b *testing.B) {
 		})
 	}
 }
+
+// The broker writes jwt leases once, active, because minting has no effect
+// outside valet; losing this marker would silently double the writes.
+func TestBackendIsSelfContained(t *testing.T) {
+	var b any = &Backend{}
+	if _, ok := b.(backends.SelfContained); !ok {
+		t.Fatal("the jwt backend must implement backends.SelfContained")
+	}
+}
