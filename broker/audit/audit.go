@@ -133,15 +133,11 @@ func AppendTx(tx *bbolt.Tx, now time.Time, sink Sink, entries ...Entry) ([]Recor
 	recs := make([]Record, 0, len(entries))
 	for _, e := range entries {
 		r := Record{Seq: h.seq + 1, Time: now.UTC().Round(0), Entry: e, PrevHash: hex.EncodeToString(h.hash[:])}
-		sum, err := r.computeHash()
+		v, sum, err := r.encode()
 		if err != nil {
 			return nil, err
 		}
 		r.Hash = hex.EncodeToString(sum[:])
-		v, err := json.Marshal(r)
-		if err != nil {
-			return nil, fmt.Errorf("encode audit record: %w", err)
-		}
 		if err := b.Put(seqKey(r.Seq), v); err != nil {
 			return nil, err
 		}
@@ -179,6 +175,34 @@ func (r Record) computeHash() ([sha256.Size]byte, error) {
 	var sum [sha256.Size]byte
 	copy(sum[:], hh.Sum(nil))
 	return sum, nil
+}
+
+// emptyHash ends the canonical JSON of a record whose Hash is empty: Hash
+// is the last field.
+var emptyHash = []byte(`"hash":""}`)
+
+// encode returns the stored form of r (whose Hash is empty) and its hash,
+// marshalling once: the stored JSON is the canonical JSON with the hash
+// written into its last field.
+func (r Record) encode() ([]byte, [sha256.Size]byte, error) {
+	var sum [sha256.Size]byte
+	body, err := json.Marshal(r)
+	if err != nil {
+		return nil, sum, fmt.Errorf("encode audit record: %w", err)
+	}
+	prev, err := hex.DecodeString(r.PrevHash)
+	if err != nil || !bytes.HasSuffix(body, emptyHash) {
+		return nil, sum, fmt.Errorf("encode audit record: unexpected shape")
+	}
+	hh := sha256.New()
+	hh.Write(prev)
+	hh.Write(body)
+	hh.Sum(sum[:0])
+	v := make([]byte, 0, len(body)+2*sha256.Size)
+	v = append(v, body[:len(body)-2]...) // up to `"hash":"`
+	v = hex.AppendEncode(v, sum[:])
+	v = append(v, '"', '}')
+	return v, sum, nil
 }
 
 func seqKey(seq uint64) []byte {

@@ -4,8 +4,11 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"syscall"
 
@@ -65,6 +68,24 @@ func serve(ctx context.Context, cfg *broker.Config, started func(*Server)) error
 		return err
 	}
 	log := newLogger(cfg.Log.Level)
+	if os.Getenv("GOGC") == "" {
+		// valet's live heap is small (leases live in the mmapped store),
+		// so trading some memory for half the collection work is cheap.
+		debug.SetGCPercent(200)
+	}
+	if addr := os.Getenv("VALET_PPROF_LISTEN"); addr != "" {
+		// Profiling for diagnosis, on its own loopback listener and
+		// only when asked for: it is never part of the API.
+		go func() {
+			mux := http.NewServeMux()
+			mux.HandleFunc("/debug/pprof/", pprof.Index)
+			mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+			log.Warn("pprof enabled", "addr", addr)
+			if err := http.ListenAndServe(addr, mux); err != nil {
+				log.Error("pprof listener", "err", err)
+			}
+		}()
+	}
 	s := &Server{Config: cfg, KEK: kek, Logger: log}
 	if err := s.Open(ctx); err != nil {
 		return err
