@@ -143,4 +143,3 @@ func runLoad(base string, c int, d time.Duration, want int, next func(agent, i i
 	sort.Slice(all, func(i, j int) bool { return all[i] < all[j] })
 	return loadResult{rate: float64(len(all)) / elapsed.Seconds(), p50: all[len(all)/2], p99: all[len(all)*99/100], n: len(all)}
 }
-

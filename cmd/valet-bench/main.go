@@ -52,7 +52,7 @@ func main() {
 
 	ceiling := cryptoCeiling(3 * time.Second)
 	fmt.Printf("crypto ceiling: ES256 verify+sign pairs, all cores: %.0f /s (%s of CPU per pair)\n\n", ceiling,
-		(time.Duration(float64(runtime.GOMAXPROCS(0))*float64(time.Second)/ceiling)).Round(time.Microsecond))
+		(time.Duration(float64(runtime.GOMAXPROCS(0)) * float64(time.Second) / ceiling)).Round(time.Microsecond))
 
 	if !*skipMints {
 		fmt.Println("mints through HTTP (jwt backend, durable leases and audit, fsync per commit):")
