@@ -56,6 +56,13 @@ type SelfContained interface {
 	SelfContained()
 }
 
+// ExpiryRevoker is implemented by backends whose credentials their holders
+// can extend (a renewable Vault token renews itself): valet revokes such a
+// credential when its lease expires instead of assuming it died on its own.
+type ExpiryRevoker interface {
+	RevokeAtExpiry()
+}
+
 // RoleChecker is implemented by backends with role parameters; valet calls
 // it at start-up so a bad role fails the config, not a mint.
 type RoleChecker interface {
@@ -83,6 +90,10 @@ type MintRequest struct {
 	Attributes map[string]string
 	IssuedAt   time.Time
 	ExpiresAt  time.Time
+	// MaxExpiresAt is how far renewals may take the credential (the lease's
+	// max); zero when the lease is not renewable. A backend may let the
+	// credential's own maximum reach it, never pass it.
+	MaxExpiresAt time.Time
 	// Scope is the client's requested narrowing (optional, backend-defined).
 	Scope map[string]any
 }
@@ -93,6 +104,10 @@ type RoleSpec struct {
 	Audience []string
 	Scopes   []string
 	Params   map[string]any
+	// TTL and MaxTTL are the role's; Renewable says whether its leases
+	// may be renewed.
+	TTL, MaxTTL time.Duration
+	Renewable   bool
 }
 
 // Credential is what a backend issued.
@@ -115,6 +130,8 @@ type Ref struct {
 	AgentID       string
 	Role          string
 	ExpiresAt     time.Time
+	// Details are the non-secret facts the backend returned at mint.
+	Details map[string]string
 }
 
 // ErrUnavailable marks errors caused by the backend being unreachable, down
@@ -126,6 +143,9 @@ type Deps struct {
 	// DataDir is valet's data directory; a backend may keep files under
 	// DataDir/<backend name>/.
 	DataDir string
+	// ConfigDir is the directory of the config file; relative paths in
+	// backend options are relative to it.
+	ConfigDir string
 	// KEK encrypts keys at rest (AES-256).
 	KEK []byte
 	// PublicURL is valet's public URL, the iss of valet-minted tokens.

@@ -106,7 +106,8 @@ func New(o Options) (*Broker, error) {
 }
 
 func roleSpec(r *Role) backends.RoleSpec {
-	return backends.RoleSpec{Name: r.Name, Audience: r.Audience, Scopes: r.Scopes, Params: r.Params}
+	return backends.RoleSpec{Name: r.Name, Audience: r.Audience, Scopes: r.Scopes, Params: r.Params,
+		TTL: r.TTL.D(), MaxTTL: r.MaxTTL.D(), Renewable: r.IsRenewable()}
 }
 
 // Role returns a configured role or ENOTFOUND.
@@ -243,10 +244,14 @@ func (b *Broker) mint(ctx context.Context, p *Principal, role *Role, ttl time.Du
 		}
 	}
 	mctx, cancel := context.WithTimeout(ctx, b.cfg.Limits.MintTimeout.D())
-	cred, err := be.Mint(mctx, backends.MintRequest{
+	mreq := backends.MintRequest{
 		CorrelationID: l.ID, AgentID: p.ID, Role: roleSpec(role), Attributes: p.Attributes,
 		IssuedAt: now, ExpiresAt: l.ExpiresAt, Scope: req.Scope,
-	})
+	}
+	if l.Renewable {
+		mreq.MaxExpiresAt = l.MaxExpires
+	}
+	cred, err := be.Mint(mctx, mreq)
 	cancel()
 	if err == nil && (cred.ExpiresAt.IsZero() || cred.ExpiresAt.After(l.ExpiresAt)) {
 		// Invariant 2: never hand out a credential that outlives its lease.

@@ -38,6 +38,10 @@ type Config struct {
 	Leases    LeasesConfig    `yaml:"leases"`
 	Audit     AuditConfig     `yaml:"audit"`
 	Log       LogConfig       `yaml:"log"`
+
+	// ConfigDir is the directory of the config file (set by LoadConfig);
+	// backends resolve relative paths in their options against it.
+	ConfigDir string `yaml:"-"`
 }
 
 // TLSConfig turns on HTTPS, optionally with client certificates.
@@ -214,6 +218,9 @@ func LoadConfig(path string) (*Config, error) {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	cfg.ResolvePaths(filepath.Dir(path))
+	if abs, err := filepath.Abs(filepath.Dir(path)); err == nil {
+		cfg.ConfigDir = abs
+	}
 	cfg.ApplyDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)

@@ -38,6 +38,8 @@ type BoltStore struct {
 	db   *bbolt.DB
 	c    *committer
 	sink audit.Sink
+
+	revokeAtExpiry func(l *Lease) bool
 }
 
 var (

@@ -40,10 +40,17 @@ func (s *BoltStore) firstTime(bucket []byte) (time.Time, bool, error) {
 	return t, ok, err
 }
 
-// ExpireDue moves up to limit active leases whose expiry is at or before now
-// to expired, each with an audit record, in one transaction. Their
-// credentials need no revocation: every backend mints with its own expiry no
-// later than the lease's.
+// SetRevokeAtExpiry names the leases whose credentials must be revoked at
+// their backend when they expire, because their holder could have extended
+// them (a renewable Vault token renews itself). Other leases simply become
+// expired: their credentials died on their own.
+func (s *BoltStore) SetRevokeAtExpiry(f func(l *Lease) bool) { s.revokeAtExpiry = f }
+
+// ExpireDue ends up to limit active leases whose expiry is at or before
+// now, each with an audit record, in one transaction. Most become expired:
+// every backend mints with its own expiry no later than the lease's. Those
+// SetRevokeAtExpiry names become revoking (end reason expired) and go to
+// the revocation queue.
 func (s *BoltStore) ExpireDue(ctx context.Context, now time.Time, limit int) ([]*Lease, error) {
 	var out []*Lease
 	err := s.Update(ctx, func(tx *bbolt.Tx) error {
@@ -61,12 +68,17 @@ func (s *BoltStore) ExpireDue(ctx context.Context, now time.Time, limit int) ([]
 			l := *old
 			l.State = StateExpired
 			l.EndedAt = now
+			reason := "ttl elapsed"
+			if s.revokeAtExpiry != nil && s.revokeAtExpiry(&l) {
+				l.State, l.EndReason, l.NextAttempt = StateRevoking, StateExpired, now
+				reason = "ttl elapsed; revoking at the backend"
+			}
 			if err := putLease(tx, old, &l); err != nil {
 				return err
 			}
 			if _, err := audit.AppendTx(tx, now, s.sink, audit.Entry{
 				Kind: audit.KindExpire, Actor: systemActor, AgentID: l.AgentID, Role: l.Role, LeaseID: l.ID,
-				Reason: "ttl elapsed",
+				Reason: reason,
 			}); err != nil {
 				return err
 			}

@@ -214,7 +214,7 @@ func (q *RevocationQueue) attempt(ctx context.Context, l *Lease) *Lease {
 		return audit.Entry{Kind: kind, Actor: systemActor, AgentID: l.AgentID, Role: l.Role, LeaseID: l.ID, Reason: reason,
 			Details: map[string]string{"backend": l.Backend}}
 	}
-	if !now.Before(l.ExpiresAt.Add(ExpiryGrace)) {
+	if !now.Before(deadEnd(l).Add(ExpiryGrace)) {
 		// The credential has expired at the backend on its own (invariant
 		// 2); there is nothing left to revoke.
 		out, err := q.cfg.Store.RevocationDone(ctx, l.ID, StateExpired, now,
@@ -258,6 +258,17 @@ func (q *RevocationQueue) attempt(ctx context.Context, l *Lease) *Lease {
 		return nil
 	}
 	return out
+}
+
+// deadEnd is when the lease's credential is dead at its backend whether or
+// not it is revoked: its expiry, or, for a credential revoked at expiry
+// because its holder could extend it, the lease's maximum (the backend caps
+// extensions there).
+func deadEnd(l *Lease) time.Time {
+	if l.EndReason == StateExpired && l.MaxExpires.After(l.ExpiresAt) {
+		return l.MaxExpires
+	}
+	return l.ExpiresAt
 }
 
 // backoff is Backoff·2^(attempts-1), capped at MaxBackoff, with "equal

@@ -6,12 +6,14 @@ package builtin
 import (
 	"github.com/valet-broker/valet/backends"
 	"github.com/valet-broker/valet/backends/jwt"
+	"github.com/valet-broker/valet/backends/vault"
 )
 
 // Registry returns the built-in backend types.
 func Registry() backends.Registry {
 	r := backends.Registry{
-		jwt.Type: jwt.New,
+		jwt.Type:   jwt.New,
+		vault.Type: vault.New,
 	}
 	addTestBackends(r)
 	return r

@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -47,6 +48,7 @@ type Server struct {
 	queue    *leases.RevocationQueue
 	expirer  *leases.Expirer
 	policy   *policy.Engine
+	backends map[string]backends.Backend
 	api      *api.Server
 	metrics  *api.Metrics
 	http     *http.Server
@@ -139,8 +141,9 @@ func (s *Server) Open(ctx context.Context) (err error) {
 		return fmt.Errorf("policy: %w", err)
 	}
 
-	deps := backends.Deps{DataDir: cfg.DataDir, KEK: s.KEK, PublicURL: cfg.PublicURL, Clock: s.Clock, Logger: log}
+	deps := backends.Deps{DataDir: cfg.DataDir, ConfigDir: cfg.ConfigDir, KEK: s.KEK, PublicURL: cfg.PublicURL, Clock: s.Clock, Logger: log}
 	bes := map[string]backends.Backend{}
+	s.backends = bes
 	for i, bc := range cfg.Backends {
 		be, err := s.Registry.New(bc.Type, bc.Name, bc.Options, deps)
 		if err != nil {
@@ -158,11 +161,23 @@ func (s *Server) Open(ctx context.Context) (err error) {
 			if !ok {
 				return fmt.Errorf("backend %q is no longer configured", l.Backend)
 			}
-			return be.Revoke(ctx, backends.Ref{Handle: l.Handle, CorrelationID: l.ID, AgentID: l.AgentID, Role: l.Role, ExpiresAt: l.ExpiresAt})
+			return be.Revoke(ctx, backends.Ref{Handle: l.Handle, CorrelationID: l.ID, AgentID: l.AgentID, Role: l.Role, ExpiresAt: l.ExpiresAt, Details: l.Details})
 		},
 	})
+	s.store.SetRevokeAtExpiry(func(l *leases.Lease) bool {
+		_, ok := bes[l.Backend].(backends.ExpiryRevoker)
+		return ok
+	})
 	s.expirer = leases.NewExpirer(s.store, s.Clock, log)
-	s.expirer.OnExpire = s.metrics.Expired
+	s.expirer.OnExpire = func(expired []*leases.Lease, now time.Time) {
+		s.metrics.Expired(expired, now)
+		for _, l := range expired {
+			if l.State == leases.StateRevoking {
+				s.queue.Kick()
+				break
+			}
+		}
+	}
 
 	s.broker, err = broker.New(broker.Options{
 		Config: cfg, Store: s.store, Auditor: s.store, Verifier: verifier, Authorizer: s.policy, Backends: bes,
@@ -300,6 +315,11 @@ func (s *Server) Close() error {
 		s.cancel()
 	}
 	s.wg.Wait()
+	for _, be := range s.backends {
+		if c, ok := be.(io.Closer); ok {
+			c.Close()
+		}
+	}
 	var err error
 	if s.store != nil {
 		err = s.store.Close()
