@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/valet-broker/valet/backends"
@@ -192,32 +193,57 @@ func (b *Broker) EndLease(ctx context.Context, c Caller, id, reason, requestID s
 }
 
 // RevokeMatching revokes every live lease matching f (by agent or
-// lineage) for an operator, and returns how many it ended.
+// lineage) for an operator, and returns how many it ended. Leases are
+// ended and revoked at their backends in parallel, at most
+// leases.revoke_concurrency at a time; leases whose backend does not
+// confirm stay queued for retries like any other.
 func (b *Broker) RevokeMatching(ctx context.Context, op *Operator, f leases.Filter, reason, requestID string) (int, error) {
 	if f.AgentID == "" && f.Lineage == "" {
 		return 0, Errorf(EINVALID, "give agent_id or lineage; revoking everything at once is not offered")
 	}
-	n := 0
+	var ids []string
 	for {
 		f.Limit = 1000
 		ls, err := b.store.List(ctx, f)
 		if err != nil {
-			return n, storeError(err)
+			return 0, storeError(err)
 		}
 		for _, l := range ls {
-			if l.State != leases.StateActive && l.State != leases.StatePending {
-				continue
+			if l.State == leases.StateActive || l.State == leases.StatePending {
+				ids = append(ids, l.ID)
 			}
-			if _, err := b.EndLease(ctx, Caller{Operator: op}, l.ID, reason, requestID); err != nil {
-				return n, err
-			}
-			n++
 		}
 		if len(ls) < f.Limit {
-			return n, nil
+			break
 		}
 		f.Before = ls[len(ls)-1].ID
 	}
+	var (
+		mu       sync.Mutex
+		n        int
+		firstErr error
+		wg       sync.WaitGroup
+	)
+	sem := make(chan struct{}, max(1, b.cfg.Leases.RevokeConcurrency))
+	for _, id := range ids {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			_, err := b.EndLease(ctx, Caller{Operator: op}, id, reason, requestID)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil && firstErr == nil {
+				firstErr = err
+			}
+			if err == nil {
+				n++
+			}
+		}()
+	}
+	wg.Wait()
+	return n, firstErr
 }
 
 // displayState is a lease's state as clients should see it: an active lease
