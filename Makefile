@@ -9,7 +9,7 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 VAULT_VERSION := v1.13.0
 VAULT_BIN     := deploy/vault/bin/vault
 
-.PHONY: all build run test unit race fuzz lint tidy-check bench vault clean
+.PHONY: all build run test deps unit race fuzz lint tidy-check bench vault clean
 
 all: build
 
@@ -20,8 +20,22 @@ build:
 run: build
 	./$(BIN) dev
 
-## test: vet, the whole suite with the race detector, then each fuzz target briefly
-test: lint race fuzz
+## test: vet, the whole suite with the race detector, then each fuzz target
+## briefly. The suite needs a real Vault (built by `make vault`) and
+## PostgreSQL (Debian's postgresql package; installed here when running as
+## root without it).
+test: deps lint race fuzz
+
+## deps: what the test suite needs besides Go
+deps: vault
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && [ -z "$$VALET_PG_BIN" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing PostgreSQL (Debian package postgresql)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	  else \
+	    echo "PostgreSQL is missing: sudo apt-get install -y postgresql (or set VALET_PG_BIN)"; exit 1; \
+	  fi; \
+	fi
 
 ## unit: the suite without the race detector (faster)
 unit:

@@ -15,6 +15,7 @@ import (
 	"github.com/valet-broker/valet/backends"
 	"github.com/valet-broker/valet/broker/audit"
 	"github.com/valet-broker/valet/broker/clock"
+	"github.com/valet-broker/valet/broker/failpoint"
 	"github.com/valet-broker/valet/leases"
 )
 
@@ -253,6 +254,9 @@ func (b *Broker) mint(ctx context.Context, p *Principal, role *Role, ttl time.Du
 	}
 	cred, err := be.Mint(mctx, mreq)
 	cancel()
+	if err == nil {
+		failpoint.Hit(failpoint.MintAfterBackend)
+	}
 	if err == nil && (cred.ExpiresAt.IsZero() || cred.ExpiresAt.After(l.ExpiresAt)) {
 		// Invariant 2: never hand out a credential that outlives its lease.
 		err = Errorf(EBADGATEWAY, "backend %s issued a credential expiring at %s, after the lease's expiry %s; it was revoked",

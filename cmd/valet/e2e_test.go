@@ -42,8 +42,9 @@ func valetBinary(t *testing.T) string {
 		}
 		binPath = filepath.Join(dir, "valet")
 		// The test build includes the test-ledger backend, whose
-		// credentials are files a test can count.
-		out, err := exec.Command("go", "build", "-tags", "valet_testbackends", "-o", binPath, ".").CombinedOutput()
+		// credentials are files a test can count, and failpoints
+		// ($VALET_FAILPOINTS) that kill the process mid-flow.
+		out, err := exec.Command("go", "build", "-tags", "valet_testbackends,valet_failpoints", "-o", binPath, ".").CombinedOutput()
 		if err != nil {
 			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
 		}
@@ -63,10 +64,10 @@ type proc struct {
 
 // startServe starts `valet serve --config` for the env's config and waits
 // until it logs that it is serving.
-func startServe(t *testing.T, e *testEnv) *proc {
+func startServe(t *testing.T, e *testEnv, env ...string) *proc {
 	t.Helper()
 	cmd := exec.Command(valetBinary(t), "serve", "--config", filepath.Join(e.Dir, "config.yaml"))
-	cmd.Env = append(os.Environ(), "VALET_KEK="+strings.Repeat("07", 32))
+	cmd.Env = append(append(os.Environ(), "VALET_KEK="+strings.Repeat("07", 32)), env...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -1,0 +1,14 @@
+// Package failpoint lets valet's crash tests kill the process at a named
+// point of a flow, for example between a backend's mint and the lease
+// commit. It does nothing unless valet is built with -tags
+// valet_failpoints; such a build kills itself (SIGKILL, so no shutdown code
+// runs) when it reaches a point named in $VALET_FAILPOINTS
+// (comma-separated).
+package failpoint
+
+// Points valet defines.
+const (
+	// MintAfterBackend is reached when a backend has issued a credential
+	// and its lease is not yet recorded as active.
+	MintAfterBackend = "mint.after-backend"
+)
