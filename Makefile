@@ -9,7 +9,7 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 VAULT_VERSION := v1.13.0
 VAULT_BIN     := deploy/vault/bin/vault
 
-.PHONY: all build run test deps unit race fuzz lint tidy-check bench vault clean
+.PHONY: all build run run-vault test deps unit race fuzz lint tidy-check bench vault clean
 
 all: build
 
@@ -19,6 +19,11 @@ build:
 ## run: start `valet dev` on 127.0.0.1:8750 (data under ./valet-dev-data/)
 run: build
 	./$(BIN) dev
+
+## run-vault: `valet dev` beside a dev Vault and a throwaway PostgreSQL, for
+## the demo-vault and demo-db roles
+run-vault: build vault
+	./deploy/dev-vault.sh
 
 ## test: vet, the whole suite with the race detector, then each fuzz target
 ## briefly. The suite needs a real Vault (built by `make vault`) and

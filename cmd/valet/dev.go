@@ -41,8 +41,12 @@ Files it finds there are kept, so edits to config.yaml and policies survive.`,
 			if err != nil {
 				return err
 			}
+			vaultRoles, err := addDevVault(cfg, dataDir)
+			if err != nil {
+				return err
+			}
 			return serve(cmd.Context(), cfg, func(s *Server) {
-				printDevBanner(cmd.OutOrStdout(), s, cfg, opToken, dataDir)
+				printDevBanner(cmd.OutOrStdout(), s, cfg, opToken, dataDir, vaultRoles)
 			})
 		},
 	}
@@ -116,7 +120,7 @@ func randomHex(n int) (string, error) {
 	return hex.EncodeToString(b), nil
 }
 
-func printDevBanner(w io.Writer, s *Server, cfg *broker.Config, opToken, dir string) {
+func printDevBanner(w io.Writer, s *Server, cfg *broker.Config, opToken, dir, vaultRoles string) {
 	self := os.Args[0]
 	if !strings.Contains(self, "/") {
 		self = "valet"
@@ -136,6 +140,20 @@ Next, in another terminal:
   %s leases list                # see its lease, as an operator
 
 `, addr, dir, opToken, addr, opToken, self, self, self)
+	if vaultRoles == "" {
+		fmt.Fprintf(w, "  (set VAULT_ADDR and VAULT_TOKEN, or use `make run-vault`, for the Vault demo roles)\n\n")
+		return
+	}
+	pgPort := os.Getenv("VALET_DEV_PGPORT")
+	if pgPort == "" {
+		pgPort = "5432"
+	}
+	fmt.Fprintf(w, `Vault roles:       %s
+
+  %s exec demo-vault -- sh -c 'VAULT_TOKEN=$VALET_VAULT_TOKEN vault kv get secret/valet-demo/hello'
+  %s exec demo-db -- sh -c 'PGPASSWORD=$VALET_PASSWORD psql -h 127.0.0.1 -p %s -U $VALET_USERNAME postgres'
+
+`, vaultRoles, self, self, pgPort)
 }
 
 func newDevAttestCmd() *cobra.Command {
@@ -252,6 +270,11 @@ permit(principal in Issuer::"dev", action == Action::"renew", resource == Role::
 @id("demo-elevated-mint")
 permit(principal in Issuer::"dev", action == Action::"mint", resource == Role::"demo-elevated")
 when { context.reason != "" };
+
+// The Vault demo roles (present when valet dev runs beside a Vault).
+@id("demo-vault-mint")
+permit(principal in Issuer::"dev", action in [Action::"mint", Action::"renew"], resource)
+when { resource.backend == "vault" && resource.labels has "env" && resource.labels.env == "dev" };
 
 // Try: valet dev attest --claim blocked=true
 @id("deny-blocked")

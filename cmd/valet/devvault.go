@@ -1,0 +1,97 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/vault/api"
+
+	"github.com/valet-broker/valet/broker"
+)
+
+// Dev mode's Vault demo: with VAULT_ADDR and VAULT_TOKEN in the
+// environment, `valet dev` adds a vault backend and two roles, demo-vault
+// (a Vault token that reads secret/valet-demo/*) and demo-db (a PostgreSQL
+// login from database/creds/valet-demo, when the database engine has that
+// role), and creates the Vault objects they need, all named valet-demo*.
+// Meant for a dev Vault; `make run-vault` starts one with PostgreSQL.
+
+const (
+	devVaultBackend = "vault"
+	devTokenRole    = "valet-demo"
+)
+
+// addDevVault extends cfg with the Vault demo and prepares Vault. It
+// returns a line for the banner, or "" when no Vault is configured.
+func addDevVault(cfg *broker.Config, dir string) (string, error) {
+	addr, token := os.Getenv("VAULT_ADDR"), os.Getenv("VAULT_TOKEN")
+	if addr == "" || token == "" {
+		return "", nil
+	}
+	tokenFile, err := filepath.Abs(filepath.Join(dir, "vault-token"))
+	if err != nil {
+		return "", err
+	}
+	if err := os.WriteFile(tokenFile, []byte(token+"\n"), 0o600); err != nil {
+		return "", err
+	}
+	if err := setupDevVault(addr, token); err != nil {
+		return "", fmt.Errorf("prepare Vault at %s for the demo roles: %w", addr, err)
+	}
+	cfg.Backends = append(cfg.Backends, broker.BackendConfig{Name: devVaultBackend, Type: "vault", Options: map[string]any{
+		"address": addr,
+		"auth":    map[string]any{"method": "token", "token_file": tokenFile},
+	}})
+	notRenewable := false
+	cfg.Roles = append(cfg.Roles,
+		broker.Role{
+			Name: "demo-vault", Description: "A Vault token that reads secret/valet-demo/*.", Backend: devVaultBackend,
+			TTL: broker.Duration(5 * time.Minute), MaxTTL: broker.Duration(time.Hour), Labels: map[string]string{"env": "dev"},
+			Params: map[string]any{"token_role": devTokenRole, "policies": []any{"valet-demo"}},
+		},
+		broker.Role{
+			Name: "demo-db", Description: "A PostgreSQL login from Vault's database engine.", Backend: devVaultBackend,
+			TTL: broker.Duration(5 * time.Minute), MaxTTL: broker.Duration(5 * time.Minute), Renewable: &notRenewable,
+			Labels: map[string]string{"env": "dev"},
+			Params: map[string]any{"token_role": devTokenRole, "policies": []any{"valet-demo-db"}, "path": "database/creds/valet-demo"},
+		},
+	)
+	cfg.ApplyDefaults()
+	if err := cfg.Validate(); err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("demo-vault (Vault token), demo-db (PostgreSQL login) at %s", addr), nil
+}
+
+// setupDevVault creates the demo's policies, secret and token role.
+func setupDevVault(addr, token string) error {
+	c, err := api.NewClient(&api.Config{Address: addr, Timeout: 10 * time.Second})
+	if err != nil {
+		return err
+	}
+	c.SetToken(token)
+	ctx := context.Background()
+	sys := c.Sys()
+	if err := sys.PutPolicyWithContext(ctx, "valet-demo", `path "secret/data/valet-demo/*" { capabilities = ["read"] }`); err != nil {
+		return err
+	}
+	if err := sys.PutPolicyWithContext(ctx, "valet-demo-db", `path "database/creds/valet-demo" { capabilities = ["read"] }`); err != nil {
+		return err
+	}
+	if _, err := c.Logical().WriteWithContext(ctx, "auth/token/roles/"+devTokenRole, map[string]any{
+		"allowed_policies": "valet-demo,valet-demo-db", "orphan": true, "renewable": true, "token_explicit_max_ttl": "1h",
+	}); err != nil {
+		return err
+	}
+	// The demo secret, in the KV v2 engine a dev Vault mounts at secret/.
+	if _, err := c.Logical().WriteWithContext(ctx, "secret/data/valet-demo/hello", map[string]any{
+		"data": map[string]any{"message": "hello from Vault, through valet"},
+	}); err != nil && !strings.Contains(err.Error(), "no handler for route") {
+		return err
+	}
+	return nil
+}
