@@ -21,7 +21,11 @@ import (
 // request builds the raw bytes of one POST.
 func request(host, path, bearer string, body []byte) []byte {
 	var b bytes.Buffer
-	fmt.Fprintf(&b, "POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nAuthorization: Bearer %s\r\nContent-Length: %d\r\n\r\n", path, host, bearer, len(body))
+	fmt.Fprintf(&b, "POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n", path, host)
+	if bearer != "" {
+		fmt.Fprintf(&b, "Authorization: Bearer %s\r\n", bearer)
+	}
+	fmt.Fprintf(&b, "Content-Length: %d\r\n\r\n", len(body))
 	b.Write(body)
 	return b.Bytes()
 }

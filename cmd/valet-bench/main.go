@@ -32,6 +32,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/broker/attest"
 	"github.com/valet-broker/valet/broker/audit"
 	"github.com/valet-broker/valet/leases"
@@ -45,6 +46,8 @@ func main() {
 		nLeases   = flag.Int("startup-leases", 1_000_000, "leases in the store for the start-up measurement (0 skips)")
 		nExpiry   = flag.Int("expiry-leases", 100_000, "leases expiring within one minute for the lateness measurement (0 skips)")
 		skipMints = flag.Bool("skip-mint", false, "skip the mint benchmark")
+		vaultLvls = flag.String("vault-concurrency", "16,64", "concurrency levels for the Vault comparison (empty skips it)")
+		bulk      = flag.Int("bulk-revoke", 1000, "Vault leases of one agent to revoke at once (0 skips)")
 	)
 	flag.Parse()
 	b := &bench{bin: *bin}
@@ -78,6 +81,17 @@ func main() {
 		}
 		fmt.Println()
 	}
+	if *vaultLvls != "" {
+		var lv []int
+		for _, f := range strings.Split(*vaultLvls, ",") {
+			c, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil || c < 1 {
+				fatal("bad -vault-concurrency %q", *vaultLvls)
+			}
+			lv = append(lv, c)
+		}
+		printVault(b.vaultBench(lv, *duration, *bulk))
+	}
 	if *nLeases > 0 {
 		r := b.startup(*nLeases)
 		fmt.Printf("start-up with %d leases in the store: %s to ready, RSS %.0f MiB (store file %.0f MiB; built in %s)\n\n",
@@ -90,9 +104,21 @@ func main() {
 	}
 }
 
+// cleanups run before the bench exits, also on failure: they stop the
+// servers it started.
+var cleanups []func()
+
 func fatal(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "valet-bench: "+format+"\n", args...)
+	runCleanups()
 	os.Exit(1)
+}
+
+func runCleanups() {
+	for i := len(cleanups) - 1; i >= 0; i-- {
+		cleanups[i]()
+	}
+	cleanups = nil
 }
 
 type bench struct {
@@ -136,8 +162,11 @@ type env struct {
 	issuer *attest.DevIssuer
 }
 
+// benchOperatorToken is the bench server's operator token.
+const benchOperatorToken = "valet_op_bench"
+
 const benchPolicy = `
-permit(principal in Issuer::"bench", action == Action::"mint", resource == Role::"bench")
+permit(principal in Issuer::"bench", action == Action::"mint", resource)
 when { context.ttl_seconds <= 3600 };
 forbid(principal, action, resource) when { context.risk >= 70 };
 `
@@ -165,11 +194,17 @@ roles:
 policy:
   dir: policies
   watch: false
+operators:
+  tokens:
+    - name: bench
+      sha256: OPERATOR_SHA256
 limits:
   agent_rate: -1
 `
 
-func newEnv() *env {
+// newEnv writes a bench config; backends and roles are extra YAML list
+// items for those sections.
+func newEnv(backends, roles string) *env {
 	dir, err := os.MkdirTemp("", "valet-bench")
 	if err != nil {
 		fatal("%v", err)
@@ -181,7 +216,10 @@ func newEnv() *env {
 	must(iss.WriteJWKS(filepath.Join(dir, "issuer-jwks.json")))
 	must(os.MkdirAll(filepath.Join(dir, "policies"), 0o700))
 	must(os.WriteFile(filepath.Join(dir, "policies", "bench.cedar"), []byte(benchPolicy), 0o600))
-	must(os.WriteFile(filepath.Join(dir, "config.yaml"), []byte(benchConfig), 0o600))
+	cfg := strings.Replace(benchConfig, "OPERATOR_SHA256", broker.HashToken(benchOperatorToken), 1)
+	cfg = strings.Replace(cfg, "backends:\n", "backends:\n"+backends, 1)
+	cfg = strings.Replace(cfg, "roles:\n", "roles:\n"+roles, 1)
+	must(os.WriteFile(filepath.Join(dir, "config.yaml"), []byte(cfg), 0o600))
 	return &env{dir: dir, issuer: iss}
 }
 
@@ -278,39 +316,53 @@ func (s *server) rss() int64 {
 // new attestation (signed beforehand), so valet verifies a signature on
 // every mint; otherwise each agent re-presents its own, as agents do.
 func (b *bench) mintLoad(c int, d time.Duration, fresh bool) loadResult {
-	e := newEnv()
+	e := newEnv("", "")
 	defer os.RemoveAll(e.dir)
 	s := b.serve(e)
 	defer s.stop()
-	u, _ := url.Parse(s.url)
-	body := []byte(`{"role":"bench","ttl":"15m"}`)
-	sign := func(sub string) string {
-		tok, err := e.issuer.Sign(map[string]any{"sub": sub, "aud": "valet", "exp": time.Now().Add(time.Hour).Unix(), "jti": sub})
-		must(err)
-		return tok
-	}
-	var reqs [][]byte
-	if fresh {
-		// Enough distinct attestations for the warm-up and the run at a
-		// generous rate; signed in parallel before the clock starts.
-		n := int(20000 * (d.Seconds() + 1))
-		reqs = make([][]byte, n)
-		var wg sync.WaitGroup
-		var next atomic.Int64
-		for w := 0; w < runtime.GOMAXPROCS(0); w++ {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for i := int(next.Add(1)) - 1; i < n; i = int(next.Add(1)) - 1 {
-					reqs[i] = request(u.Host, "/v1/credentials", sign(fmt.Sprintf("agent-%d-%d", i%c, i)), body)
+	return mintRun(s, e, "bench", c, d, fresh)
+}
+
+// attestations signs n attestations for c agents in parallel.
+func (e *env) attestations(n, c int, fresh bool) []string {
+	out := make([]string, n)
+	var wg sync.WaitGroup
+	var next atomic.Int64
+	for w := 0; w < runtime.GOMAXPROCS(0); w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := int(next.Add(1)) - 1; i < n; i = int(next.Add(1)) - 1 {
+				sub := fmt.Sprintf("agent-%d", i%c)
+				if fresh {
+					sub = fmt.Sprintf("agent-%d-%d", i%c, i)
 				}
-			}()
-		}
-		wg.Wait()
-	} else {
-		for a := 0; a < c; a++ {
-			reqs = append(reqs, request(u.Host, "/v1/credentials", sign(fmt.Sprintf("agent-%d", a)), body))
-		}
+				tok, err := e.issuer.Sign(map[string]any{"sub": sub, "aud": "valet", "exp": time.Now().Add(time.Hour).Unix(), "jti": sub})
+				must(err)
+				out[i] = tok
+			}
+		}()
+	}
+	wg.Wait()
+	return out
+}
+
+// freshCount is how many distinct attestations a fresh run of d signs in
+// advance: enough for a generous rate.
+func freshCount(d time.Duration) int { return int(20000 * (d.Seconds() + 1)) }
+
+// mintRun drives role on a running server.
+func mintRun(s *server, e *env, role string, c int, d time.Duration, fresh bool) loadResult {
+	u, _ := url.Parse(s.url)
+	body := []byte(`{"role":"` + role + `","ttl":"15m"}`)
+	n := c
+	if fresh {
+		n = freshCount(d)
+	}
+	toks := e.attestations(n, c, fresh)
+	reqs := make([][]byte, len(toks))
+	for i, tok := range toks {
+		reqs[i] = request(u.Host, "/v1/credentials", tok, body)
 	}
 	var cursor atomic.Int64
 	next := func(agent, i int) []byte {
@@ -384,7 +436,7 @@ type startupResult struct {
 }
 
 func (b *bench) startup(n int) startupResult {
-	e := newEnv()
+	e := newEnv("", "")
 	defer os.RemoveAll(e.dir)
 	t0 := time.Now()
 	far := time.Now().Add(24 * time.Hour)
@@ -405,7 +457,7 @@ type expiryResult struct {
 }
 
 func (b *bench) expiry(n int) expiryResult {
-	e := newEnv()
+	e := newEnv("", "")
 	defer os.RemoveAll(e.dir)
 	// Expiries spread evenly over one minute, starting once the store is
 	// filled and the server is up.

@@ -7,7 +7,6 @@ import (
 	"os/user"
 	"path/filepath"
 	"strconv"
-	"testing"
 )
 
 // Postgres is a throwaway PostgreSQL cluster on a free loopback port.
@@ -30,7 +29,7 @@ func (p *Postgres) SuperDSN() string { return p.DSN(p.User, p.Password) }
 
 // pgBin finds the PostgreSQL server binaries: $VALET_PG_BIN or Debian's
 // /usr/lib/postgresql/<version>/bin.
-func pgBin(tb testing.TB) string {
+func pgBin(tb TB) string {
 	tb.Helper()
 	if p := os.Getenv("VALET_PG_BIN"); p != "" {
 		return p
@@ -45,7 +44,7 @@ func pgBin(tb testing.TB) string {
 // StartPostgres creates a cluster with initdb in a temp dir and starts it
 // with pg_ctl. As root (CI), initdb refuses to run, so the cluster belongs to
 // the postgres user and its commands run through runuser.
-func StartPostgres(tb testing.TB) *Postgres {
+func StartPostgres(tb TB) *Postgres {
 	tb.Helper()
 	p := &Postgres{bin: pgBin(tb), User: "postgres", Password: randomHex(12), Port: FreePort(tb)}
 	dir, err := os.MkdirTemp("", "valet-pg-")
@@ -83,7 +82,7 @@ func StartPostgres(tb testing.TB) *Postgres {
 }
 
 // Stop shuts the cluster down at once.
-func (p *Postgres) Stop(tb testing.TB) {
+func (p *Postgres) Stop(tb TB) {
 	cmd := p.command("pg_ctl", "-D", filepath.Join(p.dir, "data"), "-m", "immediate", "-w", "stop")
 	_ = cmd.Run()
 }
@@ -96,7 +95,7 @@ func (p *Postgres) command(name string, args ...string) *exec.Cmd {
 	return exec.Command(path, args...)
 }
 
-func (p *Postgres) run(tb testing.TB, name string, args ...string) {
+func (p *Postgres) run(tb TB, name string, args ...string) {
 	tb.Helper()
 	out, err := p.command(name, args...).CombinedOutput()
 	if err != nil {

@@ -19,15 +19,24 @@ import (
 	"strings"
 	"sync"
 	"syscall"
-	"testing"
 	"time"
 
 	"github.com/hashicorp/vault/api"
 )
 
+// TB is the part of testing.TB the helpers use, so that benchmarks and
+// tools outside `go test` can use them too.
+type TB interface {
+	Helper()
+	Fatal(args ...any)
+	Fatalf(format string, args ...any)
+	TempDir() string
+	Cleanup(func())
+}
+
 // Binary returns the path of the Vault test server: $VALET_VAULT_BIN, or
 // deploy/vault/bin/vault in the module. It fails tb if there is none.
-func Binary(tb testing.TB) string {
+func Binary(tb TB) string {
 	tb.Helper()
 	if p := os.Getenv("VALET_VAULT_BIN"); p != "" {
 		return p
@@ -61,7 +70,7 @@ func moduleRoot() (string, error) {
 }
 
 // FreePort returns a loopback port that was free a moment ago.
-func FreePort(tb testing.TB) int {
+func FreePort(tb TB) int {
 	tb.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -79,7 +88,7 @@ func randomHex(n int) string {
 
 // Server is a running Vault.
 type Server struct {
-	tb      testing.TB
+	tb      TB
 	Addr    string // http://127.0.0.1:port
 	Token   string // root token
 	dir     string
@@ -93,7 +102,7 @@ type Server struct {
 }
 
 // StartDev starts `vault server -dev` (in-memory storage) on a free port.
-func StartDev(tb testing.TB) *Server {
+func StartDev(tb TB) *Server {
 	tb.Helper()
 	port := FreePort(tb)
 	s := &Server{tb: tb, Addr: fmt.Sprintf("http://127.0.0.1:%d", port), Token: "root-" + randomHex(8), dir: tb.TempDir()}
@@ -107,7 +116,7 @@ func StartDev(tb testing.TB) *Server {
 // StartFile starts a Vault with file storage in a temp dir, initialises it
 // (one unseal key) and unseals it. Stop and Start keep the data, as a real
 // Vault restart does; Start leaves it sealed until Unseal.
-func StartFile(tb testing.TB) *Server {
+func StartFile(tb TB) *Server {
 	tb.Helper()
 	port := FreePort(tb)
 	dir := tb.TempDir()
