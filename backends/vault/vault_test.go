@@ -2,7 +2,9 @@ package vault_test
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -20,6 +22,7 @@ import (
 	"github.com/valet-broker/valet/backends/vault"
 	"github.com/valet-broker/valet/backends/vault/vaulttest"
 	"github.com/valet-broker/valet/broker"
+	"github.com/valet-broker/valet/broker/attest"
 	"github.com/valet-broker/valet/broker/clock"
 )
 
@@ -505,5 +508,103 @@ path "sys/leases/*" { capabilities = ["update"] }
 	}
 	if _, err := b.Mint(context.Background(), mintReq("A2", "kv", time.Minute, nil)); err != nil {
 		t.Fatalf("mint after valet's token was revoked: %v", err)
+	}
+}
+
+func TestDynamicSecretRenew(t *testing.T) {
+	v := vaulttest.StartDev(t)
+	setupVault(t, v)
+	pg := vaulttest.StartPostgres(t)
+	setupDatabase(t, v, pg, "ro", 30*time.Second)
+	b := newBackend(t, v, map[string]map[string]any{
+		"db": {"token_role": "valet-agents", "policies": []any{"db-ro"}, "path": "database/creds/ro"},
+	}, nil)
+	req := mintReq("R1", "db", 30*time.Second, nil)
+	req.MaxExpiresAt = req.IssuedAt.Add(2 * time.Minute)
+	c, err := b.Mint(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	renew := req
+	renew.ExpiresAt = time.Now().Add(90 * time.Second)
+	r, err := b.Renew(context.Background(), refOf("R1", c), renew)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Until(r.ExpiresAt); d < 80*time.Second || d > 90*time.Second {
+		t.Fatalf("renewed credential expires in %s, want about 89s", d)
+	}
+	// Both the secret's lease and the child token were extended at Vault.
+	look, err := v.Client().Logical().Write("sys/leases/lookup", map[string]any{"lease_id": c.Handle})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ttl, _ := look.Data["ttl"].(json.Number).Int64(); ttl < 80 || ttl > 90 {
+		t.Fatalf("Vault lease TTL after renewal: %ds", ttl)
+	}
+	tok, err := v.Client().Logical().Write("auth/token/lookup-accessor", map[string]any{"accessor": c.Details["child_accessor"]})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ttl, _ := tok.Data["ttl"].(json.Number).Int64(); ttl < 80 || ttl > 90 {
+		t.Fatalf("child token TTL after renewal: %ds", ttl)
+	}
+	if err := connect(t, pg, c.Data); err != nil {
+		t.Fatalf("renewed credential: %v", err)
+	}
+}
+
+func TestJWTAuthLogin(t *testing.T) {
+	v := vaulttest.StartDev(t)
+	setupVault(t, v)
+	v.Policy("valet", `
+path "auth/token/create/valet-agents" { capabilities = ["update"] }
+path "auth/token/roles/valet-agents" { capabilities = ["read"] }
+path "auth/token/revoke-accessor" { capabilities = ["update"] }
+`)
+	iss, err := attest.NewDevIssuer("https://valet-pod.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := iss.Key().PublicKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var raw any
+	if err := pub.Raw(&raw); err != nil {
+		t.Fatal(err)
+	}
+	der, _ := x509.MarshalPKIXPublicKey(raw)
+	if err := v.Client().Sys().EnableAuthWithOptions("jwt", &api.EnableAuthOptions{Type: "jwt"}); err != nil {
+		t.Fatal(err)
+	}
+	v.Write("auth/jwt/config", map[string]any{
+		"jwt_validation_pubkeys": []string{string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}))},
+		"bound_issuer":           "https://valet-pod.test",
+	})
+	v.Write("auth/jwt/role/valet", map[string]any{"role_type": "jwt", "bound_audiences": []string{"vault"}, "user_claim": "sub", "token_policies": []string{"valet"}, "token_ttl": "1h"})
+	jwtTok, err := iss.Sign(map[string]any{"sub": "system:serviceaccount:valet:valet", "aud": "vault"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	jwtFile := filepath.Join(t.TempDir(), "token")
+	os.WriteFile(jwtFile, []byte(jwtTok), 0o600)
+	be, err := vault.New("vault-jwt", map[string]any{
+		"address": v.Addr, "auth": map[string]any{"method": "jwt", "role": "valet", "jwt_file": jwtFile},
+	}, backends.Deps{Clock: clock.Real{}, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := be.(*vault.Backend)
+	defer b.Close()
+	if err := b.CheckRole(backends.RoleSpec{Name: "kv", TTL: time.Minute, MaxTTL: time.Minute, Params: map[string]any{"token_role": "valet-agents", "policies": []any{"agent-read"}}}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := b.Mint(context.Background(), mintReq("J1", "kv", time.Minute, nil))
+	if err != nil {
+		t.Fatalf("mint with a JWT login: %v", err)
+	}
+	if err := b.Revoke(context.Background(), refOf("J1", c)); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -73,9 +73,13 @@ func newLeasesCmd() *cobra.Command {
 				return err
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tAGENT\tROLE\tBACKEND\tSTATE\tEXPIRES")
+			fmt.Fprintln(tw, "ID\tAGENT\tROLE\tBACKEND\tSTATE\tEXPIRES\tHANDLE")
 			for _, l := range res.Leases {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", l.ID, l.AgentID, l.Role, l.Backend, l.State, l.ExpiresAt.Local().Format(time.DateTime))
+				handle := l.Handle
+				if handle == l.ID {
+					handle = "" // the jwt backend's handle is the lease id
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", l.ID, l.AgentID, l.Role, l.Backend, l.State, l.ExpiresAt.Local().Format(time.DateTime), handle)
 			}
 			return tw.Flush()
 		},
