@@ -39,6 +39,8 @@ type Config struct {
 	Audit     AuditConfig     `yaml:"audit"`
 	Log       LogConfig       `yaml:"log"`
 
+	Notifications NotificationsConfig `yaml:"notifications"`
+
 	// ConfigDir is the directory of the config file (set by LoadConfig);
 	// backends resolve relative paths in their options against it.
 	ConfigDir string `yaml:"-"`
@@ -138,10 +140,67 @@ type Role struct {
 // IsRenewable reports whether leases of the role may be renewed.
 func (r *Role) IsRenewable() bool { return r.Renewable == nil || *r.Renewable }
 
-// ApprovalConfig says whether minting a role needs operator approval.
+// ApprovalConfig says whether minting a role needs operator approval, who
+// may give it, and whether break-glass access is possible.
 type ApprovalConfig struct {
-	// Required is the number of distinct operators who must approve.
+	// Required is the number of distinct operators who must approve (0: no
+	// approval; the role mints at once).
 	Required int `yaml:"required"`
+	// Approvers limits who may approve: operator names and operator groups
+	// (from the operator token's config or the SSO token's groups claim).
+	// Empty lists mean any operator.
+	Approvers ApproversConfig `yaml:"approvers"`
+	// RequestTTL is how long a request waits for approval (default 1h).
+	RequestTTL Duration `yaml:"request_ttl"`
+	// RedeemWithin is how long an approval stays redeemable (default 15m).
+	RedeemWithin Duration `yaml:"redeem_within"`
+	// RequesterClaims name the attestation claims that identify the people
+	// behind an agent (default email, actor, owner): an operator whose name
+	// equals one of them cannot approve that agent's requests.
+	RequesterClaims []string `yaml:"requester_claims"`
+	// BreakGlass allows emergency access without approval.
+	BreakGlass BreakGlassConfig `yaml:"break_glass"`
+}
+
+// ApproversConfig lists who may approve.
+type ApproversConfig struct {
+	Operators []string `yaml:"operators"`
+	Groups    []string `yaml:"groups"`
+}
+
+// BreakGlassConfig governs emergency access to an elevated role.
+type BreakGlassConfig struct {
+	// Allowed lets an agent mint at once with a mandatory justification; the
+	// grant is flagged until an operator reviews it.
+	Allowed bool `yaml:"allowed"`
+	// MaxTTL caps a break-glass lease (default 15m, at most the role's
+	// max_ttl).
+	MaxTTL Duration `yaml:"max_ttl"`
+}
+
+// NotificationsConfig sends grant and break-glass events to webhooks.
+type NotificationsConfig struct {
+	Webhooks []WebhookConfig `yaml:"webhooks"`
+}
+
+// WebhookConfig is one notification receiver.
+type WebhookConfig struct {
+	Name string `yaml:"name"`
+	URL  string `yaml:"url"`
+	// Format is json (valet's event JSON, default) or slack (a Slack
+	// incoming-webhook message).
+	Format string `yaml:"format"`
+	// SecretFile holds the HMAC key that signs each body
+	// (X-Valet-Signature: sha256=<hex>).
+	SecretFile string `yaml:"secret_file"`
+	// Events selects event types (default all): grant.requested,
+	// grant.approved, grant.denied, grant.expired, grant.redeemed,
+	// break_glass, break_glass.reviewed.
+	Events []string `yaml:"events"`
+	// Timeout bounds one delivery attempt (default 5s).
+	Timeout Duration `yaml:"timeout"`
+	// MaxAttempts bounds retries (default 8; backoff doubles from 1s).
+	MaxAttempts int `yaml:"max_attempts"`
 }
 
 // PolicyConfig locates the Cedar policies.
@@ -253,6 +312,9 @@ func (c *Config) ResolvePaths(base string) {
 	if c.Audit.Sink != "stdout" {
 		abs(&c.Audit.Sink)
 	}
+	for i := range c.Notifications.Webhooks {
+		abs(&c.Notifications.Webhooks[i].SecretFile)
+	}
 }
 
 // ParseConfig strictly decodes YAML (unknown keys are errors), applies
@@ -333,6 +395,19 @@ func (c *Config) ApplyDefaults() {
 		}
 		if r.MaxTTL == 0 {
 			r.MaxTTL = Duration(max(time.Hour, r.TTL.D()))
+		}
+		a := &r.Approval
+		if a.RequestTTL == 0 {
+			a.RequestTTL = Duration(time.Hour)
+		}
+		if a.RedeemWithin == 0 {
+			a.RedeemWithin = Duration(15 * time.Minute)
+		}
+		if a.RequesterClaims == nil {
+			a.RequesterClaims = []string{"email", "actor", "owner"}
+		}
+		if a.BreakGlass.Allowed && a.BreakGlass.MaxTTL == 0 {
+			a.BreakGlass.MaxTTL = Duration(min(15*time.Minute, r.MaxTTL.D()))
 		}
 	}
 	if c.Policy.Watch == nil {
@@ -508,6 +583,12 @@ func (c *Config) Validate() error {
 		if r.Approval.Required < 0 || r.Approval.Required > 10 {
 			add("%s.approval.required must be between 0 and 10", f)
 		}
+		if r.Approval.RequestTTL < Duration(time.Minute) || r.Approval.RedeemWithin < Duration(10*time.Second) {
+			add("%s.approval.request_ttl must be at least 1m and redeem_within at least 10s", f)
+		}
+		if bg := r.Approval.BreakGlass; bg.Allowed && (bg.MaxTTL <= 0 || bg.MaxTTL > r.MaxTTL) {
+			add("%s.approval.break_glass.max_ttl must be positive and at most max_ttl (%s)", f, r.MaxTTL)
+		}
 		for j, s := range r.Scopes {
 			if s == "" || strings.ContainsAny(s, " \t\n\"\\") {
 				add("%s.scopes[%d] %q must be a non-empty token without spaces or quotes", f, j, s)
@@ -559,6 +640,27 @@ func (c *Config) Validate() error {
 	}
 	if lc.RevokeConcurrency < 1 || lc.RevokeConcurrency > 1024 {
 		add("leases.revoke_concurrency must be between 1 and 1024")
+	}
+	hooks := map[string]bool{}
+	for i, w := range c.Notifications.Webhooks {
+		f := fmt.Sprintf("notifications.webhooks[%d]", i)
+		if w.Name == "" || hooks[w.Name] {
+			add("%s.name must be set and unique", f)
+		}
+		hooks[w.Name] = true
+		if u, err := url.Parse(w.URL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			add("%s.url %q must be an absolute http(s) URL", f, w.URL)
+		}
+		switch w.Format {
+		case "", "json", "slack":
+		default:
+			add("%s.format %q must be json or slack", f, w.Format)
+		}
+		for j, ev := range w.Events {
+			if !NotificationEvents[ev] {
+				add("%s.events[%d] %q is not an event valet sends", f, j, ev)
+			}
+		}
 	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
@@ -667,6 +769,12 @@ func (c *Config) Role(name string) *Role {
 		}
 	}
 	return nil
+}
+
+// NotificationEvents are the event types valet sends to webhooks.
+var NotificationEvents = map[string]bool{
+	"grant.requested": true, "grant.approved": true, "grant.denied": true, "grant.expired": true,
+	"grant.redeemed": true, "break_glass": true, "break_glass.reviewed": true,
 }
 
 // ParseKEK decodes a hex key-encryption key (64 hex digits, AES-256).

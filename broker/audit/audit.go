@@ -51,6 +51,14 @@ const (
 	KindConfigLoad    = "config.load"
 	KindServerStart   = "server.start"
 	KindIntrospection = "introspect"
+
+	KindGrantRequest = "grant.request" // an elevated role was asked for
+	KindGrantApprove = "grant.approve" // one operator approved (the grant may need more)
+	KindGrantDeny    = "grant.deny"    // an operator denied; the request ended
+	KindGrantExpired = "grant.expire"  // not approved, or not redeemed, in time
+	KindGrantRedeem  = "grant.redeem"  // the agent redeemed an approved grant
+	KindBreakGlass   = "break_glass"   // emergency access minted without approval
+	KindGrantReview  = "grant.review"  // an operator reviewed a break-glass grant
 )
 
 // Actor is who caused a record.

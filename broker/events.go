@@ -1,0 +1,42 @@
+package broker
+
+import (
+	"time"
+
+	"github.com/valet-broker/valet/broker/grants"
+)
+
+// Event types sent to notification receivers.
+const (
+	EventGrantRequested     = "grant.requested"
+	EventGrantApproved      = "grant.approved"
+	EventGrantDenied        = "grant.denied"
+	EventGrantExpired       = "grant.expired"
+	EventGrantRedeemed      = "grant.redeemed"
+	EventBreakGlass         = "break_glass"
+	EventBreakGlassReviewed = "break_glass.reviewed"
+)
+
+// Severities.
+const (
+	SeverityInfo = "info"
+	SeverityHigh = "high" // break-glass
+)
+
+// Event is something operators want to hear about. It never carries a
+// credential or an attestation.
+type Event struct {
+	Type     string        `json:"type"`
+	Severity string        `json:"severity"`
+	Time     time.Time     `json:"time"`
+	Grant    *grants.Grant `json:"grant"`
+	// URL points operators to the grant in the web console.
+	URL string `json:"url,omitempty"`
+}
+
+// Notifier delivers events (webhooks in production). Notify must not block
+// the caller: delivery, retries and failures happen elsewhere, and never
+// hold up the workflow.
+type Notifier interface {
+	Notify(e Event)
+}

@@ -1,0 +1,375 @@
+package grants
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"go.etcd.io/bbolt"
+
+	"github.com/valet-broker/valet/broker/audit"
+	"github.com/valet-broker/valet/leases"
+)
+
+var (
+	bucketGrants = []byte("grants")        // id -> JSON Grant
+	bucketState  = []byte("grants.state")  // state 0x00 id -> nil
+	bucketAgent  = []byte("grants.agent")  // agent 0x00 id -> nil
+	bucketReview = []byte("grants.review") // id -> nil: break-glass grants awaiting review
+)
+
+// Store keeps grants in the lease store's database, writing through its
+// group committer so a grant change and its audit record commit together.
+type Store struct {
+	db *leases.BoltStore
+}
+
+// NewStore creates the grant buckets in db.
+func NewStore(db *leases.BoltStore) (*Store, error) {
+	err := db.DB().Update(func(tx *bbolt.Tx) error {
+		for _, b := range [][]byte{bucketGrants, bucketState, bucketAgent, bucketReview} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("grants: create buckets: %w", err)
+	}
+	return &Store{db: db}, nil
+}
+
+// Create records a new grant with its audit record.
+func (s *Store) Create(ctx context.Context, g *Grant, now time.Time, e audit.Entry) error {
+	v, err := json.Marshal(g)
+	if err != nil {
+		return err
+	}
+	return s.db.Update(ctx, func(tx *bbolt.Tx) error {
+		if tx.Bucket(bucketGrants).Get([]byte(g.ID)) != nil {
+			return fmt.Errorf("grant %s already exists", g.ID)
+		}
+		if err := put(tx, nil, g, v); err != nil {
+			return err
+		}
+		if err := tx.Bucket(bucketAgent).Put(joinKey(g.AgentID, g.ID), nil); err != nil {
+			return err
+		}
+		return s.db.AppendAuditTx(tx, now, withGrant(e, g))
+	})
+}
+
+// Get returns a grant or ErrNotFound.
+func (s *Store) Get(ctx context.Context, id string) (*Grant, error) {
+	var g *Grant
+	err := s.db.DB().View(func(tx *bbolt.Tx) error {
+		var err error
+		g, err = get(tx, id)
+		return err
+	})
+	return g, err
+}
+
+// List returns grants matching f, newest first.
+func (s *Store) List(ctx context.Context, f Filter) ([]*Grant, error) {
+	if f.Limit <= 0 {
+		f.Limit = 100
+	}
+	f.Limit = min(f.Limit, 1000)
+	var out []*Grant
+	err := s.db.DB().View(func(tx *bbolt.Tx) error {
+		match := func(g *Grant) bool {
+			return (f.State == "" || g.State == f.State) && (f.AgentID == "" || g.AgentID == f.AgentID) &&
+				(f.Role == "" || g.Role == f.Role) && (f.Kind == "" || g.Kind == f.Kind) &&
+				(!f.ReviewPending || (g.Kind == KindBreakGlass && g.Review == nil))
+		}
+		var bucket, prefix []byte
+		switch {
+		case f.ReviewPending:
+			bucket = bucketReview
+		case f.State != "":
+			bucket, prefix = bucketState, append([]byte(f.State), 0)
+		case f.AgentID != "":
+			bucket, prefix = bucketAgent, append([]byte(f.AgentID), 0)
+		default:
+			bucket = bucketGrants
+		}
+		c := tx.Bucket(bucket).Cursor()
+		start := append(append([]byte{}, prefix...), 0xff)
+		if f.Before != "" {
+			start = append(append([]byte{}, prefix...), f.Before...)
+		}
+		k, _ := c.Seek(start)
+		if k == nil {
+			k, _ = c.Last()
+		} else {
+			k, _ = c.Prev()
+		}
+		grants := tx.Bucket(bucketGrants)
+		for ; k != nil && bytes.HasPrefix(k, prefix) && len(out) < f.Limit; k, _ = c.Prev() {
+			v := grants.Get(k[len(prefix):])
+			if v == nil {
+				return fmt.Errorf("grant index %s points at a missing grant", bucket)
+			}
+			var g Grant
+			if err := json.Unmarshal(v, &g); err != nil {
+				return err
+			}
+			if match(&g) {
+				out = append(out, &g)
+			}
+		}
+		return nil
+	})
+	return out, err
+}
+
+// Approve adds an operator's approval to a pending grant. Once required
+// distinct operators have approved, the grant is approved and redeemable
+// for redeemWithin. It returns ErrState (wrapped) when the grant is not
+// pending or has expired, when the operator already approved it, or when
+// the operator is one of its requesters.
+func (s *Store) Approve(ctx context.Context, id string, d Decision, redeemWithin time.Duration, e audit.Entry) (*Grant, error) {
+	return s.change(ctx, id, d.At, e, func(g *Grant) error {
+		if st := g.StateAt(d.At); st != StatePending {
+			return fmt.Errorf("%w: grant %s is %s", ErrState, id, st)
+		}
+		if g.IsRequester(d.Operator) {
+			return fmt.Errorf("%w: %s asked for this access and cannot approve it", ErrSelfApproval, d.Operator)
+		}
+		for _, a := range g.Approvals {
+			if a.Operator == d.Operator {
+				return fmt.Errorf("%w: %s already approved grant %s; approvals must come from distinct operators", ErrState, d.Operator, id)
+			}
+		}
+		g.Approvals = append(g.Approvals, d)
+		if len(g.Approvals) >= g.Required {
+			g.State = StateApproved
+			g.ApprovedAt = d.At
+			g.RedeemBy = d.At.Add(redeemWithin)
+		}
+		return nil
+	})
+}
+
+// ErrSelfApproval: an operator tried to approve a request they made.
+var ErrSelfApproval = errors.New("self-approval refused")
+
+// Deny ends a pending grant.
+func (s *Store) Deny(ctx context.Context, id string, d Decision, e audit.Entry) (*Grant, error) {
+	return s.change(ctx, id, d.At, e, func(g *Grant) error {
+		if st := g.StateAt(d.At); st != StatePending && st != StateApproved {
+			return fmt.Errorf("%w: grant %s is %s", ErrState, id, st)
+		}
+		g.State = StateDenied
+		g.Denial = &d
+		g.EndedAt = d.At
+		return nil
+	})
+}
+
+// Redeem consumes an approved grant: compare-and-swap from approved to
+// redeemed in one transaction, so of concurrent redeems exactly one wins.
+// The caller must be the grant's agent and present the same binding, before
+// the grant's redeem deadline.
+func (s *Store) Redeem(ctx context.Context, id, agentID, binding string, now time.Time, e audit.Entry) (*Grant, error) {
+	return s.change(ctx, id, now, e, func(g *Grant) error {
+		if g.AgentID != agentID {
+			return fmt.Errorf("%w: grant %s belongs to another agent", ErrNotFound, id)
+		}
+		if st := g.StateAt(now); st != StateApproved {
+			return fmt.Errorf("%w: grant %s is %s, not approved", ErrState, id, st)
+		}
+		if g.Binding != binding {
+			return fmt.Errorf("%w: grant %s was approved for a different request", ErrTampered, id)
+		}
+		g.State = StateRedeemed
+		g.EndedAt = now
+		return nil
+	})
+}
+
+// ErrTampered: the stored request does not match its binding.
+var ErrTampered = errors.New("grant does not match the approved request")
+
+// Redeemed records the lease a redeemed grant minted.
+func (s *Store) Redeemed(ctx context.Context, id, leaseID string, now time.Time) (*Grant, error) {
+	return s.change(ctx, id, now, audit.Entry{}, func(g *Grant) error {
+		g.LeaseID = leaseID
+		return nil
+	})
+}
+
+// Unredeem gives an approved grant back after its mint failed, so the agent
+// can try again before the deadline.
+func (s *Store) Unredeem(ctx context.Context, id string, now time.Time, e audit.Entry) (*Grant, error) {
+	return s.change(ctx, id, now, e, func(g *Grant) error {
+		if g.State != StateRedeemed || g.LeaseID != "" {
+			return errUnchanged
+		}
+		g.State = StateApproved
+		g.EndedAt = time.Time{}
+		return nil
+	})
+}
+
+// Review records an operator's after-the-fact review of a break-glass grant.
+func (s *Store) Review(ctx context.Context, id string, d Decision, e audit.Entry) (*Grant, error) {
+	return s.change(ctx, id, d.At, e, func(g *Grant) error {
+		if g.Kind != KindBreakGlass {
+			return fmt.Errorf("%w: grant %s is not a break-glass grant", ErrState, id)
+		}
+		if g.Review != nil {
+			return fmt.Errorf("%w: grant %s was reviewed by %s already", ErrState, id, g.Review.Operator)
+		}
+		g.Review = &d
+		return nil
+	})
+}
+
+// ExpireDue records the expiry of pending and approved grants past their
+// deadlines, each with an audit record, and returns them.
+func (s *Store) ExpireDue(ctx context.Context, now time.Time) ([]*Grant, error) {
+	var out []*Grant
+	err := s.db.Update(ctx, func(tx *bbolt.Tx) error {
+		out = out[:0]
+		for _, st := range []State{StatePending, StateApproved} {
+			prefix := append([]byte(st), 0)
+			c := tx.Bucket(bucketState).Cursor()
+			var ids []string
+			for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+				ids = append(ids, string(k[len(prefix):]))
+			}
+			for _, id := range ids {
+				old, err := get(tx, id)
+				if err != nil {
+					return err
+				}
+				if old.StateAt(now) != StateExpired {
+					continue
+				}
+				g := *old
+				g.State, g.EndedAt = StateExpired, now
+				if err := putGrant(tx, old, &g); err != nil {
+					return err
+				}
+				reason := "not approved in time"
+				if old.State == StateApproved {
+					reason = "approved but not redeemed in time"
+				}
+				if err := s.db.AppendAuditTx(tx, now, withGrant(audit.Entry{
+					Kind: audit.KindGrantExpired, Actor: audit.Actor{Type: audit.ActorSystem, ID: "valet"}, Reason: reason,
+				}, &g)); err != nil {
+					return err
+				}
+				out = append(out, &g)
+			}
+		}
+		return nil
+	})
+	return out, err
+}
+
+// errUnchanged leaves a grant as it is without an error.
+var errUnchanged = errors.New("unchanged")
+
+func (s *Store) change(ctx context.Context, id string, now time.Time, e audit.Entry, fn func(g *Grant) error) (*Grant, error) {
+	var out *Grant
+	err := s.db.Update(ctx, func(tx *bbolt.Tx) error {
+		old, err := get(tx, id)
+		if err != nil {
+			return err
+		}
+		g := *old
+		g.Approvals = append([]Decision(nil), old.Approvals...)
+		if err := fn(&g); err != nil {
+			if errors.Is(err, errUnchanged) {
+				out = old
+				return nil
+			}
+			return err
+		}
+		if err := putGrant(tx, old, &g); err != nil {
+			return err
+		}
+		if e.Kind != "" {
+			if err := s.db.AppendAuditTx(tx, now, withGrant(e, &g)); err != nil {
+				return err
+			}
+		}
+		out = &g
+		return nil
+	})
+	return out, err
+}
+
+// withGrant fills an audit entry's subject fields from the grant.
+func withGrant(e audit.Entry, g *Grant) audit.Entry {
+	if e.AgentID == "" {
+		e.AgentID = g.AgentID
+	}
+	if e.Role == "" {
+		e.Role = g.Role
+	}
+	if e.LeaseID == "" {
+		e.LeaseID = g.LeaseID
+	}
+	if e.Details == nil {
+		e.Details = map[string]string{}
+	}
+	e.Details["grant_id"] = g.ID
+	return e
+}
+
+func get(tx *bbolt.Tx, id string) (*Grant, error) {
+	v := tx.Bucket(bucketGrants).Get([]byte(id))
+	if v == nil {
+		return nil, ErrNotFound
+	}
+	var g Grant
+	if err := json.Unmarshal(v, &g); err != nil {
+		return nil, fmt.Errorf("decode grant %s: %w", id, err)
+	}
+	return &g, nil
+}
+
+func putGrant(tx *bbolt.Tx, old, g *Grant) error {
+	v, err := json.Marshal(g)
+	if err != nil {
+		return err
+	}
+	return put(tx, old, g, v)
+}
+
+// put stores g and keeps the state and review indexes in line.
+func put(tx *bbolt.Tx, old, g *Grant, v []byte) error {
+	if err := tx.Bucket(bucketGrants).Put([]byte(g.ID), v); err != nil {
+		return err
+	}
+	if old == nil || old.State != g.State {
+		if old != nil {
+			if err := tx.Bucket(bucketState).Delete(joinKey(string(old.State), g.ID)); err != nil {
+				return err
+			}
+		}
+		if err := tx.Bucket(bucketState).Put(joinKey(string(g.State), g.ID), nil); err != nil {
+			return err
+		}
+	}
+	review := tx.Bucket(bucketReview)
+	if g.Kind == KindBreakGlass && g.Review == nil {
+		return review.Put([]byte(g.ID), nil)
+	}
+	return review.Delete([]byte(g.ID))
+}
+
+func joinKey(prefix, id string) []byte {
+	k := make([]byte, 0, len(prefix)+1+len(id))
+	k = append(k, prefix...)
+	k = append(k, 0)
+	return append(k, id...)
+}
