@@ -12,6 +12,11 @@ type Action string
 const (
 	ActionMint  Action = "mint"
 	ActionRenew Action = "renew"
+	// ActionRedeem is asked when an agent redeems an approved grant, with
+	// context.approvals set to the number of distinct approvers.
+	ActionRedeem Action = "redeem"
+	// ActionBreakGlass is asked for emergency access without approval.
+	ActionBreakGlass Action = "break_glass"
 )
 
 // AuthzRequest is one question to the policy engine.

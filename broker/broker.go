@@ -10,12 +10,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/valet-broker/valet/backends"
 	"github.com/valet-broker/valet/broker/audit"
 	"github.com/valet-broker/valet/broker/clock"
 	"github.com/valet-broker/valet/broker/failpoint"
+	"github.com/valet-broker/valet/broker/grants"
 	"github.com/valet-broker/valet/leases"
 )
 
@@ -53,6 +55,11 @@ type Options struct {
 	Clock      clock.Clock
 	Logger     *slog.Logger
 	Observer   Observer
+	// Grants stores approval requests; without it, roles that need
+	// approval are refused.
+	Grants *grants.Store
+	// Notifier hears about grants and break-glass use (optional).
+	Notifier Notifier
 }
 
 // Broker runs the credential flows.
@@ -70,6 +77,9 @@ type Broker struct {
 	obs      Observer
 	limiter  *agentLimiter
 	roles    map[string]*Role
+	grants   *grants.Store
+	notifier Notifier
+	waiters  grantWaiters
 }
 
 // New checks that every role's backend exists and accepts the role's
@@ -87,7 +97,7 @@ func New(o Options) (*Broker, error) {
 	b := &Broker{
 		cfg: o.Config, store: o.Store, auditor: o.Auditor, verifier: o.Verifier, authz: o.Authorizer,
 		backends: o.Backends, revoker: o.Revoker, expiry: o.Expiry, clock: o.Clock, log: o.Logger, obs: o.Observer,
-		roles: map[string]*Role{},
+		roles: map[string]*Role{}, grants: o.Grants, notifier: o.Notifier,
 	}
 	b.limiter = newAgentLimiter(o.Config.Limits.AgentRate, o.Config.Limits.AgentBurst, o.Clock)
 	for i := range o.Config.Roles {
@@ -136,12 +146,20 @@ type MintRequest struct {
 	Scope     map[string]any
 	SourceIP  string
 	RequestID string
+	// BreakGlass asks for emergency access to a role that allows it: it
+	// mints at once (policy action break_glass, TTL capped by the role's
+	// break-glass limit), needs a reason, and is flagged for review.
+	BreakGlass bool
 }
 
-// MintResult is a minted credential. Credential is shown to the agent once.
+// MintResult is a minted credential, or a grant waiting for approval.
+// Credential is shown to the agent once.
 type MintResult struct {
 	Lease      *leases.Lease
 	Credential map[string]any
+	// Grant is set when the role needs approval (no credential yet) and
+	// for break-glass mints.
+	Grant *grants.Grant
 }
 
 // Mint verifies the attestation, checks policy, records a pending lease,
@@ -180,30 +198,48 @@ func (b *Broker) Mint(ctx context.Context, req MintRequest) (res *MintResult, er
 		return nil, Errorf(EINVALID, "ttl must be at least 1s")
 	}
 	ttl = min(ttl, role.MaxTTL.D())
+	action := ActionMint
+	if req.BreakGlass {
+		if !role.Approval.BreakGlass.Allowed {
+			err := Errorf(EFORBIDDEN, "role %s does not allow break-glass access", role.Name)
+			b.deny(ctx, p, audit.KindBreakGlass, role.Name, req.RequestID, err.Message, Decision{})
+			return nil, err
+		}
+		if len(strings.TrimSpace(req.Reason)) < 10 {
+			return nil, Errorf(EINVALID, "break-glass access needs a justification: give a reason of at least 10 characters")
+		}
+		action = ActionBreakGlass
+		ttl = min(ttl, role.Approval.BreakGlass.MaxTTL.D())
+	}
 
 	now := b.clock.Now()
 	dec, err := b.authz.Authorize(ctx, AuthzRequest{
-		Principal: p, Action: ActionMint, Role: role,
+		Principal: p, Action: action, Role: role,
 		Context: AuthzContext{TTL: ttl, Reason: req.Reason, SourceIP: req.SourceIP, Now: now},
 	})
 	if err != nil {
 		return nil, Wrap(EINTERNAL, err, "policy evaluation failed")
 	}
 	if !dec.Allowed {
-		b.deny(ctx, p, audit.KindMint, role.Name, req.RequestID, dec.Reason(), dec)
-		return nil, Errorf(EFORBIDDEN, "%s: agent %s may not mint role %s", dec.Reason(), p.ID, role.Name)
+		kind := audit.KindMint
+		if req.BreakGlass {
+			kind = audit.KindBreakGlass
+		}
+		b.deny(ctx, p, kind, role.Name, req.RequestID, dec.Reason(), dec)
+		return nil, Errorf(EFORBIDDEN, "%s: agent %s may not %s role %s", dec.Reason(), p.ID, strings.ReplaceAll(string(action), "_", "-"), role.Name)
 	}
 	// Invariant 8: a scope the backend would refuse is refused before
 	// anything is recorded, not after a pending lease exists.
 	if err := b.checkScope(role, req.Scope); err != nil {
 		return nil, err
 	}
-	if role.Approval.Required > 0 {
-		msg := fmt.Sprintf("role %s requires approval by %d operator(s); this server does not run the approval workflow", role.Name, role.Approval.Required)
-		b.deny(ctx, p, audit.KindMint, role.Name, req.RequestID, msg, dec)
-		return nil, Errorf(EFORBIDDEN, "%s", msg)
+	switch {
+	case req.BreakGlass:
+		return b.breakGlass(ctx, p, role, ttl, req, dec, now)
+	case role.Approval.Required > 0:
+		return b.requestGrant(ctx, p, role, ttl, req, dec, now)
 	}
-	return b.mint(ctx, p, role, ttl, req, dec, now)
+	return b.mint(ctx, p, role, ttl, req, dec, now, nil)
 }
 
 // checkScope asks the role's backend whether it accepts the client's scope
@@ -226,12 +262,20 @@ func (b *Broker) checkScope(role *Role, scope map[string]any) error {
 }
 
 // mint runs the side-effecting part of a mint: intent, backend, activation.
-func (b *Broker) mint(ctx context.Context, p *Principal, role *Role, ttl time.Duration, req MintRequest, dec Decision, now time.Time) (*MintResult, error) {
+// g is the grant the lease comes from, if any.
+func (b *Broker) mint(ctx context.Context, p *Principal, role *Role, ttl time.Duration, req MintRequest, dec Decision, now time.Time, g *grants.Grant) (*MintResult, error) {
 	be := b.backends[role.Backend]
 	l := &leases.Lease{
 		ID: leases.NewID(now), AgentID: p.ID, Role: role.Name, Backend: role.Backend,
 		State: leases.StatePending, CreatedAt: now, ExpiresAt: now.Add(ttl),
 		MaxExpires: now.Add(role.MaxTTL.D()), Lineage: p.Lineage, RequestID: req.RequestID, Scope: req.Scope,
+	}
+	if g != nil {
+		l.GrantID, l.Approvers = g.ID, g.Approvers()
+		if g.Kind == grants.KindBreakGlass {
+			// A break-glass lease never renews past its cap.
+			l.MaxExpires = l.ExpiresAt
+		}
 	}
 	_, canRenew := be.(backends.Renewer)
 	l.Renewable = canRenew && role.IsRenewable() && l.MaxExpires.After(l.ExpiresAt)
@@ -279,6 +323,10 @@ func (b *Broker) mint(ctx context.Context, p *Principal, role *Role, ttl time.Du
 		Kind: audit.KindMint, Actor: agentActor(p), Decision: audit.Allow, Reason: dec.Reason(),
 		AgentID: p.ID, Role: role.Name, LeaseID: l.ID, PolicyVersion: dec.Version, PolicyIDs: dec.PolicyIDs,
 		RequestID: req.RequestID, Details: map[string]string{"ttl": ttl.String(), "backend": role.Backend},
+	}
+	if g != nil {
+		entry.Details["grant_id"] = g.ID
+		entry.Details["approvers"] = strings.Join(g.Approvers(), ",")
 	}
 	var active *leases.Lease
 	if selfContained {

@@ -17,10 +17,11 @@ func (s *Server) registerCredentialRoutes(r chi.Router) {
 
 // credentialRequest is the body of POST /v1/credentials.
 type credentialRequest struct {
-	Role   string           `json:"role"`
-	TTL    *broker.Duration `json:"ttl,omitempty"`
-	Reason string           `json:"reason,omitempty"`
-	Scope  map[string]any   `json:"scope,omitempty"`
+	Role       string           `json:"role"`
+	TTL        *broker.Duration `json:"ttl,omitempty"`
+	Reason     string           `json:"reason,omitempty"`
+	Scope      map[string]any   `json:"scope,omitempty"`
+	BreakGlass bool             `json:"break_glass,omitempty"`
 }
 
 // Validate checks the request's shape; the broker checks it against the
@@ -74,6 +75,9 @@ type credentialResponse struct {
 	ExpiresAt  time.Time      `json:"expires_at"`
 	Renewable  bool           `json:"renewable"`
 	Credential map[string]any `json:"credential"`
+	// GrantID is set for credentials that came from a grant (approved or
+	// break-glass).
+	GrantID string `json:"grant_id,omitempty"`
 }
 
 func (s *Server) handleCredentialCreate(w http.ResponseWriter, r *http.Request) {
@@ -88,7 +92,7 @@ func (s *Server) handleCredentialCreate(w http.ResponseWriter, r *http.Request) 
 		return
 	}
 	mr := broker.MintRequest{
-		Attestation: tok, Role: req.Role, Reason: req.Reason, Scope: req.Scope,
+		Attestation: tok, Role: req.Role, Reason: req.Reason, Scope: req.Scope, BreakGlass: req.BreakGlass,
 		SourceIP: sourceIP(r), RequestID: requestID(r.Context()),
 	}
 	if req.TTL != nil {
@@ -99,9 +103,36 @@ func (s *Server) handleCredentialCreate(w http.ResponseWriter, r *http.Request) 
 		s.Error(w, r, err)
 		return
 	}
+	if res.Lease == nil {
+		// The role needs approval: the request is now a grant to poll.
+		w.Header().Set("Location", "/v1/grants/"+res.Grant.ID)
+		writeJSON(w, http.StatusAccepted, pendingResponse{
+			GrantID: res.Grant.ID, Status: string(res.Grant.State), Role: res.Grant.Role,
+			ApprovalsRequired: res.Grant.Required, ExpiresAt: res.Grant.ExpiresAt.UTC(),
+		})
+		return
+	}
+	writeCredential(w, res)
+}
+
+// pendingResponse is the body of a 202 from POST /v1/credentials.
+type pendingResponse struct {
+	GrantID           string    `json:"grant_id"`
+	Status            string    `json:"status"`
+	Role              string    `json:"role"`
+	ApprovalsRequired int       `json:"approvals_required"`
+	ExpiresAt         time.Time `json:"expires_at"`
+}
+
+// writeCredential answers 201 with a minted credential.
+func writeCredential(w http.ResponseWriter, res *broker.MintResult) {
 	w.Header().Set("Location", "/v1/leases/"+res.Lease.ID)
-	writeJSON(w, http.StatusCreated, credentialResponse{
+	out := credentialResponse{
 		LeaseID: res.Lease.ID, Role: res.Lease.Role, AgentID: res.Lease.AgentID,
 		ExpiresAt: res.Lease.ExpiresAt.UTC(), Renewable: res.Lease.Renewable, Credential: res.Credential,
-	})
+	}
+	if res.Grant != nil {
+		out.GrantID = res.Grant.ID
+	}
+	writeJSON(w, http.StatusCreated, out)
 }

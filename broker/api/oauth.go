@@ -148,6 +148,12 @@ func (s *Server) handleTokenExchange(w http.ResponseWriter, r *http.Request) {
 		s.writeOAuthError(w, r, oe, nil)
 		return
 	}
+	if role, err := s.b.Role(req.Role); err == nil && role.Approval.Required > 0 {
+		// A token endpoint answers at once; approval takes a person.
+		s.writeOAuthError(w, r, &oauthError{Error: "invalid_target", status: http.StatusBadRequest,
+			Description: "role " + req.Role + " requires operator approval: request it with POST /v1/credentials, then redeem the grant"}, nil)
+		return
+	}
 	mr := broker.MintRequest{Attestation: req.SubjectToken, Role: req.Role, SourceIP: sourceIP(r), RequestID: requestID(r.Context())}
 	if len(req.Scopes) > 0 {
 		list := make([]any, len(req.Scopes))

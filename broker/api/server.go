@@ -88,6 +88,7 @@ func New(cfg Config) *Server {
 		s.registerLeaseRoutes(r)
 		s.registerAuditRoutes(r)
 		s.registerRoleRoutes(r)
+		s.registerGrantRoutes(r)
 	})
 	if cfg.UI != nil {
 		r.Mount("/ui", cfg.UI)

@@ -346,7 +346,6 @@ func TestCredentialsDenied(t *testing.T) {
 	}{
 		{name: "unknown role", role: "no-such-role", status: 404, wantDetail: `"no-such-role" does not exist`},
 		{name: "blocked by policy", claims: map[string]any{"blocked": true}, role: "demo", status: 403, wantPolicy: []string{"deny-blocked"}, wantDetail: "forbidden by policy"},
-		{name: "approval required", role: "elevated", status: 403, wantPolicy: []string{"mint-elevated"}, wantDetail: "requires approval"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -994,7 +993,7 @@ func TestSecretsNeverLeak(t *testing.T) {
 	}{
 		{sign("agent-1", map[string]any{"blocked": true}), map[string]any{"role": "demo"}},
 		{sign("agent-1", nil), map[string]any{"role": "no-such-role"}},
-		{sign("agent-1", nil), map[string]any{"role": "elevated"}},
+		{sign("agent-1", nil), map[string]any{"role": "two-keys"}}, // no reason: the policy refuses
 		{sign("agent-1", map[string]any{"aud": "other"}), map[string]any{"role": "demo"}},
 		{sign("agent-1", map[string]any{"exp": time.Now().Add(-time.Hour).Unix()}), map[string]any{"role": "demo"}},
 		{sign("agent-1", nil), `{"role":"demo","bogus":1}`},

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -22,8 +23,12 @@ import (
 	"github.com/valet-broker/valet/broker/clock"
 )
 
-// testOperatorToken is the operator token of every test server.
+// testOperatorToken is the operator token of alice, the first operator of
+// every test server; opToken gives the others' (bob and owner@example.com
+// are approvers, carol is not).
 const testOperatorToken = "valet_op_test_token_0123456789"
+
+func opToken(name string) string { return "valet_op_test_" + name }
 
 // testEnv is a real valet server running in-process on a free loopback
 // port, with a dev issuer to sign attestations.
@@ -41,6 +46,31 @@ type testEnv struct {
 	// level (it must be safe for concurrent writes); by default the log
 	// is discarded.
 	Log io.Writer
+	// Events records the notifications the server sent.
+	Events *eventLog
+}
+
+// eventLog is a broker.Notifier that remembers events.
+type eventLog struct {
+	mu     sync.Mutex
+	events []broker.Event
+}
+
+func (l *eventLog) Notify(e broker.Event) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.events = append(l.events, e)
+}
+
+// Types returns the event types so far, in order.
+func (l *eventLog) Types() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []string
+	for _, e := range l.events {
+		out = append(out, e.Type)
+	}
+	return out
 }
 
 // testPolicy permits the test roles to agents of the "test" issuer and
@@ -61,6 +91,10 @@ permit(principal in Issuer::"test", action in [Action::"mint", Action::"renew"],
 
 @id("mint-elevated")
 permit(principal in Issuer::"test", action == Action::"mint", resource == Role::"elevated");
+
+@id("elevated-roles")
+permit(principal in Issuer::"test", action in [Action::"mint", Action::"redeem", Action::"break_glass"], resource)
+when { resource.approvals_required > 0 && context.reason != "" };
 
 @id("mint-ledger")
 permit(principal in Issuer::"test", action == Action::"mint", resource == Role::"ledger");
@@ -106,12 +140,35 @@ roles:
   - name: ledger
     backend: ledger
     ttl: 1h
+  - name: two-keys
+    backend: tokens
+    ttl: 2m
+    approval:
+      required: 2
+      approvers: {groups: [approvers]}
+      request_ttl: 10m
+      redeem_within: 5m
+  - name: glass
+    backend: tokens
+    ttl: 10m
+    approval:
+      required: 1
+      break_glass: {allowed: true, max_ttl: 2m}
 policy:
   dir: %[1]s/policies
 operators:
   tokens:
     - name: alice
       sha256: %[2]s
+      groups: [approvers]
+    - name: bob
+      sha256: %[3]s
+      groups: [approvers]
+    - name: carol
+      sha256: %[4]s
+    - name: owner@example.com
+      sha256: %[5]s
+      groups: [approvers]
 limits:
   agent_rate: -1
   max_body_bytes: 4096
@@ -135,7 +192,8 @@ func newTestEnv(t testing.TB) *testEnv {
 	if err := os.WriteFile(filepath.Join(dir, "policies", "test.cedar"), []byte(testPolicy), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cfgText := fmt.Sprintf(testConfig, dir, broker.HashToken(testOperatorToken))
+	cfgText := fmt.Sprintf(testConfig, dir, broker.HashToken(testOperatorToken),
+		broker.HashToken(opToken("bob")), broker.HashToken(opToken("carol")), broker.HashToken(opToken("owner@example.com")))
 	if err := os.WriteFile(filepath.Join(dir, "config.yaml"), []byte(cfgText), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -159,7 +217,8 @@ func (e *testEnv) Start() *testEnv {
 	if e.Log != nil {
 		logger = slog.New(slog.NewTextHandler(e.Log, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
-	s := &Server{Config: e.Config, KEK: kek, Logger: logger, Clock: e.Clock, Registry: reg}
+	e.Events = &eventLog{}
+	s := &Server{Config: e.Config, KEK: kek, Logger: logger, Clock: e.Clock, Registry: reg, Notifier: e.Events}
 	if err := s.Open(context.Background()); err != nil {
 		e.t.Fatal(err)
 	}

@@ -27,6 +27,7 @@ import (
 	"github.com/valet-broker/valet/broker/attest"
 	"github.com/valet-broker/valet/broker/audit"
 	"github.com/valet-broker/valet/broker/clock"
+	"github.com/valet-broker/valet/broker/grants"
 	"github.com/valet-broker/valet/broker/policy"
 	"github.com/valet-broker/valet/leases"
 )
@@ -41,6 +42,9 @@ type Server struct {
 	Clock  clock.Clock
 	// Registry lists the backend types (default: builtin.Registry()).
 	Registry backends.Registry
+	// Notifier receives grant and break-glass events (optional; serve sets
+	// the webhook dispatcher).
+	Notifier broker.Notifier
 
 	store    *leases.BoltStore
 	sink     *audit.LineSink
@@ -179,9 +183,14 @@ func (s *Server) Open(ctx context.Context) (err error) {
 		}
 	}
 
+	grantStore, err := grants.NewStore(s.store)
+	if err != nil {
+		return err
+	}
 	s.broker, err = broker.New(broker.Options{
 		Config: cfg, Store: s.store, Auditor: s.store, Verifier: verifier, Authorizer: s.policy, Backends: bes,
 		Revoker: s.queue, Expiry: s.expirer, Clock: s.Clock, Logger: log, Observer: s.metrics,
+		Grants: grantStore, Notifier: s.Notifier,
 	})
 	if err != nil {
 		return err
@@ -220,6 +229,7 @@ func (s *Server) Open(ctx context.Context) (err error) {
 		})
 	}
 	s.goRun(func() { s.housekeeping(wctx, replay) })
+	s.goRun(func() { s.expireGrants(wctx) })
 
 	s.http = &http.Server{
 		Handler:           s.api,
@@ -291,6 +301,23 @@ func (s *Server) housekeeping(ctx context.Context, replay *attest.BoltReplayCach
 		}
 		if _, err := replay.Purge(now); err != nil && ctx.Err() == nil {
 			s.Logger.Error("purge replay cache", "err", err)
+		}
+	}
+}
+
+// expireGrants records grants that passed their deadlines, every few
+// seconds, so operators and webhooks hear about them promptly.
+func (s *Server) expireGrants(ctx context.Context) {
+	for {
+		t := s.Clock.NewTimer(5 * time.Second)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C():
+		}
+		if _, err := s.broker.ExpireGrants(ctx); err != nil && ctx.Err() == nil {
+			s.Logger.Error("expire grants", "err", err)
 		}
 	}
 }

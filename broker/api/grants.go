@@ -1,0 +1,185 @@
+package api
+
+import (
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/valet-broker/valet/broker"
+	"github.com/valet-broker/valet/broker/grants"
+)
+
+func (s *Server) registerGrantRoutes(r chi.Router) {
+	r.With(s.requireOperator).Get("/grants", s.handleGrantList)
+	r.Get("/grants/{id}", s.handleGrantGet)
+	r.Post("/grants/{id}/redeem", s.handleGrantRedeem)
+	r.With(s.requireOperator).Post("/grants/{id}/approve", s.handleGrantDecision("approve"))
+	r.With(s.requireOperator).Post("/grants/{id}/deny", s.handleGrantDecision("deny"))
+	r.With(s.requireOperator).Post("/grants/{id}/review", s.handleGrantDecision("review"))
+}
+
+// grantView is a grant as the API shows it.
+type grantView struct {
+	ID                string            `json:"id"`
+	Kind              string            `json:"kind"`
+	AgentID           string            `json:"agent_id"`
+	Role              string            `json:"role"`
+	TTL               string            `json:"ttl"`
+	Scope             map[string]any    `json:"scope,omitempty"`
+	Reason            string            `json:"reason"`
+	State             grants.State      `json:"state"`
+	ApprovalsRequired int               `json:"approvals_required"`
+	Approvals         []grants.Decision `json:"approvals"`
+	Denial            *grants.Decision  `json:"denial,omitempty"`
+	Review            *grants.Decision  `json:"review,omitempty"`
+	ReviewPending     bool              `json:"review_pending,omitempty"`
+	CreatedAt         time.Time         `json:"created_at"`
+	ExpiresAt         time.Time         `json:"expires_at"`
+	ApprovedAt        time.Time         `json:"approved_at,omitzero"`
+	RedeemBy          time.Time         `json:"redeem_by,omitzero"`
+	EndedAt           time.Time         `json:"ended_at,omitzero"`
+	LeaseID           string            `json:"lease_id,omitempty"`
+	Lineage           any               `json:"lineage,omitempty"`
+}
+
+func viewGrant(g *grants.Grant) grantView {
+	v := grantView{
+		ID: g.ID, Kind: g.Kind, AgentID: g.AgentID, Role: g.Role, TTL: g.TTL.String(), Scope: g.Scope, Reason: g.Reason,
+		State: g.State, ApprovalsRequired: g.Required, Approvals: g.Approvals, Denial: g.Denial, Review: g.Review,
+		ReviewPending: g.Kind == grants.KindBreakGlass && g.Review == nil,
+		CreatedAt:     g.CreatedAt.UTC(), ExpiresAt: g.ExpiresAt.UTC(), LeaseID: g.LeaseID, Lineage: g.Lineage,
+	}
+	if v.Approvals == nil {
+		v.Approvals = []grants.Decision{}
+	}
+	if !g.ApprovedAt.IsZero() {
+		v.ApprovedAt = g.ApprovedAt.UTC()
+	}
+	if !g.RedeemBy.IsZero() {
+		v.RedeemBy = g.RedeemBy.UTC()
+	}
+	if !g.EndedAt.IsZero() {
+		v.EndedAt = g.EndedAt.UTC()
+	}
+	return v
+}
+
+// maxWait bounds a long poll.
+const maxWait = 60 * time.Second
+
+// handleGrantGet answers the agent's poll (or an operator's look). With
+// ?wait=30s it waits, while the grant is pending, until it changes.
+func (s *Server) handleGrantGet(w http.ResponseWriter, r *http.Request) {
+	c, err := s.caller(r)
+	if err != nil {
+		s.Error(w, r, err)
+		return
+	}
+	var wait time.Duration
+	if v := r.URL.Query().Get("wait"); v != "" {
+		d, err := broker.ParseDuration(v)
+		if err != nil || d > maxWait {
+			s.Error(w, r, broker.Errorf(broker.EINVALID, "wait must be a duration of at most %s, such as 30s", maxWait))
+			return
+		}
+		wait = d
+	}
+	g, err := s.b.WaitGrant(r.Context(), c, chi.URLParam(r, "id"), wait)
+	if err != nil {
+		s.Error(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, viewGrant(g))
+}
+
+func (s *Server) handleGrantRedeem(w http.ResponseWriter, r *http.Request) {
+	tok, err := s.bearer(r)
+	if err != nil {
+		s.Error(w, r, err)
+		return
+	}
+	res, err := s.b.RedeemGrant(r.Context(), broker.RedeemRequest{
+		Attestation: tok, GrantID: chi.URLParam(r, "id"), SourceIP: sourceIP(r), RequestID: requestID(r.Context()),
+	})
+	if err != nil {
+		s.Error(w, r, err)
+		return
+	}
+	writeCredential(w, res)
+}
+
+// decisionRequest is the optional body of approve, deny and review.
+type decisionRequest struct {
+	Comment string `json:"comment,omitempty"`
+}
+
+func (d *decisionRequest) Validate() error { return validateReason(d.Comment) }
+
+func (s *Server) handleGrantDecision(kind string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		var req decisionRequest
+		if r.ContentLength != 0 {
+			if err := decodeJSON(r, &req); err != nil {
+				s.Error(w, r, err)
+				return
+			}
+		}
+		op, id, rid := operatorFrom(r.Context()), chi.URLParam(r, "id"), requestID(r.Context())
+		var g *grants.Grant
+		var err error
+		switch kind {
+		case "approve":
+			g, err = s.b.ApproveGrant(r.Context(), op, id, req.Comment, rid)
+		case "deny":
+			g, err = s.b.DenyGrant(r.Context(), op, id, req.Comment, rid)
+		default:
+			g, err = s.b.ReviewGrant(r.Context(), op, id, req.Comment, rid)
+		}
+		if err != nil {
+			s.Error(w, r, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, viewGrant(g))
+	}
+}
+
+type grantListResponse struct {
+	Grants []grantView `json:"grants"`
+	Next   string      `json:"next,omitempty"`
+}
+
+func (s *Server) handleGrantList(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	f := grants.Filter{State: grants.State(q.Get("state")), AgentID: q.Get("agent_id"), Role: q.Get("role"), Kind: q.Get("kind"),
+		ReviewPending: q.Get("review") == "pending", Before: q.Get("before")}
+	switch f.State {
+	case "", grants.StatePending, grants.StateApproved, grants.StateDenied, grants.StateExpired, grants.StateRedeemed:
+	default:
+		s.Error(w, r, broker.Errorf(broker.EINVALID, "state %q is not one of pending, approved, denied, expired, redeemed", f.State))
+		return
+	}
+	f.Limit = 100
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 1000 {
+			s.Error(w, r, broker.Errorf(broker.EINVALID, "limit must be an integer from 1 to 1000"))
+			return
+		}
+		f.Limit = n
+	}
+	gs, err := s.b.ListGrants(r.Context(), f)
+	if err != nil {
+		s.Error(w, r, err)
+		return
+	}
+	out := grantListResponse{Grants: make([]grantView, 0, len(gs))}
+	for _, g := range gs {
+		out.Grants = append(out.Grants, viewGrant(g))
+	}
+	if len(gs) == f.Limit {
+		out.Next = gs[len(gs)-1].ID
+	}
+	writeJSON(w, http.StatusOK, out)
+}

@@ -1,0 +1,412 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/valet-broker/valet/broker/audit"
+	"github.com/valet-broker/valet/broker/grants"
+	"github.com/valet-broker/valet/leases"
+)
+
+// This file holds the approval workflow: an elevated role's request becomes
+// a grant bound to the exact request; operators approve or deny it; the
+// agent redeems it once. Break-glass mints at once and waits for review.
+
+// requestGrant records a grant for a policy-permitted request of a role
+// that needs approval, and announces it.
+func (b *Broker) requestGrant(ctx context.Context, p *Principal, role *Role, ttl time.Duration, req MintRequest, dec Decision, now time.Time) (*MintResult, error) {
+	if b.grants == nil {
+		return nil, Errorf(EFORBIDDEN, "role %s requires approval, and this server has no grant store", role.Name)
+	}
+	g := b.newGrant(p, role, ttl, req, dec, now, grants.KindApproval)
+	if err := b.grants.Create(ctx, g, now, audit.Entry{
+		Kind: audit.KindGrantRequest, Actor: agentActor(p), Decision: audit.Allow, Reason: req.Reason,
+		PolicyVersion: dec.Version, PolicyIDs: dec.PolicyIDs, RequestID: req.RequestID,
+		Details: map[string]string{"ttl": ttl.String(), "approvals_required": fmt.Sprint(g.Required)},
+	}); err != nil {
+		return nil, grantError(err)
+	}
+	b.notify(EventGrantRequested, SeverityInfo, g)
+	return &MintResult{Grant: g}, nil
+}
+
+// newGrant binds a request.
+func (b *Broker) newGrant(p *Principal, role *Role, ttl time.Duration, req MintRequest, dec Decision, now time.Time, kind string) *grants.Grant {
+	r := grants.Request{AgentID: p.ID, Role: role.Name, TTL: ttl, Scope: req.Scope, Reason: req.Reason, Lineage: p.Lineage}
+	g := &grants.Grant{
+		ID: leases.NewID(now), Kind: kind, AgentID: p.ID, Role: role.Name, TTL: ttl, Scope: req.Scope,
+		Reason: req.Reason, Lineage: p.Lineage, Requester: requesterIdentities(p, role), Binding: grants.Binding(r),
+		State: grants.StatePending, Required: role.Approval.Required, CreatedAt: now,
+		ExpiresAt: now.Add(role.Approval.RequestTTL.D()), PolicyVersion: dec.Version, RequestID: req.RequestID,
+	}
+	return g
+}
+
+// requesterIdentities are the agent id, its subject and the values of the
+// role's requester claims (e.g. email, CI actor): the people behind the
+// request, none of whom may approve it.
+func requesterIdentities(p *Principal, role *Role) []string {
+	ids := []string{p.ID, p.Subject}
+	for _, c := range role.Approval.RequesterClaims {
+		if v, ok := p.Claims[c].(string); ok && v != "" {
+			ids = append(ids, v)
+		}
+		if v, ok := p.Attributes[c]; ok && v != "" {
+			ids = append(ids, v)
+		}
+	}
+	return slices.Compact(ids)
+}
+
+// breakGlass mints at once for a role that allows emergency access, records
+// a break-glass grant awaiting review, and raises a high-severity event.
+func (b *Broker) breakGlass(ctx context.Context, p *Principal, role *Role, ttl time.Duration, req MintRequest, dec Decision, now time.Time) (*MintResult, error) {
+	if b.grants == nil {
+		return nil, Errorf(EFORBIDDEN, "break-glass needs a grant store, and this server has none")
+	}
+	g := b.newGrant(p, role, ttl, req, dec, now, grants.KindBreakGlass)
+	g.State, g.EndedAt, g.Required = grants.StateRedeemed, now, 0
+	if err := b.grants.Create(ctx, g, now, audit.Entry{
+		Kind: audit.KindBreakGlass, Actor: agentActor(p), Decision: audit.Allow, Reason: req.Reason,
+		PolicyVersion: dec.Version, PolicyIDs: dec.PolicyIDs, RequestID: req.RequestID,
+		Details: map[string]string{"ttl": ttl.String(), "severity": SeverityHigh},
+	}); err != nil {
+		return nil, grantError(err)
+	}
+	res, err := b.mint(ctx, p, role, ttl, req, dec, now, g)
+	if err != nil {
+		b.notify(EventBreakGlass, SeverityHigh, g) // the attempt itself is news
+		return nil, err
+	}
+	if g2, err := b.grants.Redeemed(ctx, g.ID, res.Lease.ID, b.clock.Now()); err == nil {
+		g = g2
+	} else {
+		b.log.Error("record break-glass lease on its grant", "grant", g.ID, "err", err)
+	}
+	b.notify(EventBreakGlass, SeverityHigh, g)
+	b.waiters.wake(g.ID)
+	res.Grant = g
+	return res, nil
+}
+
+// GetGrant returns a grant to its agent or an operator; another agent gets
+// ENOTFOUND. The state is as of now (a grant past its deadline shows
+// expired).
+func (b *Broker) GetGrant(ctx context.Context, c Caller, id string) (*grants.Grant, error) {
+	if b.grants == nil || !leases.ValidID(id) {
+		return nil, Errorf(ENOTFOUND, "grant %q not found", id)
+	}
+	g, err := b.grants.Get(ctx, id)
+	if err != nil {
+		return nil, grantError(err)
+	}
+	if c.Operator == nil && (c.Agent == nil || c.Agent.ID != g.AgentID) {
+		return nil, Errorf(ENOTFOUND, "grant %q not found", id)
+	}
+	g.State = g.StateAt(b.clock.Now())
+	return g, nil
+}
+
+// WaitGrant is GetGrant that, while the grant is pending, waits up to wait
+// for it to change (long polling).
+func (b *Broker) WaitGrant(ctx context.Context, c Caller, id string, wait time.Duration) (*grants.Grant, error) {
+	deadline := b.clock.Now().Add(wait)
+	for {
+		ch := b.waiters.add(id)
+		g, err := b.GetGrant(ctx, c, id)
+		if err != nil || g.State != grants.StatePending || wait <= 0 {
+			b.waiters.remove(id, ch)
+			return g, err
+		}
+		left := deadline.Sub(b.clock.Now())
+		if until := g.ExpiresAt.Sub(b.clock.Now()); until < left {
+			left = until
+		}
+		if left <= 0 {
+			b.waiters.remove(id, ch)
+			return g, nil
+		}
+		t := b.clock.NewTimer(left)
+		select {
+		case <-ch:
+		case <-t.C():
+		case <-ctx.Done():
+			t.Stop()
+			b.waiters.remove(id, ch)
+			return g, nil
+		}
+		t.Stop()
+		b.waiters.remove(id, ch)
+		if !b.clock.Now().Before(deadline) {
+			return b.GetGrant(ctx, c, id)
+		}
+	}
+}
+
+// ListGrants lists grants for operators.
+func (b *Broker) ListGrants(ctx context.Context, f grants.Filter) ([]*grants.Grant, error) {
+	if b.grants == nil {
+		return nil, nil
+	}
+	gs, err := b.grants.List(ctx, f)
+	if err != nil {
+		return nil, grantError(err)
+	}
+	now := b.clock.Now()
+	for _, g := range gs {
+		g.State = g.StateAt(now)
+	}
+	return gs, nil
+}
+
+// mayApprove reports whether op is among the role's approvers.
+func mayApprove(op *Operator, role *Role) bool {
+	a := role.Approval.Approvers
+	if len(a.Operators) == 0 && len(a.Groups) == 0 {
+		return true
+	}
+	if slices.Contains(a.Operators, op.Name) {
+		return true
+	}
+	for _, g := range op.Groups {
+		if slices.Contains(a.Groups, g) {
+			return true
+		}
+	}
+	return false
+}
+
+// ApproveGrant records op's approval. Errors: ENOTFOUND; EFORBIDDEN when op
+// is not an approver of the role or is one of the requesters; ECONFLICT
+// when the grant is not pending (or expired) or op already approved.
+func (b *Broker) ApproveGrant(ctx context.Context, op *Operator, id, comment, requestID string) (*grants.Grant, error) {
+	g, err := b.GetGrant(ctx, Caller{Operator: op}, id)
+	if err != nil {
+		return nil, err
+	}
+	role, ok := b.roles[g.Role]
+	if !ok {
+		return nil, Errorf(ECONFLICT, "role %s of grant %s is no longer configured", g.Role, id)
+	}
+	actor := audit.Actor{Type: audit.ActorOperator, ID: op.Name}
+	if !mayApprove(op, role) {
+		b.audit(ctx, audit.Entry{Kind: audit.KindGrantApprove, Actor: actor, Decision: audit.Deny, AgentID: g.AgentID, Role: g.Role,
+			Reason: "operator is not an approver of this role", RequestID: requestID, Details: map[string]string{"grant_id": id}})
+		return nil, Errorf(EFORBIDDEN, "operator %s is not among the approvers of role %s", op.Name, g.Role)
+	}
+	now := b.clock.Now()
+	ng, err := b.grants.Approve(ctx, id, grants.Decision{Operator: op.Name, At: now, Comment: comment, Method: op.Method},
+		role.Approval.RedeemWithin.D(), audit.Entry{
+			Kind: audit.KindGrantApprove, Actor: actor, Decision: audit.Allow, Reason: comment, RequestID: requestID,
+		})
+	if err != nil {
+		if errors.Is(err, grants.ErrSelfApproval) {
+			b.audit(ctx, audit.Entry{Kind: audit.KindGrantApprove, Actor: actor, Decision: audit.Deny, AgentID: g.AgentID, Role: g.Role,
+				Reason: "self-approval refused", RequestID: requestID, Details: map[string]string{"grant_id": id}})
+		}
+		return nil, grantError(err)
+	}
+	if ng.State == grants.StateApproved {
+		b.notify(EventGrantApproved, SeverityInfo, ng)
+	}
+	b.waiters.wake(id)
+	return ng, nil
+}
+
+// DenyGrant ends a pending (or approved, not yet redeemed) grant.
+func (b *Broker) DenyGrant(ctx context.Context, op *Operator, id, comment, requestID string) (*grants.Grant, error) {
+	g, err := b.GetGrant(ctx, Caller{Operator: op}, id)
+	if err != nil {
+		return nil, err
+	}
+	if role, ok := b.roles[g.Role]; ok && !mayApprove(op, role) {
+		return nil, Errorf(EFORBIDDEN, "operator %s is not among the approvers of role %s", op.Name, g.Role)
+	}
+	ng, err := b.grants.Deny(ctx, id, grants.Decision{Operator: op.Name, At: b.clock.Now(), Comment: comment, Method: op.Method}, audit.Entry{
+		Kind: audit.KindGrantDeny, Actor: audit.Actor{Type: audit.ActorOperator, ID: op.Name}, Decision: audit.Deny, Reason: comment, RequestID: requestID,
+	})
+	if err != nil {
+		return nil, grantError(err)
+	}
+	b.notify(EventGrantDenied, SeverityInfo, ng)
+	b.waiters.wake(id)
+	return ng, nil
+}
+
+// RedeemRequest redeems an approved grant.
+type RedeemRequest struct {
+	Attestation string
+	GrantID     string
+	SourceIP    string
+	RequestID   string
+}
+
+// RedeemGrant mints the credential of an approved grant: once (the grant is
+// consumed by compare-and-swap before the mint), by the agent that asked
+// (proven by a fresh attestation), before the approval expires, for exactly
+// the request that was approved (its binding is checked). The policy is
+// asked again (action redeem, context.approvals = distinct approvers). If
+// the mint fails the grant can be redeemed again.
+func (b *Broker) RedeemGrant(ctx context.Context, req RedeemRequest) (*MintResult, error) {
+	p, err := b.authenticate(ctx, req.Attestation, audit.KindGrantRedeem, "", req.RequestID)
+	if err != nil {
+		return nil, err
+	}
+	g, err := b.GetGrant(ctx, Caller{Agent: p}, req.GrantID)
+	if err != nil {
+		return nil, err
+	}
+	role, ok := b.roles[g.Role]
+	if !ok {
+		return nil, Errorf(ECONFLICT, "role %s of grant %s is no longer configured", g.Role, g.ID)
+	}
+	if g.Kind != grants.KindApproval {
+		return nil, Errorf(ECONFLICT, "grant %s is a %s grant and cannot be redeemed", g.ID, g.Kind)
+	}
+	now := b.clock.Now()
+	// The binding is recomputed from the stored request: a grant whose
+	// content was changed after approval does not match it.
+	binding := grants.Binding(grants.Request{AgentID: g.AgentID, Role: g.Role, TTL: g.TTL, Scope: g.Scope, Reason: g.Reason, Lineage: g.Lineage})
+	dec, err := b.authz.Authorize(ctx, AuthzRequest{Principal: p, Action: ActionRedeem, Role: role,
+		Context: AuthzContext{TTL: g.TTL, Reason: g.Reason, SourceIP: req.SourceIP, Now: now, Approvals: len(g.Approvals)}})
+	if err != nil {
+		return nil, Wrap(EINTERNAL, err, "policy evaluation failed")
+	}
+	if !dec.Allowed {
+		b.deny(ctx, p, audit.KindGrantRedeem, role.Name, req.RequestID, dec.Reason(), dec)
+		return nil, Errorf(EFORBIDDEN, "%s: agent %s may not redeem role %s", dec.Reason(), p.ID, role.Name)
+	}
+	consumed, err := b.grants.Redeem(ctx, g.ID, p.ID, binding, now, audit.Entry{
+		Kind: audit.KindGrantRedeem, Actor: agentActor(p), Decision: audit.Allow, Reason: dec.Reason(),
+		PolicyVersion: dec.Version, PolicyIDs: dec.PolicyIDs, RequestID: req.RequestID,
+	})
+	if err != nil {
+		if errors.Is(err, grants.ErrTampered) {
+			b.deny(ctx, p, audit.KindGrantRedeem, role.Name, req.RequestID, "grant content does not match its approved binding", dec)
+		}
+		return nil, grantError(err)
+	}
+	mreq := MintRequest{Role: g.Role, TTL: g.TTL, Reason: g.Reason, Scope: g.Scope, SourceIP: req.SourceIP, RequestID: req.RequestID}
+	res, err := b.mint(ctx, p, role, g.TTL, mreq, dec, now, consumed)
+	if err != nil {
+		if _, uerr := b.grants.Unredeem(context.WithoutCancel(ctx), g.ID, b.clock.Now(), audit.Entry{
+			Kind: audit.KindGrantRedeem, Actor: agentActor(p), Decision: audit.Deny, Reason: "mint failed; the grant can be redeemed again: " + ErrorMessage(err), RequestID: req.RequestID,
+		}); uerr != nil {
+			b.log.Error("give back a grant after a failed mint", "grant", g.ID, "err", uerr)
+		}
+		return nil, err
+	}
+	if done, err := b.grants.Redeemed(ctx, g.ID, res.Lease.ID, b.clock.Now()); err == nil {
+		consumed = done
+	} else {
+		b.log.Error("record the lease on its grant", "grant", g.ID, "err", err)
+	}
+	b.notify(EventGrantRedeemed, SeverityInfo, consumed)
+	b.waiters.wake(g.ID)
+	res.Grant = consumed
+	return res, nil
+}
+
+// ReviewGrant records an operator's after-the-fact review of break-glass
+// access.
+func (b *Broker) ReviewGrant(ctx context.Context, op *Operator, id, comment, requestID string) (*grants.Grant, error) {
+	if _, err := b.GetGrant(ctx, Caller{Operator: op}, id); err != nil {
+		return nil, err
+	}
+	if strings.TrimSpace(comment) == "" {
+		return nil, Errorf(EINVALID, "a review needs a comment: what was found")
+	}
+	g, err := b.grants.Review(ctx, id, grants.Decision{Operator: op.Name, At: b.clock.Now(), Comment: comment, Method: op.Method}, audit.Entry{
+		Kind: audit.KindGrantReview, Actor: audit.Actor{Type: audit.ActorOperator, ID: op.Name}, Decision: audit.Allow, Reason: comment, RequestID: requestID,
+	})
+	if err != nil {
+		return nil, grantError(err)
+	}
+	b.notify(EventBreakGlassReviewed, SeverityInfo, g)
+	return g, nil
+}
+
+// ExpireGrants records the expiry of grants past their deadlines (the
+// server calls it periodically) and announces each.
+func (b *Broker) ExpireGrants(ctx context.Context) (int, error) {
+	if b.grants == nil {
+		return 0, nil
+	}
+	gs, err := b.grants.ExpireDue(ctx, b.clock.Now())
+	for _, g := range gs {
+		b.notify(EventGrantExpired, SeverityInfo, g)
+		b.waiters.wake(g.ID)
+	}
+	return len(gs), err
+}
+
+func (b *Broker) notify(typ, severity string, g *grants.Grant) {
+	if b.notifier == nil {
+		return
+	}
+	cp := *g
+	b.notifier.Notify(Event{Type: typ, Severity: severity, Time: b.clock.Now(), Grant: &cp,
+		URL: b.cfg.PublicURL + "/ui/grants/" + g.ID})
+}
+
+// grantError turns a grant store error into a client error.
+func grantError(err error) error {
+	switch {
+	case errors.Is(err, grants.ErrNotFound):
+		return Wrap(ENOTFOUND, err, "grant not found")
+	case errors.Is(err, grants.ErrSelfApproval):
+		return Wrap(EFORBIDDEN, err, "%s", err.Error())
+	case errors.Is(err, grants.ErrTampered):
+		return Wrap(EFORBIDDEN, err, "%s", err.Error())
+	case errors.Is(err, grants.ErrState):
+		return Wrap(ECONFLICT, err, "%s", err.Error())
+	default:
+		return storeError(err)
+	}
+}
+
+// grantWaiters wakes long polls when a grant changes.
+type grantWaiters struct {
+	mu sync.Mutex
+	m  map[string]map[chan struct{}]bool
+}
+
+func (w *grantWaiters) add(id string) chan struct{} {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.m == nil {
+		w.m = map[string]map[chan struct{}]bool{}
+	}
+	ch := make(chan struct{})
+	if w.m[id] == nil {
+		w.m[id] = map[chan struct{}]bool{}
+	}
+	w.m[id][ch] = true
+	return ch
+}
+
+func (w *grantWaiters) remove(id string, ch chan struct{}) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if set := w.m[id]; set != nil && set[ch] {
+		delete(set, ch)
+		if len(set) == 0 {
+			delete(w.m, id)
+		}
+	}
+}
+
+func (w *grantWaiters) wake(id string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for ch := range w.m[id] {
+		close(ch)
+	}
+	delete(w.m, id)
+}
