@@ -40,6 +40,7 @@ type Config struct {
 	Log       LogConfig       `yaml:"log"`
 
 	Notifications NotificationsConfig `yaml:"notifications"`
+	Console       ConsoleConfig       `yaml:"console"`
 
 	// ConfigDir is the directory of the config file (set by LoadConfig);
 	// backends resolve relative paths in their options against it.
@@ -178,6 +179,43 @@ type BreakGlassConfig struct {
 	MaxTTL Duration `yaml:"max_ttl"`
 }
 
+// ConsoleConfig configures the operator web console at /ui/.
+type ConsoleConfig struct {
+	// Disabled turns the console off.
+	Disabled bool `yaml:"disabled"`
+	// TokenLogin lets operators sign in with an operator token (default
+	// true; turn it off where SSO is configured).
+	TokenLogin *bool `yaml:"token_login"`
+	// SessionIdle and SessionMax end a session after inactivity (default
+	// 15m) and after its start (default 8h).
+	SessionIdle Duration `yaml:"session_idle"`
+	SessionMax  Duration `yaml:"session_max"`
+	// FreshLogin is how recent a sign-in must be to approve, deny or
+	// review (default 10m).
+	FreshLogin Duration `yaml:"fresh_login"`
+	// OIDC, when set, offers single sign-on (authorization code with PKCE).
+	OIDC *ConsoleOIDCConfig `yaml:"oidc"`
+}
+
+// ConsoleOIDCConfig is the console's single sign-on.
+type ConsoleOIDCConfig struct {
+	// Issuer is the OpenID provider's issuer URL (discovery is used).
+	Issuer           string `yaml:"issuer"`
+	ClientID         string `yaml:"client_id"`
+	ClientSecretFile string `yaml:"client_secret_file"`
+	// RedirectURL defaults to <public_url>/ui/auth/callback.
+	RedirectURL string   `yaml:"redirect_url"`
+	Scopes      []string `yaml:"scopes"` // default openid, email, profile, groups
+	// NameClaim names the operator (default email); GroupsClaim lists the
+	// operator's groups (default groups).
+	NameClaim   string `yaml:"name_claim"`
+	GroupsClaim string `yaml:"groups_claim"`
+	// AllowedGroups, when set, admits only members of these groups.
+	AllowedGroups []string `yaml:"allowed_groups"`
+	// CAFile verifies the provider's TLS certificate.
+	CAFile string `yaml:"ca_file"`
+}
+
 // NotificationsConfig sends grant and break-glass events to webhooks.
 type NotificationsConfig struct {
 	Webhooks []WebhookConfig `yaml:"webhooks"`
@@ -314,6 +352,10 @@ func (c *Config) ResolvePaths(base string) {
 	}
 	for i := range c.Notifications.Webhooks {
 		abs(&c.Notifications.Webhooks[i].SecretFile)
+	}
+	if c.Console.OIDC != nil {
+		abs(&c.Console.OIDC.ClientSecretFile)
+		abs(&c.Console.OIDC.CAFile)
 	}
 }
 
@@ -454,6 +496,34 @@ func (c *Config) ApplyDefaults() {
 	}
 	if c.Log.Level == "" {
 		c.Log.Level = "info"
+	}
+	cc := &c.Console
+	if cc.TokenLogin == nil {
+		t := true
+		cc.TokenLogin = &t
+	}
+	if cc.SessionIdle == 0 {
+		cc.SessionIdle = Duration(15 * time.Minute)
+	}
+	if cc.SessionMax == 0 {
+		cc.SessionMax = Duration(8 * time.Hour)
+	}
+	if cc.FreshLogin == 0 {
+		cc.FreshLogin = Duration(10 * time.Minute)
+	}
+	if o := cc.OIDC; o != nil {
+		if o.RedirectURL == "" {
+			o.RedirectURL = c.PublicURL + "/ui/auth/callback"
+		}
+		if len(o.Scopes) == 0 {
+			o.Scopes = []string{"openid", "email", "profile", "groups"}
+		}
+		if o.NameClaim == "" {
+			o.NameClaim = "email"
+		}
+		if o.GroupsClaim == "" {
+			o.GroupsClaim = "groups"
+		}
 	}
 }
 
@@ -640,6 +710,17 @@ func (c *Config) Validate() error {
 	}
 	if lc.RevokeConcurrency < 1 || lc.RevokeConcurrency > 1024 {
 		add("leases.revoke_concurrency must be between 1 and 1024")
+	}
+	if o := c.Console.OIDC; o != nil {
+		if u, err := url.Parse(o.Issuer); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			add("console.oidc.issuer %q must be an absolute http(s) URL", o.Issuer)
+		}
+		if o.ClientID == "" {
+			add("console.oidc.client_id must be set")
+		}
+	}
+	if c.Console.SessionIdle <= 0 || c.Console.SessionMax < c.Console.SessionIdle {
+		add("console.session_idle must be positive and console.session_max not less than it")
 	}
 	hooks := map[string]bool{}
 	for i, w := range c.Notifications.Webhooks {
