@@ -351,6 +351,8 @@ func (b *Broker) notify(typ, severity string, g *grants.Grant) {
 		return
 	}
 	cp := *g
+	cp.Approvals = slices.Clone(g.Approvals)
+	cp.Requester = slices.Clone(g.Requester)
 	b.notifier.Notify(Event{Type: typ, Severity: severity, Time: b.clock.Now(), Grant: &cp,
 		URL: b.cfg.PublicURL + "/ui/grants/" + g.ID})
 }

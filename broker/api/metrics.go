@@ -19,6 +19,9 @@ type Metrics struct {
 	ExpiryLate   prometheus.Histogram
 	Revocations  *prometheus.CounterVec
 	PolicyReload *prometheus.CounterVec
+	// Notifications counts webhook deliveries by outcome (ok, retry,
+	// failed, dropped).
+	Notifications *prometheus.CounterVec
 }
 
 // NewMetrics registers valet's metrics (and the Go and process collectors)
@@ -46,8 +49,11 @@ func NewMetrics(reg *prometheus.Registry) *Metrics {
 		PolicyReload: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "valet_policy_reloads_total", Help: "Policy reloads by result (ok or error).",
 		}, []string{"result"}),
+		Notifications: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "valet_notifications_total", Help: "Webhook delivery attempts by webhook, event and outcome (ok, retry, failed, dropped).",
+		}, []string{"webhook", "event", "outcome"}),
 	}
-	reg.MustRegister(m.Mints, m.MintLatency, m.HTTPRequests, m.ExpiryLate, m.Revocations, m.PolicyReload,
+	reg.MustRegister(m.Mints, m.MintLatency, m.HTTPRequests, m.ExpiryLate, m.Revocations, m.PolicyReload, m.Notifications,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -41,6 +41,9 @@ type Config struct {
 	Ready func() error
 	// UI, if set, is mounted at /ui/.
 	UI http.Handler
+	// NotificationStats, if set, reports webhook delivery (GET
+	// /v1/notifications).
+	NotificationStats func() any
 }
 
 // Server serves the API.
@@ -54,6 +57,7 @@ type Server struct {
 	log     *slog.Logger
 	ready   func() error
 	router  chi.Router
+	nstats  func() any
 }
 
 // New builds the router.
@@ -69,7 +73,7 @@ func New(cfg Config) *Server {
 	}
 	s := &Server{
 		b: cfg.Broker, ops: cfg.Operators, auditDB: cfg.AuditDB, limits: cfg.Limits, public: cfg.PublicURL,
-		metrics: cfg.Metrics, log: cfg.Logger, ready: cfg.Ready,
+		metrics: cfg.Metrics, log: cfg.Logger, ready: cfg.Ready, nstats: cfg.NotificationStats,
 	}
 	r := chi.NewRouter()
 	r.Use(s.withRequestID, s.withRecover, s.withLogging, s.withLimits)
@@ -89,12 +93,23 @@ func New(cfg Config) *Server {
 		s.registerAuditRoutes(r)
 		s.registerRoleRoutes(r)
 		s.registerGrantRoutes(r)
+		r.With(s.requireOperator).Get("/notifications", s.handleNotificationStats)
 	})
 	if cfg.UI != nil {
 		r.Mount("/ui", cfg.UI)
 	}
 	s.router = r
 	return s
+}
+
+// handleNotificationStats shows webhook delivery counters and the last
+// error of each webhook, so failed notifications are visible.
+func (s *Server) handleNotificationStats(w http.ResponseWriter, r *http.Request) {
+	var stats any = []any{}
+	if s.nstats != nil {
+		stats = s.nstats()
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"webhooks": stats})
 }
 
 // ServeHTTP implements http.Handler.

@@ -11,6 +11,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"time"
 
@@ -64,7 +65,7 @@ type Grant struct {
 	Kind    string         `json:"kind"`
 	AgentID string         `json:"agent_id"`
 	Role    string         `json:"role"`
-	TTL     time.Duration  `json:"ttl"`
+	TTL     time.Duration  `json:"-"` // JSON: "ttl" (duration string) and "ttl_seconds"
 	Scope   map[string]any `json:"scope,omitempty"`
 	Reason  string         `json:"reason"`
 	Lineage leases.Lineage `json:"lineage"`
@@ -89,6 +90,38 @@ type Grant struct {
 
 	PolicyVersion string `json:"policy_version,omitempty"`
 	RequestID     string `json:"request_id,omitempty"`
+}
+
+// MarshalJSON writes TTL readably ("ttl": "15m0s", "ttl_seconds": 900)
+// instead of as nanoseconds.
+func (g Grant) MarshalJSON() ([]byte, error) {
+	type plain Grant
+	return json.Marshal(struct {
+		plain
+		TTL        string  `json:"ttl"`
+		TTLSeconds float64 `json:"ttl_seconds"`
+	}{plain(g), g.TTL.String(), g.TTL.Seconds()})
+}
+
+// UnmarshalJSON reads what MarshalJSON writes.
+func (g *Grant) UnmarshalJSON(b []byte) error {
+	type plain Grant
+	var v struct {
+		plain
+		TTL string `json:"ttl"`
+	}
+	if err := json.Unmarshal(b, &v); err != nil {
+		return err
+	}
+	*g = Grant(v.plain)
+	if v.TTL != "" {
+		d, err := time.ParseDuration(v.TTL)
+		if err != nil {
+			return fmt.Errorf("grant ttl: %w", err)
+		}
+		g.TTL = d
+	}
+	return nil
 }
 
 // Approvers returns the names of the operators who approved.

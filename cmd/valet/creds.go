@@ -25,6 +25,11 @@ type mintFlags struct {
 	ttl             string
 	reason          string
 	scopes          []string
+	wait            bool
+	timeout         time.Duration
+	breakGlass      bool
+	// progress receives "waiting for approval" messages (stderr).
+	progress io.Writer
 }
 
 func (f *mintFlags) register(cmd *cobra.Command) {
@@ -33,6 +38,71 @@ func (f *mintFlags) register(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.ttl, "ttl", "", "requested lease TTL, e.g. 90s or 15m (default: the role's)")
 	cmd.Flags().StringVar(&f.reason, "reason", "", "why the credential is needed (recorded in the audit log)")
 	cmd.Flags().StringSliceVar(&f.scopes, "scope", nil, "narrow the credential to these scopes of the role")
+	cmd.Flags().BoolVar(&f.wait, "wait", false, "if the role needs approval, wait for it, then redeem the grant")
+	cmd.Flags().DurationVar(&f.timeout, "timeout", 30*time.Minute, "with --wait, give up after this long")
+	cmd.Flags().BoolVar(&f.breakGlass, "break-glass", false, "emergency access without approval (roles that allow it; needs --reason; operators review it)")
+	f.progress = cmd.ErrOrStderr()
+}
+
+// grantStatus is the part of a grant the CLI follows.
+type grantStatus struct {
+	ID                string `json:"id"`
+	State             string `json:"state"`
+	ApprovalsRequired int    `json:"approvals_required"`
+	Approvals         []struct {
+		Operator string `json:"operator"`
+		Comment  string `json:"comment"`
+	} `json:"approvals"`
+	Denial *struct {
+		Operator string `json:"operator"`
+		Comment  string `json:"comment"`
+	} `json:"denial"`
+}
+
+// waitAndRedeem follows a pending grant until it is decided, then redeems
+// it with a fresh read of the attestation.
+func (f *mintFlags) waitAndRedeem(ctx context.Context, c *client, grantID string) (*mintResponse, error) {
+	ctx, cancel := context.WithTimeout(ctx, f.timeout)
+	defer cancel()
+	fmt.Fprintf(f.progress, "valet: waiting for operator approval of grant %s\n", grantID)
+	seen := -1
+	for {
+		tok, err := attestation(f.attestationFile)
+		if err != nil {
+			return nil, err
+		}
+		var g grantStatus
+		if err := c.do(ctx, "GET", "/v1/grants/"+url.PathEscape(grantID)+"?wait=30s", tok, nil, &g); err != nil {
+			if ctx.Err() != nil {
+				return nil, fmt.Errorf("gave up waiting for approval of grant %s after %s", grantID, f.timeout)
+			}
+			return nil, err
+		}
+		if len(g.Approvals) != seen {
+			seen = len(g.Approvals)
+			if seen > 0 {
+				fmt.Fprintf(f.progress, "valet: %d of %d approvals\n", seen, g.ApprovalsRequired)
+			}
+		}
+		switch g.State {
+		case "pending":
+			continue
+		case "approved":
+			var res mintResponse
+			if err := c.do(ctx, "POST", "/v1/grants/"+url.PathEscape(grantID)+"/redeem", tok, nil, &res); err != nil {
+				return nil, err
+			}
+			return &res, nil
+		case "denied":
+			why := ""
+			if g.Denial != nil {
+				why = fmt.Sprintf(" by %s: %s", g.Denial.Operator, g.Denial.Comment)
+			}
+			return nil, fmt.Errorf("grant %s was denied%s", grantID, why)
+		default:
+			return nil, fmt.Errorf("grant %s is %s", grantID, g.State)
+		}
+	}
 }
 
 // mintResponse is the 201 answer of POST /v1/credentials.
@@ -43,6 +113,26 @@ type mintResponse struct {
 	ExpiresAt  time.Time      `json:"expires_at"`
 	Renewable  bool           `json:"renewable"`
 	Credential map[string]any `json:"credential"`
+	GrantID    string         `json:"grant_id,omitempty"`
+	// PendingGrant is the grant of a 202 answer (approval needed).
+	PendingGrant string `json:"-"`
+}
+
+// UnmarshalJSON reads both a 201 credential and a 202 pending grant.
+func (m *mintResponse) UnmarshalJSON(b []byte) error {
+	type plain mintResponse
+	var p struct {
+		plain
+		Status string `json:"status"`
+	}
+	if err := json.Unmarshal(b, &p); err != nil {
+		return err
+	}
+	*m = mintResponse(p.plain)
+	if p.Status == "pending" {
+		m.PendingGrant = m.GrantID
+	}
+	return nil
 }
 
 func (f *mintFlags) mint(ctx context.Context, role string) (*client, *mintResponse, error) {
@@ -64,9 +154,22 @@ func (f *mintFlags) mint(ctx context.Context, role string) (*client, *mintRespon
 	if len(f.scopes) > 0 {
 		body["scope"] = map[string]any{"scopes": f.scopes}
 	}
+	if f.breakGlass {
+		body["break_glass"] = true
+	}
 	var res mintResponse
 	if err := c.do(ctx, "POST", "/v1/credentials", tok, body, &res); err != nil {
 		return nil, nil, err
+	}
+	if res.LeaseID == "" && res.PendingGrant != "" {
+		if !f.wait {
+			return nil, nil, fmt.Errorf("role %s needs operator approval: grant %s is pending; run again with --wait to wait for it, or redeem it later (POST /v1/grants/%s/redeem)", role, res.PendingGrant, res.PendingGrant)
+		}
+		r, err := f.waitAndRedeem(ctx, c, res.PendingGrant)
+		if err != nil {
+			return nil, nil, err
+		}
+		return c, r, nil
 	}
 	return c, &res, nil
 }

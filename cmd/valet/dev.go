@@ -130,6 +130,7 @@ func printDevBanner(w io.Writer, s *Server, cfg *broker.Config, opToken, dir, va
 valet dev is running at %s  (data in %s/)
 
   operator token:  %s
+  web console:     %s/ui/   (sign in with the operator token)
   roles:           demo (jwt, 5m), demo-elevated (needs 1 approval)
 
 Next, in another terminal:
@@ -139,7 +140,8 @@ Next, in another terminal:
   %s creds demo                 # mint a short-lived token for the demo role
   %s leases list                # see its lease, as an operator
 
-`, addr, dir, opToken, addr, opToken, self, self, self)
+  %s creds demo-elevated --reason "fix prod" --wait   # approve it at /ui/
+`, addr, dir, opToken, addr, addr, opToken, self, self, self, self)
 	if vaultRoles == "" {
 		fmt.Fprintf(w, "  (set VAULT_ADDR and VAULT_TOKEN, or use `make run-vault`, for the Vault demo roles)\n\n")
 		return
@@ -241,7 +243,9 @@ roles:
     audience: [demo-api]
     scopes: [demo.admin]
     labels: {env: dev, tier: elevated}
-    approval: {required: 1}
+    approval:
+      required: 1
+      break_glass: {allowed: true, max_ttl: 5m}
 policy:
   dir: policies
 operators:
@@ -267,8 +271,13 @@ permit(principal in Issuer::"dev", action == Action::"renew", resource == Role::
 
 // Anyone of the dev issuer may ask for demo-elevated if they say why; an
 // operator still has to approve it.
+// Emergency access to demo-elevated, reviewed by an operator afterwards:
+// valet creds demo-elevated --break-glass --reason "..."
+@id("demo-elevated-break-glass")
+permit(principal in Issuer::"dev", action == Action::"break_glass", resource == Role::"demo-elevated");
+
 @id("demo-elevated-mint")
-permit(principal in Issuer::"dev", action == Action::"mint", resource == Role::"demo-elevated")
+permit(principal in Issuer::"dev", action in [Action::"mint", Action::"redeem"], resource == Role::"demo-elevated")
 when { context.reason != "" };
 
 // The Vault demo roles (present when valet dev runs beside a Vault).

@@ -1,8 +1,15 @@
 package main
 
 import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
+	"io"
 	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -10,6 +17,7 @@ import (
 
 	"go.etcd.io/bbolt"
 
+	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/broker/clock"
 )
 
@@ -262,7 +270,7 @@ func TestGrantTamperedContentRefused(t *testing.T) {
 		b := tx.Bucket([]byte("grants"))
 		var g map[string]any
 		json.Unmarshal(b.Get([]byte(id)), &g)
-		g["ttl"] = float64(24 * time.Hour)
+		g["ttl"] = "24h0m0s"
 		v, _ := json.Marshal(g)
 		return b.Put([]byte(id), v)
 	})
@@ -348,5 +356,42 @@ func TestGrantLongPoll(t *testing.T) {
 	}
 	if r := e.Do("GET", "/v1/grants/"+id+"?wait=2h", agent, nil); r.Status != http.StatusBadRequest {
 		t.Fatalf("wait over the limit: %d", r.Status)
+	}
+}
+
+func TestGrantWebhooksDelivered(t *testing.T) {
+	got := make(chan *http.Request, 8)
+	bodies := make(chan []byte, 8)
+	recv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		got <- r
+		bodies <- b
+	}))
+	defer recv.Close()
+	e := newTestEnv(t)
+	secret := filepath.Join(e.Dir, "hook-secret")
+	os.WriteFile(secret, []byte("s3cret-hmac-key"), 0o600)
+	e.Config.Notifications.Webhooks = []broker.WebhookConfig{{Name: "sec", URL: recv.URL, SecretFile: secret, Events: []string{"grant.requested"}}}
+	e.Start()
+	id := requestGrant(t, e, e.Attest("hooked", nil), "elevated", "webhook test")
+	select {
+	case r := <-got:
+		body := <-bodies
+		mac := hmac.New(sha256.New, []byte("s3cret-hmac-key"))
+		mac.Write([]byte(r.Header.Get("X-Valet-Timestamp") + "." + string(body)))
+		if r.Header.Get("X-Valet-Event") != "grant.requested" || r.Header.Get("X-Valet-Signature") != "sha256="+hex.EncodeToString(mac.Sum(nil)) {
+			t.Fatalf("headers %v", r.Header)
+		}
+		var ev map[string]any
+		json.Unmarshal(body, &ev)
+		if ev["grant"].(map[string]any)["id"] != id || !strings.HasSuffix(ev["url"].(string), "/ui/grants/"+id) {
+			t.Fatalf("payload %s", body)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no webhook delivery within 10s")
+	}
+	r := e.Do("GET", "/v1/notifications", testOperatorToken, nil)
+	if hooks := r.JSON(t)["webhooks"].([]any); len(hooks) != 1 {
+		t.Fatalf("notification stats: %s", r.Body)
 	}
 }

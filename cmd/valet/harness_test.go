@@ -218,7 +218,11 @@ func (e *testEnv) Start() *testEnv {
 		logger = slog.New(slog.NewTextHandler(e.Log, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	e.Events = &eventLog{}
-	s := &Server{Config: e.Config, KEK: kek, Logger: logger, Clock: e.Clock, Registry: reg, Notifier: e.Events}
+	s := &Server{Config: e.Config, KEK: kek, Logger: logger, Clock: e.Clock, Registry: reg}
+	if len(e.Config.Notifications.Webhooks) == 0 {
+		// With webhooks configured, the server's own dispatcher sends them.
+		s.Notifier = e.Events
+	}
 	if err := s.Open(context.Background()); err != nil {
 		e.t.Fatal(err)
 	}

@@ -28,6 +28,7 @@ import (
 	"github.com/valet-broker/valet/broker/audit"
 	"github.com/valet-broker/valet/broker/clock"
 	"github.com/valet-broker/valet/broker/grants"
+	"github.com/valet-broker/valet/broker/notify"
 	"github.com/valet-broker/valet/broker/policy"
 	"github.com/valet-broker/valet/leases"
 )
@@ -46,17 +47,18 @@ type Server struct {
 	// the webhook dispatcher).
 	Notifier broker.Notifier
 
-	store    *leases.BoltStore
-	sink     *audit.LineSink
-	broker   *broker.Broker
-	queue    *leases.RevocationQueue
-	expirer  *leases.Expirer
-	policy   *policy.Engine
-	backends map[string]backends.Backend
-	api      *api.Server
-	metrics  *api.Metrics
-	http     *http.Server
-	listener net.Listener
+	store      *leases.BoltStore
+	sink       *audit.LineSink
+	broker     *broker.Broker
+	queue      *leases.RevocationQueue
+	expirer    *leases.Expirer
+	policy     *policy.Engine
+	backends   map[string]backends.Backend
+	dispatcher *notify.Dispatcher
+	api        *api.Server
+	metrics    *api.Metrics
+	http       *http.Server
+	listener   net.Listener
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -187,6 +189,20 @@ func (s *Server) Open(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
+	var notifyStats func() any
+	if s.Notifier == nil && len(cfg.Notifications.Webhooks) > 0 {
+		d, err := notify.New(notify.Options{
+			Webhooks: cfg.Notifications.Webhooks, Clock: s.Clock, Logger: log,
+			OnResult: func(webhook, event, outcome string) {
+				s.metrics.Notifications.WithLabelValues(webhook, event, outcome).Inc()
+			},
+		})
+		if err != nil {
+			return err
+		}
+		s.dispatcher, s.Notifier = d, d
+		notifyStats = func() any { return d.Stats() }
+	}
 	s.broker, err = broker.New(broker.Options{
 		Config: cfg, Store: s.store, Auditor: s.store, Verifier: verifier, Authorizer: s.policy, Backends: bes,
 		Revoker: s.queue, Expiry: s.expirer, Clock: s.Clock, Logger: log, Observer: s.metrics,
@@ -215,6 +231,7 @@ func (s *Server) Open(ctx context.Context) (err error) {
 	s.api = api.New(api.Config{
 		Broker: s.broker, Operators: broker.NewOperators(cfg.Operators, opVerifier), AuditDB: s.store.DB(),
 		Limits: cfg.Limits, PublicURL: cfg.PublicURL, Metrics: s.metrics, Logger: log, Ready: s.readiness,
+		NotificationStats: notifyStats,
 	})
 
 	wctx, cancel := context.WithCancel(context.Background())
@@ -230,6 +247,9 @@ func (s *Server) Open(ctx context.Context) (err error) {
 	}
 	s.goRun(func() { s.housekeeping(wctx, replay) })
 	s.goRun(func() { s.expireGrants(wctx) })
+	if s.dispatcher != nil {
+		s.goRun(func() { s.dispatcher.Run(wctx) })
+	}
 
 	s.http = &http.Server{
 		Handler:           s.api,
