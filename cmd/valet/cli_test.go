@@ -240,3 +240,47 @@ func TestExamplePoliciesPassTheirTests(t *testing.T) {
 		t.Fatalf("passed %d failed %d err %v\n%s", passed, failed, err, out.String())
 	}
 }
+
+func TestCLICredsWaitsForApproval(t *testing.T) {
+	e := newTestEnv(t)
+	p := startServe(t, e)
+	e.URL = p.url
+	cmd := exec.Command(valetBinary(t), "creds", "elevated", "--reason", "cli approval test", "--wait", "--timeout", "1m")
+	cmd.Env = append(os.Environ(), "VALET_ADDR="+p.url, "VALET_ATTESTATION="+e.Attest("cli-waiter", nil), "VALET_TOKEN=")
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// Find the pending grant as an operator and approve it.
+	var id string
+	eventually(t, 10*time.Second, "the grant appears", func() bool {
+		r := e.Do("GET", "/v1/grants?state=pending", testOperatorToken, nil)
+		gs := r.JSON(t)["grants"].([]any)
+		if len(gs) == 1 {
+			id = gs[0].(map[string]any)["id"].(string)
+		}
+		return id != ""
+	})
+	if _, errOut, code := runCLI(t, []string{"VALET_ADDR=" + p.url, "VALET_TOKEN=" + testOperatorToken}, "grants", "approve", id, "-m", "ok from the CLI"); code != 0 {
+		t.Fatalf("grants approve: exit %d %s", code, errOut)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("creds --wait: %v\n%s", err, errb.String())
+		}
+	case <-time.After(30 * time.Second):
+		cmd.Process.Kill()
+		t.Fatal("creds --wait did not return after the approval")
+	}
+	var res mintResponse
+	if err := json.Unmarshal(out.Bytes(), &res); err != nil || res.LeaseID == "" || res.GrantID != id {
+		t.Fatalf("creds --wait printed %s (%v)", out.String(), err)
+	}
+	if !strings.Contains(errb.String(), "waiting for operator approval") {
+		t.Fatalf("no progress message: %s", errb.String())
+	}
+}
