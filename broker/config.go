@@ -737,6 +737,9 @@ func (c *Config) Validate() error {
 		default:
 			add("%s.format %q must be json or slack", f, w.Format)
 		}
+		if w.Timeout < 0 || w.MaxAttempts < 0 {
+			add("%s.timeout and max_attempts must not be negative", f)
+		}
 		for j, ev := range w.Events {
 			if !NotificationEvents[ev] {
 				add("%s.events[%d] %q is not an event valet sends", f, j, ev)
