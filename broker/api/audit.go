@@ -37,14 +37,12 @@ func (s *Server) handleAuditList(w http.ResponseWriter, r *http.Request) {
 			*p.dst = n
 		}
 	}
-	if v := q.Get("limit"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > 1000 {
-			s.Error(w, r, broker.Errorf(broker.EINVALID, "limit must be an integer from 1 to 1000"))
-			return
-		}
-		f.Limit = n
+	limit, err := queryLimit(q, f.Limit)
+	if err != nil {
+		s.Error(w, r, err)
+		return
 	}
+	f.Limit = limit
 	recs, err := audit.List(s.auditDB, f)
 	if err != nil {
 		s.Error(w, r, broker.Wrap(broker.EINTERNAL, err, "read audit log"))

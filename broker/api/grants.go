@@ -2,7 +2,6 @@ package api
 
 import (
 	"net/http"
-	"strconv"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -161,14 +160,12 @@ func (s *Server) handleGrantList(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	f.Limit = 100
-	if v := q.Get("limit"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > 1000 {
-			s.Error(w, r, broker.Errorf(broker.EINVALID, "limit must be an integer from 1 to 1000"))
-			return
-		}
-		f.Limit = n
+	limit, err := queryLimit(q, f.Limit)
+	if err != nil {
+		s.Error(w, r, err)
+		return
 	}
+	f.Limit = limit
 	gs, err := s.b.ListGrants(r.Context(), f)
 	if err != nil {
 		s.Error(w, r, err)

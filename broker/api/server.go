@@ -15,6 +15,8 @@ import (
 	"mime"
 	"net"
 	"net/http"
+	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -374,6 +376,20 @@ func jsonError(err error) error {
 		// error; its message names the field and is safe to show.
 		return broker.Errorf(broker.EINVALID, "invalid JSON body: %s", strings.TrimPrefix(err.Error(), "json: "))
 	}
+}
+
+// queryLimit reads the limit query parameter of list endpoints: an integer
+// from 1 to 1000, or def when absent.
+func queryLimit(q url.Values, def int) (int, error) {
+	v := q.Get("limit")
+	if v == "" {
+		return def, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 || n > 1000 {
+		return 0, broker.Errorf(broker.EINVALID, "limit must be an integer from 1 to 1000")
+	}
+	return n, nil
 }
 
 // sourceIP is the client address as seen on the connection. valet does not

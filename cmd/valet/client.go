@@ -152,6 +152,24 @@ func readTokenFile(path string) (string, error) {
 	return strings.TrimSpace(string(b)), nil
 }
 
+// operatorCall sends a request with the operator token and returns the raw
+// JSON answer.
+func (f *clientFlags) operatorCall(ctx context.Context, method, path string, body any) (json.RawMessage, error) {
+	c, err := f.client()
+	if err != nil {
+		return nil, err
+	}
+	tok, err := operatorToken()
+	if err != nil {
+		return nil, err
+	}
+	var raw json.RawMessage
+	if err := c.do(ctx, method, path, tok, body, &raw); err != nil {
+		return nil, err
+	}
+	return raw, nil
+}
+
 // operatorToken returns $VALET_TOKEN.
 func operatorToken() (string, error) {
 	t := strings.TrimSpace(os.Getenv("VALET_TOKEN"))

@@ -21,14 +21,6 @@ func newGrantsCmd() *cobra.Command {
 		Short: "List grants, newest first (default: pending ones)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := lf.client()
-			if err != nil {
-				return err
-			}
-			tok, err := operatorToken()
-			if err != nil {
-				return err
-			}
 			q := url.Values{}
 			if review {
 				q.Set("review", "pending")
@@ -41,8 +33,8 @@ func newGrantsCmd() *cobra.Command {
 			if role != "" {
 				q.Set("role", role)
 			}
-			var raw json.RawMessage
-			if err := c.do(cmd.Context(), "GET", "/v1/grants?"+q.Encode(), tok, nil, &raw); err != nil {
+			raw, err := lf.operatorCall(cmd.Context(), "GET", "/v1/grants?"+q.Encode(), nil)
+			if err != nil {
 				return err
 			}
 			if asJSON {
@@ -111,16 +103,8 @@ func newGrantsCmd() *cobra.Command {
 			Short: short,
 			Args:  cobra.ExactArgs(1),
 			RunE: func(cmd *cobra.Command, args []string) error {
-				cl, err := f.client()
+				raw, err := f.operatorCall(cmd.Context(), "POST", "/v1/grants/"+url.PathEscape(args[0])+"/"+verb, map[string]string{"comment": comment})
 				if err != nil {
-					return err
-				}
-				tok, err := operatorToken()
-				if err != nil {
-					return err
-				}
-				var raw json.RawMessage
-				if err := cl.do(cmd.Context(), "POST", "/v1/grants/"+url.PathEscape(args[0])+"/"+verb, tok, map[string]string{"comment": comment}, &raw); err != nil {
 					return err
 				}
 				return printJSON(cmd.OutOrStdout(), raw)

@@ -43,14 +43,6 @@ func newLeasesCmd() *cobra.Command {
 		Short: "List leases, newest first (operator)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := cf.client()
-			if err != nil {
-				return err
-			}
-			tok, err := operatorToken()
-			if err != nil {
-				return err
-			}
 			q := url.Values{}
 			for k, v := range map[string]string{"agent_id": agent, "role": role, "state": state, "backend": backend} {
 				if v != "" {
@@ -58,8 +50,8 @@ func newLeasesCmd() *cobra.Command {
 				}
 			}
 			q.Set("limit", fmt.Sprint(limit))
-			var raw json.RawMessage
-			if err := c.do(cmd.Context(), "GET", "/v1/leases?"+q.Encode(), tok, nil, &raw); err != nil {
+			raw, err := cf.operatorCall(cmd.Context(), "GET", "/v1/leases?"+q.Encode(), nil)
+			if err != nil {
 				return err
 			}
 			if asJSON {
@@ -125,19 +117,12 @@ func newLeasesCmd() *cobra.Command {
 			if (len(args) == 1) == (revokeAgent != "") {
 				return errors.New("give a LEASE_ID or --agent, not both")
 			}
-			c, err := rf.client()
-			if err != nil {
-				return err
-			}
-			tok, err := operatorToken()
-			if err != nil {
-				return err
-			}
 			var raw json.RawMessage
+			var err error
 			if revokeAgent != "" {
-				err = c.do(cmd.Context(), "POST", "/v1/leases/revoke", tok, map[string]string{"agent_id": revokeAgent, "reason": reason}, &raw)
+				raw, err = rf.operatorCall(cmd.Context(), "POST", "/v1/leases/revoke", map[string]string{"agent_id": revokeAgent, "reason": reason})
 			} else {
-				err = c.do(cmd.Context(), "DELETE", "/v1/leases/"+url.PathEscape(args[0])+"?reason="+url.QueryEscape(reason), tok, nil, &raw)
+				raw, err = rf.operatorCall(cmd.Context(), "DELETE", "/v1/leases/"+url.PathEscape(args[0])+"?reason="+url.QueryEscape(reason), nil)
 			}
 			if err != nil {
 				return err
@@ -252,15 +237,11 @@ while valet runs).`,
 					return err
 				}
 			} else {
-				c, err := cf.client()
+				raw, err := cf.operatorCall(cmd.Context(), "GET", "/v1/audit/verify", nil)
 				if err != nil {
 					return err
 				}
-				tok, err := operatorToken()
-				if err != nil {
-					return err
-				}
-				if err := c.do(cmd.Context(), "GET", "/v1/audit/verify", tok, nil, &res); err != nil {
+				if err := json.Unmarshal(raw, &res); err != nil {
 					return err
 				}
 			}
@@ -283,14 +264,6 @@ while valet runs).`,
 		Short: "Show the newest audit records (operator)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := lf.client()
-			if err != nil {
-				return err
-			}
-			tok, err := operatorToken()
-			if err != nil {
-				return err
-			}
 			q := url.Values{"newest": {"true"}, "limit": {fmt.Sprint(limit)}}
 			if agent != "" {
 				q.Set("agent_id", agent)
@@ -298,10 +271,14 @@ while valet runs).`,
 			if kind != "" {
 				q.Set("kind", kind)
 			}
+			raw, err := lf.operatorCall(cmd.Context(), "GET", "/v1/audit?"+q.Encode(), nil)
+			if err != nil {
+				return err
+			}
 			var res struct {
 				Records []audit.Record `json:"records"`
 			}
-			if err := c.do(cmd.Context(), "GET", "/v1/audit?"+q.Encode(), tok, nil, &res); err != nil {
+			if err := json.Unmarshal(raw, &res); err != nil {
 				return err
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
