@@ -137,8 +137,18 @@ func (s *BoltStore) AppendAuditTx(tx *bbolt.Tx, now time.Time, e ...audit.Entry)
 
 // CreatePending implements Store.
 func (s *BoltStore) CreatePending(ctx context.Context, l *Lease) error {
-	if l.State != StatePending || l.ID == "" {
-		return fmt.Errorf("create pending lease: need an id and state pending")
+	if l.State != StatePending {
+		return fmt.Errorf("create pending lease: state must be pending")
+	}
+	return s.create(ctx, l, time.Time{}, nil)
+}
+
+// create stores a new lease and, when e is set, its audit record, in one
+// transaction. The lease is encoded before the transaction, off the
+// committer's goroutine.
+func (s *BoltStore) create(ctx context.Context, l *Lease, now time.Time, e *audit.Entry) error {
+	if l.ID == "" {
+		return fmt.Errorf("create lease: need an id")
 	}
 	v, err := json.Marshal(l)
 	if err != nil {
@@ -148,7 +158,14 @@ func (s *BoltStore) CreatePending(ctx context.Context, l *Lease) error {
 		if tx.Bucket(bucketLeases).Get([]byte(l.ID)) != nil {
 			return fmt.Errorf("lease %s already exists", l.ID)
 		}
-		return putLeaseEncoded(tx, nil, l, v)
+		if err := putLeaseEncoded(tx, nil, l, v); err != nil {
+			return err
+		}
+		if e == nil {
+			return nil
+		}
+		_, err := audit.AppendTx(tx, now, s.sink, *e)
+		return err
 	})
 }
 
