@@ -26,9 +26,9 @@ run-vault: build vault
 	./deploy/dev-vault.sh
 
 ## test: vet, the whole suite with the race detector, then each fuzz target
-## briefly. The suite needs a real Vault (built by `make vault`) and
-## PostgreSQL (Debian's postgresql package; installed here when running as
-## root without it).
+## briefly. The suite needs a real Vault (built by `make vault`), PostgreSQL
+## and Chromium (Debian's postgresql and chromium packages; installed here
+## when running as root without them).
 test: deps lint race fuzz
 
 ## deps: what the test suite needs besides Go
@@ -39,6 +39,14 @@ deps: vault
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
 	  else \
 	    echo "PostgreSQL is missing: sudo apt-get install -y postgresql (or set VALET_PG_BIN)"; exit 1; \
+	  fi; \
+	fi
+	@if ! command -v chromium >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Chromium (Debian package chromium) for the console's browser tests"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "Chromium is missing: sudo apt-get install -y chromium"; exit 1; \
 	  fi; \
 	fi
 
