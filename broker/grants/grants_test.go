@@ -1,0 +1,111 @@
+package grants
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/valet-broker/valet/broker/audit"
+	"github.com/valet-broker/valet/leases"
+)
+
+func TestBindingCoversEveryField(t *testing.T) {
+	base := Request{AgentID: "k8s/a", Role: "r", TTL: time.Minute, Scope: map[string]any{"scopes": []any{"x"}}, Reason: "why",
+		Lineage: leases.Lineage{Issuer: "i", JTI: "j"}}
+	h := Binding(base)
+	if Binding(base) != h {
+		t.Fatal("binding is not deterministic")
+	}
+	changes := map[string]func(r *Request){
+		"agent":   func(r *Request) { r.AgentID = "k8s/b" },
+		"role":    func(r *Request) { r.Role = "r2" },
+		"ttl":     func(r *Request) { r.TTL = 2 * time.Minute },
+		"scope":   func(r *Request) { r.Scope = map[string]any{"scopes": []any{"y"}} },
+		"reason":  func(r *Request) { r.Reason = "other" },
+		"lineage": func(r *Request) { r.Lineage.JTI = "k" },
+	}
+	for name, change := range changes {
+		r := base
+		change(&r)
+		if Binding(r) == h {
+			t.Errorf("changing the %s does not change the binding", name)
+		}
+	}
+}
+
+func TestStateAt(t *testing.T) {
+	now := time.Now()
+	g := Grant{State: StatePending, ExpiresAt: now.Add(time.Minute)}
+	if g.StateAt(now) != StatePending || g.StateAt(now.Add(time.Minute)) != StateExpired {
+		t.Fatal("pending grant expiry")
+	}
+	g = Grant{State: StateApproved, RedeemBy: now.Add(time.Minute)}
+	if g.StateAt(now) != StateApproved || g.StateAt(now.Add(2*time.Minute)) != StateExpired {
+		t.Fatal("approved grant expiry")
+	}
+}
+
+func newStore(t *testing.T) *Store {
+	t.Helper()
+	db, err := leases.OpenBolt(filepath.Join(t.TempDir(), "v.db"), leases.BoltOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	s, err := NewStore(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func TestRedeemIsCompareAndSwap(t *testing.T) {
+	s := newStore(t)
+	now := time.Now()
+	r := Request{AgentID: "a", Role: "r", TTL: time.Minute}
+	g := &Grant{ID: leases.NewID(now), Kind: KindApproval, AgentID: "a", Role: "r", TTL: time.Minute, Binding: Binding(r),
+		State: StatePending, Required: 1, CreatedAt: now, ExpiresAt: now.Add(time.Hour), Requester: []string{"a"}}
+	ctx := context.Background()
+	if err := s.Create(ctx, g, now, audit.Entry{Kind: audit.KindGrantRequest}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Approve(ctx, g.ID, Decision{Operator: "a", At: now}, time.Minute, audit.Entry{}); !errors.Is(err, ErrSelfApproval) {
+		t.Fatalf("self-approval: %v", err)
+	}
+	if _, err := s.Approve(ctx, g.ID, Decision{Operator: "op", At: now}, time.Minute, audit.Entry{}); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	wins := 0
+	for i := 0; i < 30; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := s.Redeem(ctx, g.ID, "a", g.Binding, now, audit.Entry{})
+			if err == nil {
+				mu.Lock()
+				wins++
+				mu.Unlock()
+			} else if !errors.Is(err, ErrState) {
+				t.Errorf("losing redeem: %v", err)
+			}
+		}()
+	}
+	wg.Wait()
+	if wins != 1 {
+		t.Fatalf("%d redeems won, want exactly 1", wins)
+	}
+	if _, err := s.Unredeem(ctx, g.ID, now, audit.Entry{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Redeem(ctx, g.ID, "a", "other binding", now, audit.Entry{}); !errors.Is(err, ErrTampered) {
+		t.Fatalf("redeem with another binding: %v", err)
+	}
+	if _, err := s.Redeem(ctx, g.ID, "b", g.Binding, now, audit.Entry{}); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("redeem by another agent: %v", err)
+	}
+}
