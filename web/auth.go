@@ -1,0 +1,272 @@
+package web
+
+import (
+	"crypto/subtle"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/valet-broker/valet/broker"
+	"github.com/valet-broker/valet/broker/clock"
+)
+
+// maxTokenBytes bounds what the sign-in form accepts as a token before
+// anything hashes or parses it.
+const maxTokenBytes = 8 << 10
+
+// loginData is the sign-in page.
+type loginData struct {
+	TokenLogin bool
+	SSO        bool
+	Next       string
+	Notice     string // why the operator is asked to sign in
+	Error      string
+	LoginCSRF  string
+	SignedInAs string // set when re-authenticating
+	// Fresh asks the provider to authenticate again (a fresh sign-in for
+	// a decision).
+	Fresh bool
+}
+
+// loginNotices are the reasons a page sends an operator to sign in,
+// keyed by the reason parameter (never shown as given).
+var loginNotices = map[string]string{
+	"idle":       "Your session ended after a period of inactivity. Sign in again.",
+	"expired":    "Your session reached its maximum length. Sign in again.",
+	"signed-out": "You have signed out.",
+	"required":   "Sign in to use the console.",
+}
+
+func (c *Console) handleLoginPage(w http.ResponseWriter, r *http.Request) {
+	c.renderLogin(w, r, http.StatusOK, r.URL.Query().Get("reason"), localPath(r.URL.Query().Get("next")), "")
+}
+
+// renderLogin shows the sign-in page with a fresh double-submit token.
+func (c *Console) renderLogin(w http.ResponseWriter, r *http.Request, status int, reason, next, errMsg string) {
+	d := loginData{
+		TokenLogin: c.cc.TokenLogin == nil || *c.cc.TokenLogin, SSO: c.sso != nil, Next: next, Error: errMsg,
+		Notice: loginNotices[reason], Fresh: reason == "fresh",
+	}
+	if d.Fresh {
+		d.Notice = "Approving, denying or reviewing a grant needs a sign-in within the last " + humanDuration(c.cc.FreshLogin.D()) +
+			". Sign in again to confirm it is you; then repeat the action."
+	}
+	if se := c.sessions.peek(r); se != nil {
+		d.SignedInAs = se.op.Name
+	}
+	// Reuse the browser's token, so sign-in forms in several tabs all work.
+	if ck, err := r.Cookie(loginCookie); err == nil {
+		if _, ok := cookieKey(ck.Value); ok {
+			d.LoginCSRF = ck.Value
+		}
+	}
+	if d.LoginCSRF == "" {
+		d.LoginCSRF = randomToken()
+	}
+	setCookie(w, loginCookie, d.LoginCSRF, http.SameSiteStrictMode, 3600)
+	c.render(w, r, status, "login.html", &page{Title: "Sign in", Data: d})
+}
+
+// handleLogin signs an operator in with an operator token.
+func (c *Console) handleLogin(w http.ResponseWriter, r *http.Request) {
+	if err := r.ParseForm(); err != nil {
+		c.renderMessage(w, r, http.StatusBadRequest, "Bad request", "The form could not be read.")
+		return
+	}
+	next := localPath(r.PostForm.Get("next"))
+	ck, err := r.Cookie(loginCookie)
+	if err != nil || !equalTokens(ck.Value, r.PostForm.Get("csrf")) {
+		c.renderMessage(w, r, http.StatusForbidden, "Request refused",
+			"The sign-in form was not submitted from this console, or it is too old. Reload the sign-in page and try again (cookies must be enabled).")
+		return
+	}
+	if c.cc.TokenLogin != nil && !*c.cc.TokenLogin {
+		c.renderLogin(w, r, http.StatusForbidden, "", next, "Sign-in with an operator token is turned off on this server; use single sign-on.")
+		return
+	}
+	ip := clientIP(r)
+	if !c.logins.allowed(ip) {
+		c.renderLogin(w, r, http.StatusTooManyRequests, "", next, "Too many failed sign-ins from your address. Wait a minute and try again.")
+		return
+	}
+	token := strings.TrimSpace(r.PostForm.Get("token"))
+	var op *broker.Operator
+	if token != "" && len(token) <= maxTokenBytes {
+		o, isOp, err := c.ops.Authenticate(r.Context(), token)
+		if isOp && err == nil {
+			op = o
+		}
+	}
+	if op == nil {
+		c.logins.failed(ip)
+		c.log.Warn("console sign-in refused", "method", "token", "remote", ip)
+		c.renderLogin(w, r, http.StatusUnauthorized, "", next, "That is not a valid operator token.")
+		return
+	}
+	c.startSession(w, r, broker.Operator{Name: op.Name, Groups: op.Groups, Method: "console"}, time.Time{})
+	clearCookie(w, loginCookie, http.SameSiteStrictMode)
+	if next == "" {
+		next = "/ui/grants"
+	}
+	http.Redirect(w, r, next, http.StatusSeeOther)
+}
+
+// startSession replaces the request's session, if any, with a new one:
+// a sign-in never reuses a session id.
+func (c *Console) startSession(w http.ResponseWriter, r *http.Request, op broker.Operator, authAt time.Time) {
+	c.sessions.end(r)
+	id, _ := c.sessions.create(op, authAt)
+	setCookie(w, sessionCookie, id, http.SameSiteStrictMode, 0)
+	c.log.Info("console sign-in", "operator", op.Name, "method", op.Method, "remote", clientIP(r))
+}
+
+// handleLogout ends the session on the server; its cookie no longer
+// signs anyone in, even if a copy of it survives.
+func (c *Console) handleLogout(w http.ResponseWriter, r *http.Request) {
+	se, _ := c.sessions.use(r)
+	if se != nil {
+		if err := r.ParseForm(); err != nil || !se.validCSRF(r.PostForm.Get("csrf")) {
+			c.csrfRefused(w, r)
+			return
+		}
+		c.sessions.endKey(se.key)
+		c.log.Info("console sign-out", "operator", se.op.Name)
+	}
+	clearCookie(w, sessionCookie, http.SameSiteStrictMode)
+	http.Redirect(w, r, "/ui/login?reason=signed-out", http.StatusSeeOther)
+}
+
+// authedHandler handles a request of a signed-in operator.
+type authedHandler func(w http.ResponseWriter, r *http.Request, se *session)
+
+// authed admits signed-in operators. Pages send everyone else to the
+// sign-in page, saying why their session ended. A state-changing request
+// must also carry the session's CSRF token.
+func (c *Console) authed(h authedHandler) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		se, why := c.sessions.use(r)
+		if se == nil {
+			if why != endNone {
+				clearCookie(w, sessionCookie, http.SameSiteStrictMode)
+			}
+			reason := string(why)
+			if reason == "" {
+				reason = "required"
+			}
+			next := r.URL.RequestURI()
+			if !safeMethod(r.Method) {
+				next = r.PostFormValue("return") // the page the form was on
+			}
+			q := url.Values{"reason": {reason}}
+			if next = localPath(next); next != "" {
+				q.Set("next", next)
+			}
+			http.Redirect(w, r, "/ui/login?"+q.Encode(), http.StatusSeeOther)
+			return
+		}
+		if !safeMethod(r.Method) {
+			if err := r.ParseForm(); err != nil {
+				c.renderMessage(w, r, http.StatusBadRequest, "Bad request", "The form could not be read (it may be too large).")
+				return
+			}
+			if !se.validCSRF(r.PostForm.Get("csrf")) {
+				c.csrfRefused(w, r)
+				return
+			}
+		}
+		h(w, r, se)
+	}
+}
+
+func (c *Console) csrfRefused(w http.ResponseWriter, r *http.Request) {
+	c.log.Warn("console refused a request without a valid CSRF token", "method", r.Method, "path", r.URL.Path)
+	c.renderMessage(w, r, http.StatusForbidden, "Request refused",
+		"The form's security token is missing or does not match your session, so nothing was changed. "+
+			"Go back, reload the page and try again.")
+}
+
+// equalTokens compares two tokens in constant time; empty never matches.
+func equalTokens(a, b string) bool {
+	return a != "" && b != "" && subtle.ConstantTimeCompare([]byte(a), []byte(b)) == 1
+}
+
+// localPath returns p if it is a path inside the console (so redirecting
+// to it cannot leave this origin), else "".
+func localPath(p string) string {
+	if !strings.HasPrefix(p, "/ui/") || strings.HasPrefix(p, "//") || strings.ContainsAny(p, "\\\r\n\t") || len(p) > 2048 {
+		return ""
+	}
+	u, err := url.Parse(p)
+	if err != nil || u.Scheme != "" || u.Host != "" || u.User != nil {
+		return ""
+	}
+	return p
+}
+
+// clientIP is the connection's address; valet trusts no forwarding
+// headers.
+func clientIP(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+// failureLimiter slows down guessing: after max failures from one address
+// within window, sign-ins from it are refused until the window passes.
+type failureLimiter struct {
+	mu     sync.Mutex
+	clock  clock.Clock
+	max    int
+	window time.Duration
+	m      map[string]*failures
+}
+
+type failures struct {
+	n     int
+	since time.Time
+}
+
+func newFailureLimiter(clk clock.Clock, max int, window time.Duration) *failureLimiter {
+	return &failureLimiter{clock: clk, max: max, window: window, m: map[string]*failures{}}
+}
+
+func (l *failureLimiter) allowed(ip string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	f := l.m[ip]
+	if f == nil {
+		return true
+	}
+	if l.clock.Now().Sub(f.since) >= l.window {
+		delete(l.m, ip)
+		return true
+	}
+	return f.n < l.max
+}
+
+func (l *failureLimiter) failed(ip string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := l.clock.Now()
+	if len(l.m) >= 10000 {
+		for k, f := range l.m {
+			if now.Sub(f.since) >= l.window {
+				delete(l.m, k)
+			}
+		}
+		if len(l.m) >= 10000 {
+			clear(l.m) // a flood of addresses: start over rather than grow
+		}
+	}
+	f := l.m[ip]
+	if f == nil || now.Sub(f.since) >= l.window {
+		f = &failures{since: now}
+		l.m[ip] = f
+	}
+	f.n++
+}

@@ -1,0 +1,636 @@
+package web
+
+import (
+	"context"
+	"net/http"
+	"net/url"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/valet-broker/valet/broker"
+	"github.com/valet-broker/valet/broker/audit"
+	"github.com/valet-broker/valet/broker/grants"
+	"github.com/valet-broker/valet/leases"
+)
+
+func TestConsoleTokenLogin(t *testing.T) {
+	f := newFixture(t, nil)
+	b := f.browser()
+
+	// Not signed in: every page sends the operator to sign in.
+	if r := b.get("/ui/"); r.Status != http.StatusSeeOther || r.Location() != "/ui/login" {
+		t.Fatalf("/ui/ signed out: %d %q", r.Status, r.Location())
+	}
+	if r := b.get("/ui/leases"); r.Status != http.StatusSeeOther || !strings.HasPrefix(r.Location(), "/ui/login?") {
+		t.Fatalf("/ui/leases signed out: %d %q", r.Status, r.Location())
+	}
+
+	// A wrong token is refused, is not echoed, and starts no session.
+	wrong := "valet_op_not_a_real_token_42"
+	r := b.post("/ui/login", url.Values{"token": {wrong}, "csrf": {b.csrf("/ui/login")}})
+	if r.Status != http.StatusUnauthorized {
+		t.Fatalf("wrong token: %d", r.Status)
+	}
+	mustContain(t, r.Body, "That is not a valid operator token.")
+	if strings.Contains(r.Body, wrong) {
+		t.Fatal("the sign-in page echoes the token it refused")
+	}
+	if b.cookie(sessionCookie) != nil {
+		t.Fatal("a wrong token got a session cookie")
+	}
+	if r := b.get("/ui/grants"); r.Status != http.StatusSeeOther {
+		t.Fatalf("after a wrong token /ui/grants answers %d", r.Status)
+	}
+
+	// The sign-in form needs its double-submit token.
+	if r := b.post("/ui/login", url.Values{"token": {testTokens["alice"]}}); r.Status != http.StatusForbidden || b.cookie(sessionCookie) != nil {
+		t.Fatalf("sign-in without the form token: %d", r.Status)
+	}
+	if r := b.post("/ui/login", url.Values{"token": {testTokens["alice"]}, "csrf": {"x" + b.csrf("/ui/login")}}); r.Status != http.StatusForbidden {
+		t.Fatalf("sign-in with a wrong form token: %d", r.Status)
+	}
+
+	// The right token signs in, with a session cookie that is Secure,
+	// HttpOnly, SameSite=Strict, host-only and Path=/.
+	r = b.login("alice")
+	var ck *http.Cookie
+	for _, c := range r.Cookies {
+		if c.Name == sessionCookie {
+			ck = c
+		}
+	}
+	if ck == nil {
+		t.Fatalf("no %s cookie; Set-Cookie: %v", sessionCookie, r.Header["Set-Cookie"])
+	}
+	raw := ""
+	for _, h := range r.Header["Set-Cookie"] {
+		if strings.HasPrefix(h, sessionCookie+"=") {
+			raw = h
+		}
+	}
+	if !ck.Secure || !ck.HttpOnly || ck.SameSite != http.SameSiteStrictMode || ck.Path != "/" || ck.Domain != "" ||
+		strings.Contains(strings.ToLower(raw), "domain=") {
+		t.Fatalf("session cookie attributes: %q", raw)
+	}
+	if len(ck.Value) != 43 {
+		t.Fatalf("session id %q is not 256 bits in base64url", ck.Value)
+	}
+	// Only the hash of the id is kept.
+	f.console.sessions.mu.Lock()
+	for k := range f.console.sessions.m {
+		if strings.Contains(string(k[:]), ck.Value) {
+			t.Error("the session store holds the raw id")
+		}
+	}
+	f.console.sessions.mu.Unlock()
+
+	r = b.get("/ui/grants")
+	if r.Status != 200 {
+		t.Fatalf("grants after sign-in: %d", r.Status)
+	}
+	mustContain(t, r.Body, "Signed in as <strong>alice</strong>", "(console; approvers)")
+	if r := b.get("/ui/"); r.Location() != "/ui/grants" {
+		t.Fatalf("/ui/ signed in goes to %q", r.Location())
+	}
+}
+
+func TestConsoleLoginThrottlesGuessing(t *testing.T) {
+	f := newFixture(t, nil)
+	b := f.browser()
+	for i := 0; i < 10; i++ {
+		if r := b.post("/ui/login", url.Values{"token": {"guess"}, "csrf": {b.csrf("/ui/login")}}); r.Status != http.StatusUnauthorized {
+			t.Fatalf("guess %d: %d", i, r.Status)
+		}
+	}
+	r := b.post("/ui/login", url.Values{"token": {testTokens["alice"]}, "csrf": {b.csrf("/ui/login")}})
+	if r.Status != http.StatusTooManyRequests || b.cookie(sessionCookie) != nil {
+		t.Fatalf("11th attempt: %d", r.Status)
+	}
+	f.clock.Advance(time.Minute)
+	b.login("alice")
+}
+
+func TestConsoleSessionTimeouts(t *testing.T) {
+	t.Run("idle", func(t *testing.T) {
+		f := newFixture(t, nil)
+		b := f.browser()
+		b.login("alice")
+		// Activity keeps the session: 3 × 10 minutes is past the idle
+		// timeout of 15m, but no gap is.
+		for i := 0; i < 3; i++ {
+			f.clock.Advance(10 * time.Minute)
+			if r := b.get("/ui/leases"); r.Status != 200 {
+				t.Fatalf("active after %d×10m: %d %q", i+1, r.Status, r.Location())
+			}
+		}
+		saved := *b.cookie(sessionCookie)
+		f.clock.Advance(15 * time.Minute)
+		r := b.get("/ui/leases")
+		if r.Status != http.StatusSeeOther || !strings.Contains(r.Location(), "reason=idle") {
+			t.Fatalf("after 15m idle: %d %q", r.Status, r.Location())
+		}
+		mustContain(t, b.get(r.Location()).Body, "inactivity")
+		// The session is gone on the server: the old cookie stays dead.
+		b.cookies[hostOf(f.URL)][sessionCookie] = &saved
+		if r := b.get("/ui/leases"); r.Status != http.StatusSeeOther {
+			t.Fatalf("old cookie after idle timeout: %d", r.Status)
+		}
+	})
+	t.Run("absolute", func(t *testing.T) {
+		f := newFixture(t, nil)
+		b := f.browser()
+		b.login("alice")
+		for i := 0; i < 8*6-1; i++ { // every 10 minutes for 7h50m
+			f.clock.Advance(10 * time.Minute)
+			if r := b.get("/ui/agents"); r.Status != 200 {
+				t.Fatalf("after %s: %d %q", time.Duration(i+1)*10*time.Minute, r.Status, r.Location())
+			}
+		}
+		f.clock.Advance(10 * time.Minute) // 8h: console.session_max
+		r := b.get("/ui/agents")
+		if r.Status != http.StatusSeeOther || !strings.Contains(r.Location(), "reason=expired") {
+			t.Fatalf("after 8h: %d %q", r.Status, r.Location())
+		}
+	})
+}
+
+func hostOf(u string) string {
+	p, _ := url.Parse(u)
+	return p.Host
+}
+
+func TestConsoleLogoutEndsSessionOnServer(t *testing.T) {
+	f := newFixture(t, nil)
+	b := f.browser()
+	b.login("alice")
+	saved := *b.cookie(sessionCookie)
+	csrf := b.csrf("/ui/grants")
+	// Logout is a POST with the CSRF token.
+	if r := b.post("/ui/logout", url.Values{}); r.Status != http.StatusForbidden {
+		t.Fatalf("logout without token: %d", r.Status)
+	}
+	r := b.post("/ui/logout", url.Values{"csrf": {csrf}})
+	if r.Status != http.StatusSeeOther || r.Location() != "/ui/login?reason=signed-out" {
+		t.Fatalf("logout: %d %q", r.Status, r.Location())
+	}
+	if b.cookie(sessionCookie) != nil {
+		t.Fatal("logout did not clear the cookie")
+	}
+	// A copy of the cookie does not work any more.
+	b.cookies[hostOf(f.URL)][sessionCookie] = &saved
+	if r := b.get("/ui/grants"); r.Status != http.StatusSeeOther || !strings.HasPrefix(r.Location(), "/ui/login") {
+		t.Fatalf("old cookie after logout: %d %q", r.Status, r.Location())
+	}
+	if r := b.get("/ui/"); r.Location() != "/ui/login" {
+		t.Fatalf("/ui/ with an ended session: %q", r.Location())
+	}
+	// Signing in again gets a different session id.
+	b.login("alice")
+	if b.cookie(sessionCookie).Value == saved.Value {
+		t.Fatal("a new sign-in reused the session id")
+	}
+}
+
+func TestConsoleCSRF(t *testing.T) {
+	f := newFixture(t, nil)
+	b := f.browser()
+	b.login("alice")
+	csrf := b.csrf("/ui/leases")
+	other := "http://127.0.0.1:1" // same site, another origin
+	cases := []struct {
+		name         string
+		form         url.Values
+		origin, site string
+		want         int
+	}{
+		{"missing token", url.Values{}, f.URL, "same-origin", http.StatusForbidden},
+		{"wrong token", url.Values{"csrf": {strings.Repeat("A", 43)}}, f.URL, "same-origin", http.StatusForbidden},
+		{"token of another session", url.Values{"csrf": {f.browserCSRF(t)}}, f.URL, "same-origin", http.StatusForbidden},
+		{"cross-site origin", url.Values{"csrf": {csrf}}, "https://evil.example", "", http.StatusForbidden},
+		{"cross-site fetch", url.Values{"csrf": {csrf}}, "", "cross-site", http.StatusForbidden},
+		{"cross-site origin and fetch", url.Values{"csrf": {csrf}}, "https://evil.example", "cross-site", http.StatusForbidden},
+		{"same-site other origin", url.Values{"csrf": {csrf}}, other, "same-site", http.StatusForbidden},
+		{"opaque origin without fetch metadata", url.Values{"csrf": {csrf}}, "null", "", http.StatusForbidden},
+		{"no origin, no fetch metadata", url.Values{"csrf": {csrf}}, "", "", http.StatusForbidden},
+		{"same-origin fetch with a foreign origin", url.Values{"csrf": {csrf}}, "https://evil.example", "same-origin", http.StatusForbidden},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			id := f.mint("csrf-target", "demo", nil).Lease.ID
+			b.Origin, b.Site = c.origin, c.site
+			defer func() { b.Origin, b.Site = f.URL, "same-origin" }()
+			r := b.post("/ui/leases/"+id+"/revoke", c.form)
+			if r.Status != c.want {
+				t.Fatalf("status %d, want %d\n%s", r.Status, c.want, r.Body)
+			}
+			mustContain(t, r.Body, "nothing was changed")
+			if st := f.lease(id).State; st != leases.StateActive {
+				t.Fatalf("lease is %s after a refused request", st)
+			}
+		})
+	}
+	t.Run("same-origin form under no-referrer (Origin: null)", func(t *testing.T) {
+		id := f.mint("csrf-target", "demo", nil).Lease.ID
+		b.Origin = "null"
+		defer func() { b.Origin = f.URL }()
+		if r := b.post("/ui/leases/"+id+"/revoke", url.Values{"csrf": {csrf}}); r.Status != http.StatusSeeOther {
+			t.Fatalf("status %d\n%s", r.Status, r.Body)
+		}
+		if st := f.lease(id).State; st != leases.StateRevoked {
+			t.Fatalf("lease is %s", st)
+		}
+	})
+	t.Run("revoke only by POST", func(t *testing.T) {
+		id := f.mint("csrf-target", "demo", nil).Lease.ID
+		for _, p := range []string{"/ui/leases/" + id + "/revoke", "/ui/grants/" + id + "/approve", "/ui/agents/revoke?agent=test/csrf-target"} {
+			if r := b.get(p); r.Status < 400 {
+				t.Fatalf("GET %s: %d", p, r.Status)
+			}
+		}
+		if st := f.lease(id).State; st != leases.StateActive {
+			t.Fatalf("lease is %s after GETs", st)
+		}
+	})
+}
+
+// browserCSRF signs another operator in and returns their CSRF token.
+func (f *fixture) browserCSRF(t *testing.T) string {
+	t.Helper()
+	o := f.browser()
+	o.login("bob")
+	return o.csrf("/ui/leases")
+}
+
+// consolePages lists every page with its path, for the tests that check
+// all of them.
+func consolePages(f *fixture, grantID string) []string {
+	return []string{"/ui/grants", "/ui/grants/" + grantID, "/ui/leases", "/ui/leases?state=&agent=test/agent-1",
+		"/ui/leases/irrevocable", "/ui/agents", "/ui/audit", "/ui/audit?kind=mint"}
+}
+
+func TestConsoleSecurityHeaders(t *testing.T) {
+	f := newFixture(t, nil)
+	b := f.browser()
+	id := f.request("agent-1", "elevated", "headers", nil)
+	f.mint("agent-1", "demo", nil)
+	check := func(t *testing.T, what string, r *resp, page bool) {
+		t.Helper()
+		want := map[string]string{
+			"Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'; object-src 'none'",
+			"X-Content-Type-Options":  "nosniff",
+			"Referrer-Policy":         "no-referrer",
+			"X-Frame-Options":         "DENY",
+		}
+		if page {
+			want["Cache-Control"] = "no-store"
+		}
+		for k, v := range want {
+			if got := r.Header.Get(k); got != v {
+				t.Errorf("%s: %s = %q, want %q", what, k, got, v)
+			}
+		}
+		if page && r.Status == 200 {
+			// No inline script, style or event handler: the CSP would
+			// block them, so the page must not need them.
+			for _, bad := range []*regexp.Regexp{regexp.MustCompile(`<script(?:\s[^>]*)?>[^<]`), regexp.MustCompile(`<script>`),
+				regexp.MustCompile(`\sstyle=`), regexp.MustCompile(`<style`), regexp.MustCompile(`\son[a-z]+=`)} {
+				if bad.MatchString(r.Body) {
+					t.Errorf("%s has inline code matching %s", what, bad)
+				}
+			}
+		}
+	}
+	check(t, "login", b.get("/ui/login"), true)
+	check(t, "redirect", b.get("/ui/grants"), true)
+	check(t, "not found", b.get("/ui/nothing-here"), true)
+	check(t, "css", b.get("/ui/static/console.css"), false)
+	check(t, "js", b.get("/ui/static/console.js"), false)
+	check(t, "refused POST", b.post("/ui/login", url.Values{}), true)
+	b.login("alice")
+	for _, p := range consolePages(f, id) {
+		r := b.get(p)
+		if r.Status != 200 {
+			t.Fatalf("%s: %d", p, r.Status)
+		}
+		if ct := r.Header.Get("Content-Type"); ct != "text/html; charset=utf-8" {
+			t.Errorf("%s: Content-Type %q", p, ct)
+		}
+		check(t, p, r, true)
+	}
+	if ct := b.get("/ui/static/console.css").Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/css") {
+		t.Errorf("css Content-Type %q", ct)
+	}
+}
+
+func TestConsoleFreshLoginForDecisions(t *testing.T) {
+	f := newFixture(t, nil)
+	b := f.browser()
+	b.login("alice")
+	id := f.request("agent-1", "elevated", "deploy hotfix", nil)
+	f.clock.Advance(11 * time.Minute) // past fresh_login (10m), within session_idle (15m)
+
+	page := b.get("/ui/grants/" + id)
+	mustContain(t, page.Body, "deciding asks you to sign in again first")
+	csrf := csrfField.FindStringSubmatch(page.Body)[1]
+	for _, act := range []string{"approve", "deny"} {
+		r := b.post("/ui/grants/"+id+"/"+act, url.Values{"csrf": {csrf}, "comment": {"ok"}})
+		if r.Status != http.StatusSeeOther || !strings.HasPrefix(r.Location(), "/ui/login?") {
+			t.Fatalf("%s with a stale sign-in: %d %q", act, r.Status, r.Location())
+		}
+		loc, _ := url.Parse(r.Location())
+		if loc.Query().Get("reason") != "fresh" || loc.Query().Get("next") != "/ui/grants/"+id {
+			t.Fatalf("%s redirects to %q", act, r.Location())
+		}
+		if g := f.grant(id); g.State != grants.StatePending || len(g.Approvals) != 0 {
+			t.Fatalf("%s went through without a fresh sign-in: %s", act, g.State)
+		}
+	}
+	// The sign-in page says why.
+	mustContain(t, b.get("/ui/login?reason=fresh&next=/ui/grants/"+id).Body, "needs a sign-in within the last 10m", "You are signed in as <strong>alice</strong>")
+
+	old := b.cookie(sessionCookie).Value
+	b.login("alice", "/ui/grants/"+id)
+	if b.cookie(sessionCookie).Value == old {
+		t.Fatal("re-authentication kept the session id")
+	}
+	csrf = b.csrf("/ui/grants/" + id)
+	r := b.post("/ui/grants/"+id+"/approve", url.Values{"csrf": {csrf}, "comment": {"checked the change ticket"}, "return": {"/ui/grants/" + id}})
+	if r.Status != http.StatusSeeOther || r.Location() != "/ui/grants/"+id {
+		t.Fatalf("approve after re-authentication: %d %q", r.Status, r.Location())
+	}
+	mustContain(t, b.get(r.Location()).Body, "Approved test/agent-1 → elevated")
+	g := f.grant(id)
+	if g.State != grants.StateApproved || len(g.Approvals) != 1 {
+		t.Fatalf("grant %s with %d approvals", g.State, len(g.Approvals))
+	}
+	if a := g.Approvals[0]; a.Operator != "alice" || a.Method != "console" || a.Comment != "checked the change ticket" {
+		t.Fatalf("approval recorded as %+v", a)
+	}
+	recs, err := audit.List(f.store.DB(), audit.Filter{Kind: audit.KindGrantApprove, Newest: true, Limit: 1})
+	if err != nil || len(recs) != 1 || recs[0].Actor.ID != "alice" || recs[0].Actor.Type != audit.ActorOperator || recs[0].Decision != audit.Allow {
+		t.Fatalf("audit record of the approval: %+v %v", recs, err)
+	}
+	if recs[0].RequestID == "" {
+		t.Error("the approval's audit record has no request id")
+	}
+}
+
+func TestConsoleDecisionsFollowBrokerRules(t *testing.T) {
+	f := newFixture(t, nil)
+	owner, bob, carol := f.browser(), f.browser(), f.browser()
+	owner.login("owner@example.com")
+	bob.login("bob")
+	carol.login("carol")
+
+	// The agent's attestation names owner@example.com as its owner.
+	id := f.request("owned-agent", "elevated", "my own agent", map[string]any{"email": "owner@example.com"})
+	r := owner.post("/ui/grants/"+id+"/approve", url.Values{"csrf": {owner.csrf("/ui/grants")}, "comment": {"mine"}})
+	if r.Status != http.StatusSeeOther {
+		t.Fatalf("self-approval: %d", r.Status)
+	}
+	page := owner.get(r.Location()).Body
+	mustContain(t, page, "Could not approve grant "+id, "self-approval refused", "owner@example.com asked for this access and cannot approve it")
+	if g := f.grant(id); g.State != grants.StatePending || len(g.Approvals) != 0 {
+		t.Fatalf("self-approval changed the grant: %s %v", g.State, g.Approvers())
+	}
+	recs, _ := audit.List(f.store.DB(), audit.Filter{Kind: audit.KindGrantApprove, Newest: true, Limit: 1})
+	if len(recs) != 1 || recs[0].Decision != audit.Deny || recs[0].Actor.ID != "owner@example.com" {
+		t.Fatalf("self-approval audit: %+v", recs)
+	}
+
+	// carol is not in the approvers group of two-keys.
+	two := f.request("agent-2", "two-keys", "drop staging", nil)
+	r = carol.post("/ui/grants/"+two+"/approve", url.Values{"csrf": {carol.csrf("/ui/grants")}})
+	mustContain(t, carol.get(r.Location()).Body, "carol is not among the approvers of role two-keys")
+
+	// Two distinct approvers are needed; the console says so.
+	r = bob.post("/ui/grants/"+two+"/approve", url.Values{"csrf": {bob.csrf("/ui/grants")}, "comment": {"one"}})
+	mustContain(t, bob.get(r.Location()).Body, "(1 of 2)")
+	r = owner.post("/ui/grants/"+two+"/approve", url.Values{"csrf": {owner.csrf("/ui/grants")}, "comment": {"two"}})
+	mustContain(t, owner.get(r.Location()).Body, "Approved test/agent-2 → two-keys")
+	if g := f.grant(two); g.State != grants.StateApproved || strings.Join(g.Approvers(), ",") != "bob,owner@example.com" {
+		t.Fatalf("two-keys: %s %v", g.State, g.Approvers())
+	}
+
+	// Deny with a comment.
+	third := f.request("agent-3", "elevated", "curious", nil)
+	r = bob.post("/ui/grants/"+third+"/deny", url.Values{"csrf": {bob.csrf("/ui/grants")}, "comment": {"no ticket"}})
+	mustContain(t, bob.get(r.Location()).Body, "Denied test/agent-3 → elevated")
+	if g := f.grant(third); g.State != grants.StateDenied || g.Denial.Operator != "bob" || g.Denial.Comment != "no ticket" || g.Denial.Method != "console" {
+		t.Fatalf("deny: %s %+v", g.State, g.Denial)
+	}
+}
+
+func TestConsoleGrantsPage(t *testing.T) {
+	f := newFixture(t, nil)
+	b := f.browser()
+	b.login("alice")
+	// The agent's history: a lease, and a denial.
+	f.mint("agent-1", "demo", nil)
+	if _, err := f.b.Mint(context.Background(), broker.MintRequest{Attestation: f.attest("agent-1", map[string]any{"blocked": true}), Role: "demo"}); err == nil {
+		t.Fatal("blocked agent minted")
+	}
+	f.clock.Advance(time.Minute)
+	id := f.request("agent-1", "elevated", "rotate <the> cert", nil)
+	glass, err := f.b.Mint(context.Background(), broker.MintRequest{Attestation: f.attest("agent-9", nil), Role: "glass", Reason: "prod is down", BreakGlass: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.clock.Advance(30 * time.Second)
+
+	page := b.get("/ui/grants").Body
+	mustContain(t, page,
+		"Pending approvals", "test/agent-1 → elevated", "rotate &lt;the&gt; cert", "1m30s", "0/1 approvals", "30s ago",
+		`action="/ui/grants/`+id+`/approve"`, `formaction="/ui/grants/`+id+`/deny"`, `name="comment"`,
+		"Recent history of this agent", "demo", "1 denial", "Break-glass access awaiting review", "test/agent-9 → glass", "prod is down",
+		`action="/ui/grants/`+glass.Grant.ID+`/review"`, "Activity, last 24 hours", "<svg", "Grant history")
+	// The pending request's expiry is shown: 1h (the default request_ttl)
+	// from its creation.
+	mustContain(t, page, "in 59m30s")
+
+	// A review needs a comment; with one it is recorded.
+	csrf := b.csrf("/ui/grants")
+	r := b.post("/ui/grants/"+glass.Grant.ID+"/review", url.Values{"csrf": {csrf}, "comment": {""}})
+	mustContain(t, b.get(r.Location()).Body, "a review needs a comment")
+	r = b.post("/ui/grants/"+glass.Grant.ID+"/review", url.Values{"csrf": {csrf}, "comment": {"checked the session log"}, "return": {"/ui/grants"}})
+	if r.Location() != "/ui/grants" {
+		t.Fatalf("review returns to %q", r.Location())
+	}
+	page = b.get("/ui/grants").Body
+	mustContain(t, page, "Recorded your review")
+	if strings.Contains(page, "Break-glass access awaiting review") {
+		t.Fatal("reviewed break-glass access is still flagged")
+	}
+	if g := f.grant(glass.Grant.ID); g.Review == nil || g.Review.Operator != "alice" {
+		t.Fatalf("review: %+v", g.Review)
+	}
+
+	// History filters.
+	r = b.post("/ui/grants/"+id+"/deny", url.Values{"csrf": {csrf}, "comment": {"no"}})
+	hist := b.get("/ui/grants?state=denied&agent=test/agent-1").Body
+	mustContain(t, hist, "alice (denied)")
+	if h := b.get("/ui/grants?state=redeemed&role=elevated").Body; strings.Contains(h, "alice (denied)") {
+		t.Fatal("filter by state shows a denied grant among redeemed ones")
+	}
+
+	// The detail page is what notifications link to.
+	detail := b.get("/ui/grants/" + id)
+	mustContain(t, detail.Body, "test/agent-1 → elevated", "denied", "by <strong>alice</strong>", "no", "Recent history of this agent")
+	if r := b.get("/ui/grants/01NOTAGRANT"); r.Status != http.StatusNotFound {
+		t.Fatalf("unknown grant: %d", r.Status)
+	}
+}
+
+func TestConsoleLeases(t *testing.T) {
+	f := newFixture(t, nil)
+	b := f.browser()
+	b.login("alice")
+	l1 := f.mint("agent-1", "demo", nil)
+	l2 := f.mint("agent-1", "demo", nil)
+	other := f.mint("agent-2", "demo", nil)
+	stuck := f.mint("agent-3", "stubborn", nil)
+
+	page := b.get("/ui/leases").Body
+	mustContain(t, page, l1.Lease.ID, other.Lease.ID, "test/agent-2", "h-"+l1.Lease.ID[:8], `action="/ui/leases/`+l1.Lease.ID+`/revoke"`)
+	csrf := csrfField.FindStringSubmatch(page)[1]
+
+	// Revoke one lease.
+	r := b.post("/ui/leases/"+l1.Lease.ID+"/revoke", url.Values{"csrf": {csrf}})
+	mustContain(t, b.get(r.Location()).Body, "Revoked lease "+l1.Lease.ID)
+	if st := f.lease(l1.Lease.ID).State; st != leases.StateRevoked {
+		t.Fatalf("revoked lease is %s", st)
+	}
+	recs, _ := audit.List(f.store.DB(), audit.Filter{Kind: audit.KindRevoke, LeaseID: l1.Lease.ID})
+	if len(recs) != 1 || recs[0].Actor.ID != "alice" {
+		t.Fatalf("revoke audit: %+v", recs)
+	}
+
+	// Filters: by agent, with "Revoke all of this agent".
+	page = b.get("/ui/leases?agent=test/agent-1").Body
+	mustContain(t, page, "has 1 live lease", "Revoke all of this agent", l2.Lease.ID)
+	if strings.Contains(page, other.Lease.ID) {
+		t.Fatal("agent filter shows another agent's lease")
+	}
+	if p := b.get("/ui/leases?state=revoked").Body; !strings.Contains(p, l1.Lease.ID) || strings.Contains(p, l2.Lease.ID) {
+		t.Fatal("state filter")
+	}
+	if p := b.get("/ui/leases?backend=stubborn").Body; !strings.Contains(p, stuck.Lease.ID) || strings.Contains(p, l2.Lease.ID) {
+		t.Fatal("backend filter")
+	}
+	r = b.post("/ui/agents/revoke", url.Values{"csrf": {csrf}, "agent": {"test/agent-1"}})
+	mustContain(t, b.get(r.Location()).Body, "Revoked 1 lease of test/agent-1.")
+	if st := f.lease(l2.Lease.ID).State; st != leases.StateRevoked {
+		t.Fatalf("agent's lease is %s", st)
+	}
+	if st := f.lease(other.Lease.ID).State; st != leases.StateActive {
+		t.Fatalf("another agent's lease is %s", st)
+	}
+
+	// A revocation that fails makes the lease irrevocable (one attempt in
+	// this fixture): it shows in its own tab, with the error and retry.
+	r = b.post("/ui/leases/"+stuck.Lease.ID+"/revoke", url.Values{"csrf": {csrf}})
+	mustContain(t, b.get(r.Location()).Body, "its backend has not confirmed the revocation yet")
+	irr := b.get("/ui/leases/irrevocable").Body
+	mustContain(t, irr, "Irrevocable leases", stuck.Lease.ID[:12], "unexpected EOF", "test/agent-3", `<span class="badge badge-alert">1</span>`)
+	if strings.Contains(irr, other.Lease.ID[:12]) {
+		t.Fatal("irrevocable tab shows an active lease")
+	}
+}
+
+func TestConsoleAgentsAndAudit(t *testing.T) {
+	f := newFixture(t, nil)
+	b := f.browser()
+	b.login("alice")
+	f.mint("agent-1", "demo", nil)
+	f.mint("agent-1", "demo", nil)
+	f.mint("agent-2", "stubborn", nil)
+	f.b.Mint(context.Background(), broker.MintRequest{Attestation: f.attest("agent-2", map[string]any{"blocked": true}), Role: "demo"})
+
+	page := b.get("/ui/agents").Body
+	row := regexp.MustCompile(`(?s)<th scope="row">test/agent-1</th>\s*<td>(\d+)</td>\s*<td>(\d+)</td>`).FindStringSubmatch(page)
+	if row == nil || row[1] != "2" || row[2] != "2" {
+		t.Fatalf("agent-1 row (active, mints): %v\n%s", row, page)
+	}
+	row = regexp.MustCompile(`(?s)<th scope="row">test/agent-2</th>.*?<td>(\d+)</td>\s*<td><span class="warn"[^>]*>(\d+)</span>`).FindStringSubmatch(page)
+	if row == nil || row[1] != "1" || row[2] != "1" {
+		t.Fatalf("agent-2 row (mints, denials): %v\n%s", row, page)
+	}
+	mustContain(t, page, `href="/ui/audit?agent=test%2fagent-1"`, "Revoke all")
+
+	// The audit browser: verified chain first, newest records, filters.
+	f.clock.Advance(time.Minute)
+	page = b.get("/ui/audit").Body
+	mustContain(t, page, "Chain verified", "records, every hash matches", "verify-ok", "mint", "deny")
+	if p := b.get("/ui/audit?kind=mint&agent=test/agent-2").Body; !strings.Contains(p, "test/agent-2") || strings.Contains(p, ">test/agent-1<") {
+		t.Fatal("audit filter")
+	}
+
+	// Tampering with a record shows in red, once the cached verification
+	// is older than 30s.
+	if err := tamper(f, 2); err != nil {
+		t.Fatal(err)
+	}
+	f.clock.Advance(31 * time.Second)
+	page = b.get("/ui/audit").Body
+	mustContain(t, page, "verify-bad", "The audit chain is broken", "record 2")
+}
+
+func TestConsoleNeverShowsSecrets(t *testing.T) {
+	f := newFixture(t, nil)
+	b := f.browser()
+	b.login("alice")
+	res := f.mint("agent-1", "demo", nil)
+	id := f.request("agent-1", "elevated", "secret-free", nil)
+	secret := res.Credential["secret"].(string)
+	for _, p := range consolePages(f, id) {
+		body := b.get(p).Body
+		for _, s := range append([]string{secret}, testTokens["alice"], b.cookie(sessionCookie).Value) {
+			if strings.Contains(body, s) {
+				t.Fatalf("%s shows a secret (%s…)", p, s[:6])
+			}
+		}
+	}
+	if strings.Contains(f.log.String(), testTokens["alice"]) {
+		t.Fatal("the log holds an operator token")
+	}
+}
+
+func TestConsoleRefusesToStart(t *testing.T) {
+	f := newFixture(t, nil)
+	base := Config{Broker: f.b, Operators: broker.NewOperators(broker.OperatorsConfig{}, nil), AuditDB: f.store.DB(), Console: f.console.cc}
+	off := false
+	cases := []struct {
+		name, url string
+		edit      func(*Config)
+		want      string
+	}{
+		{"plain http to a network host", "http://valet.example.com", nil, "plain http to a host that is not loopback"},
+		{"plain http to a private address", "http://10.0.0.5:8750", nil, "set console.disabled: true"},
+		{"no sign-in method", "https://valet.example.com", func(c *Config) { c.Console.TokenLogin = &off }, "nobody could sign in"},
+		{"unreachable SSO provider", "https://valet.example.com", func(c *Config) {
+			c.Console.OIDC = &broker.ConsoleOIDCConfig{Issuer: "http://127.0.0.1:1/idp", ClientID: "valet"}
+		}, "cannot discover the OpenID provider http://127.0.0.1:1/idp"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			cfg := base
+			cfg.PublicURL = c.url
+			if c.edit != nil {
+				c.edit(&cfg)
+			}
+			_, err := New(context.Background(), cfg)
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("err %v, want %q", err, c.want)
+			}
+		})
+	}
+	for _, u := range []string{"https://valet.example.com", "http://127.0.0.1:8750", "http://localhost:8750", "http://[::1]:8750"} {
+		cfg := base
+		cfg.PublicURL = u
+		if _, err := New(context.Background(), cfg); err != nil {
+			t.Errorf("%s: %v", u, err)
+		}
+	}
+}

@@ -1,0 +1,420 @@
+package web
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.etcd.io/bbolt"
+
+	"github.com/valet-broker/valet/backends"
+	"github.com/valet-broker/valet/broker"
+	"github.com/valet-broker/valet/broker/api"
+	"github.com/valet-broker/valet/broker/attest"
+	"github.com/valet-broker/valet/broker/clock"
+	"github.com/valet-broker/valet/broker/grants"
+	"github.com/valet-broker/valet/broker/policy"
+	"github.com/valet-broker/valet/leases"
+)
+
+// Operator tokens of the test console. alice and bob are approvers,
+// carol is not; owner@example.com is an approver who owns some agents.
+var testTokens = map[string]string{
+	"alice":             "valet_op_web_alice_0123456789",
+	"bob":               "valet_op_web_bob_0123456789",
+	"carol":             "valet_op_web_carol_0123456789",
+	"owner@example.com": "valet_op_web_owner_0123456789",
+}
+
+// memBackend is a credential backend that remembers what it issued; its
+// credentials carry a secret that must never reach a console page.
+type memBackend struct {
+	mu         sync.Mutex
+	live       map[string]bool
+	failRevoke bool
+}
+
+func (m *memBackend) Mint(ctx context.Context, req backends.MintRequest) (*backends.Credential, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.live[req.CorrelationID] = true
+	return &backends.Credential{Handle: "h-" + req.CorrelationID[:8], ExpiresAt: req.ExpiresAt,
+		Data: map[string]any{"secret": "s3cret-" + req.CorrelationID}}, nil
+}
+
+func (m *memBackend) Revoke(ctx context.Context, ref backends.Ref) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.failRevoke {
+		return io.ErrUnexpectedEOF
+	}
+	delete(m.live, ref.CorrelationID)
+	return nil
+}
+
+const testPolicy = `
+permit(principal, action, resource);
+forbid(principal, action, resource) when { principal.claims has blocked && principal.claims.blocked == true };
+`
+
+// fixture is a broker with a console mounted by the real API server on a
+// loopback httptest server, under a fake clock.
+type fixture struct {
+	t       *testing.T
+	dir     string
+	clock   *clock.Fake
+	issuer  *attest.DevIssuer
+	b       *broker.Broker
+	store   *leases.BoltStore
+	be      *memBackend
+	console *Console
+	srv     *httptest.Server
+	URL     string
+	log     *logBuffer
+}
+
+// logBuffer collects the server log so tests can check what it says.
+type logBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// newFixture starts a console; edit may change its configuration (the
+// console section and PublicURL are set already; edit runs before
+// defaults are applied).
+func newFixture(t *testing.T, edit func(*broker.Config, *Config)) *fixture {
+	t.Helper()
+	dir := t.TempDir()
+	clk := clock.NewFake(time.Now().Truncate(time.Second))
+	iss, err := attest.NewDevIssuer("https://issuer.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	iss.SetClock(clk)
+	jwks := filepath.Join(dir, "jwks.json")
+	if err := iss.WriteJWKS(jwks); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(dir, "policies"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "policies", "p.cedar"), []byte(testPolicy), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewUnstartedServer(nil)
+	publicURL := "http://" + srv.Listener.Addr().String()
+	var toks []broker.OperatorToken
+	for name, tok := range testTokens {
+		ot := broker.OperatorToken{Name: name, SHA256: broker.HashToken(tok)}
+		if name != "carol" {
+			ot.Groups = []string{"approvers"}
+		}
+		toks = append(toks, ot)
+	}
+	cfg := &broker.Config{
+		DataDir:   dir,
+		PublicURL: publicURL,
+		Issuers:   []broker.IssuerConfig{{Name: "test", Issuer: "https://issuer.test", Audiences: []string{"valet"}, JWKSFile: jwks, Algorithms: []string{"ES256"}}},
+		Backends:  []broker.BackendConfig{{Name: "mem", Type: "mem"}, {Name: "stubborn", Type: "mem"}},
+		Roles: []broker.Role{
+			{Name: "demo", Backend: "mem", TTL: broker.Duration(5 * time.Minute)},
+			{Name: "elevated", Backend: "mem", TTL: broker.Duration(5 * time.Minute), Approval: broker.ApprovalConfig{Required: 1}},
+			{Name: "two-keys", Backend: "mem", TTL: broker.Duration(5 * time.Minute), Approval: broker.ApprovalConfig{Required: 2,
+				Approvers: broker.ApproversConfig{Groups: []string{"approvers"}}}},
+			{Name: "glass", Backend: "mem", TTL: broker.Duration(5 * time.Minute), Approval: broker.ApprovalConfig{Required: 1,
+				BreakGlass: broker.BreakGlassConfig{Allowed: true}}},
+			{Name: "stubborn", Backend: "stubborn", TTL: broker.Duration(time.Hour)},
+		},
+		Policy:    broker.PolicyConfig{Dir: filepath.Join(dir, "policies")},
+		Operators: broker.OperatorsConfig{Tokens: toks},
+		Leases:    broker.LeasesConfig{RevokeAttempts: 1},
+		Limits:    broker.LimitsConfig{AgentRate: -1},
+	}
+	wcfg := &Config{Clock: clk}
+	if edit != nil {
+		edit(cfg, wcfg)
+	}
+	cfg.ApplyDefaults()
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	store, err := leases.OpenBolt(filepath.Join(dir, "valet.db"), leases.BoltOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	logs := &logBuffer{}
+	log := slog.New(slog.NewTextHandler(logs, nil))
+	v, err := attest.New(context.Background(), attest.Options{Issuers: cfg.Issuers, Clock: clk, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pe, err := policy.NewEngine(policy.Options{Dir: cfg.Policy.Dir, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	be := &memBackend{live: map[string]bool{}}
+	stubborn := &memBackend{live: map[string]bool{}, failRevoke: true}
+	bes := map[string]backends.Backend{"mem": be, "stubborn": stubborn}
+	q := leases.NewRevocationQueue(leases.RevocationQueueConfig{Store: store, Clock: clk, Logger: log, Attempts: cfg.Leases.RevokeAttempts,
+		Backoff: time.Minute, MaxBackoff: time.Hour,
+		Revoke: func(ctx context.Context, l *leases.Lease) error {
+			return bes[l.Backend].Revoke(ctx, backends.Ref{Handle: l.Handle, CorrelationID: l.ID})
+		}})
+	gs, err := grants.NewStore(store)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := broker.New(broker.Options{Config: cfg, Store: store, Auditor: store, Verifier: v, Authorizer: pe,
+		Backends: bes, Revoker: q, Clock: clk, Logger: log, Grants: gs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ops := broker.NewOperators(cfg.Operators, nil)
+	wcfg.Broker, wcfg.Operators, wcfg.AuditDB, wcfg.Console, wcfg.PublicURL, wcfg.Clock, wcfg.Logger =
+		b, ops, store.DB(), cfg.Console, cfg.PublicURL, clk, log
+	con, err := New(context.Background(), *wcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Config.Handler = api.New(api.Config{Broker: b, Operators: ops, AuditDB: store.DB(), Limits: cfg.Limits, PublicURL: cfg.PublicURL, Logger: log, UI: con})
+	srv.Start()
+	t.Cleanup(srv.Close)
+	return &fixture{t: t, dir: dir, clock: clk, issuer: iss, b: b, store: store, be: be, console: con, srv: srv, URL: srv.URL, log: logs}
+}
+
+// attest signs an attestation for sub.
+func (f *fixture) attest(sub string, extra map[string]any) string {
+	f.t.Helper()
+	c := map[string]any{"sub": sub, "aud": "valet"}
+	for k, v := range extra {
+		c[k] = v
+	}
+	tok, err := f.issuer.Sign(c)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return tok
+}
+
+// mint mints role for agent sub and returns the result.
+func (f *fixture) mint(sub, role string, extra map[string]any) *broker.MintResult {
+	f.t.Helper()
+	res, err := f.b.Mint(context.Background(), broker.MintRequest{Attestation: f.attest(sub, extra), Role: role, Reason: "test " + role})
+	if err != nil {
+		f.t.Fatalf("mint %s for %s: %v", role, sub, err)
+	}
+	return res
+}
+
+// request asks for an elevated role and returns the pending grant's id.
+func (f *fixture) request(sub, role, reason string, extra map[string]any) string {
+	f.t.Helper()
+	res, err := f.b.Mint(context.Background(), broker.MintRequest{Attestation: f.attest(sub, extra), Role: role, Reason: reason, TTL: 90 * time.Second})
+	if err != nil {
+		f.t.Fatalf("request %s for %s: %v", role, sub, err)
+	}
+	if res.Grant == nil || res.Grant.State != grants.StatePending {
+		f.t.Fatalf("request %s: no pending grant: %+v", role, res)
+	}
+	return res.Grant.ID
+}
+
+// grant reads a grant as an operator.
+func (f *fixture) grant(id string) *grants.Grant {
+	f.t.Helper()
+	g, err := f.b.GetGrant(context.Background(), broker.Caller{Operator: &broker.Operator{Name: "test"}}, id)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return g
+}
+
+// lease reads a lease as an operator.
+func (f *fixture) lease(id string) *leases.Lease {
+	f.t.Helper()
+	l, err := f.b.GetLease(context.Background(), broker.Caller{Operator: &broker.Operator{Name: "test"}}, id)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return l
+}
+
+// browser is a minimal browser: it keeps cookies per host (ignoring
+// Secure, as browsers do for loopback), sends the headers a browser sends
+// on same-origin form posts, and never follows redirects.
+type browser struct {
+	t       *testing.T
+	f       *fixture
+	client  *http.Client
+	cookies map[string]map[string]*http.Cookie // host -> name -> cookie
+	// Origin and Site are sent on POSTs; by default the console's origin
+	// and same-origin.
+	Origin, Site string
+}
+
+func (f *fixture) browser() *browser {
+	return &browser{t: f.t, f: f, cookies: map[string]map[string]*http.Cookie{}, Origin: f.URL, Site: "same-origin",
+		client: &http.Client{Timeout: 30 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}}
+}
+
+// resp is an answer.
+type resp struct {
+	Status  int
+	Header  http.Header
+	Body    string
+	Cookies []*http.Cookie
+}
+
+// Location returns the redirect target.
+func (r *resp) Location() string { return r.Header.Get("Location") }
+
+func (b *browser) do(req *http.Request) *resp {
+	b.t.Helper()
+	for _, c := range b.cookies[req.URL.Host] {
+		req.AddCookie(&http.Cookie{Name: c.Name, Value: c.Value})
+	}
+	res, err := b.client.Do(req)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	defer res.Body.Close()
+	body, err := io.ReadAll(res.Body)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	out := &resp{Status: res.StatusCode, Header: res.Header, Body: string(body), Cookies: res.Cookies()}
+	for _, c := range out.Cookies {
+		jar := b.cookies[req.URL.Host]
+		if jar == nil {
+			jar = map[string]*http.Cookie{}
+			b.cookies[req.URL.Host] = jar
+		}
+		if c.MaxAge < 0 || c.Value == "" {
+			delete(jar, c.Name)
+		} else {
+			jar[c.Name] = c
+		}
+	}
+	return out
+}
+
+// get fetches a console path (or an absolute URL).
+func (b *browser) get(path string) *resp {
+	b.t.Helper()
+	u := path
+	if strings.HasPrefix(path, "/") {
+		u = b.f.URL + path
+	}
+	req, err := http.NewRequest("GET", u, nil)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	return b.do(req)
+}
+
+// post submits a form to a console path as a same-origin page would.
+func (b *browser) post(path string, form url.Values) *resp {
+	b.t.Helper()
+	req, err := http.NewRequest("POST", b.f.URL+path, strings.NewReader(form.Encode()))
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	if b.Origin != "" {
+		req.Header.Set("Origin", b.Origin)
+	}
+	if b.Site != "" {
+		req.Header.Set("Sec-Fetch-Site", b.Site)
+	}
+	return b.do(req)
+}
+
+// cookie returns the browser's cookie for the console.
+func (b *browser) cookie(name string) *http.Cookie {
+	u, _ := url.Parse(b.f.URL)
+	return b.cookies[u.Host][name]
+}
+
+var csrfField = regexp.MustCompile(`name="csrf" value="([^"]+)"`)
+
+// csrf returns the CSRF token of the page at path.
+func (b *browser) csrf(path string) string {
+	b.t.Helper()
+	r := b.get(path)
+	m := csrfField.FindStringSubmatch(r.Body)
+	if r.Status != 200 || m == nil {
+		b.t.Fatalf("GET %s: %d, no csrf field:\n%s", path, r.Status, r.Body)
+	}
+	return m[1]
+}
+
+// login signs in with an operator's token and expects to land at want
+// (default /ui/grants).
+func (b *browser) login(name string, next ...string) *resp {
+	b.t.Helper()
+	path := "/ui/login"
+	form := url.Values{"token": {testTokens[name]}}
+	if len(next) > 0 {
+		form.Set("next", next[0])
+	}
+	form.Set("csrf", b.csrf(path))
+	r := b.post("/ui/login", form)
+	want := "/ui/grants"
+	if len(next) > 0 {
+		want = next[0]
+	}
+	if r.Status != http.StatusSeeOther || r.Location() != want {
+		b.t.Fatalf("login as %s: %d to %q, want 303 to %s\n%s", name, r.Status, r.Location(), want, r.Body)
+	}
+	return r
+}
+
+// mustContain fails unless body holds every string.
+func mustContain(t *testing.T, body string, want ...string) {
+	t.Helper()
+	for _, w := range want {
+		if !strings.Contains(body, w) {
+			t.Fatalf("page lacks %q:\n%s", w, body)
+		}
+	}
+}
+
+// tamper changes the stored audit record seq behind the log's back.
+func tamper(f *fixture, seq uint64) error {
+	return f.store.DB().Update(func(tx *bbolt.Tx) error {
+		b := tx.Bucket([]byte("audit"))
+		k := make([]byte, 8)
+		binary.BigEndian.PutUint64(k, seq)
+		v := b.Get(k)
+		if v == nil {
+			return fmt.Errorf("no audit record %d", seq)
+		}
+		return b.Put(k, bytes.Replace(v, []byte(`"kind":"`), []byte(`"kind":"x`), 1))
+	})
+}

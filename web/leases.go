@@ -1,0 +1,193 @@
+package web
+
+import (
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/valet-broker/valet/broker"
+	"github.com/valet-broker/valet/leases"
+)
+
+// leaseStates are the states the lease list can be filtered by.
+var leaseStates = []leases.State{
+	leases.StateActive, leases.StatePending, leases.StateRevoking, leases.StateIrrevocable,
+	leases.StateReleased, leases.StateRevoked, leases.StateExpired,
+}
+
+// leasesData is the leases page.
+type leasesData struct {
+	Leases   []leaseView
+	Filter   leaseFilter
+	States   []leases.State
+	Roles    []string
+	Backends []string
+	Older    string
+	// LiveForAgent counts the filtered agent's live leases, for "Revoke
+	// all of this agent".
+	LiveForAgent int
+}
+
+type leaseFilter struct {
+	Agent, Role, Backend, State string
+}
+
+// leaseView is a lease as shown: its state as of now (an active lease
+// past its expiry is expired before the expirer records it).
+type leaseView struct {
+	*leases.Lease
+	Shown     leases.State
+	Revocable bool
+}
+
+func (c *Console) viewLease(l *leases.Lease) leaseView {
+	v := leaseView{Lease: l, Shown: l.State}
+	now := c.clock.Now()
+	if l.State == leases.StateActive && !now.Before(l.ExpiresAt) {
+		v.Shown = leases.StateExpired
+	}
+	v.Revocable = l.State == leases.StateActive || l.State == leases.StatePending
+	return v
+}
+
+func (c *Console) handleLeases(w http.ResponseWriter, r *http.Request, se *session) {
+	q := r.URL.Query()
+	d := leasesData{
+		Filter: leaseFilter{Agent: strings.TrimSpace(q.Get("agent")), Role: q.Get("role"), Backend: q.Get("backend"), State: q.Get("state")},
+		States: leaseStates, Roles: c.roleNames(), Backends: c.backendNames(),
+	}
+	if _, ok := q["state"]; !ok {
+		d.Filter.State = string(leases.StateActive)
+	}
+	f := leases.Filter{AgentID: d.Filter.Agent, Role: d.Filter.Role, Backend: d.Filter.Backend, Before: q.Get("before"), Limit: 100}
+	if slices.Contains(leaseStates, leases.State(d.Filter.State)) {
+		f.State = leases.State(d.Filter.State)
+	} else {
+		d.Filter.State = ""
+	}
+	if f.Before != "" && !leases.ValidID(f.Before) {
+		f.Before = ""
+	}
+	ls, err := c.b.ListLeases(r.Context(), f)
+	if err != nil {
+		c.serverError(w, r, err)
+		return
+	}
+	for _, l := range ls {
+		d.Leases = append(d.Leases, c.viewLease(l))
+	}
+	if len(ls) == f.Limit {
+		oq := url.Values{"agent": {d.Filter.Agent}, "role": {d.Filter.Role}, "backend": {d.Filter.Backend}, "state": {d.Filter.State}, "before": {ls[len(ls)-1].ID}}
+		d.Older = "/ui/leases?" + oq.Encode()
+	}
+	if d.Filter.Agent != "" {
+		n, err := c.liveLeases(r, d.Filter.Agent)
+		if err != nil {
+			c.serverError(w, r, err)
+			return
+		}
+		d.LiveForAgent = n
+	}
+	p := &page{Title: "Leases", Data: d}
+	c.fillLayout(r, p, se, "leases")
+	c.render(w, r, http.StatusOK, "leases.html", p)
+}
+
+// liveLeases counts an agent's leases that RevokeMatching would end.
+func (c *Console) liveLeases(r *http.Request, agent string) (int, error) {
+	n := 0
+	for _, st := range []leases.State{leases.StateActive, leases.StatePending} {
+		ls, err := c.b.ListLeases(r.Context(), leases.Filter{AgentID: agent, State: st, Limit: 1000})
+		if err != nil {
+			return 0, err
+		}
+		n += len(ls)
+	}
+	return n, nil
+}
+
+// irrevocableData is the page of leases whose revocation keeps failing.
+type irrevocableData struct {
+	Leases []leaseView
+	Older  string
+}
+
+func (c *Console) handleIrrevocable(w http.ResponseWriter, r *http.Request, se *session) {
+	f := leases.Filter{State: leases.StateIrrevocable, Before: r.URL.Query().Get("before"), Limit: 100}
+	if f.Before != "" && !leases.ValidID(f.Before) {
+		f.Before = ""
+	}
+	ls, err := c.b.ListLeases(r.Context(), f)
+	if err != nil {
+		c.serverError(w, r, err)
+		return
+	}
+	var d irrevocableData
+	for _, l := range ls {
+		d.Leases = append(d.Leases, c.viewLease(l))
+	}
+	if len(ls) == f.Limit {
+		d.Older = "/ui/leases/irrevocable?" + url.Values{"before": {ls[len(ls)-1].ID}}.Encode()
+	}
+	p := &page{Title: "Irrevocable leases", Data: d}
+	c.fillLayout(r, p, se, "irrevocable")
+	c.render(w, r, http.StatusOK, "irrevocable.html", p)
+}
+
+// handleRevoke revokes one lease as the session's operator.
+func (c *Console) handleRevoke(w http.ResponseWriter, r *http.Request, se *session) {
+	id := r.PathValue("id")
+	back := localPath(r.PostForm.Get("return"))
+	if back == "" {
+		back = "/ui/leases"
+	}
+	op := se.op
+	l, err := c.b.EndLease(r.Context(), broker.Caller{Operator: &op}, id, "revoked by "+op.Name+" in the console", requestID(w))
+	if err != nil {
+		c.flashError(se, "Could not revoke lease "+id, err)
+		http.Redirect(w, r, back, http.StatusSeeOther)
+		return
+	}
+	c.log.Info("console revoked a lease", "lease", id, "operator", op.Name, "state", l.State)
+	msg := "Revoked lease " + id + " of " + l.AgentID + " (" + l.Role + ")."
+	if l.State != leases.StateRevoked {
+		msg = "Lease " + id + " of " + l.AgentID + " is ended (" + string(l.State) + "); its backend has not confirmed the revocation yet and valet keeps retrying."
+	}
+	c.sessions.addFlash(se.key, flash{"ok", msg})
+	http.Redirect(w, r, back, http.StatusSeeOther)
+}
+
+// handleRevokeAgent revokes every live lease of one agent.
+func (c *Console) handleRevokeAgent(w http.ResponseWriter, r *http.Request, se *session) {
+	agent := strings.TrimSpace(r.PostForm.Get("agent"))
+	back := localPath(r.PostForm.Get("return"))
+	if back == "" {
+		back = "/ui/leases?" + url.Values{"agent": {agent}}.Encode()
+	}
+	if agent == "" {
+		c.sessions.addFlash(se.key, flash{"error", "Name the agent whose leases to revoke."})
+		http.Redirect(w, r, back, http.StatusSeeOther)
+		return
+	}
+	op := se.op
+	n, err := c.b.RevokeMatching(r.Context(), &op, leases.Filter{AgentID: agent}, "all leases of the agent revoked by "+op.Name+" in the console", requestID(w))
+	if err != nil {
+		c.flashError(se, "Revoked "+strconv.Itoa(n)+" leases of "+agent+", then failed", err)
+		http.Redirect(w, r, back, http.StatusSeeOther)
+		return
+	}
+	c.log.Info("console revoked an agent's leases", "agent", agent, "operator", op.Name, "count", n)
+	c.sessions.addFlash(se.key, flash{"ok", "Revoked " + plural(n, "lease") + " of " + agent + "."})
+	http.Redirect(w, r, back, http.StatusSeeOther)
+}
+
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return strconv.Itoa(n) + " " + noun + "s"
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }
