@@ -200,6 +200,8 @@ operators:
       sha256: OPERATOR_SHA256
 limits:
   agent_rate: -1
+console:
+  disabled: true # the bench measures the API; its public_url is not loopback
 `
 
 // newEnv writes a bench config; backends and roles are extra YAML list

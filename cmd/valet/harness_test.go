@@ -172,6 +172,10 @@ operators:
 limits:
   agent_rate: -1
   max_body_bytes: 4096
+# The console refuses a plain-http public_url that is not loopback;
+# console tests turn it on with a loopback public_url (startConsole).
+console:
+  disabled: true
 `
 
 // newTestEnv writes a config into a temp dir. Call Start (after adjusting

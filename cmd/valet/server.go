@@ -31,6 +31,7 @@ import (
 	"github.com/valet-broker/valet/broker/notify"
 	"github.com/valet-broker/valet/broker/policy"
 	"github.com/valet-broker/valet/leases"
+	"github.com/valet-broker/valet/web"
 )
 
 // Server is a running valet: everything `valet serve` starts, assembled
@@ -228,10 +229,22 @@ func (s *Server) Open(ctx context.Context) (err error) {
 		return err
 	}
 
+	operators := broker.NewOperators(cfg.Operators, opVerifier)
+	var console http.Handler
+	if !cfg.Console.Disabled {
+		c, err := web.New(ctx, web.Config{
+			Broker: s.broker, Operators: operators, AuditDB: s.store.DB(), Console: cfg.Console,
+			PublicURL: cfg.PublicURL, Clock: s.Clock, Logger: log.With("component", "console"),
+		})
+		if err != nil {
+			return err
+		}
+		console = c
+	}
 	s.api = api.New(api.Config{
-		Broker: s.broker, Operators: broker.NewOperators(cfg.Operators, opVerifier), AuditDB: s.store.DB(),
+		Broker: s.broker, Operators: operators, AuditDB: s.store.DB(),
 		Limits: cfg.Limits, PublicURL: cfg.PublicURL, Metrics: s.metrics, Logger: log, Ready: s.readiness,
-		NotificationStats: notifyStats,
+		NotificationStats: notifyStats, UI: console,
 	})
 
 	wctx, cancel := context.WithCancel(context.Background())
