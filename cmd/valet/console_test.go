@@ -31,7 +31,9 @@ const stubbornType = "test-stubborn"
 
 type stubborn struct{}
 
-func newStubborn(string, map[string]any, backends.Deps) (backends.Backend, error) { return stubborn{}, nil }
+func newStubborn(string, map[string]any, backends.Deps) (backends.Backend, error) {
+	return stubborn{}, nil
+}
 
 func (stubborn) Mint(ctx context.Context, req backends.MintRequest) (*backends.Credential, error) {
 	return &backends.Credential{Handle: "stub-" + req.CorrelationID[:10], ExpiresAt: req.ExpiresAt, Data: map[string]any{"password": "stubborn-" + req.CorrelationID}}, nil
