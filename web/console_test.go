@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/url"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -468,7 +469,9 @@ func TestConsoleGrantsPage(t *testing.T) {
 	}
 
 	// History filters.
-	r = b.post("/ui/grants/"+id+"/deny", url.Values{"csrf": {csrf}, "comment": {"no"}})
+	if r := b.post("/ui/grants/"+id+"/deny", url.Values{"csrf": {csrf}, "comment": {"no"}}); r.Status != http.StatusSeeOther {
+		t.Fatalf("deny: %d", r.Status)
+	}
 	hist := b.get("/ui/grants?state=denied&agent=test/agent-1").Body
 	mustContain(t, hist, "alice (denied)")
 	if h := b.get("/ui/grants?state=redeemed&role=elevated").Body; strings.Contains(h, "alice (denied)") {
@@ -633,4 +636,46 @@ func TestConsoleRefusesToStart(t *testing.T) {
 			t.Errorf("%s: %v", u, err)
 		}
 	}
+}
+
+func TestConsolePaging(t *testing.T) {
+	f := newFixture(t, nil)
+	b := f.browser()
+	b.login("alice")
+	var ids []string
+	for i := 0; i < 120; i++ {
+		f.clock.Advance(time.Second) // ids are ordered by time
+		ids = append(ids, f.mint("pager", "demo", nil).Lease.ID)
+	}
+	older := regexp.MustCompile(`<a href="([^"]+)">Older (?:leases|records) →</a>`)
+
+	// Leases: 100 a page, newest first; the next page holds the rest.
+	page := b.get("/ui/leases").Body
+	if !strings.Contains(page, ids[119]) || !strings.Contains(page, ids[20]) || strings.Contains(page, ids[19]) {
+		t.Fatal("first lease page does not hold the newest 100")
+	}
+	m := older.FindStringSubmatch(page)
+	if m == nil {
+		t.Fatal("no link to older leases")
+	}
+	page = b.get(strings.ReplaceAll(m[1], "&amp;", "&")).Body
+	if !strings.Contains(page, ids[19]) || !strings.Contains(page, ids[0]) || strings.Contains(page, ids[20]) {
+		t.Fatal("second lease page does not hold the oldest 20")
+	}
+
+	// Audit: 50 a page, filter kept across pages.
+	page = b.get("/ui/audit?kind=mint").Body
+	m = older.FindStringSubmatch(page)
+	if m == nil || !strings.Contains(m[1], "kind=mint") {
+		t.Fatalf("older-records link %v", m)
+	}
+	seqs := regexp.MustCompile(`<td class="num">(\d+)</td>`)
+	first := seqs.FindAllStringSubmatch(page, -1)
+	page = b.get(strings.ReplaceAll(m[1], "&amp;", "&")).Body
+	second := seqs.FindAllStringSubmatch(page, -1)
+	atoi := func(s string) int { n, _ := strconv.Atoi(s); return n }
+	if len(first) != 50 || len(second) != 50 || atoi(first[49][1]) <= atoi(second[0][1]) {
+		t.Fatalf("audit pages: %d then %d records (last %v, next %v)", len(first), len(second), first[len(first)-1], second[0])
+	}
+	mustContain(t, page, "← Newest")
 }
