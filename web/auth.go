@@ -44,7 +44,7 @@ func (c *Console) handleLoginPage(w http.ResponseWriter, r *http.Request) {
 	c.renderLogin(w, r, http.StatusOK, r.URL.Query().Get("reason"), localPath(r.URL.Query().Get("next")), "")
 }
 
-// renderLogin shows the sign-in page with a fresh double-submit token.
+// renderLogin shows the sign-in page and sets its double-submit token.
 func (c *Console) renderLogin(w http.ResponseWriter, r *http.Request, status int, reason, next, errMsg string) {
 	d := loginData{
 		TokenLogin: c.cc.TokenLogin == nil || *c.cc.TokenLogin, SSO: c.sso != nil, Next: next, Error: errMsg,

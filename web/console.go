@@ -119,7 +119,15 @@ func consoleOrigin(publicURL string) (string, bool, error) {
 			"must not cross a network in clear text. Serve valet over https (the tls section, or a TLS-terminating proxy) and "+
 			"set public_url to its https URL, or set console.disabled: true", publicURL)
 	}
-	return u.Scheme + "://" + u.Host, u.Scheme == "https", nil
+	// Browsers serialize an origin in lower case, without a default port.
+	host := strings.ToLower(u.Host)
+	if port := u.Port(); (u.Scheme == "https" && port == "443") || (u.Scheme == "http" && port == "80") {
+		host = strings.ToLower(u.Hostname())
+		if strings.Contains(host, ":") {
+			host = "[" + host + "]"
+		}
+	}
+	return u.Scheme + "://" + host, u.Scheme == "https", nil
 }
 
 func loopbackHost(h string) bool {

@@ -629,11 +629,20 @@ func TestConsoleRefusesToStart(t *testing.T) {
 			}
 		})
 	}
-	for _, u := range []string{"https://valet.example.com", "http://127.0.0.1:8750", "http://localhost:8750", "http://[::1]:8750"} {
+	for u, origin := range map[string]string{
+		"https://valet.example.com": "https://valet.example.com", "https://Valet.Example.com:443/x": "https://valet.example.com",
+		"https://valet.example.com:8443": "https://valet.example.com:8443", "http://127.0.0.1:8750": "http://127.0.0.1:8750",
+		"http://localhost:8750": "http://localhost:8750", "http://[::1]:8750": "http://[::1]:8750", "http://[::1]:80": "http://[::1]",
+	} {
 		cfg := base
 		cfg.PublicURL = u
-		if _, err := New(context.Background(), cfg); err != nil {
+		c, err := New(context.Background(), cfg)
+		if err != nil {
 			t.Errorf("%s: %v", u, err)
+			continue
+		}
+		if c.origin != origin {
+			t.Errorf("%s: origin %s, want %s", u, c.origin, origin)
 		}
 	}
 }

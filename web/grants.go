@@ -57,6 +57,7 @@ type grantsData struct {
 	Approved []*grantView // approved, not yet redeemed
 	History  []*grantView
 	Filter   grantFilter
+	States   []grants.State
 	Roles    []string
 	Older    string // query of the next history page, "" at the end
 	Activity *activity
@@ -74,7 +75,8 @@ var historyStates = []grants.State{grants.StateApproved, grants.StateDenied, gra
 func (c *Console) handleGrants(w http.ResponseWriter, r *http.Request, se *session) {
 	ctx := r.Context()
 	q := r.URL.Query()
-	d := grantsData{Filter: grantFilter{Agent: strings.TrimSpace(q.Get("agent")), Role: q.Get("role"), State: q.Get("state")}, Roles: c.roleNames()}
+	d := grantsData{Filter: grantFilter{Agent: strings.TrimSpace(q.Get("agent")), Role: q.Get("role"), State: q.Get("state")},
+		States: historyStates, Roles: c.roleNames()}
 	act, err := c.recentActivity()
 	if err != nil {
 		c.log.Error("console: read audit activity", "err", err)

@@ -64,19 +64,16 @@ func init() {
 
 func parsePages() (*pages, error) {
 	funcs := template.FuncMap{
-		"static":   func(name string) string { return "/ui/static/" + name + "?v=" + staticVersions[name] },
-		"utc":      func(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05 UTC") },
-		"iso":      func(t time.Time) string { return t.UTC().Format(time.RFC3339) },
-		"since":    relTime,
-		"dur":      humanDuration,
-		"short":    func(s string) string { return shorten(s, 12) },
-		"join":     strings.Join,
-		"json":     prettyJSON,
-		"add":      func(a, b int) int { return a + b },
-		"lower":    strings.ToLower,
-		"contains": strings.Contains,
-		"list":     func(v ...string) []string { return v },
-		"dict":     dict,
+		"static": func(name string) string { return "/ui/static/" + name + "?v=" + staticVersions[name] },
+		"utc":    func(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05 UTC") },
+		"iso":    func(t time.Time) string { return t.UTC().Format(time.RFC3339) },
+		"since":  relTime,
+		"dur":    humanDuration,
+		"short":  func(s string) string { return shorten(s, 12) },
+		"join":   strings.Join,
+		"json":   prettyJSON,
+		"add":    func(a, b int) int { return a + b },
+		"dict":   dict,
 	}
 	entries, err := fs.Glob(files, "templates/*.html")
 	if err != nil {
