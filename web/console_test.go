@@ -510,6 +510,10 @@ func TestConsoleLeases(t *testing.T) {
 		t.Fatalf("revoke audit: %+v", recs)
 	}
 
+	// A revocation returns to the filtered list it was made from.
+	page = b.get("/ui/leases?agent=test/agent-2").Body
+	mustContain(t, page, `name="return" value="/ui/leases?agent=test/agent-2"`)
+
 	// Filters: by agent, with "Revoke all of this agent".
 	page = b.get("/ui/leases?agent=test/agent-1").Body
 	mustContain(t, page, "has 1 live lease", "Revoke all of this agent", l2.Lease.ID)
@@ -668,7 +672,8 @@ func TestConsolePaging(t *testing.T) {
 		t.Fatal("no link to older leases")
 	}
 	page = b.get(strings.ReplaceAll(m[1], "&amp;", "&")).Body
-	if !strings.Contains(page, ids[19]) || !strings.Contains(page, ids[0]) || strings.Contains(page, ids[20]) {
+	row := func(id string) string { return "<code>" + id + "</code>" }
+	if !strings.Contains(page, row(ids[19])) || !strings.Contains(page, row(ids[0])) || strings.Contains(page, row(ids[20])) {
 		t.Fatal("second lease page does not hold the oldest 20")
 	}
 

@@ -28,6 +28,8 @@ type leasesData struct {
 	// LiveForAgent counts the filtered agent's live leases, for "Revoke
 	// all of this agent".
 	LiveForAgent int
+	// Return is this page, where a revocation comes back to.
+	Return string
 }
 
 type leaseFilter struct {
@@ -56,7 +58,7 @@ func (c *Console) handleLeases(w http.ResponseWriter, r *http.Request, se *sessi
 	q := r.URL.Query()
 	d := leasesData{
 		Filter: leaseFilter{Agent: strings.TrimSpace(q.Get("agent")), Role: q.Get("role"), Backend: q.Get("backend"), State: q.Get("state")},
-		States: leaseStates, Roles: c.roleNames(), Backends: c.backendNames(),
+		States: leaseStates, Roles: c.roleNames(), Backends: c.backendNames(), Return: localPath(r.URL.RequestURI()),
 	}
 	if _, ok := q["state"]; !ok {
 		d.Filter.State = string(leases.StateActive)
