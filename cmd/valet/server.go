@@ -232,10 +232,19 @@ func (s *Server) Open(ctx context.Context) (err error) {
 	operators := broker.NewOperators(cfg.Operators, opVerifier)
 	var console http.Handler
 	if !cfg.Console.Disabled {
-		c, err := web.New(ctx, web.Config{
+		wc := web.Config{
 			Broker: s.broker, Operators: operators, AuditDB: s.store.DB(), Console: cfg.Console,
 			PublicURL: cfg.PublicURL, Clock: s.Clock, Logger: log.With("component", "console"),
-		})
+		}
+		c, err := web.New(ctx, wc)
+		if err != nil && cfg.Console.OIDC != nil && *cfg.Console.TokenLogin {
+			// The identity provider being down must not keep the broker
+			// from starting: agents need their credentials. The console
+			// starts with token sign-in only.
+			log.Error("console single sign-on is unavailable; the console offers token sign-in only until valet restarts", "err", err)
+			wc.Console.OIDC = nil
+			c, err = web.New(ctx, wc)
+		}
 		if err != nil {
 			return err
 		}
