@@ -70,7 +70,8 @@
 // # Single sign-on
 //
 // With console.oidc set the console discovers the OpenID provider at
-// start-up (and refuses to start if it cannot) and signs operators in
+// start-up (New fails if it cannot; valet serve then runs the console
+with token sign-in only, when that is on, rather than not start) and signs operators in
 // with the authorization code flow, PKCE (S256), state and nonce, using
 // github.com/coreos/go-oidc/v3 and golang.org/x/oauth2. State, nonce and
 // code verifier stay on the server, keyed by the state's hash and bound to
