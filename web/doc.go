@@ -71,8 +71,8 @@
 //
 // With console.oidc set the console discovers the OpenID provider at
 // start-up (New fails if it cannot; valet serve then runs the console
-with token sign-in only, when that is on, rather than not start) and signs operators in
-// with the authorization code flow, PKCE (S256), state and nonce, using
+// with token sign-in only, when that is on, rather than not start) and
+// signs operators in with the authorization code flow, PKCE (S256), state and nonce, using
 // github.com/coreos/go-oidc/v3 and golang.org/x/oauth2. State, nonce and
 // code verifier stay on the server, keyed by the state's hash and bound to
 // the browser by the short-lived __Host-valet-sso cookie (SameSite=Lax, as
