@@ -143,7 +143,7 @@ func (b *Broker) WaitGrant(ctx context.Context, c Caller, id string, wait time.D
 		}
 		t.Stop()
 		b.waiters.remove(id, ch)
-		if !b.clock.Now().Before(deadline) {
+		if !b.clock.Now().Before(deadline) || b.waiters.isStopped() {
 			return b.GetGrant(ctx, c, id)
 		}
 	}
@@ -375,8 +375,24 @@ func grantError(err error) error {
 
 // grantWaiters wakes long polls when a grant changes.
 type grantWaiters struct {
-	mu sync.Mutex
-	m  map[string]map[chan struct{}]bool
+	mu      sync.Mutex
+	m       map[string]map[chan struct{}]bool
+	stopped bool
+}
+
+// StopWaiting ends every long poll at once (and every later one
+// immediately), so a shutting-down server does not wait for them.
+func (b *Broker) StopWaiting() {
+	w := &b.waiters
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.stopped = true
+	for id, set := range w.m {
+		for ch := range set {
+			close(ch)
+		}
+		delete(w.m, id)
+	}
 }
 
 func (w *grantWaiters) add(id string) chan struct{} {
@@ -386,11 +402,28 @@ func (w *grantWaiters) add(id string) chan struct{} {
 		w.m = map[string]map[chan struct{}]bool{}
 	}
 	ch := make(chan struct{})
+	if w.stopped {
+		close(ch)
+		return ch
+	}
 	if w.m[id] == nil {
 		w.m[id] = map[chan struct{}]bool{}
 	}
 	w.m[id][ch] = true
 	return ch
+}
+
+// WaitingOn reports how many long polls wait on a grant.
+func (b *Broker) WaitingOn(id string) int {
+	b.waiters.mu.Lock()
+	defer b.waiters.mu.Unlock()
+	return len(b.waiters.m[id])
+}
+
+func (w *grantWaiters) isStopped() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.stopped
 }
 
 func (w *grantWaiters) remove(id string, ch chan struct{}) {

@@ -395,3 +395,29 @@ func TestGrantWebhooksDelivered(t *testing.T) {
 		t.Fatalf("notification stats: %s", r.Body)
 	}
 }
+
+func TestShutdownEndsLongPolls(t *testing.T) {
+	e := newTestEnv(t).Start()
+	agent := e.Attest("patient-at-shutdown", nil)
+	id := requestGrant(t, e, agent, "elevated", "waiting while valet stops")
+	done := make(chan int)
+	go func() { done <- e.Do("GET", "/v1/grants/"+id+"?wait=60s", agent, nil).Status }()
+	eventually(t, 5*time.Second, "the poll is parked", func() bool {
+		return e.Server.broker.WaitingOn(id) > 0
+	})
+	start := time.Now()
+	if err := e.Server.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case st := <-done:
+		if st != http.StatusOK {
+			t.Fatalf("the parked poll answered %d", st)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the long poll held up the shutdown")
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("shutdown took %s", d)
+	}
+}

@@ -61,10 +61,12 @@ type Server struct {
 	http       *http.Server
 	listener   net.Listener
 
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-	ready  bool
-	mu     sync.Mutex
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+	closeErr  error
+	ready     bool
+	mu        sync.Mutex
 }
 
 // Open builds every component, recovers interrupted mints, starts the
@@ -373,6 +375,14 @@ func (s *Server) ReloadPolicy() error { return s.policy.Reload() }
 // Close stops accepting requests, lets in-flight ones finish (up to 10s),
 // stops the workers and closes the store.
 func (s *Server) Close() error {
+	s.closeOnce.Do(func() { s.closeErr = s.close() })
+	return s.closeErr
+}
+
+func (s *Server) close() error {
+	if s.broker != nil {
+		s.broker.StopWaiting() // long polls answer now instead of holding up the shutdown
+	}
 	if s.http != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		_ = s.http.Shutdown(ctx)
