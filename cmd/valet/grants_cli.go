@@ -72,28 +72,7 @@ func newGrantsCmd() *cobra.Command {
 	list.Flags().BoolVar(&review, "review-pending", false, "break-glass grants awaiting review")
 	list.Flags().BoolVar(&asJSON, "json", false, "print the raw JSON")
 
-	var gf clientFlags
-	get := &cobra.Command{
-		Use:   "get GRANT_ID",
-		Short: "Show one grant (operator, or the agent that asked)",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := gf.client()
-			if err != nil {
-				return err
-			}
-			tok, err := operatorOrAgent()
-			if err != nil {
-				return err
-			}
-			var raw json.RawMessage
-			if err := c.do(cmd.Context(), "GET", "/v1/grants/"+url.PathEscape(args[0]), tok, nil, &raw); err != nil {
-				return err
-			}
-			return printJSON(cmd.OutOrStdout(), raw)
-		},
-	}
-	gf.register(get)
+	get := newShowCmd("get GRANT_ID", "Show one grant (operator, or the agent that asked)", "/v1/grants/")
 
 	decision := func(verb, short string) *cobra.Command {
 		var f clientFlags

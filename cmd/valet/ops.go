@@ -84,28 +84,7 @@ func newLeasesCmd() *cobra.Command {
 	list.Flags().IntVar(&limit, "limit", 100, "at most this many")
 	list.Flags().BoolVar(&asJSON, "json", false, "print the raw JSON")
 
-	var gf clientFlags
-	get := &cobra.Command{
-		Use:   "get LEASE_ID",
-		Short: "Show one lease (operator with VALET_TOKEN, or its agent)",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := gf.client()
-			if err != nil {
-				return err
-			}
-			tok, err := operatorOrAgent()
-			if err != nil {
-				return err
-			}
-			var raw json.RawMessage
-			if err := c.do(cmd.Context(), "GET", "/v1/leases/"+url.PathEscape(args[0]), tok, nil, &raw); err != nil {
-				return err
-			}
-			return printJSON(cmd.OutOrStdout(), raw)
-		},
-	}
-	gf.register(get)
+	get := newShowCmd("get LEASE_ID", "Show one lease (operator with VALET_TOKEN, or its agent)", "/v1/leases/")
 
 	var rf clientFlags
 	var reason, revokeAgent string
@@ -188,6 +167,34 @@ func newLeasesCmd() *cobra.Command {
 	renew.Flags().StringVar(&nf.ttl, "ttl", "", "requested time from now (default: the role's ttl)")
 
 	cmd.AddCommand(list, get, revoke, rel, renew)
+	return cmd
+}
+
+// newShowCmd is a command that prints one object, GET <prefix><ID>, as an
+// operator (VALET_TOKEN) or as the agent it belongs to.
+func newShowCmd(use, short, prefix string) *cobra.Command {
+	var f clientFlags
+	cmd := &cobra.Command{
+		Use:   use,
+		Short: short,
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := f.client()
+			if err != nil {
+				return err
+			}
+			tok, err := operatorOrAgent()
+			if err != nil {
+				return err
+			}
+			var raw json.RawMessage
+			if err := c.do(cmd.Context(), "GET", prefix+url.PathEscape(args[0]), tok, nil, &raw); err != nil {
+				return err
+			}
+			return printJSON(cmd.OutOrStdout(), raw)
+		},
+	}
+	f.register(cmd)
 	return cmd
 }
 
