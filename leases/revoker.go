@@ -33,8 +33,10 @@ type RevocationQueueConfig struct {
 	Concurrency int
 	// Timeout bounds one backend call (default 30s).
 	Timeout time.Duration
-	// OnChange, if set, is called after every attempt (for metrics).
-	OnChange func()
+	// OnAttempt, if set, is called after every attempt with its outcome:
+	// "revoked" (the backend confirmed), "failed" (retried later) or
+	// "expired" (the credential died on its own first) — for metrics.
+	OnAttempt func(outcome string)
 }
 
 // RevocationQueue revokes ended leases at their backends: at least once,
@@ -203,8 +205,10 @@ func (q *RevocationQueue) RevokeNow(ctx context.Context, l *Lease) (*Lease, erro
 // attempt revokes one lease and records the outcome. It returns the updated
 // lease, or nil if recording failed.
 func (q *RevocationQueue) attempt(ctx context.Context, l *Lease) *Lease {
-	if q.cfg.OnChange != nil {
-		defer q.cfg.OnChange()
+	observe := func(outcome string) {
+		if q.cfg.OnAttempt != nil {
+			q.cfg.OnAttempt(outcome)
+		}
 	}
 	// Once started, an attempt records its outcome even if the request that
 	// started it goes away.
@@ -217,6 +221,7 @@ func (q *RevocationQueue) attempt(ctx context.Context, l *Lease) *Lease {
 	if !now.Before(deadEnd(l).Add(ExpiryGrace)) {
 		// The credential has expired at the backend on its own (invariant
 		// 2); there is nothing left to revoke.
+		observe("expired")
 		out, err := q.cfg.Store.RevocationDone(ctx, l.ID, StateExpired, now,
 			entry(audit.KindRevoked, fmt.Sprintf("credential expired before revocation was confirmed (was ending as %s)", l.EndReason)))
 		if err != nil {
@@ -230,6 +235,7 @@ func (q *RevocationQueue) attempt(ctx context.Context, l *Lease) *Lease {
 	cancel()
 	now = q.cfg.Clock.Now()
 	if err == nil {
+		observe("revoked")
 		final := l.EndReason
 		if final == "" {
 			final = StateRevoked
@@ -241,6 +247,7 @@ func (q *RevocationQueue) attempt(ctx context.Context, l *Lease) *Lease {
 		}
 		return out
 	}
+	observe("failed")
 	attempts := l.RevokeAttempts + 1
 	irrevocable := attempts >= q.cfg.Attempts
 	delay := q.backoff(attempts)

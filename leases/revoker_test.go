@@ -201,17 +201,18 @@ func TestRevokeNow(t *testing.T) {
 		wantState State
 		wantCalls int
 		wantKinds []string
+		wantSeen  []string // outcomes reported to OnAttempt
 	}{
 		{name: "succeeds inline", end: true, ttl: time.Hour, wantState: StateReleased, wantCalls: 1,
-			wantKinds: []string{audit.KindMint, audit.KindRelease, audit.KindRevoked}},
+			wantKinds: []string{audit.KindMint, audit.KindRelease, audit.KindRevoked}, wantSeen: []string{"revoked"}},
 		{name: "failure stays queued", end: true, ttl: time.Hour, failures: 1, wantState: StateRevoking, wantCalls: 1,
-			wantKinds: []string{audit.KindMint, audit.KindRelease, audit.KindRevokeFailed}},
+			wantKinds: []string{audit.KindMint, audit.KindRelease, audit.KindRevokeFailed}, wantSeen: []string{"failed"}},
 		{name: "twice is harmless", end: true, ttl: time.Hour, twice: true, wantState: StateReleased, wantCalls: 2,
-			wantKinds: []string{audit.KindMint, audit.KindRelease, audit.KindRevoked}},
+			wantKinds: []string{audit.KindMint, audit.KindRelease, audit.KindRevoked}, wantSeen: []string{"revoked", "revoked"}},
 		{name: "past expiry and grace needs no backend", end: true, ttl: -2 * ExpiryGrace, wantState: StateExpired, wantCalls: 0,
-			wantKinds: []string{audit.KindMint, audit.KindRelease, audit.KindRevoked}},
+			wantKinds: []string{audit.KindMint, audit.KindRelease, audit.KindRevoked}, wantSeen: []string{"expired"}},
 		{name: "within the grace the backend is still called", end: true, ttl: -ExpiryGrace / 2, wantState: StateReleased, wantCalls: 1,
-			wantKinds: []string{audit.KindMint, audit.KindRelease, audit.KindRevoked}},
+			wantKinds: []string{audit.KindMint, audit.KindRelease, audit.KindRevoked}, wantSeen: []string{"revoked"}},
 		{name: "active lease is not revoked", ttl: time.Hour, wantState: StateActive, wantCalls: 0,
 			wantKinds: []string{audit.KindMint}},
 	}
@@ -221,6 +222,8 @@ func TestRevokeNow(t *testing.T) {
 			clk := clock.NewFake(t0)
 			be := newFakeBackend(tc.failures)
 			q := newQueue(s, be, clk, 3)
+			var seen []string
+			q.cfg.OnAttempt = func(outcome string) { seen = append(seen, outcome) }
 			l := newPending(t0.Add(-time.Hour), "a", 0)
 			l.ExpiresAt = t0.Add(tc.ttl)
 			l = mustActivate(t, s, l)
@@ -244,6 +247,9 @@ func TestRevokeNow(t *testing.T) {
 			}
 			if kinds := auditKinds(t, s, l.ID); !slices.Equal(kinds, tc.wantKinds) {
 				t.Errorf("audit kinds = %v, want %v", kinds, tc.wantKinds)
+			}
+			if !slices.Equal(seen, tc.wantSeen) {
+				t.Errorf("reported outcomes = %v, want %v", seen, tc.wantSeen)
 			}
 			if tc.wantState == StateRevoking {
 				checkRetryDelay(t, got, t0, time.Second)

@@ -44,7 +44,7 @@ func NewMetrics(reg *prometheus.Registry) *Metrics {
 			Buckets: []float64{.001, .005, .01, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
 		}),
 		Revocations: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "valet_revocation_attempts_total", Help: "Revocation attempts at backends by outcome.",
+			Name: "valet_revocation_attempts_total", Help: "Revocation attempts by outcome: revoked (the backend confirmed), failed (retried later), expired (the credential died on its own first).",
 		}, []string{"outcome"}),
 		PolicyReload: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "valet_policy_reloads_total", Help: "Policy reloads by result (ok or error).",

@@ -165,6 +165,7 @@ func (s *Server) Open(ctx context.Context) (err error) {
 		Store: s.store, Clock: s.Clock, Logger: log,
 		Attempts: cfg.Leases.RevokeAttempts, Backoff: cfg.Leases.RevokeBackoff.D(), MaxBackoff: cfg.Leases.RevokeMaxBackoff.D(),
 		Concurrency: cfg.Leases.RevokeConcurrency,
+		OnAttempt:   func(outcome string) { s.metrics.Revocations.WithLabelValues(outcome).Inc() },
 		Revoke: func(ctx context.Context, l *leases.Lease) error {
 			be, ok := bes[l.Backend]
 			if !ok {
