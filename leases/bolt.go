@@ -303,8 +303,7 @@ func (s *BoltStore) List(ctx context.Context, f Filter) ([]*Lease, error) {
 				(f.Backend == "" || l.Backend == f.Backend) &&
 				(f.State == "" || l.State == f.State)
 		}
-		var prefix []byte
-		var bucket []byte
+		bucket, prefix := bucketLeases, []byte(nil)
 		switch {
 		case f.Lineage != "":
 			bucket, prefix = bucketLineage, append([]byte(f.Lineage), 0)
@@ -313,56 +312,48 @@ func (s *BoltStore) List(ctx context.Context, f Filter) ([]*Lease, error) {
 		case f.State != "":
 			bucket, prefix = bucketState, append([]byte(f.State), 0)
 		}
-		if bucket == nil {
-			c := tx.Bucket(bucketLeases).Cursor()
-			var k, v []byte
-			if f.Before != "" {
-				c.Seek([]byte(f.Before))
-				k, v = c.Prev()
-			} else {
-				k, v = c.Last()
-			}
-			for ; k != nil && len(out) < f.Limit; k, v = c.Prev() {
-				l, err := decodeLease(v)
-				if err != nil {
-					return err
-				}
-				if match(l) {
-					out = append(out, l)
-				}
-			}
-			return nil
-		}
-		// Index keys are prefix + id, and ids are time-ordered, so walking
-		// the prefix backwards lists newest first.
-		c := tx.Bucket(bucket).Cursor()
-		start := append(append([]byte{}, prefix...), 0xff)
-		if f.Before != "" {
-			start = append(append([]byte{}, prefix...), f.Before...)
-		}
-		k, _ := c.Seek(start)
-		if k == nil {
-			k, _ = c.Last()
-		} else {
-			k, _ = c.Prev()
-		}
 		leases := tx.Bucket(bucketLeases)
-		for ; k != nil && bytes.HasPrefix(k, prefix) && len(out) < f.Limit; k, _ = c.Prev() {
-			v := leases.Get(k[len(prefix):])
+		return WalkNewestFirst(tx.Bucket(bucket), prefix, f.Before, func(id []byte) (bool, error) {
+			v := leases.Get(id)
 			if v == nil {
-				return fmt.Errorf("index %s points at missing lease %q", bucket, k[len(prefix):])
+				return false, fmt.Errorf("index %s points at missing lease %q", bucket, id)
 			}
 			l, err := decodeLease(v)
 			if err != nil {
-				return err
+				return false, err
 			}
 			if match(l) {
 				out = append(out, l)
 			}
-		}
-		return nil
+			return len(out) < f.Limit, nil
+		})
 	})
 	return out, err
+}
+
+// WalkNewestFirst calls fn with the ids of a bucket whose keys are prefix
+// followed by a time-ordered id (an index, or with a nil prefix a primary
+// bucket keyed by id), newest first, starting below the id before (from the
+// newest when before is empty), until fn returns false or an error.
+func WalkNewestFirst(b *bbolt.Bucket, prefix []byte, before string, fn func(id []byte) (bool, error)) error {
+	c := b.Cursor()
+	start := append(append([]byte{}, prefix...), 0xff)
+	if before != "" {
+		start = append(append([]byte{}, prefix...), before...)
+	}
+	k, _ := c.Seek(start)
+	if k == nil {
+		k, _ = c.Last()
+	} else {
+		k, _ = c.Prev()
+	}
+	for ; k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Prev() {
+		more, err := fn(k[len(prefix):])
+		if err != nil || !more {
+			return err
+		}
+	}
+	return nil
 }
 
 // Counts returns how many leases are in each state, from counters kept in

@@ -98,32 +98,21 @@ func (s *Store) List(ctx context.Context, f Filter) ([]*Grant, error) {
 		default:
 			bucket = bucketGrants
 		}
-		c := tx.Bucket(bucket).Cursor()
-		start := append(append([]byte{}, prefix...), 0xff)
-		if f.Before != "" {
-			start = append(append([]byte{}, prefix...), f.Before...)
-		}
-		k, _ := c.Seek(start)
-		if k == nil {
-			k, _ = c.Last()
-		} else {
-			k, _ = c.Prev()
-		}
 		grants := tx.Bucket(bucketGrants)
-		for ; k != nil && bytes.HasPrefix(k, prefix) && len(out) < f.Limit; k, _ = c.Prev() {
-			v := grants.Get(k[len(prefix):])
+		return leases.WalkNewestFirst(tx.Bucket(bucket), prefix, f.Before, func(id []byte) (bool, error) {
+			v := grants.Get(id)
 			if v == nil {
-				return fmt.Errorf("grant index %s points at a missing grant", bucket)
+				return false, fmt.Errorf("grant index %s points at a missing grant", bucket)
 			}
 			var g Grant
 			if err := json.Unmarshal(v, &g); err != nil {
-				return err
+				return false, err
 			}
 			if match(&g) {
 				out = append(out, &g)
 			}
-		}
-		return nil
+			return len(out) < f.Limit, nil
+		})
 	})
 	return out, err
 }
