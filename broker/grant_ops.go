@@ -84,15 +84,21 @@ func (b *Broker) breakGlass(ctx context.Context, p *Principal, role *Role, ttl t
 		b.notify(EventBreakGlass, SeverityHigh, g) // the attempt itself is news
 		return nil, err
 	}
-	if g2, err := b.grants.Redeemed(ctx, g.ID, res.Lease.ID, b.clock.Now()); err == nil {
-		g = g2
+	return b.grantMinted(ctx, g, res, EventBreakGlass, SeverityHigh), nil
+}
+
+// grantMinted records the lease a grant minted on the grant, announces it,
+// wakes its long polls and attaches it to the result.
+func (b *Broker) grantMinted(ctx context.Context, g *grants.Grant, res *MintResult, event, severity string) *MintResult {
+	if done, err := b.grants.Redeemed(ctx, g.ID, res.Lease.ID, b.clock.Now()); err == nil {
+		g = done
 	} else {
-		b.log.Error("record break-glass lease on its grant", "grant", g.ID, "err", err)
+		b.log.Error("record the lease on its grant", "grant", g.ID, "err", err)
 	}
-	b.notify(EventBreakGlass, SeverityHigh, g)
+	b.notify(event, severity, g)
 	b.waiters.wake(g.ID)
 	res.Grant = g
-	return res, nil
+	return res
 }
 
 // GetGrant returns a grant to its agent or an operator; another agent gets
@@ -302,15 +308,7 @@ func (b *Broker) RedeemGrant(ctx context.Context, req RedeemRequest) (*MintResul
 		}
 		return nil, err
 	}
-	if done, err := b.grants.Redeemed(ctx, g.ID, res.Lease.ID, b.clock.Now()); err == nil {
-		consumed = done
-	} else {
-		b.log.Error("record the lease on its grant", "grant", g.ID, "err", err)
-	}
-	b.notify(EventGrantRedeemed, SeverityInfo, consumed)
-	b.waiters.wake(g.ID)
-	res.Grant = consumed
-	return res, nil
+	return b.grantMinted(ctx, consumed, res, EventGrantRedeemed, SeverityInfo), nil
 }
 
 // ReviewGrant records an operator's after-the-fact review of break-glass
