@@ -336,10 +336,11 @@ func TestGrantLongPoll(t *testing.T) {
 		done <- r.JSON(t)
 	}()
 	// The poll is parked until the approval arrives.
+	eventually(t, 5*time.Second, "the poll is parked", func() bool { return e.Server.broker.WaitingOn(id) > 0 })
 	select {
 	case g := <-done:
 		t.Fatalf("the long poll returned before any change: %v", g)
-	case <-time.After(200 * time.Millisecond):
+	default:
 	}
 	start := time.Now()
 	decide(t, e, testOperatorToken, id, "approve", 200)
