@@ -40,11 +40,28 @@ func (s *BoltStore) firstTime(bucket []byte) (time.Time, bool, error) {
 	return t, ok, err
 }
 
-// SetRevokeAtExpiry names the leases whose credentials must be revoked at
-// their backend when they expire, because their holder could have extended
-// them (a renewable Vault token renews itself). Other leases simply become
-// expired: their credentials died on their own.
+// SetRevokeAtExpiry names the leases whose credentials their holder can
+// extend at the backend without valet (a renewable Vault token renews
+// itself), up to the lease's maximum. Such a credential is revoked at its
+// backend when its lease expires, and its revocation is retried until the
+// lease's maximum has passed (see ValidUntil). Other leases simply become
+// expired at their expiry: their credentials died on their own.
 func (s *BoltStore) SetRevokeAtExpiry(f func(l *Lease) bool) { s.revokeAtExpiry = f }
+
+// ValidUntil is the latest time l's credential can still be valid at its
+// backend if it is never revoked, whatever ended the lease: for a renewable
+// lease whose holder can extend the credential itself (SetRevokeAtExpiry),
+// the lease's maximum, where the backend caps extensions; for any other
+// credential (a self-contained token's exp, an external credential's own
+// TTL) the lease's expiry as last renewed. Every backend mints with its
+// own expiry no later than these (invariant 2). The revocation queue keeps
+// retrying an unconfirmed revocation until ValidUntil plus ExpiryGrace.
+func (s *BoltStore) ValidUntil(l *Lease) time.Time {
+	if l.Renewable && l.MaxExpires.After(l.ExpiresAt) && s.revokeAtExpiry != nil && s.revokeAtExpiry(l) {
+		return l.MaxExpires
+	}
+	return l.ExpiresAt
+}
 
 // ExpireDue ends up to limit active leases whose expiry is at or before
 // now, each with an audit record, in one transaction. Most become expired:

@@ -42,8 +42,10 @@ type RevocationQueueConfig struct {
 // RevocationQueue revokes ended leases at their backends: at least once,
 // with exponential backoff and jitter, durably (the queue is an index in the
 // store, so a restart resumes it). After Attempts failures a lease becomes
-// irrevocable and is retried at MaxBackoff until its expiry has passed, when
-// the credential is dead on its own and the lease becomes expired.
+// irrevocable and is retried at MaxBackoff until the latest time its
+// credential can be valid at the backend (BoltStore.ValidUntil plus
+// ExpiryGrace) has passed, whatever ended the lease; only then, with the
+// credential dead on its own, does the lease become expired (invariant 5).
 type RevocationQueue struct {
 	cfg  RevocationQueueConfig
 	wake chan struct{}
@@ -218,12 +220,16 @@ func (q *RevocationQueue) attempt(ctx context.Context, l *Lease) *Lease {
 		return audit.Entry{Kind: kind, Actor: systemActor, AgentID: l.AgentID, Role: l.Role, LeaseID: l.ID, Reason: reason,
 			Details: map[string]string{"backend": l.Backend}}
 	}
-	if !now.Before(deadEnd(l).Add(ExpiryGrace)) {
+	validUntil := q.cfg.Store.ValidUntil(l)
+	deadline := validUntil.Add(ExpiryGrace)
+	if !now.Before(deadline) {
 		// The credential has expired at the backend on its own (invariant
-		// 2); there is nothing left to revoke.
+		// 2); there is nothing left to revoke. Until this moment the lease
+		// never reads ended without the backend's confirmation.
 		observe("expired")
 		out, err := q.cfg.Store.RevocationDone(ctx, l.ID, StateExpired, now,
-			entry(audit.KindRevoked, fmt.Sprintf("credential expired before revocation was confirmed (was ending as %s)", l.EndReason)))
+			entry(audit.KindRevoked, fmt.Sprintf("revocation was never confirmed; the credential expired at the backend at %s (the lease was ending as %s)",
+				validUntil.UTC().Format(time.RFC3339), l.EndReason)))
 		if err != nil {
 			q.cfg.Logger.Error("record revocation failed", "lease", l.ID, "err", err)
 			return nil
@@ -251,7 +257,12 @@ func (q *RevocationQueue) attempt(ctx context.Context, l *Lease) *Lease {
 	attempts := l.RevokeAttempts + 1
 	irrevocable := attempts >= q.cfg.Attempts
 	delay := q.backoff(attempts)
+	// Never sleep past the deadline: the lease reads expired as soon as
+	// its credential is dead, not a backoff later.
 	next := now.Add(delay)
+	if next.After(deadline) {
+		next = deadline
+	}
 	kind := audit.KindRevokeFailed
 	if irrevocable && l.State != StateIrrevocable {
 		kind = audit.KindIrrevocable
@@ -265,17 +276,6 @@ func (q *RevocationQueue) attempt(ctx context.Context, l *Lease) *Lease {
 		return nil
 	}
 	return out
-}
-
-// deadEnd is when the lease's credential is dead at its backend whether or
-// not it is revoked: its expiry, or, for a credential revoked at expiry
-// because its holder could extend it, the lease's maximum (the backend caps
-// extensions there).
-func deadEnd(l *Lease) time.Time {
-	if l.EndReason == StateExpired && l.MaxExpires.After(l.ExpiresAt) {
-		return l.MaxExpires
-	}
-	return l.ExpiresAt
 }
 
 // backoff is Backoff·2^(attempts-1), capped at MaxBackoff, with "equal
