@@ -130,6 +130,10 @@ type Ref struct {
 	AgentID       string
 	Role          string
 	ExpiresAt     time.Time
+	// EndedAt is when the lease ended. A backend that searches for the
+	// credential of an interrupted mint by CorrelationID must search state
+	// read after this moment, so that it sees whatever the mint created.
+	EndedAt time.Time
 	// Details are the non-secret facts the backend returned at mint.
 	Details map[string]string
 }

@@ -171,7 +171,7 @@ func (s *Server) Open(ctx context.Context) (err error) {
 			if !ok {
 				return fmt.Errorf("backend %q is no longer configured", l.Backend)
 			}
-			return be.Revoke(ctx, backends.Ref{Handle: l.Handle, CorrelationID: l.ID, AgentID: l.AgentID, Role: l.Role, ExpiresAt: l.ExpiresAt, Details: l.Details})
+			return be.Revoke(ctx, backends.Ref{Handle: l.Handle, CorrelationID: l.ID, AgentID: l.AgentID, Role: l.Role, ExpiresAt: l.ExpiresAt, EndedAt: l.EndedAt, Details: l.Details})
 		},
 	})
 	s.store.SetRevokeAtExpiry(func(l *leases.Lease) bool {
