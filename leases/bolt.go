@@ -7,8 +7,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"go.etcd.io/bbolt"
@@ -38,6 +40,9 @@ type BoltStore struct {
 	db   *bbolt.DB
 	c    *committer
 	sink audit.Sink
+	log  *slog.Logger
+
+	skipped sync.Map // ids of unreadable leases already reported
 
 	revokeAtExpiry func(l *Lease) bool
 }
@@ -56,6 +61,9 @@ type BoltOptions struct {
 	// ReadOnly opens the file without taking the writer lock (for offline
 	// tools such as `valet audit verify --data-dir`).
 	ReadOnly bool
+	// Logger reports lease records that a batch had to skip because they
+	// cannot be read (default slog.Default()).
+	Logger *slog.Logger
 }
 
 // OpenBolt opens (creating if needed) the database at path. It fails after
@@ -91,7 +99,10 @@ func OpenBolt(path string, opts BoltOptions) (*BoltStore, error) {
 			return nil, fmt.Errorf("initialise %s: %w", path, err)
 		}
 	}
-	s := &BoltStore{db: db, sink: opts.Sink}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	s := &BoltStore{db: db, sink: opts.Sink, log: opts.Logger}
 	if !opts.ReadOnly {
 		s.c = newCommitter(db, opts.MaxBatch)
 	}
@@ -224,6 +235,16 @@ func (s *BoltStore) Abandon(ctx context.Context, id, handle string, now time.Tim
 		l.NextAttempt = now
 		return nil
 	})
+}
+
+// skipBad reports, once per lease id, an index entry that a batch over
+// many leases (expiry, the revocation queue, recovery, listing, pruning)
+// skipped because its lease cannot be read. The batch goes on without it.
+func (s *BoltStore) skipBad(where, id string, err error) {
+	if _, seen := s.skipped.LoadOrStore(where+"\x00"+id, true); seen {
+		return
+	}
+	s.log.Error("skipped a lease record that cannot be read; the other leases are processed", "where", where, "lease", id, "err", err)
 }
 
 // errUnchanged, returned by a change function, leaves the lease as it is,

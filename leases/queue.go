@@ -110,18 +110,50 @@ func (s *BoltStore) ExpireDue(ctx context.Context, now time.Time, limit int) ([]
 // at or before now, earliest first.
 func (s *BoltStore) DueRevocations(now time.Time, limit int) ([]*Lease, error) {
 	var out []*Lease
-	err := s.db.View(func(tx *bbolt.Tx) error {
+	if limit <= 0 {
+		return nil, nil
+	}
+	err := s.EachDueRevocation(now, func(l *Lease) bool {
+		out = append(out, l)
+		return len(out) < limit
+	})
+	return out, err
+}
+
+// EachDueRevocation calls fn with each lease whose next revocation attempt
+// is at or before now, earliest first, until fn returns false. An entry of
+// the queue whose lease cannot be read is skipped (and logged once): one
+// bad record must not stop every revocation behind it.
+func (s *BoltStore) EachDueRevocation(now time.Time, fn func(l *Lease) bool) error {
+	return s.db.View(func(tx *bbolt.Tx) error {
 		c := tx.Bucket(bucketRevoke).Cursor()
-		for k, _ := c.First(); k != nil && !keyTime(k).After(now) && len(out) < limit; k, _ = c.Next() {
+		for k, _ := c.First(); k != nil && !keyTime(k).After(now); k, _ = c.Next() {
 			l, err := getLease(tx, string(k[8:]))
 			if err != nil {
-				return fmt.Errorf("revocation index: %w", err)
+				s.skipBad("revocation queue", string(k[8:]), err)
+				continue
 			}
-			out = append(out, l)
+			if !fn(l) {
+				return nil
+			}
 		}
 		return nil
 	})
-	return out, err
+}
+
+// NextRevocationAfter returns the earliest next attempt in the revocation
+// queue that is after now.
+func (s *BoltStore) NextRevocationAfter(now time.Time) (time.Time, bool, error) {
+	var t time.Time
+	var ok bool
+	err := s.db.View(func(tx *bbolt.Tx) error {
+		k, _ := tx.Bucket(bucketRevoke).Cursor().Seek(timeKey(now.Add(time.Nanosecond), nil))
+		if k != nil {
+			t, ok = keyTime(k), true
+		}
+		return nil
+	})
+	return t, ok, err
 }
 
 // RevocationDone records that the backend revoked the credential (or that

@@ -29,8 +29,14 @@ type RevocationQueueConfig struct {
 	// jitter.
 	Backoff    time.Duration
 	MaxBackoff time.Duration
-	// Concurrency bounds parallel backend calls.
+	// Concurrency bounds parallel revocations by handle.
 	Concurrency int
+	// RecoveryConcurrency bounds parallel revocations by correlation id
+	// (leases without a handle, left by interrupted mints), which may have
+	// to search the backend and can be slow or keep failing; default
+	// max(1, Concurrency/4). They have slots of their own, so they never
+	// hold up revocations by handle, nor those them.
+	RecoveryConcurrency int
 	// Timeout bounds one backend call (default 30s).
 	Timeout time.Duration
 	// OnAttempt, if set, is called after every attempt with its outcome:
@@ -49,7 +55,8 @@ type RevocationQueueConfig struct {
 type RevocationQueue struct {
 	cfg  RevocationQueueConfig
 	wake chan struct{}
-	sem  chan struct{}
+	// sems[lane] holds a slot per attempt in flight from Run.
+	sems [lanes]chan struct{}
 
 	mu       sync.Mutex
 	inflight map[string]bool
@@ -75,15 +82,34 @@ func NewRevocationQueue(cfg RevocationQueueConfig) *RevocationQueue {
 	if cfg.Concurrency <= 0 {
 		cfg.Concurrency = 16
 	}
+	if cfg.RecoveryConcurrency <= 0 {
+		cfg.RecoveryConcurrency = max(1, cfg.Concurrency/4)
+	}
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 30 * time.Second
 	}
-	return &RevocationQueue{
+	q := &RevocationQueue{
 		cfg:      cfg,
 		wake:     make(chan struct{}, 1),
-		sem:      make(chan struct{}, cfg.Concurrency),
 		inflight: map[string]bool{},
 	}
+	q.sems[laneHandle] = make(chan struct{}, cfg.Concurrency)
+	q.sems[laneRecovery] = make(chan struct{}, cfg.RecoveryConcurrency)
+	return q
+}
+
+// Lanes of the queue: each has its own concurrency budget.
+const (
+	laneHandle   = iota // revocation by handle
+	laneRecovery        // revocation by correlation id (no handle)
+	lanes
+)
+
+func laneOf(l *Lease) int {
+	if l.Handle == "" {
+		return laneRecovery
+	}
+	return laneHandle
 }
 
 // Kick wakes the queue, e.g. after a lease was ended.
@@ -95,6 +121,9 @@ func (q *RevocationQueue) Kick() {
 }
 
 // Run works the queue until ctx ends, then waits for attempts in flight.
+// It walks the due leases in order of next attempt and starts each whose
+// lane has a free slot, so a lane whose attempts hang or keep failing never
+// delays the other.
 func (q *RevocationQueue) Run(ctx context.Context) {
 	defer q.wg.Wait()
 	for {
@@ -104,20 +133,32 @@ func (q *RevocationQueue) Run(ctx context.Context) {
 		default:
 		}
 		now := q.cfg.Clock.Now()
-		due, err := q.cfg.Store.DueRevocations(now, 4*q.cfg.Concurrency)
-		if err != nil {
-			if ctx.Err() != nil {
-				return
+		var free [lanes]int
+		for i, sem := range q.sems {
+			free[i] = cap(sem) - len(sem) // only this loop takes slots
+		}
+		var picked []*Lease
+		err := q.cfg.Store.EachDueRevocation(now, func(l *Lease) bool {
+			if lane := laneOf(l); free[lane] > 0 && !q.claimed(l.ID) {
+				picked = append(picked, l)
+				free[lane]--
 			}
+			return free[laneHandle]+free[laneRecovery] > 0
+		})
+		if err != nil && ctx.Err() != nil {
+			return
+		}
+		if err != nil {
 			q.cfg.Logger.Error("revocation queue read failed", "err", err)
 		}
 		started := 0
-		for _, l := range due {
+		for _, l := range picked {
 			if !q.claim(l.ID) {
 				continue
 			}
+			sem := q.sems[laneOf(l)]
 			select {
-			case q.sem <- struct{}{}:
+			case sem <- struct{}{}:
 			case <-ctx.Done():
 				q.release(l.ID)
 				return
@@ -130,7 +171,7 @@ func (q *RevocationQueue) Run(ctx context.Context) {
 				// loop skips claimed leases and sleeps without a timer
 				// until the next kick.
 				defer q.Kick()
-				defer func() { <-q.sem }()
+				defer func() { <-sem }()
 				defer q.release(l.ID)
 				q.attempt(ctx, l)
 			}(l)
@@ -138,18 +179,17 @@ func (q *RevocationQueue) Run(ctx context.Context) {
 		if started > 0 {
 			continue
 		}
-		// Everything due is in flight (a finished attempt kicks us) or
-		// nothing is due: sleep until the next attempt is due.
+		// What is due is in flight or waits for a slot (a finished attempt
+		// kicks us), or nothing is due: sleep until the next attempt after
+		// now is due.
 		var timer clock.Timer
 		var fire <-chan time.Time
 		if err != nil {
 			timer = q.cfg.Clock.NewTimer(time.Second)
 			fire = timer.C()
-		} else if len(due) == 0 {
-			if next, ok, err := q.cfg.Store.NextRevocation(); err == nil && ok {
-				timer = q.cfg.Clock.NewTimer(next.Sub(now))
-				fire = timer.C()
-			}
+		} else if next, ok, err := q.cfg.Store.NextRevocationAfter(now); err == nil && ok {
+			timer = q.cfg.Clock.NewTimer(next.Sub(now))
+			fire = timer.C()
 		}
 		select {
 		case <-ctx.Done():
@@ -164,6 +204,12 @@ func (q *RevocationQueue) Run(ctx context.Context) {
 			}
 		}
 	}
+}
+
+func (q *RevocationQueue) claimed(id string) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.inflight[id]
 }
 
 func (q *RevocationQueue) claim(id string) bool {

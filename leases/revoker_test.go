@@ -462,3 +462,63 @@ func TestRevocationQueueStoreFailure(t *testing.T) {
 		t.Errorf("backend called %d times, want 1", n)
 	}
 }
+
+// TestRecoveryNeverStarvesRevocationsByHandle: many leases recovered from a
+// crash wait to be revoked by correlation id, and each such attempt hangs
+// at the backend. Releases made while the backend is down must still be
+// retried and confirmed as soon as it is back: recovery has slots of its
+// own, and the queue looks past the recovery leases ahead of them.
+func TestRecoveryNeverStarvesRevocationsByHandle(t *testing.T) {
+	ctx := context.Background()
+	s := MustOpenStore(t)
+	clk := clock.NewFake(t0)
+	be := newFakeBackend(-1) // down
+	be.gate = make(chan struct{})
+	be.gateFor = func(l *Lease) bool { return l.Handle == "" }
+	const recovering, released = 40, 50
+	for i := range recovering {
+		mustCreate(t, s, newPending(t0, fmt.Sprint("crashed-", i), time.Hour))
+	}
+	if rec, err := s.RecoverPending(ctx, t0); err != nil || len(rec) != recovering {
+		t.Fatalf("RecoverPending = %d, %v", len(rec), err)
+	}
+	q := NewRevocationQueue(RevocationQueueConfig{Store: s, Revoke: be.Revoke, Clock: clk, Logger: quietLog,
+		Attempts: 3, Backoff: time.Second, MaxBackoff: 8 * time.Second, Concurrency: 4, Timeout: time.Hour})
+	startQueue(t, q)
+	t.Cleanup(func() { close(be.gate) }) // runs before the queue is stopped
+	var ids []string
+	for i := range released {
+		l := mustActivate(t, s, newPending(t0, fmt.Sprint("agent-", i), time.Hour))
+		mustEnd(t, s, l.ID, StateReleased, t0)
+		ids = append(ids, l.ID)
+	}
+	q.Kick()
+	eventually(t, "every release is attempted while recovery hangs", func() bool {
+		for _, id := range ids {
+			if mustGet(t, s, id).RevokeAttempts == 0 {
+				return false
+			}
+		}
+		return true
+	})
+	// The backend is back: the next retries confirm every release.
+	be.setFailures(0)
+	clk.Advance(time.Second)
+	eventually(t, "every release is confirmed", func() bool { return mustCounts(t, s)[StateReleased] == released })
+	hung := 0
+	for _, l := range mustList(t, s, Filter{State: StateRevoking, Limit: 1000}) {
+		hung += be.callsFor(l.ID)
+	}
+	if hung != 1 {
+		t.Errorf("%d recovery attempts started, want 1 (RecoveryConcurrency defaults to Concurrency/4)", hung)
+	}
+}
+
+func mustList(tb testing.TB, s *BoltStore, f Filter) []*Lease {
+	tb.Helper()
+	ls, err := s.List(context.Background(), f)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return ls
+}

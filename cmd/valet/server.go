@@ -102,7 +102,7 @@ func (s *Server) Open(ctx context.Context) (err error) {
 	if s.sink != nil {
 		sink = s.sink
 	}
-	s.store, err = leases.OpenBolt(filepath.Join(cfg.DataDir, "valet.db"), leases.BoltOptions{Sink: sink})
+	s.store, err = leases.OpenBolt(filepath.Join(cfg.DataDir, "valet.db"), leases.BoltOptions{Sink: sink, Logger: log})
 	if err != nil {
 		return err
 	}
