@@ -337,11 +337,13 @@ func (s *BoltStore) List(ctx context.Context, f Filter) ([]*Lease, error) {
 		return WalkNewestFirst(tx.Bucket(bucket), prefix, f.Before, func(id []byte) (bool, error) {
 			v := leases.Get(id)
 			if v == nil {
-				return false, fmt.Errorf("index %s points at missing lease %q", bucket, id)
+				s.skipBad("listing", string(id), fmt.Errorf("index %s points at a missing lease", bucket))
+				return true, nil
 			}
 			l, err := decodeLease(v)
 			if err != nil {
-				return false, err
+				s.skipBad("listing", string(id), err)
+				return true, nil
 			}
 			if match(l) {
 				out = append(out, l)

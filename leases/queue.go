@@ -3,7 +3,6 @@ package leases
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"time"
 
 	"go.etcd.io/bbolt"
@@ -75,12 +74,19 @@ func (s *BoltStore) ExpireDue(ctx context.Context, now time.Time, limit int) ([]
 		c := tx.Bucket(bucketExpiry).Cursor()
 		var due [][]byte
 		for k, _ := c.First(); k != nil && !keyTime(k).After(now) && len(due) < limit; k, _ = c.Next() {
-			due = append(due, append([]byte{}, k[8:]...))
+			due = append(due, append([]byte{}, k...))
 		}
-		for _, id := range due {
+		for _, k := range due {
+			id := k[8:]
 			old, err := getLease(tx, string(id))
 			if err != nil {
-				return fmt.Errorf("expiry index: %w", err)
+				// It can never be expired through the index: take it out
+				// so that it does not hold up the leases behind it.
+				s.skipBad("expiry", string(id), err)
+				if err := tx.Bucket(bucketExpiry).Delete(k); err != nil {
+					return err
+				}
+				continue
 			}
 			l := *old
 			l.State = StateExpired
@@ -207,7 +213,8 @@ func (s *BoltStore) RecoverPending(ctx context.Context, now time.Time) ([]*Lease
 		for _, id := range ids {
 			old, err := getLease(tx, string(id))
 			if err != nil {
-				return err
+				s.skipBad("recovery of pending leases", string(id), err)
+				continue
 			}
 			l := *old
 			l.State = StateRevoking
@@ -237,14 +244,18 @@ func (s *BoltStore) PruneEnded(ctx context.Context, cutoff time.Time, limit int)
 	err := s.Update(ctx, func(tx *bbolt.Tx) error {
 		n = 0
 		c := tx.Bucket(bucketEnded).Cursor()
-		var ids [][]byte
-		for k, _ := c.First(); k != nil && keyTime(k).Before(cutoff) && len(ids) < limit; k, _ = c.Next() {
-			ids = append(ids, append([]byte{}, k[8:]...))
+		var keys [][]byte
+		for k, _ := c.First(); k != nil && keyTime(k).Before(cutoff) && len(keys) < limit; k, _ = c.Next() {
+			keys = append(keys, append([]byte{}, k...))
 		}
-		for _, id := range ids {
-			l, err := getLease(tx, string(id))
+		for _, k := range keys {
+			l, err := getLease(tx, string(k[8:]))
 			if err != nil {
-				return err
+				s.skipBad("pruning", string(k[8:]), err)
+				if err := tx.Bucket(bucketEnded).Delete(k); err != nil {
+					return err
+				}
+				continue
 			}
 			if err := deleteLease(tx, l); err != nil {
 				return err
