@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -55,10 +56,19 @@ func ok(ctx context.Context, req backends.MintRequest) (*backends.Credential, er
 	return &backends.Credential{Handle: "h-" + req.CorrelationID, ExpiresAt: req.ExpiresAt, Data: map[string]any{"secret": "s3cret-" + req.CorrelationID}}, nil
 }
 
-// failingStore fails Activate on demand, as a full disk would.
+// failingStore fails Activate on demand, as a full disk would, and End for
+// the leases in endFails.
 type failingStore struct {
 	*leases.BoltStore
 	failActivate bool
+	endFails     map[string]error
+}
+
+func (f *failingStore) End(ctx context.Context, id string, reason leases.State, now time.Time, e audit.Entry) (*leases.Lease, error) {
+	if err := f.endFails[id]; err != nil {
+		return nil, err
+	}
+	return f.BoltStore.End(ctx, id, reason, now, e)
 }
 
 func (f *failingStore) Activate(ctx context.Context, id string, a leases.Activation, now time.Time, e audit.Entry) (*leases.Lease, error) {
@@ -288,5 +298,60 @@ func TestRateLimitPerAgent(t *testing.T) {
 	f.clock.Advance(2 * time.Second)
 	if _, err := f.b.Mint(context.Background(), broker.MintRequest{Attestation: tok, Role: "r"}); err != nil {
 		t.Fatalf("after the refill: %v", err)
+	}
+}
+
+// TestRevokeMatchingSurvivesOneBadLease: bulk revocation ends every lease
+// it can. A lease pruned since it was listed is skipped; a lease the store
+// fails to end is reported, with how many were ended, and does not stop
+// the others.
+func TestRevokeMatchingSurvivesOneBadLease(t *testing.T) {
+	cases := []struct {
+		name        string
+		fail        error
+		wantEnded   int
+		wantErrCode string
+	}{
+		{name: "gone meanwhile", fail: leases.ErrNotFound, wantEnded: 4},
+		{name: "store failure", fail: errors.New("injected: disk full"), wantEnded: 4, wantErrCode: broker.EINTERNAL},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			f := newFixture(t, nil)
+			var ids []string
+			for range 5 {
+				res, err := f.b.Mint(ctx, broker.MintRequest{Attestation: f.attest(t, "bulk"), Role: "r"})
+				if err != nil {
+					t.Fatal(err)
+				}
+				ids = append(ids, res.Lease.ID)
+			}
+			f.fs.endFails = map[string]error{ids[2]: tc.fail}
+			n, err := f.b.RevokeMatching(ctx, &broker.Operator{Name: "alice"}, leases.Filter{AgentID: "test/bulk"}, "", "req-1")
+			if n != tc.wantEnded {
+				t.Errorf("RevokeMatching ended %d, want %d", n, tc.wantEnded)
+			}
+			if broker.ErrorCode(err) != tc.wantErrCode && !(err == nil && tc.wantErrCode == "") {
+				t.Errorf("RevokeMatching error = %v (code %s), want code %q", err, broker.ErrorCode(err), tc.wantErrCode)
+			}
+			// The client sees a generic internal error; the log line under
+			// the request id says what happened.
+			if tc.wantErrCode != "" && !strings.Contains(err.Error(), "ended 4 of 5 live leases; 1 could not be ended") {
+				t.Errorf("error %q does not say how many were ended", err)
+			}
+			for i, id := range ids {
+				l, err := f.store.Get(ctx, id)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if want := leases.StateRevoked; i != 2 && l.State != want {
+					t.Errorf("lease %d is %s, want %s", i, l.State, want)
+				}
+			}
+			if f.be.alive() != 1 {
+				t.Errorf("%d credentials alive at the backend, want only the one that could not be ended", f.be.alive())
+			}
+		})
 	}
 }
