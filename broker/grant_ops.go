@@ -204,10 +204,12 @@ func (b *Broker) checkApprover(ctx context.Context, op *Operator, g *grants.Gran
 	return role, nil
 }
 
-// auditRefusal records that op was refused a decision on g.
+// auditRefusal records that op was refused a decision on g. The reason
+// starts with "refused: ", which tells a refused denial (grant.deny)
+// apart from a denial that ended a grant; both are decision deny.
 func (b *Broker) auditRefusal(ctx context.Context, op *Operator, g *grants.Grant, kind, reason, requestID string) {
 	b.audit(ctx, audit.Entry{Kind: kind, Actor: audit.Actor{Type: audit.ActorOperator, ID: op.Name}, Decision: audit.Deny,
-		AgentID: g.AgentID, Role: g.Role, Reason: reason, RequestID: requestID, Details: map[string]string{"grant_id": g.ID}})
+		AgentID: g.AgentID, Role: g.Role, Reason: "refused: " + reason, RequestID: requestID, Details: map[string]string{"grant_id": g.ID}})
 }
 
 // ApproveGrant records op's approval. Errors: ENOTFOUND; EFORBIDDEN when op

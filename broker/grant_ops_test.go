@@ -36,7 +36,8 @@ func (f *fixture) ownedAttestation(t *testing.T, sub, email string) string {
 	return tok
 }
 
-// refusals counts the audit records of kind that deny.
+// refusals counts the audit records of kind that record a refused
+// decision.
 func (f *fixture) refusals(t *testing.T, kind string) int {
 	t.Helper()
 	recs, err := audit.List(f.store.DB(), audit.Filter{Kind: kind, Limit: 1000})
@@ -45,7 +46,7 @@ func (f *fixture) refusals(t *testing.T, kind string) int {
 	}
 	n := 0
 	for _, r := range recs {
-		if r.Decision == audit.Deny {
+		if r.Decision == audit.Deny && strings.HasPrefix(r.Reason, "refused: ") && r.Details["grant_id"] != "" {
 			n++
 		}
 	}
@@ -102,6 +103,10 @@ func TestDecisionsCompareIdentitiesCaseInsensitively(t *testing.T) {
 	}
 	if g, _ := f.b.GetGrant(ctx, broker.Caller{Operator: &broker.Operator{Name: "x"}}, res.Grant.ID); g.State != grants.StatePending {
 		t.Fatalf("grant %s after a refused denial", g.State)
+	}
+	// An approver's denial ends it, and is not recorded as a refusal.
+	if g, err := f.b.DenyGrant(ctx, &broker.Operator{Name: "BOB"}, res.Grant.ID, "no", ""); err != nil || g.State != grants.StateDenied {
+		t.Fatalf("deny by an approver: %+v %v", g, err)
 	}
 	if n := f.refusals(t, audit.KindGrantDeny); n != 1 {
 		t.Fatalf("%d refused denials audited, want 1", n)
