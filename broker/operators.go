@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/valet-broker/valet/broker/identity"
 )
@@ -20,6 +21,10 @@ type Operator struct {
 	// Method is "token" for a static operator token or "sso:<issuer>" for
 	// an ID token from an operator issuer.
 	Method string `json:"method"`
+	// AuthTime is when the operator last authenticated at the identity
+	// provider: the ID token's auth_time (OpenID Connect Core 1.0, 2).
+	// It is zero for static tokens and for ID tokens without auth_time.
+	AuthTime time.Time `json:"-"`
 }
 
 // Operators authenticates operator bearer tokens: static tokens (compared
@@ -111,7 +116,8 @@ func (o *Operators) Authenticate(ctx context.Context, token string) (op *Operato
 //   - the operator must be a member of one of ic.AllowedGroups (compared
 //     as identity.Equal does), unless ic.AllowAll.
 //
-// issuer is the token's iss; the operator's Method is "sso:<issuer>".
+// issuer is the token's iss; the operator's Method is "sso:<issuer>" and
+// its AuthTime the token's auth_time, when it has one.
 // Errors: EUNAUTHORIZED when the token names nobody valet can trust (no
 // name claim, an invalid name, an unverified email: the message names
 // the claim and the email), EFORBIDDEN when the operator is not in an
@@ -154,7 +160,31 @@ func OperatorFromClaims(ic OperatorIdentityConfig, issuer string, claims map[str
 	case !identity.Intersects(groups, ic.AllowedGroups):
 		return nil, Errorf(EFORBIDDEN, "%s is not a member of a group allowed to act as an operator (%s)", name, strings.Join(ic.AllowedGroups, ", "))
 	}
-	return &Operator{Name: name, Groups: groups, Method: "sso:" + issuer}, nil
+	return &Operator{Name: name, Groups: groups, Method: "sso:" + issuer, AuthTime: numericDate(claims["auth_time"])}, nil
+}
+
+// numericDate reads a JWT NumericDate (RFC 7519, 2: seconds since the
+// epoch) as decoded by encoding/json, as a float64 or, with UseNumber, a
+// json.Number. Anything else, and dates not after the epoch or absurdly
+// far ahead, read as the zero time.
+func numericDate(v any) time.Time {
+	var sec float64
+	switch v := v.(type) {
+	case float64:
+		sec = v
+	case json.Number:
+		f, err := v.Float64()
+		if err != nil {
+			return time.Time{}
+		}
+		sec = f
+	default:
+		return time.Time{}
+	}
+	if sec <= 0 || sec >= 1<<40 {
+		return time.Time{}
+	}
+	return time.Unix(int64(sec), 0)
 }
 
 // emailVerified reads the email_verified claim: true only for the JSON

@@ -1,8 +1,10 @@
 package broker
 
 import (
+	"encoding/json"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestOperatorFromClaims(t *testing.T) {
@@ -66,6 +68,38 @@ func TestOperatorFromClaims(t *testing.T) {
 			}
 			if op.Name != c.wantName || strings.Join(op.Groups, ",") != c.wantGroups || op.Method != "sso:https://sso.example.com" {
 				t.Fatalf("operator %+v, want name %q, groups %q", op, c.wantName, c.wantGroups)
+			}
+		})
+	}
+}
+
+func TestOperatorFromClaimsAuthTime(t *testing.T) {
+	cfg := OperatorIdentityConfig{NameClaim: "email", GroupsClaim: "groups", AllowAll: true}
+	at := time.Unix(1767225600, 0)
+	cases := []struct {
+		name  string
+		value any
+		want  time.Time
+	}{
+		{"a float, as encoding/json decodes it", float64(at.Unix()), at},
+		{"a json.Number, as the attestation verifier decodes it", json.Number("1767225600"), at},
+		{"absent", nil, time.Time{}},
+		{"a string", "1767225600", time.Time{}},
+		{"zero", float64(0), time.Time{}},
+		{"negative", json.Number("-5"), time.Time{}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			claims := map[string]any{"email": "dana@example.com", "email_verified": true}
+			if c.value != nil {
+				claims["auth_time"] = c.value
+			}
+			op, err := OperatorFromClaims(cfg, "https://sso.example.com", claims)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !op.AuthTime.Equal(c.want) {
+				t.Fatalf("AuthTime = %v, want %v", op.AuthTime, c.want)
 			}
 		})
 	}

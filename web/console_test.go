@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"net/url"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/valet-broker/valet/broker"
+	"github.com/valet-broker/valet/broker/attest"
 	"github.com/valet-broker/valet/broker/audit"
 	"github.com/valet-broker/valet/broker/grants"
 	"github.com/valet-broker/valet/broker/identity"
@@ -842,5 +844,55 @@ func TestConsoleSessionsBoundedPerOperator(t *testing.T) {
 		if n := f.console.sessions.count(op); n != 1 {
 			t.Fatalf("%s holds %d sessions, want 1", op, n)
 		}
+	}
+}
+
+func TestConsoleIDTokenSignInIsFreshOnlyByItsAuthTime(t *testing.T) {
+	sso, err := attest.NewDevIssuer("https://sso.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := newFixture(t, func(cfg *broker.Config, w *Config) {
+		sso.SetClock(w.Clock)
+		jwks := filepath.Join(t.TempDir(), "sso-jwks.json")
+		if err := sso.WriteJWKS(jwks); err != nil {
+			t.Fatal(err)
+		}
+		cfg.Operators.Issuers = []broker.OperatorIssuerConfig{{
+			IssuerConfig: broker.IssuerConfig{Name: "sso", Issuer: "https://sso.test", Audiences: []string{"valet-console"},
+				JWKSFile: jwks, Algorithms: []string{"ES256"}},
+			OperatorIdentityConfig: broker.OperatorIdentityConfig{AllowAll: true},
+		}}
+	})
+	id := f.request("agent-1", "elevated", "pasted token", nil)
+	cases := []struct {
+		name     string
+		authTime any // nil: no auth_time claim
+		fresh    bool
+	}{
+		{"no auth_time", nil, false},
+		{"an hour-old sign-in", f.clock.Now().Add(-time.Hour).Unix(), false},
+		{"a sign-in just now", f.clock.Now().Unix(), true},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			claims := map[string]any{"sub": "u-1", "aud": "valet-console", "email": "dana@example.com", "email_verified": true}
+			if c.authTime != nil {
+				claims["auth_time"] = c.authTime
+			}
+			tok, err := sso.Sign(claims)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b := f.browser()
+			r := b.post("/ui/login", url.Values{"token": {tok}, "csrf": {b.csrf("/ui/login")}})
+			if r.Status != http.StatusSeeOther || r.Location() != "/ui/grants" {
+				t.Fatalf("sign-in with an ID token: %d %q\n%s", r.Status, r.Location(), r.Body)
+			}
+			page := b.get("/ui/grants/" + id).Body
+			if got := !strings.Contains(page, "deciding asks you to sign in again first"); got != c.fresh {
+				t.Fatalf("fresh = %v, want %v", got, c.fresh)
+			}
+		})
 	}
 }

@@ -326,7 +326,7 @@ func (c *Console) handleSSOCallback(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	now := c.clock.Now()
-	authAt := authTime(claims, now)
+	authAt := signInTime(op.AuthTime, now)
 	if flow.fresh {
 		switch {
 		case authAt.IsZero():
@@ -353,23 +353,18 @@ func (c *Console) handleSSOCallback(w http.ResponseWriter, r *http.Request) {
 	c.render(w, r, http.StatusOK, "continue.html", &page{Title: "Signed in", Data: struct{ Next, Name string }{next, op.Name}})
 }
 
-// authTime is the ID token's auth_time (OpenID Connect Core 1.0, 2): when
-// the operator last authenticated at the provider. It is the zero time
-// (unknown) when the claim is absent, not a number, or further in the
-// future than authTimeSkew; a time slightly ahead is taken as now.
-func authTime(claims map[string]any, now time.Time) time.Time {
-	at, ok := claims["auth_time"].(float64)
-	if !ok || at <= 0 {
-		return time.Time{}
-	}
-	t := time.Unix(int64(at), 0)
+// signInTime is when an SSO operator signed in, for the session: the ID
+// token's auth_time (broker.Operator.AuthTime). It is the zero time
+// (unknown) when the token has none or one further in the future than
+// authTimeSkew; a time slightly ahead is taken as now.
+func signInTime(authTime, now time.Time) time.Time {
 	switch {
-	case t.After(now.Add(authTimeSkew)):
+	case authTime.IsZero(), authTime.After(now.Add(authTimeSkew)):
 		return time.Time{}
-	case t.After(now):
+	case authTime.After(now):
 		return now
 	}
-	return t
+	return authTime
 }
 
 func sha256Of(s string) []byte {
