@@ -121,7 +121,7 @@ func (s *Server) Open(ctx context.Context) (err error) {
 	var opVerifier broker.Verifier
 	if len(cfg.Operators.Issuers) > 0 {
 		opVerifier, err = attest.New(ctx, attest.Options{
-			Issuers: cfg.Operators.Issuers, MaxTokenBytes: cfg.Limits.MaxAttestationBytes, Clock: s.Clock, Replay: replay, Logger: log,
+			Issuers: cfg.Operators.IssuerConfigs(), MaxTokenBytes: cfg.Limits.MaxAttestationBytes, Clock: s.Clock, Replay: replay, Logger: log,
 		})
 		if err != nil {
 			return fmt.Errorf("operators.issuers: %w", err)

@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"github.com/valet-broker/valet/broker"
-	"github.com/valet-broker/valet/broker/attest"
 )
 
 // testCA issues certificates for TLS tests.
@@ -118,32 +117,17 @@ func TestTLSWithClientCertificates(t *testing.T) {
 
 func TestOperatorSSOToken(t *testing.T) {
 	e := newTestEnv(t)
-	sso, err := attest.NewDevIssuer("https://sso.test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	jwks := filepath.Join(e.Dir, "sso-jwks.json")
-	if err := sso.WriteJWKS(jwks); err != nil {
-		t.Fatal(err)
-	}
-	e.Config.Operators.Issuers = []broker.IssuerConfig{{Name: "sso", Issuer: "https://sso.test", Audiences: []string{"valet-console"}, JWKSFile: jwks, Algorithms: []string{"ES256"}}}
-	e.Config.ApplyDefaults()
-	if err := e.Config.Validate(); err != nil {
-		t.Fatal(err)
-	}
+	sso := withOperatorIssuer(t, e, nil)
 	e.Start()
-	idToken, err := sso.Sign(map[string]any{"sub": "u-123", "aud": "valet-console", "email": "alice@example.com", "groups": []string{"approvers"}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	tok := idToken(t, sso, map[string]any{"sub": "u-123", "email": "alice@example.com", "email_verified": true, "groups": []string{"approvers"}})
 	res := e.Mint(e.Attest("sso-target", nil), "demo")
 	id := res["lease_id"].(string)
 
-	if r := e.Do("GET", "/v1/leases", idToken, nil); r.Status != http.StatusOK {
+	if r := e.Do("GET", "/v1/leases", tok, nil); r.Status != http.StatusOK {
 		t.Fatalf("operator ID token on an operator endpoint: %d %s", r.Status, r.Body)
 	}
 	// An operator revoke is audited under the operator's email.
-	if r := e.Do("DELETE", "/v1/leases/"+id, idToken, nil); r.Status != http.StatusOK || r.JSON(t)["state"] != "revoked" {
+	if r := e.Do("DELETE", "/v1/leases/"+id, tok, nil); r.Status != http.StatusOK || r.JSON(t)["state"] != "revoked" {
 		t.Fatalf("operator revoke: %d %s", r.Status, r.Body)
 	}
 	r := e.Do("GET", "/v1/audit?kind=lease.revoke", testOperatorToken, nil)
