@@ -127,10 +127,10 @@ func FuzzParseTokenExchange(f *testing.F) {
 	f.Add(strings.Repeat("a=b&", fuzzBodyLimit))
 	f.Fuzz(func(t *testing.T, body string) {
 		const maxToken = 1024
-		req, oe := parseTokenExchange(newBodyRequest("application/x-www-form-urlencoded", []byte(body)), maxToken)
+		req, oe := parseTokenExchange(newBodyRequest("application/x-www-form-urlencoded", []byte(body)), fuzzBodyLimit, maxToken)
 		if oe != nil {
 			switch oe.Error {
-			case "invalid_request", "unsupported_grant_type", "invalid_target":
+			case "invalid_request", "unsupported_grant_type", "invalid_target", "invalid_scope", "invalid_client":
 			default:
 				t.Fatalf("error %q is not one parseTokenExchange may give", oe.Error)
 			}
@@ -157,7 +157,7 @@ func FuzzParseTokenExchange(f *testing.F) {
 			t.Fatalf("accepted requested_token_type %q", req.RequestedTokenType)
 		}
 		for _, s := range req.Scopes {
-			if s == "" || strings.ContainsAny(s, " \t\n") {
+			if !validScopeToken(s) {
 				t.Fatalf("scope list %q holds an empty or blank entry", req.Scopes)
 			}
 		}
