@@ -6,6 +6,8 @@ import (
 	"crypto/x509/pkix"
 	"net"
 	"net/url"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -51,6 +53,26 @@ func TestIntrospectionConfigDefaults(t *testing.T) {
 	cfg, err = ParseConfig([]byte(minimalConfig))
 	if err != nil || len(cfg.Introspection.Clients) != 0 {
 		t.Fatalf("config without introspection: %v %+v", err, cfg.Introspection)
+	}
+}
+
+func TestIntrospectionConfigResolvesRelativePaths(t *testing.T) {
+	dir := t.TempDir()
+	text := withIntrospection(`
+    - client_id: rs
+      auth_method: private_key_jwt
+      jwks_file: rs-jwks.json
+`)
+	path := filepath.Join(dir, "valet.yaml")
+	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := LoadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cfg.Introspection.Clients[0].JWKSFile; got != filepath.Join(dir, "rs-jwks.json") {
+		t.Fatalf("jwks_file = %q, want it resolved against the config's directory", got)
 	}
 }
 

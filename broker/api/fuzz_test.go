@@ -2,6 +2,7 @@ package api
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -160,6 +161,49 @@ func FuzzParseTokenExchange(f *testing.F) {
 			if !validScopeToken(s) {
 				t.Fatalf("scope list %q holds an empty or blank entry", req.Scopes)
 			}
+		}
+	})
+}
+
+func FuzzIntrospectionRequest(f *testing.F) {
+	f.Add("Basic ZGVtby1hcGk6c2VjcmV0", "token=abc")
+	f.Add("", "token=abc&client_id=demo-api&client_secret=s")
+	f.Add("", "token=abc&client_assertion_type="+url.QueryEscape(broker.ClientAssertionType)+"&client_assertion=a.b.c")
+	f.Add("Basic %%%", "token=abc")
+	f.Add("Basic "+base64.StdEncoding.EncodeToString([]byte("a%zz:b")), "token=abc")
+	f.Add("Bearer x", "token=abc")
+	f.Add("Basic ZGVtby1hcGk6c2VjcmV0", "token=abc&client_secret=s&client_id=x")
+	f.Add("", "token=a&token=b")
+	f.Add("", "client_assertion=x")
+	f.Fuzz(func(t *testing.T, auth, body string) {
+		r := newBodyRequest("application/x-www-form-urlencoded", []byte(body))
+		if auth != "" {
+			r.Header.Set("Authorization", auth)
+		}
+		form, oe := parseForm(r, fuzzBodyLimit)
+		if oe == nil {
+			var cc broker.ClientCredentials
+			cc, oe = clientCredentials(r, form)
+			if oe == nil {
+				switch cc.Method {
+				case "", broker.AuthClientSecretBasic, broker.AuthClientSecretPost, broker.AuthPrivateKeyJWT:
+				default:
+					t.Fatalf("method %q from a plain HTTP request", cc.Method)
+				}
+				if cc.Method == broker.AuthClientSecretPost && cc.ClientID == "" {
+					t.Fatal("client_secret_post without a client_id")
+				}
+				return
+			}
+		}
+		switch {
+		case oe.Error == "invalid_request" && (oe.status == 400 || oe.status == 413):
+		case oe.Error == "invalid_client" && oe.status == 401:
+		default:
+			t.Fatalf("error %+v: want invalid_request (400, 413) or invalid_client (401)", oe)
+		}
+		if oe.Description == "" {
+			t.Fatal("no description")
 		}
 	})
 }
