@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
@@ -158,6 +159,11 @@ func printDevBanner(w io.Writer, s *Server, cfg *broker.Config, opToken, dir, va
 		self = "valet"
 	}
 	addr := "http://" + s.Addr()
+	attestCmd := self + " dev attest"
+	if dir != devDataDir {
+		// The dev issuer's key is in dir: a pasted command must find it.
+		attestCmd += " --data-dir " + shellQuote(dir)
+	}
 	fmt.Fprintf(w, `
 valet dev is running at %s  (data in %s/)
 
@@ -168,12 +174,12 @@ valet dev is running at %s  (data in %s/)
 Next, in another terminal:
 
   export VALET_ADDR=%s VALET_TOKEN=%s
-  export VALET_ATTESTATION=$(%s dev attest --sub my-agent)
+  export VALET_ATTESTATION=$(%s --sub my-agent)
   %s creds demo                 # mint a short-lived token for the demo role
   %s leases list                # see its lease, as an operator
 
   %s creds demo-elevated --reason "fix prod" --wait   # approve it at /ui/
-`, addr, dir, opToken, addr, addr, opToken, self, self, self, self)
+`, addr, dir, opToken, addr, addr, opToken, attestCmd, self, self, self)
 	printDevIntrospection(w, cfg, addr, dir, self)
 	if vaultRoles == "" {
 		fmt.Fprintf(w, "  (set VAULT_ADDR and VAULT_TOKEN, or use `make run-vault`, for the Vault demo roles)\n\n")
@@ -183,12 +189,28 @@ Next, in another terminal:
 	if pgPort == "" {
 		pgPort = "5432"
 	}
+	// The commands are pasted into a new terminal, where neither the
+	// vault binary nor VAULT_ADDR is set: each line carries what it needs
+	// (the credential brings VALET_VAULT_ADDR and VALET_VAULT_TOKEN).
 	fmt.Fprintf(w, `Vault roles:       %s
 
-  %s exec demo-vault -- sh -c 'VAULT_TOKEN=$VALET_VAULT_TOKEN vault kv get secret/valet-demo/hello'
+  %s exec demo-vault -- sh -c 'VAULT_ADDR=$VALET_VAULT_ADDR VAULT_TOKEN=$VALET_VAULT_TOKEN GODEBUG=x509negativeserial=1 %s kv get secret/valet-demo/hello'
   %s exec demo-db -- sh -c 'PGPASSWORD=$VALET_PASSWORD psql -h 127.0.0.1 -p %s -U $VALET_USERNAME postgres'
 
-`, vaultRoles, self, self, pgPort)
+`, vaultRoles, self, vaultCLI(), self, pgPort)
+}
+
+// vaultCLI is the absolute path of the vault binary on PATH (make
+// run-vault puts the test server's there), or "vault".
+func vaultCLI() string {
+	p, err := exec.LookPath("vault")
+	if err != nil {
+		return "vault"
+	}
+	if abs, err := filepath.Abs(p); err == nil {
+		return abs
+	}
+	return p
 }
 
 func newDevAttestCmd() *cobra.Command {
@@ -204,6 +226,11 @@ func newDevAttestCmd() *cobra.Command {
   valet dev attest --sub ci-bot --ttl 2m --claim 'env="prod"' --claim 'risk=10'`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			// A key made here would sign attestations no server trusts:
+			// the dev issuer's key is the one `valet dev` created.
+			if _, err := os.Stat(filepath.Join(dataDir, attest.DevIssuerKeyFile)); err != nil {
+				return fmt.Errorf("no dev issuer key in %s: start `valet dev` first, and give `valet dev attest` the same --data-dir", dataDir)
+			}
 			iss, err := attest.LoadOrCreateDevIssuer(dataDir, devIssuer)
 			if err != nil {
 				return err
