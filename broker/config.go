@@ -43,6 +43,7 @@ type Config struct {
 
 	Notifications NotificationsConfig `yaml:"notifications"`
 	Console       ConsoleConfig       `yaml:"console"`
+	Introspection IntrospectionConfig `yaml:"introspection"`
 
 	// ConfigDir is the directory of the config file (set by LoadConfig);
 	// backends resolve relative paths in their options against it.
@@ -402,6 +403,7 @@ func (c *Config) ResolvePaths(base string) {
 		abs(&c.Console.OIDC.ClientSecretFile)
 		abs(&c.Console.OIDC.CAFile)
 	}
+	c.Introspection.resolvePaths(abs)
 }
 
 // ParseConfig strictly decodes YAML (unknown keys are errors), applies
@@ -502,6 +504,7 @@ func (c *Config) ApplyDefaults() {
 		t := true
 		c.Policy.Watch = &t
 	}
+	c.Introspection.applyDefaults()
 	l := &c.Limits
 	if l.MaxBodyBytes == 0 {
 		l.MaxBodyBytes = DefaultMaxBodyBytes
@@ -809,6 +812,7 @@ func (c *Config) Validate() error {
 	default:
 		add("log.level %q must be debug, info, warn or error", c.Log.Level)
 	}
+	errs = append(errs, c.Introspection.validate(roles, c.TLS)...)
 	return errors.Join(errs...)
 }
 

@@ -24,6 +24,11 @@ const (
 	devDataDir  = "valet-dev-data"
 	devIssuer   = "valet-dev"
 	devAudience = "valet"
+	// devResourceServer is the introspection client of the dev config,
+	// named after the demo role's audience; its secret is in
+	// devResourceServerSecret.
+	devResourceServer       = "demo-api"
+	devResourceServerSecret = "introspection-client-secret"
 )
 
 func newDevCmd() *cobra.Command {
@@ -75,6 +80,10 @@ func prepareDev(dir, listen string) (*broker.Config, string, error) {
 	if err != nil {
 		return nil, "", err
 	}
+	rsSecret, err := readOrCreate(filepath.Join(dir, devResourceServerSecret), func() (string, error) { return randomHex(24) })
+	if err != nil {
+		return nil, "", err
+	}
 	if _, err := readOrCreate(filepath.Join(dir, "policies", "dev.cedar"), func() (string, error) { return devPolicy, nil }); err != nil {
 		return nil, "", err
 	}
@@ -82,7 +91,7 @@ func prepareDev(dir, listen string) (*broker.Config, string, error) {
 		return nil, "", err
 	}
 	if _, err := readOrCreate(filepath.Join(dir, "config.yaml"), func() (string, error) {
-		return fmt.Sprintf(devConfig, listen, "http://"+listen, broker.HashToken(opToken)), nil
+		return fmt.Sprintf(devConfig, listen, "http://"+listen, broker.HashToken(opToken), devResourceServer, broker.HashToken(rsSecret)), nil
 	}); err != nil {
 		return nil, "", err
 	}
@@ -121,6 +130,29 @@ func randomHex(n int) (string, error) {
 	return hex.EncodeToString(b), nil
 }
 
+// printDevIntrospection shows how a resource server checks a token, when
+// the dev config has the dev introspection client (a config.yaml written
+// by an older valet has none).
+func printDevIntrospection(w io.Writer, cfg *broker.Config, addr, dir, self string) {
+	for _, c := range cfg.Introspection.Clients {
+		if c.ClientID != devResourceServer || c.AuthMethod != broker.AuthClientSecretBasic {
+			continue
+		}
+		secret, err := os.ReadFile(filepath.Join(dir, devResourceServerSecret))
+		if err != nil || broker.HashToken(strings.TrimSpace(string(secret))) != c.ClientSecretSHA256 {
+			break
+		}
+		fmt.Fprintf(w, `
+As the resource server %s, check a token (RFC 7662 introspection):
+
+  TOKEN=$(%s creds demo -o token)
+  curl -s -u %s:%s -d token=$TOKEN %s/v1/introspect
+`, devResourceServer, self, devResourceServer, strings.TrimSpace(string(secret)), addr)
+		return
+	}
+	fmt.Fprintf(w, "\n  (add an introspection client to %s/config.yaml to call /v1/introspect; see \"Resource servers\" in the README)\n", dir)
+}
+
 func printDevBanner(w io.Writer, s *Server, cfg *broker.Config, opToken, dir, vaultRoles string) {
 	self := os.Args[0]
 	if !strings.Contains(self, "/") {
@@ -148,6 +180,7 @@ Next, in another terminal:
 
   %s creds demo-elevated --reason "fix prod" --wait   # approve it at /ui/
 `, addr, dir, opToken, addr, addr, opToken, attestCmd, self, self, self)
+	printDevIntrospection(w, cfg, addr, dir, self)
 	if vaultRoles == "" {
 		fmt.Fprintf(w, "  (set VAULT_ADDR and VAULT_TOKEN, or use `make run-vault`, for the Vault demo roles)\n\n")
 		return
@@ -280,6 +313,11 @@ operators:
     - name: dev-operator
       sha256: %s
       groups: [approvers]
+introspection:
+  clients:                  # resource servers that may call /v1/introspect
+    - client_id: %s
+      auth_method: client_secret_basic
+      client_secret_sha256: %s   # the secret is in introspection-client-secret
 limits:
   agent_rate: 50
   agent_burst: 100

@@ -79,13 +79,15 @@ read:
 		}
 	}()
 
-	var exports []string
+	var exports, introspect []string
 	run := map[string]string{} // what a command is for -> the command
 	for _, l := range banner {
 		l = strings.TrimSpace(l)
 		switch {
 		case strings.HasPrefix(l, "export "):
 			exports = append(exports, l)
+		case strings.HasPrefix(l, "TOKEN=$("+valetBinary(t)+" "), strings.HasPrefix(l, "curl "):
+			introspect = append(introspect, l)
 		case strings.HasPrefix(l, valetBinary(t)+" "):
 			for _, what := range []string{"creds demo-elevated", "creds demo ", "leases list", "exec demo-vault", "exec demo-db"} {
 				if strings.Contains(l, what) {
@@ -95,9 +97,10 @@ read:
 			}
 		}
 	}
-	if len(exports) != 2 || len(run) != 5 {
-		t.Fatalf("banner: want 2 exports and 5 commands, got %d and %d:\n%s", len(exports), len(run), strings.Join(banner, "\n"))
+	if len(exports) != 2 || len(run) != 5 || len(introspect) != 2 {
+		t.Fatalf("banner: want 2 exports, 5 commands and 2 introspection lines, got %d, %d and %d:\n%s", len(exports), len(run), len(introspect), strings.Join(banner, "\n"))
 	}
+	run["introspect"] = strings.Join(introspect, "\n")
 
 	home := t.TempDir()
 	paste := func(command, stdin string) (string, error) {
@@ -116,6 +119,7 @@ read:
 		{"leases list", "", "demo"},
 		{"exec demo-vault", "", "hello from Vault, through valet"},
 		{"exec demo-db", "select current_user;\n", "v-token-"},
+		{"introspect", "", `"active":true`},
 	} {
 		out, err := paste(run[c.what], c.stdin)
 		if err != nil || !strings.Contains(out, c.want) {

@@ -63,8 +63,11 @@ func (ca *testCA) issue(t *testing.T, cn string, server bool) (certPEM, keyPEM [
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb})
 }
 
-func TestTLSWithClientCertificates(t *testing.T) {
-	e := newTestEnv(t)
+// serveTLS configures e (before Start) to serve HTTPS with a certificate
+// of a new test CA, which is also tls.client_ca_file, with the given
+// tls.client_auth.
+func serveTLS(t *testing.T, e *testEnv, clientAuth string) *testCA {
+	t.Helper()
 	ca := newTestCA(t)
 	srvCert, srvKey := ca.issue(t, "valet", true)
 	write := func(name string, b []byte) string {
@@ -76,8 +79,14 @@ func TestTLSWithClientCertificates(t *testing.T) {
 	}
 	e.Config.TLS = &broker.TLSConfig{
 		CertFile: write("tls.crt", srvCert), KeyFile: write("tls.key", srvKey),
-		ClientCAFile: write("ca.pem", ca.pem), ClientAuth: "require",
+		ClientCAFile: write("ca.pem", ca.pem), ClientAuth: clientAuth,
 	}
+	return ca
+}
+
+func TestTLSWithClientCertificates(t *testing.T) {
+	e := newTestEnv(t)
+	ca := serveTLS(t, e, "require")
 	if err := e.Config.Validate(); err != nil {
 		t.Fatal(err)
 	}
