@@ -149,7 +149,7 @@ func (s *BoltStore) RecoverPending(ctx context.Context, now time.Time) ([]*Lease
 	var out []*Lease
 	err := s.Update(ctx, func(tx *bbolt.Tx) error {
 		out = out[:0]
-		prefix := append([]byte(StatePending), 0)
+		prefix := IndexPrefix(string(StatePending))
 		c := tx.Bucket(bucketState).Cursor()
 		var ids [][]byte
 		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
