@@ -80,7 +80,7 @@ func parseTokenExchange(r *http.Request, maxToken int) (*tokenExchangeRequest, *
 		return nil, invalidRequest("Content-Type must be application/x-www-form-urlencoded")
 	}
 	if err := r.ParseForm(); err != nil {
-		return nil, oauthErrorOf(jsonError(err))
+		return nil, oauthErrorOf(bodyError(err))
 	}
 	f := r.PostForm
 	single := func(name string) (string, *oauthError) {

@@ -4,6 +4,8 @@ import (
 	"net/http"
 
 	"github.com/go-chi/chi/v5"
+
+	"github.com/valet-broker/valet/broker"
 )
 
 func (s *Server) registerWellKnownRoutes(r chi.Router) {
@@ -46,7 +48,11 @@ func (s *Server) handleIntrospect(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err := r.ParseForm(); err != nil {
-		s.Error(w, r, jsonError(err))
+		s.Error(w, r, bodyError(err))
+		return
+	}
+	if n := len(r.PostForm["token"]); n > 1 {
+		s.Error(w, r, broker.Errorf(broker.EINVALID, "form parameter \"token\" is given %d times; give it at most once", n))
 		return
 	}
 	in, err := s.b.Introspect(r.Context(), r.PostForm.Get("token"))
