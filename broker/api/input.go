@@ -149,21 +149,11 @@ func validateName(field, name string) error {
 	return nil
 }
 
-// maxAgentIDBytes bounds an agent id: an issuer name (63 bytes), '/', and
-// a subject of at most 256 characters of up to 4 bytes.
-const maxAgentIDBytes = 63 + 1 + 256*4
-
-// validateAgentID checks an agent id given to select leases or grants:
-// <issuer-name>/<subject>, as attestation verification makes them.
+// validateAgentID checks an agent id given to select leases, grants or
+// audit records (broker.ValidAgentID).
 func validateAgentID(field, id string) error {
-	iss, sub, ok := strings.Cut(id, "/")
-	switch {
-	case len(id) > maxAgentIDBytes:
-		return broker.Errorf(broker.EINVALID, "%s is longer than %d bytes", field, maxAgentIDBytes)
-	case !ok || !broker.ValidName(iss) || sub == "":
-		return broker.Errorf(broker.EINVALID, "%s must be <issuer-name>/<subject>, as in the lease's agent_id", field)
-	case strings.IndexFunc(sub, unicode.IsControl) >= 0:
-		return broker.Errorf(broker.EINVALID, "%s must not contain control characters", field)
+	if !broker.ValidAgentID(id) {
+		return broker.Errorf(broker.EINVALID, "%s must be %s, at most %d bytes", field, broker.AgentIDRule, broker.MaxAgentIDBytes)
 	}
 	return nil
 }
