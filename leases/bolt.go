@@ -270,7 +270,12 @@ func (s *BoltStore) change(ctx context.Context, id string, now time.Time, e audi
 		out = &l
 		return nil
 	})
-	return out, err
+	if err != nil {
+		// The transaction may still be running (ctx ended): out is
+		// not ours to read.
+		return nil, err
+	}
+	return out, nil
 }
 
 func stateAt(l *Lease, now time.Time) State {

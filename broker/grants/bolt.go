@@ -262,7 +262,12 @@ func (s *Store) ExpireDue(ctx context.Context, now time.Time) ([]*Grant, error) 
 		}
 		return nil
 	})
-	return out, err
+	if err != nil {
+		// The transaction may still be running (ctx ended): out is
+		// not ours to read.
+		return nil, err
+	}
+	return out, nil
 }
 
 // errUnchanged leaves a grant as it is without an error.
@@ -295,7 +300,12 @@ func (s *Store) change(ctx context.Context, id string, now time.Time, e audit.En
 		out = &g
 		return nil
 	})
-	return out, err
+	if err != nil {
+		// The transaction may still be running (ctx ended): out is
+		// not ours to read.
+		return nil, err
+	}
+	return out, nil
 }
 
 // withGrant fills an audit entry's subject fields from the grant.
