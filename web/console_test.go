@@ -732,4 +732,13 @@ func TestConsoleFiltersSayWhatTheyIgnore(t *testing.T) {
 	if p := b.get("/ui/leases?role=retired-role").Body; strings.Contains(p, "flash-error") || strings.Contains(p, l1.Lease.ID) {
 		t.Error("a configured-syntax role filter was refused, or did not filter")
 	}
+	// Revoking "all of an agent" needs one agent id.
+	csrf := csrfField.FindStringSubmatch(b.get("/ui/leases").Body)[1]
+	for _, agents := range [][]string{{"test/agent-1\x00zz"}, {"test/agent-1", "test/agent-2"}} {
+		r := b.post("/ui/agents/revoke", url.Values{"csrf": {csrf}, "agent": agents})
+		mustContain(t, b.get(r.Location()).Body, "is not one agent id", "nothing was revoked")
+	}
+	if f.lease(l1.Lease.ID).State != leases.StateActive || f.lease(l2.Lease.ID).State != leases.StateActive {
+		t.Error("a refused revocation revoked leases")
+	}
 }

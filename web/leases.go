@@ -1,6 +1,7 @@
 package web
 
 import (
+	"fmt"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -161,6 +162,11 @@ func (c *Console) handleRevokeAgent(w http.ResponseWriter, r *http.Request, se *
 	}
 	if agent == "" {
 		c.sessions.addFlash(se.key, flash{"error", "Name the agent whose leases to revoke."})
+		http.Redirect(w, r, back, http.StatusSeeOther)
+		return
+	}
+	if len(r.PostForm["agent"]) > 1 || !broker.ValidAgentID(agent) {
+		c.sessions.addFlash(se.key, flash{"error", fmt.Sprintf("%q is not one agent id (%s); nothing was revoked.", agent, broker.AgentIDRule)})
 		http.Redirect(w, r, back, http.StatusSeeOther)
 		return
 	}

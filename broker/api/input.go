@@ -122,10 +122,10 @@ func oneOf(name, value string, valid ...string) error {
 }
 
 // limit reads the limit parameter of list endpoints: an integer from 1 to
-// 1000, or def when absent.
+// 1000, or def when absent or empty.
 func (p params) limit(def int) (int, error) {
-	v, ok := p["limit"]
-	if !ok {
+	v := p["limit"]
+	if v == "" {
 		return def, nil
 	}
 	n, err := strconv.Atoi(v)
