@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -293,5 +295,24 @@ func TestRateLimitPerAgent(t *testing.T) {
 	f.clock.Advance(2 * time.Second)
 	if _, err := f.b.Mint(context.Background(), broker.MintRequest{Attestation: tok, Role: "r"}); err != nil {
 		t.Fatalf("after the refill: %v", err)
+	}
+}
+
+// A role that cannot be a configured name is refused before the
+// attestation is verified, and reaches no audit record, whoever asks.
+func TestMintRefusesRoleNamesOfAnotherSyntax(t *testing.T) {
+	f := newFixture(t, nil)
+	before := f.auditKinds(t)
+	for _, tok := range []string{"", "not.a.token", f.attest(t, "a")} {
+		for _, role := range []string{"x\n2026-11-29 FAKE mint allow\x1b[2J", "R", ""} {
+			_, err := f.b.Mint(context.Background(), broker.MintRequest{Attestation: tok, Role: role})
+			var be *broker.Error
+			if !errors.As(err, &be) || be.Code != broker.EINVALID || !strings.Contains(be.Message, broker.NameRule) {
+				t.Errorf("Mint(role %q) = %v, want EINVALID stating the name rule", role, err)
+			}
+		}
+	}
+	if after := f.auditKinds(t); !slices.Equal(before, after) {
+		t.Errorf("refused mints wrote audit records: %v, was %v", after, before)
 	}
 }
