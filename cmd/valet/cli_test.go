@@ -3,8 +3,10 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -282,5 +284,48 @@ func TestCLICredsWaitsForApproval(t *testing.T) {
 	}
 	if !strings.Contains(errb.String(), "waiting for operator approval") {
 		t.Fatalf("no progress message: %s", errb.String())
+	}
+}
+
+// TestCLIAuditVerifyCanonicalBytes: a record whose stored bytes decode to
+// the appended record but are not its canonical encoding (here a duplicated
+// key whose last value is the original) breaks the log, offline and online.
+func TestCLIAuditVerifyCanonicalBytes(t *testing.T) {
+	e := newTestEnv(t).Start()
+	e.Mint(e.Attest("verify-agent", nil), "demo")
+	e.Server.Close()
+
+	var seq uint64
+	db, err := bbolt.Open(filepath.Join(e.Dir, "valet.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Update(func(tx *bbolt.Tx) error {
+		b := tx.Bucket([]byte("audit"))
+		c := b.Cursor()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			if bytes.Contains(v, []byte(`"decision":"allow"`)) {
+				seq = binary.BigEndian.Uint64(k)
+				changed := bytes.Replace(v, []byte(`"decision":"allow"`), []byte(`"decision":"deny","decision":"allow"`), 1)
+				return b.Put(append([]byte{}, k...), changed)
+			}
+		}
+		return errors.New("no allowed decision in the log")
+	})
+	db.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprintf("record %d:", seq)
+
+	out, _, code := runCLI(t, nil, "audit", "verify", "--data-dir", e.Dir)
+	if code != 1 || !strings.Contains(out, "BROKEN") || !strings.Contains(out, want) {
+		t.Errorf("offline verify: exit %d\n%s\nwant exit 1 naming %q", code, out, want)
+	}
+
+	e.Start()
+	out, _, code = runCLI(t, []string{"VALET_ADDR=" + e.URL, "VALET_TOKEN=" + testOperatorToken}, "audit", "verify")
+	if code != 1 || !strings.Contains(out, "BROKEN") || !strings.Contains(out, want) {
+		t.Errorf("online verify: exit %d\n%s\nwant exit 1 naming %q", code, out, want)
 	}
 }
