@@ -214,7 +214,7 @@ func (b *Broker) Mint(ctx context.Context, req MintRequest) (res *MintResult, er
 
 	now := b.clock.Now()
 	dec, err := b.authz.Authorize(ctx, AuthzRequest{
-		Principal: p, Action: action, Role: role,
+		Principal: p, Action: action, Role: role, RequestID: req.RequestID,
 		Context: AuthzContext{TTL: ttl, Reason: req.Reason, SourceIP: req.SourceIP, Now: now},
 	})
 	if err != nil {
@@ -312,18 +312,17 @@ func (b *Broker) mint(ctx context.Context, p *Principal, role *Role, ttl time.Du
 	if err != nil {
 		if selfContained {
 			b.log.Warn("mint failed", "agent", p.ID, "role", l.Role, "backend", l.Backend, "request_id", req.RequestID, "err", err)
-			b.audit(ctx, audit.Entry{Kind: audit.KindMintFailed, Actor: agentActor(p), Decision: audit.Allow, Reason: ErrorMessage(err),
-				AgentID: p.ID, Role: role.Name, PolicyVersion: dec.Version, PolicyIDs: dec.PolicyIDs, RequestID: req.RequestID,
-				Details: map[string]string{"backend": l.Backend}})
+			b.audit(ctx, dec.record(audit.Entry{Kind: audit.KindMintFailed, Actor: agentActor(p), Decision: audit.Allow, Reason: ErrorMessage(err),
+				AgentID: p.ID, Role: role.Name, RequestID: req.RequestID, Details: map[string]string{"backend": l.Backend}}))
 			return nil, backendError(err, l.Backend, b.cfg.Limits.MintTimeout)
 		}
 		return nil, b.abandon(ctx, l, p, req.RequestID, dec, err)
 	}
-	entry := audit.Entry{
+	entry := dec.record(audit.Entry{
 		Kind: audit.KindMint, Actor: agentActor(p), Decision: audit.Allow, Reason: dec.Reason(),
-		AgentID: p.ID, Role: role.Name, LeaseID: l.ID, PolicyVersion: dec.Version, PolicyIDs: dec.PolicyIDs,
+		AgentID: p.ID, Role: role.Name, LeaseID: l.ID,
 		RequestID: req.RequestID, Details: map[string]string{"ttl": ttl.String(), "backend": role.Backend},
-	}
+	})
 	if g != nil {
 		entry.Details["grant_id"] = g.ID
 		entry.Details["approvers"] = strings.Join(g.Approvers(), ",")
@@ -358,11 +357,10 @@ func (b *Broker) abandon(ctx context.Context, l *leases.Lease, p *Principal, req
 	ctx = context.WithoutCancel(ctx)
 	reason := ErrorMessage(cause)
 	b.log.Warn("mint failed", "lease", l.ID, "agent", p.ID, "role", l.Role, "backend", l.Backend, "request_id", requestID, "err", cause)
-	ended, err := b.store.Abandon(ctx, l.ID, l.Handle, b.clock.Now(), audit.Entry{
-		Kind: audit.KindMintFailed, Actor: agentActor(p), Decision: audit.Allow, Reason: reason,
-		PolicyVersion: dec.Version, PolicyIDs: dec.PolicyIDs, RequestID: requestID,
+	ended, err := b.store.Abandon(ctx, l.ID, l.Handle, b.clock.Now(), dec.record(audit.Entry{
+		Kind: audit.KindMintFailed, Actor: agentActor(p), Decision: audit.Allow, Reason: reason, RequestID: requestID,
 		Details: map[string]string{"backend": l.Backend},
-	})
+	}))
 	if err != nil {
 		b.log.Error("could not end failed mint; recovery will revoke it at start-up", "lease", l.ID, "err", err)
 	} else {
@@ -416,8 +414,8 @@ func (b *Broker) deny(ctx context.Context, p *Principal, kind, role, requestID, 
 	if dec.Version == "" {
 		dec.Version = b.authz.Version()
 	}
-	b.audit(ctx, audit.Entry{Kind: kind, Actor: agentActor(p), Decision: audit.Deny, Reason: reason,
-		AgentID: p.ID, Role: role, PolicyVersion: dec.Version, PolicyIDs: dec.PolicyIDs, RequestID: requestID})
+	b.audit(ctx, dec.record(audit.Entry{Kind: kind, Actor: agentActor(p), Decision: audit.Deny, Reason: reason,
+		AgentID: p.ID, Role: role, RequestID: requestID}))
 }
 
 func (b *Broker) audit(ctx context.Context, e audit.Entry) {

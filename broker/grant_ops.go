@@ -25,11 +25,10 @@ func (b *Broker) requestGrant(ctx context.Context, p *Principal, role *Role, ttl
 		return nil, Errorf(EFORBIDDEN, "role %s requires approval, and this server has no grant store", role.Name)
 	}
 	g := b.newGrant(p, role, ttl, req, dec, now, grants.KindApproval)
-	if err := b.grants.Create(ctx, g, now, audit.Entry{
-		Kind: audit.KindGrantRequest, Actor: agentActor(p), Decision: audit.Allow, Reason: req.Reason,
-		PolicyVersion: dec.Version, PolicyIDs: dec.PolicyIDs, RequestID: req.RequestID,
+	if err := b.grants.Create(ctx, g, now, dec.record(audit.Entry{
+		Kind: audit.KindGrantRequest, Actor: agentActor(p), Decision: audit.Allow, Reason: req.Reason, RequestID: req.RequestID,
 		Details: map[string]string{"ttl": ttl.String(), "approvals_required": fmt.Sprint(g.Required)},
-	}); err != nil {
+	})); err != nil {
 		return nil, grantError(err)
 	}
 	b.notify(EventGrantRequested, SeverityInfo, g)
@@ -72,11 +71,10 @@ func (b *Broker) breakGlass(ctx context.Context, p *Principal, role *Role, ttl t
 	}
 	g := b.newGrant(p, role, ttl, req, dec, now, grants.KindBreakGlass)
 	g.State, g.EndedAt, g.Required = grants.StateRedeemed, now, 0
-	if err := b.grants.Create(ctx, g, now, audit.Entry{
-		Kind: audit.KindBreakGlass, Actor: agentActor(p), Decision: audit.Allow, Reason: req.Reason,
-		PolicyVersion: dec.Version, PolicyIDs: dec.PolicyIDs, RequestID: req.RequestID,
+	if err := b.grants.Create(ctx, g, now, dec.record(audit.Entry{
+		Kind: audit.KindBreakGlass, Actor: agentActor(p), Decision: audit.Allow, Reason: req.Reason, RequestID: req.RequestID,
 		Details: map[string]string{"ttl": ttl.String(), "severity": SeverityHigh},
-	}); err != nil {
+	})); err != nil {
 		return nil, grantError(err)
 	}
 	res, err := b.mint(ctx, p, role, ttl, req, dec, now, g)
@@ -279,7 +277,7 @@ func (b *Broker) RedeemGrant(ctx context.Context, req RedeemRequest) (*MintResul
 	// The binding is recomputed from the stored request: a grant whose
 	// content was changed after approval does not match it.
 	binding := grants.Binding(grants.Request{AgentID: g.AgentID, Role: g.Role, TTL: g.TTL, Scope: g.Scope, Reason: g.Reason, Lineage: g.Lineage})
-	dec, err := b.authz.Authorize(ctx, AuthzRequest{Principal: p, Action: ActionRedeem, Role: role,
+	dec, err := b.authz.Authorize(ctx, AuthzRequest{Principal: p, Action: ActionRedeem, Role: role, RequestID: req.RequestID,
 		Context: AuthzContext{TTL: g.TTL, Reason: g.Reason, SourceIP: req.SourceIP, Now: now, Approvals: len(g.Approvals)}})
 	if err != nil {
 		return nil, Wrap(EINTERNAL, err, "policy evaluation failed")
@@ -288,10 +286,9 @@ func (b *Broker) RedeemGrant(ctx context.Context, req RedeemRequest) (*MintResul
 		b.deny(ctx, p, audit.KindGrantRedeem, role.Name, req.RequestID, dec.Reason(), dec)
 		return nil, Errorf(EFORBIDDEN, "%s: agent %s may not redeem role %s", dec.Reason(), p.ID, role.Name)
 	}
-	consumed, err := b.grants.Redeem(ctx, g.ID, p.ID, binding, now, audit.Entry{
-		Kind: audit.KindGrantRedeem, Actor: agentActor(p), Decision: audit.Allow, Reason: dec.Reason(),
-		PolicyVersion: dec.Version, PolicyIDs: dec.PolicyIDs, RequestID: req.RequestID,
-	})
+	consumed, err := b.grants.Redeem(ctx, g.ID, p.ID, binding, now, dec.record(audit.Entry{
+		Kind: audit.KindGrantRedeem, Actor: agentActor(p), Decision: audit.Allow, Reason: dec.Reason(), RequestID: req.RequestID,
+	}))
 	if err != nil {
 		if errors.Is(err, grants.ErrTampered) {
 			b.deny(ctx, p, audit.KindGrantRedeem, role.Name, req.RequestID, "grant content does not match its approved binding", dec)

@@ -115,7 +115,7 @@ func (b *Broker) RenewLease(ctx context.Context, c Caller, req RenewRequest) (*R
 	dec := Decision{Allowed: true}
 	if c.Agent != nil {
 		p = c.Agent
-		dec, err = b.authz.Authorize(ctx, AuthzRequest{Principal: p, Action: ActionRenew, Role: role,
+		dec, err = b.authz.Authorize(ctx, AuthzRequest{Principal: p, Action: ActionRenew, Role: role, RequestID: req.RequestID,
 			Context: AuthzContext{TTL: want.Sub(now), SourceIP: req.SourceIP, Now: now}})
 		if err != nil {
 			return nil, Wrap(EINTERNAL, err, "policy evaluation failed")
@@ -151,11 +151,10 @@ func (b *Broker) RenewLease(ctx context.Context, c Caller, req RenewRequest) (*R
 	if newExp.After(want) {
 		newExp = want // never record more than was asked; invariant 2 holds at the backend side
 	}
-	renewed, err := b.store.Renew(ctx, l.ID, b.clock.Now(), newExp, audit.Entry{
-		Kind: audit.KindRenew, Actor: c.actor(), Decision: audit.Allow, Reason: dec.Reason(),
-		PolicyVersion: dec.Version, PolicyIDs: dec.PolicyIDs, RequestID: req.RequestID,
+	renewed, err := b.store.Renew(ctx, l.ID, b.clock.Now(), newExp, dec.record(audit.Entry{
+		Kind: audit.KindRenew, Actor: c.actor(), Decision: audit.Allow, Reason: dec.Reason(), RequestID: req.RequestID,
 		Details: map[string]string{"expires_at": newExp.UTC().Format(time.RFC3339)},
-	})
+	}))
 	if err != nil {
 		return nil, storeError(err)
 	}

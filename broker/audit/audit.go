@@ -71,17 +71,20 @@ type Actor struct {
 // No field may ever hold a secret: no tokens, passwords, keys or raw
 // attestations.
 type Entry struct {
-	Kind          string            `json:"kind"`
-	Actor         Actor             `json:"actor"`
-	Decision      string            `json:"decision,omitempty"`
-	Reason        string            `json:"reason,omitempty"`
-	AgentID       string            `json:"agent_id,omitempty"`
-	Role          string            `json:"role,omitempty"`
-	LeaseID       string            `json:"lease_id,omitempty"`
-	PolicyVersion string            `json:"policy_version,omitempty"`
-	PolicyIDs     []string          `json:"policy_ids,omitempty"`
-	RequestID     string            `json:"request_id,omitempty"`
-	Details       map[string]string `json:"details,omitempty"`
+	Kind          string   `json:"kind"`
+	Actor         Actor    `json:"actor"`
+	Decision      string   `json:"decision,omitempty"`
+	Reason        string   `json:"reason,omitempty"`
+	AgentID       string   `json:"agent_id,omitempty"`
+	Role          string   `json:"role,omitempty"`
+	LeaseID       string   `json:"lease_id,omitempty"`
+	PolicyVersion string   `json:"policy_version,omitempty"`
+	PolicyIDs     []string `json:"policy_ids,omitempty"`
+	// PolicyErrors are the ids of the policies that failed to evaluate
+	// for this decision (whatever it was).
+	PolicyErrors []string          `json:"policy_errors,omitempty"`
+	RequestID    string            `json:"request_id,omitempty"`
+	Details      map[string]string `json:"details,omitempty"`
 }
 
 // Record is one entry of the log.

@@ -204,7 +204,7 @@ func TestDevFilesWork(t *testing.T) {
 	}
 	// The sample policy's own tests pass.
 	var out bytes.Buffer
-	passed, failed, err := policy.RunTests(filepath.Join(dir, "policies"), filepath.Join(dir, "policies"), &out)
+	passed, failed, err := policy.RunTests(filepath.Join(dir, "policies"), filepath.Join(dir, "policies"), policy.TestOptions{}, &out)
 	if err != nil || failed != 0 || passed == 0 {
 		t.Fatalf("dev policy tests: passed %d failed %d err %v\n%s", passed, failed, err, out.String())
 	}
@@ -234,10 +234,43 @@ func TestPolicyTestCommandFailsOnMismatch(t *testing.T) {
 	}
 }
 
+// A forbid that fails to evaluate denies by default, as the server's
+// policy.on_error does; --on-error skip tests Cedar's semantics instead.
+func TestPolicyTestCommandOnError(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "p.cedar"), []byte(`@id("p") permit(principal, action, resource);
+@id("typo") forbid(principal, action, resource) when { principal.claims.sub.contains("x") };`), 0o600)
+	os.WriteFile(filepath.Join(dir, "t.test.yaml"), []byte("cases:\n  - name: typo denies\n    principal: {issuer: i, sub: s, claims: {sub: s}}\n    role: {name: r}\n    expect: deny\n    expect_errors: [typo]\n"), 0o600)
+	tests := []struct {
+		name  string
+		args  []string
+		code  int
+		wants []string
+	}{
+		{"default fails closed", nil, 0, []string{"PASS typo denies"}},
+		{"deny fails closed", []string{"--on-error", "deny"}, 0, []string{"PASS typo denies"}},
+		{"skip follows Cedar", []string{"--on-error", "skip"}, 1, []string{"FAIL typo denies: expected deny, got allow"}},
+		{"unknown mode", []string{"--on-error", "ignore"}, 1, []string{`--on-error must be deny or skip, not "ignore"`}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out, errOut, code := runCLI(t, nil, append([]string{"policy", "test", dir}, tt.args...)...)
+			if code != tt.code {
+				t.Errorf("exit %d, want %d\n%s%s", code, tt.code, out, errOut)
+			}
+			for _, w := range tt.wants {
+				if !strings.Contains(out+errOut, w) {
+					t.Errorf("output lacks %q:\n%s%s", w, out, errOut)
+				}
+			}
+		})
+	}
+}
+
 func TestExamplePoliciesPassTheirTests(t *testing.T) {
 	dir := filepath.Join("..", "..", "deploy", "examples", "policies")
 	var out bytes.Buffer
-	passed, failed, err := policy.RunTests(dir, dir, &out)
+	passed, failed, err := policy.RunTests(dir, dir, policy.TestOptions{}, &out)
 	if err != nil || failed != 0 || passed < 5 {
 		t.Fatalf("passed %d failed %d err %v\n%s", passed, failed, err, out.String())
 	}
