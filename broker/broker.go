@@ -314,7 +314,7 @@ func (b *Broker) mint(ctx context.Context, p *Principal, role *Role, ttl time.Du
 			b.log.Warn("mint failed", "agent", p.ID, "role", l.Role, "backend", l.Backend, "request_id", req.RequestID, "err", err)
 			b.audit(ctx, dec.record(audit.Entry{Kind: audit.KindMintFailed, Actor: agentActor(p), Decision: audit.Allow, Reason: ErrorMessage(err),
 				AgentID: p.ID, Role: role.Name, RequestID: req.RequestID, Details: map[string]string{"backend": l.Backend}}))
-			return nil, backendError(err, l.Backend, b.cfg.Limits.MintTimeout)
+			return nil, backendError(ctx, err, l.Backend, "issue the credential", b.cfg.Limits.MintTimeout)
 		}
 		return nil, b.abandon(ctx, l, p, req.RequestID, dec, err)
 	}
@@ -354,6 +354,7 @@ func (b *Broker) mint(ctx context.Context, p *Principal, role *Role, ttl time.Du
 // abandon ends a pending lease whose mint failed and revokes whatever the
 // backend may have issued, then returns the error for the client.
 func (b *Broker) abandon(ctx context.Context, l *leases.Lease, p *Principal, requestID string, dec Decision, cause error) error {
+	clientErr := backendError(ctx, cause, l.Backend, "issue the credential", b.cfg.Limits.MintTimeout)
 	ctx = context.WithoutCancel(ctx)
 	reason := ErrorMessage(cause)
 	b.log.Warn("mint failed", "lease", l.ID, "agent", p.ID, "role", l.Role, "backend", l.Backend, "request_id", requestID, "err", cause)
@@ -368,23 +369,28 @@ func (b *Broker) abandon(ctx context.Context, l *leases.Lease, p *Principal, req
 			b.log.Error("revoke after failed mint", "lease", l.ID, "err", err)
 		}
 	}
-	return backendError(cause, l.Backend, b.cfg.Limits.MintTimeout)
+	return clientErr
 }
 
-// backendError turns a backend's mint failure into a client error: its own
-// *Error as is, unavailability and timeouts as EUNAVAILABLE, anything else
-// as EBADGATEWAY (the cause is logged, not shown).
-func backendError(cause error, backend string, timeout Duration) error {
+// backendError turns a backend's failure to do what ("issue the
+// credential", "renew the credential") into a client error that says what
+// happened: the backend's own *Error as is; the request ending (ctx, the
+// request's context) before the backend answered; unavailability; no answer
+// within the mint timeout; anything else as EBADGATEWAY (the cause is
+// logged, not shown).
+func backendError(ctx context.Context, cause error, backend, what string, timeout Duration) error {
 	var be *Error
 	switch {
 	case errors.As(cause, &be):
 		return cause
+	case ctx.Err() != nil:
+		return Wrap(EUNAVAILABLE, cause, "the request ended before backend %s answered", backend)
 	case errors.Is(cause, backends.ErrUnavailable):
 		return Wrap(EUNAVAILABLE, cause, "backend %s is unavailable; retry later", backend)
 	case errors.Is(cause, context.DeadlineExceeded):
 		return Wrap(EUNAVAILABLE, cause, "backend %s did not answer within %s", backend, timeout)
 	default:
-		return Wrap(EBADGATEWAY, cause, "backend %s failed to issue the credential", backend)
+		return Wrap(EBADGATEWAY, cause, "backend %s failed to %s", backend, what)
 	}
 }
 

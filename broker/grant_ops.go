@@ -153,16 +153,32 @@ func (b *Broker) WaitGrant(ctx context.Context, c Caller, id string, wait time.D
 	}
 }
 
-// ListGrants lists grants for operators.
+// ListGrants lists grants for operators, newest first, each with its state
+// as of now (a pending or approved grant past its deadline is expired
+// before the sweeper records it). f.State filters on that same state:
+// state=pending never lists a grant shown expired, and state=expired lists
+// pending and approved grants past their deadlines too. A page holds
+// f.Limit grants (default 100, at most 1000) whenever that many match; a
+// shorter page is the last.
 func (b *Broker) ListGrants(ctx context.Context, f grants.Filter) ([]*grants.Grant, error) {
 	if b.grants == nil {
 		return nil, nil
 	}
-	gs, err := b.grants.List(ctx, f)
+	now := b.clock.Now()
+	stored := []grants.State{f.State}
+	if f.State == grants.StateExpired {
+		stored = append(stored, grants.StatePending, grants.StateApproved)
+	}
+	gs, err := listAsShown(f.State, stored, listLimit(f.Limit), f.Before,
+		func(st grants.State, before string, limit int) ([]*grants.Grant, error) {
+			sf := f
+			sf.State, sf.Before, sf.Limit = st, before, limit
+			return b.grants.List(ctx, sf)
+		},
+		func(g *grants.Grant) string { return g.ID }, func(g *grants.Grant) grants.State { return g.StateAt(now) })
 	if err != nil {
 		return nil, grantError(err)
 	}
-	now := b.clock.Now()
 	for _, g := range gs {
 		g.State = g.StateAt(now)
 	}
@@ -298,8 +314,15 @@ func (b *Broker) RedeemGrant(ctx context.Context, req RedeemRequest) (*MintResul
 	mreq := MintRequest{Role: g.Role, TTL: g.TTL, Reason: g.Reason, Scope: g.Scope, SourceIP: req.SourceIP, RequestID: req.RequestID}
 	res, err := b.mint(ctx, p, role, g.TTL, mreq, dec, now, consumed)
 	if err != nil {
-		if _, uerr := b.grants.Unredeem(context.WithoutCancel(ctx), g.ID, b.clock.Now(), audit.Entry{
-			Kind: audit.KindGrantRedeem, Actor: agentActor(p), Decision: audit.Deny, Reason: "mint failed; the grant can be redeemed again: " + ErrorMessage(err), RequestID: req.RequestID,
+		// The grant is given back, but it can be redeemed again only
+		// before its deadline, which may have passed during the mint.
+		after := b.clock.Now()
+		again := "the grant can be redeemed again until " + consumed.RedeemBy.UTC().Format(time.RFC3339)
+		if !after.Before(consumed.RedeemBy) {
+			again = "the grant's redeem deadline " + consumed.RedeemBy.UTC().Format(time.RFC3339) + " has passed; it cannot be redeemed again"
+		}
+		if _, uerr := b.grants.Unredeem(context.WithoutCancel(ctx), g.ID, after, audit.Entry{
+			Kind: audit.KindGrantRedeem, Actor: agentActor(p), Decision: audit.Deny, Reason: "mint failed; " + again + ": " + ErrorMessage(err), RequestID: req.RequestID,
 		}); uerr != nil {
 			b.log.Error("give back a grant after a failed mint", "grant", g.ID, "err", uerr)
 		}
