@@ -281,6 +281,11 @@ type PolicyConfig struct {
 	// Watch reloads the policies when a file in Dir changes (default true);
 	// SIGHUP always reloads.
 	Watch *bool `yaml:"watch"`
+	// OnError is what a policy that fails to evaluate does: deny (the
+	// default; an erroring forbid denies, fail closed) or skip (Cedar's
+	// semantics: it is ignored). Errors are logged, counted and audited
+	// either way.
+	OnError PolicyOnError `yaml:"on_error"`
 }
 
 // OperatorsConfig says who may act as an operator.
@@ -504,6 +509,9 @@ func (c *Config) ApplyDefaults() {
 	if c.Policy.Watch == nil {
 		t := true
 		c.Policy.Watch = &t
+	}
+	if c.Policy.OnError == "" {
+		c.Policy.OnError = PolicyOnErrorDeny
 	}
 	c.Introspection.applyDefaults()
 	l := &c.Limits
@@ -735,6 +743,9 @@ func (c *Config) Validate() error {
 
 	if c.Policy.Dir == "" {
 		add("policy.dir must be set (a directory of *.cedar files)")
+	}
+	if c.Policy.OnError != PolicyOnErrorDeny && c.Policy.OnError != PolicyOnErrorSkip {
+		add("policy.on_error %q must be deny or skip", c.Policy.OnError)
 	}
 
 	var opNames []string

@@ -45,6 +45,7 @@ func TestParseConfigDefaults(t *testing.T) {
 		{"role max_ttl", cfg.Roles[0].MaxTTL.D(), time.Hour},
 		{"renewable", cfg.Roles[0].IsRenewable(), true},
 		{"watch", *cfg.Policy.Watch, true},
+		{"policy on_error", cfg.Policy.OnError, PolicyOnErrorDeny},
 		{"body limit", cfg.Limits.MaxBodyBytes, int64(DefaultMaxBodyBytes)},
 		{"mint timeout", cfg.Limits.MintTimeout.D(), 10 * time.Second},
 		{"revoke attempts", cfg.Leases.RevokeAttempts, 8},
@@ -85,6 +86,9 @@ func TestParseConfigRejects(t *testing.T) {
 		}, "invalid duration"},
 		{"bad role name", func(s string) string { return strings.Replace(s, "  - name: demo", "  - name: Demo Role", 1) }, `roles[0].name "Demo Role"`},
 		{"no policy dir", func(s string) string { return strings.Replace(s, "policy:\n  dir: /etc/valet/policies\n", "", 1) }, "policy.dir must be set"},
+		{"unknown policy on_error", func(s string) string {
+			return strings.Replace(s, "  dir: /etc/valet/policies\n", "  dir: /etc/valet/policies\n  on_error: ignore\n", 1)
+		}, `policy.on_error "ignore" must be deny or skip`},
 		{"no issuers", func(s string) string {
 			i := strings.Index(s, "issuers:")
 			j := strings.Index(s, "backends:")

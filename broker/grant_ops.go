@@ -26,11 +26,10 @@ func (b *Broker) requestGrant(ctx context.Context, p *Principal, role *Role, ttl
 		return nil, Errorf(EFORBIDDEN, "role %s requires approval, and this server has no grant store", role.Name)
 	}
 	g := b.newGrant(p, role, ttl, req, dec, now, grants.KindApproval)
-	if err := b.grants.Create(ctx, g, now, audit.Entry{
-		Kind: audit.KindGrantRequest, Actor: agentActor(p), Decision: audit.Allow, Reason: req.Reason,
-		PolicyVersion: dec.Version, PolicyIDs: dec.PolicyIDs, RequestID: req.RequestID,
+	if err := b.grants.Create(ctx, g, now, dec.record(audit.Entry{
+		Kind: audit.KindGrantRequest, Actor: agentActor(p), Decision: audit.Allow, Reason: req.Reason, RequestID: req.RequestID,
 		Details: map[string]string{"ttl": ttl.String(), "approvals_required": fmt.Sprint(g.Required)},
-	}); err != nil {
+	})); err != nil {
 		return nil, grantError(err)
 	}
 	b.notify(EventGrantRequested, SeverityInfo, g)
@@ -79,11 +78,10 @@ func (b *Broker) breakGlass(ctx context.Context, p *Principal, role *Role, ttl t
 	}
 	g := b.newGrant(p, role, ttl, req, dec, now, grants.KindBreakGlass)
 	g.State, g.EndedAt, g.Required = grants.StateRedeemed, now, 0
-	if err := b.grants.Create(ctx, g, now, audit.Entry{
-		Kind: audit.KindBreakGlass, Actor: agentActor(p), Decision: audit.Allow, Reason: req.Reason,
-		PolicyVersion: dec.Version, PolicyIDs: dec.PolicyIDs, RequestID: req.RequestID,
+	if err := b.grants.Create(ctx, g, now, dec.record(audit.Entry{
+		Kind: audit.KindBreakGlass, Actor: agentActor(p), Decision: audit.Allow, Reason: req.Reason, RequestID: req.RequestID,
 		Details: map[string]string{"ttl": ttl.String(), "severity": SeverityHigh},
-	}); err != nil {
+	})); err != nil {
 		return nil, grantError(err)
 	}
 	res, err := b.mint(ctx, p, role, ttl, req, dec, now, g)
@@ -162,16 +160,32 @@ func (b *Broker) WaitGrant(ctx context.Context, c Caller, id string, wait time.D
 	}
 }
 
-// ListGrants lists grants for operators.
+// ListGrants lists grants for operators, newest first, each with its state
+// as of now (a pending or approved grant past its deadline is expired
+// before the sweeper records it). f.State filters on that same state:
+// state=pending never lists a grant shown expired, and state=expired lists
+// pending and approved grants past their deadlines too. A page holds
+// f.Limit grants (default 100, at most 1000) whenever that many match; a
+// shorter page is the last.
 func (b *Broker) ListGrants(ctx context.Context, f grants.Filter) ([]*grants.Grant, error) {
 	if b.grants == nil {
 		return nil, nil
 	}
-	gs, err := b.grants.List(ctx, f)
+	now := b.clock.Now()
+	stored := []grants.State{f.State}
+	if f.State == grants.StateExpired {
+		stored = append(stored, grants.StatePending, grants.StateApproved)
+	}
+	gs, err := listAsShown(f.State, stored, listLimit(f.Limit), f.Before,
+		func(st grants.State, before string, limit int) ([]*grants.Grant, error) {
+			sf := f
+			sf.State, sf.Before, sf.Limit = st, before, limit
+			return b.grants.List(ctx, sf)
+		},
+		func(g *grants.Grant) string { return g.ID }, func(g *grants.Grant) grants.State { return g.StateAt(now) })
 	if err != nil {
 		return nil, grantError(err)
 	}
-	now := b.clock.Now()
 	for _, g := range gs {
 		g.State = g.StateAt(now)
 	}
@@ -303,7 +317,7 @@ func (b *Broker) RedeemGrant(ctx context.Context, req RedeemRequest) (*MintResul
 	// The binding is recomputed from the stored request: a grant whose
 	// content was changed after approval does not match it.
 	binding := grants.Binding(grants.Request{AgentID: g.AgentID, Role: g.Role, TTL: g.TTL, Scope: g.Scope, Reason: g.Reason, Lineage: g.Lineage})
-	dec, err := b.authz.Authorize(ctx, AuthzRequest{Principal: p, Action: ActionRedeem, Role: role,
+	dec, err := b.authz.Authorize(ctx, AuthzRequest{Principal: p, Action: ActionRedeem, Role: role, RequestID: req.RequestID,
 		Context: AuthzContext{TTL: g.TTL, Reason: g.Reason, SourceIP: req.SourceIP, Now: now, Approvals: len(g.Approvals)}})
 	if err != nil {
 		return nil, Wrap(EINTERNAL, err, "policy evaluation failed")
@@ -312,10 +326,9 @@ func (b *Broker) RedeemGrant(ctx context.Context, req RedeemRequest) (*MintResul
 		b.deny(ctx, p, audit.KindGrantRedeem, role.Name, req.RequestID, dec.Reason(), dec)
 		return nil, Errorf(EFORBIDDEN, "%s: agent %s may not redeem role %s", dec.Reason(), p.ID, role.Name)
 	}
-	consumed, err := b.grants.Redeem(ctx, g.ID, p.ID, binding, now, audit.Entry{
-		Kind: audit.KindGrantRedeem, Actor: agentActor(p), Decision: audit.Allow, Reason: dec.Reason(),
-		PolicyVersion: dec.Version, PolicyIDs: dec.PolicyIDs, RequestID: req.RequestID,
-	})
+	consumed, err := b.grants.Redeem(ctx, g.ID, p.ID, binding, now, dec.record(audit.Entry{
+		Kind: audit.KindGrantRedeem, Actor: agentActor(p), Decision: audit.Allow, Reason: dec.Reason(), RequestID: req.RequestID,
+	}))
 	if err != nil {
 		if errors.Is(err, grants.ErrTampered) {
 			b.deny(ctx, p, audit.KindGrantRedeem, role.Name, req.RequestID, "grant content does not match its approved binding", dec)
@@ -325,8 +338,15 @@ func (b *Broker) RedeemGrant(ctx context.Context, req RedeemRequest) (*MintResul
 	mreq := MintRequest{Role: g.Role, TTL: g.TTL, Reason: g.Reason, Scope: g.Scope, SourceIP: req.SourceIP, RequestID: req.RequestID}
 	res, err := b.mint(ctx, p, role, g.TTL, mreq, dec, now, consumed)
 	if err != nil {
-		if _, uerr := b.grants.Unredeem(context.WithoutCancel(ctx), g.ID, b.clock.Now(), audit.Entry{
-			Kind: audit.KindGrantRedeem, Actor: agentActor(p), Decision: audit.Deny, Reason: "mint failed; the grant can be redeemed again: " + ErrorMessage(err), RequestID: req.RequestID,
+		// The grant is given back, but it can be redeemed again only
+		// before its deadline, which may have passed during the mint.
+		after := b.clock.Now()
+		again := "the grant can be redeemed again until " + consumed.RedeemBy.UTC().Format(time.RFC3339)
+		if !after.Before(consumed.RedeemBy) {
+			again = "the grant's redeem deadline " + consumed.RedeemBy.UTC().Format(time.RFC3339) + " has passed; it cannot be redeemed again"
+		}
+		if _, uerr := b.grants.Unredeem(context.WithoutCancel(ctx), g.ID, after, audit.Entry{
+			Kind: audit.KindGrantRedeem, Actor: agentActor(p), Decision: audit.Deny, Reason: "mint failed; " + again + ": " + ErrorMessage(err), RequestID: req.RequestID,
 		}); uerr != nil {
 			b.log.Error("give back a grant after a failed mint", "grant", g.ID, "err", uerr)
 		}

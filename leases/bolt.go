@@ -189,7 +189,7 @@ func (s *BoltStore) Activate(ctx context.Context, id string, a Activation, now t
 func (s *BoltStore) Renew(ctx context.Context, id string, now, expiresAt time.Time, e audit.Entry) (*Lease, error) {
 	return s.change(ctx, id, now, e, func(l *Lease) error {
 		if !l.ActiveAt(now) {
-			return fmt.Errorf("%w: lease %s is %s", ErrState, id, stateAt(l, now))
+			return fmt.Errorf("%w: lease %s is %s", ErrState, id, l.StateAt(now))
 		}
 		l.ExpiresAt = expiresAt
 		l.RenewCount++
@@ -276,13 +276,6 @@ func (s *BoltStore) change(ctx context.Context, id string, now time.Time, e audi
 		return nil, err
 	}
 	return out, nil
-}
-
-func stateAt(l *Lease, now time.Time) State {
-	if l.State == StateActive && !now.Before(l.ExpiresAt) {
-		return StateExpired
-	}
-	return l.State
 }
 
 // Get implements Store.

@@ -45,11 +45,9 @@ type leaseView struct {
 }
 
 func (c *Console) viewLease(l *leases.Lease) leaseView {
+	// The broker returns each lease with its state as of its reading (an
+	// active lease past its expiry is expired), the state lists filter on.
 	v := leaseView{Lease: l, Shown: l.State}
-	now := c.clock.Now()
-	if l.State == leases.StateActive && !now.Before(l.ExpiresAt) {
-		v.Shown = leases.StateExpired
-	}
 	v.Revocable = l.State == leases.StateActive || l.State == leases.StatePending
 	return v
 }
@@ -138,19 +136,38 @@ func (c *Console) handleRevoke(w http.ResponseWriter, r *http.Request, se *sessi
 		back = "/ui/leases"
 	}
 	op := se.op
-	l, err := c.b.EndLease(r.Context(), broker.Caller{Operator: &op}, id, "revoked by "+op.Name+" in the console", requestID(w))
+	caller := broker.Caller{Operator: &op}
+	if l, err := c.b.GetLease(r.Context(), caller, id); err == nil && l.State.Terminal() {
+		// Ending an ended lease changes nothing; say so rather than
+		// claim a revocation.
+		c.sessions.addFlash(se.key, flash{"ok", "Lease " + id + " of " + l.AgentID + " (" + l.Role + ") had already ended (" + string(l.State) + "); nothing was revoked."})
+		http.Redirect(w, r, back, http.StatusSeeOther)
+		return
+	}
+	l, err := c.b.EndLease(r.Context(), caller, id, "revoked by "+op.Name+" in the console", requestID(w))
 	if err != nil {
 		c.flashError(se, "Could not revoke lease "+id, err)
 		http.Redirect(w, r, back, http.StatusSeeOther)
 		return
 	}
 	c.log.Info("console revoked a lease", "lease", id, "operator", op.Name, "state", l.State)
-	msg := "Revoked lease " + id + " of " + l.AgentID + " (" + l.Role + ")."
-	if l.State != leases.StateRevoked {
-		msg = "Lease " + id + " of " + l.AgentID + " is ended (" + string(l.State) + "); its backend has not confirmed the revocation yet and valet keeps retrying."
-	}
-	c.sessions.addFlash(se.key, flash{"ok", msg})
+	c.sessions.addFlash(se.key, flash{"ok", revokeMessage(l)})
 	http.Redirect(w, r, back, http.StatusSeeOther)
+}
+
+// revokeMessage says what became of a lease the console just ended.
+func revokeMessage(l *leases.Lease) string {
+	which := "lease " + l.ID + " of " + l.AgentID + " (" + l.Role + ")"
+	switch l.State {
+	case leases.StateRevoked:
+		return "Revoked " + which + "."
+	case leases.StateRevoking, leases.StateIrrevocable:
+		return "Ended " + which + " (" + string(l.State) + "); its backend has not confirmed the revocation yet and valet keeps retrying."
+	case leases.StateExpired:
+		return "The credential of " + which + " expired on its own before a revocation was confirmed; the lease is expired."
+	default:
+		return "The " + which + " is " + string(l.State) + "; it ended otherwise, and nothing was revoked."
+	}
 }
 
 // handleRevokeAgent revokes every live lease of one agent.

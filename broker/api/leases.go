@@ -43,7 +43,9 @@ type leaseView struct {
 	NextAttempt    time.Time         `json:"next_attempt,omitzero"`
 }
 
-func viewLease(l *leases.Lease, operator bool, now time.Time) leaseView {
+// viewLease shows l as the broker returned it, with its state as of the
+// moment the broker read it (so a list filtered by state shows that state).
+func viewLease(l *leases.Lease, operator bool) leaseView {
 	v := leaseView{
 		ID: l.ID, AgentID: l.AgentID, Role: l.Role, Backend: l.Backend, State: l.State, EndReason: l.EndReason,
 		CreatedAt: l.CreatedAt.UTC(), ExpiresAt: l.ExpiresAt.UTC(), MaxExpiresAt: l.MaxExpires.UTC(), EndedAt: l.EndedAt.UTC(),
@@ -58,9 +60,6 @@ func viewLease(l *leases.Lease, operator bool, now time.Time) leaseView {
 	}
 	if l.MaxExpires.IsZero() {
 		v.MaxExpiresAt = time.Time{}
-	}
-	if v.State == leases.StateActive && !now.Before(l.ExpiresAt) {
-		v.State = leases.StateExpired // the scheduler will record it shortly
 	}
 	if operator {
 		v.Handle = l.Handle
@@ -80,7 +79,7 @@ func (s *Server) handleLeaseGet(w http.ResponseWriter, r *http.Request) {
 		s.Error(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, viewLease(l, c.Operator != nil, s.b.Now()))
+	writeJSON(w, http.StatusOK, viewLease(l, c.Operator != nil))
 }
 
 // renewRequest is the optional body of POST /v1/leases/{id}/renew.
@@ -122,7 +121,7 @@ func (s *Server) handleLeaseRenew(w http.ResponseWriter, r *http.Request) {
 		s.Error(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, renewResponse{Lease: viewLease(res.Lease, c.Operator != nil, s.b.Now()), Credential: res.Credential})
+	writeJSON(w, http.StatusOK, renewResponse{Lease: viewLease(res.Lease, c.Operator != nil), Credential: res.Credential})
 }
 
 func (s *Server) handleLeaseDelete(w http.ResponseWriter, r *http.Request) {
@@ -146,7 +145,7 @@ func (s *Server) handleLeaseDelete(w http.ResponseWriter, r *http.Request) {
 		s.Error(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, viewLease(l, c.Operator != nil, s.b.Now()))
+	writeJSON(w, http.StatusOK, viewLease(l, c.Operator != nil))
 }
 
 type leaseListResponse struct {
@@ -166,10 +165,9 @@ func (s *Server) handleLeaseList(w http.ResponseWriter, r *http.Request) {
 		s.Error(w, r, err)
 		return
 	}
-	now := s.b.Now()
 	out := leaseListResponse{Leases: make([]leaseView, 0, len(ls))}
 	for _, l := range ls {
-		out.Leases = append(out.Leases, viewLease(l, true, now))
+		out.Leases = append(out.Leases, viewLease(l, true))
 	}
 	if len(ls) == f.Limit {
 		out.Next = ls[len(ls)-1].ID

@@ -170,16 +170,20 @@ type Request struct {
 }
 
 // Binding hashes a request canonically: any change to agent, role, scope,
-// TTL, reason or lineage changes it.
+// TTL (to the nanosecond: redeem mints for exactly that TTL), reason or
+// lineage changes it.
 func Binding(r Request) string {
 	b, _ := json.Marshal(struct {
-		AgentID string         `json:"agent_id"`
-		Role    string         `json:"role"`
-		TTL     int64          `json:"ttl_ms"`
-		Scope   map[string]any `json:"scope"`
-		Reason  string         `json:"reason"`
-		Lineage leases.Lineage `json:"lineage"`
-	}{r.AgentID, r.Role, r.TTL.Milliseconds(), r.Scope, r.Reason, r.Lineage})
+		AgentID string `json:"agent_id"`
+		Role    string `json:"role"`
+		TTL     int64  `json:"ttl_ms"`
+		// The rest of the TTL below a millisecond; omitted when 0, so a
+		// whole-millisecond TTL hashes as it did before this field.
+		TTLSubMS int64          `json:"ttl_ns_below_ms,omitempty"`
+		Scope    map[string]any `json:"scope"`
+		Reason   string         `json:"reason"`
+		Lineage  leases.Lineage `json:"lineage"`
+	}{r.AgentID, r.Role, r.TTL.Milliseconds(), int64(r.TTL % time.Millisecond), r.Scope, r.Reason, r.Lineage})
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:])
 }

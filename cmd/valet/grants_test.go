@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -191,11 +192,36 @@ func TestGrantExpiry(t *testing.T) {
 	pending := requestGrant(t, e, agent, "two-keys", "wait forever")
 	approved := requestGrant(t, e, agent, "elevated", "approved, never used")
 	decide(t, e, testOperatorToken, approved, "approve", 200)
+	lease := e.Mint(agent, "other")["lease_id"].(string) // ttl 1m
 	// elevated: redeem within 15m (default); two-keys: request_ttl 10m.
 	fake.Advance(16 * time.Minute)
 	for _, id := range []string{pending, approved} {
 		if g := e.Do("GET", "/v1/grants/"+id, testOperatorToken, nil).JSON(t); g["state"] != "expired" {
 			t.Fatalf("grant %s after its deadline: %v", id, g)
+		}
+	}
+	// Lists filter on the state they show, whether or not the sweepers
+	// have recorded the expiries yet.
+	for _, tc := range []struct {
+		path, key string
+		want      []string
+	}{
+		{"/v1/grants?state=pending", "grants", nil},
+		{"/v1/grants?state=approved", "grants", nil},
+		{"/v1/grants?state=expired", "grants", []string{approved, pending}},
+		{"/v1/leases?state=active", "leases", nil},
+		{"/v1/leases?state=expired", "leases", []string{lease}},
+	} {
+		var ids []string
+		for _, it := range e.Do("GET", tc.path, testOperatorToken, nil).JSON(t)[tc.key].([]any) {
+			m := it.(map[string]any)
+			ids = append(ids, m["id"].(string))
+			if want := tc.path[strings.Index(tc.path, "=")+1:]; m["state"] != want {
+				t.Errorf("%s lists %s shown as %v", tc.path, m["id"], m["state"])
+			}
+		}
+		if slices.Sort(ids); !slices.Equal(ids, slices.Sorted(slices.Values(tc.want))) {
+			t.Errorf("%s lists %v, want %v", tc.path, ids, tc.want)
 		}
 	}
 	if r := e.Do("POST", "/v1/grants/"+approved+"/redeem", e.Attest("slow-agent", nil), nil); r.Status != http.StatusConflict {

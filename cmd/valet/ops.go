@@ -293,7 +293,7 @@ while valet runs).`,
 
 func newPolicyCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "policy", Short: "Work with Cedar policies"}
-	var policies string
+	var policies, onError string
 	test := &cobra.Command{
 		Use:   "test DIR",
 		Short: "Run the policy test cases (*.test.yaml) in DIR against the policies (*.cedar); exit 1 on a mismatch",
@@ -303,7 +303,11 @@ func newPolicyCmd() *cobra.Command {
 			if pdir == "" {
 				pdir = args[0]
 			}
-			_, failed, err := policy.RunTests(pdir, args[0], cmd.OutOrStdout())
+			mode := broker.PolicyOnError(onError)
+			if mode != broker.PolicyOnErrorDeny && mode != broker.PolicyOnErrorSkip {
+				return fmt.Errorf("--on-error must be deny or skip, not %q", onError)
+			}
+			_, failed, err := policy.RunTests(pdir, args[0], policy.TestOptions{OnError: mode}, cmd.OutOrStdout())
 			if err != nil {
 				return err
 			}
@@ -314,6 +318,7 @@ func newPolicyCmd() *cobra.Command {
 		},
 	}
 	test.Flags().StringVar(&policies, "policies", "", "directory of *.cedar files (default: DIR)")
+	test.Flags().StringVar(&onError, "on-error", string(broker.PolicyOnErrorDeny), "what a policy that fails to evaluate does, as the server's policy.on_error: deny (an erroring forbid denies) or skip")
 	cmd.AddCommand(test)
 	return cmd
 }

@@ -132,7 +132,8 @@ func (s *Server) Open(ctx context.Context) (err error) {
 	s.metrics.RegisterLeaseGauges(s.store.Counts)
 	now := s.Clock.Now
 	s.policy, err = policy.NewEngine(policy.Options{
-		Dir: cfg.Policy.Dir, Logger: log,
+		Dir: cfg.Policy.Dir, Logger: log, OnError: cfg.Policy.OnError,
+		OnEvalError: func(id string) { s.metrics.PolicyErrors.WithLabelValues(id).Inc() },
 		OnReload: func(version string, rerr error) {
 			e := audit.Entry{Kind: audit.KindPolicyReload, Actor: audit.Actor{Type: audit.ActorSystem, ID: "valet"},
 				PolicyVersion: version, Decision: audit.Allow, Reason: "policy set loaded"}
