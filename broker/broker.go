@@ -150,6 +150,11 @@ type MintRequest struct {
 	// mints at once (policy action break_glass, TTL capped by the role's
 	// break-glass limit), needs a reason, and is flagged for review.
 	BreakGlass bool
+	// Immediate says the caller cannot wait for an approval (the RFC 8693
+	// token endpoint answers at once): a role that needs approval is then
+	// refused with EFORBIDDEN, after authentication and policy, instead of
+	// opening a grant.
+	Immediate bool
 }
 
 // MintResult is a minted credential, or a grant waiting for approval.
@@ -164,9 +169,11 @@ type MintResult struct {
 
 // Mint verifies the attestation, checks policy, records a pending lease,
 // calls the backend and activates the lease, and only then returns the
-// credential. Errors: EUNAUTHORIZED (attestation), ETOOLARGE, ERATELIMIT,
-// ENOTFOUND (role), EFORBIDDEN (policy, or approval required), EINVALID,
-// EUNAVAILABLE (backend or store down), EBADGATEWAY (backend error).
+// credential. Errors: EINVALID (a role name not of the configured names'
+// syntax, refused unaudited; a bad TTL or scope), EUNAUTHORIZED
+// (attestation), ETOOLARGE, ERATELIMIT, ENOTFOUND (role), EFORBIDDEN
+// (policy, or approval required), EUNAVAILABLE (backend or store down),
+// EBADGATEWAY (backend error).
 func (b *Broker) Mint(ctx context.Context, req MintRequest) (res *MintResult, err error) {
 	start := time.Now() // wall time: a latency measurement, not a decision
 	roleName := ""
@@ -179,6 +186,12 @@ func (b *Broker) Mint(ctx context.Context, req MintRequest) (res *MintResult, er
 			b.obs.Minted(roleName, outcome, time.Since(start))
 		}
 	}()
+	if !ValidName(req.Role) {
+		// A role no configuration can hold is refused before anything
+		// records it: the value is the caller's, and unchecked it could
+		// forge lines in the audit log or in an operator's terminal.
+		return nil, Errorf(EINVALID, "role must be %s", NameRule)
+	}
 	p, err := b.authenticate(ctx, req.Attestation, audit.KindMint, req.Role, req.RequestID)
 	if err != nil {
 		return nil, err
@@ -214,7 +227,7 @@ func (b *Broker) Mint(ctx context.Context, req MintRequest) (res *MintResult, er
 
 	now := b.clock.Now()
 	dec, err := b.authz.Authorize(ctx, AuthzRequest{
-		Principal: p, Action: action, Role: role,
+		Principal: p, Action: action, Role: role, RequestID: req.RequestID,
 		Context: AuthzContext{TTL: ttl, Reason: req.Reason, SourceIP: req.SourceIP, Now: now},
 	})
 	if err != nil {
@@ -236,29 +249,46 @@ func (b *Broker) Mint(ctx context.Context, req MintRequest) (res *MintResult, er
 	switch {
 	case req.BreakGlass:
 		return b.breakGlass(ctx, p, role, ttl, req, dec, now)
+	case role.Approval.Required > 0 && req.Immediate:
+		err := Errorf(EFORBIDDEN, "role %s requires operator approval: request it with POST /v1/credentials, then redeem the grant", role.Name)
+		// The policy did not refuse: the record keeps its version and
+		// any evaluation errors, not the permits.
+		b.deny(ctx, p, audit.KindMint, role.Name, req.RequestID, err.Message, Decision{Version: dec.Version, Errors: dec.Errors})
+		return nil, err
 	case role.Approval.Required > 0:
 		return b.requestGrant(ctx, p, role, ttl, req, dec, now)
 	}
 	return b.mint(ctx, p, role, ttl, req, dec, now, nil)
 }
 
+// ErrScopeRefused is in the chain of every EINVALID error Mint returns
+// because the role does not grant the requested scope, so that front ends
+// can tell a refused scope (OAuth's invalid_scope, RFC 6749 section 5.2)
+// from other bad requests with errors.Is.
+var ErrScopeRefused = errors.New("scope refused")
+
 // checkScope asks the role's backend whether it accepts the client's scope
-// request. Backends that do not understand scopes refuse any.
+// request. Backends that do not understand scopes refuse any. Refusals are
+// EINVALID errors with ErrScopeRefused in their chain.
 func (b *Broker) checkScope(role *Role, scope map[string]any) error {
 	if len(scope) == 0 {
 		return nil
 	}
 	sc, ok := b.backends[role.Backend].(backends.ScopeChecker)
 	if !ok {
-		return Errorf(EINVALID, "role %s (backend %s) does not accept a scope; leave scope out", role.Name, role.Backend)
+		return Wrap(EINVALID, ErrScopeRefused, "role %s (backend %s) does not accept a scope; leave scope out", role.Name, role.Backend)
 	}
-	if err := sc.CheckScope(roleSpec(role), scope); err != nil {
-		if ErrorCode(err) == EINTERNAL {
-			return Wrap(EINVALID, err, "scope is not acceptable for role %s", role.Name)
-		}
+	err := sc.CheckScope(roleSpec(role), scope)
+	switch ErrorCode(err) {
+	case "":
+		return nil
+	case EINTERNAL:
+		return Wrap(EINVALID, fmt.Errorf("%w: %w", ErrScopeRefused, err), "scope is not acceptable for role %s", role.Name)
+	case EINVALID:
+		return Wrap(EINVALID, fmt.Errorf("%w: %w", ErrScopeRefused, err), "%s", ErrorMessage(err))
+	default:
 		return err
 	}
-	return nil
 }
 
 // mint runs the side-effecting part of a mint: intent, backend, activation.
@@ -312,18 +342,17 @@ func (b *Broker) mint(ctx context.Context, p *Principal, role *Role, ttl time.Du
 	if err != nil {
 		if selfContained {
 			b.log.Warn("mint failed", "agent", p.ID, "role", l.Role, "backend", l.Backend, "request_id", req.RequestID, "err", err)
-			b.audit(ctx, audit.Entry{Kind: audit.KindMintFailed, Actor: agentActor(p), Decision: audit.Allow, Reason: ErrorMessage(err),
-				AgentID: p.ID, Role: role.Name, PolicyVersion: dec.Version, PolicyIDs: dec.PolicyIDs, RequestID: req.RequestID,
-				Details: map[string]string{"backend": l.Backend}})
-			return nil, backendError(err, l.Backend, b.cfg.Limits.MintTimeout)
+			b.audit(ctx, dec.record(audit.Entry{Kind: audit.KindMintFailed, Actor: agentActor(p), Decision: audit.Allow, Reason: ErrorMessage(err),
+				AgentID: p.ID, Role: role.Name, RequestID: req.RequestID, Details: map[string]string{"backend": l.Backend}}))
+			return nil, backendError(ctx, err, l.Backend, "issue the credential", b.cfg.Limits.MintTimeout)
 		}
 		return nil, b.abandon(ctx, l, p, req.RequestID, dec, err)
 	}
-	entry := audit.Entry{
+	entry := dec.record(audit.Entry{
 		Kind: audit.KindMint, Actor: agentActor(p), Decision: audit.Allow, Reason: dec.Reason(),
-		AgentID: p.ID, Role: role.Name, LeaseID: l.ID, PolicyVersion: dec.Version, PolicyIDs: dec.PolicyIDs,
+		AgentID: p.ID, Role: role.Name, LeaseID: l.ID,
 		RequestID: req.RequestID, Details: map[string]string{"ttl": ttl.String(), "backend": role.Backend},
-	}
+	})
 	if g != nil {
 		entry.Details["grant_id"] = g.ID
 		entry.Details["approvers"] = strings.Join(g.Approvers(), ",")
@@ -355,14 +384,14 @@ func (b *Broker) mint(ctx context.Context, p *Principal, role *Role, ttl time.Du
 // abandon ends a pending lease whose mint failed and revokes whatever the
 // backend may have issued, then returns the error for the client.
 func (b *Broker) abandon(ctx context.Context, l *leases.Lease, p *Principal, requestID string, dec Decision, cause error) error {
+	clientErr := backendError(ctx, cause, l.Backend, "issue the credential", b.cfg.Limits.MintTimeout)
 	ctx = context.WithoutCancel(ctx)
 	reason := ErrorMessage(cause)
 	b.log.Warn("mint failed", "lease", l.ID, "agent", p.ID, "role", l.Role, "backend", l.Backend, "request_id", requestID, "err", cause)
-	ended, err := b.store.Abandon(ctx, l.ID, l.Handle, b.clock.Now(), audit.Entry{
-		Kind: audit.KindMintFailed, Actor: agentActor(p), Decision: audit.Allow, Reason: reason,
-		PolicyVersion: dec.Version, PolicyIDs: dec.PolicyIDs, RequestID: requestID,
+	ended, err := b.store.Abandon(ctx, l.ID, l.Handle, b.clock.Now(), dec.record(audit.Entry{
+		Kind: audit.KindMintFailed, Actor: agentActor(p), Decision: audit.Allow, Reason: reason, RequestID: requestID,
 		Details: map[string]string{"backend": l.Backend},
-	})
+	}))
 	if err != nil {
 		b.log.Error("could not end failed mint; recovery will revoke it at start-up", "lease", l.ID, "err", err)
 	} else {
@@ -370,23 +399,28 @@ func (b *Broker) abandon(ctx context.Context, l *leases.Lease, p *Principal, req
 			b.log.Error("revoke after failed mint", "lease", l.ID, "err", err)
 		}
 	}
-	return backendError(cause, l.Backend, b.cfg.Limits.MintTimeout)
+	return clientErr
 }
 
-// backendError turns a backend's mint failure into a client error: its own
-// *Error as is, unavailability and timeouts as EUNAVAILABLE, anything else
-// as EBADGATEWAY (the cause is logged, not shown).
-func backendError(cause error, backend string, timeout Duration) error {
+// backendError turns a backend's failure to do what ("issue the
+// credential", "renew the credential") into a client error that says what
+// happened: the backend's own *Error as is; the request ending (ctx, the
+// request's context) before the backend answered; unavailability; no answer
+// within the mint timeout; anything else as EBADGATEWAY (the cause is
+// logged, not shown).
+func backendError(ctx context.Context, cause error, backend, what string, timeout Duration) error {
 	var be *Error
 	switch {
 	case errors.As(cause, &be):
 		return cause
+	case ctx.Err() != nil:
+		return Wrap(EUNAVAILABLE, cause, "the request ended before backend %s answered", backend)
 	case errors.Is(cause, backends.ErrUnavailable):
 		return Wrap(EUNAVAILABLE, cause, "backend %s is unavailable; retry later", backend)
 	case errors.Is(cause, context.DeadlineExceeded):
 		return Wrap(EUNAVAILABLE, cause, "backend %s did not answer within %s", backend, timeout)
 	default:
-		return Wrap(EBADGATEWAY, cause, "backend %s failed to issue the credential", backend)
+		return Wrap(EBADGATEWAY, cause, "backend %s failed to %s", backend, what)
 	}
 }
 
@@ -416,8 +450,8 @@ func (b *Broker) deny(ctx context.Context, p *Principal, kind, role, requestID, 
 	if dec.Version == "" {
 		dec.Version = b.authz.Version()
 	}
-	b.audit(ctx, audit.Entry{Kind: kind, Actor: agentActor(p), Decision: audit.Deny, Reason: reason,
-		AgentID: p.ID, Role: role, PolicyVersion: dec.Version, PolicyIDs: dec.PolicyIDs, RequestID: requestID})
+	b.audit(ctx, dec.record(audit.Entry{Kind: kind, Actor: agentActor(p), Decision: audit.Deny, Reason: reason,
+		AgentID: p.ID, Role: role, RequestID: requestID}))
 }
 
 func (b *Broker) audit(ctx context.Context, e audit.Entry) {

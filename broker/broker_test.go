@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -18,6 +19,7 @@ import (
 	"github.com/valet-broker/valet/broker/attest"
 	"github.com/valet-broker/valet/broker/audit"
 	"github.com/valet-broker/valet/broker/clock"
+	"github.com/valet-broker/valet/broker/grants"
 	"github.com/valet-broker/valet/broker/policy"
 	"github.com/valet-broker/valet/leases"
 )
@@ -56,6 +58,20 @@ func ok(ctx context.Context, req backends.MintRequest) (*backends.Credential, er
 	return &backends.Credential{Handle: "h-" + req.CorrelationID, ExpiresAt: req.ExpiresAt, Data: map[string]any{"secret": "s3cret-" + req.CorrelationID}}, nil
 }
 
+// renewing is a scripted backend that also renews: by renew when set, else
+// to the requested expiry.
+type renewing struct {
+	*scripted
+	renew func(ctx context.Context, ref backends.Ref, req backends.MintRequest) (*backends.Renewal, error)
+}
+
+func (r *renewing) Renew(ctx context.Context, ref backends.Ref, req backends.MintRequest) (*backends.Renewal, error) {
+	if r.renew != nil {
+		return r.renew(ctx, ref, req)
+	}
+	return &backends.Renewal{ExpiresAt: req.ExpiresAt}, nil
+}
+
 // failingStore fails Activate on demand, as a full disk would, and End for
 // the leases in endFails.
 type failingStore struct {
@@ -83,6 +99,7 @@ type fixture struct {
 	store  *leases.BoltStore
 	fs     *failingStore
 	be     *scripted
+	rn     *renewing // backend "renewing": be, able to renew
 	issuer *attest.DevIssuer
 	clock  *clock.Fake
 	queue  *leases.RevocationQueue
@@ -106,7 +123,7 @@ func newFixture(t *testing.T, cfgEdit func(*broker.Config)) *fixture {
 	cfg := &broker.Config{
 		DataDir:  dir,
 		Issuers:  []broker.IssuerConfig{{Name: "test", Issuer: "https://issuer.test", Audiences: []string{"valet"}, JWKSFile: jwks, Algorithms: []string{"ES256"}}},
-		Backends: []broker.BackendConfig{{Name: "ext", Type: "scripted"}},
+		Backends: []broker.BackendConfig{{Name: "ext", Type: "scripted"}, {Name: "renewing", Type: "scripted"}},
 		Roles:    []broker.Role{{Name: "r", Backend: "ext", TTL: broker.Duration(time.Minute)}},
 		Policy:   broker.PolicyConfig{Dir: filepath.Join(dir, "policies")},
 	}
@@ -127,22 +144,27 @@ func newFixture(t *testing.T, cfgEdit func(*broker.Config)) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pe, err := policy.NewEngine(policy.Options{Dir: cfg.Policy.Dir, Logger: log})
+	pe, err := policy.NewEngine(policy.Options{Dir: cfg.Policy.Dir, Logger: log, OnError: cfg.Policy.OnError})
 	if err != nil {
 		t.Fatal(err)
 	}
 	be := &scripted{mint: ok, issued: map[string]bool{}}
+	rn := &renewing{scripted: be}
 	q := leases.NewRevocationQueue(leases.RevocationQueueConfig{Store: store, Clock: clk, Logger: log,
 		Revoke: func(ctx context.Context, l *leases.Lease) error {
 			return be.Revoke(ctx, backends.Ref{Handle: l.Handle, CorrelationID: l.ID})
 		}})
 	fs := &failingStore{BoltStore: store}
-	b, err := broker.New(broker.Options{Config: cfg, Store: fs, Auditor: store, Verifier: v, Authorizer: pe,
-		Backends: map[string]backends.Backend{"ext": be}, Revoker: q, Clock: clk, Logger: log})
+	gs, err := grants.NewStore(store)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &fixture{b: b, store: store, fs: fs, be: be, issuer: iss, clock: clk, queue: q}
+	b, err := broker.New(broker.Options{Config: cfg, Store: fs, Auditor: store, Verifier: v, Authorizer: pe,
+		Backends: map[string]backends.Backend{"ext": be, "renewing": rn}, Revoker: q, Clock: clk, Logger: log, Grants: gs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &fixture{b: b, store: store, fs: fs, be: be, rn: rn, issuer: iss, clock: clk, queue: q}
 }
 
 func (f *fixture) attest(t *testing.T, sub string) string {
@@ -186,31 +208,40 @@ func TestMintFailuresLeaveNothingAlive(t *testing.T) {
 		name     string
 		mint     func(ctx context.Context, req backends.MintRequest) (*backends.Credential, error)
 		wantCode string
+		wantMsg  string // what the client is told
 	}{
 		{"backend error", func(ctx context.Context, req backends.MintRequest) (*backends.Credential, error) {
 			return nil, errors.New("permission denied at backend")
-		}, broker.EBADGATEWAY},
+		}, broker.EBADGATEWAY, "backend ext failed to issue the credential"},
 		{"backend unavailable", func(ctx context.Context, req backends.MintRequest) (*backends.Credential, error) {
 			return nil, fmt.Errorf("dial: %w", backends.ErrUnavailable)
-		}, broker.EUNAVAILABLE},
+		}, broker.EUNAVAILABLE, "backend ext is unavailable"},
 		{"backend hangs past the mint timeout", func(ctx context.Context, req backends.MintRequest) (*backends.Credential, error) {
 			<-ctx.Done()
 			return nil, ctx.Err()
-		}, broker.EUNAVAILABLE},
+		}, broker.EUNAVAILABLE, "backend ext did not answer within 200ms"},
+		{"the request ends before the backend answers", func(ctx context.Context, req backends.MintRequest) (*backends.Credential, error) {
+			ctx.Value(cancelKey{}).(context.CancelFunc)()
+			<-ctx.Done()
+			return nil, ctx.Err()
+		}, broker.EUNAVAILABLE, "the request ended before backend ext answered"},
 		{"credential outlives its lease (invariant 2)", func(ctx context.Context, req backends.MintRequest) (*backends.Credential, error) {
 			return &backends.Credential{Handle: "h", ExpiresAt: req.ExpiresAt.Add(time.Hour), Data: map[string]any{"secret": "x"}}, nil
-		}, broker.EBADGATEWAY},
+		}, broker.EBADGATEWAY, "after the lease's expiry"},
 		{"credential without expiry (invariant 2)", func(ctx context.Context, req backends.MintRequest) (*backends.Credential, error) {
 			return &backends.Credential{Handle: "h", Data: map[string]any{"secret": "x"}}, nil
-		}, broker.EBADGATEWAY},
+		}, broker.EBADGATEWAY, "after the lease's expiry"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			f := newFixture(t, func(cfg *broker.Config) { cfg.Limits.MintTimeout = broker.Duration(200 * time.Millisecond) })
 			f.be.mint = c.mint
-			res, err := f.b.Mint(context.Background(), broker.MintRequest{Attestation: f.attest(t, "a"), Role: "r"})
-			if res != nil || broker.ErrorCode(err) != c.wantCode {
-				t.Fatalf("Mint = %v, %v; want no credential and %s", res, err, c.wantCode)
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			ctx = context.WithValue(ctx, cancelKey{}, cancel)
+			res, err := f.b.Mint(ctx, broker.MintRequest{Attestation: f.attest(t, "a"), Role: "r"})
+			if res != nil || broker.ErrorCode(err) != c.wantCode || !strings.Contains(broker.ErrorMessage(err), c.wantMsg) {
+				t.Fatalf("Mint = %v, %v; want no credential and %s saying %q", res, err, c.wantCode, c.wantMsg)
 			}
 			if n := f.be.alive(); n != 0 {
 				t.Fatalf("%d credentials still alive at the backend", n)
@@ -225,6 +256,10 @@ func TestMintFailuresLeaveNothingAlive(t *testing.T) {
 		})
 	}
 }
+
+// cancelKey carries a test request's cancel function to its backend, which
+// plays the client going away.
+type cancelKey struct{}
 
 func TestMintNotReturnedWhenLeaseCannotBeActivated(t *testing.T) {
 	f := newFixture(t, nil)
@@ -298,6 +333,378 @@ func TestRateLimitPerAgent(t *testing.T) {
 	f.clock.Advance(2 * time.Second)
 	if _, err := f.b.Mint(context.Background(), broker.MintRequest{Attestation: tok, Role: "r"}); err != nil {
 		t.Fatalf("after the refill: %v", err)
+	}
+}
+
+// A role that cannot be a configured name is refused before the
+// attestation is verified, and reaches no audit record, whoever asks.
+func TestMintRefusesRoleNamesOfAnotherSyntax(t *testing.T) {
+	f := newFixture(t, nil)
+	before := f.auditKinds(t)
+	for _, tok := range []string{"", "not.a.token", f.attest(t, "a")} {
+		for _, role := range []string{"x\n2026-11-29 FAKE mint allow\x1b[2J", "R", ""} {
+			_, err := f.b.Mint(context.Background(), broker.MintRequest{Attestation: tok, Role: role})
+			var be *broker.Error
+			if !errors.As(err, &be) || be.Code != broker.EINVALID || !strings.Contains(be.Message, broker.NameRule) {
+				t.Errorf("Mint(role %q) = %v, want EINVALID stating the name rule", role, err)
+			}
+		}
+	}
+	if after := f.auditKinds(t); !slices.Equal(before, after) {
+		t.Errorf("refused mints wrote audit records: %v, was %v", after, before)
+	}
+}
+
+// A refused renewal says its actual cause, and changes nothing.
+func TestRenewRefusalsSayTheCause(t *testing.T) {
+	no := false
+	renewable := broker.Role{Name: "x", Backend: "renewing", TTL: broker.Duration(10 * time.Minute), MaxTTL: broker.Duration(time.Hour)}
+	with := func(edit func(r *broker.Role)) broker.Role {
+		r := renewable
+		edit(&r)
+		return r
+	}
+	hang := func(ctx context.Context, _ backends.Ref, _ backends.MintRequest) (*backends.Renewal, error) {
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+	cases := []struct {
+		name     string
+		role     broker.Role
+		mintTTL  time.Duration
+		before   func(t *testing.T, f *fixture, c broker.Caller, id string) // after the mint
+		renewTTL time.Duration
+		renew    func(ctx context.Context, ref backends.Ref, req backends.MintRequest) (*backends.Renewal, error)
+		code     string
+		want     string // in the message; "" for a renewal that succeeds
+	}{
+		{name: "renewable", role: renewable, renewTTL: 20 * time.Minute},
+		{
+			name: "released", role: renewable,
+			before: func(t *testing.T, f *fixture, c broker.Caller, id string) {
+				if _, err := f.b.EndLease(context.Background(), c, id, "", ""); err != nil {
+					t.Fatal(err)
+				}
+			},
+			code: broker.ECONFLICT, want: "is released; only active leases can be renewed",
+		},
+		{
+			name: "past its expiry", role: renewable,
+			before: func(t *testing.T, f *fixture, c broker.Caller, id string) { f.clock.Advance(11 * time.Minute) },
+			code:   broker.ECONFLICT, want: "is expired; only active leases can be renewed",
+		},
+		{
+			name: "backend does not renew", role: with(func(r *broker.Role) { r.Backend = "ext" }),
+			code: broker.ECONFLICT, want: "its backend ext does not renew credentials",
+		},
+		{
+			name: "role not renewable", role: with(func(r *broker.Role) { r.Renewable = &no }),
+			code: broker.ECONFLICT, want: "role x is not renewable",
+		},
+		{
+			name: "minted at its maximum", role: with(func(r *broker.Role) { r.MaxTTL = r.TTL }),
+			code: broker.ECONFLICT, want: "already expires at its maximum",
+		},
+		{
+			name: "renewed to its maximum", role: renewable,
+			before: func(t *testing.T, f *fixture, c broker.Caller, id string) {
+				if _, err := f.b.RenewLease(context.Background(), c, broker.RenewRequest{ID: id, TTL: 2 * time.Hour}); err != nil {
+					t.Fatal(err)
+				}
+			},
+			code: broker.ECONFLICT, want: "already expires at its maximum",
+		},
+		{
+			name: "requested ttl does not extend", role: renewable, renewTTL: 5 * time.Minute,
+			before: func(t *testing.T, f *fixture, c broker.Caller, id string) { f.clock.Advance(time.Minute) },
+			code:   broker.ECONFLICT, want: "a ttl of 5m0s from now ends at",
+		},
+		{
+			name: "role's default ttl does not extend", role: renewable, mintTTL: 30 * time.Minute,
+			code: broker.ECONFLICT, want: "the role's default ttl of 10m0s from now ends at",
+		},
+		{
+			name: "backend unavailable", role: renewable, renewTTL: 20 * time.Minute,
+			renew: func(context.Context, backends.Ref, backends.MintRequest) (*backends.Renewal, error) {
+				return nil, fmt.Errorf("dial: %w", backends.ErrUnavailable)
+			},
+			code: broker.EUNAVAILABLE, want: "backend renewing is unavailable",
+		},
+		{
+			name: "backend does not answer in time", role: renewable, renewTTL: 20 * time.Minute, renew: hang,
+			code: broker.EUNAVAILABLE, want: "backend renewing did not answer within 200ms",
+		},
+		{
+			name: "the request ends first", role: renewable, renewTTL: 20 * time.Minute,
+			renew: func(ctx context.Context, ref backends.Ref, req backends.MintRequest) (*backends.Renewal, error) {
+				ctx.Value(cancelKey{}).(context.CancelFunc)()
+				return hang(ctx, ref, req)
+			},
+			code: broker.EUNAVAILABLE, want: "the request ended before backend renewing answered",
+		},
+		{
+			name: "backend fails", role: renewable, renewTTL: 20 * time.Minute,
+			renew: func(context.Context, backends.Ref, backends.MintRequest) (*backends.Renewal, error) {
+				return nil, errors.New("permission denied")
+			},
+			code: broker.EBADGATEWAY, want: "backend renewing failed to renew the credential",
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t, func(cfg *broker.Config) {
+				cfg.Roles = append(cfg.Roles, tc.role)
+				cfg.Limits.MintTimeout = broker.Duration(200 * time.Millisecond)
+			})
+			f.rn.renew = tc.renew
+			tok := f.attest(t, "renewer")
+			res, err := f.b.Mint(context.Background(), broker.MintRequest{Attestation: tok, Role: "x", TTL: tc.mintTTL})
+			if err != nil {
+				t.Fatal(err)
+			}
+			id := res.Lease.ID
+			p, err := f.b.AuthenticateAgent(context.Background(), tok, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			c := broker.Caller{Agent: p}
+			if tc.before != nil {
+				tc.before(t, f, c, id)
+			}
+			was, err := f.store.Get(context.Background(), id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			ctx = context.WithValue(ctx, cancelKey{}, cancel)
+			rr, err := f.b.RenewLease(ctx, c, broker.RenewRequest{ID: id, TTL: tc.renewTTL})
+			if tc.want == "" {
+				if err != nil || !rr.Lease.ExpiresAt.Equal(f.clock.Now().Add(tc.renewTTL)) {
+					t.Fatalf("RenewLease = %+v, %v; want the lease renewed for %s", rr, err, tc.renewTTL)
+				}
+				return
+			}
+			if broker.ErrorCode(err) != tc.code || !strings.Contains(broker.ErrorMessage(err), tc.want) {
+				t.Fatalf("RenewLease error = %v (%s), want %s saying %q", err, broker.ErrorCode(err), tc.code, tc.want)
+			}
+			if strings.Contains(tc.want, "maximum") != strings.Contains(broker.ErrorMessage(err), "maximum") {
+				t.Errorf("message %q speaks of the maximum when that is not the cause", broker.ErrorMessage(err))
+			}
+			now, err := f.store.Get(context.Background(), id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !now.ExpiresAt.Equal(was.ExpiresAt) || now.RenewCount != was.RenewCount || now.State != was.State {
+				t.Errorf("a refused renewal changed the lease: %+v, was %+v", now, was)
+			}
+		})
+	}
+}
+
+// When the mint of a redeemed grant fails, the grant is given back, and the
+// audit record says whether it can be redeemed again: only before its
+// deadline, which may pass while the backend works.
+func TestRedeemAfterFailedMintSaysWhetherItCanBeRedeemedAgain(t *testing.T) {
+	cases := []struct {
+		name      string
+		slow      time.Duration // how long the failing backend takes
+		wantState grants.State
+		want      string
+	}{
+		{"within the deadline", time.Second, grants.StateApproved, "mint failed; the grant can be redeemed again until "},
+		{"deadline passed during the mint", 20 * time.Minute, grants.StateExpired, "has passed; it cannot be redeemed again"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t, func(cfg *broker.Config) {
+				cfg.Roles = append(cfg.Roles, broker.Role{Name: "admin", Backend: "ext", Approval: broker.ApprovalConfig{Required: 1}})
+			})
+			tok := f.attest(t, "asker")
+			res, err := f.b.Mint(context.Background(), broker.MintRequest{Attestation: tok, Role: "admin", Reason: "fix the outage"})
+			if err != nil || res.Grant == nil {
+				t.Fatalf("Mint = %+v, %v; want a pending grant", res, err)
+			}
+			op := &broker.Operator{Name: "alice", Method: "token"}
+			if _, err := f.b.ApproveGrant(context.Background(), op, res.Grant.ID, "ok", ""); err != nil {
+				t.Fatal(err)
+			}
+			f.be.mint = func(ctx context.Context, req backends.MintRequest) (*backends.Credential, error) {
+				f.clock.Advance(tc.slow)
+				return nil, errors.New("permission denied at backend")
+			}
+			if _, err := f.b.RedeemGrant(context.Background(), broker.RedeemRequest{Attestation: f.attest(t, "asker"), GrantID: res.Grant.ID, RequestID: "redeem-1"}); broker.ErrorCode(err) != broker.EBADGATEWAY {
+				t.Fatalf("RedeemGrant error = %v, want the backend's failure", err)
+			}
+			recs, err := audit.List(f.store.DB(), audit.Filter{Kind: audit.KindGrantRedeem, Limit: 100})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var reason string
+			for _, r := range recs {
+				if r.RequestID == "redeem-1" && r.Decision == audit.Deny {
+					reason = r.Reason
+				}
+			}
+			if !strings.Contains(reason, tc.want) {
+				t.Errorf("audit reason %q, want it to say %q", reason, tc.want)
+			}
+			g, err := f.b.GetGrant(context.Background(), broker.Caller{Operator: op}, res.Grant.ID)
+			if err != nil || g.State != tc.wantState {
+				t.Errorf("grant after the failed mint: %+v, %v; want %s", g, err, tc.wantState)
+			}
+		})
+	}
+}
+
+// checkListed lists with list page by page (limit 2, following the last id
+// as the cursor while a page is full) and checks that it gets want (oldest
+// first) newest first, every item shown in state.
+func checkListed[T any](t *testing.T, state string, want []string, list func(before string) ([]T, error), id func(T) string, shown func(T) string) {
+	t.Helper()
+	var ids []string
+	before := ""
+	for range 100 {
+		page, err := list(before)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, it := range page {
+			ids = append(ids, id(it))
+			if shown(it) != state {
+				t.Errorf("state=%s lists %s shown as %s", state, id(it), shown(it))
+			}
+		}
+		if len(page) < 2 {
+			want = slices.Clone(want)
+			slices.Reverse(want)
+			if !slices.Equal(ids, want) {
+				t.Errorf("state=%s lists %v, want %v", state, ids, want)
+			}
+			return
+		}
+		before = id(page[len(page)-1])
+	}
+	t.Fatal("paging did not end")
+}
+
+// Listing by state filters on the state each item is shown with, at the
+// same moment: an active lease or a pending grant past its deadline is
+// listed (and shown) as expired, not as active or pending, before the
+// sweeper records it; and pages stay full while more items match.
+func TestListByStateAsShown(t *testing.T) {
+	t.Run("leases", func(t *testing.T) {
+		f := newFixture(t, func(cfg *broker.Config) { cfg.Roles[0].MaxTTL = broker.Duration(time.Hour) })
+		var short, long []string // newest last
+		for i := range 7 {
+			ttl := 30 * time.Minute
+			if i%2 == 0 {
+				ttl = 30 * time.Second
+			}
+			res, err := f.b.Mint(context.Background(), broker.MintRequest{Attestation: f.attest(t, "lister"), Role: "r", TTL: ttl})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ttl < time.Minute {
+				short = append(short, res.Lease.ID)
+			} else {
+				long = append(long, res.Lease.ID)
+			}
+			f.clock.Advance(time.Second)
+		}
+		f.clock.Advance(time.Minute)
+		// One of the short leases is recorded expired, the others only
+		// are past their expiry.
+		if _, err := f.store.ExpireDue(context.Background(), f.clock.Now(), 1); err != nil {
+			t.Fatal(err)
+		}
+		for st, want := range map[leases.State][]string{leases.StateActive: long, leases.StateExpired: short} {
+			checkListed(t, string(st), want, func(before string) ([]*leases.Lease, error) {
+				return f.b.ListLeases(context.Background(), leases.Filter{State: st, Before: before, Limit: 2})
+			}, func(l *leases.Lease) string { return l.ID }, func(l *leases.Lease) string { return string(l.State) })
+		}
+		l, err := f.b.GetLease(context.Background(), broker.Caller{Operator: &broker.Operator{Name: "op"}}, short[len(short)-1])
+		if err != nil || l.State != leases.StateExpired {
+			t.Errorf("GetLease of a lease past its expiry: %+v, %v; want it shown expired", l, err)
+		}
+	})
+
+	t.Run("grants", func(t *testing.T) {
+		f := newFixture(t, func(cfg *broker.Config) {
+			cfg.Roles = append(cfg.Roles, broker.Role{Name: "admin", Backend: "ext", Approval: broker.ApprovalConfig{Required: 1}})
+		})
+		op := &broker.Operator{Name: "alice", Method: "token"}
+		request := func() string {
+			t.Helper()
+			res, err := f.b.Mint(context.Background(), broker.MintRequest{Attestation: f.attest(t, "asker"), Role: "admin", Reason: "needs it"})
+			if err != nil || res.Grant == nil {
+				t.Fatalf("Mint = %+v, %v", res, err)
+			}
+			f.clock.Advance(time.Second)
+			return res.Grant.ID
+		}
+		approve := func(id string) {
+			t.Helper()
+			if _, err := f.b.ApproveGrant(context.Background(), op, id, "ok", ""); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var old []string // pending past their deadline, or approved past theirs
+		for i := range 6 {
+			old = append(old, request())
+			if i == 2 {
+				approve(old[i])
+			}
+		}
+		f.clock.Advance(61 * time.Minute) // request_ttl 1h, redeem_within 15m
+		fresh := []string{request(), request()}
+		approved := request()
+		approve(approved)
+
+		for st, want := range map[grants.State][]string{grants.StatePending: fresh, grants.StateApproved: {approved}, grants.StateExpired: old} {
+			checkListed(t, string(st), want, func(before string) ([]*grants.Grant, error) {
+				return f.b.ListGrants(context.Background(), grants.Filter{State: st, Before: before, Limit: 2})
+			}, func(g *grants.Grant) string { return g.ID }, func(g *grants.Grant) string { return string(g.State) })
+		}
+	})
+}
+
+// Revoking an agent's leases ends those live as of now, and counts only
+// them: a lease past its expiry has ended on its own and is not claimed
+// revoked.
+func TestRevokeMatchingSkipsLeasesPastExpiry(t *testing.T) {
+	f := newFixture(t, func(cfg *broker.Config) { cfg.Roles[0].MaxTTL = broker.Duration(time.Hour) })
+	mint := func(ttl time.Duration) string {
+		res, err := f.b.Mint(context.Background(), broker.MintRequest{Attestation: f.attest(t, "many"), Role: "r", TTL: ttl})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res.Lease.ID
+	}
+	gone, live := mint(time.Minute), mint(time.Hour)
+	f.clock.Advance(2 * time.Minute)
+	n, err := f.b.RevokeMatching(context.Background(), &broker.Operator{Name: "op"}, leases.Filter{AgentID: "test/many"}, "", "")
+	if err != nil || n != 1 {
+		t.Fatalf("RevokeMatching = %d, %v; want the one live lease", n, err)
+	}
+	op := broker.Caller{Operator: &broker.Operator{Name: "op"}}
+	for id, want := range map[string]leases.State{live: leases.StateRevoked, gone: leases.StateExpired} {
+		if l, err := f.b.GetLease(context.Background(), op, id); err != nil || l.State != want {
+			t.Errorf("lease %s: %+v, %v; want %s", id, l, err, want)
+		}
+	}
+	// Nor is one lease past its expiry revoked on its own.
+	if l, err := f.b.EndLease(context.Background(), op, gone, "", "end-gone"); err != nil || l.State != leases.StateExpired {
+		t.Errorf("EndLease of a lease past its expiry = %+v, %v; want it returned expired", l, err)
+	}
+	recs, err := audit.List(f.store.DB(), audit.Filter{LeaseID: gone, Limit: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range recs {
+		if r.Kind == audit.KindRevoke || r.Kind == audit.KindRevoked {
+			t.Errorf("a lease past its expiry was recorded revoked: %+v", r)
+		}
 	}
 }
 

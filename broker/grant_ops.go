@@ -11,6 +11,7 @@ import (
 
 	"github.com/valet-broker/valet/broker/audit"
 	"github.com/valet-broker/valet/broker/grants"
+	"github.com/valet-broker/valet/broker/identity"
 	"github.com/valet-broker/valet/leases"
 )
 
@@ -25,11 +26,10 @@ func (b *Broker) requestGrant(ctx context.Context, p *Principal, role *Role, ttl
 		return nil, Errorf(EFORBIDDEN, "role %s requires approval, and this server has no grant store", role.Name)
 	}
 	g := b.newGrant(p, role, ttl, req, dec, now, grants.KindApproval)
-	if err := b.grants.Create(ctx, g, now, audit.Entry{
-		Kind: audit.KindGrantRequest, Actor: agentActor(p), Decision: audit.Allow, Reason: req.Reason,
-		PolicyVersion: dec.Version, PolicyIDs: dec.PolicyIDs, RequestID: req.RequestID,
+	if err := b.grants.Create(ctx, g, now, dec.record(audit.Entry{
+		Kind: audit.KindGrantRequest, Actor: agentActor(p), Decision: audit.Allow, Reason: req.Reason, RequestID: req.RequestID,
 		Details: map[string]string{"ttl": ttl.String(), "approvals_required": fmt.Sprint(g.Required)},
-	}); err != nil {
+	})); err != nil {
 		return nil, grantError(err)
 	}
 	b.notify(EventGrantRequested, SeverityInfo, g)
@@ -50,18 +50,24 @@ func (b *Broker) newGrant(p *Principal, role *Role, ttl time.Duration, req MintR
 
 // requesterIdentities are the agent id, its subject and the values of the
 // role's requester claims (e.g. email, CI actor): the people behind the
-// request, none of whom may approve it.
+// request, none of whom may approve or review it. Each identity is listed
+// once (compared as identity.Equal does).
 func requesterIdentities(p *Principal, role *Role) []string {
-	ids := []string{p.ID, p.Subject}
-	for _, c := range role.Approval.RequesterClaims {
-		if v, ok := p.Claims[c].(string); ok && v != "" {
-			ids = append(ids, v)
-		}
-		if v, ok := p.Attributes[c]; ok && v != "" {
+	var ids []string
+	add := func(v string) {
+		if v != "" && !identity.Contains(ids, v) {
 			ids = append(ids, v)
 		}
 	}
-	return slices.Compact(ids)
+	add(p.ID)
+	add(p.Subject)
+	for _, c := range role.Approval.RequesterClaims {
+		if v, ok := p.Claims[c].(string); ok {
+			add(v)
+		}
+		add(p.Attributes[c])
+	}
+	return ids
 }
 
 // breakGlass mints at once for a role that allows emergency access, records
@@ -72,11 +78,10 @@ func (b *Broker) breakGlass(ctx context.Context, p *Principal, role *Role, ttl t
 	}
 	g := b.newGrant(p, role, ttl, req, dec, now, grants.KindBreakGlass)
 	g.State, g.EndedAt, g.Required = grants.StateRedeemed, now, 0
-	if err := b.grants.Create(ctx, g, now, audit.Entry{
-		Kind: audit.KindBreakGlass, Actor: agentActor(p), Decision: audit.Allow, Reason: req.Reason,
-		PolicyVersion: dec.Version, PolicyIDs: dec.PolicyIDs, RequestID: req.RequestID,
+	if err := b.grants.Create(ctx, g, now, dec.record(audit.Entry{
+		Kind: audit.KindBreakGlass, Actor: agentActor(p), Decision: audit.Allow, Reason: req.Reason, RequestID: req.RequestID,
 		Details: map[string]string{"ttl": ttl.String(), "severity": SeverityHigh},
-	}); err != nil {
+	})); err != nil {
 		return nil, grantError(err)
 	}
 	res, err := b.mint(ctx, p, role, ttl, req, dec, now, g)
@@ -155,66 +160,94 @@ func (b *Broker) WaitGrant(ctx context.Context, c Caller, id string, wait time.D
 	}
 }
 
-// ListGrants lists grants for operators.
+// ListGrants lists grants for operators, newest first, each with its state
+// as of now (a pending or approved grant past its deadline is expired
+// before the sweeper records it). f.State filters on that same state:
+// state=pending never lists a grant shown expired, and state=expired lists
+// pending and approved grants past their deadlines too. A page holds
+// f.Limit grants (default 100, at most 1000) whenever that many match; a
+// shorter page is the last.
 func (b *Broker) ListGrants(ctx context.Context, f grants.Filter) ([]*grants.Grant, error) {
 	if b.grants == nil {
 		return nil, nil
 	}
-	gs, err := b.grants.List(ctx, f)
+	now := b.clock.Now()
+	stored := []grants.State{f.State}
+	if f.State == grants.StateExpired {
+		stored = append(stored, grants.StatePending, grants.StateApproved)
+	}
+	gs, err := listAsShown(f.State, stored, listLimit(f.Limit), f.Before,
+		func(st grants.State, before string, limit int) ([]*grants.Grant, error) {
+			sf := f
+			sf.State, sf.Before, sf.Limit = st, before, limit
+			return b.grants.List(ctx, sf)
+		},
+		func(g *grants.Grant) string { return g.ID }, func(g *grants.Grant) grants.State { return g.StateAt(now) })
 	if err != nil {
 		return nil, grantError(err)
 	}
-	now := b.clock.Now()
 	for _, g := range gs {
 		g.State = g.StateAt(now)
 	}
 	return gs, nil
 }
 
-// mayApprove reports whether op is among the role's approvers.
+// mayApprove reports whether op is among the role's approvers (names and
+// groups compared as identity.Equal does).
 func mayApprove(op *Operator, role *Role) bool {
 	a := role.Approval.Approvers
 	if len(a.Operators) == 0 && len(a.Groups) == 0 {
 		return true
 	}
-	if slices.Contains(a.Operators, op.Name) {
-		return true
+	return identity.Contains(a.Operators, op.Name) || identity.Intersects(op.Groups, a.Groups)
+}
+
+// checkApprover returns the role of g when op is among its approvers. An
+// operator outside them is refused with EFORBIDDEN, and the refusal is
+// audited as kind; a grant whose role is no longer configured is ECONFLICT
+// (its approvers are unknown).
+func (b *Broker) checkApprover(ctx context.Context, op *Operator, g *grants.Grant, kind, requestID string) (*Role, error) {
+	role, ok := b.roles[g.Role]
+	if !ok {
+		return nil, Errorf(ECONFLICT, "role %s of grant %s is no longer configured", g.Role, g.ID)
 	}
-	for _, g := range op.Groups {
-		if slices.Contains(a.Groups, g) {
-			return true
-		}
+	if !mayApprove(op, role) {
+		b.auditRefusal(ctx, op, g, kind, "operator is not an approver of this role", requestID)
+		return nil, Errorf(EFORBIDDEN, "operator %s is not among the approvers of role %s", op.Name, g.Role)
 	}
-	return false
+	return role, nil
+}
+
+// auditRefusal records that op was refused a decision on g. The reason
+// starts with "refused: ", which tells a refused denial (grant.deny)
+// apart from a denial that ended a grant; both are decision deny.
+func (b *Broker) auditRefusal(ctx context.Context, op *Operator, g *grants.Grant, kind, reason, requestID string) {
+	b.audit(ctx, audit.Entry{Kind: kind, Actor: audit.Actor{Type: audit.ActorOperator, ID: op.Name}, Decision: audit.Deny,
+		AgentID: g.AgentID, Role: g.Role, Reason: "refused: " + reason, RequestID: requestID, Details: map[string]string{"grant_id": g.ID}})
 }
 
 // ApproveGrant records op's approval. Errors: ENOTFOUND; EFORBIDDEN when op
 // is not an approver of the role or is one of the requesters; ECONFLICT
-// when the grant is not pending (or expired) or op already approved.
+// when the grant is not pending (or expired) or op already approved
+// (operators compared as identity.Equal does). Refusals are audited.
 func (b *Broker) ApproveGrant(ctx context.Context, op *Operator, id, comment, requestID string) (*grants.Grant, error) {
 	g, err := b.GetGrant(ctx, Caller{Operator: op}, id)
 	if err != nil {
 		return nil, err
 	}
-	role, ok := b.roles[g.Role]
-	if !ok {
-		return nil, Errorf(ECONFLICT, "role %s of grant %s is no longer configured", g.Role, id)
-	}
-	actor := audit.Actor{Type: audit.ActorOperator, ID: op.Name}
-	if !mayApprove(op, role) {
-		b.audit(ctx, audit.Entry{Kind: audit.KindGrantApprove, Actor: actor, Decision: audit.Deny, AgentID: g.AgentID, Role: g.Role,
-			Reason: "operator is not an approver of this role", RequestID: requestID, Details: map[string]string{"grant_id": id}})
-		return nil, Errorf(EFORBIDDEN, "operator %s is not among the approvers of role %s", op.Name, g.Role)
+	role, err := b.checkApprover(ctx, op, g, audit.KindGrantApprove, requestID)
+	if err != nil {
+		return nil, err
 	}
 	now := b.clock.Now()
 	ng, err := b.grants.Approve(ctx, id, grants.Decision{Operator: op.Name, At: now, Comment: comment, Method: op.Method},
 		role.Approval.RedeemWithin.D(), audit.Entry{
-			Kind: audit.KindGrantApprove, Actor: actor, Decision: audit.Allow, Reason: comment, RequestID: requestID,
+			Kind: audit.KindGrantApprove, Actor: audit.Actor{Type: audit.ActorOperator, ID: op.Name}, Decision: audit.Allow,
+			Reason: comment, RequestID: requestID,
 		})
 	if err != nil {
 		if errors.Is(err, grants.ErrSelfApproval) {
-			b.audit(ctx, audit.Entry{Kind: audit.KindGrantApprove, Actor: actor, Decision: audit.Deny, AgentID: g.AgentID, Role: g.Role,
-				Reason: "self-approval refused", RequestID: requestID, Details: map[string]string{"grant_id": id}})
+			b.auditRefusal(ctx, op, g, audit.KindGrantApprove, "self-approval refused", requestID)
 		}
 		return nil, grantError(err)
 	}
@@ -225,14 +258,19 @@ func (b *Broker) ApproveGrant(ctx context.Context, op *Operator, id, comment, re
 	return ng, nil
 }
 
-// DenyGrant ends a pending (or approved, not yet redeemed) grant.
+// DenyGrant ends a pending (or approved, not yet redeemed) grant. Errors:
+// ENOTFOUND; EFORBIDDEN (audited) when op is not an approver of the role;
+// ECONFLICT when the grant has ended. Any operator may deny a grant whose
+// role is no longer configured, which could not be redeemed anyway.
 func (b *Broker) DenyGrant(ctx context.Context, op *Operator, id, comment, requestID string) (*grants.Grant, error) {
 	g, err := b.GetGrant(ctx, Caller{Operator: op}, id)
 	if err != nil {
 		return nil, err
 	}
-	if role, ok := b.roles[g.Role]; ok && !mayApprove(op, role) {
-		return nil, Errorf(EFORBIDDEN, "operator %s is not among the approvers of role %s", op.Name, g.Role)
+	if _, ok := b.roles[g.Role]; ok {
+		if _, err := b.checkApprover(ctx, op, g, audit.KindGrantDeny, requestID); err != nil {
+			return nil, err
+		}
 	}
 	ng, err := b.grants.Deny(ctx, id, grants.Decision{Operator: op.Name, At: b.clock.Now(), Comment: comment, Method: op.Method}, audit.Entry{
 		Kind: audit.KindGrantDeny, Actor: audit.Actor{Type: audit.ActorOperator, ID: op.Name}, Decision: audit.Deny, Reason: comment, RequestID: requestID,
@@ -279,7 +317,7 @@ func (b *Broker) RedeemGrant(ctx context.Context, req RedeemRequest) (*MintResul
 	// The binding is recomputed from the stored request: a grant whose
 	// content was changed after approval does not match it.
 	binding := grants.Binding(grants.Request{AgentID: g.AgentID, Role: g.Role, TTL: g.TTL, Scope: g.Scope, Reason: g.Reason, Lineage: g.Lineage})
-	dec, err := b.authz.Authorize(ctx, AuthzRequest{Principal: p, Action: ActionRedeem, Role: role,
+	dec, err := b.authz.Authorize(ctx, AuthzRequest{Principal: p, Action: ActionRedeem, Role: role, RequestID: req.RequestID,
 		Context: AuthzContext{TTL: g.TTL, Reason: g.Reason, SourceIP: req.SourceIP, Now: now, Approvals: len(g.Approvals)}})
 	if err != nil {
 		return nil, Wrap(EINTERNAL, err, "policy evaluation failed")
@@ -288,10 +326,9 @@ func (b *Broker) RedeemGrant(ctx context.Context, req RedeemRequest) (*MintResul
 		b.deny(ctx, p, audit.KindGrantRedeem, role.Name, req.RequestID, dec.Reason(), dec)
 		return nil, Errorf(EFORBIDDEN, "%s: agent %s may not redeem role %s", dec.Reason(), p.ID, role.Name)
 	}
-	consumed, err := b.grants.Redeem(ctx, g.ID, p.ID, binding, now, audit.Entry{
-		Kind: audit.KindGrantRedeem, Actor: agentActor(p), Decision: audit.Allow, Reason: dec.Reason(),
-		PolicyVersion: dec.Version, PolicyIDs: dec.PolicyIDs, RequestID: req.RequestID,
-	})
+	consumed, err := b.grants.Redeem(ctx, g.ID, p.ID, binding, now, dec.record(audit.Entry{
+		Kind: audit.KindGrantRedeem, Actor: agentActor(p), Decision: audit.Allow, Reason: dec.Reason(), RequestID: req.RequestID,
+	}))
 	if err != nil {
 		if errors.Is(err, grants.ErrTampered) {
 			b.deny(ctx, p, audit.KindGrantRedeem, role.Name, req.RequestID, "grant content does not match its approved binding", dec)
@@ -301,8 +338,15 @@ func (b *Broker) RedeemGrant(ctx context.Context, req RedeemRequest) (*MintResul
 	mreq := MintRequest{Role: g.Role, TTL: g.TTL, Reason: g.Reason, Scope: g.Scope, SourceIP: req.SourceIP, RequestID: req.RequestID}
 	res, err := b.mint(ctx, p, role, g.TTL, mreq, dec, now, consumed)
 	if err != nil {
-		if _, uerr := b.grants.Unredeem(context.WithoutCancel(ctx), g.ID, b.clock.Now(), audit.Entry{
-			Kind: audit.KindGrantRedeem, Actor: agentActor(p), Decision: audit.Deny, Reason: "mint failed; the grant can be redeemed again: " + ErrorMessage(err), RequestID: req.RequestID,
+		// The grant is given back, but it can be redeemed again only
+		// before its deadline, which may have passed during the mint.
+		after := b.clock.Now()
+		again := "the grant can be redeemed again until " + consumed.RedeemBy.UTC().Format(time.RFC3339)
+		if !after.Before(consumed.RedeemBy) {
+			again = "the grant's redeem deadline " + consumed.RedeemBy.UTC().Format(time.RFC3339) + " has passed; it cannot be redeemed again"
+		}
+		if _, uerr := b.grants.Unredeem(context.WithoutCancel(ctx), g.ID, after, audit.Entry{
+			Kind: audit.KindGrantRedeem, Actor: agentActor(p), Decision: audit.Deny, Reason: "mint failed; " + again + ": " + ErrorMessage(err), RequestID: req.RequestID,
 		}); uerr != nil {
 			b.log.Error("give back a grant after a failed mint", "grant", g.ID, "err", uerr)
 		}
@@ -312,9 +356,17 @@ func (b *Broker) RedeemGrant(ctx context.Context, req RedeemRequest) (*MintResul
 }
 
 // ReviewGrant records an operator's after-the-fact review of break-glass
-// access.
+// access. A review is a decision: it obeys the rules of ApproveGrant. Errors:
+// ENOTFOUND; EFORBIDDEN when op is not an approver of the role or is one
+// of the identities behind the request (both audited); ECONFLICT when the
+// grant is not a break-glass grant, was reviewed already, or its role is
+// no longer configured; EINVALID without a comment.
 func (b *Broker) ReviewGrant(ctx context.Context, op *Operator, id, comment, requestID string) (*grants.Grant, error) {
-	if _, err := b.GetGrant(ctx, Caller{Operator: op}, id); err != nil {
+	og, err := b.GetGrant(ctx, Caller{Operator: op}, id)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := b.checkApprover(ctx, op, og, audit.KindGrantReview, requestID); err != nil {
 		return nil, err
 	}
 	if strings.TrimSpace(comment) == "" {
@@ -324,6 +376,9 @@ func (b *Broker) ReviewGrant(ctx context.Context, op *Operator, id, comment, req
 		Kind: audit.KindGrantReview, Actor: audit.Actor{Type: audit.ActorOperator, ID: op.Name}, Decision: audit.Allow, Reason: comment, RequestID: requestID,
 	})
 	if err != nil {
+		if errors.Is(err, grants.ErrSelfApproval) {
+			b.auditRefusal(ctx, op, og, audit.KindGrantReview, "self-review refused", requestID)
+		}
 		return nil, grantError(err)
 	}
 	b.notify(EventBreakGlassReviewed, SeverityInfo, g)

@@ -29,10 +29,11 @@ func (c Caller) actor() audit.Actor {
 // AuthenticateAgent verifies an attestation for a lease operation and
 // applies the rate limit.
 func (b *Broker) AuthenticateAgent(ctx context.Context, token, requestID string) (*Principal, error) {
-	return b.authenticate(ctx, token, "lease.access", "", requestID)
+	return b.authenticate(ctx, token, audit.KindLeaseAccess, "", requestID)
 }
 
-// GetLease returns a lease to its owner or an operator. Another agent gets
+// GetLease returns a lease to its owner or an operator, with its state as
+// of now (an active lease past its expiry is expired). Another agent gets
 // ENOTFOUND, so lease ids cannot be probed.
 func (b *Broker) GetLease(ctx context.Context, c Caller, id string) (*leases.Lease, error) {
 	if !leases.ValidID(id) {
@@ -48,14 +49,34 @@ func (b *Broker) GetLease(ctx context.Context, c Caller, id string) (*leases.Lea
 	if c.Operator == nil && (c.Agent == nil || c.Agent.ID != l.AgentID) {
 		return nil, Errorf(ENOTFOUND, "lease %q not found", id)
 	}
+	l.State = l.StateAt(b.clock.Now())
 	return l, nil
 }
 
-// ListLeases lists leases for an operator.
+// ListLeases lists leases for an operator, newest first, each with its state
+// as of now (an active lease past its expiry is expired before the expirer
+// records it). f.State filters on that same state: state=active never
+// lists a lease shown expired, and state=expired lists active leases past
+// their expiry too. A page holds f.Limit leases (default 100, at most 1000)
+// whenever that many match; a shorter page is the last.
 func (b *Broker) ListLeases(ctx context.Context, f leases.Filter) ([]*leases.Lease, error) {
-	ls, err := b.store.List(ctx, f)
+	now := b.clock.Now()
+	stored := []leases.State{f.State}
+	if f.State == leases.StateExpired {
+		stored = append(stored, leases.StateActive)
+	}
+	ls, err := listAsShown(f.State, stored, listLimit(f.Limit), f.Before,
+		func(st leases.State, before string, limit int) ([]*leases.Lease, error) {
+			sf := f
+			sf.State, sf.Before, sf.Limit = st, before, limit
+			return b.store.List(ctx, sf)
+		},
+		func(l *leases.Lease) string { return l.ID }, func(l *leases.Lease) leases.State { return l.StateAt(now) })
 	if err != nil {
 		return nil, storeError(err)
+	}
+	for _, l := range ls {
+		l.State = l.StateAt(now)
 	}
 	return ls, nil
 }
@@ -78,8 +99,11 @@ type RenewResult struct {
 }
 
 // RenewLease extends an active lease after asking the policy (action
-// renew). Errors: ENOTFOUND, ECONFLICT (not active, not renewable, at its
-// max), EFORBIDDEN (policy), EUNAVAILABLE / EBADGATEWAY (backend).
+// renew). Errors: ENOTFOUND; EINVALID (ttl under 1s); ECONFLICT when the
+// lease is not active, its role is gone or not renewable, its backend does
+// not renew, it already expires at its maximum, or the ttl would not extend
+// it (each message names which); EFORBIDDEN (policy); EUNAVAILABLE /
+// EBADGATEWAY (backend).
 func (b *Broker) RenewLease(ctx context.Context, c Caller, req RenewRequest) (*RenewResult, error) {
 	l, err := b.GetLease(ctx, c, req.ID)
 	if err != nil {
@@ -87,16 +111,13 @@ func (b *Broker) RenewLease(ctx context.Context, c Caller, req RenewRequest) (*R
 	}
 	now := b.clock.Now()
 	if !l.ActiveAt(now) {
-		return nil, Errorf(ECONFLICT, "lease %s is %s; only active leases can be renewed", l.ID, displayState(l, now))
+		return nil, Errorf(ECONFLICT, "lease %s is %s; only active leases can be renewed", l.ID, l.StateAt(now))
 	}
 	role, ok := b.roles[l.Role]
 	if !ok {
 		return nil, Errorf(ECONFLICT, "role %s of lease %s is no longer configured", l.Role, l.ID)
 	}
 	renewer, ok := b.backends[l.Backend].(backends.Renewer)
-	if !ok || !l.Renewable {
-		return nil, Errorf(ECONFLICT, "lease %s is not renewable (role %s); mint a new credential instead", l.ID, l.Role)
-	}
 	ttl := req.TTL
 	if ttl == 0 {
 		ttl = role.TTL.D()
@@ -108,14 +129,14 @@ func (b *Broker) RenewLease(ctx context.Context, c Caller, req RenewRequest) (*R
 	if want.After(l.MaxExpires) {
 		want = l.MaxExpires
 	}
-	if !want.After(l.ExpiresAt) {
-		return nil, Errorf(ECONFLICT, "lease %s already expires at %s, its maximum (role %s max_ttl %s)", l.ID, l.ExpiresAt.UTC().Format(time.RFC3339), l.Role, role.MaxTTL)
+	if err := renewRefusal(l, role, ok, req.TTL == 0, ttl, want, now); err != nil {
+		return nil, err
 	}
 	var p *Principal
 	dec := Decision{Allowed: true}
 	if c.Agent != nil {
 		p = c.Agent
-		dec, err = b.authz.Authorize(ctx, AuthzRequest{Principal: p, Action: ActionRenew, Role: role,
+		dec, err = b.authz.Authorize(ctx, AuthzRequest{Principal: p, Action: ActionRenew, Role: role, RequestID: req.RequestID,
 			Context: AuthzContext{TTL: want.Sub(now), SourceIP: req.SourceIP, Now: now}})
 		if err != nil {
 			return nil, Wrap(EINTERNAL, err, "policy evaluation failed")
@@ -137,39 +158,63 @@ func (b *Broker) RenewLease(ctx context.Context, c Caller, req RenewRequest) (*R
 	rn, err := renewer.Renew(rctx, ref, mreq)
 	cancel()
 	if err != nil {
-		var be *Error
-		switch {
-		case errors.As(err, &be):
-			return nil, err
-		case errors.Is(err, backends.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
-			return nil, Wrap(EUNAVAILABLE, err, "backend %s is unavailable; the lease still expires at %s", l.Backend, l.ExpiresAt.UTC().Format(time.RFC3339))
-		default:
-			return nil, Wrap(EBADGATEWAY, err, "backend %s could not renew the credential", l.Backend)
-		}
+		return nil, backendError(ctx, err, l.Backend, "renew the credential", b.cfg.Limits.MintTimeout)
 	}
 	newExp := rn.ExpiresAt
 	if newExp.After(want) {
 		newExp = want // never record more than was asked; invariant 2 holds at the backend side
 	}
-	renewed, err := b.store.Renew(ctx, l.ID, b.clock.Now(), newExp, audit.Entry{
-		Kind: audit.KindRenew, Actor: c.actor(), Decision: audit.Allow, Reason: dec.Reason(),
-		PolicyVersion: dec.Version, PolicyIDs: dec.PolicyIDs, RequestID: req.RequestID,
+	renewed, err := b.store.Renew(ctx, l.ID, b.clock.Now(), newExp, dec.record(audit.Entry{
+		Kind: audit.KindRenew, Actor: c.actor(), Decision: audit.Allow, Reason: dec.Reason(), RequestID: req.RequestID,
 		Details: map[string]string{"expires_at": newExp.UTC().Format(time.RFC3339)},
-	})
+	}))
 	if err != nil {
 		return nil, storeError(err)
 	}
+	renewed.State = renewed.StateAt(b.clock.Now())
 	return &RenewResult{Lease: renewed, Credential: rn.Data}, nil
+}
+
+// renewRefusal returns why lease l cannot be renewed to want (its new expiry
+// at now, for a ttl that defaulted to the role's when roleTTL), or nil if it
+// can. Each refusal names the actual cause. l is active; canRenew says
+// whether its backend is a backends.Renewer.
+func renewRefusal(l *leases.Lease, role *Role, canRenew, roleTTL bool, ttl time.Duration, want, now time.Time) error {
+	at := func(t time.Time) string { return t.UTC().Format(time.RFC3339) }
+	switch {
+	case !canRenew:
+		return Errorf(ECONFLICT, "lease %s cannot be renewed: its backend %s does not renew credentials; mint a new credential instead", l.ID, l.Backend)
+	case !role.IsRenewable():
+		return Errorf(ECONFLICT, "lease %s cannot be renewed: role %s is not renewable; mint a new credential instead", l.ID, role.Name)
+	case !l.ExpiresAt.Before(l.MaxExpires):
+		return Errorf(ECONFLICT, "lease %s already expires at its maximum, %s; mint a new credential instead", l.ID, at(l.MaxExpires))
+	case !l.Renewable:
+		return Errorf(ECONFLICT, "lease %s was minted not renewable (its role was not renewable then); mint a new credential instead", l.ID)
+	case !want.After(l.ExpiresAt):
+		asked := "a ttl of " + ttl.String()
+		if roleTTL {
+			asked = "the role's default ttl of " + ttl.String()
+		}
+		left := (l.ExpiresAt.Sub(now) + time.Second - 1).Truncate(time.Second)
+		return Errorf(ECONFLICT, "%s from now ends at %s, which does not extend lease %s: it expires at %s; ask for a ttl longer than %s",
+			asked, at(want), l.ID, at(l.ExpiresAt), left)
+	}
+	return nil
 }
 
 // EndLease ends a lease: released when its agent gives it back, revoked
 // when an operator takes it. The first revocation attempt runs at once;
 // the returned lease is released/revoked, or revoking if the backend did
-// not confirm yet (it stays queued). Ending an ended lease is harmless.
+// not confirm yet (it stays queued). Ending an ended lease changes nothing
+// and returns it as it is; so does ending a lease past its expiry, which
+// ended on its own (it is returned expired, and the expirer records it).
 func (b *Broker) EndLease(ctx context.Context, c Caller, id, reason, requestID string) (*leases.Lease, error) {
 	l, err := b.GetLease(ctx, c, id)
 	if err != nil {
 		return nil, err
+	}
+	if l.State.Terminal() {
+		return l, nil
 	}
 	to, kind := leases.StateReleased, audit.KindRelease
 	if c.Operator != nil {
@@ -193,7 +238,9 @@ func (b *Broker) EndLease(ctx context.Context, c Caller, id, reason, requestID s
 }
 
 // RevokeMatching revokes every live lease matching f (by agent or
-// lineage) for an operator, and returns how many it ended. Leases are
+// lineage) for an operator, and returns how many it ended: those active or
+// pending as of now (a lease past its expiry has ended on its own; the
+// expirer records it). Leases are
 // ended and revoked at their backends in parallel, at most
 // leases.revoke_concurrency at a time; leases whose backend does not
 // confirm stay queued for retries like any other. One lease that cannot be
@@ -206,6 +253,7 @@ func (b *Broker) RevokeMatching(ctx context.Context, op *Operator, f leases.Filt
 		return 0, Errorf(EINVALID, "give agent_id or lineage; revoking everything at once is not offered")
 	}
 	var ids []string
+	now := b.clock.Now()
 	for {
 		f.Limit = 1000
 		ls, err := b.store.List(ctx, f)
@@ -213,7 +261,7 @@ func (b *Broker) RevokeMatching(ctx context.Context, op *Operator, f leases.Filt
 			return 0, storeError(err)
 		}
 		for _, l := range ls {
-			if l.State == leases.StateActive || l.State == leases.StatePending {
+			if st := l.StateAt(now); st == leases.StateActive || st == leases.StatePending {
 				ids = append(ids, l.ID)
 			}
 		}
@@ -260,15 +308,6 @@ func (b *Broker) RevokeMatching(ctx context.Context, op *Operator, f leases.Filt
 		return n, Wrap(EINTERNAL, firstErr, "ended %d of %d live leases; %d could not be ended (see the server log); revoking again is harmless", n, n+failed, failed)
 	}
 	return n, nil
-}
-
-// displayState is a lease's state as clients should see it: an active lease
-// past its expiry is expired even before the scheduler records it.
-func displayState(l *leases.Lease, now time.Time) leases.State {
-	if l.State == leases.StateActive && !now.Before(l.ExpiresAt) {
-		return leases.StateExpired
-	}
-	return l.State
 }
 
 // Introspection is an RFC 7662 answer.

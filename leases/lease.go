@@ -106,6 +106,16 @@ type Lease struct {
 	NextAttempt    time.Time `json:"next_attempt,omitzero"`
 }
 
+// StateAt is the lease's state as clients should see it at t: an active
+// lease at or past its expiry is expired even before the expirer records it.
+// Lists filter on this state and show it, at the same t.
+func (l *Lease) StateAt(t time.Time) State {
+	if l.State == StateActive && !t.Before(l.ExpiresAt) {
+		return StateExpired
+	}
+	return l.State
+}
+
 // ActiveAt reports whether the lease's credential is valid at t: the lease is
 // active and not past its expiry. Introspection answers with this.
 func (l *Lease) ActiveAt(t time.Time) bool {

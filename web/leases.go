@@ -1,9 +1,9 @@
 package web
 
 import (
+	"fmt"
 	"net/http"
 	"net/url"
-	"slices"
 	"strconv"
 	"strings"
 
@@ -45,33 +45,23 @@ type leaseView struct {
 }
 
 func (c *Console) viewLease(l *leases.Lease) leaseView {
+	// The broker returns each lease with its state as of its reading (an
+	// active lease past its expiry is expired), the state lists filter on.
 	v := leaseView{Lease: l, Shown: l.State}
-	now := c.clock.Now()
-	if l.State == leases.StateActive && !now.Before(l.ExpiresAt) {
-		v.Shown = leases.StateExpired
-	}
 	v.Revocable = l.State == leases.StateActive || l.State == leases.StatePending
 	return v
 }
 
 func (c *Console) handleLeases(w http.ResponseWriter, r *http.Request, se *session) {
-	q := r.URL.Query()
-	d := leasesData{
-		Filter: leaseFilter{Agent: strings.TrimSpace(q.Get("agent")), Role: q.Get("role"), Backend: q.Get("backend"), State: q.Get("state")},
-		States: leaseStates, Roles: c.roleNames(), Backends: c.backendNames(), Return: localPath(r.URL.RequestURI()),
-	}
-	if _, ok := q["state"]; !ok {
+	q := readFilters(r)
+	d := leasesData{States: leaseStates, Roles: c.roleNames(), Backends: c.backendNames(), Return: localPath(r.URL.RequestURI())}
+	d.Filter = leaseFilter{Agent: q.agent("agent"), Role: q.name("role", "role", &d.Roles), Backend: q.name("backend", "backend", &d.Backends),
+		State: q.oneOf("state", "state", stateNames(leaseStates))}
+	if !q.has("state") {
 		d.Filter.State = string(leases.StateActive)
 	}
-	f := leases.Filter{AgentID: d.Filter.Agent, Role: d.Filter.Role, Backend: d.Filter.Backend, Before: q.Get("before"), Limit: 100}
-	if slices.Contains(leaseStates, leases.State(d.Filter.State)) {
-		f.State = leases.State(d.Filter.State)
-	} else {
-		d.Filter.State = ""
-	}
-	if f.Before != "" && !leases.ValidID(f.Before) {
-		f.Before = ""
-	}
+	f := leases.Filter{AgentID: d.Filter.Agent, Role: d.Filter.Role, Backend: d.Filter.Backend, State: leases.State(d.Filter.State),
+		Before: q.cursor("before"), Limit: 100}
 	ls, err := c.b.ListLeases(r.Context(), f)
 	if err != nil {
 		c.serverError(w, r, err)
@@ -94,6 +84,7 @@ func (c *Console) handleLeases(w http.ResponseWriter, r *http.Request, se *sessi
 	}
 	p := &page{Title: "Leases", Data: d}
 	c.fillLayout(r, p, se, "leases")
+	p.Flashes = append(p.Flashes, q.flashes()...)
 	c.render(w, r, http.StatusOK, "leases.html", p)
 }
 
@@ -117,10 +108,8 @@ type irrevocableData struct {
 }
 
 func (c *Console) handleIrrevocable(w http.ResponseWriter, r *http.Request, se *session) {
-	f := leases.Filter{State: leases.StateIrrevocable, Before: r.URL.Query().Get("before"), Limit: 100}
-	if f.Before != "" && !leases.ValidID(f.Before) {
-		f.Before = ""
-	}
+	q := readFilters(r)
+	f := leases.Filter{State: leases.StateIrrevocable, Before: q.cursor("before"), Limit: 100}
 	ls, err := c.b.ListLeases(r.Context(), f)
 	if err != nil {
 		c.serverError(w, r, err)
@@ -135,6 +124,7 @@ func (c *Console) handleIrrevocable(w http.ResponseWriter, r *http.Request, se *
 	}
 	p := &page{Title: "Irrevocable leases", Data: d}
 	c.fillLayout(r, p, se, "irrevocable")
+	p.Flashes = append(p.Flashes, q.flashes()...)
 	c.render(w, r, http.StatusOK, "irrevocable.html", p)
 }
 
@@ -146,19 +136,38 @@ func (c *Console) handleRevoke(w http.ResponseWriter, r *http.Request, se *sessi
 		back = "/ui/leases"
 	}
 	op := se.op
-	l, err := c.b.EndLease(r.Context(), broker.Caller{Operator: &op}, id, "revoked by "+op.Name+" in the console", requestID(w))
+	caller := broker.Caller{Operator: &op}
+	if l, err := c.b.GetLease(r.Context(), caller, id); err == nil && l.State.Terminal() {
+		// Ending an ended lease changes nothing; say so rather than
+		// claim a revocation.
+		c.sessions.addFlash(se.key, flash{"ok", "Lease " + id + " of " + l.AgentID + " (" + l.Role + ") had already ended (" + string(l.State) + "); nothing was revoked."})
+		http.Redirect(w, r, back, http.StatusSeeOther)
+		return
+	}
+	l, err := c.b.EndLease(r.Context(), caller, id, "revoked by "+op.Name+" in the console", requestID(w))
 	if err != nil {
 		c.flashError(se, "Could not revoke lease "+id, err)
 		http.Redirect(w, r, back, http.StatusSeeOther)
 		return
 	}
 	c.log.Info("console revoked a lease", "lease", id, "operator", op.Name, "state", l.State)
-	msg := "Revoked lease " + id + " of " + l.AgentID + " (" + l.Role + ")."
-	if l.State != leases.StateRevoked {
-		msg = "Lease " + id + " of " + l.AgentID + " is ended (" + string(l.State) + "); its backend has not confirmed the revocation yet and valet keeps retrying."
-	}
-	c.sessions.addFlash(se.key, flash{"ok", msg})
+	c.sessions.addFlash(se.key, flash{"ok", revokeMessage(l)})
 	http.Redirect(w, r, back, http.StatusSeeOther)
+}
+
+// revokeMessage says what became of a lease the console just ended.
+func revokeMessage(l *leases.Lease) string {
+	which := "lease " + l.ID + " of " + l.AgentID + " (" + l.Role + ")"
+	switch l.State {
+	case leases.StateRevoked:
+		return "Revoked " + which + "."
+	case leases.StateRevoking, leases.StateIrrevocable:
+		return "Ended " + which + " (" + string(l.State) + "); its backend has not confirmed the revocation yet and valet keeps retrying."
+	case leases.StateExpired:
+		return "The credential of " + which + " expired on its own before a revocation was confirmed; the lease is expired."
+	default:
+		return "The " + which + " is " + string(l.State) + "; it ended otherwise, and nothing was revoked."
+	}
 }
 
 // handleRevokeAgent revokes every live lease of one agent.
@@ -173,6 +182,11 @@ func (c *Console) handleRevokeAgent(w http.ResponseWriter, r *http.Request, se *
 		http.Redirect(w, r, back, http.StatusSeeOther)
 		return
 	}
+	if len(r.PostForm["agent"]) > 1 || !broker.ValidAgentID(agent) {
+		c.sessions.addFlash(se.key, flash{"error", fmt.Sprintf("%q is not one agent id (%s); nothing was revoked.", agent, broker.AgentIDRule)})
+		http.Redirect(w, r, back, http.StatusSeeOther)
+		return
+	}
 	op := se.op
 	n, err := c.b.RevokeMatching(r.Context(), &op, leases.Filter{AgentID: agent}, "all leases of the agent revoked by "+op.Name+" in the console", requestID(w))
 	if err != nil {
@@ -183,6 +197,15 @@ func (c *Console) handleRevokeAgent(w http.ResponseWriter, r *http.Request, se *
 	c.log.Info("console revoked an agent's leases", "agent", agent, "operator", op.Name, "count", n)
 	c.sessions.addFlash(se.key, flash{"ok", "Revoked " + plural(n, "lease") + " of " + agent + "."})
 	http.Redirect(w, r, back, http.StatusSeeOther)
+}
+
+// stateNames are states as the strings a filter holds.
+func stateNames[S ~string](states []S) []string {
+	out := make([]string, len(states))
+	for i, s := range states {
+		out[i] = string(s)
+	}
+	return out
 }
 
 func plural(n int, noun string) string {

@@ -2,6 +2,7 @@ package api
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 	"unicode"
+	"unicode/utf8"
 
 	"github.com/valet-broker/valet/broker"
 )
@@ -54,6 +56,10 @@ func FuzzDecodeCredentialRequest(f *testing.F) {
 		`{"role":"demo","reason":"a\u0000b"}`,
 		`{"role":"demo","reason":"\ud800"}`,
 		`{"ROLE":"demo"}`,
+		`{"role":"demo","ROLE":"demo-elevated"}`,
+		`{"role":"demo","role":"demo-elevated"}`,
+		"{\"role\":\"demo\",\"reason\":\"ok\xff\"}",
+		`{"role":"x\n2026-11-29 FAKE mint allow\u001b[2J"}`,
 		`{"role":"demo"} {"role":"demo"}`,
 		`{"role":"demo","scope":{"a":{"b":{"c":[1,2,{"d":null}]}}}}`,
 		`[{"role":"demo"}]`,
@@ -71,8 +77,11 @@ func FuzzDecodeCredentialRequest(f *testing.F) {
 			clientError(t, err)
 			return
 		}
-		if req.Role == "" || len(req.Role) > 63 {
+		if !broker.ValidName(req.Role) {
 			t.Fatalf("accepted role %q", req.Role)
+		}
+		if !utf8.Valid(body) {
+			t.Fatalf("accepted a body that is not UTF-8: %q", body)
 		}
 		if verr := req.Validate(); verr != nil {
 			t.Fatalf("accepted a request that does not validate: %v", verr)
@@ -127,10 +136,10 @@ func FuzzParseTokenExchange(f *testing.F) {
 	f.Add(strings.Repeat("a=b&", fuzzBodyLimit))
 	f.Fuzz(func(t *testing.T, body string) {
 		const maxToken = 1024
-		req, oe := parseTokenExchange(newBodyRequest("application/x-www-form-urlencoded", []byte(body)), maxToken)
+		req, oe := parseTokenExchange(newBodyRequest("application/x-www-form-urlencoded", []byte(body)), fuzzBodyLimit, maxToken)
 		if oe != nil {
 			switch oe.Error {
-			case "invalid_request", "unsupported_grant_type", "invalid_target":
+			case "invalid_request", "unsupported_grant_type", "invalid_target", "invalid_scope", "invalid_client":
 			default:
 				t.Fatalf("error %q is not one parseTokenExchange may give", oe.Error)
 			}
@@ -157,9 +166,52 @@ func FuzzParseTokenExchange(f *testing.F) {
 			t.Fatalf("accepted requested_token_type %q", req.RequestedTokenType)
 		}
 		for _, s := range req.Scopes {
-			if s == "" || strings.ContainsAny(s, " \t\n") {
+			if !validScopeToken(s) {
 				t.Fatalf("scope list %q holds an empty or blank entry", req.Scopes)
 			}
+		}
+	})
+}
+
+func FuzzIntrospectionRequest(f *testing.F) {
+	f.Add("Basic ZGVtby1hcGk6c2VjcmV0", "token=abc")
+	f.Add("", "token=abc&client_id=demo-api&client_secret=s")
+	f.Add("", "token=abc&client_assertion_type="+url.QueryEscape(broker.ClientAssertionType)+"&client_assertion=a.b.c")
+	f.Add("Basic %%%", "token=abc")
+	f.Add("Basic "+base64.StdEncoding.EncodeToString([]byte("a%zz:b")), "token=abc")
+	f.Add("Bearer x", "token=abc")
+	f.Add("Basic ZGVtby1hcGk6c2VjcmV0", "token=abc&client_secret=s&client_id=x")
+	f.Add("", "token=a&token=b")
+	f.Add("", "client_assertion=x")
+	f.Fuzz(func(t *testing.T, auth, body string) {
+		r := newBodyRequest("application/x-www-form-urlencoded", []byte(body))
+		if auth != "" {
+			r.Header.Set("Authorization", auth)
+		}
+		form, oe := parseForm(r, fuzzBodyLimit)
+		if oe == nil {
+			var cc broker.ClientCredentials
+			cc, oe = clientCredentials(r, form)
+			if oe == nil {
+				switch cc.Method {
+				case "", broker.AuthClientSecretBasic, broker.AuthClientSecretPost, broker.AuthPrivateKeyJWT:
+				default:
+					t.Fatalf("method %q from a plain HTTP request", cc.Method)
+				}
+				if cc.Method == broker.AuthClientSecretPost && cc.ClientID == "" {
+					t.Fatal("client_secret_post without a client_id")
+				}
+				return
+			}
+		}
+		switch {
+		case oe.Error == "invalid_request" && (oe.status == 400 || oe.status == 413):
+		case oe.Error == "invalid_client" && oe.status == 401:
+		default:
+			t.Fatalf("error %+v: want invalid_request (400, 413) or invalid_client (401)", oe)
+		}
+		if oe.Description == "" {
+			t.Fatal("no description")
 		}
 	})
 }

@@ -19,6 +19,9 @@ type Metrics struct {
 	ExpiryLate   prometheus.Histogram
 	Revocations  *prometheus.CounterVec
 	PolicyReload *prometheus.CounterVec
+	// PolicyErrors counts policies that failed to evaluate, by policy id
+	// (the ids of the loaded policy sets, a closed set).
+	PolicyErrors *prometheus.CounterVec
 	// Notifications counts webhook deliveries by outcome (ok, retry,
 	// failed, dropped).
 	Notifications *prometheus.CounterVec
@@ -49,11 +52,14 @@ func NewMetrics(reg *prometheus.Registry) *Metrics {
 		PolicyReload: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "valet_policy_reloads_total", Help: "Policy reloads by result (ok or error).",
 		}, []string{"result"}),
+		PolicyErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "valet_policy_evaluation_errors_total", Help: "Policies that failed to evaluate for a request, by policy id (policy.on_error says whether a forbid that errors denies).",
+		}, []string{"policy"}),
 		Notifications: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "valet_notifications_total", Help: "Webhook delivery attempts by webhook, event and outcome (ok, retry, failed, dropped).",
 		}, []string{"webhook", "event", "outcome"}),
 	}
-	reg.MustRegister(m.Mints, m.MintLatency, m.HTTPRequests, m.ExpiryLate, m.Revocations, m.PolicyReload, m.Notifications,
+	reg.MustRegister(m.Mints, m.MintLatency, m.HTTPRequests, m.ExpiryLate, m.Revocations, m.PolicyReload, m.PolicyErrors, m.Notifications,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

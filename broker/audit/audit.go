@@ -47,6 +47,7 @@ const (
 	KindIrrevocable   = "lease.irrevocable"
 	KindExpire        = "lease.expire"
 	KindRecover       = "lease.recover" // a pending lease left by a crash
+	KindLeaseAccess   = "lease.access"  // a caller whose attestation did not verify read or changed a lease
 	KindPolicyReload  = "policy.reload"
 	KindConfigLoad    = "config.load"
 	KindServerStart   = "server.start"
@@ -61,6 +62,14 @@ const (
 	KindGrantReview  = "grant.review"  // an operator reviewed a break-glass grant
 )
 
+// Kinds lists every kind of record valet writes, for filters that must
+// name one.
+var Kinds = []string{
+	KindMint, KindMintFailed, KindRenew, KindRelease, KindRevoke, KindRevoked, KindRevokeFailed, KindIrrevocable,
+	KindExpire, KindRecover, KindLeaseAccess, KindPolicyReload, KindConfigLoad, KindServerStart, KindIntrospection,
+	KindGrantRequest, KindGrantApprove, KindGrantDeny, KindGrantExpired, KindGrantRedeem, KindBreakGlass, KindGrantReview,
+}
+
 // Actor is who caused a record.
 type Actor struct {
 	Type string `json:"type"`
@@ -71,17 +80,20 @@ type Actor struct {
 // No field may ever hold a secret: no tokens, passwords, keys or raw
 // attestations.
 type Entry struct {
-	Kind          string            `json:"kind"`
-	Actor         Actor             `json:"actor"`
-	Decision      string            `json:"decision,omitempty"`
-	Reason        string            `json:"reason,omitempty"`
-	AgentID       string            `json:"agent_id,omitempty"`
-	Role          string            `json:"role,omitempty"`
-	LeaseID       string            `json:"lease_id,omitempty"`
-	PolicyVersion string            `json:"policy_version,omitempty"`
-	PolicyIDs     []string          `json:"policy_ids,omitempty"`
-	RequestID     string            `json:"request_id,omitempty"`
-	Details       map[string]string `json:"details,omitempty"`
+	Kind          string   `json:"kind"`
+	Actor         Actor    `json:"actor"`
+	Decision      string   `json:"decision,omitempty"`
+	Reason        string   `json:"reason,omitempty"`
+	AgentID       string   `json:"agent_id,omitempty"`
+	Role          string   `json:"role,omitempty"`
+	LeaseID       string   `json:"lease_id,omitempty"`
+	PolicyVersion string   `json:"policy_version,omitempty"`
+	PolicyIDs     []string `json:"policy_ids,omitempty"`
+	// PolicyErrors are the ids of the policies that failed to evaluate
+	// for this decision (whatever it was).
+	PolicyErrors []string          `json:"policy_errors,omitempty"`
+	RequestID    string            `json:"request_id,omitempty"`
+	Details      map[string]string `json:"details,omitempty"`
 }
 
 // Record is one entry of the log.
@@ -165,24 +177,11 @@ func AppendTx(tx *bbolt.Tx, now time.Time, sink Sink, entries ...Entry) ([]Recor
 }
 
 // computeHash is SHA-256 over the previous hash and the record's canonical
-// JSON with Hash empty. encoding/json writes struct fields in declaration
-// order and map keys sorted, so the encoding is deterministic.
+// JSON with Hash empty (see encode).
 func (r Record) computeHash() ([sha256.Size]byte, error) {
 	r.Hash = ""
-	body, err := json.Marshal(r)
-	if err != nil {
-		return [sha256.Size]byte{}, err
-	}
-	prev, err := hex.DecodeString(r.PrevHash)
-	if err != nil {
-		return [sha256.Size]byte{}, fmt.Errorf("prev_hash is not hex")
-	}
-	hh := sha256.New()
-	hh.Write(prev)
-	hh.Write(body)
-	var sum [sha256.Size]byte
-	copy(sum[:], hh.Sum(nil))
-	return sum, nil
+	_, sum, err := r.encode()
+	return sum, err
 }
 
 // emptyHash ends the canonical JSON of a record whose Hash is empty: Hash
@@ -190,8 +189,12 @@ func (r Record) computeHash() ([sha256.Size]byte, error) {
 var emptyHash = []byte(`"hash":""}`)
 
 // encode returns the stored form of r (whose Hash is empty) and its hash,
-// marshalling once: the stored JSON is the canonical JSON with the hash
-// written into its last field.
+// marshalling once. The canonical JSON is encoding/json's: struct fields in
+// declaration order, map keys sorted, no whitespace, the hash as the last
+// field. The hash is SHA-256 over the previous hash and the canonical JSON
+// with Hash empty; the stored form is the same JSON with the hash written
+// into its last field, so a record verifies only if its stored bytes are
+// exactly its canonical encoding.
 func (r Record) encode() ([]byte, [sha256.Size]byte, error) {
 	var sum [sha256.Size]byte
 	body, err := json.Marshal(r)
@@ -291,7 +294,8 @@ type VerifyResult struct {
 // Verify walks the whole log and checks that sequence numbers are
 // contiguous from 1, that every record's key matches its sequence, that each
 // record's prev_hash is the previous record's hash, that every hash matches
-// the record's contents, and that the stored head points at the last record
+// the record's contents, that every record's stored bytes are exactly its
+// canonical encoding (see encode), and that the stored head points at the last record
 // (so a deleted tail, a record appended without moving the head, and a
 // changed last record whose hash was recomputed are detected too).
 func Verify(db *bbolt.DB) (VerifyResult, error) {
@@ -319,11 +323,9 @@ func Verify(db *bbolt.DB) (VerifyResult, error) {
 				fail(want, "missing (the next stored record is %d): records were deleted", seq)
 				return nil
 			}
-			var r Record
-			dec := json.NewDecoder(bytes.NewReader(v))
-			dec.DisallowUnknownFields()
-			if err := dec.Decode(&r); err != nil {
-				fail(seq, "cannot be decoded (changed): %v", err)
+			r, canon, sum, problem := checkStored(v)
+			if problem != "" {
+				fail(seq, "%s", problem)
 				return nil
 			}
 			if r.Seq != seq {
@@ -331,7 +333,7 @@ func Verify(db *bbolt.DB) (VerifyResult, error) {
 				return nil
 			}
 			if r.PrevHash != hex.EncodeToString(prev[:]) {
-				if sum, err := r.computeHash(); seq > 1 && err == nil && r.Hash == hex.EncodeToString(sum[:]) {
+				if seq > 1 && bytes.Equal(v, canon) {
 					// This record is intact and still names the hash its
 					// predecessor had when it was appended: the
 					// predecessor was changed and its hash recomputed.
@@ -341,9 +343,15 @@ func Verify(db *bbolt.DB) (VerifyResult, error) {
 				fail(seq, "prev_hash does not match the hash of record %d (reordered or changed)", seq-1)
 				return nil
 			}
-			sum, err := r.computeHash()
-			if err != nil || r.Hash != hex.EncodeToString(sum[:]) {
+			if r.Hash != hex.EncodeToString(sum[:]) {
 				fail(seq, "hash does not match its contents (changed)")
+				return nil
+			}
+			// The hash covers the canonical encoding; the stored bytes must
+			// be exactly that, or a reader that parses JSON differently
+			// (first of two duplicated keys, say) would see another record.
+			if !bytes.Equal(v, canon) {
+				fail(seq, "stored bytes are not the canonical encoding of the record (changed: a duplicated key, an escaped character, a key in other case, whitespace or another key order)")
 				return nil
 			}
 			prev = sum
@@ -368,4 +376,25 @@ func Verify(db *bbolt.DB) (VerifyResult, error) {
 		return nil
 	})
 	return res, err
+}
+
+// checkStored decodes the stored bytes of a record strictly and returns it,
+// its canonical stored form (see encode) and the hash of its contents, or a
+// problem.
+func checkStored(v []byte) (r Record, canon []byte, sum [sha256.Size]byte, problem string) {
+	dec := json.NewDecoder(bytes.NewReader(v))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&r); err != nil {
+		return r, nil, sum, fmt.Sprintf("cannot be decoded (changed): %v", err)
+	}
+	if b, err := hex.DecodeString(r.PrevHash); err != nil || len(b) != sha256.Size {
+		return r, nil, sum, "prev_hash is not a hex SHA-256 (changed)"
+	}
+	c := r
+	c.Hash = ""
+	canon, sum, err := c.encode()
+	if err != nil {
+		return r, nil, sum, fmt.Sprintf("cannot be encoded: %v", err)
+	}
+	return r, canon, sum, ""
 }

@@ -1,11 +1,13 @@
 package audit
 
 import (
+	"bytes"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -505,17 +507,86 @@ func TestVerifyDetectsTampering(t *testing.T) {
 	}
 }
 
-// TestVerifyIgnoresEncoding: the hash covers the record's content, not the
-// bytes of its stored JSON, so rewriting a record with the same content (for
-// example with its fields in another order) is not tampering.
-func TestVerifyIgnoresEncoding(t *testing.T) {
-	db := MustOpenDB(t)
-	mustAppendN(t, db, 3)
-	err := db.Update(func(tx *bbolt.Tx) error { return rewrite(tx, 2, func(map[string]any) {}) })
-	if err != nil {
-		t.Fatal(err)
+// TestVerifyRequiresCanonicalBytes: the hash covers the stored bytes, so
+// rewriting a record into bytes that decode to the same content (a
+// duplicated key whose last value is the original, an escaped letter, a key
+// in other case, whitespace, another key order) is tampering: a reader that
+// keeps the first of two keys, or compares bytes, would see another record.
+func TestVerifyRequiresCanonicalBytes(t *testing.T) {
+	cases := []struct {
+		name string
+		edit func(v []byte) []byte
+	}{
+		{
+			name: "duplicated key, original value last",
+			edit: func(v []byte) []byte {
+				return bytes.Replace(v, []byte(`"decision":"allow"`), []byte(`"decision":"deny","decision":"allow"`), 1)
+			},
+		},
+		{
+			name: "escaped letter",
+			edit: func(v []byte) []byte {
+				return bytes.Replace(v, []byte(`"role":"demo"`), []byte(`"role":"dem\u006f"`), 1)
+			},
+		},
+		{
+			name: "key in other case",
+			edit: func(v []byte) []byte { return bytes.Replace(v, []byte(`"reason":`), []byte(`"Reason":`), 1) },
+		},
+		{
+			name: "extra whitespace",
+			edit: func(v []byte) []byte { return bytes.Replace(v, []byte(`"role":`), []byte(`"role": `), 1) },
+		},
+		{
+			name: "reordered keys",
+			edit: func(v []byte) []byte {
+				var m map[string]any
+				if err := json.Unmarshal(v, &m); err != nil {
+					t.Fatal(err)
+				}
+				out, err := json.Marshal(m) // sorted keys
+				if err != nil {
+					t.Fatal(err)
+				}
+				return out
+			},
+		},
 	}
-	if res := mustVerify(t, db); !res.OK || res.Records != 3 {
-		t.Errorf("Verify = %+v, want OK", res)
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			db := MustOpenDB(t)
+			mustAppendN(t, db, 3)
+			err := db.Update(func(tx *bbolt.Tx) error {
+				b := tx.Bucket(bucketRecords)
+				v := slices.Clone(b.Get(seqKey(2)))
+				edited := tc.edit(slices.Clone(v))
+				if bytes.Equal(edited, v) {
+					t.Fatalf("the edit changed nothing in %s", v)
+				}
+				// The edit keeps the content: the record decodes to what
+				// was appended.
+				var before, after Record
+				if err := json.Unmarshal(v, &before); err != nil {
+					return err
+				}
+				if err := json.Unmarshal(edited, &after); err != nil {
+					return err
+				}
+				if !reflect.DeepEqual(before, after) {
+					t.Fatalf("the edit changed the decoded record:\n%+v\n%+v", before, after)
+				}
+				return b.Put(seqKey(2), edited)
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			res := mustVerify(t, db)
+			if res.OK {
+				t.Fatalf("Verify accepted record 2 stored as non-canonical bytes: %+v", res)
+			}
+			if res.FirstBad != 2 || !strings.Contains(res.Problem, "record 2") {
+				t.Errorf("FirstBad = %d, Problem = %q; want record 2 named", res.FirstBad, res.Problem)
+			}
+		})
 	}
 }

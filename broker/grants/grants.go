@@ -12,9 +12,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
+	"github.com/valet-broker/valet/broker/identity"
 	"github.com/valet-broker/valet/leases"
 )
 
@@ -147,14 +147,16 @@ func (g *Grant) StateAt(now time.Time) State {
 }
 
 // IsRequester reports whether name is one of the identities behind the
-// request (case-insensitively), who must not approve it.
+// request (compared as identity.Equal does), who must not approve or
+// review it.
 func (g *Grant) IsRequester(name string) bool {
-	for _, r := range g.Requester {
-		if strings.EqualFold(r, name) {
-			return true
-		}
-	}
-	return false
+	return identity.Contains(g.Requester, name)
+}
+
+// HasApproved reports whether name approved the grant already (compared
+// as identity.Equal does).
+func (g *Grant) HasApproved(name string) bool {
+	return identity.Contains(g.Approvers(), name)
 }
 
 // Request is what a grant binds.
@@ -168,16 +170,20 @@ type Request struct {
 }
 
 // Binding hashes a request canonically: any change to agent, role, scope,
-// TTL, reason or lineage changes it.
+// TTL (to the nanosecond: redeem mints for exactly that TTL), reason or
+// lineage changes it.
 func Binding(r Request) string {
 	b, _ := json.Marshal(struct {
-		AgentID string         `json:"agent_id"`
-		Role    string         `json:"role"`
-		TTL     int64          `json:"ttl_ms"`
-		Scope   map[string]any `json:"scope"`
-		Reason  string         `json:"reason"`
-		Lineage leases.Lineage `json:"lineage"`
-	}{r.AgentID, r.Role, r.TTL.Milliseconds(), r.Scope, r.Reason, r.Lineage})
+		AgentID string `json:"agent_id"`
+		Role    string `json:"role"`
+		TTL     int64  `json:"ttl_ms"`
+		// The rest of the TTL below a millisecond; omitted when 0, so a
+		// whole-millisecond TTL hashes as it did before this field.
+		TTLSubMS int64          `json:"ttl_ns_below_ms,omitempty"`
+		Scope    map[string]any `json:"scope"`
+		Reason   string         `json:"reason"`
+		Lineage  leases.Lineage `json:"lineage"`
+	}{r.AgentID, r.Role, r.TTL.Milliseconds(), int64(r.TTL % time.Millisecond), r.Scope, r.Reason, r.Lineage})
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:])
 }

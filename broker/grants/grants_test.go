@@ -1,12 +1,15 @@
 package grants
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"path/filepath"
 	"sync"
 	"testing"
 	"time"
+
+	"go.etcd.io/bbolt"
 
 	"github.com/valet-broker/valet/broker/audit"
 	"github.com/valet-broker/valet/leases"
@@ -20,12 +23,14 @@ func TestBindingCoversEveryField(t *testing.T) {
 		t.Fatal("binding is not deterministic")
 	}
 	changes := map[string]func(r *Request){
-		"agent":   func(r *Request) { r.AgentID = "k8s/b" },
-		"role":    func(r *Request) { r.Role = "r2" },
-		"ttl":     func(r *Request) { r.TTL = 2 * time.Minute },
-		"scope":   func(r *Request) { r.Scope = map[string]any{"scopes": []any{"y"}} },
-		"reason":  func(r *Request) { r.Reason = "other" },
-		"lineage": func(r *Request) { r.Lineage.JTI = "k" },
+		"agent": func(r *Request) { r.AgentID = "k8s/b" },
+		"role":  func(r *Request) { r.Role = "r2" },
+		"ttl":   func(r *Request) { r.TTL = 2 * time.Minute },
+		// Redeem mints for the exact TTL, so the binding covers it.
+		"ttl below a millisecond": func(r *Request) { r.TTL += 500 * time.Microsecond },
+		"scope":                   func(r *Request) { r.Scope = map[string]any{"scopes": []any{"y"}} },
+		"reason":                  func(r *Request) { r.Reason = "other" },
+		"lineage":                 func(r *Request) { r.Lineage.JTI = "k" },
 	}
 	for name, change := range changes {
 		r := base
@@ -33,6 +38,47 @@ func TestBindingCoversEveryField(t *testing.T) {
 		if Binding(r) == h {
 			t.Errorf("changing the %s does not change the binding", name)
 		}
+	}
+}
+
+// Grants stored before the binding covered TTLs below a millisecond keep
+// their bindings: a whole-millisecond TTL hashes as it always did.
+func TestBindingOfWholeMillisecondTTLIsUnchanged(t *testing.T) {
+	r := Request{AgentID: "k8s/a", Role: "r", TTL: time.Minute, Scope: map[string]any{"scopes": []any{"x"}}, Reason: "why",
+		Lineage: leases.Lineage{Issuer: "i", JTI: "j"}}
+	if got, want := Binding(r), "c540d6488a25f97c25bf63c94d7039aac8cbf8d12e8a7bce607a0558f19a38ae"; got != want {
+		t.Errorf("Binding = %s, want %s as before", got, want)
+	}
+}
+
+// Redeem recomputes the binding from the stored grant as decoded, which is
+// also what it mints from: stored bytes that decode to other values (a
+// duplicated key whose last value differs) do not match the binding.
+func TestRedeemRefusesStoredBytesThatDecodeToAnotherRequest(t *testing.T) {
+	s := newStore(t)
+	ctx := context.Background()
+	now := time.Now()
+	r := Request{AgentID: "a", Role: "r", TTL: time.Minute}
+	g := &Grant{ID: leases.NewID(now), Kind: KindApproval, AgentID: "a", Role: "r", TTL: time.Minute, Binding: Binding(r),
+		State: StateApproved, Required: 1, CreatedAt: now, ExpiresAt: now.Add(time.Hour), RedeemBy: now.Add(time.Hour)}
+	if err := s.Create(ctx, g, now, audit.Entry{Kind: audit.KindGrantRequest}); err != nil {
+		t.Fatal(err)
+	}
+	err := s.db.DB().Update(func(tx *bbolt.Tx) error {
+		b := tx.Bucket(bucketGrants)
+		v := bytes.Replace(b.Get([]byte(g.ID)), []byte(`"role":"r"`), []byte(`"role":"r","role":"admin"`), 1)
+		return b.Put([]byte(g.ID), v)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stored, err := s.Get(ctx, g.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	binding := Binding(Request{AgentID: stored.AgentID, Role: stored.Role, TTL: stored.TTL, Scope: stored.Scope, Reason: stored.Reason, Lineage: stored.Lineage})
+	if _, err := s.Redeem(ctx, g.ID, "a", binding, now, audit.Entry{}); !errors.Is(err, ErrTampered) {
+		t.Fatalf("Redeem of a grant whose stored role decodes as %q: %v, want ErrTampered", stored.Role, err)
 	}
 }
 
@@ -107,5 +153,50 @@ func TestRedeemIsCompareAndSwap(t *testing.T) {
 	}
 	if _, err := s.Redeem(ctx, g.ID, "b", g.Binding, now, audit.Entry{}); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("redeem by another agent: %v", err)
+	}
+}
+
+func TestDecisionsCompareIdentities(t *testing.T) {
+	s := newStore(t)
+	now := time.Now()
+	ctx := context.Background()
+	newGrant := func(kind string, required int) *Grant {
+		g := &Grant{ID: leases.NewID(now), Kind: kind, AgentID: "k8s/a", Role: "r", TTL: time.Minute, State: StatePending, Required: required,
+			CreatedAt: now, ExpiresAt: now.Add(time.Hour), Requester: []string{"k8s/a", "Owner@Example.com"}}
+		if err := s.Create(ctx, g, now, audit.Entry{Kind: audit.KindGrantRequest}); err != nil {
+			t.Fatal(err)
+		}
+		return g
+	}
+	g := newGrant(KindApproval, 2)
+	steps := []struct {
+		operator string
+		want     error
+	}{
+		{"OWNER@example.com", ErrSelfApproval},
+		{" owner@example.com", ErrSelfApproval},
+		{"alice@example.com", nil},
+		{"ALICE@example.com", ErrState},
+		{"Alice@Example.COM ", ErrState},
+	}
+	for _, st := range steps {
+		_, err := s.Approve(ctx, g.ID, Decision{Operator: st.operator, At: now}, time.Minute, audit.Entry{})
+		if st.want == nil && err != nil || st.want != nil && !errors.Is(err, st.want) {
+			t.Fatalf("approval by %q: %v, want %v", st.operator, err, st.want)
+		}
+	}
+	if got, _ := s.Get(ctx, g.ID); got.State != StatePending || len(got.Approvals) != 1 {
+		t.Fatalf("one person's approvals in several spellings made the grant %s with %v", got.State, got.Approvers())
+	}
+
+	bg := newGrant(KindBreakGlass, 0)
+	if _, err := s.Review(ctx, bg.ID, Decision{Operator: "owner@EXAMPLE.com", At: now, Comment: "fine"}, audit.Entry{}); !errors.Is(err, ErrSelfApproval) {
+		t.Fatalf("review by the requester: %v", err)
+	}
+	if got, _ := s.Get(ctx, bg.ID); got.Review != nil {
+		t.Fatalf("the requester's review was recorded: %+v", got.Review)
+	}
+	if got, err := s.Review(ctx, bg.ID, Decision{Operator: "bob", At: now, Comment: "fine"}, audit.Entry{}); err != nil || got.Review.Operator != "bob" {
+		t.Fatalf("review: %+v %v", got, err)
 	}
 }

@@ -10,6 +10,23 @@
 // Decisions follow Cedar: deny by default, and any matching forbid wins over
 // every permit. valet calls Cedar's own authorizer; it does not reimplement it.
 //
+// # Evaluation errors
+//
+// A policy can fail to evaluate for one request and not another: it reads an
+// attribute the principal lacks, or calls .contains on a claim that is a list
+// for most agents and a string for this one. Cedar skips such a policy and
+// reports the error. That is safe for a permit (it cannot allow) but not for
+// a forbid: a guard would turn off for exactly the odd input. So by default
+// (policy.on_error: deny) a forbid that fails to evaluate denies the request,
+// unless a forbid that did evaluate denies it anyway; the decision's reason
+// names the erroring forbids ("policy evaluation error in forbid policy X
+// (fail closed)"). policy.on_error: skip chooses Cedar's semantics. Either
+// way every error is logged at WARN by the [Engine] (policy id, request id,
+// agent, role, error), reported to Options.OnEvalError (the metric
+// valet_policy_evaluation_errors_total{policy}), and listed in
+// [broker.Decision].Errors, which the broker records in the decision's audit
+// record (policy_errors).
+//
 // # Files
 //
 // The policy directory is read non-recursively. Files whose name ends in
@@ -59,7 +76,7 @@
 // record or set that would be the 17th level is dropped with its contents,
 // so a hostile token cannot make conversion or evaluation recurse without
 // bound. Test for an optional claim with `has` before reading it; reading a
-// missing attribute is an evaluation error, which skips the policy.
+// missing attribute is an evaluation error (see Evaluation errors).
 //
 // The action is Action::"<action>": Action::"mint" and Action::"renew" today;
 // any action valet adds later (redeem, break_glass) arrives the same way,
@@ -140,12 +157,18 @@
 //	      approvals: 0
 //	    expect: allow                           # allow | deny (required)
 //	    expect_policies: [pg-readonly-agents]   # optional: the determining policy ids, as a set
+//	    expect_errors: []                       # optional: the policies expected to fail to evaluate, as a set
 //
 // Claims go through a JSON round trip before use, so a number in a test
 // behaves exactly as the same number in a token.
 //
+// Cases are decided as a server with policy.on_error deny decides them, or
+// with [TestOptions].OnError (valet policy test --on-error skip). A policy
+// that fails to evaluate fails the case unless expect_errors lists it, so a
+// forbid with a misspelt attribute cannot pass unnoticed; a case whose
+// expect_errors lists a policy that evaluated fails too.
+//
 // The runner prints "PASS <name>" or "FAIL <name>: <what differed>" for each
-// case and a summary line. A case that passes while some policy failed to
-// evaluate (Cedar skips such a policy, so a forbid with a misspelt attribute
-// never forbids) says so on its PASS line.
+// case and a summary line. A passing case with expected evaluation errors
+// names them on its PASS line.
 package policy

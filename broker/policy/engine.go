@@ -37,6 +37,12 @@ type Options struct {
 	Clock clock.Clock
 	// Debounce overrides DefaultDebounce when positive.
 	Debounce time.Duration
+	// OnError is what a policy that fails to evaluate does to a decision
+	// (policy.on_error); "" means broker.PolicyOnErrorDeny.
+	OnError broker.PolicyOnError
+	// OnEvalError, if set, is called with the policy id of every
+	// evaluation error (to count them), after it is logged.
+	OnEvalError func(policyID string)
 }
 
 // Engine authorizes requests against the current policy set and replaces the
@@ -48,6 +54,8 @@ type Engine struct {
 	onReload func(string, error)
 	clock    clock.Clock
 	debounce time.Duration
+	onError  broker.PolicyOnError
+	onEval   func(string)
 
 	current  atomic.Pointer[Set]
 	reloadMu sync.Mutex // serializes reloads, so an older read never replaces a newer one
@@ -57,11 +65,19 @@ var _ broker.Authorizer = (*Engine)(nil)
 
 // NewEngine loads the policies of opts.Dir. It returns an error when Dir is
 // not set, cannot be read, holds no policies, or holds a file that does not
-// parse (see Load): valet refuses to start rather than deny everything or
-// run on policies other than the ones written.
+// parse (see Load), or when OnError is not deny, skip or "": valet refuses
+// to start rather than deny everything or run on policies other than the
+// ones written.
 func NewEngine(opts Options) (*Engine, error) {
 	if opts.Dir == "" {
 		return nil, errors.New("policy: Options.Dir must be set to a directory of *.cedar files")
+	}
+	switch opts.OnError {
+	case "":
+		opts.OnError = broker.PolicyOnErrorDeny
+	case broker.PolicyOnErrorDeny, broker.PolicyOnErrorSkip:
+	default:
+		return nil, fmt.Errorf("policy: on_error must be deny or skip, not %q", opts.OnError)
 	}
 	e := &Engine{
 		dir:      opts.Dir,
@@ -69,6 +85,8 @@ func NewEngine(opts Options) (*Engine, error) {
 		onReload: opts.OnReload,
 		clock:    opts.Clock,
 		debounce: opts.Debounce,
+		onError:  opts.OnError,
+		onEval:   opts.OnEvalError,
 	}
 	if e.log == nil {
 		e.log = slog.Default()
@@ -89,9 +107,25 @@ func NewEngine(opts Options) (*Engine, error) {
 	return e, nil
 }
 
-// Authorize decides req with the current policy set; see Set.Authorize.
-func (e *Engine) Authorize(ctx context.Context, req broker.AuthzRequest) (broker.Decision, error) {
-	return e.current.Load().Authorize(ctx, req)
+// Authorize decides req with the current policy set, as Set.Authorize does
+// but with the engine's OnError. Every policy that fails to evaluate is
+// logged at WARN (policy id and effect, request id, agent, role, action,
+// the decision and the evaluator's error) and reported to OnEvalError.
+func (e *Engine) Authorize(_ context.Context, req broker.AuthzRequest) (broker.Decision, error) {
+	dec, err := e.current.Load().decide(req, e.onError)
+	for _, pe := range dec.Errors {
+		effect := "permit"
+		if pe.Forbid {
+			effect = "forbid"
+		}
+		e.log.Warn("policy evaluation error", "policy", pe.PolicyID, "effect", effect, "request_id", req.RequestID,
+			"agent", req.Principal.ID, "role", req.Role.Name, "action", string(req.Action), "allowed", dec.Allowed,
+			"on_error", string(e.onError), "version", dec.Version, "err", pe.Message)
+		if e.onEval != nil {
+			e.onEval(pe.PolicyID)
+		}
+	}
+	return dec, err
 }
 
 // Version returns the version of the current policy set.

@@ -1,11 +1,14 @@
 package policy
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -94,6 +97,75 @@ func TestNewEngineRefusesBadDirectories(t *testing.T) {
 			e, err := NewEngine(Options{Dir: tt.dir(t), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("NewEngine = %v, %v; want an error mentioning %q", e, err, tt.want)
+			}
+		})
+	}
+	t.Run("unknown on_error", func(t *testing.T) {
+		dir := writePolicies(t, t.TempDir(), map[string]string{"a.cedar": permitAll})
+		e, err := NewEngine(Options{Dir: dir, OnError: "ignore", Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		if err == nil || !strings.Contains(err.Error(), `"ignore"`) || !strings.Contains(err.Error(), "deny or skip") {
+			t.Fatalf("NewEngine = %v, %v; want an error naming the mode and the choices", e, err)
+		}
+	})
+}
+
+// Every evaluation error is logged at WARN with the policy, the request id,
+// the agent, the role and the error, and counted, whichever mode decides.
+func TestEngineReportsEvaluationErrors(t *testing.T) {
+	policies := map[string]string{"a.cedar": permitAll + `
+		@id("typo") forbid(principal, action, resource) when { principal.namepsace == "web" };`}
+	tests := []struct {
+		mode    broker.PolicyOnError
+		allowed bool
+	}{
+		{"", false},
+		{broker.PolicyOnErrorDeny, false},
+		{broker.PolicyOnErrorSkip, true},
+	}
+	for _, tt := range tests {
+		t.Run("on_error "+string(tt.mode), func(t *testing.T) {
+			var logs bytes.Buffer
+			var counted []string
+			e, _, _ := newTestEngine(t, policies, Options{
+				OnError:     tt.mode,
+				Logger:      slog.New(slog.NewJSONHandler(&logs, nil)),
+				OnEvalError: func(id string) { counted = append(counted, id) },
+			})
+			req := baseRequest()
+			req.RequestID = "req-42"
+			dec, err := e.Authorize(context.Background(), req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if dec.Allowed != tt.allowed || !slices.Equal(dec.ErroredPolicyIDs(), []string{"typo"}) {
+				t.Errorf("decision %+v, want allowed=%v with typo errored", dec, tt.allowed)
+			}
+			if !slices.Equal(counted, []string{"typo"}) {
+				t.Errorf("counted %v, want [typo]", counted)
+			}
+			var warned bool
+			for _, line := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
+				var rec map[string]any
+				if err := json.Unmarshal([]byte(line), &rec); err != nil {
+					t.Fatalf("log line %q: %v", line, err)
+				}
+				if rec["msg"] != "policy evaluation error" {
+					continue
+				}
+				warned = true
+				want := map[string]any{"level": "WARN", "policy": "typo", "effect": "forbid", "request_id": "req-42",
+					"agent": req.Principal.ID, "role": "pg-readonly", "action": "mint", "allowed": tt.allowed}
+				for k, v := range want {
+					if rec[k] != v {
+						t.Errorf("log %s = %v, want %v", k, rec[k], v)
+					}
+				}
+				if msg, _ := rec["err"].(string); !strings.Contains(msg, "namepsace") {
+					t.Errorf("log err = %q, want the evaluator's error naming the attribute", msg)
+				}
+			}
+			if !warned {
+				t.Errorf("no policy evaluation error logged:\n%s", logs.String())
 			}
 		})
 	}

@@ -2,7 +2,6 @@ package policy
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -36,6 +35,9 @@ type testCase struct {
 	// A pointer tells "not given" (not checked) from [] (no policy may
 	// determine the decision, i.e. a default deny).
 	ExpectPolicies *[]string `yaml:"expect_policies"`
+	// ExpectErrors lists the policies expected to fail to evaluate (as a
+	// set); not given means none may.
+	ExpectErrors []string `yaml:"expect_errors"`
 
 	file   string         // where the case was read, for messages
 	claims map[string]any // Principal.Claims after a JSON round trip
@@ -69,15 +71,26 @@ type testContext struct {
 	Approvals int              `yaml:"approvals"`
 }
 
+// TestOptions are the server settings a test run decides with.
+type TestOptions struct {
+	// OnError is policy.on_error; "" means broker.PolicyOnErrorDeny, the
+	// server's default.
+	OnError broker.PolicyOnError
+}
+
 // RunTests loads the policies (the *.cedar files of policyDir) and runs every
 // test case in the *.test.yaml files of testDir (non-recursive; policyDir and
 // testDir may be the same directory), files in name order. It writes one line
 // per case to out, "PASS <name>" or "FAIL <name>: <what differed>", then a
-// summary line, and returns the counts. A passing case during which a policy
-// failed to evaluate (and was skipped, as Cedar does) says so on its line.
+// summary line, and returns the counts. A case fails when its decision,
+// its determining policies (expect_policies) or the policies that failed
+// to evaluate (expect_errors; none unless listed) differ from what it
+// expects; a passing case during which policies failed to evaluate names
+// them on its line.
 //
-// Each case is authorized by Set.Authorize, the code that decides production
-// requests, so a passing case means the server decides the same way.
+// Each case is authorized by the code that decides production requests,
+// with opts.OnError as policy.on_error, so a passing case means a server
+// with that setting decides the same way.
 //
 // It returns an error, before running any case, when the policies do not
 // load (see Load), when testDir has no *.test.yaml files, or when a test file
@@ -85,7 +98,14 @@ type testContext struct {
 // or role name, duplicate case names, or claims that are not JSON-like. The
 // message names the file. A case whose expectation does not hold is not an
 // error: it counts in failed.
-func RunTests(policyDir, testDir string, out io.Writer) (passed, failed int, err error) {
+func RunTests(policyDir, testDir string, opts TestOptions, out io.Writer) (passed, failed int, err error) {
+	switch opts.OnError {
+	case "":
+		opts.OnError = broker.PolicyOnErrorDeny
+	case broker.PolicyOnErrorDeny, broker.PolicyOnErrorSkip:
+	default:
+		return 0, 0, fmt.Errorf("on_error must be deny or skip, not %q", opts.OnError)
+	}
 	set, err := Load(policyDir)
 	if err != nil {
 		return 0, 0, err
@@ -104,7 +124,7 @@ func RunTests(policyDir, testDir string, out io.Writer) (passed, failed int, err
 
 	w := &stickyWriter{w: out}
 	for _, tc := range cases {
-		dec, err := set.Authorize(context.Background(), tc.request())
+		dec, err := set.decide(tc.request(), opts.OnError)
 		if err != nil {
 			return passed, failed, fmt.Errorf("%s: case %q: %w", tc.file, tc.Name, err)
 		}
@@ -115,9 +135,7 @@ func RunTests(policyDir, testDir string, out io.Writer) (passed, failed int, err
 		}
 		passed++
 		if len(dec.Errors) > 0 {
-			// Cedar skips a policy that errors: a forbid with a typo in
-			// an attribute name never forbids. Say so even on a pass.
-			w.printf("PASS %s (policies that failed to evaluate: [%s])\n", tc.Name, strings.Join(dec.Errors, "; "))
+			w.printf("PASS %s (policies that failed to evaluate, as expected: [%s])\n", tc.Name, errorList(dec))
 			continue
 		}
 		w.printf("PASS %s\n", tc.Name)
@@ -280,18 +298,35 @@ func (tc *testCase) check(dec broker.Decision) string {
 		got = "allow"
 	}
 	if got != tc.Expect {
-		return fmt.Sprintf("expected %s, got %s (determining: [%s]; errors: [%s])",
-			tc.Expect, got, strings.Join(dec.PolicyIDs, ", "), strings.Join(dec.Errors, "; "))
+		return fmt.Sprintf("expected %s, got %s (%s; determining: [%s]; errors: [%s])",
+			tc.Expect, got, dec.Reason(), strings.Join(dec.PolicyIDs, ", "), errorList(dec))
 	}
 	if tc.ExpectPolicies != nil {
 		want := slices.Sorted(slices.Values(*tc.ExpectPolicies))
 		have := slices.Sorted(slices.Values(dec.PolicyIDs))
 		if !slices.Equal(want, have) {
 			return fmt.Sprintf("%s as expected, but determining policies are [%s], expected [%s] (errors: [%s])",
-				got, strings.Join(have, ", "), strings.Join(want, ", "), strings.Join(dec.Errors, "; "))
+				got, strings.Join(have, ", "), strings.Join(want, ", "), errorList(dec))
 		}
 	}
+	have := slices.Compact(slices.Sorted(slices.Values(dec.ErroredPolicyIDs())))
+	if tc.ExpectErrors == nil && len(have) > 0 {
+		return fmt.Sprintf("%s as expected, but policies failed to evaluate that expect_errors does not list: [%s]", got, errorList(dec))
+	}
+	if want := slices.Compact(slices.Sorted(slices.Values(tc.ExpectErrors))); tc.ExpectErrors != nil && !slices.Equal(want, have) {
+		return fmt.Sprintf("%s as expected, but policies that failed to evaluate are [%s], expected [%s] (errors: [%s])",
+			got, strings.Join(have, ", "), strings.Join(want, ", "), errorList(dec))
+	}
 	return ""
+}
+
+// errorList formats the evaluation errors of dec as "<id>: <error>; ...".
+func errorList(dec broker.Decision) string {
+	parts := make([]string, len(dec.Errors))
+	for i, e := range dec.Errors {
+		parts[i] = e.PolicyID + ": " + e.Message
+	}
+	return strings.Join(parts, "; ")
 }
 
 // stickyWriter remembers the first write error, so the report loop stays

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/valet-broker/valet/broker"
 )
 
 const exampleDir = "testdata/example"
@@ -31,7 +33,7 @@ func copyExamplePolicies(t *testing.T) string {
 // The example policies and their tests are documentation: they must pass.
 func TestRunTestsExample(t *testing.T) {
 	var out bytes.Buffer
-	passed, failed, err := RunTests(exampleDir, exampleDir, &out)
+	passed, failed, err := RunTests(exampleDir, exampleDir, TestOptions{}, &out)
 	if err != nil {
 		t.Fatalf("RunTests: %v", err)
 	}
@@ -52,11 +54,16 @@ func TestRunTestsExample(t *testing.T) {
 	}
 }
 
+// typoForbid is a forbid with a misspelt attribute: it fails to evaluate
+// for every request.
+var typoForbid = map[string]string{"typo.cedar": `@id("typo") forbid(principal, action, resource) when { principal.namepsace == "web" };`}
+
 func TestRunTestsFailures(t *testing.T) {
 	tests := []struct {
 		name          string
 		extraPolicies map[string]string // added to the example's
 		testFile      string
+		opts          TestOptions
 		passed        int
 		failed        int
 		lines         []string // expected in the output
@@ -78,7 +85,7 @@ func TestRunTestsFailures(t *testing.T) {
 			passed: 1, failed: 1,
 			lines: []string{
 				"PASS namespace agents may read",
-				"FAIL web namespace may read too, says this wrong test: expected allow, got deny (determining: []; errors: [])",
+				"FAIL web namespace may read too, says this wrong test: expected allow, got deny (no policy permits this request (deny by default); determining: []; errors: [])",
 				"FAIL: 1 passed, 1 failed",
 			},
 		},
@@ -92,20 +99,77 @@ func TestRunTestsFailures(t *testing.T) {
     expect: allow
 `,
 			failed: 1,
-			lines:  []string{"FAIL risky agent: expected allow, got deny (determining: [deny-high-risk]; errors: [])"},
+			lines:  []string{"FAIL risky agent: expected allow, got deny (forbidden by policy; determining: [deny-high-risk]; errors: [])"},
 		},
 		{
-			name:          "a pass with a skipped policy says so",
-			extraPolicies: map[string]string{"typo.cedar": `@id("typo") forbid(principal, action, resource) when { principal.namepsace == "web" };`},
+			name:          "an unexpected evaluation error fails the case",
+			extraPolicies: typoForbid,
+			testFile: `cases:
+  - name: typo in a forbid
+    principal: {issuer: k8s-prod, sub: bot, attributes: {namespace: agents}}
+    role: {name: pg-readonly, labels: {env: prod}}
+    context: {source_ip: 10.0.0.7}
+    expect: deny
+`,
+			failed: 1,
+			lines:  []string{"FAIL typo in a forbid: deny as expected, but policies failed to evaluate that expect_errors does not list: [typo: "},
+		},
+		{
+			name:          "a forbid that errors fails closed",
+			extraPolicies: typoForbid,
 			testFile: `cases:
   - name: typo in a forbid
     principal: {issuer: k8s-prod, sub: bot, attributes: {namespace: agents}}
     role: {name: pg-readonly, labels: {env: prod}}
     context: {source_ip: 10.0.0.7}
     expect: allow
+    expect_errors: [typo]
+`,
+			failed: 1,
+			lines:  []string{"FAIL typo in a forbid: expected allow, got deny (policy evaluation error in forbid policy typo (fail closed); determining: [typo]; errors: [typo: "},
+		},
+		{
+			name:          "expected errors pass",
+			extraPolicies: typoForbid,
+			testFile: `cases:
+  - name: typo in a forbid denies
+    principal: {issuer: k8s-prod, sub: bot, attributes: {namespace: agents}}
+    role: {name: pg-readonly, labels: {env: prod}}
+    context: {source_ip: 10.0.0.7}
+    expect: deny
+    expect_policies: [typo]
+    expect_errors: [typo]
 `,
 			passed: 1,
-			lines:  []string{"PASS typo in a forbid (policies that failed to evaluate: [typo: "},
+			lines:  []string{"PASS typo in a forbid denies (policies that failed to evaluate, as expected: [typo: "},
+		},
+		{
+			name:          "on_error skip follows Cedar",
+			extraPolicies: typoForbid,
+			opts:          TestOptions{OnError: broker.PolicyOnErrorSkip},
+			testFile: `cases:
+  - name: typo in a forbid is skipped
+    principal: {issuer: k8s-prod, sub: bot, attributes: {namespace: agents}}
+    role: {name: pg-readonly, labels: {env: prod}}
+    context: {source_ip: 10.0.0.7}
+    expect: allow
+    expect_errors: [typo]
+`,
+			passed: 1,
+			lines:  []string{"PASS typo in a forbid is skipped (policies that failed to evaluate, as expected: [typo: "},
+		},
+		{
+			name: "expected errors that do not happen fail the case",
+			testFile: `cases:
+  - name: no typo here
+    principal: {issuer: k8s-prod, sub: bot, attributes: {namespace: agents}}
+    role: {name: pg-readonly, labels: {env: prod}}
+    context: {source_ip: 10.0.0.7}
+    expect: allow
+    expect_errors: [typo]
+`,
+			failed: 1,
+			lines:  []string{"FAIL no typo here: allow as expected, but policies that failed to evaluate are [], expected [typo]"},
 		},
 		{
 			name: "wrong determining policies",
@@ -139,7 +203,7 @@ func TestRunTestsFailures(t *testing.T) {
 			policies := writePolicies(t, copyExamplePolicies(t), tt.extraPolicies)
 			tests := writePolicies(t, t.TempDir(), map[string]string{"case.test.yaml": tt.testFile})
 			var out bytes.Buffer
-			passed, failed, err := RunTests(policies, tests, &out)
+			passed, failed, err := RunTests(policies, tests, tt.opts, &out)
 			if err != nil {
 				t.Fatalf("RunTests: %v", err)
 			}
@@ -188,7 +252,7 @@ func TestRunTestsErrors(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			dir := writePolicies(t, t.TempDir(), tt.files)
 			var out bytes.Buffer
-			_, _, err := RunTests(exampleDir, dir, &out)
+			_, _, err := RunTests(exampleDir, dir, TestOptions{}, &out)
 			if err == nil {
 				t.Fatalf("RunTests succeeded, want an error; output:\n%s", out.String())
 			}
@@ -206,7 +270,7 @@ func TestRunTestsErrors(t *testing.T) {
 	t.Run("broken policies", func(t *testing.T) {
 		policies := writePolicies(t, t.TempDir(), map[string]string{"a.cedar": "permit(principal, action, resource"})
 		tests := writePolicies(t, t.TempDir(), map[string]string{"a.test.yaml": valid})
-		if _, _, err := RunTests(policies, tests, &bytes.Buffer{}); err == nil || !strings.Contains(err.Error(), "a.cedar:1:") {
+		if _, _, err := RunTests(policies, tests, TestOptions{}, &bytes.Buffer{}); err == nil || !strings.Contains(err.Error(), "a.cedar:1:") {
 			t.Errorf("RunTests = %v, want an error naming a.cedar:1", err)
 		}
 	})
@@ -233,7 +297,7 @@ func TestRunTestsClaimsAsJSON(t *testing.T) {
     expect_policies: [typed]
 `})
 	var out bytes.Buffer
-	passed, failed, err := RunTests(policies, tests, &out)
+	passed, failed, err := RunTests(policies, tests, TestOptions{}, &out)
 	if err != nil || passed != 1 || failed != 0 {
 		t.Errorf("RunTests = %d, %d, %v; want 1 passed\n%s", passed, failed, err, out.String())
 	}

@@ -34,6 +34,7 @@ type Set struct {
 	// Authorize can skip converting them, the largest part of its cost.
 	needClaims bool
 	roles      roleCache
+	forbids    map[cedar.PolicyID]bool // the ids of the forbid policies
 }
 
 var _ broker.Authorizer = (*Set)(nil)
@@ -107,7 +108,7 @@ func LoadFiles(files map[string][]byte) (*Set, error) {
 
 	var (
 		errs    []error
-		set     = &Set{}
+		set     = &Set{forbids: map[cedar.PolicyID]bool{}}
 		hash    = sha256.New()
 		idFirst = map[cedar.PolicyID]string{} // id → where it was first defined
 	)
@@ -147,6 +148,8 @@ func LoadFiles(files map[string][]byte) (*Set, error) {
 			idFirst[id] = where
 			if p.Effect() == cedar.Permit {
 				set.permits++
+			} else {
+				set.forbids[id] = true
 			}
 			set.policies = append(set.policies, namedPolicy{id: id, policy: p})
 		}
@@ -161,15 +164,21 @@ func LoadFiles(files map[string][]byte) (*Set, error) {
 	return set, nil
 }
 
-// Authorize evaluates req against the set with Cedar's authorizer: allowed
-// only if some permit matches and no forbid does. PolicyIDs are the permits
-// that allowed or the forbids that denied (empty on a default deny); Errors
-// names each policy that failed to evaluate, as "<id>: <error>" (Cedar skips
-// such policies, so an erroring permit cannot allow). It returns an EINTERNAL
-// *broker.Error, and a deny, only when req has no principal, role or action,
-// which is a bug in the caller. ctx is not used: evaluation is bounded and
-// takes microseconds.
-func (s *Set) Authorize(_ context.Context, req broker.AuthzRequest) (dec broker.Decision, err error) {
+// Authorize evaluates req against the set with Cedar's authorizer, failing
+// closed on evaluation errors (policy.on_error deny): allowed only if some
+// permit matches, no forbid does and no forbid fails to evaluate.
+// PolicyIDs are the permits that allowed or the forbids that denied (empty
+// on a default deny); Errors names each policy that failed to evaluate. It
+// returns an EINTERNAL *broker.Error, and a deny, only when req has no
+// principal, role or action, which is a bug in the caller. ctx is not used:
+// evaluation is bounded and takes microseconds. An Engine decides with its
+// configured policy.on_error instead.
+func (s *Set) Authorize(_ context.Context, req broker.AuthzRequest) (broker.Decision, error) {
+	return s.decide(req, broker.PolicyOnErrorDeny)
+}
+
+// decide is Authorize with the given treatment of evaluation errors.
+func (s *Set) decide(req broker.AuthzRequest, onError broker.PolicyOnError) (dec broker.Decision, err error) {
 	dec.Version = s.version
 	if req.Principal == nil || req.Role == nil || req.Action == "" {
 		return dec, broker.Errorf(broker.EINTERNAL, "policy: authorization request needs a principal, an action and a role")
@@ -192,11 +201,21 @@ func (s *Set) Authorize(_ context.Context, req broker.AuthzRequest) (dec broker.
 			dec.PolicyIDs[i] = string(r.PolicyID)
 		}
 	}
-	if len(diag.Errors) > 0 {
-		dec.Errors = make([]string, len(diag.Errors))
-		for i, e := range diag.Errors {
-			dec.Errors[i] = string(e.PolicyID) + ": " + e.Message
+	var erroredForbids []string
+	for _, e := range diag.Errors {
+		forbid := s.forbids[e.PolicyID]
+		dec.Errors = append(dec.Errors, broker.PolicyError{PolicyID: string(e.PolicyID), Forbid: forbid, Message: e.Message})
+		if forbid {
+			erroredForbids = append(erroredForbids, string(e.PolicyID))
 		}
+	}
+	// Cedar skips a policy that fails to evaluate. For a permit that is
+	// already safe (it cannot allow); a forbid that errors must deny, or a
+	// claim of an unexpected type would turn a guard off. A forbid that
+	// matched decides on its own.
+	forbidden := decision == cedar.Deny && len(diag.Reasons) > 0
+	if onError != broker.PolicyOnErrorSkip && len(erroredForbids) > 0 && !forbidden {
+		dec.Allowed, dec.PolicyIDs, dec.FailedClosed = false, erroredForbids, true
 	}
 	return dec, nil
 }

@@ -101,6 +101,8 @@ func TestAuthorize(t *testing.T) {
 		allowed  bool
 		ids      []string // determining policies
 		errors   int      // policies that failed to evaluate
+		onError  broker.PolicyOnError
+		closed   bool // denied because a forbid failed to evaluate
 	}{
 		{
 			name:     "permit",
@@ -138,10 +140,47 @@ func TestAuthorize(t *testing.T) {
 			allowed:  false, ids: nil, errors: 1,
 		},
 		{
-			name: "an erroring forbid is skipped, the permit still allows",
+			name: "an erroring forbid fails closed: the permit does not allow",
 			policies: map[string]string{"a.cedar": `@id("p") permit(principal, action, resource);
 				@id("f") forbid(principal, action, resource) when { context.no_such == 1 };`},
+			allowed: false, ids: []string{"f"}, errors: 1, closed: true,
+		},
+		{
+			name: "a claim of another type than the policy expects fails closed",
+			policies: map[string]string{"a.cedar": `@id("p") permit(principal, action, resource);
+				@id("f") forbid(principal, action, resource) when { principal.claims.sub.contains("bot") };`},
+			allowed: false, ids: []string{"f"}, errors: 1, closed: true,
+		},
+		{
+			name:     "an erroring forbid without a permit still names the forbid",
+			policies: map[string]string{"a.cedar": `@id("f") forbid(principal, action, resource) when { context.no_such == 1 };`},
+			allowed:  false, ids: []string{"f"}, errors: 1, closed: true,
+		},
+		{
+			name: "a forbid that matched decides; the erroring one is reported",
+			policies: map[string]string{"a.cedar": `@id("p") permit(principal, action, resource);
+				@id("f") forbid(principal, action, resource) when { context.no_such == 1 };
+				@id("g") forbid(principal, action, resource) when { context.risk >= 10 };`},
+			allowed: false, ids: []string{"g"}, errors: 1,
+		},
+		{
+			name: "on_error skip: an erroring forbid is skipped, the permit allows",
+			policies: map[string]string{"a.cedar": `@id("p") permit(principal, action, resource);
+				@id("f") forbid(principal, action, resource) when { context.no_such == 1 };`},
+			onError: broker.PolicyOnErrorSkip,
 			allowed: true, ids: []string{"p"}, errors: 1,
+		},
+		{
+			name:     "on_error skip: an erroring permit does not allow",
+			policies: permitWhen(`principal.no_such_attribute == "x"`),
+			onError:  broker.PolicyOnErrorSkip,
+			allowed:  false, ids: nil, errors: 1,
+		},
+		{
+			name: "an erroring forbid that does not apply to the request is not evaluated",
+			policies: map[string]string{"a.cedar": `@id("p") permit(principal, action, resource);
+				@id("f") forbid(principal, action == Action::"renew", resource) when { context.no_such == 1 };`},
+			allowed: true, ids: []string{"p"},
 		},
 
 		// Context.
@@ -256,8 +295,14 @@ func TestAuthorize(t *testing.T) {
 				tt.modify(&req)
 			}
 			dec, err := set.Authorize(context.Background(), req)
+			if tt.onError != "" {
+				dec, err = set.decide(req, tt.onError)
+			}
 			if err != nil {
 				t.Fatalf("Authorize: %v", err)
+			}
+			if dec.FailedClosed != tt.closed {
+				t.Errorf("FailedClosed = %v, want %v", dec.FailedClosed, tt.closed)
 			}
 			if dec.Allowed != tt.allowed {
 				t.Errorf("Allowed = %v, want %v (determining %v, errors %v)", dec.Allowed, tt.allowed, dec.PolicyIDs, dec.Errors)
@@ -266,7 +311,7 @@ func TestAuthorize(t *testing.T) {
 				t.Errorf("PolicyIDs = %v, want %v (errors %v)", dec.PolicyIDs, tt.ids, dec.Errors)
 			}
 			if len(dec.Errors) != tt.errors {
-				t.Errorf("Errors = %q, want %d", dec.Errors, tt.errors)
+				t.Errorf("Errors = %+v, want %d", dec.Errors, tt.errors)
 			}
 			if dec.Version != set.Version() {
 				t.Errorf("Version = %q, want %q", dec.Version, set.Version())
@@ -281,8 +326,11 @@ func TestAuthorizeErrorNamesPolicy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(dec.Errors) != 1 || !strings.HasPrefix(dec.Errors[0], "a.cedar:1: ") || !strings.Contains(dec.Errors[0], "missing") {
-		t.Errorf("Errors = %q, want one starting with the id a.cedar:1 and naming the attribute", dec.Errors)
+	if len(dec.Errors) != 1 || dec.Errors[0].PolicyID != "a.cedar:1" || !dec.Errors[0].Forbid || !strings.Contains(dec.Errors[0].Message, "missing") {
+		t.Errorf("Errors = %+v, want the forbid a.cedar:1 with a message naming the attribute", dec.Errors)
+	}
+	if got := dec.ErroredPolicyIDs(); !slices.Equal(got, []string{"a.cedar:1"}) {
+		t.Errorf("ErroredPolicyIDs = %v, want [a.cedar:1]", got)
 	}
 }
 

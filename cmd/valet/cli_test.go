@@ -3,8 +3,10 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -202,7 +204,7 @@ func TestDevFilesWork(t *testing.T) {
 	}
 	// The sample policy's own tests pass.
 	var out bytes.Buffer
-	passed, failed, err := policy.RunTests(filepath.Join(dir, "policies"), filepath.Join(dir, "policies"), &out)
+	passed, failed, err := policy.RunTests(filepath.Join(dir, "policies"), filepath.Join(dir, "policies"), policy.TestOptions{}, &out)
 	if err != nil || failed != 0 || passed == 0 {
 		t.Fatalf("dev policy tests: passed %d failed %d err %v\n%s", passed, failed, err, out.String())
 	}
@@ -232,10 +234,43 @@ func TestPolicyTestCommandFailsOnMismatch(t *testing.T) {
 	}
 }
 
+// A forbid that fails to evaluate denies by default, as the server's
+// policy.on_error does; --on-error skip tests Cedar's semantics instead.
+func TestPolicyTestCommandOnError(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "p.cedar"), []byte(`@id("p") permit(principal, action, resource);
+@id("typo") forbid(principal, action, resource) when { principal.claims.sub.contains("x") };`), 0o600)
+	os.WriteFile(filepath.Join(dir, "t.test.yaml"), []byte("cases:\n  - name: typo denies\n    principal: {issuer: i, sub: s, claims: {sub: s}}\n    role: {name: r}\n    expect: deny\n    expect_errors: [typo]\n"), 0o600)
+	tests := []struct {
+		name  string
+		args  []string
+		code  int
+		wants []string
+	}{
+		{"default fails closed", nil, 0, []string{"PASS typo denies"}},
+		{"deny fails closed", []string{"--on-error", "deny"}, 0, []string{"PASS typo denies"}},
+		{"skip follows Cedar", []string{"--on-error", "skip"}, 1, []string{"FAIL typo denies: expected deny, got allow"}},
+		{"unknown mode", []string{"--on-error", "ignore"}, 1, []string{`--on-error must be deny or skip, not "ignore"`}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out, errOut, code := runCLI(t, nil, append([]string{"policy", "test", dir}, tt.args...)...)
+			if code != tt.code {
+				t.Errorf("exit %d, want %d\n%s%s", code, tt.code, out, errOut)
+			}
+			for _, w := range tt.wants {
+				if !strings.Contains(out+errOut, w) {
+					t.Errorf("output lacks %q:\n%s%s", w, out, errOut)
+				}
+			}
+		})
+	}
+}
+
 func TestExamplePoliciesPassTheirTests(t *testing.T) {
 	dir := filepath.Join("..", "..", "deploy", "examples", "policies")
 	var out bytes.Buffer
-	passed, failed, err := policy.RunTests(dir, dir, &out)
+	passed, failed, err := policy.RunTests(dir, dir, policy.TestOptions{}, &out)
 	if err != nil || failed != 0 || passed < 5 {
 		t.Fatalf("passed %d failed %d err %v\n%s", passed, failed, err, out.String())
 	}
@@ -282,5 +317,48 @@ func TestCLICredsWaitsForApproval(t *testing.T) {
 	}
 	if !strings.Contains(errb.String(), "waiting for operator approval") {
 		t.Fatalf("no progress message: %s", errb.String())
+	}
+}
+
+// TestCLIAuditVerifyCanonicalBytes: a record whose stored bytes decode to
+// the appended record but are not its canonical encoding (here a duplicated
+// key whose last value is the original) breaks the log, offline and online.
+func TestCLIAuditVerifyCanonicalBytes(t *testing.T) {
+	e := newTestEnv(t).Start()
+	e.Mint(e.Attest("verify-agent", nil), "demo")
+	e.Server.Close()
+
+	var seq uint64
+	db, err := bbolt.Open(filepath.Join(e.Dir, "valet.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Update(func(tx *bbolt.Tx) error {
+		b := tx.Bucket([]byte("audit"))
+		c := b.Cursor()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			if bytes.Contains(v, []byte(`"decision":"allow"`)) {
+				seq = binary.BigEndian.Uint64(k)
+				changed := bytes.Replace(v, []byte(`"decision":"allow"`), []byte(`"decision":"deny","decision":"allow"`), 1)
+				return b.Put(append([]byte{}, k...), changed)
+			}
+		}
+		return errors.New("no allowed decision in the log")
+	})
+	db.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprintf("record %d:", seq)
+
+	out, _, code := runCLI(t, nil, "audit", "verify", "--data-dir", e.Dir)
+	if code != 1 || !strings.Contains(out, "BROKEN") || !strings.Contains(out, want) {
+		t.Errorf("offline verify: exit %d\n%s\nwant exit 1 naming %q", code, out, want)
+	}
+
+	e.Start()
+	out, _, code = runCLI(t, []string{"VALET_ADDR=" + e.URL, "VALET_TOKEN=" + testOperatorToken}, "audit", "verify")
+	if code != 1 || !strings.Contains(out, "BROKEN") || !strings.Contains(out, want) {
+		t.Errorf("online verify: exit %d\n%s\nwant exit 1 naming %q", code, out, want)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -191,11 +192,36 @@ func TestGrantExpiry(t *testing.T) {
 	pending := requestGrant(t, e, agent, "two-keys", "wait forever")
 	approved := requestGrant(t, e, agent, "elevated", "approved, never used")
 	decide(t, e, testOperatorToken, approved, "approve", 200)
+	lease := e.Mint(agent, "other")["lease_id"].(string) // ttl 1m
 	// elevated: redeem within 15m (default); two-keys: request_ttl 10m.
 	fake.Advance(16 * time.Minute)
 	for _, id := range []string{pending, approved} {
 		if g := e.Do("GET", "/v1/grants/"+id, testOperatorToken, nil).JSON(t); g["state"] != "expired" {
 			t.Fatalf("grant %s after its deadline: %v", id, g)
+		}
+	}
+	// Lists filter on the state they show, whether or not the sweepers
+	// have recorded the expiries yet.
+	for _, tc := range []struct {
+		path, key string
+		want      []string
+	}{
+		{"/v1/grants?state=pending", "grants", nil},
+		{"/v1/grants?state=approved", "grants", nil},
+		{"/v1/grants?state=expired", "grants", []string{approved, pending}},
+		{"/v1/leases?state=active", "leases", nil},
+		{"/v1/leases?state=expired", "leases", []string{lease}},
+	} {
+		var ids []string
+		for _, it := range e.Do("GET", tc.path, testOperatorToken, nil).JSON(t)[tc.key].([]any) {
+			m := it.(map[string]any)
+			ids = append(ids, m["id"].(string))
+			if want := tc.path[strings.Index(tc.path, "=")+1:]; m["state"] != want {
+				t.Errorf("%s lists %s shown as %v", tc.path, m["id"], m["state"])
+			}
+		}
+		if slices.Sort(ids); !slices.Equal(ids, slices.Sorted(slices.Values(tc.want))) {
+			t.Errorf("%s lists %v, want %v", tc.path, ids, tc.want)
 		}
 	}
 	if r := e.Do("POST", "/v1/grants/"+approved+"/redeem", e.Attest("slow-agent", nil), nil); r.Status != http.StatusConflict {
@@ -420,5 +446,45 @@ func TestShutdownEndsLongPolls(t *testing.T) {
 	}
 	if d := time.Since(start); d > 5*time.Second {
 		t.Fatalf("shutdown took %s", d)
+	}
+}
+
+func TestGrantReviewFollowsDecisionRules(t *testing.T) {
+	e := newTestEnv(t)
+	addRole(t, e, broker.Role{Name: "guarded-glass", Backend: "tokens", Approval: broker.ApprovalConfig{Required: 1,
+		Approvers:  broker.ApproversConfig{Groups: []string{"approvers"}},
+		BreakGlass: broker.BreakGlassConfig{Allowed: true}}})
+	e.Start()
+	// The agent's attestation names owner@example.com (an approver) as
+	// the person behind it.
+	agent := e.Attest("owned-firefighter", map[string]any{"email": "Owner@Example.com"})
+	r := e.Do("POST", "/v1/credentials", agent, map[string]any{"role": "guarded-glass", "break_glass": true, "reason": "prod is down"})
+	if r.Status != http.StatusCreated {
+		t.Fatalf("break-glass: %d %s", r.Status, r.Body)
+	}
+	gid := r.JSON(t)["grant_id"].(string)
+	cases := []struct {
+		name, op, want string
+	}{
+		{"an operator outside the approvers", opToken("carol"), "carol is not among the approvers of role guarded-glass"},
+		{"the person who took the access", opToken("owner@example.com"), "owner@example.com asked for this access and cannot review it"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			r := e.Do("POST", "/v1/grants/"+gid+"/review", c.op, map[string]any{"comment": "looks fine to me"})
+			if p := assertProblem(t, r, http.StatusForbidden); !strings.Contains(p.Detail, c.want) {
+				t.Fatalf("detail %q, want %q", p.Detail, c.want)
+			}
+			g := e.Do("GET", "/v1/grants/"+gid, testOperatorToken, nil).JSON(t)
+			if g["review"] != nil || g["review_pending"] != true {
+				t.Fatalf("grant after a refused review: %v", g)
+			}
+		})
+	}
+	if n := auditKindsDecision(t, e, "grant.review", "deny"); n != 2 {
+		t.Fatalf("%d refused reviews audited, want 2", n)
+	}
+	if g := decide(t, e, opToken("bob"), gid, "review", http.StatusOK); g["review"].(map[string]any)["operator"] != "bob" {
+		t.Fatalf("review by an approver: %v", g)
 	}
 }

@@ -8,8 +8,8 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -55,8 +55,7 @@ func newLeasesCmd() *cobra.Command {
 				return err
 			}
 			if asJSON {
-				_, err := fmt.Fprintln(cmd.OutOrStdout(), string(raw))
-				return err
+				return printJSON(cmd.OutOrStdout(), raw)
 			}
 			var res struct {
 				Leases []leaseRow `json:"leases"`
@@ -64,16 +63,15 @@ func newLeasesCmd() *cobra.Command {
 			if err := json.Unmarshal(raw, &res); err != nil {
 				return err
 			}
-			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tAGENT\tROLE\tBACKEND\tSTATE\tEXPIRES\tHANDLE")
+			t := newTable(cmd.OutOrStdout(), "ID", "AGENT", "ROLE", "BACKEND", "STATE", "EXPIRES", "HANDLE")
 			for _, l := range res.Leases {
 				handle := l.Handle
 				if handle == l.ID {
 					handle = "" // the jwt backend's handle is the lease id
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", l.ID, l.AgentID, l.Role, l.Backend, l.State, l.ExpiresAt.Local().Format(time.DateTime), handle)
+				t.row(l.ID, l.AgentID, l.Role, l.Backend, l.State, l.ExpiresAt.Local().Format(time.DateTime), handle)
 			}
-			return tw.Flush()
+			return t.flush()
 		},
 	}
 	cf.register(list)
@@ -211,16 +209,6 @@ func operatorOrAgentFile(file string) (string, error) {
 	return attestation(file)
 }
 
-func printJSON(w io.Writer, raw json.RawMessage) error {
-	var v any
-	if err := json.Unmarshal(raw, &v); err != nil {
-		return err
-	}
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
-}
-
 func newAuditCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "audit", Short: "Read and verify the audit log"}
 	var cf clientFlags
@@ -253,10 +241,10 @@ while valet runs).`,
 				}
 			}
 			if !res.OK {
-				fmt.Fprintf(cmd.OutOrStdout(), "audit log BROKEN after %d good records: %s\n", res.Records, res.Problem)
+				fmt.Fprintf(cmd.OutOrStdout(), "audit log BROKEN after %d good records: %s\n", res.Records, termSafe(res.Problem))
 				return exitError{1}
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "audit log OK: %d records, head %d %s\n", res.Records, res.HeadSeq, res.HeadHash)
+			fmt.Fprintf(cmd.OutOrStdout(), "audit log OK: %d records, head %d %s\n", res.Records, res.HeadSeq, termSafe(res.HeadHash))
 			return nil
 		},
 	}
@@ -288,12 +276,11 @@ while valet runs).`,
 			if err := json.Unmarshal(raw, &res); err != nil {
 				return err
 			}
-			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "SEQ\tTIME\tKIND\tACTOR\tDECISION\tROLE\tLEASE\tREASON")
+			t := newTable(cmd.OutOrStdout(), "SEQ", "TIME", "KIND", "ACTOR", "DECISION", "ROLE", "LEASE", "REASON")
 			for _, r := range res.Records {
-				fmt.Fprintf(tw, "%d\t%s\t%s\t%s:%s\t%s\t%s\t%s\t%s\n", r.Seq, r.Time.Local().Format(time.DateTime), r.Kind, r.Actor.Type, r.Actor.ID, r.Decision, r.Role, r.LeaseID, r.Reason)
+				t.row(strconv.FormatUint(r.Seq, 10), r.Time.Local().Format(time.DateTime), r.Kind, r.Actor.Type+":"+r.Actor.ID, r.Decision, r.Role, r.LeaseID, r.Reason)
 			}
-			return tw.Flush()
+			return t.flush()
 		},
 	}
 	lf.register(list)
@@ -306,7 +293,7 @@ while valet runs).`,
 
 func newPolicyCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "policy", Short: "Work with Cedar policies"}
-	var policies string
+	var policies, onError string
 	test := &cobra.Command{
 		Use:   "test DIR",
 		Short: "Run the policy test cases (*.test.yaml) in DIR against the policies (*.cedar); exit 1 on a mismatch",
@@ -316,7 +303,11 @@ func newPolicyCmd() *cobra.Command {
 			if pdir == "" {
 				pdir = args[0]
 			}
-			_, failed, err := policy.RunTests(pdir, args[0], cmd.OutOrStdout())
+			mode := broker.PolicyOnError(onError)
+			if mode != broker.PolicyOnErrorDeny && mode != broker.PolicyOnErrorSkip {
+				return fmt.Errorf("--on-error must be deny or skip, not %q", onError)
+			}
+			_, failed, err := policy.RunTests(pdir, args[0], policy.TestOptions{OnError: mode}, cmd.OutOrStdout())
 			if err != nil {
 				return err
 			}
@@ -327,15 +318,16 @@ func newPolicyCmd() *cobra.Command {
 		},
 	}
 	test.Flags().StringVar(&policies, "policies", "", "directory of *.cedar files (default: DIR)")
+	test.Flags().StringVar(&onError, "on-error", string(broker.PolicyOnErrorDeny), "what a policy that fails to evaluate does, as the server's policy.on_error: deny (an erroring forbid denies) or skip")
 	cmd.AddCommand(test)
 	return cmd
 }
 
 func newTokenCmd() *cobra.Command {
-	cmd := &cobra.Command{Use: "token", Short: "Make and hash operator tokens"}
+	cmd := &cobra.Command{Use: "token", Short: "Make and hash operator tokens and introspection client secrets"}
 	hash := &cobra.Command{
 		Use:   "hash [TOKEN]",
-		Short: "Print the SHA-256 of an operator token (read from stdin if not given), for operators.tokens[].sha256",
+		Short: "Print the SHA-256 of an operator token or client secret (read from stdin if not given), for operators.tokens[].sha256 or introspection.clients[].client_secret_sha256",
 		Args:  cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var tok string
@@ -357,7 +349,7 @@ func newTokenCmd() *cobra.Command {
 	}
 	gen := &cobra.Command{
 		Use:   "generate",
-		Short: "Print a new random operator token and its SHA-256",
+		Short: "Print a new random operator token (or client secret) and its SHA-256",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			h, err := randomHex(24)
