@@ -166,7 +166,7 @@ func TestBatchesSurviveOneBadLease(t *testing.T) {
 				bad, good := b.setup(t, s)
 				spoil(t, s, bad, missing)
 				b.run(t, s, good)
-				if n := logs.count("lease=" + bad); n != 1 {
+				if n := logs.count("id=" + bad); n != 1 {
 					t.Errorf("the bad lease was reported %d times, want once: %v", n, logs.msgs)
 				}
 			})

@@ -240,14 +240,15 @@ func (s *BoltStore) Abandon(ctx context.Context, id, handle string, now time.Tim
 	})
 }
 
-// skipBad reports, once per lease id, an index entry that a batch over
-// many leases (expiry, the revocation queue, recovery, listing, pruning)
-// skipped because its lease cannot be read. The batch goes on without it.
-func (s *BoltStore) skipBad(where, id string, err error) {
+// ReportSkipped reports (an ERROR log line), once per place and id, a
+// record that a batch over many records (expiry, the revocation queue,
+// recovery, listing, pruning; the grant store's batches too) skipped
+// because it cannot be read. The batch goes on without it.
+func (s *BoltStore) ReportSkipped(where, id string, err error) {
 	if _, seen := s.skipped.LoadOrStore(where+"\x00"+id, true); seen {
 		return
 	}
-	s.log.Error("skipped a lease record that cannot be read; the other leases are processed", "where", where, "lease", id, "err", err)
+	s.log.Error("skipped a record that cannot be read; the others are processed", "where", where, "id", id, "err", err)
 }
 
 // errUnchanged, returned by a change function, leaves the lease as it is,
@@ -338,12 +339,12 @@ func (s *BoltStore) List(ctx context.Context, f Filter) ([]*Lease, error) {
 		return WalkNewestFirst(tx.Bucket(bucket), prefix, f.Before, func(id []byte) (bool, error) {
 			v := leases.Get(id)
 			if v == nil {
-				s.skipBad("listing", string(id), fmt.Errorf("index %s points at a missing lease", bucket))
+				s.ReportSkipped("listing", string(id), fmt.Errorf("index %s points at a missing lease", bucket))
 				return true, nil
 			}
 			l, err := decodeLease(v)
 			if err != nil {
-				s.skipBad("listing", string(id), err)
+				s.ReportSkipped("listing", string(id), err)
 				return true, nil
 			}
 			if match(l) {

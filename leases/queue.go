@@ -82,7 +82,7 @@ func (s *BoltStore) ExpireDue(ctx context.Context, now time.Time, limit int) ([]
 			if err != nil {
 				// It can never be expired through the index: take it out
 				// so that it does not hold up the leases behind it.
-				s.skipBad("expiry", string(id), err)
+				s.ReportSkipped("expiry", string(id), err)
 				if err := tx.Bucket(bucketExpiry).Delete(k); err != nil {
 					return err
 				}
@@ -141,7 +141,7 @@ func (s *BoltStore) EachDueRevocation(now time.Time, fn func(l *Lease) bool) err
 		for k, _ := c.First(); k != nil && !keyTime(k).After(now); k, _ = c.Next() {
 			l, err := getLease(tx, string(k[8:]))
 			if err != nil {
-				s.skipBad("revocation queue", string(k[8:]), err)
+				s.ReportSkipped("revocation queue", string(k[8:]), err)
 				continue
 			}
 			if !fn(l) {
@@ -218,7 +218,7 @@ func (s *BoltStore) RecoverPending(ctx context.Context, now time.Time) ([]*Lease
 		for _, id := range ids {
 			old, err := getLease(tx, string(id))
 			if err != nil {
-				s.skipBad("recovery of pending leases", string(id), err)
+				s.ReportSkipped("recovery of pending leases", string(id), err)
 				continue
 			}
 			l := *old
@@ -261,7 +261,7 @@ func (s *BoltStore) PruneEnded(ctx context.Context, cutoff time.Time, limit int)
 		for _, k := range keys {
 			l, err := getLease(tx, string(k[8:]))
 			if err != nil {
-				s.skipBad("pruning", string(k[8:]), err)
+				s.ReportSkipped("pruning", string(k[8:]), err)
 				if err := tx.Bucket(bucketEnded).Delete(k); err != nil {
 					return err
 				}

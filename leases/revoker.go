@@ -152,8 +152,15 @@ func (q *RevocationQueue) Run(ctx context.Context) {
 			q.cfg.Logger.Error("revocation queue read failed", "err", err)
 		}
 		started := 0
-		for _, l := range picked {
-			if !q.claim(l.ID) {
+		for _, p := range picked {
+			if !q.claim(p.ID) {
+				continue
+			}
+			// The walk may have read the lease just before an attempt in
+			// flight recorded its outcome: attempt only what is still due.
+			l, err := q.cfg.Store.Get(ctx, p.ID)
+			if err != nil || l.State != StateRevoking && l.State != StateIrrevocable || l.NextAttempt.After(now) {
+				q.release(p.ID)
 				continue
 			}
 			sem := q.sems[laneOf(l)]

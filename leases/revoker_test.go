@@ -501,6 +501,7 @@ func TestRecoveryNeverStarvesRevocationsByHandle(t *testing.T) {
 		}
 		return true
 	})
+	eventually(t, "the queue sleeps until the retries", func() bool { return clk.Waiters() == 1 })
 	// The backend is back: the next retries confirm every release.
 	be.setFailures(0)
 	clk.Advance(time.Second)
