@@ -332,7 +332,8 @@ type LimitsConfig struct {
 type LeasesConfig struct {
 	// RevokeAttempts is how many failed revocations make a lease irrevocable
 	// (default 8). Irrevocable leases keep being retried, at RevokeMaxBackoff,
-	// until their expiry has passed.
+	// until their credential can no longer be valid at the backend
+	// (leases.BoltStore.ValidUntil).
 	RevokeAttempts    int      `yaml:"revoke_attempts"`
 	RevokeBackoff     Duration `yaml:"revoke_backoff"`     // first retry delay (default 1s)
 	RevokeMaxBackoff  Duration `yaml:"revoke_max_backoff"` // default 5m
