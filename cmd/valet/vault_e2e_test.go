@@ -18,6 +18,7 @@ import (
 
 	"github.com/valet-broker/valet/backends/vault/vaulttest"
 	"github.com/valet-broker/valet/broker"
+	"github.com/valet-broker/valet/leases"
 )
 
 // vaultPolicy permits the Vault roles to agents of the test issuer.
@@ -456,4 +457,79 @@ func vaultUsers(dsn string) (int, error) {
 	var n int
 	err = conn.QueryRow(context.Background(), `select count(*) from pg_roles where rolname like 'v-%'`).Scan(&n)
 	return n, err
+}
+
+// TestVaultRenewedTokenStaysIrrevocableUntilItsMaximum: an agent renews its
+// own Vault token, valet's policy loses the permission to revoke it, and
+// the agent releases the lease. As long as Vault may still accept the
+// token (up to the lease's maximum, plus ExpiryGrace) the lease must read
+// irrevocable, in the API and the metric, never expired; once valet may
+// revoke again, the lease is released with Vault's confirmation.
+func TestVaultRenewedTokenStaysIrrevocableUntilItsMaximum(t *testing.T) {
+	v := vaulttest.StartDev(t)
+	setupValetVault(t, v)
+	withRevoke := `
+path "auth/token/create/valet-agents" { capabilities = ["update"] }
+path "auth/token/renew-accessor" { capabilities = ["update"] }
+path "auth/token/lookup-accessor" { capabilities = ["update"] }
+path "auth/token/accessors" { capabilities = ["list", "sudo"] }
+path "auth/token/roles/*" { capabilities = ["read"] }
+`
+	v.Policy("valet", withRevoke+`path "auth/token/revoke-accessor" { capabilities = ["update"] }`)
+	valetToken := v.Write("auth/token/create", map[string]any{"policies": []string{"valet"}, "ttl": "1h"}).Auth.ClientToken
+	tokenFile := filepath.Join(t.TempDir(), "valet-token")
+	if err := os.WriteFile(tokenFile, []byte(valetToken), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e := newVaultEnv(t, v, `  - name: short
+    backend: vault-main
+    ttl: 3s
+    max_ttl: 2m
+    params: {token_role: valet-agents, policies: [agent-read]}
+`, func(cfg *broker.Config) {
+		for _, b := range cfg.Backends {
+			if b.Name == "vault-main" {
+				b.Options["auth"] = map[string]any{"method": "token", "token_file": tokenFile}
+			}
+		}
+	}).Start()
+	res := e.Mint(e.Attest("renewer", nil), "short")
+	id := res["lease_id"].(string)
+	tok := res["credential"].(map[string]any)["vault_token"].(string)
+	expires, _ := time.Parse(time.RFC3339, res["expires_at"].(string))
+	// The agent stretches its own token, as its token role allows.
+	if _, err := v.ClientWithToken(tok).Logical().Write("auth/token/renew-self", map[string]any{"increment": "110s"}); err != nil {
+		t.Fatal(err)
+	}
+	v.Policy("valet", withRevoke) // valet may no longer revoke
+	if r := e.Do("DELETE", "/v1/leases/"+id, e.Attest("renewer", nil), nil); r.Status != http.StatusOK || r.JSON(t)["state"] != "revoking" {
+		t.Fatalf("release: %d %s", r.Status, r.Body)
+	}
+	state := func() string { return e.Do("GET", "/v1/leases/"+id, testOperatorToken, nil).JSON(t)["state"].(string) }
+	eventually(t, 30*time.Second, "the lease becomes irrevocable", func() bool { return state() == "irrevocable" })
+
+	// Past the lease's expiry plus the grace the token is still valid at
+	// Vault: the lease must still say so.
+	for time.Now().Before(expires.Add(leases.ExpiryGrace + 3*time.Second)) {
+		if st := state(); st != "irrevocable" {
+			t.Fatalf("at %s past the lease's expiry the lease reads %s, while Vault still accepts its token", time.Since(expires).Round(time.Second), st)
+		}
+		time.Sleep(time.Second)
+	}
+	if _, err := v.ClientWithToken(tok).Auth().Token().LookupSelf(); err != nil {
+		t.Fatalf("the token is no longer valid at Vault (%v): the test proves nothing", err)
+	}
+	if st := state(); st != "irrevocable" {
+		t.Fatalf("the lease reads %s while Vault still accepts its token", st)
+	}
+	metrics := string(e.Do("GET", "/metrics", "", nil).Body)
+	if !strings.Contains(metrics, "\nvalet_irrevocable_leases 1\n") {
+		t.Fatalf("metrics do not count the irrevocable lease:\n%s", metrics)
+	}
+	// valet may revoke again: the next retry is confirmed by Vault.
+	v.Policy("valet", withRevoke+`path "auth/token/revoke-accessor" { capabilities = ["update"] }`)
+	eventually(t, 30*time.Second, "the lease is released once Vault confirms", func() bool { return state() == "released" })
+	if _, err := v.ClientWithToken(tok).Auth().Token().LookupSelf(); err == nil {
+		t.Fatal("the lease reads released but the token still works")
+	}
 }
