@@ -4,13 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -285,47 +282,9 @@ func TestVaultKillDuringMintsRevokesEveryOrphan(t *testing.T) {
 	e := newVaultEnv(t, v, kvRole, nil)
 	const rounds, workers = 3, 24
 	for round := 0; round < rounds; round++ {
-		p := startServe(t, e)
-		var ok atomic.Int64
-		var wg sync.WaitGroup
-		stop := make(chan struct{})
-		for w := 0; w < workers; w++ {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				tok := e.Attest(fmt.Sprintf("kill-%d-%d", round, w), nil)
-				client := &http.Client{Timeout: 10 * time.Second}
-				for {
-					select {
-					case <-stop:
-						return
-					default:
-					}
-					req, _ := http.NewRequest("POST", p.url+"/v1/credentials", strings.NewReader(`{"role":"kv"}`))
-					req.Header.Set("Content-Type", "application/json")
-					req.Header.Set("Authorization", "Bearer "+tok)
-					resp, err := client.Do(req)
-					if err != nil {
-						return // valet died
-					}
-					io.Copy(io.Discard, resp.Body)
-					resp.Body.Close()
-					if resp.StatusCode == http.StatusCreated {
-						ok.Add(1)
-					}
-				}
-			}()
-		}
-		deadline := time.Now().Add(20 * time.Second)
-		for ok.Load() < int64(30+round*20) && time.Now().Before(deadline) {
-			time.Sleep(5 * time.Millisecond)
-		}
-		p.kill()
-		close(stop)
-		wg.Wait()
-		if ok.Load() == 0 {
-			t.Fatalf("round %d: no mint succeeded before the kill", round)
-		}
+		killDuringMints(t, e, workers, 30+round*20, func(w int) (string, string) {
+			return fmt.Sprintf("kill-%d-%d", round, w), "kv"
+		})
 	}
 	// Kills cut Vault's token creation off half-way now and then, leaving
 	// accessors nobody can look up; make sure the recovery meets some.
