@@ -57,8 +57,10 @@ type SelfContained interface {
 }
 
 // ExpiryRevoker is implemented by backends whose credentials their holders
-// can extend (a renewable Vault token renews itself): valet revokes such a
-// credential when its lease expires instead of assuming it died on its own.
+// can extend (a renewable Vault token renews itself), up to the lease's
+// maximum: valet revokes such a credential when its lease expires instead
+// of assuming it died on its own, and, whatever ended the lease, keeps
+// retrying an unconfirmed revocation until the lease's maximum has passed.
 type ExpiryRevoker interface {
 	RevokeAtExpiry()
 }
