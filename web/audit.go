@@ -22,6 +22,7 @@ var auditKinds = []string{
 	audit.KindGrantRequest, audit.KindGrantApprove, audit.KindGrantDeny, audit.KindGrantExpired, audit.KindGrantRedeem,
 	audit.KindBreakGlass, audit.KindGrantReview,
 	audit.KindPolicyReload, audit.KindConfigLoad, audit.KindServerStart, audit.KindIntrospection,
+	audit.KindOperatorAuth, audit.KindAuthRefusedSummary,
 }
 
 // auditData is the audit page.

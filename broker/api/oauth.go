@@ -63,6 +63,9 @@ func (s *Server) writeOAuthError(w http.ResponseWriter, r *http.Request, e *oaut
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("Pragma", "no-cache")
+	if e.status == http.StatusTooManyRequests {
+		w.Header().Set("Retry-After", retryAfter(cause))
+	}
 	w.WriteHeader(e.status)
 	_ = json.NewEncoder(w).Encode(e)
 }
@@ -154,7 +157,7 @@ func (s *Server) handleTokenExchange(w http.ResponseWriter, r *http.Request) {
 			Description: "role " + req.Role + " requires operator approval: request it with POST /v1/credentials, then redeem the grant"}, nil)
 		return
 	}
-	mr := broker.MintRequest{Attestation: req.SubjectToken, Role: req.Role, SourceIP: sourceIP(r), RequestID: requestID(r.Context())}
+	mr := broker.MintRequest{Attestation: req.SubjectToken, Role: req.Role, SourceIP: s.clientIP(r), RequestID: requestID(r.Context())}
 	if len(req.Scopes) > 0 {
 		list := make([]any, len(req.Scopes))
 		for i, sc := range req.Scopes {
