@@ -26,6 +26,19 @@ import (
 
 func intp(n int) *int { return &n }
 
+// newThrottledEnv is a test server that allows perMinute failed
+// credentials per address, on a fake clock, so budgets refill only when
+// the test says.
+func newThrottledEnv(t *testing.T, perMinute int) (*testEnv, *clock.Fake) {
+	t.Helper()
+	e := newTestEnv(t)
+	fake := clock.NewFake(time.Now())
+	e.Clock = fake
+	e.Issuer.SetClock(fake)
+	e.Config.Limits.AuthFailuresPerMinute = intp(perMinute)
+	return e, fake
+}
+
 // credentialSurface is one way to present a credential to valet.
 type credentialSurface struct {
 	name string
@@ -125,8 +138,7 @@ func assertThrottled(t *testing.T, r response, oauth bool, maxWait time.Duration
 func TestFailedCredentialsThrottledValidOnesPass(t *testing.T) {
 	for _, s := range credentialSurfaces() {
 		t.Run(s.name, func(t *testing.T) {
-			e := newTestEnv(t)
-			e.Config.Limits.AuthFailuresPerMinute = intp(3)
+			e, _ := newThrottledEnv(t, 3)
 			e.Start()
 			for i := range 3 {
 				if r := s.bad(e, nil); r.Status != s.badStatus {
@@ -151,8 +163,7 @@ func TestFailedCredentialsThrottledValidOnesPass(t *testing.T) {
 // the operators' shared address, at the same time as they work, never
 // keeps them out.
 func TestOperatorSignInsUnderFlood(t *testing.T) {
-	e := newTestEnv(t)
-	e.Config.Limits.AuthFailuresPerMinute = intp(10)
+	e, _ := newThrottledEnv(t, 10)
 	e.Start()
 	var guesses map[int]int
 	var wg sync.WaitGroup
@@ -187,12 +198,11 @@ func TestTrustedProxies(t *testing.T) {
 forbid(principal, action, resource) when { context.source_ip.isInRange(ip("203.0.113.0/24")) };
 `
 	start := func(t *testing.T, proxies []string) *testEnv {
-		e := newTestEnv(t)
+		e, _ := newThrottledEnv(t, 2)
 		if err := os.WriteFile(filepath.Join(e.Dir, "policies", "source.cedar"), []byte(forbidRange), 0o600); err != nil {
 			t.Fatal(err)
 		}
 		e.Config.TrustedProxies = proxies
-		e.Config.Limits.AuthFailuresPerMinute = intp(2)
 		return e.Start()
 	}
 	xff := func(v string) map[string]string { return map[string]string{"X-Forwarded-For": v} }
@@ -263,11 +273,7 @@ forbid(principal, action, resource) when { context.source_ip.isInRange(ip("203.0
 // a bad bearer token add a handful of audit records and one summary that
 // counts the rest, and the chain still verifies.
 func TestUnauthenticatedFloodLeavesAuditBounded(t *testing.T) {
-	e := newTestEnv(t)
-	fake := clock.NewFake(time.Now())
-	e.Clock = fake
-	e.Issuer.SetClock(fake)
-	e.Config.Limits.AuthFailuresPerMinute = intp(10)
+	e, fake := newThrottledEnv(t, 10)
 	e.Start()
 	before := len(e.auditRecords())
 	dbBefore := fileSize(t, filepath.Join(e.Dir, "valet.db"))
@@ -371,8 +377,7 @@ func TestUnauthenticatedFloodLeavesAuditBounded(t *testing.T) {
 // TestRefusalSummaryWrittenAtShutdown: counts not yet summarized reach
 // the audit log when valet stops.
 func TestRefusalSummaryWrittenAtShutdown(t *testing.T) {
-	e := newTestEnv(t)
-	e.Config.Limits.AuthFailuresPerMinute = intp(1)
+	e, _ := newThrottledEnv(t, 1)
 	e.Start()
 	for range 4 {
 		e.raw("GET", "/v1/audit", map[string]string{"Authorization": "Bearer x"}, nil)
