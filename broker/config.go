@@ -17,6 +17,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/valet-broker/valet/broker/clientip"
+	"github.com/valet-broker/valet/broker/identity"
 )
 
 // Config is valet's server configuration, read from YAML. Unknown keys are
@@ -49,6 +50,7 @@ type Config struct {
 
 	Notifications NotificationsConfig `yaml:"notifications"`
 	Console       ConsoleConfig       `yaml:"console"`
+	Introspection IntrospectionConfig `yaml:"introspection"`
 
 	// ConfigDir is the directory of the config file (set by LoadConfig);
 	// backends resolve relative paths in their options against it.
@@ -156,8 +158,9 @@ type ApprovalConfig struct {
 	// approval; the role mints at once).
 	Required int `yaml:"required"`
 	// Approvers limits who may approve: operator names and operator groups
-	// (from the operator token's config or the SSO token's groups claim).
-	// Empty lists mean any operator.
+	// (from the operator token's config or the SSO token's groups claim),
+	// compared as identity.Equal does (case-insensitively). Empty lists
+	// mean any operator.
 	Approvers ApproversConfig `yaml:"approvers"`
 	// RequestTTL is how long a request waits for approval (default 1h).
 	RequestTTL Duration `yaml:"request_ttl"`
@@ -214,14 +217,42 @@ type ConsoleOIDCConfig struct {
 	// RedirectURL defaults to <public_url>/ui/auth/callback.
 	RedirectURL string   `yaml:"redirect_url"`
 	Scopes      []string `yaml:"scopes"` // default openid, email, profile, groups
-	// NameClaim names the operator (default email); GroupsClaim lists the
-	// operator's groups (default groups).
-	NameClaim   string `yaml:"name_claim"`
-	GroupsClaim string `yaml:"groups_claim"`
-	// AllowedGroups, when set, admits only members of these groups.
-	AllowedGroups []string `yaml:"allowed_groups"`
 	// CAFile verifies the provider's TLS certificate.
 	CAFile string `yaml:"ca_file"`
+	// The operator's name and groups come from the ID token as for
+	// operators.issuers (see OperatorFromClaims).
+	OperatorIdentityConfig `yaml:",inline"`
+}
+
+// OperatorIdentityConfig says how an operator's identity is read from the
+// verified claims of an OpenID Connect ID token, and which accounts of the
+// issuer are operators at all. operators.issuers[] and console.oidc take
+// the same keys; OperatorFromClaims applies them.
+type OperatorIdentityConfig struct {
+	// NameClaim is the claim that names the operator (default email). The
+	// email claim names an operator only when the token's email_verified
+	// is true (OpenID Connect Core 1.0, section 5.1).
+	NameClaim string `yaml:"name_claim"`
+	// GroupsClaim lists the operator's groups (default groups): an array
+	// of strings or a single string.
+	GroupsClaim string `yaml:"groups_claim"`
+	// AllowedGroups admits only members of one of these groups.
+	AllowedGroups []string `yaml:"allowed_groups"`
+	// AllowAll admits every account the issuer signs in. Exactly one of
+	// AllowedGroups and AllowAll must be set.
+	AllowAll bool `yaml:"allow_all"`
+	// EmailVerifiedDefault is the value assumed for email_verified when a
+	// token carries no such claim (default false: unverified). Set it only
+	// for a provider that verifies every email it issues and omits the
+	// claim. An explicit email_verified: false is never overridden.
+	EmailVerifiedDefault bool `yaml:"email_verified_default"`
+}
+
+// OperatorIssuerConfig is an issuer of operator ID tokens: the keys of an
+// attestation issuer plus those of the operator's identity.
+type OperatorIssuerConfig struct {
+	IssuerConfig           `yaml:",inline"`
+	OperatorIdentityConfig `yaml:",inline"`
 }
 
 // NotificationsConfig sends grant and break-glass events to webhooks.
@@ -260,11 +291,23 @@ type PolicyConfig struct {
 
 // OperatorsConfig says who may act as an operator.
 type OperatorsConfig struct {
-	Tokens  []OperatorToken `yaml:"tokens"`
-	Issuers []IssuerConfig  `yaml:"issuers"`
+	Tokens  []OperatorToken        `yaml:"tokens"`
+	Issuers []OperatorIssuerConfig `yaml:"issuers"`
+}
+
+// IssuerConfigs returns the attestation-issuer part of each operator
+// issuer, in order, for the token verifier.
+func (c OperatorsConfig) IssuerConfigs() []IssuerConfig {
+	out := make([]IssuerConfig, 0, len(c.Issuers))
+	for _, ic := range c.Issuers {
+		out = append(out, ic.IssuerConfig)
+	}
+	return out
 }
 
 // OperatorToken is a static operator bearer token, stored as its SHA-256.
+// Name is the operator's name; it is one identity with an SSO operator of
+// the same name (compared as identity.Equal does).
 type OperatorToken struct {
 	Name   string   `yaml:"name"`
 	SHA256 string   `yaml:"sha256"`
@@ -380,11 +423,13 @@ func (c *Config) ResolvePaths(base string) {
 		abs(&c.TLS.KeyFile)
 		abs(&c.TLS.ClientCAFile)
 	}
-	for _, list := range [][]IssuerConfig{c.Issuers, c.Operators.Issuers} {
-		for i := range list {
-			abs(&list[i].JWKSFile)
-			abs(&list[i].CAFile)
-		}
+	for i := range c.Issuers {
+		abs(&c.Issuers[i].JWKSFile)
+		abs(&c.Issuers[i].CAFile)
+	}
+	for i := range c.Operators.Issuers {
+		abs(&c.Operators.Issuers[i].JWKSFile)
+		abs(&c.Operators.Issuers[i].CAFile)
 	}
 	if c.Audit.Sink != "stdout" {
 		abs(&c.Audit.Sink)
@@ -396,6 +441,7 @@ func (c *Config) ResolvePaths(base string) {
 		abs(&c.Console.OIDC.ClientSecretFile)
 		abs(&c.Console.OIDC.CAFile)
 	}
+	c.Introspection.resolvePaths(abs)
 }
 
 // ParseConfig strictly decodes YAML (unknown keys are errors), applies
@@ -470,7 +516,8 @@ func (c *Config) ApplyDefaults() {
 		c.Issuers[i].applyDefaults()
 	}
 	for i := range c.Operators.Issuers {
-		c.Operators.Issuers[i].applyDefaults()
+		c.Operators.Issuers[i].IssuerConfig.applyDefaults()
+		c.Operators.Issuers[i].OperatorIdentityConfig.applyDefaults()
 	}
 	for i := range c.Roles {
 		r := &c.Roles[i]
@@ -498,6 +545,7 @@ func (c *Config) ApplyDefaults() {
 		t := true
 		c.Policy.Watch = &t
 	}
+	c.Introspection.applyDefaults()
 	l := &c.Limits
 	if l.MaxBodyBytes == 0 {
 		l.MaxBodyBytes = DefaultMaxBodyBytes
@@ -566,12 +614,16 @@ func (c *Config) ApplyDefaults() {
 		if len(o.Scopes) == 0 {
 			o.Scopes = []string{"openid", "email", "profile", "groups"}
 		}
-		if o.NameClaim == "" {
-			o.NameClaim = "email"
-		}
-		if o.GroupsClaim == "" {
-			o.GroupsClaim = "groups"
-		}
+		o.OperatorIdentityConfig.applyDefaults()
+	}
+}
+
+func (oc *OperatorIdentityConfig) applyDefaults() {
+	if oc.NameClaim == "" {
+		oc.NameClaim = "email"
+	}
+	if oc.GroupsClaim == "" {
+		oc.GroupsClaim = "groups"
 	}
 }
 
@@ -657,8 +709,9 @@ func (c *Config) Validate() error {
 		add("issuers must list at least one trusted attestation issuer")
 	}
 	errs = append(errs, validateIssuers("issuers", c.Issuers)...)
-	errs = append(errs, validateIssuers("operators.issuers", c.Operators.Issuers)...)
+	errs = append(errs, validateIssuers("operators.issuers", c.Operators.IssuerConfigs())...)
 	for i, oi := range c.Operators.Issuers {
+		errs = append(errs, oi.OperatorIdentityConfig.validate(fmt.Sprintf("operators.issuers[%d]", i))...)
 		for _, ai := range c.Issuers {
 			if oi.Name == ai.Name {
 				// Replay protection keys consumed ids by issuer name.
@@ -718,26 +771,32 @@ func (c *Config) Validate() error {
 				add("%s.scopes[%d] %q must be a non-empty token without spaces or quotes", f, j, s)
 			}
 		}
+		errs = append(errs, validateIdentities(f+".approval.approvers.operators", r.Approval.Approvers.Operators)...)
+		errs = append(errs, validateIdentities(f+".approval.approvers.groups", r.Approval.Approvers.Groups)...)
 	}
 
 	if c.Policy.Dir == "" {
 		add("policy.dir must be set (a directory of *.cedar files)")
 	}
 
-	seenOps := map[string]bool{}
+	var opNames []string
+	seenSums := map[string]int{}
 	for i, t := range c.Operators.Tokens {
 		f := fmt.Sprintf("operators.tokens[%d]", i)
 		if t.Name == "" {
 			add("%s.name must be set", f)
 		}
-		if seenOps[t.Name] {
-			add("%s.name %q is used twice", f, t.Name)
-		}
-		seenOps[t.Name] = true
+		opNames = append(opNames, t.Name)
 		if b, err := hex.DecodeString(t.SHA256); err != nil || len(b) != 32 {
 			add("%s.sha256 must be the hex SHA-256 of the token (64 hex digits); `valet token hash` prints it", f)
+		} else if j, dup := seenSums[strings.ToLower(t.SHA256)]; dup {
+			add("%s.sha256 is the token of operators.tokens[%d] too; a token must name one operator", f, j)
+		} else {
+			seenSums[strings.ToLower(t.SHA256)] = i
 		}
+		errs = append(errs, validateIdentities(f+".groups", t.Groups)...)
 	}
+	errs = append(errs, validateIdentityList("operators.tokens", ".name", opNames)...)
 
 	l := c.Limits
 	if l.MaxBodyBytes < 1024 || l.MaxBodyBytes > 16<<20 {
@@ -778,6 +837,7 @@ func (c *Config) Validate() error {
 		if o.ClientID == "" {
 			add("console.oidc.client_id must be set")
 		}
+		errs = append(errs, o.OperatorIdentityConfig.validate("console.oidc")...)
 	}
 	if c.Console.SessionIdle <= 0 || c.Console.SessionMax < c.Console.SessionIdle {
 		add("console.session_idle must be positive and console.session_max not less than it")
@@ -811,6 +871,7 @@ func (c *Config) Validate() error {
 	default:
 		add("log.level %q must be debug, info, warn or error", c.Log.Level)
 	}
+	errs = append(errs, c.Introspection.validate(roles, c.TLS)...)
 	return errors.Join(errs...)
 }
 
@@ -901,6 +962,58 @@ func validateIssuers(field string, issuers []IssuerConfig) []error {
 				add("%s.claim_mappings: attribute names and claim paths must not be empty", f)
 			}
 		}
+	}
+	return errs
+}
+
+// validate checks an issuer's operator identity keys; field is the
+// issuer's key path.
+func (oc OperatorIdentityConfig) validate(field string) []error {
+	var errs []error
+	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if oc.NameClaim == "" || oc.GroupsClaim == "" {
+		add("%s.name_claim and groups_claim must not be empty", field)
+	}
+	switch {
+	case oc.AllowAll && len(oc.AllowedGroups) > 0:
+		add("%s: set allowed_groups or allow_all: true, not both", field)
+	case !oc.AllowAll && len(oc.AllowedGroups) == 0:
+		add("%s.allowed_groups must list the groups whose members are operators, or set allow_all: true "+
+			"to make every account this issuer signs in an operator", field)
+	}
+	errs = append(errs, validateIdentities(field+".allowed_groups", oc.AllowedGroups)...)
+	if oc.EmailVerifiedDefault && oc.NameClaim != "email" {
+		add("%s.email_verified_default applies only when name_claim is email (it is %q)", field, oc.NameClaim)
+	}
+	return errs
+}
+
+// validateIdentities checks a list of operator or group names: each must
+// be a valid name written in its normalized form, and no two may be the
+// same identity.
+func validateIdentities(field string, names []string) []error {
+	return validateIdentityList(field, "", names)
+}
+
+// validateIdentityList is validateIdentities for names kept in a list of
+// structs: entry i is field[i]+suffix.
+func validateIdentityList(field, suffix string, names []string) []error {
+	var errs []error
+	for i, n := range names {
+		if n == "" {
+			continue // reported by the caller where a name is required
+		}
+		norm, err := identity.Normalize(n)
+		switch {
+		case err != nil:
+			errs = append(errs, fmt.Errorf("%s[%d]%s: %w", field, i, suffix, err))
+		case norm != n:
+			errs = append(errs, fmt.Errorf("%s[%d]%s %q must be written %q", field, i, suffix, n, norm))
+		}
+	}
+	if i, j, ok := identity.Duplicate(names); ok {
+		errs = append(errs, fmt.Errorf("%s[%d]%s %q is the same name as %s[%d]%s %q (names compare case-insensitively)",
+			field, j, suffix, names[j], field, i, suffix, names[i]))
 	}
 	return errs
 }

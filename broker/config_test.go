@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -165,5 +166,82 @@ func TestParseConfigZeroMeansZero(t *testing.T) {
 	}
 	if got := strings.Join(cfg.TrustedProxies, ","); got != "10.0.0.0/8,::1" {
 		t.Errorf("trusted_proxies = %s", got)
+	}
+}
+
+// ssoIssuer is an operator issuer; %s are its extra keys.
+const ssoIssuer = `operators:
+  issuers:
+    - name: sso
+      issuer: https://sso.example.com
+      audiences: [valet]
+      discovery: true
+%s`
+
+func TestOperatorIdentityConfig(t *testing.T) {
+	tokens := func(names ...string) string {
+		s := "operators:\n  tokens:\n"
+		for i, n := range names {
+			s += "    - name: " + n + "\n      sha256: " + strings.Repeat(string(rune('a'+i)), 64) + "\n"
+		}
+		return s
+	}
+	approvers := func(list string) string {
+		return strings.Replace(minimalConfig, "    backend: tokens", "    backend: tokens\n    approval:\n      required: 1\n      approvers: "+list, 1)
+	}
+	console := func(keys string) string {
+		return "public_url: https://valet.example.com\nconsole:\n  oidc:\n    issuer: https://sso.example.com\n    client_id: valet\n" + keys
+	}
+	cases := []struct {
+		name   string
+		config string
+		want   string // "" when the config is valid
+	}{
+		{"issuer with allowed_groups", minimalConfig + fmt.Sprintf(ssoIssuer, "      allowed_groups: [sre]\n"), ""},
+		{"issuer with allow_all", minimalConfig + fmt.Sprintf(ssoIssuer, "      allow_all: true\n"), ""},
+		{"issuer admitting every account by default", minimalConfig + fmt.Sprintf(ssoIssuer, ""),
+			"operators.issuers[0].allowed_groups must list the groups whose members are operators, or set allow_all: true"},
+		{"issuer with both", minimalConfig + fmt.Sprintf(ssoIssuer, "      allowed_groups: [sre]\n      allow_all: true\n"),
+			"operators.issuers[0]: set allowed_groups or allow_all: true, not both"},
+		{"allowed groups differing in case", minimalConfig + fmt.Sprintf(ssoIssuer, "      allowed_groups: [sre, SRE]\n"),
+			`operators.issuers[0].allowed_groups[1] "SRE" is the same name as operators.issuers[0].allowed_groups[0] "sre"`},
+		{"email_verified_default without email names", minimalConfig + fmt.Sprintf(ssoIssuer, "      allow_all: true\n      name_claim: preferred_username\n      email_verified_default: true\n"),
+			`operators.issuers[0].email_verified_default applies only when name_claim is email (it is "preferred_username")`},
+		{"email_verified_default", minimalConfig + fmt.Sprintf(ssoIssuer, "      allow_all: true\n      email_verified_default: true\n"), ""},
+		{"console admitting every account by default", minimalConfig + console(""),
+			"console.oidc.allowed_groups must list the groups whose members are operators, or set allow_all: true"},
+		{"console with allowed_groups", minimalConfig + console("    allowed_groups: [sre]\n"), ""},
+		{"operator names differing in case", minimalConfig + tokens("alice@example.com", "bob", "ALICE@example.com"),
+			`operators.tokens[2].name "ALICE@example.com" is the same name as operators.tokens[0].name "alice@example.com" (names compare case-insensitively)`},
+		{"operator name with a control character", minimalConfig + tokens(`"al\u0007ice"`),
+			`operators.tokens[0].name: not a valid name: "al\aice" holds a control character`},
+		{"operator name with surrounding spaces", minimalConfig + tokens(`" alice"`), `operators.tokens[0].name " alice" must be written "alice"`},
+		{"one token for two operators", minimalConfig + "operators:\n  tokens:\n    - name: alice\n      sha256: " + strings.Repeat("a", 64) +
+			"\n    - name: bob\n      sha256: " + strings.Repeat("A", 64) + "\n", "operators.tokens[1].sha256 is the token of operators.tokens[0] too"},
+		{"approver operators differing in case", approvers("{operators: [Alice@Example.com, alice@example.com]}"),
+			`roles[0].approval.approvers.operators[1] "alice@example.com" is the same name as roles[0].approval.approvers.operators[0] "Alice@Example.com"`},
+		{"approver groups differing in case", approvers("{groups: [sre, Sre]}"),
+			`roles[0].approval.approvers.groups[1] "Sre" is the same name as roles[0].approval.approvers.groups[0] "sre"`},
+		{"distinct approvers", approvers("{operators: [alice, bob], groups: [sre]}"), ""},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := ParseConfig([]byte(c.config))
+			switch {
+			case c.want == "" && err != nil:
+				t.Fatalf("valid config refused: %v", err)
+			case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)):
+				t.Fatalf("error = %v, want it to contain %q", err, c.want)
+			}
+		})
+	}
+	cfg, err := ParseConfig([]byte(minimalConfig + fmt.Sprintf(ssoIssuer, "      allow_all: true\n") + "  tokens: []\n" + console("    allow_all: true\n")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ic := range []OperatorIdentityConfig{cfg.Operators.Issuers[0].OperatorIdentityConfig, cfg.Console.OIDC.OperatorIdentityConfig} {
+		if ic.NameClaim != "email" || ic.GroupsClaim != "groups" || ic.EmailVerifiedDefault {
+			t.Errorf("defaults %+v: want name_claim email, groups_claim groups, email_verified_default false", ic)
+		}
 	}
 }
