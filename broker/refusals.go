@@ -20,19 +20,19 @@ import (
 // Credential types a refusal names: a closed set, so they can label
 // metrics and key the counts of summary records.
 const (
-	CredentialAttestation   = "attestation"    // an agent's workload attestation
-	CredentialOperatorToken = "operator_token" // a bearer token at an operator endpoint
-	CredentialConsoleToken  = "console_token"  // the token of the console's sign-in form
+	CredentialAttestation         = "attestation"          // an agent's workload attestation
+	CredentialOperatorToken       = "operator_token"       // a bearer token at an operator endpoint
+	CredentialConsoleToken        = "console_token"        // the token of the console's sign-in form
+	CredentialIntrospectionClient = "introspection_client" // a resource server's client authentication at introspection
 )
 
 // CredentialTypes lists every credential type, in a fixed order.
-var CredentialTypes = []string{CredentialAttestation, CredentialOperatorToken, CredentialConsoleToken}
+var CredentialTypes = []string{CredentialAttestation, CredentialOperatorToken, CredentialConsoleToken, CredentialIntrospectionClient}
 
 // Refusal is a credential that did not verify, refused before valet knows
 // who presented it.
 type Refusal struct {
-	// Credential is CredentialAttestation, CredentialOperatorToken or
-	// CredentialConsoleToken.
+	// Credential is one of CredentialTypes.
 	Credential string
 	// SourceIP is the client's address (see broker/clientip).
 	SourceIP string

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -106,6 +107,18 @@ func credentialSurfaces() []credentialSurface {
 				return e.raw("POST", "/v1/oauth/token", form(h), strings.NewReader(exchangeForm(e.Attest("agent-1", nil), "demo").Encode()))
 			},
 			goodStatus: http.StatusOK, badStatus: http.StatusBadRequest, oauth: true,
+		},
+		{
+			name: "introspection client",
+			bad: func(e *testEnv, h map[string]string) response {
+				f := url.Values{"token": {"x"}, "client_id": {"other-api"}, "client_secret": {"guess"}}
+				return e.raw("POST", "/v1/introspect", form(h), strings.NewReader(f.Encode()))
+			},
+			good: func(e *testEnv, h map[string]string) response {
+				f := url.Values{"token": {"x"}, "client_id": {"other-api"}, "client_secret": {rsSecret("other-api")}}
+				return e.raw("POST", "/v1/introspect", form(h), strings.NewReader(f.Encode()))
+			},
+			goodStatus: http.StatusOK, badStatus: http.StatusUnauthorized, oauth: true,
 		},
 	}
 }
