@@ -454,7 +454,7 @@ func TestRenewRefusalsSayTheCause(t *testing.T) {
 				t.Fatal(err)
 			}
 			id := res.Lease.ID
-			p, err := f.b.AuthenticateAgent(context.Background(), tok, "")
+			p, err := f.b.AuthenticateAgent(context.Background(), tok, "", "")
 			if err != nil {
 				t.Fatal(err)
 			}

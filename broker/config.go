@@ -17,6 +17,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/valet-broker/valet/broker/clientip"
 	"github.com/valet-broker/valet/broker/identity"
 )
 
@@ -30,6 +31,12 @@ type Config struct {
 	// KEKFile holds the hex key-encryption key for signing keys at rest.
 	// VALET_KEK in the environment takes precedence.
 	KEKFile string `yaml:"kek_file"`
+
+	// TrustedProxies are the reverse proxies, as CIDR prefixes or single
+	// addresses, whose X-Forwarded-For header names the client (the
+	// right-most address in it that is not itself a trusted proxy). From
+	// any other peer the header is ignored. Default: none.
+	TrustedProxies []string `yaml:"trusted_proxies"`
 
 	TLS       *TLSConfig      `yaml:"tls"`
 	Issuers   []IssuerConfig  `yaml:"issuers"`
@@ -326,6 +333,37 @@ type LimitsConfig struct {
 	// (time rules are still applied on every use; single-use tokens are
 	// never cached). Default 10000; negative disables.
 	AttestationCache int `yaml:"attestation_cache"`
+	// AuthFailuresPerMinute is how many credentials that do not verify
+	// (attestations, operator tokens, console sign-ins) one client address
+	// may present per minute, in a burst of as many, before its further
+	// failures are refused with 429 and counted instead of audited one by
+	// one. A valid credential is never refused by it. IPv6 clients are
+	// counted by /64. Default 10; at least 1.
+	AuthFailuresPerMinute *int `yaml:"auth_failures_per_minute"`
+	// AuthFailureRecordsPerMinute is how many refused credentials, across
+	// all addresses, are written to the audit log one by one per minute;
+	// the rest are counted in an auth.refused.summary record. Default 30;
+	// 0 writes summaries only.
+	AuthFailureRecordsPerMinute *int `yaml:"auth_failure_records_per_minute"`
+}
+
+// AuthFailureBudget is limits.auth_failures_per_minute, or its default
+// when the key is absent.
+func (l LimitsConfig) AuthFailureBudget() int {
+	return intOr(l.AuthFailuresPerMinute, DefaultAuthFailuresPerMinute)
+}
+
+// AuthFailureRecords is limits.auth_failure_records_per_minute, or its
+// default when the key is absent.
+func (l LimitsConfig) AuthFailureRecords() int {
+	return intOr(l.AuthFailureRecordsPerMinute, DefaultAuthFailureRecordsPerMinute)
+}
+
+func intOr(p *int, def int) int {
+	if p == nil {
+		return def
+	}
+	return *p
 }
 
 // LeasesConfig tunes revocation.
@@ -466,6 +504,9 @@ const (
 	DefaultClockSkew           = 30 * time.Second
 	MaxClockSkew               = 5 * time.Minute
 	DefaultMaxTokenAge         = 24 * time.Hour
+
+	DefaultAuthFailuresPerMinute       = 10
+	DefaultAuthFailureRecordsPerMinute = 30
 )
 
 // ApplyDefaults fills zero values with defaults.
@@ -535,6 +576,12 @@ func (c *Config) ApplyDefaults() {
 	}
 	if l.AttestationCache == 0 {
 		l.AttestationCache = 10000
+	}
+	if l.AuthFailuresPerMinute == nil {
+		l.AuthFailuresPerMinute = new(DefaultAuthFailuresPerMinute)
+	}
+	if l.AuthFailureRecordsPerMinute == nil {
+		l.AuthFailureRecordsPerMinute = new(DefaultAuthFailureRecordsPerMinute)
 	}
 	lc := &c.Leases
 	if lc.RevokeAttempts == 0 {
@@ -671,6 +718,12 @@ func (c *Config) Validate() error {
 		}
 	}
 
+	for i, p := range c.TrustedProxies {
+		if _, err := clientip.ParsePrefix(p); err != nil {
+			add("trusted_proxies[%d] %q %v", i, p, err)
+		}
+	}
+
 	if len(c.Issuers) == 0 {
 		add("issuers must list at least one trusted attestation issuer")
 	}
@@ -782,6 +835,12 @@ func (c *Config) Validate() error {
 	}
 	if l.MintTimeout < Duration(100*time.Millisecond) || l.MintTimeout > Duration(5*time.Minute) {
 		add("limits.mint_timeout must be between 100ms and 5m")
+	}
+	if n := l.AuthFailureBudget(); n < 1 || n > 100000 {
+		add("limits.auth_failures_per_minute must be between 1 and 100000, not %d", n)
+	}
+	if n := l.AuthFailureRecords(); n < 0 || n > 100000 {
+		add("limits.auth_failure_records_per_minute must be between 0 and 100000, not %d", n)
 	}
 	lc := c.Leases
 	if lc.RevokeAttempts < 1 {

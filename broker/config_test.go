@@ -49,6 +49,9 @@ func TestParseConfigDefaults(t *testing.T) {
 		{"body limit", cfg.Limits.MaxBodyBytes, int64(DefaultMaxBodyBytes)},
 		{"mint timeout", cfg.Limits.MintTimeout.D(), 10 * time.Second},
 		{"revoke attempts", cfg.Leases.RevokeAttempts, 8},
+		{"auth failures per minute", *cfg.Limits.AuthFailuresPerMinute, 10},
+		{"auth failure records per minute", *cfg.Limits.AuthFailureRecordsPerMinute, 30},
+		{"trusted proxies", len(cfg.TrustedProxies), 0},
 	}
 	for _, c := range checks {
 		if c.got != c.want {
@@ -104,6 +107,14 @@ func TestParseConfigRejects(t *testing.T) {
 		{"webhook name not a name", func(s string) string {
 			return s + "notifications:\n  webhooks:\n    - name: \"Sec\\nops\"\n      url: https://hooks.example/x\n"
 		}, `notifications.webhooks[0].name "Sec\nops" must be 1 to 63 lower-case letters`},
+		{"trusted proxy not an address", func(s string) string { return s + "trusted_proxies: [10.0.0.0/8, proxy.internal]\n" },
+			`trusted_proxies[1] "proxy.internal" must be an IP address or a CIDR prefix`},
+		{"trusted proxy with host bits", func(s string) string { return s + "trusted_proxies: [10.0.0.1/8]\n" },
+			`trusted_proxies[0] "10.0.0.1/8" has bits set after the prefix length; did you mean 10.0.0.0/8?`},
+		{"no failures allowed", func(s string) string { return s + "limits:\n  auth_failures_per_minute: 0\n" },
+			"limits.auth_failures_per_minute must be between 1 and 100000, not 0"},
+		{"negative failure records", func(s string) string { return s + "limits:\n  auth_failure_records_per_minute: -1\n" },
+			"limits.auth_failure_records_per_minute must be between 0 and 100000, not -1"},
 		{"two documents", func(s string) string { return s + "---\nlisten: x\n" }, "single YAML document"},
 		{"empty", func(string) string { return "" }, "config is empty"},
 	}
@@ -151,6 +162,20 @@ func TestExampleConfigIsValid(t *testing.T) {
 	}
 	if cfg.Issuers[1].Issuer != GitHubActionsIssuer || !cfg.Issuers[1].Discovery {
 		t.Fatalf("github preset not applied: %+v", cfg.Issuers[1])
+	}
+}
+
+// TestParseConfigZeroMeansZero: a limit set to 0 is 0, not its default.
+func TestParseConfigZeroMeansZero(t *testing.T) {
+	cfg, err := ParseConfig([]byte(minimalConfig + "limits:\n  auth_failure_records_per_minute: 0\ntrusted_proxies: [\"10.0.0.0/8\", \"::1\"]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cfg.Limits.AuthFailureRecords(); got != 0 {
+		t.Errorf("limits.auth_failure_records_per_minute: 0 became %d", got)
+	}
+	if got := strings.Join(cfg.TrustedProxies, ","); got != "10.0.0.0/8,::1" {
+		t.Errorf("trusted_proxies = %s", got)
 	}
 }
 

@@ -185,6 +185,10 @@ introspection:
 limits:
   agent_rate: -1
   max_body_bytes: 4096
+  # Tests of hostile input send many bad credentials from one address;
+  # the throttling tests lower this.
+  auth_failures_per_minute: 100000
+  auth_failure_records_per_minute: 100000
 # The console refuses a plain-http public_url that is not loopback;
 # console tests turn it on with a loopback public_url (startConsole).
 console:

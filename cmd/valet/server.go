@@ -26,6 +26,7 @@ import (
 	"github.com/valet-broker/valet/broker/api"
 	"github.com/valet-broker/valet/broker/attest"
 	"github.com/valet-broker/valet/broker/audit"
+	"github.com/valet-broker/valet/broker/clientip"
 	"github.com/valet-broker/valet/broker/clock"
 	"github.com/valet-broker/valet/broker/grants"
 	"github.com/valet-broker/valet/broker/notify"
@@ -128,20 +129,26 @@ func (s *Server) Open(ctx context.Context) (err error) {
 		}
 	}
 
-	s.metrics = api.NewMetrics(prometheus.NewRegistry())
+	known := api.KnownLabels{}
+	for _, r := range cfg.Roles {
+		known.Roles = append(known.Roles, r.Name)
+	}
+	for _, w := range cfg.Notifications.Webhooks {
+		known.Webhooks = append(known.Webhooks, w.Name)
+	}
+	s.metrics = api.NewMetrics(prometheus.NewRegistry(), known)
 	s.metrics.RegisterLeaseGauges(s.store.Counts)
 	now := s.Clock.Now
 	s.policy, err = policy.NewEngine(policy.Options{
 		Dir: cfg.Policy.Dir, Logger: log, OnError: cfg.Policy.OnError,
-		OnEvalError: func(id string) { s.metrics.PolicyErrors.WithLabelValues(id).Inc() },
+		OnEvalError: s.metrics.PolicyErrored,
 		OnReload: func(version string, rerr error) {
 			e := audit.Entry{Kind: audit.KindPolicyReload, Actor: audit.Actor{Type: audit.ActorSystem, ID: "valet"},
 				PolicyVersion: version, Decision: audit.Allow, Reason: "policy set loaded"}
-			result := "ok"
 			if rerr != nil {
-				e.Decision, e.Reason, result = audit.Deny, "reload refused, previous policy set kept: "+rerr.Error(), "error"
+				e.Decision, e.Reason = audit.Deny, "reload refused, previous policy set kept: "+rerr.Error()
 			}
-			s.metrics.PolicyReload.WithLabelValues(result).Inc()
+			s.metrics.PolicyReloaded(rerr != nil)
 			if err := s.store.Audit(context.Background(), now(), e); err != nil {
 				log.Error("audit policy reload", "err", err)
 			}
@@ -166,7 +173,7 @@ func (s *Server) Open(ctx context.Context) (err error) {
 		Store: s.store, Clock: s.Clock, Logger: log,
 		Attempts: cfg.Leases.RevokeAttempts, Backoff: cfg.Leases.RevokeBackoff.D(), MaxBackoff: cfg.Leases.RevokeMaxBackoff.D(),
 		Concurrency: cfg.Leases.RevokeConcurrency,
-		OnAttempt:   func(outcome string) { s.metrics.Revocations.WithLabelValues(outcome).Inc() },
+		OnAttempt:   s.metrics.RevocationAttempt,
 		Revoke: func(ctx context.Context, l *leases.Lease) error {
 			be, ok := bes[l.Backend]
 			if !ok {
@@ -198,9 +205,7 @@ func (s *Server) Open(ctx context.Context) (err error) {
 	if s.Notifier == nil && len(cfg.Notifications.Webhooks) > 0 {
 		d, err := notify.New(notify.Options{
 			Webhooks: cfg.Notifications.Webhooks, Clock: s.Clock, Logger: log,
-			OnResult: func(webhook, event, outcome string) {
-				s.metrics.Notifications.WithLabelValues(webhook, event, outcome).Inc()
-			},
+			OnResult: s.metrics.Notified,
 		})
 		if err != nil {
 			return err
@@ -233,6 +238,11 @@ func (s *Server) Open(ctx context.Context) (err error) {
 		return err
 	}
 
+	proxies, err := clientip.ParseTrusted(cfg.TrustedProxies)
+	if err != nil {
+		return fmt.Errorf("trusted_proxies%w", err)
+	}
+	clientIP := clientip.New(proxies)
 	operators := broker.NewOperators(cfg.Operators, opVerifier)
 	var assertions broker.Verifier
 	if issuers := cfg.Introspection.ClientAssertionIssuers(cfg.PublicURL); len(issuers) > 0 {
@@ -248,7 +258,7 @@ func (s *Server) Open(ctx context.Context) (err error) {
 	if !cfg.Console.Disabled {
 		wc := web.Config{
 			Broker: s.broker, Operators: operators, AuditDB: s.store.DB(), Console: cfg.Console,
-			PublicURL: cfg.PublicURL, Clock: s.Clock, Logger: log.With("component", "console"),
+			PublicURL: cfg.PublicURL, Clock: s.Clock, Logger: log.With("component", "console"), ClientIP: clientIP,
 		}
 		c, err := web.New(ctx, wc)
 		if err != nil && cfg.Console.OIDC != nil && *cfg.Console.TokenLogin {
@@ -267,7 +277,7 @@ func (s *Server) Open(ctx context.Context) (err error) {
 	s.api = api.New(api.Config{
 		Broker: s.broker, Operators: operators, ResourceServers: resourceServers, AuditDB: s.store.DB(),
 		Limits: cfg.Limits, PublicURL: cfg.PublicURL, Metrics: s.metrics, Logger: log, Ready: s.readiness,
-		NotificationStats: notifyStats, UI: console,
+		NotificationStats: notifyStats, UI: console, ClientIP: clientIP,
 	})
 
 	wctx, cancel := context.WithCancel(context.Background())
@@ -283,6 +293,7 @@ func (s *Server) Open(ctx context.Context) (err error) {
 	}
 	s.goRun(func() { s.housekeeping(wctx, replay) })
 	s.goRun(func() { s.expireGrants(wctx) })
+	s.goRun(func() { s.broker.SummarizeRefusals(wctx) })
 	if s.dispatcher != nil {
 		s.goRun(func() { s.dispatcher.Run(wctx) })
 	}
