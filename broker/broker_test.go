@@ -93,17 +93,17 @@ func newFixture(t *testing.T, cfgEdit func(*broker.Config)) *fixture {
 	}
 	os.MkdirAll(filepath.Join(dir, "policies"), 0o700)
 	os.WriteFile(filepath.Join(dir, "policies", "p.cedar"), []byte(`permit(principal, action, resource);`), 0o600)
-	cfg := &broker.Config{
-		DataDir:  dir,
-		Issuers:  []broker.IssuerConfig{{Name: "test", Issuer: "https://issuer.test", Audiences: []string{"valet"}, JWKSFile: jwks, Algorithms: []string{"ES256"}}},
-		Backends: []broker.BackendConfig{{Name: "ext", Type: "scripted"}},
-		Roles:    []broker.Role{{Name: "r", Backend: "ext", TTL: broker.Duration(time.Minute)}},
-		Policy:   broker.PolicyConfig{Dir: filepath.Join(dir, "policies")},
-	}
+	cfg := broker.DefaultConfig()
+	cfg.DataDir = dir
+	cfg.Issuers = []broker.IssuerConfig{broker.Defaulted(func(ic *broker.IssuerConfig) {
+		ic.Name, ic.Issuer, ic.Audiences, ic.JWKSFile, ic.Algorithms = "test", "https://issuer.test", []string{"valet"}, jwks, []string{"ES256"}
+	})}
+	cfg.Backends = []broker.BackendConfig{{Name: "ext", Type: "scripted"}}
+	cfg.Roles = []broker.Role{broker.Defaulted(func(r *broker.Role) { r.Name, r.Backend, r.TTL = "r", "ext", broker.Duration(time.Minute) })}
+	cfg.Policy = broker.PolicyConfig{Dir: filepath.Join(dir, "policies")}
 	if cfgEdit != nil {
 		cfgEdit(cfg)
 	}
-	cfg.ApplyDefaults()
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
@@ -113,7 +113,7 @@ func newFixture(t *testing.T, cfgEdit func(*broker.Config)) *fixture {
 	}
 	t.Cleanup(func() { store.Close() })
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	v, err := attest.New(context.Background(), attest.Options{Issuers: cfg.Issuers, Clock: clk, Logger: log})
+	v, err := attest.New(context.Background(), attest.Options{MaxTokenBytes: broker.DefaultMaxAttestationBytes, Issuers: cfg.Issuers, Clock: clk, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,10 +122,15 @@ func newFixture(t *testing.T, cfgEdit func(*broker.Config)) *fixture {
 		t.Fatal(err)
 	}
 	be := &scripted{mint: ok, issued: map[string]bool{}}
-	q := leases.NewRevocationQueue(leases.RevocationQueueConfig{Store: store, Clock: clk, Logger: log,
+	q, err := leases.NewRevocationQueue(leases.RevocationQueueConfig{Store: store, Clock: clk, Logger: log,
+		Attempts: cfg.Leases.RevokeAttempts, Backoff: cfg.Leases.RevokeBackoff.D(), MaxBackoff: cfg.Leases.RevokeMaxBackoff.D(),
+		Concurrency: cfg.Leases.RevokeConcurrency, Timeout: leases.DefaultRevokeTimeout,
 		Revoke: func(ctx context.Context, l *leases.Lease) error {
 			return be.Revoke(ctx, backends.Ref{Handle: l.Handle, CorrelationID: l.ID})
 		}})
+	if err != nil {
+		t.Fatal(err)
+	}
 	fs := &failingStore{BoltStore: store}
 	b, err := broker.New(broker.Options{Config: cfg, Store: fs, Auditor: store, Verifier: v, Authorizer: pe,
 		Backends: map[string]backends.Backend{"ext": be}, Revoker: q, Clock: clk, Logger: log})

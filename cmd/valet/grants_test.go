@@ -372,7 +372,9 @@ func TestGrantWebhooksDelivered(t *testing.T) {
 	e := newTestEnv(t)
 	secret := filepath.Join(e.Dir, "hook-secret")
 	os.WriteFile(secret, []byte("s3cret-hmac-key"), 0o600)
-	e.Config.Notifications.Webhooks = []broker.WebhookConfig{{Name: "sec", URL: recv.URL, SecretFile: secret, Events: []string{"grant.requested"}}}
+	e.Config.Notifications.Webhooks = []broker.WebhookConfig{broker.Defaulted(func(w *broker.WebhookConfig) {
+		w.Name, w.URL, w.SecretFile, w.Events = "sec", recv.URL, secret, []string{"grant.requested"}
+	})}
 	e.Start()
 	id := requestGrant(t, e, e.Attest("hooked", nil), "elevated", "webhook test")
 	select {

@@ -170,7 +170,7 @@ operators:
       sha256: %[5]s
       groups: [approvers]
 limits:
-  agent_rate: -1
+  agent_rate: .inf # no per-agent limit
   max_body_bytes: 4096
 # The console refuses a plain-http public_url that is not loopback;
 # console tests turn it on with a loopback public_url (startConsole).

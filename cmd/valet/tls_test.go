@@ -126,8 +126,9 @@ func TestOperatorSSOToken(t *testing.T) {
 	if err := sso.WriteJWKS(jwks); err != nil {
 		t.Fatal(err)
 	}
-	e.Config.Operators.Issuers = []broker.IssuerConfig{{Name: "sso", Issuer: "https://sso.test", Audiences: []string{"valet-console"}, JWKSFile: jwks, Algorithms: []string{"ES256"}}}
-	e.Config.ApplyDefaults()
+	e.Config.Operators.Issuers = []broker.IssuerConfig{broker.Defaulted(func(ic *broker.IssuerConfig) {
+		ic.Name, ic.Issuer, ic.Audiences, ic.JWKSFile, ic.Algorithms = "sso", "https://sso.test", []string{"valet-console"}, jwks, []string{"ES256"}
+	})}
 	if err := e.Config.Validate(); err != nil {
 		t.Fatal(err)
 	}
