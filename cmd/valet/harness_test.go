@@ -182,6 +182,13 @@ console:
 // Config or Registry if needed) to run the server.
 func newTestEnv(t testing.TB) *testEnv {
 	t.Helper()
+	return newTestEnvYAML(t, nil)
+}
+
+// newTestEnvYAML is newTestEnv with edit (if not nil) applied to the
+// config's YAML before it is loaded, for tests of how a key is read.
+func newTestEnvYAML(t testing.TB, edit func(string) string) *testEnv {
+	t.Helper()
 	dir := t.TempDir()
 	iss, err := attest.NewDevIssuer("https://issuer.test")
 	if err != nil {
@@ -198,6 +205,9 @@ func newTestEnv(t testing.TB) *testEnv {
 	}
 	cfgText := fmt.Sprintf(testConfig, dir, broker.HashToken(testOperatorToken),
 		broker.HashToken(opToken("bob")), broker.HashToken(opToken("carol")), broker.HashToken(opToken("owner@example.com")))
+	if edit != nil {
+		cfgText = edit(cfgText)
+	}
 	if err := os.WriteFile(filepath.Join(dir, "config.yaml"), []byte(cfgText), 0o600); err != nil {
 		t.Fatal(err)
 	}
