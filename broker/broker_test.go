@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -76,6 +78,10 @@ type fixture struct {
 	issuer *attest.DevIssuer
 	clock  *clock.Fake
 	queue  *leases.RevocationQueue
+	// What broker.New was given, for tests that build another broker.
+	cfg   *broker.Config
+	v     broker.Verifier
+	authz broker.Authorizer
 }
 
 func newFixture(t *testing.T, cfgEdit func(*broker.Config)) *fixture {
@@ -137,7 +143,7 @@ func newFixture(t *testing.T, cfgEdit func(*broker.Config)) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &fixture{b: b, store: store, fs: fs, be: be, issuer: iss, clock: clk, queue: q}
+	return &fixture{b: b, store: store, fs: fs, be: be, issuer: iss, clock: clk, queue: q, cfg: cfg, v: v, authz: pe}
 }
 
 func (f *fixture) attest(t *testing.T, sub string) string {
@@ -293,5 +299,45 @@ func TestRateLimitPerAgent(t *testing.T) {
 	f.clock.Advance(2 * time.Second)
 	if _, err := f.b.Mint(context.Background(), broker.MintRequest{Attestation: tok, Role: "r"}); err != nil {
 		t.Fatalf("after the refill: %v", err)
+	}
+}
+
+// TestRateLimitInfinite: limits.agent_rate: .inf sets no limit, whatever
+// the burst.
+func TestRateLimitInfinite(t *testing.T) {
+	f := newFixture(t, func(cfg *broker.Config) { cfg.Limits.AgentRate, cfg.Limits.AgentBurst = math.Inf(1), 1 })
+	tok := f.attest(t, "busy")
+	for i := range 50 {
+		if _, err := f.b.Mint(context.Background(), broker.MintRequest{Attestation: tok, Role: "r"}); err != nil {
+			t.Fatalf("mint %d: %v", i, err)
+		}
+	}
+}
+
+// TestNewRefusesUnusableAgentLimits: the broker takes the agent rate and
+// burst as given; 0 is not replaced by a default but refused, and a
+// negative rate no longer switches the limit off.
+func TestNewRefusesUnusableAgentLimits(t *testing.T) {
+	cases := []struct {
+		name  string
+		rate  float64
+		burst int
+		want  string
+	}{
+		{"zero rate", 0, 20, "limits.agent_rate must be a positive number of requests per second (.inf for no limit); it is 0"},
+		{"negative rate", -1, 20, "limits.agent_rate must be a positive number of requests per second (.inf for no limit); it is -1"},
+		{"NaN rate", math.NaN(), 20, "limits.agent_rate must be a positive number"},
+		{"zero burst", 10, 0, "limits.agent_burst must be at least 1; it is 0"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t, nil)
+			cfg := *f.cfg
+			cfg.Limits.AgentRate, cfg.Limits.AgentBurst = tc.rate, tc.burst
+			_, err := broker.New(broker.Options{Config: &cfg, Store: f.store, Auditor: f.store, Verifier: f.v, Authorizer: f.authz, Revoker: f.queue})
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("New = %v, want an error containing %q", err, tc.want)
+			}
+		})
 	}
 }

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/valet-broker/valet/broker/clock"
 )
 
 // TestClockSkewZeroIsNoSkew: issuers[].clock_skew: 0s tolerates no skew at
@@ -37,5 +39,29 @@ func TestClockSkewZeroIsNoSkew(t *testing.T) {
 				t.Fatalf("status %d, body %s; want %d with %q", r.Status, r.Body, tc.want, tc.wantBody)
 			}
 		})
+	}
+}
+
+// TestRetentionZeroKeepsNoEndedLeases: leases.retention: 0s deletes an
+// ended lease at the next housekeeping pass (once a minute) instead of
+// keeping it for the default 7 days; its audit records stay.
+func TestRetentionZeroKeepsNoEndedLeases(t *testing.T) {
+	e := newTestEnvYAML(t, func(cfg string) string { return cfg + "leases:\n  retention: 0s\n" })
+	fake := clock.NewFake(time.Now())
+	e.Clock = fake
+	e.Issuer.SetClock(fake)
+	e.Start()
+	id, _ := e.Mint(e.Attest("short-lived", nil), "demo")["lease_id"].(string)
+	if r := e.Do("DELETE", "/v1/leases/"+id, testOperatorToken, nil); r.Status != http.StatusOK {
+		t.Fatalf("end lease: %d %s", r.Status, r.Body)
+	}
+	eventually(t, 10*time.Second, "ended lease pruned", func() bool {
+		if fake.Waiters() > 0 {
+			fake.Advance(time.Minute)
+		}
+		return e.Do("GET", "/v1/leases/"+id, testOperatorToken, nil).Status == http.StatusNotFound
+	})
+	if n := auditKinds(t, e)["lease.revoke"]; n == 0 {
+		t.Fatalf("the ended lease's audit records are gone: %v", auditKinds(t, e))
 	}
 }
