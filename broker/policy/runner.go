@@ -50,8 +50,8 @@ type testPrincipal struct {
 }
 
 type testRole struct {
-	Name              string            `yaml:"name"`
-	Backend           string            `yaml:"backend"`
+	Name    string `yaml:"name"`
+	Backend string `yaml:"backend"`
 	// Pointers tell an absent key (the role's default) from one set to 0.
 	TTL               *broker.Duration  `yaml:"ttl"`
 	MaxTTL            *broker.Duration  `yaml:"max_ttl"`
