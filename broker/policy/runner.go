@@ -49,10 +49,12 @@ type testPrincipal struct {
 	Attributes map[string]string `yaml:"attributes"`
 }
 
+// testRole is a case's role. TTL and MaxTTL are pointers so an absent key
+// (the role's default) is told from one set to 0 (refused, as in a role's
+// configuration).
 type testRole struct {
-	Name    string `yaml:"name"`
-	Backend string `yaml:"backend"`
-	// Pointers tell an absent key (the role's default) from one set to 0.
+	Name              string            `yaml:"name"`
+	Backend           string            `yaml:"backend"`
 	TTL               *broker.Duration  `yaml:"ttl"`
 	MaxTTL            *broker.Duration  `yaml:"max_ttl"`
 	Labels            map[string]string `yaml:"labels"`
