@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -401,7 +402,8 @@ func ParseConfig(b []byte) (*Config, error) {
 }
 
 // DecodeStrict decodes YAML into v, rejecting unknown keys and trailing
-// documents.
+// documents. A decoding error names the key of each line it cites:
+// "line 7 (issuers[0].clock_skew): duration "-1s" out of range".
 func DecodeStrict(b []byte, v any) error {
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
@@ -409,13 +411,57 @@ func DecodeStrict(b []byte, v any) error {
 		if errors.Is(err, io.EOF) {
 			return errors.New("config is empty")
 		}
-		return err
+		return nameKeys(err, b)
 	}
 	var extra any
 	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
 		return errors.New("config must be a single YAML document")
 	}
 	return nil
+}
+
+var errorLine = regexp.MustCompile(`line (\d+):`)
+
+// nameKeys rewrites each "line N:" of a decoding error as "line N (path):",
+// where path is the key written on line N (when exactly one is).
+func nameKeys(err error, b []byte) error {
+	var root yaml.Node
+	if yaml.Unmarshal(b, &root) != nil {
+		return err
+	}
+	keys := map[int][]string{} // line -> key paths on it
+	var walk func(n *yaml.Node, path string)
+	walk = func(n *yaml.Node, path string) {
+		switch n.Kind {
+		case yaml.DocumentNode:
+			for _, c := range n.Content {
+				walk(c, path)
+			}
+		case yaml.SequenceNode:
+			for i, c := range n.Content {
+				walk(c, fmt.Sprintf("%s[%d]", path, i))
+			}
+		case yaml.MappingNode:
+			for i := 0; i+1 < len(n.Content); i += 2 {
+				k := n.Content[i]
+				p := k.Value
+				if path != "" {
+					p = path + "." + k.Value
+				}
+				keys[k.Line] = append(keys[k.Line], p)
+				walk(n.Content[i+1], p)
+			}
+		}
+	}
+	walk(&root, "")
+	msg := errorLine.ReplaceAllStringFunc(err.Error(), func(m string) string {
+		line, _ := strconv.Atoi(errorLine.FindStringSubmatch(m)[1])
+		if paths := keys[line]; len(paths) == 1 {
+			return fmt.Sprintf("line %d (%s):", line, paths[0])
+		}
+		return m
+	})
+	return errors.New(msg)
 }
 
 // DecodeOptions strictly decodes a backend's options or a role's params into

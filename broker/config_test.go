@@ -353,8 +353,9 @@ func TestConfigStrictInEverySection(t *testing.T) {
 			}
 			setKey(t, m, section+"bogus_key", 1)
 			_, err := parseKeys(t, m)
-			if err == nil || !strings.Contains(err.Error(), "field bogus_key not found") {
-				t.Fatalf("error %v, want the unknown key refused", err)
+			key := regexp.MustCompile(`\.(\d+)\.`).ReplaceAllString(section, "[$1].") + "bogus_key"
+			if want := "(" + key + "): field bogus_key not found"; err == nil || !strings.Contains(err.Error(), want) {
+				t.Fatalf("error %v, want the unknown key refused: %q", err, want)
 			}
 		})
 	}
@@ -460,7 +461,8 @@ func TestConfigRefusesValuesThatUsedToMeanSomethingElse(t *testing.T) {
 		{"NaN agent_rate", "limits.agent_rate", math.NaN(), "limits.agent_rate must be a positive number"},
 		{"negative attestation_cache", "limits.attestation_cache", -1, "limits.attestation_cache must not be negative (0 turns the cache off); it is -1"},
 		{"negative approvals", "roles.0.approval.required", -1, "roles[0].approval.required must be between 0 and 10; it is -1"},
-		{"negative duration", "issuers.0.clock_skew", "-1s", `duration "-1s" out of range`},
+		{"negative duration", "issuers.0.clock_skew", "-1s", `(issuers[0].clock_skew): duration "-1s" out of range`},
+		{"not a duration", "leases.retention", "a week", `(leases.retention): invalid duration "a week"`},
 		{"empty algorithms", "issuers.0.algorithms", []any{}, "issuers[0].algorithms must not be empty"},
 		{"empty subject_claim", "issuers.0.subject_claim", "", "issuers[0].subject_claim must not be empty"},
 		{"empty issuer type", "issuers.0.type", "", `issuers[0].type "" must be oidc`},
