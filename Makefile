@@ -26,13 +26,21 @@ run-vault: build vault
 	./deploy/dev-vault.sh
 
 ## test: vet, the whole suite with the race detector, then each fuzz target
-## briefly. The suite needs a real Vault (built by `make vault`), PostgreSQL
-## and Chromium (Debian's postgresql and chromium packages; installed here
-## when running as root without them).
+## briefly. The suite needs a C compiler for the race detector, a real Vault
+## (built by `make vault`), PostgreSQL and Chromium (Debian's gcc, postgresql
+## and chromium packages; installed here when running as root without them).
 test: deps lint race fuzz
 
 ## deps: what the test suite needs besides Go
 deps: vault
+	@if ! command -v gcc >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing gcc and libc6-dev (go test -race needs cgo)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc libc6-dev >/dev/null; \
+	  else \
+	    echo "gcc is missing (go test -race needs cgo): sudo apt-get install -y gcc libc6-dev"; exit 1; \
+	  fi; \
+	fi
 	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && [ -z "$$VALET_PG_BIN" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing PostgreSQL (Debian package postgresql)"; \

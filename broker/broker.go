@@ -155,6 +155,11 @@ type MintRequest struct {
 	// mints at once (policy action break_glass, TTL capped by the role's
 	// break-glass limit), needs a reason, and is flagged for review.
 	BreakGlass bool
+	// Immediate says the caller cannot wait for an approval (the RFC 8693
+	// token endpoint answers at once): a role that needs approval is then
+	// refused with EFORBIDDEN, after authentication and policy, instead of
+	// opening a grant.
+	Immediate bool
 }
 
 // MintResult is a minted credential, or a grant waiting for approval.
@@ -241,29 +246,44 @@ func (b *Broker) Mint(ctx context.Context, req MintRequest) (res *MintResult, er
 	switch {
 	case req.BreakGlass:
 		return b.breakGlass(ctx, p, role, ttl, req, dec, now)
+	case role.Approval.Required > 0 && req.Immediate:
+		err := Errorf(EFORBIDDEN, "role %s requires operator approval: request it with POST /v1/credentials, then redeem the grant", role.Name)
+		b.deny(ctx, p, audit.KindMint, role.Name, req.RequestID, err.Message, Decision{Version: dec.Version})
+		return nil, err
 	case role.Approval.Required > 0:
 		return b.requestGrant(ctx, p, role, ttl, req, dec, now)
 	}
 	return b.mint(ctx, p, role, ttl, req, dec, now, nil)
 }
 
+// ErrScopeRefused is in the chain of every EINVALID error Mint returns
+// because the role does not grant the requested scope, so that front ends
+// can tell a refused scope (OAuth's invalid_scope, RFC 6749 section 5.2)
+// from other bad requests with errors.Is.
+var ErrScopeRefused = errors.New("scope refused")
+
 // checkScope asks the role's backend whether it accepts the client's scope
-// request. Backends that do not understand scopes refuse any.
+// request. Backends that do not understand scopes refuse any. Refusals are
+// EINVALID errors with ErrScopeRefused in their chain.
 func (b *Broker) checkScope(role *Role, scope map[string]any) error {
 	if len(scope) == 0 {
 		return nil
 	}
 	sc, ok := b.backends[role.Backend].(backends.ScopeChecker)
 	if !ok {
-		return Errorf(EINVALID, "role %s (backend %s) does not accept a scope; leave scope out", role.Name, role.Backend)
+		return Wrap(EINVALID, ErrScopeRefused, "role %s (backend %s) does not accept a scope; leave scope out", role.Name, role.Backend)
 	}
-	if err := sc.CheckScope(roleSpec(role), scope); err != nil {
-		if ErrorCode(err) == EINTERNAL {
-			return Wrap(EINVALID, err, "scope is not acceptable for role %s", role.Name)
-		}
+	err := sc.CheckScope(roleSpec(role), scope)
+	switch ErrorCode(err) {
+	case "":
+		return nil
+	case EINTERNAL:
+		return Wrap(EINVALID, fmt.Errorf("%w: %w", ErrScopeRefused, err), "scope is not acceptable for role %s", role.Name)
+	case EINVALID:
+		return Wrap(EINVALID, fmt.Errorf("%w: %w", ErrScopeRefused, err), "%s", ErrorMessage(err))
+	default:
 		return err
 	}
-	return nil
 }
 
 // mint runs the side-effecting part of a mint: intent, backend, activation.

@@ -19,6 +19,7 @@ import (
 	"github.com/valet-broker/valet/broker/attest"
 	"github.com/valet-broker/valet/broker/audit"
 	"github.com/valet-broker/valet/broker/clock"
+	"github.com/valet-broker/valet/broker/grants"
 	"github.com/valet-broker/valet/broker/policy"
 	"github.com/valet-broker/valet/leases"
 )
@@ -138,8 +139,12 @@ func newFixture(t *testing.T, cfgEdit func(*broker.Config)) *fixture {
 		t.Fatal(err)
 	}
 	fs := &failingStore{BoltStore: store}
+	gs, err := grants.NewStore(store)
+	if err != nil {
+		t.Fatal(err)
+	}
 	b, err := broker.New(broker.Options{Config: cfg, Store: fs, Auditor: store, Verifier: v, Authorizer: pe,
-		Backends: map[string]backends.Backend{"ext": be}, Revoker: q, Clock: clk, Logger: log})
+		Backends: map[string]backends.Backend{"ext": be}, Revoker: q, Clock: clk, Logger: log, Grants: gs})
 	if err != nil {
 		t.Fatal(err)
 	}

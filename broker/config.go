@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/valet-broker/valet/broker/identity"
 )
 
 // Config is valet's server configuration, read from YAML. Unknown keys are
@@ -50,6 +52,7 @@ type Config struct {
 
 	Notifications NotificationsConfig `yaml:"notifications"`
 	Console       ConsoleConfig       `yaml:"console"`
+	Introspection IntrospectionConfig `yaml:"introspection"`
 
 	// ConfigDir is the directory of the config file (set by LoadConfig);
 	// backends resolve relative paths in their options against it.
@@ -162,8 +165,9 @@ type ApprovalConfig struct {
 	// approval; the role mints at once).
 	Required int `yaml:"required"`
 	// Approvers limits who may approve: operator names and operator groups
-	// (from the operator token's config or the SSO token's groups claim).
-	// Empty lists mean any operator.
+	// (from the operator token's config or the SSO token's groups claim),
+	// compared as identity.Equal does (case-insensitively). Empty lists
+	// mean any operator.
 	Approvers ApproversConfig `yaml:"approvers"`
 	// RequestTTL is how long a request waits for approval (default 1h, at
 	// least 1m).
@@ -227,14 +231,42 @@ type ConsoleOIDCConfig struct {
 	// RedirectURL defaults to <public_url>/ui/auth/callback.
 	RedirectURL string   `yaml:"redirect_url"`
 	Scopes      []string `yaml:"scopes"` // default openid, email, profile, groups
-	// NameClaim names the operator (default email); GroupsClaim lists the
-	// operator's groups (default groups).
-	NameClaim   string `yaml:"name_claim"`
-	GroupsClaim string `yaml:"groups_claim"`
-	// AllowedGroups, when set, admits only members of these groups.
-	AllowedGroups []string `yaml:"allowed_groups"`
 	// CAFile verifies the provider's TLS certificate.
 	CAFile string `yaml:"ca_file"`
+	// The operator's name and groups come from the ID token as for
+	// operators.issuers (see OperatorFromClaims).
+	OperatorIdentityConfig `yaml:",inline"`
+}
+
+// OperatorIdentityConfig says how an operator's identity is read from the
+// verified claims of an OpenID Connect ID token, and which accounts of the
+// issuer are operators at all. operators.issuers[] and console.oidc take
+// the same keys; OperatorFromClaims applies them.
+type OperatorIdentityConfig struct {
+	// NameClaim is the claim that names the operator (default email). The
+	// email claim names an operator only when the token's email_verified
+	// is true (OpenID Connect Core 1.0, section 5.1).
+	NameClaim string `yaml:"name_claim"`
+	// GroupsClaim lists the operator's groups (default groups): an array
+	// of strings or a single string.
+	GroupsClaim string `yaml:"groups_claim"`
+	// AllowedGroups admits only members of one of these groups.
+	AllowedGroups []string `yaml:"allowed_groups"`
+	// AllowAll admits every account the issuer signs in. Exactly one of
+	// AllowedGroups and AllowAll must be set.
+	AllowAll bool `yaml:"allow_all"`
+	// EmailVerifiedDefault is the value assumed for email_verified when a
+	// token carries no such claim (default false: unverified). Set it only
+	// for a provider that verifies every email it issues and omits the
+	// claim. An explicit email_verified: false is never overridden.
+	EmailVerifiedDefault bool `yaml:"email_verified_default"`
+}
+
+// OperatorIssuerConfig is an issuer of operator ID tokens: the keys of an
+// attestation issuer plus those of the operator's identity.
+type OperatorIssuerConfig struct {
+	IssuerConfig           `yaml:",inline"`
+	OperatorIdentityConfig `yaml:",inline"`
 }
 
 // NotificationsConfig sends grant and break-glass events to webhooks.
@@ -278,11 +310,23 @@ func (p *PolicyConfig) Watching() bool { return p.Watch == nil || *p.Watch }
 
 // OperatorsConfig says who may act as an operator.
 type OperatorsConfig struct {
-	Tokens  []OperatorToken `yaml:"tokens"`
-	Issuers []IssuerConfig  `yaml:"issuers"`
+	Tokens  []OperatorToken        `yaml:"tokens"`
+	Issuers []OperatorIssuerConfig `yaml:"issuers"`
+}
+
+// IssuerConfigs returns the attestation-issuer part of each operator
+// issuer, in order, for the token verifier.
+func (c OperatorsConfig) IssuerConfigs() []IssuerConfig {
+	out := make([]IssuerConfig, 0, len(c.Issuers))
+	for _, ic := range c.Issuers {
+		out = append(out, ic.IssuerConfig)
+	}
+	return out
 }
 
 // OperatorToken is a static operator bearer token, stored as its SHA-256.
+// Name is the operator's name; it is one identity with an SSO operator of
+// the same name (compared as identity.Equal does).
 type OperatorToken struct {
 	Name   string   `yaml:"name"`
 	SHA256 string   `yaml:"sha256"`
@@ -370,11 +414,13 @@ func (c *Config) ResolvePaths(base string) {
 		abs(&c.TLS.KeyFile)
 		abs(&c.TLS.ClientCAFile)
 	}
-	for _, list := range [][]IssuerConfig{c.Issuers, c.Operators.Issuers} {
-		for i := range list {
-			abs(&list[i].JWKSFile)
-			abs(&list[i].CAFile)
-		}
+	for i := range c.Issuers {
+		abs(&c.Issuers[i].JWKSFile)
+		abs(&c.Issuers[i].CAFile)
+	}
+	for i := range c.Operators.Issuers {
+		abs(&c.Operators.Issuers[i].JWKSFile)
+		abs(&c.Operators.Issuers[i].CAFile)
 	}
 	if c.Audit.Sink != "stdout" {
 		abs(&c.Audit.Sink)
@@ -386,6 +432,7 @@ func (c *Config) ResolvePaths(base string) {
 		abs(&c.Console.OIDC.ClientSecretFile)
 		abs(&c.Console.OIDC.CAFile)
 	}
+	c.Introspection.resolvePaths(abs)
 }
 
 // ParseConfig strictly decodes YAML (unknown keys are errors), with
@@ -618,6 +665,12 @@ func (ic *IssuerConfig) UnmarshalYAML(unmarshal func(any) error) error {
 	if err := decodeOnDefaults(ic.SetDefaults, (*issuer)(ic), unmarshal); err != nil {
 		return err
 	}
+	return ic.applyPreset(unmarshal)
+}
+
+// applyPreset sets the defaults of the issuer's type for the keys absent
+// from the mapping being unmarshalled.
+func (ic *IssuerConfig) applyPreset(unmarshal func(any) error) error {
 	if ic.Type != IssuerGitHub {
 		return nil
 	}
@@ -632,6 +685,39 @@ func (ic *IssuerConfig) UnmarshalYAML(unmarshal func(any) error) error {
 		ic.Discovery = true
 	}
 	return nil
+}
+
+// SetDefaults sets the defaults of both parts.
+func (oi *OperatorIssuerConfig) SetDefaults() {
+	oi.IssuerConfig.SetDefaults()
+	oi.OperatorIdentityConfig.SetDefaults()
+}
+
+// UnmarshalYAML decodes on top of the defaults and applies the issuer
+// type's preset, as IssuerConfig.UnmarshalYAML does. The two parts are
+// decoded inline through types without methods: the embedded
+// IssuerConfig's own UnmarshalYAML would see the identity keys as unknown.
+func (oi *OperatorIssuerConfig) UnmarshalYAML(unmarshal func(any) error) error {
+	type issuer IssuerConfig
+	type operatorIssuer struct {
+		*issuer                 `yaml:",inline"`
+		*OperatorIdentityConfig `yaml:",inline"`
+	}
+	plain := &operatorIssuer{(*issuer)(&oi.IssuerConfig), &oi.OperatorIdentityConfig}
+	if err := decodeOnDefaults(oi.SetDefaults, plain, unmarshal); err != nil {
+		return err
+	}
+	return oi.IssuerConfig.applyPreset(unmarshal)
+}
+
+// SetDefaults sets name_claim email and groups_claim groups. The type is
+// only ever inline (in operators.issuers[] and console.oidc), so it has no
+// UnmarshalYAML of its own: yaml would hand that the whole mapping, keys
+// of the enclosing section included. The enclosing section's SetDefaults
+// calls this one.
+func (oc *OperatorIdentityConfig) SetDefaults() {
+	oc.NameClaim = "email"
+	oc.GroupsClaim = "groups"
 }
 
 // SetDefaults sets the role's defaults: ttl 15m, max_ttl 1h and the
@@ -735,13 +821,12 @@ func (cc *ConsoleConfig) UnmarshalYAML(unmarshal func(any) error) error {
 	return decodeOnDefaults(cc.SetDefaults, (*console)(cc), unmarshal)
 }
 
-// SetDefaults sets scopes [openid, email, profile, groups], name_claim
-// email and groups_claim groups. RedirectURL depends on public_url and is
-// set by Config.UnmarshalYAML.
+// SetDefaults sets scopes [openid, email, profile, groups] and the
+// operator identity defaults. RedirectURL depends on public_url and is set
+// by Config.UnmarshalYAML.
 func (o *ConsoleOIDCConfig) SetDefaults() {
 	o.Scopes = []string{"openid", "email", "profile", "groups"}
-	o.NameClaim = "email"
-	o.GroupsClaim = "groups"
+	o.OperatorIdentityConfig.SetDefaults()
 }
 
 // UnmarshalYAML decodes on top of the defaults.
@@ -816,8 +901,9 @@ func (c *Config) Validate() error {
 		add("issuers must list at least one trusted attestation issuer")
 	}
 	errs = append(errs, validateIssuers("issuers", c.Issuers)...)
-	errs = append(errs, validateIssuers("operators.issuers", c.Operators.Issuers)...)
+	errs = append(errs, validateIssuers("operators.issuers", c.Operators.IssuerConfigs())...)
 	for i, oi := range c.Operators.Issuers {
+		errs = append(errs, oi.OperatorIdentityConfig.validate(fmt.Sprintf("operators.issuers[%d]", i))...)
 		for _, ai := range c.Issuers {
 			if oi.Name == ai.Name {
 				// Replay protection keys consumed ids by issuer name.
@@ -880,26 +966,32 @@ func (c *Config) Validate() error {
 				add("%s.scopes[%d] %q must be a non-empty token without spaces or quotes", f, j, s)
 			}
 		}
+		errs = append(errs, validateIdentities(f+".approval.approvers.operators", r.Approval.Approvers.Operators)...)
+		errs = append(errs, validateIdentities(f+".approval.approvers.groups", r.Approval.Approvers.Groups)...)
 	}
 
 	if c.Policy.Dir == "" {
 		add("policy.dir must be set (a directory of *.cedar files)")
 	}
 
-	seenOps := map[string]bool{}
+	var opNames []string
+	seenSums := map[string]int{}
 	for i, t := range c.Operators.Tokens {
 		f := fmt.Sprintf("operators.tokens[%d]", i)
 		if t.Name == "" {
 			add("%s.name must be set", f)
 		}
-		if seenOps[t.Name] {
-			add("%s.name %q is used twice", f, t.Name)
-		}
-		seenOps[t.Name] = true
+		opNames = append(opNames, t.Name)
 		if b, err := hex.DecodeString(t.SHA256); err != nil || len(b) != 32 {
 			add("%s.sha256 must be the hex SHA-256 of the token (64 hex digits); `valet token hash` prints it", f)
+		} else if j, dup := seenSums[strings.ToLower(t.SHA256)]; dup {
+			add("%s.sha256 is the token of operators.tokens[%d] too; a token must name one operator", f, j)
+		} else {
+			seenSums[strings.ToLower(t.SHA256)] = i
 		}
+		errs = append(errs, validateIdentities(f+".groups", t.Groups)...)
 	}
+	errs = append(errs, validateIdentityList("operators.tokens", ".name", opNames)...)
 
 	l := c.Limits
 	if l.MaxBodyBytes < 1024 || l.MaxBodyBytes > 16<<20 {
@@ -949,9 +1041,7 @@ func (c *Config) Validate() error {
 		if !slices.Contains(o.Scopes, "openid") {
 			add("console.oidc.scopes %v must include openid", o.Scopes)
 		}
-		if o.NameClaim == "" {
-			add("console.oidc.name_claim must not be empty")
-		}
+		errs = append(errs, o.OperatorIdentityConfig.validate("console.oidc")...)
 	}
 	cc := c.Console
 	if cc.SessionIdle <= 0 {
@@ -995,6 +1085,7 @@ func (c *Config) Validate() error {
 	default:
 		add("log.level %q must be debug, info, warn or error", c.Log.Level)
 	}
+	errs = append(errs, c.Introspection.validate(roles, c.TLS)...)
 	return errors.Join(errs...)
 }
 
@@ -1088,6 +1179,58 @@ func validateIssuers(field string, issuers []IssuerConfig) []error {
 				add("%s.claim_mappings: attribute names and claim paths must not be empty", f)
 			}
 		}
+	}
+	return errs
+}
+
+// validate checks an issuer's operator identity keys; field is the
+// issuer's key path.
+func (oc OperatorIdentityConfig) validate(field string) []error {
+	var errs []error
+	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if oc.NameClaim == "" || oc.GroupsClaim == "" {
+		add("%s.name_claim and groups_claim must not be empty", field)
+	}
+	switch {
+	case oc.AllowAll && len(oc.AllowedGroups) > 0:
+		add("%s: set allowed_groups or allow_all: true, not both", field)
+	case !oc.AllowAll && len(oc.AllowedGroups) == 0:
+		add("%s.allowed_groups must list the groups whose members are operators, or set allow_all: true "+
+			"to make every account this issuer signs in an operator", field)
+	}
+	errs = append(errs, validateIdentities(field+".allowed_groups", oc.AllowedGroups)...)
+	if oc.EmailVerifiedDefault && oc.NameClaim != "email" {
+		add("%s.email_verified_default applies only when name_claim is email (it is %q)", field, oc.NameClaim)
+	}
+	return errs
+}
+
+// validateIdentities checks a list of operator or group names: each must
+// be a valid name written in its normalized form, and no two may be the
+// same identity.
+func validateIdentities(field string, names []string) []error {
+	return validateIdentityList(field, "", names)
+}
+
+// validateIdentityList is validateIdentities for names kept in a list of
+// structs: entry i is field[i]+suffix.
+func validateIdentityList(field, suffix string, names []string) []error {
+	var errs []error
+	for i, n := range names {
+		if n == "" {
+			continue // reported by the caller where a name is required
+		}
+		norm, err := identity.Normalize(n)
+		switch {
+		case err != nil:
+			errs = append(errs, fmt.Errorf("%s[%d]%s: %w", field, i, suffix, err))
+		case norm != n:
+			errs = append(errs, fmt.Errorf("%s[%d]%s %q must be written %q", field, i, suffix, n, norm))
+		}
+	}
+	if i, j, ok := identity.Duplicate(names); ok {
+		errs = append(errs, fmt.Errorf("%s[%d]%s %q is the same name as %s[%d]%s %q (names compare case-insensitively)",
+			field, j, suffix, names[j], field, i, suffix, names[i]))
 	}
 	return errs
 }

@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
@@ -165,7 +166,7 @@ func keysConfig() map[string]any {
 		},
 		"policy": map[string]any{"dir": "/etc/valet/policies"},
 		"operators": map[string]any{"issuers": []any{map[string]any{
-			"name": "sso", "issuer": "https://sso.example.com", "audiences": []any{"valet"}, "discovery": true,
+			"name": "sso", "issuer": "https://sso.example.com", "audiences": []any{"valet"}, "discovery": true, "allow_all": true,
 		}}},
 		"notifications": map[string]any{"webhooks": []any{map[string]any{"name": "sec", "url": "https://hooks.example.com/valet"}}},
 	}
@@ -314,7 +315,11 @@ func TestConfigKeysAllListed(t *testing.T) {
 	walk = func(prefix string, typ reflect.Type) {
 		for i := range typ.NumField() {
 			f := typ.Field(i)
-			name, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+			name, opts, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+			if opts == "inline" && f.Type.Kind() == reflect.Struct {
+				walk(prefix, f.Type)
+				continue
+			}
 			if name == "-" || name == "" {
 				continue
 			}
@@ -350,6 +355,7 @@ func TestConfigStrictInEverySection(t *testing.T) {
 			if section == "console.oidc." {
 				setKey(t, m, "console.oidc.issuer", "https://sso.example.com")
 				setKey(t, m, "console.oidc.client_id", "valet")
+				setKey(t, m, "console.oidc.allow_all", true)
 			}
 			setKey(t, m, section+"bogus_key", 1)
 			_, err := parseKeys(t, m)
@@ -381,9 +387,9 @@ func TestConfigDefaultsFromOtherKeys(t *testing.T) {
 		{"public_url set is kept, without a trailing slash", map[string]any{"listen": "0.0.0.0:9000", "public_url": "https://valet.example.com/"},
 			func(c *Config) any { return c.PublicURL }, "https://valet.example.com"},
 		{"console.oidc.redirect_url absent follows public_url", map[string]any{"public_url": "https://valet.example.com",
-			"console.oidc.issuer": "https://sso.example.com", "console.oidc.client_id": "valet"},
+			"console.oidc.issuer": "https://sso.example.com", "console.oidc.client_id": "valet", "console.oidc.allow_all": true},
 			func(c *Config) any { return c.Console.OIDC.RedirectURL }, "https://valet.example.com/ui/auth/callback"},
-		{"console.oidc defaults", map[string]any{"console.oidc.issuer": "https://sso.example.com", "console.oidc.client_id": "valet"},
+		{"console.oidc defaults", map[string]any{"console.oidc.issuer": "https://sso.example.com", "console.oidc.client_id": "valet", "console.oidc.allow_all": true},
 			func(c *Config) any {
 				return strings.Join(c.Console.OIDC.Scopes, ",") + " " + c.Console.OIDC.NameClaim + " " + c.Console.OIDC.GroupsClaim
 			}, "openid,email,profile,groups email groups"},
@@ -483,6 +489,7 @@ func TestConfigRefusesValuesThatUsedToMeanSomethingElse(t *testing.T) {
 		m := keysConfig()
 		setKey(t, m, "console.oidc.issuer", "https://sso.example.com")
 		setKey(t, m, "console.oidc.client_id", "valet")
+		setKey(t, m, "console.oidc.allow_all", true)
 		setKey(t, m, "console.oidc.scopes", []any{})
 		_, err := parseKeys(t, m)
 		if want := "console.oidc.scopes [] must include openid"; err == nil || !strings.Contains(err.Error(), want) {
@@ -512,8 +519,8 @@ func TestDefaultConfigMatchesAbsentKeys(t *testing.T) {
 		}),
 	}
 	inGo.Policy.Dir = "/etc/valet/policies"
-	inGo.Operators.Issuers = []IssuerConfig{Defaulted(func(ic *IssuerConfig) {
-		ic.Name, ic.Issuer, ic.Audiences, ic.Discovery = "sso", "https://sso.example.com", []string{"valet"}, true
+	inGo.Operators.Issuers = []OperatorIssuerConfig{Defaulted(func(oi *OperatorIssuerConfig) {
+		oi.Name, oi.Issuer, oi.Audiences, oi.Discovery, oi.AllowAll = "sso", "https://sso.example.com", []string{"valet"}, true, true
 	})}
 	inGo.Notifications.Webhooks = []WebhookConfig{Defaulted(func(w *WebhookConfig) { w.Name, w.URL = "sec", "https://hooks.example.com/valet" })}
 	if err := inGo.Validate(); err != nil {
@@ -523,5 +530,82 @@ func TestDefaultConfigMatchesAbsentKeys(t *testing.T) {
 		a, _ := yaml.Marshal(fromFile)
 		b, _ := yaml.Marshal(inGo)
 		t.Fatalf("from a file:\n%s\nbuilt in Go:\n%s", a, b)
+	}
+}
+
+// ssoIssuer is an operator issuer; %s are its extra keys.
+const ssoIssuer = `operators:
+  issuers:
+    - name: sso
+      issuer: https://sso.example.com
+      audiences: [valet]
+      discovery: true
+%s`
+
+func TestOperatorIdentityConfig(t *testing.T) {
+	tokens := func(names ...string) string {
+		s := "operators:\n  tokens:\n"
+		for i, n := range names {
+			s += "    - name: " + n + "\n      sha256: " + strings.Repeat(string(rune('a'+i)), 64) + "\n"
+		}
+		return s
+	}
+	approvers := func(list string) string {
+		return strings.Replace(minimalConfig, "    backend: tokens", "    backend: tokens\n    approval:\n      required: 1\n      approvers: "+list, 1)
+	}
+	console := func(keys string) string {
+		return "public_url: https://valet.example.com\nconsole:\n  oidc:\n    issuer: https://sso.example.com\n    client_id: valet\n" + keys
+	}
+	cases := []struct {
+		name   string
+		config string
+		want   string // "" when the config is valid
+	}{
+		{"issuer with allowed_groups", minimalConfig + fmt.Sprintf(ssoIssuer, "      allowed_groups: [sre]\n"), ""},
+		{"issuer with allow_all", minimalConfig + fmt.Sprintf(ssoIssuer, "      allow_all: true\n"), ""},
+		{"issuer admitting every account by default", minimalConfig + fmt.Sprintf(ssoIssuer, ""),
+			"operators.issuers[0].allowed_groups must list the groups whose members are operators, or set allow_all: true"},
+		{"issuer with both", minimalConfig + fmt.Sprintf(ssoIssuer, "      allowed_groups: [sre]\n      allow_all: true\n"),
+			"operators.issuers[0]: set allowed_groups or allow_all: true, not both"},
+		{"allowed groups differing in case", minimalConfig + fmt.Sprintf(ssoIssuer, "      allowed_groups: [sre, SRE]\n"),
+			`operators.issuers[0].allowed_groups[1] "SRE" is the same name as operators.issuers[0].allowed_groups[0] "sre"`},
+		{"email_verified_default without email names", minimalConfig + fmt.Sprintf(ssoIssuer, "      allow_all: true\n      name_claim: preferred_username\n      email_verified_default: true\n"),
+			`operators.issuers[0].email_verified_default applies only when name_claim is email (it is "preferred_username")`},
+		{"email_verified_default", minimalConfig + fmt.Sprintf(ssoIssuer, "      allow_all: true\n      email_verified_default: true\n"), ""},
+		{"console admitting every account by default", minimalConfig + console(""),
+			"console.oidc.allowed_groups must list the groups whose members are operators, or set allow_all: true"},
+		{"console with allowed_groups", minimalConfig + console("    allowed_groups: [sre]\n"), ""},
+		{"operator names differing in case", minimalConfig + tokens("alice@example.com", "bob", "ALICE@example.com"),
+			`operators.tokens[2].name "ALICE@example.com" is the same name as operators.tokens[0].name "alice@example.com" (names compare case-insensitively)`},
+		{"operator name with a control character", minimalConfig + tokens(`"al\u0007ice"`),
+			`operators.tokens[0].name: not a valid name: "al\aice" holds a control character`},
+		{"operator name with surrounding spaces", minimalConfig + tokens(`" alice"`), `operators.tokens[0].name " alice" must be written "alice"`},
+		{"one token for two operators", minimalConfig + "operators:\n  tokens:\n    - name: alice\n      sha256: " + strings.Repeat("a", 64) +
+			"\n    - name: bob\n      sha256: " + strings.Repeat("A", 64) + "\n", "operators.tokens[1].sha256 is the token of operators.tokens[0] too"},
+		{"approver operators differing in case", approvers("{operators: [Alice@Example.com, alice@example.com]}"),
+			`roles[0].approval.approvers.operators[1] "alice@example.com" is the same name as roles[0].approval.approvers.operators[0] "Alice@Example.com"`},
+		{"approver groups differing in case", approvers("{groups: [sre, Sre]}"),
+			`roles[0].approval.approvers.groups[1] "Sre" is the same name as roles[0].approval.approvers.groups[0] "sre"`},
+		{"distinct approvers", approvers("{operators: [alice, bob], groups: [sre]}"), ""},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := ParseConfig([]byte(c.config))
+			switch {
+			case c.want == "" && err != nil:
+				t.Fatalf("valid config refused: %v", err)
+			case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)):
+				t.Fatalf("error = %v, want it to contain %q", err, c.want)
+			}
+		})
+	}
+	cfg, err := ParseConfig([]byte(minimalConfig + fmt.Sprintf(ssoIssuer, "      allow_all: true\n") + "  tokens: []\n" + console("    allow_all: true\n")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ic := range []OperatorIdentityConfig{cfg.Operators.Issuers[0].OperatorIdentityConfig, cfg.Console.OIDC.OperatorIdentityConfig} {
+		if ic.NameClaim != "email" || ic.GroupsClaim != "groups" || ic.EmailVerifiedDefault {
+			t.Errorf("defaults %+v: want name_claim email, groups_claim groups, email_verified_default false", ic)
+		}
 	}
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/valet-broker/valet/broker/audit"
 	"github.com/valet-broker/valet/broker/grants"
+	"github.com/valet-broker/valet/broker/identity"
 	"github.com/valet-broker/valet/leases"
 )
 
@@ -50,18 +51,24 @@ func (b *Broker) newGrant(p *Principal, role *Role, ttl time.Duration, req MintR
 
 // requesterIdentities are the agent id, its subject and the values of the
 // role's requester claims (e.g. email, CI actor): the people behind the
-// request, none of whom may approve it.
+// request, none of whom may approve or review it. Each identity is listed
+// once (compared as identity.Equal does).
 func requesterIdentities(p *Principal, role *Role) []string {
-	ids := []string{p.ID, p.Subject}
-	for _, c := range role.Approval.RequesterClaims {
-		if v, ok := p.Claims[c].(string); ok && v != "" {
-			ids = append(ids, v)
-		}
-		if v, ok := p.Attributes[c]; ok && v != "" {
+	var ids []string
+	add := func(v string) {
+		if v != "" && !identity.Contains(ids, v) {
 			ids = append(ids, v)
 		}
 	}
-	return slices.Compact(ids)
+	add(p.ID)
+	add(p.Subject)
+	for _, c := range role.Approval.RequesterClaims {
+		if v, ok := p.Claims[c].(string); ok {
+			add(v)
+		}
+		add(p.Attributes[c])
+	}
+	return ids
 }
 
 // breakGlass mints at once for a role that allows emergency access, records
@@ -171,50 +178,62 @@ func (b *Broker) ListGrants(ctx context.Context, f grants.Filter) ([]*grants.Gra
 	return gs, nil
 }
 
-// mayApprove reports whether op is among the role's approvers.
+// mayApprove reports whether op is among the role's approvers (names and
+// groups compared as identity.Equal does).
 func mayApprove(op *Operator, role *Role) bool {
 	a := role.Approval.Approvers
 	if len(a.Operators) == 0 && len(a.Groups) == 0 {
 		return true
 	}
-	if slices.Contains(a.Operators, op.Name) {
-		return true
+	return identity.Contains(a.Operators, op.Name) || identity.Intersects(op.Groups, a.Groups)
+}
+
+// checkApprover returns the role of g when op is among its approvers. An
+// operator outside them is refused with EFORBIDDEN, and the refusal is
+// audited as kind; a grant whose role is no longer configured is ECONFLICT
+// (its approvers are unknown).
+func (b *Broker) checkApprover(ctx context.Context, op *Operator, g *grants.Grant, kind, requestID string) (*Role, error) {
+	role, ok := b.roles[g.Role]
+	if !ok {
+		return nil, Errorf(ECONFLICT, "role %s of grant %s is no longer configured", g.Role, g.ID)
 	}
-	for _, g := range op.Groups {
-		if slices.Contains(a.Groups, g) {
-			return true
-		}
+	if !mayApprove(op, role) {
+		b.auditRefusal(ctx, op, g, kind, "operator is not an approver of this role", requestID)
+		return nil, Errorf(EFORBIDDEN, "operator %s is not among the approvers of role %s", op.Name, g.Role)
 	}
-	return false
+	return role, nil
+}
+
+// auditRefusal records that op was refused a decision on g. The reason
+// starts with "refused: ", which tells a refused denial (grant.deny)
+// apart from a denial that ended a grant; both are decision deny.
+func (b *Broker) auditRefusal(ctx context.Context, op *Operator, g *grants.Grant, kind, reason, requestID string) {
+	b.audit(ctx, audit.Entry{Kind: kind, Actor: audit.Actor{Type: audit.ActorOperator, ID: op.Name}, Decision: audit.Deny,
+		AgentID: g.AgentID, Role: g.Role, Reason: "refused: " + reason, RequestID: requestID, Details: map[string]string{"grant_id": g.ID}})
 }
 
 // ApproveGrant records op's approval. Errors: ENOTFOUND; EFORBIDDEN when op
 // is not an approver of the role or is one of the requesters; ECONFLICT
-// when the grant is not pending (or expired) or op already approved.
+// when the grant is not pending (or expired) or op already approved
+// (operators compared as identity.Equal does). Refusals are audited.
 func (b *Broker) ApproveGrant(ctx context.Context, op *Operator, id, comment, requestID string) (*grants.Grant, error) {
 	g, err := b.GetGrant(ctx, Caller{Operator: op}, id)
 	if err != nil {
 		return nil, err
 	}
-	role, ok := b.roles[g.Role]
-	if !ok {
-		return nil, Errorf(ECONFLICT, "role %s of grant %s is no longer configured", g.Role, id)
-	}
-	actor := audit.Actor{Type: audit.ActorOperator, ID: op.Name}
-	if !mayApprove(op, role) {
-		b.audit(ctx, audit.Entry{Kind: audit.KindGrantApprove, Actor: actor, Decision: audit.Deny, AgentID: g.AgentID, Role: g.Role,
-			Reason: "operator is not an approver of this role", RequestID: requestID, Details: map[string]string{"grant_id": id}})
-		return nil, Errorf(EFORBIDDEN, "operator %s is not among the approvers of role %s", op.Name, g.Role)
+	role, err := b.checkApprover(ctx, op, g, audit.KindGrantApprove, requestID)
+	if err != nil {
+		return nil, err
 	}
 	now := b.clock.Now()
 	ng, err := b.grants.Approve(ctx, id, grants.Decision{Operator: op.Name, At: now, Comment: comment, Method: op.Method},
 		role.Approval.RedeemWithin.D(), audit.Entry{
-			Kind: audit.KindGrantApprove, Actor: actor, Decision: audit.Allow, Reason: comment, RequestID: requestID,
+			Kind: audit.KindGrantApprove, Actor: audit.Actor{Type: audit.ActorOperator, ID: op.Name}, Decision: audit.Allow,
+			Reason: comment, RequestID: requestID,
 		})
 	if err != nil {
 		if errors.Is(err, grants.ErrSelfApproval) {
-			b.audit(ctx, audit.Entry{Kind: audit.KindGrantApprove, Actor: actor, Decision: audit.Deny, AgentID: g.AgentID, Role: g.Role,
-				Reason: "self-approval refused", RequestID: requestID, Details: map[string]string{"grant_id": id}})
+			b.auditRefusal(ctx, op, g, audit.KindGrantApprove, "self-approval refused", requestID)
 		}
 		return nil, grantError(err)
 	}
@@ -225,14 +244,19 @@ func (b *Broker) ApproveGrant(ctx context.Context, op *Operator, id, comment, re
 	return ng, nil
 }
 
-// DenyGrant ends a pending (or approved, not yet redeemed) grant.
+// DenyGrant ends a pending (or approved, not yet redeemed) grant. Errors:
+// ENOTFOUND; EFORBIDDEN (audited) when op is not an approver of the role;
+// ECONFLICT when the grant has ended. Any operator may deny a grant whose
+// role is no longer configured, which could not be redeemed anyway.
 func (b *Broker) DenyGrant(ctx context.Context, op *Operator, id, comment, requestID string) (*grants.Grant, error) {
 	g, err := b.GetGrant(ctx, Caller{Operator: op}, id)
 	if err != nil {
 		return nil, err
 	}
-	if role, ok := b.roles[g.Role]; ok && !mayApprove(op, role) {
-		return nil, Errorf(EFORBIDDEN, "operator %s is not among the approvers of role %s", op.Name, g.Role)
+	if _, ok := b.roles[g.Role]; ok {
+		if _, err := b.checkApprover(ctx, op, g, audit.KindGrantDeny, requestID); err != nil {
+			return nil, err
+		}
 	}
 	ng, err := b.grants.Deny(ctx, id, grants.Decision{Operator: op.Name, At: b.clock.Now(), Comment: comment, Method: op.Method}, audit.Entry{
 		Kind: audit.KindGrantDeny, Actor: audit.Actor{Type: audit.ActorOperator, ID: op.Name}, Decision: audit.Deny, Reason: comment, RequestID: requestID,
@@ -312,9 +336,17 @@ func (b *Broker) RedeemGrant(ctx context.Context, req RedeemRequest) (*MintResul
 }
 
 // ReviewGrant records an operator's after-the-fact review of break-glass
-// access.
+// access. A review is a decision: it obeys the rules of ApproveGrant. Errors:
+// ENOTFOUND; EFORBIDDEN when op is not an approver of the role or is one
+// of the identities behind the request (both audited); ECONFLICT when the
+// grant is not a break-glass grant, was reviewed already, or its role is
+// no longer configured; EINVALID without a comment.
 func (b *Broker) ReviewGrant(ctx context.Context, op *Operator, id, comment, requestID string) (*grants.Grant, error) {
-	if _, err := b.GetGrant(ctx, Caller{Operator: op}, id); err != nil {
+	og, err := b.GetGrant(ctx, Caller{Operator: op}, id)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := b.checkApprover(ctx, op, og, audit.KindGrantReview, requestID); err != nil {
 		return nil, err
 	}
 	if strings.TrimSpace(comment) == "" {
@@ -324,6 +356,9 @@ func (b *Broker) ReviewGrant(ctx context.Context, op *Operator, id, comment, req
 		Kind: audit.KindGrantReview, Actor: audit.Actor{Type: audit.ActorOperator, ID: op.Name}, Decision: audit.Allow, Reason: comment, RequestID: requestID,
 	})
 	if err != nil {
+		if errors.Is(err, grants.ErrSelfApproval) {
+			b.auditRefusal(ctx, op, og, audit.KindGrantReview, "self-review refused", requestID)
+		}
 		return nil, grantError(err)
 	}
 	b.notify(EventBreakGlassReviewed, SeverityInfo, g)

@@ -106,7 +106,13 @@ func (c *Console) handleLogin(w http.ResponseWriter, r *http.Request) {
 		c.renderLogin(w, r, http.StatusUnauthorized, "", next, "That is not a valid operator token.")
 		return
 	}
-	c.startSession(w, r, broker.Operator{Name: op.Name, Groups: op.Groups, Method: "console"}, time.Time{})
+	// Typing a static token is a sign-in now. An operator's ID token
+	// pasted here proves only what it says: its auth_time.
+	authAt := c.clock.Now()
+	if strings.HasPrefix(op.Method, "sso:") {
+		authAt = signInTime(op.AuthTime, authAt)
+	}
+	c.startSession(w, r, broker.Operator{Name: op.Name, Groups: op.Groups, Method: "console"}, authAt)
 	clearCookie(w, loginCookie, http.SameSiteStrictMode)
 	if next == "" {
 		next = "/ui/grants"
@@ -142,12 +148,41 @@ func (c *Console) handleLogout(w http.ResponseWriter, r *http.Request) {
 // authedHandler handles a request of a signed-in operator.
 type authedHandler func(w http.ResponseWriter, r *http.Request, se *session)
 
+// autoRefresh is the query parameter (refresh=auto) of a page's automatic
+// refresh (console.js), which must not keep a session alive.
+const autoRefresh = "refresh"
+
+// isAutoRefresh reports whether r is a page's automatic refresh rather
+// than an operator action.
+func isAutoRefresh(r *http.Request) bool {
+	return safeMethod(r.Method) && r.URL.Query().Get(autoRefresh) == "auto"
+}
+
+// withoutAutoRefresh returns the request's path and query without the
+// automatic refresh's marker.
+func withoutAutoRefresh(r *http.Request) string {
+	u := *r.URL
+	q := u.Query()
+	if !q.Has(autoRefresh) {
+		return u.RequestURI()
+	}
+	q.Del(autoRefresh)
+	u.RawQuery = q.Encode()
+	return u.RequestURI()
+}
+
 // authed admits signed-in operators. Pages send everyone else to the
 // sign-in page, saying why their session ended. A state-changing request
-// must also carry the session's CSRF token.
+// must also carry the session's CSRF token. Only operator actions extend
+// a session: a page's automatic refresh is checked against the timeouts
+// but does not count as activity.
 func (c *Console) authed(h authedHandler) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		se, why := c.sessions.use(r)
+		lookup := c.sessions.use
+		if isAutoRefresh(r) {
+			lookup = c.sessions.observe
+		}
+		se, why := lookup(r)
 		if se == nil {
 			if why != endNone {
 				clearCookie(w, sessionCookie, http.SameSiteStrictMode)
@@ -156,7 +191,7 @@ func (c *Console) authed(h authedHandler) http.HandlerFunc {
 			if reason == "" {
 				reason = "required"
 			}
-			next := r.URL.RequestURI()
+			next := withoutAutoRefresh(r)
 			if !safeMethod(r.Method) {
 				next = r.PostFormValue("return") // the page the form was on
 			}

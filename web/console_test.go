@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"net/url"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -11,8 +12,10 @@ import (
 	"time"
 
 	"github.com/valet-broker/valet/broker"
+	"github.com/valet-broker/valet/broker/attest"
 	"github.com/valet-broker/valet/broker/audit"
 	"github.com/valet-broker/valet/broker/grants"
+	"github.com/valet-broker/valet/broker/identity"
 	"github.com/valet-broker/valet/leases"
 )
 
@@ -692,4 +695,205 @@ func TestConsolePaging(t *testing.T) {
 		t.Fatalf("audit pages: %d then %d records (last %v, next %v)", len(first), len(second), first[len(first)-1], second[0])
 	}
 	mustContain(t, page, "← Newest")
+}
+
+func TestConsoleReviewFollowsDecisionRules(t *testing.T) {
+	f := newFixture(t, func(cfg *broker.Config, _ *Config) {
+		cfg.Roles = append(cfg.Roles, broker.Defaulted(func(r *broker.Role) {
+			r.Name, r.Backend, r.TTL = "guarded-glass", "mem", broker.Duration(5*time.Minute)
+			r.Approval.Required, r.Approval.Approvers = 1, broker.ApproversConfig{Groups: []string{"approvers"}}
+			r.Approval.BreakGlass.Allowed = true
+		}))
+	})
+	// The agent's attestation names owner@example.com (an approver) as
+	// the person behind it.
+	glass, err := f.b.Mint(context.Background(), broker.MintRequest{Attestation: f.attest("owned-agent", map[string]any{"email": "owner@example.com"}),
+		Role: "guarded-glass", Reason: "prod is down", BreakGlass: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := glass.Grant.ID
+	cases := []struct {
+		name, op, want string
+	}{
+		{"an operator outside the approvers", "carol", "carol is not among the approvers of role guarded-glass"},
+		{"the person who took the access", "owner@example.com", "owner@example.com asked for this access and cannot review it"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			b := f.browser()
+			b.login(c.op)
+			r := b.post("/ui/grants/"+id+"/review", url.Values{"csrf": {b.csrf("/ui/grants")}, "comment": {"fine by me"}})
+			if r.Status != http.StatusSeeOther {
+				t.Fatalf("review: %d", r.Status)
+			}
+			mustContain(t, b.get(r.Location()).Body, "Could not review grant "+id, c.want)
+			if g := f.grant(id); g.Review != nil {
+				t.Fatalf("a refused review was recorded: %+v", g.Review)
+			}
+		})
+	}
+	recs, err := audit.List(f.store.DB(), audit.Filter{Kind: audit.KindGrantReview})
+	if err != nil {
+		t.Fatal(err)
+	}
+	denied := 0
+	for _, rec := range recs {
+		if rec.Decision == audit.Deny {
+			denied++
+		}
+	}
+	if denied != 2 {
+		t.Fatalf("%d refused reviews audited, want 2: %+v", denied, recs)
+	}
+	b := f.browser()
+	b.login("bob")
+	r := b.post("/ui/grants/"+id+"/review", url.Values{"csrf": {b.csrf("/ui/grants")}, "comment": {"checked the session log"}})
+	mustContain(t, b.get(r.Location()).Body, "Recorded your review")
+	if g := f.grant(id); g.Review == nil || g.Review.Operator != "bob" {
+		t.Fatalf("review by an approver: %+v", g.Review)
+	}
+}
+
+func TestConsoleAutoRefreshDoesNotKeepSessionAlive(t *testing.T) {
+	f := newFixture(t, nil)
+	b := f.browser()
+	b.login("alice")
+	// The grants page's script reloads with the marker of an automatic
+	// refresh.
+	mustContain(t, b.get("/ui/static/console.js").Body, `"refresh", "auto"`)
+	// An open tab reloads every 30 seconds: the page keeps showing, but
+	// the session still ends after console.session_idle (15m) without an
+	// operator action.
+	for i := 1; ; i++ {
+		f.clock.Advance(30 * time.Second)
+		r := b.get("/ui/grants?refresh=auto")
+		if time.Duration(i)*30*time.Second < 15*time.Minute {
+			if r.Status != http.StatusOK {
+				t.Fatalf("automatic refresh after %s: %d %q", time.Duration(i)*30*time.Second, r.Status, r.Location())
+			}
+			continue
+		}
+		if r.Status != http.StatusSeeOther || !strings.Contains(r.Location(), "reason=idle") {
+			t.Fatalf("automatic refresh after 15m without an action: %d %q", r.Status, r.Location())
+		}
+		// After signing in again the operator lands on the page, not on
+		// the marker of an automatic refresh.
+		loc, _ := url.Parse(r.Location())
+		if next := loc.Query().Get("next"); next != "/ui/grants" {
+			t.Fatalf("next after an idle timeout: %q", next)
+		}
+		break
+	}
+	// An operator action extends the session; refreshes after it do not
+	// take that away.
+	b.login("alice")
+	f.clock.Advance(10 * time.Minute)
+	if r := b.get("/ui/grants"); r.Status != http.StatusOK {
+		t.Fatalf("operator action: %d", r.Status)
+	}
+	f.clock.Advance(10 * time.Minute)
+	if r := b.get("/ui/grants?refresh=auto"); r.Status != http.StatusOK {
+		t.Fatalf("refresh 10m after an action: %d %q", r.Status, r.Location())
+	}
+}
+
+// count returns how many sessions op has.
+func (s *sessionStore) count(op string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, se := range s.m {
+		if se.who == identity.Key(op) {
+			n++
+		}
+	}
+	return n
+}
+
+func TestConsoleSessionsBoundedPerOperator(t *testing.T) {
+	f := newFixture(t, nil)
+	alice := f.browser()
+	alice.login("alice")
+	// carol signs in 10,000 times (straight into the store: the sign-in
+	// form would throttle nothing here, as every sign-in succeeds).
+	for i := 0; i < 10000; i++ {
+		f.console.sessions.create(broker.Operator{Name: "carol", Method: "console"}, f.clock.Now())
+	}
+	if n := f.console.sessions.count("carol"); n != maxSessionsPerOperator {
+		t.Fatalf("carol holds %d sessions, want %d", n, maxSessionsPerOperator)
+	}
+	// Signing in again in another spelling is the same operator.
+	f.console.sessions.create(broker.Operator{Name: "CAROL", Method: "console"}, f.clock.Now())
+	if n := f.console.sessions.count("carol"); n != maxSessionsPerOperator {
+		t.Fatalf("carol holds %d sessions, want %d", n, maxSessionsPerOperator)
+	}
+	if r := alice.get("/ui/grants"); r.Status != http.StatusOK {
+		t.Fatalf("alice was signed out by carol's sign-ins: %d %q", r.Status, r.Location())
+	}
+
+	// When all operators together reach the bound, the operator holding
+	// the most sessions loses the oldest.
+	f.console.sessions.limit = maxSessionsPerOperator + 3
+	for _, op := range []string{"bob", "dave"} {
+		f.console.sessions.create(broker.Operator{Name: op, Method: "console"}, f.clock.Now())
+	}
+	f.console.sessions.create(broker.Operator{Name: "erin", Method: "console"}, f.clock.Now())
+	if n := f.console.sessions.count("carol"); n != maxSessionsPerOperator-1 {
+		t.Fatalf("carol holds %d sessions, want %d", n, maxSessionsPerOperator-1)
+	}
+	for _, op := range []string{"alice", "bob", "dave", "erin"} {
+		if n := f.console.sessions.count(op); n != 1 {
+			t.Fatalf("%s holds %d sessions, want 1", op, n)
+		}
+	}
+}
+
+func TestConsoleIDTokenSignInIsFreshOnlyByItsAuthTime(t *testing.T) {
+	sso, err := attest.NewDevIssuer("https://sso.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := newFixture(t, func(cfg *broker.Config, w *Config) {
+		sso.SetClock(w.Clock)
+		jwks := filepath.Join(t.TempDir(), "sso-jwks.json")
+		if err := sso.WriteJWKS(jwks); err != nil {
+			t.Fatal(err)
+		}
+		cfg.Operators.Issuers = []broker.OperatorIssuerConfig{broker.Defaulted(func(ic *broker.OperatorIssuerConfig) {
+			ic.Name, ic.Issuer, ic.Audiences, ic.JWKSFile, ic.Algorithms = "sso", "https://sso.test", []string{"valet-console"}, jwks, []string{"ES256"}
+			ic.AllowAll = true
+		})}
+	})
+	id := f.request("agent-1", "elevated", "pasted token", nil)
+	cases := []struct {
+		name     string
+		authTime any // nil: no auth_time claim
+		fresh    bool
+	}{
+		{"no auth_time", nil, false},
+		{"an hour-old sign-in", f.clock.Now().Add(-time.Hour).Unix(), false},
+		{"a sign-in just now", f.clock.Now().Unix(), true},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			claims := map[string]any{"sub": "u-1", "aud": "valet-console", "email": "dana@example.com", "email_verified": true}
+			if c.authTime != nil {
+				claims["auth_time"] = c.authTime
+			}
+			tok, err := sso.Sign(claims)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b := f.browser()
+			r := b.post("/ui/login", url.Values{"token": {tok}, "csrf": {b.csrf("/ui/login")}})
+			if r.Status != http.StatusSeeOther || r.Location() != "/ui/grants" {
+				t.Fatalf("sign-in with an ID token: %d %q\n%s", r.Status, r.Location(), r.Body)
+			}
+			page := b.get("/ui/grants/" + id).Body
+			if got := !strings.Contains(page, "deciding asks you to sign in again first"); got != c.fresh {
+				t.Fatalf("fresh = %v, want %v", got, c.fresh)
+			}
+		})
+	}
 }

@@ -38,9 +38,13 @@
 //     out). The cookie __Host-valet-session holds 256 random bits; only
 //     their SHA-256 is kept. It is Secure, HttpOnly, SameSite=Strict,
 //     Path=/, without Domain. Sessions end after console.session_idle
-//     without a request and console.session_max after sign-in, by the
-//     injected clock; signing out deletes the session, so a copied cookie
-//     stops working. Every sign-in gets a new session id.
+//     without an operator action and console.session_max after sign-in,
+//     by the injected clock; the grants page's automatic reload
+//     (refresh=auto) is not an action and does not extend a session.
+//     Signing out deletes the session, so a copied cookie stops working.
+//     Every sign-in gets a new session id. One operator holds at most 16
+//     sessions, and a full store ends the oldest session of the operator
+//     holding the most.
 //   - Every POST must come from the console's own origin: Sec-Fetch-Site
 //     must be same-origin when sent, and Origin must be the public URL's
 //     origin when sent (or "null", which same-origin forms send under
@@ -49,10 +53,11 @@
 //     compared in constant time); the sign-in form uses a double-submit
 //     cookie instead, as it has no session yet.
 //   - Approving, denying and reviewing need a sign-in within
-//     console.fresh_login; older sessions are sent to sign in again, with
-//     the reason shown. Decisions are made as the session's operator
-//     (method "console" for token sign-in, "sso:<issuer>" for SSO), so the
-//     broker's approver-group and self-approval rules apply.
+//     console.fresh_login; older sessions, and SSO sessions whose sign-in
+//     time is unknown (no auth_time), are sent to sign in again, with the
+//     reason shown. Decisions are made as the session's operator (method
+//     "console" for token sign-in, "sso:<issuer>" for SSO), so the
+//     broker's approver and self-approval rules apply to all three.
 //   - Every response carries Content-Security-Policy (default-src 'self';
 //     frame-ancestors 'none'; form-action 'self'; base-uri 'none';
 //     object-src 'none'), X-Content-Type-Options: nosniff,
@@ -76,13 +81,19 @@
 // github.com/coreos/go-oidc/v3 and golang.org/x/oauth2. State, nonce and
 // code verifier stay on the server, keyed by the state's hash and bound to
 // the browser by the short-lived __Host-valet-sso cookie (SameSite=Lax, as
-// the provider's redirect back is cross-site). The ID token must verify
-// (issuer, audience, expiry, signature) and carry the flow's nonce. The
-// operator's name is the console.oidc.name_claim claim (default email,
-// which must not be marked unverified), the groups come from groups_claim
-// (default groups), and when allowed_groups is set only their members are
-// admitted. A re-authentication for a decision asks the provider for
-// prompt=login and max_age, and checks auth_time.
+// the provider's redirect back is cross-site). Sign-ins in progress last
+// 5 minutes; each client address (an IPv6 /64 counting as one) holds at
+// most 8, and a full table drops the oldest of the client holding the
+// most, so no client can keep another from signing in. The ID token must
+// verify (issuer, audience, expiry, signature) and carry the flow's
+// nonce. broker.OperatorFromClaims turns its claims into the operator, by
+// the same rules as operator ID tokens at the API: the name is the
+// console.oidc.name_claim claim (default email, which must be verified),
+// the groups come from groups_claim (default groups), and only members of
+// allowed_groups are admitted (or everyone, with allow_all: true). The
+// session's sign-in time is auth_time; without it the session is not a
+// fresh sign-in. A re-authentication for a decision asks the provider for
+// prompt=login and max_age, and requires auth_time within fresh_login.
 //
 // Register valet at the provider as a confidential web client with the
 // redirect URI <public_url>/ui/auth/callback (or console.oidc.redirect_url)

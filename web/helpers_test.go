@@ -205,7 +205,13 @@ func newFixture(t *testing.T, edit func(*broker.Config, *Config)) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ops := broker.NewOperators(cfg.Operators, nil)
+	var opVerifier broker.Verifier
+	if len(cfg.Operators.Issuers) > 0 {
+		if opVerifier, err = attest.New(context.Background(), attest.Options{MaxTokenBytes: broker.DefaultMaxAttestationBytes, Issuers: cfg.Operators.IssuerConfigs(), Clock: clk, Logger: log}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ops := broker.NewOperators(cfg.Operators, opVerifier)
 	wcfg.Broker, wcfg.Operators, wcfg.AuditDB, wcfg.Console, wcfg.PublicURL, wcfg.Clock, wcfg.Logger =
 		b, ops, store.DB(), cfg.Console, cfg.PublicURL, clk, log
 	con, err := New(context.Background(), *wcfg)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/broker/clock"
+	"github.com/valet-broker/valet/broker/identity"
 )
 
 // Cookie names. The __Host- prefix makes browsers insist on Secure,
@@ -28,17 +29,25 @@ const (
 	ssoCookie = "__Host-valet-sso"
 )
 
-// maxSessions bounds memory; sign-ins beyond it end the oldest session.
-const maxSessions = 10000
+// Sessions are bounded per operator and overall: a sign-in beyond
+// maxSessionsPerOperator ends that operator's oldest session, and one
+// beyond maxSessions ends the oldest session of the operator holding the
+// most. An operator signing in again and again can only sign out
+// themself.
+const (
+	maxSessionsPerOperator = 16
+	maxSessions            = 10000
+)
 
 // session is one signed-in operator. Only the hash of its id is kept, so
 // a dump of the server's memory does not hand out live cookies.
 type session struct {
 	key      [sha256.Size]byte
 	op       broker.Operator
+	who      string // identity.Key of the operator's name
 	csrf     string
 	created  time.Time
-	authAt   time.Time // when the operator last proved who they are
+	authAt   time.Time // when the operator last proved who they are; zero: unknown
 	lastSeen time.Time
 	flashes  []flash
 }
@@ -65,10 +74,11 @@ type sessionStore struct {
 	clock clock.Clock
 	idle  time.Duration
 	max   time.Duration
+	limit int // maxSessions; tests lower it
 }
 
 func newSessionStore(clk clock.Clock, idle, max time.Duration) *sessionStore {
-	return &sessionStore{m: map[[sha256.Size]byte]*session{}, clock: clk, idle: idle, max: max}
+	return &sessionStore{m: map[[sha256.Size]byte]*session{}, clock: clk, idle: idle, max: max, limit: maxSessions}
 }
 
 // randomToken returns 256 random bits, base64url-encoded.
@@ -92,32 +102,49 @@ func cookieKey(v string) ([sha256.Size]byte, bool) {
 	return sha256.Sum256([]byte(v)), true
 }
 
-// create starts a session for op, who proved their identity at authAt,
-// and returns the cookie value (never stored).
+// create starts a session for op, who proved their identity at authAt
+// (the zero time when that is unknown: the session is then never a fresh
+// sign-in), and returns the cookie value (never stored).
 func (s *sessionStore) create(op broker.Operator, authAt time.Time) (string, session) {
 	id := randomToken()
 	key, _ := cookieKey(id)
 	now := s.clock.Now()
-	if authAt.IsZero() || authAt.After(now) {
+	if authAt.After(now) {
 		authAt = now
 	}
-	se := &session{key: key, op: op, csrf: randomToken(), created: now, authAt: authAt, lastSeen: now}
+	se := &session{key: key, op: op, who: identity.Key(op.Name), csrf: randomToken(), created: now, authAt: authAt, lastSeen: now}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if len(s.m) >= maxSessions {
+	if len(s.m) >= s.limit {
 		s.sweepLocked(now)
 	}
-	if len(s.m) >= maxSessions {
-		var oldest *session
-		for _, o := range s.m {
-			if oldest == nil || o.created.Before(oldest.created) {
-				oldest = o
+	byOperator := map[string][]*session{}
+	for _, o := range s.m {
+		byOperator[o.who] = append(byOperator[o.who], o)
+	}
+	if own := byOperator[se.who]; len(own) >= maxSessionsPerOperator {
+		delete(s.m, oldestSession(own).key)
+	} else if len(s.m) >= s.limit {
+		var heaviest []*session
+		for _, list := range byOperator {
+			if len(list) > len(heaviest) {
+				heaviest = list
 			}
 		}
-		delete(s.m, oldest.key)
+		delete(s.m, oldestSession(heaviest).key)
 	}
 	s.m[key] = se
 	return id, se.snapshot()
+}
+
+func oldestSession(list []*session) *session {
+	var oldest *session
+	for _, o := range list {
+		if oldest == nil || o.created.Before(oldest.created) {
+			oldest = o
+		}
+	}
+	return oldest
 }
 
 func (s *sessionStore) sweepLocked(now time.Time) {
@@ -139,10 +166,17 @@ func (s *sessionStore) ended(se *session, now time.Time) endReason {
 }
 
 // use returns the session of the request's cookie and marks it active
-// now. A session past its idle or absolute timeout is deleted and its
-// reason returned.
+// now (an operator action extends the session). A session past its idle
+// or absolute timeout is deleted and its reason returned.
 func (s *sessionStore) use(r *http.Request) (*session, endReason) {
 	return s.lookup(r, true)
+}
+
+// observe is use for a request the operator did not make (a page's
+// automatic refresh): the session is checked, and ends as use would end
+// it, but is not marked active.
+func (s *sessionStore) observe(r *http.Request) (*session, endReason) {
+	return s.lookup(r, false)
 }
 
 // peek is use without marking the session active.
@@ -236,9 +270,9 @@ func (se *session) validCSRF(token string) bool {
 }
 
 // fresh reports whether the operator signed in recently enough to decide
-// grants.
+// grants; a session whose sign-in time is unknown never is.
 func (se *session) fresh(now time.Time, within time.Duration) bool {
-	return now.Sub(se.authAt) <= within
+	return !se.authAt.IsZero() && now.Sub(se.authAt) <= within
 }
 
 // setCookie writes a __Host- cookie: Secure, HttpOnly, Path=/, no Domain.

@@ -1,6 +1,7 @@
 package web
 
 import (
+	"container/list"
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -9,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/netip"
 	"os"
 	"regexp"
 	"slices"
@@ -25,10 +27,21 @@ import (
 )
 
 // ssoFlowTTL is how long a started sign-in may take at the provider.
-const ssoFlowTTL = 10 * time.Minute
+const ssoFlowTTL = 5 * time.Minute
 
-// maxSSOFlows bounds the sign-ins in progress (anyone can start one).
-const maxSSOFlows = 10000
+// Anyone can start a sign-in, so the sign-ins in progress are bounded:
+// each client (an IPv4 address or an IPv6 /64) keeps at most
+// maxSSOFlowsPerClient, its oldest dropped first, and all clients together
+// at most maxSSOFlows, beyond which the oldest flow of the client holding
+// the most is dropped. A client can only ever crowd out itself.
+const (
+	maxSSOFlowsPerClient = 8
+	maxSSOFlows          = 10000
+)
+
+// authTimeSkew is how far in the future an ID token's auth_time may be
+// (the provider's clock running ahead) and still be taken as now.
+const authTimeSkew = time.Minute
 
 // sso is the console's OpenID Connect sign-in: the authorization code
 // flow with PKCE (S256), state and nonce.
@@ -40,12 +53,18 @@ type sso struct {
 	client   *http.Client
 	clock    clock.Clock
 
-	mu    sync.Mutex
-	flows map[[sha256.Size]byte]*ssoFlow // by hash of state
+	mu       sync.Mutex
+	flows    map[[sha256.Size]byte]*ssoFlow // by hash of state
+	order    *list.List                     // of *ssoFlow, oldest first
+	byClient map[string][]*ssoFlow          // each client's flows, oldest first
+	maxFlows int                            // maxSSOFlows; tests lower it
 }
 
 // ssoFlow is one sign-in in progress.
 type ssoFlow struct {
+	key        [sha256.Size]byte // hash of the state
+	client     string            // flowClient of the address that started it
+	elem       *list.Element     // in sso.order
 	bind       [sha256.Size]byte // hash of the browser-binding cookie
 	verifier   string            // PKCE code verifier
 	nonce      string
@@ -111,7 +130,8 @@ func newSSO(ctx context.Context, cfg *broker.ConsoleOIDCConfig, client *http.Cli
 		endpoint.AuthStyle = oauth2.AuthStyleInParams
 	}
 	return &sso{
-		cfg: cfg, issuer: cfg.Issuer, client: client, clock: clk, flows: map[[sha256.Size]byte]*ssoFlow{},
+		cfg: cfg, issuer: cfg.Issuer, client: client, clock: clk,
+		flows: map[[sha256.Size]byte]*ssoFlow{}, order: list.New(), byClient: map[string][]*ssoFlow{}, maxFlows: maxSSOFlows,
 		oauth: oauth2.Config{
 			ClientID: cfg.ClientID, ClientSecret: secret, Endpoint: endpoint,
 			RedirectURL: cfg.RedirectURL, Scopes: cfg.Scopes,
@@ -129,21 +149,20 @@ func (c *Console) handleSSOStart(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	q := r.URL.Query()
-	flow := &ssoFlow{verifier: oauth2.GenerateVerifier(), nonce: randomToken(), next: localPath(q.Get("next")),
+	state, bind := randomToken(), randomToken()
+	flow := &ssoFlow{key: sha256.Sum256([]byte(state)), client: flowClient(clientIP(r)), bind: sha256.Sum256([]byte(bind)),
+		verifier: oauth2.GenerateVerifier(), nonce: randomToken(), next: localPath(q.Get("next")),
 		fresh: q.Get("fresh") == "1", started: c.clock.Now()}
 	if se := c.sessions.peek(r); se != nil {
 		flow.oldSession = se.key
 	}
-	state, bind := randomToken(), randomToken()
-	flow.bind = sha256.Sum256([]byte(bind))
-	if !c.sso.put(sha256.Sum256([]byte(state)), flow) {
-		c.renderMessage(w, r, http.StatusServiceUnavailable, "Try again shortly", "Too many sign-ins are in progress. Try again in a few minutes.")
-		return
-	}
+	c.sso.put(flow)
 	opts := []oauth2.AuthCodeOption{oidc.Nonce(flow.nonce), oauth2.S256ChallengeOption(flow.verifier)}
 	if flow.fresh {
 		// Ask the provider to authenticate again rather than reuse its
-		// own session: the console wants proof that is fresh.
+		// own session: the console wants proof that is fresh. With
+		// max_age the provider must return auth_time (OpenID Connect
+		// Core 1.0, 3.1.2.1), which the callback checks.
 		opts = append(opts, oauth2.SetAuthURLParam("prompt", "login"),
 			oauth2.SetAuthURLParam("max_age", strconv.Itoa(int(c.cc.FreshLogin.D().Seconds()))))
 	}
@@ -151,22 +170,61 @@ func (c *Console) handleSSOStart(w http.ResponseWriter, r *http.Request) {
 	http.Redirect(w, r, c.sso.oauth.AuthCodeURL(state, opts...), http.StatusSeeOther)
 }
 
-// put records a flow, dropping expired ones; false when full.
-func (s *sso) put(key [sha256.Size]byte, f *ssoFlow) bool {
+// flowClient is the client a sign-in is counted against: the address
+// itself for IPv4, its /64 for IPv6 (one host commonly holds a whole /64).
+func flowClient(ip string) string {
+	a, err := netip.ParseAddr(ip)
+	if err != nil {
+		return ip
+	}
+	a = a.Unmap()
+	if a.Is6() {
+		p, _ := a.WithZone("").Prefix(64)
+		return p.String()
+	}
+	return a.String()
+}
+
+// put records a flow. It never refuses one: it makes room by dropping
+// expired flows, then the client's own oldest beyond
+// maxSSOFlowsPerClient, then, when all clients together hold maxFlows,
+// the oldest flow of the client holding the most.
+func (s *sso) put(f *ssoFlow) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if len(s.flows) >= maxSSOFlows {
-		for k, o := range s.flows {
-			if f.started.Sub(o.started) >= ssoFlowTTL {
-				delete(s.flows, k)
+	for e := s.order.Front(); e != nil; e = s.order.Front() {
+		if o := e.Value.(*ssoFlow); f.started.Sub(o.started) >= ssoFlowTTL {
+			s.removeLocked(o)
+			continue
+		}
+		break
+	}
+	if len(s.byClient[f.client]) >= maxSSOFlowsPerClient {
+		s.removeLocked(s.byClient[f.client][0])
+	}
+	for len(s.flows) >= s.maxFlows {
+		var heaviest []*ssoFlow
+		for _, fs := range s.byClient {
+			if len(fs) > len(heaviest) {
+				heaviest = fs
 			}
 		}
+		s.removeLocked(heaviest[0])
 	}
-	if len(s.flows) >= maxSSOFlows {
-		return false
+	s.flows[f.key] = f
+	f.elem = s.order.PushBack(f)
+	s.byClient[f.client] = append(s.byClient[f.client], f)
+}
+
+func (s *sso) removeLocked(f *ssoFlow) {
+	delete(s.flows, f.key)
+	s.order.Remove(f.elem)
+	fs := slices.DeleteFunc(s.byClient[f.client], func(o *ssoFlow) bool { return o == f })
+	if len(fs) == 0 {
+		delete(s.byClient, f.client)
+	} else {
+		s.byClient[f.client] = fs
 	}
-	s.flows[key] = f
-	return true
 }
 
 // take removes and returns the flow of state, if it has not expired.
@@ -178,8 +236,11 @@ func (s *sso) take(state string) *ssoFlow {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	f := s.flows[key]
-	delete(s.flows, key)
-	if f == nil || s.clock.Now().Sub(f.started) >= ssoFlowTTL {
+	if f == nil {
+		return nil
+	}
+	s.removeLocked(f)
+	if s.clock.Now().Sub(f.started) >= ssoFlowTTL {
 		return nil
 	}
 	return f
@@ -190,8 +251,10 @@ var oauthErrorCode = regexp.MustCompile(`^[a-z_]{1,64}$`)
 // handleSSOCallback completes a sign-in: the state must be one this
 // server issued to this browser, the code is exchanged with the PKCE
 // verifier, and the ID token must verify and carry the flow's nonce. The
-// operator's name and groups come from the configured claims; members of
-// none of console.oidc.allowed_groups are refused.
+// operator's name and groups come from broker.OperatorFromClaims, as for
+// operator ID tokens at the API. The session's sign-in time is the token's
+// auth_time; without one it is unknown, and the session is not a fresh
+// sign-in.
 func (c *Console) handleSSOCallback(w http.ResponseWriter, r *http.Request) {
 	if c.sso == nil {
 		c.renderMessage(w, r, http.StatusNotFound, "Single sign-on is not configured", "This server has no console.oidc section.")
@@ -257,22 +320,24 @@ func (c *Console) handleSSOCallback(w http.ResponseWriter, r *http.Request) {
 		refuse(http.StatusBadGateway, "The ID token's claims could not be read.", "claims", "err", err)
 		return
 	}
-	op, msg := c.sso.operator(claims)
-	if op == nil {
-		refuse(http.StatusForbidden, msg, "not admitted", "sub", idt.Subject)
+	op, err := broker.OperatorFromClaims(c.sso.cfg.OperatorIdentityConfig, c.sso.issuer, claims)
+	if err != nil {
+		refuse(http.StatusForbidden, broker.ErrorMessage(err)+".", "not admitted", "sub", idt.Subject, "err", broker.ErrorMessage(err))
 		return
 	}
 	now := c.clock.Now()
-	authAt := now
-	if at, ok := claims["auth_time"].(float64); ok {
-		if t := time.Unix(int64(at), 0); t.Before(now) {
-			authAt = t
+	authAt := signInTime(op.AuthTime, now)
+	if flow.fresh {
+		switch {
+		case authAt.IsZero():
+			refuse(http.StatusForbidden, "The identity provider did not say when you signed in (the ID token has no auth_time), "+
+				"so the console cannot treat this as a fresh sign-in.", "no auth_time", "operator", op.Name)
+			return
+		case now.Sub(authAt) > c.cc.FreshLogin.D():
+			refuse(http.StatusForbidden, "The identity provider did not sign you in again (its last sign-in is older than "+
+				humanDuration(c.cc.FreshLogin.D())+"), so the console cannot treat this as a fresh sign-in.", "stale auth_time", "operator", op.Name)
+			return
 		}
-	}
-	if flow.fresh && now.Sub(authAt) > c.cc.FreshLogin.D() {
-		refuse(http.StatusForbidden, "The identity provider did not sign you in again (its last sign-in is older than "+
-			humanDuration(c.cc.FreshLogin.D())+"), so the console cannot treat this as a fresh sign-in.", "stale auth_time", "operator", op.Name)
-		return
 	}
 	if flow.oldSession != ([sha256.Size]byte{}) {
 		c.sessions.endKey(flow.oldSession)
@@ -288,34 +353,18 @@ func (c *Console) handleSSOCallback(w http.ResponseWriter, r *http.Request) {
 	c.render(w, r, http.StatusOK, "continue.html", &page{Title: "Signed in", Data: struct{ Next, Name string }{next, op.Name}})
 }
 
-// operator maps verified claims to an operator, or says why not.
-func (s *sso) operator(claims map[string]any) (*broker.Operator, string) {
-	name, _ := claims[s.cfg.NameClaim].(string)
-	if name == "" {
-		return nil, "Your identity provider account has no " + s.cfg.NameClaim + " claim, which names operators here."
+// signInTime is when an SSO operator signed in, for the session: the ID
+// token's auth_time (broker.Operator.AuthTime). It is the zero time
+// (unknown) when the token has none or one further in the future than
+// authTimeSkew; a time slightly ahead is taken as now.
+func signInTime(authTime, now time.Time) time.Time {
+	switch {
+	case authTime.IsZero(), authTime.After(now.Add(authTimeSkew)):
+		return time.Time{}
+	case authTime.After(now):
+		return now
 	}
-	if s.cfg.NameClaim == "email" {
-		if v, ok := claims["email_verified"].(bool); ok && !v {
-			return nil, "Your e-mail address " + name + " is not verified at the identity provider."
-		}
-	}
-	var groups []string
-	switch g := claims[s.cfg.GroupsClaim].(type) {
-	case []any:
-		for _, v := range g {
-			if s, ok := v.(string); ok && s != "" {
-				groups = append(groups, s)
-			}
-		}
-	case string:
-		if g != "" {
-			groups = []string{g}
-		}
-	}
-	if len(s.cfg.AllowedGroups) > 0 && !slices.ContainsFunc(groups, func(g string) bool { return slices.Contains(s.cfg.AllowedGroups, g) }) {
-		return nil, name + " is not a member of a group allowed to use this console (" + strings.Join(s.cfg.AllowedGroups, ", ") + ")."
-	}
-	return &broker.Operator{Name: name, Groups: groups, Method: "sso:" + s.issuer}, ""
+	return authTime
 }
 
 func sha256Of(s string) []byte {

@@ -41,7 +41,10 @@ type testIdP struct {
 	mu   sync.Mutex
 	user map[string]any // claims of whoever signs in next
 	// nonce, when set, replaces the nonce of issued ID tokens.
-	nonce        string
+	nonce string
+	// noAuthTime leaves auth_time out of issued ID tokens, as providers
+	// may unless max_age is requested.
+	noAuthTime   bool
 	codes        map[string]*idpCode
 	tokenCalls   int
 	pkceFailures int
@@ -162,6 +165,9 @@ func (p *testIdP) token(w http.ResponseWriter, r *http.Request) {
 	if p.nonce != "" {
 		claims["nonce"] = p.nonce
 	}
+	if p.noAuthTime {
+		delete(claims, "auth_time")
+	}
 	for k, v := range c.claims {
 		claims[k] = v
 	}
@@ -248,7 +254,7 @@ func TestConsoleSSOSignIn(t *testing.T) {
 			bind = c
 		}
 	}
-	if bind == nil || !bind.Secure || !bind.HttpOnly || bind.SameSite != http.SameSiteLaxMode || bind.Path != "/" || bind.MaxAge != 600 {
+	if bind == nil || !bind.Secure || !bind.HttpOnly || bind.SameSite != http.SameSiteLaxMode || bind.Path != "/" || bind.MaxAge != 300 {
 		t.Fatalf("binding cookie %+v", bind)
 	}
 	auth, _ := url.Parse(r.Location())
@@ -367,7 +373,7 @@ func TestConsoleSSORefusals(t *testing.T) {
 		if r.Status != http.StatusForbidden {
 			t.Fatalf("status %d", r.Status)
 		}
-		mustContain(t, r.Body, "eve@example.com is not a member of a group allowed to use this console (valet-operators)")
+		mustContain(t, r.Body, "eve@example.com is not a member of a group allowed to act as an operator (valet-operators)")
 		noSession(t, b)
 	})
 	t.Run("no groups claim", func(t *testing.T) {
@@ -426,7 +432,7 @@ func TestConsoleSSORefusals(t *testing.T) {
 		f, idp := newSSOFixture(t, nil)
 		b := f.ssoBrowser(idp)
 		cb := b.startSSO(t, "/ui/auth/sso")
-		f.clock.Advance(11 * time.Minute)
+		f.clock.Advance(ssoFlowTTL)
 		if r := b.get(cb); r.Status != http.StatusForbidden {
 			t.Fatalf("status %d", r.Status)
 		}
@@ -469,5 +475,133 @@ func TestConsoleSSOFreshSignIn(t *testing.T) {
 	b.cookies[hostOf(f.URL)][sessionCookie] = old
 	if r := b.get("/ui/grants"); r.Status != http.StatusSeeOther {
 		t.Fatalf("the replaced session still works: %d", r.Status)
+	}
+}
+
+func TestConsoleSSOWithoutAuthTimeIsNeverFresh(t *testing.T) {
+	f, idp := newSSOFixture(t, nil)
+	idp.mu.Lock()
+	idp.noAuthTime = true
+	idp.mu.Unlock()
+	b := f.ssoBrowser(idp)
+	// An ordinary sign-in works, but the provider did not say when the
+	// operator authenticated: the session is not a fresh sign-in.
+	if r := b.get(b.startSSO(t, "/ui/auth/sso")); r.Status != http.StatusOK {
+		t.Fatalf("sign-in: %d\n%s", r.Status, r.Body)
+	}
+	id := f.request("agent-1", "elevated", "no auth_time", nil)
+	r := b.post("/ui/grants/"+id+"/approve", url.Values{"csrf": {b.csrf("/ui/grants")}, "comment": {"ok"}})
+	if !strings.Contains(r.Location(), "reason=fresh") {
+		t.Fatalf("approval right after a sign-in without auth_time: %d %q", r.Status, r.Location())
+	}
+	if g := f.grant(id); g.State != grants.StatePending || len(g.Approvals) != 0 {
+		t.Fatalf("grant %s with %d approvals", g.State, len(g.Approvals))
+	}
+	// A re-authentication asks for a new sign-in and its time; a token
+	// that still does not say when is not fresh.
+	cb := b.startSSO(t, "/ui/auth/sso?fresh=1&next=/ui/grants/"+id)
+	if idp.lastAuth.Get("prompt") != "login" || idp.lastAuth.Get("max_age") != "600" {
+		t.Fatalf("re-authentication request %v", idp.lastAuth)
+	}
+	r = b.get(cb)
+	if r.Status != http.StatusForbidden {
+		t.Fatalf("fresh sign-in without auth_time: %d", r.Status)
+	}
+	mustContain(t, r.Body, "did not say when you signed in")
+	r = b.post("/ui/grants/"+id+"/approve", url.Values{"csrf": {b.csrf("/ui/grants")}, "comment": {"ok"}})
+	if !strings.Contains(r.Location(), "reason=fresh") {
+		t.Fatalf("approval after a refused re-authentication: %d %q", r.Status, r.Location())
+	}
+	if g := f.grant(id); g.State != grants.StatePending {
+		t.Fatalf("grant %s", g.State)
+	}
+}
+
+// pending counts the sign-ins in progress of the client at ip.
+func (s *sso) pending(ip string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.byClient[flowClient(ip)])
+}
+
+// total counts the sign-ins in progress.
+func (s *sso) total() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.flows)
+}
+
+// ssoStartFrom starts a sign-in as a client at addr, straight through the
+// console's handler, and returns the status.
+func ssoStartFrom(f *fixture, addr string) int {
+	req := httptest.NewRequest("GET", f.URL+"/ui/auth/sso", nil)
+	req.RemoteAddr = addr
+	w := httptest.NewRecorder()
+	f.console.ServeHTTP(w, req)
+	return w.Code
+}
+
+func TestConsoleSSOFlowsBoundedPerClient(t *testing.T) {
+	f, idp := newSSOFixture(t, nil)
+	// One client starts 10,000 sign-ins and finishes none.
+	for i := 0; i < 10000; i++ {
+		if code := ssoStartFrom(f, "203.0.113.7:40000"); code != http.StatusSeeOther {
+			t.Fatalf("start %d: %d", i, code)
+		}
+	}
+	if n := f.console.sso.pending("203.0.113.7"); n > maxSSOFlowsPerClient {
+		t.Fatalf("one client holds %d sign-ins in progress, want at most %d", n, maxSSOFlowsPerClient)
+	}
+	// Another client can still sign in.
+	b := f.ssoBrowser(idp)
+	if r := b.get(b.startSSO(t, "/ui/auth/sso")); r.Status != http.StatusOK {
+		t.Fatalf("sign-in of another client: %d\n%s", r.Status, r.Body)
+	}
+	if b.cookie(sessionCookie) == nil {
+		t.Fatal("no session for the other client")
+	}
+}
+
+func TestConsoleSSOFlowsBoundedOverall(t *testing.T) {
+	f, idp := newSSOFixture(t, nil)
+	f.console.sso.maxFlows = 100
+	// Many clients together fill the table, the heaviest first...
+	for i := 0; i < 40; i++ {
+		for j := 0; j < maxSSOFlowsPerClient; j++ {
+			if code := ssoStartFrom(f, "198.51.100."+itoa(i)+":1"); code != http.StatusSeeOther {
+				t.Fatalf("start: %d", code)
+			}
+		}
+	}
+	if n := f.console.sso.total(); n > 100 {
+		t.Fatalf("%d sign-ins in progress, want at most 100", n)
+	}
+	// ...and a newcomer's sign-in still starts and completes.
+	b := f.ssoBrowser(idp)
+	cb := b.startSSO(t, "/ui/auth/sso")
+	for i := 40; i < 60; i++ {
+		ssoStartFrom(f, "198.51.100."+itoa(i)+":1")
+	}
+	if r := b.get(cb); r.Status != http.StatusOK {
+		t.Fatalf("sign-in of a light client while the table is full: %d\n%s", r.Status, r.Body)
+	}
+}
+
+func TestConsoleSSOFlowsExpire(t *testing.T) {
+	f, idp := newSSOFixture(t, nil)
+	b := f.ssoBrowser(idp)
+	cb := b.startSSO(t, "/ui/auth/sso")
+	f.clock.Advance(ssoFlowTTL)
+	if r := b.get(cb); r.Status != http.StatusForbidden {
+		t.Fatalf("callback after %s: %d", ssoFlowTTL, r.Status)
+	}
+	// Expired flows are dropped, not kept until the table fills.
+	for i := 0; i < 3; i++ {
+		ssoStartFrom(f, "203.0.113.9:1")
+	}
+	f.clock.Advance(ssoFlowTTL)
+	ssoStartFrom(f, "203.0.113.10:1")
+	if n := f.console.sso.total(); n != 1 {
+		t.Fatalf("%d sign-ins in progress after the others expired, want 1", n)
 	}
 }

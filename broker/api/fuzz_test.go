@@ -2,6 +2,7 @@ package api
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -127,10 +128,10 @@ func FuzzParseTokenExchange(f *testing.F) {
 	f.Add(strings.Repeat("a=b&", fuzzBodyLimit))
 	f.Fuzz(func(t *testing.T, body string) {
 		const maxToken = 1024
-		req, oe := parseTokenExchange(newBodyRequest("application/x-www-form-urlencoded", []byte(body)), maxToken)
+		req, oe := parseTokenExchange(newBodyRequest("application/x-www-form-urlencoded", []byte(body)), fuzzBodyLimit, maxToken)
 		if oe != nil {
 			switch oe.Error {
-			case "invalid_request", "unsupported_grant_type", "invalid_target":
+			case "invalid_request", "unsupported_grant_type", "invalid_target", "invalid_scope", "invalid_client":
 			default:
 				t.Fatalf("error %q is not one parseTokenExchange may give", oe.Error)
 			}
@@ -157,9 +158,52 @@ func FuzzParseTokenExchange(f *testing.F) {
 			t.Fatalf("accepted requested_token_type %q", req.RequestedTokenType)
 		}
 		for _, s := range req.Scopes {
-			if s == "" || strings.ContainsAny(s, " \t\n") {
+			if !validScopeToken(s) {
 				t.Fatalf("scope list %q holds an empty or blank entry", req.Scopes)
 			}
+		}
+	})
+}
+
+func FuzzIntrospectionRequest(f *testing.F) {
+	f.Add("Basic ZGVtby1hcGk6c2VjcmV0", "token=abc")
+	f.Add("", "token=abc&client_id=demo-api&client_secret=s")
+	f.Add("", "token=abc&client_assertion_type="+url.QueryEscape(broker.ClientAssertionType)+"&client_assertion=a.b.c")
+	f.Add("Basic %%%", "token=abc")
+	f.Add("Basic "+base64.StdEncoding.EncodeToString([]byte("a%zz:b")), "token=abc")
+	f.Add("Bearer x", "token=abc")
+	f.Add("Basic ZGVtby1hcGk6c2VjcmV0", "token=abc&client_secret=s&client_id=x")
+	f.Add("", "token=a&token=b")
+	f.Add("", "client_assertion=x")
+	f.Fuzz(func(t *testing.T, auth, body string) {
+		r := newBodyRequest("application/x-www-form-urlencoded", []byte(body))
+		if auth != "" {
+			r.Header.Set("Authorization", auth)
+		}
+		form, oe := parseForm(r, fuzzBodyLimit)
+		if oe == nil {
+			var cc broker.ClientCredentials
+			cc, oe = clientCredentials(r, form)
+			if oe == nil {
+				switch cc.Method {
+				case "", broker.AuthClientSecretBasic, broker.AuthClientSecretPost, broker.AuthPrivateKeyJWT:
+				default:
+					t.Fatalf("method %q from a plain HTTP request", cc.Method)
+				}
+				if cc.Method == broker.AuthClientSecretPost && cc.ClientID == "" {
+					t.Fatal("client_secret_post without a client_id")
+				}
+				return
+			}
+		}
+		switch {
+		case oe.Error == "invalid_request" && (oe.status == 400 || oe.status == 413):
+		case oe.Error == "invalid_client" && oe.status == 401:
+		default:
+			t.Fatalf("error %+v: want invalid_request (400, 413) or invalid_client (401)", oe)
+		}
+		if oe.Description == "" {
+			t.Fatal("no description")
 		}
 	})
 }

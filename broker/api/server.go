@@ -32,6 +32,9 @@ import (
 type Config struct {
 	Broker    *broker.Broker
 	Operators *broker.Operators
+	// ResourceServers authenticates introspection clients; nil means none
+	// are configured and every introspection call is refused.
+	ResourceServers *broker.ResourceServers
 	// AuditDB is the database holding the audit log (read-only use).
 	AuditDB *bbolt.DB
 	Limits  broker.LimitsConfig
@@ -52,6 +55,7 @@ type Config struct {
 type Server struct {
 	b       *broker.Broker
 	ops     *broker.Operators
+	rs      *broker.ResourceServers
 	auditDB *bbolt.DB
 	limits  broker.LimitsConfig
 	public  string
@@ -73,8 +77,11 @@ func New(cfg Config) *Server {
 	if cfg.Ready == nil {
 		cfg.Ready = func() error { return nil }
 	}
+	if cfg.ResourceServers == nil {
+		cfg.ResourceServers = broker.NewResourceServers(broker.IntrospectionConfig{}, nil, time.Now)
+	}
 	s := &Server{
-		b: cfg.Broker, ops: cfg.Operators, auditDB: cfg.AuditDB, limits: cfg.Limits, public: cfg.PublicURL,
+		b: cfg.Broker, ops: cfg.Operators, rs: cfg.ResourceServers, auditDB: cfg.AuditDB, limits: cfg.Limits, public: cfg.PublicURL,
 		metrics: cfg.Metrics, log: cfg.Logger, ready: cfg.Ready, nstats: cfg.NotificationStats,
 	}
 	r := chi.NewRouter()

@@ -118,10 +118,11 @@ func (s *Store) List(ctx context.Context, f Filter) ([]*Grant, error) {
 }
 
 // Approve adds an operator's approval to a pending grant. Once required
-// distinct operators have approved, the grant is approved and redeemable
-// for redeemWithin. It returns ErrState (wrapped) when the grant is not
-// pending or has expired, when the operator already approved it, or when
-// the operator is one of its requesters.
+// distinct operators (compared as identity.Equal does) have approved, the
+// grant is approved and redeemable for redeemWithin. It returns ErrState
+// (wrapped) when the grant is not pending or has expired or when the
+// operator already approved it, and ErrSelfApproval (wrapped) when the
+// operator is one of its requesters.
 func (s *Store) Approve(ctx context.Context, id string, d Decision, redeemWithin time.Duration, e audit.Entry) (*Grant, error) {
 	return s.change(ctx, id, d.At, e, func(g *Grant) error {
 		if st := g.StateAt(d.At); st != StatePending {
@@ -130,10 +131,8 @@ func (s *Store) Approve(ctx context.Context, id string, d Decision, redeemWithin
 		if g.IsRequester(d.Operator) {
 			return fmt.Errorf("%w: %s asked for this access and cannot approve it", ErrSelfApproval, d.Operator)
 		}
-		for _, a := range g.Approvals {
-			if a.Operator == d.Operator {
-				return fmt.Errorf("%w: %s already approved grant %s; approvals must come from distinct operators", ErrState, d.Operator, id)
-			}
+		if g.HasApproved(d.Operator) {
+			return fmt.Errorf("%w: %s already approved grant %s; approvals must come from distinct operators", ErrState, d.Operator, id)
 		}
 		g.Approvals = append(g.Approvals, d)
 		if len(g.Approvals) >= g.Required {
@@ -145,7 +144,8 @@ func (s *Store) Approve(ctx context.Context, id string, d Decision, redeemWithin
 	})
 }
 
-// ErrSelfApproval: an operator tried to approve a request they made.
+// ErrSelfApproval: an operator tried to approve or review a request they
+// made.
 var ErrSelfApproval = errors.New("self-approval refused")
 
 // Deny ends a pending grant.
@@ -206,7 +206,10 @@ func (s *Store) Unredeem(ctx context.Context, id string, now time.Time, e audit.
 	})
 }
 
-// Review records an operator's after-the-fact review of a break-glass grant.
+// Review records an operator's after-the-fact review of a break-glass
+// grant. It returns ErrState (wrapped) when the grant is not a break-glass
+// grant or was reviewed already, and ErrSelfApproval (wrapped) when the
+// operator is one of its requesters.
 func (s *Store) Review(ctx context.Context, id string, d Decision, e audit.Entry) (*Grant, error) {
 	return s.change(ctx, id, d.At, e, func(g *Grant) error {
 		if g.Kind != KindBreakGlass {
@@ -214,6 +217,9 @@ func (s *Store) Review(ctx context.Context, id string, d Decision, e audit.Entry
 		}
 		if g.Review != nil {
 			return fmt.Errorf("%w: grant %s was reviewed by %s already", ErrState, id, g.Review.Operator)
+		}
+		if g.IsRequester(d.Operator) {
+			return fmt.Errorf("%w: %s asked for this access and cannot review it", ErrSelfApproval, d.Operator)
 		}
 		g.Review = &d
 		return nil

@@ -12,9 +12,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
+	"github.com/valet-broker/valet/broker/identity"
 	"github.com/valet-broker/valet/leases"
 )
 
@@ -147,14 +147,16 @@ func (g *Grant) StateAt(now time.Time) State {
 }
 
 // IsRequester reports whether name is one of the identities behind the
-// request (case-insensitively), who must not approve it.
+// request (compared as identity.Equal does), who must not approve or
+// review it.
 func (g *Grant) IsRequester(name string) bool {
-	for _, r := range g.Requester {
-		if strings.EqualFold(r, name) {
-			return true
-		}
-	}
-	return false
+	return identity.Contains(g.Requester, name)
+}
+
+// HasApproved reports whether name approved the grant already (compared
+// as identity.Equal does).
+func (g *Grant) HasApproved(name string) bool {
+	return identity.Contains(g.Approvers(), name)
 }
 
 // Request is what a grant binds.

@@ -109,3 +109,48 @@ func TestRedeemIsCompareAndSwap(t *testing.T) {
 		t.Fatalf("redeem by another agent: %v", err)
 	}
 }
+
+func TestDecisionsCompareIdentities(t *testing.T) {
+	s := newStore(t)
+	now := time.Now()
+	ctx := context.Background()
+	newGrant := func(kind string, required int) *Grant {
+		g := &Grant{ID: leases.NewID(now), Kind: kind, AgentID: "k8s/a", Role: "r", TTL: time.Minute, State: StatePending, Required: required,
+			CreatedAt: now, ExpiresAt: now.Add(time.Hour), Requester: []string{"k8s/a", "Owner@Example.com"}}
+		if err := s.Create(ctx, g, now, audit.Entry{Kind: audit.KindGrantRequest}); err != nil {
+			t.Fatal(err)
+		}
+		return g
+	}
+	g := newGrant(KindApproval, 2)
+	steps := []struct {
+		operator string
+		want     error
+	}{
+		{"OWNER@example.com", ErrSelfApproval},
+		{" owner@example.com", ErrSelfApproval},
+		{"alice@example.com", nil},
+		{"ALICE@example.com", ErrState},
+		{"Alice@Example.COM ", ErrState},
+	}
+	for _, st := range steps {
+		_, err := s.Approve(ctx, g.ID, Decision{Operator: st.operator, At: now}, time.Minute, audit.Entry{})
+		if st.want == nil && err != nil || st.want != nil && !errors.Is(err, st.want) {
+			t.Fatalf("approval by %q: %v, want %v", st.operator, err, st.want)
+		}
+	}
+	if got, _ := s.Get(ctx, g.ID); got.State != StatePending || len(got.Approvals) != 1 {
+		t.Fatalf("one person's approvals in several spellings made the grant %s with %v", got.State, got.Approvers())
+	}
+
+	bg := newGrant(KindBreakGlass, 0)
+	if _, err := s.Review(ctx, bg.ID, Decision{Operator: "owner@EXAMPLE.com", At: now, Comment: "fine"}, audit.Entry{}); !errors.Is(err, ErrSelfApproval) {
+		t.Fatalf("review by the requester: %v", err)
+	}
+	if got, _ := s.Get(ctx, bg.ID); got.Review != nil {
+		t.Fatalf("the requester's review was recorded: %+v", got.Review)
+	}
+	if got, err := s.Review(ctx, bg.ID, Decision{Operator: "bob", At: now, Comment: "fine"}, audit.Entry{}); err != nil || got.Review.Operator != "bob" {
+		t.Fatalf("review: %+v %v", got, err)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"mime"
 	"net/http"
 	"net/http/httptest"
@@ -820,10 +821,71 @@ func TestOpsEndpoints(t *testing.T) {
 	})
 }
 
+// formRequest is a POST to an OAuth endpoint: form, or body when form is
+// nil, sent as a form unless ctype names another Content-Type ("-": none);
+// query goes in the URL, header is added.
+type formRequest struct {
+	form   url.Values
+	body   string
+	ctype  string
+	query  string
+	header map[string]string
+}
+
+func (e *testEnv) postForm(path string, fr formRequest) response {
+	e.t.Helper()
+	h := map[string]string{"Content-Type": "application/x-www-form-urlencoded"}
+	switch fr.ctype {
+	case "":
+	case "-":
+		delete(h, "Content-Type")
+	default:
+		h["Content-Type"] = fr.ctype
+	}
+	maps.Copy(h, fr.header)
+	body := fr.body
+	if fr.form != nil {
+		body = fr.form.Encode()
+	}
+	if fr.query != "" {
+		path += "?" + fr.query
+	}
+	return e.raw("POST", path, h, strings.NewReader(body))
+}
+
 // exchange posts a token exchange form.
 func (e *testEnv) exchange(form url.Values) response {
 	e.t.Helper()
 	return e.raw("POST", "/v1/oauth/token", map[string]string{"Content-Type": "application/x-www-form-urlencoded"}, strings.NewReader(form.Encode()))
+}
+
+// oauthErrorBody is an RFC 6749 section 5.2 error response.
+type oauthErrorBody struct {
+	Error       string `json:"error"`
+	Description string `json:"error_description"`
+}
+
+// assertOAuthError checks that r is an RFC 6749 section 5.2 error with the
+// given code, a description and no other member (no token details).
+func assertOAuthError(t *testing.T, r response, code string) oauthErrorBody {
+	t.Helper()
+	var m map[string]any
+	if err := json.Unmarshal(r.Body, &m); err != nil {
+		t.Fatalf("body: %v %s", err, r.Body)
+	}
+	var oe oauthErrorBody
+	oe.Error, _ = m["error"].(string)
+	oe.Description, _ = m["error_description"].(string)
+	if oe.Error != code || oe.Description == "" || len(m) != 2 {
+		t.Errorf("body %s, want only error %q and an error_description", r.Body, code)
+	}
+	for _, c := range oe.Description {
+		if c < 0x20 || c > 0x7e || c == '"' || c == '\\' {
+			t.Errorf("error_description %q holds %q, which RFC 6749 section 5.2 does not allow", oe.Description, c)
+			break
+		}
+	}
+	return oe
 }
 
 func exchangeForm(subjectToken, role string) url.Values {
@@ -842,52 +904,76 @@ func TestTokenExchange(t *testing.T) {
 		return f
 	}
 	att := func() string { return e.Attest("agent-1", nil) }
-	tests := []struct {
+	const formType = "application/x-www-form-urlencoded"
+	// audit says which audit record a refusal leaves: "" none (the
+	// request never reached a decision), "anonymous" a refused
+	// attestation, "agent" a decision about a verified agent.
+	type exchangeCase struct {
 		name      string
 		form      url.Values
 		ctype     string // default form encoding
 		body      string // instead of form
+		query     string // URL query
+		header    map[string]string
 		status    int
 		wantError string
-	}{
+		audit     string
+	}
+	tests := []exchangeCase{
 		{name: "wrong grant_type", form: with(exchangeForm(att(), "demo"), func(f url.Values) { f.Set("grant_type", "client_credentials") }), status: 400, wantError: "unsupported_grant_type"},
-		{name: "no grant_type", form: with(exchangeForm(att(), "demo"), func(f url.Values) { f.Del("grant_type") }), status: 400, wantError: "unsupported_grant_type"},
+		{name: "no grant_type", form: with(exchangeForm(att(), "demo"), func(f url.Values) { f.Del("grant_type") }), status: 400, wantError: "invalid_request"},
+		{name: "empty grant_type is no grant_type", form: with(exchangeForm(att(), "demo"), func(f url.Values) { f.Set("grant_type", "") }), status: 400, wantError: "invalid_request"},
 		{name: "missing subject_token", form: with(exchangeForm("", "demo"), func(f url.Values) { f.Del("subject_token") }), status: 400, wantError: "invalid_request"},
-		{name: "subject_token twice", form: with(exchangeForm(att(), "demo"), func(f url.Values) { f.Add("subject_token", att()) }), status: 400, wantError: "invalid_request"},
+		{name: "missing subject_token_type", form: with(exchangeForm(att(), "demo"), func(f url.Values) { f.Del("subject_token_type") }), status: 400, wantError: "invalid_request"},
 		{name: "bad subject_token_type", form: with(exchangeForm(att(), "demo"), func(f url.Values) { f.Set("subject_token_type", "urn:ietf:params:oauth:token-type:saml2") }), status: 400, wantError: "invalid_request"},
-		{name: "invalid attestation", form: exchangeForm(e.Attest("agent-1", map[string]any{"aud": "other"}), "demo"), status: 400, wantError: "invalid_request"},
-		{name: "garbage attestation", form: exchangeForm("not.a.jwt", "demo"), status: 400, wantError: "invalid_request"},
+		{name: "invalid attestation", form: exchangeForm(e.Attest("agent-1", map[string]any{"aud": "other"}), "demo"), status: 400, wantError: "invalid_request", audit: "anonymous"},
+		{name: "expired attestation", form: exchangeForm(e.Attest("agent-1", map[string]any{"exp": time.Now().Add(-time.Hour).Unix()}), "demo"), status: 400, wantError: "invalid_request", audit: "anonymous"},
+		{name: "garbage attestation", form: exchangeForm("not.a.jwt", "demo"), status: 400, wantError: "invalid_request", audit: "anonymous"},
 		{name: "oversized attestation", form: exchangeForm(strings.Repeat("a", e.Config.Limits.MaxAttestationBytes+1), "demo"), status: 413, wantError: "invalid_request"},
 		{name: "actor_token", form: with(exchangeForm(att(), "demo"), func(f url.Values) { f.Set("actor_token", att()) }), status: 400, wantError: "invalid_request"},
 		{name: "bad requested_token_type", form: with(exchangeForm(att(), "demo"), func(f url.Values) { f.Set("requested_token_type", "urn:ietf:params:oauth:token-type:refresh_token") }), status: 400, wantError: "invalid_request"},
-		{name: "unknown role", form: exchangeForm(att(), "no-such-role"), status: 400, wantError: "invalid_target"},
-		{name: "denied by policy", form: exchangeForm(e.Attest("agent-1", map[string]any{"blocked": true}), "demo"), status: 400, wantError: "invalid_target"},
-		{name: "approval required", form: exchangeForm(att(), "elevated"), status: 400, wantError: "invalid_target"},
+		{name: "unknown role", form: exchangeForm(att(), "no-such-role"), status: 400, wantError: "invalid_target", audit: "agent"},
+		{name: "denied by policy", form: exchangeForm(e.Attest("agent-1", map[string]any{"blocked": true}), "demo"), status: 400, wantError: "invalid_target", audit: "agent"},
+		{name: "approval required", form: exchangeForm(att(), "elevated"), status: 400, wantError: "invalid_target", audit: "agent"},
+		{name: "approval required, bad attestation", form: exchangeForm(e.Attest("agent-1", map[string]any{"aud": "other"}), "elevated"), status: 400, wantError: "invalid_request", audit: "anonymous"},
 		{name: "no role", form: with(exchangeForm(att(), ""), func(f url.Values) { f.Del("resource") }), status: 400, wantError: "invalid_target"},
 		{name: "resource and audience", form: with(exchangeForm(att(), "demo"), func(f url.Values) { f.Set("audience", "demo") }), status: 400, wantError: "invalid_target"},
-		{name: "scope not granted", form: with(exchangeForm(att(), "demo"), func(f url.Values) { f.Set("scope", "read admin") }), status: 400, wantError: "invalid_request"},
+		{name: "two resources", form: with(exchangeForm(att(), "demo"), func(f url.Values) { f.Add("resource", "other") }), status: 400, wantError: "invalid_target"},
+		{name: "scope not granted", form: with(exchangeForm(att(), "demo"), func(f url.Values) { f.Set("scope", "read admin") }), status: 400, wantError: "invalid_scope"},
+		{name: "scope on a role without scopes", form: with(exchangeForm(att(), "other"), func(f url.Values) { f.Set("scope", "read") }), status: 400, wantError: "invalid_scope"},
+		{name: "malformed scope", form: with(exchangeForm(att(), "demo"), func(f url.Values) { f.Set("scope", `read "write"`) }), status: 400, wantError: "invalid_scope"},
+		{name: "client_secret", form: with(exchangeForm(att(), "demo"), func(f url.Values) { f.Set("client_id", "app"); f.Set("client_secret", "s") }), status: 401, wantError: "invalid_client"},
+		{name: "client_assertion", form: with(exchangeForm(att(), "demo"), func(f url.Values) {
+			f.Set("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+			f.Set("client_assertion", att())
+		}), status: 401, wantError: "invalid_client"},
+		{name: "HTTP Basic client authentication", form: exchangeForm(att(), "demo"), header: map[string]string{"Authorization": "Basic YXBwOnM="}, status: 401, wantError: "invalid_client"},
+		{name: "parameters in the URL query", form: with(exchangeForm(att(), "demo"), func(f url.Values) { f.Del("subject_token") }), query: "subject_token=" + url.QueryEscape(att()), status: 400, wantError: "invalid_request"},
 		{name: "JSON body", body: `{"grant_type":"urn:ietf:params:oauth:grant-type:token-exchange","subject_token":"x","resource":"demo"}`, ctype: "application/json", status: 400, wantError: "invalid_request"},
+		{name: "JSON body labelled as a form", body: `{"grant_type":"urn:ietf:params:oauth:grant-type:token-exchange"}`, status: 400, wantError: "invalid_request"},
 		{name: "form body labelled JSON", body: exchangeForm(att(), "demo").Encode(), ctype: "application/json", status: 400, wantError: "invalid_request"},
 		{name: "no Content-Type", body: exchangeForm(att(), "demo").Encode(), ctype: "-", status: 400, wantError: "invalid_request"},
+		{name: "malformed form body", body: exchangeForm(att(), "demo").Encode() + "&scope=%zz", status: 400, wantError: "invalid_request"},
+		{name: "semicolon separator", body: exchangeForm(att(), "demo").Encode() + ";scope=read", status: 400, wantError: "invalid_request"},
+		{name: "empty body", body: "", ctype: formType, status: 400, wantError: "invalid_request"},
 		{name: "huge body", body: exchangeForm(att(), "demo").Encode() + "&pad=" + strings.Repeat("a", int(e.Config.Limits.MaxBodyBytes)), status: 413, wantError: "invalid_request"},
+	}
+	// RFC 6749 section 3.1: no parameter may be given twice (resource and
+	// audience name targets: RFC 8693 allows several, valet refuses them
+	// as invalid_target above).
+	for _, p := range []string{"grant_type", "subject_token", "subject_token_type", "scope", "requested_token_type", "actor_token", "actor_token_type", "client_id", "unknown_extension"} {
+		tests = append(tests, exchangeCase{name: p + " twice", form: with(exchangeForm(att(), "demo"), func(f url.Values) {
+			v := f.Get(p)
+			if v == "" {
+				v = "x"
+			}
+			f[p] = []string{v, v}
+		}), status: 400, wantError: "invalid_request"})
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var r response
-			switch {
-			case tt.body != "":
-				h := map[string]string{"Content-Type": "application/x-www-form-urlencoded"}
-				switch tt.ctype {
-				case "":
-				case "-":
-					delete(h, "Content-Type")
-				default:
-					h["Content-Type"] = tt.ctype
-				}
-				r = e.raw("POST", "/v1/oauth/token", h, strings.NewReader(tt.body))
-			default:
-				r = e.exchange(tt.form)
-			}
+			before := len(e.auditRecords())
+			r := e.postForm("/v1/oauth/token", formRequest{tt.form, tt.body, tt.ctype, tt.query, tt.header})
 			if r.Status != tt.status {
 				t.Errorf("status = %d, want %d: %s", r.Status, tt.status, r.Body)
 			}
@@ -897,17 +983,24 @@ func TestTokenExchange(t *testing.T) {
 			if r.Header.Get("Cache-Control") != "no-store" {
 				t.Errorf("Cache-Control = %q, want no-store", r.Header.Get("Cache-Control"))
 			}
-			var oe struct {
-				Error       string `json:"error"`
-				Description string `json:"error_description"`
+			if tt.status == http.StatusUnauthorized && !strings.HasPrefix(r.Header.Get("WWW-Authenticate"), "Basic ") {
+				t.Errorf("WWW-Authenticate = %q, want a Basic challenge (RFC 6749 5.2)", r.Header.Get("WWW-Authenticate"))
 			}
-			if err := json.Unmarshal(r.Body, &oe); err != nil {
-				t.Fatalf("body: %v %s", err, r.Body)
-			}
-			if oe.Error != tt.wantError || oe.Description == "" {
-				t.Errorf("error = %q (%q), want %s with a description", oe.Error, oe.Description, tt.wantError)
+			oe := assertOAuthError(t, r, tt.wantError)
+			if strings.Contains(strings.ToLower(oe.Description), "json") {
+				t.Errorf("error_description %q speaks of JSON; the endpoint takes a form body", oe.Description)
 			}
 			assertNoLeases(t, e)
+			recs := e.auditRecords()[before:]
+			switch {
+			case tt.audit == "" && len(recs) != 0:
+				t.Errorf("audit records %+v, want none", recs)
+			case tt.audit != "" && (len(recs) != 1 || recs[0].Decision != audit.Deny):
+				t.Errorf("audit records %+v, want one denial", recs)
+			case tt.audit == "anonymous" && recs[0].Actor.Type != audit.ActorAnonymous,
+				tt.audit == "agent" && recs[0].AgentID != "test/agent-1":
+				t.Errorf("audit record %+v, want a denial of %s", recs[0], tt.audit)
+			}
 		})
 	}
 
@@ -1011,6 +1104,23 @@ func TestSecretsNeverLeak(t *testing.T) {
 	e.Do("GET", "/v1/leases", testOperatorToken, nil)
 	e.Do("GET", "/v1/leases", testOperatorToken+"-wrong", nil)
 	e.exchange(exchangeForm(sign("agent-2", map[string]any{"blocked": true}), "demo"))
+	// Introspection client secrets, right and wrong, in both places they
+	// travel.
+	secrets = append(secrets, rsSecret("demo-api"), rsSecret("other-api"))
+	for _, c := range []struct {
+		auth string
+		form url.Values
+	}{
+		{basicAuth("demo-api", rsSecret("other-api")), url.Values{"token": {secrets[1]}}},
+		{"", url.Values{"token": {secrets[1]}, "client_id": {"other-api"}, "client_secret": {rsSecret("other-api")}}},
+		{"", url.Values{"token": {secrets[1]}, "client_id": {"demo-api"}, "client_secret": {rsSecret("demo-api")}}},
+	} {
+		h := map[string]string{"Content-Type": "application/x-www-form-urlencoded"}
+		if c.auth != "" {
+			h["Authorization"] = c.auth
+		}
+		e.raw("POST", "/v1/introspect", h, strings.NewReader(c.form.Encode()))
+	}
 	e.Do("DELETE", "/v1/leases/"+m.LeaseID, sign("agent-1", nil), nil)
 
 	recs, err := json.Marshal(e.auditRecords())

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
@@ -23,6 +24,11 @@ const (
 	devDataDir  = "valet-dev-data"
 	devIssuer   = "valet-dev"
 	devAudience = "valet"
+	// devResourceServer is the introspection client of the dev config,
+	// named after the demo role's audience; its secret is in
+	// devResourceServerSecret.
+	devResourceServer       = "demo-api"
+	devResourceServerSecret = "introspection-client-secret"
 )
 
 func newDevCmd() *cobra.Command {
@@ -74,6 +80,10 @@ func prepareDev(dir, listen string) (*broker.Config, string, error) {
 	if err != nil {
 		return nil, "", err
 	}
+	rsSecret, err := readOrCreate(filepath.Join(dir, devResourceServerSecret), func() (string, error) { return randomHex(24) })
+	if err != nil {
+		return nil, "", err
+	}
 	if _, err := readOrCreate(filepath.Join(dir, "policies", "dev.cedar"), func() (string, error) { return devPolicy, nil }); err != nil {
 		return nil, "", err
 	}
@@ -81,7 +91,7 @@ func prepareDev(dir, listen string) (*broker.Config, string, error) {
 		return nil, "", err
 	}
 	if _, err := readOrCreate(filepath.Join(dir, "config.yaml"), func() (string, error) {
-		return fmt.Sprintf(devConfig, listen, "http://"+listen, broker.HashToken(opToken)), nil
+		return fmt.Sprintf(devConfig, listen, "http://"+listen, broker.HashToken(opToken), devResourceServer, broker.HashToken(rsSecret)), nil
 	}); err != nil {
 		return nil, "", err
 	}
@@ -120,12 +130,40 @@ func randomHex(n int) (string, error) {
 	return hex.EncodeToString(b), nil
 }
 
+// printDevIntrospection shows how a resource server checks a token, when
+// the dev config has the dev introspection client (a config.yaml written
+// by an older valet has none).
+func printDevIntrospection(w io.Writer, cfg *broker.Config, addr, dir, self string) {
+	for _, c := range cfg.Introspection.Clients {
+		if c.ClientID != devResourceServer || c.AuthMethod != broker.AuthClientSecretBasic {
+			continue
+		}
+		secret, err := os.ReadFile(filepath.Join(dir, devResourceServerSecret))
+		if err != nil || broker.HashToken(strings.TrimSpace(string(secret))) != c.ClientSecretSHA256 {
+			break
+		}
+		fmt.Fprintf(w, `
+As the resource server %s, check a token (RFC 7662 introspection):
+
+  TOKEN=$(%s creds demo -o token)
+  curl -s -u %s:%s -d token=$TOKEN %s/v1/introspect
+`, devResourceServer, self, devResourceServer, strings.TrimSpace(string(secret)), addr)
+		return
+	}
+	fmt.Fprintf(w, "\n  (add an introspection client to %s/config.yaml to call /v1/introspect; see \"Resource servers\" in the README)\n", dir)
+}
+
 func printDevBanner(w io.Writer, s *Server, cfg *broker.Config, opToken, dir, vaultRoles string) {
 	self := os.Args[0]
 	if !strings.Contains(self, "/") {
 		self = "valet"
 	}
 	addr := "http://" + s.Addr()
+	attestCmd := self + " dev attest"
+	if dir != devDataDir {
+		// The dev issuer's key is in dir: a pasted command must find it.
+		attestCmd += " --data-dir " + shellQuote(dir)
+	}
 	fmt.Fprintf(w, `
 valet dev is running at %s  (data in %s/)
 
@@ -136,12 +174,13 @@ valet dev is running at %s  (data in %s/)
 Next, in another terminal:
 
   export VALET_ADDR=%s VALET_TOKEN=%s
-  export VALET_ATTESTATION=$(%s dev attest --sub my-agent)
+  export VALET_ATTESTATION=$(%s --sub my-agent)
   %s creds demo                 # mint a short-lived token for the demo role
   %s leases list                # see its lease, as an operator
 
   %s creds demo-elevated --reason "fix prod" --wait   # approve it at /ui/
-`, addr, dir, opToken, addr, addr, opToken, self, self, self, self)
+`, addr, dir, opToken, addr, addr, opToken, attestCmd, self, self, self)
+	printDevIntrospection(w, cfg, addr, dir, self)
 	if vaultRoles == "" {
 		fmt.Fprintf(w, "  (set VAULT_ADDR and VAULT_TOKEN, or use `make run-vault`, for the Vault demo roles)\n\n")
 		return
@@ -150,12 +189,28 @@ Next, in another terminal:
 	if pgPort == "" {
 		pgPort = "5432"
 	}
+	// The commands are pasted into a new terminal, where neither the
+	// vault binary nor VAULT_ADDR is set: each line carries what it needs
+	// (the credential brings VALET_VAULT_ADDR and VALET_VAULT_TOKEN).
 	fmt.Fprintf(w, `Vault roles:       %s
 
-  %s exec demo-vault -- sh -c 'VAULT_TOKEN=$VALET_VAULT_TOKEN vault kv get secret/valet-demo/hello'
+  %s exec demo-vault -- sh -c 'VAULT_ADDR=$VALET_VAULT_ADDR VAULT_TOKEN=$VALET_VAULT_TOKEN GODEBUG=x509negativeserial=1 %s kv get secret/valet-demo/hello'
   %s exec demo-db -- sh -c 'PGPASSWORD=$VALET_PASSWORD psql -h 127.0.0.1 -p %s -U $VALET_USERNAME postgres'
 
-`, vaultRoles, self, self, pgPort)
+`, vaultRoles, self, vaultCLI(), self, pgPort)
+}
+
+// vaultCLI is the absolute path of the vault binary on PATH (make
+// run-vault puts the test server's there), or "vault".
+func vaultCLI() string {
+	p, err := exec.LookPath("vault")
+	if err != nil {
+		return "vault"
+	}
+	if abs, err := filepath.Abs(p); err == nil {
+		return abs
+	}
+	return p
 }
 
 func newDevAttestCmd() *cobra.Command {
@@ -171,6 +226,11 @@ func newDevAttestCmd() *cobra.Command {
   valet dev attest --sub ci-bot --ttl 2m --claim 'env="prod"' --claim 'risk=10'`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			// A key made here would sign attestations no server trusts:
+			// the dev issuer's key is the one `valet dev` created.
+			if _, err := os.Stat(filepath.Join(dataDir, attest.DevIssuerKeyFile)); err != nil {
+				return fmt.Errorf("no dev issuer key in %s: start `valet dev` first, and give `valet dev attest` the same --data-dir", dataDir)
+			}
 			iss, err := attest.LoadOrCreateDevIssuer(dataDir, devIssuer)
 			if err != nil {
 				return err
@@ -253,6 +313,11 @@ operators:
     - name: dev-operator
       sha256: %s
       groups: [approvers]
+introspection:
+  clients:                  # resource servers that may call /v1/introspect
+    - client_id: %s
+      auth_method: client_secret_basic
+      client_secret_sha256: %s   # the secret is in introspection-client-secret
 limits:
   agent_rate: 50
   agent_burst: 100

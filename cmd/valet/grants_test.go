@@ -424,3 +424,45 @@ func TestShutdownEndsLongPolls(t *testing.T) {
 		t.Fatalf("shutdown took %s", d)
 	}
 }
+
+func TestGrantReviewFollowsDecisionRules(t *testing.T) {
+	e := newTestEnv(t)
+	addRole(t, e, func(r *broker.Role) {
+		r.Name, r.Backend, r.Approval.Required = "guarded-glass", "tokens", 1
+		r.Approval.Approvers = broker.ApproversConfig{Groups: []string{"approvers"}}
+		r.Approval.BreakGlass.Allowed = true
+	})
+	e.Start()
+	// The agent's attestation names owner@example.com (an approver) as
+	// the person behind it.
+	agent := e.Attest("owned-firefighter", map[string]any{"email": "Owner@Example.com"})
+	r := e.Do("POST", "/v1/credentials", agent, map[string]any{"role": "guarded-glass", "break_glass": true, "reason": "prod is down"})
+	if r.Status != http.StatusCreated {
+		t.Fatalf("break-glass: %d %s", r.Status, r.Body)
+	}
+	gid := r.JSON(t)["grant_id"].(string)
+	cases := []struct {
+		name, op, want string
+	}{
+		{"an operator outside the approvers", opToken("carol"), "carol is not among the approvers of role guarded-glass"},
+		{"the person who took the access", opToken("owner@example.com"), "owner@example.com asked for this access and cannot review it"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			r := e.Do("POST", "/v1/grants/"+gid+"/review", c.op, map[string]any{"comment": "looks fine to me"})
+			if p := assertProblem(t, r, http.StatusForbidden); !strings.Contains(p.Detail, c.want) {
+				t.Fatalf("detail %q, want %q", p.Detail, c.want)
+			}
+			g := e.Do("GET", "/v1/grants/"+gid, testOperatorToken, nil).JSON(t)
+			if g["review"] != nil || g["review_pending"] != true {
+				t.Fatalf("grant after a refused review: %v", g)
+			}
+		})
+	}
+	if n := auditKindsDecision(t, e, "grant.review", "deny"); n != 2 {
+		t.Fatalf("%d refused reviews audited, want 2", n)
+	}
+	if g := decide(t, e, opToken("bob"), gid, "review", http.StatusOK); g["review"].(map[string]any)["operator"] != "bob" {
+		t.Fatalf("review by an approver: %v", g)
+	}
+}

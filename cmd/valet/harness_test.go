@@ -30,6 +30,11 @@ const testOperatorToken = "valet_op_test_token_0123456789"
 
 func opToken(name string) string { return "valet_op_test_" + name }
 
+// rsSecret is the client secret of the introspection client id: demo-api
+// (client_secret_basic) and other-api (client_secret_post, role other
+// only) are configured in every test server.
+func rsSecret(id string) string { return "valet_rs_test_" + id }
+
 // testEnv is a real valet server running in-process on a free loopback
 // port, with a dev issuer to sign attestations.
 type testEnv struct {
@@ -105,7 +110,7 @@ when { principal.claims has blocked && principal.claims.blocked == true };
 `
 
 // testConfig is the YAML of a test server; %s are the data dir and the
-// operator token hash.
+// hashes of the operator tokens and introspection client secrets.
 const testConfig = `
 listen: 127.0.0.1:0
 data_dir: %[1]s
@@ -169,6 +174,14 @@ operators:
     - name: owner@example.com
       sha256: %[5]s
       groups: [approvers]
+introspection:
+  clients:
+    - client_id: demo-api
+      client_secret_sha256: %[6]s
+    - client_id: other-api
+      auth_method: client_secret_post
+      client_secret_sha256: %[7]s
+      roles: [other]
 limits:
   agent_rate: .inf # no per-agent limit
   max_body_bytes: 4096
@@ -204,7 +217,8 @@ func newTestEnvYAML(t testing.TB, edit func(string) string) *testEnv {
 		t.Fatal(err)
 	}
 	cfgText := fmt.Sprintf(testConfig, dir, broker.HashToken(testOperatorToken),
-		broker.HashToken(opToken("bob")), broker.HashToken(opToken("carol")), broker.HashToken(opToken("owner@example.com")))
+		broker.HashToken(opToken("bob")), broker.HashToken(opToken("carol")), broker.HashToken(opToken("owner@example.com")),
+		broker.HashToken(rsSecret("demo-api")), broker.HashToken(rsSecret("other-api")))
 	if edit != nil {
 		cfgText = edit(cfgText)
 	}

@@ -7,10 +7,13 @@ import (
 	"testing"
 )
 
+// introspect asks POST /v1/introspect about token as the resource server
+// demo-api (client_secret_basic).
 func introspect(t *testing.T, e *testEnv, token string) map[string]any {
 	t.Helper()
 	req, _ := http.NewRequest("POST", e.URL+"/v1/introspect", strings.NewReader(url.Values{"token": {token}}.Encode()))
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.SetBasicAuth("demo-api", rsSecret("demo-api"))
 	r := e.send(req)
 	if r.Status != http.StatusOK {
 		t.Fatalf("introspect: %d %s", r.Status, r.Body)

@@ -332,10 +332,10 @@ func newPolicyCmd() *cobra.Command {
 }
 
 func newTokenCmd() *cobra.Command {
-	cmd := &cobra.Command{Use: "token", Short: "Make and hash operator tokens"}
+	cmd := &cobra.Command{Use: "token", Short: "Make and hash operator tokens and introspection client secrets"}
 	hash := &cobra.Command{
 		Use:   "hash [TOKEN]",
-		Short: "Print the SHA-256 of an operator token (read from stdin if not given), for operators.tokens[].sha256",
+		Short: "Print the SHA-256 of an operator token or client secret (read from stdin if not given), for operators.tokens[].sha256 or introspection.clients[].client_secret_sha256",
 		Args:  cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var tok string
@@ -357,7 +357,7 @@ func newTokenCmd() *cobra.Command {
 	}
 	gen := &cobra.Command{
 		Use:   "generate",
-		Short: "Print a new random operator token and its SHA-256",
+		Short: "Print a new random operator token (or client secret) and its SHA-256",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			h, err := randomHex(24)

@@ -121,7 +121,7 @@ func (s *Server) Open(ctx context.Context) (err error) {
 	var opVerifier broker.Verifier
 	if len(cfg.Operators.Issuers) > 0 {
 		opVerifier, err = attest.New(ctx, attest.Options{
-			Issuers: cfg.Operators.Issuers, MaxTokenBytes: cfg.Limits.MaxAttestationBytes, Clock: s.Clock, Replay: replay, Logger: log,
+			Issuers: cfg.Operators.IssuerConfigs(), MaxTokenBytes: cfg.Limits.MaxAttestationBytes, Clock: s.Clock, Replay: replay, Logger: log,
 		})
 		if err != nil {
 			return fmt.Errorf("operators.issuers: %w", err)
@@ -236,6 +236,16 @@ func (s *Server) Open(ctx context.Context) (err error) {
 	}
 
 	operators := broker.NewOperators(cfg.Operators, opVerifier)
+	var assertions broker.Verifier
+	if issuers := cfg.Introspection.ClientAssertionIssuers(cfg.PublicURL); len(issuers) > 0 {
+		assertions, err = attest.New(ctx, attest.Options{
+			Issuers: issuers, MaxTokenBytes: cfg.Limits.MaxAttestationBytes, Clock: s.Clock, Replay: replay, Logger: log,
+		})
+		if err != nil {
+			return fmt.Errorf("introspection.clients: %w", err)
+		}
+	}
+	resourceServers := broker.NewResourceServers(cfg.Introspection, assertions, s.Clock.Now)
 	var console http.Handler
 	if !cfg.Console.Disabled {
 		wc := web.Config{
@@ -257,7 +267,7 @@ func (s *Server) Open(ctx context.Context) (err error) {
 		console = c
 	}
 	s.api = api.New(api.Config{
-		Broker: s.broker, Operators: operators, AuditDB: s.store.DB(),
+		Broker: s.broker, Operators: operators, ResourceServers: resourceServers, AuditDB: s.store.DB(),
 		Limits: cfg.Limits, PublicURL: cfg.PublicURL, Metrics: s.metrics, Logger: log, Ready: s.readiness,
 		NotificationStats: notifyStats, UI: console,
 	})

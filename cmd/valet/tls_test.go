@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"github.com/valet-broker/valet/broker"
-	"github.com/valet-broker/valet/broker/attest"
 )
 
 // testCA issues certificates for TLS tests.
@@ -64,8 +63,11 @@ func (ca *testCA) issue(t *testing.T, cn string, server bool) (certPEM, keyPEM [
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb})
 }
 
-func TestTLSWithClientCertificates(t *testing.T) {
-	e := newTestEnv(t)
+// serveTLS configures e (before Start) to serve HTTPS with a certificate
+// of a new test CA, which is also tls.client_ca_file, with the given
+// tls.client_auth.
+func serveTLS(t *testing.T, e *testEnv, clientAuth string) *testCA {
+	t.Helper()
 	ca := newTestCA(t)
 	srvCert, srvKey := ca.issue(t, "valet", true)
 	write := func(name string, b []byte) string {
@@ -77,8 +79,14 @@ func TestTLSWithClientCertificates(t *testing.T) {
 	}
 	e.Config.TLS = &broker.TLSConfig{
 		CertFile: write("tls.crt", srvCert), KeyFile: write("tls.key", srvKey),
-		ClientCAFile: write("ca.pem", ca.pem), ClientAuth: "require",
+		ClientCAFile: write("ca.pem", ca.pem), ClientAuth: clientAuth,
 	}
+	return ca
+}
+
+func TestTLSWithClientCertificates(t *testing.T) {
+	e := newTestEnv(t)
+	ca := serveTLS(t, e, "require")
 	if err := e.Config.Validate(); err != nil {
 		t.Fatal(err)
 	}
@@ -118,33 +126,17 @@ func TestTLSWithClientCertificates(t *testing.T) {
 
 func TestOperatorSSOToken(t *testing.T) {
 	e := newTestEnv(t)
-	sso, err := attest.NewDevIssuer("https://sso.test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	jwks := filepath.Join(e.Dir, "sso-jwks.json")
-	if err := sso.WriteJWKS(jwks); err != nil {
-		t.Fatal(err)
-	}
-	e.Config.Operators.Issuers = []broker.IssuerConfig{broker.Defaulted(func(ic *broker.IssuerConfig) {
-		ic.Name, ic.Issuer, ic.Audiences, ic.JWKSFile, ic.Algorithms = "sso", "https://sso.test", []string{"valet-console"}, jwks, []string{"ES256"}
-	})}
-	if err := e.Config.Validate(); err != nil {
-		t.Fatal(err)
-	}
+	sso := withOperatorIssuer(t, e, nil)
 	e.Start()
-	idToken, err := sso.Sign(map[string]any{"sub": "u-123", "aud": "valet-console", "email": "alice@example.com", "groups": []string{"approvers"}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	tok := idToken(t, sso, map[string]any{"sub": "u-123", "email": "alice@example.com", "email_verified": true, "groups": []string{"approvers"}})
 	res := e.Mint(e.Attest("sso-target", nil), "demo")
 	id := res["lease_id"].(string)
 
-	if r := e.Do("GET", "/v1/leases", idToken, nil); r.Status != http.StatusOK {
+	if r := e.Do("GET", "/v1/leases", tok, nil); r.Status != http.StatusOK {
 		t.Fatalf("operator ID token on an operator endpoint: %d %s", r.Status, r.Body)
 	}
 	// An operator revoke is audited under the operator's email.
-	if r := e.Do("DELETE", "/v1/leases/"+id, idToken, nil); r.Status != http.StatusOK || r.JSON(t)["state"] != "revoked" {
+	if r := e.Do("DELETE", "/v1/leases/"+id, tok, nil); r.Status != http.StatusOK || r.JSON(t)["state"] != "revoked" {
 		t.Fatalf("operator revoke: %d %s", r.Status, r.Body)
 	}
 	r := e.Do("GET", "/v1/audit?kind=lease.revoke", testOperatorToken, nil)

@@ -22,7 +22,9 @@
   }
 
   // The grants page reloads every 30s to show new requests, unless the
-  // operator is typing or a form field holds text.
+  // operator is typing or a form field holds text. The reload carries
+  // refresh=auto: it is not an operator action, so it does not keep the
+  // session from ending after console.session_idle.
   if (location.pathname === "/ui/grants") {
     window.setInterval(function () {
       var a = document.activeElement;
@@ -35,7 +37,9 @@
           return;
         }
       }
-      location.reload();
+      var u = new URL(location.href);
+      u.searchParams.set("refresh", "auto");
+      location.replace(u.toString());
     }, 30000);
   }
 })();

@@ -1,0 +1,150 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/valet-broker/valet/backends/vault/vaulttest"
+)
+
+// TestDevBannerCommandsWorkInANewShell starts `valet dev` the way `make
+// run-vault` does (a dev Vault with the database engine, the vault binary
+// on valet's PATH) and pastes every command of its banner into a new,
+// empty POSIX shell (Debian's sh is dash), as a user in a second terminal
+// would: no vault on PATH, no VAULT_ADDR, no GODEBUG.
+func TestDevBannerCommandsWorkInANewShell(t *testing.T) {
+	v := vaulttest.StartDev(t)
+	pg := vaulttest.StartPostgres(t)
+	v.Mount("database", "database")
+	v.Write("database/config/valet-demo", map[string]any{
+		"plugin_name": "postgresql-database-plugin", "allowed_roles": "valet-demo",
+		"connection_url": fmt.Sprintf("postgresql://{{username}}:{{password}}@127.0.0.1:%d/postgres?sslmode=disable", pg.Port),
+		"username":       pg.User, "password": pg.Password,
+	})
+	v.Write("database/roles/valet-demo", map[string]any{"db_name": "valet-demo", "default_ttl": "5m", "max_ttl": "1h",
+		"creation_statements": `CREATE ROLE "{{name}}" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'; GRANT pg_read_all_data TO "{{name}}";`})
+
+	work := t.TempDir() // the directory `valet dev` is started in
+	dataDir := filepath.Join(work, "my-dev-data")
+	cmd := exec.Command(valetBinary(t), "dev", "--data-dir", dataDir, "--listen", fmt.Sprintf("127.0.0.1:%d", vaulttest.FreePort(t)))
+	cmd.Dir = work
+	cmd.Env = append(os.Environ(), "VAULT_ADDR="+v.Addr, "VAULT_TOKEN="+v.Token, "GODEBUG=x509negativeserial=1",
+		fmt.Sprintf("VALET_DEV_PGPORT=%d", pg.Port), "PATH="+filepath.Dir(vaulttest.Binary(t))+":"+os.Getenv("PATH"))
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+
+	// Read the banner up to its last command.
+	lines := make(chan string)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	var banner []string
+	deadline := time.After(60 * time.Second)
+read:
+	for {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatalf("valet dev exited before its banner was complete:\n%s\n%s", strings.Join(banner, "\n"), stderr.String())
+			}
+			banner = append(banner, l)
+			if strings.Contains(l, "exec demo-db") {
+				break read
+			}
+		case <-deadline:
+			t.Fatalf("no complete banner after 60s:\n%s\n%s", strings.Join(banner, "\n"), stderr.String())
+		}
+	}
+	go func() {
+		for range lines { // keep valet dev's stdout drained
+		}
+	}()
+
+	var exports, introspect []string
+	run := map[string]string{} // what a command is for -> the command
+	for _, l := range banner {
+		l = strings.TrimSpace(l)
+		switch {
+		case strings.HasPrefix(l, "export "):
+			exports = append(exports, l)
+		case strings.HasPrefix(l, "TOKEN=$("+valetBinary(t)+" "), strings.HasPrefix(l, "curl "):
+			introspect = append(introspect, l)
+		case strings.HasPrefix(l, valetBinary(t)+" "):
+			for _, what := range []string{"creds demo-elevated", "creds demo ", "leases list", "exec demo-vault", "exec demo-db"} {
+				if strings.Contains(l, what) {
+					run[what] = l
+					break
+				}
+			}
+		}
+	}
+	if len(exports) != 2 || len(run) != 5 || len(introspect) != 2 {
+		t.Fatalf("banner: want 2 exports, 5 commands and 2 introspection lines, got %d, %d and %d:\n%s", len(exports), len(run), len(introspect), strings.Join(banner, "\n"))
+	}
+	run["introspect"] = strings.Join(introspect, "\n")
+
+	home := t.TempDir()
+	paste := func(command, stdin string) (string, error) {
+		t.Helper()
+		sh := exec.Command("/bin/sh", "-c", strings.Join(append(append([]string{"set -e"}, exports...), command), "\n"))
+		sh.Dir = work
+		sh.Env = []string{"PATH=/usr/bin:/bin", "HOME=" + home}
+		sh.Stdin = strings.NewReader(stdin)
+		out, err := sh.CombinedOutput()
+		return string(out), err
+	}
+	for _, c := range []struct {
+		what, stdin, want string
+	}{
+		{"creds demo ", "", `"access_token"`},
+		{"leases list", "", "demo"},
+		{"exec demo-vault", "", "hello from Vault, through valet"},
+		{"exec demo-db", "select current_user;\n", "v-token-"},
+		{"introspect", "", `"active":true`},
+	} {
+		out, err := paste(run[c.what], c.stdin)
+		if err != nil || !strings.Contains(out, c.want) {
+			t.Errorf("pasted %q: %v; want output containing %q, got:\n%s", run[c.what], err, c.want, out)
+		}
+	}
+}
+
+// TestDevAttestNeedsTheDevIssuer: an attestation signed by a key made on
+// the spot would be refused by every server, so `valet dev attest` refuses
+// to make one and says where it looked.
+func TestDevAttestNeedsTheDevIssuer(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "nothing-here")
+	out, errOut, code := runCLI(t, nil, "dev", "attest", "--data-dir", dir)
+	if code == 0 || out != "" || !strings.Contains(errOut, "no dev issuer key in "+dir) {
+		t.Fatalf("exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Fatalf("the data dir was created: %v", err)
+	}
+	if _, _, err := prepareDev(dir, "127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, code = runCLI(t, nil, "dev", "attest", "--data-dir", dir, "--sub", "a")
+	if code != 0 || strings.Count(strings.TrimSpace(out), ".") != 2 {
+		t.Fatalf("after valet dev: exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+}
