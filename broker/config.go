@@ -29,8 +29,18 @@ import (
 // them all, and an UnmarshalYAML that calls it before decoding the section
 // (see decodeOnDefaults), so a key present in the file, even as 0, keeps
 // its value and Validate decides whether that value is allowed. Code that
-// builds a configuration in Go starts from DefaultConfig and each list
-// element's SetDefaults in the same way, then sets its own fields.
+// builds a configuration in Go starts from DefaultConfig and Defaulted in
+// the same way, then sets its own fields.
+//
+// Adding a key with a default: set the default in its section's
+// SetDefaults (a new section type gets SetDefaults, the four-line
+// UnmarshalYAML, and a call from its parent's SetDefaults; a type used only
+// inline gets SetDefaults alone); a default computed from another key is
+// derived in UnmarshalYAML only when readPresentKeys says the key is
+// absent. Then make Validate accept 0 with a stated meaning or refuse it,
+// naming the full key path, and add the key to configKeys in
+// config_test.go (TestConfigKeysAllListed fails until it is there) and to
+// the README's configuration block.
 type Config struct {
 	Listen    string `yaml:"listen"`
 	DataDir   string `yaml:"data_dir"`

@@ -169,6 +169,7 @@ func keysConfig() map[string]any {
 			"name": "sso", "issuer": "https://sso.example.com", "audiences": []any{"valet"}, "discovery": true, "allow_all": true,
 		}}},
 		"notifications": map[string]any{"webhooks": []any{map[string]any{"name": "sec", "url": "https://hooks.example.com/valet"}}},
+		"introspection": map[string]any{"clients": []any{map[string]any{"client_id": "api", "client_secret_sha256": strings.Repeat("ab", 32)}}},
 	}
 }
 
@@ -349,6 +350,7 @@ func TestConfigStrictInEverySection(t *testing.T) {
 	for _, section := range []string{
 		"", "issuers.0.", "operators.issuers.0.", "roles.0.", "roles.0.approval.", "roles.1.approval.break_glass.",
 		"limits.", "leases.", "console.", "console.oidc.", "notifications.webhooks.0.", "log.", "policy.", "tls.",
+		"introspection.", "introspection.clients.0.",
 	} {
 		t.Run(section+"bogus_key", func(t *testing.T) {
 			m := keysConfig()
@@ -399,6 +401,14 @@ func TestConfigDefaultsFromOtherKeys(t *testing.T) {
 			func(c *Config) any { return c.Operators.Issuers[0].Discovery }, true},
 		{"github with a jwks_file does not discover", map[string]any{"issuers.0.type": "github", "issuers.0.issuer": nil},
 			func(c *Config) any { return c.Issuers[0].Discovery }, false},
+		{"operator identity defaults", nil, func(c *Config) any {
+			return c.Operators.Issuers[0].NameClaim + " " + c.Operators.Issuers[0].GroupsClaim
+		}, "email groups"},
+		{"introspection auth_method absent is client_secret_basic", nil,
+			func(c *Config) any { return c.Introspection.Clients[0].AuthMethod }, AuthClientSecretBasic},
+		{"private_key_jwt algorithms absent are RS256 and ES256", map[string]any{"introspection.clients.0.auth_method": AuthPrivateKeyJWT,
+			"introspection.clients.0.client_secret_sha256": nil, "introspection.clients.0.jwks_file": "/etc/valet/api.json"},
+			func(c *Config) any { return strings.Join(c.Introspection.Clients[0].Algorithms, ",") }, "RS256,ES256"},
 		{"a key with no value keeps the default", map[string]any{"issuers.0.clock_skew": nil},
 			func(c *Config) any { return c.Issuers[0].ClockSkew.D() }, 30 * time.Second},
 		{"agent_rate .inf sets no limit", map[string]any{"limits.agent_rate": math.Inf(1)},
@@ -474,6 +484,7 @@ func TestConfigRefusesValuesThatUsedToMeanSomethingElse(t *testing.T) {
 		{"empty issuer type", "issuers.0.type", "", `issuers[0].type "" must be oidc`},
 		{"empty webhook format", "notifications.webhooks.0.format", "", `notifications.webhooks[0].format "" must be json or slack`},
 		{"empty log level", "log.level", "", `log.level "" must be debug`},
+		{"empty operator name_claim", "operators.issuers.0.name_claim", "", "operators.issuers[0].name_claim and groups_claim must not be empty"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -523,6 +534,9 @@ func TestDefaultConfigMatchesAbsentKeys(t *testing.T) {
 		oi.Name, oi.Issuer, oi.Audiences, oi.Discovery, oi.AllowAll = "sso", "https://sso.example.com", []string{"valet"}, true, true
 	})}
 	inGo.Notifications.Webhooks = []WebhookConfig{Defaulted(func(w *WebhookConfig) { w.Name, w.URL = "sec", "https://hooks.example.com/valet" })}
+	inGo.Introspection.Clients = []IntrospectionClientConfig{Defaulted(func(cl *IntrospectionClientConfig) {
+		cl.ClientID, cl.ClientSecretSHA256 = "api", strings.Repeat("ab", 32)
+	})}
 	if err := inGo.Validate(); err != nil {
 		t.Fatal(err)
 	}
