@@ -387,8 +387,8 @@ type LogConfig struct {
 }
 
 // LoadConfig reads and strictly decodes a YAML config file, with defaults
-// for absent keys, and validates it. Relative paths in the file are resolved against the
-// file's directory.
+// for absent keys, and validates it. Relative paths in the file are
+// resolved against the file's directory.
 func LoadConfig(path string) (*Config, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -596,7 +596,7 @@ func (k presentKeys) has(path ...string) bool {
 
 // DefaultConfig returns a configuration with every default set and nothing
 // else: the starting point for a configuration built in Go. Lists (issuers,
-// roles, webhooks) are empty; build their elements from SetDefaults too.
+// roles, webhooks) are empty; build their elements with Defaulted.
 func DefaultConfig() *Config {
 	var c Config
 	c.SetDefaults()
