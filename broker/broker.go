@@ -174,9 +174,11 @@ type MintResult struct {
 
 // Mint verifies the attestation, checks policy, records a pending lease,
 // calls the backend and activates the lease, and only then returns the
-// credential. Errors: EUNAUTHORIZED (attestation), ETOOLARGE, ERATELIMIT,
-// ENOTFOUND (role), EFORBIDDEN (policy, or approval required), EINVALID,
-// EUNAVAILABLE (backend or store down), EBADGATEWAY (backend error).
+// credential. Errors: EINVALID (a role name not of the configured names'
+// syntax, refused unaudited; a bad TTL or scope), EUNAUTHORIZED
+// (attestation), ETOOLARGE, ERATELIMIT, ENOTFOUND (role), EFORBIDDEN
+// (policy, or approval required), EUNAVAILABLE (backend or store down),
+// EBADGATEWAY (backend error).
 func (b *Broker) Mint(ctx context.Context, req MintRequest) (res *MintResult, err error) {
 	start := time.Now() // wall time: a latency measurement, not a decision
 	roleName := ""
@@ -189,6 +191,12 @@ func (b *Broker) Mint(ctx context.Context, req MintRequest) (res *MintResult, er
 			b.obs.Minted(roleName, outcome, time.Since(start))
 		}
 	}()
+	if !ValidName(req.Role) {
+		// A role no configuration can hold is refused before anything
+		// records it: the value is the caller's, and unchecked it could
+		// forge lines in the audit log or in an operator's terminal.
+		return nil, Errorf(EINVALID, "role must be %s", NameRule)
+	}
 	p, err := b.authenticate(ctx, req.Attestation, audit.KindMint, req.Role, req.RequestID)
 	if err != nil {
 		return nil, err

@@ -9,6 +9,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -344,5 +345,24 @@ func TestNewRefusesUnusableAgentLimits(t *testing.T) {
 				t.Fatalf("New = %v, want an error containing %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// A role that cannot be a configured name is refused before the
+// attestation is verified, and reaches no audit record, whoever asks.
+func TestMintRefusesRoleNamesOfAnotherSyntax(t *testing.T) {
+	f := newFixture(t, nil)
+	before := f.auditKinds(t)
+	for _, tok := range []string{"", "not.a.token", f.attest(t, "a")} {
+		for _, role := range []string{"x\n2026-11-29 FAKE mint allow\x1b[2J", "R", ""} {
+			_, err := f.b.Mint(context.Background(), broker.MintRequest{Attestation: tok, Role: role})
+			var be *broker.Error
+			if !errors.As(err, &be) || be.Code != broker.EINVALID || !strings.Contains(be.Message, broker.NameRule) {
+				t.Errorf("Mint(role %q) = %v, want EINVALID stating the name rule", role, err)
+			}
+		}
+	}
+	if after := f.auditKinds(t); !slices.Equal(before, after) {
+		t.Errorf("refused mints wrote audit records: %v, was %v", after, before)
 	}
 }

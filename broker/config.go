@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 
 	"go.yaml.in/yaml/v3"
 
@@ -869,6 +870,16 @@ func (lc *LogConfig) UnmarshalYAML(unmarshal func(any) error) error {
 
 var namePattern = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
 
+// NameRule is the syntax of the names the configuration gives issuers,
+// backends, roles and webhooks, as error messages state it.
+const NameRule = "1 to 63 lower-case letters, digits, '.', '_' or '-', starting with a letter or digit"
+
+// ValidName reports whether s has the syntax of a configured name
+// (NameRule). A name that fails it cannot name anything configured, so
+// requests check it before the name reaches a log line, a metric label or
+// an audit record.
+func ValidName(s string) bool { return namePattern.MatchString(s) }
+
 // allowedAlgorithms are the asymmetric JWS algorithms an issuer may allow.
 var allowedAlgorithms = map[string]bool{
 	"RS256": true, "RS384": true, "RS512": true,
@@ -1068,6 +1079,8 @@ func (c *Config) Validate() error {
 		f := fmt.Sprintf("notifications.webhooks[%d]", i)
 		if w.Name == "" || hooks[w.Name] {
 			add("%s.name must be set and unique", f)
+		} else if !namePattern.MatchString(w.Name) {
+			add("%s.name %q must be %s", f, w.Name, NameRule)
 		}
 		hooks[w.Name] = true
 		if u, err := url.Parse(w.URL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
@@ -1127,6 +1140,11 @@ func validateIssuers(field string, issuers []IssuerConfig) []error {
 			}
 		default:
 			add("%s.type %q must be oidc, kubernetes, github or spiffe", f, ic.Type)
+		}
+		if strings.ContainsRune(ic.Issuer, '#') || strings.IndexFunc(ic.Issuer, unicode.IsControl) >= 0 {
+			// Lineage ids are "jti:<issuer>#<jti>": a '#' in the issuer
+			// would let two attestations share one.
+			add("%s.issuer %q must not contain '#' or control characters", f, ic.Issuer)
 		}
 		if ic.Issuer != "" {
 			if isses[ic.Issuer] {

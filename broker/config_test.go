@@ -100,6 +100,12 @@ func TestParseConfigRejects(t *testing.T) {
 		{"operator issuer shares a name", func(s string) string {
 			return s + "operators:\n  issuers:\n    - name: k8s\n      issuer: https://sso\n      audiences: [valet]\n      discovery: true\n"
 		}, `operators.issuers[0].name "k8s" is also an attestation issuer's name`},
+		{"issuer with a fragment", func(s string) string {
+			return strings.Replace(s, "    issuer: https://kubernetes.default.svc", "    issuer: https://kubernetes.default.svc#x", 1)
+		}, `issuers[0].issuer "https://kubernetes.default.svc#x" must not contain '#' or control characters`},
+		{"webhook name not a name", func(s string) string {
+			return s + "notifications:\n  webhooks:\n    - name: \"Sec\\nops\"\n      url: https://hooks.example/x\n"
+		}, `notifications.webhooks[0].name "Sec\nops" must be 1 to 63 lower-case letters`},
 		{"two documents", func(s string) string { return s + "---\nlisten: x\n" }, "single YAML document"},
 		{"empty", func(string) string { return "" }, "config is empty"},
 	}

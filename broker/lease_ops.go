@@ -29,7 +29,7 @@ func (c Caller) actor() audit.Actor {
 // AuthenticateAgent verifies an attestation for a lease operation and
 // applies the rate limit.
 func (b *Broker) AuthenticateAgent(ctx context.Context, token, requestID string) (*Principal, error) {
-	return b.authenticate(ctx, token, "lease.access", "", requestID)
+	return b.authenticate(ctx, token, audit.KindLeaseAccess, "", requestID)
 }
 
 // GetLease returns a lease to its owner or an operator. Another agent gets

@@ -2,7 +2,9 @@ package broker
 
 import (
 	"context"
+	"strings"
 	"time"
+	"unicode"
 
 	"github.com/valet-broker/valet/leases"
 )
@@ -30,6 +32,23 @@ type Principal struct {
 	// IssuedAt and ExpiresAt are the token's iat (zero if absent) and exp.
 	IssuedAt  time.Time
 	ExpiresAt time.Time
+}
+
+// MaxAgentIDBytes bounds an agent id: an issuer name (63 bytes), '/', and
+// a subject of at most 256 characters of up to 4 bytes each.
+const MaxAgentIDBytes = 63 + 1 + 256*4
+
+// AgentIDRule describes the shape of an agent id for error messages.
+const AgentIDRule = "<issuer-name>/<subject> as in a lease's agent_id, without control characters"
+
+// ValidAgentID reports whether id has the shape verification gives
+// Principal.ID: an issuer name of the configured names' syntax, '/', and a
+// non-empty subject without control characters, at most MaxAgentIDBytes
+// in all. Filters and selectors check it, so a value that can be no
+// agent's is refused rather than matched against nothing.
+func ValidAgentID(id string) bool {
+	iss, sub, ok := strings.Cut(id, "/")
+	return ok && len(id) <= MaxAgentIDBytes && ValidName(iss) && sub != "" && strings.IndexFunc(sub, unicode.IsControl) < 0
 }
 
 // Verifier turns a raw attestation into a Principal.

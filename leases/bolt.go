@@ -22,12 +22,12 @@ import (
 var (
 	bucketLeases  = []byte("leases")         // id -> JSON Lease
 	bucketExpiry  = []byte("leases.expiry")  // expires(8) id -> nil, active leases only
-	bucketAgent   = []byte("leases.agent")   // agent 0x00 id -> nil
-	bucketLineage = []byte("leases.lineage") // lineage-id 0x00 id -> nil
-	bucketState   = []byte("leases.state")   // state 0x00 id -> nil
+	bucketAgent   = []byte("leases.agent")   // IndexKey(agent, id) -> nil
+	bucketLineage = []byte("leases.lineage") // IndexKey(lineage-id, id) -> nil
+	bucketState   = []byte("leases.state")   // IndexKey(state, id) -> nil
 	bucketRevoke  = []byte("leases.revoke")  // next-attempt(8) id -> nil, revoking and irrevocable leases
 	bucketEnded   = []byte("leases.ended")   // ended(8) id -> nil, terminal leases (for retention)
-	bucketMeta    = []byte("leases.meta")    // "count/<state>" -> uint64
+	bucketMeta    = []byte("leases.meta")    // "count/<state>" -> uint64, "layout" -> IndexLayout
 )
 
 // BoltStore is the bbolt implementation of Store. It owns the database file;
@@ -83,6 +83,9 @@ func OpenBolt(path string, opts BoltOptions) (*BoltStore, error) {
 				if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 					return err
 				}
+			}
+			if err := migrateIndexes(tx); err != nil {
+				return err
 			}
 			return audit.Init(tx)
 		})
@@ -267,7 +270,12 @@ func (s *BoltStore) change(ctx context.Context, id string, now time.Time, e audi
 		out = &l
 		return nil
 	})
-	return out, err
+	if err != nil {
+		// The transaction may still be running (ctx ended): out is
+		// not ours to read.
+		return nil, err
+	}
+	return out, nil
 }
 
 func stateAt(l *Lease, now time.Time) State {
@@ -306,11 +314,11 @@ func (s *BoltStore) List(ctx context.Context, f Filter) ([]*Lease, error) {
 		bucket, prefix := bucketLeases, []byte(nil)
 		switch {
 		case f.Lineage != "":
-			bucket, prefix = bucketLineage, append([]byte(f.Lineage), 0)
+			bucket, prefix = bucketLineage, IndexPrefix(f.Lineage)
 		case f.AgentID != "":
-			bucket, prefix = bucketAgent, append([]byte(f.AgentID), 0)
+			bucket, prefix = bucketAgent, IndexPrefix(f.AgentID)
 		case f.State != "":
-			bucket, prefix = bucketState, append([]byte(f.State), 0)
+			bucket, prefix = bucketState, IndexPrefix(string(f.State))
 		}
 		leases := tx.Bucket(bucketLeases)
 		return WalkNewestFirst(tx.Bucket(bucket), prefix, f.Before, func(id []byte) (bool, error) {
@@ -410,7 +418,7 @@ func putLeaseEncoded(tx *bbolt.Tx, old, l *Lease, v []byte) error {
 		if x == nil {
 			return nil
 		}
-		out := []idx{{bucketState, joinKey([]byte(x.State), id)}}
+		out := []idx{{bucketState, IndexKey(string(x.State), id)}}
 		if x.State == StateActive {
 			out = append(out, idx{bucketExpiry, timeKey(x.ExpiresAt, id)})
 		}
@@ -443,13 +451,8 @@ func putLeaseEncoded(tx *bbolt.Tx, old, l *Lease, v []byte) error {
 		}
 	}
 	if old == nil {
-		if err := tx.Bucket(bucketAgent).Put(joinKey([]byte(l.AgentID), id), nil); err != nil {
+		if err := putOwnerKeys(tx, l); err != nil {
 			return err
-		}
-		for _, lid := range l.Lineage.IDs() {
-			if err := tx.Bucket(bucketLineage).Put(joinKey([]byte(lid), id), nil); err != nil {
-				return err
-			}
 		}
 	}
 	if old == nil || old.State != l.State {
@@ -468,16 +471,16 @@ func deleteLease(tx *bbolt.Tx, l *Lease) error {
 	id := []byte(l.ID)
 	for _, d := range []struct{ b, k []byte }{
 		{bucketLeases, id},
-		{bucketState, joinKey([]byte(l.State), id)},
+		{bucketState, IndexKey(string(l.State), id)},
 		{bucketEnded, timeKey(l.EndedAt, id)},
-		{bucketAgent, joinKey([]byte(l.AgentID), id)},
+		{bucketAgent, IndexKey(l.AgentID, id)},
 	} {
 		if err := tx.Bucket(d.b).Delete(d.k); err != nil {
 			return err
 		}
 	}
 	for _, lid := range l.Lineage.IDs() {
-		if err := tx.Bucket(bucketLineage).Delete(joinKey([]byte(lid), id)); err != nil {
+		if err := tx.Bucket(bucketLineage).Delete(IndexKey(lid, id)); err != nil {
 			return err
 		}
 	}
@@ -500,11 +503,96 @@ func addCount(tx *bbolt.Tx, st State, d int64) error {
 	return b.Put(k, v)
 }
 
-func joinKey(prefix, id []byte) []byte {
-	k := make([]byte, 0, len(prefix)+1+len(id))
-	k = append(k, prefix...)
-	k = append(k, 0)
+// putOwnerKeys indexes a new lease by its agent and by each lineage id;
+// neither changes during the lease's life.
+func putOwnerKeys(tx *bbolt.Tx, l *Lease) error {
+	id := []byte(l.ID)
+	if err := tx.Bucket(bucketAgent).Put(IndexKey(l.AgentID, id), nil); err != nil {
+		return err
+	}
+	for _, lid := range l.Lineage.IDs() {
+		if err := tx.Bucket(bucketLineage).Put(IndexKey(lid, id), nil); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// IndexKey is the key of id under value in an index bucket: the length of
+// value as a uvarint, value, then id. Values come from outside valet (an
+// agent id holds the attestation's subject, a lineage id its jti), so no
+// byte can be reserved as a separator; with the length in front, the keys
+// of one value never start with IndexPrefix of another (uvarints are a
+// prefix code), whatever bytes either holds.
+func IndexKey(value string, id []byte) []byte {
+	k := IndexPrefix(value)
 	return append(k, id...)
+}
+
+// IndexPrefix is the part of IndexKey before the id: an index scan for
+// value walks the keys that start with it.
+func IndexPrefix(value string) []byte {
+	k := make([]byte, 0, binary.MaxVarintLen64+len(value)+26)
+	k = binary.AppendUvarint(k, uint64(len(value)))
+	return append(k, value...)
+}
+
+// migrateIndexes brings the agent, lineage and state indexes to the
+// current key layout.
+func migrateIndexes(tx *bbolt.Tx) error {
+	return MigrateIndexes(tx, bucketMeta, bucketLeases, [][]byte{bucketAgent, bucketLineage, bucketState}, func(v []byte) error {
+		l, err := decodeLease(v)
+		if err != nil {
+			return err
+		}
+		if err := tx.Bucket(bucketState).Put(IndexKey(string(l.State), []byte(l.ID)), nil); err != nil {
+			return err
+		}
+		return putOwnerKeys(tx, l)
+	})
+}
+
+// IndexLayout is the version of the index key layout (IndexKey) that
+// MigrateIndexes records.
+const IndexLayout = 2
+
+// layoutKey is the key of the layout version in a store's meta bucket. It
+// is absent in databases written before IndexKey, when index keys were
+// value 0x00 id.
+var layoutKey = []byte("layout")
+
+// MigrateIndexes rebuilds the index buckets indexes of a store when its
+// meta bucket does not record IndexLayout: it empties them and calls
+// reindex with each value of the records bucket, which puts that record's
+// index keys back; then it records the layout. It runs inside the
+// transaction that opens the store, so a database is migrated whole or not
+// at all. A layout newer than IndexLayout is an error: an older valet
+// must not rewrite a newer one's indexes.
+func MigrateIndexes(tx *bbolt.Tx, meta, records []byte, indexes [][]byte, reindex func(v []byte) error) error {
+	m := tx.Bucket(meta)
+	if v := m.Get(layoutKey); len(v) == 1 && v[0] == IndexLayout {
+		return nil
+	} else if len(v) > 0 {
+		return fmt.Errorf("%s: index layout %v is newer than this valet knows (%d)", meta, v, IndexLayout)
+	}
+	for _, b := range indexes {
+		if err := tx.DeleteBucket(b); err != nil {
+			return err
+		}
+		if _, err := tx.CreateBucket(b); err != nil {
+			return err
+		}
+	}
+	err := tx.Bucket(records).ForEach(func(k, v []byte) error {
+		if err := reindex(v); err != nil {
+			return fmt.Errorf("%q: %w", k, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("rebuild the indexes of %s: %w", records, err)
+	}
+	return m.Put(layoutKey, []byte{IndexLayout})
 }
 
 // timeKey orders by time: 8 bytes of big-endian Unix nanoseconds, then the id.

@@ -86,7 +86,12 @@ func (s *BoltStore) ExpireDue(ctx context.Context, now time.Time, limit int) ([]
 		}
 		return nil
 	})
-	return out, err
+	if err != nil {
+		// The transaction may still be running (ctx ended): out is
+		// not ours to read.
+		return nil, err
+	}
+	return out, nil
 }
 
 // DueRevocations returns up to limit leases whose next revocation attempt is
@@ -149,7 +154,7 @@ func (s *BoltStore) RecoverPending(ctx context.Context, now time.Time) ([]*Lease
 	var out []*Lease
 	err := s.Update(ctx, func(tx *bbolt.Tx) error {
 		out = out[:0]
-		prefix := append([]byte(StatePending), 0)
+		prefix := IndexPrefix(string(StatePending))
 		c := tx.Bucket(bucketState).Cursor()
 		var ids [][]byte
 		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
@@ -178,7 +183,12 @@ func (s *BoltStore) RecoverPending(ctx context.Context, now time.Time) ([]*Lease
 		}
 		return nil
 	})
-	return out, err
+	if err != nil {
+		// The transaction may still be running (ctx ended): out is
+		// not ours to read.
+		return nil, err
+	}
+	return out, nil
 }
 
 // PruneEnded deletes up to limit leases that ended before cutoff. Their
@@ -204,5 +214,10 @@ func (s *BoltStore) PruneEnded(ctx context.Context, cutoff time.Time, limit int)
 		}
 		return nil
 	})
-	return n, err
+	if err != nil {
+		// The transaction may still be running (ctx ended): n is
+		// not ours to read.
+		return 0, err
+	}
+	return n, nil
 }

@@ -3,9 +3,7 @@ package web
 import (
 	"net/http"
 	"net/url"
-	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -14,15 +12,6 @@ import (
 
 // auditPageSize is how many records a page of the audit browser shows.
 const auditPageSize = 50
-
-// auditKinds are the record kinds the browser can filter by.
-var auditKinds = []string{
-	audit.KindMint, audit.KindMintFailed, audit.KindRenew, audit.KindRelease, audit.KindRevoke, audit.KindRevoked,
-	audit.KindRevokeFailed, audit.KindIrrevocable, audit.KindExpire, audit.KindRecover,
-	audit.KindGrantRequest, audit.KindGrantApprove, audit.KindGrantDeny, audit.KindGrantExpired, audit.KindGrantRedeem,
-	audit.KindBreakGlass, audit.KindGrantReview,
-	audit.KindPolicyReload, audit.KindConfigLoad, audit.KindServerStart, audit.KindIntrospection,
-}
 
 // auditData is the audit page.
 type auditData struct {
@@ -38,11 +27,8 @@ type auditData struct {
 }
 
 func (c *Console) handleAudit(w http.ResponseWriter, r *http.Request, se *session) {
-	q := r.URL.Query()
-	d := auditData{Kinds: auditKinds, Kind: q.Get("kind"), Agent: strings.TrimSpace(q.Get("agent"))}
-	if !slices.Contains(auditKinds, d.Kind) {
-		d.Kind = ""
-	}
+	q := readFilters(r)
+	d := auditData{Kinds: audit.Kinds, Kind: q.oneOf("kind", "kind", audit.Kinds), Agent: q.agent("agent")}
 	res, at, err := c.verifyChain()
 	if err != nil {
 		c.log.Error("console: verify audit log", "err", err)
@@ -50,8 +36,12 @@ func (c *Console) handleAudit(w http.ResponseWriter, r *http.Request, se *sessio
 	}
 	d.Verify, d.VerifiedAt = res, at
 	f := audit.Filter{Newest: true, Kind: d.Kind, AgentID: d.Agent, Limit: auditPageSize}
-	if b, err := strconv.ParseUint(q.Get("before"), 10, 64); err == nil && b > 0 {
-		f.BeforeSeq = b
+	if v := q.value("before", "page"); v != "" {
+		if b, err := strconv.ParseUint(v, 10, 64); err == nil && b > 0 {
+			f.BeforeSeq = b
+		} else {
+			q.drop("page", "cursor %q is not a record number", v)
+		}
 	}
 	d.Newest = f.BeforeSeq == 0
 	recs, err := audit.List(c.auditDB, f)
@@ -72,6 +62,7 @@ func (c *Console) handleAudit(w http.ResponseWriter, r *http.Request, se *sessio
 	}
 	p := &page{Title: "Audit log", Data: d}
 	c.fillLayout(r, p, se, "audit")
+	p.Flashes = append(p.Flashes, q.flashes()...)
 	c.render(w, r, http.StatusOK, "audit.html", p)
 }
 

@@ -897,3 +897,52 @@ func TestConsoleIDTokenSignInIsFreshOnlyByItsAuthTime(t *testing.T) {
 		})
 	}
 }
+
+// Filters whose values can match nothing, or that are given twice, are
+// dropped with a message, never applied in silence under a form showing
+// "any"; a role of the right syntax that is not configured is kept and
+// shown in the form.
+func TestConsoleFiltersSayWhatTheyIgnore(t *testing.T) {
+	f := newFixture(t, nil)
+	b := f.browser()
+	b.login("alice")
+	l1 := f.mint("agent-1", "demo", nil)
+	l2 := f.mint("agent-2", "demo", nil)
+	cases := []struct {
+		path string
+		want []string
+	}{
+		{"/ui/leases?role=Demo", []string{"The role filter &#34;Demo&#34; is not a role name", l1.Lease.ID, l2.Lease.ID}},
+		{"/ui/leases?role=" + url.QueryEscape("x\n2026 FAKE"), []string{`The role filter &#34;x\n2026 FAKE&#34; is not a role name`, l1.Lease.ID}},
+		{"/ui/leases?agent=test/agent-1&agent=test/agent-2", []string{"The agent filter is given 2 times; it is ignored.", l1.Lease.ID, l2.Lease.ID}},
+		{"/ui/leases?agent=" + url.QueryEscape("test/agent-1\x00zz"), []string{`The agent filter &#34;test/agent-1\x00zz&#34; is not an agent id`, l2.Lease.ID}},
+		{"/ui/leases?state=Active", []string{"The state filter &#34;Active&#34; is not one of active, pending"}},
+		{"/ui/leases?before=nope", []string{"The page filter cursor &#34;nope&#34; is not an id", l1.Lease.ID}},
+		{"/ui/leases?role=retired-role", []string{`<option selected>retired-role</option>`}},
+		{"/ui/grants?state=Approved", []string{"The state filter &#34;Approved&#34; is not one of approved, denied"}},
+		{"/ui/grants?role=R%C3", []string{"The role filter is not valid UTF-8; it is ignored."}},
+		{"/ui/audit?kind=MINT", []string{"The kind filter &#34;MINT&#34; is not one of mint,"}},
+		{"/ui/audit?agent=nobody", []string{"The agent filter &#34;nobody&#34; is not an agent id"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.path, func(t *testing.T) {
+			r := b.get(tc.path)
+			if r.Status != http.StatusOK {
+				t.Fatalf("GET %s: %d", tc.path, r.Status)
+			}
+			mustContain(t, r.Body, tc.want...)
+		})
+	}
+	if p := b.get("/ui/leases?role=retired-role").Body; strings.Contains(p, "flash-error") || strings.Contains(p, l1.Lease.ID) {
+		t.Error("a configured-syntax role filter was refused, or did not filter")
+	}
+	// Revoking "all of an agent" needs one agent id.
+	csrf := csrfField.FindStringSubmatch(b.get("/ui/leases").Body)[1]
+	for _, agents := range [][]string{{"test/agent-1\x00zz"}, {"test/agent-1", "test/agent-2"}} {
+		r := b.post("/ui/agents/revoke", url.Values{"csrf": {csrf}, "agent": agents})
+		mustContain(t, b.get(r.Location()).Body, "is not one agent id", "nothing was revoked")
+	}
+	if f.lease(l1.Lease.ID).State != leases.StateActive || f.lease(l2.Lease.ID).State != leases.StateActive {
+		t.Error("a refused revocation revoked leases")
+	}
+}

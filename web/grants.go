@@ -74,9 +74,9 @@ var historyStates = []grants.State{grants.StateApproved, grants.StateDenied, gra
 
 func (c *Console) handleGrants(w http.ResponseWriter, r *http.Request, se *session) {
 	ctx := r.Context()
-	q := r.URL.Query()
-	d := grantsData{Filter: grantFilter{Agent: strings.TrimSpace(q.Get("agent")), Role: q.Get("role"), State: q.Get("state")},
-		States: historyStates, Roles: c.roleNames()}
+	q := readFilters(r)
+	d := grantsData{States: historyStates, Roles: c.roleNames()}
+	d.Filter = grantFilter{Agent: q.agent("agent"), Role: q.name("role", "role", &d.Roles), State: q.oneOf("state", "state", stateNames(historyStates))}
 	act, err := c.recentActivity()
 	if err != nil {
 		c.log.Error("console: read audit activity", "err", err)
@@ -118,15 +118,7 @@ func (c *Console) handleGrants(w http.ResponseWriter, r *http.Request, se *sessi
 		d.Pending[i], d.Pending[j] = d.Pending[j], d.Pending[i]
 	}
 
-	f := grants.Filter{AgentID: d.Filter.Agent, Role: d.Filter.Role, Before: q.Get("before"), Limit: 50}
-	for _, st := range historyStates {
-		if string(st) == d.Filter.State {
-			f.State = st
-		}
-	}
-	if f.Before != "" && !leases.ValidID(f.Before) {
-		f.Before = ""
-	}
+	f := grants.Filter{AgentID: d.Filter.Agent, Role: d.Filter.Role, State: grants.State(d.Filter.State), Before: q.cursor("before"), Limit: 50}
 	hist, err := c.b.ListGrants(ctx, f)
 	if err != nil {
 		c.serverError(w, r, err)
@@ -144,6 +136,7 @@ func (c *Console) handleGrants(w http.ResponseWriter, r *http.Request, se *sessi
 	}
 	p := &page{Title: "Grants", Data: d}
 	c.fillLayout(r, p, se, "grants")
+	p.Flashes = append(p.Flashes, q.flashes()...)
 	c.render(w, r, http.StatusOK, "grants.html", p)
 }
 

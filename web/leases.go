@@ -1,9 +1,9 @@
 package web
 
 import (
+	"fmt"
 	"net/http"
 	"net/url"
-	"slices"
 	"strconv"
 	"strings"
 
@@ -55,23 +55,15 @@ func (c *Console) viewLease(l *leases.Lease) leaseView {
 }
 
 func (c *Console) handleLeases(w http.ResponseWriter, r *http.Request, se *session) {
-	q := r.URL.Query()
-	d := leasesData{
-		Filter: leaseFilter{Agent: strings.TrimSpace(q.Get("agent")), Role: q.Get("role"), Backend: q.Get("backend"), State: q.Get("state")},
-		States: leaseStates, Roles: c.roleNames(), Backends: c.backendNames(), Return: localPath(r.URL.RequestURI()),
-	}
-	if _, ok := q["state"]; !ok {
+	q := readFilters(r)
+	d := leasesData{States: leaseStates, Roles: c.roleNames(), Backends: c.backendNames(), Return: localPath(r.URL.RequestURI())}
+	d.Filter = leaseFilter{Agent: q.agent("agent"), Role: q.name("role", "role", &d.Roles), Backend: q.name("backend", "backend", &d.Backends),
+		State: q.oneOf("state", "state", stateNames(leaseStates))}
+	if !q.has("state") {
 		d.Filter.State = string(leases.StateActive)
 	}
-	f := leases.Filter{AgentID: d.Filter.Agent, Role: d.Filter.Role, Backend: d.Filter.Backend, Before: q.Get("before"), Limit: 100}
-	if slices.Contains(leaseStates, leases.State(d.Filter.State)) {
-		f.State = leases.State(d.Filter.State)
-	} else {
-		d.Filter.State = ""
-	}
-	if f.Before != "" && !leases.ValidID(f.Before) {
-		f.Before = ""
-	}
+	f := leases.Filter{AgentID: d.Filter.Agent, Role: d.Filter.Role, Backend: d.Filter.Backend, State: leases.State(d.Filter.State),
+		Before: q.cursor("before"), Limit: 100}
 	ls, err := c.b.ListLeases(r.Context(), f)
 	if err != nil {
 		c.serverError(w, r, err)
@@ -94,6 +86,7 @@ func (c *Console) handleLeases(w http.ResponseWriter, r *http.Request, se *sessi
 	}
 	p := &page{Title: "Leases", Data: d}
 	c.fillLayout(r, p, se, "leases")
+	p.Flashes = append(p.Flashes, q.flashes()...)
 	c.render(w, r, http.StatusOK, "leases.html", p)
 }
 
@@ -117,10 +110,8 @@ type irrevocableData struct {
 }
 
 func (c *Console) handleIrrevocable(w http.ResponseWriter, r *http.Request, se *session) {
-	f := leases.Filter{State: leases.StateIrrevocable, Before: r.URL.Query().Get("before"), Limit: 100}
-	if f.Before != "" && !leases.ValidID(f.Before) {
-		f.Before = ""
-	}
+	q := readFilters(r)
+	f := leases.Filter{State: leases.StateIrrevocable, Before: q.cursor("before"), Limit: 100}
 	ls, err := c.b.ListLeases(r.Context(), f)
 	if err != nil {
 		c.serverError(w, r, err)
@@ -135,6 +126,7 @@ func (c *Console) handleIrrevocable(w http.ResponseWriter, r *http.Request, se *
 	}
 	p := &page{Title: "Irrevocable leases", Data: d}
 	c.fillLayout(r, p, se, "irrevocable")
+	p.Flashes = append(p.Flashes, q.flashes()...)
 	c.render(w, r, http.StatusOK, "irrevocable.html", p)
 }
 
@@ -173,6 +165,11 @@ func (c *Console) handleRevokeAgent(w http.ResponseWriter, r *http.Request, se *
 		http.Redirect(w, r, back, http.StatusSeeOther)
 		return
 	}
+	if len(r.PostForm["agent"]) > 1 || !broker.ValidAgentID(agent) {
+		c.sessions.addFlash(se.key, flash{"error", fmt.Sprintf("%q is not one agent id (%s); nothing was revoked.", agent, broker.AgentIDRule)})
+		http.Redirect(w, r, back, http.StatusSeeOther)
+		return
+	}
 	op := se.op
 	n, err := c.b.RevokeMatching(r.Context(), &op, leases.Filter{AgentID: agent}, "all leases of the agent revoked by "+op.Name+" in the console", requestID(w))
 	if err != nil {
@@ -183,6 +180,15 @@ func (c *Console) handleRevokeAgent(w http.ResponseWriter, r *http.Request, se *
 	c.log.Info("console revoked an agent's leases", "agent", agent, "operator", op.Name, "count", n)
 	c.sessions.addFlash(se.key, flash{"ok", "Revoked " + plural(n, "lease") + " of " + agent + "."})
 	http.Redirect(w, r, back, http.StatusSeeOther)
+}
+
+// stateNames are states as the strings a filter holds.
+func stateNames[S ~string](states []S) []string {
+	out := make([]string, len(states))
+	for i, s := range states {
+		out[i] = string(s)
+	}
+	return out
 }
 
 func plural(n int, noun string) string {

@@ -22,27 +22,11 @@ type auditListResponse struct {
 // handleAuditList pages through the log: after=<seq> walks forward,
 // newest=true lists backwards from the end (before=<seq> to continue).
 func (s *Server) handleAuditList(w http.ResponseWriter, r *http.Request) {
-	q := r.URL.Query()
-	f := audit.Filter{Kind: q.Get("kind"), AgentID: q.Get("agent_id"), LeaseID: q.Get("lease_id"), Newest: q.Get("newest") == "true"}
-	for _, p := range []struct {
-		name string
-		dst  *uint64
-	}{{"after", &f.AfterSeq}, {"before", &f.BeforeSeq}} {
-		if v := q.Get(p.name); v != "" {
-			n, err := strconv.ParseUint(v, 10, 64)
-			if err != nil {
-				s.Error(w, r, broker.Errorf(broker.EINVALID, "%s must be a sequence number", p.name))
-				return
-			}
-			*p.dst = n
-		}
-	}
-	limit, err := queryLimit(q, f.Limit)
+	f, err := auditFilter(r)
 	if err != nil {
 		s.Error(w, r, err)
 		return
 	}
-	f.Limit = limit
 	recs, err := audit.List(s.auditDB, f)
 	if err != nil {
 		s.Error(w, r, broker.Wrap(broker.EINTERNAL, err, "read audit log"))
@@ -52,6 +36,43 @@ func (s *Server) handleAuditList(w http.ResponseWriter, r *http.Request) {
 		recs = []audit.Record{}
 	}
 	writeJSON(w, http.StatusOK, auditListResponse{Records: recs})
+}
+
+// auditFilter reads the query of GET /v1/audit.
+func auditFilter(r *http.Request) (audit.Filter, error) {
+	q, err := readQuery(r, "kind", "agent_id", "lease_id", "newest", "after", "before", "limit")
+	if err != nil {
+		return audit.Filter{}, err
+	}
+	f := audit.Filter{Kind: q["kind"], AgentID: q["agent_id"], LeaseID: q["lease_id"], Newest: q["newest"] == "true"}
+	if err := oneOf("kind", f.Kind, audit.Kinds...); err != nil {
+		return f, err
+	}
+	if err := oneOf("newest", q["newest"], "true", "false"); err != nil {
+		return f, err
+	}
+	if f.AgentID != "" {
+		if err := validateAgentID("agent_id", f.AgentID); err != nil {
+			return f, err
+		}
+	}
+	if err := validateID("lease_id", "lease", f.LeaseID); err != nil {
+		return f, err
+	}
+	for _, p := range []struct {
+		name string
+		dst  *uint64
+	}{{"after", &f.AfterSeq}, {"before", &f.BeforeSeq}} {
+		if v := q[p.name]; v != "" {
+			n, err := strconv.ParseUint(v, 10, 64)
+			if err != nil {
+				return f, broker.Errorf(broker.EINVALID, "%s must be a sequence number", p.name)
+			}
+			*p.dst = n
+		}
+	}
+	f.Limit, err = q.limit(0)
+	return f, err
 }
 
 // handleAuditVerify walks the whole chain. A broken chain is reported in

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 	"unicode"
+	"unicode/utf8"
 
 	"github.com/valet-broker/valet/broker"
 )
@@ -55,6 +56,10 @@ func FuzzDecodeCredentialRequest(f *testing.F) {
 		`{"role":"demo","reason":"a\u0000b"}`,
 		`{"role":"demo","reason":"\ud800"}`,
 		`{"ROLE":"demo"}`,
+		`{"role":"demo","ROLE":"demo-elevated"}`,
+		`{"role":"demo","role":"demo-elevated"}`,
+		"{\"role\":\"demo\",\"reason\":\"ok\xff\"}",
+		`{"role":"x\n2026-11-29 FAKE mint allow\u001b[2J"}`,
 		`{"role":"demo"} {"role":"demo"}`,
 		`{"role":"demo","scope":{"a":{"b":{"c":[1,2,{"d":null}]}}}}`,
 		`[{"role":"demo"}]`,
@@ -72,8 +77,11 @@ func FuzzDecodeCredentialRequest(f *testing.F) {
 			clientError(t, err)
 			return
 		}
-		if req.Role == "" || len(req.Role) > 63 {
+		if !broker.ValidName(req.Role) {
 			t.Fatalf("accepted role %q", req.Role)
+		}
+		if !utf8.Valid(body) {
+			t.Fatalf("accepted a body that is not UTF-8: %q", body)
 		}
 		if verr := req.Validate(); verr != nil {
 			t.Fatalf("accepted a request that does not validate: %v", verr)

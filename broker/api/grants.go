@@ -76,8 +76,13 @@ func (s *Server) handleGrantGet(w http.ResponseWriter, r *http.Request) {
 		s.Error(w, r, err)
 		return
 	}
+	q, err := readQuery(r, "wait")
+	if err != nil {
+		s.Error(w, r, err)
+		return
+	}
 	var wait time.Duration
-	if v := r.URL.Query().Get("wait"); v != "" {
+	if v := q["wait"]; v != "" {
 		d, err := broker.ParseDuration(v)
 		if err != nil || d > maxWait {
 			s.Error(w, r, broker.Errorf(broker.EINVALID, "wait must be a duration of at most %s, such as 30s", maxWait))
@@ -144,28 +149,45 @@ func (s *Server) handleGrantDecision(kind string) http.HandlerFunc {
 	}
 }
 
+// grantFilter reads the query of GET /v1/grants.
+func grantFilter(r *http.Request) (grants.Filter, error) {
+	q, err := readQuery(r, "state", "agent_id", "role", "kind", "review", "before", "limit")
+	if err != nil {
+		return grants.Filter{}, err
+	}
+	f := grants.Filter{State: grants.State(q["state"]), AgentID: q["agent_id"], Role: q["role"], Kind: q["kind"],
+		ReviewPending: q["review"] == "pending", Before: q["before"]}
+	checks := []error{
+		oneOf("state", string(f.State), string(grants.StatePending), string(grants.StateApproved), string(grants.StateDenied),
+			string(grants.StateExpired), string(grants.StateRedeemed)),
+		oneOf("kind", f.Kind, grants.KindApproval, grants.KindBreakGlass),
+		oneOf("review", q["review"], "pending"),
+		validateOwner(f.AgentID, ""),
+		validateID("before", "grant", f.Before),
+	}
+	if f.Role != "" {
+		checks = append(checks, validateName("role", f.Role))
+	}
+	for _, err := range checks {
+		if err != nil {
+			return f, err
+		}
+	}
+	f.Limit, err = q.limit(100)
+	return f, err
+}
+
 type grantListResponse struct {
 	Grants []grantView `json:"grants"`
 	Next   string      `json:"next,omitempty"`
 }
 
 func (s *Server) handleGrantList(w http.ResponseWriter, r *http.Request) {
-	q := r.URL.Query()
-	f := grants.Filter{State: grants.State(q.Get("state")), AgentID: q.Get("agent_id"), Role: q.Get("role"), Kind: q.Get("kind"),
-		ReviewPending: q.Get("review") == "pending", Before: q.Get("before")}
-	switch f.State {
-	case "", grants.StatePending, grants.StateApproved, grants.StateDenied, grants.StateExpired, grants.StateRedeemed:
-	default:
-		s.Error(w, r, broker.Errorf(broker.EINVALID, "state %q is not one of pending, approved, denied, expired, redeemed", f.State))
-		return
-	}
-	f.Limit = 100
-	limit, err := queryLimit(q, f.Limit)
+	f, err := grantFilter(r)
 	if err != nil {
 		s.Error(w, r, err)
 		return
 	}
-	f.Limit = limit
 	gs, err := s.b.ListGrants(r.Context(), f)
 	if err != nil {
 		s.Error(w, r, err)

@@ -131,7 +131,12 @@ func (s *Server) handleLeaseDelete(w http.ResponseWriter, r *http.Request) {
 		s.Error(w, r, err)
 		return
 	}
-	reason := r.URL.Query().Get("reason")
+	q, err := readQuery(r, "reason")
+	if err != nil {
+		s.Error(w, r, err)
+		return
+	}
+	reason := q["reason"]
 	if err := validateReason(reason); err != nil {
 		s.Error(w, r, err)
 		return
@@ -151,27 +156,10 @@ type leaseListResponse struct {
 }
 
 func (s *Server) handleLeaseList(w http.ResponseWriter, r *http.Request) {
-	q := r.URL.Query()
-	f := leases.Filter{
-		AgentID: q.Get("agent_id"), Role: q.Get("role"), Backend: q.Get("backend"),
-		State: leases.State(q.Get("state")), Lineage: q.Get("lineage"), Before: q.Get("before"),
-	}
-	if f.State != "" && !validState(f.State) {
-		s.Error(w, r, broker.Errorf(broker.EINVALID, "state %q is not one of pending, active, revoking, irrevocable, released, revoked, expired", f.State))
-		return
-	}
-	if f.Before != "" && !leases.ValidID(f.Before) {
-		s.Error(w, r, broker.Errorf(broker.EINVALID, "before must be a lease id"))
-		return
-	}
-	limit, err := queryLimit(q, f.Limit)
+	f, err := leaseFilter(r)
 	if err != nil {
 		s.Error(w, r, err)
 		return
-	}
-	f.Limit = limit
-	if f.Limit == 0 {
-		f.Limit = 100
 	}
 	ls, err := s.b.ListLeases(r.Context(), f)
 	if err != nil {
@@ -189,13 +177,54 @@ func (s *Server) handleLeaseList(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
-func validState(s leases.State) bool {
-	switch s {
-	case leases.StatePending, leases.StateActive, leases.StateRevoking, leases.StateIrrevocable,
-		leases.StateReleased, leases.StateRevoked, leases.StateExpired:
-		return true
+// leaseStates are the values of the state filter.
+var leaseStates = []string{
+	string(leases.StatePending), string(leases.StateActive), string(leases.StateRevoking), string(leases.StateIrrevocable),
+	string(leases.StateReleased), string(leases.StateRevoked), string(leases.StateExpired),
+}
+
+// leaseFilter reads the query of GET /v1/leases.
+func leaseFilter(r *http.Request) (leases.Filter, error) {
+	q, err := readQuery(r, "agent_id", "role", "backend", "state", "lineage", "before", "limit")
+	if err != nil {
+		return leases.Filter{}, err
 	}
-	return false
+	f := leases.Filter{
+		AgentID: q["agent_id"], Role: q["role"], Backend: q["backend"],
+		State: leases.State(q["state"]), Lineage: q["lineage"], Before: q["before"],
+	}
+	if err := oneOf("state", string(f.State), leaseStates...); err != nil {
+		return f, err
+	}
+	if err := validateOwner(f.AgentID, f.Lineage); err != nil {
+		return f, err
+	}
+	for _, n := range []struct{ field, value string }{{"role", f.Role}, {"backend", f.Backend}} {
+		if n.value != "" {
+			if err := validateName(n.field, n.value); err != nil {
+				return f, err
+			}
+		}
+	}
+	if err := validateID("before", "lease", f.Before); err != nil {
+		return f, err
+	}
+	f.Limit, err = q.limit(100)
+	return f, err
+}
+
+// validateOwner checks the agent_id and lineage selectors of lease
+// listing and revocation; either may be empty.
+func validateOwner(agentID, lineage string) error {
+	if agentID != "" {
+		if err := validateAgentID("agent_id", agentID); err != nil {
+			return err
+		}
+	}
+	if lineage != "" {
+		return validateLineage("lineage", lineage)
+	}
+	return nil
 }
 
 // revokeMatchingRequest is the body of POST /v1/leases/revoke.
@@ -208,6 +237,9 @@ type revokeMatchingRequest struct {
 func (r *revokeMatchingRequest) Validate() error {
 	if (r.AgentID == "") == (r.Lineage == "") {
 		return broker.Errorf(broker.EINVALID, "give exactly one of agent_id or lineage")
+	}
+	if err := validateOwner(r.AgentID, r.Lineage); err != nil {
+		return err
 	}
 	return validateReason(r.Reason)
 }

@@ -7,16 +7,11 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"mime"
 	"net"
 	"net/http"
-	"net/url"
-	"strconv"
 	"strings"
 	"time"
 
@@ -329,74 +324,6 @@ func (s *Server) requireOperator(next http.Handler) http.Handler {
 func operatorFrom(ctx context.Context) *broker.Operator {
 	op, _ := ctx.Value(keyOperator).(*broker.Operator)
 	return op
-}
-
-// Validator is implemented by request bodies.
-type Validator interface {
-	Validate() error
-}
-
-// decodeJSON strictly decodes a single JSON object into v and validates
-// it: the content type must be JSON, unknown fields and trailing data are
-// errors, and the body is already bounded by withLimits.
-func decodeJSON(r *http.Request, v Validator) error {
-	if err := requireContentType(r, "application/json"); err != nil {
-		return err
-	}
-	dec := json.NewDecoder(r.Body)
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return jsonError(err)
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return broker.Errorf(broker.EINVALID, "the body must hold exactly one JSON object")
-	}
-	return v.Validate()
-}
-
-func requireContentType(r *http.Request, want string) error {
-	mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
-	if err != nil || mt != want {
-		return broker.Errorf(broker.EINVALID, "Content-Type must be %s", want)
-	}
-	return nil
-}
-
-func jsonError(err error) error {
-	var mbe *http.MaxBytesError
-	var se *json.SyntaxError
-	var te *json.UnmarshalTypeError
-	switch {
-	case errors.As(err, &mbe):
-		return broker.Errorf(broker.ETOOLARGE, "request body is over the limit of %d bytes", mbe.Limit)
-	case errors.Is(err, io.EOF):
-		return broker.Errorf(broker.EINVALID, "the request body is empty; send a JSON object")
-	case errors.As(err, &se):
-		return broker.Errorf(broker.EINVALID, "malformed JSON at byte %d", se.Offset)
-	case errors.As(err, &te):
-		if te.Field != "" {
-			return broker.Errorf(broker.EINVALID, "field %q must be %s", te.Field, te.Type)
-		}
-		return broker.Errorf(broker.EINVALID, "the body must be a JSON object")
-	default:
-		// Includes unknown fields, for which encoding/json has no typed
-		// error; its message names the field and is safe to show.
-		return broker.Errorf(broker.EINVALID, "invalid JSON body: %s", strings.TrimPrefix(err.Error(), "json: "))
-	}
-}
-
-// queryLimit reads the limit query parameter of list endpoints: an integer
-// from 1 to 1000, or def when absent.
-func queryLimit(q url.Values, def int) (int, error) {
-	v := q.Get("limit")
-	if v == "" {
-		return def, nil
-	}
-	n, err := strconv.Atoi(v)
-	if err != nil || n < 1 || n > 1000 {
-		return 0, broker.Errorf(broker.EINVALID, "limit must be an integer from 1 to 1000")
-	}
-	return n, nil
 }
 
 // sourceIP is the client address as seen on the connection. valet does not

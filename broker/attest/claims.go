@@ -11,11 +11,12 @@ import (
 	"unicode/utf8"
 )
 
-// Limits on claims valet keeps: the subject becomes part of the agent id and
-// the jti a key in the replay cache and the lease index.
+// Limits on claims valet keeps: the subject becomes part of the agent id,
+// and the jti, pod UID and run id become lineage ids, keys in the replay
+// cache and the lease index.
 const (
-	maxSubjectChars = 256
-	maxJTIBytes     = 256
+	maxSubjectChars  = 256
+	maxIdentityBytes = 256
 )
 
 // maxNumericDate is 9999-12-31T23:59:59Z; later dates are nonsense and would
@@ -88,12 +89,29 @@ func (ti *trustedIssuer) checkClaims(claims map[string]any, now time.Time) (*che
 			return nil, unauthorized("attestation jti claim must be a string")
 		case jti == "":
 			return nil, unauthorized("attestation jti claim is empty")
-		case len(jti) > maxJTIBytes:
-			return nil, unauthorized("attestation jti claim is longer than %d bytes", maxJTIBytes)
+		}
+		if err := checkIdentity("jti claim", jti); err != nil {
+			return nil, err
 		}
 		c.jti = jti
 	}
 	return c, nil
+}
+
+// checkIdentity checks a claim value that identifies a token or a workload
+// and becomes part of a lineage id (jti, Kubernetes pod UID, GitHub run
+// id): valet keys its indexes by it and shows it to operators, so it must
+// be at most maxIdentityBytes bytes without control characters. RFC 7519
+// allows any string; no issuer puts control characters in these. what
+// names the claim in the error ("jti claim", "claim run_id").
+func checkIdentity(what, v string) error {
+	switch {
+	case len(v) > maxIdentityBytes:
+		return unauthorized("attestation %s is longer than %d bytes", what, maxIdentityBytes)
+	case strings.IndexFunc(v, unicode.IsControl) >= 0:
+		return unauthorized("attestation %s contains control characters", what)
+	}
+	return nil
 }
 
 // numericDate reads a NumericDate claim (RFC 7519 section 2): a JSON number

@@ -119,6 +119,9 @@ func kubernetesPreset(claims map[string]any, p *broker.Principal) error {
 			set(obj.uidAttr, uid)
 		}
 		if obj.key == "pod" {
+			if err := checkIdentity("claim kubernetes.io.pod.uid", uid); err != nil {
+				return err
+			}
 			p.Lineage.PodUID = uid
 		}
 	}
@@ -185,6 +188,9 @@ func githubPreset(claims map[string]any, p *broker.Principal) error {
 			return unauthorized("github attestation claim %s must be a string or a number", name)
 		}
 		p.Attributes[name] = s
+	}
+	if err := checkIdentity("claim run_id", p.Attributes["run_id"]); err != nil {
+		return err
 	}
 	p.Lineage.RunID = p.Attributes["run_id"]
 	return nil

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"maps"
+	"strings"
 	"testing"
 
 	"github.com/valet-broker/valet/broker"
@@ -104,6 +105,10 @@ func TestKubernetesPreset(t *testing.T) {
 			code: broker.EUNAUTHORIZED, msg: "claim kubernetes.io must be an object"},
 		{name: "pod uid not a string", mod: k8s, token: withClaims(with("pod.uid", 7)),
 			code: broker.EUNAUTHORIZED, msg: "claim kubernetes.io.pod.uid must be a string"},
+		{name: "pod uid with NUL", mod: k8s, token: withClaims(with("pod.uid", "pod-uid\x00zz")),
+			code: broker.EUNAUTHORIZED, msg: "attestation claim kubernetes.io.pod.uid contains control characters"},
+		{name: "pod uid too long", mod: k8s, token: withClaims(with("pod.uid", strings.Repeat("u", 257))),
+			code: broker.EUNAUTHORIZED, msg: "attestation claim kubernetes.io.pod.uid is longer than 256 bytes"},
 		{name: "mapping overrides a preset attribute", token: withClaims(map[string]any{"sub": sub, "team": "blue"}),
 			mod: func(c *broker.IssuerConfig) {
 				k8s(c)
@@ -150,6 +155,10 @@ func TestGitHubPreset(t *testing.T) {
 			check: wantAttrs(map[string]string{"repository": "octo/app"})},
 		{name: "run_id an object", mod: gh, token: withClaims(map[string]any{"run_id": map[string]any{"x": 1}}),
 			code: broker.EUNAUTHORIZED, msg: "github attestation claim run_id must be a string or a number"},
+		{name: "run_id with a newline", mod: gh, token: withClaims(map[string]any{"run_id": "4242\n4243"}),
+			code: broker.EUNAUTHORIZED, msg: "attestation claim run_id contains control characters"},
+		{name: "run_id too long", mod: gh, token: withClaims(map[string]any{"run_id": strings.Repeat("4", 257)}),
+			code: broker.EUNAUTHORIZED, msg: "attestation claim run_id is longer than 256 bytes"},
 	})
 }
 

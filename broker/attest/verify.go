@@ -7,13 +7,12 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
-	"io"
 	"strings"
-	"unicode/utf8"
 
 	"github.com/lestrrat-go/jwx/v2/jws"
 
 	"github.com/valet-broker/valet/broker"
+	"github.com/valet-broker/valet/broker/strictjson"
 )
 
 // Verify checks token against the trusted issuers and returns the verified
@@ -227,6 +226,9 @@ func splitCompact(s string) (dot1, dot2 int, err error) {
 // header rules. jku, x5u, jwk and x5c are deliberately never read: keys come
 // only from the issuer's configuration, never from the token.
 func (t *token) parseHeader(b []byte) error {
+	if err := strictjson.Check(b); err != nil {
+		return unauthorized("attestation header is not a JSON object: %s", err)
+	}
 	var h map[string]any
 	if err := json.Unmarshal(b, &h); err != nil || h == nil {
 		return unauthorized("attestation header is not a JSON object")
@@ -267,24 +269,20 @@ func critString(v any) string {
 	return clipList(names)
 }
 
-// decodeObject decodes a JSON object with numbers as json.Number. Invalid
-// UTF-8 is rejected rather than silently replaced, so two different byte
-// strings can never decode to the same subject.
+// decodeObject decodes a JSON object with numbers as json.Number, after
+// strictjson.Check: invalid UTF-8 (lone surrogate escapes included) is
+// rejected rather than silently replaced, so two different byte strings
+// can never decode to the same subject, and a claim given twice is
+// rejected (RFC 7519 section 4) rather than decided by the parser.
 func decodeObject(b []byte) (map[string]any, error) {
-	if !utf8.Valid(b) {
-		return nil, errors.New("invalid UTF-8")
+	if err := strictjson.Check(b); err != nil {
+		return nil, err
 	}
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.UseNumber()
 	var m map[string]any
 	if err := dec.Decode(&m); err != nil {
 		return nil, errors.New("invalid JSON")
-	}
-	if m == nil {
-		return nil, errors.New("null")
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return nil, errors.New("data after the object")
 	}
 	return m, nil
 }

@@ -186,7 +186,7 @@ func TestVerifyShape(t *testing.T) {
 				pay := string(mustJSON(t, claims(map[string]any{"iss": testIss, "exp": start.Add(time.Minute).Unix()})))
 				return signRaw(t, jwa.ES256, e.dev.Key(), mustJSON(t, map[string]any{"alg": "ES256", "kid": e.dev.KeyID()}), []byte(pay+`{}`))
 			},
-			code: broker.EUNAUTHORIZED, msg: "data after the object",
+			code: broker.EUNAUTHORIZED, msg: "data after the JSON object",
 		},
 		{
 			name: "payload not UTF-8",
@@ -195,6 +195,33 @@ func TestVerifyShape(t *testing.T) {
 				return signRaw(t, jwa.ES256, e.dev.Key(), mustJSON(t, map[string]any{"alg": "ES256", "kid": e.dev.KeyID()}), []byte(pay))
 			},
 			code: broker.EUNAUTHORIZED, msg: "invalid UTF-8",
+		},
+		{
+			name: "payload with a lone surrogate",
+			token: func(t *testing.T, e *env) string {
+				pay := `{"iss":"` + testIss + `","aud":"valet","sub":"a\ud800b","exp":1772367000}`
+				return signRaw(t, jwa.ES256, e.dev.Key(), mustJSON(t, map[string]any{"alg": "ES256", "kid": e.dev.KeyID()}), []byte(pay))
+			},
+			code: broker.EUNAUTHORIZED, msg: "payload is not a JSON object: malformed JSON in \"sub\"",
+		},
+		{
+			// RFC 7519 section 4: a parser must reject duplicate claims or
+			// take the last; taking one silently lets two readers of the
+			// token disagree on its subject.
+			name: "payload with a duplicate claim",
+			token: func(t *testing.T, e *env) string {
+				pay := `{"iss":"` + testIss + `","aud":"valet","sub":"agent-1","sub":"admin","exp":1772367000}`
+				return signRaw(t, jwa.ES256, e.dev.Key(), mustJSON(t, map[string]any{"alg": "ES256", "kid": e.dev.KeyID()}), []byte(pay))
+			},
+			code: broker.EUNAUTHORIZED, msg: `payload is not a JSON object: duplicate key "sub" at byte`,
+		},
+		{
+			name: "header with a duplicate member",
+			token: func(t *testing.T, e *env) string {
+				pay := mustJSON(t, claims(map[string]any{"iss": testIss, "exp": start.Add(time.Minute).Unix()}))
+				return signRaw(t, jwa.ES256, e.dev.Key(), []byte(`{"alg":"none","alg":"ES256","kid":"`+e.dev.KeyID()+`"}`), pay)
+			},
+			code: broker.EUNAUTHORIZED, msg: `header is not a JSON object: duplicate key "alg" at byte`,
 		},
 	})
 }
@@ -545,6 +572,14 @@ func TestVerifySubject(t *testing.T) {
 			code: broker.EUNAUTHORIZED, msg: "jti claim must be a string"},
 		{name: "jti too long", token: tok(map[string]any{"jti": strings.Repeat("j", 257)}),
 			code: broker.EUNAUTHORIZED, msg: "jti claim is longer than 256 bytes"},
+		{name: "jti with NUL", token: tok(map[string]any{"jti": "J1\x00zz"}),
+			code: broker.EUNAUTHORIZED, msg: "attestation jti claim contains control characters"},
+		{name: "jti with newline", token: tok(map[string]any{"jti": "J1\nzz"}),
+			code: broker.EUNAUTHORIZED, msg: "attestation jti claim contains control characters"},
+		{name: "jti with an escape sequence", token: tok(map[string]any{"jti": "\x1b[2J"}),
+			code: broker.EUNAUTHORIZED, msg: "attestation jti claim contains control characters"},
+		{name: "jti with C1 control", token: tok(map[string]any{"jti": "J1\u009bzz"}),
+			code: broker.EUNAUTHORIZED, msg: "attestation jti claim contains control characters"},
 	})
 }
 

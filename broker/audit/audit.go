@@ -47,6 +47,7 @@ const (
 	KindIrrevocable   = "lease.irrevocable"
 	KindExpire        = "lease.expire"
 	KindRecover       = "lease.recover" // a pending lease left by a crash
+	KindLeaseAccess   = "lease.access"  // a caller whose attestation did not verify read or changed a lease
 	KindPolicyReload  = "policy.reload"
 	KindConfigLoad    = "config.load"
 	KindServerStart   = "server.start"
@@ -60,6 +61,14 @@ const (
 	KindBreakGlass   = "break_glass"   // emergency access minted without approval
 	KindGrantReview  = "grant.review"  // an operator reviewed a break-glass grant
 )
+
+// Kinds lists every kind of record valet writes, for filters that must
+// name one.
+var Kinds = []string{
+	KindMint, KindMintFailed, KindRenew, KindRelease, KindRevoke, KindRevoked, KindRevokeFailed, KindIrrevocable,
+	KindExpire, KindRecover, KindLeaseAccess, KindPolicyReload, KindConfigLoad, KindServerStart, KindIntrospection,
+	KindGrantRequest, KindGrantApprove, KindGrantDeny, KindGrantExpired, KindGrantRedeem, KindBreakGlass, KindGrantReview,
+}
 
 // Actor is who caused a record.
 type Actor struct {

@@ -16,9 +16,10 @@ import (
 
 var (
 	bucketGrants = []byte("grants")        // id -> JSON Grant
-	bucketState  = []byte("grants.state")  // state 0x00 id -> nil
-	bucketAgent  = []byte("grants.agent")  // agent 0x00 id -> nil
+	bucketState  = []byte("grants.state")  // leases.IndexKey(state, id) -> nil
+	bucketAgent  = []byte("grants.agent")  // leases.IndexKey(agent, id) -> nil
 	bucketReview = []byte("grants.review") // id -> nil: break-glass grants awaiting review
+	bucketMeta   = []byte("grants.meta")   // "layout" -> leases.IndexLayout
 )
 
 // Store keeps grants in the lease store's database, writing through its
@@ -27,15 +28,16 @@ type Store struct {
 	db *leases.BoltStore
 }
 
-// NewStore creates the grant buckets in db.
+// NewStore creates the grant buckets in db, and rebuilds the indexes of a
+// database written with an older key layout.
 func NewStore(db *leases.BoltStore) (*Store, error) {
 	err := db.DB().Update(func(tx *bbolt.Tx) error {
-		for _, b := range [][]byte{bucketGrants, bucketState, bucketAgent, bucketReview} {
+		for _, b := range [][]byte{bucketGrants, bucketState, bucketAgent, bucketReview, bucketMeta} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
 		}
-		return nil
+		return migrateIndexes(tx)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("grants: create buckets: %w", err)
@@ -56,7 +58,7 @@ func (s *Store) Create(ctx context.Context, g *Grant, now time.Time, e audit.Ent
 		if err := put(tx, nil, g, v); err != nil {
 			return err
 		}
-		if err := tx.Bucket(bucketAgent).Put(joinKey(g.AgentID, g.ID), nil); err != nil {
+		if err := tx.Bucket(bucketAgent).Put(leases.IndexKey(g.AgentID, []byte(g.ID)), nil); err != nil {
 			return err
 		}
 		return s.db.AppendAuditTx(tx, now, withGrant(e, g))
@@ -92,9 +94,9 @@ func (s *Store) List(ctx context.Context, f Filter) ([]*Grant, error) {
 		case f.ReviewPending:
 			bucket = bucketReview
 		case f.State != "":
-			bucket, prefix = bucketState, append([]byte(f.State), 0)
+			bucket, prefix = bucketState, leases.IndexPrefix(string(f.State))
 		case f.AgentID != "":
-			bucket, prefix = bucketAgent, append([]byte(f.AgentID), 0)
+			bucket, prefix = bucketAgent, leases.IndexPrefix(f.AgentID)
 		default:
 			bucket = bucketGrants
 		}
@@ -233,7 +235,7 @@ func (s *Store) ExpireDue(ctx context.Context, now time.Time) ([]*Grant, error) 
 	err := s.db.Update(ctx, func(tx *bbolt.Tx) error {
 		out = out[:0]
 		for _, st := range []State{StatePending, StateApproved} {
-			prefix := append([]byte(st), 0)
+			prefix := leases.IndexPrefix(string(st))
 			c := tx.Bucket(bucketState).Cursor()
 			var ids []string
 			for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
@@ -266,7 +268,12 @@ func (s *Store) ExpireDue(ctx context.Context, now time.Time) ([]*Grant, error) 
 		}
 		return nil
 	})
-	return out, err
+	if err != nil {
+		// The transaction may still be running (ctx ended): out is
+		// not ours to read.
+		return nil, err
+	}
+	return out, nil
 }
 
 // errUnchanged leaves a grant as it is without an error.
@@ -299,7 +306,12 @@ func (s *Store) change(ctx context.Context, id string, now time.Time, e audit.En
 		out = &g
 		return nil
 	})
-	return out, err
+	if err != nil {
+		// The transaction may still be running (ctx ended): out is
+		// not ours to read.
+		return nil, err
+	}
+	return out, nil
 }
 
 // withGrant fills an audit entry's subject fields from the grant.
@@ -347,11 +359,11 @@ func put(tx *bbolt.Tx, old, g *Grant, v []byte) error {
 	}
 	if old == nil || old.State != g.State {
 		if old != nil {
-			if err := tx.Bucket(bucketState).Delete(joinKey(string(old.State), g.ID)); err != nil {
+			if err := tx.Bucket(bucketState).Delete(leases.IndexKey(string(old.State), []byte(g.ID))); err != nil {
 				return err
 			}
 		}
-		if err := tx.Bucket(bucketState).Put(joinKey(string(g.State), g.ID), nil); err != nil {
+		if err := tx.Bucket(bucketState).Put(leases.IndexKey(string(g.State), []byte(g.ID)), nil); err != nil {
 			return err
 		}
 	}
@@ -362,9 +374,18 @@ func put(tx *bbolt.Tx, old, g *Grant, v []byte) error {
 	return review.Delete([]byte(g.ID))
 }
 
-func joinKey(prefix, id string) []byte {
-	k := make([]byte, 0, len(prefix)+1+len(id))
-	k = append(k, prefix...)
-	k = append(k, 0)
-	return append(k, id...)
+// migrateIndexes brings the state and agent indexes to the current key
+// layout (leases.MigrateIndexes).
+func migrateIndexes(tx *bbolt.Tx) error {
+	return leases.MigrateIndexes(tx, bucketMeta, bucketGrants, [][]byte{bucketState, bucketAgent}, func(v []byte) error {
+		var g Grant
+		if err := json.Unmarshal(v, &g); err != nil {
+			return err
+		}
+		id := []byte(g.ID)
+		if err := tx.Bucket(bucketState).Put(leases.IndexKey(string(g.State), id), nil); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketAgent).Put(leases.IndexKey(g.AgentID, id), nil)
+	})
 }

@@ -64,7 +64,7 @@ type grantStatus struct {
 func (f *mintFlags) waitAndRedeem(ctx context.Context, c *client, grantID string) (*mintResponse, error) {
 	ctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
-	fmt.Fprintf(f.progress, "valet: waiting for operator approval of grant %s\n", grantID)
+	fmt.Fprintf(f.progress, "valet: waiting for operator approval of grant %s\n", termSafe(grantID))
 	seen := -1
 	for {
 		tok, err := attestation(f.attestationFile)
@@ -222,9 +222,7 @@ func printCredential(w io.Writer, res *mintResponse, format string) error {
 		}
 		return nil
 	default:
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		return enc.Encode(res)
+		return writeJSON(w, res)
 	}
 }
 
@@ -339,7 +337,7 @@ func runExec(ctx context.Context, f *mintFlags, prefix, role string, argv []stri
 		}
 	default:
 		code = 1
-		fmt.Fprintln(stderr, "valet:", err)
+		fmt.Fprintln(stderr, "valet:", termSafe(err.Error()))
 	}
 	release(c, f, res.LeaseID, stderr)
 	if code != 0 {
@@ -359,6 +357,6 @@ func release(c *client, f *mintFlags, leaseID string, stderr io.Writer) {
 		err = c.do(ctx, "DELETE", "/v1/leases/"+url.PathEscape(leaseID), tok, nil, nil)
 	}
 	if err != nil {
-		fmt.Fprintf(stderr, "valet: could not release lease %s (it still expires on its own): %v\n", leaseID, err)
+		fmt.Fprintf(stderr, "valet: could not release lease %s (it still expires on its own): %s\n", termSafe(leaseID), termSafe(err.Error()))
 	}
 }

@@ -4,11 +4,25 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/url"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 )
+
+// grantRow is the part of a grant (GET /v1/grants) that grants list shows.
+type grantRow struct {
+	ID                string            `json:"id"`
+	Kind              string            `json:"kind"`
+	AgentID           string            `json:"agent_id"`
+	Role              string            `json:"role"`
+	TTL               string            `json:"ttl"`
+	Reason            string            `json:"reason"`
+	State             string            `json:"state"`
+	ApprovalsRequired int               `json:"approvals_required"`
+	Approvals         []json.RawMessage `json:"approvals"`
+	ExpiresAt         time.Time         `json:"expires_at"`
+	ReviewPending     bool              `json:"review_pending"`
+}
 
 func newGrantsCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "grants", Short: "List, approve, deny and review elevated-access grants (operator)"}
@@ -41,28 +55,21 @@ func newGrantsCmd() *cobra.Command {
 				return printJSON(cmd.OutOrStdout(), raw)
 			}
 			var res struct {
-				Grants []struct {
-					ID, Kind, AgentID, Role, TTL, Reason, State string
-					ApprovalsRequired                           int
-					Approvals                                   []any
-					ExpiresAt                                   time.Time
-					ReviewPending                               bool
-				} `json:"grants"`
+				Grants []grantRow `json:"grants"`
 			}
 			if err := json.Unmarshal(raw, &res); err != nil {
 				return err
 			}
-			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tKIND\tAGENT\tROLE\tTTL\tSTATE\tAPPROVALS\tEXPIRES\tREASON")
+			t := newTable(cmd.OutOrStdout(), "ID", "KIND", "AGENT", "ROLE", "TTL", "STATE", "APPROVALS", "EXPIRES", "REASON")
 			for _, g := range res.Grants {
 				st := g.State
 				if g.ReviewPending {
 					st += " (review pending)"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d/%d\t%s\t%s\n", g.ID, g.Kind, g.AgentID, g.Role, g.TTL, st,
-					len(g.Approvals), g.ApprovalsRequired, g.ExpiresAt.Local().Format(time.DateTime), g.Reason)
+				t.row(g.ID, g.Kind, g.AgentID, g.Role, g.TTL, st, fmt.Sprintf("%d/%d", len(g.Approvals), g.ApprovalsRequired),
+					g.ExpiresAt.Local().Format(time.DateTime), g.Reason)
 			}
-			return tw.Flush()
+			return t.flush()
 		},
 	}
 	lf.register(list)

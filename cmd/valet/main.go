@@ -30,7 +30,7 @@ func main() {
 		if errors.As(err, &ee) {
 			os.Exit(ee.code)
 		}
-		fmt.Fprintln(os.Stderr, "valet:", err)
+		fmt.Fprintln(os.Stderr, "valet:", termSafe(err.Error()))
 		os.Exit(1)
 	}
 }

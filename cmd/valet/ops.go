@@ -8,8 +8,8 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -55,8 +55,7 @@ func newLeasesCmd() *cobra.Command {
 				return err
 			}
 			if asJSON {
-				_, err := fmt.Fprintln(cmd.OutOrStdout(), string(raw))
-				return err
+				return printJSON(cmd.OutOrStdout(), raw)
 			}
 			var res struct {
 				Leases []leaseRow `json:"leases"`
@@ -64,16 +63,15 @@ func newLeasesCmd() *cobra.Command {
 			if err := json.Unmarshal(raw, &res); err != nil {
 				return err
 			}
-			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tAGENT\tROLE\tBACKEND\tSTATE\tEXPIRES\tHANDLE")
+			t := newTable(cmd.OutOrStdout(), "ID", "AGENT", "ROLE", "BACKEND", "STATE", "EXPIRES", "HANDLE")
 			for _, l := range res.Leases {
 				handle := l.Handle
 				if handle == l.ID {
 					handle = "" // the jwt backend's handle is the lease id
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", l.ID, l.AgentID, l.Role, l.Backend, l.State, l.ExpiresAt.Local().Format(time.DateTime), handle)
+				t.row(l.ID, l.AgentID, l.Role, l.Backend, l.State, l.ExpiresAt.Local().Format(time.DateTime), handle)
 			}
-			return tw.Flush()
+			return t.flush()
 		},
 	}
 	cf.register(list)
@@ -211,16 +209,6 @@ func operatorOrAgentFile(file string) (string, error) {
 	return attestation(file)
 }
 
-func printJSON(w io.Writer, raw json.RawMessage) error {
-	var v any
-	if err := json.Unmarshal(raw, &v); err != nil {
-		return err
-	}
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
-}
-
 func newAuditCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "audit", Short: "Read and verify the audit log"}
 	var cf clientFlags
@@ -253,10 +241,10 @@ while valet runs).`,
 				}
 			}
 			if !res.OK {
-				fmt.Fprintf(cmd.OutOrStdout(), "audit log BROKEN after %d good records: %s\n", res.Records, res.Problem)
+				fmt.Fprintf(cmd.OutOrStdout(), "audit log BROKEN after %d good records: %s\n", res.Records, termSafe(res.Problem))
 				return exitError{1}
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "audit log OK: %d records, head %d %s\n", res.Records, res.HeadSeq, res.HeadHash)
+			fmt.Fprintf(cmd.OutOrStdout(), "audit log OK: %d records, head %d %s\n", res.Records, res.HeadSeq, termSafe(res.HeadHash))
 			return nil
 		},
 	}
@@ -288,12 +276,11 @@ while valet runs).`,
 			if err := json.Unmarshal(raw, &res); err != nil {
 				return err
 			}
-			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "SEQ\tTIME\tKIND\tACTOR\tDECISION\tROLE\tLEASE\tREASON")
+			t := newTable(cmd.OutOrStdout(), "SEQ", "TIME", "KIND", "ACTOR", "DECISION", "ROLE", "LEASE", "REASON")
 			for _, r := range res.Records {
-				fmt.Fprintf(tw, "%d\t%s\t%s\t%s:%s\t%s\t%s\t%s\t%s\n", r.Seq, r.Time.Local().Format(time.DateTime), r.Kind, r.Actor.Type, r.Actor.ID, r.Decision, r.Role, r.LeaseID, r.Reason)
+				t.row(strconv.FormatUint(r.Seq, 10), r.Time.Local().Format(time.DateTime), r.Kind, r.Actor.Type+":"+r.Actor.ID, r.Decision, r.Role, r.LeaseID, r.Reason)
 			}
-			return tw.Flush()
+			return t.flush()
 		},
 	}
 	lf.register(list)
