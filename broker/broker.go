@@ -88,7 +88,9 @@ type Broker struct {
 }
 
 // New checks that every role's backend exists and accepts the role's
-// parameters, and returns a Broker.
+// parameters, and that limits.agent_rate and agent_burst are usable (it
+// takes the configuration as given: Config.Validate has already run),
+// and returns a Broker.
 func New(o Options) (*Broker, error) {
 	if o.Config == nil || o.Store == nil || o.Auditor == nil || o.Verifier == nil || o.Authorizer == nil || o.Revoker == nil {
 		return nil, errors.New("broker: Config, Store, Auditor, Verifier, Authorizer and Revoker are required")
@@ -104,7 +106,10 @@ func New(o Options) (*Broker, error) {
 		backends: o.Backends, revoker: o.Revoker, expiry: o.Expiry, clock: o.Clock, log: o.Logger, obs: o.Observer,
 		roles: map[string]*Role{}, grants: o.Grants, notifier: o.Notifier,
 	}
-	b.limiter = newAgentLimiter(o.Config.Limits.AgentRate, o.Config.Limits.AgentBurst, o.Clock)
+	var err error
+	if b.limiter, err = newAgentLimiter(o.Config.Limits.AgentRate, o.Config.Limits.AgentBurst, o.Clock); err != nil {
+		return nil, err
+	}
 	b.refusals = newRefusals(o.Config.Limits)
 	for i := range o.Config.Roles {
 		r := &o.Config.Roles[i]

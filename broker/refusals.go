@@ -149,7 +149,7 @@ type refusalCounts struct {
 }
 
 func newRefusals(l LimitsConfig) *refusals {
-	perMinute, records := l.AuthFailureBudget(), l.AuthFailureRecords()
+	perMinute, records := l.AuthFailuresPerMinute, l.AuthFailureRecordsPerMinute
 	perSource := rate.Limit(float64(perMinute) / 60)
 	return &refusals{
 		perSource: perSource, burst: perMinute,

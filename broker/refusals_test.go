@@ -62,7 +62,7 @@ func refusalRecords(t *testing.T, f *fixture) (individual, summaries []audit.Rec
 }
 
 func TestFailedAttestationsThrottledPerAddress(t *testing.T) {
-	f := newFixture(t, func(c *broker.Config) { c.Limits.AuthFailuresPerMinute = intp(3) })
+	f := newFixture(t, func(c *broker.Config) { c.Limits.AuthFailuresPerMinute = 3 })
 	ctx := context.Background()
 	mint := func(tok, ip string) error {
 		_, err := f.b.Mint(ctx, broker.MintRequest{Attestation: tok, Role: "r", SourceIP: ip, RequestID: "req-" + ip})
@@ -135,8 +135,8 @@ func TestFailedAttestationsThrottledPerAddress(t *testing.T) {
 // once a minute and at shutdown, with counts that add up.
 func TestRefusalSummaries(t *testing.T) {
 	f := newFixture(t, func(c *broker.Config) {
-		c.Limits.AuthFailuresPerMinute = intp(5)
-		c.Limits.AuthFailureRecordsPerMinute = intp(2)
+		c.Limits.AuthFailuresPerMinute = 5
+		c.Limits.AuthFailureRecordsPerMinute = 2
 	})
 	stop := startSummaries(f)
 	refuse := func(cred, ip string) error {
@@ -199,8 +199,8 @@ func TestRefusalSummaries(t *testing.T) {
 // its summary names a bounded number of addresses.
 func TestRefusalAccountingIsBounded(t *testing.T) {
 	f := newFixture(t, func(c *broker.Config) {
-		c.Limits.AuthFailuresPerMinute = intp(1)
-		c.Limits.AuthFailureRecordsPerMinute = intp(0)
+		c.Limits.AuthFailuresPerMinute = 1
+		c.Limits.AuthFailureRecordsPerMinute = 0
 	})
 	stop := startSummaries(f)
 	throttled := 0

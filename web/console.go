@@ -80,10 +80,10 @@ func New(ctx context.Context, cfg Config) (*Console, error) {
 	}
 	cc := cfg.Console
 	if cc.SessionIdle <= 0 || cc.SessionMax < cc.SessionIdle || cc.FreshLogin <= 0 {
-		return nil, errors.New("console: session_idle, session_max and fresh_login must be positive (apply the config defaults)")
+		return nil, fmt.Errorf("console: console.session_idle (%s) and console.fresh_login (%s) must be positive and console.session_max (%s) not less than session_idle",
+			cc.SessionIdle, cc.FreshLogin, cc.SessionMax)
 	}
-	tokenLogin := cc.TokenLogin == nil || *cc.TokenLogin
-	if !tokenLogin && cc.OIDC == nil {
+	if !cc.TokenLoginAllowed() && cc.OIDC == nil {
 		return nil, errors.New("console: console.token_login is off and console.oidc is not set, so nobody could sign in; enable one, or set console.disabled: true")
 	}
 	origin, https, err := consoleOrigin(cfg.PublicURL)

@@ -732,9 +732,11 @@ func TestConsolePaging(t *testing.T) {
 
 func TestConsoleReviewFollowsDecisionRules(t *testing.T) {
 	f := newFixture(t, func(cfg *broker.Config, _ *Config) {
-		cfg.Roles = append(cfg.Roles, broker.Role{Name: "guarded-glass", Backend: "mem", TTL: broker.Duration(5 * time.Minute),
-			Approval: broker.ApprovalConfig{Required: 1, Approvers: broker.ApproversConfig{Groups: []string{"approvers"}},
-				BreakGlass: broker.BreakGlassConfig{Allowed: true}}})
+		cfg.Roles = append(cfg.Roles, broker.Defaulted(func(r *broker.Role) {
+			r.Name, r.Backend, r.TTL = "guarded-glass", "mem", broker.Duration(5*time.Minute)
+			r.Approval.Required, r.Approval.Approvers = 1, broker.ApproversConfig{Groups: []string{"approvers"}}
+			r.Approval.BreakGlass.Allowed = true
+		}))
 	})
 	// The agent's attestation names owner@example.com (an approver) as
 	// the person behind it.
@@ -891,11 +893,10 @@ func TestConsoleIDTokenSignInIsFreshOnlyByItsAuthTime(t *testing.T) {
 		if err := sso.WriteJWKS(jwks); err != nil {
 			t.Fatal(err)
 		}
-		cfg.Operators.Issuers = []broker.OperatorIssuerConfig{{
-			IssuerConfig: broker.IssuerConfig{Name: "sso", Issuer: "https://sso.test", Audiences: []string{"valet-console"},
-				JWKSFile: jwks, Algorithms: []string{"ES256"}},
-			OperatorIdentityConfig: broker.OperatorIdentityConfig{AllowAll: true},
-		}}
+		cfg.Operators.Issuers = []broker.OperatorIssuerConfig{broker.Defaulted(func(ic *broker.OperatorIssuerConfig) {
+			ic.Name, ic.Issuer, ic.Audiences, ic.JWKSFile, ic.Algorithms = "sso", "https://sso.test", []string{"valet-console"}, jwks, []string{"ES256"}
+			ic.AllowAll = true
+		})}
 	})
 	id := f.request("agent-1", "elevated", "pasted token", nil)
 	cases := []struct {

@@ -36,7 +36,7 @@ func newThrottledEnv(t *testing.T, perMinute int) (*testEnv, *clock.Fake) {
 	fake := clock.NewFake(time.Now())
 	e.Clock = fake
 	e.Issuer.SetClock(fake)
-	e.Config.Limits.AuthFailuresPerMinute = intp(perMinute)
+	e.Config.Limits.AuthFailuresPerMinute = perMinute
 	return e, fake
 }
 

@@ -55,10 +55,10 @@ func introspectionEnv(t *testing.T) (*testEnv, *attest.DevIssuer) {
 	rsKey, jwks := newKeyedIssuer(t, e, "jwt-api")
 	e.Config.Introspection.Clients = append(e.Config.Introspection.Clients,
 		broker.IntrospectionClientConfig{ClientID: "jwt-api", AuthMethod: broker.AuthPrivateKeyJWT, JWKSFile: jwks, Algorithms: []string{"ES256"}},
-		broker.IntrospectionClientConfig{ClientID: "aud-api", ClientSecretSHA256: broker.HashToken(rsSecret("aud-api")), Audiences: []string{"billing-api"}},
-		broker.IntrospectionClientConfig{ClientID: rsSpecialID, ClientSecretSHA256: broker.HashToken(rsSpecialSecret)},
+		broker.IntrospectionClientConfig{ClientID: "aud-api", AuthMethod: broker.AuthClientSecretBasic, ClientSecretSHA256: broker.HashToken(rsSecret("aud-api")),
+			Audiences: []string{"billing-api"}},
+		broker.IntrospectionClientConfig{ClientID: rsSpecialID, AuthMethod: broker.AuthClientSecretBasic, ClientSecretSHA256: broker.HashToken(rsSpecialSecret)},
 	)
-	e.Config.ApplyDefaults()
 	if err := e.Config.Validate(); err != nil {
 		t.Fatal(err)
 	}
@@ -347,7 +347,6 @@ func TestIntrospectionTLSClientAuth(t *testing.T) {
 		broker.IntrospectionClientConfig{ClientID: "mtls-api", AuthMethod: broker.AuthTLSClientAuth, TLSClientAuthSubjectDN: "CN=mtls-api,O=Acme"},
 		broker.IntrospectionClientConfig{ClientID: "spiffe-api", AuthMethod: broker.AuthTLSClientAuth, TLSClientAuthSANURI: "spiffe://example.org/rs"},
 	)
-	e.Config.ApplyDefaults()
 	if err := e.Config.Validate(); err != nil {
 		t.Fatal(err)
 	}

@@ -169,11 +169,11 @@ func (s *Server) Open(ctx context.Context) (err error) {
 		bes[bc.Name] = be
 	}
 
-	s.queue = leases.NewRevocationQueue(leases.RevocationQueueConfig{
+	s.queue, err = leases.NewRevocationQueue(leases.RevocationQueueConfig{
 		Store: s.store, Clock: s.Clock, Logger: log,
 		Attempts: cfg.Leases.RevokeAttempts, Backoff: cfg.Leases.RevokeBackoff.D(), MaxBackoff: cfg.Leases.RevokeMaxBackoff.D(),
-		Concurrency: cfg.Leases.RevokeConcurrency,
-		OnAttempt:   s.metrics.RevocationAttempt,
+		Concurrency: cfg.Leases.RevokeConcurrency, Timeout: leases.DefaultRevokeTimeout,
+		OnAttempt: s.metrics.RevocationAttempt,
 		Revoke: func(ctx context.Context, l *leases.Lease) error {
 			be, ok := bes[l.Backend]
 			if !ok {
@@ -182,6 +182,9 @@ func (s *Server) Open(ctx context.Context) (err error) {
 			return be.Revoke(ctx, backends.Ref{Handle: l.Handle, CorrelationID: l.ID, AgentID: l.AgentID, Role: l.Role, ExpiresAt: l.ExpiresAt, Details: l.Details})
 		},
 	})
+	if err != nil {
+		return err
+	}
 	s.store.SetRevokeAtExpiry(func(l *leases.Lease) bool {
 		_, ok := bes[l.Backend].(backends.ExpiryRevoker)
 		return ok
@@ -261,7 +264,7 @@ func (s *Server) Open(ctx context.Context) (err error) {
 			PublicURL: cfg.PublicURL, Clock: s.Clock, Logger: log.With("component", "console"), ClientIP: clientIP,
 		}
 		c, err := web.New(ctx, wc)
-		if err != nil && cfg.Console.OIDC != nil && *cfg.Console.TokenLogin {
+		if err != nil && cfg.Console.OIDC != nil && cfg.Console.TokenLoginAllowed() {
 			// The identity provider being down must not keep the broker
 			// from starting: agents need their credentials. The console
 			// starts with token sign-in only.
@@ -284,7 +287,7 @@ func (s *Server) Open(ctx context.Context) (err error) {
 	s.cancel = cancel
 	s.goRun(func() { s.queue.Run(wctx) })
 	s.goRun(func() { s.expirer.Run(wctx) })
-	if *cfg.Policy.Watch {
+	if cfg.Policy.Watching() {
 		s.goRun(func() {
 			if err := s.policy.Watch(wctx); err != nil && wctx.Err() == nil {
 				log.Error("policy watch stopped; SIGHUP still reloads", "err", err)
