@@ -12,8 +12,6 @@ import (
 	"github.com/valet-broker/valet/broker/audit"
 )
 
-func intp(n int) *int { return &n }
-
 // startSummaries runs the broker's summarizer; stop ends it and waits for
 // its last summary.
 func startSummaries(f *fixture) (stop func()) {

@@ -25,8 +25,6 @@ import (
 // log bounded, the client address comes from trusted proxies only, and no
 // request can add a metric series.
 
-func intp(n int) *int { return &n }
-
 // newThrottledEnv is a test server that allows perMinute failed
 // credentials per address, on a fake clock, so budgets refill only when
 // the test says.
