@@ -40,6 +40,10 @@ type Observer interface {
 	// role is unknown), the outcome (the error code, or "ok"/"pending") and
 	// how long it took.
 	Minted(role, outcome string, d time.Duration)
+	// CredentialRefused is called once per credential that did not verify,
+	// with its type (one of CredentialTypes) and whether its address was
+	// over its failure budget.
+	CredentialRefused(credential string, throttled bool)
 }
 
 // Options are the Broker's dependencies.
@@ -76,6 +80,7 @@ type Broker struct {
 	log      *slog.Logger
 	obs      Observer
 	limiter  *agentLimiter
+	refusals *refusals
 	roles    map[string]*Role
 	grants   *grants.Store
 	notifier Notifier
@@ -83,7 +88,9 @@ type Broker struct {
 }
 
 // New checks that every role's backend exists and accepts the role's
-// parameters, and returns a Broker.
+// parameters, and that limits.agent_rate and agent_burst are usable (it
+// takes the configuration as given: Config.Validate has already run),
+// and returns a Broker.
 func New(o Options) (*Broker, error) {
 	if o.Config == nil || o.Store == nil || o.Auditor == nil || o.Verifier == nil || o.Authorizer == nil || o.Revoker == nil {
 		return nil, errors.New("broker: Config, Store, Auditor, Verifier, Authorizer and Revoker are required")
@@ -99,7 +106,11 @@ func New(o Options) (*Broker, error) {
 		backends: o.Backends, revoker: o.Revoker, expiry: o.Expiry, clock: o.Clock, log: o.Logger, obs: o.Observer,
 		roles: map[string]*Role{}, grants: o.Grants, notifier: o.Notifier,
 	}
-	b.limiter = newAgentLimiter(o.Config.Limits.AgentRate, o.Config.Limits.AgentBurst, o.Clock)
+	var err error
+	if b.limiter, err = newAgentLimiter(o.Config.Limits.AgentRate, o.Config.Limits.AgentBurst, o.Clock); err != nil {
+		return nil, err
+	}
+	b.refusals = newRefusals(o.Config.Limits)
 	for i := range o.Config.Roles {
 		r := &o.Config.Roles[i]
 		be, ok := o.Backends[r.Backend]
@@ -192,7 +203,7 @@ func (b *Broker) Mint(ctx context.Context, req MintRequest) (res *MintResult, er
 		// forge lines in the audit log or in an operator's terminal.
 		return nil, Errorf(EINVALID, "role must be %s", NameRule)
 	}
-	p, err := b.authenticate(ctx, req.Attestation, audit.KindMint, req.Role, req.RequestID)
+	p, err := b.authenticate(ctx, attestation{token: req.Attestation, kind: audit.KindMint, role: req.Role, sourceIP: req.SourceIP, requestID: req.RequestID})
 	if err != nil {
 		return nil, err
 	}
@@ -424,17 +435,30 @@ func backendError(ctx context.Context, cause error, backend, what string, timeou
 	}
 }
 
+// attestation is an attestation presented for a flow.
+type attestation struct {
+	token     string
+	kind      string // audit kind of the flow
+	role      string // the role asked for, if any
+	sourceIP  string
+	requestID string
+}
+
 // authenticate verifies an attestation and applies the per-agent rate
-// limit. Failures are audited (without the token).
-func (b *Broker) authenticate(ctx context.Context, token, kind, role, requestID string) (*Principal, error) {
-	if token == "" {
+// limit. An attestation that does not verify is refused through
+// RefuseCredential: audited (without the token) while its address is
+// within its failure budget, ERATELIMIT once it is over.
+func (b *Broker) authenticate(ctx context.Context, a attestation) (*Principal, error) {
+	if a.token == "" {
 		return nil, Errorf(EUNAUTHORIZED, "an attestation is required: send it as Authorization: Bearer <token>")
 	}
-	p, err := b.verifier.Verify(ctx, token)
+	p, err := b.verifier.Verify(ctx, a.token)
 	if err != nil {
 		if code := ErrorCode(err); code == EUNAUTHORIZED || code == ETOOLARGE {
-			b.audit(ctx, audit.Entry{Kind: kind, Actor: audit.Actor{Type: audit.ActorAnonymous}, Decision: audit.Deny,
-				Reason: ErrorMessage(err), Role: role, RequestID: requestID, PolicyVersion: b.authz.Version()})
+			if rerr := b.RefuseCredential(ctx, Refusal{Credential: CredentialAttestation, SourceIP: a.sourceIP, Kind: a.kind,
+				Role: a.role, RequestID: a.requestID, Reason: ErrorMessage(err)}); rerr != nil {
+				return nil, rerr
+			}
 		}
 		return nil, err
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -103,6 +104,10 @@ type fixture struct {
 	issuer *attest.DevIssuer
 	clock  *clock.Fake
 	queue  *leases.RevocationQueue
+	// What broker.New was given, for tests that build another broker.
+	cfg   *broker.Config
+	v     broker.Verifier
+	authz broker.Authorizer
 }
 
 func newFixture(t *testing.T, cfgEdit func(*broker.Config)) *fixture {
@@ -120,17 +125,17 @@ func newFixture(t *testing.T, cfgEdit func(*broker.Config)) *fixture {
 	}
 	os.MkdirAll(filepath.Join(dir, "policies"), 0o700)
 	os.WriteFile(filepath.Join(dir, "policies", "p.cedar"), []byte(`permit(principal, action, resource);`), 0o600)
-	cfg := &broker.Config{
-		DataDir:  dir,
-		Issuers:  []broker.IssuerConfig{{Name: "test", Issuer: "https://issuer.test", Audiences: []string{"valet"}, JWKSFile: jwks, Algorithms: []string{"ES256"}}},
-		Backends: []broker.BackendConfig{{Name: "ext", Type: "scripted"}, {Name: "renewing", Type: "scripted"}},
-		Roles:    []broker.Role{{Name: "r", Backend: "ext", TTL: broker.Duration(time.Minute)}},
-		Policy:   broker.PolicyConfig{Dir: filepath.Join(dir, "policies")},
-	}
+	cfg := broker.DefaultConfig()
+	cfg.DataDir = dir
+	cfg.Issuers = []broker.IssuerConfig{broker.Defaulted(func(ic *broker.IssuerConfig) {
+		ic.Name, ic.Issuer, ic.Audiences, ic.JWKSFile, ic.Algorithms = "test", "https://issuer.test", []string{"valet"}, jwks, []string{"ES256"}
+	})}
+	cfg.Backends = []broker.BackendConfig{{Name: "ext", Type: "scripted"}, {Name: "renewing", Type: "scripted"}}
+	cfg.Roles = []broker.Role{broker.Defaulted(func(r *broker.Role) { r.Name, r.Backend, r.TTL = "r", "ext", broker.Duration(time.Minute) })}
+	cfg.Policy.Dir = filepath.Join(dir, "policies")
 	if cfgEdit != nil {
 		cfgEdit(cfg)
 	}
-	cfg.ApplyDefaults()
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
@@ -140,7 +145,7 @@ func newFixture(t *testing.T, cfgEdit func(*broker.Config)) *fixture {
 	}
 	t.Cleanup(func() { store.Close() })
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	v, err := attest.New(context.Background(), attest.Options{Issuers: cfg.Issuers, Clock: clk, Logger: log})
+	v, err := attest.New(context.Background(), attest.Options{MaxTokenBytes: broker.DefaultMaxAttestationBytes, Issuers: cfg.Issuers, Clock: clk, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -150,10 +155,15 @@ func newFixture(t *testing.T, cfgEdit func(*broker.Config)) *fixture {
 	}
 	be := &scripted{mint: ok, issued: map[string]bool{}}
 	rn := &renewing{scripted: be}
-	q := leases.NewRevocationQueue(leases.RevocationQueueConfig{Store: store, Clock: clk, Logger: log,
+	q, err := leases.NewRevocationQueue(leases.RevocationQueueConfig{Store: store, Clock: clk, Logger: log,
+		Attempts: cfg.Leases.RevokeAttempts, Backoff: cfg.Leases.RevokeBackoff.D(), MaxBackoff: cfg.Leases.RevokeMaxBackoff.D(),
+		Concurrency: cfg.Leases.RevokeConcurrency, Timeout: leases.DefaultRevokeTimeout,
 		Revoke: func(ctx context.Context, l *leases.Lease) error {
 			return be.Revoke(ctx, backends.Ref{Handle: l.Handle, CorrelationID: l.ID})
 		}})
+	if err != nil {
+		t.Fatal(err)
+	}
 	fs := &failingStore{BoltStore: store}
 	gs, err := grants.NewStore(store)
 	if err != nil {
@@ -164,7 +174,7 @@ func newFixture(t *testing.T, cfgEdit func(*broker.Config)) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &fixture{b: b, store: store, fs: fs, be: be, rn: rn, issuer: iss, clock: clk, queue: q}
+	return &fixture{b: b, store: store, fs: fs, be: be, rn: rn, issuer: iss, clock: clk, queue: q, cfg: cfg, v: v, authz: pe}
 }
 
 func (f *fixture) attest(t *testing.T, sub string) string {
@@ -336,6 +346,46 @@ func TestRateLimitPerAgent(t *testing.T) {
 	}
 }
 
+// TestRateLimitInfinite: limits.agent_rate: .inf sets no limit, whatever
+// the burst.
+func TestRateLimitInfinite(t *testing.T) {
+	f := newFixture(t, func(cfg *broker.Config) { cfg.Limits.AgentRate, cfg.Limits.AgentBurst = math.Inf(1), 1 })
+	tok := f.attest(t, "busy")
+	for i := range 50 {
+		if _, err := f.b.Mint(context.Background(), broker.MintRequest{Attestation: tok, Role: "r"}); err != nil {
+			t.Fatalf("mint %d: %v", i, err)
+		}
+	}
+}
+
+// TestNewRefusesUnusableAgentLimits: the broker takes the agent rate and
+// burst as given; 0 is not replaced by a default but refused, and a
+// negative rate no longer switches the limit off.
+func TestNewRefusesUnusableAgentLimits(t *testing.T) {
+	cases := []struct {
+		name  string
+		rate  float64
+		burst int
+		want  string
+	}{
+		{"zero rate", 0, 20, "limits.agent_rate must be a positive number of requests per second (.inf for no limit); it is 0"},
+		{"negative rate", -1, 20, "limits.agent_rate must be a positive number of requests per second (.inf for no limit); it is -1"},
+		{"NaN rate", math.NaN(), 20, "limits.agent_rate must be a positive number"},
+		{"zero burst", 10, 0, "limits.agent_burst must be at least 1; it is 0"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t, nil)
+			cfg := *f.cfg
+			cfg.Limits.AgentRate, cfg.Limits.AgentBurst = tc.rate, tc.burst
+			_, err := broker.New(broker.Options{Config: &cfg, Store: f.store, Auditor: f.store, Verifier: f.v, Authorizer: f.authz, Revoker: f.queue})
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("New = %v, want an error containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
 // A role that cannot be a configured name is refused before the
 // attestation is verified, and reaches no audit record, whoever asks.
 func TestMintRefusesRoleNamesOfAnotherSyntax(t *testing.T) {
@@ -358,7 +408,9 @@ func TestMintRefusesRoleNamesOfAnotherSyntax(t *testing.T) {
 // A refused renewal says its actual cause, and changes nothing.
 func TestRenewRefusalsSayTheCause(t *testing.T) {
 	no := false
-	renewable := broker.Role{Name: "x", Backend: "renewing", TTL: broker.Duration(10 * time.Minute), MaxTTL: broker.Duration(time.Hour)}
+	renewable := broker.Defaulted(func(r *broker.Role) {
+		r.Name, r.Backend, r.TTL, r.MaxTTL = "x", "renewing", broker.Duration(10*time.Minute), broker.Duration(time.Hour)
+	})
 	with := func(edit func(r *broker.Role)) broker.Role {
 		r := renewable
 		edit(&r)
@@ -463,7 +515,7 @@ func TestRenewRefusalsSayTheCause(t *testing.T) {
 				t.Fatal(err)
 			}
 			id := res.Lease.ID
-			p, err := f.b.AuthenticateAgent(context.Background(), tok, "")
+			p, err := f.b.AuthenticateAgent(context.Background(), tok, "", "")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -518,7 +570,7 @@ func TestRedeemAfterFailedMintSaysWhetherItCanBeRedeemedAgain(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFixture(t, func(cfg *broker.Config) {
-				cfg.Roles = append(cfg.Roles, broker.Role{Name: "admin", Backend: "ext", Approval: broker.ApprovalConfig{Required: 1}})
+				cfg.Roles = append(cfg.Roles, broker.Defaulted(func(r *broker.Role) { r.Name, r.Backend, r.Approval.Required = "admin", "ext", 1 }))
 			})
 			tok := f.attest(t, "asker")
 			res, err := f.b.Mint(context.Background(), broker.MintRequest{Attestation: tok, Role: "admin", Reason: "fix the outage"})
@@ -631,7 +683,7 @@ func TestListByStateAsShown(t *testing.T) {
 
 	t.Run("grants", func(t *testing.T) {
 		f := newFixture(t, func(cfg *broker.Config) {
-			cfg.Roles = append(cfg.Roles, broker.Role{Name: "admin", Backend: "ext", Approval: broker.ApprovalConfig{Required: 1}})
+			cfg.Roles = append(cfg.Roles, broker.Defaulted(func(r *broker.Role) { r.Name, r.Backend, r.Approval.Required = "admin", "ext", 1 }))
 		})
 		op := &broker.Operator{Name: "alice", Method: "token"}
 		request := func() string {

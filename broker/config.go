@@ -11,18 +11,38 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 	"unicode"
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/valet-broker/valet/broker/clientip"
 	"github.com/valet-broker/valet/broker/identity"
 )
 
 // Config is valet's server configuration, read from YAML. Unknown keys are
-// errors. Zero values are replaced by defaults in ApplyDefaults; Validate
-// names the offending field in every message.
+// errors. Validate names the offending key's full path in every message.
+//
+// Defaults come only from absent keys, never from keys set to their zero
+// value: each section type with defaults has a SetDefaults method that sets
+// them all, and an UnmarshalYAML that calls it before decoding the section
+// (see decodeOnDefaults), so a key present in the file, even as 0, keeps
+// its value and Validate decides whether that value is allowed. Code that
+// builds a configuration in Go starts from DefaultConfig and Defaulted in
+// the same way, then sets its own fields.
+//
+// Adding a key with a default: set the default in its section's
+// SetDefaults (a new section type gets SetDefaults, the four-line
+// UnmarshalYAML, and a call from its parent's SetDefaults; a type used only
+// inline gets SetDefaults alone); a default computed from another key is
+// derived in UnmarshalYAML only when readPresentKeys says the key is
+// absent. Then make Validate accept 0 with a stated meaning or refuse it,
+// naming the full key path, and add the key to configKeys in
+// config_test.go (TestConfigKeysAllListed fails until it is there) and to
+// the README's configuration block.
 type Config struct {
 	Listen    string `yaml:"listen"`
 	DataDir   string `yaml:"data_dir"`
@@ -30,6 +50,12 @@ type Config struct {
 	// KEKFile holds the hex key-encryption key for signing keys at rest.
 	// VALET_KEK in the environment takes precedence.
 	KEKFile string `yaml:"kek_file"`
+
+	// TrustedProxies are the reverse proxies, as CIDR prefixes or single
+	// addresses, whose X-Forwarded-For header names the client (the
+	// right-most address in it that is not itself a trusted proxy). From
+	// any other peer the header is ignored. Default: none.
+	TrustedProxies []string `yaml:"trusted_proxies"`
 
 	TLS       *TLSConfig      `yaml:"tls"`
 	Issuers   []IssuerConfig  `yaml:"issuers"`
@@ -92,10 +118,12 @@ type IssuerConfig struct {
 	CAFile string `yaml:"ca_file"`
 	// Algorithms allowed for this issuer, e.g. [RS256, ES256]. Asymmetric only.
 	Algorithms []string `yaml:"algorithms"`
-	// ClockSkew tolerated on exp, nbf and iat (default 30s, at most 5m).
+	// ClockSkew tolerated on exp, nbf and iat (default 30s, at most 5m; 0
+	// tolerates none).
 	ClockSkew Duration `yaml:"clock_skew"`
 	// MaxTokenAge rejects tokens whose iat is older than this (default 24h);
-	// tokens without iat are rejected when it is set.
+	// tokens without iat are rejected when it is set. 0 sets no limit on
+	// age (exp still applies) and does not require iat.
 	MaxTokenAge Duration `yaml:"max_token_age"`
 	// RequireJTI makes each token single-use: its jti is consumed and
 	// remembered until the token expires.
@@ -106,8 +134,9 @@ type IssuerConfig struct {
 	// (dot-separated for nested claims), e.g. team: "ext.team".
 	ClaimMappings map[string]string `yaml:"claim_mappings"`
 	// JWKSRefreshInterval is the least time between two key fetches caused by
-	// an unknown kid (default 1m); JWKSCacheTTL is how long fetched keys are
-	// used before a scheduled refresh (default 1h).
+	// an unknown kid (default 1m, at least 1s); JWKSCacheTTL is how long
+	// fetched keys are used before a scheduled refresh (default 1h, not less
+	// than JWKSRefreshInterval).
 	JWKSRefreshInterval Duration `yaml:"jwks_refresh_interval"`
 	JWKSCacheTTL        Duration `yaml:"jwks_cache_ttl"`
 }
@@ -125,8 +154,9 @@ type Role struct {
 	Name        string `yaml:"name"`
 	Description string `yaml:"description"`
 	Backend     string `yaml:"backend"`
-	// TTL is the default lease TTL; MaxTTL caps requests and renewals
-	// (measured from the lease's creation).
+	// TTL is the default lease TTL (default 15m); MaxTTL caps requests and
+	// renewals, measured from the lease's creation (default max(1h, TTL)).
+	// Both must be positive.
 	TTL    Duration `yaml:"ttl"`
 	MaxTTL Duration `yaml:"max_ttl"`
 	// Audience and Scopes describe what the credential is for; the jwt
@@ -142,7 +172,8 @@ type Role struct {
 	Params map[string]any `yaml:"params"`
 }
 
-// IsRenewable reports whether leases of the role may be renewed.
+// IsRenewable reports whether leases of the role may be renewed (renewable
+// absent means true).
 func (r *Role) IsRenewable() bool { return r.Renewable == nil || *r.Renewable }
 
 // ApprovalConfig says whether minting a role needs operator approval, who
@@ -156,9 +187,11 @@ type ApprovalConfig struct {
 	// compared as identity.Equal does (case-insensitively). Empty lists
 	// mean any operator.
 	Approvers ApproversConfig `yaml:"approvers"`
-	// RequestTTL is how long a request waits for approval (default 1h).
+	// RequestTTL is how long a request waits for approval (default 1h, at
+	// least 1m).
 	RequestTTL Duration `yaml:"request_ttl"`
-	// RedeemWithin is how long an approval stays redeemable (default 15m).
+	// RedeemWithin is how long an approval stays redeemable (default 15m,
+	// at least 10s).
 	RedeemWithin Duration `yaml:"redeem_within"`
 	// RequesterClaims name the attestation claims that identify the people
 	// behind an agent (default email, actor, owner): an operator whose name
@@ -179,8 +212,8 @@ type BreakGlassConfig struct {
 	// Allowed lets an agent mint at once with a mandatory justification; the
 	// grant is flagged until an operator reviews it.
 	Allowed bool `yaml:"allowed"`
-	// MaxTTL caps a break-glass lease (default 15m, at most the role's
-	// max_ttl).
+	// MaxTTL caps a break-glass lease (default the lesser of 15m and the
+	// role's max_ttl; positive and at most max_ttl when Allowed).
 	MaxTTL Duration `yaml:"max_ttl"`
 }
 
@@ -192,15 +225,20 @@ type ConsoleConfig struct {
 	// true; turn it off where SSO is configured).
 	TokenLogin *bool `yaml:"token_login"`
 	// SessionIdle and SessionMax end a session after inactivity (default
-	// 15m) and after its start (default 8h).
+	// 15m, positive) and after its start (default 8h, not less than
+	// SessionIdle).
 	SessionIdle Duration `yaml:"session_idle"`
 	SessionMax  Duration `yaml:"session_max"`
 	// FreshLogin is how recent a sign-in must be to approve, deny or
-	// review (default 10m).
+	// review (default 10m, positive).
 	FreshLogin Duration `yaml:"fresh_login"`
 	// OIDC, when set, offers single sign-on (authorization code with PKCE).
 	OIDC *ConsoleOIDCConfig `yaml:"oidc"`
 }
+
+// TokenLoginAllowed reports whether operators may sign in with an operator
+// token (token_login absent means true).
+func (cc *ConsoleConfig) TokenLoginAllowed() bool { return cc.TokenLogin == nil || *cc.TokenLogin }
 
 // ConsoleOIDCConfig is the console's single sign-on.
 type ConsoleOIDCConfig struct {
@@ -268,9 +306,10 @@ type WebhookConfig struct {
 	// grant.approved, grant.denied, grant.expired, grant.redeemed,
 	// break_glass, break_glass.reviewed.
 	Events []string `yaml:"events"`
-	// Timeout bounds one delivery attempt (default 5s).
+	// Timeout bounds one delivery attempt (default 5s, positive).
 	Timeout Duration `yaml:"timeout"`
-	// MaxAttempts bounds retries (default 8; backoff doubles from 1s).
+	// MaxAttempts is how many times an event is sent before valet gives up
+	// (default 8, at least 1; 1 means no retries; backoff doubles from 1s).
 	MaxAttempts int `yaml:"max_attempts"`
 }
 
@@ -287,6 +326,10 @@ type PolicyConfig struct {
 	// either way.
 	OnError PolicyOnError `yaml:"on_error"`
 }
+
+// Watching reports whether policy files are watched (watch absent means
+// true).
+func (p *PolicyConfig) Watching() bool { return p.Watch == nil || *p.Watch }
 
 // OperatorsConfig says who may act as an operator.
 type OperatorsConfig struct {
@@ -315,30 +358,46 @@ type OperatorToken struct {
 
 // LimitsConfig bounds what a client can make valet do.
 type LimitsConfig struct {
-	MaxBodyBytes        int64    `yaml:"max_body_bytes"`        // default 64 KiB
-	MaxHeaderBytes      int      `yaml:"max_header_bytes"`      // default 32 KiB
-	MaxAttestationBytes int      `yaml:"max_attestation_bytes"` // default 16 KiB
-	AgentRate           float64  `yaml:"agent_rate"`            // requests per second per agent (default 10; 0 keeps the default, negative disables)
-	AgentBurst          int      `yaml:"agent_burst"`           // default 20
-	MintTimeout         Duration `yaml:"mint_timeout"`          // default 10s
+	MaxBodyBytes        int64 `yaml:"max_body_bytes"`        // default 64 KiB, 1 KiB to 16 MiB
+	MaxHeaderBytes      int   `yaml:"max_header_bytes"`      // default 32 KiB, 4 KiB to 1 MiB
+	MaxAttestationBytes int   `yaml:"max_attestation_bytes"` // default 16 KiB, 1 KiB to 1 MiB
+	// AgentRate is the requests per second allowed to each agent (default
+	// 10). It must be positive; .inf (YAML's infinity) sets no limit.
+	AgentRate   float64  `yaml:"agent_rate"`
+	AgentBurst  int      `yaml:"agent_burst"`  // default 20, at least 1
+	MintTimeout Duration `yaml:"mint_timeout"` // default 10s, 100ms to 5m
 	// AttestationCache is how many verified attestations are remembered so
 	// an agent re-presenting the same token skips the signature check
 	// (time rules are still applied on every use; single-use tokens are
-	// never cached). Default 10000; negative disables.
+	// never cached). Default 10000; 0 turns the cache off.
 	AttestationCache int `yaml:"attestation_cache"`
+	// AuthFailuresPerMinute is how many credentials that do not verify
+	// (attestations, operator tokens, console sign-ins) one client address
+	// may present per minute, in a burst of as many, before its further
+	// failures are refused with 429 and counted instead of audited one by
+	// one. A valid credential is never refused by it. IPv6 clients are
+	// counted by /64. Default 10; at least 1.
+	AuthFailuresPerMinute int `yaml:"auth_failures_per_minute"`
+	// AuthFailureRecordsPerMinute is how many refused credentials, across
+	// all addresses, are written to the audit log one by one per minute;
+	// the rest are counted in an auth.refused.summary record. Default 30;
+	// 0 writes summaries only.
+	AuthFailureRecordsPerMinute int `yaml:"auth_failure_records_per_minute"`
 }
 
 // LeasesConfig tunes revocation.
 type LeasesConfig struct {
 	// RevokeAttempts is how many failed revocations make a lease irrevocable
-	// (default 8). Irrevocable leases keep being retried, at RevokeMaxBackoff,
-	// until their credential can no longer be valid at the backend
-	// (leases.BoltStore.ValidUntil).
+	// (default 8, at least 1). Irrevocable leases keep being retried, at
+	// RevokeMaxBackoff, until their credential can no longer be valid at the
+	// backend (leases.BoltStore.ValidUntil).
 	RevokeAttempts    int      `yaml:"revoke_attempts"`
-	RevokeBackoff     Duration `yaml:"revoke_backoff"`     // first retry delay (default 1s)
-	RevokeMaxBackoff  Duration `yaml:"revoke_max_backoff"` // default 5m
-	RevokeConcurrency int      `yaml:"revoke_concurrency"` // default 16
+	RevokeBackoff     Duration `yaml:"revoke_backoff"`     // first retry delay (default 1s, positive)
+	RevokeMaxBackoff  Duration `yaml:"revoke_max_backoff"` // default 5m, not less than RevokeBackoff
+	RevokeConcurrency int      `yaml:"revoke_concurrency"` // default 16, 1 to 1024
 	// Retention is how long ended leases stay queryable (default 7 days).
+	// 0 keeps none: an ended lease is deleted by the next housekeeping
+	// pass, within a minute. Audit records are kept either way.
 	Retention Duration `yaml:"retention"`
 }
 
@@ -348,14 +407,14 @@ type AuditConfig struct {
 	Sink string `yaml:"sink"`
 }
 
-// LogConfig sets the log level (debug, info, warn, error).
+// LogConfig sets the log level (debug, info, warn, error; default info).
 type LogConfig struct {
 	Level string `yaml:"level"`
 }
 
-// LoadConfig reads and strictly decodes a YAML config file, applies defaults
-// and validates it. Relative paths in the file are resolved against the
-// file's directory.
+// LoadConfig reads and strictly decodes a YAML config file, with defaults
+// for absent keys, and validates it. Relative paths in the file are
+// resolved against the file's directory.
 func LoadConfig(path string) (*Config, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -369,7 +428,6 @@ func LoadConfig(path string) (*Config, error) {
 	if abs, err := filepath.Abs(filepath.Dir(path)); err == nil {
 		cfg.ConfigDir = abs
 	}
-	cfg.ApplyDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
@@ -413,14 +471,13 @@ func (c *Config) ResolvePaths(base string) {
 	c.Introspection.resolvePaths(abs)
 }
 
-// ParseConfig strictly decodes YAML (unknown keys are errors), applies
-// defaults and validates.
+// ParseConfig strictly decodes YAML (unknown keys are errors), with
+// defaults for absent keys, and validates.
 func ParseConfig(b []byte) (*Config, error) {
 	var cfg Config
 	if err := DecodeStrict(b, &cfg); err != nil {
 		return nil, err
 	}
-	cfg.ApplyDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -428,7 +485,8 @@ func ParseConfig(b []byte) (*Config, error) {
 }
 
 // DecodeStrict decodes YAML into v, rejecting unknown keys and trailing
-// documents.
+// documents. A decoding error names the key of each line it cites:
+// "line 7 (issuers[0].clock_skew): duration "-1s" out of range".
 func DecodeStrict(b []byte, v any) error {
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
@@ -436,7 +494,7 @@ func DecodeStrict(b []byte, v any) error {
 		if errors.Is(err, io.EOF) {
 			return errors.New("config is empty")
 		}
-		return err
+		return nameKeys(err, b)
 	}
 	var extra any
 	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
@@ -445,8 +503,54 @@ func DecodeStrict(b []byte, v any) error {
 	return nil
 }
 
+var errorLine = regexp.MustCompile(`line (\d+):`)
+
+// nameKeys rewrites each "line N:" of a decoding error as "line N (path):",
+// where path is the key written on line N (when exactly one is).
+func nameKeys(err error, b []byte) error {
+	var root yaml.Node
+	if yaml.Unmarshal(b, &root) != nil {
+		return err
+	}
+	keys := map[int][]string{} // line -> key paths on it
+	var walk func(n *yaml.Node, path string)
+	walk = func(n *yaml.Node, path string) {
+		switch n.Kind {
+		case yaml.DocumentNode:
+			for _, c := range n.Content {
+				walk(c, path)
+			}
+		case yaml.SequenceNode:
+			for i, c := range n.Content {
+				walk(c, fmt.Sprintf("%s[%d]", path, i))
+			}
+		case yaml.MappingNode:
+			for i := 0; i+1 < len(n.Content); i += 2 {
+				k := n.Content[i]
+				p := k.Value
+				if path != "" {
+					p = path + "." + k.Value
+				}
+				keys[k.Line] = append(keys[k.Line], p)
+				walk(n.Content[i+1], p)
+			}
+		}
+	}
+	walk(&root, "")
+	msg := errorLine.ReplaceAllStringFunc(err.Error(), func(m string) string {
+		line, _ := strconv.Atoi(errorLine.FindStringSubmatch(m)[1])
+		if paths := keys[line]; len(paths) == 1 {
+			return fmt.Sprintf("line %d (%s):", line, paths[0])
+		}
+		return m
+	})
+	return errors.New(msg)
+}
+
 // DecodeOptions strictly decodes a backend's options or a role's params into
-// v (a pointer to the backend's own config struct).
+// v (a pointer to the backend's own config struct). Keys absent from opts
+// leave v's fields as they are, so a backend sets its defaults in v before
+// calling DecodeOptions and a key set to 0 keeps 0.
 func DecodeOptions(opts map[string]any, v any) error {
 	if len(opts) == 0 {
 		return nil
@@ -467,159 +571,341 @@ const (
 	DefaultClockSkew           = 30 * time.Second
 	MaxClockSkew               = 5 * time.Minute
 	DefaultMaxTokenAge         = 24 * time.Hour
+
+	DefaultAuthFailuresPerMinute       = 10
+	DefaultAuthFailureRecordsPerMinute = 30
 )
 
-// ApplyDefaults fills zero values with defaults.
-func (c *Config) ApplyDefaults() {
-	if c.Listen == "" {
-		c.Listen = DefaultListen
+// decodeOnDefaults is the body of every section's UnmarshalYAML: it sets
+// the section's defaults, then decodes the YAML on top of them, so only
+// absent keys keep a default. plain must be the section converted to a type
+// without the UnmarshalYAML method (type issuer IssuerConfig;
+// (*issuer)(ic)), or decoding would recurse.
+//
+// It uses the decoder's own unmarshal function rather than yaml.Node.Decode,
+// which would start a fresh decoder and lose strict decoding (unknown keys
+// must stay errors in every nested section). This is the pattern of the
+// Prometheus configuration.
+func decodeOnDefaults(setDefaults func(), plain any, unmarshal func(any) error) error {
+	setDefaults()
+	return unmarshal(plain)
+}
+
+// presentKeys is the tree of keys the mapping being unmarshalled holds, for
+// defaults derived from another key (role max_ttl from ttl): they must be
+// derived only when their own key is absent.
+type presentKeys map[string]any
+
+func readPresentKeys(unmarshal func(any) error) (presentKeys, error) {
+	var m map[string]any
+	if err := unmarshal(&m); err != nil {
+		return nil, err
 	}
-	if c.PublicURL == "" {
+	return m, nil
+}
+
+// has reports whether the key at path (a nested key for more than one
+// name) is present, even with a null value.
+func (k presentKeys) has(path ...string) bool {
+	m := map[string]any(k)
+	for i, name := range path {
+		v, ok := m[name]
+		if !ok {
+			return false
+		}
+		if i == len(path)-1 {
+			return true
+		}
+		if m, ok = v.(map[string]any); !ok {
+			return false
+		}
+	}
+	return false
+}
+
+// DefaultConfig returns a configuration with every default set and nothing
+// else: the starting point for a configuration built in Go. Lists (issuers,
+// roles, webhooks) are empty; build their elements with Defaulted.
+func DefaultConfig() *Config {
+	var c Config
+	c.SetDefaults()
+	return &c
+}
+
+// Defaulted returns a T with its defaults set (its SetDefaults method) and
+// then edit applied: how Go code builds a list element or section, so that
+// what it leaves out has the default a YAML file leaving the key out gets,
+// and what it sets, even 0, stays. For example
+//
+//	broker.Defaulted(func(r *broker.Role) { r.Name, r.Backend = "demo", "tokens" })
+func Defaulted[T any, P interface {
+	*T
+	SetDefaults()
+}](edit func(P)) T {
+	var v T
+	P(&v).SetDefaults()
+	if edit != nil {
+		edit(&v)
+	}
+	return v
+}
+
+// SetDefaults sets every default of the top level and of its sections,
+// overwriting what was there.
+func (c *Config) SetDefaults() {
+	c.Listen = DefaultListen
+	c.PublicURL = "http://" + DefaultListen
+	c.Limits.SetDefaults()
+	c.Leases.SetDefaults()
+	c.Console.SetDefaults()
+	c.Log.SetDefaults()
+	c.Policy.SetDefaults()
+}
+
+// SetDefaults sets the policy section's defaults: on_error deny.
+func (p *PolicyConfig) SetDefaults() { p.OnError = PolicyOnErrorDeny }
+
+// UnmarshalYAML decodes on top of the defaults.
+func (p *PolicyConfig) UnmarshalYAML(unmarshal func(any) error) error {
+	type policy PolicyConfig
+	return decodeOnDefaults(p.SetDefaults, (*policy)(p), unmarshal)
+}
+
+// UnmarshalYAML decodes on top of the defaults. public_url, when absent,
+// is http://<listen>; console.oidc.redirect_url, when absent, is
+// <public_url>/ui/auth/callback.
+func (c *Config) UnmarshalYAML(unmarshal func(any) error) error {
+	type config Config
+	if err := decodeOnDefaults(c.SetDefaults, (*config)(c), unmarshal); err != nil {
+		return err
+	}
+	keys, err := readPresentKeys(unmarshal)
+	if err != nil {
+		return err
+	}
+	if !keys.has("public_url") {
 		c.PublicURL = "http://" + c.Listen
 	}
 	c.PublicURL = strings.TrimRight(c.PublicURL, "/")
-	for i := range c.Issuers {
-		c.Issuers[i].applyDefaults()
+	if c.Console.OIDC != nil && !keys.has("console", "oidc", "redirect_url") {
+		c.Console.OIDC.RedirectURL = c.PublicURL + "/ui/auth/callback"
 	}
-	for i := range c.Operators.Issuers {
-		c.Operators.Issuers[i].IssuerConfig.applyDefaults()
-		c.Operators.Issuers[i].OperatorIdentityConfig.applyDefaults()
-	}
-	for i := range c.Roles {
-		r := &c.Roles[i]
-		if r.TTL == 0 {
-			r.TTL = Duration(15 * time.Minute)
-		}
-		if r.MaxTTL == 0 {
-			r.MaxTTL = Duration(max(time.Hour, r.TTL.D()))
-		}
-		a := &r.Approval
-		if a.RequestTTL == 0 {
-			a.RequestTTL = Duration(time.Hour)
-		}
-		if a.RedeemWithin == 0 {
-			a.RedeemWithin = Duration(15 * time.Minute)
-		}
-		if a.RequesterClaims == nil {
-			a.RequesterClaims = []string{"email", "actor", "owner"}
-		}
-		if a.BreakGlass.Allowed && a.BreakGlass.MaxTTL == 0 {
-			a.BreakGlass.MaxTTL = Duration(min(15*time.Minute, r.MaxTTL.D()))
-		}
-	}
-	if c.Policy.Watch == nil {
-		t := true
-		c.Policy.Watch = &t
-	}
-	if c.Policy.OnError == "" {
-		c.Policy.OnError = PolicyOnErrorDeny
-	}
-	c.Introspection.applyDefaults()
-	l := &c.Limits
-	if l.MaxBodyBytes == 0 {
-		l.MaxBodyBytes = DefaultMaxBodyBytes
-	}
-	if l.MaxHeaderBytes == 0 {
-		l.MaxHeaderBytes = DefaultMaxHeaderBytes
-	}
-	if l.MaxAttestationBytes == 0 {
-		l.MaxAttestationBytes = DefaultMaxAttestationBytes
-	}
-	if l.AgentRate == 0 {
-		l.AgentRate = 10
-	}
-	if l.AgentBurst == 0 {
-		l.AgentBurst = 20
-	}
-	if l.MintTimeout == 0 {
-		l.MintTimeout = Duration(10 * time.Second)
-	}
-	if l.AttestationCache == 0 {
-		l.AttestationCache = 10000
-	}
-	lc := &c.Leases
-	if lc.RevokeAttempts == 0 {
-		lc.RevokeAttempts = 8
-	}
-	if lc.RevokeBackoff == 0 {
-		lc.RevokeBackoff = Duration(time.Second)
-	}
-	if lc.RevokeMaxBackoff == 0 {
-		lc.RevokeMaxBackoff = Duration(5 * time.Minute)
-	}
-	if lc.RevokeConcurrency == 0 {
-		lc.RevokeConcurrency = 16
-	}
-	if lc.Retention == 0 {
-		lc.Retention = Duration(7 * 24 * time.Hour)
-	}
-	if c.Log.Level == "" {
-		c.Log.Level = "info"
-	}
-	cc := &c.Console
-	if cc.TokenLogin == nil {
-		t := true
-		cc.TokenLogin = &t
-	}
-	if cc.SessionIdle == 0 {
-		cc.SessionIdle = Duration(15 * time.Minute)
-	}
-	if cc.SessionMax == 0 {
-		cc.SessionMax = Duration(8 * time.Hour)
-	}
-	if cc.FreshLogin == 0 {
-		cc.FreshLogin = Duration(10 * time.Minute)
-	}
-	if o := cc.OIDC; o != nil {
-		if o.RedirectURL == "" {
-			o.RedirectURL = c.PublicURL + "/ui/auth/callback"
-		}
-		if len(o.Scopes) == 0 {
-			o.Scopes = []string{"openid", "email", "profile", "groups"}
-		}
-		o.OperatorIdentityConfig.applyDefaults()
-	}
+	return nil
 }
 
-func (oc *OperatorIdentityConfig) applyDefaults() {
-	if oc.NameClaim == "" {
-		oc.NameClaim = "email"
-	}
-	if oc.GroupsClaim == "" {
-		oc.GroupsClaim = "groups"
-	}
+// SetDefaults sets the issuer's defaults: type oidc, algorithms RS256 and
+// ES256, clock_skew 30s, max_token_age 24h, subject_claim sub,
+// jwks_refresh_interval 1m and jwks_cache_ttl 1h.
+func (ic *IssuerConfig) SetDefaults() {
+	ic.Type = IssuerOIDC
+	ic.Algorithms = []string{"RS256", "ES256"}
+	ic.ClockSkew = Duration(DefaultClockSkew)
+	ic.MaxTokenAge = Duration(DefaultMaxTokenAge)
+	ic.SubjectClaim = "sub"
+	ic.JWKSRefreshInterval = Duration(time.Minute)
+	ic.JWKSCacheTTL = Duration(time.Hour)
 }
 
-func (ic *IssuerConfig) applyDefaults() {
-	if ic.Type == "" {
-		ic.Type = IssuerOIDC
+// UnmarshalYAML decodes on top of the defaults and applies the type's
+// preset: a github issuer defaults issuer to GitHubActionsIssuer and, with
+// none of jwks_file, jwks_url and discovery given, uses discovery.
+func (ic *IssuerConfig) UnmarshalYAML(unmarshal func(any) error) error {
+	type issuer IssuerConfig
+	if err := decodeOnDefaults(ic.SetDefaults, (*issuer)(ic), unmarshal); err != nil {
+		return err
 	}
-	if ic.Type == IssuerGitHub {
-		if ic.Issuer == "" {
-			ic.Issuer = GitHubActionsIssuer
-		}
-		if ic.JWKSFile == "" && ic.JWKSURL == "" {
-			ic.Discovery = true
-		}
+	return ic.applyPreset(unmarshal)
+}
+
+// applyPreset sets the defaults of the issuer's type for the keys absent
+// from the mapping being unmarshalled.
+func (ic *IssuerConfig) applyPreset(unmarshal func(any) error) error {
+	if ic.Type != IssuerGitHub {
+		return nil
 	}
-	if len(ic.Algorithms) == 0 {
-		ic.Algorithms = []string{"RS256", "ES256"}
+	keys, err := readPresentKeys(unmarshal)
+	if err != nil {
+		return err
 	}
-	if ic.ClockSkew == 0 {
-		ic.ClockSkew = Duration(DefaultClockSkew)
+	if !keys.has("issuer") {
+		ic.Issuer = GitHubActionsIssuer
 	}
-	if ic.MaxTokenAge == 0 {
-		ic.MaxTokenAge = Duration(DefaultMaxTokenAge)
+	if !keys.has("jwks_file") && !keys.has("jwks_url") && !keys.has("discovery") {
+		ic.Discovery = true
 	}
-	if ic.SubjectClaim == "" {
-		ic.SubjectClaim = "sub"
+	return nil
+}
+
+// SetDefaults sets the defaults of both parts.
+func (oi *OperatorIssuerConfig) SetDefaults() {
+	oi.IssuerConfig.SetDefaults()
+	oi.OperatorIdentityConfig.SetDefaults()
+}
+
+// UnmarshalYAML decodes on top of the defaults and applies the issuer
+// type's preset, as IssuerConfig.UnmarshalYAML does. The two parts are
+// decoded inline through types without methods: the embedded
+// IssuerConfig's own UnmarshalYAML would see the identity keys as unknown.
+func (oi *OperatorIssuerConfig) UnmarshalYAML(unmarshal func(any) error) error {
+	type issuer IssuerConfig
+	type operatorIssuer struct {
+		*issuer                 `yaml:",inline"`
+		*OperatorIdentityConfig `yaml:",inline"`
 	}
-	if ic.JWKSRefreshInterval == 0 {
-		ic.JWKSRefreshInterval = Duration(time.Minute)
+	plain := &operatorIssuer{(*issuer)(&oi.IssuerConfig), &oi.OperatorIdentityConfig}
+	if err := decodeOnDefaults(oi.SetDefaults, plain, unmarshal); err != nil {
+		return err
 	}
-	if ic.JWKSCacheTTL == 0 {
-		ic.JWKSCacheTTL = Duration(time.Hour)
+	return oi.IssuerConfig.applyPreset(unmarshal)
+}
+
+// SetDefaults sets name_claim email and groups_claim groups. The type is
+// only ever inline (in operators.issuers[] and console.oidc), so it has no
+// UnmarshalYAML of its own: yaml would hand that the whole mapping, keys
+// of the enclosing section included. The enclosing section's SetDefaults
+// calls this one.
+func (oc *OperatorIdentityConfig) SetDefaults() {
+	oc.NameClaim = "email"
+	oc.GroupsClaim = "groups"
+}
+
+// SetDefaults sets the role's defaults: ttl 15m, max_ttl 1h and the
+// approval defaults. Renewable stays nil, which means true.
+func (r *Role) SetDefaults() {
+	r.TTL = Duration(15 * time.Minute)
+	r.MaxTTL = Duration(time.Hour)
+	r.Approval.SetDefaults()
+}
+
+// UnmarshalYAML decodes on top of the defaults. max_ttl, when absent, is
+// the greater of 1h and ttl; approval.break_glass.max_ttl, when absent, is
+// the lesser of 15m and max_ttl.
+func (r *Role) UnmarshalYAML(unmarshal func(any) error) error {
+	type role Role
+	if err := decodeOnDefaults(r.SetDefaults, (*role)(r), unmarshal); err != nil {
+		return err
 	}
+	keys, err := readPresentKeys(unmarshal)
+	if err != nil {
+		return err
+	}
+	if !keys.has("max_ttl") {
+		r.MaxTTL = max(r.MaxTTL, r.TTL)
+	}
+	if !keys.has("approval", "break_glass", "max_ttl") {
+		r.Approval.BreakGlass.MaxTTL = min(r.Approval.BreakGlass.MaxTTL, r.MaxTTL)
+	}
+	return nil
+}
+
+// SetDefaults sets request_ttl 1h, redeem_within 15m, requester_claims
+// [email, actor, owner] and the break-glass defaults.
+func (a *ApprovalConfig) SetDefaults() {
+	a.RequestTTL = Duration(time.Hour)
+	a.RedeemWithin = Duration(15 * time.Minute)
+	a.RequesterClaims = []string{"email", "actor", "owner"}
+	a.BreakGlass.SetDefaults()
+}
+
+// UnmarshalYAML decodes on top of the defaults.
+func (a *ApprovalConfig) UnmarshalYAML(unmarshal func(any) error) error {
+	type approval ApprovalConfig
+	return decodeOnDefaults(a.SetDefaults, (*approval)(a), unmarshal)
+}
+
+// SetDefaults sets max_ttl 15m.
+func (bg *BreakGlassConfig) SetDefaults() {
+	bg.MaxTTL = Duration(15 * time.Minute)
+}
+
+// UnmarshalYAML decodes on top of the defaults.
+func (bg *BreakGlassConfig) UnmarshalYAML(unmarshal func(any) error) error {
+	type breakGlass BreakGlassConfig
+	return decodeOnDefaults(bg.SetDefaults, (*breakGlass)(bg), unmarshal)
+}
+
+// SetDefaults sets the limits' defaults (see LimitsConfig).
+func (l *LimitsConfig) SetDefaults() {
+	l.MaxBodyBytes = DefaultMaxBodyBytes
+	l.MaxHeaderBytes = DefaultMaxHeaderBytes
+	l.MaxAttestationBytes = DefaultMaxAttestationBytes
+	l.AgentRate = 10
+	l.AgentBurst = 20
+	l.MintTimeout = Duration(10 * time.Second)
+	l.AttestationCache = 10000
+	l.AuthFailuresPerMinute = DefaultAuthFailuresPerMinute
+	l.AuthFailureRecordsPerMinute = DefaultAuthFailureRecordsPerMinute
+}
+
+// UnmarshalYAML decodes on top of the defaults.
+func (l *LimitsConfig) UnmarshalYAML(unmarshal func(any) error) error {
+	type limits LimitsConfig
+	return decodeOnDefaults(l.SetDefaults, (*limits)(l), unmarshal)
+}
+
+// SetDefaults sets the revocation defaults (see LeasesConfig).
+func (lc *LeasesConfig) SetDefaults() {
+	lc.RevokeAttempts = 8
+	lc.RevokeBackoff = Duration(time.Second)
+	lc.RevokeMaxBackoff = Duration(5 * time.Minute)
+	lc.RevokeConcurrency = 16
+	lc.Retention = Duration(7 * 24 * time.Hour)
+}
+
+// UnmarshalYAML decodes on top of the defaults.
+func (lc *LeasesConfig) UnmarshalYAML(unmarshal func(any) error) error {
+	type leases LeasesConfig
+	return decodeOnDefaults(lc.SetDefaults, (*leases)(lc), unmarshal)
+}
+
+// SetDefaults sets session_idle 15m, session_max 8h and fresh_login 10m.
+// TokenLogin stays nil, which means true.
+func (cc *ConsoleConfig) SetDefaults() {
+	cc.SessionIdle = Duration(15 * time.Minute)
+	cc.SessionMax = Duration(8 * time.Hour)
+	cc.FreshLogin = Duration(10 * time.Minute)
+}
+
+// UnmarshalYAML decodes on top of the defaults.
+func (cc *ConsoleConfig) UnmarshalYAML(unmarshal func(any) error) error {
+	type console ConsoleConfig
+	return decodeOnDefaults(cc.SetDefaults, (*console)(cc), unmarshal)
+}
+
+// SetDefaults sets scopes [openid, email, profile, groups] and the
+// operator identity defaults. RedirectURL depends on public_url and is set
+// by Config.UnmarshalYAML.
+func (o *ConsoleOIDCConfig) SetDefaults() {
+	o.Scopes = []string{"openid", "email", "profile", "groups"}
+	o.OperatorIdentityConfig.SetDefaults()
+}
+
+// UnmarshalYAML decodes on top of the defaults.
+func (o *ConsoleOIDCConfig) UnmarshalYAML(unmarshal func(any) error) error {
+	type oidc ConsoleOIDCConfig
+	return decodeOnDefaults(o.SetDefaults, (*oidc)(o), unmarshal)
+}
+
+// SetDefaults sets format json, timeout 5s and max_attempts 8.
+func (w *WebhookConfig) SetDefaults() {
+	w.Format = "json"
+	w.Timeout = Duration(5 * time.Second)
+	w.MaxAttempts = 8
+}
+
+// UnmarshalYAML decodes on top of the defaults.
+func (w *WebhookConfig) UnmarshalYAML(unmarshal func(any) error) error {
+	type webhook WebhookConfig
+	return decodeOnDefaults(w.SetDefaults, (*webhook)(w), unmarshal)
+}
+
+// SetDefaults sets level info.
+func (lc *LogConfig) SetDefaults() { lc.Level = "info" }
+
+// UnmarshalYAML decodes on top of the defaults.
+func (lc *LogConfig) UnmarshalYAML(unmarshal func(any) error) error {
+	type logConfig LogConfig
+	return decodeOnDefaults(lc.SetDefaults, (*logConfig)(lc), unmarshal)
 }
 
 var namePattern = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
@@ -672,6 +958,12 @@ func (c *Config) Validate() error {
 		}
 	}
 
+	for i, p := range c.TrustedProxies {
+		if _, err := clientip.ParsePrefix(p); err != nil {
+			add("trusted_proxies[%d] %q %v", i, p, err)
+		}
+	}
+
 	if len(c.Issuers) == 0 {
 		add("issuers must list at least one trusted attestation issuer")
 	}
@@ -719,19 +1011,22 @@ func (c *Config) Validate() error {
 			add("%s.backend %q is not one of the configured backends", f, r.Backend)
 		}
 		if r.TTL <= 0 {
-			add("%s.ttl must be positive", f)
+			add("%s.ttl must be positive; it is %s", f, r.TTL)
 		}
 		if r.MaxTTL < r.TTL {
 			add("%s.max_ttl (%s) must not be less than ttl (%s)", f, r.MaxTTL, r.TTL)
 		}
 		if r.Approval.Required < 0 || r.Approval.Required > 10 {
-			add("%s.approval.required must be between 0 and 10", f)
+			add("%s.approval.required must be between 0 and 10; it is %d", f, r.Approval.Required)
 		}
-		if r.Approval.RequestTTL < Duration(time.Minute) || r.Approval.RedeemWithin < Duration(10*time.Second) {
-			add("%s.approval.request_ttl must be at least 1m and redeem_within at least 10s", f)
+		if r.Approval.RequestTTL < Duration(time.Minute) {
+			add("%s.approval.request_ttl must be at least 1m; it is %s", f, r.Approval.RequestTTL)
+		}
+		if r.Approval.RedeemWithin < Duration(10*time.Second) {
+			add("%s.approval.redeem_within must be at least 10s; it is %s", f, r.Approval.RedeemWithin)
 		}
 		if bg := r.Approval.BreakGlass; bg.Allowed && (bg.MaxTTL <= 0 || bg.MaxTTL > r.MaxTTL) {
-			add("%s.approval.break_glass.max_ttl must be positive and at most max_ttl (%s)", f, r.MaxTTL)
+			add("%s.approval.break_glass.max_ttl must be positive and at most max_ttl (%s); it is %s", f, r.MaxTTL, bg.MaxTTL)
 		}
 		for j, s := range r.Scopes {
 			if s == "" || strings.ContainsAny(s, " \t\n\"\\") {
@@ -770,29 +1065,47 @@ func (c *Config) Validate() error {
 
 	l := c.Limits
 	if l.MaxBodyBytes < 1024 || l.MaxBodyBytes > 16<<20 {
-		add("limits.max_body_bytes must be between 1024 and 16777216")
+		add("limits.max_body_bytes must be between 1024 and 16777216; it is %d", l.MaxBodyBytes)
 	}
 	if l.MaxHeaderBytes < 4096 || l.MaxHeaderBytes > 1<<20 {
-		add("limits.max_header_bytes must be between 4096 and 1048576")
+		add("limits.max_header_bytes must be between 4096 and 1048576; it is %d", l.MaxHeaderBytes)
 	}
 	if l.MaxAttestationBytes < 1024 || l.MaxAttestationBytes > 1<<20 {
-		add("limits.max_attestation_bytes must be between 1024 and 1048576")
+		add("limits.max_attestation_bytes must be between 1024 and 1048576; it is %d", l.MaxAttestationBytes)
+	}
+	if !(l.AgentRate > 0) {
+		add("limits.agent_rate must be a positive number of requests per second (.inf for no limit); it is %g", l.AgentRate)
 	}
 	if l.AgentBurst < 1 {
-		add("limits.agent_burst must be at least 1")
+		add("limits.agent_burst must be at least 1; it is %d", l.AgentBurst)
 	}
 	if l.MintTimeout < Duration(100*time.Millisecond) || l.MintTimeout > Duration(5*time.Minute) {
-		add("limits.mint_timeout must be between 100ms and 5m")
+		add("limits.mint_timeout must be between 100ms and 5m; it is %s", l.MintTimeout)
+	}
+	if l.AttestationCache < 0 {
+		add("limits.attestation_cache must not be negative (0 turns the cache off); it is %d", l.AttestationCache)
+	}
+	if n := l.AuthFailuresPerMinute; n < 1 || n > 100000 {
+		add("limits.auth_failures_per_minute must be between 1 and 100000, not %d", n)
+	}
+	if n := l.AuthFailureRecordsPerMinute; n < 0 || n > 100000 {
+		add("limits.auth_failure_records_per_minute must be between 0 and 100000, not %d", n)
 	}
 	lc := c.Leases
 	if lc.RevokeAttempts < 1 {
-		add("leases.revoke_attempts must be at least 1")
+		add("leases.revoke_attempts must be at least 1; it is %d", lc.RevokeAttempts)
 	}
-	if lc.RevokeBackoff <= 0 || lc.RevokeMaxBackoff < lc.RevokeBackoff {
-		add("leases.revoke_backoff must be positive and leases.revoke_max_backoff not less than it")
+	if lc.RevokeBackoff <= 0 {
+		add("leases.revoke_backoff must be positive; it is %s", lc.RevokeBackoff)
+	}
+	if lc.RevokeMaxBackoff < lc.RevokeBackoff || lc.RevokeMaxBackoff <= 0 {
+		add("leases.revoke_max_backoff must be positive and not less than revoke_backoff (%s); it is %s", lc.RevokeBackoff, lc.RevokeMaxBackoff)
 	}
 	if lc.RevokeConcurrency < 1 || lc.RevokeConcurrency > 1024 {
-		add("leases.revoke_concurrency must be between 1 and 1024")
+		add("leases.revoke_concurrency must be between 1 and 1024; it is %d", lc.RevokeConcurrency)
+	}
+	if lc.Retention < 0 {
+		add("leases.retention must not be negative; it is %s", lc.Retention)
 	}
 	if o := c.Console.OIDC; o != nil {
 		if u, err := url.Parse(o.Issuer); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
@@ -801,10 +1114,20 @@ func (c *Config) Validate() error {
 		if o.ClientID == "" {
 			add("console.oidc.client_id must be set")
 		}
+		if !slices.Contains(o.Scopes, "openid") {
+			add("console.oidc.scopes %v must include openid", o.Scopes)
+		}
 		errs = append(errs, o.OperatorIdentityConfig.validate("console.oidc")...)
 	}
-	if c.Console.SessionIdle <= 0 || c.Console.SessionMax < c.Console.SessionIdle {
-		add("console.session_idle must be positive and console.session_max not less than it")
+	cc := c.Console
+	if cc.SessionIdle <= 0 {
+		add("console.session_idle must be positive; it is %s", cc.SessionIdle)
+	}
+	if cc.SessionMax < cc.SessionIdle || cc.SessionMax <= 0 {
+		add("console.session_max must be positive and not less than session_idle (%s); it is %s", cc.SessionIdle, cc.SessionMax)
+	}
+	if cc.FreshLogin <= 0 {
+		add("console.fresh_login must be positive; it is %s", cc.FreshLogin)
 	}
 	hooks := map[string]bool{}
 	for i, w := range c.Notifications.Webhooks {
@@ -819,12 +1142,15 @@ func (c *Config) Validate() error {
 			add("%s.url %q must be an absolute http(s) URL", f, w.URL)
 		}
 		switch w.Format {
-		case "", "json", "slack":
+		case "json", "slack":
 		default:
 			add("%s.format %q must be json or slack", f, w.Format)
 		}
-		if w.Timeout < 0 || w.MaxAttempts < 0 {
-			add("%s.timeout and max_attempts must not be negative", f)
+		if w.Timeout <= 0 {
+			add("%s.timeout must be positive; it is %s", f, w.Timeout)
+		}
+		if w.MaxAttempts < 1 {
+			add("%s.max_attempts must be at least 1 (1 sends once, without retries); it is %d", f, w.MaxAttempts)
 		}
 		for j, ev := range w.Events {
 			if !NotificationEvents[ev] {
@@ -917,16 +1243,19 @@ func validateIssuers(field string, issuers []IssuerConfig) []error {
 			}
 		}
 		if ic.ClockSkew < 0 || ic.ClockSkew.D() > MaxClockSkew {
-			add("%s.clock_skew must be between 0 and %s", f, MaxClockSkew)
+			add("%s.clock_skew must be between 0 and %s; it is %s", f, MaxClockSkew, ic.ClockSkew)
 		}
 		if ic.MaxTokenAge < 0 {
-			add("%s.max_token_age must not be negative", f)
+			add("%s.max_token_age must not be negative (0 sets no limit); it is %s", f, ic.MaxTokenAge)
+		}
+		if ic.SubjectClaim == "" {
+			add("%s.subject_claim must not be empty", f)
 		}
 		if ic.JWKSRefreshInterval < Duration(time.Second) {
-			add("%s.jwks_refresh_interval must be at least 1s", f)
+			add("%s.jwks_refresh_interval must be at least 1s; it is %s", f, ic.JWKSRefreshInterval)
 		}
-		if ic.JWKSCacheTTL < ic.JWKSRefreshInterval {
-			add("%s.jwks_cache_ttl must not be less than jwks_refresh_interval", f)
+		if ic.JWKSCacheTTL < ic.JWKSRefreshInterval || ic.JWKSCacheTTL <= 0 {
+			add("%s.jwks_cache_ttl must be positive and not less than jwks_refresh_interval (%s); it is %s", f, ic.JWKSRefreshInterval, ic.JWKSCacheTTL)
 		}
 		for k, v := range ic.ClaimMappings {
 			if k == "" || v == "" {

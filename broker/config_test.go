@@ -2,11 +2,17 @@ package broker
 
 import (
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
+	"reflect"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"go.yaml.in/yaml/v3"
 )
 
 const minimalConfig = `
@@ -44,11 +50,14 @@ func TestParseConfigDefaults(t *testing.T) {
 		{"role ttl", cfg.Roles[0].TTL.D(), 15 * time.Minute},
 		{"role max_ttl", cfg.Roles[0].MaxTTL.D(), time.Hour},
 		{"renewable", cfg.Roles[0].IsRenewable(), true},
-		{"watch", *cfg.Policy.Watch, true},
+		{"watch", cfg.Policy.Watching(), true},
 		{"policy on_error", cfg.Policy.OnError, PolicyOnErrorDeny},
 		{"body limit", cfg.Limits.MaxBodyBytes, int64(DefaultMaxBodyBytes)},
 		{"mint timeout", cfg.Limits.MintTimeout.D(), 10 * time.Second},
 		{"revoke attempts", cfg.Leases.RevokeAttempts, 8},
+		{"auth failures per minute", cfg.Limits.AuthFailuresPerMinute, 10},
+		{"auth failure records per minute", cfg.Limits.AuthFailureRecordsPerMinute, 30},
+		{"trusted proxies", len(cfg.TrustedProxies), 0},
 	}
 	for _, c := range checks {
 		if c.got != c.want {
@@ -104,6 +113,14 @@ func TestParseConfigRejects(t *testing.T) {
 		{"webhook name not a name", func(s string) string {
 			return s + "notifications:\n  webhooks:\n    - name: \"Sec\\nops\"\n      url: https://hooks.example/x\n"
 		}, `notifications.webhooks[0].name "Sec\nops" must be 1 to 63 lower-case letters`},
+		{"trusted proxy not an address", func(s string) string { return s + "trusted_proxies: [10.0.0.0/8, proxy.internal]\n" },
+			`trusted_proxies[1] "proxy.internal" must be an IP address or a CIDR prefix`},
+		{"trusted proxy with host bits", func(s string) string { return s + "trusted_proxies: [10.0.0.1/8]\n" },
+			`trusted_proxies[0] "10.0.0.1/8" has bits set after the prefix length; did you mean 10.0.0.0/8?`},
+		{"no failures allowed", func(s string) string { return s + "limits:\n  auth_failures_per_minute: 0\n" },
+			"limits.auth_failures_per_minute must be between 1 and 100000, not 0"},
+		{"negative failure records", func(s string) string { return s + "limits:\n  auth_failure_records_per_minute: -1\n" },
+			"limits.auth_failure_records_per_minute must be between 0 and 100000, not -1"},
 		{"two documents", func(s string) string { return s + "---\nlisten: x\n" }, "single YAML document"},
 		{"empty", func(string) string { return "" }, "config is empty"},
 	}
@@ -151,6 +168,420 @@ func TestExampleConfigIsValid(t *testing.T) {
 	}
 	if cfg.Issuers[1].Issuer != GitHubActionsIssuer || !cfg.Issuers[1].Discovery {
 		t.Fatalf("github preset not applied: %+v", cfg.Issuers[1])
+	}
+}
+
+// TestParseConfigZeroMeansZero: a limit set to 0 is 0, not its default.
+func TestParseConfigZeroMeansZero(t *testing.T) {
+	cfg, err := ParseConfig([]byte(minimalConfig + "limits:\n  auth_failure_records_per_minute: 0\ntrusted_proxies: [\"10.0.0.0/8\", \"::1\"]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cfg.Limits.AuthFailureRecordsPerMinute; got != 0 {
+		t.Errorf("limits.auth_failure_records_per_minute: 0 became %d", got)
+	}
+	if got := strings.Join(cfg.TrustedProxies, ","); got != "10.0.0.0/8,::1" {
+		t.Errorf("trusted_proxies = %s", got)
+	}
+}
+
+// keysConfig is a configuration that has every list the numeric keys live
+// in (an operator issuer, two roles, a webhook), as nested maps so a test
+// can set any key.
+func keysConfig() map[string]any {
+	return map[string]any{
+		"data_dir": "/var/lib/valet",
+		"issuers": []any{map[string]any{
+			"name": "k8s", "issuer": "https://kubernetes.default.svc", "audiences": []any{"valet"}, "jwks_file": "/etc/valet/k8s.json",
+		}},
+		"backends": []any{map[string]any{"name": "tokens", "type": "jwt"}},
+		"roles": []any{
+			map[string]any{"name": "demo", "backend": "tokens"},
+			map[string]any{"name": "glass", "backend": "tokens", "approval": map[string]any{"required": 1, "break_glass": map[string]any{"allowed": true}}},
+		},
+		"policy": map[string]any{"dir": "/etc/valet/policies"},
+		"operators": map[string]any{"issuers": []any{map[string]any{
+			"name": "sso", "issuer": "https://sso.example.com", "audiences": []any{"valet"}, "discovery": true, "allow_all": true,
+		}}},
+		"notifications": map[string]any{"webhooks": []any{map[string]any{"name": "sec", "url": "https://hooks.example.com/valet"}}},
+		"introspection": map[string]any{"clients": []any{map[string]any{"client_id": "api", "client_secret_sha256": strings.Repeat("ab", 32)}}},
+	}
+}
+
+// setKey sets the key at a dotted path ("roles.1.approval.required"; a
+// number indexes a list) in a keysConfig, creating maps on the way.
+func setKey(t *testing.T, m map[string]any, path string, v any) {
+	t.Helper()
+	var cur any = m
+	parts := strings.Split(path, ".")
+	for i, p := range parts {
+		last := i == len(parts)-1
+		switch c := cur.(type) {
+		case map[string]any:
+			if last {
+				c[p] = v
+				return
+			}
+			if _, ok := c[p]; !ok {
+				c[p] = map[string]any{}
+			}
+			cur = c[p]
+		case []any:
+			n, err := strconv.Atoi(p)
+			if err != nil || n >= len(c) || last {
+				t.Fatalf("bad path %s", path)
+			}
+			cur = c[n]
+		}
+	}
+}
+
+func parseKeys(t *testing.T, m map[string]any) (*Config, error) {
+	t.Helper()
+	b, err := yaml.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ParseConfig(b)
+}
+
+// configKeys lists every numeric and duration key with its default and what
+// 0 does: honoured (refused == "") or refused with an error naming the key.
+var configKeys = []struct {
+	path    string // dotted, for setKey
+	get     func(*Config) any
+	def     any
+	refused string // "" when 0 is honoured
+}{
+	{"issuers.0.clock_skew", func(c *Config) any { return c.Issuers[0].ClockSkew.D() }, 30 * time.Second, ""},
+	{"issuers.0.max_token_age", func(c *Config) any { return c.Issuers[0].MaxTokenAge.D() }, 24 * time.Hour, ""},
+	{"issuers.0.jwks_refresh_interval", func(c *Config) any { return c.Issuers[0].JWKSRefreshInterval.D() }, time.Minute,
+		"issuers[0].jwks_refresh_interval must be at least 1s; it is 0s"},
+	{"issuers.0.jwks_cache_ttl", func(c *Config) any { return c.Issuers[0].JWKSCacheTTL.D() }, time.Hour,
+		"issuers[0].jwks_cache_ttl must be positive and not less than jwks_refresh_interval (1m0s); it is 0s"},
+	{"operators.issuers.0.clock_skew", func(c *Config) any { return c.Operators.Issuers[0].ClockSkew.D() }, 30 * time.Second, ""},
+	{"operators.issuers.0.max_token_age", func(c *Config) any { return c.Operators.Issuers[0].MaxTokenAge.D() }, 24 * time.Hour, ""},
+	{"operators.issuers.0.jwks_refresh_interval", func(c *Config) any { return c.Operators.Issuers[0].JWKSRefreshInterval.D() }, time.Minute,
+		"operators.issuers[0].jwks_refresh_interval must be at least 1s; it is 0s"},
+	{"operators.issuers.0.jwks_cache_ttl", func(c *Config) any { return c.Operators.Issuers[0].JWKSCacheTTL.D() }, time.Hour,
+		"operators.issuers[0].jwks_cache_ttl must be positive and not less than jwks_refresh_interval (1m0s); it is 0s"},
+	{"roles.0.ttl", func(c *Config) any { return c.Roles[0].TTL.D() }, 15 * time.Minute, "roles[0].ttl must be positive; it is 0s"},
+	{"roles.0.max_ttl", func(c *Config) any { return c.Roles[0].MaxTTL.D() }, time.Hour, "roles[0].max_ttl (0s) must not be less than ttl (15m0s)"},
+	{"roles.0.approval.required", func(c *Config) any { return c.Roles[0].Approval.Required }, 0, ""},
+	{"roles.0.approval.request_ttl", func(c *Config) any { return c.Roles[0].Approval.RequestTTL.D() }, time.Hour,
+		"roles[0].approval.request_ttl must be at least 1m; it is 0s"},
+	{"roles.0.approval.redeem_within", func(c *Config) any { return c.Roles[0].Approval.RedeemWithin.D() }, 15 * time.Minute,
+		"roles[0].approval.redeem_within must be at least 10s; it is 0s"},
+	{"roles.1.approval.break_glass.max_ttl", func(c *Config) any { return c.Roles[1].Approval.BreakGlass.MaxTTL.D() }, 15 * time.Minute,
+		"roles[1].approval.break_glass.max_ttl must be positive and at most max_ttl (1h0m0s); it is 0s"},
+	{"limits.max_body_bytes", func(c *Config) any { return c.Limits.MaxBodyBytes }, int64(64 << 10),
+		"limits.max_body_bytes must be between 1024 and 16777216; it is 0"},
+	{"limits.max_header_bytes", func(c *Config) any { return c.Limits.MaxHeaderBytes }, 32 << 10,
+		"limits.max_header_bytes must be between 4096 and 1048576; it is 0"},
+	{"limits.max_attestation_bytes", func(c *Config) any { return c.Limits.MaxAttestationBytes }, 16 << 10,
+		"limits.max_attestation_bytes must be between 1024 and 1048576; it is 0"},
+	{"limits.agent_rate", func(c *Config) any { return c.Limits.AgentRate }, 10.0,
+		"limits.agent_rate must be a positive number of requests per second (.inf for no limit); it is 0"},
+	{"limits.agent_burst", func(c *Config) any { return c.Limits.AgentBurst }, 20, "limits.agent_burst must be at least 1; it is 0"},
+	{"limits.mint_timeout", func(c *Config) any { return c.Limits.MintTimeout.D() }, 10 * time.Second,
+		"limits.mint_timeout must be between 100ms and 5m; it is 0s"},
+	{"limits.attestation_cache", func(c *Config) any { return c.Limits.AttestationCache }, 10000, ""},
+	{"limits.auth_failures_per_minute", func(c *Config) any { return c.Limits.AuthFailuresPerMinute }, 10,
+		"limits.auth_failures_per_minute must be between 1 and 100000, not 0"},
+	{"limits.auth_failure_records_per_minute", func(c *Config) any { return c.Limits.AuthFailureRecordsPerMinute }, 30, ""},
+	{"leases.revoke_attempts", func(c *Config) any { return c.Leases.RevokeAttempts }, 8, "leases.revoke_attempts must be at least 1; it is 0"},
+	{"leases.revoke_backoff", func(c *Config) any { return c.Leases.RevokeBackoff.D() }, time.Second, "leases.revoke_backoff must be positive; it is 0s"},
+	{"leases.revoke_max_backoff", func(c *Config) any { return c.Leases.RevokeMaxBackoff.D() }, 5 * time.Minute,
+		"leases.revoke_max_backoff must be positive and not less than revoke_backoff (1s); it is 0s"},
+	{"leases.revoke_concurrency", func(c *Config) any { return c.Leases.RevokeConcurrency }, 16,
+		"leases.revoke_concurrency must be between 1 and 1024; it is 0"},
+	{"leases.retention", func(c *Config) any { return c.Leases.Retention.D() }, 7 * 24 * time.Hour, ""},
+	{"notifications.webhooks.0.timeout", func(c *Config) any { return c.Notifications.Webhooks[0].Timeout.D() }, 5 * time.Second,
+		"notifications.webhooks[0].timeout must be positive; it is 0s"},
+	{"notifications.webhooks.0.max_attempts", func(c *Config) any { return c.Notifications.Webhooks[0].MaxAttempts }, 8,
+		"notifications.webhooks[0].max_attempts must be at least 1 (1 sends once, without retries); it is 0"},
+	{"console.session_idle", func(c *Config) any { return c.Console.SessionIdle.D() }, 15 * time.Minute,
+		"console.session_idle must be positive; it is 0s"},
+	{"console.session_max", func(c *Config) any { return c.Console.SessionMax.D() }, 8 * time.Hour,
+		"console.session_max must be positive and not less than session_idle (15m0s); it is 0s"},
+	{"console.fresh_login", func(c *Config) any { return c.Console.FreshLogin.D() }, 10 * time.Minute,
+		"console.fresh_login must be positive; it is 0s"},
+}
+
+// TestConfigKeyAbsentOrZero: an absent key takes its default; a key set to
+// 0 keeps 0 or is refused with an error naming the key. Both spellings of
+// a zero duration (0s and the number 0) are tried.
+func TestConfigKeyAbsentOrZero(t *testing.T) {
+	for _, k := range configKeys {
+		t.Run(k.path, func(t *testing.T) {
+			cfg, err := parseKeys(t, keysConfig())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := k.get(cfg); got != k.def {
+				t.Errorf("absent: %v, want the default %v", got, k.def)
+			}
+			zero := reflect.Zero(reflect.TypeOf(k.def)).Interface()
+			for _, z := range []any{0, "0s"} {
+				if _, isDuration := k.def.(time.Duration); !isDuration && z == "0s" {
+					continue
+				}
+				m := keysConfig()
+				setKey(t, m, k.path, z)
+				cfg, err := parseKeys(t, m)
+				switch {
+				case k.refused == "" && err != nil:
+					t.Errorf("set to %v: refused (%v); 0 has a meaning here and must be kept", z, err)
+				case k.refused == "" && k.get(cfg) != zero:
+					t.Errorf("set to %v: %v, want 0 kept", z, k.get(cfg))
+				case k.refused != "" && (err == nil || !strings.Contains(err.Error(), k.refused)):
+					t.Errorf("set to %v: error %v, want one containing %q", z, err, k.refused)
+				}
+			}
+		})
+	}
+}
+
+// TestConfigKeysAllListed walks the configuration's types: every numeric
+// and duration key must have a row in configKeys (a new key needs its
+// default and its meaning of 0 decided and tested).
+func TestConfigKeysAllListed(t *testing.T) {
+	listed := map[string]bool{}
+	for _, k := range configKeys {
+		listed[regexp.MustCompile(`\.\d+`).ReplaceAllString(k.path, "[]")] = true
+	}
+	var walk func(prefix string, typ reflect.Type)
+	walk = func(prefix string, typ reflect.Type) {
+		for i := range typ.NumField() {
+			f := typ.Field(i)
+			name, opts, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+			if opts == "inline" && f.Type.Kind() == reflect.Struct {
+				walk(prefix, f.Type)
+				continue
+			}
+			if name == "-" || name == "" {
+				continue
+			}
+			path := prefix + name
+			ft := f.Type
+			if ft.Kind() == reflect.Pointer {
+				ft = ft.Elem()
+			}
+			switch {
+			case ft.Kind() == reflect.Slice && ft.Elem().Kind() == reflect.Struct:
+				walk(path+"[].", ft.Elem())
+			case ft.Kind() == reflect.Struct:
+				walk(path+".", ft)
+			case ft.Kind() == reflect.Int || ft.Kind() == reflect.Int64 || ft.Kind() == reflect.Float64:
+				if !listed[path] {
+					t.Errorf("%s has no row in configKeys: decide its default and what 0 means, and test them", path)
+				}
+			}
+		}
+	}
+	walk("", reflect.TypeOf(Config{}))
+}
+
+// TestConfigStrictInEverySection: a section decoded on top of its defaults
+// (its own UnmarshalYAML) still refuses unknown keys.
+func TestConfigStrictInEverySection(t *testing.T) {
+	for _, section := range []string{
+		"", "issuers.0.", "operators.issuers.0.", "roles.0.", "roles.0.approval.", "roles.1.approval.break_glass.",
+		"limits.", "leases.", "console.", "console.oidc.", "notifications.webhooks.0.", "log.", "policy.", "tls.",
+		"introspection.", "introspection.clients.0.",
+	} {
+		t.Run(section+"bogus_key", func(t *testing.T) {
+			m := keysConfig()
+			if section == "console.oidc." {
+				setKey(t, m, "console.oidc.issuer", "https://sso.example.com")
+				setKey(t, m, "console.oidc.client_id", "valet")
+				setKey(t, m, "console.oidc.allow_all", true)
+			}
+			setKey(t, m, section+"bogus_key", 1)
+			_, err := parseKeys(t, m)
+			key := regexp.MustCompile(`\.(\d+)\.`).ReplaceAllString(section, "[$1].") + "bogus_key"
+			if want := "(" + key + "): field bogus_key not found"; err == nil || !strings.Contains(err.Error(), want) {
+				t.Fatalf("error %v, want the unknown key refused: %q", err, want)
+			}
+		})
+	}
+}
+
+// TestConfigDefaultsFromOtherKeys: defaults that depend on another key are
+// derived only when their own key is absent.
+func TestConfigDefaultsFromOtherKeys(t *testing.T) {
+	cases := []struct {
+		name string
+		set  map[string]any
+		get  func(*Config) any
+		want any
+	}{
+		{"max_ttl absent follows a long ttl", map[string]any{"roles.0.ttl": "2h"}, func(c *Config) any { return c.Roles[0].MaxTTL.D() }, 2 * time.Hour},
+		{"max_ttl absent with a short ttl is 1h", map[string]any{"roles.0.ttl": "5m"}, func(c *Config) any { return c.Roles[0].MaxTTL.D() }, time.Hour},
+		{"max_ttl set is kept", map[string]any{"roles.0.ttl": "5m", "roles.0.max_ttl": "10m"}, func(c *Config) any { return c.Roles[0].MaxTTL.D() }, 10 * time.Minute},
+		{"break-glass max_ttl absent is capped by a short max_ttl", map[string]any{"roles.1.ttl": "1m", "roles.1.max_ttl": "5m"},
+			func(c *Config) any { return c.Roles[1].Approval.BreakGlass.MaxTTL.D() }, 5 * time.Minute},
+		{"break-glass max_ttl set is kept", map[string]any{"roles.1.approval.break_glass.max_ttl": "2m"},
+			func(c *Config) any { return c.Roles[1].Approval.BreakGlass.MaxTTL.D() }, 2 * time.Minute},
+		{"public_url absent follows listen", map[string]any{"listen": "0.0.0.0:9000"}, func(c *Config) any { return c.PublicURL }, "http://0.0.0.0:9000"},
+		{"public_url set is kept, without a trailing slash", map[string]any{"listen": "0.0.0.0:9000", "public_url": "https://valet.example.com/"},
+			func(c *Config) any { return c.PublicURL }, "https://valet.example.com"},
+		{"console.oidc.redirect_url absent follows public_url", map[string]any{"public_url": "https://valet.example.com",
+			"console.oidc.issuer": "https://sso.example.com", "console.oidc.client_id": "valet", "console.oidc.allow_all": true},
+			func(c *Config) any { return c.Console.OIDC.RedirectURL }, "https://valet.example.com/ui/auth/callback"},
+		{"console.oidc defaults", map[string]any{"console.oidc.issuer": "https://sso.example.com", "console.oidc.client_id": "valet", "console.oidc.allow_all": true},
+			func(c *Config) any {
+				return strings.Join(c.Console.OIDC.Scopes, ",") + " " + c.Console.OIDC.NameClaim + " " + c.Console.OIDC.GroupsClaim
+			}, "openid,email,profile,groups email groups"},
+		{"github issuer absent takes the preset", map[string]any{"issuers.0.type": "github", "issuers.0.issuer": nil},
+			func(c *Config) any { return c.Issuers[0].Issuer }, GitHubActionsIssuer},
+		{"github discovery absent with no key source is on", map[string]any{"operators.issuers.0.type": "github", "operators.issuers.0.issuer": nil, "operators.issuers.0.discovery": nil},
+			func(c *Config) any { return c.Operators.Issuers[0].Discovery }, true},
+		{"github with a jwks_file does not discover", map[string]any{"issuers.0.type": "github", "issuers.0.issuer": nil},
+			func(c *Config) any { return c.Issuers[0].Discovery }, false},
+		{"operator identity defaults", nil, func(c *Config) any {
+			return c.Operators.Issuers[0].NameClaim + " " + c.Operators.Issuers[0].GroupsClaim
+		}, "email groups"},
+		{"introspection auth_method absent is client_secret_basic", nil,
+			func(c *Config) any { return c.Introspection.Clients[0].AuthMethod }, AuthClientSecretBasic},
+		{"private_key_jwt algorithms absent are RS256 and ES256", map[string]any{"introspection.clients.0.auth_method": AuthPrivateKeyJWT,
+			"introspection.clients.0.client_secret_sha256": nil, "introspection.clients.0.jwks_file": "/etc/valet/api.json"},
+			func(c *Config) any { return strings.Join(c.Introspection.Clients[0].Algorithms, ",") }, "RS256,ES256"},
+		{"a key with no value keeps the default", map[string]any{"issuers.0.clock_skew": nil},
+			func(c *Config) any { return c.Issuers[0].ClockSkew.D() }, 30 * time.Second},
+		{"agent_rate .inf sets no limit", map[string]any{"limits.agent_rate": math.Inf(1)},
+			func(c *Config) any { return math.IsInf(c.Limits.AgentRate, 1) }, true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			m := keysConfig()
+			for k, v := range tc.set {
+				if v == nil {
+					deleteKey(t, m, k)
+					if !strings.HasSuffix(tc.name, "keeps the default") {
+						continue
+					}
+				}
+				setKey(t, m, k, v)
+			}
+			cfg, err := parseKeys(t, m)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := tc.get(cfg); got != tc.want {
+				t.Fatalf("got %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+// deleteKey removes the key at a dotted path (see setKey).
+func deleteKey(t *testing.T, m map[string]any, path string) {
+	t.Helper()
+	parent, name, _ := strings.Cut(path, ".")
+	for strings.Contains(name, ".") {
+		var next string
+		next, name, _ = strings.Cut(name, ".")
+		parent += "." + next
+	}
+	if !strings.Contains(path, ".") {
+		delete(m, path)
+		return
+	}
+	setKey(t, m, path, nil) // makes sure the parent exists
+	var cur any = m
+	for _, p := range strings.Split(parent, ".") {
+		switch c := cur.(type) {
+		case map[string]any:
+			cur = c[p]
+		case []any:
+			n, _ := strconv.Atoi(p)
+			cur = c[n]
+		}
+	}
+	delete(cur.(map[string]any), name)
+}
+
+// TestConfigRefusesValuesThatUsedToMeanSomethingElse: negative numbers no
+// longer switch a limit off, and empty lists are not replaced by defaults.
+func TestConfigRefusesValuesThatUsedToMeanSomethingElse(t *testing.T) {
+	cases := []struct {
+		name string
+		path string
+		v    any
+		want string
+	}{
+		{"negative agent_rate", "limits.agent_rate", -1, "limits.agent_rate must be a positive number of requests per second (.inf for no limit); it is -1"},
+		{"NaN agent_rate", "limits.agent_rate", math.NaN(), "limits.agent_rate must be a positive number"},
+		{"negative attestation_cache", "limits.attestation_cache", -1, "limits.attestation_cache must not be negative (0 turns the cache off); it is -1"},
+		{"negative approvals", "roles.0.approval.required", -1, "roles[0].approval.required must be between 0 and 10; it is -1"},
+		{"negative duration", "issuers.0.clock_skew", "-1s", `(issuers[0].clock_skew): duration "-1s" out of range`},
+		{"not a duration", "leases.retention", "a week", `(leases.retention): invalid duration "a week"`},
+		{"empty algorithms", "issuers.0.algorithms", []any{}, "issuers[0].algorithms must not be empty"},
+		{"empty subject_claim", "issuers.0.subject_claim", "", "issuers[0].subject_claim must not be empty"},
+		{"empty issuer type", "issuers.0.type", "", `issuers[0].type "" must be oidc`},
+		{"empty webhook format", "notifications.webhooks.0.format", "", `notifications.webhooks[0].format "" must be json or slack`},
+		{"empty log level", "log.level", "", `log.level "" must be debug`},
+		{"empty operator name_claim", "operators.issuers.0.name_claim", "", "operators.issuers[0].name_claim and groups_claim must not be empty"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			m := keysConfig()
+			setKey(t, m, tc.path, tc.v)
+			_, err := parseKeys(t, m)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v, want one containing %q", err, tc.want)
+			}
+		})
+	}
+	t.Run("console.oidc without openid", func(t *testing.T) {
+		m := keysConfig()
+		setKey(t, m, "console.oidc.issuer", "https://sso.example.com")
+		setKey(t, m, "console.oidc.client_id", "valet")
+		setKey(t, m, "console.oidc.allow_all", true)
+		setKey(t, m, "console.oidc.scopes", []any{})
+		_, err := parseKeys(t, m)
+		if want := "console.oidc.scopes [] must include openid"; err == nil || !strings.Contains(err.Error(), want) {
+			t.Fatalf("error %v, want one containing %q", err, want)
+		}
+	})
+}
+
+// TestDefaultConfigMatchesAbsentKeys: a configuration built in Go from
+// DefaultConfig and Defaulted has the values a file leaving the same keys
+// out has.
+func TestDefaultConfigMatchesAbsentKeys(t *testing.T) {
+	fromFile, err := parseKeys(t, keysConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	inGo := DefaultConfig()
+	inGo.DataDir = "/var/lib/valet"
+	inGo.Issuers = []IssuerConfig{Defaulted(func(ic *IssuerConfig) {
+		ic.Name, ic.Issuer, ic.Audiences, ic.JWKSFile = "k8s", "https://kubernetes.default.svc", []string{"valet"}, "/etc/valet/k8s.json"
+	})}
+	inGo.Backends = []BackendConfig{{Name: "tokens", Type: "jwt"}}
+	inGo.Roles = []Role{
+		Defaulted(func(r *Role) { r.Name, r.Backend = "demo", "tokens" }),
+		Defaulted(func(r *Role) {
+			r.Name, r.Backend, r.Approval.Required, r.Approval.BreakGlass.Allowed = "glass", "tokens", 1, true
+		}),
+	}
+	inGo.Policy.Dir = "/etc/valet/policies"
+	inGo.Operators.Issuers = []OperatorIssuerConfig{Defaulted(func(oi *OperatorIssuerConfig) {
+		oi.Name, oi.Issuer, oi.Audiences, oi.Discovery, oi.AllowAll = "sso", "https://sso.example.com", []string{"valet"}, true, true
+	})}
+	inGo.Notifications.Webhooks = []WebhookConfig{Defaulted(func(w *WebhookConfig) { w.Name, w.URL = "sec", "https://hooks.example.com/valet" })}
+	inGo.Introspection.Clients = []IntrospectionClientConfig{Defaulted(func(cl *IntrospectionClientConfig) {
+		cl.ClientID, cl.ClientSecretSHA256 = "api", strings.Repeat("ab", 32)
+	})}
+	if err := inGo.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(fromFile, inGo) {
+		a, _ := yaml.Marshal(fromFile)
+		b, _ := yaml.Marshal(inGo)
+		t.Fatalf("from a file:\n%s\nbuilt in Go:\n%s", a, b)
 	}
 }
 

@@ -3,6 +3,7 @@ package broker
 import (
 	"errors"
 	"fmt"
+	"time"
 )
 
 // Error codes. Every error valet returns to a client carries one of these; the
@@ -27,6 +28,9 @@ type Error struct {
 	Code    string
 	Message string
 	Err     error
+	// RetryAfter, for ERATELIMIT, is how long the client should wait
+	// before trying again (0: not known; the HTTP layer says 1s).
+	RetryAfter time.Duration
 }
 
 // Error returns the message and, if present, the internal cause.
@@ -35,6 +39,13 @@ func (e *Error) Error() string {
 		return fmt.Sprintf("%s: %s: %v", e.Code, e.Message, e.Err)
 	}
 	return fmt.Sprintf("%s: %s", e.Code, e.Message)
+}
+
+// RetryAfterSeconds is RetryAfter in whole seconds, rounded up and at
+// least 1: the value of an HTTP Retry-After header (RFC 9110 section
+// 10.2.3).
+func (e *Error) RetryAfterSeconds() int64 {
+	return max(1, int64((e.RetryAfter+time.Second-1)/time.Second))
 }
 
 // Unwrap returns the internal cause.

@@ -298,7 +298,7 @@ type RedeemRequest struct {
 // asked again (action redeem, context.approvals = distinct approvers). If
 // the mint fails the grant can be redeemed again.
 func (b *Broker) RedeemGrant(ctx context.Context, req RedeemRequest) (*MintResult, error) {
-	p, err := b.authenticate(ctx, req.Attestation, audit.KindGrantRedeem, "", req.RequestID)
+	p, err := b.authenticate(ctx, attestation{token: req.Attestation, kind: audit.KindGrantRedeem, sourceIP: req.SourceIP, requestID: req.RequestID})
 	if err != nil {
 		return nil, err
 	}

@@ -19,9 +19,13 @@ func grantsFixture(t *testing.T) *fixture {
 	approvers := broker.ApproversConfig{Operators: []string{"Alice@Example.com", "bob"}, Groups: []string{"SRE"}}
 	return newFixture(t, func(c *broker.Config) {
 		c.Roles = append(c.Roles,
-			broker.Role{Name: "guarded", Backend: "ext", Approval: broker.ApprovalConfig{Required: 2, Approvers: approvers}},
-			broker.Role{Name: "glass", Backend: "ext", Approval: broker.ApprovalConfig{Required: 1, Approvers: approvers,
-				BreakGlass: broker.BreakGlassConfig{Allowed: true}}})
+			broker.Defaulted(func(r *broker.Role) {
+				r.Name, r.Backend, r.Approval.Required, r.Approval.Approvers = "guarded", "ext", 2, approvers
+			}),
+			broker.Defaulted(func(r *broker.Role) {
+				r.Name, r.Backend, r.Approval.Required, r.Approval.Approvers = "glass", "ext", 1, approvers
+				r.Approval.BreakGlass.Allowed = true
+			}))
 	})
 }
 

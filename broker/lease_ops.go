@@ -26,10 +26,13 @@ func (c Caller) actor() audit.Actor {
 	return agentActor(c.Agent)
 }
 
-// AuthenticateAgent verifies an attestation for a lease operation and
-// applies the rate limit.
-func (b *Broker) AuthenticateAgent(ctx context.Context, token, requestID string) (*Principal, error) {
-	return b.authenticate(ctx, token, audit.KindLeaseAccess, "", requestID)
+// AuthenticateAgent verifies an attestation presented from sourceIP for a
+// lease or grant operation and applies the rate limit. Errors:
+// EUNAUTHORIZED or ETOOLARGE (the attestation), ERATELIMIT (the agent is
+// over its rate, or sourceIP over its failure budget: see
+// RefuseCredential).
+func (b *Broker) AuthenticateAgent(ctx context.Context, token, sourceIP, requestID string) (*Principal, error) {
+	return b.authenticate(ctx, attestation{token: token, kind: audit.KindLeaseAccess, sourceIP: sourceIP, requestID: requestID})
 }
 
 // GetLease returns a lease to its owner or an operator, with its state as

@@ -1,6 +1,8 @@
 package broker
 
 import (
+	"fmt"
+	"math"
 	"sync"
 	"time"
 
@@ -26,12 +28,21 @@ type agentBucket struct {
 	seen time.Time
 }
 
-// newAgentLimiter returns a limiter; a negative rate disables it.
-func newAgentLimiter(perSecond float64, burst int, clk clock.Clock) *agentLimiter {
-	if perSecond < 0 {
-		return nil
+// newAgentLimiter returns a limiter allowing each agent perSecond requests
+// per second with bursts of burst (limits.agent_rate and agent_burst). An
+// infinite rate sets no limit (the limiter is nil and allows everything).
+// It refuses a rate that is not positive and a burst below 1.
+func newAgentLimiter(perSecond float64, burst int, clk clock.Clock) (*agentLimiter, error) {
+	if !(perSecond > 0) {
+		return nil, fmt.Errorf("limits.agent_rate must be a positive number of requests per second (.inf for no limit); it is %g", perSecond)
 	}
-	return &agentLimiter{limit: rate.Limit(perSecond), burst: burst, clock: clk, buckets: map[string]*agentBucket{}}
+	if burst < 1 {
+		return nil, fmt.Errorf("limits.agent_burst must be at least 1; it is %d", burst)
+	}
+	if math.IsInf(perSecond, 1) {
+		return nil, nil
+	}
+	return &agentLimiter{limit: rate.Limit(perSecond), burst: burst, clock: clk, buckets: map[string]*agentBucket{}}, nil
 }
 
 func (a *agentLimiter) allow(agent string) bool {

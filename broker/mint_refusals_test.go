@@ -39,7 +39,7 @@ func TestMintRefusalsAreTellable(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			f := newFixture(t, func(cfg *broker.Config) {
-				cfg.Roles = append(cfg.Roles, broker.Role{Name: "approved", Backend: "ext", Approval: broker.ApprovalConfig{Required: 1}})
+				cfg.Roles = append(cfg.Roles, broker.Defaulted(func(r *broker.Role) { r.Name, r.Backend, r.Approval.Required = "approved", "ext", 1 }))
 			})
 			res, err := f.b.Mint(context.Background(), c.req(f))
 			if res != nil || broker.ErrorCode(err) != c.wantCode {

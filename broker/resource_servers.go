@@ -87,16 +87,28 @@ type IntrospectionClientConfig struct {
 	Roles     []string `yaml:"roles"`
 }
 
-func (c *IntrospectionConfig) applyDefaults() {
-	for i := range c.Clients {
-		cl := &c.Clients[i]
-		if cl.AuthMethod == "" {
-			cl.AuthMethod = AuthClientSecretBasic
-		}
-		if cl.AuthMethod == AuthPrivateKeyJWT && cl.Algorithms == nil {
-			cl.Algorithms = []string{"RS256", "ES256"}
-		}
+// SetDefaults sets auth_method client_secret_basic.
+func (cl *IntrospectionClientConfig) SetDefaults() {
+	cl.AuthMethod = AuthClientSecretBasic
+}
+
+// UnmarshalYAML decodes on top of the defaults (see broker.Config). A
+// private_key_jwt client without algorithms gets [RS256, ES256]; other
+// clients keep algorithms nil when the key is absent, so validate can
+// refuse the key where it does not apply.
+func (cl *IntrospectionClientConfig) UnmarshalYAML(unmarshal func(any) error) error {
+	type client IntrospectionClientConfig
+	if err := decodeOnDefaults(cl.SetDefaults, (*client)(cl), unmarshal); err != nil {
+		return err
 	}
+	keys, err := readPresentKeys(unmarshal)
+	if err != nil {
+		return err
+	}
+	if cl.AuthMethod == AuthPrivateKeyJWT && !keys.has("algorithms") {
+		cl.Algorithms = []string{"RS256", "ES256"}
+	}
+	return nil
 }
 
 func (c *IntrospectionConfig) resolvePaths(abs func(*string)) {
@@ -248,14 +260,14 @@ func (c IntrospectionConfig) ClientAssertionIssuers(publicURL string) []IssuerCo
 		if cl.AuthMethod != AuthPrivateKeyJWT {
 			continue
 		}
-		out = append(out, IssuerConfig{
-			Name: "introspection:" + cl.ClientID, Type: IssuerOIDC, Issuer: cl.ClientID,
-			Audiences: []string{publicURL, publicURL + "/v1/introspect", publicURL + "/v1/oauth/token"},
-			JWKSFile:  cl.JWKSFile, JWKSURL: cl.JWKSURL, CAFile: cl.CAFile, Algorithms: cl.Algorithms,
-			ClockSkew:  Duration(DefaultClockSkew),
-			RequireJTI: true, SubjectClaim: "sub",
-			JWKSRefreshInterval: Duration(time.Minute), JWKSCacheTTL: Duration(time.Hour),
-		})
+		out = append(out, Defaulted(func(ic *IssuerConfig) {
+			ic.Name, ic.Issuer = "introspection:"+cl.ClientID, cl.ClientID
+			ic.Audiences = []string{publicURL, publicURL + "/v1/introspect", publicURL + "/v1/oauth/token"}
+			ic.JWKSFile, ic.JWKSURL, ic.CAFile, ic.Algorithms = cl.JWKSFile, cl.JWKSURL, cl.CAFile, cl.Algorithms
+			ic.RequireJTI = true
+			// RFC 7523 does not require iat: no age limit beyond exp.
+			ic.MaxTokenAge = 0
+		}))
 	}
 	return out
 }

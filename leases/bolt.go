@@ -118,7 +118,10 @@ func (s *BoltStore) DB() *bbolt.DB { return s.db }
 
 // Update runs fn in a write transaction that may be shared with other
 // concurrent writes (group commit): it returns after the transaction is on
-// disk. fn may run more than once and must only touch the database.
+// disk, or failed. ctx bounds only the wait for a place in the commit
+// queue; once queued, the write runs and Update waits for it. fn may run
+// more than once and must only touch the database and variables it resets
+// on each run.
 func (s *BoltStore) Update(ctx context.Context, fn func(tx *bbolt.Tx) error) error {
 	if s.c == nil {
 		return errors.New("lease store is read-only")

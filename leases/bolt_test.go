@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"reflect"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -1036,4 +1037,44 @@ func indexKeysFor(t *testing.T, s *BoltStore, id string) []string {
 		t.Fatal(err)
 	}
 	return out
+}
+
+// TestUpdateWaitsForAQueuedWrite: a write whose context ends while it
+// waits behind another commit still runs, and Update reports its real
+// outcome after it ran — never an error for a write that then commits,
+// and never a return before fn has written the caller's variables.
+func TestUpdateWaitsForAQueuedWrite(t *testing.T) {
+	s := MustOpenStore(t)
+	busy, release := make(chan struct{}), make(chan struct{})
+	go s.Update(context.Background(), func(*bbolt.Tx) error {
+		close(busy)
+		<-release
+		return nil
+	})
+	<-busy
+	ctx, cancel := context.WithCancel(context.Background())
+	wrote := 0
+	done := make(chan error, 1)
+	go func() {
+		done <- s.Update(ctx, func(tx *bbolt.Tx) error {
+			wrote++
+			return tx.Bucket(bucketLeases).Put([]byte("queued"), []byte("x"))
+		})
+	}()
+	for len(s.c.reqs) == 0 {
+		runtime.Gosched() // until the write is queued behind the busy commit
+	}
+	cancel()
+	close(release)
+	if err := <-done; err != nil || wrote != 1 {
+		t.Fatalf("Update = %v after fn ran %d times, want nil after one run", err, wrote)
+	}
+	if err := s.DB().View(func(tx *bbolt.Tx) error {
+		if tx.Bucket(bucketLeases).Get([]byte("queued")) == nil {
+			return errors.New("the queued write is not in the database")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
 }

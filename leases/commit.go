@@ -38,8 +38,11 @@ func newCommitter(db *bbolt.DB, maxBatch int) *committer {
 	return c
 }
 
-// do queues fn and waits until its transaction has committed or failed. If
-// ctx ends first, do returns ctx.Err() but fn may still commit later.
+// do queues fn and waits until its transaction has committed or failed.
+// ctx bounds only the wait for a place in the queue: once queued, fn's
+// transaction runs, and do waits for it even if ctx ends, so do never
+// reports a write as failed that then commits, and fn never runs after do
+// has returned (callers read what fn wrote into their variables).
 func (c *committer) do(ctx context.Context, fn func(*bbolt.Tx) error) error {
 	req := &commitReq{fn: fn, done: make(chan error, 1)}
 	c.mu.RLock()
@@ -54,12 +57,7 @@ func (c *committer) do(ctx context.Context, fn func(*bbolt.Tx) error) error {
 		c.mu.RUnlock()
 		return ctx.Err()
 	}
-	select {
-	case err := <-req.done:
-		return err
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return <-req.done
 }
 
 func (c *committer) close() {

@@ -308,16 +308,26 @@ func (b *fakeBackend) callTimes(id string) []time.Time {
 // newQueue returns a queue on s with the fake backend and clock, and
 // deterministic-enough settings for tests.
 func newQueue(s *BoltStore, be *fakeBackend, clk clock.Clock, attempts int) *RevocationQueue {
-	return NewRevocationQueue(RevocationQueueConfig{
-		Store:      s,
-		Revoke:     be.Revoke,
-		Clock:      clk,
-		Logger:     quietLog,
-		Attempts:   attempts,
-		Backoff:    time.Second,
-		MaxBackoff: 8 * time.Second,
-		Timeout:    10 * time.Second,
+	return mustQueue(RevocationQueueConfig{
+		Store:       s,
+		Revoke:      be.Revoke,
+		Clock:       clk,
+		Logger:      quietLog,
+		Attempts:    attempts,
+		Backoff:     time.Second,
+		MaxBackoff:  8 * time.Second,
+		Concurrency: 16,
+		Timeout:     10 * time.Second,
 	})
+}
+
+// mustQueue is NewRevocationQueue for settings a test knows are valid.
+func mustQueue(cfg RevocationQueueConfig) *RevocationQueue {
+	q, err := NewRevocationQueue(cfg)
+	if err != nil {
+		panic(err)
+	}
+	return q
 }
 
 // lastCommittedTx is the id of the last committed write transaction (bbolt

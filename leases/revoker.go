@@ -2,6 +2,7 @@ package leases
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -17,27 +18,32 @@ import (
 // (the lease id). Revoking something already revoked must succeed.
 type RevokeFunc func(ctx context.Context, l *Lease) error
 
-// RevocationQueueConfig configures a RevocationQueue.
+// RevocationQueueConfig configures a RevocationQueue. The numbers are
+// taken as given (valet passes the validated leases.* settings);
+// NewRevocationQueue refuses values it cannot use rather than replace them.
 type RevocationQueueConfig struct {
 	Store  *BoltStore
 	Revoke RevokeFunc
-	Clock  clock.Clock
+	// Clock is the source of time (nil: clock.Real{}).
+	Clock clock.Clock
+	// Logger receives failures (nil: slog.Default()).
 	Logger *slog.Logger
-	// Attempts is how many failures make a lease irrevocable.
+	// Attempts is how many failures make a lease irrevocable (at least 1).
 	Attempts int
-	// Backoff is the first retry delay; it doubles up to MaxBackoff, with
-	// jitter.
+	// Backoff is the first retry delay (positive); it doubles up to
+	// MaxBackoff (not less than Backoff), with jitter.
 	Backoff    time.Duration
 	MaxBackoff time.Duration
-	// Concurrency bounds parallel revocations by handle.
+	// Concurrency bounds parallel revocations by handle (at least 1).
 	Concurrency int
 	// RecoveryConcurrency bounds parallel revocations by correlation id
 	// (leases without a handle, left by interrupted mints), which may have
-	// to search the backend and can be slow or keep failing; default
+	// to search the backend and can be slow or keep failing; 0 means
 	// max(1, Concurrency/4). They have slots of their own, so they never
 	// hold up revocations by handle, nor those them.
 	RecoveryConcurrency int
-	// Timeout bounds one backend call (default 30s).
+	// Timeout bounds one backend call (positive; valet uses
+	// DefaultRevokeTimeout).
 	Timeout time.Duration
 	// OnAttempt, if set, is called after every attempt with its outcome:
 	// "revoked" (the backend confirmed), "failed" (retried later) or
@@ -63,30 +69,44 @@ type RevocationQueue struct {
 	wg       sync.WaitGroup
 }
 
-// NewRevocationQueue returns a queue; call Run to start it.
-func NewRevocationQueue(cfg RevocationQueueConfig) *RevocationQueue {
+// DefaultRevokeTimeout is the bound on one backend revocation call that
+// valet passes as RevocationQueueConfig.Timeout.
+const DefaultRevokeTimeout = 30 * time.Second
+
+// NewRevocationQueue returns a queue; call Run to start it. It returns an
+// error, naming the leases.* key, when Attempts or Concurrency is below 1,
+// Backoff or Timeout is not positive, or MaxBackoff is less than Backoff.
+func NewRevocationQueue(cfg RevocationQueueConfig) (*RevocationQueue, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	if cfg.Attempts <= 0 {
-		cfg.Attempts = 8
+	if cfg.Clock == nil {
+		cfg.Clock = clock.Real{}
+	}
+	var errs []error
+	if cfg.Attempts < 1 {
+		errs = append(errs, fmt.Errorf("leases.revoke_attempts must be at least 1; it is %d", cfg.Attempts))
 	}
 	if cfg.Backoff <= 0 {
-		cfg.Backoff = time.Second
+		errs = append(errs, fmt.Errorf("leases.revoke_backoff must be positive; it is %s", cfg.Backoff))
 	}
-	if cfg.MaxBackoff <= 0 {
-		cfg.MaxBackoff = max(cfg.Backoff, 5*time.Minute)
+	if cfg.MaxBackoff < cfg.Backoff || cfg.MaxBackoff <= 0 {
+		errs = append(errs, fmt.Errorf("leases.revoke_max_backoff must be positive and not less than revoke_backoff (%s); it is %s", cfg.Backoff, cfg.MaxBackoff))
 	}
-	// A cap below the first delay means "do not grow", not the default cap.
-	cfg.MaxBackoff = max(cfg.MaxBackoff, cfg.Backoff)
-	if cfg.Concurrency <= 0 {
-		cfg.Concurrency = 16
+	if cfg.Concurrency < 1 {
+		errs = append(errs, fmt.Errorf("leases.revoke_concurrency must be at least 1; it is %d", cfg.Concurrency))
 	}
-	if cfg.RecoveryConcurrency <= 0 {
+	if cfg.RecoveryConcurrency < 0 {
+		errs = append(errs, fmt.Errorf("revocation queue: recovery concurrency must not be negative; it is %d", cfg.RecoveryConcurrency))
+	}
+	if cfg.RecoveryConcurrency == 0 {
 		cfg.RecoveryConcurrency = max(1, cfg.Concurrency/4)
 	}
 	if cfg.Timeout <= 0 {
-		cfg.Timeout = 30 * time.Second
+		errs = append(errs, fmt.Errorf("revocation timeout must be positive; it is %s", cfg.Timeout))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("revocation queue: %w", err)
 	}
 	q := &RevocationQueue{
 		cfg:      cfg,
@@ -95,7 +115,7 @@ func NewRevocationQueue(cfg RevocationQueueConfig) *RevocationQueue {
 	}
 	q.sems[laneHandle] = make(chan struct{}, cfg.Concurrency)
 	q.sems[laneRecovery] = make(chan struct{}, cfg.RecoveryConcurrency)
-	return q
+	return q, nil
 }
 
 // Lanes of the queue: each has its own concurrency budget.

@@ -304,7 +304,8 @@ func TestRevocationNeverOverlaps(t *testing.T) {
 	clk := clock.NewFake(t0)
 	be := newFakeBackend(0)
 	be.gate = make(chan struct{})
-	q := NewRevocationQueue(RevocationQueueConfig{Store: s, Revoke: be.Revoke, Clock: clk, Logger: quietLog, Concurrency: 4})
+	q := mustQueue(RevocationQueueConfig{Store: s, Revoke: be.Revoke, Clock: clk, Logger: quietLog,
+		Attempts: 8, Backoff: time.Second, MaxBackoff: 5 * time.Minute, Concurrency: 4, Timeout: DefaultRevokeTimeout})
 	const n = 20
 	var ended []*Lease
 	for i := range n {
@@ -396,7 +397,7 @@ func TestBackoff(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			q := NewRevocationQueue(RevocationQueueConfig{Backoff: tc.base, MaxBackoff: tc.max})
+			q := mustQueue(RevocationQueueConfig{Attempts: 1, Backoff: tc.base, MaxBackoff: tc.max, Concurrency: 1, Timeout: time.Second})
 			for i, d := range tc.wantByAttempt {
 				attempt := i + 1
 				seen := map[time.Duration]bool{}
@@ -418,28 +419,42 @@ func TestBackoff(t *testing.T) {
 	}
 }
 
-func TestRevocationQueueDefaults(t *testing.T) {
+// TestNewRevocationQueueTakesSettingsAsGiven: the queue uses exactly the
+// settings it is given (valet's validated leases.* keys) and refuses the
+// ones it cannot use, naming the key, instead of replacing them with
+// defaults.
+func TestNewRevocationQueueTakesSettingsAsGiven(t *testing.T) {
+	valid := RevocationQueueConfig{Attempts: 3, Backoff: 2 * time.Second, MaxBackoff: 2 * time.Second, Concurrency: 2, Timeout: time.Second}
+	q, err := NewRevocationQueue(valid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := q.cfg; c.Attempts != 3 || c.Backoff != 2*time.Second || c.MaxBackoff != 2*time.Second || c.Concurrency != 2 || c.Timeout != time.Second || cap(q.sems[laneHandle]) != 2 || cap(q.sems[laneRecovery]) != 1 {
+		t.Errorf("queue settings = attempts %d backoff %v max %v concurrency %d (slots %d, recovery %d) timeout %v; want them as given, recovery max(1, 2/4)",
+			c.Attempts, c.Backoff, c.MaxBackoff, c.Concurrency, cap(q.sems[laneHandle]), cap(q.sems[laneRecovery]), c.Timeout)
+	}
+
 	cases := []struct {
-		name          string
-		cfg           RevocationQueueConfig
-		wantBase      time.Duration
-		wantMax       time.Duration
-		wantAttempts  int
-		wantConc      int
-		wantTimeoutAt time.Duration
+		name string
+		edit func(*RevocationQueueConfig)
+		want string
 	}{
-		{"zero", RevocationQueueConfig{}, time.Second, 5 * time.Minute, 8, 16, 30 * time.Second},
-		{"base above the default cap", RevocationQueueConfig{Backoff: 10 * time.Minute}, 10 * time.Minute, 10 * time.Minute, 8, 16, 30 * time.Second},
-		{"cap below the base", RevocationQueueConfig{Backoff: 10 * time.Second, MaxBackoff: 2 * time.Second}, 10 * time.Second, 10 * time.Second, 8, 16, 30 * time.Second},
-		{"explicit", RevocationQueueConfig{Backoff: time.Second, MaxBackoff: time.Minute, Attempts: 3, Concurrency: 2, Timeout: time.Second},
-			time.Second, time.Minute, 3, 2, time.Second},
+		{"zero attempts", func(c *RevocationQueueConfig) { c.Attempts = 0 }, "leases.revoke_attempts must be at least 1; it is 0"},
+		{"zero backoff", func(c *RevocationQueueConfig) { c.Backoff = 0 }, "leases.revoke_backoff must be positive; it is 0s"},
+		{"zero max backoff", func(c *RevocationQueueConfig) { c.MaxBackoff = 0 }, "leases.revoke_max_backoff must be positive and not less than revoke_backoff (2s); it is 0s"},
+		{"max backoff below backoff", func(c *RevocationQueueConfig) { c.MaxBackoff = time.Second }, "leases.revoke_max_backoff must be positive and not less than revoke_backoff (2s); it is 1s"},
+		{"zero concurrency", func(c *RevocationQueueConfig) { c.Concurrency = 0 }, "leases.revoke_concurrency must be at least 1; it is 0"},
+		{"negative concurrency", func(c *RevocationQueueConfig) { c.Concurrency = -1 }, "leases.revoke_concurrency must be at least 1; it is -1"},
+		{"zero timeout", func(c *RevocationQueueConfig) { c.Timeout = 0 }, "revocation timeout must be positive; it is 0s"},
+		{"negative recovery concurrency", func(c *RevocationQueueConfig) { c.RecoveryConcurrency = -1 }, "recovery concurrency must not be negative; it is -1"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			c := NewRevocationQueue(tc.cfg).cfg
-			if c.Backoff != tc.wantBase || c.MaxBackoff != tc.wantMax || c.Attempts != tc.wantAttempts || c.Concurrency != tc.wantConc || c.Timeout != tc.wantTimeoutAt {
-				t.Errorf("config = backoff %v max %v attempts %d concurrency %d timeout %v; want %v %v %d %d %v",
-					c.Backoff, c.MaxBackoff, c.Attempts, c.Concurrency, c.Timeout, tc.wantBase, tc.wantMax, tc.wantAttempts, tc.wantConc, tc.wantTimeoutAt)
+			cfg := valid
+			tc.edit(&cfg)
+			q, err := NewRevocationQueue(cfg)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("NewRevocationQueue = %v, %v; want an error containing %q", q, err, tc.want)
 			}
 		})
 	}
@@ -482,7 +497,7 @@ func TestRecoveryNeverStarvesRevocationsByHandle(t *testing.T) {
 	if rec, err := s.RecoverPending(ctx, t0); err != nil || len(rec) != recovering {
 		t.Fatalf("RecoverPending = %d, %v", len(rec), err)
 	}
-	q := NewRevocationQueue(RevocationQueueConfig{Store: s, Revoke: be.Revoke, Clock: clk, Logger: quietLog,
+	q := mustQueue(RevocationQueueConfig{Store: s, Revoke: be.Revoke, Clock: clk, Logger: quietLog,
 		Attempts: 3, Backoff: time.Second, MaxBackoff: 8 * time.Second, Concurrency: 4, Timeout: time.Hour})
 	startQueue(t, q)
 	t.Cleanup(func() { close(be.gate) }) // runs before the queue is stopped

@@ -1,16 +1,18 @@
 package web
 
 import (
+	"context"
 	"crypto/subtle"
-	"net"
+	"errors"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/valet-broker/valet/broker"
-	"github.com/valet-broker/valet/broker/clock"
+	"github.com/valet-broker/valet/broker/audit"
+	"github.com/valet-broker/valet/broker/clientip"
 )
 
 // maxTokenBytes bounds what the sign-in form accepts as a token before
@@ -87,11 +89,8 @@ func (c *Console) handleLogin(w http.ResponseWriter, r *http.Request) {
 		c.renderLogin(w, r, http.StatusForbidden, "", next, "Sign-in with an operator token is turned off on this server; use single sign-on.")
 		return
 	}
-	ip := clientIP(r)
-	if !c.logins.allowed(ip) {
-		c.renderLogin(w, r, http.StatusTooManyRequests, "", next, "Too many failed sign-ins from your address. Wait a minute and try again.")
-		return
-	}
+	// The token is checked before anything else: a valid one signs in even
+	// while the address is throttled for the failures of others behind it.
 	token := strings.TrimSpace(r.PostForm.Get("token"))
 	var op *broker.Operator
 	if token != "" && len(token) <= maxTokenBytes {
@@ -101,8 +100,19 @@ func (c *Console) handleLogin(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if op == nil {
-		c.logins.failed(ip)
+		ip := clientIP(r)
 		c.log.Warn("console sign-in refused", "method", "token", "remote", ip)
+		err := c.b.RefuseCredential(r.Context(), broker.Refusal{Credential: broker.CredentialConsoleToken, SourceIP: ip,
+			Kind: audit.KindOperatorAuth, RequestID: w.Header().Get("X-Request-Id"), // set by the API server
+			Reason: "console sign-in with a token that is not a valid operator token"})
+		var be *broker.Error
+		if errors.As(err, &be) && be.Code == broker.ERATELIMIT {
+			wait := be.RetryAfterSeconds()
+			w.Header().Set("Retry-After", strconv.FormatInt(wait, 10))
+			c.renderLogin(w, r, http.StatusTooManyRequests, "", next, "Too many failed sign-ins from your address, and this token is not valid either. "+
+				"Check the token and try again in "+humanDuration(time.Duration(wait)*time.Second)+".")
+			return
+		}
 		c.renderLogin(w, r, http.StatusUnauthorized, "", next, "That is not a valid operator token.")
 		return
 	}
@@ -241,67 +251,19 @@ func localPath(p string) string {
 	return p
 }
 
-// clientIP is the connection's address; valet trusts no forwarding
-// headers.
+// clientIPKey holds a request's client address in its context.
+type clientIPKey struct{}
+
+// withClientIP resolves the request's client address once, on arrival.
+func (c *Console) withClientIP(r *http.Request) *http.Request {
+	return r.WithContext(context.WithValue(r.Context(), clientIPKey{}, c.addr.ClientIP(r)))
+}
+
+// clientIP is the request's client address: the connection's peer, or the
+// address a trusted proxy forwarded (see clientip.Resolver).
 func clientIP(r *http.Request) string {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		return r.RemoteAddr
+	if ip, ok := r.Context().Value(clientIPKey{}).(string); ok {
+		return ip
 	}
-	return host
-}
-
-// failureLimiter slows down guessing: after max failures from one address
-// within window, sign-ins from it are refused until the window passes.
-type failureLimiter struct {
-	mu     sync.Mutex
-	clock  clock.Clock
-	max    int
-	window time.Duration
-	m      map[string]*failures
-}
-
-type failures struct {
-	n     int
-	since time.Time
-}
-
-func newFailureLimiter(clk clock.Clock, max int, window time.Duration) *failureLimiter {
-	return &failureLimiter{clock: clk, max: max, window: window, m: map[string]*failures{}}
-}
-
-func (l *failureLimiter) allowed(ip string) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	f := l.m[ip]
-	if f == nil {
-		return true
-	}
-	if l.clock.Now().Sub(f.since) >= l.window {
-		delete(l.m, ip)
-		return true
-	}
-	return f.n < l.max
-}
-
-func (l *failureLimiter) failed(ip string) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	now := l.clock.Now()
-	if len(l.m) >= 10000 {
-		for k, f := range l.m {
-			if now.Sub(f.since) >= l.window {
-				delete(l.m, k)
-			}
-		}
-		if len(l.m) >= 10000 {
-			clear(l.m) // a flood of addresses: start over rather than grow
-		}
-	}
-	f := l.m[ip]
-	if f == nil || now.Sub(f.since) >= l.window {
-		f = &failures{since: now}
-		l.m[ip] = f
-	}
-	f.n++
+	return (*clientip.Resolver)(nil).ClientIP(r)
 }

@@ -10,11 +10,11 @@ import (
 	"net/url"
 	"slices"
 	"strings"
-	"time"
 
 	"go.etcd.io/bbolt"
 
 	"github.com/valet-broker/valet/broker"
+	"github.com/valet-broker/valet/broker/clientip"
 	"github.com/valet-broker/valet/broker/clock"
 	"github.com/valet-broker/valet/broker/grants"
 	"github.com/valet-broker/valet/leases"
@@ -39,6 +39,9 @@ type Config struct {
 	// requests (default: a client with a 10s timeout that trusts
 	// console.oidc.ca_file when set).
 	HTTPClient *http.Client
+	// ClientIP finds each request's client address (nil: the connection's
+	// peer; no proxy is trusted).
+	ClientIP *clientip.Resolver
 }
 
 // Console is the operator web console. It serves every path under /ui and
@@ -53,7 +56,7 @@ type Console struct {
 	origin   string // scheme://host[:port] of the public URL
 	https    bool
 	sessions *sessionStore
-	logins   *failureLimiter
+	addr     *clientip.Resolver
 	sso      *sso // nil without console.oidc
 	pages    *pages
 	activity activityCache
@@ -77,10 +80,10 @@ func New(ctx context.Context, cfg Config) (*Console, error) {
 	}
 	cc := cfg.Console
 	if cc.SessionIdle <= 0 || cc.SessionMax < cc.SessionIdle || cc.FreshLogin <= 0 {
-		return nil, errors.New("console: session_idle, session_max and fresh_login must be positive (apply the config defaults)")
+		return nil, fmt.Errorf("console: console.session_idle (%s) and console.fresh_login (%s) must be positive and console.session_max (%s) not less than session_idle",
+			cc.SessionIdle, cc.FreshLogin, cc.SessionMax)
 	}
-	tokenLogin := cc.TokenLogin == nil || *cc.TokenLogin
-	if !tokenLogin && cc.OIDC == nil {
+	if !cc.TokenLoginAllowed() && cc.OIDC == nil {
 		return nil, errors.New("console: console.token_login is off and console.oidc is not set, so nobody could sign in; enable one, or set console.disabled: true")
 	}
 	origin, https, err := consoleOrigin(cfg.PublicURL)
@@ -95,7 +98,7 @@ func New(ctx context.Context, cfg Config) (*Console, error) {
 		b: cfg.Broker, ops: cfg.Operators, auditDB: cfg.AuditDB, cc: cc, clock: cfg.Clock, log: cfg.Logger,
 		origin: origin, https: https, pages: pg,
 		sessions: newSessionStore(cfg.Clock, cc.SessionIdle.D(), cc.SessionMax.D()),
-		logins:   newFailureLimiter(cfg.Clock, 10, time.Minute),
+		addr:     cfg.ClientIP,
 	}
 	if cc.OIDC != nil {
 		if c.sso, err = newSSO(ctx, cc.OIDC, cfg.HTTPClient, cfg.Clock); err != nil {
@@ -168,6 +171,7 @@ func (c *Console) routes() {
 // headers; every state-changing request must come from the console's own
 // origin before anything else looks at it.
 func (c *Console) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	r = c.withClientIP(r)
 	c.setSecurityHeaders(w, r)
 	if !safeMethod(r.Method) {
 		if reason := c.crossOrigin(r); reason != "" {

@@ -100,20 +100,53 @@ func TestConsoleTokenLogin(t *testing.T) {
 	}
 }
 
+// TestConsoleLoginThrottlesGuessing: after 10 failed sign-ins from an
+// address its further failures are refused with 429, while a valid token
+// from the same address (an operator behind the same proxy) still signs
+// in; the failures are audited one by one only within the budget.
 func TestConsoleLoginThrottlesGuessing(t *testing.T) {
 	f := newFixture(t, nil)
-	b := f.browser()
+	guesser, operator := f.browser(), f.browser()
+	guess := func() *resp {
+		return guesser.post("/ui/login", url.Values{"token": {"guess"}, "csrf": {guesser.csrf("/ui/login")}})
+	}
 	for i := 0; i < 10; i++ {
-		if r := b.post("/ui/login", url.Values{"token": {"guess"}, "csrf": {b.csrf("/ui/login")}}); r.Status != http.StatusUnauthorized {
-			t.Fatalf("guess %d: %d", i, r.Status)
+		if r := guess(); r.Status != http.StatusUnauthorized {
+			t.Fatalf("guess %d: %d", i+1, r.Status)
 		}
 	}
-	r := b.post("/ui/login", url.Values{"token": {testTokens["alice"]}, "csrf": {b.csrf("/ui/login")}})
-	if r.Status != http.StatusTooManyRequests || b.cookie(sessionCookie) != nil {
-		t.Fatalf("11th attempt: %d", r.Status)
+	for i := 0; i < 3; i++ {
+		r := guess()
+		if r.Status != http.StatusTooManyRequests || guesser.cookie(sessionCookie) != nil {
+			t.Fatalf("guess %d over the budget: %d", 11+i, r.Status)
+		}
+		if s, err := strconv.Atoi(r.Header.Get("Retry-After")); err != nil || s < 1 || s > 60 {
+			t.Errorf("Retry-After = %q, want 1 to 60 seconds", r.Header.Get("Retry-After"))
+		}
+		mustContain(t, r.Body, "Too many failed sign-ins")
 	}
+	operator.login("alice")
+	guesser.login("bob")
+
+	recs, err := audit.List(f.store.DB(), audit.Filter{Kind: audit.KindOperatorAuth, Limit: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) != 10 {
+		t.Errorf("%d failed sign-ins recorded one by one, want the 10 within the budget", len(recs))
+	}
+	for _, rec := range recs {
+		if rec.Decision != audit.Deny || rec.Actor.Type != audit.ActorAnonymous || rec.Details["source_ip"] != "127.0.0.1" ||
+			rec.Details["credential"] != "console_token" {
+			t.Errorf("sign-in refusal recorded as %+v", rec)
+		}
+	}
+
+	// The budget refills with time.
 	f.clock.Advance(time.Minute)
-	b.login("alice")
+	if r := guess(); r.Status != http.StatusUnauthorized {
+		t.Errorf("a guess a minute later: %d, want 401", r.Status)
+	}
 }
 
 func TestConsoleSessionTimeouts(t *testing.T) {
@@ -699,9 +732,11 @@ func TestConsolePaging(t *testing.T) {
 
 func TestConsoleReviewFollowsDecisionRules(t *testing.T) {
 	f := newFixture(t, func(cfg *broker.Config, _ *Config) {
-		cfg.Roles = append(cfg.Roles, broker.Role{Name: "guarded-glass", Backend: "mem", TTL: broker.Duration(5 * time.Minute),
-			Approval: broker.ApprovalConfig{Required: 1, Approvers: broker.ApproversConfig{Groups: []string{"approvers"}},
-				BreakGlass: broker.BreakGlassConfig{Allowed: true}}})
+		cfg.Roles = append(cfg.Roles, broker.Defaulted(func(r *broker.Role) {
+			r.Name, r.Backend, r.TTL = "guarded-glass", "mem", broker.Duration(5*time.Minute)
+			r.Approval.Required, r.Approval.Approvers = 1, broker.ApproversConfig{Groups: []string{"approvers"}}
+			r.Approval.BreakGlass.Allowed = true
+		}))
 	})
 	// The agent's attestation names owner@example.com (an approver) as
 	// the person behind it.
@@ -858,11 +893,10 @@ func TestConsoleIDTokenSignInIsFreshOnlyByItsAuthTime(t *testing.T) {
 		if err := sso.WriteJWKS(jwks); err != nil {
 			t.Fatal(err)
 		}
-		cfg.Operators.Issuers = []broker.OperatorIssuerConfig{{
-			IssuerConfig: broker.IssuerConfig{Name: "sso", Issuer: "https://sso.test", Audiences: []string{"valet-console"},
-				JWKSFile: jwks, Algorithms: []string{"ES256"}},
-			OperatorIdentityConfig: broker.OperatorIdentityConfig{AllowAll: true},
-		}}
+		cfg.Operators.Issuers = []broker.OperatorIssuerConfig{broker.Defaulted(func(ic *broker.OperatorIssuerConfig) {
+			ic.Name, ic.Issuer, ic.Audiences, ic.JWKSFile, ic.Algorithms = "sso", "https://sso.test", []string{"valet-console"}, jwks, []string{"ES256"}
+			ic.AllowAll = true
+		})}
 	})
 	id := f.request("agent-1", "elevated", "pasted token", nil)
 	cases := []struct {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -104,9 +105,8 @@ func (l *logBuffer) String() string {
 	return l.b.String()
 }
 
-// newFixture starts a console; edit may change its configuration (the
-// console section and PublicURL are set already; edit runs before
-// defaults are applied).
+// newFixture starts a console; edit may change its configuration (built
+// from broker.DefaultConfig, with PublicURL set already).
 func newFixture(t *testing.T, edit func(*broker.Config, *Config)) *fixture {
 	t.Helper()
 	dir := t.TempDir()
@@ -136,30 +136,37 @@ func newFixture(t *testing.T, edit func(*broker.Config, *Config)) *fixture {
 		}
 		toks = append(toks, ot)
 	}
-	cfg := &broker.Config{
-		DataDir:   dir,
-		PublicURL: publicURL,
-		Issuers:   []broker.IssuerConfig{{Name: "test", Issuer: "https://issuer.test", Audiences: []string{"valet"}, JWKSFile: jwks, Algorithms: []string{"ES256"}}},
-		Backends:  []broker.BackendConfig{{Name: "mem", Type: "mem"}, {Name: "stubborn", Type: "mem"}},
-		Roles: []broker.Role{
-			{Name: "demo", Backend: "mem", TTL: broker.Duration(5 * time.Minute)},
-			{Name: "elevated", Backend: "mem", TTL: broker.Duration(5 * time.Minute), Approval: broker.ApprovalConfig{Required: 1}},
-			{Name: "two-keys", Backend: "mem", TTL: broker.Duration(5 * time.Minute), Approval: broker.ApprovalConfig{Required: 2,
-				Approvers: broker.ApproversConfig{Groups: []string{"approvers"}}}},
-			{Name: "glass", Backend: "mem", TTL: broker.Duration(5 * time.Minute), Approval: broker.ApprovalConfig{Required: 1,
-				BreakGlass: broker.BreakGlassConfig{Allowed: true}}},
-			{Name: "stubborn", Backend: "stubborn", TTL: broker.Duration(time.Hour)},
-		},
-		Policy:    broker.PolicyConfig{Dir: filepath.Join(dir, "policies")},
-		Operators: broker.OperatorsConfig{Tokens: toks},
-		Leases:    broker.LeasesConfig{RevokeAttempts: 1},
-		Limits:    broker.LimitsConfig{AgentRate: -1},
+	role := func(name, backend string, ttl time.Duration, approval func(*broker.ApprovalConfig)) broker.Role {
+		return broker.Defaulted(func(r *broker.Role) {
+			r.Name, r.Backend, r.TTL = name, backend, broker.Duration(ttl)
+			if approval != nil {
+				approval(&r.Approval)
+			}
+		})
 	}
+	cfg := broker.DefaultConfig()
+	cfg.DataDir, cfg.PublicURL = dir, publicURL
+	cfg.Issuers = []broker.IssuerConfig{broker.Defaulted(func(ic *broker.IssuerConfig) {
+		ic.Name, ic.Issuer, ic.Audiences, ic.JWKSFile, ic.Algorithms = "test", "https://issuer.test", []string{"valet"}, jwks, []string{"ES256"}
+	})}
+	cfg.Backends = []broker.BackendConfig{{Name: "mem", Type: "mem"}, {Name: "stubborn", Type: "mem"}}
+	cfg.Roles = []broker.Role{
+		role("demo", "mem", 5*time.Minute, nil),
+		role("elevated", "mem", 5*time.Minute, func(a *broker.ApprovalConfig) { a.Required = 1 }),
+		role("two-keys", "mem", 5*time.Minute, func(a *broker.ApprovalConfig) {
+			a.Required, a.Approvers = 2, broker.ApproversConfig{Groups: []string{"approvers"}}
+		}),
+		role("glass", "mem", 5*time.Minute, func(a *broker.ApprovalConfig) { a.Required, a.BreakGlass.Allowed = 1, true }),
+		role("stubborn", "stubborn", time.Hour, nil),
+	}
+	cfg.Policy.Dir = filepath.Join(dir, "policies")
+	cfg.Operators = broker.OperatorsConfig{Tokens: toks}
+	cfg.Leases.RevokeAttempts = 1
+	cfg.Limits.AgentRate = math.Inf(1)
 	wcfg := &Config{Clock: clk}
 	if edit != nil {
 		edit(cfg, wcfg)
 	}
-	cfg.ApplyDefaults()
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
@@ -170,7 +177,7 @@ func newFixture(t *testing.T, edit func(*broker.Config, *Config)) *fixture {
 	t.Cleanup(func() { store.Close() })
 	logs := &logBuffer{}
 	log := slog.New(slog.NewTextHandler(logs, nil))
-	v, err := attest.New(context.Background(), attest.Options{Issuers: cfg.Issuers, Clock: clk, Logger: log})
+	v, err := attest.New(context.Background(), attest.Options{MaxTokenBytes: broker.DefaultMaxAttestationBytes, Issuers: cfg.Issuers, Clock: clk, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -181,11 +188,14 @@ func newFixture(t *testing.T, edit func(*broker.Config, *Config)) *fixture {
 	be := &memBackend{live: map[string]bool{}}
 	stubborn := &memBackend{live: map[string]bool{}, failRevoke: true}
 	bes := map[string]backends.Backend{"mem": be, "stubborn": stubborn}
-	q := leases.NewRevocationQueue(leases.RevocationQueueConfig{Store: store, Clock: clk, Logger: log, Attempts: cfg.Leases.RevokeAttempts,
-		Backoff: time.Minute, MaxBackoff: time.Hour,
+	q, err := leases.NewRevocationQueue(leases.RevocationQueueConfig{Store: store, Clock: clk, Logger: log, Attempts: cfg.Leases.RevokeAttempts,
+		Backoff: time.Minute, MaxBackoff: time.Hour, Concurrency: cfg.Leases.RevokeConcurrency, Timeout: leases.DefaultRevokeTimeout,
 		Revoke: func(ctx context.Context, l *leases.Lease) error {
 			return bes[l.Backend].Revoke(ctx, backends.Ref{Handle: l.Handle, CorrelationID: l.ID})
 		}})
+	if err != nil {
+		t.Fatal(err)
+	}
 	gs, err := grants.NewStore(store)
 	if err != nil {
 		t.Fatal(err)
@@ -197,7 +207,7 @@ func newFixture(t *testing.T, edit func(*broker.Config, *Config)) *fixture {
 	}
 	var opVerifier broker.Verifier
 	if len(cfg.Operators.Issuers) > 0 {
-		if opVerifier, err = attest.New(context.Background(), attest.Options{Issuers: cfg.Operators.IssuerConfigs(), Clock: clk, Logger: log}); err != nil {
+		if opVerifier, err = attest.New(context.Background(), attest.Options{MaxTokenBytes: broker.DefaultMaxAttestationBytes, Issuers: cfg.Operators.IssuerConfigs(), Clock: clk, Logger: log}); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -201,8 +201,11 @@ func newSSOFixture(t *testing.T, edit func(*broker.ConsoleOIDCConfig)) (*fixture
 		if err := os.WriteFile(secretFile, []byte(idp.secret+"\n"), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		cfg.Console.OIDC = &broker.ConsoleOIDCConfig{Issuer: idp.srv.URL, ClientID: idp.clientID, ClientSecretFile: secretFile,
-			OperatorIdentityConfig: broker.OperatorIdentityConfig{AllowedGroups: []string{"valet-operators"}}}
+		oidc := broker.Defaulted(func(o *broker.ConsoleOIDCConfig) {
+			o.Issuer, o.ClientID, o.ClientSecretFile = idp.srv.URL, idp.clientID, secretFile
+			o.RedirectURL, o.AllowedGroups = cfg.PublicURL+"/ui/auth/callback", []string{"valet-operators"}
+		})
+		cfg.Console.OIDC = &oidc
 		if edit != nil {
 			edit(cfg.Console.OIDC)
 		}

@@ -74,7 +74,7 @@ func TestConsoleRevokeOfAnEndedLeaseSaysSo(t *testing.T) {
 	b := f.browser()
 	b.login("alice")
 	res := f.mint("agent-1", "demo", nil)
-	p, err := f.b.AuthenticateAgent(context.Background(), f.attest("agent-1", nil), "")
+	p, err := f.b.AuthenticateAgent(context.Background(), f.attest("agent-1", nil), "", "")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -39,8 +39,16 @@ type Options struct {
 	Algorithm string `yaml:"algorithm"`
 	// KeyRetention is how long a rotated-out key stays in the JWKS so tokens
 	// it signed still verify (default 24h; must exceed the longest role
-	// max_ttl).
+	// max_ttl). It must be positive: with 0 a rotation would unpublish the
+	// key that signed every live token.
 	KeyRetention broker.Duration `yaml:"key_retention"`
+}
+
+// SetDefaults sets algorithm ES256 and key_retention 24h; New decodes the
+// options on top of them, so only absent keys take a default.
+func (o *Options) SetDefaults() {
+	o.Algorithm = "ES256"
+	o.KeyRetention = broker.Duration(24 * time.Hour)
 }
 
 // RoleParams are a role's jwt-specific parameters.
@@ -87,17 +95,15 @@ func (b *Backend) SelfContained() {}
 // first key.
 func New(name string, options map[string]any, deps backends.Deps) (backends.Backend, error) {
 	var o Options
+	o.SetDefaults()
 	if err := broker.DecodeOptions(options, &o); err != nil {
 		return nil, fmt.Errorf("backend %s: %w", name, err)
-	}
-	if o.Algorithm == "" {
-		o.Algorithm = "ES256"
 	}
 	if o.Algorithm != "ES256" && o.Algorithm != "EdDSA" {
 		return nil, fmt.Errorf("backend %s: algorithm %q must be ES256 or EdDSA", name, o.Algorithm)
 	}
-	if o.KeyRetention == 0 {
-		o.KeyRetention = broker.Duration(24 * time.Hour)
+	if o.KeyRetention <= 0 {
+		return nil, fmt.Errorf("backend %s: key_retention must be positive (how long a rotated-out key stays published); it is %s", name, o.KeyRetention)
 	}
 	if deps.Clock == nil {
 		deps.Clock = clock.Real{}

@@ -687,6 +687,11 @@ func TestNewRejectsBadOptions(t *testing.T) {
 		{"RSA", map[string]any{"algorithm": "RS256"}, testKEK, "must be ES256 or EdDSA"},
 		{"HMAC", map[string]any{"algorithm": "HS256"}, testKEK, "must be ES256 or EdDSA"},
 		{"unknown option", map[string]any{"algoritm": "ES256"}, testKEK, "algoritm"},
+		// A key set to its zero value keeps it; it never falls back to the
+		// default.
+		{"empty algorithm", map[string]any{"algorithm": ""}, testKEK, `algorithm "" must be ES256 or EdDSA`},
+		{"zero key_retention", map[string]any{"key_retention": "0s"}, testKEK, "key_retention must be positive (how long a rotated-out key stays published); it is 0s"},
+		{"zero key_retention as a number", map[string]any{"key_retention": 0}, testKEK, "key_retention must be positive"},
 		{"no KEK", nil, nil, "key-encryption key"},
 		{"short KEK", nil, []byte("0123456789abcdef"), "key-encryption key"},
 	}
@@ -695,6 +700,29 @@ func TestNewRejectsBadOptions(t *testing.T) {
 			_, err := New("tokens", tt.opts, backends.Deps{DataDir: t.TempDir(), KEK: tt.kek, PublicURL: testIssuer, Clock: clock.NewFake(t0)})
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("New = %v, want an error containing %q", err, tt.want)
+			}
+		})
+	}
+}
+
+// TestOptionDefaults: absent keys take their defaults; present keys keep
+// their values.
+func TestOptionDefaults(t *testing.T) {
+	tests := []struct {
+		name          string
+		opts          map[string]any
+		wantAlg       string
+		wantRetention time.Duration
+	}{
+		{"absent", nil, "ES256", 24 * time.Hour},
+		{"set", map[string]any{"algorithm": "EdDSA", "key_retention": "2h"}, "EdDSA", 2 * time.Hour},
+		{"retention only", map[string]any{"key_retention": 3600}, "ES256", time.Hour},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFixture(t, tt.opts)
+			if f.b.opts.Algorithm != tt.wantAlg || f.b.opts.KeyRetention.D() != tt.wantRetention {
+				t.Fatalf("algorithm %q, key_retention %s; want %q, %s", f.b.opts.Algorithm, f.b.opts.KeyRetention, tt.wantAlg, tt.wantRetention)
 			}
 		})
 	}

@@ -51,7 +51,7 @@ type Options struct {
 	ClientCertFile string `yaml:"client_cert_file"`
 	ClientKeyFile  string `yaml:"client_key_file"`
 	TLSServerName  string `yaml:"tls_server_name"`
-	// Timeout bounds each request to Vault (default 10s).
+	// Timeout bounds each request to Vault (default 10s; positive).
 	Timeout broker.Duration `yaml:"timeout"`
 	// Auth is how valet itself logs in to Vault.
 	Auth AuthOptions `yaml:"auth"`
@@ -60,6 +60,13 @@ type Options struct {
 	// default true). Without it such a token is not found and expires on
 	// its own, no later than its lease.
 	RecoveryScan *bool `yaml:"recovery_scan"`
+}
+
+// SetDefaults sets timeout 10s; New decodes the options on top of it, so
+// only an absent key takes the default. RecoveryScan stays nil, which means
+// true.
+func (o *Options) SetDefaults() {
+	o.Timeout = broker.Duration(10 * time.Second)
 }
 
 // RoleParams are a role's vault-specific parameters.
@@ -120,14 +127,16 @@ func (b *Backend) RevokeAtExpiry() {}
 // with 503 until it can.
 func New(name string, options map[string]any, deps backends.Deps) (backends.Backend, error) {
 	var o Options
+	o.SetDefaults()
 	if err := broker.DecodeOptions(options, &o); err != nil {
 		return nil, fmt.Errorf("backend %s: %w", name, err)
 	}
 	if o.Address == "" {
 		return nil, fmt.Errorf("backend %s: address is required", name)
 	}
-	if o.Timeout == 0 {
-		o.Timeout = broker.Duration(10 * time.Second)
+	if o.Timeout <= 0 {
+		// The api client would wait forever on a Vault that hangs.
+		return nil, fmt.Errorf("backend %s: timeout must be positive; it is %s", name, o.Timeout)
 	}
 	if o.RecoveryScan == nil {
 		t := true

@@ -608,3 +608,24 @@ path "auth/token/revoke-accessor" { capabilities = ["update"] }
 		t.Fatal(err)
 	}
 }
+
+// TestNewRefusesZeroTimeout: timeout: 0 is refused at start-up, not
+// replaced by the default (the api client would wait forever on a Vault
+// that hangs). No Vault is needed: New checks its options first.
+func TestNewRefusesZeroTimeout(t *testing.T) {
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tokenFile, []byte("s.unused\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, timeout := range []any{"0s", 0} {
+		opts := map[string]any{"address": "http://127.0.0.1:1", "timeout": timeout,
+			"auth": map[string]any{"method": "token", "token_file": tokenFile}}
+		be, err := vault.New("vault-main", opts, backends.Deps{Clock: clock.Real{}, Logger: quiet})
+		if err == nil || !strings.Contains(err.Error(), "backend vault-main: timeout must be positive; it is 0s") {
+			if be != nil {
+				be.(*vault.Backend).Close()
+			}
+			t.Fatalf("timeout %v: New = %v; want a refusal naming timeout", timeout, err)
+		}
+	}
+}

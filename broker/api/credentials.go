@@ -91,7 +91,7 @@ func (s *Server) handleCredentialCreate(w http.ResponseWriter, r *http.Request) 
 	}
 	mr := broker.MintRequest{
 		Attestation: tok, Role: req.Role, Reason: req.Reason, Scope: req.Scope, BreakGlass: req.BreakGlass,
-		SourceIP: sourceIP(r), RequestID: requestID(r.Context()),
+		SourceIP: s.clientIP(r), RequestID: requestID(r.Context()),
 	}
 	if req.TTL != nil {
 		mr.TTL = req.TTL.D()

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"strconv"
 
 	"github.com/valet-broker/valet/broker"
 )
@@ -70,12 +71,21 @@ func (s *Server) Error(w http.ResponseWriter, r *http.Request, err error) {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="valet"`)
 	}
 	if status == http.StatusTooManyRequests {
-		w.Header().Set("Retry-After", "1")
+		w.Header().Set("Retry-After", retryAfter(err))
 	}
 	writeProblem(w, Problem{
 		Type: ProblemType(code), Title: titleOf[code], Status: status, Detail: broker.ErrorMessage(err),
 		Instance: r.URL.Path, Code: code, RequestID: rid,
 	})
+}
+
+// retryAfter is the Retry-After value for a rate-limited request.
+func retryAfter(err error) string {
+	var be *broker.Error
+	if errors.As(err, &be) {
+		return strconv.FormatInt(be.RetryAfterSeconds(), 10)
+	}
+	return "1"
 }
 
 func writeProblem(w http.ResponseWriter, p Problem) {

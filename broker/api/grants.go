@@ -105,7 +105,7 @@ func (s *Server) handleGrantRedeem(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	res, err := s.b.RedeemGrant(r.Context(), broker.RedeemRequest{
-		Attestation: tok, GrantID: chi.URLParam(r, "id"), SourceIP: sourceIP(r), RequestID: requestID(r.Context()),
+		Attestation: tok, GrantID: chi.URLParam(r, "id"), SourceIP: s.clientIP(r), RequestID: requestID(r.Context()),
 	})
 	if err != nil {
 		s.Error(w, r, err)

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/valet-broker/valet/broker"
+	"github.com/valet-broker/valet/broker/audit"
 )
 
 // handleIntrospect answers RFC 7662 token introspection for an
@@ -29,6 +30,17 @@ func (s *Server) handleIntrospect(w http.ResponseWriter, r *http.Request) {
 	}
 	client, err := s.rs.Authenticate(r.Context(), cc)
 	if err != nil {
+		if cc.Method != "" && broker.ErrorCode(err) == broker.EUNAUTHORIZED {
+			// Client credentials that do not verify are throttled like
+			// any other credential.
+			if rerr := s.b.RefuseCredential(r.Context(), broker.Refusal{
+				Credential: broker.CredentialIntrospectionClient, SourceIP: s.clientIP(r), Kind: audit.KindIntrospection,
+				RequestID: requestID(r.Context()), Reason: broker.ErrorMessage(err),
+			}); rerr != nil {
+				s.writeOAuthError(w, r, oauthErrorOf(rerr), rerr)
+				return
+			}
+		}
 		s.writeOAuthError(w, r, clientAuthError(err), err)
 		return
 	}

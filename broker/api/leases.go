@@ -112,7 +112,7 @@ func (s *Server) handleLeaseRenew(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	rr := broker.RenewRequest{ID: chi.URLParam(r, "id"), SourceIP: sourceIP(r), RequestID: requestID(r.Context())}
+	rr := broker.RenewRequest{ID: chi.URLParam(r, "id"), SourceIP: s.clientIP(r), RequestID: requestID(r.Context())}
 	if req.TTL != nil {
 		rr.TTL = req.TTL.D()
 	}

@@ -1,82 +1,191 @@
 package api
 
 import (
+	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/valet-broker/valet/broker"
+	"github.com/valet-broker/valet/broker/notify"
 	"github.com/valet-broker/valet/leases"
 )
 
-// Metrics are valet's Prometheus metrics. Labels never carry agent ids,
-// tokens or lease ids: only roles, outcomes, routes and states.
+// Metrics are valet's Prometheus metrics. Every label value comes from a
+// closed set — HTTP methods, route patterns, configured role and webhook
+// names, error codes, outcomes — and anything outside it is counted as
+// "other", so no request can add a series. Labels never carry agent ids,
+// tokens or lease ids.
 type Metrics struct {
-	Registry     *prometheus.Registry
-	Mints        *prometheus.CounterVec
-	MintLatency  *prometheus.HistogramVec
-	HTTPRequests *prometheus.CounterVec
-	ExpiryLate   prometheus.Histogram
-	Revocations  *prometheus.CounterVec
-	PolicyReload *prometheus.CounterVec
-	// PolicyErrors counts policies that failed to evaluate, by policy id
+	Registry      *prometheus.Registry
+	mints         *prometheus.CounterVec
+	mintLatency   *prometheus.HistogramVec
+	httpRequests  *prometheus.CounterVec
+	expiryLate    prometheus.Histogram
+	revocations   *prometheus.CounterVec
+	policyReloads *prometheus.CounterVec
+	// policyErrors counts policies that failed to evaluate, by policy id
 	// (the ids of the loaded policy sets, a closed set).
-	PolicyErrors *prometheus.CounterVec
-	// Notifications counts webhook deliveries by outcome (ok, retry,
-	// failed, dropped).
-	Notifications *prometheus.CounterVec
+	policyErrors  *prometheus.CounterVec
+	notifications *prometheus.CounterVec
+	refusals      *prometheus.CounterVec
+
+	roles, outcomes, webhooks, events labelSet
 }
 
+// KnownLabels are the configured names metrics may carry as labels.
+type KnownLabels struct {
+	Roles    []string // role names
+	Webhooks []string // webhook names
+}
+
+// otherLabel stands for every value outside a label's closed set.
+const otherLabel = "other"
+
+// labelSet is the closed set of values a label may take.
+type labelSet map[string]bool
+
+func newLabelSet(values ...string) labelSet {
+	s := labelSet{}
+	for _, v := range values {
+		s[v] = true
+	}
+	return s
+}
+
+// value returns v if it is in the set, else "other".
+func (s labelSet) value(v string) string {
+	if s[v] {
+		return v
+	}
+	return otherLabel
+}
+
+// httpMethods are the methods of RFC 9110 and RFC 5789 (PATCH).
+var httpMethods = newLabelSet(http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch,
+	http.MethodDelete, http.MethodConnect, http.MethodOptions, http.MethodTrace)
+
+// Closed sets of outcomes reported by valet's own components.
+var (
+	revocationOutcomes = newLabelSet("revoked", "failed", "expired")
+	reloadResults      = newLabelSet("ok", "error")
+	notifyOutcomes     = newLabelSet(notify.OutcomeOK, notify.OutcomeRetry, notify.OutcomeFailed, notify.OutcomeDropped)
+	credentialTypes    = newLabelSet(broker.CredentialTypes...)
+)
+
 // NewMetrics registers valet's metrics (and the Go and process collectors)
-// on reg.
-func NewMetrics(reg *prometheus.Registry) *Metrics {
+// on reg. known lists the configured names that may appear as labels.
+func NewMetrics(reg *prometheus.Registry, known KnownLabels) *Metrics {
+	outcomes := newLabelSet("ok", "pending")
+	for code := range statusOf {
+		outcomes[code] = true
+	}
+	events := newLabelSet()
+	for ev := range broker.NotificationEvents {
+		events[ev] = true
+	}
 	m := &Metrics{
 		Registry: reg,
-		Mints: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "valet_mints_total", Help: "Mint requests by role and outcome (ok or an error code).",
+		roles:    newLabelSet(known.Roles...), outcomes: outcomes, webhooks: newLabelSet(known.Webhooks...), events: events,
+		mints: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "valet_mints_total", Help: "Mint requests by role (other: not a configured role) and outcome (ok or an error code).",
 		}, []string{"role", "outcome"}),
-		MintLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		mintLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "valet_mint_duration_seconds", Help: "Time to answer a mint request.",
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
 		}, []string{"outcome"}),
-		HTTPRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "valet_http_requests_total", Help: "HTTP requests by route, method and status.",
+		httpRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "valet_http_requests_total", Help: "HTTP requests by route pattern (unmatched: no route), method (other: not a standard method) and status.",
 		}, []string{"route", "method", "status"}),
-		ExpiryLate: prometheus.NewHistogram(prometheus.HistogramOpts{
+		expiryLate: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "valet_lease_expiry_lateness_seconds", Help: "How long after its expiry a lease was recorded as expired.",
 			Buckets: []float64{.001, .005, .01, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
 		}),
-		Revocations: prometheus.NewCounterVec(prometheus.CounterOpts{
+		revocations: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "valet_revocation_attempts_total", Help: "Revocation attempts by outcome: revoked (the backend confirmed), failed (retried later), expired (the credential died on its own first).",
 		}, []string{"outcome"}),
-		PolicyReload: prometheus.NewCounterVec(prometheus.CounterOpts{
+		policyReloads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "valet_policy_reloads_total", Help: "Policy reloads by result (ok or error).",
 		}, []string{"result"}),
-		PolicyErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+		policyErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "valet_policy_evaluation_errors_total", Help: "Policies that failed to evaluate for a request, by policy id (policy.on_error says whether a forbid that errors denies).",
 		}, []string{"policy"}),
-		Notifications: prometheus.NewCounterVec(prometheus.CounterOpts{
+		notifications: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "valet_notifications_total", Help: "Webhook delivery attempts by webhook, event and outcome (ok, retry, failed, dropped).",
 		}, []string{"webhook", "event", "outcome"}),
+		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "valet_auth_refusals_total", Help: "Credentials that did not verify, by type (attestation, operator_token, console_token, introspection_client) and whether their address was over its failure budget (answered 429).",
+		}, []string{"credential", "throttled"}),
 	}
-	reg.MustRegister(m.Mints, m.MintLatency, m.HTTPRequests, m.ExpiryLate, m.Revocations, m.PolicyReload, m.PolicyErrors, m.Notifications,
+	reg.MustRegister(m.mints, m.mintLatency, m.httpRequests, m.expiryLate, m.revocations, m.policyReloads, m.policyErrors, m.notifications, m.refusals,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
 
+// knownLabels are the role names of b's configuration (for a Server built
+// without Metrics).
+func knownLabels(b *broker.Broker) KnownLabels {
+	var k KnownLabels
+	if b != nil {
+		for _, r := range b.Roles() {
+			k.Roles = append(k.Roles, r.Name)
+		}
+	}
+	return k
+}
+
 // Minted implements broker.Observer.
 func (m *Metrics) Minted(role, outcome string, d time.Duration) {
-	if role == "" {
-		role = "unknown"
+	outcome = m.outcomes.value(outcome)
+	m.mints.WithLabelValues(m.roles.value(role), outcome).Inc()
+	m.mintLatency.WithLabelValues(outcome).Observe(d.Seconds())
+}
+
+// CredentialRefused implements broker.Observer.
+func (m *Metrics) CredentialRefused(credential string, throttled bool) {
+	m.refusals.WithLabelValues(credentialTypes.value(credential), strconv.FormatBool(throttled)).Inc()
+}
+
+// Request counts an HTTP request. route must be one of the router's route
+// patterns, or "" for none; the server checks it.
+func (m *Metrics) Request(route, method string, status int) {
+	if route == "" {
+		route = "unmatched"
 	}
-	m.Mints.WithLabelValues(role, outcome).Inc()
-	m.MintLatency.WithLabelValues(outcome).Observe(d.Seconds())
+	m.httpRequests.WithLabelValues(route, httpMethods.value(method), strconv.Itoa(status)).Inc()
+}
+
+// RevocationAttempt counts a revocation attempt (leases.RevocationQueue's
+// OnAttempt).
+func (m *Metrics) RevocationAttempt(outcome string) {
+	m.revocations.WithLabelValues(revocationOutcomes.value(outcome)).Inc()
+}
+
+// PolicyReloaded counts a policy reload; failed says whether it was refused.
+func (m *Metrics) PolicyReloaded(failed bool) {
+	result := "ok"
+	if failed {
+		result = "error"
+	}
+	m.policyReloads.WithLabelValues(reloadResults.value(result)).Inc()
+}
+
+// PolicyErrored counts a policy that failed to evaluate for a request.
+// id is a policy id of a loaded policy set, a closed set that changes
+// only when an operator changes the policy files.
+func (m *Metrics) PolicyErrored(id string) { m.policyErrors.WithLabelValues(id).Inc() }
+
+// Notified counts a webhook delivery attempt (notify.Options.OnResult).
+func (m *Metrics) Notified(webhook, event, outcome string) {
+	m.notifications.WithLabelValues(m.webhooks.value(webhook), m.events.value(event), notifyOutcomes.value(outcome)).Inc()
 }
 
 // Expired records expiry lateness for a batch of expired leases.
 func (m *Metrics) Expired(expired []*leases.Lease, now time.Time) {
 	for _, l := range expired {
-		m.ExpiryLate.Observe(now.Sub(l.ExpiresAt).Seconds())
+		m.expiryLate.Observe(now.Sub(l.ExpiresAt).Seconds())
 	}
 }
 

@@ -117,6 +117,9 @@ func (s *Server) writeOAuthError(w http.ResponseWriter, r *http.Request, e *oaut
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("Pragma", "no-cache")
+	if e.status == http.StatusTooManyRequests {
+		w.Header().Set("Retry-After", retryAfter(cause))
+	}
 	w.WriteHeader(e.status)
 	out := *e
 	out.Description = errorDescription(e.Description)
@@ -240,7 +243,7 @@ func (s *Server) handleTokenExchange(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// A token endpoint answers at once; approval takes a person.
-	mr := broker.MintRequest{Attestation: req.SubjectToken, Role: req.Role, SourceIP: sourceIP(r), RequestID: requestID(r.Context()), Immediate: true}
+	mr := broker.MintRequest{Attestation: req.SubjectToken, Role: req.Role, SourceIP: s.clientIP(r), RequestID: requestID(r.Context()), Immediate: true}
 	if len(req.Scopes) > 0 {
 		list := make([]any, len(req.Scopes))
 		for i, sc := range req.Scopes {

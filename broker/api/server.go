@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"strings"
 	"time"
@@ -21,6 +20,8 @@ import (
 	"go.etcd.io/bbolt"
 
 	"github.com/valet-broker/valet/broker"
+	"github.com/valet-broker/valet/broker/audit"
+	"github.com/valet-broker/valet/broker/clientip"
 )
 
 // Config are the Server's dependencies.
@@ -44,6 +45,9 @@ type Config struct {
 	// NotificationStats, if set, reports webhook delivery (GET
 	// /v1/notifications).
 	NotificationStats func() any
+	// ClientIP finds each request's client address (nil: the connection's
+	// peer; no proxy is trusted).
+	ClientIP *clientip.Resolver
 }
 
 // Server serves the API.
@@ -59,6 +63,10 @@ type Server struct {
 	ready   func() error
 	router  chi.Router
 	nstats  func() any
+	addr    *clientip.Resolver
+	// routes are the router's route patterns: the closed set of the
+	// route label.
+	routes map[string]bool
 }
 
 // New builds the router.
@@ -67,7 +75,7 @@ func New(cfg Config) *Server {
 		cfg.Logger = slog.Default()
 	}
 	if cfg.Metrics == nil {
-		cfg.Metrics = NewMetrics(prometheus.NewRegistry())
+		cfg.Metrics = NewMetrics(prometheus.NewRegistry(), knownLabels(cfg.Broker))
 	}
 	if cfg.Ready == nil {
 		cfg.Ready = func() error { return nil }
@@ -77,7 +85,7 @@ func New(cfg Config) *Server {
 	}
 	s := &Server{
 		b: cfg.Broker, ops: cfg.Operators, rs: cfg.ResourceServers, auditDB: cfg.AuditDB, limits: cfg.Limits, public: cfg.PublicURL,
-		metrics: cfg.Metrics, log: cfg.Logger, ready: cfg.Ready, nstats: cfg.NotificationStats,
+		metrics: cfg.Metrics, log: cfg.Logger, ready: cfg.Ready, nstats: cfg.NotificationStats, addr: cfg.ClientIP,
 	}
 	r := chi.NewRouter()
 	r.Use(s.withRequestID, s.withRecover, s.withLogging, s.withLimits)
@@ -103,6 +111,11 @@ func New(cfg Config) *Server {
 		r.Mount("/ui", cfg.UI)
 	}
 	s.router = r
+	s.routes = map[string]bool{}
+	_ = chi.Walk(r, func(_, route string, _ http.Handler, _ ...func(http.Handler) http.Handler) error {
+		s.routes[route] = true
+		return nil
+	})
 	return s
 }
 
@@ -215,18 +228,18 @@ func (s *Server) withLogging(next http.Handler) http.Handler {
 		sw := &statusWriter{ResponseWriter: w}
 		next.ServeHTTP(sw, r)
 		route := chi.RouteContext(r.Context()).RoutePattern()
-		if route == "" {
-			route = "unmatched"
+		if !s.routes[route] {
+			route = "unmatched" // no route, or a sub-router's catch-all (404)
 		}
 		if sw.status == 0 {
 			sw.status = http.StatusOK
 		}
-		s.metrics.HTTPRequests.WithLabelValues(route, r.Method, fmt.Sprint(sw.status)).Inc()
+		s.metrics.Request(route, r.Method, sw.status)
 		if route == "/healthz" || route == "/metrics" || route == "/readyz" {
 			return
 		}
 		s.log.Info("http", "request_id", requestID(r.Context()), "method", r.Method, "route", route,
-			"status", sw.status, "duration_ms", float64(time.Since(start).Microseconds())/1000, "remote", sourceIP(r))
+			"status", sw.status, "duration_ms", float64(time.Since(start).Microseconds())/1000, "remote", s.clientIP(r))
 	})
 }
 
@@ -273,7 +286,8 @@ func (s *Server) bearer(r *http.Request) (string, error) {
 }
 
 // caller authenticates the bearer as an operator or, failing that, as an
-// agent attestation.
+// agent attestation. A credential that does not verify is refused through
+// broker.RefuseCredential, so its address's failures are throttled.
 func (s *Server) caller(r *http.Request) (broker.Caller, error) {
 	tok, err := s.bearer(r)
 	if err != nil {
@@ -284,19 +298,22 @@ func (s *Server) caller(r *http.Request) (broker.Caller, error) {
 	}
 	op, isOp, err := s.ops.Authenticate(r.Context(), tok)
 	if err != nil {
-		return broker.Caller{}, err
+		return broker.Caller{}, s.refuseOperator(r, err)
 	}
 	if isOp {
 		return broker.Caller{Operator: op}, nil
 	}
-	p, err := s.b.AuthenticateAgent(r.Context(), tok, requestID(r.Context()))
+	p, err := s.b.AuthenticateAgent(r.Context(), tok, s.clientIP(r), requestID(r.Context()))
 	if err != nil {
 		return broker.Caller{}, err
 	}
 	return broker.Caller{Agent: p}, nil
 }
 
-// requireOperator admits only operators.
+// requireOperator admits only operators. A bearer token that is not a
+// valid operator credential is refused through broker.RefuseCredential:
+// 401 while the client's address is within its failure budget, 429 once
+// it is over; a valid one is admitted either way.
 func (s *Server) requireOperator(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		tok, err := s.bearer(r)
@@ -309,16 +326,31 @@ func (s *Server) requireOperator(next http.Handler) http.Handler {
 			return
 		}
 		op, isOp, err := s.ops.Authenticate(r.Context(), tok)
-		if err != nil {
-			s.Error(w, r, err)
-			return
+		if err == nil && !isOp {
+			err = broker.Errorf(broker.EUNAUTHORIZED, "this endpoint is for operators; the bearer token is not an operator credential")
 		}
-		if !isOp {
-			s.Error(w, r, broker.Errorf(broker.EUNAUTHORIZED, "this endpoint is for operators; the bearer token is not an operator credential"))
+		if err != nil {
+			s.Error(w, r, s.refuseOperator(r, err))
 			return
 		}
 		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), keyOperator, op)))
 	})
+}
+
+// refuseOperator accounts for an operator credential that did not verify
+// (cause) and returns the error to answer with: cause, or ERATELIMIT when
+// the client's address is over its failure budget.
+func (s *Server) refuseOperator(r *http.Request, cause error) error {
+	if broker.ErrorCode(cause) != broker.EUNAUTHORIZED {
+		return cause // not a verdict on the credential (an issuer's keys could not be fetched)
+	}
+	if err := s.b.RefuseCredential(r.Context(), broker.Refusal{
+		Credential: broker.CredentialOperatorToken, SourceIP: s.clientIP(r), Kind: audit.KindOperatorAuth,
+		RequestID: requestID(r.Context()), Reason: broker.ErrorMessage(cause),
+	}); err != nil {
+		return err
+	}
+	return cause
 }
 
 func operatorFrom(ctx context.Context) *broker.Operator {
@@ -326,12 +358,6 @@ func operatorFrom(ctx context.Context) *broker.Operator {
 	return op
 }
 
-// sourceIP is the client address as seen on the connection. valet does not
-// trust X-Forwarded-For.
-func sourceIP(r *http.Request) string {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		return r.RemoteAddr
-	}
-	return host
-}
+// clientIP is the request's client address: the connection's peer, or
+// the address a trusted proxy forwarded (see clientip.Resolver).
+func (s *Server) clientIP(r *http.Request) string { return s.addr.ClientIP(r) }

@@ -37,11 +37,12 @@ import (
 
 // Options configures a Verifier.
 type Options struct {
-	// Issuers are the trusted issuers, already defaulted and validated by
-	// broker.Config.
+	// Issuers are the trusted issuers, as validated by broker.Config. Their
+	// settings are used as given: clock_skew 0 tolerates no skew and
+	// max_token_age 0 sets no age limit.
 	Issuers []broker.IssuerConfig
-	// MaxTokenBytes is checked before any parsing; 0 means
-	// broker.DefaultMaxAttestationBytes.
+	// MaxTokenBytes is checked before any parsing (limits.max_attestation_bytes;
+	// positive).
 	MaxTokenBytes int
 	// Clock is the source of time for expiry checks and key caching; nil
 	// means clock.Real{}.
@@ -54,7 +55,8 @@ type Options struct {
 	// has RequireJTI.
 	Replay ReplayCache
 	// CacheSize is how many verified attestations are remembered so a
-	// repeated token skips the signature check (0 disables the cache).
+	// repeated token skips the signature check (limits.attestation_cache;
+	// 0 turns the cache off, negative is refused).
 	CacheSize int
 	// Logger receives warnings about key fetches and skipped keys; nil
 	// means slog.Default().
@@ -97,9 +99,19 @@ type trustedIssuer struct {
 // (or by Prefetch), so valet can start while an issuer is down. New also
 // fails if an issuer allows an algorithm valet never accepts (none, HS*), if
 // two issuers share a name, an iss or a trust domain, if a ca_file cannot
-// be read, or if an issuer has RequireJTI and opts.Replay is nil. New makes
-// no network request, so it does not use ctx today.
+// be read, if an issuer has RequireJTI and opts.Replay is nil, or if a
+// number is out of range (MaxTokenBytes not positive, CacheSize negative, a
+// negative clock_skew or max_token_age, a jwks_url or discovery issuer's
+// jwks_refresh_interval or jwks_cache_ttl not positive): settings are never
+// replaced by defaults here. New makes no network request, so it does not
+// use ctx today.
 func New(_ context.Context, opts Options) (*Verifier, error) {
+	if opts.MaxTokenBytes <= 0 {
+		return nil, fmt.Errorf("attest: limits.max_attestation_bytes must be positive; it is %d", opts.MaxTokenBytes)
+	}
+	if opts.CacheSize < 0 {
+		return nil, fmt.Errorf("attest: limits.attestation_cache must not be negative; it is %d", opts.CacheSize)
+	}
 	v := &Verifier{
 		byIss:         map[string]*trustedIssuer{},
 		byTrustDomain: map[string]*trustedIssuer{},
@@ -108,9 +120,6 @@ func New(_ context.Context, opts Options) (*Verifier, error) {
 		replay:        opts.Replay,
 		log:           opts.Logger,
 		cache:         newVerifiedCache(opts.CacheSize),
-	}
-	if v.maxBytes <= 0 {
-		v.maxBytes = broker.DefaultMaxAttestationBytes
 	}
 	if v.clock == nil {
 		v.clock = clock.Real{}
@@ -162,15 +171,13 @@ func (v *Verifier) newIssuer(cfg broker.IssuerConfig, client *http.Client) (*tru
 		return nil, errors.New("name must be set")
 	}
 	if cfg.SubjectClaim == "" {
-		cfg.SubjectClaim = "sub"
+		return nil, errors.New("subject_claim must not be empty")
 	}
-	// Zero intervals would turn every unknown kid into a fetch; fall back
-	// to the configuration defaults rather than hammer the issuer.
-	if cfg.JWKSRefreshInterval <= 0 {
-		cfg.JWKSRefreshInterval = broker.Duration(time.Minute)
+	if cfg.ClockSkew < 0 {
+		return nil, fmt.Errorf("clock_skew must not be negative; it is %s", cfg.ClockSkew)
 	}
-	if cfg.JWKSCacheTTL <= 0 {
-		cfg.JWKSCacheTTL = broker.Duration(time.Hour)
+	if cfg.MaxTokenAge < 0 {
+		return nil, fmt.Errorf("max_token_age must not be negative; it is %s", cfg.MaxTokenAge)
 	}
 	ti := &trustedIssuer{
 		cfg:    cfg,
@@ -221,6 +228,10 @@ func (v *Verifier) newIssuer(cfg broker.IssuerConfig, client *http.Client) (*tru
 		return ti, nil
 	}
 
+	// Zero intervals would turn every unknown kid into a fetch.
+	if cfg.JWKSRefreshInterval <= 0 || cfg.JWKSCacheTTL <= 0 {
+		return nil, fmt.Errorf("jwks_refresh_interval (%s) and jwks_cache_ttl (%s) must be positive", cfg.JWKSRefreshInterval, cfg.JWKSCacheTTL)
+	}
 	if cfg.CAFile != "" {
 		c, err := clientWithRoots(client, cfg.CAFile)
 		if err != nil {

@@ -17,11 +17,11 @@ func newCachedEnv(t testing.TB, mod func(*broker.IssuerConfig)) *env {
 	t.Helper()
 	clk := clock.NewFake(start)
 	dev := newDev(t, testIss, clk)
-	cfg := issuerConfig(t, broker.IssuerConfig{Name: "oidc", Issuer: testIss, JWKSFile: writeJWKS(t, dev)})
+	cfg := issuerConfig(t, func(ic *broker.IssuerConfig) { ic.Name, ic.Issuer, ic.JWKSFile = "oidc", testIss, writeJWKS(t, dev) })
 	if mod != nil {
 		mod(&cfg)
 	}
-	opts := attest.Options{Issuers: []broker.IssuerConfig{cfg}, Clock: clk, CacheSize: 16}
+	opts := attest.Options{MaxTokenBytes: broker.DefaultMaxAttestationBytes, Issuers: []broker.IssuerConfig{cfg}, Clock: clk, CacheSize: 16}
 	if cfg.RequireJTI {
 		db, err := bbolt.Open(filepath.Join(t.TempDir(), "r.db"), 0o600, nil)
 		if err != nil {
@@ -75,8 +75,8 @@ func TestCachedTokenDroppedWhenItsKeyIsRotatedOut(t *testing.T) {
 	clk := clock.NewFake(start)
 	old := newDev(t, testIss, clk)
 	ks := newKeyServer(t, mustPublicJWKS(t, old))
-	cfg := issuerConfig(t, broker.IssuerConfig{Name: "remote", Issuer: testIss, JWKSURL: ks.url("/jwks")})
-	v := newVerifier(t, attest.Options{Issuers: []broker.IssuerConfig{cfg}, Clock: clk, CacheSize: 16})
+	cfg := issuerConfig(t, func(ic *broker.IssuerConfig) { ic.Name, ic.Issuer, ic.JWKSURL = "remote", testIss, ks.url("/jwks") })
+	v := newVerifier(t, attest.Options{MaxTokenBytes: broker.DefaultMaxAttestationBytes, Issuers: []broker.IssuerConfig{cfg}, Clock: clk, CacheSize: 16})
 	oldTok := sign(t, old, claims(map[string]any{"exp": start.Add(time.Hour).Unix()}))
 	if _, err := v.Verify(context.Background(), oldTok); err != nil {
 		t.Fatal(err)

@@ -58,8 +58,13 @@ func TestLoadOrCreateDevIssuer(t *testing.T) {
 		t.Fatalf("kid changed across loads: %q then %q", d1.KeyID(), d2.KeyID())
 	}
 	clk := clock.NewFake(time.Now())
-	cfg := issuerConfig(t, broker.IssuerConfig{Name: "dev", Issuer: d2.Issuer(), JWKSFile: d2.JWKSPath(), Algorithms: []string{"ES256"}})
-	v := newVerifier(t, attest.Options{Issuers: []broker.IssuerConfig{cfg}, Clock: clk})
+	cfg := issuerConfig(t, func(ic *broker.IssuerConfig) {
+		ic.Name = "dev"
+		ic.Issuer = d2.Issuer()
+		ic.JWKSFile = d2.JWKSPath()
+		ic.Algorithms = []string{"ES256"}
+	})
+	v := newVerifier(t, attest.Options{MaxTokenBytes: broker.DefaultMaxAttestationBytes, Issuers: []broker.IssuerConfig{cfg}, Clock: clk})
 	tok, err := d1.Sign(map[string]any{"sub": "demo-agent", "aud": testAud})
 	if err != nil {
 		t.Fatal(err)

@@ -47,12 +47,28 @@ func FuzzVerify(f *testing.F) {
 	k8s := fixedDev(f, fuzzKeyA, "https://kubernetes.default.svc", clk)
 	gha := fixedDev(f, fuzzKeyB, broker.GitHubActionsIssuer, clk)
 	spire := fixedDev(f, fuzzKeyB, "", clk)
-	v := newVerifier(f, attest.Options{Clock: clk, Issuers: []broker.IssuerConfig{
-		issuerConfig(f, broker.IssuerConfig{Name: "oidc", Issuer: a.Issuer(), JWKSFile: a.JWKSPath(),
-			ClaimMappings: map[string]string{"team": "ext.team", "n": "ext.n"}}),
-		issuerConfig(f, broker.IssuerConfig{Name: "k8s", Type: broker.IssuerKubernetes, Issuer: k8s.Issuer(), JWKSFile: k8s.JWKSPath()}),
-		issuerConfig(f, broker.IssuerConfig{Name: "gha", Type: broker.IssuerGitHub, JWKSFile: gha.JWKSPath()}),
-		issuerConfig(f, broker.IssuerConfig{Name: "spire", Type: broker.IssuerSPIFFE, TrustDomain: "example.org", JWKSFile: spire.JWKSPath()}),
+	v := newVerifier(f, attest.Options{MaxTokenBytes: broker.DefaultMaxAttestationBytes, Clock: clk, Issuers: []broker.IssuerConfig{
+		issuerConfig(f, func(ic *broker.IssuerConfig) {
+			ic.Name = "oidc"
+			ic.Issuer = a.Issuer()
+			ic.JWKSFile = a.JWKSPath()
+			ic.ClaimMappings = map[string]string{"team": "ext.team", "n": "ext.n"}
+		}),
+		issuerConfig(f, func(ic *broker.IssuerConfig) {
+			ic.Name = "k8s"
+			ic.Type = broker.IssuerKubernetes
+			ic.Issuer = k8s.Issuer()
+			ic.JWKSFile = k8s.JWKSPath()
+		}),
+		issuerConfig(f, func(ic *broker.IssuerConfig) {
+			ic.Name, ic.Type, ic.Issuer, ic.JWKSFile = "gha", broker.IssuerGitHub, broker.GitHubActionsIssuer, gha.JWKSPath()
+		}),
+		issuerConfig(f, func(ic *broker.IssuerConfig) {
+			ic.Name = "spire"
+			ic.Type = broker.IssuerSPIFFE
+			ic.TrustDomain = "example.org"
+			ic.JWKSFile = spire.JWKSPath()
+		}),
 	}})
 
 	// genuine holds the signed content (header.payload) of every token
@@ -183,13 +199,32 @@ func FuzzVerifyClaims(f *testing.F) {
 	k8s := fixedDev(f, fuzzKeyA, "https://kubernetes.default.svc", clk)
 	spire := fixedDev(f, fuzzKeyA, "", clk)
 	cfgs := []broker.IssuerConfig{
-		issuerConfig(f, broker.IssuerConfig{Name: "oidc", Issuer: a.Issuer(), JWKSFile: a.JWKSPath(),
-			ClaimMappings: map[string]string{"team": "ext.team", "n": "ext.n", "k": "kubernetes.io.namespace"}}),
-		issuerConfig(f, broker.IssuerConfig{Name: "k8s", Type: broker.IssuerKubernetes, Issuer: k8s.Issuer(), JWKSFile: k8s.JWKSPath()}),
-		issuerConfig(f, broker.IssuerConfig{Name: "gha", Type: broker.IssuerGitHub, Issuer: broker.GitHubActionsIssuer, JWKSFile: a.JWKSPath()}),
-		issuerConfig(f, broker.IssuerConfig{Name: "spire", Type: broker.IssuerSPIFFE, TrustDomain: "example.org", JWKSFile: spire.JWKSPath()}),
+		issuerConfig(f, func(ic *broker.IssuerConfig) {
+			ic.Name = "oidc"
+			ic.Issuer = a.Issuer()
+			ic.JWKSFile = a.JWKSPath()
+			ic.ClaimMappings = map[string]string{"team": "ext.team", "n": "ext.n", "k": "kubernetes.io.namespace"}
+		}),
+		issuerConfig(f, func(ic *broker.IssuerConfig) {
+			ic.Name = "k8s"
+			ic.Type = broker.IssuerKubernetes
+			ic.Issuer = k8s.Issuer()
+			ic.JWKSFile = k8s.JWKSPath()
+		}),
+		issuerConfig(f, func(ic *broker.IssuerConfig) {
+			ic.Name = "gha"
+			ic.Type = broker.IssuerGitHub
+			ic.Issuer = broker.GitHubActionsIssuer
+			ic.JWKSFile = a.JWKSPath()
+		}),
+		issuerConfig(f, func(ic *broker.IssuerConfig) {
+			ic.Name = "spire"
+			ic.Type = broker.IssuerSPIFFE
+			ic.TrustDomain = "example.org"
+			ic.JWKSFile = spire.JWKSPath()
+		}),
 	}
-	v := newVerifier(f, attest.Options{Clock: clk, Issuers: cfgs})
+	v := newVerifier(f, attest.Options{MaxTokenBytes: broker.DefaultMaxAttestationBytes, Clock: clk, Issuers: cfgs})
 	key := a.Key()
 	hdr := mustJSON(f, map[string]any{"alg": "ES256", "kid": a.KeyID()})
 

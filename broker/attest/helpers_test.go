@@ -34,16 +34,15 @@ const (
 	testAud = "valet"
 )
 
-// issuerConfig returns an issuer config with valet's defaults applied, the
-// way broker.Config hands it to attest.New.
-func issuerConfig(tb testing.TB, ic broker.IssuerConfig) broker.IssuerConfig {
+// issuerConfig returns an issuer config with valet's defaults and audience
+// testAud, then edit applied: what broker.Config hands attest.New for an
+// issuer whose file sets only what edit sets.
+func issuerConfig(tb testing.TB, edit func(*broker.IssuerConfig)) broker.IssuerConfig {
 	tb.Helper()
-	if len(ic.Audiences) == 0 {
+	return broker.Defaulted(func(ic *broker.IssuerConfig) {
 		ic.Audiences = []string{testAud}
-	}
-	cfg := broker.Config{Issuers: []broker.IssuerConfig{ic}}
-	cfg.ApplyDefaults()
-	return cfg.Issuers[0]
+		edit(ic)
+	})
 }
 
 // newDev returns an in-memory dev issuer whose tokens use clk's time.
@@ -103,11 +102,11 @@ func newEnv(tb testing.TB, mod func(*broker.IssuerConfig)) *env {
 	tb.Helper()
 	clk := clock.NewFake(start)
 	dev := newDev(tb, testIss, clk)
-	cfg := issuerConfig(tb, broker.IssuerConfig{Name: "oidc", Issuer: testIss, JWKSFile: writeJWKS(tb, dev)})
+	cfg := issuerConfig(tb, func(ic *broker.IssuerConfig) { ic.Name, ic.Issuer, ic.JWKSFile = "oidc", testIss, writeJWKS(tb, dev) })
 	if mod != nil {
 		mod(&cfg)
 	}
-	v := newVerifier(tb, attest.Options{Issuers: []broker.IssuerConfig{cfg}, Clock: clk})
+	v := newVerifier(tb, attest.Options{MaxTokenBytes: broker.DefaultMaxAttestationBytes, Issuers: []broker.IssuerConfig{cfg}, Clock: clk})
 	return &env{clk: clk, dev: dev, cfg: cfg, v: v}
 }
 

@@ -65,10 +65,14 @@ func TestJWKSKeepsOnlyPublicSigningKeys(t *testing.T) {
 		publicJWK(t, edPub, "ed", "EdDSA"),
 	}
 	path := writeFile(t, "jwks.json", jwksOf(t, keys...))
-	cfg := issuerConfig(t, broker.IssuerConfig{Name: "mixed", Issuer: testIss, JWKSFile: path,
-		Algorithms: []string{"ES256", "RS256", "EdDSA"}})
+	cfg := issuerConfig(t, func(ic *broker.IssuerConfig) {
+		ic.Name = "mixed"
+		ic.Issuer = testIss
+		ic.JWKSFile = path
+		ic.Algorithms = []string{"ES256", "RS256", "EdDSA"}
+	})
 	var logs bytes.Buffer
-	v := newVerifier(t, attest.Options{Issuers: []broker.IssuerConfig{cfg}, Clock: clk, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	v := newVerifier(t, attest.Options{MaxTokenBytes: broker.DefaultMaxAttestationBytes, Issuers: []broker.IssuerConfig{cfg}, Clock: clk, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	// Each skipped key is logged with its reason, and never with key
 	// material.
 	for _, reason := range []string{

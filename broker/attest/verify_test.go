@@ -261,9 +261,11 @@ func TestVerifyIssuerSelection(t *testing.T) {
 		other := newDev(t, "https://other.test", e.clk)
 		cfgs := []broker.IssuerConfig{
 			e.cfg,
-			issuerConfig(t, broker.IssuerConfig{Name: "other", Issuer: other.Issuer(), JWKSFile: writeJWKS(t, other)}),
+			issuerConfig(t, func(ic *broker.IssuerConfig) {
+				ic.Name, ic.Issuer, ic.JWKSFile = "other", other.Issuer(), writeJWKS(t, other)
+			}),
 		}
-		v := newVerifier(t, attest.Options{Issuers: cfgs, Clock: e.clk})
+		v := newVerifier(t, attest.Options{MaxTokenBytes: broker.DefaultMaxAttestationBytes, Issuers: cfgs, Clock: e.clk})
 		// Signed by "other", but claiming to be from testIss.
 		tok := sign(t, other, claims(map[string]any{"iss": testIss}))
 		_, err := v.Verify(context.Background(), tok)
@@ -390,9 +392,13 @@ func TestVerifyKeySelection(t *testing.T) {
 		publicJWK(t, &ec384.PublicKey, "ec384", ""),
 		publicJWK(t, &rsaK.PublicKey, "rsa", ""),
 	))
-	cfg := issuerConfig(t, broker.IssuerConfig{Name: "multi", Issuer: testIss, JWKSFile: jwksPath,
-		Algorithms: []string{"ES256", "ES384", "RS256", "PS256"}})
-	v := newVerifier(t, attest.Options{Issuers: []broker.IssuerConfig{cfg}, Clock: clk})
+	cfg := issuerConfig(t, func(ic *broker.IssuerConfig) {
+		ic.Name = "multi"
+		ic.Issuer = testIss
+		ic.JWKSFile = jwksPath
+		ic.Algorithms = []string{"ES256", "ES384", "RS256", "PS256"}
+	})
+	v := newVerifier(t, attest.Options{MaxTokenBytes: broker.DefaultMaxAttestationBytes, Issuers: []broker.IssuerConfig{cfg}, Clock: clk})
 	pay := mustJSON(t, claims(map[string]any{"iss": testIss, "iat": start.Unix(), "exp": start.Add(time.Minute).Unix()}))
 	h := func(alg, kid string) []byte {
 		m := map[string]any{"alg": alg}
@@ -582,7 +588,7 @@ func TestNewRejectsBadOptions(t *testing.T) {
 	dev := newDev(t, testIss, clk)
 	jwks := writeJWKS(t, dev)
 	base := func() broker.IssuerConfig {
-		return issuerConfig(t, broker.IssuerConfig{Name: "k8s", Issuer: testIss, JWKSFile: jwks})
+		return issuerConfig(t, func(ic *broker.IssuerConfig) { ic.Name, ic.Issuer, ic.JWKSFile = "k8s", testIss, jwks })
 	}
 	cases := []struct {
 		name string
@@ -612,10 +618,23 @@ func TestNewRejectsBadOptions(t *testing.T) {
 			o.Issuers[0].JWKSFile, o.Issuers[0].JWKSURL, o.Issuers[0].CAFile = "", "https://keys.test/jwks", "/nonexistent/ca.pem"
 		}, "read ca_file"},
 		{"two key sources", func(o *attest.Options) { o.Issuers[0].JWKSURL = "https://keys.test/jwks" }, "exactly one of"},
+		// Settings are taken as given, never replaced by defaults: what
+		// cannot be used is refused.
+		{"zero max token bytes", func(o *attest.Options) { o.MaxTokenBytes = 0 }, "limits.max_attestation_bytes must be positive; it is 0"},
+		{"negative cache size", func(o *attest.Options) { o.CacheSize = -1 }, "limits.attestation_cache must not be negative; it is -1"},
+		{"negative clock skew", func(o *attest.Options) { o.Issuers[0].ClockSkew = -1 }, "issuer k8s: clock_skew must not be negative"},
+		{"negative max token age", func(o *attest.Options) { o.Issuers[0].MaxTokenAge = -1 }, "issuer k8s: max_token_age must not be negative"},
+		{"empty subject claim", func(o *attest.Options) { o.Issuers[0].SubjectClaim = "" }, "issuer k8s: subject_claim must not be empty"},
+		{"zero jwks refresh interval", func(o *attest.Options) {
+			o.Issuers[0].JWKSFile, o.Issuers[0].JWKSURL, o.Issuers[0].JWKSRefreshInterval = "", "https://keys.test/jwks", 0
+		}, "issuer k8s: jwks_refresh_interval (0s) and jwks_cache_ttl (1h0m0s) must be positive"},
+		{"zero jwks cache ttl", func(o *attest.Options) {
+			o.Issuers[0].JWKSFile, o.Issuers[0].JWKSURL, o.Issuers[0].JWKSCacheTTL = "", "https://keys.test/jwks", 0
+		}, "issuer k8s: jwks_refresh_interval (1m0s) and jwks_cache_ttl (0s) must be positive"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			o := attest.Options{Issuers: []broker.IssuerConfig{base()}, Clock: clk, Logger: discardLogger()}
+			o := attest.Options{MaxTokenBytes: broker.DefaultMaxAttestationBytes, Issuers: []broker.IssuerConfig{base()}, Clock: clk, Logger: discardLogger()}
 			tc.mod(&o)
 			_, err := attest.New(context.Background(), o)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {

@@ -60,6 +60,15 @@ const (
 	KindGrantRedeem  = "grant.redeem"  // the agent redeemed an approved grant
 	KindBreakGlass   = "break_glass"   // emergency access minted without approval
 	KindGrantReview  = "grant.review"  // an operator reviewed a break-glass grant
+
+	// KindOperatorAuth is a refused operator credential: a bearer token at
+	// an operator endpoint or a console sign-in that did not verify.
+	KindOperatorAuth = "operator.auth"
+	// KindAuthRefusedSummary counts the refused credentials that were not
+	// recorded one by one (their address was over its failure budget, or
+	// too many were refused at once): counts by credential type, the
+	// number of addresses and the busiest ones. At most one a minute.
+	KindAuthRefusedSummary = "auth.refused.summary"
 )
 
 // Kinds lists every kind of record valet writes, for filters that must
@@ -68,6 +77,7 @@ var Kinds = []string{
 	KindMint, KindMintFailed, KindRenew, KindRelease, KindRevoke, KindRevoked, KindRevokeFailed, KindIrrevocable,
 	KindExpire, KindRecover, KindLeaseAccess, KindPolicyReload, KindConfigLoad, KindServerStart, KindIntrospection,
 	KindGrantRequest, KindGrantApprove, KindGrantDeny, KindGrantExpired, KindGrantRedeem, KindBreakGlass, KindGrantReview,
+	KindOperatorAuth, KindAuthRefusedSummary,
 }
 
 // Actor is who caused a record.

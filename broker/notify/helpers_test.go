@@ -280,3 +280,14 @@ func verifySignature(secret []byte, h http.Header, body []byte, now time.Time) b
 	want := "sha256=" + hex.EncodeToString(mac.Sum(nil))
 	return hmac.Equal([]byte(want), []byte(h.Get("X-Valet-Signature")))
 }
+
+// webhook returns a webhook with valet's defaults, named name and sending
+// to url, then edit (if not nil) applied.
+func webhook(name, url string, edit func(*broker.WebhookConfig)) broker.WebhookConfig {
+	return broker.Defaulted(func(w *broker.WebhookConfig) {
+		w.Name, w.URL = name, url
+		if edit != nil {
+			edit(w)
+		}
+	})
+}

@@ -16,10 +16,7 @@ import (
 	"github.com/valet-broker/valet/broker/clock"
 )
 
-// Defaults for a webhook whose configuration leaves them zero.
 const (
-	DefaultTimeout     = 5 * time.Second
-	DefaultMaxAttempts = 8
 	// QueueSize bounds the events waiting for one webhook. When it is full
 	// the oldest waiting event is dropped: the newest events (a request
 	// still waiting for approval) are the ones operators can act on.
@@ -36,7 +33,8 @@ const (
 
 // Options configures a Dispatcher.
 type Options struct {
-	// Webhooks are the receivers, as validated by broker.Config.Validate;
+	// Webhooks are the receivers, as validated by broker.Config.Validate,
+	// used as given (build them with broker.WebhookConfig.SetDefaults);
 	// SecretFile paths must be absolute (or relative to the working
 	// directory).
 	Webhooks []broker.WebhookConfig
@@ -102,7 +100,8 @@ var _ broker.Notifier = (*Dispatcher)(nil)
 
 // New reads each webhook's secret file and returns a Dispatcher; call Run
 // to start delivering. It returns an error naming the webhook when a secret
-// file cannot be read or is empty, or when a format is unknown.
+// file cannot be read or is empty, when a format is unknown, when timeout is
+// not positive or when max_attempts is below 1.
 func New(opts Options) (*Dispatcher, error) {
 	d := &Dispatcher{
 		clk:      opts.Clock,
@@ -146,17 +145,15 @@ func newWebhook(c broker.WebhookConfig) (*webhook, error) {
 		wake:        make(chan struct{}, 1),
 	}
 	switch w.format {
-	case "":
-		w.format = "json"
 	case "json", "slack":
 	default:
 		return nil, fmt.Errorf("format %q must be json or slack", c.Format)
 	}
 	if w.timeout <= 0 {
-		w.timeout = DefaultTimeout
+		return nil, fmt.Errorf("timeout must be positive; it is %s", c.Timeout)
 	}
-	if w.maxAttempts <= 0 {
-		w.maxAttempts = DefaultMaxAttempts
+	if w.maxAttempts < 1 {
+		return nil, fmt.Errorf("max_attempts must be at least 1; it is %d", c.MaxAttempts)
 	}
 	if len(c.Events) > 0 {
 		w.events = map[string]bool{}

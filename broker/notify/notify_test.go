@@ -32,7 +32,7 @@ func TestJSONPayloadAndHeaders(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			rc := newReceiver(t, statuses(http.StatusNoContent))
 			clk := newTimerClock()
-			hook := broker.WebhookConfig{Name: "security", URL: rc.url}
+			hook := webhook("security", rc.url, nil)
 			if tc.secretFile != "" {
 				hook.SecretFile = writeSecret(t, tc.secretFile)
 			}
@@ -185,7 +185,7 @@ func TestEventFilter(t *testing.T) {
 			rc := newReceiver(t, statuses(http.StatusOK))
 			res := newResults()
 			d := mustRun(t, notify.Options{
-				Webhooks: []broker.WebhookConfig{{Name: "ops", URL: rc.url, Events: tc.events}},
+				Webhooks: []broker.WebhookConfig{webhook("ops", rc.url, func(w *broker.WebhookConfig) { w.Events = tc.events })},
 				Clock:    newTimerClock(), OnResult: res.on,
 			})
 			for _, typ := range tc.notify {
@@ -245,17 +245,18 @@ func TestRetries(t *testing.T) {
 		outcome     string
 		lastError   string // substring of Stats().LastError
 	}{
-		{"500 twice then 200", statuses(500, 500, 200), 0, 0, []time.Duration{1 * s, 2 * s}, notify.OutcomeOK, "500 Internal Server Error"},
-		{"400 is permanent", statuses(400), 0, 0, nil, notify.OutcomeFailed, "400 Bad Request"},
-		{"redirect is permanent", statuses(http.StatusFound), 0, 0, nil, notify.OutcomeFailed, "redirects are not followed"},
-		{"always 500 gives up after the default 8 attempts", statuses(500), 0, 0,
+		{"500 twice then 200", statuses(500, 500, 200), 8, 5 * s, []time.Duration{1 * s, 2 * s}, notify.OutcomeOK, "500 Internal Server Error"},
+		{"400 is permanent", statuses(400), 8, 5 * s, nil, notify.OutcomeFailed, "400 Bad Request"},
+		{"redirect is permanent", statuses(http.StatusFound), 8, 5 * s, nil, notify.OutcomeFailed, "redirects are not followed"},
+		{"always 500 gives up after max_attempts 8", statuses(500), 8, 5 * s,
 			[]time.Duration{1 * s, 2 * s, 4 * s, 8 * s, 16 * s, 32 * s, 64 * s}, notify.OutcomeFailed, "500 Internal Server Error"},
-		{"backoff is capped at 5m", statuses(503), 12, 0,
+		{"max_attempts 1 sends once, without retries", statuses(500), 1, 5 * s, nil, notify.OutcomeFailed, "500 Internal Server Error"},
+		{"backoff is capped at 5m", statuses(503), 12, 5 * s,
 			[]time.Duration{1 * s, 2 * s, 4 * s, 8 * s, 16 * s, 32 * s, 64 * s, 128 * s, 256 * s, 5 * time.Minute, 5 * time.Minute},
 			notify.OutcomeFailed, "503 Service Unavailable"},
-		{"429 waits as Retry-After asks", retryAfter, 0, 0, []time.Duration{30 * s}, notify.OutcomeOK, "429 Too Many Requests"},
-		{"no answer within the timeout is retried", hangOnce, 0, 100 * time.Millisecond, []time.Duration{1 * s}, notify.OutcomeOK, "no answer within 100ms"},
-		{"connection refused is retried", nil, 3, 0, []time.Duration{1 * s, 2 * s}, notify.OutcomeFailed, "connection refused"},
+		{"429 waits as Retry-After asks", retryAfter, 8, 5 * s, []time.Duration{30 * s}, notify.OutcomeOK, "429 Too Many Requests"},
+		{"no answer within the timeout is retried", hangOnce, 8, 100 * time.Millisecond, []time.Duration{1 * s}, notify.OutcomeOK, "no answer within 100ms"},
+		{"connection refused is retried", nil, 3, 5 * s, []time.Duration{1 * s, 2 * s}, notify.OutcomeFailed, "connection refused"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			url := refusedURL
@@ -268,10 +269,9 @@ func TestRetries(t *testing.T) {
 			res := newResults()
 			log, logs := newLogger()
 			d := mustRun(t, notify.Options{
-				Webhooks: []broker.WebhookConfig{{
-					Name: "ops", URL: url, SecretFile: writeSecret(t, secret),
-					MaxAttempts: tc.maxAttempts, Timeout: broker.Duration(tc.timeout),
-				}},
+				Webhooks: []broker.WebhookConfig{webhook("ops", url, func(w *broker.WebhookConfig) {
+					w.SecretFile, w.MaxAttempts, w.Timeout = writeSecret(t, secret), tc.maxAttempts, broker.Duration(tc.timeout)
+				})},
 				Clock: clk, OnResult: res.on, Logger: log,
 			})
 			d.Notify(testEvent(broker.EventGrantRequested))
@@ -362,8 +362,8 @@ func TestNotifyNeverBlocks(t *testing.T) {
 			log, logs := newLogger()
 			d := mustRun(t, notify.Options{
 				Webhooks: []broker.WebhookConfig{
-					{Name: "hung", URL: hung.url},
-					{Name: "healthy", URL: healthy.url, Events: []string{broker.EventBreakGlass}},
+					webhook("hung", hung.url, nil),
+					webhook("healthy", healthy.url, func(w *broker.WebhookConfig) { w.Events = []string{broker.EventBreakGlass} }),
 				},
 				Clock: newTimerClock(), OnResult: res.on, Logger: log,
 			})
@@ -451,23 +451,26 @@ func TestNotifyNeverBlocks(t *testing.T) {
 
 func TestNewSecretFileErrors(t *testing.T) {
 	dir := t.TempDir()
-	good := broker.WebhookConfig{Name: "good", URL: "https://example.com/hook", SecretFile: writeSecret(t, "key")}
+	good := webhook("good", "https://example.com/hook", func(w *broker.WebhookConfig) { w.SecretFile = writeSecret(t, "key") })
 	for _, tc := range []struct {
 		name    string
-		hook    broker.WebhookConfig
+		edit    func(*broker.WebhookConfig)
 		wantErr string // "" for success
 	}{
-		{"readable secret", broker.WebhookConfig{SecretFile: writeSecret(t, "  key\n")}, ""},
-		{"no secret", broker.WebhookConfig{}, ""},
-		{"missing file", broker.WebhookConfig{SecretFile: dir + "/nope"}, "no such file"},
-		{"empty file", broker.WebhookConfig{SecretFile: writeSecret(t, "")}, "is empty"},
-		{"whitespace only", broker.WebhookConfig{SecretFile: writeSecret(t, " \n\t\n")}, "is empty"},
-		{"a directory", broker.WebhookConfig{SecretFile: dir}, "is a directory"},
-		{"unknown format", broker.WebhookConfig{Format: "teams"}, `format "teams"`},
+		{"readable secret", func(w *broker.WebhookConfig) { w.SecretFile = writeSecret(t, "  key\n") }, ""},
+		{"no secret", func(w *broker.WebhookConfig) {}, ""},
+		{"missing file", func(w *broker.WebhookConfig) { w.SecretFile = dir + "/nope" }, "no such file"},
+		{"empty file", func(w *broker.WebhookConfig) { w.SecretFile = writeSecret(t, "") }, "is empty"},
+		{"whitespace only", func(w *broker.WebhookConfig) { w.SecretFile = writeSecret(t, " \n\t\n") }, "is empty"},
+		{"a directory", func(w *broker.WebhookConfig) { w.SecretFile = dir }, "is a directory"},
+		{"unknown format", func(w *broker.WebhookConfig) { w.Format = "teams" }, `format "teams"`},
+		{"empty format", func(w *broker.WebhookConfig) { w.Format = "" }, `format "" must be json or slack`},
+		// Settings are used as given, never replaced by defaults.
+		{"zero timeout", func(w *broker.WebhookConfig) { w.Timeout = 0 }, "timeout must be positive; it is 0s"},
+		{"zero max_attempts", func(w *broker.WebhookConfig) { w.MaxAttempts = 0 }, "max_attempts must be at least 1; it is 0"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			hook := tc.hook
-			hook.Name, hook.URL = "pager", "https://example.com/pager"
+			hook := webhook("pager", "https://example.com/pager", tc.edit)
 			d, err := notify.New(notify.Options{Webhooks: []broker.WebhookConfig{good, hook}})
 			if tc.wantErr == "" {
 				if err != nil {

@@ -51,11 +51,14 @@ type testPrincipal struct {
 	Attributes map[string]string `yaml:"attributes"`
 }
 
+// testRole is a case's role. TTL and MaxTTL are pointers so an absent key
+// (the role's default) is told from one set to 0 (refused, as in a role's
+// configuration).
 type testRole struct {
 	Name              string            `yaml:"name"`
 	Backend           string            `yaml:"backend"`
-	TTL               broker.Duration   `yaml:"ttl"`
-	MaxTTL            broker.Duration   `yaml:"max_ttl"`
+	TTL               *broker.Duration  `yaml:"ttl"`
+	MaxTTL            *broker.Duration  `yaml:"max_ttl"`
 	Labels            map[string]string `yaml:"labels"`
 	Scopes            []string          `yaml:"scopes"`
 	Audience          []string          `yaml:"audience"`
@@ -237,15 +240,24 @@ func (tc *testCase) validate() error {
 	if tc.Action == "" {
 		tc.Action = string(broker.ActionMint)
 	}
-	// The same defaults as broker.Config.ApplyDefaults gives roles.
-	if tc.Role.TTL == 0 {
-		tc.Role.TTL = broker.Duration(15 * time.Minute)
+	// The defaults a role's configuration gets, for absent keys only; the
+	// values a role's configuration may not have are refused.
+	def := broker.Defaulted[broker.Role](nil)
+	if tc.Role.TTL == nil {
+		tc.Role.TTL = &def.TTL
 	}
-	if tc.Role.MaxTTL == 0 {
-		tc.Role.MaxTTL = broker.Duration(max(time.Hour, tc.Role.TTL.D()))
+	if tc.Role.MaxTTL == nil {
+		maxTTL := max(def.MaxTTL, *tc.Role.TTL)
+		tc.Role.MaxTTL = &maxTTL
+	}
+	if *tc.Role.TTL <= 0 {
+		return fmt.Errorf("case %q: role.ttl must be positive; it is %s", tc.Name, *tc.Role.TTL)
+	}
+	if *tc.Role.MaxTTL < *tc.Role.TTL {
+		return fmt.Errorf("case %q: role.max_ttl (%s) must not be less than ttl (%s)", tc.Name, *tc.Role.MaxTTL, *tc.Role.TTL)
 	}
 	if tc.Context.TTL == nil {
-		ttl := tc.Role.TTL
+		ttl := *tc.Role.TTL
 		tc.Context.TTL = &ttl
 	}
 	if tc.Context.Now == nil {
@@ -273,8 +285,8 @@ func (tc *testCase) request() broker.AuthzRequest {
 		Role: &broker.Role{
 			Name:     r.Name,
 			Backend:  r.Backend,
-			TTL:      r.TTL,
-			MaxTTL:   r.MaxTTL,
+			TTL:      *r.TTL,
+			MaxTTL:   *r.MaxTTL,
 			Audience: r.Audience,
 			Scopes:   r.Scopes,
 			Labels:   r.Labels,

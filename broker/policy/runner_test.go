@@ -241,6 +241,11 @@ func TestRunTestsErrors(t *testing.T) {
 		{name: "missing expect", files: map[string]string{"a.test.yaml": strings.Replace(valid, "expect: deny", "", 1)}, want: []string{"a.test.yaml", "expect"}},
 		{name: "missing fields", files: map[string]string{"a.test.yaml": "cases:\n  - expect: allow\n"}, want: []string{"a.test.yaml", "name, principal.issuer, principal.sub, role.name must be set"}},
 		{name: "bad duration", files: map[string]string{"a.test.yaml": strings.Replace(valid, "name: pg-readonly", "name: pg-readonly, ttl: soon", 1)}, want: []string{"a.test.yaml", "line 4", "soon"}},
+		// A role key set to 0 is not replaced by the role's default.
+		{name: "zero role ttl", files: map[string]string{"a.test.yaml": strings.Replace(valid, "name: pg-readonly", "name: pg-readonly, ttl: 0s", 1)},
+			want: []string{"a.test.yaml", "cases[0]", "role.ttl must be positive; it is 0s"}},
+		{name: "zero role max_ttl", files: map[string]string{"a.test.yaml": strings.Replace(valid, "name: pg-readonly", "name: pg-readonly, max_ttl: 0", 1)},
+			want: []string{"a.test.yaml", "cases[0]", "role.max_ttl (0s) must not be less than ttl (15m0s)"}},
 		{name: "duplicate names", files: map[string]string{"a.test.yaml": valid, "b.test.yaml": valid}, want: []string{"b.test.yaml", `"ok"`, "a.test.yaml"}},
 		{name: "no cases", files: map[string]string{"a.test.yaml": "cases: []\n"}, want: []string{"a.test.yaml", "no test cases"}},
 		{name: "empty file", files: map[string]string{"a.test.yaml": ""}, want: []string{"a.test.yaml", "empty"}},

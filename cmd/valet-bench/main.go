@@ -199,7 +199,7 @@ operators:
     - name: bench
       sha256: OPERATOR_SHA256
 limits:
-  agent_rate: -1
+  agent_rate: .inf # no per-agent limit
 console:
   disabled: true # the bench measures the API; its public_url is not loopback
 `

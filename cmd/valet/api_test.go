@@ -733,7 +733,7 @@ func TestOpsEndpoints(t *testing.T) {
 		r := e.Do("GET", "/metrics", "", nil)
 		for _, want := range []string{
 			`valet_mints_total{outcome="ok",role="demo"} 1`,
-			`valet_mints_total{outcome="not_found",role="unknown"} 1`,
+			`valet_mints_total{outcome="not_found",role="other"} 1`,
 			"valet_active_leases 1",
 			`valet_leases{state="active"} 1`,
 		} {

@@ -59,9 +59,10 @@ func startConsole(t *testing.T) *testEnv {
 	e.Config.Listen, e.Config.PublicURL = addr, "http://"+addr
 	e.Config.Console.Disabled = false
 	e.Config.Backends = append(e.Config.Backends, broker.BackendConfig{Name: "stubborn", Type: stubbornType})
-	e.Config.Roles = append(e.Config.Roles, broker.Role{Name: "flaky", Backend: "stubborn", TTL: broker.Duration(10 * time.Minute)})
+	e.Config.Roles = append(e.Config.Roles, broker.Defaulted(func(r *broker.Role) {
+		r.Name, r.Backend, r.TTL = "flaky", "stubborn", broker.Duration(10*time.Minute)
+	}))
 	e.Config.Leases.RevokeAttempts = 1
-	e.Config.ApplyDefaults()
 	if err := e.Config.Validate(); err != nil {
 		t.Fatal(err)
 	}

@@ -48,19 +48,18 @@ func addDevVault(cfg *broker.Config, dir string) (string, error) {
 	}})
 	notRenewable := false
 	cfg.Roles = append(cfg.Roles,
-		broker.Role{
-			Name: "demo-vault", Description: "A Vault token that reads secret/valet-demo/*.", Backend: devVaultBackend,
-			TTL: broker.Duration(5 * time.Minute), MaxTTL: broker.Duration(time.Hour), Labels: map[string]string{"env": "dev"},
-			Params: map[string]any{"token_role": devTokenRole, "policies": []any{"valet-demo"}},
-		},
-		broker.Role{
-			Name: "demo-db", Description: "A PostgreSQL login from Vault's database engine.", Backend: devVaultBackend,
-			TTL: broker.Duration(5 * time.Minute), MaxTTL: broker.Duration(5 * time.Minute), Renewable: &notRenewable,
-			Labels: map[string]string{"env": "dev"},
-			Params: map[string]any{"token_role": devTokenRole, "policies": []any{"valet-demo-db"}, "path": "database/creds/valet-demo"},
-		},
+		broker.Defaulted(func(r *broker.Role) {
+			r.Name, r.Description, r.Backend = "demo-vault", "A Vault token that reads secret/valet-demo/*.", devVaultBackend
+			r.TTL, r.MaxTTL, r.Labels = broker.Duration(5*time.Minute), broker.Duration(time.Hour), map[string]string{"env": "dev"}
+			r.Params = map[string]any{"token_role": devTokenRole, "policies": []any{"valet-demo"}}
+		}),
+		broker.Defaulted(func(r *broker.Role) {
+			r.Name, r.Description, r.Backend = "demo-db", "A PostgreSQL login from Vault's database engine.", devVaultBackend
+			r.TTL, r.MaxTTL, r.Renewable = broker.Duration(5*time.Minute), broker.Duration(5*time.Minute), &notRenewable
+			r.Labels = map[string]string{"env": "dev"}
+			r.Params = map[string]any{"token_role": devTokenRole, "policies": []any{"valet-demo-db"}, "path": "database/creds/valet-demo"}
+		}),
 	)
-	cfg.ApplyDefaults()
 	if err := cfg.Validate(); err != nil {
 		return "", err
 	}

@@ -398,7 +398,9 @@ func TestGrantWebhooksDelivered(t *testing.T) {
 	e := newTestEnv(t)
 	secret := filepath.Join(e.Dir, "hook-secret")
 	os.WriteFile(secret, []byte("s3cret-hmac-key"), 0o600)
-	e.Config.Notifications.Webhooks = []broker.WebhookConfig{{Name: "sec", URL: recv.URL, SecretFile: secret, Events: []string{"grant.requested"}}}
+	e.Config.Notifications.Webhooks = []broker.WebhookConfig{broker.Defaulted(func(w *broker.WebhookConfig) {
+		w.Name, w.URL, w.SecretFile, w.Events = "sec", recv.URL, secret, []string{"grant.requested"}
+	})}
 	e.Start()
 	id := requestGrant(t, e, e.Attest("hooked", nil), "elevated", "webhook test")
 	select {
@@ -451,9 +453,11 @@ func TestShutdownEndsLongPolls(t *testing.T) {
 
 func TestGrantReviewFollowsDecisionRules(t *testing.T) {
 	e := newTestEnv(t)
-	addRole(t, e, broker.Role{Name: "guarded-glass", Backend: "tokens", Approval: broker.ApprovalConfig{Required: 1,
-		Approvers:  broker.ApproversConfig{Groups: []string{"approvers"}},
-		BreakGlass: broker.BreakGlassConfig{Allowed: true}}})
+	addRole(t, e, func(r *broker.Role) {
+		r.Name, r.Backend, r.Approval.Required = "guarded-glass", "tokens", 1
+		r.Approval.Approvers = broker.ApproversConfig{Groups: []string{"approvers"}}
+		r.Approval.BreakGlass.Allowed = true
+	})
 	e.Start()
 	// The agent's attestation names owner@example.com (an approver) as
 	// the person behind it.

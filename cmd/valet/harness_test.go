@@ -183,8 +183,12 @@ introspection:
       client_secret_sha256: %[7]s
       roles: [other]
 limits:
-  agent_rate: -1
+  agent_rate: .inf # no per-agent limit
   max_body_bytes: 4096
+  # Tests of hostile input send many bad credentials from one address;
+  # the throttling tests lower this.
+  auth_failures_per_minute: 100000
+  auth_failure_records_per_minute: 100000
 # The console refuses a plain-http public_url that is not loopback;
 # console tests turn it on with a loopback public_url (startConsole).
 console:
@@ -194,6 +198,13 @@ console:
 // newTestEnv writes a config into a temp dir. Call Start (after adjusting
 // Config or Registry if needed) to run the server.
 func newTestEnv(t testing.TB) *testEnv {
+	t.Helper()
+	return newTestEnvYAML(t, nil)
+}
+
+// newTestEnvYAML is newTestEnv with edit (if not nil) applied to the
+// config's YAML before it is loaded, for tests of how a key is read.
+func newTestEnvYAML(t testing.TB, edit func(string) string) *testEnv {
 	t.Helper()
 	dir := t.TempDir()
 	iss, err := attest.NewDevIssuer("https://issuer.test")
@@ -212,6 +223,9 @@ func newTestEnv(t testing.TB) *testEnv {
 	cfgText := fmt.Sprintf(testConfig, dir, broker.HashToken(testOperatorToken),
 		broker.HashToken(opToken("bob")), broker.HashToken(opToken("carol")), broker.HashToken(opToken("owner@example.com")),
 		broker.HashToken(rsSecret("demo-api")), broker.HashToken(rsSecret("other-api")))
+	if edit != nil {
+		cfgText = edit(cfgText)
+	}
 	if err := os.WriteFile(filepath.Join(dir, "config.yaml"), []byte(cfgText), 0o600); err != nil {
 		t.Fatal(err)
 	}

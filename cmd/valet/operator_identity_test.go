@@ -23,14 +23,14 @@ func withOperatorIssuer(t *testing.T, e *testEnv, edit func(*broker.OperatorIssu
 	if err := sso.WriteJWKS(jwks); err != nil {
 		t.Fatal(err)
 	}
-	ic := broker.OperatorIssuerConfig{IssuerConfig: broker.IssuerConfig{Name: "sso", Issuer: "https://sso.test", Audiences: []string{"valet-console"},
-		JWKSFile: jwks, Algorithms: []string{"ES256"}}}
-	ic.AllowedGroups = []string{"approvers", "staff"}
-	if edit != nil {
-		edit(&ic)
-	}
+	ic := broker.Defaulted(func(ic *broker.OperatorIssuerConfig) {
+		ic.Name, ic.Issuer, ic.Audiences, ic.JWKSFile, ic.Algorithms = "sso", "https://sso.test", []string{"valet-console"}, jwks, []string{"ES256"}
+		ic.AllowedGroups = []string{"approvers", "staff"}
+		if edit != nil {
+			edit(ic)
+		}
+	})
 	e.Config.Operators.Issuers = []broker.OperatorIssuerConfig{ic}
-	e.Config.ApplyDefaults()
 	if err := e.Config.Validate(); err != nil {
 		t.Fatal(err)
 	}
@@ -51,11 +51,11 @@ func idToken(t *testing.T, sso *attest.DevIssuer, claims map[string]any) string 
 	return tok
 }
 
-// addRole adds a role to the test server's configuration before Start.
-func addRole(t *testing.T, e *testEnv, r broker.Role) {
+// addRole adds a role, with the role defaults and then edit applied, to
+// the test server's configuration before Start.
+func addRole(t *testing.T, e *testEnv, edit func(*broker.Role)) {
 	t.Helper()
-	e.Config.Roles = append(e.Config.Roles, r)
-	e.Config.ApplyDefaults()
+	e.Config.Roles = append(e.Config.Roles, broker.Defaulted(edit))
 	if err := e.Config.Validate(); err != nil {
 		t.Fatal(err)
 	}
@@ -63,8 +63,10 @@ func addRole(t *testing.T, e *testEnv, r broker.Role) {
 
 func TestOperatorUnverifiedEmailCannotApprove(t *testing.T) {
 	e := newTestEnv(t)
-	addRole(t, e, broker.Role{Name: "carols", Backend: "tokens", Approval: broker.ApprovalConfig{Required: 1,
-		Approvers: broker.ApproversConfig{Operators: []string{"carol@example.com"}}}})
+	addRole(t, e, func(r *broker.Role) {
+		r.Name, r.Backend, r.Approval.Required = "carols", "tokens", 1
+		r.Approval.Approvers = broker.ApproversConfig{Operators: []string{"carol@example.com"}}
+	})
 	sso := withOperatorIssuer(t, e, nil)
 	e.Start()
 

@@ -26,6 +26,7 @@ import (
 	"github.com/valet-broker/valet/broker/api"
 	"github.com/valet-broker/valet/broker/attest"
 	"github.com/valet-broker/valet/broker/audit"
+	"github.com/valet-broker/valet/broker/clientip"
 	"github.com/valet-broker/valet/broker/clock"
 	"github.com/valet-broker/valet/broker/grants"
 	"github.com/valet-broker/valet/broker/notify"
@@ -128,20 +129,26 @@ func (s *Server) Open(ctx context.Context) (err error) {
 		}
 	}
 
-	s.metrics = api.NewMetrics(prometheus.NewRegistry())
+	known := api.KnownLabels{}
+	for _, r := range cfg.Roles {
+		known.Roles = append(known.Roles, r.Name)
+	}
+	for _, w := range cfg.Notifications.Webhooks {
+		known.Webhooks = append(known.Webhooks, w.Name)
+	}
+	s.metrics = api.NewMetrics(prometheus.NewRegistry(), known)
 	s.metrics.RegisterLeaseGauges(s.store.Counts)
 	now := s.Clock.Now
 	s.policy, err = policy.NewEngine(policy.Options{
 		Dir: cfg.Policy.Dir, Logger: log, OnError: cfg.Policy.OnError,
-		OnEvalError: func(id string) { s.metrics.PolicyErrors.WithLabelValues(id).Inc() },
+		OnEvalError: s.metrics.PolicyErrored,
 		OnReload: func(version string, rerr error) {
 			e := audit.Entry{Kind: audit.KindPolicyReload, Actor: audit.Actor{Type: audit.ActorSystem, ID: "valet"},
 				PolicyVersion: version, Decision: audit.Allow, Reason: "policy set loaded"}
-			result := "ok"
 			if rerr != nil {
-				e.Decision, e.Reason, result = audit.Deny, "reload refused, previous policy set kept: "+rerr.Error(), "error"
+				e.Decision, e.Reason = audit.Deny, "reload refused, previous policy set kept: "+rerr.Error()
 			}
-			s.metrics.PolicyReload.WithLabelValues(result).Inc()
+			s.metrics.PolicyReloaded(rerr != nil)
 			if err := s.store.Audit(context.Background(), now(), e); err != nil {
 				log.Error("audit policy reload", "err", err)
 			}
@@ -162,11 +169,11 @@ func (s *Server) Open(ctx context.Context) (err error) {
 		bes[bc.Name] = be
 	}
 
-	s.queue = leases.NewRevocationQueue(leases.RevocationQueueConfig{
+	s.queue, err = leases.NewRevocationQueue(leases.RevocationQueueConfig{
 		Store: s.store, Clock: s.Clock, Logger: log,
 		Attempts: cfg.Leases.RevokeAttempts, Backoff: cfg.Leases.RevokeBackoff.D(), MaxBackoff: cfg.Leases.RevokeMaxBackoff.D(),
-		Concurrency: cfg.Leases.RevokeConcurrency,
-		OnAttempt:   func(outcome string) { s.metrics.Revocations.WithLabelValues(outcome).Inc() },
+		Concurrency: cfg.Leases.RevokeConcurrency, Timeout: leases.DefaultRevokeTimeout,
+		OnAttempt: s.metrics.RevocationAttempt,
 		Revoke: func(ctx context.Context, l *leases.Lease) error {
 			be, ok := bes[l.Backend]
 			if !ok {
@@ -175,6 +182,9 @@ func (s *Server) Open(ctx context.Context) (err error) {
 			return be.Revoke(ctx, backends.Ref{Handle: l.Handle, CorrelationID: l.ID, AgentID: l.AgentID, Role: l.Role, ExpiresAt: l.ExpiresAt, EndedAt: l.EndedAt, Details: l.Details})
 		},
 	})
+	if err != nil {
+		return err
+	}
 	s.store.SetRevokeAtExpiry(func(l *leases.Lease) bool {
 		_, ok := bes[l.Backend].(backends.ExpiryRevoker)
 		return ok
@@ -198,9 +208,7 @@ func (s *Server) Open(ctx context.Context) (err error) {
 	if s.Notifier == nil && len(cfg.Notifications.Webhooks) > 0 {
 		d, err := notify.New(notify.Options{
 			Webhooks: cfg.Notifications.Webhooks, Clock: s.Clock, Logger: log,
-			OnResult: func(webhook, event, outcome string) {
-				s.metrics.Notifications.WithLabelValues(webhook, event, outcome).Inc()
-			},
+			OnResult: s.metrics.Notified,
 		})
 		if err != nil {
 			return err
@@ -233,6 +241,11 @@ func (s *Server) Open(ctx context.Context) (err error) {
 		return err
 	}
 
+	proxies, err := clientip.ParseTrusted(cfg.TrustedProxies)
+	if err != nil {
+		return fmt.Errorf("trusted_proxies%w", err)
+	}
+	clientIP := clientip.New(proxies)
 	operators := broker.NewOperators(cfg.Operators, opVerifier)
 	var assertions broker.Verifier
 	if issuers := cfg.Introspection.ClientAssertionIssuers(cfg.PublicURL); len(issuers) > 0 {
@@ -248,10 +261,10 @@ func (s *Server) Open(ctx context.Context) (err error) {
 	if !cfg.Console.Disabled {
 		wc := web.Config{
 			Broker: s.broker, Operators: operators, AuditDB: s.store.DB(), Console: cfg.Console,
-			PublicURL: cfg.PublicURL, Clock: s.Clock, Logger: log.With("component", "console"),
+			PublicURL: cfg.PublicURL, Clock: s.Clock, Logger: log.With("component", "console"), ClientIP: clientIP,
 		}
 		c, err := web.New(ctx, wc)
-		if err != nil && cfg.Console.OIDC != nil && *cfg.Console.TokenLogin {
+		if err != nil && cfg.Console.OIDC != nil && cfg.Console.TokenLoginAllowed() {
 			// The identity provider being down must not keep the broker
 			// from starting: agents need their credentials. The console
 			// starts with token sign-in only.
@@ -267,14 +280,14 @@ func (s *Server) Open(ctx context.Context) (err error) {
 	s.api = api.New(api.Config{
 		Broker: s.broker, Operators: operators, ResourceServers: resourceServers, AuditDB: s.store.DB(),
 		Limits: cfg.Limits, PublicURL: cfg.PublicURL, Metrics: s.metrics, Logger: log, Ready: s.readiness,
-		NotificationStats: notifyStats, UI: console,
+		NotificationStats: notifyStats, UI: console, ClientIP: clientIP,
 	})
 
 	wctx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
 	s.goRun(func() { s.queue.Run(wctx) })
 	s.goRun(func() { s.expirer.Run(wctx) })
-	if *cfg.Policy.Watch {
+	if cfg.Policy.Watching() {
 		s.goRun(func() {
 			if err := s.policy.Watch(wctx); err != nil && wctx.Err() == nil {
 				log.Error("policy watch stopped; SIGHUP still reloads", "err", err)
@@ -283,6 +296,7 @@ func (s *Server) Open(ctx context.Context) (err error) {
 	}
 	s.goRun(func() { s.housekeeping(wctx, replay) })
 	s.goRun(func() { s.expireGrants(wctx) })
+	s.goRun(func() { s.broker.SummarizeRefusals(wctx) })
 	if s.dispatcher != nil {
 		s.goRun(func() { s.dispatcher.Run(wctx) })
 	}

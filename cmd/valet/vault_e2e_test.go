@@ -492,3 +492,30 @@ path "auth/token/roles/*" { capabilities = ["read"] }
 		t.Fatal("the lease reads released but the token still works")
 	}
 }
+
+// TestDevVaultRoles: the roles valet dev adds for a dev Vault are built in
+// Go from the role defaults, so the keys they leave out have the values a
+// config file leaving them out gets, and the whole config validates.
+func TestDevVaultRoles(t *testing.T) {
+	v := vaulttest.StartDev(t)
+	t.Setenv("VAULT_ADDR", v.Addr)
+	t.Setenv("VAULT_TOKEN", v.Token)
+	dir := t.TempDir()
+	cfg, _, err := prepareDev(dir, "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	banner, err := addDevVault(cfg, dir)
+	if err != nil || banner == "" {
+		t.Fatalf("addDevVault = %q, %v", banner, err)
+	}
+	for _, name := range []string{"demo-vault", "demo-db"} {
+		r := cfg.Role(name)
+		if r == nil {
+			t.Fatalf("role %s missing", name)
+		}
+		if r.Approval.RequestTTL.D() != time.Hour || r.Approval.RedeemWithin.D() != 15*time.Minute || len(r.Approval.RequesterClaims) != 3 {
+			t.Errorf("role %s approval = %+v, want the defaults", name, r.Approval)
+		}
+	}
+}
