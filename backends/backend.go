@@ -57,8 +57,10 @@ type SelfContained interface {
 }
 
 // ExpiryRevoker is implemented by backends whose credentials their holders
-// can extend (a renewable Vault token renews itself): valet revokes such a
-// credential when its lease expires instead of assuming it died on its own.
+// can extend (a renewable Vault token renews itself), up to the lease's
+// maximum: valet revokes such a credential when its lease expires instead
+// of assuming it died on its own, and, whatever ended the lease, keeps
+// retrying an unconfirmed revocation until the lease's maximum has passed.
 type ExpiryRevoker interface {
 	RevokeAtExpiry()
 }
@@ -130,6 +132,10 @@ type Ref struct {
 	AgentID       string
 	Role          string
 	ExpiresAt     time.Time
+	// EndedAt is when the lease ended. A backend that searches for the
+	// credential of an interrupted mint by CorrelationID must search state
+	// read after this moment, so that it sees whatever the mint created.
+	EndedAt time.Time
 	// Details are the non-secret facts the backend returned at mint.
 	Details map[string]string
 }

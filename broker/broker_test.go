@@ -73,10 +73,19 @@ func (r *renewing) Renew(ctx context.Context, ref backends.Ref, req backends.Min
 	return &backends.Renewal{ExpiresAt: req.ExpiresAt}, nil
 }
 
-// failingStore fails Activate on demand, as a full disk would.
+// failingStore fails Activate on demand, as a full disk would, and End for
+// the leases in endFails.
 type failingStore struct {
 	*leases.BoltStore
 	failActivate bool
+	endFails     map[string]error
+}
+
+func (f *failingStore) End(ctx context.Context, id string, reason leases.State, now time.Time, e audit.Entry) (*leases.Lease, error) {
+	if err := f.endFails[id]; err != nil {
+		return nil, err
+	}
+	return f.BoltStore.End(ctx, id, reason, now, e)
 }
 
 func (f *failingStore) Activate(ctx context.Context, id string, a leases.Activation, now time.Time, e audit.Entry) (*leases.Lease, error) {
@@ -748,5 +757,60 @@ func TestRevokeMatchingSkipsLeasesPastExpiry(t *testing.T) {
 		if r.Kind == audit.KindRevoke || r.Kind == audit.KindRevoked {
 			t.Errorf("a lease past its expiry was recorded revoked: %+v", r)
 		}
+	}
+}
+
+// TestRevokeMatchingSurvivesOneBadLease: bulk revocation ends every lease
+// it can. A lease pruned since it was listed is skipped; a lease the store
+// fails to end is reported, with how many were ended, and does not stop
+// the others.
+func TestRevokeMatchingSurvivesOneBadLease(t *testing.T) {
+	cases := []struct {
+		name        string
+		fail        error
+		wantEnded   int
+		wantErrCode string
+	}{
+		{name: "gone meanwhile", fail: leases.ErrNotFound, wantEnded: 4},
+		{name: "store failure", fail: errors.New("injected: disk full"), wantEnded: 4, wantErrCode: broker.EINTERNAL},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			f := newFixture(t, nil)
+			var ids []string
+			for range 5 {
+				res, err := f.b.Mint(ctx, broker.MintRequest{Attestation: f.attest(t, "bulk"), Role: "r"})
+				if err != nil {
+					t.Fatal(err)
+				}
+				ids = append(ids, res.Lease.ID)
+			}
+			f.fs.endFails = map[string]error{ids[2]: tc.fail}
+			n, err := f.b.RevokeMatching(ctx, &broker.Operator{Name: "alice"}, leases.Filter{AgentID: "test/bulk"}, "", "req-1")
+			if n != tc.wantEnded {
+				t.Errorf("RevokeMatching ended %d, want %d", n, tc.wantEnded)
+			}
+			if broker.ErrorCode(err) != tc.wantErrCode && !(err == nil && tc.wantErrCode == "") {
+				t.Errorf("RevokeMatching error = %v (code %s), want code %q", err, broker.ErrorCode(err), tc.wantErrCode)
+			}
+			// The client sees a generic internal error; the log line under
+			// the request id says what happened.
+			if tc.wantErrCode != "" && !strings.Contains(err.Error(), "ended 4 of 5 live leases; 1 could not be ended") {
+				t.Errorf("error %q does not say how many were ended", err)
+			}
+			for i, id := range ids {
+				l, err := f.store.Get(ctx, id)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if want := leases.StateRevoked; i != 2 && l.State != want {
+					t.Errorf("lease %d is %s, want %s", i, l.State, want)
+				}
+			}
+			if f.be.alive() != 1 {
+				t.Errorf("%d credentials alive at the backend, want only the one that could not be ended", f.be.alive())
+			}
+		})
 	}
 }

@@ -389,7 +389,8 @@ type LimitsConfig struct {
 type LeasesConfig struct {
 	// RevokeAttempts is how many failed revocations make a lease irrevocable
 	// (default 8, at least 1). Irrevocable leases keep being retried, at
-	// RevokeMaxBackoff, until their expiry has passed.
+	// RevokeMaxBackoff, until their credential can no longer be valid at the
+	// backend (leases.BoltStore.ValidUntil).
 	RevokeAttempts    int      `yaml:"revoke_attempts"`
 	RevokeBackoff     Duration `yaml:"revoke_backoff"`     // first retry delay (default 1s, positive)
 	RevokeMaxBackoff  Duration `yaml:"revoke_max_backoff"` // default 5m, not less than RevokeBackoff

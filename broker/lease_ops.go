@@ -246,7 +246,11 @@ func (b *Broker) EndLease(ctx context.Context, c Caller, id, reason, requestID s
 // expirer records it). Leases are
 // ended and revoked at their backends in parallel, at most
 // leases.revoke_concurrency at a time; leases whose backend does not
-// confirm stay queued for retries like any other.
+// confirm stay queued for retries like any other. One lease that cannot be
+// ended does not stop the others: a lease gone meanwhile is skipped, and
+// any other failure is logged with the lease id and, once every other
+// lease was ended, returned as EINTERNAL whose cause (logged) says how many
+// were ended and how many were not (revoking again is harmless).
 func (b *Broker) RevokeMatching(ctx context.Context, op *Operator, f leases.Filter, reason, requestID string) (int, error) {
 	if f.AgentID == "" && f.Lineage == "" {
 		return 0, Errorf(EINVALID, "give agent_id or lineage; revoking everything at once is not offered")
@@ -272,6 +276,7 @@ func (b *Broker) RevokeMatching(ctx context.Context, op *Operator, f leases.Filt
 	var (
 		mu       sync.Mutex
 		n        int
+		failed   int
 		firstErr error
 		wg       sync.WaitGroup
 	)
@@ -283,18 +288,29 @@ func (b *Broker) RevokeMatching(ctx context.Context, op *Operator, f leases.Filt
 			defer wg.Done()
 			defer func() { <-sem }()
 			_, err := b.EndLease(ctx, Caller{Operator: op}, id, reason, requestID)
+			if err != nil && ErrorCode(err) != ENOTFOUND {
+				b.log.Error("bulk revocation: a lease could not be ended; the others are", "lease", id, "request_id", requestID, "err", err)
+			}
 			mu.Lock()
 			defer mu.Unlock()
-			if err != nil && firstErr == nil {
-				firstErr = err
-			}
-			if err == nil {
+			switch {
+			case err == nil:
 				n++
+			case ErrorCode(err) == ENOTFOUND:
+				// Pruned since it was listed: nothing left to revoke.
+			default:
+				failed++
+				if firstErr == nil {
+					firstErr = err
+				}
 			}
 		}()
 	}
 	wg.Wait()
-	return n, firstErr
+	if failed > 0 {
+		return n, Wrap(EINTERNAL, firstErr, "ended %d of %d live leases; %d could not be ended (see the server log); revoking again is harmless", n, n+failed, failed)
+	}
+	return n, nil
 }
 
 // Introspection is an RFC 7662 answer.

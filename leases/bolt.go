@@ -7,8 +7,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"go.etcd.io/bbolt"
@@ -38,6 +40,9 @@ type BoltStore struct {
 	db   *bbolt.DB
 	c    *committer
 	sink audit.Sink
+	log  *slog.Logger
+
+	skipped sync.Map // ids of unreadable leases already reported
 
 	revokeAtExpiry func(l *Lease) bool
 }
@@ -56,6 +61,9 @@ type BoltOptions struct {
 	// ReadOnly opens the file without taking the writer lock (for offline
 	// tools such as `valet audit verify --data-dir`).
 	ReadOnly bool
+	// Logger reports lease records that a batch had to skip because they
+	// cannot be read (default slog.Default()).
+	Logger *slog.Logger
 }
 
 // OpenBolt opens (creating if needed) the database at path. It fails after
@@ -94,7 +102,10 @@ func OpenBolt(path string, opts BoltOptions) (*BoltStore, error) {
 			return nil, fmt.Errorf("initialise %s: %w", path, err)
 		}
 	}
-	s := &BoltStore{db: db, sink: opts.Sink}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	s := &BoltStore{db: db, sink: opts.Sink, log: opts.Logger}
 	if !opts.ReadOnly {
 		s.c = newCommitter(db, opts.MaxBatch)
 	}
@@ -232,6 +243,17 @@ func (s *BoltStore) Abandon(ctx context.Context, id, handle string, now time.Tim
 	})
 }
 
+// ReportSkipped reports (an ERROR log line), once per place and id, a
+// record that a batch over many records (expiry, the revocation queue,
+// recovery, listing, pruning; the grant store's batches too) skipped
+// because it cannot be read. The batch goes on without it.
+func (s *BoltStore) ReportSkipped(where, id string, err error) {
+	if _, seen := s.skipped.LoadOrStore(where+"\x00"+id, true); seen {
+		return
+	}
+	s.log.Error("skipped a record that cannot be read; the others are processed", "where", where, "id", id, "err", err)
+}
+
 // errUnchanged, returned by a change function, leaves the lease as it is,
 // writes no audit record, and is not an error for the caller.
 var errUnchanged = errors.New("unchanged")
@@ -320,11 +342,13 @@ func (s *BoltStore) List(ctx context.Context, f Filter) ([]*Lease, error) {
 		return WalkNewestFirst(tx.Bucket(bucket), prefix, f.Before, func(id []byte) (bool, error) {
 			v := leases.Get(id)
 			if v == nil {
-				return false, fmt.Errorf("index %s points at missing lease %q", bucket, id)
+				s.ReportSkipped("listing", string(id), fmt.Errorf("index %s points at a missing lease", bucket))
+				return true, nil
 			}
 			l, err := decodeLease(v)
 			if err != nil {
-				return false, err
+				s.ReportSkipped("listing", string(id), err)
+				return true, nil
 			}
 			if match(l) {
 				out = append(out, l)

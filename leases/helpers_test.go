@@ -234,7 +234,8 @@ func startQueue(tb testing.TB, q *RevocationQueue) {
 type fakeBackend struct {
 	mu       sync.Mutex
 	failures int
-	gate     chan struct{} // if non-nil, calls wait until it is closed or ctx ends
+	gate     chan struct{}       // if non-nil, calls wait until it is closed or ctx ends
+	gateFor  func(l *Lease) bool // if set, only calls for which it is true wait at gate
 	calls    map[string]int
 	handles  map[string]string
 	running  map[string]int
@@ -263,6 +264,9 @@ func (b *fakeBackend) Revoke(ctx context.Context, l *Lease) error {
 	}
 	fail := b.failures < 0 || n <= b.failures
 	gate := b.gate
+	if b.gateFor != nil && !b.gateFor(l) {
+		gate = nil
+	}
 	b.mu.Unlock()
 	defer func() {
 		b.mu.Lock()

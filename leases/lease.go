@@ -27,7 +27,9 @@ const (
 	// the backend is queued or being retried.
 	StateRevoking State = "revoking"
 	// StateIrrevocable: revocation failed after the configured attempts; it
-	// is still retried until the credential's expiry has passed.
+	// is still retried until the latest time the credential can be valid
+	// at its backend has passed (BoltStore.ValidUntil plus ExpiryGrace),
+	// for whatever reason the lease ended.
 	StateIrrevocable State = "irrevocable"
 	// Terminal states.
 	StateReleased State = "released" // the agent gave it back

@@ -3,7 +3,6 @@ package leases
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"time"
 
 	"go.etcd.io/bbolt"
@@ -40,11 +39,28 @@ func (s *BoltStore) firstTime(bucket []byte) (time.Time, bool, error) {
 	return t, ok, err
 }
 
-// SetRevokeAtExpiry names the leases whose credentials must be revoked at
-// their backend when they expire, because their holder could have extended
-// them (a renewable Vault token renews itself). Other leases simply become
-// expired: their credentials died on their own.
+// SetRevokeAtExpiry names the leases whose credentials their holder can
+// extend at the backend without valet (a renewable Vault token renews
+// itself), up to the lease's maximum. Such a credential is revoked at its
+// backend when its lease expires, and its revocation is retried until the
+// lease's maximum has passed (see ValidUntil). Other leases simply become
+// expired at their expiry: their credentials died on their own.
 func (s *BoltStore) SetRevokeAtExpiry(f func(l *Lease) bool) { s.revokeAtExpiry = f }
+
+// ValidUntil is the latest time l's credential can still be valid at its
+// backend if it is never revoked, whatever ended the lease: for a renewable
+// lease whose holder can extend the credential itself (SetRevokeAtExpiry),
+// the lease's maximum, where the backend caps extensions; for any other
+// credential (a self-contained token's exp, an external credential's own
+// TTL) the lease's expiry as last renewed. Every backend mints with its
+// own expiry no later than these (invariant 2). The revocation queue keeps
+// retrying an unconfirmed revocation until ValidUntil plus ExpiryGrace.
+func (s *BoltStore) ValidUntil(l *Lease) time.Time {
+	if l.Renewable && l.MaxExpires.After(l.ExpiresAt) && s.revokeAtExpiry != nil && s.revokeAtExpiry(l) {
+		return l.MaxExpires
+	}
+	return l.ExpiresAt
+}
 
 // ExpireDue ends up to limit active leases whose expiry is at or before
 // now, each with an audit record, in one transaction. Most become expired:
@@ -58,12 +74,19 @@ func (s *BoltStore) ExpireDue(ctx context.Context, now time.Time, limit int) ([]
 		c := tx.Bucket(bucketExpiry).Cursor()
 		var due [][]byte
 		for k, _ := c.First(); k != nil && !keyTime(k).After(now) && len(due) < limit; k, _ = c.Next() {
-			due = append(due, append([]byte{}, k[8:]...))
+			due = append(due, append([]byte{}, k...))
 		}
-		for _, id := range due {
+		for _, k := range due {
+			id := k[8:]
 			old, err := getLease(tx, string(id))
 			if err != nil {
-				return fmt.Errorf("expiry index: %w", err)
+				// It can never be expired through the index: take it out
+				// so that it does not hold up the leases behind it.
+				s.ReportSkipped("expiry", string(id), err)
+				if err := tx.Bucket(bucketExpiry).Delete(k); err != nil {
+					return err
+				}
+				continue
 			}
 			l := *old
 			l.State = StateExpired
@@ -98,18 +121,50 @@ func (s *BoltStore) ExpireDue(ctx context.Context, now time.Time, limit int) ([]
 // at or before now, earliest first.
 func (s *BoltStore) DueRevocations(now time.Time, limit int) ([]*Lease, error) {
 	var out []*Lease
-	err := s.db.View(func(tx *bbolt.Tx) error {
+	if limit <= 0 {
+		return nil, nil
+	}
+	err := s.EachDueRevocation(now, func(l *Lease) bool {
+		out = append(out, l)
+		return len(out) < limit
+	})
+	return out, err
+}
+
+// EachDueRevocation calls fn with each lease whose next revocation attempt
+// is at or before now, earliest first, until fn returns false. An entry of
+// the queue whose lease cannot be read is skipped (and logged once): one
+// bad record must not stop every revocation behind it.
+func (s *BoltStore) EachDueRevocation(now time.Time, fn func(l *Lease) bool) error {
+	return s.db.View(func(tx *bbolt.Tx) error {
 		c := tx.Bucket(bucketRevoke).Cursor()
-		for k, _ := c.First(); k != nil && !keyTime(k).After(now) && len(out) < limit; k, _ = c.Next() {
+		for k, _ := c.First(); k != nil && !keyTime(k).After(now); k, _ = c.Next() {
 			l, err := getLease(tx, string(k[8:]))
 			if err != nil {
-				return fmt.Errorf("revocation index: %w", err)
+				s.ReportSkipped("revocation queue", string(k[8:]), err)
+				continue
 			}
-			out = append(out, l)
+			if !fn(l) {
+				return nil
+			}
 		}
 		return nil
 	})
-	return out, err
+}
+
+// NextRevocationAfter returns the earliest next attempt in the revocation
+// queue that is after now.
+func (s *BoltStore) NextRevocationAfter(now time.Time) (time.Time, bool, error) {
+	var t time.Time
+	var ok bool
+	err := s.db.View(func(tx *bbolt.Tx) error {
+		k, _ := tx.Bucket(bucketRevoke).Cursor().Seek(timeKey(now.Add(time.Nanosecond), nil))
+		if k != nil {
+			t, ok = keyTime(k), true
+		}
+		return nil
+	})
+	return t, ok, err
 }
 
 // RevocationDone records that the backend revoked the credential (or that
@@ -163,7 +218,8 @@ func (s *BoltStore) RecoverPending(ctx context.Context, now time.Time) ([]*Lease
 		for _, id := range ids {
 			old, err := getLease(tx, string(id))
 			if err != nil {
-				return err
+				s.ReportSkipped("recovery of pending leases", string(id), err)
+				continue
 			}
 			l := *old
 			l.State = StateRevoking
@@ -198,14 +254,18 @@ func (s *BoltStore) PruneEnded(ctx context.Context, cutoff time.Time, limit int)
 	err := s.Update(ctx, func(tx *bbolt.Tx) error {
 		n = 0
 		c := tx.Bucket(bucketEnded).Cursor()
-		var ids [][]byte
-		for k, _ := c.First(); k != nil && keyTime(k).Before(cutoff) && len(ids) < limit; k, _ = c.Next() {
-			ids = append(ids, append([]byte{}, k[8:]...))
+		var keys [][]byte
+		for k, _ := c.First(); k != nil && keyTime(k).Before(cutoff) && len(keys) < limit; k, _ = c.Next() {
+			keys = append(keys, append([]byte{}, k...))
 		}
-		for _, id := range ids {
-			l, err := getLease(tx, string(id))
+		for _, k := range keys {
+			l, err := getLease(tx, string(k[8:]))
 			if err != nil {
-				return err
+				s.ReportSkipped("pruning", string(k[8:]), err)
+				if err := tx.Bucket(bucketEnded).Delete(k); err != nil {
+					return err
+				}
+				continue
 			}
 			if err := deleteLease(tx, l); err != nil {
 				return err

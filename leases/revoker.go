@@ -34,8 +34,14 @@ type RevocationQueueConfig struct {
 	// MaxBackoff (not less than Backoff), with jitter.
 	Backoff    time.Duration
 	MaxBackoff time.Duration
-	// Concurrency bounds parallel backend calls (at least 1).
+	// Concurrency bounds parallel revocations by handle (at least 1).
 	Concurrency int
+	// RecoveryConcurrency bounds parallel revocations by correlation id
+	// (leases without a handle, left by interrupted mints), which may have
+	// to search the backend and can be slow or keep failing; 0 means
+	// max(1, Concurrency/4). They have slots of their own, so they never
+	// hold up revocations by handle, nor those them.
+	RecoveryConcurrency int
 	// Timeout bounds one backend call (positive; valet uses
 	// DefaultRevokeTimeout).
 	Timeout time.Duration
@@ -48,12 +54,15 @@ type RevocationQueueConfig struct {
 // RevocationQueue revokes ended leases at their backends: at least once,
 // with exponential backoff and jitter, durably (the queue is an index in the
 // store, so a restart resumes it). After Attempts failures a lease becomes
-// irrevocable and is retried at MaxBackoff until its expiry has passed, when
-// the credential is dead on its own and the lease becomes expired.
+// irrevocable and is retried at MaxBackoff until the latest time its
+// credential can be valid at the backend (BoltStore.ValidUntil plus
+// ExpiryGrace) has passed, whatever ended the lease; only then, with the
+// credential dead on its own, does the lease become expired (invariant 5).
 type RevocationQueue struct {
 	cfg  RevocationQueueConfig
 	wake chan struct{}
-	sem  chan struct{}
+	// sems[lane] holds a slot per attempt in flight from Run.
+	sems [lanes]chan struct{}
 
 	mu       sync.Mutex
 	inflight map[string]bool
@@ -87,18 +96,40 @@ func NewRevocationQueue(cfg RevocationQueueConfig) (*RevocationQueue, error) {
 	if cfg.Concurrency < 1 {
 		errs = append(errs, fmt.Errorf("leases.revoke_concurrency must be at least 1; it is %d", cfg.Concurrency))
 	}
+	if cfg.RecoveryConcurrency < 0 {
+		errs = append(errs, fmt.Errorf("revocation queue: recovery concurrency must not be negative; it is %d", cfg.RecoveryConcurrency))
+	}
+	if cfg.RecoveryConcurrency == 0 {
+		cfg.RecoveryConcurrency = max(1, cfg.Concurrency/4)
+	}
 	if cfg.Timeout <= 0 {
 		errs = append(errs, fmt.Errorf("revocation timeout must be positive; it is %s", cfg.Timeout))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("revocation queue: %w", err)
 	}
-	return &RevocationQueue{
+	q := &RevocationQueue{
 		cfg:      cfg,
 		wake:     make(chan struct{}, 1),
-		sem:      make(chan struct{}, cfg.Concurrency),
 		inflight: map[string]bool{},
-	}, nil
+	}
+	q.sems[laneHandle] = make(chan struct{}, cfg.Concurrency)
+	q.sems[laneRecovery] = make(chan struct{}, cfg.RecoveryConcurrency)
+	return q, nil
+}
+
+// Lanes of the queue: each has its own concurrency budget.
+const (
+	laneHandle   = iota // revocation by handle
+	laneRecovery        // revocation by correlation id (no handle)
+	lanes
+)
+
+func laneOf(l *Lease) int {
+	if l.Handle == "" {
+		return laneRecovery
+	}
+	return laneHandle
 }
 
 // Kick wakes the queue, e.g. after a lease was ended.
@@ -110,6 +141,9 @@ func (q *RevocationQueue) Kick() {
 }
 
 // Run works the queue until ctx ends, then waits for attempts in flight.
+// It walks the due leases in order of next attempt and starts each whose
+// lane has a free slot, so a lane whose attempts hang or keep failing never
+// delays the other.
 func (q *RevocationQueue) Run(ctx context.Context) {
 	defer q.wg.Wait()
 	for {
@@ -119,20 +153,39 @@ func (q *RevocationQueue) Run(ctx context.Context) {
 		default:
 		}
 		now := q.cfg.Clock.Now()
-		due, err := q.cfg.Store.DueRevocations(now, 4*q.cfg.Concurrency)
-		if err != nil {
-			if ctx.Err() != nil {
-				return
+		var free [lanes]int
+		for i, sem := range q.sems {
+			free[i] = cap(sem) - len(sem) // only this loop takes slots
+		}
+		var picked []*Lease
+		err := q.cfg.Store.EachDueRevocation(now, func(l *Lease) bool {
+			if lane := laneOf(l); free[lane] > 0 && !q.claimed(l.ID) {
+				picked = append(picked, l)
+				free[lane]--
 			}
+			return free[laneHandle]+free[laneRecovery] > 0
+		})
+		if err != nil && ctx.Err() != nil {
+			return
+		}
+		if err != nil {
 			q.cfg.Logger.Error("revocation queue read failed", "err", err)
 		}
 		started := 0
-		for _, l := range due {
-			if !q.claim(l.ID) {
+		for _, p := range picked {
+			if !q.claim(p.ID) {
 				continue
 			}
+			// The walk may have read the lease just before an attempt in
+			// flight recorded its outcome: attempt only what is still due.
+			l, err := q.cfg.Store.Get(ctx, p.ID)
+			if err != nil || l.State != StateRevoking && l.State != StateIrrevocable || l.NextAttempt.After(now) {
+				q.release(p.ID)
+				continue
+			}
+			sem := q.sems[laneOf(l)]
 			select {
-			case q.sem <- struct{}{}:
+			case sem <- struct{}{}:
 			case <-ctx.Done():
 				q.release(l.ID)
 				return
@@ -145,7 +198,7 @@ func (q *RevocationQueue) Run(ctx context.Context) {
 				// loop skips claimed leases and sleeps without a timer
 				// until the next kick.
 				defer q.Kick()
-				defer func() { <-q.sem }()
+				defer func() { <-sem }()
 				defer q.release(l.ID)
 				q.attempt(ctx, l)
 			}(l)
@@ -153,18 +206,17 @@ func (q *RevocationQueue) Run(ctx context.Context) {
 		if started > 0 {
 			continue
 		}
-		// Everything due is in flight (a finished attempt kicks us) or
-		// nothing is due: sleep until the next attempt is due.
+		// What is due is in flight or waits for a slot (a finished attempt
+		// kicks us), or nothing is due: sleep until the next attempt after
+		// now is due.
 		var timer clock.Timer
 		var fire <-chan time.Time
 		if err != nil {
 			timer = q.cfg.Clock.NewTimer(time.Second)
 			fire = timer.C()
-		} else if len(due) == 0 {
-			if next, ok, err := q.cfg.Store.NextRevocation(); err == nil && ok {
-				timer = q.cfg.Clock.NewTimer(next.Sub(now))
-				fire = timer.C()
-			}
+		} else if next, ok, err := q.cfg.Store.NextRevocationAfter(now); err == nil && ok {
+			timer = q.cfg.Clock.NewTimer(next.Sub(now))
+			fire = timer.C()
 		}
 		select {
 		case <-ctx.Done():
@@ -179,6 +231,12 @@ func (q *RevocationQueue) Run(ctx context.Context) {
 			}
 		}
 	}
+}
+
+func (q *RevocationQueue) claimed(id string) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.inflight[id]
 }
 
 func (q *RevocationQueue) claim(id string) bool {
@@ -235,12 +293,16 @@ func (q *RevocationQueue) attempt(ctx context.Context, l *Lease) *Lease {
 		return audit.Entry{Kind: kind, Actor: systemActor, AgentID: l.AgentID, Role: l.Role, LeaseID: l.ID, Reason: reason,
 			Details: map[string]string{"backend": l.Backend}}
 	}
-	if !now.Before(deadEnd(l).Add(ExpiryGrace)) {
+	validUntil := q.cfg.Store.ValidUntil(l)
+	deadline := validUntil.Add(ExpiryGrace)
+	if !now.Before(deadline) {
 		// The credential has expired at the backend on its own (invariant
-		// 2); there is nothing left to revoke.
+		// 2); there is nothing left to revoke. Until this moment the lease
+		// never reads ended without the backend's confirmation.
 		observe("expired")
 		out, err := q.cfg.Store.RevocationDone(ctx, l.ID, StateExpired, now,
-			entry(audit.KindRevoked, fmt.Sprintf("credential expired before revocation was confirmed (was ending as %s)", l.EndReason)))
+			entry(audit.KindRevoked, fmt.Sprintf("revocation was never confirmed; the credential expired at the backend at %s (the lease was ending as %s)",
+				validUntil.UTC().Format(time.RFC3339), l.EndReason)))
 		if err != nil {
 			q.cfg.Logger.Error("record revocation failed", "lease", l.ID, "err", err)
 			return nil
@@ -268,7 +330,12 @@ func (q *RevocationQueue) attempt(ctx context.Context, l *Lease) *Lease {
 	attempts := l.RevokeAttempts + 1
 	irrevocable := attempts >= q.cfg.Attempts
 	delay := q.backoff(attempts)
+	// Never sleep past the deadline: the lease reads expired as soon as
+	// its credential is dead, not a backoff later.
 	next := now.Add(delay)
+	if next.After(deadline) {
+		next = deadline
+	}
 	kind := audit.KindRevokeFailed
 	if irrevocable && l.State != StateIrrevocable {
 		kind = audit.KindIrrevocable
@@ -282,17 +349,6 @@ func (q *RevocationQueue) attempt(ctx context.Context, l *Lease) *Lease {
 		return nil
 	}
 	return out
-}
-
-// deadEnd is when the lease's credential is dead at its backend whether or
-// not it is revoked: its expiry, or, for a credential revoked at expiry
-// because its holder could extend it, the lease's maximum (the backend caps
-// extensions there).
-func deadEnd(l *Lease) time.Time {
-	if l.EndReason == StateExpired && l.MaxExpires.After(l.ExpiresAt) {
-		return l.MaxExpires
-	}
-	return l.ExpiresAt
 }
 
 // backoff is Backoff·2^(attempts-1), capped at MaxBackoff, with "equal

@@ -429,9 +429,9 @@ func TestNewRevocationQueueTakesSettingsAsGiven(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c := q.cfg; c.Attempts != 3 || c.Backoff != 2*time.Second || c.MaxBackoff != 2*time.Second || c.Concurrency != 2 || c.Timeout != time.Second || cap(q.sem) != 2 {
-		t.Errorf("queue settings = attempts %d backoff %v max %v concurrency %d (semaphore %d) timeout %v; want them as given",
-			c.Attempts, c.Backoff, c.MaxBackoff, c.Concurrency, cap(q.sem), c.Timeout)
+	if c := q.cfg; c.Attempts != 3 || c.Backoff != 2*time.Second || c.MaxBackoff != 2*time.Second || c.Concurrency != 2 || c.Timeout != time.Second || cap(q.sems[laneHandle]) != 2 || cap(q.sems[laneRecovery]) != 1 {
+		t.Errorf("queue settings = attempts %d backoff %v max %v concurrency %d (slots %d, recovery %d) timeout %v; want them as given, recovery max(1, 2/4)",
+			c.Attempts, c.Backoff, c.MaxBackoff, c.Concurrency, cap(q.sems[laneHandle]), cap(q.sems[laneRecovery]), c.Timeout)
 	}
 
 	cases := []struct {
@@ -446,6 +446,7 @@ func TestNewRevocationQueueTakesSettingsAsGiven(t *testing.T) {
 		{"zero concurrency", func(c *RevocationQueueConfig) { c.Concurrency = 0 }, "leases.revoke_concurrency must be at least 1; it is 0"},
 		{"negative concurrency", func(c *RevocationQueueConfig) { c.Concurrency = -1 }, "leases.revoke_concurrency must be at least 1; it is -1"},
 		{"zero timeout", func(c *RevocationQueueConfig) { c.Timeout = 0 }, "revocation timeout must be positive; it is 0s"},
+		{"negative recovery concurrency", func(c *RevocationQueueConfig) { c.RecoveryConcurrency = -1 }, "recovery concurrency must not be negative; it is -1"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -475,4 +476,65 @@ func TestRevocationQueueStoreFailure(t *testing.T) {
 	if n := be.callsFor(l.ID); n != 1 {
 		t.Errorf("backend called %d times, want 1", n)
 	}
+}
+
+// TestRecoveryNeverStarvesRevocationsByHandle: many leases recovered from a
+// crash wait to be revoked by correlation id, and each such attempt hangs
+// at the backend. Releases made while the backend is down must still be
+// retried and confirmed as soon as it is back: recovery has slots of its
+// own, and the queue looks past the recovery leases ahead of them.
+func TestRecoveryNeverStarvesRevocationsByHandle(t *testing.T) {
+	ctx := context.Background()
+	s := MustOpenStore(t)
+	clk := clock.NewFake(t0)
+	be := newFakeBackend(-1) // down
+	be.gate = make(chan struct{})
+	be.gateFor = func(l *Lease) bool { return l.Handle == "" }
+	const recovering, released = 40, 50
+	for i := range recovering {
+		mustCreate(t, s, newPending(t0, fmt.Sprint("crashed-", i), time.Hour))
+	}
+	if rec, err := s.RecoverPending(ctx, t0); err != nil || len(rec) != recovering {
+		t.Fatalf("RecoverPending = %d, %v", len(rec), err)
+	}
+	q := mustQueue(RevocationQueueConfig{Store: s, Revoke: be.Revoke, Clock: clk, Logger: quietLog,
+		Attempts: 3, Backoff: time.Second, MaxBackoff: 8 * time.Second, Concurrency: 4, Timeout: time.Hour})
+	startQueue(t, q)
+	t.Cleanup(func() { close(be.gate) }) // runs before the queue is stopped
+	var ids []string
+	for i := range released {
+		l := mustActivate(t, s, newPending(t0, fmt.Sprint("agent-", i), time.Hour))
+		mustEnd(t, s, l.ID, StateReleased, t0)
+		ids = append(ids, l.ID)
+	}
+	q.Kick()
+	eventually(t, "every release is attempted while recovery hangs", func() bool {
+		for _, id := range ids {
+			if mustGet(t, s, id).RevokeAttempts == 0 {
+				return false
+			}
+		}
+		return true
+	})
+	eventually(t, "the queue sleeps until the retries", func() bool { return clk.Waiters() == 1 })
+	// The backend is back: the next retries confirm every release.
+	be.setFailures(0)
+	clk.Advance(time.Second)
+	eventually(t, "every release is confirmed", func() bool { return mustCounts(t, s)[StateReleased] == released })
+	hung := 0
+	for _, l := range mustList(t, s, Filter{State: StateRevoking, Limit: 1000}) {
+		hung += be.callsFor(l.ID)
+	}
+	if hung != 1 {
+		t.Errorf("%d recovery attempts started, want 1 (RecoveryConcurrency defaults to Concurrency/4)", hung)
+	}
+}
+
+func mustList(tb testing.TB, s *BoltStore, f Filter) []*Lease {
+	tb.Helper()
+	ls, err := s.List(context.Background(), f)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return ls
 }

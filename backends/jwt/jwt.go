@@ -17,6 +17,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/big"
 	"path/filepath"
 	"slices"
@@ -68,6 +69,9 @@ type Backend struct {
 
 	mu   sync.RWMutex
 	keys []*signingKey // newest first; keys[0] signs
+	// unreadable are entries of the key file that could not be unsealed;
+	// they are not used, and are written back untouched.
+	unreadable []sealedKey
 
 	roles sync.Map // role name -> RoleParams
 }
@@ -111,17 +115,30 @@ func New(name string, options map[string]any, deps backends.Deps) (backends.Back
 		name: name, issuer: deps.PublicURL, opts: o, kek: deps.KEK, deps: deps,
 		keyPath: filepath.Join(deps.DataDir, name, "keys.json"),
 	}
-	keys, err := loadKeys(b.keyPath, deps.KEK, name)
+	keys, unreadable, err := loadKeys(b.keyPath, deps.KEK, name)
 	if err != nil {
 		return nil, fmt.Errorf("backend %s: %w", name, err)
 	}
+	if len(unreadable) > 0 {
+		log := deps.Logger
+		if log == nil {
+			log = slog.Default()
+		}
+		kids := make([]string, len(unreadable))
+		for i, u := range unreadable {
+			kids[i] = u.KID
+		}
+		log.Error("signing keys that cannot be unsealed are skipped (not published, not used) and kept in the key file untouched",
+			"backend", name, "path", b.keyPath, "kids", kids)
+	}
+	b.unreadable = unreadable
 	if len(keys) == 0 {
 		k, err := generateKey(o.Algorithm, deps.Clock.Now())
 		if err != nil {
 			return nil, err
 		}
 		keys = []*signingKey{k}
-		if err := saveKeys(b.keyPath, deps.KEK, name, keys); err != nil {
+		if err := saveKeys(b.keyPath, deps.KEK, name, keys, unreadable); err != nil {
 			return nil, fmt.Errorf("backend %s: save keys: %w", name, err)
 		}
 	}
@@ -361,7 +378,7 @@ func (b *Backend) Rotate(now time.Time) error {
 			keys = append(keys, old)
 		}
 	}
-	if err := saveKeys(b.keyPath, b.kek, b.name, keys); err != nil {
+	if err := saveKeys(b.keyPath, b.kek, b.name, keys, b.unreadable); err != nil {
 		return err
 	}
 	b.keys = keys

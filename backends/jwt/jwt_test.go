@@ -426,11 +426,15 @@ func TestKeysEncryptedAtRest(t *testing.T) {
 				}
 			})
 			t.Run("tampered ciphertext", func(t *testing.T) {
+				// Every key tampered with: nothing to sign with. (One
+				// damaged key among good ones: TestOneDamagedKeyIsSkippedAndKept.)
 				var kf keyFile
 				if err := json.Unmarshal(file, &kf); err != nil {
 					t.Fatal(err)
 				}
-				kf.Keys[0].Ciphertext[len(kf.Keys[0].Ciphertext)/2] ^= 1
+				for _, k := range kf.Keys {
+					k.Ciphertext[len(k.Ciphertext)/2] ^= 1
+				}
 				tampered, _ := json.Marshal(kf)
 				g := &fixture{dir: t.TempDir(), name: f.name, opts: f.opts, clock: f.clock}
 				if err := os.MkdirAll(filepath.Dir(g.keyPath()), 0o700); err != nil {

@@ -156,31 +156,44 @@ func unseal(kek []byte, backend string, s sealedKey) (*signingKey, error) {
 	return k, nil
 }
 
-func loadKeys(path string, kek []byte, backend string) ([]*signingKey, error) {
+// loadKeys reads and unseals the backend's keys, newest first. A key that
+// cannot be unsealed (a damaged entry) is skipped and returned, still
+// sealed, in unreadable, so that saving keeps it untouched: one bad entry
+// neither stops the backend nor is destroyed by the next rotation. If no
+// key can be unsealed (a wrong key-encryption key) it fails.
+func loadKeys(path string, kek []byte, backend string) (keys []*signingKey, unreadable []sealedKey, err error) {
 	b, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
+		return nil, nil, nil
 	}
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var f keyFile
 	if err := json.Unmarshal(b, &f); err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return nil, nil, fmt.Errorf("%s: %w", path, err)
 	}
-	var keys []*signingKey
+	var firstErr error
 	for _, s := range f.Keys {
 		k, err := unseal(kek, backend, s)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", path, err)
+			if firstErr == nil {
+				firstErr = fmt.Errorf("%s: %w", path, err)
+			}
+			unreadable = append(unreadable, s)
+			continue
 		}
 		keys = append(keys, k)
 	}
-	return keys, nil
+	if len(keys) == 0 && firstErr != nil {
+		return nil, nil, firstErr
+	}
+	return keys, unreadable, nil
 }
 
-// saveKeys writes the sealed keys atomically (temp file, fsync, rename).
-func saveKeys(path string, kek []byte, backend string, keys []*signingKey) error {
+// saveKeys writes the sealed keys, then the entries in keep as they were,
+// atomically (temp file, fsync, rename).
+func saveKeys(path string, kek []byte, backend string, keys []*signingKey, keep []sealedKey) error {
 	var f keyFile
 	for _, k := range keys {
 		s, err := seal(kek, backend, k)
@@ -189,6 +202,7 @@ func saveKeys(path string, kek []byte, backend string, keys []*signingKey) error
 		}
 		f.Keys = append(f.Keys, s)
 	}
+	f.Keys = append(f.Keys, keep...)
 	b, err := json.MarshalIndent(f, "", "  ")
 	if err != nil {
 		return err

@@ -102,8 +102,12 @@ type Backend struct {
 
 	roles sync.Map // role name -> *RoleParams
 
-	scanMu sync.Mutex
-	scan   *accessorScan // recent recovery scan, shared by a burst of recoveries
+	scanMu   sync.Mutex
+	scan     *accessorScan // the last finished recovery scan (see scanFor)
+	scanning *accessorScan // the scan in progress, if any
+
+	life    context.Context // ends with Close: stops a recovery scan
+	endLife context.CancelFunc
 }
 
 var (
@@ -177,6 +181,7 @@ func New(name string, options map[string]any, deps backends.Deps) (backends.Back
 		deps.Logger = slog.Default()
 	}
 	b := &Backend{name: name, opts: o, client: client, clock: deps.Clock, log: deps.Logger.With("backend", name)}
+	b.life, b.endLife = context.WithCancel(context.Background())
 	b.auth = newAuthenticator(client, o.Auth, b.log)
 	if err := b.auth.start(); err != nil {
 		return nil, fmt.Errorf("backend %s: %w", name, err)
@@ -184,8 +189,9 @@ func New(name string, options map[string]any, deps backends.Deps) (backends.Back
 	return b, nil
 }
 
-// Close stops the background login renewal.
+// Close stops the background login renewal and any recovery scan.
 func (b *Backend) Close() error {
+	b.endLife()
 	b.auth.stop()
 	return nil
 }

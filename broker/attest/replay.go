@@ -143,7 +143,13 @@ func (c *BoltReplayCache) Purge(now time.Time) (int, error) {
 			var doomed [][]byte
 			cur := idx.Cursor()
 			for ik, _ := cur.First(); ik != nil && len(doomed) < purgeChunk; ik, _ = cur.Next() {
-				if len(ik) < 8 || int64(binary.BigEndian.Uint64(ik[:8])) > nowSec {
+				if len(ik) < 8 {
+					// Not an index entry valet writes: drop it rather
+					// than stop every purge behind it.
+					doomed = append(doomed, bytes.Clone(ik))
+					continue
+				}
+				if int64(binary.BigEndian.Uint64(ik[:8])) > nowSec {
 					break
 				}
 				// Copy: bbolt's slices are only valid in the transaction,
@@ -151,6 +157,12 @@ func (c *BoltReplayCache) Purge(now time.Time) (int, error) {
 				doomed = append(doomed, bytes.Clone(ik))
 			}
 			for _, ik := range doomed {
+				if len(ik) < 8 {
+					if err := idx.Delete(ik); err != nil {
+						return err
+					}
+					continue
+				}
 				k := ik[8:]
 				// Delete the key only if this index entry is its current
 				// expiry (Consume replaces expired entries).

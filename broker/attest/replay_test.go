@@ -308,6 +308,32 @@ func TestBoltReplayCachePurge(t *testing.T) {
 }
 
 // bucketSizes counts the entries of the replay cache's two buckets.
+// TestBoltReplayCachePurgePastAMalformedIndexEntry: an expiry index entry
+// too short to hold an expiry, sorted before every real one, must not stop
+// every later purge.
+func TestBoltReplayCachePurgePastAMalformedIndexEntry(t *testing.T) {
+	ctx := context.Background()
+	clk := clock.NewFake(start)
+	db := openBolt(t, filepath.Join(t.TempDir(), "valet.db"))
+	c := newReplayCache(t, db, clk)
+	for i := range 3 {
+		if err := c.Consume(ctx, fmt.Sprintf("iss/%d", i), start.Add(time.Minute)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := db.Update(func(tx *bbolt.Tx) error {
+		return tx.Bucket([]byte("attest.jti")).Bucket([]byte("expiry")).Put([]byte{0, 0}, nil)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Purge(start.Add(2 * time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	if keys, index := bucketSizes(t, db); keys != 0 || index != 0 {
+		t.Fatalf("after purge: %d keys and %d index entries left, want none", keys, index)
+	}
+}
+
 func bucketSizes(t *testing.T, db *bbolt.DB) (keys, index int) {
 	t.Helper()
 	err := db.View(func(tx *bbolt.Tx) error {

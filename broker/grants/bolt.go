@@ -104,11 +104,13 @@ func (s *Store) List(ctx context.Context, f Filter) ([]*Grant, error) {
 		return leases.WalkNewestFirst(tx.Bucket(bucket), prefix, f.Before, func(id []byte) (bool, error) {
 			v := grants.Get(id)
 			if v == nil {
-				return false, fmt.Errorf("grant index %s points at a missing grant", bucket)
+				s.db.ReportSkipped("grant listing", string(id), fmt.Errorf("grant index %s points at a missing grant", bucket))
+				return true, nil
 			}
 			var g Grant
 			if err := json.Unmarshal(v, &g); err != nil {
-				return false, err
+				s.db.ReportSkipped("grant listing", string(id), err)
+				return true, nil
 			}
 			if match(&g) {
 				out = append(out, &g)
@@ -244,7 +246,10 @@ func (s *Store) ExpireDue(ctx context.Context, now time.Time) ([]*Grant, error) 
 			for _, id := range ids {
 				old, err := get(tx, id)
 				if err != nil {
-					return err
+					// One unreadable grant must not stop the expiry of
+					// every other.
+					s.db.ReportSkipped("grant expiry", id, err)
+					continue
 				}
 				if old.StateAt(now) != StateExpired {
 					continue

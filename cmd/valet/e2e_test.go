@@ -203,6 +203,68 @@ func TestEndToEndServeMintVerifyRelease(t *testing.T) {
 	p.stop(t)
 }
 
+// killDuringMints starts valet serve for e, has workers agents mint in a
+// loop (worker w as the agent and role who(w) names, with a 1h TTL), kills
+// the server (SIGKILL) once at least n mints succeeded (or after 20 s),
+// and returns the lease ids whose credential reached a client.
+func killDuringMints(t *testing.T, e *testEnv, workers, n int, who func(w int) (sub, role string)) []string {
+	t.Helper()
+	p := startServe(t, e)
+	e.URL = p.url
+	var mu sync.Mutex
+	var returned []string
+	var ok atomic.Int64
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sub, role := who(w)
+			tok := e.Attest(sub, nil)
+			client := &http.Client{Timeout: 10 * time.Second}
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				req, _ := http.NewRequest("POST", p.url+"/v1/credentials", strings.NewReader(`{"role":"`+role+`","ttl":"1h"}`))
+				req.Header.Set("Content-Type", "application/json")
+				req.Header.Set("Authorization", "Bearer "+tok)
+				resp, err := client.Do(req)
+				if err != nil {
+					return // the server died
+				}
+				var body struct {
+					LeaseID    string         `json:"lease_id"`
+					Credential map[string]any `json:"credential"`
+				}
+				err = json.NewDecoder(resp.Body).Decode(&body)
+				resp.Body.Close()
+				if err == nil && resp.StatusCode == http.StatusCreated && len(body.Credential) > 0 {
+					mu.Lock()
+					returned = append(returned, body.LeaseID)
+					mu.Unlock()
+					ok.Add(1)
+				}
+			}
+		}()
+	}
+	// Let mints flow, then kill mid-stream.
+	deadline := time.Now().Add(20 * time.Second)
+	for ok.Load() < int64(n) && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	p.kill()
+	close(stop)
+	wg.Wait()
+	if ok.Load() == 0 {
+		t.Fatal("no mint succeeded before the kill")
+	}
+	return returned
+}
+
 // TestCrashSafety kills the real server with SIGKILL while many mints are in
 // flight, restarts it, and checks invariants 3 and 4: every credential a
 // client received has an active lease, no pending lease survives recovery,
@@ -216,58 +278,9 @@ func TestCrashSafety(t *testing.T) {
 	const workers = 24
 	var returned []string // lease ids whose credential reached a client
 	for round := 0; round < rounds; round++ {
-		p := startServe(t, e)
-		e.URL = p.url
-		var mu sync.Mutex
-		var ok atomic.Int64
-		var wg sync.WaitGroup
-		stop := make(chan struct{})
-		for w := 0; w < workers; w++ {
-			wg.Add(1)
-			go func(w int) {
-				defer wg.Done()
-				tok := e.Attest(fmt.Sprintf("crash-%d-%d", round, w), nil)
-				client := &http.Client{Timeout: 10 * time.Second}
-				role := []string{"demo", "ledger"}[w%2]
-				for {
-					select {
-					case <-stop:
-						return
-					default:
-					}
-					req, _ := http.NewRequest("POST", p.url+"/v1/credentials", strings.NewReader(`{"role":"`+role+`","ttl":"1h"}`))
-					req.Header.Set("Content-Type", "application/json")
-					req.Header.Set("Authorization", "Bearer "+tok)
-					resp, err := client.Do(req)
-					if err != nil {
-						return // the server died
-					}
-					var body struct {
-						LeaseID    string         `json:"lease_id"`
-						Credential map[string]any `json:"credential"`
-					}
-					err = json.NewDecoder(resp.Body).Decode(&body)
-					resp.Body.Close()
-					if err == nil && resp.StatusCode == http.StatusCreated && body.Credential["access_token"] != nil {
-						mu.Lock()
-						returned = append(returned, body.LeaseID)
-						mu.Unlock()
-						ok.Add(1)
-					}
-				}
-			}(w)
-		}
-		// Let mints flow, then kill mid-stream.
-		deadline := time.Now().Add(20 * time.Second)
-		for ok.Load() < int64(40+round*25) && time.Now().Before(deadline) {
-			time.Sleep(5 * time.Millisecond)
-		}
-		p.kill()
-		close(stop)
-		wg.Wait()
-		if ok.Load() == 0 {
-			t.Fatalf("round %d: no mint succeeded before the kill", round)
-		}
+		returned = append(returned, killDuringMints(t, e, workers, 40+round*25, func(w int) (string, string) {
+			return fmt.Sprintf("crash-%d-%d", round, w), []string{"demo", "ledger"}[w%2]
+		})...)
 	}
 
 	// Restart and check.

@@ -103,7 +103,7 @@ func (s *Server) Open(ctx context.Context) (err error) {
 	if s.sink != nil {
 		sink = s.sink
 	}
-	s.store, err = leases.OpenBolt(filepath.Join(cfg.DataDir, "valet.db"), leases.BoltOptions{Sink: sink})
+	s.store, err = leases.OpenBolt(filepath.Join(cfg.DataDir, "valet.db"), leases.BoltOptions{Sink: sink, Logger: log})
 	if err != nil {
 		return err
 	}
@@ -179,7 +179,7 @@ func (s *Server) Open(ctx context.Context) (err error) {
 			if !ok {
 				return fmt.Errorf("backend %q is no longer configured", l.Backend)
 			}
-			return be.Revoke(ctx, backends.Ref{Handle: l.Handle, CorrelationID: l.ID, AgentID: l.AgentID, Role: l.Role, ExpiresAt: l.ExpiresAt, Details: l.Details})
+			return be.Revoke(ctx, backends.Ref{Handle: l.Handle, CorrelationID: l.ID, AgentID: l.AgentID, Role: l.Role, ExpiresAt: l.ExpiresAt, EndedAt: l.EndedAt, Details: l.Details})
 		},
 	})
 	if err != nil {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/valet-broker/valet/backends/vault/vaulttest"
 	"github.com/valet-broker/valet/broker"
+	"github.com/valet-broker/valet/leases"
 )
 
 // vaultPolicy permits the Vault roles to agents of the test issuer.
@@ -185,26 +186,34 @@ func TestVaultCrashBetweenMintAndCommit(t *testing.T) {
 	p.stop(t)
 }
 
+// TestVaultOutageQueuesRevocations releases 50 leases while Vault is down,
+// with mints failing meanwhile (their leases are revoked by correlation id,
+// through a scan that meets accessors Vault cannot look up): once Vault is
+// back every release is confirmed within 30 s.
 func TestVaultOutageQueuesRevocations(t *testing.T) {
 	v := vaulttest.StartFile(t)
 	v.Mount("secret", "kv-v2")
 	setupValetVault(t, v)
+	unreadable := v.LeaveUnreadableAccessors("valet-agents")
 	e := newVaultEnv(t, v, kvRole, nil).Start()
+	const n, failedMints = 50, 8
 	var ids, toks []string
-	for i := 0; i < 3; i++ {
+	for i := 0; i < n; i++ {
 		res := e.Mint(e.Attest("outage-agent", nil), "kv")
 		ids = append(ids, res["lease_id"].(string))
 		toks = append(toks, res["credential"].(map[string]any)["vault_token"].(string))
 	}
 	v.Stop()
 	// Mints fail fast with 503 and a problem that says why.
-	start := time.Now()
-	r := e.Do("POST", "/v1/credentials", e.Attest("outage-agent", nil), map[string]any{"role": "kv"})
-	if r.Status != http.StatusServiceUnavailable || !strings.Contains(r.JSON(t)["detail"].(string), "unavailable") || r.Header.Get("Content-Type") != "application/problem+json" {
-		t.Fatalf("mint with Vault down: %d %s", r.Status, r.Body)
-	}
-	if d := time.Since(start); d > 5*time.Second {
-		t.Fatalf("the mint took %s to fail", d)
+	for i := 0; i < failedMints; i++ {
+		start := time.Now()
+		r := e.Do("POST", "/v1/credentials", e.Attest("outage-agent", nil), map[string]any{"role": "kv"})
+		if r.Status != http.StatusServiceUnavailable || !strings.Contains(r.JSON(t)["detail"].(string), "unavailable") || r.Header.Get("Content-Type") != "application/problem+json" {
+			t.Fatalf("mint with Vault down: %d %s", r.Status, r.Body)
+		}
+		if d := time.Since(start); d > 5*time.Second {
+			t.Fatalf("the mint took %s to fail", d)
+		}
 	}
 	// Releases are accepted and queued: nothing is marked released yet.
 	for _, id := range ids {
@@ -216,15 +225,24 @@ func TestVaultOutageQueuesRevocations(t *testing.T) {
 	v.Start()
 	v.Unseal()
 	back := time.Now()
-	eventually(t, 30*time.Second, "queued revocations complete after Vault is back", func() bool {
-		for _, l := range listLeases(t, e, "test/outage-agent") {
+	eventually(t, 30*time.Second, "every queued revocation completes within 30s of Vault's return", func() bool {
+		ls := e.Do("GET", "/v1/leases?agent_id=test/outage-agent&limit=1000", testOperatorToken, nil)
+		var out struct {
+			Leases []map[string]any `json:"leases"`
+		}
+		json.Unmarshal(ls.Body, &out)
+		if len(out.Leases) != n+failedMints {
+			t.Fatalf("%d leases, want %d", len(out.Leases), n+failedMints)
+		}
+		for _, l := range out.Leases {
 			if l["state"] != "released" && l["state"] != "revoked" {
 				return false
 			}
 		}
 		return true
 	})
-	t.Logf("queued revocations completed %s after Vault came back", time.Since(back).Round(time.Millisecond))
+	t.Logf("%d queued revocations and %d recoveries completed %s after Vault came back (%d unreadable accessors in Vault)",
+		n, failedMints, time.Since(back).Round(time.Millisecond), len(unreadable))
 	for _, tok := range toks {
 		if _, err := v.ClientWithToken(tok).Auth().Token().LookupSelf(); err == nil {
 			t.Fatal("a token released during the outage is still valid at Vault")
@@ -232,18 +250,101 @@ func TestVaultOutageQueuesRevocations(t *testing.T) {
 	}
 	// The audit log tells the same story.
 	kinds := map[string]int{}
-	r = e.Do("GET", "/v1/audit?limit=1000", testOperatorToken, nil)
-	for _, rec := range r.JSON(t)["records"].([]any) {
-		kinds[rec.(map[string]any)["kind"].(string)]++
+	for after := ""; ; {
+		r := e.Do("GET", "/v1/audit?limit=1000"+after, testOperatorToken, nil)
+		recs := r.JSON(t)["records"].([]any)
+		for _, rec := range recs {
+			kinds[rec.(map[string]any)["kind"].(string)]++
+		}
+		if len(recs) < 1000 {
+			break
+		}
+		after = fmt.Sprintf("&after=%v", recs[len(recs)-1].(map[string]any)["seq"])
 	}
-	// Three releases confirmed by Vault, plus the mint that failed during
-	// the outage, whose pending lease was revoked by correlation id.
-	if kinds["lease.release"] != 3 || kinds["mint.failed"] != 1 || kinds["lease.revoked"] != 4 || kinds["lease.revoke_failed"]+kinds["lease.irrevocable"] == 0 {
+	// Every release confirmed by Vault, plus the mints that failed during
+	// the outage, whose pending leases were revoked by correlation id.
+	if kinds["lease.release"] != n || kinds["mint.failed"] != failedMints || kinds["lease.revoked"] != n+failedMints || kinds["lease.revoke_failed"]+kinds["lease.irrevocable"] == 0 {
 		t.Fatalf("audit kinds %v", kinds)
 	}
 	if v := e.Do("GET", "/v1/audit/verify", testOperatorToken, nil).JSON(t); v["ok"] != true {
 		t.Fatalf("audit verify: %v", v)
 	}
+}
+
+// TestVaultKillDuringMintsRevokesEveryOrphan kills valet (SIGKILL) while
+// many agents mint Vault tokens, several times, which leaves tokens whose
+// leases are pending and, now and then, accessors Vault cannot look up.
+// After the last restart every Vault token valet created must belong to an
+// active lease within seconds of /readyz: every orphan is found and revoked.
+func TestVaultKillDuringMintsRevokesEveryOrphan(t *testing.T) {
+	v := vaulttest.StartDev(t)
+	setupValetVault(t, v)
+	e := newVaultEnv(t, v, kvRole, nil)
+	const rounds, workers = 3, 24
+	for round := 0; round < rounds; round++ {
+		killDuringMints(t, e, workers, 30+round*20, func(w int) (string, string) {
+			return fmt.Sprintf("kill-%d-%d", round, w), "kv"
+		})
+	}
+	// Kills cut Vault's token creation off half-way now and then, leaving
+	// accessors nobody can look up; make sure the recovery meets some.
+	unreadable := v.LeaveUnreadableAccessors("valet-agents")
+	p := startServe(t, e)
+	e.URL = p.url
+	if r := e.Do("GET", "/readyz", "", nil); r.Status != http.StatusOK {
+		t.Fatalf("readyz: %d %s", r.Status, r.Body)
+	}
+	ready := time.Now()
+	var orphans []string
+	eventually(t, 10*time.Second, "every orphaned Vault token is revoked", func() bool {
+		orphans = orphans[:0]
+		for lease, accs := range valetTokens(t, v) {
+			r := e.Do("GET", "/v1/leases/"+lease, testOperatorToken, nil)
+			if r.Status != http.StatusOK || r.JSON(t)["state"] != "active" {
+				orphans = append(orphans, fmt.Sprintf("%s (%d tokens, lease %d %s)", lease, len(accs), r.Status, r.JSON(t)["state"]))
+			}
+		}
+		return len(orphans) == 0
+	})
+	took := time.Since(ready).Round(time.Millisecond)
+	r := e.Do("GET", "/v1/audit?kind=lease.recover&limit=1000", testOperatorToken, nil)
+	recovered := len(r.JSON(t)["records"].([]any))
+	if recovered == 0 {
+		t.Fatal("the kills left no pending lease to recover; the test proved nothing")
+	}
+	t.Logf("%d interrupted mints recovered; every orphan revoked %s after /readyz, past %d accessors Vault cannot look up", recovered, took, len(unreadable))
+	eventually(t, 10*time.Second, "no lease is left pending or revoking", func() bool {
+		for _, st := range []string{"pending", "revoking", "irrevocable"} {
+			r := e.Do("GET", "/v1/leases?limit=1&state="+st, testOperatorToken, nil)
+			if r.Status != http.StatusOK || len(r.JSON(t)["leases"].([]any)) != 0 {
+				return false
+			}
+		}
+		return true
+	})
+	p.stop(t)
+}
+
+// valetTokens maps the lease ids in the metadata of the Vault tokens that
+// can be looked up to their accessors.
+func valetTokens(t *testing.T, v *vaulttest.Server) map[string][]string {
+	t.Helper()
+	c := v.Client()
+	list, err := c.Logical().List("auth/token/accessors")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string][]string{}
+	for _, k := range list.Data["keys"].([]any) {
+		sec, err := c.Logical().Write("auth/token/lookup-accessor", map[string]any{"accessor": k})
+		if err != nil || sec == nil {
+			continue
+		}
+		if meta, _ := sec.Data["meta"].(map[string]any); meta["valet_lease_id"] != nil {
+			out[meta["valet_lease_id"].(string)] = append(out[meta["valet_lease_id"].(string)], k.(string))
+		}
+	}
+	return out
 }
 
 func TestVaultTokenRenewedByItsHolderIsRevokedAtExpiry(t *testing.T) {
@@ -315,6 +416,81 @@ func vaultUsers(dsn string) (int, error) {
 	var n int
 	err = conn.QueryRow(context.Background(), `select count(*) from pg_roles where rolname like 'v-%'`).Scan(&n)
 	return n, err
+}
+
+// TestVaultRenewedTokenStaysIrrevocableUntilItsMaximum: an agent renews its
+// own Vault token, valet's policy loses the permission to revoke it, and
+// the agent releases the lease. As long as Vault may still accept the
+// token (up to the lease's maximum, plus ExpiryGrace) the lease must read
+// irrevocable, in the API and the metric, never expired; once valet may
+// revoke again, the lease is released with Vault's confirmation.
+func TestVaultRenewedTokenStaysIrrevocableUntilItsMaximum(t *testing.T) {
+	v := vaulttest.StartDev(t)
+	setupValetVault(t, v)
+	withRevoke := `
+path "auth/token/create/valet-agents" { capabilities = ["update"] }
+path "auth/token/renew-accessor" { capabilities = ["update"] }
+path "auth/token/lookup-accessor" { capabilities = ["update"] }
+path "auth/token/accessors" { capabilities = ["list", "sudo"] }
+path "auth/token/roles/*" { capabilities = ["read"] }
+`
+	v.Policy("valet", withRevoke+`path "auth/token/revoke-accessor" { capabilities = ["update"] }`)
+	valetToken := v.Write("auth/token/create", map[string]any{"policies": []string{"valet"}, "ttl": "1h"}).Auth.ClientToken
+	tokenFile := filepath.Join(t.TempDir(), "valet-token")
+	if err := os.WriteFile(tokenFile, []byte(valetToken), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e := newVaultEnv(t, v, `  - name: short
+    backend: vault-main
+    ttl: 3s
+    max_ttl: 2m
+    params: {token_role: valet-agents, policies: [agent-read]}
+`, func(cfg *broker.Config) {
+		for _, b := range cfg.Backends {
+			if b.Name == "vault-main" {
+				b.Options["auth"] = map[string]any{"method": "token", "token_file": tokenFile}
+			}
+		}
+	}).Start()
+	res := e.Mint(e.Attest("renewer", nil), "short")
+	id := res["lease_id"].(string)
+	tok := res["credential"].(map[string]any)["vault_token"].(string)
+	expires, _ := time.Parse(time.RFC3339, res["expires_at"].(string))
+	// The agent stretches its own token, as its token role allows.
+	if _, err := v.ClientWithToken(tok).Logical().Write("auth/token/renew-self", map[string]any{"increment": "110s"}); err != nil {
+		t.Fatal(err)
+	}
+	v.Policy("valet", withRevoke) // valet may no longer revoke
+	if r := e.Do("DELETE", "/v1/leases/"+id, e.Attest("renewer", nil), nil); r.Status != http.StatusOK || r.JSON(t)["state"] != "revoking" {
+		t.Fatalf("release: %d %s", r.Status, r.Body)
+	}
+	state := func() string { return e.Do("GET", "/v1/leases/"+id, testOperatorToken, nil).JSON(t)["state"].(string) }
+	eventually(t, 30*time.Second, "the lease becomes irrevocable", func() bool { return state() == "irrevocable" })
+
+	// Past the lease's expiry plus the grace the token is still valid at
+	// Vault: the lease must still say so.
+	for time.Now().Before(expires.Add(leases.ExpiryGrace + 3*time.Second)) {
+		if st := state(); st != "irrevocable" {
+			t.Fatalf("at %s past the lease's expiry the lease reads %s, while Vault still accepts its token", time.Since(expires).Round(time.Second), st)
+		}
+		time.Sleep(time.Second)
+	}
+	if _, err := v.ClientWithToken(tok).Auth().Token().LookupSelf(); err != nil {
+		t.Fatalf("the token is no longer valid at Vault (%v): the test proves nothing", err)
+	}
+	if st := state(); st != "irrevocable" {
+		t.Fatalf("the lease reads %s while Vault still accepts its token", st)
+	}
+	metrics := string(e.Do("GET", "/metrics", "", nil).Body)
+	if !strings.Contains(metrics, "\nvalet_irrevocable_leases 1\n") {
+		t.Fatalf("metrics do not count the irrevocable lease:\n%s", metrics)
+	}
+	// valet may revoke again: the next retry is confirmed by Vault.
+	v.Policy("valet", withRevoke+`path "auth/token/revoke-accessor" { capabilities = ["update"] }`)
+	eventually(t, 30*time.Second, "the lease is released once Vault confirms", func() bool { return state() == "released" })
+	if _, err := v.ClientWithToken(tok).Auth().Token().LookupSelf(); err == nil {
+		t.Fatal("the lease reads released but the token still works")
+	}
 }
 
 // TestDevVaultRoles: the roles valet dev adds for a dev Vault are built in

@@ -304,3 +304,56 @@ func (s *Server) TokenFile() string {
 	}
 	return p
 }
+
+// UnreadableAccessors returns the token accessors that Vault lists but
+// refuses to look up, even for the root token (403).
+func (s *Server) UnreadableAccessors() []string {
+	s.tb.Helper()
+	c := s.Client()
+	list, err := c.Logical().List("auth/token/accessors")
+	if err != nil {
+		s.tb.Fatalf("vault list accessors: %v", err)
+	}
+	var out []string
+	for _, k := range list.Data["keys"].([]any) {
+		_, err := c.Logical().Write("auth/token/lookup-accessor", map[string]any{"accessor": k})
+		var re *api.ResponseError
+		if errors.As(err, &re) && re.StatusCode == http.StatusForbidden {
+			out = append(out, k.(string))
+		}
+	}
+	return out
+}
+
+// LeaveUnreadableAccessors makes Vault leave token accessors that nobody
+// can look up, as a client that gives up on its token creations mid-flight
+// does (Vault 1.13 logs "failed to register token lease ... context
+// canceled" and keeps the accessor of a token it no longer accepts). It
+// creates tokens through tokenRole with requests cancelled after a random
+// few milliseconds until at least one such accessor exists, and returns
+// them. It fails tb after 20 rounds without one.
+func (s *Server) LeaveUnreadableAccessors(tokenRole string) []string {
+	s.tb.Helper()
+	c := s.Client()
+	for round := 0; round < 20; round++ {
+		var wg sync.WaitGroup
+		for w := 0; w < 16; w++ {
+			wg.Add(1)
+			go func(w int) {
+				defer wg.Done()
+				for i := 0; i < 40; i++ {
+					d := time.Duration((w*40+i+round*7)%3000) * time.Microsecond
+					ctx, cancel := context.WithTimeout(context.Background(), d)
+					_, _ = c.Logical().WriteWithContext(ctx, "auth/token/create/"+tokenRole, map[string]any{"ttl": "60s"})
+					cancel()
+				}
+			}(w)
+		}
+		wg.Wait()
+		if acc := s.UnreadableAccessors(); len(acc) > 0 {
+			return acc
+		}
+	}
+	s.tb.Fatal("Vault left no unreadable token accessor after 20 rounds of cancelled token creations")
+	return nil
+}
