@@ -65,7 +65,7 @@ type RevocationQueue struct {
 	sems [lanes]chan struct{}
 
 	mu       sync.Mutex
-	inflight map[string]bool
+	inflight map[string]chan struct{} // closed when the attempt ends
 	wg       sync.WaitGroup
 }
 
@@ -111,7 +111,7 @@ func NewRevocationQueue(cfg RevocationQueueConfig) (*RevocationQueue, error) {
 	q := &RevocationQueue{
 		cfg:      cfg,
 		wake:     make(chan struct{}, 1),
-		inflight: map[string]bool{},
+		inflight: map[string]chan struct{}{},
 	}
 	q.sems[laneHandle] = make(chan struct{}, cfg.Concurrency)
 	q.sems[laneRecovery] = make(chan struct{}, cfg.RecoveryConcurrency)
@@ -236,35 +236,57 @@ func (q *RevocationQueue) Run(ctx context.Context) {
 func (q *RevocationQueue) claimed(id string) bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	return q.inflight[id]
+	return q.inflight[id] != nil
 }
 
 func (q *RevocationQueue) claim(id string) bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if q.inflight[id] {
+	if q.inflight[id] != nil {
 		return false
 	}
-	q.inflight[id] = true
+	q.inflight[id] = make(chan struct{})
 	return true
+}
+
+// attemptDone returns a channel closed when the attempt in flight for id
+// ends, or nil when there is none.
+func (q *RevocationQueue) attemptDone(id string) <-chan struct{} {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.inflight[id]
 }
 
 func (q *RevocationQueue) release(id string) {
 	q.mu.Lock()
+	if ch := q.inflight[id]; ch != nil {
+		close(ch)
+	}
 	delete(q.inflight, id)
 	q.mu.Unlock()
 }
 
 // RevokeNow makes the first attempt for a lease that was just ended, on the
 // caller's goroutine, so a release usually completes before the API answers.
-// If the attempt fails the lease stays queued. It returns the lease as it is
-// afterwards.
+// If the attempt fails the lease stays queued. When the queue's own worker is
+// making an attempt for the lease at that moment, RevokeNow waits for it
+// (until ctx ends) instead of making a second one. It returns the lease as it
+// is afterwards.
 func (q *RevocationQueue) RevokeNow(ctx context.Context, l *Lease) (*Lease, error) {
 	if l.State != StateRevoking && l.State != StateIrrevocable {
 		return l, nil
 	}
 	if !q.claim(l.ID) {
-		return l, nil
+		// The queue is making an attempt for this lease right now: answer
+		// with its outcome, not with the state from before it.
+		if done := q.attemptDone(l.ID); done != nil {
+			select {
+			case <-done:
+			case <-ctx.Done():
+				return l, nil
+			}
+		}
+		return q.cfg.Store.Get(context.WithoutCancel(ctx), l.ID)
 	}
 	// Run may be asleep until a later retry, or have skipped this lease
 	// while it was claimed: wake it so a failed attempt is retried on time.

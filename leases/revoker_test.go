@@ -263,6 +263,48 @@ func TestRevokeNow(t *testing.T) {
 	}
 }
 
+// TestRevokeNowWaitsForTheQueuesAttempt: when the queue's own worker is
+// revoking the lease at the moment the broker calls RevokeNow (it saw the
+// lease in the queue as soon as End committed), RevokeNow answers with that
+// attempt's outcome, not with the state from before it: an API that answers
+// "revoked: 4" must show those leases revoked.
+func TestRevokeNowWaitsForTheQueuesAttempt(t *testing.T) {
+	s := MustOpenStore(t)
+	clk := clock.NewFake(t0)
+	be := newFakeBackend(0)
+	be.gate = make(chan struct{})
+	q := newQueue(s, be, clk, 3)
+	startQueue(t, q)
+
+	l := mustActivate(t, s, newPending(t0, "a", time.Hour))
+	l = mustEnd(t, s, l.ID, StateRevoked, t0)
+	q.Kick()
+	eventually(t, "the queue's worker is revoking the lease", func() bool { return q.claimed(l.ID) })
+
+	type result struct {
+		l   *Lease
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		got, err := q.RevokeNow(context.Background(), l)
+		done <- result{got, err}
+	}()
+	select {
+	case r := <-done:
+		t.Fatalf("RevokeNow answered %s (%v) while the queue's attempt was still running", r.l.State, r.err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(be.gate)
+	r := <-done
+	if r.err != nil || r.l.State != StateRevoked {
+		t.Fatalf("RevokeNow = %+v, %v; want the lease as the queue's attempt left it: revoked", r.l, r.err)
+	}
+	if n := be.callsFor(l.ID); n != 1 {
+		t.Errorf("backend called %d times, want once: RevokeNow must not make a second attempt", n)
+	}
+}
+
 // TestRevokeNowFailureIsRetried: the broker ends a lease and calls RevokeNow
 // while the queue sleeps on a timer for a much later retry. When RevokeNow
 // fails, the queue must still retry this lease at its own time.
