@@ -23,14 +23,14 @@ import (
 
 // requestGrant records a grant for a policy-permitted request of a role
 // that needs approval, and announces it.
-func (b *Broker) requestGrant(ctx context.Context, p *Principal, role *Role, ttl time.Duration, req MintRequest, dec Decision, now time.Time) (*MintResult, error) {
+func (b *Broker) requestGrant(ctx context.Context, op *mintOp) (*MintResult, error) {
 	if b.grants == nil {
-		return nil, Errorf(EFORBIDDEN, "role %s requires approval, and this server has no grant store", role.Name)
+		return nil, Errorf(EFORBIDDEN, "role %s requires approval, and this server has no grant store", op.role.Name)
 	}
-	g := b.newGrant(p, role, ttl, req, dec, now, grants.KindApproval)
-	if err := b.grants.Create(ctx, g, now, dec.record(audit.Entry{
-		Kind: audit.KindGrantRequest, Actor: agentActor(p), Decision: audit.Allow, Reason: req.Reason, RequestID: req.RequestID,
-		Details: map[string]string{"ttl": ttl.String(), "approvals_required": fmt.Sprint(g.Required)},
+	g := b.newGrant(op, grants.KindApproval)
+	if err := b.grants.Create(ctx, g, op.now, op.dec.record(audit.Entry{
+		Kind: audit.KindGrantRequest, Actor: agentActor(op.p), Decision: audit.Allow, Reason: op.req.Reason, RequestID: op.req.RequestID,
+		Details: map[string]string{"ttl": op.ttl.String(), "approvals_required": fmt.Sprint(g.Required)},
 	})); err != nil {
 		return nil, grantError(err)
 	}
@@ -38,16 +38,16 @@ func (b *Broker) requestGrant(ctx context.Context, p *Principal, role *Role, ttl
 	return &MintResult{Grant: g}, nil
 }
 
-// newGrant binds a request.
-func (b *Broker) newGrant(p *Principal, role *Role, ttl time.Duration, req MintRequest, dec Decision, now time.Time, kind string) *grants.Grant {
-	r := grants.Request{AgentID: p.ID, Role: role.Name, TTL: ttl, Scope: req.Scope, Reason: req.Reason, Lineage: p.Lineage}
-	g := &grants.Grant{
-		ID: leases.NewID(now), Kind: kind, AgentID: p.ID, Role: role.Name, TTL: ttl, Scope: req.Scope,
+// newGrant binds op's request in a grant of kind.
+func (b *Broker) newGrant(op *mintOp, kind string) *grants.Grant {
+	p, role, req, now := op.p, op.role, op.req, op.now
+	r := grants.Request{AgentID: p.ID, Role: role.Name, TTL: op.ttl, Scope: req.Scope, Reason: req.Reason, Lineage: p.Lineage}
+	return &grants.Grant{
+		ID: leases.NewID(now), Kind: kind, AgentID: p.ID, Role: role.Name, TTL: op.ttl, Scope: req.Scope,
 		Reason: req.Reason, Lineage: p.Lineage, Requester: requesterIdentities(p, role), Binding: grants.Binding(r),
 		State: grants.StatePending, Required: role.Approval.Required, CreatedAt: now,
-		ExpiresAt: now.Add(role.Approval.RequestTTL.D()), PolicyVersion: dec.Version, RequestID: req.RequestID,
+		ExpiresAt: now.Add(role.Approval.RequestTTL.D()), PolicyVersion: op.dec.Version, RequestID: req.RequestID,
 	}
-	return g
 }
 
 // requesterIdentities are the agent id, its subject and the values of the

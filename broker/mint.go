@@ -65,12 +65,15 @@ type MintResult struct {
 // EBADGATEWAY (backend error).
 func (b *Broker) Mint(ctx context.Context, req MintRequest) (res *MintResult, err error) {
 	start := time.Now() // wall time: a latency measurement, not a decision
-	roleName := ""
+	op := &mintOp{req: req}
 	defer func() {
 		if b.obs != nil {
-			outcome := "ok"
+			outcome, roleName := "ok", ""
 			if err != nil {
 				outcome = ErrorCode(err)
+			}
+			if op.role != nil {
+				roleName = op.role.Name
 			}
 			b.obs.Minted(roleName, outcome, time.Since(start))
 		}
@@ -81,23 +84,70 @@ func (b *Broker) Mint(ctx context.Context, req MintRequest) (res *MintResult, er
 		// forge lines in the audit log or in an operator's terminal.
 		return nil, Errorf(EINVALID, "role must be %s", NameRule)
 	}
-	p, err := b.authenticate(ctx, attestation{token: req.Attestation, kind: audit.KindMint, role: req.Role, sourceIP: req.SourceIP, requestID: req.RequestID})
-	if err != nil {
+	if err := b.admit(ctx, op); err != nil {
 		return nil, err
 	}
+	role := op.role
+	switch {
+	case req.BreakGlass:
+		return b.breakGlass(ctx, op)
+	case role.Approval.Required > 0 && req.Immediate:
+		err := Errorf(EFORBIDDEN, "role %s requires operator approval: request it with POST /v1/credentials, then redeem the grant", role.Name)
+		// The policy did not refuse: the record keeps its version and
+		// any evaluation errors, not the permits.
+		b.deny(ctx, op.p, audit.KindMint, role.Name, req.RequestID, err.Message, Decision{Version: op.dec.Version, Errors: op.dec.Errors})
+		return nil, err
+	case role.Approval.Required > 0:
+		return b.requestGrant(ctx, op)
+	}
+	return b.mint(ctx, op)
+}
+
+// mintOp is a mint in progress: who asks for which role and TTL, what the
+// policy decided and when, and the grant the lease comes from. admit fills
+// it in; requestGrant, breakGlass and mint read it, and RedeemGrant builds
+// one from the grant it redeems.
+type mintOp struct {
+	p    *Principal
+	role *Role
+	req  MintRequest
+	// ttl is the lease's TTL: the request's (or the role's default),
+	// capped by the role's max_ttl and, for break-glass, its cap.
+	ttl time.Duration
+	dec Decision
+	// now is when the policy decided; the lease and the grant start then.
+	now time.Time
+	// grant is the grant the lease comes from (redeemed, or break-glass),
+	// nil for a plain mint.
+	grant *grants.Grant
+}
+
+// admit decides whether op.req may go ahead, filling in op: it
+// authenticates the agent, resolves the role and the TTL, applies the
+// break-glass rules, asks the policy and checks the scope with the
+// backend. Refusals of an authenticated agent for its role or by the
+// policy are audited; malformed requests (a bad TTL, reason or scope) are
+// refused unaudited, and nothing else is recorded.
+func (b *Broker) admit(ctx context.Context, op *mintOp) error {
+	req := op.req
+	p, err := b.authenticate(ctx, attestation{token: req.Attestation, kind: audit.KindMint, role: req.Role, sourceIP: req.SourceIP, requestID: req.RequestID})
+	if err != nil {
+		return err
+	}
+	op.p = p
 	role, ok := b.roles[req.Role]
 	if !ok {
 		err := Errorf(ENOTFOUND, "role %q does not exist", req.Role)
 		b.deny(ctx, p, audit.KindMint, req.Role, req.RequestID, err.Message, Decision{})
-		return nil, err
+		return err
 	}
-	roleName = role.Name
+	op.role = role
 	ttl := req.TTL
 	if ttl == 0 {
 		ttl = role.TTL.D()
 	}
 	if ttl < time.Second {
-		return nil, Errorf(EINVALID, "ttl must be at least 1s")
+		return Errorf(EINVALID, "ttl must be at least 1s")
 	}
 	ttl = min(ttl, role.MaxTTL.D())
 	action := ActionMint
@@ -105,22 +155,23 @@ func (b *Broker) Mint(ctx context.Context, req MintRequest) (res *MintResult, er
 		if !role.Approval.BreakGlass.Allowed {
 			err := Errorf(EFORBIDDEN, "role %s does not allow break-glass access", role.Name)
 			b.deny(ctx, p, audit.KindBreakGlass, role.Name, req.RequestID, err.Message, Decision{})
-			return nil, err
+			return err
 		}
 		if len(strings.TrimSpace(req.Reason)) < 10 {
-			return nil, Errorf(EINVALID, "break-glass access needs a justification: give a reason of at least 10 characters")
+			return Errorf(EINVALID, "break-glass access needs a justification: give a reason of at least 10 characters")
 		}
 		action = ActionBreakGlass
 		ttl = min(ttl, role.Approval.BreakGlass.MaxTTL.D())
 	}
+	op.ttl = ttl
 
-	now := b.clock.Now()
+	op.now = b.clock.Now()
 	dec, err := b.authz.Authorize(ctx, AuthzRequest{
 		Principal: p, Action: action, Role: role, RequestID: req.RequestID,
-		Context: AuthzContext{TTL: ttl, Reason: req.Reason, SourceIP: req.SourceIP, Now: now},
+		Context: AuthzContext{TTL: ttl, Reason: req.Reason, SourceIP: req.SourceIP, Now: op.now},
 	})
 	if err != nil {
-		return nil, Wrap(EINTERNAL, err, "policy evaluation failed")
+		return Wrap(EINTERNAL, err, "policy evaluation failed")
 	}
 	if !dec.Allowed {
 		kind := audit.KindMint
@@ -128,26 +179,12 @@ func (b *Broker) Mint(ctx context.Context, req MintRequest) (res *MintResult, er
 			kind = audit.KindBreakGlass
 		}
 		b.deny(ctx, p, kind, role.Name, req.RequestID, dec.Reason(), dec)
-		return nil, Errorf(EFORBIDDEN, "%s: agent %s may not %s role %s", dec.Reason(), p.ID, strings.ReplaceAll(string(action), "_", "-"), role.Name)
+		return Errorf(EFORBIDDEN, "%s: agent %s may not %s role %s", dec.Reason(), p.ID, strings.ReplaceAll(string(action), "_", "-"), role.Name)
 	}
+	op.dec = dec
 	// Invariant 8: a scope the backend would refuse is refused before
 	// anything is recorded, not after a pending lease exists.
-	if err := b.checkScope(role, req.Scope); err != nil {
-		return nil, err
-	}
-	switch {
-	case req.BreakGlass:
-		return b.breakGlass(ctx, p, role, ttl, req, dec, now)
-	case role.Approval.Required > 0 && req.Immediate:
-		err := Errorf(EFORBIDDEN, "role %s requires operator approval: request it with POST /v1/credentials, then redeem the grant", role.Name)
-		// The policy did not refuse: the record keeps its version and
-		// any evaluation errors, not the permits.
-		b.deny(ctx, p, audit.KindMint, role.Name, req.RequestID, err.Message, Decision{Version: dec.Version, Errors: dec.Errors})
-		return nil, err
-	case role.Approval.Required > 0:
-		return b.requestGrant(ctx, p, role, ttl, req, dec, now)
-	}
-	return b.mint(ctx, p, role, ttl, req, dec, now, nil)
+	return b.checkScope(role, req.Scope)
 }
 
 // ErrScopeRefused is in the chain of every EINVALID error Mint returns
@@ -182,19 +219,20 @@ func (b *Broker) checkScope(role *Role, scope map[string]any) error {
 
 // breakGlass mints at once for a role that allows emergency access, records
 // a break-glass grant awaiting review, and raises a high-severity event.
-func (b *Broker) breakGlass(ctx context.Context, p *Principal, role *Role, ttl time.Duration, req MintRequest, dec Decision, now time.Time) (*MintResult, error) {
+func (b *Broker) breakGlass(ctx context.Context, op *mintOp) (*MintResult, error) {
 	if b.grants == nil {
 		return nil, Errorf(EFORBIDDEN, "break-glass needs a grant store, and this server has none")
 	}
-	g := b.newGrant(p, role, ttl, req, dec, now, grants.KindBreakGlass)
-	g.State, g.EndedAt, g.Required = grants.StateRedeemed, now, 0
-	if err := b.grants.Create(ctx, g, now, dec.record(audit.Entry{
-		Kind: audit.KindBreakGlass, Actor: agentActor(p), Decision: audit.Allow, Reason: req.Reason, RequestID: req.RequestID,
-		Details: map[string]string{"ttl": ttl.String(), "severity": SeverityHigh},
+	g := b.newGrant(op, grants.KindBreakGlass)
+	g.State, g.EndedAt, g.Required = grants.StateRedeemed, op.now, 0
+	if err := b.grants.Create(ctx, g, op.now, op.dec.record(audit.Entry{
+		Kind: audit.KindBreakGlass, Actor: agentActor(op.p), Decision: audit.Allow, Reason: op.req.Reason, RequestID: op.req.RequestID,
+		Details: map[string]string{"ttl": op.ttl.String(), "severity": SeverityHigh},
 	})); err != nil {
 		return nil, grantError(err)
 	}
-	res, err := b.mint(ctx, p, role, ttl, req, dec, now, g)
+	op.grant = g
+	res, err := b.mint(ctx, op)
 	if err != nil {
 		b.notify(EventBreakGlass, SeverityHigh, g) // the attempt itself is news
 		return nil, err
@@ -202,24 +240,11 @@ func (b *Broker) breakGlass(ctx context.Context, p *Principal, role *Role, ttl t
 	return b.grantMinted(ctx, g, res, EventBreakGlass, SeverityHigh), nil
 }
 
-// mint runs the side-effecting part of a mint: intent, backend, activation.
-// g is the grant the lease comes from, if any.
-func (b *Broker) mint(ctx context.Context, p *Principal, role *Role, ttl time.Duration, req MintRequest, dec Decision, now time.Time, g *grants.Grant) (*MintResult, error) {
-	be := b.backends[role.Backend]
-	l := &leases.Lease{
-		ID: leases.NewID(now), AgentID: p.ID, Role: role.Name, Backend: role.Backend,
-		State: leases.StatePending, CreatedAt: now, ExpiresAt: now.Add(ttl),
-		MaxExpires: now.Add(role.MaxTTL.D()), Lineage: p.Lineage, RequestID: req.RequestID, Scope: req.Scope,
-	}
-	if g != nil {
-		l.GrantID, l.Approvers = g.ID, g.Approvers()
-		if g.Kind == grants.KindBreakGlass {
-			// A break-glass lease never renews past its cap.
-			l.MaxExpires = l.ExpiresAt
-		}
-	}
-	_, canRenew := be.(backends.Renewer)
-	l.Renewable = canRenew && role.IsRenewable() && l.MaxExpires.After(l.ExpiresAt)
+// mint runs the side-effecting part of a mint, the tail every mint ends
+// in (plain, break-glass, redeemed): intent, backend, activation.
+func (b *Broker) mint(ctx context.Context, op *mintOp) (*MintResult, error) {
+	be := b.backends[op.role.Backend]
+	l := op.pendingLease(be)
 	_, selfContained := be.(backends.SelfContained)
 	// Invariant 3: the intent is on disk before a backend with external
 	// effects is called. A self-contained backend only computes the
@@ -229,45 +254,17 @@ func (b *Broker) mint(ctx context.Context, p *Principal, role *Role, ttl time.Du
 			return nil, storeError(err)
 		}
 	}
-	mctx, cancel := context.WithTimeout(ctx, b.cfg.Limits.MintTimeout.D())
-	mreq := backends.MintRequest{
-		CorrelationID: l.ID, AgentID: p.ID, Role: roleSpec(role), Attributes: p.Attributes,
-		IssuedAt: now, ExpiresAt: l.ExpiresAt, Scope: req.Scope,
-	}
-	if l.Renewable {
-		mreq.MaxExpiresAt = l.MaxExpires
-	}
-	cred, err := be.Mint(mctx, mreq)
-	cancel()
-	if err == nil {
-		failpoint.Hit(failpoint.MintAfterBackend)
-	}
-	if err == nil && (cred.ExpiresAt.IsZero() || cred.ExpiresAt.After(l.ExpiresAt)) {
-		// Invariant 2: never hand out a credential that outlives its lease.
-		err = Errorf(EBADGATEWAY, "backend %s issued a credential expiring at %s, after the lease's expiry %s; it was revoked",
-			role.Backend, cred.ExpiresAt.UTC().Format(time.RFC3339), l.ExpiresAt.UTC().Format(time.RFC3339))
-		if cred.Handle != "" {
-			l.Handle = cred.Handle
-		}
-	}
+	cred, err := b.issue(ctx, op, be, l)
 	if err != nil {
 		if selfContained {
-			b.log.Warn("mint failed", "agent", p.ID, "role", l.Role, "backend", l.Backend, "request_id", req.RequestID, "err", err)
-			b.audit(ctx, dec.record(audit.Entry{Kind: audit.KindMintFailed, Actor: agentActor(p), Decision: audit.Allow, Reason: ErrorMessage(err),
-				AgentID: p.ID, Role: role.Name, RequestID: req.RequestID, Details: map[string]string{"backend": l.Backend}}))
+			b.log.Warn("mint failed", "agent", op.p.ID, "role", l.Role, "backend", l.Backend, "request_id", op.req.RequestID, "err", err)
+			b.audit(ctx, op.dec.record(audit.Entry{Kind: audit.KindMintFailed, Actor: agentActor(op.p), Decision: audit.Allow, Reason: ErrorMessage(err),
+				AgentID: op.p.ID, Role: op.role.Name, RequestID: op.req.RequestID, Details: map[string]string{"backend": l.Backend}}))
 			return nil, backendError(ctx, err, l.Backend, "issue the credential", b.cfg.Limits.MintTimeout)
 		}
-		return nil, b.abandon(ctx, l, p, req.RequestID, dec, err)
+		return nil, b.abandon(ctx, op, l, err)
 	}
-	entry := dec.record(audit.Entry{
-		Kind: audit.KindMint, Actor: agentActor(p), Decision: audit.Allow, Reason: dec.Reason(),
-		AgentID: p.ID, Role: role.Name, LeaseID: l.ID,
-		RequestID: req.RequestID, Details: map[string]string{"ttl": ttl.String(), "backend": role.Backend},
-	})
-	if g != nil {
-		entry.Details["grant_id"] = g.ID
-		entry.Details["approvers"] = strings.Join(g.Approvers(), ",")
-	}
+	entry := op.mintRecord(l)
 	var active *leases.Lease
 	if selfContained {
 		l.State, l.Handle, l.Details = leases.StateActive, cred.Handle, cred.Details
@@ -282,7 +279,7 @@ func (b *Broker) mint(ctx context.Context, p *Principal, role *Role, ttl time.Du
 		// recorded, start-up recovery finds the pending lease.
 		if !selfContained {
 			l.Handle = cred.Handle
-			b.abandon(ctx, l, p, req.RequestID, dec, err)
+			b.abandon(ctx, op, l, err)
 		}
 		return nil, storeError(err)
 	}
@@ -290,6 +287,69 @@ func (b *Broker) mint(ctx context.Context, p *Principal, role *Role, ttl time.Du
 		b.expiry.Notify(active.ExpiresAt)
 	}
 	return &MintResult{Lease: active, Credential: cred.Data}, nil
+}
+
+// pendingLease is the lease op records before its backend is called.
+func (op *mintOp) pendingLease(be backends.Backend) *leases.Lease {
+	p, role, now := op.p, op.role, op.now
+	l := &leases.Lease{
+		ID: leases.NewID(now), AgentID: p.ID, Role: role.Name, Backend: role.Backend,
+		State: leases.StatePending, CreatedAt: now, ExpiresAt: now.Add(op.ttl),
+		MaxExpires: now.Add(role.MaxTTL.D()), Lineage: p.Lineage, RequestID: op.req.RequestID, Scope: op.req.Scope,
+	}
+	if g := op.grant; g != nil {
+		l.GrantID, l.Approvers = g.ID, g.Approvers()
+		if g.Kind == grants.KindBreakGlass {
+			// A break-glass lease never renews past its cap.
+			l.MaxExpires = l.ExpiresAt
+		}
+	}
+	_, canRenew := be.(backends.Renewer)
+	l.Renewable = canRenew && role.IsRenewable() && l.MaxExpires.After(l.ExpiresAt)
+	return l
+}
+
+// issue asks the backend for the credential of lease l, within the mint
+// timeout. A credential that would outlive its lease is an EBADGATEWAY
+// error (its handle, if any, is kept on l so that it is revoked).
+func (b *Broker) issue(ctx context.Context, op *mintOp, be backends.Backend, l *leases.Lease) (*backends.Credential, error) {
+	mctx, cancel := context.WithTimeout(ctx, b.cfg.Limits.MintTimeout.D())
+	defer cancel()
+	mreq := backends.MintRequest{
+		CorrelationID: l.ID, AgentID: op.p.ID, Role: roleSpec(op.role), Attributes: op.p.Attributes,
+		IssuedAt: op.now, ExpiresAt: l.ExpiresAt, Scope: op.req.Scope,
+	}
+	if l.Renewable {
+		mreq.MaxExpiresAt = l.MaxExpires
+	}
+	cred, err := be.Mint(mctx, mreq)
+	if err != nil {
+		return nil, err
+	}
+	failpoint.Hit(failpoint.MintAfterBackend)
+	if cred.ExpiresAt.IsZero() || cred.ExpiresAt.After(l.ExpiresAt) {
+		// Invariant 2: never hand out a credential that outlives its lease.
+		if cred.Handle != "" {
+			l.Handle = cred.Handle
+		}
+		return nil, Errorf(EBADGATEWAY, "backend %s issued a credential expiring at %s, after the lease's expiry %s; it was revoked",
+			l.Backend, cred.ExpiresAt.UTC().Format(time.RFC3339), l.ExpiresAt.UTC().Format(time.RFC3339))
+	}
+	return cred, nil
+}
+
+// mintRecord is the audit record of op's lease l becoming active.
+func (op *mintOp) mintRecord(l *leases.Lease) audit.Entry {
+	e := op.dec.record(audit.Entry{
+		Kind: audit.KindMint, Actor: agentActor(op.p), Decision: audit.Allow, Reason: op.dec.Reason(),
+		AgentID: op.p.ID, Role: op.role.Name, LeaseID: l.ID,
+		RequestID: op.req.RequestID, Details: map[string]string{"ttl": op.ttl.String(), "backend": op.role.Backend},
+	})
+	if g := op.grant; g != nil {
+		e.Details["grant_id"] = g.ID
+		e.Details["approvers"] = strings.Join(g.Approvers(), ",")
+	}
+	return e
 }
 
 // grantMinted records the lease a grant minted on the grant, announces it,
@@ -308,13 +368,14 @@ func (b *Broker) grantMinted(ctx context.Context, g *grants.Grant, res *MintResu
 
 // abandon ends a pending lease whose mint failed and revokes whatever the
 // backend may have issued, then returns the error for the client.
-func (b *Broker) abandon(ctx context.Context, l *leases.Lease, p *Principal, requestID string, dec Decision, cause error) error {
+func (b *Broker) abandon(ctx context.Context, op *mintOp, l *leases.Lease, cause error) error {
 	clientErr := backendError(ctx, cause, l.Backend, "issue the credential", b.cfg.Limits.MintTimeout)
 	ctx = context.WithoutCancel(ctx)
 	reason := ErrorMessage(cause)
-	b.log.Warn("mint failed", "lease", l.ID, "agent", p.ID, "role", l.Role, "backend", l.Backend, "request_id", requestID, "err", cause)
-	ended, err := b.store.Abandon(ctx, l.ID, l.Handle, b.clock.Now(), dec.record(audit.Entry{
-		Kind: audit.KindMintFailed, Actor: agentActor(p), Decision: audit.Allow, Reason: reason, RequestID: requestID,
+	requestID := op.req.RequestID
+	b.log.Warn("mint failed", "lease", l.ID, "agent", op.p.ID, "role", l.Role, "backend", l.Backend, "request_id", requestID, "err", cause)
+	ended, err := b.store.Abandon(ctx, l.ID, l.Handle, b.clock.Now(), op.dec.record(audit.Entry{
+		Kind: audit.KindMintFailed, Actor: agentActor(op.p), Decision: audit.Allow, Reason: reason, RequestID: requestID,
 		Details: map[string]string{"backend": l.Backend},
 	}))
 	if err != nil {

@@ -65,8 +65,10 @@ func (b *Broker) RedeemGrant(ctx context.Context, req RedeemRequest) (*MintResul
 		}
 		return nil, grantError(err)
 	}
-	mreq := MintRequest{Role: g.Role, TTL: g.TTL, Reason: g.Reason, Scope: g.Scope, SourceIP: req.SourceIP, RequestID: req.RequestID}
-	res, err := b.mint(ctx, p, role, g.TTL, mreq, dec, now, consumed)
+	res, err := b.mint(ctx, &mintOp{
+		p: p, role: role, ttl: g.TTL, dec: dec, now: now, grant: consumed,
+		req: MintRequest{Role: g.Role, TTL: g.TTL, Reason: g.Reason, Scope: g.Scope, SourceIP: req.SourceIP, RequestID: req.RequestID},
+	})
 	if err != nil {
 		// The grant is given back, but it can be redeemed again only
 		// before its deadline, which may have passed during the mint.
