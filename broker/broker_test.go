@@ -155,12 +155,11 @@ func newFixture(t *testing.T, cfgEdit func(*broker.Config)) *fixture {
 	}
 	be := &scripted{mint: ok, issued: map[string]bool{}}
 	rn := &renewing{scripted: be}
+	bes := map[string]backends.Backend{"ext": be, "renewing": rn}
 	q, err := leases.NewRevocationQueue(leases.RevocationQueueConfig{Store: store, Clock: clk, Logger: log,
 		Attempts: cfg.Leases.RevokeAttempts, Backoff: cfg.Leases.RevokeBackoff.D(), MaxBackoff: cfg.Leases.RevokeMaxBackoff.D(),
 		Concurrency: cfg.Leases.RevokeConcurrency, Timeout: leases.DefaultRevokeTimeout,
-		Revoke: func(ctx context.Context, l *leases.Lease) error {
-			return be.Revoke(ctx, backends.Ref{Handle: l.Handle, CorrelationID: l.ID})
-		}})
+		Revoke: broker.RevokeAtBackend(bes)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -170,7 +169,7 @@ func newFixture(t *testing.T, cfgEdit func(*broker.Config)) *fixture {
 		t.Fatal(err)
 	}
 	b, err := broker.New(broker.Options{Config: cfg, Store: fs, Auditor: store, Verifier: v, Authorizer: pe,
-		Backends: map[string]backends.Backend{"ext": be, "renewing": rn}, Revoker: q, Clock: clk, Logger: log, Grants: gs})
+		Backends: bes, Revoker: q, Clock: clk, Logger: log, Grants: gs})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -80,14 +80,13 @@ func (b *Broker) RenewLease(ctx context.Context, c Caller, req RenewRequest) (*R
 	} else {
 		dec.Version = b.authz.Version()
 	}
-	ref := backends.Ref{Handle: l.Handle, CorrelationID: l.ID, AgentID: l.AgentID, Role: l.Role, ExpiresAt: l.ExpiresAt, Details: l.Details}
 	// The lease's scope is reapplied: a renewal never widens a credential.
 	mreq := backends.MintRequest{CorrelationID: l.ID, AgentID: l.AgentID, Role: roleSpec(role), IssuedAt: now, ExpiresAt: want, MaxExpiresAt: l.MaxExpires, Scope: l.Scope}
 	if p != nil {
 		mreq.Attributes = p.Attributes
 	}
 	rctx, cancel := context.WithTimeout(ctx, b.cfg.Limits.MintTimeout.D())
-	rn, err := renewer.Renew(rctx, ref, mreq)
+	rn, err := renewer.Renew(rctx, leaseRef(l), mreq)
 	cancel()
 	if err != nil {
 		return nil, backendError(ctx, err, l.Backend, "renew the credential", b.cfg.Limits.MintTimeout)

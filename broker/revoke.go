@@ -2,8 +2,10 @@ package broker
 
 import (
 	"context"
+	"fmt"
 	"sync"
 
+	"github.com/valet-broker/valet/backends"
 	"github.com/valet-broker/valet/broker/audit"
 	"github.com/valet-broker/valet/leases"
 )
@@ -119,4 +121,59 @@ func (b *Broker) RevokeMatching(ctx context.Context, op *Operator, f leases.Filt
 		return n, Wrap(EINTERNAL, firstErr, "ended %d of %d live leases; %d could not be ended (see the server log); revoking again is harmless", n, n+failed, failed)
 	}
 	return n, nil
+}
+
+// leaseRef is what a backend is told about the credential of lease l.
+func leaseRef(l *leases.Lease) backends.Ref {
+	return backends.Ref{Handle: l.Handle, CorrelationID: l.ID, AgentID: l.AgentID, Role: l.Role,
+		ExpiresAt: l.ExpiresAt, EndedAt: l.EndedAt, Details: l.Details}
+}
+
+// RevokeAtBackend returns the revocation that the queue
+// (leases.RevocationQueue) makes and retries for each ended lease: it
+// revokes the lease's credential at its backend among bes, by handle, or
+// by correlation id (the lease id) for a lease an interrupted mint left
+// without one. A lease whose backend is no longer configured fails, and
+// stays queued until it is irrevocable (invariant 5).
+func RevokeAtBackend(bes map[string]backends.Backend) leases.RevokeFunc {
+	return func(ctx context.Context, l *leases.Lease) error {
+		be, ok := bes[l.Backend]
+		if !ok {
+			return fmt.Errorf("backend %q is no longer configured", l.Backend)
+		}
+		return be.Revoke(ctx, leaseRef(l))
+	}
+}
+
+// RevokesAtExpiry returns what the lease store asks of a lease
+// (leases.BoltStore.SetRevokeAtExpiry): whether its credential's holder
+// can extend it without valet, so that it must be revoked when the lease
+// expires rather than assumed dead. That is so when the lease's backend
+// among bes is a backends.ExpiryRevoker.
+func RevokesAtExpiry(bes map[string]backends.Backend) func(l *leases.Lease) bool {
+	return func(l *leases.Lease) bool {
+		_, ok := bes[l.Backend].(backends.ExpiryRevoker)
+		return ok
+	}
+}
+
+// queueWaker is a Revoker whose due revocations can be attempted at once
+// (leases.RevocationQueue.Kick).
+type queueWaker interface{ Kick() }
+
+// LeasesExpired is told about the leases the expirer (leases.Expirer) just
+// ended. Those whose credentials had to be revoked at expiry (see
+// RevokesAtExpiry) are revoking: the revocation queue is woken so that
+// their revocation starts now rather than at its next scheduled attempt.
+func (b *Broker) LeasesExpired(expired []*leases.Lease) {
+	k, ok := b.revoker.(queueWaker)
+	if !ok {
+		return
+	}
+	for _, l := range expired {
+		if l.State == leases.StateRevoking {
+			k.Kick()
+			return
+		}
+	}
 }

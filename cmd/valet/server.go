@@ -174,30 +174,16 @@ func (s *Server) Open(ctx context.Context) (err error) {
 		Attempts: cfg.Leases.RevokeAttempts, Backoff: cfg.Leases.RevokeBackoff.D(), MaxBackoff: cfg.Leases.RevokeMaxBackoff.D(),
 		Concurrency: cfg.Leases.RevokeConcurrency, Timeout: leases.DefaultRevokeTimeout,
 		OnAttempt: s.metrics.RevocationAttempt,
-		Revoke: func(ctx context.Context, l *leases.Lease) error {
-			be, ok := bes[l.Backend]
-			if !ok {
-				return fmt.Errorf("backend %q is no longer configured", l.Backend)
-			}
-			return be.Revoke(ctx, backends.Ref{Handle: l.Handle, CorrelationID: l.ID, AgentID: l.AgentID, Role: l.Role, ExpiresAt: l.ExpiresAt, EndedAt: l.EndedAt, Details: l.Details})
-		},
+		Revoke:    broker.RevokeAtBackend(bes),
 	})
 	if err != nil {
 		return err
 	}
-	s.store.SetRevokeAtExpiry(func(l *leases.Lease) bool {
-		_, ok := bes[l.Backend].(backends.ExpiryRevoker)
-		return ok
-	})
+	s.store.SetRevokeAtExpiry(broker.RevokesAtExpiry(bes))
 	s.expirer = leases.NewExpirer(s.store, s.Clock, log)
 	s.expirer.OnExpire = func(expired []*leases.Lease, now time.Time) {
 		s.metrics.Expired(expired, now)
-		for _, l := range expired {
-			if l.State == leases.StateRevoking {
-				s.queue.Kick()
-				break
-			}
-		}
+		s.broker.LeasesExpired(expired)
 	}
 
 	grantStore, err := grants.NewStore(s.store)
