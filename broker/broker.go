@@ -68,6 +68,9 @@ type Options struct {
 	Grants *grants.Store
 	// Notifier hears about grants and break-glass use (optional).
 	Notifier Notifier
+	// Replay is the attestation replay cache, which Run purges of
+	// expired entries (optional).
+	Replay ReplayPurger
 }
 
 // Broker runs the credential flows.
@@ -89,6 +92,7 @@ type Broker struct {
 	grants   *grants.Store
 	notifier Notifier
 	waiters  grantWaiters
+	replay   ReplayPurger
 }
 
 // New checks that every role's backend exists and accepts the role's
@@ -108,7 +112,7 @@ func New(o Options) (*Broker, error) {
 	b := &Broker{
 		cfg: o.Config, store: o.Store, auditor: o.Auditor, verifier: o.Verifier, authz: o.Authorizer,
 		backends: o.Backends, revoker: o.Revoker, expiry: o.Expiry, clock: o.Clock, log: o.Logger, obs: o.Observer,
-		roles: map[string]*Role{}, grants: o.Grants, notifier: o.Notifier,
+		roles: map[string]*Role{}, grants: o.Grants, notifier: o.Notifier, replay: o.Replay,
 	}
 	var err error
 	if b.limiter, err = newAgentLimiter(o.Config.Limits.AgentRate, o.Config.Limits.AgentBurst, o.Clock); err != nil {

@@ -205,7 +205,7 @@ func (s *Server) Open(ctx context.Context) (err error) {
 	s.broker, err = broker.New(broker.Options{
 		Config: cfg, Store: s.store, Auditor: s.store, Verifier: verifier, Authorizer: s.policy, Backends: bes,
 		Revoker: s.queue, Expiry: s.expirer, Clock: s.Clock, Logger: log, Observer: s.metrics,
-		Grants: grantStore, Notifier: s.Notifier,
+		Grants: grantStore, Notifier: s.Notifier, Replay: replay,
 	})
 	if err != nil {
 		return err
@@ -280,9 +280,7 @@ func (s *Server) Open(ctx context.Context) (err error) {
 			}
 		})
 	}
-	s.goRun(func() { s.housekeeping(wctx, replay) })
-	s.goRun(func() { s.expireGrants(wctx) })
-	s.goRun(func() { s.broker.SummarizeRefusals(wctx) })
+	s.goRun(func() { s.broker.Run(wctx) })
 	if s.dispatcher != nil {
 		s.goRun(func() { s.dispatcher.Run(wctx) })
 	}
@@ -338,44 +336,6 @@ func (s *Server) readiness() error {
 		return errors.New("starting")
 	}
 	return nil
-}
-
-// housekeeping prunes ended leases past retention and consumed jti entries
-// past their expiry, once a minute.
-func (s *Server) housekeeping(ctx context.Context, replay *attest.BoltReplayCache) {
-	for {
-		t := s.Clock.NewTimer(time.Minute)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return
-		case <-t.C():
-		}
-		now := s.Clock.Now()
-		if _, err := s.store.PruneEnded(ctx, now.Add(-s.Config.Leases.Retention.D()), 10000); err != nil && ctx.Err() == nil {
-			s.Logger.Error("prune ended leases", "err", err)
-		}
-		if _, err := replay.Purge(now); err != nil && ctx.Err() == nil {
-			s.Logger.Error("purge replay cache", "err", err)
-		}
-	}
-}
-
-// expireGrants records grants that passed their deadlines, every few
-// seconds, so operators and webhooks hear about them promptly.
-func (s *Server) expireGrants(ctx context.Context) {
-	for {
-		t := s.Clock.NewTimer(5 * time.Second)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return
-		case <-t.C():
-		}
-		if _, err := s.broker.ExpireGrants(ctx); err != nil && ctx.Err() == nil {
-			s.Logger.Error("expire grants", "err", err)
-		}
-	}
 }
 
 // Addr is the address the server listens on.
