@@ -143,13 +143,8 @@ func (s *Server) Open(ctx context.Context) (err error) {
 		Dir: cfg.Policy.Dir, Logger: log, OnError: cfg.Policy.OnError,
 		OnEvalError: s.metrics.PolicyErrored,
 		OnReload: func(version string, rerr error) {
-			e := audit.Entry{Kind: audit.KindPolicyReload, Actor: audit.Actor{Type: audit.ActorSystem, ID: "valet"},
-				PolicyVersion: version, Decision: audit.Allow, Reason: "policy set loaded"}
-			if rerr != nil {
-				e.Decision, e.Reason = audit.Deny, "reload refused, previous policy set kept: "+rerr.Error()
-			}
 			s.metrics.PolicyReloaded(rerr != nil)
-			if err := s.store.Audit(context.Background(), now(), e); err != nil {
+			if err := s.store.Audit(context.Background(), now(), broker.PolicyReloadRecord(version, rerr)); err != nil {
 				log.Error("audit policy reload", "err", err)
 			}
 		},
@@ -220,10 +215,7 @@ func (s *Server) Open(ctx context.Context) (err error) {
 	if len(recovered) > 0 {
 		log.Warn("recovered pending leases from an interrupted run; revoking them", "count", len(recovered))
 	}
-	if err := s.store.Audit(ctx, s.Clock.Now(), audit.Entry{
-		Kind: audit.KindServerStart, Actor: audit.Actor{Type: audit.ActorSystem, ID: "valet"}, PolicyVersion: s.policy.Version(),
-		Details: map[string]string{"config_sha256": configHash(cfg), "recovered_pending": fmt.Sprint(len(recovered)), "version": version},
-	}); err != nil {
+	if err := s.store.Audit(ctx, s.Clock.Now(), broker.ServerStartRecord(s.policy.Version(), configHash(cfg), len(recovered), version)); err != nil {
 		return err
 	}
 
