@@ -272,17 +272,26 @@ func (b *Broker) notify(typ, severity string, g *grants.Grant) {
 		URL: b.cfg.PublicURL + "/ui/grants/" + g.ID})
 }
 
-// grantError turns a grant store error into a client error.
+// grantError turns a grant store error into a client error. A refusal is
+// told by its grants.Refusal reason, which names only the grant, its state
+// and the operators involved; the store's error text is for the log.
 func grantError(err error) error {
+	reason := func(otherwise string) string {
+		var rf *grants.Refusal
+		if errors.As(err, &rf) {
+			return rf.Reason
+		}
+		return otherwise
+	}
 	switch {
 	case errors.Is(err, grants.ErrNotFound):
 		return Wrap(ENOTFOUND, err, "grant not found")
 	case errors.Is(err, grants.ErrSelfApproval):
-		return Wrap(EFORBIDDEN, err, "%s", err.Error())
+		return Wrap(EFORBIDDEN, err, "self-approval refused: %s", reason("an operator cannot decide on access they asked for"))
 	case errors.Is(err, grants.ErrTampered):
-		return Wrap(EFORBIDDEN, err, "%s", err.Error())
+		return Wrap(EFORBIDDEN, err, "%s", reason("the grant does not match the request that was approved"))
 	case errors.Is(err, grants.ErrState):
-		return Wrap(ECONFLICT, err, "%s", err.Error())
+		return Wrap(ECONFLICT, err, "%s", reason("the grant changed while this request was handled; read it again"))
 	default:
 		return storeError(err)
 	}

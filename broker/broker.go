@@ -226,13 +226,15 @@ func (b *Broker) audit(ctx context.Context, e audit.Entry) {
 
 func agentActor(p *Principal) audit.Actor { return audit.Actor{Type: audit.ActorAgent, ID: p.ID} }
 
-// storeError turns a store failure into a client error.
+// storeError turns a store failure into a client error. The store's error
+// text is for the log; where a flow knows more about a refusal (the
+// lease it concerns, what changed), it says so itself.
 func storeError(err error) error {
 	switch {
 	case errors.Is(err, leases.ErrNotFound):
 		return Wrap(ENOTFOUND, err, "lease not found")
 	case errors.Is(err, leases.ErrState):
-		return Wrap(ECONFLICT, err, "%s", err.Error())
+		return Wrap(ECONFLICT, err, "the lease changed state while this request was handled; read it again")
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return Wrap(EUNAVAILABLE, err, "the request was cancelled before the lease store answered")
 	default:

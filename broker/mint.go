@@ -281,6 +281,10 @@ func (b *Broker) mint(ctx context.Context, op *mintOp) (*MintResult, error) {
 			l.Handle = cred.Handle
 			b.abandon(ctx, op, l, err)
 		}
+		if errors.Is(err, leases.ErrState) {
+			return nil, Wrap(ECONFLICT, err, "lease %s was ended before its credential could be recorded (it was revoked meanwhile); "+
+				"the credential was not handed out and is being revoked", l.ID)
+		}
 		return nil, storeError(err)
 	}
 	if b.expiry != nil {

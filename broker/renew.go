@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/valet-broker/valet/backends"
@@ -99,6 +100,9 @@ func (b *Broker) RenewLease(ctx context.Context, c Caller, req RenewRequest) (*R
 		Kind: audit.KindRenew, Actor: c.actor(), Decision: audit.Allow, Reason: dec.Reason(), RequestID: req.RequestID,
 		Details: map[string]string{"expires_at": newExp.UTC().Format(time.RFC3339)},
 	}))
+	if errors.Is(err, leases.ErrState) {
+		return nil, Wrap(ECONFLICT, err, "lease %s ended while it was being renewed (it expired or was revoked); mint a new credential", l.ID)
+	}
 	if err != nil {
 		return nil, storeError(err)
 	}
