@@ -2,10 +2,12 @@ package broker_test
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/valet-broker/valet/backends"
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/broker/audit"
 	"github.com/valet-broker/valet/broker/grants"
@@ -155,5 +157,269 @@ func TestReviewObeysDecisionRules(t *testing.T) {
 	g, err := f.b.ReviewGrant(ctx, &broker.Operator{Name: "bob"}, id, "checked the session log", "")
 	if err != nil || g.Review == nil || g.Review.Operator != "bob" {
 		t.Fatalf("review by an approver: %+v %v", g, err)
+	}
+}
+
+// TestGrantDecisions: operators approve, deny and review grants within the
+// rules of the role's approval; each decision that counts is in the store
+// and in the audit log, a refused one is audited as a refusal (or not at
+// all when nothing was decided) and changes nothing.
+func TestGrantDecisions(t *testing.T) {
+	ctx := context.Background()
+	alice, bob := &broker.Operator{Name: "alice@example.com", Method: "token"}, &broker.Operator{Name: "bob", Method: "token"}
+	dave := &broker.Operator{Name: "dave", Method: "token"} // not an approver
+	approve := func(op *broker.Operator) func(t *testing.T, f *fixture, id string) {
+		return func(t *testing.T, f *fixture, id string) {
+			t.Helper()
+			if _, err := f.b.ApproveGrant(ctx, op, id, "ok", ""); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	cases := []struct {
+		name      string
+		role      string // "guarded" (two approvals) unless set
+		breakGlas bool
+		before    func(t *testing.T, f *fixture, id string)
+		decide    func(f *fixture, id string) (*grants.Grant, error)
+		// want
+		code      string
+		msg       string
+		state     grants.State // stored
+		approvers string
+		records   []string
+	}{
+		{
+			name: "the first of two approvals",
+			decide: func(f *fixture, id string) (*grants.Grant, error) {
+				return f.b.ApproveGrant(ctx, bob, id, "fine", "req-1")
+			},
+			state: grants.StatePending, approvers: "bob", records: []string{"grant.approve/allow"},
+		},
+		{
+			name:   "the second approval approves",
+			before: approve(alice),
+			decide: func(f *fixture, id string) (*grants.Grant, error) {
+				return f.b.ApproveGrant(ctx, bob, id, "fine", "req-1")
+			},
+			state: grants.StateApproved, approvers: "alice@example.com,bob", records: []string{"grant.approve/allow"},
+		},
+		{
+			name: "an approver denies",
+			decide: func(f *fixture, id string) (*grants.Grant, error) {
+				return f.b.DenyGrant(ctx, bob, id, "not now", "req-1")
+			},
+			state: grants.StateDenied, records: []string{"grant.deny/deny"},
+		},
+		{
+			name:   "an approved grant is denied before it is redeemed",
+			before: func(t *testing.T, f *fixture, id string) { approve(alice)(t, f, id); approve(bob)(t, f, id) },
+			decide: func(f *fixture, id string) (*grants.Grant, error) {
+				return f.b.DenyGrant(ctx, bob, id, "changed my mind", "req-1")
+			},
+			state: grants.StateDenied, approvers: "alice@example.com,bob", records: []string{"grant.deny/deny"},
+		},
+		{
+			name: "approve a denied grant",
+			before: func(t *testing.T, f *fixture, id string) {
+				if _, err := f.b.DenyGrant(ctx, bob, id, "no", ""); err != nil {
+					t.Fatal(err)
+				}
+			},
+			decide: func(f *fixture, id string) (*grants.Grant, error) {
+				return f.b.ApproveGrant(ctx, alice, id, "ok", "req-1")
+			},
+			code: broker.ECONFLICT, msg: "is denied", state: grants.StateDenied,
+		},
+		{
+			name:   "approve a grant past its deadline",
+			before: func(t *testing.T, f *fixture, id string) { f.clock.Advance(61 * time.Minute) },
+			decide: func(f *fixture, id string) (*grants.Grant, error) {
+				return f.b.ApproveGrant(ctx, alice, id, "ok", "req-1")
+			},
+			code: broker.ECONFLICT, msg: "is expired", state: grants.StatePending,
+		},
+		{
+			name:   "deny a grant past its deadline",
+			before: func(t *testing.T, f *fixture, id string) { f.clock.Advance(61 * time.Minute) },
+			decide: func(f *fixture, id string) (*grants.Grant, error) {
+				return f.b.DenyGrant(ctx, alice, id, "no", "req-1")
+			},
+			code: broker.ECONFLICT, msg: "is expired", state: grants.StatePending,
+		},
+		{
+			name: "an operator outside the approvers approves",
+			decide: func(f *fixture, id string) (*grants.Grant, error) {
+				return f.b.ApproveGrant(ctx, dave, id, "ok", "req-1")
+			},
+			code: broker.EFORBIDDEN, msg: "not among the approvers", state: grants.StatePending, records: []string{"grant.approve/deny"},
+		},
+		{
+			name: "no such grant",
+			decide: func(f *fixture, id string) (*grants.Grant, error) {
+				return f.b.ApproveGrant(ctx, bob, "01J00000000000000000000000", "", "")
+			},
+			code: broker.ENOTFOUND, state: grants.StatePending,
+		},
+		{
+			name: "review an approval grant",
+			decide: func(f *fixture, id string) (*grants.Grant, error) {
+				return f.b.ReviewGrant(ctx, bob, id, "looked at it", "req-1")
+			},
+			code: broker.ECONFLICT, msg: "is not a break-glass grant", state: grants.StatePending,
+		},
+		{
+			name: "review break-glass access", role: "glass", breakGlas: true,
+			decide: func(f *fixture, id string) (*grants.Grant, error) {
+				return f.b.ReviewGrant(ctx, bob, id, "session log is clean", "req-1")
+			},
+			state: grants.StateRedeemed, records: []string{"grant.review/allow"},
+		},
+		{
+			name: "review break-glass access without a comment", role: "glass", breakGlas: true,
+			decide: func(f *fixture, id string) (*grants.Grant, error) {
+				return f.b.ReviewGrant(ctx, bob, id, "  ", "req-1")
+			},
+			code: broker.EINVALID, msg: "needs a comment", state: grants.StateRedeemed,
+		},
+		{
+			name: "review break-glass access twice", role: "glass", breakGlas: true,
+			before: func(t *testing.T, f *fixture, id string) {
+				if _, err := f.b.ReviewGrant(ctx, alice, id, "fine", ""); err != nil {
+					t.Fatal(err)
+				}
+			},
+			decide: func(f *fixture, id string) (*grants.Grant, error) {
+				return f.b.ReviewGrant(ctx, bob, id, "fine too", "req-1")
+			},
+			code: broker.ECONFLICT, msg: "was reviewed by alice@example.com already", state: grants.StateRedeemed,
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			f := grantsFixture(t)
+			role := tc.role
+			if role == "" {
+				role = "guarded"
+			}
+			res, err := f.b.Mint(ctx, broker.MintRequest{Attestation: f.attest(t, "asker"), Role: role, Reason: "the database is down", BreakGlass: tc.breakGlas})
+			if err != nil || res.Grant == nil {
+				t.Fatalf("Mint = %+v, %v; want a grant", res, err)
+			}
+			id := res.Grant.ID
+			if tc.before != nil {
+				tc.before(t, f, id)
+			}
+			mark := f.auditMark(t)
+			g, err := tc.decide(f, id)
+			recs := f.written(t, mark)
+			if got := kinds(recs); !slices.Equal(got, tc.records) {
+				t.Errorf("audit records %v, want %v", got, tc.records)
+			}
+			stored, gerr := f.grants.Get(ctx, id)
+			if gerr != nil {
+				t.Fatal(gerr)
+			}
+			if stored.State != tc.state || strings.Join(stored.Approvers(), ",") != tc.approvers {
+				t.Errorf("stored grant is %s approved by %q, want %s approved by %q", stored.State, stored.Approvers(), tc.state, tc.approvers)
+			}
+			if tc.code != "" {
+				if g != nil || broker.ErrorCode(err) != tc.code || !strings.Contains(broker.ErrorMessage(err), tc.msg) {
+					t.Fatalf("decision = %+v, %v; want %s saying %q", g, err, tc.code, tc.msg)
+				}
+				return
+			}
+			if err != nil || g.State != tc.state {
+				t.Fatalf("decision = %+v, %v; want the grant %s", g, err, tc.state)
+			}
+			if r := recs[0]; r.Actor.Type != audit.ActorOperator || r.Details["grant_id"] != id || r.RequestID != "req-1" {
+				t.Errorf("record %+v, want the operator's, for the grant and the request", r)
+			}
+			if tc.state == grants.StateApproved && !stored.RedeemBy.Equal(f.clock.Now().Add(15*time.Minute)) {
+				t.Errorf("approved grant redeemable until %s, want 15m (redeem_within) from now", stored.RedeemBy)
+			}
+		})
+	}
+}
+
+// A grant whose role is no longer configured cannot be approved (its
+// approvers are unknown), but any operator may deny it.
+func TestDecisionsOnAGrantOfARemovedRole(t *testing.T) {
+	ctx := context.Background()
+	f := grantsFixture(t)
+	res, err := f.b.Mint(ctx, broker.MintRequest{Attestation: f.attest(t, "asker"), Role: "guarded", Reason: "migrate"})
+	if err != nil || res.Grant == nil {
+		t.Fatalf("Mint = %+v, %v", res, err)
+	}
+	cfg := *f.cfg
+	cfg.Roles = slices.DeleteFunc(slices.Clone(cfg.Roles), func(r broker.Role) bool { return r.Name == "guarded" })
+	b, err := broker.New(broker.Options{Config: &cfg, Store: f.store, Auditor: f.store, Verifier: f.v, Authorizer: f.authz,
+		Backends: map[string]backends.Backend{"ext": f.be, "renewing": f.rn}, Revoker: f.queue, Clock: f.clock, Grants: f.grants})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dave := &broker.Operator{Name: "dave", Method: "token"}
+	if _, err := b.ApproveGrant(ctx, dave, res.Grant.ID, "ok", ""); broker.ErrorCode(err) != broker.ECONFLICT ||
+		!strings.Contains(broker.ErrorMessage(err), "no longer configured") {
+		t.Fatalf("approve: %v, want ECONFLICT: the role is no longer configured", err)
+	}
+	if g, err := b.DenyGrant(ctx, dave, res.Grant.ID, "role is gone", ""); err != nil || g.State != grants.StateDenied {
+		t.Fatalf("deny: %+v, %v; want it denied", g, err)
+	}
+}
+
+// TestWaitGrant: a long poll returns as soon as the grant is decided, or
+// when its wait is over, with the grant as it then is.
+func TestWaitGrant(t *testing.T) {
+	ctx := context.Background()
+	cases := []struct {
+		name  string
+		act   func(t *testing.T, f *fixture, id string) // once the poll waits
+		state grants.State
+	}{
+		{"approved", func(t *testing.T, f *fixture, id string) {
+			if _, err := f.b.ApproveGrant(ctx, &broker.Operator{Name: "alice"}, id, "ok", ""); err != nil {
+				t.Fatal(err)
+			}
+		}, grants.StateApproved},
+		{"denied", func(t *testing.T, f *fixture, id string) {
+			if _, err := f.b.DenyGrant(ctx, &broker.Operator{Name: "alice"}, id, "no", ""); err != nil {
+				t.Fatal(err)
+			}
+		}, grants.StateDenied},
+		{"the wait is over", func(t *testing.T, f *fixture, id string) { f.clock.Advance(30 * time.Second) }, grants.StatePending},
+		{"the server stops", func(t *testing.T, f *fixture, id string) { f.b.StopWaiting() }, grants.StatePending},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t, func(cfg *broker.Config) {
+				cfg.Roles = append(cfg.Roles, broker.Defaulted(func(r *broker.Role) { r.Name, r.Backend, r.Approval.Required = "admin", "ext", 1 }))
+			})
+			id := requestGrant(t, f, "asker")
+			c := f.agent(t, "asker")
+			type result struct {
+				g   *grants.Grant
+				err error
+			}
+			done := make(chan result, 1)
+			go func() {
+				g, err := f.b.WaitGrant(ctx, c, id, 30*time.Second)
+				done <- result{g, err}
+			}()
+			waitUntil(t, "the poll waits", func() bool { return f.b.WaitingOn(id) == 1 && f.clock.Waiters() == 1 })
+			tc.act(t, f, id)
+			var r result
+			select {
+			case r = <-done:
+			case <-time.After(10 * time.Second):
+				t.Fatal("WaitGrant did not return within 10s")
+			}
+			if r.err != nil || r.g.State != tc.state {
+				t.Fatalf("WaitGrant = %+v, %v; want the grant %s", r.g, r.err, tc.state)
+			}
+			if n := f.b.WaitingOn(id); n != 0 {
+				t.Errorf("%d polls still registered after the poll returned", n)
+			}
+		})
 	}
 }

@@ -134,6 +134,7 @@ type fixture struct {
 	issuer *attest.DevIssuer
 	clock  *clock.Fake
 	queue  *leases.RevocationQueue
+	grants *grants.Store
 	// What broker.New was given, for tests that build another broker.
 	cfg   *broker.Config
 	v     broker.Verifier
@@ -214,7 +215,7 @@ func newFixtureWith(t *testing.T, cfgEdit func(*broker.Config), extra func(clk *
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &fixture{b: b, store: store, fs: fs, be: be, rn: rn, issuer: iss, clock: clk, queue: q, cfg: cfg, v: v, authz: pe}
+	return &fixture{b: b, store: store, fs: fs, be: be, rn: rn, issuer: iss, clock: clk, queue: q, grants: gs, cfg: cfg, v: v, authz: pe}
 }
 
 func (f *fixture) attest(t *testing.T, sub string) string {
