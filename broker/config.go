@@ -484,9 +484,10 @@ func ParseConfig(b []byte) (*Config, error) {
 	return &cfg, nil
 }
 
-// DecodeStrict decodes YAML into v, rejecting unknown keys and trailing
-// documents. A decoding error names the key of each line it cites:
-// "line 7 (issuers[0].clock_skew): duration "-1s" out of range".
+// DecodeStrict decodes YAML into v, rejecting unknown keys, trailing
+// documents and numbers with a fraction for integer keys. A decoding
+// error names the key of each line it cites: "line 7
+// (issuers[0].clock_skew): duration "-1s" out of range".
 func DecodeStrict(b []byte, v any) error {
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
@@ -500,7 +501,7 @@ func DecodeStrict(b []byte, v any) error {
 	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
 		return errors.New("config must be a single YAML document")
 	}
-	return nil
+	return refuseFractions(b, v)
 }
 
 var errorLine = regexp.MustCompile(`line (\d+):`)
