@@ -560,8 +560,22 @@ func DecodeOptions(opts map[string]any, v any) error {
 	if err != nil {
 		return err
 	}
-	return DecodeStrict(b, v)
+	if err := DecodeStrict(b, v); err != nil {
+		// b is valet's own rendering of the options: its line numbers
+		// would point into the user's file at unrelated lines.
+		msg := optionKeyLine.ReplaceAllString(err.Error(), "$1:")
+		return errors.New(optionLine.ReplaceAllString(msg, ""))
+	}
+	return nil
 }
+
+// optionKeyLine and optionLine match the "line N (key):" and "line N: "
+// that DecodeStrict puts before each message; DecodeOptions keeps only
+// the key.
+var (
+	optionKeyLine = regexp.MustCompile(`line \d+ \(([^)]*)\):`)
+	optionLine    = regexp.MustCompile(`line \d+: `)
+)
 
 // Defaults.
 const (
