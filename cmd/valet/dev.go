@@ -97,7 +97,7 @@ func prepareDev(dir, listen string) (*broker.Config, string, error) {
 	}
 	cfg, err := broker.LoadConfig(filepath.Join(dir, "config.yaml"))
 	if err != nil {
-		return nil, "", err
+		return nil, "", configError{err}
 	}
 	return cfg, opToken, nil
 }
