@@ -192,7 +192,8 @@ Next, in another terminal:
 	// The commands are pasted into a new terminal, where neither the
 	// vault binary nor VAULT_ADDR is set: each line carries what it needs
 	// (the credential brings VALET_VAULT_ADDR and VALET_VAULT_TOKEN).
-	fmt.Fprintf(w, `Vault roles:       %s
+	fmt.Fprintf(w, `
+Vault roles:       %s
 
   %s exec demo-vault -- sh -c 'VAULT_ADDR=$VALET_VAULT_ADDR VAULT_TOKEN=$VALET_VAULT_TOKEN GODEBUG=x509negativeserial=1 %s kv get secret/valet-demo/hello'
   %s exec demo-db -- sh -c 'PGPASSWORD=$VALET_PASSWORD psql -h 127.0.0.1 -p %s -U $VALET_USERNAME postgres'
