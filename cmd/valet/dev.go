@@ -182,7 +182,7 @@ Next, in another terminal:
 `, addr, dir, opToken, addr, addr, opToken, attestCmd, self, self, self)
 	printDevIntrospection(w, cfg, addr, dir, self)
 	if vaultRoles == "" {
-		fmt.Fprintf(w, "  (set VAULT_ADDR and VAULT_TOKEN, or use `make run-vault`, for the Vault demo roles)\n\n")
+		fmt.Fprintf(w, "\n  (set VAULT_ADDR and VAULT_TOKEN, or use `make run-vault`, for the Vault demo roles)\n\n")
 		return
 	}
 	pgPort := os.Getenv("VALET_DEV_PGPORT")
