@@ -52,8 +52,9 @@ func (b *Broker) newGrant(op *mintOp, kind string) *grants.Grant {
 
 // requesterIdentities are the agent id, its subject and the values of the
 // role's requester claims (e.g. email, CI actor): the people behind the
-// request, none of whom may approve or review it. Each identity is listed
-// once (compared as identity.Equal does).
+// request, none of whom may approve or review it. A claim names one person
+// (a string) or several (an array: every string in it counts). Each
+// identity is listed once (compared as identity.Equal does).
 func requesterIdentities(p *Principal, role *Role) []string {
 	var ids []string
 	add := func(v string) {
@@ -64,8 +65,15 @@ func requesterIdentities(p *Principal, role *Role) []string {
 	add(p.ID)
 	add(p.Subject)
 	for _, c := range role.Approval.RequesterClaims {
-		if v, ok := p.Claims[c].(string); ok {
+		switch v := p.Claims[c].(type) {
+		case string:
 			add(v)
+		case []any:
+			for _, e := range v {
+				if s, ok := e.(string); ok {
+					add(s)
+				}
+			}
 		}
 		add(p.Attributes[c])
 	}

@@ -2,6 +2,8 @@ package broker_test
 
 import (
 	"context"
+	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"testing"
@@ -116,6 +118,44 @@ func TestDecisionsCompareIdentitiesCaseInsensitively(t *testing.T) {
 	}
 	if n := f.refusals(t, audit.KindGrantDeny); n != 1 {
 		t.Fatalf("%d refused denials audited, want 1", n)
+	}
+}
+
+// TestRequesterClaimsOfEveryShape: a requester claim names the people
+// behind an agent whether it holds one name or a list of them (several
+// owners, an email claim sent as an array); none of them may approve.
+func TestRequesterClaimsOfEveryShape(t *testing.T) {
+	f := grantsFixture(t)
+	ctx := context.Background()
+	cases := []struct {
+		name   string
+		claims map[string]any
+	}{
+		{"email as a string", map[string]any{"email": "alice@example.com"}},
+		{"email as an array", map[string]any{"email": []any{"alice@example.com"}}},
+		{"one of several owners", map[string]any{"owner": []any{"bob@example.net", "ALICE@example.com"}}},
+		{"an actor among other values", map[string]any{"actor": []any{42.0, "Alice@Example.com"}}},
+	}
+	for i, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			claims := map[string]any{"sub": fmt.Sprintf("owned-%d", i), "aud": "valet"}
+			maps.Copy(claims, c.claims)
+			tok, err := f.issuer.Sign(claims)
+			if err != nil {
+				t.Fatal(err)
+			}
+			res, err := f.b.Mint(ctx, broker.MintRequest{Attestation: tok, Role: "guarded", Reason: "migrate"})
+			if err != nil || res.Grant == nil {
+				t.Fatalf("request: %+v %v", res, err)
+			}
+			_, err = f.b.ApproveGrant(ctx, &broker.Operator{Name: "alice@example.com"}, res.Grant.ID, "", "")
+			if broker.ErrorCode(err) != broker.EFORBIDDEN || !strings.Contains(broker.ErrorMessage(err), "cannot approve it") {
+				t.Fatalf("approval by the person behind the agent: %v, want forbidden (self-approval)", err)
+			}
+			if g, _ := f.b.GetGrant(ctx, broker.Caller{Operator: &broker.Operator{Name: "x"}}, res.Grant.ID); len(g.Approvals) != 0 {
+				t.Fatalf("refused approval recorded: %+v", g.Approvals)
+			}
+		})
 	}
 }
 

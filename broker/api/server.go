@@ -268,8 +268,12 @@ func (b tooLargeBody) Read([]byte) (int, error) { return 0, &http.MaxBytesError{
 func (b tooLargeBody) Close() error             { return b.orig.Close() }
 
 // bearer returns the bearer token of the request, checking its size before
-// anything parses it.
+// anything parses it. A request carries one credential (RFC 9110 section
+// 11.6.2): two Authorization headers are refused, never one chosen.
 func (s *Server) bearer(r *http.Request) (string, error) {
+	if n := len(r.Header.Values("Authorization")); n > 1 {
+		return "", broker.Errorf(broker.EINVALID, "the Authorization header is given %d times; send one credential", n)
+	}
 	h := r.Header.Get("Authorization")
 	if h == "" {
 		return "", nil

@@ -29,7 +29,7 @@ func newServeCmd() *cobra.Command {
 			}
 			cfg, err := broker.LoadConfig(configPath)
 			if err != nil {
-				return err
+				return configError{err}
 			}
 			return serve(cmd.Context(), cfg, nil)
 		},
