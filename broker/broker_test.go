@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"math"
 	"os"
 	"path/filepath"
@@ -26,12 +27,14 @@ import (
 )
 
 // scripted is a backend whose behaviour a test sets: it records what it
-// issued (as if at an external system) and what was revoked.
+// issued (as if at an external system) and what was revoked, and fails
+// revocations while revokeErr is set.
 type scripted struct {
-	mu      sync.Mutex
-	mint    func(ctx context.Context, req backends.MintRequest) (*backends.Credential, error)
-	issued  map[string]bool // correlation id -> alive
-	revoked []backends.Ref
+	mu        sync.Mutex
+	mint      func(ctx context.Context, req backends.MintRequest) (*backends.Credential, error)
+	issued    map[string]bool // correlation id -> alive
+	revoked   []backends.Ref
+	revokeErr error
 }
 
 func (s *scripted) Mint(ctx context.Context, req backends.MintRequest) (*backends.Credential, error) {
@@ -44,6 +47,9 @@ func (s *scripted) Mint(ctx context.Context, req backends.MintRequest) (*backend
 func (s *scripted) Revoke(ctx context.Context, ref backends.Ref) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.revokeErr != nil {
+		return s.revokeErr
+	}
 	s.revoked = append(s.revoked, ref)
 	delete(s.issued, ref.CorrelationID)
 	return nil
@@ -73,12 +79,36 @@ func (r *renewing) Renew(ctx context.Context, ref backends.Ref, req backends.Min
 	return &backends.Renewal{ExpiresAt: req.ExpiresAt}, nil
 }
 
-// failingStore fails Activate on demand, as a full disk would, and End for
-// the leases in endFails.
+// failingStore fails Activate on demand, as a full disk would, End for
+// the leases in endFails, and Renew, Get and List with the errors set.
 type failingStore struct {
 	*leases.BoltStore
 	failActivate bool
 	endFails     map[string]error
+	renewErr     error
+	getErr       error
+	listErr      error
+}
+
+func (f *failingStore) Renew(ctx context.Context, id string, now, expiresAt time.Time, e audit.Entry) (*leases.Lease, error) {
+	if f.renewErr != nil {
+		return nil, f.renewErr
+	}
+	return f.BoltStore.Renew(ctx, id, now, expiresAt, e)
+}
+
+func (f *failingStore) Get(ctx context.Context, id string) (*leases.Lease, error) {
+	if f.getErr != nil {
+		return nil, f.getErr
+	}
+	return f.BoltStore.Get(ctx, id)
+}
+
+func (f *failingStore) List(ctx context.Context, lf leases.Filter) ([]*leases.Lease, error) {
+	if f.listErr != nil {
+		return nil, f.listErr
+	}
+	return f.BoltStore.List(ctx, lf)
 }
 
 func (f *failingStore) End(ctx context.Context, id string, reason leases.State, now time.Time, e audit.Entry) (*leases.Lease, error) {
@@ -104,6 +134,7 @@ type fixture struct {
 	issuer *attest.DevIssuer
 	clock  *clock.Fake
 	queue  *leases.RevocationQueue
+	grants *grants.Store
 	// What broker.New was given, for tests that build another broker.
 	cfg   *broker.Config
 	v     broker.Verifier
@@ -111,6 +142,14 @@ type fixture struct {
 }
 
 func newFixture(t *testing.T, cfgEdit func(*broker.Config)) *fixture {
+	t.Helper()
+	return newFixtureWith(t, cfgEdit, nil)
+}
+
+// newFixtureWith is newFixture with more backends beside "ext" and
+// "renewing": extra builds them with the fixture's clock and data
+// directory (configure them and their roles in cfgEdit).
+func newFixtureWith(t *testing.T, cfgEdit func(*broker.Config), extra func(clk *clock.Fake, dir string) map[string]backends.Backend) *fixture {
 	t.Helper()
 	dir := t.TempDir()
 	clk := clock.NewFake(time.Now())
@@ -155,12 +194,14 @@ func newFixture(t *testing.T, cfgEdit func(*broker.Config)) *fixture {
 	}
 	be := &scripted{mint: ok, issued: map[string]bool{}}
 	rn := &renewing{scripted: be}
+	bes := map[string]backends.Backend{"ext": be, "renewing": rn}
+	if extra != nil {
+		maps.Copy(bes, extra(clk, dir))
+	}
 	q, err := leases.NewRevocationQueue(leases.RevocationQueueConfig{Store: store, Clock: clk, Logger: log,
 		Attempts: cfg.Leases.RevokeAttempts, Backoff: cfg.Leases.RevokeBackoff.D(), MaxBackoff: cfg.Leases.RevokeMaxBackoff.D(),
 		Concurrency: cfg.Leases.RevokeConcurrency, Timeout: leases.DefaultRevokeTimeout,
-		Revoke: func(ctx context.Context, l *leases.Lease) error {
-			return be.Revoke(ctx, backends.Ref{Handle: l.Handle, CorrelationID: l.ID})
-		}})
+		Revoke: broker.RevokeAtBackend(bes)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -170,11 +211,11 @@ func newFixture(t *testing.T, cfgEdit func(*broker.Config)) *fixture {
 		t.Fatal(err)
 	}
 	b, err := broker.New(broker.Options{Config: cfg, Store: fs, Auditor: store, Verifier: v, Authorizer: pe,
-		Backends: map[string]backends.Backend{"ext": be, "renewing": rn}, Revoker: q, Clock: clk, Logger: log, Grants: gs})
+		Backends: bes, Revoker: q, Clock: clk, Logger: log, Grants: gs})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &fixture{b: b, store: store, fs: fs, be: be, rn: rn, issuer: iss, clock: clk, queue: q, cfg: cfg, v: v, authz: pe}
+	return &fixture{b: b, store: store, fs: fs, be: be, rn: rn, issuer: iss, clock: clk, queue: q, grants: gs, cfg: cfg, v: v, authz: pe}
 }
 
 func (f *fixture) attest(t *testing.T, sub string) string {
@@ -812,5 +853,77 @@ func TestRevokeMatchingSurvivesOneBadLease(t *testing.T) {
 				t.Errorf("%d credentials alive at the backend, want only the one that could not be ended", f.be.alive())
 			}
 		})
+	}
+}
+
+// auditMark is the sequence number of the newest audit record (0 when
+// there is none), to list what a call wrote after it.
+func (f *fixture) auditMark(t *testing.T) uint64 {
+	t.Helper()
+	recs, err := audit.List(f.store.DB(), audit.Filter{Newest: true, Limit: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) == 0 {
+		return 0
+	}
+	return recs[0].Seq
+}
+
+// written lists the audit records written after mark, oldest first.
+func (f *fixture) written(t *testing.T, mark uint64) []audit.Record {
+	t.Helper()
+	recs, err := audit.List(f.store.DB(), audit.Filter{AfterSeq: mark, Limit: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return recs
+}
+
+// kinds shows audit records as kind/decision, oldest first.
+func kinds(recs []audit.Record) []string {
+	var out []string
+	for _, r := range recs {
+		out = append(out, r.Kind+"/"+r.Decision)
+	}
+	return out
+}
+
+// lease reads a lease as stored.
+func (f *fixture) lease(t *testing.T, id string) *leases.Lease {
+	t.Helper()
+	l, err := f.store.Get(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// agent is sub as a caller, proven by a fresh attestation.
+func (f *fixture) agent(t *testing.T, sub string) broker.Caller {
+	t.Helper()
+	p, err := f.b.AuthenticateAgent(context.Background(), f.attest(t, sub), "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return broker.Caller{Agent: p}
+}
+
+// mint mints role for agent sub and returns the lease.
+func (f *fixture) mint(t *testing.T, sub, role string, ttl time.Duration) *leases.Lease {
+	t.Helper()
+	res, err := f.b.Mint(context.Background(), broker.MintRequest{Attestation: f.attest(t, sub), Role: role, TTL: ttl})
+	if err != nil || res.Lease == nil {
+		t.Fatalf("Mint(%s, %s) = %+v, %v", sub, role, res, err)
+	}
+	return res.Lease
+}
+
+// writePolicy adds a policy file to the fixture's policy directory (call
+// it from the config edit, before the policy is loaded).
+func writePolicy(t *testing.T, cfg *broker.Config, name, text string) {
+	t.Helper()
+	if err := os.WriteFile(filepath.Join(cfg.Policy.Dir, name), []byte(text), 0o600); err != nil {
+		t.Fatal(err)
 	}
 }

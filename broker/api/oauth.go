@@ -118,7 +118,7 @@ func (s *Server) writeOAuthError(w http.ResponseWriter, r *http.Request, e *oaut
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("Pragma", "no-cache")
 	if e.status == http.StatusTooManyRequests {
-		w.Header().Set("Retry-After", retryAfter(cause))
+		w.Header().Set("Retry-After", RetryAfter(cause))
 	}
 	w.WriteHeader(e.status)
 	out := *e

@@ -138,7 +138,7 @@ func (s *Server) registerHealthRoutes(r chi.Router, reg *prometheus.Registry) {
 	})
 	r.Get("/readyz", func(w http.ResponseWriter, r *http.Request) {
 		if err := s.ready(); err != nil {
-			s.Error(w, r, broker.Wrap(broker.EUNAVAILABLE, err, "not ready: %v", err))
+			s.Error(w, r, broker.Wrap(broker.EUNAVAILABLE, err, "valet is not ready to take traffic yet; retry later"))
 			return
 		}
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})

@@ -130,13 +130,13 @@ func (s *Store) List(ctx context.Context, f Filter) ([]*Grant, error) {
 func (s *Store) Approve(ctx context.Context, id string, d Decision, redeemWithin time.Duration, e audit.Entry) (*Grant, error) {
 	return s.change(ctx, id, d.At, e, func(g *Grant) error {
 		if st := g.StateAt(d.At); st != StatePending {
-			return fmt.Errorf("%w: grant %s is %s", ErrState, id, st)
+			return refuse(ErrState, "grant %s is %s", id, st)
 		}
 		if g.IsRequester(d.Operator) {
-			return fmt.Errorf("%w: %s asked for this access and cannot approve it", ErrSelfApproval, d.Operator)
+			return refuse(ErrSelfApproval, "%s asked for this access and cannot approve it", d.Operator)
 		}
 		if g.HasApproved(d.Operator) {
-			return fmt.Errorf("%w: %s already approved grant %s; approvals must come from distinct operators", ErrState, d.Operator, id)
+			return refuse(ErrState, "%s already approved grant %s; approvals must come from distinct operators", d.Operator, id)
 		}
 		g.Approvals = append(g.Approvals, d)
 		if len(g.Approvals) >= g.Required {
@@ -156,7 +156,7 @@ var ErrSelfApproval = errors.New("self-approval refused")
 func (s *Store) Deny(ctx context.Context, id string, d Decision, e audit.Entry) (*Grant, error) {
 	return s.change(ctx, id, d.At, e, func(g *Grant) error {
 		if st := g.StateAt(d.At); st != StatePending && st != StateApproved {
-			return fmt.Errorf("%w: grant %s is %s", ErrState, id, st)
+			return refuse(ErrState, "grant %s is %s", id, st)
 		}
 		g.State = StateDenied
 		g.Denial = &d
@@ -172,13 +172,13 @@ func (s *Store) Deny(ctx context.Context, id string, d Decision, e audit.Entry) 
 func (s *Store) Redeem(ctx context.Context, id, agentID, binding string, now time.Time, e audit.Entry) (*Grant, error) {
 	return s.change(ctx, id, now, e, func(g *Grant) error {
 		if g.AgentID != agentID {
-			return fmt.Errorf("%w: grant %s belongs to another agent", ErrNotFound, id)
+			return refuse(ErrNotFound, "grant %s belongs to another agent", id)
 		}
 		if st := g.StateAt(now); st != StateApproved {
-			return fmt.Errorf("%w: grant %s is %s, not approved", ErrState, id, st)
+			return refuse(ErrState, "grant %s is %s, not approved", id, st)
 		}
 		if g.Binding != binding {
-			return fmt.Errorf("%w: grant %s was approved for a different request", ErrTampered, id)
+			return refuse(ErrTampered, "grant %s was approved for a different request", id)
 		}
 		g.State = StateRedeemed
 		g.EndedAt = now
@@ -217,13 +217,13 @@ func (s *Store) Unredeem(ctx context.Context, id string, now time.Time, e audit.
 func (s *Store) Review(ctx context.Context, id string, d Decision, e audit.Entry) (*Grant, error) {
 	return s.change(ctx, id, d.At, e, func(g *Grant) error {
 		if g.Kind != KindBreakGlass {
-			return fmt.Errorf("%w: grant %s is not a break-glass grant", ErrState, id)
+			return refuse(ErrState, "grant %s is not a break-glass grant", id)
 		}
 		if g.Review != nil {
-			return fmt.Errorf("%w: grant %s was reviewed by %s already", ErrState, id, g.Review.Operator)
+			return refuse(ErrState, "grant %s was reviewed by %s already", id, g.Review.Operator)
 		}
 		if g.IsRequester(d.Operator) {
-			return fmt.Errorf("%w: %s asked for this access and cannot review it", ErrSelfApproval, d.Operator)
+			return refuse(ErrSelfApproval, "%s asked for this access and cannot review it", d.Operator)
 		}
 		g.Review = &d
 		return nil

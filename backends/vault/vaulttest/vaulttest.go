@@ -287,10 +287,18 @@ func (s *Server) Policy(name, hcl string) {
 	}
 }
 
-// Mount enables a secrets engine at path.
+// Mount enables a secrets engine of type typ at path, unless an engine is
+// enabled there already (a dev Vault has KV version 2 at secret/).
 func (s *Server) Mount(path, typ string) {
 	s.tb.Helper()
-	if err := s.Client().Sys().Mount(path, &api.MountInput{Type: typ}); err != nil && !strings.Contains(err.Error(), "path is already in use") {
+	mounts, err := s.Client().Sys().ListMounts()
+	if err != nil {
+		s.tb.Fatalf("vault list mounts: %v", err)
+	}
+	if _, ok := mounts[strings.Trim(path, "/")+"/"]; ok {
+		return
+	}
+	if err := s.Client().Sys().Mount(path, &api.MountInput{Type: typ}); err != nil {
 		s.tb.Fatalf("vault mount %s: %v", path, err)
 	}
 }
