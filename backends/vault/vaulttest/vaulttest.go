@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -358,10 +359,34 @@ func (s *Server) LeaveUnreadableAccessors(tokenRole string) []string {
 			}(w)
 		}
 		wg.Wait()
-		if acc := s.UnreadableAccessors(); len(acc) > 0 {
+		if acc := s.settledUnreadableAccessors(); len(acc) > 0 {
 			return acc
 		}
 	}
 	s.tb.Fatal("Vault left no unreadable token accessor after 20 rounds of cancelled token creations")
 	return nil
+}
+
+// settledUnreadableAccessors returns the unreadable accessors once Vault
+// has finished the creations its clients gave up on: a cancelled request
+// ends at once for the client, while Vault may still be working on it and
+// leave another unreadable accessor a moment later. The set is settled when
+// three readings 100ms apart agree (at most 10s).
+func (s *Server) settledUnreadableAccessors() []string {
+	read := func() []string {
+		acc := s.UnreadableAccessors()
+		slices.Sort(acc)
+		return acc
+	}
+	prev, same := read(), 0
+	for deadline := time.Now().Add(10 * time.Second); same < 2 && time.Now().Before(deadline); {
+		time.Sleep(100 * time.Millisecond)
+		cur := read()
+		if slices.Equal(cur, prev) {
+			same++
+		} else {
+			prev, same = cur, 0
+		}
+	}
+	return prev
 }
