@@ -83,6 +83,16 @@ type FixedLifetime interface {
 	CredentialLifetime(ttl time.Duration) time.Duration
 }
 
+// RevokeNoter is implemented by backends whose revocation may have to do
+// more than end the one credential, and say so: valet puts the note in the
+// audit record of the revocation.
+type RevokeNoter interface {
+	// RevokeNoted is Revoke that also returns a note for the revocation's
+	// audit record ("" when there is nothing to add), e.g. that other
+	// credentials were ended with this one.
+	RevokeNoted(ctx context.Context, ref Ref) (note string, err error)
+}
+
 // RoleChecker is implemented by backends with role parameters; valet calls
 // it at start-up so a bad role fails the config, not a mint.
 type RoleChecker interface {
@@ -150,6 +160,11 @@ type Ref struct {
 	AgentID       string
 	Role          string
 	ExpiresAt     time.Time
+	// ValidUntil is the latest time the credential can be valid at the
+	// backend if it is never revoked (leases.BoltStore.ValidUntil): the
+	// lease's expiry, its maximum for a credential its holder can extend,
+	// or the credential's own later expiry (FixedLifetime).
+	ValidUntil time.Time
 	// EndedAt is when the lease ended. A backend that searches for the
 	// credential of an interrupted mint by CorrelationID must search state
 	// read after this moment, so that it sees whatever the mint created.

@@ -169,8 +169,8 @@ func newFixture(t *testing.T, cfgEdit func(*broker.Config)) *fixture {
 	q, err := leases.NewRevocationQueue(leases.RevocationQueueConfig{Store: store, Clock: clk, Logger: log,
 		Attempts: cfg.Leases.RevokeAttempts, Backoff: cfg.Leases.RevokeBackoff.D(), MaxBackoff: cfg.Leases.RevokeMaxBackoff.D(),
 		Concurrency: cfg.Leases.RevokeConcurrency, Timeout: leases.DefaultRevokeTimeout,
-		Revoke: func(ctx context.Context, l *leases.Lease) error {
-			return be.Revoke(ctx, backends.Ref{Handle: l.Handle, CorrelationID: l.ID})
+		Revoke: func(ctx context.Context, l *leases.Lease) (string, error) {
+			return "", be.Revoke(ctx, backends.Ref{Handle: l.Handle, CorrelationID: l.ID})
 		}})
 	if err != nil {
 		t.Fatal(err)

@@ -115,10 +115,16 @@ type Lease struct {
 }
 
 // StateAt is the lease's state as clients should see it at t: an active
-// lease at or past its expiry is expired even before the expirer records it.
-// Lists filter on this state and show it, at the same t.
+// lease at or past its expiry is expired even before the expirer records it,
+// or revoking when its credential outlives it (CredentialExpires after t):
+// the expirer queues its revocation, and until that is confirmed the
+// credential may still work. Lists filter on this state and show it, at
+// the same t.
 func (l *Lease) StateAt(t time.Time) State {
 	if l.State == StateActive && !t.Before(l.ExpiresAt) {
+		if l.CredentialExpires.After(t) {
+			return StateRevoking
+		}
 		return StateExpired
 	}
 	return l.State

@@ -190,8 +190,8 @@ func newFixture(t *testing.T, edit func(*broker.Config, *Config)) *fixture {
 	bes := map[string]backends.Backend{"mem": be, "stubborn": stubborn}
 	q, err := leases.NewRevocationQueue(leases.RevocationQueueConfig{Store: store, Clock: clk, Logger: log, Attempts: cfg.Leases.RevokeAttempts,
 		Backoff: time.Minute, MaxBackoff: time.Hour, Concurrency: cfg.Leases.RevokeConcurrency, Timeout: leases.DefaultRevokeTimeout,
-		Revoke: func(ctx context.Context, l *leases.Lease) error {
-			return bes[l.Backend].Revoke(ctx, backends.Ref{Handle: l.Handle, CorrelationID: l.ID})
+		Revoke: func(ctx context.Context, l *leases.Lease) (string, error) {
+			return "", bes[l.Backend].Revoke(ctx, backends.Ref{Handle: l.Handle, CorrelationID: l.ID})
 		}})
 	if err != nil {
 		t.Fatal(err)

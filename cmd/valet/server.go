@@ -174,12 +174,17 @@ func (s *Server) Open(ctx context.Context) (err error) {
 		Attempts: cfg.Leases.RevokeAttempts, Backoff: cfg.Leases.RevokeBackoff.D(), MaxBackoff: cfg.Leases.RevokeMaxBackoff.D(),
 		Concurrency: cfg.Leases.RevokeConcurrency, Timeout: leases.DefaultRevokeTimeout,
 		OnAttempt: s.metrics.RevocationAttempt,
-		Revoke: func(ctx context.Context, l *leases.Lease) error {
+		Revoke: func(ctx context.Context, l *leases.Lease) (string, error) {
 			be, ok := bes[l.Backend]
 			if !ok {
-				return fmt.Errorf("backend %q is no longer configured", l.Backend)
+				return "", fmt.Errorf("backend %q is no longer configured", l.Backend)
 			}
-			return be.Revoke(ctx, backends.Ref{Handle: l.Handle, CorrelationID: l.ID, AgentID: l.AgentID, Role: l.Role, ExpiresAt: l.ExpiresAt, EndedAt: l.EndedAt, Details: l.Details})
+			ref := backends.Ref{Handle: l.Handle, CorrelationID: l.ID, AgentID: l.AgentID, Role: l.Role, ExpiresAt: l.ExpiresAt,
+				ValidUntil: s.store.ValidUntil(l), EndedAt: l.EndedAt, Details: l.Details}
+			if rn, ok := be.(backends.RevokeNoter); ok {
+				return rn.RevokeNoted(ctx, ref)
+			}
+			return "", be.Revoke(ctx, ref)
 		},
 	})
 	if err != nil {
