@@ -18,8 +18,11 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/iam"
 	"github.com/aws/smithy-go"
 
+	"github.com/valet-broker/valet/backends"
+	valetaws "github.com/valet-broker/valet/backends/aws"
 	"github.com/valet-broker/valet/backends/aws/awstest"
 	"github.com/valet-broker/valet/broker"
+	"github.com/valet-broker/valet/leases"
 )
 
 // awsPolicy permits the aws roles to agents of the test issuer.
@@ -310,4 +313,50 @@ func TestAWSCredentialsForTools(t *testing.T) {
 		t.Fatalf("after exec the session still works (%q)", c)
 	}
 	p.stop(t)
+}
+
+// TestExampleAWSConfig: the example AWS configuration loads, its roles pass
+// the backend's checks against IAM roles of the same names, and STS accepts
+// a session of each, with the session policy and tags filled for an agent.
+func TestExampleAWSConfig(t *testing.T) {
+	srv := awstest.Start(t, awstest.Config{})
+	srv.SetEnv(t)
+	srv.CreateRole("valet-s3-team-read", awstest.RoleOptions{})
+	srv.CreateRole("valet-ci-deploy", awstest.RoleOptions{ExternalID: "acme-valet"})
+	cfg, err := broker.LoadConfig(filepath.Join("..", "..", "deploy", "examples", "aws.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var opts map[string]any
+	for _, b := range cfg.Backends {
+		if b.Type == "aws" {
+			opts = b.Options
+		}
+	}
+	opts["endpoint"] = srv.URL
+	be, err := valetaws.New("aws", opts, backends.Deps{DataDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	attrs := map[string]string{"namespace": "agents", "service_account": "indexer", "repository": "acme/app", "run_id": "42"}
+	checked := 0
+	for _, r := range cfg.Roles {
+		if r.Backend != "aws" {
+			continue
+		}
+		spec := backends.RoleSpec{Name: r.Name, Params: r.Params, TTL: r.TTL.D(), MaxTTL: r.MaxTTL.D()}
+		if err := be.(backends.RoleChecker).CheckRole(spec); err != nil {
+			t.Fatalf("role %s: %v", r.Name, err)
+		}
+		now := time.Now()
+		id := leases.NewID(now)
+		if _, err := be.Mint(context.Background(), backends.MintRequest{CorrelationID: id, AgentID: "k8s-prod/x", Role: spec, Attributes: attrs,
+			IssuedAt: now, ExpiresAt: now.Add(r.TTL.D())}); err != nil {
+			t.Fatalf("role %s: mint: %v", r.Name, err)
+		}
+		checked++
+	}
+	if checked != 2 {
+		t.Fatalf("checked %d aws roles of the example, want 2", checked)
+	}
 }
