@@ -237,8 +237,38 @@ func New(name string, options map[string]any, deps backends.Deps) (backends.Back
 func decodeOptions(options map[string]any) (Options, error) {
 	var o Options
 	o.SetDefaults()
-	err := broker.DecodeOptions(options, &o)
+	err := decode(options, &o)
 	return o, err
+}
+
+// decode strictly decodes options or params into v: unknown keys are
+// errors, absent keys keep v's values (its defaults).
+func decode(m map[string]any, v any) error { return broker.DecodeOptions(m, v) }
+
+// errorKind is what a failure the client is told about means to it.
+type errorKind int
+
+const (
+	// kindInvalid: the request cannot be served as asked (400).
+	kindInvalid errorKind = iota
+	// kindForbidden: not for this agent (its attributes) (403).
+	kindForbidden
+	// kindBadResponse: AWS refused what the role's configuration asks
+	// (502).
+	kindBadResponse
+)
+
+// clientError is a failure whose message the client reads: the one place
+// the backend's error kinds become valet's error codes.
+func clientError(kind errorKind, format string, args ...any) error {
+	code := map[errorKind]string{kindInvalid: broker.EINVALID, kindForbidden: broker.EFORBIDDEN, kindBadResponse: broker.EBADGATEWAY}[kind]
+	return broker.Errorf(code, format, args...)
+}
+
+// isClientError reports whether err is already a clientError.
+func isClientError(err error) bool {
+	var be *broker.Error
+	return errors.As(err, &be)
 }
 
 var (
@@ -271,7 +301,7 @@ func (b *Backend) CheckRole(r backends.RoleSpec) error {
 // parseRole checks a role's params without AWS.
 func parseRole(r backends.RoleSpec) (*role, error) {
 	var p RoleParams
-	if err := broker.DecodeOptions(r.Params, &p); err != nil {
+	if err := decode(r.Params, &p); err != nil {
 		return nil, fmt.Errorf("params: %w", err)
 	}
 	ro := &role{RoleParams: p, maxAttr: 128, maxSession: MaxSessionDuration}
@@ -411,7 +441,7 @@ func (b *Backend) Mint(ctx context.Context, req backends.MintRequest) (*backends
 		return nil, err
 	}
 	if len(req.Scope) > 0 {
-		return nil, broker.Errorf(broker.EINVALID, "the aws backend does not narrow credentials by scope")
+		return nil, clientError(kindInvalid, "the aws backend does not narrow credentials by scope")
 	}
 	in, err := b.assumeRoleInput(ro, req)
 	if err != nil {
@@ -486,7 +516,7 @@ func (b *Backend) assumeRoleInput(ro *role, req backends.MintRequest) (*sts.Assu
 	secs := int64(req.ExpiresAt.Sub(b.clock.Now())/time.Second) - 1
 	secs = max(secs, int64(MinSessionDuration/time.Second))
 	if limit := int64(ro.maxSession / time.Second); secs > limit {
-		return nil, broker.Errorf(broker.EINVALID, "role %s hands out AWS sessions of at most %s (the IAM role's MaxSessionDuration); ask for a shorter ttl", req.Role.Name, ro.maxSession)
+		return nil, clientError(kindInvalid, "role %s hands out AWS sessions of at most %s (the IAM role's MaxSessionDuration); ask for a shorter ttl", req.Role.Name, ro.maxSession)
 	}
 	in.DurationSeconds = awssdk.Int32(int32(secs))
 	if ro.policy != nil {
@@ -531,8 +561,7 @@ func (b *Backend) noteNotIssued(id string) {
 // else is a backend error whose details go to the log, except a session
 // STS finds too large, which the client is told about.
 func (b *Backend) awsError(err error, what string) error {
-	var be *broker.Error
-	if errors.As(err, &be) {
+	if isClientError(err) {
 		return err
 	}
 	var ae smithy.APIError
@@ -548,7 +577,7 @@ func (b *Backend) awsError(err error, what string) error {
 			code == "ServiceUnavailable", code == "InternalFailure", code == "ServiceFailure", code == "IDPCommunicationError":
 			return fmt.Errorf("aws %s: %w (%s: %s)", what, backends.ErrUnavailable, code, ae.ErrorMessage())
 		case code == "PackedPolicyTooLarge":
-			return broker.Errorf(broker.EBADGATEWAY, "AWS STS refused the session: the role's session policy, policy ARNs and session tags (with this agent's attributes) pack to more than STS allows; the role's configuration must be made smaller")
+			return clientError(kindBadResponse, "AWS STS refused the session: the role's session policy, policy ARNs and session tags (with this agent's attributes) pack to more than STS allows; the role's configuration must be made smaller")
 		}
 		return fmt.Errorf("aws %s: %s: %s", what, code, ae.ErrorMessage())
 	}

@@ -8,8 +8,6 @@ import (
 	"regexp"
 	"sort"
 	"strings"
-
-	"github.com/valet-broker/valet/broker"
 )
 
 // placeholder is {{name}} in a session policy or tag value: an agent
@@ -41,8 +39,8 @@ type template struct {
 }
 
 // fill replaces the placeholders. Each value must be at most t.maxAttr
-// characters and match allowed; what is wrong is an EFORBIDDEN error naming
-// where (the role param) and the attribute.
+// characters and match allowed; what is wrong is a kindForbidden error
+// naming where (the role param) and the attribute.
 func (t *template) fill(v templateVars, where string, allowed *regexp.Regexp, rule string) (string, error) {
 	var bad error
 	out := placeholder.ReplaceAllStringFunc(t.text, func(m string) string {
@@ -51,11 +49,11 @@ func (t *template) fill(v templateVars, where string, allowed *regexp.Regexp, ru
 		switch {
 		case bad != nil:
 		case !ok:
-			bad = broker.Errorf(broker.EFORBIDDEN, "the role's %s needs the agent attribute %q, which this agent's attestation does not carry", where, name)
+			bad = clientError(kindForbidden, "the role's %s needs the agent attribute %q, which this agent's attestation does not carry", where, name)
 		case len([]rune(val)) > t.maxAttr:
-			bad = broker.Errorf(broker.EFORBIDDEN, "the role's %s takes attribute %q of at most %d characters (max_attribute_length); this agent's has %d", where, name, t.maxAttr, len([]rune(val)))
+			bad = clientError(kindForbidden, "the role's %s takes attribute %q of at most %d characters (max_attribute_length); this agent's has %d", where, name, t.maxAttr, len([]rune(val)))
 		case !allowed.MatchString(val):
-			bad = broker.Errorf(broker.EFORBIDDEN, "the role's %s takes attribute %q only as %s; this agent's is not", where, name, rule)
+			bad = clientError(kindForbidden, "the role's %s takes attribute %q only as %s; this agent's is not", where, name, rule)
 		}
 		return val
 	})
