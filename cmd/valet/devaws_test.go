@@ -32,6 +32,32 @@ func TestDevAWSDemoWorksInANewShell(t *testing.T) {
 	cmd.Dir = work
 	cmd.Env = append(append(os.Environ(), srv.Env()...), "VAULT_ADDR=", "VAULT_TOKEN=",
 		"VALET_DEV_AWS_ENDPOINT="+srv.URL, "VALET_DEV_AWS_ROLE_ARN="+roleARN)
+	banner := readDevBanner(t, cmd, func(l string) bool { return strings.Contains(l, "aws-credential-process") })
+	var exports []string
+	demo := ""
+	for _, l := range banner {
+		l = strings.TrimSpace(l)
+		if strings.HasPrefix(l, "export ") {
+			exports = append(exports, l)
+		}
+		if strings.Contains(l, "exec aws-demo") {
+			demo = l
+		}
+	}
+	sh := exec.Command("/bin/sh", "-c", strings.Join(append(append([]string{"set -e"}, exports...), demo), "\n"))
+	sh.Dir = work
+	sh.Env = []string{"PATH=/usr/bin:/bin", "HOME=" + t.TempDir()}
+	out, err := sh.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "assumed-role/valet-demo/") || !strings.Contains(string(out), "access:  allowed") {
+		t.Fatalf("pasted %q: %v\n%s", demo, err, out)
+	}
+}
+
+// readDevBanner starts `valet dev` (cmd) and returns its banner up to and
+// including the line for which last is true, within 60 s; stdout is drained
+// afterwards and the process killed when the test ends.
+func readDevBanner(t *testing.T, cmd *exec.Cmd, last func(line string) bool) []string {
+	t.Helper()
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -50,36 +76,22 @@ func TestDevAWSDemoWorksInANewShell(t *testing.T) {
 		}
 		close(lines)
 	}()
-	var banner, exports []string
-	demo := ""
+	var banner []string
 	deadline := time.After(60 * time.Second)
-	for demo == "" || !strings.Contains(banner[len(banner)-1], "aws-credential-process") {
+	for len(banner) == 0 || !last(banner[len(banner)-1]) {
 		select {
 		case l, ok := <-lines:
 			if !ok {
 				t.Fatalf("valet dev exited before its banner was complete:\n%s\n%s", strings.Join(banner, "\n"), stderr.String())
 			}
 			banner = append(banner, l)
-			l = strings.TrimSpace(l)
-			if strings.HasPrefix(l, "export ") {
-				exports = append(exports, l)
-			}
-			if strings.Contains(l, "exec aws-demo") {
-				demo = l
-			}
 		case <-deadline:
 			t.Fatalf("no complete banner after 60s:\n%s\n%s", strings.Join(banner, "\n"), stderr.String())
 		}
 	}
 	go func() {
-		for range lines {
+		for range lines { // keep valet dev's stdout drained
 		}
 	}()
-	sh := exec.Command("/bin/sh", "-c", strings.Join(append(append([]string{"set -e"}, exports...), demo), "\n"))
-	sh.Dir = work
-	sh.Env = []string{"PATH=/usr/bin:/bin", "HOME=" + t.TempDir()}
-	out, err := sh.CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "assumed-role/valet-demo/") || !strings.Contains(string(out), "access:  allowed") {
-		t.Fatalf("pasted %q: %v\n%s", demo, err, out)
-	}
+	return banner
 }
