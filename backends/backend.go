@@ -18,7 +18,8 @@ import (
 // Backend mints and revokes credentials.
 type Backend interface {
 	// Mint issues a credential for req. The credential must expire on its own
-	// no later than req.ExpiresAt (invariant 2) and must carry
+	// no later than req.ExpiresAt (invariant 2; for a FixedLifetime backend,
+	// no later than its fixed lifetime from now) and must carry
 	// req.CorrelationID wherever the backend can store it, so an orphan left
 	// by a crash can be found. Errors wrap ErrUnavailable when the backend
 	// cannot be reached (the broker answers 503).
@@ -63,6 +64,33 @@ type SelfContained interface {
 // retrying an unconfirmed revocation until the lease's maximum has passed.
 type ExpiryRevoker interface {
 	RevokeAtExpiry()
+}
+
+// FixedLifetime is implemented by backends whose credentials live a fixed
+// time at the backend that valet cannot shorten to the lease's (a GitHub
+// installation token lives one hour). Such a credential can outlive its
+// lease, so valet keeps invariant 2 by revoking it: it records with the
+// pending lease the latest time the credential can be valid (the mint
+// timeout plus CredentialLifetime after the intent), accepts a credential
+// that expires after its lease but not after that time, revokes it when
+// the lease ends however it ends (its expiry too), and keeps the lease
+// revoking or irrevocable, never ended, until the backend has confirmed
+// the revocation or that time has passed (leases.BoltStore.ValidUntil).
+type FixedLifetime interface {
+	// CredentialLifetime is the longest a credential minted for a lease of
+	// ttl lives at the backend unless it is revoked, counted from when the
+	// backend issues it.
+	CredentialLifetime(ttl time.Duration) time.Duration
+}
+
+// RevokeNoter is implemented by backends whose revocation may have to do
+// more than end the one credential, and say so: valet puts the note in the
+// audit record of the revocation.
+type RevokeNoter interface {
+	// RevokeNoted is Revoke that also returns a note for the revocation's
+	// audit record ("" when there is nothing to add), e.g. that other
+	// credentials were ended with this one.
+	RevokeNoted(ctx context.Context, ref Ref) (note string, err error)
 }
 
 // RoleChecker is implemented by backends with role parameters; valet calls
@@ -132,6 +160,11 @@ type Ref struct {
 	AgentID       string
 	Role          string
 	ExpiresAt     time.Time
+	// ValidUntil is the latest time the credential can be valid at the
+	// backend if it is never revoked (leases.BoltStore.ValidUntil): the
+	// lease's expiry, its maximum for a credential its holder can extend,
+	// or the credential's own later expiry (FixedLifetime).
+	ValidUntil time.Time
 	// EndedAt is when the lease ended. A backend that searches for the
 	// credential of an interrupted mint by CorrelationID must search state
 	// read after this moment, so that it sees whatever the mint created.

@@ -245,6 +245,16 @@ func (b *Broker) breakGlass(ctx context.Context, op *mintOp) (*MintResult, error
 func (b *Broker) mint(ctx context.Context, op *mintOp) (*MintResult, error) {
 	be := b.backends[op.role.Backend]
 	l := op.pendingLease(be)
+	if fl, ok := be.(backends.FixedLifetime); ok {
+		// A credential that lives a fixed time valet cannot shorten must
+		// expire at the backend no later than that time after the latest
+		// moment the backend can issue it (invariant 2). The intent
+		// records it, so that a crash leaves a lease that stays revoking
+		// until the credential is dead.
+		if t := op.now.Add(b.cfg.Limits.MintTimeout.D() + fl.CredentialLifetime(op.ttl)); t.After(l.ExpiresAt) {
+			l.CredentialExpires = t
+		}
+	}
 	_, selfContained := be.(backends.SelfContained)
 	// Invariant 3: the intent is on disk before a backend with external
 	// effects is called. A self-contained backend only computes the
@@ -265,13 +275,19 @@ func (b *Broker) mint(ctx context.Context, op *mintOp) (*MintResult, error) {
 		return nil, b.abandon(ctx, op, l, err)
 	}
 	entry := op.mintRecord(l)
+	var outlives time.Time
+	if cred.ExpiresAt.After(l.ExpiresAt) {
+		// The lease is revoked at the backend when it expires, and stays
+		// revoking until this time if that cannot be confirmed.
+		outlives = cred.ExpiresAt
+	}
 	var active *leases.Lease
 	if selfContained {
-		l.State, l.Handle, l.Details = leases.StateActive, cred.Handle, cred.Details
+		l.State, l.Handle, l.Details, l.CredentialExpires = leases.StateActive, cred.Handle, cred.Details, outlives
 		err = b.store.CreateActive(ctx, l, b.clock.Now(), entry)
 		active = l
 	} else {
-		active, err = b.store.Activate(ctx, l.ID, leases.Activation{Handle: cred.Handle, Details: cred.Details}, b.clock.Now(), entry)
+		active, err = b.store.Activate(ctx, l.ID, leases.Activation{Handle: cred.Handle, Details: cred.Details, CredentialExpires: outlives}, b.clock.Now(), entry)
 	}
 	if err != nil {
 		// The credential exists but is not recorded as active: it must not
@@ -331,13 +347,18 @@ func (b *Broker) issue(ctx context.Context, op *mintOp, be backends.Backend, l *
 		return nil, err
 	}
 	failpoint.Hit(failpoint.MintAfterBackend)
-	if cred.ExpiresAt.IsZero() || cred.ExpiresAt.After(l.ExpiresAt) {
-		// Invariant 2: never hand out a credential that outlives its lease.
+	latest, bound := l.ExpiresAt, "the lease's expiry"
+	if !l.CredentialExpires.IsZero() {
+		latest, bound = l.CredentialExpires, "the latest expiry its fixed lifetime allows,"
+	}
+	if cred.ExpiresAt.IsZero() || cred.ExpiresAt.After(latest) {
+		// Invariant 2: never hand out a credential that outlives its lease
+		// (or, for a fixed lifetime, the bound the intent recorded).
 		if cred.Handle != "" {
 			l.Handle = cred.Handle
 		}
-		return nil, Errorf(EBADGATEWAY, "backend %s issued a credential expiring at %s, after the lease's expiry %s; it was revoked",
-			l.Backend, cred.ExpiresAt.UTC().Format(time.RFC3339), l.ExpiresAt.UTC().Format(time.RFC3339))
+		return nil, Errorf(EBADGATEWAY, "backend %s issued a credential expiring at %s, after %s %s; it was revoked",
+			l.Backend, cred.ExpiresAt.UTC().Format(time.RFC3339), bound, latest.UTC().Format(time.RFC3339))
 	}
 	return cred, nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/valet-broker/valet/backends"
 	"github.com/valet-broker/valet/broker/audit"
@@ -133,15 +134,25 @@ func leaseRef(l *leases.Lease) backends.Ref {
 // (leases.RevocationQueue) makes and retries for each ended lease: it
 // revokes the lease's credential at its backend among bes, by handle, or
 // by correlation id (the lease id) for a lease an interrupted mint left
-// without one. A lease whose backend is no longer configured fails, and
+// without one. validUntil tells the backend how long the credential can
+// live at most (leases.BoltStore.ValidUntil). A backend that is a
+// backends.RevokeNoter returns a note for the audit record of the
+// revocation. A lease whose backend is no longer configured fails, and
 // stays queued until it is irrevocable (invariant 5).
-func RevokeAtBackend(bes map[string]backends.Backend) leases.RevokeFunc {
-	return func(ctx context.Context, l *leases.Lease) error {
+func RevokeAtBackend(bes map[string]backends.Backend, validUntil func(*leases.Lease) time.Time) leases.RevokeFunc {
+	return func(ctx context.Context, l *leases.Lease) (string, error) {
 		be, ok := bes[l.Backend]
 		if !ok {
-			return fmt.Errorf("backend %q is no longer configured", l.Backend)
+			return "", fmt.Errorf("backend %q is no longer configured", l.Backend)
 		}
-		return be.Revoke(ctx, leaseRef(l))
+		ref := leaseRef(l)
+		if validUntil != nil {
+			ref.ValidUntil = validUntil(l)
+		}
+		if rn, ok := be.(backends.RevokeNoter); ok {
+			return rn.RevokeNoted(ctx, ref)
+		}
+		return "", be.Revoke(ctx, ref)
 	}
 }
 

@@ -239,7 +239,8 @@ func sameElements(a, b []string) bool {
 // is no longer configured.
 func TestRevokeAtBackend(t *testing.T) {
 	be := &scripted{mint: ok, issued: map[string]bool{}}
-	revoke := broker.RevokeAtBackend(map[string]backends.Backend{"ext": be})
+	validUntil := func(l *leases.Lease) time.Time { return l.ExpiresAt.Add(time.Hour) }
+	revoke := broker.RevokeAtBackend(map[string]backends.Backend{"ext": be}, validUntil)
 	now := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
 	l := &leases.Lease{ID: "01J00000000000000000000000", AgentID: "test/a", Role: "r", Backend: "ext", Handle: "h-1",
 		ExpiresAt: now.Add(time.Minute), EndedAt: now, Details: map[string]string{"accessor": "x"}}
@@ -256,7 +257,7 @@ func TestRevokeAtBackend(t *testing.T) {
 			be.revoked = nil
 			cp := *l
 			cp.Backend = tc.backend
-			err := revoke(context.Background(), &cp)
+			_, err := revoke(context.Background(), &cp)
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) || len(be.revoked) != 0 {
 					t.Fatalf("revoke = %v (revoked %v), want %q and nothing revoked", err, be.revoked, tc.wantErr)
@@ -264,7 +265,7 @@ func TestRevokeAtBackend(t *testing.T) {
 				return
 			}
 			want := backends.Ref{Handle: "h-1", CorrelationID: l.ID, AgentID: "test/a", Role: "r", ExpiresAt: l.ExpiresAt, EndedAt: now,
-				Details: map[string]string{"accessor": "x"}}
+				ValidUntil: l.ExpiresAt.Add(time.Hour), Details: map[string]string{"accessor": "x"}}
 			if err != nil || len(be.revoked) != 1 || !refEqual(be.revoked[0], want) {
 				t.Fatalf("revoke = %v, revoked %+v; want %+v", err, be.revoked, want)
 			}
@@ -274,7 +275,7 @@ func TestRevokeAtBackend(t *testing.T) {
 
 func refEqual(a, b backends.Ref) bool {
 	return a.Handle == b.Handle && a.CorrelationID == b.CorrelationID && a.AgentID == b.AgentID && a.Role == b.Role &&
-		a.ExpiresAt.Equal(b.ExpiresAt) && a.EndedAt.Equal(b.EndedAt) && len(a.Details) == len(b.Details) && a.Details["accessor"] == b.Details["accessor"]
+		a.ExpiresAt.Equal(b.ExpiresAt) && a.EndedAt.Equal(b.EndedAt) && a.ValidUntil.Equal(b.ValidUntil) && len(a.Details) == len(b.Details) && a.Details["accessor"] == b.Details["accessor"]
 }
 
 // expiryRevoking is a backend whose credentials their holders can extend.

@@ -65,11 +65,12 @@ func mustCreate(tb testing.TB, s *BoltStore, l *Lease) {
 	}
 }
 
-// mustActivate records l as pending and activates it with handle "h-<id>".
+// mustActivate records l as pending and activates it with handle "h-<id>"
+// (and l's CredentialExpires as the credential's own expiry).
 func mustActivate(tb testing.TB, s *BoltStore, l *Lease) *Lease {
 	tb.Helper()
 	mustCreate(tb, s, l)
-	out, err := s.Activate(context.Background(), l.ID, Activation{Handle: "h-" + l.ID}, l.CreatedAt,
+	out, err := s.Activate(context.Background(), l.ID, Activation{Handle: "h-" + l.ID, CredentialExpires: l.CredentialExpires}, l.CreatedAt,
 		audit.Entry{Kind: audit.KindMint, Actor: audit.Actor{Type: audit.ActorAgent, ID: l.AgentID}, Decision: audit.Allow})
 	if err != nil {
 		tb.Fatalf("Activate(%s): %v", l.ID, err)
@@ -242,6 +243,7 @@ type fakeBackend struct {
 	overlap  []string
 	clk      clock.Clock            // if set, the fake time of every call is recorded
 	times    map[string][]time.Time // by lease id
+	note     string                 // returned with every success
 }
 
 var errBackendDown = errors.New("backend unavailable (injected)")
@@ -250,7 +252,7 @@ func newFakeBackend(failures int) *fakeBackend {
 	return &fakeBackend{failures: failures, calls: map[string]int{}, handles: map[string]string{}, running: map[string]int{}, times: map[string][]time.Time{}}
 }
 
-func (b *fakeBackend) Revoke(ctx context.Context, l *Lease) error {
+func (b *fakeBackend) Revoke(ctx context.Context, l *Lease) (string, error) {
 	b.mu.Lock()
 	b.calls[l.ID]++
 	n := b.calls[l.ID]
@@ -263,6 +265,7 @@ func (b *fakeBackend) Revoke(ctx context.Context, l *Lease) error {
 		b.times[l.ID] = append(b.times[l.ID], b.clk.Now())
 	}
 	fail := b.failures < 0 || n <= b.failures
+	note := b.note
 	gate := b.gate
 	if b.gateFor != nil && !b.gateFor(l) {
 		gate = nil
@@ -277,13 +280,13 @@ func (b *fakeBackend) Revoke(ctx context.Context, l *Lease) error {
 		select {
 		case <-gate:
 		case <-ctx.Done():
-			return ctx.Err()
+			return "", ctx.Err()
 		}
 	}
 	if fail {
-		return fmt.Errorf("revoke %s: %w", l.ID, errBackendDown)
+		return "", fmt.Errorf("revoke %s: %w", l.ID, errBackendDown)
 	}
-	return nil
+	return note, nil
 }
 
 // setFailures changes how many calls per lease fail (negative: all).

@@ -15,8 +15,10 @@ import (
 
 // RevokeFunc revokes a lease's credential at its backend. A lease recovered
 // from a crash has no Handle; the backend then revokes by correlation id
-// (the lease id). Revoking something already revoked must succeed.
-type RevokeFunc func(ctx context.Context, l *Lease) error
+// (the lease id). Revoking something already revoked must succeed. A
+// revocation that succeeded may return a note for its audit record (for
+// example that it ended other credentials too); "" adds nothing.
+type RevokeFunc func(ctx context.Context, l *Lease) (note string, err error)
 
 // RevocationQueueConfig configures a RevocationQueue. The numbers are
 // taken as given (valet passes the validated leases.* settings);
@@ -332,7 +334,7 @@ func (q *RevocationQueue) attempt(ctx context.Context, l *Lease) *Lease {
 		return out
 	}
 	callCtx, cancel := context.WithTimeout(ctx, q.cfg.Timeout)
-	err := q.cfg.Revoke(callCtx, l)
+	note, err := q.cfg.Revoke(callCtx, l)
 	cancel()
 	now = q.cfg.Clock.Now()
 	if err == nil {
@@ -341,7 +343,11 @@ func (q *RevocationQueue) attempt(ctx context.Context, l *Lease) *Lease {
 		if final == "" {
 			final = StateRevoked
 		}
-		out, err := q.cfg.Store.RevocationDone(ctx, l.ID, final, now, entry(audit.KindRevoked, "revoked at backend"))
+		reason := "revoked at backend"
+		if note != "" {
+			reason += ": " + note
+		}
+		out, err := q.cfg.Store.RevocationDone(ctx, l.ID, final, now, entry(audit.KindRevoked, reason))
 		if err != nil {
 			q.cfg.Logger.Error("record revocation failed", "lease", l.ID, "err", err)
 			return nil

@@ -190,7 +190,7 @@ func newFixture(t *testing.T, edit func(*broker.Config, *Config)) *fixture {
 	bes := map[string]backends.Backend{"mem": be, "stubborn": stubborn}
 	q, err := leases.NewRevocationQueue(leases.RevocationQueueConfig{Store: store, Clock: clk, Logger: log, Attempts: cfg.Leases.RevokeAttempts,
 		Backoff: time.Minute, MaxBackoff: time.Hour, Concurrency: cfg.Leases.RevokeConcurrency, Timeout: leases.DefaultRevokeTimeout,
-		Revoke: broker.RevokeAtBackend(bes)})
+		Revoke: broker.RevokeAtBackend(bes, store.ValidUntil)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,6 +5,7 @@ package builtin
 
 import (
 	"github.com/valet-broker/valet/backends"
+	"github.com/valet-broker/valet/backends/aws"
 	"github.com/valet-broker/valet/backends/jwt"
 	"github.com/valet-broker/valet/backends/vault"
 )
@@ -12,6 +13,7 @@ import (
 // Registry returns the built-in backend types.
 func Registry() backends.Registry {
 	r := backends.Registry{
+		aws.Type:   aws.New,
 		jwt.Type:   jwt.New,
 		vault.Type: vault.New,
 	}

@@ -48,6 +48,7 @@ func main() {
 		skipMints = flag.Bool("skip-mint", false, "skip the mint benchmark")
 		vaultLvls = flag.String("vault-concurrency", "16,64", "concurrency levels for the Vault comparison (empty skips it)")
 		bulk      = flag.Int("bulk-revoke", 1000, "Vault leases of one agent to revoke at once (0 skips)")
+		awsLvls   = flag.String("aws-concurrency", "16,64", "concurrency levels for the AWS STS mints (empty skips them)")
 	)
 	flag.Parse()
 	b := &bench{bin: *bin}
@@ -92,6 +93,9 @@ func main() {
 		}
 		printVault(b.vaultBench(lv, *duration, *bulk))
 	}
+	if *awsLvls != "" {
+		printAWS(b.awsBench(parseLevels("-aws-concurrency", *awsLvls), *duration))
+	}
 	if *nLeases > 0 {
 		r := b.startup(*nLeases)
 		fmt.Printf("start-up with %d leases in the store: %s to ready, RSS %.0f MiB (store file %.0f MiB; built in %s)\n\n",
@@ -102,6 +106,19 @@ func main() {
 		fmt.Printf("expiry lateness, %d leases expiring within one minute: p50 %s, p99 %s, max %s (%d expired)\n",
 			*nExpiry, r.p50.Round(time.Millisecond), r.p99.Round(time.Millisecond), r.max.Round(time.Millisecond), r.n)
 	}
+}
+
+// parseLevels reads a comma-separated list of concurrency levels.
+func parseLevels(flagName, v string) []int {
+	var out []int
+	for _, f := range strings.Split(v, ",") {
+		c, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || c < 1 {
+			fatal("bad %s %q", flagName, v)
+		}
+		out = append(out, c)
+	}
+	return out
 }
 
 // cleanups run before the bench exits, also on failure: they stop the

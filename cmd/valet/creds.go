@@ -181,18 +181,23 @@ func newCredsCmd() *cobra.Command {
 		Use:   "creds ROLE",
 		Short: "Mint a credential for ROLE and print it",
 		Long: `Mint a credential for ROLE with the agent's attestation and print it:
-as JSON (default), as shell exports (--format env), or only the access token
-(--format token). The lease ends on its own at its expiry; release it early
-with: valet leases release LEASE_ID.`,
+as JSON (default), as shell exports (--format env; an AWS session also sets
+AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN), only the
+access token (--format token), or for an AWS session the JSON of the AWS
+CLI's and SDKs' credential_process (--format aws-credential-process). The
+lease ends on its own at its expiry; release it early with:
+valet leases release LEASE_ID.`,
 		Example: `  valet creds demo
   eval "$(valet creds demo --format env)"
-  curl -H "Authorization: Bearer $(valet creds demo --format token)" https://api.example.com/`,
+  curl -H "Authorization: Bearer $(valet creds demo --format token)" https://api.example.com/
+  # ~/.aws/config:  [profile agent]
+  #                 credential_process = valet creds aws-readonly -o aws-credential-process`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			switch format {
-			case "json", "env", "token":
+			case "json", "env", "token", "aws-credential-process":
 			default:
-				return fmt.Errorf("--format must be json, env or token")
+				return fmt.Errorf("--format must be json, env, token or aws-credential-process")
 			}
 			_, res, err := f.mint(cmd.Context(), args[0])
 			if err != nil {
@@ -202,7 +207,7 @@ with: valet leases release LEASE_ID.`,
 		},
 	}
 	f.register(cmd)
-	cmd.Flags().StringVarP(&format, "format", "o", "json", "output: json, env or token")
+	cmd.Flags().StringVarP(&format, "format", "o", "json", "output: json, env, token or aws-credential-process")
 	return cmd
 }
 
@@ -215,8 +220,10 @@ func printCredential(w io.Writer, res *mintResponse, format string) error {
 		}
 		_, err := fmt.Fprintln(w, tok)
 		return err
+	case "aws-credential-process":
+		return writeCredentialProcess(w, res)
 	case "env":
-		for _, kv := range credentialEnv(res, "VALET_") {
+		for _, kv := range append(credentialEnv(res, "VALET_"), standardEnv(res.Credential)...) {
 			k, v, _ := strings.Cut(kv, "=")
 			fmt.Fprintf(w, "export %s=%s\n", k, shellQuote(v))
 		}
@@ -275,8 +282,10 @@ func newExecCmd() *cobra.Command {
 		Short: "Run COMMAND with a fresh credential for ROLE in its environment; release it when COMMAND exits",
 		Long: `Mint a credential for ROLE, run COMMAND with it in COMMAND's environment only
 (VALET_LEASE_ID, VALET_LEASE_EXPIRES_AT and VALET_<FIELD> for each credential
-field, e.g. VALET_ACCESS_TOKEN), forward signals to it, release the lease
-when it exits, and exit with its exit code.`,
+field, e.g. VALET_ACCESS_TOKEN; for an AWS session also the standard
+AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN and
+AWS_CREDENTIAL_EXPIRATION), forward signals to it, release the lease when it
+exits, and exit with its exit code.`,
 		Example: `  valet exec demo -- sh -c 'curl -H "Authorization: Bearer $VALET_ACCESS_TOKEN" https://api.example.com/'`,
 		Args:    cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -308,7 +317,7 @@ func runExec(ctx context.Context, f *mintFlags, prefix, role string, argv []stri
 
 	child := exec.Command(path, argv[1:]...)
 	child.Stdin, child.Stdout, child.Stderr = os.Stdin, os.Stdout, os.Stderr
-	child.Env = append(os.Environ(), credentialEnv(res, prefix)...)
+	child.Env = append(append(os.Environ(), credentialEnv(res, prefix)...), standardEnv(res.Credential)...)
 	code := 0
 	if err := child.Start(); err != nil {
 		release(c, f, res.LeaseID, stderr)

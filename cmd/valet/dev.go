@@ -51,8 +51,13 @@ Files it finds there are kept, so edits to config.yaml and policies survive.`,
 			if err != nil {
 				return err
 			}
+			awsEndpoint, err := addDevAWS(cfg)
+			if err != nil {
+				return err
+			}
 			return serve(cmd.Context(), cfg, func(s *Server) {
 				printDevBanner(cmd.OutOrStdout(), s, cfg, opToken, dataDir, vaultRoles)
+				printDevAWS(cmd.OutOrStdout(), awsEndpoint, selfName())
 			})
 		},
 	}
@@ -153,11 +158,17 @@ As the resource server %s, check a token (RFC 7662 introspection):
 	fmt.Fprintf(w, "\n  (add an introspection client to %s/config.yaml to call /v1/introspect; see \"Resource servers\" in the README)\n", dir)
 }
 
-func printDevBanner(w io.Writer, s *Server, cfg *broker.Config, opToken, dir, vaultRoles string) {
-	self := os.Args[0]
-	if !strings.Contains(self, "/") {
-		self = "valet"
+// selfName is how the banner's commands call valet: the path it was
+// started by, or "valet" when it was found on PATH.
+func selfName() string {
+	if !strings.Contains(os.Args[0], "/") {
+		return "valet"
 	}
+	return os.Args[0]
+}
+
+func printDevBanner(w io.Writer, s *Server, cfg *broker.Config, opToken, dir, vaultRoles string) {
+	self := selfName()
 	addr := "http://" + s.Addr()
 	attestCmd := self + " dev attest"
 	if dir != devDataDir {
@@ -350,6 +361,12 @@ when { context.reason != "" };
 @id("demo-vault-mint")
 permit(principal in Issuer::"dev", action in [Action::"mint", Action::"renew"], resource)
 when { resource.backend == "vault" && resource.labels has "env" && resource.labels.env == "dev" };
+
+// The cloud demo roles (present when valet dev runs beside the cloud test
+// servers: make run-cloud).
+@id("demo-cloud-mint")
+permit(principal in Issuer::"dev", action == Action::"mint", resource)
+when { resource.labels has "demo" && resource.labels.demo == "cloud" };
 
 // Try: valet dev attest --claim blocked=true
 @id("deny-blocked")

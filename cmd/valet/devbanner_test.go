@@ -1,15 +1,12 @@
 package main
 
 import (
-	"bufio"
-	"bytes"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/valet-broker/valet/backends/vault/vaulttest"
 )
@@ -37,47 +34,7 @@ func TestDevBannerCommandsWorkInANewShell(t *testing.T) {
 	cmd.Dir = work
 	cmd.Env = append(os.Environ(), "VAULT_ADDR="+v.Addr, "VAULT_TOKEN="+v.Token, "GODEBUG=x509negativeserial=1",
 		fmt.Sprintf("VALET_DEV_PGPORT=%d", pg.Port), "PATH="+filepath.Dir(vaulttest.Binary(t))+":"+os.Getenv("PATH"))
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-
-	// Read the banner up to its last command.
-	lines := make(chan string)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			lines <- sc.Text()
-		}
-		close(lines)
-	}()
-	var banner []string
-	deadline := time.After(60 * time.Second)
-read:
-	for {
-		select {
-		case l, ok := <-lines:
-			if !ok {
-				t.Fatalf("valet dev exited before its banner was complete:\n%s\n%s", strings.Join(banner, "\n"), stderr.String())
-			}
-			banner = append(banner, l)
-			if strings.Contains(l, "exec demo-db") {
-				break read
-			}
-		case <-deadline:
-			t.Fatalf("no complete banner after 60s:\n%s\n%s", strings.Join(banner, "\n"), stderr.String())
-		}
-	}
-	go func() {
-		for range lines { // keep valet dev's stdout drained
-		}
-	}()
+	banner := readDevBanner(t, cmd, func(l string) bool { return strings.Contains(l, "exec demo-db") })
 
 	var exports, introspect []string
 	run := map[string]string{} // what a command is for -> the command

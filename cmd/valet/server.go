@@ -169,7 +169,7 @@ func (s *Server) Open(ctx context.Context) (err error) {
 		Attempts: cfg.Leases.RevokeAttempts, Backoff: cfg.Leases.RevokeBackoff.D(), MaxBackoff: cfg.Leases.RevokeMaxBackoff.D(),
 		Concurrency: cfg.Leases.RevokeConcurrency, Timeout: leases.DefaultRevokeTimeout,
 		OnAttempt: s.metrics.RevocationAttempt,
-		Revoke:    broker.RevokeAtBackend(bes),
+		Revoke:    broker.RevokeAtBackend(bes, s.store.ValidUntil),
 	})
 	if err != nil {
 		return err
