@@ -18,7 +18,8 @@ import (
 // Backend mints and revokes credentials.
 type Backend interface {
 	// Mint issues a credential for req. The credential must expire on its own
-	// no later than req.ExpiresAt (invariant 2) and must carry
+	// no later than req.ExpiresAt (invariant 2; for a FixedLifetime backend,
+	// no later than its fixed lifetime from now) and must carry
 	// req.CorrelationID wherever the backend can store it, so an orphan left
 	// by a crash can be found. Errors wrap ErrUnavailable when the backend
 	// cannot be reached (the broker answers 503).
@@ -63,6 +64,23 @@ type SelfContained interface {
 // retrying an unconfirmed revocation until the lease's maximum has passed.
 type ExpiryRevoker interface {
 	RevokeAtExpiry()
+}
+
+// FixedLifetime is implemented by backends whose credentials live a fixed
+// time at the backend that valet cannot shorten to the lease's (a GitHub
+// installation token lives one hour). Such a credential can outlive its
+// lease, so valet keeps invariant 2 by revoking it: it records with the
+// pending lease the latest time the credential can be valid (the mint
+// timeout plus CredentialLifetime after the intent), accepts a credential
+// that expires after its lease but not after that time, revokes it when
+// the lease ends however it ends (its expiry too), and keeps the lease
+// revoking or irrevocable, never ended, until the backend has confirmed
+// the revocation or that time has passed (leases.BoltStore.ValidUntil).
+type FixedLifetime interface {
+	// CredentialLifetime is the longest a credential minted for a lease of
+	// ttl lives at the backend unless it is revoked, counted from when the
+	// backend issues it.
+	CredentialLifetime(ttl time.Duration) time.Duration
 }
 
 // RoleChecker is implemented by backends with role parameters; valet calls

@@ -320,6 +320,17 @@ func (b *Broker) mint(ctx context.Context, p *Principal, role *Role, ttl time.Du
 	}
 	_, canRenew := be.(backends.Renewer)
 	l.Renewable = canRenew && role.IsRenewable() && l.MaxExpires.After(l.ExpiresAt)
+	// latest is when the credential must expire at the backend (invariant
+	// 2): the lease's expiry, or, for a credential that lives a fixed time
+	// valet cannot shorten, that time after the latest moment the backend
+	// can issue it. The intent records it, so that a crash leaves a lease
+	// that stays revoking until the credential is dead.
+	latest := l.ExpiresAt
+	if fl, ok := be.(backends.FixedLifetime); ok {
+		if t := now.Add(b.cfg.Limits.MintTimeout.D() + fl.CredentialLifetime(ttl)); t.After(latest) {
+			latest, l.CredentialExpires = t, t
+		}
+	}
 	_, selfContained := be.(backends.SelfContained)
 	// Invariant 3: the intent is on disk before a backend with external
 	// effects is called. A self-contained backend only computes the
@@ -342,10 +353,15 @@ func (b *Broker) mint(ctx context.Context, p *Principal, role *Role, ttl time.Du
 	if err == nil {
 		failpoint.Hit(failpoint.MintAfterBackend)
 	}
-	if err == nil && (cred.ExpiresAt.IsZero() || cred.ExpiresAt.After(l.ExpiresAt)) {
-		// Invariant 2: never hand out a credential that outlives its lease.
-		err = Errorf(EBADGATEWAY, "backend %s issued a credential expiring at %s, after the lease's expiry %s; it was revoked",
-			role.Backend, cred.ExpiresAt.UTC().Format(time.RFC3339), l.ExpiresAt.UTC().Format(time.RFC3339))
+	if err == nil && (cred.ExpiresAt.IsZero() || cred.ExpiresAt.After(latest)) {
+		// Invariant 2: never hand out a credential that outlives its lease
+		// (or, for a fixed lifetime, the bound the intent recorded).
+		bound := "the lease's expiry"
+		if !l.CredentialExpires.IsZero() {
+			bound = "the latest expiry its fixed lifetime allows,"
+		}
+		err = Errorf(EBADGATEWAY, "backend %s issued a credential expiring at %s, after %s %s; it was revoked",
+			role.Backend, cred.ExpiresAt.UTC().Format(time.RFC3339), bound, latest.UTC().Format(time.RFC3339))
 		if cred.Handle != "" {
 			l.Handle = cred.Handle
 		}
@@ -368,13 +384,19 @@ func (b *Broker) mint(ctx context.Context, p *Principal, role *Role, ttl time.Du
 		entry.Details["grant_id"] = g.ID
 		entry.Details["approvers"] = strings.Join(g.Approvers(), ",")
 	}
+	var outlives time.Time
+	if cred.ExpiresAt.After(l.ExpiresAt) {
+		// The lease is revoked at the backend when it expires, and stays
+		// revoking until this time if that cannot be confirmed.
+		outlives = cred.ExpiresAt
+	}
 	var active *leases.Lease
 	if selfContained {
-		l.State, l.Handle, l.Details = leases.StateActive, cred.Handle, cred.Details
+		l.State, l.Handle, l.Details, l.CredentialExpires = leases.StateActive, cred.Handle, cred.Details, outlives
 		err = b.store.CreateActive(ctx, l, b.clock.Now(), entry)
 		active = l
 	} else {
-		active, err = b.store.Activate(ctx, l.ID, leases.Activation{Handle: cred.Handle, Details: cred.Details}, b.clock.Now(), entry)
+		active, err = b.store.Activate(ctx, l.ID, leases.Activation{Handle: cred.Handle, Details: cred.Details, CredentialExpires: outlives}, b.clock.Now(), entry)
 	}
 	if err != nil {
 		// The credential exists but is not recorded as active: it must not

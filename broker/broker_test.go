@@ -73,6 +73,15 @@ func (r *renewing) Renew(ctx context.Context, ref backends.Ref, req backends.Min
 	return &backends.Renewal{ExpiresAt: req.ExpiresAt}, nil
 }
 
+// fixedLife is a scripted backend whose credentials live a fixed time at
+// the backend (backends.FixedLifetime).
+type fixedLife struct {
+	*scripted
+	life time.Duration
+}
+
+func (f *fixedLife) CredentialLifetime(time.Duration) time.Duration { return f.life }
+
 // failingStore fails Activate on demand, as a full disk would, and End for
 // the leases in endFails.
 type failingStore struct {
@@ -100,7 +109,8 @@ type fixture struct {
 	store  *leases.BoltStore
 	fs     *failingStore
 	be     *scripted
-	rn     *renewing // backend "renewing": be, able to renew
+	rn     *renewing  // backend "renewing": be, able to renew
+	fl     *fixedLife // backend "fixed": be, whose credentials live an hour
 	issuer *attest.DevIssuer
 	clock  *clock.Fake
 	queue  *leases.RevocationQueue
@@ -130,7 +140,7 @@ func newFixture(t *testing.T, cfgEdit func(*broker.Config)) *fixture {
 	cfg.Issuers = []broker.IssuerConfig{broker.Defaulted(func(ic *broker.IssuerConfig) {
 		ic.Name, ic.Issuer, ic.Audiences, ic.JWKSFile, ic.Algorithms = "test", "https://issuer.test", []string{"valet"}, jwks, []string{"ES256"}
 	})}
-	cfg.Backends = []broker.BackendConfig{{Name: "ext", Type: "scripted"}, {Name: "renewing", Type: "scripted"}}
+	cfg.Backends = []broker.BackendConfig{{Name: "ext", Type: "scripted"}, {Name: "renewing", Type: "scripted"}, {Name: "fixed", Type: "scripted"}}
 	cfg.Roles = []broker.Role{broker.Defaulted(func(r *broker.Role) { r.Name, r.Backend, r.TTL = "r", "ext", broker.Duration(time.Minute) })}
 	cfg.Policy.Dir = filepath.Join(dir, "policies")
 	if cfgEdit != nil {
@@ -155,6 +165,7 @@ func newFixture(t *testing.T, cfgEdit func(*broker.Config)) *fixture {
 	}
 	be := &scripted{mint: ok, issued: map[string]bool{}}
 	rn := &renewing{scripted: be}
+	fl := &fixedLife{scripted: be, life: time.Hour}
 	q, err := leases.NewRevocationQueue(leases.RevocationQueueConfig{Store: store, Clock: clk, Logger: log,
 		Attempts: cfg.Leases.RevokeAttempts, Backoff: cfg.Leases.RevokeBackoff.D(), MaxBackoff: cfg.Leases.RevokeMaxBackoff.D(),
 		Concurrency: cfg.Leases.RevokeConcurrency, Timeout: leases.DefaultRevokeTimeout,
@@ -170,11 +181,11 @@ func newFixture(t *testing.T, cfgEdit func(*broker.Config)) *fixture {
 		t.Fatal(err)
 	}
 	b, err := broker.New(broker.Options{Config: cfg, Store: fs, Auditor: store, Verifier: v, Authorizer: pe,
-		Backends: map[string]backends.Backend{"ext": be, "renewing": rn}, Revoker: q, Clock: clk, Logger: log, Grants: gs})
+		Backends: map[string]backends.Backend{"ext": be, "renewing": rn, "fixed": fl}, Revoker: q, Clock: clk, Logger: log, Grants: gs})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &fixture{b: b, store: store, fs: fs, be: be, rn: rn, issuer: iss, clock: clk, queue: q, cfg: cfg, v: v, authz: pe}
+	return &fixture{b: b, store: store, fs: fs, be: be, rn: rn, fl: fl, issuer: iss, clock: clk, queue: q, cfg: cfg, v: v, authz: pe}
 }
 
 func (f *fixture) attest(t *testing.T, sub string) string {

@@ -195,6 +195,7 @@ func (s *BoltStore) Activate(ctx context.Context, id string, a Activation, now t
 		l.State = StateActive
 		l.Handle = a.Handle
 		l.Details = a.Details
+		l.CredentialExpires = a.CredentialExpires
 		return nil
 	})
 }

@@ -24,7 +24,10 @@ func TestUnconfirmedRevocationLastsUntilTheCredentialIsDead(t *testing.T) {
 		// holder: the holder can extend the credential without valet.
 		holder, renewable, selfContained bool
 		// renewTo, if set, is where valet renewed the lease before it ended.
-		renewTo    time.Duration
+		renewTo time.Duration
+		// fixed, if set, is when the credential dies at the backend, past
+		// its lease (Lease.CredentialExpires), after t0.
+		fixed      time.Duration
 		validUntil time.Duration // after t0
 	}{
 		// A JWT lives until the exp of the last one issued: the lease's
@@ -38,6 +41,11 @@ func TestUnconfirmedRevocationLastsUntilTheCredentialIsDead(t *testing.T) {
 		// A holder-renewable backend, but this lease was minted without
 		// renewals: the token's own maximum is its expiry.
 		{name: "holder backend, lease not renewable", holder: true, validUntil: 10 * time.Second},
+		// A GitHub installation token lives its fixed hour (here 40 s)
+		// past a shorter lease, renewed or not, pending or active.
+		{name: "fixed lifetime past the lease", fixed: 40 * time.Second, validUntil: 40 * time.Second},
+		{name: "fixed lifetime, renewed", fixed: 40 * time.Second, renewable: true, renewTo: 30 * time.Second, validUntil: 40 * time.Second},
+		{name: "fixed lifetime, renewed past it", fixed: 40 * time.Second, renewable: true, renewTo: 50 * time.Second, validUntil: 50 * time.Second},
 	}
 	reasons := []struct {
 		name    string
@@ -87,6 +95,9 @@ func TestUnconfirmedRevocationLastsUntilTheCredentialIsDead(t *testing.T) {
 				l := newPending(t0, "a", 10*time.Second)
 				l.Renewable = cp.renewable
 				l.MaxExpires = t0.Add(3 * time.Minute)
+				if cp.fixed > 0 {
+					l.CredentialExpires = t0.Add(cp.fixed)
+				}
 				if rs.pending {
 					mustCreate(t, s, l)
 				} else {
@@ -104,13 +115,16 @@ func TestUnconfirmedRevocationLastsUntilTheCredentialIsDead(t *testing.T) {
 					if cp.holder && cp.renewable {
 						validUntil = l.MaxExpires
 					}
+					if cp.fixed > 0 {
+						validUntil = l.CredentialExpires
+					}
 				}
 				deadline := validUntil.Add(ExpiryGrace)
 				if rs.name == "expired" {
 					clk.Set(l.ExpiresAt)
 				}
 				ended := rs.end(t, s, l)
-				if rs.name == "expired" && !cp.holder {
+				if rs.name == "expired" && !cp.holder && !l.CredentialExpires.After(l.ExpiresAt) {
 					// The credential died with the lease: nothing to revoke.
 					if ended.State != StateExpired || be.callsFor(l.ID) != 0 {
 						t.Fatalf("expired lease is %s after %d backend calls; want expired at once", ended.State, be.callsFor(l.ID))

@@ -65,11 +65,12 @@ func mustCreate(tb testing.TB, s *BoltStore, l *Lease) {
 	}
 }
 
-// mustActivate records l as pending and activates it with handle "h-<id>".
+// mustActivate records l as pending and activates it with handle "h-<id>"
+// (and l's CredentialExpires as the credential's own expiry).
 func mustActivate(tb testing.TB, s *BoltStore, l *Lease) *Lease {
 	tb.Helper()
 	mustCreate(tb, s, l)
-	out, err := s.Activate(context.Background(), l.ID, Activation{Handle: "h-" + l.ID}, l.CreatedAt,
+	out, err := s.Activate(context.Background(), l.ID, Activation{Handle: "h-" + l.ID, CredentialExpires: l.CredentialExpires}, l.CreatedAt,
 		audit.Entry{Kind: audit.KindMint, Actor: audit.Actor{Type: audit.ActorAgent, ID: l.AgentID}, Decision: audit.Allow})
 	if err != nil {
 		tb.Fatalf("Activate(%s): %v", l.ID, err)

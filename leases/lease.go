@@ -99,6 +99,14 @@ type Lease struct {
 	// Scope is the client's narrowing of the role (never a secret); it is
 	// applied again when the lease is renewed.
 	Scope map[string]any `json:"scope,omitempty"`
+	// CredentialExpires is the latest time the credential can be valid at
+	// its backend when that is after ExpiresAt (a backend whose credentials
+	// live a fixed time, such as GitHub's one-hour installation tokens);
+	// zero otherwise. A pending lease holds a bound set before the backend
+	// was called, an active one the credential's own expiry. Such a lease
+	// is revoked at its backend when it expires, and ValidUntil counts
+	// this time.
+	CredentialExpires time.Time `json:"credential_expires_at,omitzero"`
 
 	// Revocation bookkeeping.
 	RevokeAttempts int       `json:"revoke_attempts,omitempty"`

@@ -52,21 +52,36 @@ func (s *BoltStore) SetRevokeAtExpiry(f func(l *Lease) bool) { s.revokeAtExpiry 
 // lease whose holder can extend the credential itself (SetRevokeAtExpiry),
 // the lease's maximum, where the backend caps extensions; for any other
 // credential (a self-contained token's exp, an external credential's own
-// TTL) the lease's expiry as last renewed. Every backend mints with its
-// own expiry no later than these (invariant 2). The revocation queue keeps
-// retrying an unconfirmed revocation until ValidUntil plus ExpiryGrace.
+// TTL) the lease's expiry as last renewed; and in either case no earlier
+// than the credential's own expiry when it outlives its lease
+// (Lease.CredentialExpires). Every backend mints with its own expiry no
+// later than these (invariant 2). The revocation queue keeps retrying an
+// unconfirmed revocation until ValidUntil plus ExpiryGrace.
 func (s *BoltStore) ValidUntil(l *Lease) time.Time {
+	v := l.ExpiresAt
 	if l.Renewable && l.MaxExpires.After(l.ExpiresAt) && s.revokeAtExpiry != nil && s.revokeAtExpiry(l) {
-		return l.MaxExpires
+		v = l.MaxExpires
 	}
-	return l.ExpiresAt
+	if l.CredentialExpires.After(v) {
+		v = l.CredentialExpires
+	}
+	return v
+}
+
+// outlivesExpiry reports whether l's credential may still be valid at its
+// backend when the lease expires at now, so the lease must be revoked
+// there rather than simply marked expired: its holder can extend it
+// (SetRevokeAtExpiry), or it lives a fixed time past its lease.
+func (s *BoltStore) outlivesExpiry(l *Lease, now time.Time) bool {
+	return (s.revokeAtExpiry != nil && s.revokeAtExpiry(l)) || l.CredentialExpires.After(now)
 }
 
 // ExpireDue ends up to limit active leases whose expiry is at or before
 // now, each with an audit record, in one transaction. Most become expired:
-// every backend mints with its own expiry no later than the lease's. Those
-// SetRevokeAtExpiry names become revoking (end reason expired) and go to
-// the revocation queue.
+// their credentials died on their own with the lease. Those whose
+// credential may outlive the lease (SetRevokeAtExpiry names them, or their
+// CredentialExpires is after now) become revoking (end reason expired)
+// and go to the revocation queue.
 func (s *BoltStore) ExpireDue(ctx context.Context, now time.Time, limit int) ([]*Lease, error) {
 	var out []*Lease
 	err := s.Update(ctx, func(tx *bbolt.Tx) error {
@@ -92,7 +107,7 @@ func (s *BoltStore) ExpireDue(ctx context.Context, now time.Time, limit int) ([]
 			l.State = StateExpired
 			l.EndedAt = now
 			reason := "ttl elapsed"
-			if s.revokeAtExpiry != nil && s.revokeAtExpiry(&l) {
+			if s.outlivesExpiry(&l, now) {
 				l.State, l.EndReason, l.NextAttempt = StateRevoking, StateExpired, now
 				reason = "ttl elapsed; revoking at the backend"
 			}

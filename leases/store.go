@@ -22,6 +22,10 @@ var (
 type Activation struct {
 	Handle  string
 	Details map[string]string
+	// CredentialExpires is the credential's own expiry at the backend when
+	// it is after the lease's (see Lease.CredentialExpires); zero when the
+	// credential expires with its lease.
+	CredentialExpires time.Time
 }
 
 // Filter selects leases for List. Empty fields match everything.

@@ -41,6 +41,11 @@ type leaseView struct {
 	RevokeAttempts int               `json:"revoke_attempts,omitempty"`
 	LastError      string            `json:"last_error,omitempty"`
 	NextAttempt    time.Time         `json:"next_attempt,omitzero"`
+
+	// CredentialExpiresAt is set when the credential lives at its backend
+	// past the lease (a GitHub installation token's hour): valet revokes it
+	// when the lease ends, and until then it is valid at most this long.
+	CredentialExpiresAt time.Time `json:"credential_expires_at,omitzero"`
 }
 
 // viewLease shows l as the broker returned it, with its state as of the
@@ -60,6 +65,9 @@ func viewLease(l *leases.Lease, operator bool) leaseView {
 	}
 	if l.MaxExpires.IsZero() {
 		v.MaxExpiresAt = time.Time{}
+	}
+	if !l.CredentialExpires.IsZero() {
+		v.CredentialExpiresAt = l.CredentialExpires.UTC()
 	}
 	if operator {
 		v.Handle = l.Handle
