@@ -5,6 +5,7 @@ package builtin
 
 import (
 	"github.com/valet-broker/valet/backends"
+	"github.com/valet-broker/valet/backends/github"
 	"github.com/valet-broker/valet/backends/jwt"
 	"github.com/valet-broker/valet/backends/vault"
 )
@@ -12,8 +13,9 @@ import (
 // Registry returns the built-in backend types.
 func Registry() backends.Registry {
 	r := backends.Registry{
-		jwt.Type:   jwt.New,
-		vault.Type: vault.New,
+		github.Type: github.New,
+		jwt.Type:    jwt.New,
+		vault.Type:  vault.New,
 	}
 	addTestBackends(r)
 	return r

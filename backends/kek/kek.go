@@ -11,8 +11,11 @@ import (
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/rand"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 )
 
 // Size is the length of a key-encryption key in bytes (AES-256).
@@ -79,4 +82,35 @@ func Open(key, aad []byte, s Sealed) ([]byte, error) {
 		return nil, ErrOpen
 	}
 	return out, nil
+}
+
+// SaveFile writes v as indented JSON to path, atomically (a temporary file
+// in the same directory, fsync, rename) with mode 0600, creating the
+// directory (0700) if needed: how files of sealed records are kept.
+func SaveFile(path string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+"-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(b); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
 }
