@@ -365,3 +365,161 @@ func TestAppKeySealedAtRest(t *testing.T) {
 		t.Fatalf("New with another KEK: %v; want the sealed key refused", err)
 	}
 }
+
+// TestRecoveryByCorrelationID: a lease recovered without a handle is
+// revoked through its sealed copy when the mint got that far; a mint that
+// created nothing has nothing to revoke; a mint that gave up while GitHub
+// may have created a token says honestly that it cannot be found.
+func TestRecoveryByCorrelationID(t *testing.T) {
+	f := newFixture(t, nil, func(o map[string]any) { o["timeout"] = "300ms" })
+	r := f.role(t, map[string]any{"installation": 42, "repositories": []any{"widgets"}, "permissions": map[string]any{"contents": "read"}})
+
+	// The mint finished at the backend; valet died before the lease
+	// commit, so the lease has no handle.
+	done := mintReq(r, nil, nil)
+	c, err := f.b.Mint(context.Background(), done)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok := c.Data["token"].(string)
+	if err := f.b.Revoke(context.Background(), backends.Ref{CorrelationID: done.CorrelationID}); err != nil {
+		t.Fatalf("recovery of a minted token: %v", err)
+	}
+	if st := f.gh.TokenState(tok); st != "revoked" {
+		t.Fatalf("the recovered token is %s at GitHub", st)
+	}
+
+	// GitHub refused: nothing to look for.
+	refused := mintReq(r, nil, map[string]any{"repositories": []any{"gadgets"}})
+	if _, err := f.b.Mint(context.Background(), refused); err == nil {
+		t.Fatal("a refused scope minted")
+	}
+	if err := f.b.Revoke(context.Background(), backends.Ref{CorrelationID: refused.CorrelationID}); err != nil {
+		t.Fatalf("revoking a mint that created nothing: %v", err)
+	}
+
+	// GitHub created the token but valet stopped waiting: it cannot be
+	// found, and Revoke must not claim otherwise.
+	release := f.gh.Hold()
+	lost := mintReq(r, nil, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	_, err = f.b.Mint(ctx, lost)
+	cancel()
+	release()
+	if !errors.Is(err, backends.ErrUnavailable) {
+		t.Fatalf("Mint past its deadline: %v, want unavailable", err)
+	}
+	err = f.b.Revoke(context.Background(), backends.Ref{CorrelationID: lost.CorrelationID})
+	if err == nil || !strings.Contains(err.Error(), "cannot be found") {
+		t.Fatalf("Revoke of a token valet never received: %v; want an error saying it cannot be found", err)
+	}
+	if s := f.gh.Stats(); s.Live != 1 {
+		t.Fatalf("GitHub has %d live tokens; the lost one should still be live (and Revoke honest about it)", s.Live)
+	}
+}
+
+// TestOutageFailsFastAndRevocationWaits: with GitHub unreachable a mint
+// fails at once as unavailable (and created nothing), a revocation fails
+// and succeeds once GitHub is back.
+func TestOutageFailsFastAndRevocationWaits(t *testing.T) {
+	f := newFixture(t, nil, func(o map[string]any) { o["installation_cache"] = 0 })
+	r := f.role(t, map[string]any{"installation": 42, "repositories": []any{"widgets"}, "permissions": map[string]any{"contents": "read"}})
+	req := mintReq(r, nil, nil)
+	c, err := f.b.Mint(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.gh.Stop()
+	start := time.Now()
+	failed := mintReq(r, nil, nil)
+	_, err = f.b.Mint(context.Background(), failed)
+	if !errors.Is(err, backends.ErrUnavailable) || time.Since(start) > 2*time.Second {
+		t.Fatalf("Mint during the outage: %v after %s; want unavailable at once", err, time.Since(start))
+	}
+	if err := f.b.Revoke(context.Background(), backends.Ref{CorrelationID: failed.CorrelationID}); err != nil {
+		t.Fatalf("revoking the failed mint (connection refused: nothing created): %v", err)
+	}
+	ref := backends.Ref{Handle: c.Handle, CorrelationID: req.CorrelationID}
+	if err := f.b.Revoke(context.Background(), ref); !errors.Is(err, backends.ErrUnavailable) {
+		t.Fatalf("Revoke during the outage: %v, want unavailable", err)
+	}
+	if n, _ := f.b.sealedTokens(); n != 1 {
+		t.Fatalf("%d sealed tokens; the copy must stay until the revocation succeeds", n)
+	}
+	if err := f.gh.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.b.Revoke(context.Background(), ref); err != nil {
+		t.Fatalf("Revoke after the outage: %v", err)
+	}
+	if st := f.gh.TokenState(c.Data["token"].(string)); st != "revoked" {
+		t.Fatalf("token is %s after the outage's revocation", st)
+	}
+}
+
+// TestSweepErasesExpiredTokens: the sealed copy of a token that was never
+// revoked goes once the token has expired.
+func TestSweepErasesExpiredTokens(t *testing.T) {
+	clk := clock.NewFake(time.Now())
+	srv := startServer(t, githubtest.Options{Now: clk.Now})
+	f := &fixture{gh: srv, dir: t.TempDir(), clock: clk, logs: &bytes.Buffer{},
+		opts: map[string]any{"base_url": srv.URL, "apps": []any{map[string]any{"name": "ci", "app_id": srv.AppID, "private_key_file": srv.KeyFile}}}}
+	f.b = f.open(t)
+	r := f.role(t, map[string]any{"installation": 42, "repositories": []any{"widgets"}, "permissions": map[string]any{"contents": "read"}})
+	c, err := f.b.Mint(context.Background(), mintReq(r, nil, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.b.sweep()
+	if n, _ := f.b.sealedTokens(); n != 1 {
+		t.Fatalf("%d sealed tokens before expiry, want 1", n)
+	}
+	clk.Set(c.ExpiresAt.Add(time.Second))
+	f.b.sweep()
+	if n, _ := f.b.sealedTokens(); n != 0 {
+		t.Fatalf("%d sealed tokens after expiry, want 0", n)
+	}
+	// The token is dead at GitHub: revoking its lease is done.
+	if err := f.b.Revoke(context.Background(), backends.Ref{Handle: c.Handle, CorrelationID: c.Handle, Details: c.Details}); err != nil {
+		t.Fatalf("Revoke of an expired token: %v", err)
+	}
+}
+
+// TestTokensSealedAtRest: neither the token nor the app key appears in
+// clear in the backend's files or its log.
+func TestTokensSealedAtRest(t *testing.T) {
+	f := newFixture(t, nil, nil)
+	r := f.role(t, map[string]any{"installation": 42, "repositories": []any{"widgets"}, "permissions": map[string]any{"contents": "read"}})
+	var toks []string
+	for i := 0; i < 3; i++ {
+		c, err := f.b.Mint(context.Background(), mintReq(r, nil, nil))
+		if err != nil {
+			t.Fatal(err)
+		}
+		toks = append(toks, c.Data["token"].(string))
+	}
+	f.b.Close()
+	var files []string
+	filepath.Walk(f.dir, func(p string, info os.FileInfo, err error) error {
+		if err == nil && !info.IsDir() {
+			files = append(files, p)
+		}
+		return nil
+	})
+	if len(files) < 2 {
+		t.Fatalf("files %v; want tokens.db and apps.json", files)
+	}
+	for _, p := range files {
+		b, _ := os.ReadFile(p)
+		for _, tok := range toks {
+			if bytes.Contains(b, []byte(tok)) || bytes.Contains(b, []byte(tok[4:])) {
+				t.Errorf("%s holds a token in clear", p)
+			}
+		}
+	}
+	for _, tok := range toks {
+		if strings.Contains(f.logs.String(), tok) {
+			t.Error("the log holds a token")
+		}
+	}
+}

@@ -161,6 +161,9 @@ func (b *Backend) mint(ctx context.Context, req backends.MintRequest) (cred *bac
 	// The token lives GitHub's hour from its creation, which was before
 	// valet received it: that is its latest expiry by valet's clock.
 	expires := received.Add(TokenLifetime)
+	// Records and details carry whole seconds, rounded up, so that what
+	// reads them never takes a live token for dead.
+	expiresCeil := expires.Add(time.Second - 1).Truncate(time.Second)
 	gotPerms := permissionMap(tok.Permissions)
 	var gotRepos []string
 	for _, r := range tok.Repositories {
@@ -176,7 +179,7 @@ func (b *Backend) mint(ctx context.Context, req backends.MintRequest) (cred *bac
 	}
 	// Invariant 6's exception: the sealed copy is on disk before the token
 	// is handed out, so that it can be revoked whatever happens next.
-	if err := b.tokens.put(req.CorrelationID, p.App, inst.id, secret, expires); err != nil {
+	if err := b.tokens.put(req.CorrelationID, p.App, inst.id, secret, expiresCeil); err != nil {
 		if rerr := b.revokeToken(context.WithoutCancel(ctx), secret); rerr != nil {
 			b.keepUnsealed(req.CorrelationID, secret, expires)
 			return nil, true, fmt.Errorf("seal the token for revocation: %w (revoking it at once failed too: %v; the revocation queue retries)", err, rerr)
@@ -207,7 +210,7 @@ func (b *Backend) mint(ctx context.Context, req backends.MintRequest) (cred *bac
 		Details: map[string]string{
 			detailApp: p.App, detailInstallation: strconv.FormatInt(inst.id, 10),
 			detailRepositories: strings.Join(gotRepos, ","), detailPermissions: permissionList(gotPerms),
-			detailExpiresAt: expires.UTC().Format(time.RFC3339),
+			detailExpiresAt: expiresCeil.UTC().Format(time.RFC3339),
 		},
 	}, false, nil
 }

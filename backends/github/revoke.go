@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"time"
 
 	"github.com/valet-broker/valet/backends"
 )
@@ -26,6 +27,9 @@ func (b *Backend) Revoke(ctx context.Context, ref backends.Ref) error {
 	id := ref.Handle
 	if id == "" {
 		id = ref.CorrelationID
+	}
+	if exp, err := time.Parse(time.RFC3339, ref.Details[detailExpiresAt]); err == nil && !b.clock.Now().Before(exp) {
+		return nil // the token has expired at GitHub: nothing is left to revoke
 	}
 	rec, tok, err := b.tokens.get(id)
 	switch {
