@@ -187,12 +187,19 @@ with: valet leases release LEASE_ID.`,
 		Example: `  valet creds demo
   eval "$(valet creds demo --format env)"
   curl -H "Authorization: Bearer $(valet creds demo --format token)" https://api.example.com/`,
-		Args: cobra.ExactArgs(1),
+		Args: cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			switch format {
 			case "json", "env", "token":
+				if len(args) > 1 {
+					return fmt.Errorf("valet creds takes one role; %q is extra", args[1])
+				}
+			case "git-credential":
+				if get, err := gitCredentialAction(args, cmd.InOrStdin()); err != nil || !get {
+					return err
+				}
 			default:
-				return fmt.Errorf("--format must be json, env or token")
+				return fmt.Errorf("--format must be json, env, token or git-credential")
 			}
 			_, res, err := f.mint(cmd.Context(), args[0])
 			if err != nil {
@@ -202,7 +209,7 @@ with: valet leases release LEASE_ID.`,
 		},
 	}
 	f.register(cmd)
-	cmd.Flags().StringVarP(&format, "format", "o", "json", "output: json, env or token")
+	cmd.Flags().StringVarP(&format, "format", "o", "json", "output: json, env, token or git-credential (a git credential helper: git config credential.https://github.com.helper '!valet creds ROLE -o git-credential')")
 	return cmd
 }
 
@@ -215,8 +222,10 @@ func printCredential(w io.Writer, res *mintResponse, format string) error {
 		}
 		_, err := fmt.Fprintln(w, tok)
 		return err
+	case "git-credential":
+		return printGitCredential(w, res)
 	case "env":
-		for _, kv := range credentialEnv(res, "VALET_") {
+		for _, kv := range append(credentialEnv(res, "VALET_"), toolEnv(res)...) {
 			k, v, _ := strings.Cut(kv, "=")
 			fmt.Fprintf(w, "export %s=%s\n", k, shellQuote(v))
 		}
@@ -249,6 +258,19 @@ func credentialEnv(res *mintResponse, prefix string) []string {
 			v = string(b)
 		}
 		env = append(env, prefix+envName(k)+"="+v)
+	}
+	return env
+}
+
+// toolEnv returns the variables the usual tools read for a credential of
+// a known shape: GH_TOKEN and GITHUB_TOKEN (gh, GitHub's SDKs) for a
+// GitHub installation token (a "token" with "permissions").
+func toolEnv(res *mintResponse) []string {
+	var env []string
+	if tok, ok := res.Credential["token"].(string); ok {
+		if _, gh := res.Credential["permissions"].(map[string]any); gh {
+			env = append(env, "GH_TOKEN="+tok, "GITHUB_TOKEN="+tok)
+		}
 	}
 	return env
 }
@@ -308,7 +330,7 @@ func runExec(ctx context.Context, f *mintFlags, prefix, role string, argv []stri
 
 	child := exec.Command(path, argv[1:]...)
 	child.Stdin, child.Stdout, child.Stderr = os.Stdin, os.Stdout, os.Stderr
-	child.Env = append(os.Environ(), credentialEnv(res, prefix)...)
+	child.Env = append(append(os.Environ(), credentialEnv(res, prefix)...), toolEnv(res)...)
 	code := 0
 	if err := child.Start(); err != nil {
 		release(c, f, res.LeaseID, stderr)
