@@ -9,7 +9,7 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 VAULT_VERSION := v1.13.0
 VAULT_BIN     := deploy/vault/bin/vault
 
-.PHONY: all build run run-vault test deps unit race fuzz lint tidy-check bench vault clean
+.PHONY: all build run run-vault run-cloud test deps unit race fuzz lint tidy-check bench vault clean
 
 all: build
 
@@ -24,6 +24,12 @@ run: build
 ## the demo-vault and demo-db roles
 run-vault: build vault
 	./deploy/dev-vault.sh
+
+## run-cloud: `valet dev` beside the local stand-ins for cloud services
+## (cmd/valet-cloudtest: GitHub), for the gh-demo role
+run-cloud: build
+	$(GO) build -o bin/valet-cloudtest ./cmd/valet-cloudtest
+	./deploy/dev-cloud.sh
 
 ## test: vet, the whole suite with the race detector, then each fuzz target
 ## briefly. The suite needs a C compiler for the race detector, a real Vault

@@ -51,8 +51,13 @@ Files it finds there are kept, so edits to config.yaml and policies survive.`,
 			if err != nil {
 				return err
 			}
+			github, err := addDevGitHub(cfg, dataDir)
+			if err != nil {
+				return err
+			}
 			return serve(cmd.Context(), cfg, func(s *Server) {
 				printDevBanner(cmd.OutOrStdout(), s, cfg, opToken, dataDir, vaultRoles)
+				printDevGitHub(cmd.OutOrStdout(), github)
 			})
 		},
 	}

@@ -91,6 +91,8 @@ type Options struct {
 	// Git serves the installations' repositories over HTTP with `git
 	// http-backend`; the git binary must be installed.
 	Git bool
+	// Addr is the address to listen on (default: a free loopback port).
+	Addr string
 }
 
 // DefaultInstallation is the installation a Server has unless Options
@@ -182,7 +184,10 @@ func Start(o Options) (*Server, error) {
 			return nil, err
 		}
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if o.Addr == "" {
+		o.Addr = "127.0.0.1:0"
+	}
+	l, err := net.Listen("tcp", o.Addr)
 	if err != nil {
 		return nil, err
 	}
@@ -190,22 +195,6 @@ func Start(o Options) (*Server, error) {
 	s.URL = "http://" + s.addr + "/"
 	s.serve(l)
 	return s, nil
-}
-
-// ListenOn starts s on addr instead of a free port (for `make run-cloud`,
-// which prints fixed URLs). It must be called before any request.
-func (s *Server) ListenOn(addr string) error {
-	l, err := net.Listen("tcp", addr)
-	if err != nil {
-		return err
-	}
-	s.Stop()
-	s.mu.Lock()
-	s.addr = l.Addr().String()
-	s.URL = "http://" + s.addr + "/"
-	s.mu.Unlock()
-	s.serve(l)
-	return nil
 }
 
 func (s *Server) serve(l net.Listener) {

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# `make run-cloud`: valet dev beside the local stand-ins for cloud and SaaS
+# services (cmd/valet-cloudtest), so the cloud demo roles work with no
+# cloud account. Each service has its own function below: it starts the
+# stand-in and exports what `valet dev` reads to add its backend and roles.
+# Everything stops on Ctrl-C.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+WORK=$(mktemp -d /tmp/valet-dev-cloud.XXXXXX)
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# start_service NAME ARGS...: runs `valet-cloudtest NAME ARGS...`, waits for
+# its KEY=value lines and exports them.
+start_service() {
+  local name=$1; shift
+  ./bin/valet-cloudtest "$name" "$@" > "$WORK/$name.env" 2> "$WORK/$name.log" &
+  PIDS+=($!)
+  for _ in $(seq 1 100); do
+    grep -q '^# ' "$WORK/$name.env" 2>/dev/null && break
+    if ! kill -0 "${PIDS[-1]}" 2>/dev/null; then
+      echo "valet-cloudtest $name failed:" >&2; cat "$WORK/$name.log" >&2; exit 1
+    fi
+    sleep 0.1
+  done
+  set -a
+  # shellcheck disable=SC1090
+  . "$WORK/$name.env"
+  set +a
+  grep '^# ' "$WORK/$name.env" | sed 's/^# //'
+}
+
+# GitHub: app 1 installed on acme (widgets, gadgets, docs); role gh-demo.
+start_github() {
+  start_service github --listen "127.0.0.1:${VALET_DEV_GITHUB_PORT:-8761}" --dir "$WORK/github"
+}
+
+start_github
+
+# In the background, so that a TERM runs the cleanup at once.
+./bin/valet dev "$@" &
+PIDS+=($!)
+wait "${PIDS[-1]}"
