@@ -48,6 +48,7 @@ func main() {
 		skipMints = flag.Bool("skip-mint", false, "skip the mint benchmark")
 		vaultLvls = flag.String("vault-concurrency", "16,64", "concurrency levels for the Vault comparison (empty skips it)")
 		bulk      = flag.Int("bulk-revoke", 1000, "Vault leases of one agent to revoke at once (0 skips)")
+		ghLvls    = flag.String("github-concurrency", "16,64", "concurrency levels for the GitHub backend (empty skips it)")
 	)
 	flag.Parse()
 	b := &bench{bin: *bin}
@@ -82,15 +83,10 @@ func main() {
 		fmt.Println()
 	}
 	if *vaultLvls != "" {
-		var lv []int
-		for _, f := range strings.Split(*vaultLvls, ",") {
-			c, err := strconv.Atoi(strings.TrimSpace(f))
-			if err != nil || c < 1 {
-				fatal("bad -vault-concurrency %q", *vaultLvls)
-			}
-			lv = append(lv, c)
-		}
-		printVault(b.vaultBench(lv, *duration, *bulk))
+		printVault(b.vaultBench(parseLevels("-vault-concurrency", *vaultLvls), *duration, *bulk))
+	}
+	if *ghLvls != "" {
+		printGitHub(b.githubBench(parseLevels("-github-concurrency", *ghLvls), *duration))
 	}
 	if *nLeases > 0 {
 		r := b.startup(*nLeases)
@@ -107,6 +103,19 @@ func main() {
 // cleanups run before the bench exits, also on failure: they stop the
 // servers it started.
 var cleanups []func()
+
+// parseLevels reads a comma-separated list of concurrency levels.
+func parseLevels(flagName, v string) []int {
+	var out []int
+	for _, f := range strings.Split(v, ",") {
+		c, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || c < 1 {
+			fatal("bad %s %q", flagName, v)
+		}
+		out = append(out, c)
+	}
+	return out
+}
 
 func fatal(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "valet-bench: "+format+"\n", args...)
