@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -521,5 +522,32 @@ func TestTokensSealedAtRest(t *testing.T) {
 		if strings.Contains(f.logs.String(), tok) {
 			t.Error("the log holds a token")
 		}
+	}
+}
+
+// TestInstallationCacheZeroReadsEveryMint: installation_cache 0 means the
+// installation is read at every mint, so a permission its owner withdrew
+// is refused by valet, naming it; with a cache, GitHub's own refusal
+// answers until the cache expires.
+func TestInstallationCacheZeroReadsEveryMint(t *testing.T) {
+	for _, c := range []struct {
+		cache   any
+		wantMsg string
+	}{
+		{0, "does not grant: contents: write (the installation has read)"},
+		{"1m", "422 The permissions requested are not granted to this installation."},
+	} {
+		t.Run(fmt.Sprint(c.cache), func(t *testing.T) {
+			f := newFixture(t, nil, func(o map[string]any) { o["installation_cache"] = c.cache })
+			r := f.role(t, map[string]any{"installation": 42, "repositories": []any{"widgets"}, "permissions": map[string]any{"contents": "write"}})
+			if _, err := f.b.Mint(context.Background(), mintReq(r, nil, nil)); err != nil {
+				t.Fatal(err)
+			}
+			f.gh.SetPermissions(42, map[string]string{"metadata": "read", "contents": "read"})
+			_, err := f.b.Mint(context.Background(), mintReq(r, nil, nil))
+			if broker.ErrorCode(err) != broker.EBADGATEWAY || !strings.Contains(broker.ErrorMessage(err), c.wantMsg) {
+				t.Fatalf("Mint after the installation lost contents: write: %v; want 502 saying %q", err, c.wantMsg)
+			}
+		})
 	}
 }
