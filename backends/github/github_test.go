@@ -551,3 +551,60 @@ func TestInstallationCacheZeroReadsEveryMint(t *testing.T) {
 		})
 	}
 }
+
+// TestExampleRolesAreValid: the github backend and roles of the example
+// configuration pass the backend's checks (against the test server, with
+// its key in place of the example's).
+func TestExampleRolesAreValid(t *testing.T) {
+	cfg, err := broker.LoadConfig("../../deploy/examples/valet.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := startServer(t, githubtest.Options{Installations: []githubtest.Installation{
+		{ID: 12345678, Account: "acme", Repositories: []string{"docs", "handbook"}, Permissions: map[string]string{"contents": "read"}},
+	}})
+	n := 0
+	for _, bc := range cfg.Backends {
+		if bc.Type != Type {
+			continue
+		}
+		opts := map[string]any{}
+		for k, v := range bc.Options {
+			opts[k] = v
+		}
+		if err := decodeOptions(opts, &Options{}); err != nil {
+			t.Fatalf("backend %s: %v", bc.Name, err)
+		}
+		// The same apps, with the test server's URL, id and key.
+		var apps []any
+		for _, a := range opts["apps"].([]any) {
+			m := map[string]any{}
+			for k, v := range a.(map[string]any) {
+				m[k] = v
+			}
+			m["app_id"], m["private_key_file"], m["client_id"] = srv.AppID, srv.KeyFile, srv.ClientID
+			apps = append(apps, m)
+		}
+		opts["apps"], opts["base_url"] = apps, srv.URL
+		f := newFixture(t, srv, func(o map[string]any) {
+			for k := range o {
+				delete(o, k)
+			}
+			for k, v := range opts {
+				o[k] = v
+			}
+		})
+		for _, r := range cfg.Roles {
+			if r.Backend != bc.Name {
+				continue
+			}
+			if err := f.b.CheckRole(backends.RoleSpec{Name: r.Name, Params: r.Params, TTL: r.TTL.D(), MaxTTL: r.MaxTTL.D()}); err != nil {
+				t.Errorf("role %s: %v", r.Name, err)
+			}
+			n++
+		}
+	}
+	if n < 2 {
+		t.Fatalf("%d github roles checked; the example has two", n)
+	}
+}
