@@ -235,6 +235,7 @@ func TestGitHubCLI(t *testing.T) {
 		{[]string{"creds", "gh", "-o", "git-credential", "fetch"}, 1, ""},
 		{[]string{"creds", "gh", "extra"}, 1, ""},
 		{[]string{"creds", "gh", "-o", "git-credential"}, 0, "username=x-access-token\npassword=ghs_"},
+		{[]string{"creds", "gh", "-o", "env"}, 0, "export GH_TOKEN='ghs_"},
 	} {
 		out, errOut, code := runCLI(t, env, c.args...)
 		if code != c.code || !strings.Contains(out, c.out) || c.out == "" && out != "" {
