@@ -371,3 +371,56 @@ func TestGitHubSecretScan(t *testing.T) {
 		}
 	}
 }
+
+// TestGitHubKillDuringMints kills valet (SIGKILL) while many GitHub mints
+// are in flight, twice, and checks what recovery leaves: every credential
+// a client received has an active lease; every token GitHub holds alive
+// belongs to an active lease, or to a lease that says honestly that its
+// token cannot be found (GitHub cannot list installation tokens: valet
+// died between GitHub creating it and its sealed copy); nothing else is
+// alive, and no lease claims a revocation that did not happen.
+func TestGitHubKillDuringMints(t *testing.T) {
+	srv := startGitHub(t, githubtest.Options{})
+	e := newGitHubEnv(t, srv)
+	var returned []string
+	for round := 0; round < 2; round++ {
+		returned = append(returned, killDuringMints(t, e, 12, 30+20*round, func(w int) (string, string) {
+			return fmt.Sprintf("kill-%d-%d", round, w), "gh-static"
+		})...)
+	}
+	p := startServe(t, e)
+	e.URL = p.url
+	var states map[string][]map[string]any
+	eventually(t, 30*time.Second, "recovery settles", func() bool {
+		states = map[string][]map[string]any{}
+		r := e.Do("GET", "/v1/leases?backend=github&limit=1000", testOperatorToken, nil)
+		var list struct {
+			Leases []map[string]any `json:"leases"`
+		}
+		if json.Unmarshal(r.Body, &list) != nil {
+			return false
+		}
+		for _, l := range list.Leases {
+			st := l["state"].(string)
+			states[st] = append(states[st], l)
+		}
+		for _, l := range states["irrevocable"] {
+			if msg, _ := l["last_error"].(string); !strings.Contains(msg, "GitHub cannot list installation tokens") {
+				return false
+			}
+		}
+		return len(states["pending"])+len(states["revoking"]) == 0
+	})
+	for _, id := range returned {
+		if st := leaseState(t, e, id); st != "active" {
+			t.Fatalf("lease %s whose credential was returned is %s", id, st)
+		}
+	}
+	live, active, unfindable := srv.Stats().Live, len(states["active"]), len(states["irrevocable"])
+	if live < active || live > active+unfindable {
+		t.Fatalf("GitHub holds %d live tokens; active leases %d, leases whose token cannot be found %d", live, active, unfindable)
+	}
+	t.Logf("%d credentials returned, %d active leases, %d revoked by recovery, %d tokens unfindable (irrevocable until their hour ends)",
+		len(returned), active, len(states["revoked"]), unfindable)
+	p.stop(t)
+}
