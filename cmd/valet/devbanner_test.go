@@ -33,51 +33,10 @@ func TestDevBannerCommandsWorkInANewShell(t *testing.T) {
 
 	work := t.TempDir() // the directory `valet dev` is started in
 	dataDir := filepath.Join(work, "my-dev-data")
-	cmd := exec.Command(valetBinary(t), "dev", "--data-dir", dataDir, "--listen", fmt.Sprintf("127.0.0.1:%d", vaulttest.FreePort(t)))
-	cmd.Dir = work
-	cmd.Env = append(os.Environ(), "VAULT_ADDR="+v.Addr, "VAULT_TOKEN="+v.Token, "GODEBUG=x509negativeserial=1",
-		fmt.Sprintf("VALET_DEV_PGPORT=%d", pg.Port), "PATH="+filepath.Dir(vaulttest.Binary(t))+":"+os.Getenv("PATH"))
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-
-	// Read the banner up to its last command.
-	lines := make(chan string)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			lines <- sc.Text()
-		}
-		close(lines)
-	}()
-	var banner []string
-	deadline := time.After(60 * time.Second)
-read:
-	for {
-		select {
-		case l, ok := <-lines:
-			if !ok {
-				t.Fatalf("valet dev exited before its banner was complete:\n%s\n%s", strings.Join(banner, "\n"), stderr.String())
-			}
-			banner = append(banner, l)
-			if strings.Contains(l, "exec demo-db") {
-				break read
-			}
-		case <-deadline:
-			t.Fatalf("no complete banner after 60s:\n%s\n%s", strings.Join(banner, "\n"), stderr.String())
-		}
-	}
-	go func() {
-		for range lines { // keep valet dev's stdout drained
-		}
-	}()
+	banner := startDev(t, work, []string{"VAULT_ADDR=" + v.Addr, "VAULT_TOKEN=" + v.Token, "GODEBUG=x509negativeserial=1",
+		fmt.Sprintf("VALET_DEV_PGPORT=%d", pg.Port), "PATH=" + filepath.Dir(vaulttest.Binary(t)) + ":" + os.Getenv("PATH")},
+		func(l string) bool { return strings.Contains(l, "exec demo-db") },
+		"--data-dir", dataDir, "--listen", fmt.Sprintf("127.0.0.1:%d", vaulttest.FreePort(t)))
 
 	var exports, introspect []string
 	run := map[string]string{} // what a command is for -> the command
@@ -124,6 +83,55 @@ read:
 		out, err := paste(run[c.what], c.stdin)
 		if err != nil || !strings.Contains(out, c.want) {
 			t.Errorf("pasted %q: %v; want output containing %q, got:\n%s", run[c.what], err, c.want, out)
+		}
+	}
+}
+
+// startDev starts `valet dev args...` in work with env added to the
+// environment, reads its output up to the line for which last holds, and
+// returns the lines read; valet dev runs (its output drained) until the
+// test ends.
+func startDev(t *testing.T, work string, env []string, last func(line string) bool, args ...string) []string {
+	t.Helper()
+	cmd := exec.Command(valetBinary(t), append([]string{"dev"}, args...)...)
+	cmd.Dir = work
+	cmd.Env = append(os.Environ(), env...)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	lines := make(chan string)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	var banner []string
+	deadline := time.After(60 * time.Second)
+	for {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatalf("valet dev exited before its banner was complete:\n%s\n%s", strings.Join(banner, "\n"), stderr.String())
+			}
+			banner = append(banner, l)
+			if last(l) {
+				go func() {
+					for range lines { // keep valet dev's stdout drained
+					}
+				}()
+				return banner
+			}
+		case <-deadline:
+			t.Fatalf("no complete banner after 60s:\n%s\n%s", strings.Join(banner, "\n"), stderr.String())
 		}
 	}
 }

@@ -1,15 +1,12 @@
 package main
 
 import (
-	"bufio"
-	"bytes"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/valet-broker/valet/backends/github/githubtest"
 	"github.com/valet-broker/valet/backends/vault/vaulttest"
@@ -28,51 +25,23 @@ func TestDevGitHubDemoWorksInANewShell(t *testing.T) {
 	}
 	srv := startGitHub(t, githubtest.Options{Git: true})
 	work := t.TempDir()
-	cmd := exec.Command(valetBinary(t), "dev", "--data-dir", filepath.Join(work, "dev"), "--listen", fmt.Sprintf("127.0.0.1:%d", vaulttest.FreePort(t)))
-	cmd.Dir = work
-	cmd.Env = append(os.Environ(), "VAULT_ADDR=", "VAULT_TOKEN=", "VALET_DEV_GITHUB_URL="+srv.URL,
-		fmt.Sprintf("VALET_DEV_GITHUB_APP_ID=%d", srv.AppID), "VALET_DEV_GITHUB_KEY_FILE="+srv.KeyFile)
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	lines := make(chan string)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			lines <- sc.Text()
-		}
-		close(lines)
-	}()
+	banner := startDev(t, work, []string{"VAULT_ADDR=", "VAULT_TOKEN=", "VALET_DEV_GITHUB_URL=" + srv.URL,
+		fmt.Sprintf("VALET_DEV_GITHUB_APP_ID=%d", srv.AppID), "VALET_DEV_GITHUB_KEY_FILE=" + srv.KeyFile},
+		func(l string) bool { return strings.HasPrefix(strings.TrimSpace(l), "git -c credential.helper=") },
+		"--data-dir", filepath.Join(work, "dev"), "--listen", fmt.Sprintf("127.0.0.1:%d", vaulttest.FreePort(t)))
 	var exports, demo []string
-	deadline := time.After(60 * time.Second)
-	for len(demo) < 2 {
-		select {
-		case l, ok := <-lines:
-			if !ok {
-				t.Fatalf("valet dev exited before the GitHub demo lines:\n%s", stderr.String())
-			}
-			l = strings.TrimSpace(l)
-			switch {
-			case strings.HasPrefix(l, "export "):
-				exports = append(exports, l)
-			case strings.Contains(l, "exec gh-demo"), strings.HasPrefix(l, "git -c credential.helper="):
-				demo = append(demo, l)
-			}
-		case <-deadline:
-			t.Fatalf("no GitHub demo lines after 60s:\n%s", stderr.String())
+	for _, l := range banner {
+		l = strings.TrimSpace(l)
+		switch {
+		case strings.HasPrefix(l, "export "):
+			exports = append(exports, l)
+		case strings.Contains(l, "exec gh-demo"), strings.HasPrefix(l, "git -c credential.helper="):
+			demo = append(demo, l)
 		}
 	}
-	go func() {
-		for range lines {
-		}
-	}()
+	if len(exports) != 2 || len(demo) != 2 {
+		t.Fatalf("banner: want 2 exports and 2 GitHub commands:\n%s", strings.Join(banner, "\n"))
+	}
 	home := t.TempDir()
 	for i, want := range []string{`"content":`, ""} {
 		sh := exec.Command("/bin/sh", "-c", strings.Join(append(append([]string{"set -e"}, exports...), demo[i]), "\n"))

@@ -251,19 +251,11 @@ func TestGitHubCLI(t *testing.T) {
 func TestGitHubCrashBetweenMintAndCommit(t *testing.T) {
 	srv := startGitHub(t, githubtest.Options{})
 	e := newGitHubEnv(t, srv)
-	p := startServe(t, e, "VALET_FAILPOINTS=mint.after-backend")
-	req, _ := http.NewRequest("POST", p.url+"/v1/credentials", strings.NewReader(`{"role":"gh-static"}`))
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Authorization", "Bearer "+e.Attest("crash-agent", nil))
-	if resp, err := http.DefaultClient.Do(req); err == nil {
-		resp.Body.Close()
-		t.Fatalf("the mint answered %d; the failpoint should have killed valet", resp.StatusCode)
-	}
-	<-p.done
+	mintIntoFailpoint(t, e, "crash-agent", "gh-static")
 	if s := srv.Stats(); s.Live != 1 {
 		t.Fatalf("GitHub holds %d live tokens before the restart, want the orphan", s.Live)
 	}
-	p = startServe(t, e)
+	p := startServe(t, e)
 	e.URL = p.url
 	eventually(t, 20*time.Second, "the interrupted mint's lease is revoked", func() bool {
 		ls := listLeases(t, e, "test/crash-agent")
