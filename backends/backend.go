@@ -109,6 +109,24 @@ type ScopeChecker interface {
 	CheckScope(role RoleSpec, scope map[string]any) error
 }
 
+// ScopeStrings reads a list of strings from a scope value (decoded JSON: a
+// []any of strings); ok is false for anything else.
+func ScopeStrings(v any) (list []string, ok bool) {
+	arr, ok := v.([]any)
+	if !ok {
+		return nil, false
+	}
+	out := make([]string, 0, len(arr))
+	for _, x := range arr {
+		s, ok := x.(string)
+		if !ok {
+			return nil, false
+		}
+		out = append(out, s)
+	}
+	return out, true
+}
+
 // MintRequest is everything a backend may use to mint.
 type MintRequest struct {
 	// CorrelationID is the lease id; it is also the JWT id for the jwt

@@ -41,7 +41,13 @@ start_aws() {
   start_service aws --listen "127.0.0.1:${VALET_DEV_AWS_PORT:-8790}"
 }
 
+# GitHub: app 1 installed on acme (widgets, gadgets, docs); role gh-demo.
+start_github() {
+  start_service github --listen "127.0.0.1:${VALET_DEV_GITHUB_PORT:-8761}" --dir "$WORK/github"
+}
+
 start_aws
+start_github
 
 # In the background, so that a TERM runs the cleanup at once.
 ./bin/valet dev "$@" &

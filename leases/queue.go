@@ -43,8 +43,10 @@ func (s *BoltStore) firstTime(bucket []byte) (time.Time, bool, error) {
 // extend at the backend without valet (a renewable Vault token renews
 // itself), up to the lease's maximum. Such a credential is revoked at its
 // backend when its lease expires, and its revocation is retried until the
-// lease's maximum has passed (see ValidUntil). Other leases simply become
-// expired at their expiry: their credentials died on their own.
+// lease's maximum has passed (see ValidUntil). A lease whose credential
+// lives a fixed time past it (Lease.CredentialExpires) is revoked at its
+// expiry too, whatever f says. Other leases simply become expired at their
+// expiry: their credentials died on their own.
 func (s *BoltStore) SetRevokeAtExpiry(f func(l *Lease) bool) { s.revokeAtExpiry = f }
 
 // ValidUntil is the latest time l's credential can still be valid at its

@@ -6,6 +6,7 @@ package builtin
 import (
 	"github.com/valet-broker/valet/backends"
 	"github.com/valet-broker/valet/backends/aws"
+	"github.com/valet-broker/valet/backends/github"
 	"github.com/valet-broker/valet/backends/jwt"
 	"github.com/valet-broker/valet/backends/vault"
 )
@@ -13,9 +14,10 @@ import (
 // Registry returns the built-in backend types.
 func Registry() backends.Registry {
 	r := backends.Registry{
-		aws.Type:   aws.New,
-		jwt.Type:   jwt.New,
-		vault.Type: vault.New,
+		aws.Type:    aws.New,
+		github.Type: github.New,
+		jwt.Type:    jwt.New,
+		vault.Type:  vault.New,
 	}
 	addTestBackends(r)
 	return r

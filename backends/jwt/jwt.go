@@ -208,7 +208,7 @@ func narrow(req backends.MintRequest) (scopes, aud []string, err error) {
 	for k, v := range req.Scope {
 		switch k {
 		case "scopes", "audience":
-			list, ok := stringList(v)
+			list, ok := backends.ScopeStrings(v)
 			if !ok {
 				return nil, nil, broker.Errorf(broker.EINVALID, "scope.%s must be a list of strings", k)
 			}
@@ -234,22 +234,6 @@ func narrow(req backends.MintRequest) (scopes, aud []string, err error) {
 		}
 	}
 	return scopes, aud, nil
-}
-
-func stringList(v any) ([]string, bool) {
-	arr, ok := v.([]any)
-	if !ok {
-		return nil, false
-	}
-	out := make([]string, 0, len(arr))
-	for _, x := range arr {
-		s, ok := x.(string)
-		if !ok {
-			return nil, false
-		}
-		out = append(out, s)
-	}
-	return out, true
 }
 
 // Renew reissues the token with the same jti and a later exp: a signed

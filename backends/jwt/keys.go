@@ -2,8 +2,6 @@ package jwt
 
 import (
 	"crypto"
-	"crypto/aes"
-	"crypto/cipher"
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/elliptic"
@@ -15,8 +13,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"time"
+
+	"github.com/valet-broker/valet/backends/kek"
 )
 
 // signingKey is one key pair. The private half exists only in memory; on
@@ -36,11 +35,11 @@ type keyFile struct {
 }
 
 type sealedKey struct {
-	KID        string    `json:"kid"`
-	Alg        string    `json:"alg"`
-	CreatedAt  time.Time `json:"created_at"`
-	Nonce      []byte    `json:"nonce"`
-	Ciphertext []byte    `json:"ciphertext"` // AES-256-GCM(PKCS#8 DER)
+	KID       string    `json:"kid"`
+	Alg       string    `json:"alg"`
+	CreatedAt time.Time `json:"created_at"`
+	// Sealed is the PKCS#8 DER of the private key, sealed under the KEK.
+	kek.Sealed
 }
 
 func generateKey(alg string, now time.Time) (*signingKey, error) {
@@ -99,44 +98,25 @@ func b64(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }
 
 func aad(backend, kid string) []byte { return []byte("valet/jwt-key/" + backend + "/" + kid) }
 
-func newGCM(kek []byte) (cipher.AEAD, error) {
-	if len(kek) != 32 {
-		return nil, errors.New("the key-encryption key must be 32 bytes (64 hex digits)")
-	}
-	block, err := aes.NewCipher(kek)
-	if err != nil {
-		return nil, err
-	}
-	return cipher.NewGCM(block)
-}
-
-func seal(kek []byte, backend string, k *signingKey) (sealedKey, error) {
-	gcm, err := newGCM(kek)
-	if err != nil {
-		return sealedKey{}, err
-	}
+func seal(key []byte, backend string, k *signingKey) (sealedKey, error) {
 	der, err := x509.MarshalPKCS8PrivateKey(k.priv)
 	if err != nil {
 		return sealedKey{}, err
 	}
-	nonce := make([]byte, gcm.NonceSize())
-	if _, err := rand.Read(nonce); err != nil {
+	sealed, err := kek.Seal(key, aad(backend, k.kid), der)
+	if err != nil {
 		return sealedKey{}, err
 	}
-	return sealedKey{KID: k.kid, Alg: k.alg, CreatedAt: k.createdAt, Nonce: nonce, Ciphertext: gcm.Seal(nil, nonce, der, aad(backend, k.kid))}, nil
+	return sealedKey{KID: k.kid, Alg: k.alg, CreatedAt: k.createdAt, Sealed: sealed}, nil
 }
 
-func unseal(kek []byte, backend string, s sealedKey) (*signingKey, error) {
-	gcm, err := newGCM(kek)
-	if err != nil {
-		return nil, err
-	}
-	if len(s.Nonce) != gcm.NonceSize() {
-		return nil, fmt.Errorf("key %s: bad nonce", s.KID)
-	}
-	der, err := gcm.Open(nil, s.Nonce, s.Ciphertext, aad(backend, s.KID))
-	if err != nil {
+func unseal(key []byte, backend string, s sealedKey) (*signingKey, error) {
+	der, err := kek.Open(key, aad(backend, s.KID), s.Sealed)
+	if errors.Is(err, kek.ErrOpen) {
 		return nil, fmt.Errorf("key %s: cannot decrypt (wrong key-encryption key?)", s.KID)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("key %s: %w", s.KID, err)
 	}
 	priv, err := x509.ParsePKCS8PrivateKey(der)
 	if err != nil {
@@ -161,7 +141,7 @@ func unseal(kek []byte, backend string, s sealedKey) (*signingKey, error) {
 // sealed, in unreadable, so that saving keeps it untouched: one bad entry
 // neither stops the backend nor is destroyed by the next rotation. If no
 // key can be unsealed (a wrong key-encryption key) it fails.
-func loadKeys(path string, kek []byte, backend string) (keys []*signingKey, unreadable []sealedKey, err error) {
+func loadKeys(path string, key []byte, backend string) (keys []*signingKey, unreadable []sealedKey, err error) {
 	b, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil, nil
@@ -175,7 +155,7 @@ func loadKeys(path string, kek []byte, backend string) (keys []*signingKey, unre
 	}
 	var firstErr error
 	for _, s := range f.Keys {
-		k, err := unseal(kek, backend, s)
+		k, err := unseal(key, backend, s)
 		if err != nil {
 			if firstErr == nil {
 				firstErr = fmt.Errorf("%s: %w", path, err)
@@ -193,38 +173,15 @@ func loadKeys(path string, kek []byte, backend string) (keys []*signingKey, unre
 
 // saveKeys writes the sealed keys, then the entries in keep as they were,
 // atomically (temp file, fsync, rename).
-func saveKeys(path string, kek []byte, backend string, keys []*signingKey, keep []sealedKey) error {
+func saveKeys(path string, key []byte, backend string, keys []*signingKey, keep []sealedKey) error {
 	var f keyFile
 	for _, k := range keys {
-		s, err := seal(kek, backend, k)
+		s, err := seal(key, backend, k)
 		if err != nil {
 			return err
 		}
 		f.Keys = append(f.Keys, s)
 	}
 	f.Keys = append(f.Keys, keep...)
-	b, err := json.MarshalIndent(f, "", "  ")
-	if err != nil {
-		return err
-	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return err
-	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".keys-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(b); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
+	return kek.SaveFile(path, f)
 }

@@ -49,6 +49,7 @@ func main() {
 		vaultLvls = flag.String("vault-concurrency", "16,64", "concurrency levels for the Vault comparison (empty skips it)")
 		bulk      = flag.Int("bulk-revoke", 1000, "Vault leases of one agent to revoke at once (0 skips)")
 		awsLvls   = flag.String("aws-concurrency", "16,64", "concurrency levels for the AWS STS mints (empty skips them)")
+		ghLvls    = flag.String("github-concurrency", "16,64", "concurrency levels for the GitHub backend (empty skips it)")
 	)
 	flag.Parse()
 	b := &bench{bin: *bin}
@@ -83,15 +84,10 @@ func main() {
 		fmt.Println()
 	}
 	if *vaultLvls != "" {
-		var lv []int
-		for _, f := range strings.Split(*vaultLvls, ",") {
-			c, err := strconv.Atoi(strings.TrimSpace(f))
-			if err != nil || c < 1 {
-				fatal("bad -vault-concurrency %q", *vaultLvls)
-			}
-			lv = append(lv, c)
-		}
-		printVault(b.vaultBench(lv, *duration, *bulk))
+		printVault(b.vaultBench(parseLevels("-vault-concurrency", *vaultLvls), *duration, *bulk))
+	}
+	if *ghLvls != "" {
+		printGitHub(b.githubBench(parseLevels("-github-concurrency", *ghLvls), *duration))
 	}
 	if *awsLvls != "" {
 		printAWS(b.awsBench(parseLevels("-aws-concurrency", *awsLvls), *duration))

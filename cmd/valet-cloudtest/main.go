@@ -3,6 +3,7 @@
 // run-cloud`): no cloud is reachable from a developer's machine or CI.
 //
 //	valet-cloudtest aws [--listen ADDR]
+//	valet-cloudtest github [--listen ADDR] [--dir DIR]
 //	valet-cloudtest aws-whoami
 //
 // Each service prints what valet needs to reach it as KEY=value lines
@@ -19,7 +20,8 @@ import (
 
 // services are the stand-ins this command runs, by name.
 var services = map[string]func(args []string) (stop func(), err error){
-	"aws": runAWS,
+	"aws":    runAWS,
+	"github": runGitHub,
 }
 
 // clients use a credential from the environment and exit, by name.
@@ -36,7 +38,7 @@ func main() {
 		return
 	}
 	if len(os.Args) < 2 || services[os.Args[1]] == nil {
-		fmt.Fprintln(os.Stderr, "usage: valet-cloudtest aws [--listen ADDR] | aws-whoami")
+		fmt.Fprintln(os.Stderr, "usage: valet-cloudtest aws|github [--listen ADDR] [--dir DIR] | aws-whoami")
 		os.Exit(2)
 	}
 	stop, err := services[os.Args[1]](os.Args[2:])

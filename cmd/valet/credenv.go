@@ -12,10 +12,19 @@ import (
 // provider's own tools read, for the credential shapes valet knows: an AWS
 // session (access_key_id, secret_access_key, session_token) sets the AWS
 // SDKs' and CLI's AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
-// AWS_SESSION_TOKEN and AWS_CREDENTIAL_EXPIRATION.
-func standardEnv(cred map[string]any) []string {
+// AWS_SESSION_TOKEN and AWS_CREDENTIAL_EXPIRATION; a GitHub installation
+// token (token with permissions) sets GH_TOKEN and GITHUB_TOKEN, which gh,
+// git tooling and Actions scripts read.
+func standardEnv(res *mintResponse) []string {
+	cred := res.Credential
 	str := func(k string) string { s, _ := cred[k].(string); return s }
 	var env []string
+	if tok := str("token"); tok != "" {
+		if _, gh := cred["permissions"].(map[string]any); gh {
+			// A GitHub installation token, for gh and for actions tooling.
+			env = append(env, "GH_TOKEN="+tok, "GITHUB_TOKEN="+tok)
+		}
+	}
 	if ak, sk, st := str("access_key_id"), str("secret_access_key"), str("session_token"); ak != "" && sk != "" && st != "" {
 		env = append(env, "AWS_ACCESS_KEY_ID="+ak, "AWS_SECRET_ACCESS_KEY="+sk, "AWS_SESSION_TOKEN="+st)
 		if exp := str("expiration"); exp != "" {

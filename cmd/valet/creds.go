@@ -191,13 +191,21 @@ valet leases release LEASE_ID.`,
   eval "$(valet creds demo --format env)"
   curl -H "Authorization: Bearer $(valet creds demo --format token)" https://api.example.com/
   # ~/.aws/config:  [profile agent]
-  #                 credential_process = valet creds aws-readonly -o aws-credential-process`,
-		Args: cobra.ExactArgs(1),
+  #                 credential_process = valet creds aws-readonly -o aws-credential-process
+  git config credential.https://github.com.helper '!valet creds gh-repo -o git-credential'`,
+		Args: cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			switch format {
 			case "json", "env", "token", "aws-credential-process":
+				if len(args) > 1 {
+					return fmt.Errorf("valet creds takes one role; %q is extra", args[1])
+				}
+			case "git-credential":
+				if get, err := gitCredentialAction(args, cmd.InOrStdin()); err != nil || !get {
+					return err
+				}
 			default:
-				return fmt.Errorf("--format must be json, env, token or aws-credential-process")
+				return fmt.Errorf("--format must be json, env, token, aws-credential-process or git-credential")
 			}
 			_, res, err := f.mint(cmd.Context(), args[0])
 			if err != nil {
@@ -207,7 +215,7 @@ valet leases release LEASE_ID.`,
 		},
 	}
 	f.register(cmd)
-	cmd.Flags().StringVarP(&format, "format", "o", "json", "output: json, env, token or aws-credential-process")
+	cmd.Flags().StringVarP(&format, "format", "o", "json", "output: json, env, token, aws-credential-process or git-credential (a git credential helper: git config credential.https://github.com.helper '!valet creds ROLE -o git-credential')")
 	return cmd
 }
 
@@ -222,8 +230,10 @@ func printCredential(w io.Writer, res *mintResponse, format string) error {
 		return err
 	case "aws-credential-process":
 		return writeCredentialProcess(w, res)
+	case "git-credential":
+		return printGitCredential(w, res)
 	case "env":
-		for _, kv := range append(credentialEnv(res, "VALET_"), standardEnv(res.Credential)...) {
+		for _, kv := range append(credentialEnv(res, "VALET_"), standardEnv(res)...) {
 			k, v, _ := strings.Cut(kv, "=")
 			fmt.Fprintf(w, "export %s=%s\n", k, shellQuote(v))
 		}
@@ -317,7 +327,7 @@ func runExec(ctx context.Context, f *mintFlags, prefix, role string, argv []stri
 
 	child := exec.Command(path, argv[1:]...)
 	child.Stdin, child.Stdout, child.Stderr = os.Stdin, os.Stdout, os.Stderr
-	child.Env = append(append(os.Environ(), credentialEnv(res, prefix)...), standardEnv(res.Credential)...)
+	child.Env = append(append(os.Environ(), credentialEnv(res, prefix)...), standardEnv(res)...)
 	code := 0
 	if err := child.Start(); err != nil {
 		release(c, f, res.LeaseID, stderr)

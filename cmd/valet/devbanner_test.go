@@ -30,11 +30,10 @@ func TestDevBannerCommandsWorkInANewShell(t *testing.T) {
 
 	work := t.TempDir() // the directory `valet dev` is started in
 	dataDir := filepath.Join(work, "my-dev-data")
-	cmd := exec.Command(valetBinary(t), "dev", "--data-dir", dataDir, "--listen", fmt.Sprintf("127.0.0.1:%d", vaulttest.FreePort(t)))
-	cmd.Dir = work
-	cmd.Env = append(os.Environ(), "VAULT_ADDR="+v.Addr, "VAULT_TOKEN="+v.Token, "GODEBUG=x509negativeserial=1",
-		fmt.Sprintf("VALET_DEV_PGPORT=%d", pg.Port), "PATH="+filepath.Dir(vaulttest.Binary(t))+":"+os.Getenv("PATH"))
-	banner := readDevBanner(t, cmd, func(l string) bool { return strings.Contains(l, "exec demo-db") })
+	banner := startDev(t, work, []string{"VAULT_ADDR=" + v.Addr, "VAULT_TOKEN=" + v.Token, "GODEBUG=x509negativeserial=1",
+		fmt.Sprintf("VALET_DEV_PGPORT=%d", pg.Port), "PATH=" + filepath.Dir(vaulttest.Binary(t)) + ":" + os.Getenv("PATH")},
+		func(l string) bool { return strings.Contains(l, "exec demo-db") },
+		"--data-dir", dataDir, "--listen", fmt.Sprintf("127.0.0.1:%d", vaulttest.FreePort(t)))
 
 	var exports, introspect []string
 	run := map[string]string{} // what a command is for -> the command
@@ -83,6 +82,18 @@ func TestDevBannerCommandsWorkInANewShell(t *testing.T) {
 			t.Errorf("pasted %q: %v; want output containing %q, got:\n%s", run[c.what], err, c.want, out)
 		}
 	}
+}
+
+// startDev starts `valet dev args...` in work with env added to the
+// environment, reads its output up to the line for which last holds, and
+// returns the lines read; valet dev runs (its output drained) until the
+// test ends.
+func startDev(t *testing.T, work string, env []string, last func(line string) bool, args ...string) []string {
+	t.Helper()
+	cmd := exec.Command(valetBinary(t), append([]string{"dev"}, args...)...)
+	cmd.Dir = work
+	cmd.Env = append(os.Environ(), env...)
+	return readDevBanner(t, cmd, last)
 }
 
 // TestDevAttestNeedsTheDevIssuer: an attestation signed by a key made on

@@ -203,6 +203,22 @@ func TestEndToEndServeMintVerifyRelease(t *testing.T) {
 	p.stop(t)
 }
 
+// mintIntoFailpoint starts valet serve for e with the failpoint between a
+// backend's mint and the lease commit, mints role as agent sub, and waits
+// for the process to have killed itself there.
+func mintIntoFailpoint(t *testing.T, e *testEnv, sub, role string) {
+	t.Helper()
+	p := startServe(t, e, "VALET_FAILPOINTS=mint.after-backend")
+	req, _ := http.NewRequest("POST", p.url+"/v1/credentials", strings.NewReader(`{"role":"`+role+`"}`))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+e.Attest(sub, nil))
+	if resp, err := http.DefaultClient.Do(req); err == nil {
+		resp.Body.Close()
+		t.Fatalf("the mint answered %d; the failpoint should have killed valet", resp.StatusCode)
+	}
+	<-p.done
+}
+
 // killDuringMints starts valet serve for e, has workers agents mint in a
 // loop (worker w as the agent and role who(w) names, with a 1h TTL), kills
 // the server (SIGKILL) once at least n mints succeeded (or after 20 s),

@@ -156,18 +156,9 @@ func TestVaultCrashBetweenMintAndCommit(t *testing.T) {
 	v := vaulttest.StartDev(t)
 	setupValetVault(t, v)
 	e := newVaultEnv(t, v, kvRole, nil)
-	p := startServe(t, e, "VALET_FAILPOINTS=mint.after-backend")
-	e.URL = p.url
-	req, _ := http.NewRequest("POST", p.url+"/v1/credentials", strings.NewReader(`{"role":"kv"}`))
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Authorization", "Bearer "+e.Attest("crash-agent", nil))
-	if resp, err := http.DefaultClient.Do(req); err == nil {
-		resp.Body.Close()
-		t.Fatalf("the mint answered %d; the failpoint should have killed valet", resp.StatusCode)
-	}
-	<-p.done
+	mintIntoFailpoint(t, e, "crash-agent", "kv")
 	// Vault holds a token that no active lease accounts for.
-	p = startServe(t, e)
+	p := startServe(t, e)
 	e.URL = p.url
 	ls := listLeases(t, e, "test/crash-agent")
 	if len(ls) != 1 {

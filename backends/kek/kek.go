@@ -1,0 +1,116 @@
+// Package kek seals small secrets at rest under valet's key-encryption key
+// (KEK): AES-256-GCM (NIST SP 800-38D) with a random 96-bit nonce per
+// value and additional authenticated data that binds each sealed value to
+// the record it belongs to, so a sealed value copied into another record
+// does not open. Backends use it for what they must keep on disk: the jwt
+// backend's signing keys, the github backend's app keys and the tokens it
+// keeps until it has revoked them.
+package kek
+
+import (
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+)
+
+// Size is the length of a key-encryption key in bytes (AES-256).
+const Size = 32
+
+// ErrOpen is returned by Open when a sealed value does not open: a wrong
+// KEK, a damaged value, or a value sealed for another record.
+var ErrOpen = errors.New("cannot decrypt (wrong key-encryption key, damaged value, or a value sealed for another record)")
+
+// Sealed is a value sealed by Seal. Its JSON form is {"nonce", "ciphertext"}
+// (both base64); embed it in a record to keep that shape.
+type Sealed struct {
+	Nonce      []byte `json:"nonce"`
+	Ciphertext []byte `json:"ciphertext"` // AES-256-GCM(plaintext), with the tag
+}
+
+// Check returns an error unless key has the length of a KEK.
+func Check(key []byte) error {
+	if len(key) != Size {
+		return fmt.Errorf("the key-encryption key must be %d bytes (%d hex digits); it is %d bytes", Size, 2*Size, len(key))
+	}
+	return nil
+}
+
+func newGCM(key []byte) (cipher.AEAD, error) {
+	if err := Check(key); err != nil {
+		return nil, err
+	}
+	block, err := aes.NewCipher(key)
+	if err != nil {
+		return nil, err
+	}
+	return cipher.NewGCM(block)
+}
+
+// Seal encrypts plaintext under key, bound to aad: Open needs the same aad.
+// aad should name the record the value belongs to (for example
+// "valet/jwt-key/<backend>/<kid>").
+func Seal(key, aad, plaintext []byte) (Sealed, error) {
+	gcm, err := newGCM(key)
+	if err != nil {
+		return Sealed{}, err
+	}
+	nonce := make([]byte, gcm.NonceSize())
+	if _, err := rand.Read(nonce); err != nil {
+		return Sealed{}, err
+	}
+	return Sealed{Nonce: nonce, Ciphertext: gcm.Seal(nil, nonce, plaintext, aad)}, nil
+}
+
+// Open decrypts s, sealed by Seal under key with the same aad. It returns
+// ErrOpen when the value does not open, and another error when key is not
+// a KEK.
+func Open(key, aad []byte, s Sealed) ([]byte, error) {
+	gcm, err := newGCM(key)
+	if err != nil {
+		return nil, err
+	}
+	if len(s.Nonce) != gcm.NonceSize() {
+		return nil, ErrOpen
+	}
+	out, err := gcm.Open(nil, s.Nonce, s.Ciphertext, aad)
+	if err != nil {
+		return nil, ErrOpen
+	}
+	return out, nil
+}
+
+// SaveFile writes v as indented JSON to path, atomically (a temporary file
+// in the same directory, fsync, rename) with mode 0600, creating the
+// directory (0700) if needed: how files of sealed records are kept.
+func SaveFile(path string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+"-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(b); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}
