@@ -12,7 +12,7 @@ import (
 	"sort"
 	"time"
 
-	"github.com/valet-broker/valet/broker/clock"
+	"github.com/valet-broker/valet/leases/clock"
 )
 
 // Backend mints and revokes credentials.

@@ -14,11 +14,12 @@ import (
 	"time"
 
 	"github.com/valet-broker/valet/backends"
-	"github.com/valet-broker/valet/broker/audit"
-	"github.com/valet-broker/valet/broker/clock"
 	"github.com/valet-broker/valet/broker/failpoint"
 	"github.com/valet-broker/valet/broker/grants"
 	"github.com/valet-broker/valet/leases"
+	"github.com/valet-broker/valet/leases/audit"
+	"github.com/valet-broker/valet/leases/clock"
+	"github.com/valet-broker/valet/leases/config"
 )
 
 // Revoker revokes ended leases at their backends (leases.RevocationQueue).
@@ -419,7 +420,7 @@ func (b *Broker) abandon(ctx context.Context, l *leases.Lease, p *Principal, req
 // request's context) before the backend answered; unavailability; no answer
 // within the mint timeout; anything else as EBADGATEWAY (the cause is
 // logged, not shown).
-func backendError(ctx context.Context, cause error, backend, what string, timeout Duration) error {
+func backendError(ctx context.Context, cause error, backend, what string, timeout config.Duration) error {
 	var be *Error
 	switch {
 	case errors.As(cause, &be):

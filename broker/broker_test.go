@@ -18,11 +18,12 @@ import (
 	"github.com/valet-broker/valet/backends"
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/broker/attest"
-	"github.com/valet-broker/valet/broker/audit"
-	"github.com/valet-broker/valet/broker/clock"
 	"github.com/valet-broker/valet/broker/grants"
 	"github.com/valet-broker/valet/broker/policy"
 	"github.com/valet-broker/valet/leases"
+	"github.com/valet-broker/valet/leases/audit"
+	"github.com/valet-broker/valet/leases/clock"
+	"github.com/valet-broker/valet/leases/config"
 )
 
 // scripted is a backend whose behaviour a test sets: it records what it
@@ -127,11 +128,11 @@ func newFixture(t *testing.T, cfgEdit func(*broker.Config)) *fixture {
 	os.WriteFile(filepath.Join(dir, "policies", "p.cedar"), []byte(`permit(principal, action, resource);`), 0o600)
 	cfg := broker.DefaultConfig()
 	cfg.DataDir = dir
-	cfg.Issuers = []broker.IssuerConfig{broker.Defaulted(func(ic *broker.IssuerConfig) {
+	cfg.Issuers = []broker.IssuerConfig{config.Defaulted(func(ic *broker.IssuerConfig) {
 		ic.Name, ic.Issuer, ic.Audiences, ic.JWKSFile, ic.Algorithms = "test", "https://issuer.test", []string{"valet"}, jwks, []string{"ES256"}
 	})}
 	cfg.Backends = []broker.BackendConfig{{Name: "ext", Type: "scripted"}, {Name: "renewing", Type: "scripted"}}
-	cfg.Roles = []broker.Role{broker.Defaulted(func(r *broker.Role) { r.Name, r.Backend, r.TTL = "r", "ext", broker.Duration(time.Minute) })}
+	cfg.Roles = []broker.Role{config.Defaulted(func(r *broker.Role) { r.Name, r.Backend, r.TTL = "r", "ext", config.Duration(time.Minute) })}
 	cfg.Policy.Dir = filepath.Join(dir, "policies")
 	if cfgEdit != nil {
 		cfgEdit(cfg)
@@ -244,7 +245,7 @@ func TestMintFailuresLeaveNothingAlive(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			f := newFixture(t, func(cfg *broker.Config) { cfg.Limits.MintTimeout = broker.Duration(200 * time.Millisecond) })
+			f := newFixture(t, func(cfg *broker.Config) { cfg.Limits.MintTimeout = config.Duration(200 * time.Millisecond) })
 			f.be.mint = c.mint
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
@@ -314,7 +315,7 @@ func TestMintSuccessRecordsIntentFirst(t *testing.T) {
 }
 
 func TestMintTTLCappedByRole(t *testing.T) {
-	f := newFixture(t, func(cfg *broker.Config) { cfg.Roles[0].MaxTTL = broker.Duration(2 * time.Minute) })
+	f := newFixture(t, func(cfg *broker.Config) { cfg.Roles[0].MaxTTL = config.Duration(2 * time.Minute) })
 	res, err := f.b.Mint(context.Background(), broker.MintRequest{Attestation: f.attest(t, "a"), Role: "r", TTL: time.Hour})
 	if err != nil {
 		t.Fatal(err)
@@ -408,8 +409,8 @@ func TestMintRefusesRoleNamesOfAnotherSyntax(t *testing.T) {
 // A refused renewal says its actual cause, and changes nothing.
 func TestRenewRefusalsSayTheCause(t *testing.T) {
 	no := false
-	renewable := broker.Defaulted(func(r *broker.Role) {
-		r.Name, r.Backend, r.TTL, r.MaxTTL = "x", "renewing", broker.Duration(10*time.Minute), broker.Duration(time.Hour)
+	renewable := config.Defaulted(func(r *broker.Role) {
+		r.Name, r.Backend, r.TTL, r.MaxTTL = "x", "renewing", config.Duration(10*time.Minute), config.Duration(time.Hour)
 	})
 	with := func(edit func(r *broker.Role)) broker.Role {
 		r := renewable
@@ -506,7 +507,7 @@ func TestRenewRefusalsSayTheCause(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFixture(t, func(cfg *broker.Config) {
 				cfg.Roles = append(cfg.Roles, tc.role)
-				cfg.Limits.MintTimeout = broker.Duration(200 * time.Millisecond)
+				cfg.Limits.MintTimeout = config.Duration(200 * time.Millisecond)
 			})
 			f.rn.renew = tc.renew
 			tok := f.attest(t, "renewer")
@@ -570,7 +571,7 @@ func TestRedeemAfterFailedMintSaysWhetherItCanBeRedeemedAgain(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFixture(t, func(cfg *broker.Config) {
-				cfg.Roles = append(cfg.Roles, broker.Defaulted(func(r *broker.Role) { r.Name, r.Backend, r.Approval.Required = "admin", "ext", 1 }))
+				cfg.Roles = append(cfg.Roles, config.Defaulted(func(r *broker.Role) { r.Name, r.Backend, r.Approval.Required = "admin", "ext", 1 }))
 			})
 			tok := f.attest(t, "asker")
 			res, err := f.b.Mint(context.Background(), broker.MintRequest{Attestation: tok, Role: "admin", Reason: "fix the outage"})
@@ -646,7 +647,7 @@ func checkListed[T any](t *testing.T, state string, want []string, list func(bef
 // sweeper records it; and pages stay full while more items match.
 func TestListByStateAsShown(t *testing.T) {
 	t.Run("leases", func(t *testing.T) {
-		f := newFixture(t, func(cfg *broker.Config) { cfg.Roles[0].MaxTTL = broker.Duration(time.Hour) })
+		f := newFixture(t, func(cfg *broker.Config) { cfg.Roles[0].MaxTTL = config.Duration(time.Hour) })
 		var short, long []string // newest last
 		for i := range 7 {
 			ttl := 30 * time.Minute
@@ -683,7 +684,7 @@ func TestListByStateAsShown(t *testing.T) {
 
 	t.Run("grants", func(t *testing.T) {
 		f := newFixture(t, func(cfg *broker.Config) {
-			cfg.Roles = append(cfg.Roles, broker.Defaulted(func(r *broker.Role) { r.Name, r.Backend, r.Approval.Required = "admin", "ext", 1 }))
+			cfg.Roles = append(cfg.Roles, config.Defaulted(func(r *broker.Role) { r.Name, r.Backend, r.Approval.Required = "admin", "ext", 1 }))
 		})
 		op := &broker.Operator{Name: "alice", Method: "token"}
 		request := func() string {
@@ -725,7 +726,7 @@ func TestListByStateAsShown(t *testing.T) {
 // them: a lease past its expiry has ended on its own and is not claimed
 // revoked.
 func TestRevokeMatchingSkipsLeasesPastExpiry(t *testing.T) {
-	f := newFixture(t, func(cfg *broker.Config) { cfg.Roles[0].MaxTTL = broker.Duration(time.Hour) })
+	f := newFixture(t, func(cfg *broker.Config) { cfg.Roles[0].MaxTTL = config.Duration(time.Hour) })
 	mint := func(ttl time.Duration) string {
 		res, err := f.b.Mint(context.Background(), broker.MintRequest{Attestation: f.attest(t, "many"), Role: "r", TTL: ttl})
 		if err != nil {

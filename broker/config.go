@@ -1,26 +1,21 @@
 package broker
 
 import (
-	"bytes"
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/url"
 	"os"
 	"path/filepath"
-	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 	"unicode"
 
-	"go.yaml.in/yaml/v3"
-
 	"github.com/valet-broker/valet/broker/clientip"
 	"github.com/valet-broker/valet/broker/identity"
+	"github.com/valet-broker/valet/leases/config"
 )
 
 // Config is valet's server configuration, read from YAML. Unknown keys are
@@ -29,7 +24,7 @@ import (
 // Defaults come only from absent keys, never from keys set to their zero
 // value: each section type with defaults has a SetDefaults method that sets
 // them all, and an UnmarshalYAML that calls it before decoding the section
-// (see decodeOnDefaults), so a key present in the file, even as 0, keeps
+// (see config.DecodeOnDefaults), so a key present in the file, even as 0, keeps
 // its value and Validate decides whether that value is allowed. Code that
 // builds a configuration in Go starts from DefaultConfig and Defaulted in
 // the same way, then sets its own fields.
@@ -38,7 +33,7 @@ import (
 // SetDefaults (a new section type gets SetDefaults, the four-line
 // UnmarshalYAML, and a call from its parent's SetDefaults; a type used only
 // inline gets SetDefaults alone); a default computed from another key is
-// derived in UnmarshalYAML only when readPresentKeys says the key is
+// derived in UnmarshalYAML only when config.ReadPresentKeys says the key is
 // absent. Then make Validate accept 0 with a stated meaning or refuse it,
 // naming the full key path, and add the key to configKeys in
 // config_test.go (TestConfigKeysAllListed fails until it is there) and to
@@ -120,11 +115,11 @@ type IssuerConfig struct {
 	Algorithms []string `yaml:"algorithms"`
 	// ClockSkew tolerated on exp, nbf and iat (default 30s, at most 5m; 0
 	// tolerates none).
-	ClockSkew Duration `yaml:"clock_skew"`
+	ClockSkew config.Duration `yaml:"clock_skew"`
 	// MaxTokenAge rejects tokens whose iat is older than this (default 24h);
 	// tokens without iat are rejected when it is set. 0 sets no limit on
 	// age (exp still applies) and does not require iat.
-	MaxTokenAge Duration `yaml:"max_token_age"`
+	MaxTokenAge config.Duration `yaml:"max_token_age"`
 	// RequireJTI makes each token single-use: its jti is consumed and
 	// remembered until the token expires.
 	RequireJTI bool `yaml:"require_jti"`
@@ -137,8 +132,8 @@ type IssuerConfig struct {
 	// an unknown kid (default 1m, at least 1s); JWKSCacheTTL is how long
 	// fetched keys are used before a scheduled refresh (default 1h, not less
 	// than JWKSRefreshInterval).
-	JWKSRefreshInterval Duration `yaml:"jwks_refresh_interval"`
-	JWKSCacheTTL        Duration `yaml:"jwks_cache_ttl"`
+	JWKSRefreshInterval config.Duration `yaml:"jwks_refresh_interval"`
+	JWKSCacheTTL        config.Duration `yaml:"jwks_cache_ttl"`
 }
 
 // BackendConfig is one credential backend. Name and Type are common; every
@@ -157,8 +152,8 @@ type Role struct {
 	// TTL is the default lease TTL (default 15m); MaxTTL caps requests and
 	// renewals, measured from the lease's creation (default max(1h, TTL)).
 	// Both must be positive.
-	TTL    Duration `yaml:"ttl"`
-	MaxTTL Duration `yaml:"max_ttl"`
+	TTL    config.Duration `yaml:"ttl"`
+	MaxTTL config.Duration `yaml:"max_ttl"`
 	// Audience and Scopes describe what the credential is for; the jwt
 	// backend puts them in aud and scope.
 	Audience []string `yaml:"audience"`
@@ -189,10 +184,10 @@ type ApprovalConfig struct {
 	Approvers ApproversConfig `yaml:"approvers"`
 	// RequestTTL is how long a request waits for approval (default 1h, at
 	// least 1m).
-	RequestTTL Duration `yaml:"request_ttl"`
+	RequestTTL config.Duration `yaml:"request_ttl"`
 	// RedeemWithin is how long an approval stays redeemable (default 15m,
 	// at least 10s).
-	RedeemWithin Duration `yaml:"redeem_within"`
+	RedeemWithin config.Duration `yaml:"redeem_within"`
 	// RequesterClaims name the attestation claims that identify the people
 	// behind an agent (default email, actor, owner): an operator whose name
 	// equals one of them cannot approve that agent's requests.
@@ -214,7 +209,7 @@ type BreakGlassConfig struct {
 	Allowed bool `yaml:"allowed"`
 	// MaxTTL caps a break-glass lease (default the lesser of 15m and the
 	// role's max_ttl; positive and at most max_ttl when Allowed).
-	MaxTTL Duration `yaml:"max_ttl"`
+	MaxTTL config.Duration `yaml:"max_ttl"`
 }
 
 // ConsoleConfig configures the operator web console at /ui/.
@@ -227,11 +222,11 @@ type ConsoleConfig struct {
 	// SessionIdle and SessionMax end a session after inactivity (default
 	// 15m, positive) and after its start (default 8h, not less than
 	// SessionIdle).
-	SessionIdle Duration `yaml:"session_idle"`
-	SessionMax  Duration `yaml:"session_max"`
+	SessionIdle config.Duration `yaml:"session_idle"`
+	SessionMax  config.Duration `yaml:"session_max"`
 	// FreshLogin is how recent a sign-in must be to approve, deny or
 	// review (default 10m, positive).
-	FreshLogin Duration `yaml:"fresh_login"`
+	FreshLogin config.Duration `yaml:"fresh_login"`
 	// OIDC, when set, offers single sign-on (authorization code with PKCE).
 	OIDC *ConsoleOIDCConfig `yaml:"oidc"`
 }
@@ -307,7 +302,7 @@ type WebhookConfig struct {
 	// break_glass, break_glass.reviewed.
 	Events []string `yaml:"events"`
 	// Timeout bounds one delivery attempt (default 5s, positive).
-	Timeout Duration `yaml:"timeout"`
+	Timeout config.Duration `yaml:"timeout"`
 	// MaxAttempts is how many times an event is sent before valet gives up
 	// (default 8, at least 1; 1 means no retries; backoff doubles from 1s).
 	MaxAttempts int `yaml:"max_attempts"`
@@ -363,9 +358,9 @@ type LimitsConfig struct {
 	MaxAttestationBytes int   `yaml:"max_attestation_bytes"` // default 16 KiB, 1 KiB to 1 MiB
 	// AgentRate is the requests per second allowed to each agent (default
 	// 10). It must be positive; .inf (YAML's infinity) sets no limit.
-	AgentRate   float64  `yaml:"agent_rate"`
-	AgentBurst  int      `yaml:"agent_burst"`  // default 20, at least 1
-	MintTimeout Duration `yaml:"mint_timeout"` // default 10s, 100ms to 5m
+	AgentRate   float64         `yaml:"agent_rate"`
+	AgentBurst  int             `yaml:"agent_burst"`  // default 20, at least 1
+	MintTimeout config.Duration `yaml:"mint_timeout"` // default 10s, 100ms to 5m
 	// AttestationCache is how many verified attestations are remembered so
 	// an agent re-presenting the same token skips the signature check
 	// (time rules are still applied on every use; single-use tokens are
@@ -391,14 +386,14 @@ type LeasesConfig struct {
 	// (default 8, at least 1). Irrevocable leases keep being retried, at
 	// RevokeMaxBackoff, until their credential can no longer be valid at the
 	// backend (leases.BoltStore.ValidUntil).
-	RevokeAttempts    int      `yaml:"revoke_attempts"`
-	RevokeBackoff     Duration `yaml:"revoke_backoff"`     // first retry delay (default 1s, positive)
-	RevokeMaxBackoff  Duration `yaml:"revoke_max_backoff"` // default 5m, not less than RevokeBackoff
-	RevokeConcurrency int      `yaml:"revoke_concurrency"` // default 16, 1 to 1024
+	RevokeAttempts    int             `yaml:"revoke_attempts"`
+	RevokeBackoff     config.Duration `yaml:"revoke_backoff"`     // first retry delay (default 1s, positive)
+	RevokeMaxBackoff  config.Duration `yaml:"revoke_max_backoff"` // default 5m, not less than RevokeBackoff
+	RevokeConcurrency int             `yaml:"revoke_concurrency"` // default 16, 1 to 1024
 	// Retention is how long ended leases stay queryable (default 7 days).
 	// 0 keeps none: an ended lease is deleted by the next housekeeping
 	// pass, within a minute. Audit records are kept either way.
-	Retention Duration `yaml:"retention"`
+	Retention config.Duration `yaml:"retention"`
 }
 
 // AuditConfig adds an optional JSON-lines copy of the audit log for a SIEM.
@@ -421,7 +416,7 @@ func LoadConfig(path string) (*Config, error) {
 		return nil, fmt.Errorf("read config: %w", err)
 	}
 	var cfg Config
-	if err := DecodeStrict(b, &cfg); err != nil {
+	if err := config.DecodeStrict(b, &cfg); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	cfg.ResolvePaths(filepath.Dir(path))
@@ -475,91 +470,13 @@ func (c *Config) ResolvePaths(base string) {
 // defaults for absent keys, and validates.
 func ParseConfig(b []byte) (*Config, error) {
 	var cfg Config
-	if err := DecodeStrict(b, &cfg); err != nil {
+	if err := config.DecodeStrict(b, &cfg); err != nil {
 		return nil, err
 	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	return &cfg, nil
-}
-
-// DecodeStrict decodes YAML into v, rejecting unknown keys and trailing
-// documents. A decoding error names the key of each line it cites:
-// "line 7 (issuers[0].clock_skew): duration "-1s" out of range".
-func DecodeStrict(b []byte, v any) error {
-	dec := yaml.NewDecoder(bytes.NewReader(b))
-	dec.KnownFields(true)
-	if err := dec.Decode(v); err != nil {
-		if errors.Is(err, io.EOF) {
-			return errors.New("config is empty")
-		}
-		return nameKeys(err, b)
-	}
-	var extra any
-	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
-		return errors.New("config must be a single YAML document")
-	}
-	return nil
-}
-
-var errorLine = regexp.MustCompile(`line (\d+):`)
-
-// nameKeys rewrites each "line N:" of a decoding error as "line N (path):",
-// where path is the key written on line N (when exactly one is).
-func nameKeys(err error, b []byte) error {
-	var root yaml.Node
-	if yaml.Unmarshal(b, &root) != nil {
-		return err
-	}
-	keys := map[int][]string{} // line -> key paths on it
-	var walk func(n *yaml.Node, path string)
-	walk = func(n *yaml.Node, path string) {
-		switch n.Kind {
-		case yaml.DocumentNode:
-			for _, c := range n.Content {
-				walk(c, path)
-			}
-		case yaml.SequenceNode:
-			for i, c := range n.Content {
-				walk(c, fmt.Sprintf("%s[%d]", path, i))
-			}
-		case yaml.MappingNode:
-			for i := 0; i+1 < len(n.Content); i += 2 {
-				k := n.Content[i]
-				p := k.Value
-				if path != "" {
-					p = path + "." + k.Value
-				}
-				keys[k.Line] = append(keys[k.Line], p)
-				walk(n.Content[i+1], p)
-			}
-		}
-	}
-	walk(&root, "")
-	msg := errorLine.ReplaceAllStringFunc(err.Error(), func(m string) string {
-		line, _ := strconv.Atoi(errorLine.FindStringSubmatch(m)[1])
-		if paths := keys[line]; len(paths) == 1 {
-			return fmt.Sprintf("line %d (%s):", line, paths[0])
-		}
-		return m
-	})
-	return errors.New(msg)
-}
-
-// DecodeOptions strictly decodes a backend's options or a role's params into
-// v (a pointer to the backend's own config struct). Keys absent from opts
-// leave v's fields as they are, so a backend sets its defaults in v before
-// calling DecodeOptions and a key set to 0 keeps 0.
-func DecodeOptions(opts map[string]any, v any) error {
-	if len(opts) == 0 {
-		return nil
-	}
-	b, err := yaml.Marshal(opts)
-	if err != nil {
-		return err
-	}
-	return DecodeStrict(b, v)
 }
 
 // Defaults.
@@ -576,53 +493,6 @@ const (
 	DefaultAuthFailureRecordsPerMinute = 30
 )
 
-// decodeOnDefaults is the body of every section's UnmarshalYAML: it sets
-// the section's defaults, then decodes the YAML on top of them, so only
-// absent keys keep a default. plain must be the section converted to a type
-// without the UnmarshalYAML method (type issuer IssuerConfig;
-// (*issuer)(ic)), or decoding would recurse.
-//
-// It uses the decoder's own unmarshal function rather than yaml.Node.Decode,
-// which would start a fresh decoder and lose strict decoding (unknown keys
-// must stay errors in every nested section). This is the pattern of the
-// Prometheus configuration.
-func decodeOnDefaults(setDefaults func(), plain any, unmarshal func(any) error) error {
-	setDefaults()
-	return unmarshal(plain)
-}
-
-// presentKeys is the tree of keys the mapping being unmarshalled holds, for
-// defaults derived from another key (role max_ttl from ttl): they must be
-// derived only when their own key is absent.
-type presentKeys map[string]any
-
-func readPresentKeys(unmarshal func(any) error) (presentKeys, error) {
-	var m map[string]any
-	if err := unmarshal(&m); err != nil {
-		return nil, err
-	}
-	return m, nil
-}
-
-// has reports whether the key at path (a nested key for more than one
-// name) is present, even with a null value.
-func (k presentKeys) has(path ...string) bool {
-	m := map[string]any(k)
-	for i, name := range path {
-		v, ok := m[name]
-		if !ok {
-			return false
-		}
-		if i == len(path)-1 {
-			return true
-		}
-		if m, ok = v.(map[string]any); !ok {
-			return false
-		}
-	}
-	return false
-}
-
 // DefaultConfig returns a configuration with every default set and nothing
 // else: the starting point for a configuration built in Go. Lists (issuers,
 // roles, webhooks) are empty; build their elements with Defaulted.
@@ -630,24 +500,6 @@ func DefaultConfig() *Config {
 	var c Config
 	c.SetDefaults()
 	return &c
-}
-
-// Defaulted returns a T with its defaults set (its SetDefaults method) and
-// then edit applied: how Go code builds a list element or section, so that
-// what it leaves out has the default a YAML file leaving the key out gets,
-// and what it sets, even 0, stays. For example
-//
-//	broker.Defaulted(func(r *broker.Role) { r.Name, r.Backend = "demo", "tokens" })
-func Defaulted[T any, P interface {
-	*T
-	SetDefaults()
-}](edit func(P)) T {
-	var v T
-	P(&v).SetDefaults()
-	if edit != nil {
-		edit(&v)
-	}
-	return v
 }
 
 // SetDefaults sets every default of the top level and of its sections,
@@ -668,26 +520,26 @@ func (p *PolicyConfig) SetDefaults() { p.OnError = PolicyOnErrorDeny }
 // UnmarshalYAML decodes on top of the defaults.
 func (p *PolicyConfig) UnmarshalYAML(unmarshal func(any) error) error {
 	type policy PolicyConfig
-	return decodeOnDefaults(p.SetDefaults, (*policy)(p), unmarshal)
+	return config.DecodeOnDefaults(p.SetDefaults, (*policy)(p), unmarshal)
 }
 
 // UnmarshalYAML decodes on top of the defaults. public_url, when absent,
 // is http://<listen>; console.oidc.redirect_url, when absent, is
 // <public_url>/ui/auth/callback.
 func (c *Config) UnmarshalYAML(unmarshal func(any) error) error {
-	type config Config
-	if err := decodeOnDefaults(c.SetDefaults, (*config)(c), unmarshal); err != nil {
+	type file Config
+	if err := config.DecodeOnDefaults(c.SetDefaults, (*file)(c), unmarshal); err != nil {
 		return err
 	}
-	keys, err := readPresentKeys(unmarshal)
+	keys, err := config.ReadPresentKeys(unmarshal)
 	if err != nil {
 		return err
 	}
-	if !keys.has("public_url") {
+	if !keys.Has("public_url") {
 		c.PublicURL = "http://" + c.Listen
 	}
 	c.PublicURL = strings.TrimRight(c.PublicURL, "/")
-	if c.Console.OIDC != nil && !keys.has("console", "oidc", "redirect_url") {
+	if c.Console.OIDC != nil && !keys.Has("console", "oidc", "redirect_url") {
 		c.Console.OIDC.RedirectURL = c.PublicURL + "/ui/auth/callback"
 	}
 	return nil
@@ -699,11 +551,11 @@ func (c *Config) UnmarshalYAML(unmarshal func(any) error) error {
 func (ic *IssuerConfig) SetDefaults() {
 	ic.Type = IssuerOIDC
 	ic.Algorithms = []string{"RS256", "ES256"}
-	ic.ClockSkew = Duration(DefaultClockSkew)
-	ic.MaxTokenAge = Duration(DefaultMaxTokenAge)
+	ic.ClockSkew = config.Duration(DefaultClockSkew)
+	ic.MaxTokenAge = config.Duration(DefaultMaxTokenAge)
 	ic.SubjectClaim = "sub"
-	ic.JWKSRefreshInterval = Duration(time.Minute)
-	ic.JWKSCacheTTL = Duration(time.Hour)
+	ic.JWKSRefreshInterval = config.Duration(time.Minute)
+	ic.JWKSCacheTTL = config.Duration(time.Hour)
 }
 
 // UnmarshalYAML decodes on top of the defaults and applies the type's
@@ -711,7 +563,7 @@ func (ic *IssuerConfig) SetDefaults() {
 // none of jwks_file, jwks_url and discovery given, uses discovery.
 func (ic *IssuerConfig) UnmarshalYAML(unmarshal func(any) error) error {
 	type issuer IssuerConfig
-	if err := decodeOnDefaults(ic.SetDefaults, (*issuer)(ic), unmarshal); err != nil {
+	if err := config.DecodeOnDefaults(ic.SetDefaults, (*issuer)(ic), unmarshal); err != nil {
 		return err
 	}
 	return ic.applyPreset(unmarshal)
@@ -723,14 +575,14 @@ func (ic *IssuerConfig) applyPreset(unmarshal func(any) error) error {
 	if ic.Type != IssuerGitHub {
 		return nil
 	}
-	keys, err := readPresentKeys(unmarshal)
+	keys, err := config.ReadPresentKeys(unmarshal)
 	if err != nil {
 		return err
 	}
-	if !keys.has("issuer") {
+	if !keys.Has("issuer") {
 		ic.Issuer = GitHubActionsIssuer
 	}
-	if !keys.has("jwks_file") && !keys.has("jwks_url") && !keys.has("discovery") {
+	if !keys.Has("jwks_file") && !keys.Has("jwks_url") && !keys.Has("discovery") {
 		ic.Discovery = true
 	}
 	return nil
@@ -753,7 +605,7 @@ func (oi *OperatorIssuerConfig) UnmarshalYAML(unmarshal func(any) error) error {
 		*OperatorIdentityConfig `yaml:",inline"`
 	}
 	plain := &operatorIssuer{(*issuer)(&oi.IssuerConfig), &oi.OperatorIdentityConfig}
-	if err := decodeOnDefaults(oi.SetDefaults, plain, unmarshal); err != nil {
+	if err := config.DecodeOnDefaults(oi.SetDefaults, plain, unmarshal); err != nil {
 		return err
 	}
 	return oi.IssuerConfig.applyPreset(unmarshal)
@@ -772,8 +624,8 @@ func (oc *OperatorIdentityConfig) SetDefaults() {
 // SetDefaults sets the role's defaults: ttl 15m, max_ttl 1h and the
 // approval defaults. Renewable stays nil, which means true.
 func (r *Role) SetDefaults() {
-	r.TTL = Duration(15 * time.Minute)
-	r.MaxTTL = Duration(time.Hour)
+	r.TTL = config.Duration(15 * time.Minute)
+	r.MaxTTL = config.Duration(time.Hour)
 	r.Approval.SetDefaults()
 }
 
@@ -782,17 +634,17 @@ func (r *Role) SetDefaults() {
 // the lesser of 15m and max_ttl.
 func (r *Role) UnmarshalYAML(unmarshal func(any) error) error {
 	type role Role
-	if err := decodeOnDefaults(r.SetDefaults, (*role)(r), unmarshal); err != nil {
+	if err := config.DecodeOnDefaults(r.SetDefaults, (*role)(r), unmarshal); err != nil {
 		return err
 	}
-	keys, err := readPresentKeys(unmarshal)
+	keys, err := config.ReadPresentKeys(unmarshal)
 	if err != nil {
 		return err
 	}
-	if !keys.has("max_ttl") {
+	if !keys.Has("max_ttl") {
 		r.MaxTTL = max(r.MaxTTL, r.TTL)
 	}
-	if !keys.has("approval", "break_glass", "max_ttl") {
+	if !keys.Has("approval", "break_glass", "max_ttl") {
 		r.Approval.BreakGlass.MaxTTL = min(r.Approval.BreakGlass.MaxTTL, r.MaxTTL)
 	}
 	return nil
@@ -801,8 +653,8 @@ func (r *Role) UnmarshalYAML(unmarshal func(any) error) error {
 // SetDefaults sets request_ttl 1h, redeem_within 15m, requester_claims
 // [email, actor, owner] and the break-glass defaults.
 func (a *ApprovalConfig) SetDefaults() {
-	a.RequestTTL = Duration(time.Hour)
-	a.RedeemWithin = Duration(15 * time.Minute)
+	a.RequestTTL = config.Duration(time.Hour)
+	a.RedeemWithin = config.Duration(15 * time.Minute)
 	a.RequesterClaims = []string{"email", "actor", "owner"}
 	a.BreakGlass.SetDefaults()
 }
@@ -810,18 +662,18 @@ func (a *ApprovalConfig) SetDefaults() {
 // UnmarshalYAML decodes on top of the defaults.
 func (a *ApprovalConfig) UnmarshalYAML(unmarshal func(any) error) error {
 	type approval ApprovalConfig
-	return decodeOnDefaults(a.SetDefaults, (*approval)(a), unmarshal)
+	return config.DecodeOnDefaults(a.SetDefaults, (*approval)(a), unmarshal)
 }
 
 // SetDefaults sets max_ttl 15m.
 func (bg *BreakGlassConfig) SetDefaults() {
-	bg.MaxTTL = Duration(15 * time.Minute)
+	bg.MaxTTL = config.Duration(15 * time.Minute)
 }
 
 // UnmarshalYAML decodes on top of the defaults.
 func (bg *BreakGlassConfig) UnmarshalYAML(unmarshal func(any) error) error {
 	type breakGlass BreakGlassConfig
-	return decodeOnDefaults(bg.SetDefaults, (*breakGlass)(bg), unmarshal)
+	return config.DecodeOnDefaults(bg.SetDefaults, (*breakGlass)(bg), unmarshal)
 }
 
 // SetDefaults sets the limits' defaults (see LimitsConfig).
@@ -831,7 +683,7 @@ func (l *LimitsConfig) SetDefaults() {
 	l.MaxAttestationBytes = DefaultMaxAttestationBytes
 	l.AgentRate = 10
 	l.AgentBurst = 20
-	l.MintTimeout = Duration(10 * time.Second)
+	l.MintTimeout = config.Duration(10 * time.Second)
 	l.AttestationCache = 10000
 	l.AuthFailuresPerMinute = DefaultAuthFailuresPerMinute
 	l.AuthFailureRecordsPerMinute = DefaultAuthFailureRecordsPerMinute
@@ -840,36 +692,36 @@ func (l *LimitsConfig) SetDefaults() {
 // UnmarshalYAML decodes on top of the defaults.
 func (l *LimitsConfig) UnmarshalYAML(unmarshal func(any) error) error {
 	type limits LimitsConfig
-	return decodeOnDefaults(l.SetDefaults, (*limits)(l), unmarshal)
+	return config.DecodeOnDefaults(l.SetDefaults, (*limits)(l), unmarshal)
 }
 
 // SetDefaults sets the revocation defaults (see LeasesConfig).
 func (lc *LeasesConfig) SetDefaults() {
 	lc.RevokeAttempts = 8
-	lc.RevokeBackoff = Duration(time.Second)
-	lc.RevokeMaxBackoff = Duration(5 * time.Minute)
+	lc.RevokeBackoff = config.Duration(time.Second)
+	lc.RevokeMaxBackoff = config.Duration(5 * time.Minute)
 	lc.RevokeConcurrency = 16
-	lc.Retention = Duration(7 * 24 * time.Hour)
+	lc.Retention = config.Duration(7 * 24 * time.Hour)
 }
 
 // UnmarshalYAML decodes on top of the defaults.
 func (lc *LeasesConfig) UnmarshalYAML(unmarshal func(any) error) error {
 	type leases LeasesConfig
-	return decodeOnDefaults(lc.SetDefaults, (*leases)(lc), unmarshal)
+	return config.DecodeOnDefaults(lc.SetDefaults, (*leases)(lc), unmarshal)
 }
 
 // SetDefaults sets session_idle 15m, session_max 8h and fresh_login 10m.
 // TokenLogin stays nil, which means true.
 func (cc *ConsoleConfig) SetDefaults() {
-	cc.SessionIdle = Duration(15 * time.Minute)
-	cc.SessionMax = Duration(8 * time.Hour)
-	cc.FreshLogin = Duration(10 * time.Minute)
+	cc.SessionIdle = config.Duration(15 * time.Minute)
+	cc.SessionMax = config.Duration(8 * time.Hour)
+	cc.FreshLogin = config.Duration(10 * time.Minute)
 }
 
 // UnmarshalYAML decodes on top of the defaults.
 func (cc *ConsoleConfig) UnmarshalYAML(unmarshal func(any) error) error {
 	type console ConsoleConfig
-	return decodeOnDefaults(cc.SetDefaults, (*console)(cc), unmarshal)
+	return config.DecodeOnDefaults(cc.SetDefaults, (*console)(cc), unmarshal)
 }
 
 // SetDefaults sets scopes [openid, email, profile, groups] and the
@@ -883,20 +735,20 @@ func (o *ConsoleOIDCConfig) SetDefaults() {
 // UnmarshalYAML decodes on top of the defaults.
 func (o *ConsoleOIDCConfig) UnmarshalYAML(unmarshal func(any) error) error {
 	type oidc ConsoleOIDCConfig
-	return decodeOnDefaults(o.SetDefaults, (*oidc)(o), unmarshal)
+	return config.DecodeOnDefaults(o.SetDefaults, (*oidc)(o), unmarshal)
 }
 
 // SetDefaults sets format json, timeout 5s and max_attempts 8.
 func (w *WebhookConfig) SetDefaults() {
 	w.Format = "json"
-	w.Timeout = Duration(5 * time.Second)
+	w.Timeout = config.Duration(5 * time.Second)
 	w.MaxAttempts = 8
 }
 
 // UnmarshalYAML decodes on top of the defaults.
 func (w *WebhookConfig) UnmarshalYAML(unmarshal func(any) error) error {
 	type webhook WebhookConfig
-	return decodeOnDefaults(w.SetDefaults, (*webhook)(w), unmarshal)
+	return config.DecodeOnDefaults(w.SetDefaults, (*webhook)(w), unmarshal)
 }
 
 // SetDefaults sets level info.
@@ -905,20 +757,8 @@ func (lc *LogConfig) SetDefaults() { lc.Level = "info" }
 // UnmarshalYAML decodes on top of the defaults.
 func (lc *LogConfig) UnmarshalYAML(unmarshal func(any) error) error {
 	type logConfig LogConfig
-	return decodeOnDefaults(lc.SetDefaults, (*logConfig)(lc), unmarshal)
+	return config.DecodeOnDefaults(lc.SetDefaults, (*logConfig)(lc), unmarshal)
 }
-
-var namePattern = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
-
-// NameRule is the syntax of the names the configuration gives issuers,
-// backends, roles and webhooks, as error messages state it.
-const NameRule = "1 to 63 lower-case letters, digits, '.', '_' or '-', starting with a letter or digit"
-
-// ValidName reports whether s has the syntax of a configured name
-// (NameRule). A name that fails it cannot name anything configured, so
-// requests check it before the name reaches a log line, a metric label or
-// an audit record.
-func ValidName(s string) bool { return namePattern.MatchString(s) }
 
 // allowedAlgorithms are the asymmetric JWS algorithms an issuer may allow.
 var allowedAlgorithms = map[string]bool{
@@ -985,7 +825,7 @@ func (c *Config) Validate() error {
 	backends := map[string]bool{}
 	for i, b := range c.Backends {
 		f := fmt.Sprintf("backends[%d]", i)
-		if !namePattern.MatchString(b.Name) {
+		if !config.ValidName(b.Name) {
 			add("%s.name %q must be lower-case letters, digits, '.', '_' or '-' (at most 63)", f, b.Name)
 		}
 		if backends[b.Name] {
@@ -1000,7 +840,7 @@ func (c *Config) Validate() error {
 	roles := map[string]bool{}
 	for i, r := range c.Roles {
 		f := fmt.Sprintf("roles[%d]", i)
-		if !namePattern.MatchString(r.Name) {
+		if !config.ValidName(r.Name) {
 			add("%s.name %q must be lower-case letters, digits, '.', '_' or '-' (at most 63)", f, r.Name)
 		}
 		if roles[r.Name] {
@@ -1019,10 +859,10 @@ func (c *Config) Validate() error {
 		if r.Approval.Required < 0 || r.Approval.Required > 10 {
 			add("%s.approval.required must be between 0 and 10; it is %d", f, r.Approval.Required)
 		}
-		if r.Approval.RequestTTL < Duration(time.Minute) {
+		if r.Approval.RequestTTL < config.Duration(time.Minute) {
 			add("%s.approval.request_ttl must be at least 1m; it is %s", f, r.Approval.RequestTTL)
 		}
-		if r.Approval.RedeemWithin < Duration(10*time.Second) {
+		if r.Approval.RedeemWithin < config.Duration(10*time.Second) {
 			add("%s.approval.redeem_within must be at least 10s; it is %s", f, r.Approval.RedeemWithin)
 		}
 		if bg := r.Approval.BreakGlass; bg.Allowed && (bg.MaxTTL <= 0 || bg.MaxTTL > r.MaxTTL) {
@@ -1079,7 +919,7 @@ func (c *Config) Validate() error {
 	if l.AgentBurst < 1 {
 		add("limits.agent_burst must be at least 1; it is %d", l.AgentBurst)
 	}
-	if l.MintTimeout < Duration(100*time.Millisecond) || l.MintTimeout > Duration(5*time.Minute) {
+	if l.MintTimeout < config.Duration(100*time.Millisecond) || l.MintTimeout > config.Duration(5*time.Minute) {
 		add("limits.mint_timeout must be between 100ms and 5m; it is %s", l.MintTimeout)
 	}
 	if l.AttestationCache < 0 {
@@ -1134,8 +974,8 @@ func (c *Config) Validate() error {
 		f := fmt.Sprintf("notifications.webhooks[%d]", i)
 		if w.Name == "" || hooks[w.Name] {
 			add("%s.name must be set and unique", f)
-		} else if !namePattern.MatchString(w.Name) {
-			add("%s.name %q must be %s", f, w.Name, NameRule)
+		} else if !config.ValidName(w.Name) {
+			add("%s.name %q must be %s", f, w.Name, config.NameRule)
 		}
 		hooks[w.Name] = true
 		if u, err := url.Parse(w.URL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
@@ -1174,7 +1014,7 @@ func validateIssuers(field string, issuers []IssuerConfig) []error {
 	isses := map[string]bool{}
 	for i, ic := range issuers {
 		f := fmt.Sprintf("%s[%d]", field, i)
-		if !namePattern.MatchString(ic.Name) {
+		if !config.ValidName(ic.Name) {
 			add("%s.name %q must be lower-case letters, digits, '.', '_' or '-' (at most 63)", f, ic.Name)
 		}
 		if names[ic.Name] {
@@ -1251,7 +1091,7 @@ func validateIssuers(field string, issuers []IssuerConfig) []error {
 		if ic.SubjectClaim == "" {
 			add("%s.subject_claim must not be empty", f)
 		}
-		if ic.JWKSRefreshInterval < Duration(time.Second) {
+		if ic.JWKSRefreshInterval < config.Duration(time.Second) {
 			add("%s.jwks_refresh_interval must be at least 1s; it is %s", f, ic.JWKSRefreshInterval)
 		}
 		if ic.JWKSCacheTTL < ic.JWKSRefreshInterval || ic.JWKSCacheTTL <= 0 {
@@ -1342,3 +1182,11 @@ func ParseKEK(s string) ([]byte, error) {
 	}
 	return b, nil
 }
+
+// NameRule is the syntax of configured names (config.NameRule), which a
+// request naming a role must match.
+const NameRule = config.NameRule
+
+// ValidName reports whether s has the syntax of a configured name
+// (config.ValidName).
+func ValidName(s string) bool { return config.ValidName(s) }

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/valet-broker/valet/leases/config"
 )
 
 const minimalConfig = `
@@ -557,22 +559,22 @@ func TestDefaultConfigMatchesAbsentKeys(t *testing.T) {
 	}
 	inGo := DefaultConfig()
 	inGo.DataDir = "/var/lib/valet"
-	inGo.Issuers = []IssuerConfig{Defaulted(func(ic *IssuerConfig) {
+	inGo.Issuers = []IssuerConfig{config.Defaulted(func(ic *IssuerConfig) {
 		ic.Name, ic.Issuer, ic.Audiences, ic.JWKSFile = "k8s", "https://kubernetes.default.svc", []string{"valet"}, "/etc/valet/k8s.json"
 	})}
 	inGo.Backends = []BackendConfig{{Name: "tokens", Type: "jwt"}}
 	inGo.Roles = []Role{
-		Defaulted(func(r *Role) { r.Name, r.Backend = "demo", "tokens" }),
-		Defaulted(func(r *Role) {
+		config.Defaulted(func(r *Role) { r.Name, r.Backend = "demo", "tokens" }),
+		config.Defaulted(func(r *Role) {
 			r.Name, r.Backend, r.Approval.Required, r.Approval.BreakGlass.Allowed = "glass", "tokens", 1, true
 		}),
 	}
 	inGo.Policy.Dir = "/etc/valet/policies"
-	inGo.Operators.Issuers = []OperatorIssuerConfig{Defaulted(func(oi *OperatorIssuerConfig) {
+	inGo.Operators.Issuers = []OperatorIssuerConfig{config.Defaulted(func(oi *OperatorIssuerConfig) {
 		oi.Name, oi.Issuer, oi.Audiences, oi.Discovery, oi.AllowAll = "sso", "https://sso.example.com", []string{"valet"}, true, true
 	})}
-	inGo.Notifications.Webhooks = []WebhookConfig{Defaulted(func(w *WebhookConfig) { w.Name, w.URL = "sec", "https://hooks.example.com/valet" })}
-	inGo.Introspection.Clients = []IntrospectionClientConfig{Defaulted(func(cl *IntrospectionClientConfig) {
+	inGo.Notifications.Webhooks = []WebhookConfig{config.Defaulted(func(w *WebhookConfig) { w.Name, w.URL = "sec", "https://hooks.example.com/valet" })}
+	inGo.Introspection.Clients = []IntrospectionClientConfig{config.Defaulted(func(cl *IntrospectionClientConfig) {
 		cl.ClientID, cl.ClientSecretSHA256 = "api", strings.Repeat("ab", 32)
 	})}
 	if err := inGo.Validate(); err != nil {

@@ -7,8 +7,9 @@ import (
 	"time"
 
 	"github.com/valet-broker/valet/broker"
-	"github.com/valet-broker/valet/broker/audit"
 	"github.com/valet-broker/valet/broker/grants"
+	"github.com/valet-broker/valet/leases/audit"
+	"github.com/valet-broker/valet/leases/config"
 )
 
 // grantsFixture is a broker with a role needing two approvals from
@@ -19,10 +20,10 @@ func grantsFixture(t *testing.T) *fixture {
 	approvers := broker.ApproversConfig{Operators: []string{"Alice@Example.com", "bob"}, Groups: []string{"SRE"}}
 	return newFixture(t, func(c *broker.Config) {
 		c.Roles = append(c.Roles,
-			broker.Defaulted(func(r *broker.Role) {
+			config.Defaulted(func(r *broker.Role) {
 				r.Name, r.Backend, r.Approval.Required, r.Approval.Approvers = "guarded", "ext", 2, approvers
 			}),
-			broker.Defaulted(func(r *broker.Role) {
+			config.Defaulted(func(r *broker.Role) {
 				r.Name, r.Backend, r.Approval.Required, r.Approval.Approvers = "glass", "ext", 1, approvers
 				r.Approval.BreakGlass.Allowed = true
 			}))

@@ -8,8 +8,8 @@ import (
 	"time"
 
 	"github.com/valet-broker/valet/backends"
-	"github.com/valet-broker/valet/broker/audit"
 	"github.com/valet-broker/valet/leases"
+	"github.com/valet-broker/valet/leases/audit"
 )
 
 // Caller is who asks about a lease: the agent that owns it (proven by a

@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/valet-broker/valet/broker"
-	"github.com/valet-broker/valet/broker/audit"
+	"github.com/valet-broker/valet/leases/audit"
 )
 
 // startSummaries runs the broker's summarizer; stop ends it and waits for

@@ -12,6 +12,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/valet-broker/valet/leases/config"
 )
 
 // Client authentication methods, named as in the OAuth Token Endpoint
@@ -98,14 +100,14 @@ func (cl *IntrospectionClientConfig) SetDefaults() {
 // refuse the key where it does not apply.
 func (cl *IntrospectionClientConfig) UnmarshalYAML(unmarshal func(any) error) error {
 	type client IntrospectionClientConfig
-	if err := decodeOnDefaults(cl.SetDefaults, (*client)(cl), unmarshal); err != nil {
+	if err := config.DecodeOnDefaults(cl.SetDefaults, (*client)(cl), unmarshal); err != nil {
 		return err
 	}
-	keys, err := readPresentKeys(unmarshal)
+	keys, err := config.ReadPresentKeys(unmarshal)
 	if err != nil {
 		return err
 	}
-	if cl.AuthMethod == AuthPrivateKeyJWT && !keys.has("algorithms") {
+	if cl.AuthMethod == AuthPrivateKeyJWT && !keys.Has("algorithms") {
 		cl.Algorithms = []string{"RS256", "ES256"}
 	}
 	return nil
@@ -260,7 +262,7 @@ func (c IntrospectionConfig) ClientAssertionIssuers(publicURL string) []IssuerCo
 		if cl.AuthMethod != AuthPrivateKeyJWT {
 			continue
 		}
-		out = append(out, Defaulted(func(ic *IssuerConfig) {
+		out = append(out, config.Defaulted(func(ic *IssuerConfig) {
 			ic.Name, ic.Issuer = "introspection:"+cl.ClientID, cl.ClientID
 			ic.Audiences = []string{publicURL, publicURL + "/v1/introspect", publicURL + "/v1/oauth/token"}
 			ic.JWKSFile, ic.JWKSURL, ic.CAFile, ic.Algorithms = cl.JWKSFile, cl.JWKSURL, cl.CAFile, cl.Algorithms

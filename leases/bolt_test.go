@@ -17,8 +17,8 @@ import (
 	"go.etcd.io/bbolt"
 	bolterrors "go.etcd.io/bbolt/errors"
 
-	"github.com/valet-broker/valet/broker/audit"
-	"github.com/valet-broker/valet/broker/clock"
+	"github.com/valet-broker/valet/leases/audit"
+	"github.com/valet-broker/valet/leases/clock"
 )
 
 func TestLifecycle(t *testing.T) {

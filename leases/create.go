@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/valet-broker/valet/broker/audit"
+	"github.com/valet-broker/valet/leases/audit"
 )
 
 // CreateActive records a new active lease and its audit record in one

@@ -7,8 +7,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/valet-broker/valet/broker/audit"
-	"github.com/valet-broker/valet/broker/clock"
+	"github.com/valet-broker/valet/leases/audit"
+	"github.com/valet-broker/valet/leases/clock"
 )
 
 // TestUnconfirmedRevocationLastsUntilTheCredentialIsDead ends leases of

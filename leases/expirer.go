@@ -6,7 +6,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/valet-broker/valet/broker/clock"
+	"github.com/valet-broker/valet/leases/clock"
 )
 
 // Expirer ends active leases when their TTL runs out. It arms one timer for

@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/valet-broker/valet/broker/audit"
-	"github.com/valet-broker/valet/broker/clock"
+	"github.com/valet-broker/valet/leases/audit"
+	"github.com/valet-broker/valet/leases/clock"
 )
 
 // expiryLog records what an Expirer's OnExpire saw.

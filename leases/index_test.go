@@ -11,7 +11,7 @@ import (
 
 	"go.etcd.io/bbolt"
 
-	"github.com/valet-broker/valet/broker/audit"
+	"github.com/valet-broker/valet/leases/audit"
 )
 
 // TestIndexKeysSurviveHostileValues stores leases whose agent ids and

@@ -9,8 +9,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/valet-broker/valet/broker/audit"
-	"github.com/valet-broker/valet/broker/clock"
+	"github.com/valet-broker/valet/leases/audit"
+	"github.com/valet-broker/valet/leases/clock"
 )
 
 // RevokeFunc revokes a lease's credential at its backend. A lease recovered

@@ -12,8 +12,8 @@ import (
 
 	bolterrors "go.etcd.io/bbolt/errors"
 
-	"github.com/valet-broker/valet/broker/audit"
-	"github.com/valet-broker/valet/broker/clock"
+	"github.com/valet-broker/valet/leases/audit"
+	"github.com/valet-broker/valet/leases/clock"
 )
 
 // awaitAttempts waits until lease id has recorded n failed attempts and the

@@ -5,7 +5,7 @@ import (
 	"errors"
 	"time"
 
-	"github.com/valet-broker/valet/broker/audit"
+	"github.com/valet-broker/valet/leases/audit"
 )
 
 // Errors returned by stores.

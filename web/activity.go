@@ -7,7 +7,7 @@ import (
 
 	"go.etcd.io/bbolt"
 
-	"github.com/valet-broker/valet/broker/audit"
+	"github.com/valet-broker/valet/leases/audit"
 )
 
 // The activity summary reads the newest audit records back to 24 hours

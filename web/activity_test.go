@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/valet-broker/valet/broker/audit"
+	"github.com/valet-broker/valet/leases/audit"
 )
 
 func TestConsoleActivityChartCountsPerHour(t *testing.T) {

@@ -7,7 +7,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/valet-broker/valet/broker/audit"
+	"github.com/valet-broker/valet/leases/audit"
 )
 
 // auditPageSize is how many records a page of the audit browser shows.

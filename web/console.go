@@ -15,9 +15,9 @@ import (
 
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/broker/clientip"
-	"github.com/valet-broker/valet/broker/clock"
 	"github.com/valet-broker/valet/broker/grants"
 	"github.com/valet-broker/valet/leases"
+	"github.com/valet-broker/valet/leases/clock"
 )
 
 // Config are the console's dependencies.

@@ -13,10 +13,11 @@ import (
 
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/broker/attest"
-	"github.com/valet-broker/valet/broker/audit"
 	"github.com/valet-broker/valet/broker/grants"
 	"github.com/valet-broker/valet/broker/identity"
 	"github.com/valet-broker/valet/leases"
+	"github.com/valet-broker/valet/leases/audit"
+	"github.com/valet-broker/valet/leases/config"
 )
 
 func TestConsoleTokenLogin(t *testing.T) {
@@ -732,8 +733,8 @@ func TestConsolePaging(t *testing.T) {
 
 func TestConsoleReviewFollowsDecisionRules(t *testing.T) {
 	f := newFixture(t, func(cfg *broker.Config, _ *Config) {
-		cfg.Roles = append(cfg.Roles, broker.Defaulted(func(r *broker.Role) {
-			r.Name, r.Backend, r.TTL = "guarded-glass", "mem", broker.Duration(5*time.Minute)
+		cfg.Roles = append(cfg.Roles, config.Defaulted(func(r *broker.Role) {
+			r.Name, r.Backend, r.TTL = "guarded-glass", "mem", config.Duration(5*time.Minute)
 			r.Approval.Required, r.Approval.Approvers = 1, broker.ApproversConfig{Groups: []string{"approvers"}}
 			r.Approval.BreakGlass.Allowed = true
 		}))
@@ -893,7 +894,7 @@ func TestConsoleIDTokenSignInIsFreshOnlyByItsAuthTime(t *testing.T) {
 		if err := sso.WriteJWKS(jwks); err != nil {
 			t.Fatal(err)
 		}
-		cfg.Operators.Issuers = []broker.OperatorIssuerConfig{broker.Defaulted(func(ic *broker.OperatorIssuerConfig) {
+		cfg.Operators.Issuers = []broker.OperatorIssuerConfig{config.Defaulted(func(ic *broker.OperatorIssuerConfig) {
 			ic.Name, ic.Issuer, ic.Audiences, ic.JWKSFile, ic.Algorithms = "sso", "https://sso.test", []string{"valet-console"}, jwks, []string{"ES256"}
 			ic.AllowAll = true
 		})}

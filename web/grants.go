@@ -8,9 +8,9 @@ import (
 	"unicode/utf8"
 
 	"github.com/valet-broker/valet/broker"
-	"github.com/valet-broker/valet/broker/audit"
 	"github.com/valet-broker/valet/broker/grants"
 	"github.com/valet-broker/valet/leases"
+	"github.com/valet-broker/valet/leases/audit"
 )
 
 // historyLeases is how many of an agent's latest leases show beside its

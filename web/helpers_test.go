@@ -25,10 +25,11 @@ import (
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/broker/api"
 	"github.com/valet-broker/valet/broker/attest"
-	"github.com/valet-broker/valet/broker/clock"
 	"github.com/valet-broker/valet/broker/grants"
 	"github.com/valet-broker/valet/broker/policy"
 	"github.com/valet-broker/valet/leases"
+	"github.com/valet-broker/valet/leases/clock"
+	"github.com/valet-broker/valet/leases/config"
 )
 
 // Operator tokens of the test console. alice and bob are approvers,
@@ -137,8 +138,8 @@ func newFixture(t *testing.T, edit func(*broker.Config, *Config)) *fixture {
 		toks = append(toks, ot)
 	}
 	role := func(name, backend string, ttl time.Duration, approval func(*broker.ApprovalConfig)) broker.Role {
-		return broker.Defaulted(func(r *broker.Role) {
-			r.Name, r.Backend, r.TTL = name, backend, broker.Duration(ttl)
+		return config.Defaulted(func(r *broker.Role) {
+			r.Name, r.Backend, r.TTL = name, backend, config.Duration(ttl)
 			if approval != nil {
 				approval(&r.Approval)
 			}
@@ -146,7 +147,7 @@ func newFixture(t *testing.T, edit func(*broker.Config, *Config)) *fixture {
 	}
 	cfg := broker.DefaultConfig()
 	cfg.DataDir, cfg.PublicURL = dir, publicURL
-	cfg.Issuers = []broker.IssuerConfig{broker.Defaulted(func(ic *broker.IssuerConfig) {
+	cfg.Issuers = []broker.IssuerConfig{config.Defaulted(func(ic *broker.IssuerConfig) {
 		ic.Name, ic.Issuer, ic.Audiences, ic.JWKSFile, ic.Algorithms = "test", "https://issuer.test", []string{"valet"}, jwks, []string{"ES256"}
 	})}
 	cfg.Backends = []broker.BackendConfig{{Name: "mem", Type: "mem"}, {Name: "stubborn", Type: "mem"}}

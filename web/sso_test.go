@@ -20,8 +20,9 @@ import (
 	jwtlib "github.com/golang-jwt/jwt/v5"
 
 	"github.com/valet-broker/valet/broker"
-	"github.com/valet-broker/valet/broker/clock"
 	"github.com/valet-broker/valet/broker/grants"
+	"github.com/valet-broker/valet/leases/clock"
+	"github.com/valet-broker/valet/leases/config"
 )
 
 // testIdP is a small but real OpenID provider: discovery, JWKS, an
@@ -201,7 +202,7 @@ func newSSOFixture(t *testing.T, edit func(*broker.ConsoleOIDCConfig)) (*fixture
 		if err := os.WriteFile(secretFile, []byte(idp.secret+"\n"), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		oidc := broker.Defaulted(func(o *broker.ConsoleOIDCConfig) {
+		oidc := config.Defaulted(func(o *broker.ConsoleOIDCConfig) {
 			o.Issuer, o.ClientID, o.ClientSecretFile = idp.srv.URL, idp.clientID, secretFile
 			o.RedirectURL, o.AllowedGroups = cfg.PublicURL+"/ui/auth/callback", []string{"valet-operators"}
 		})

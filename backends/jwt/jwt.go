@@ -27,7 +27,8 @@ import (
 
 	"github.com/valet-broker/valet/backends"
 	"github.com/valet-broker/valet/broker"
-	"github.com/valet-broker/valet/broker/clock"
+	"github.com/valet-broker/valet/leases/clock"
+	"github.com/valet-broker/valet/leases/config"
 )
 
 // Type is the backend type name in configuration.
@@ -41,14 +42,14 @@ type Options struct {
 	// it signed still verify (default 24h; must exceed the longest role
 	// max_ttl). It must be positive: with 0 a rotation would unpublish the
 	// key that signed every live token.
-	KeyRetention broker.Duration `yaml:"key_retention"`
+	KeyRetention config.Duration `yaml:"key_retention"`
 }
 
 // SetDefaults sets algorithm ES256 and key_retention 24h; New decodes the
 // options on top of them, so only absent keys take a default.
 func (o *Options) SetDefaults() {
 	o.Algorithm = "ES256"
-	o.KeyRetention = broker.Duration(24 * time.Hour)
+	o.KeyRetention = config.Duration(24 * time.Hour)
 }
 
 // RoleParams are a role's jwt-specific parameters.
@@ -96,7 +97,7 @@ func (b *Backend) SelfContained() {}
 func New(name string, options map[string]any, deps backends.Deps) (backends.Backend, error) {
 	var o Options
 	o.SetDefaults()
-	if err := broker.DecodeOptions(options, &o); err != nil {
+	if err := config.DecodeOptions(options, &o); err != nil {
 		return nil, fmt.Errorf("backend %s: %w", name, err)
 	}
 	if o.Algorithm != "ES256" && o.Algorithm != "EdDSA" {
@@ -149,7 +150,7 @@ func New(name string, options map[string]any, deps backends.Deps) (backends.Back
 // CheckRole validates a role's params.
 func (b *Backend) CheckRole(r backends.RoleSpec) error {
 	var p RoleParams
-	if err := broker.DecodeOptions(r.Params, &p); err != nil {
+	if err := config.DecodeOptions(r.Params, &p); err != nil {
 		return fmt.Errorf("params: %w", err)
 	}
 	for k := range p.Claims {

@@ -26,7 +26,7 @@ import (
 
 	"github.com/valet-broker/valet/backends"
 	"github.com/valet-broker/valet/broker"
-	"github.com/valet-broker/valet/broker/clock"
+	"github.com/valet-broker/valet/leases/clock"
 )
 
 const testIssuer = "https://valet.test"

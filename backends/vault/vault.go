@@ -34,7 +34,8 @@ import (
 
 	"github.com/valet-broker/valet/backends"
 	"github.com/valet-broker/valet/broker"
-	"github.com/valet-broker/valet/broker/clock"
+	"github.com/valet-broker/valet/leases/clock"
+	"github.com/valet-broker/valet/leases/config"
 )
 
 // Type is the backend type name in configuration.
@@ -52,7 +53,7 @@ type Options struct {
 	ClientKeyFile  string `yaml:"client_key_file"`
 	TLSServerName  string `yaml:"tls_server_name"`
 	// Timeout bounds each request to Vault (default 10s; positive).
-	Timeout broker.Duration `yaml:"timeout"`
+	Timeout config.Duration `yaml:"timeout"`
 	// Auth is how valet itself logs in to Vault.
 	Auth AuthOptions `yaml:"auth"`
 	// RecoveryScan lets recovery list token accessors to find tokens of
@@ -66,7 +67,7 @@ type Options struct {
 // only an absent key takes the default. RecoveryScan stays nil, which means
 // true.
 func (o *Options) SetDefaults() {
-	o.Timeout = broker.Duration(10 * time.Second)
+	o.Timeout = config.Duration(10 * time.Second)
 }
 
 // RoleParams are a role's vault-specific parameters.
@@ -128,7 +129,7 @@ func (b *Backend) RevokeAtExpiry() {}
 func New(name string, options map[string]any, deps backends.Deps) (backends.Backend, error) {
 	var o Options
 	o.SetDefaults()
-	if err := broker.DecodeOptions(options, &o); err != nil {
+	if err := config.DecodeOptions(options, &o); err != nil {
 		return nil, fmt.Errorf("backend %s: %w", name, err)
 	}
 	if o.Address == "" {
@@ -199,7 +200,7 @@ func (b *Backend) Close() error {
 // CheckRole validates a role's params at start-up.
 func (b *Backend) CheckRole(r backends.RoleSpec) error {
 	var p RoleParams
-	if err := broker.DecodeOptions(r.Params, &p); err != nil {
+	if err := config.DecodeOptions(r.Params, &p); err != nil {
 		return fmt.Errorf("params: %w", err)
 	}
 	if p.TokenRole == "" {

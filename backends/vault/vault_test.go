@@ -23,7 +23,7 @@ import (
 	"github.com/valet-broker/valet/backends/vault/vaulttest"
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/broker/attest"
-	"github.com/valet-broker/valet/broker/clock"
+	"github.com/valet-broker/valet/leases/clock"
 )
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))

@@ -7,7 +7,7 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/valet-broker/valet/broker"
-	"github.com/valet-broker/valet/broker/audit"
+	"github.com/valet-broker/valet/leases/audit"
 )
 
 func (s *Server) registerAuditRoutes(r chi.Router) {

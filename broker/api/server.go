@@ -20,8 +20,8 @@ import (
 	"go.etcd.io/bbolt"
 
 	"github.com/valet-broker/valet/broker"
-	"github.com/valet-broker/valet/broker/audit"
 	"github.com/valet-broker/valet/broker/clientip"
+	"github.com/valet-broker/valet/leases/audit"
 )
 
 // Config are the Server's dependencies.

@@ -32,7 +32,7 @@ import (
 	"github.com/lestrrat-go/jwx/v2/jws"
 
 	"github.com/valet-broker/valet/broker"
-	"github.com/valet-broker/valet/broker/clock"
+	"github.com/valet-broker/valet/leases/clock"
 )
 
 // Options configures a Verifier.

@@ -10,7 +10,8 @@ import (
 
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/broker/attest"
-	"github.com/valet-broker/valet/broker/clock"
+	"github.com/valet-broker/valet/leases/clock"
+	"github.com/valet-broker/valet/leases/config"
 )
 
 func newCachedEnv(t testing.TB, mod func(*broker.IssuerConfig)) *env {
@@ -51,7 +52,7 @@ func TestCachedTokenStillExpires(t *testing.T) {
 }
 
 func TestCachedTokenStillTooOld(t *testing.T) {
-	e := newCachedEnv(t, func(ic *broker.IssuerConfig) { ic.MaxTokenAge = broker.Duration(time.Minute) })
+	e := newCachedEnv(t, func(ic *broker.IssuerConfig) { ic.MaxTokenAge = config.Duration(time.Minute) })
 	tok := sign(t, e.dev, claims(map[string]any{"exp": start.Add(time.Hour).Unix()}))
 	if _, err := e.v.Verify(context.Background(), tok); err != nil {
 		t.Fatal(err)

@@ -12,7 +12,7 @@ import (
 
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/broker/attest"
-	"github.com/valet-broker/valet/broker/clock"
+	"github.com/valet-broker/valet/leases/clock"
 )
 
 // Fixed test-only keys, so that every fuzzing process (the coordinator and

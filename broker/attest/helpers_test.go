@@ -23,7 +23,8 @@ import (
 
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/broker/attest"
-	"github.com/valet-broker/valet/broker/clock"
+	"github.com/valet-broker/valet/leases/clock"
+	"github.com/valet-broker/valet/leases/config"
 )
 
 // start is the fake time every test begins at.
@@ -39,7 +40,7 @@ const (
 // issuer whose file sets only what edit sets.
 func issuerConfig(tb testing.TB, edit func(*broker.IssuerConfig)) broker.IssuerConfig {
 	tb.Helper()
-	return broker.Defaulted(func(ic *broker.IssuerConfig) {
+	return config.Defaulted(func(ic *broker.IssuerConfig) {
 		ic.Audiences = []string{testAud}
 		edit(ic)
 	})

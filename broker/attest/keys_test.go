@@ -17,7 +17,7 @@ import (
 
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/broker/attest"
-	"github.com/valet-broker/valet/broker/clock"
+	"github.com/valet-broker/valet/leases/clock"
 )
 
 // Rule 9: only public asymmetric signing keys are taken from a JWKS; every

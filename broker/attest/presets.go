@@ -4,7 +4,6 @@ import (
 	"strings"
 
 	"github.com/valet-broker/valet/broker"
-	"github.com/valet-broker/valet/leases"
 )
 
 // principal builds the Principal of a verified token: the issuer type's
@@ -18,7 +17,7 @@ func (ti *trustedIssuer) principal(claims map[string]any, c *checkedClaims) (*br
 		Subject:    c.subject,
 		Claims:     claims,
 		Attributes: map[string]string{},
-		Lineage:    leases.Lineage{Issuer: c.iss, JTI: c.jti},
+		Lineage:    broker.Lineage{Issuer: c.iss, JTI: c.jti},
 		IssuedAt:   c.iat,
 		ExpiresAt:  c.exp,
 	}

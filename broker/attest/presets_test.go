@@ -8,7 +8,6 @@ import (
 	"testing"
 
 	"github.com/valet-broker/valet/broker"
-	"github.com/valet-broker/valet/leases"
 )
 
 // wantAttrs checks the principal's attributes exactly.
@@ -31,7 +30,7 @@ func both(checks ...func(t *testing.T, p *broker.Principal)) func(t *testing.T, 
 	}
 }
 
-func wantLineage(want leases.Lineage) func(t *testing.T, p *broker.Principal) {
+func wantLineage(want broker.Lineage) func(t *testing.T, p *broker.Principal) {
 	return func(t *testing.T, p *broker.Principal) {
 		t.Helper()
 		if p.Lineage != want {
@@ -82,7 +81,7 @@ func TestKubernetesPreset(t *testing.T) {
 				"namespace": "agents", "service_account": "builder", "service_account_uid": "sa-uid",
 				"pod": "builder-7d9", "pod_uid": "pod-uid", "node": "node-1",
 			}),
-			wantLineage(leases.Lineage{Issuer: testIss, JTI: "tok-1", PodUID: "pod-uid"}),
+			wantLineage(broker.Lineage{Issuer: testIss, JTI: "tok-1", PodUID: "pod-uid"}),
 			func(t *testing.T, p *broker.Principal) {
 				if p.ID != "k8s/"+sub {
 					t.Errorf("ID = %q", p.ID)
@@ -147,10 +146,10 @@ func TestGitHubPreset(t *testing.T) {
 				"job_workflow_ref": "octo/app/.github/workflows/deploy.yml@refs/heads/main", "environment": "prod",
 				"actor": "alice", "event_name": "push", "run_id": "4242", "run_attempt": "2",
 			}),
-			wantLineage(leases.Lineage{Issuer: testIss, JTI: "gh-jti", RunID: "4242"}),
+			wantLineage(broker.Lineage{Issuer: testIss, JTI: "gh-jti", RunID: "4242"}),
 		)},
 		{name: "numeric run_id", mod: gh, token: withClaims(map[string]any{"run_id": 1e3}),
-			check: wantLineage(leases.Lineage{Issuer: testIss, RunID: "1000"})},
+			check: wantLineage(broker.Lineage{Issuer: testIss, RunID: "1000"})},
 		{name: "only some claims", mod: gh, token: withClaims(map[string]any{"repository": "octo/app"}),
 			check: wantAttrs(map[string]string{"repository": "octo/app"})},
 		{name: "run_id an object", mod: gh, token: withClaims(map[string]any{"run_id": map[string]any{"x": 1}}),
@@ -171,7 +170,7 @@ func TestSPIFFEPreset(t *testing.T) {
 	runCases(t, []verifyCase{
 		{name: "valid ID", mod: spiffe, token: withClaims(map[string]any{"sub": id, "jti": "s-1"}), check: both(
 			wantAttrs(map[string]string{"spiffe_id": id, "trust_domain": "example.org", "path": "/ns/prod/sa/agent"}),
-			wantLineage(leases.Lineage{Issuer: testIss, JTI: "s-1", SPIFFEID: id}),
+			wantLineage(broker.Lineage{Issuer: testIss, JTI: "s-1", SPIFFEID: id}),
 		)},
 		{name: "any trust domain when none is configured", mod: func(c *broker.IssuerConfig) { c.Type = broker.IssuerSPIFFE },
 			token: withClaims(map[string]any{"sub": "spiffe://other.example/x"}),
@@ -225,7 +224,7 @@ func TestSPIFFEWithoutIss(t *testing.T) {
 	runCases(t, []verifyCase{
 		{name: "matched by trust domain", mod: noIss, token: withFull(map[string]any{"iss": nil, "sub": id, "jti": "j"}),
 			check: both(
-				wantLineage(leases.Lineage{Issuer: "spiffe://example.org", JTI: "j", SPIFFEID: id}),
+				wantLineage(broker.Lineage{Issuer: "spiffe://example.org", JTI: "j", SPIFFEID: id}),
 				func(t *testing.T, p *broker.Principal) {
 					if p.IssuerURL != "" || p.ID != "spire/"+id {
 						t.Errorf("IssuerURL %q, ID %q", p.IssuerURL, p.ID)

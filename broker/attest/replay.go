@@ -10,7 +10,7 @@ import (
 
 	"go.etcd.io/bbolt"
 
-	"github.com/valet-broker/valet/broker/clock"
+	"github.com/valet-broker/valet/leases/clock"
 )
 
 // ReplayCache remembers consumed jti values until the token expires.

@@ -12,6 +12,7 @@ import (
 
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/broker/attest"
+	"github.com/valet-broker/valet/leases/config"
 )
 
 // valid returns a valid token for e.
@@ -502,7 +503,7 @@ func TestVerifyTimes(t *testing.T) {
 				}
 			}},
 		{name: "custom skew", token: tok(map[string]any{"iat": at(-time.Hour), "exp": at(-time.Minute)}),
-			mod: func(c *broker.IssuerConfig) { c.ClockSkew = broker.Duration(2 * time.Minute) }},
+			mod: func(c *broker.IssuerConfig) { c.ClockSkew = config.Duration(2 * time.Minute) }},
 	})
 }
 

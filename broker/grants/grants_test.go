@@ -11,8 +11,8 @@ import (
 
 	"go.etcd.io/bbolt"
 
-	"github.com/valet-broker/valet/broker/audit"
 	"github.com/valet-broker/valet/leases"
+	"github.com/valet-broker/valet/leases/audit"
 )
 
 func TestBindingCoversEveryField(t *testing.T) {

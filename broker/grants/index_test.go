@@ -9,8 +9,8 @@ import (
 
 	"go.etcd.io/bbolt"
 
-	"github.com/valet-broker/valet/broker/audit"
 	"github.com/valet-broker/valet/leases"
+	"github.com/valet-broker/valet/leases/audit"
 )
 
 // newGrant is a pending approval grant of agent created at now.

@@ -18,6 +18,7 @@ import (
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/broker/grants"
 	"github.com/valet-broker/valet/broker/notify"
+	"github.com/valet-broker/valet/leases/config"
 )
 
 func TestJSONPayloadAndHeaders(t *testing.T) {
@@ -270,7 +271,7 @@ func TestRetries(t *testing.T) {
 			log, logs := newLogger()
 			d := mustRun(t, notify.Options{
 				Webhooks: []broker.WebhookConfig{webhook("ops", url, func(w *broker.WebhookConfig) {
-					w.SecretFile, w.MaxAttempts, w.Timeout = writeSecret(t, secret), tc.maxAttempts, broker.Duration(tc.timeout)
+					w.SecretFile, w.MaxAttempts, w.Timeout = writeSecret(t, secret), tc.maxAttempts, config.Duration(tc.timeout)
 				})},
 				Clock: clk, OnResult: res.on, Logger: log,
 			})

@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/valet-broker/valet/broker"
-	"github.com/valet-broker/valet/broker/clock"
+	"github.com/valet-broker/valet/leases/clock"
 )
 
 const (

@@ -34,8 +34,8 @@ import (
 
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/broker/attest"
-	"github.com/valet-broker/valet/broker/audit"
 	"github.com/valet-broker/valet/leases"
+	"github.com/valet-broker/valet/leases/audit"
 )
 
 func main() {

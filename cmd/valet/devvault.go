@@ -11,6 +11,7 @@ import (
 	"github.com/hashicorp/vault/api"
 
 	"github.com/valet-broker/valet/broker"
+	"github.com/valet-broker/valet/leases/config"
 )
 
 // Dev mode's Vault demo: with VAULT_ADDR and VAULT_TOKEN in the
@@ -48,14 +49,14 @@ func addDevVault(cfg *broker.Config, dir string) (string, error) {
 	}})
 	notRenewable := false
 	cfg.Roles = append(cfg.Roles,
-		broker.Defaulted(func(r *broker.Role) {
+		config.Defaulted(func(r *broker.Role) {
 			r.Name, r.Description, r.Backend = "demo-vault", "A Vault token that reads secret/valet-demo/*.", devVaultBackend
-			r.TTL, r.MaxTTL, r.Labels = broker.Duration(5*time.Minute), broker.Duration(time.Hour), map[string]string{"env": "dev"}
+			r.TTL, r.MaxTTL, r.Labels = config.Duration(5*time.Minute), config.Duration(time.Hour), map[string]string{"env": "dev"}
 			r.Params = map[string]any{"token_role": devTokenRole, "policies": []any{"valet-demo"}}
 		}),
-		broker.Defaulted(func(r *broker.Role) {
+		config.Defaulted(func(r *broker.Role) {
 			r.Name, r.Description, r.Backend = "demo-db", "A PostgreSQL login from Vault's database engine.", devVaultBackend
-			r.TTL, r.MaxTTL, r.Renewable = broker.Duration(5*time.Minute), broker.Duration(5*time.Minute), &notRenewable
+			r.TTL, r.MaxTTL, r.Renewable = config.Duration(5*time.Minute), config.Duration(5*time.Minute), &notRenewable
 			r.Labels = map[string]string{"env": "dev"}
 			r.Params = map[string]any{"token_role": devTokenRole, "policies": []any{"valet-demo-db"}, "path": "database/creds/valet-demo"}
 		}),

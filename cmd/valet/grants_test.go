@@ -19,7 +19,8 @@ import (
 	"go.etcd.io/bbolt"
 
 	"github.com/valet-broker/valet/broker"
-	"github.com/valet-broker/valet/broker/clock"
+	"github.com/valet-broker/valet/leases/clock"
+	"github.com/valet-broker/valet/leases/config"
 )
 
 // requestGrant asks for role and expects a 202 with a pending grant.
@@ -398,7 +399,7 @@ func TestGrantWebhooksDelivered(t *testing.T) {
 	e := newTestEnv(t)
 	secret := filepath.Join(e.Dir, "hook-secret")
 	os.WriteFile(secret, []byte("s3cret-hmac-key"), 0o600)
-	e.Config.Notifications.Webhooks = []broker.WebhookConfig{broker.Defaulted(func(w *broker.WebhookConfig) {
+	e.Config.Notifications.Webhooks = []broker.WebhookConfig{config.Defaulted(func(w *broker.WebhookConfig) {
 		w.Name, w.URL, w.SecretFile, w.Events = "sec", recv.URL, secret, []string{"grant.requested"}
 	})}
 	e.Start()

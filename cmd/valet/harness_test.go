@@ -20,7 +20,7 @@ import (
 	"github.com/valet-broker/valet/backends/builtin"
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/broker/attest"
-	"github.com/valet-broker/valet/broker/clock"
+	"github.com/valet-broker/valet/leases/clock"
 )
 
 // testOperatorToken is the operator token of alice, the first operator of

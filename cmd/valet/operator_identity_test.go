@@ -8,6 +8,7 @@ import (
 
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/broker/attest"
+	"github.com/valet-broker/valet/leases/config"
 )
 
 // withOperatorIssuer trusts a dev OpenID provider (https://sso.test,
@@ -23,7 +24,7 @@ func withOperatorIssuer(t *testing.T, e *testEnv, edit func(*broker.OperatorIssu
 	if err := sso.WriteJWKS(jwks); err != nil {
 		t.Fatal(err)
 	}
-	ic := broker.Defaulted(func(ic *broker.OperatorIssuerConfig) {
+	ic := config.Defaulted(func(ic *broker.OperatorIssuerConfig) {
 		ic.Name, ic.Issuer, ic.Audiences, ic.JWKSFile, ic.Algorithms = "sso", "https://sso.test", []string{"valet-console"}, jwks, []string{"ES256"}
 		ic.AllowedGroups = []string{"approvers", "staff"}
 		if edit != nil {
@@ -55,7 +56,7 @@ func idToken(t *testing.T, sso *attest.DevIssuer, claims map[string]any) string 
 // the test server's configuration before Start.
 func addRole(t *testing.T, e *testEnv, edit func(*broker.Role)) {
 	t.Helper()
-	e.Config.Roles = append(e.Config.Roles, broker.Defaulted(edit))
+	e.Config.Roles = append(e.Config.Roles, config.Defaulted(edit))
 	if err := e.Config.Validate(); err != nil {
 		t.Fatal(err)
 	}

@@ -15,9 +15,9 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/valet-broker/valet/broker"
-	"github.com/valet-broker/valet/broker/audit"
 	"github.com/valet-broker/valet/broker/policy"
 	"github.com/valet-broker/valet/leases"
+	"github.com/valet-broker/valet/leases/audit"
 )
 
 type leaseRow struct {

@@ -25,13 +25,13 @@ import (
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/broker/api"
 	"github.com/valet-broker/valet/broker/attest"
-	"github.com/valet-broker/valet/broker/audit"
 	"github.com/valet-broker/valet/broker/clientip"
-	"github.com/valet-broker/valet/broker/clock"
 	"github.com/valet-broker/valet/broker/grants"
 	"github.com/valet-broker/valet/broker/notify"
 	"github.com/valet-broker/valet/broker/policy"
 	"github.com/valet-broker/valet/leases"
+	"github.com/valet-broker/valet/leases/audit"
+	"github.com/valet-broker/valet/leases/clock"
 	"github.com/valet-broker/valet/web"
 )
 
