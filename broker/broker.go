@@ -290,7 +290,7 @@ func (b *Broker) checkScope(role *Role, scope map[string]any) error {
 	if !ok {
 		return Wrap(EINVALID, ErrScopeRefused, "role %s (backend %s) does not accept a scope; leave scope out", role.Name, role.Backend)
 	}
-	err := sc.CheckScope(roleSpec(role), scope)
+	err := fromBackend(sc.CheckScope(roleSpec(role), scope))
 	switch ErrorCode(err) {
 	case "":
 		return nil
@@ -416,11 +416,13 @@ func (b *Broker) abandon(ctx context.Context, l *leases.Lease, p *Principal, req
 
 // backendError turns a backend's failure to do what ("issue the
 // credential", "renew the credential") into a client error that says what
-// happened: the backend's own *Error as is; the request ending (ctx, the
+// happened: the backend's own *backends.Error with its mapped code
+// (fromBackend), an *Error as is; the request ending (ctx, the
 // request's context) before the backend answered; unavailability; no answer
 // within the mint timeout; anything else as EBADGATEWAY (the cause is
 // logged, not shown).
 func backendError(ctx context.Context, cause error, backend, what string, timeout config.Duration) error {
+	cause = fromBackend(cause)
 	var be *Error
 	switch {
 	case errors.As(cause, &be):

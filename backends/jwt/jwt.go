@@ -26,7 +26,6 @@ import (
 	"time"
 
 	"github.com/valet-broker/valet/backends"
-	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/leases/clock"
 	"github.com/valet-broker/valet/leases/config"
 )
@@ -211,10 +210,10 @@ func narrow(req backends.MintRequest) (scopes, aud []string, err error) {
 		case "scopes", "audience":
 			list, ok := stringList(v)
 			if !ok {
-				return nil, nil, broker.Errorf(broker.EINVALID, "scope.%s must be a list of strings", k)
+				return nil, nil, backends.Errorf(backends.ErrInvalid, "scope.%s must be a list of strings", k)
 			}
 			if k == "audience" && len(list) == 0 {
-				return nil, nil, broker.Errorf(broker.EINVALID, "scope.audience must name at least one of role %s's audiences %v", req.Role.Name, req.Role.Audience)
+				return nil, nil, backends.Errorf(backends.ErrInvalid, "scope.audience must name at least one of role %s's audiences %v", req.Role.Name, req.Role.Audience)
 			}
 			allowed := req.Role.Scopes
 			if k == "audience" {
@@ -222,7 +221,7 @@ func narrow(req backends.MintRequest) (scopes, aud []string, err error) {
 			}
 			for _, s := range list {
 				if !slices.Contains(allowed, s) {
-					return nil, nil, broker.Errorf(broker.EINVALID, "scope.%s: %q is not granted by role %s (allowed: %v)", k, s, req.Role.Name, allowed)
+					return nil, nil, backends.Errorf(backends.ErrInvalid, "scope.%s: %q is not granted by role %s (allowed: %v)", k, s, req.Role.Name, allowed)
 				}
 			}
 			if k == "scopes" {
@@ -231,7 +230,7 @@ func narrow(req backends.MintRequest) (scopes, aud []string, err error) {
 				aud = list
 			}
 		default:
-			return nil, nil, broker.Errorf(broker.EINVALID, "scope.%s is not understood by the jwt backend (use scopes or audience)", k)
+			return nil, nil, backends.Errorf(backends.ErrInvalid, "scope.%s is not understood by the jwt backend (use scopes or audience)", k)
 		}
 	}
 	return scopes, aud, nil
