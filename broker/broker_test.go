@@ -127,17 +127,16 @@ func newFixture(t *testing.T, cfgEdit func(*broker.Config)) *fixture {
 	os.MkdirAll(filepath.Join(dir, "policies"), 0o700)
 	os.WriteFile(filepath.Join(dir, "policies", "p.cedar"), []byte(`permit(principal, action, resource);`), 0o600)
 	cfg := broker.DefaultConfig()
-	cfg.DataDir = dir
-	cfg.Issuers = []broker.IssuerConfig{config.Defaulted(func(ic *broker.IssuerConfig) {
+	issuers := []attest.IssuerConfig{config.Defaulted(func(ic *attest.IssuerConfig) {
 		ic.Name, ic.Issuer, ic.Audiences, ic.JWKSFile, ic.Algorithms = "test", "https://issuer.test", []string{"valet"}, jwks, []string{"ES256"}
 	})}
-	cfg.Backends = []broker.BackendConfig{{Name: "ext", Type: "scripted"}, {Name: "renewing", Type: "scripted"}}
 	cfg.Roles = []broker.Role{config.Defaulted(func(r *broker.Role) { r.Name, r.Backend, r.TTL = "r", "ext", config.Duration(time.Minute) })}
-	cfg.Policy.Dir = filepath.Join(dir, "policies")
+	pcfg := config.Defaulted(func(p *policy.Config) { p.Dir = filepath.Join(dir, "policies") })
 	if cfgEdit != nil {
 		cfgEdit(cfg)
 	}
-	if err := cfg.Validate(); err != nil {
+	if err := errors.Join(attest.ValidateIssuers("issuers", issuers), pcfg.Validate(),
+		cfg.Validate(map[string]bool{"ext": true, "renewing": true})); err != nil {
 		t.Fatal(err)
 	}
 	store, err := leases.OpenBolt(filepath.Join(dir, "valet.db"), leases.BoltOptions{})
@@ -146,11 +145,11 @@ func newFixture(t *testing.T, cfgEdit func(*broker.Config)) *fixture {
 	}
 	t.Cleanup(func() { store.Close() })
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	v, err := attest.New(context.Background(), attest.Options{MaxTokenBytes: broker.DefaultMaxAttestationBytes, Issuers: cfg.Issuers, Clock: clk, Logger: log})
+	v, err := attest.New(context.Background(), attest.Options{MaxTokenBytes: broker.DefaultMaxAttestationBytes, Issuers: issuers, Clock: clk, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
-	pe, err := policy.NewEngine(policy.Options{Dir: cfg.Policy.Dir, Logger: log, OnError: cfg.Policy.OnError})
+	pe, err := policy.NewEngine(policy.Options{Dir: pcfg.Dir, Logger: log, OnError: pcfg.OnError})
 	if err != nil {
 		t.Fatal(err)
 	}

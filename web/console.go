@@ -28,7 +28,7 @@ type Config struct {
 	// AuditDB holds the audit log (read with audit.List and audit.Verify).
 	AuditDB *bbolt.DB
 	// Console is the console's configuration, defaulted and validated.
-	Console broker.ConsoleConfig
+	Console ConsoleConfig
 	// PublicURL is valet's external URL. The console accepts
 	// state-changing requests only from its origin, and refuses to start
 	// when it is plain http to anything but a loopback host.
@@ -50,7 +50,7 @@ type Console struct {
 	b        *broker.Broker
 	ops      *broker.Operators
 	auditDB  *bbolt.DB
-	cc       broker.ConsoleConfig
+	cc       ConsoleConfig
 	clock    clock.Clock
 	log      *slog.Logger
 	origin   string // scheme://host[:port] of the public URL

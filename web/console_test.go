@@ -643,7 +643,7 @@ func TestConsoleNeverShowsSecrets(t *testing.T) {
 
 func TestConsoleRefusesToStart(t *testing.T) {
 	f := newFixture(t, nil)
-	base := Config{Broker: f.b, Operators: broker.NewOperators(broker.OperatorsConfig{}, nil), AuditDB: f.store.DB(), Console: f.console.cc}
+	base := Config{Broker: f.b, Operators: broker.NewOperators(nil, nil, nil), AuditDB: f.store.DB(), Console: f.console.cc}
 	off := false
 	cases := []struct {
 		name, url string
@@ -654,7 +654,7 @@ func TestConsoleRefusesToStart(t *testing.T) {
 		{"plain http to a private address", "http://10.0.0.5:8750", nil, "set console.disabled: true"},
 		{"no sign-in method", "https://valet.example.com", func(c *Config) { c.Console.TokenLogin = &off }, "nobody could sign in"},
 		{"unreachable SSO provider", "https://valet.example.com", func(c *Config) {
-			c.Console.OIDC = &broker.ConsoleOIDCConfig{Issuer: "http://127.0.0.1:1/idp", ClientID: "valet"}
+			c.Console.OIDC = &ConsoleOIDCConfig{Issuer: "http://127.0.0.1:1/idp", ClientID: "valet"}
 		}, "cannot discover the OpenID provider http://127.0.0.1:1/idp"},
 	}
 	for _, c := range cases {
@@ -732,7 +732,7 @@ func TestConsolePaging(t *testing.T) {
 }
 
 func TestConsoleReviewFollowsDecisionRules(t *testing.T) {
-	f := newFixture(t, func(cfg *broker.Config, _ *Config) {
+	f := newFixture(t, func(cfg *fixtureConfig, _ *Config) {
 		cfg.Roles = append(cfg.Roles, config.Defaulted(func(r *broker.Role) {
 			r.Name, r.Backend, r.TTL = "guarded-glass", "mem", config.Duration(5*time.Minute)
 			r.Approval.Required, r.Approval.Approvers = 1, broker.ApproversConfig{Groups: []string{"approvers"}}
@@ -888,13 +888,13 @@ func TestConsoleIDTokenSignInIsFreshOnlyByItsAuthTime(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := newFixture(t, func(cfg *broker.Config, w *Config) {
+	f := newFixture(t, func(cfg *fixtureConfig, w *Config) {
 		sso.SetClock(w.Clock)
 		jwks := filepath.Join(t.TempDir(), "sso-jwks.json")
 		if err := sso.WriteJWKS(jwks); err != nil {
 			t.Fatal(err)
 		}
-		cfg.Operators.Issuers = []broker.OperatorIssuerConfig{config.Defaulted(func(ic *broker.OperatorIssuerConfig) {
+		cfg.Operators.Issuers = []attest.OperatorIssuerConfig{config.Defaulted(func(ic *attest.OperatorIssuerConfig) {
 			ic.Name, ic.Issuer, ic.Audiences, ic.JWKSFile, ic.Algorithms = "sso", "https://sso.test", []string{"valet-console"}, jwks, []string{"ES256"}
 			ic.AllowAll = true
 		})}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -108,7 +109,18 @@ func (l *logBuffer) String() string {
 
 // newFixture starts a console; edit may change its configuration (built
 // from broker.DefaultConfig, with PublicURL set already).
-func newFixture(t *testing.T, edit func(*broker.Config, *Config)) *fixture {
+// fixtureConfig is the configuration a console test may change before
+// its fixture starts: the broker's, the console section and the operators.
+type fixtureConfig struct {
+	*broker.Config
+	Console   ConsoleConfig
+	Operators struct {
+		Tokens  []broker.OperatorToken
+		Issuers []attest.OperatorIssuerConfig
+	}
+}
+
+func newFixture(t *testing.T, edit func(*fixtureConfig, *Config)) *fixture {
 	t.Helper()
 	dir := t.TempDir()
 	clk := clock.NewFake(time.Now().Truncate(time.Second))
@@ -145,12 +157,11 @@ func newFixture(t *testing.T, edit func(*broker.Config, *Config)) *fixture {
 			}
 		})
 	}
-	cfg := broker.DefaultConfig()
-	cfg.DataDir, cfg.PublicURL = dir, publicURL
-	cfg.Issuers = []broker.IssuerConfig{config.Defaulted(func(ic *broker.IssuerConfig) {
+	cfg := &fixtureConfig{Config: broker.DefaultConfig(), Console: config.Defaulted[ConsoleConfig](nil)}
+	cfg.PublicURL = publicURL
+	issuers := []attest.IssuerConfig{config.Defaulted(func(ic *attest.IssuerConfig) {
 		ic.Name, ic.Issuer, ic.Audiences, ic.JWKSFile, ic.Algorithms = "test", "https://issuer.test", []string{"valet"}, jwks, []string{"ES256"}
 	})}
-	cfg.Backends = []broker.BackendConfig{{Name: "mem", Type: "mem"}, {Name: "stubborn", Type: "mem"}}
 	cfg.Roles = []broker.Role{
 		role("demo", "mem", 5*time.Minute, nil),
 		role("elevated", "mem", 5*time.Minute, func(a *broker.ApprovalConfig) { a.Required = 1 }),
@@ -160,15 +171,23 @@ func newFixture(t *testing.T, edit func(*broker.Config, *Config)) *fixture {
 		role("glass", "mem", 5*time.Minute, func(a *broker.ApprovalConfig) { a.Required, a.BreakGlass.Allowed = 1, true }),
 		role("stubborn", "stubborn", time.Hour, nil),
 	}
-	cfg.Policy.Dir = filepath.Join(dir, "policies")
-	cfg.Operators = broker.OperatorsConfig{Tokens: toks}
+	policyDir := filepath.Join(dir, "policies")
+	cfg.Operators.Tokens = toks
 	cfg.Leases.RevokeAttempts = 1
 	cfg.Limits.AgentRate = math.Inf(1)
 	wcfg := &Config{Clock: clk}
 	if edit != nil {
 		edit(cfg, wcfg)
 	}
-	if err := cfg.Validate(); err != nil {
+	var opIssuers []attest.IssuerConfig
+	var operatorIssuers []broker.OperatorIssuer
+	for i := range cfg.Operators.Issuers {
+		opIssuers = append(opIssuers, cfg.Operators.Issuers[i].IssuerConfig)
+		operatorIssuers = append(operatorIssuers, cfg.Operators.Issuers[i].OperatorIssuer())
+	}
+	if err := errors.Join(attest.ValidateIssuers("issuers", issuers), attest.ValidateIssuers("operators.issuers", opIssuers),
+		broker.ValidateOperatorTokens(cfg.Operators.Tokens), cfg.Console.Validate(),
+		cfg.Validate(map[string]bool{"mem": true, "stubborn": true})); err != nil {
 		t.Fatal(err)
 	}
 	store, err := leases.OpenBolt(filepath.Join(dir, "valet.db"), leases.BoltOptions{})
@@ -178,11 +197,11 @@ func newFixture(t *testing.T, edit func(*broker.Config, *Config)) *fixture {
 	t.Cleanup(func() { store.Close() })
 	logs := &logBuffer{}
 	log := slog.New(slog.NewTextHandler(logs, nil))
-	v, err := attest.New(context.Background(), attest.Options{MaxTokenBytes: broker.DefaultMaxAttestationBytes, Issuers: cfg.Issuers, Clock: clk, Logger: log})
+	v, err := attest.New(context.Background(), attest.Options{MaxTokenBytes: broker.DefaultMaxAttestationBytes, Issuers: issuers, Clock: clk, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
-	pe, err := policy.NewEngine(policy.Options{Dir: cfg.Policy.Dir, Logger: log})
+	pe, err := policy.NewEngine(policy.Options{Dir: policyDir, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -201,18 +220,18 @@ func newFixture(t *testing.T, edit func(*broker.Config, *Config)) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := broker.New(broker.Options{Config: cfg, Store: store, Auditor: store, Verifier: v, Authorizer: pe,
+	b, err := broker.New(broker.Options{Config: cfg.Config, Store: store, Auditor: store, Verifier: v, Authorizer: pe,
 		Backends: bes, Revoker: q, Clock: clk, Logger: log, Grants: gs})
 	if err != nil {
 		t.Fatal(err)
 	}
 	var opVerifier broker.Verifier
 	if len(cfg.Operators.Issuers) > 0 {
-		if opVerifier, err = attest.New(context.Background(), attest.Options{MaxTokenBytes: broker.DefaultMaxAttestationBytes, Issuers: cfg.Operators.IssuerConfigs(), Clock: clk, Logger: log}); err != nil {
+		if opVerifier, err = attest.New(context.Background(), attest.Options{MaxTokenBytes: broker.DefaultMaxAttestationBytes, Issuers: opIssuers, Clock: clk, Logger: log}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	ops := broker.NewOperators(cfg.Operators, opVerifier)
+	ops := broker.NewOperators(cfg.Operators.Tokens, operatorIssuers, opVerifier)
 	wcfg.Broker, wcfg.Operators, wcfg.AuditDB, wcfg.Console, wcfg.PublicURL, wcfg.Clock, wcfg.Logger =
 		b, ops, store.DB(), cfg.Console, cfg.PublicURL, clk, log
 	con, err := New(context.Background(), *wcfg)

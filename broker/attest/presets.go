@@ -23,11 +23,11 @@ func (ti *trustedIssuer) principal(claims map[string]any, c *checkedClaims) (*br
 	}
 	var err error
 	switch ti.cfg.Type {
-	case broker.IssuerKubernetes:
+	case IssuerKubernetes:
 		err = kubernetesPreset(claims, p)
-	case broker.IssuerGitHub:
+	case IssuerGitHub:
 		err = githubPreset(claims, p)
-	case broker.IssuerSPIFFE:
+	case IssuerSPIFFE:
 		err = spiffePreset(claims, ti.cfg.TrustDomain, p)
 	}
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/valet-broker/valet/broker"
+	"github.com/valet-broker/valet/broker/attest"
 )
 
 // wantAttrs checks the principal's attributes exactly.
@@ -46,7 +47,7 @@ func withClaims(extra map[string]any) func(t *testing.T, e *env) string {
 
 // Rule 11: the kubernetes preset.
 func TestKubernetesPreset(t *testing.T) {
-	k8s := func(c *broker.IssuerConfig) { c.Name, c.Type = "k8s", broker.IssuerKubernetes }
+	k8s := func(c *attest.IssuerConfig) { c.Name, c.Type = "k8s", attest.IssuerKubernetes }
 	sub := "system:serviceaccount:agents:builder"
 	full := map[string]any{
 		"sub": sub,
@@ -109,7 +110,7 @@ func TestKubernetesPreset(t *testing.T) {
 		{name: "pod uid too long", mod: k8s, token: withClaims(with("pod.uid", strings.Repeat("u", 257))),
 			code: broker.EUNAUTHORIZED, msg: "attestation claim kubernetes.io.pod.uid is longer than 256 bytes"},
 		{name: "mapping overrides a preset attribute", token: withClaims(map[string]any{"sub": sub, "team": "blue"}),
-			mod: func(c *broker.IssuerConfig) {
+			mod: func(c *attest.IssuerConfig) {
 				k8s(c)
 				c.ClaimMappings = map[string]string{"namespace": "team"}
 			},
@@ -119,7 +120,7 @@ func TestKubernetesPreset(t *testing.T) {
 
 // Rule 11: the github preset.
 func TestGitHubPreset(t *testing.T) {
-	gh := func(c *broker.IssuerConfig) { c.Name, c.Type = "gha", broker.IssuerGitHub }
+	gh := func(c *attest.IssuerConfig) { c.Name, c.Type = "gha", attest.IssuerGitHub }
 	full := map[string]any{
 		"sub":              "repo:octo/app:ref:refs/heads/main",
 		"jti":              "gh-jti",
@@ -163,8 +164,8 @@ func TestGitHubPreset(t *testing.T) {
 
 // Rule 11: the spiffe preset and SPIFFE ID validation.
 func TestSPIFFEPreset(t *testing.T) {
-	spiffe := func(c *broker.IssuerConfig) {
-		c.Name, c.Type, c.TrustDomain = "spire", broker.IssuerSPIFFE, "example.org"
+	spiffe := func(c *attest.IssuerConfig) {
+		c.Name, c.Type, c.TrustDomain = "spire", attest.IssuerSPIFFE, "example.org"
 	}
 	id := "spiffe://example.org/ns/prod/sa/agent"
 	runCases(t, []verifyCase{
@@ -172,10 +173,10 @@ func TestSPIFFEPreset(t *testing.T) {
 			wantAttrs(map[string]string{"spiffe_id": id, "trust_domain": "example.org", "path": "/ns/prod/sa/agent"}),
 			wantLineage(broker.Lineage{Issuer: testIss, JTI: "s-1", SPIFFEID: id}),
 		)},
-		{name: "any trust domain when none is configured", mod: func(c *broker.IssuerConfig) { c.Type = broker.IssuerSPIFFE },
+		{name: "any trust domain when none is configured", mod: func(c *attest.IssuerConfig) { c.Type = attest.IssuerSPIFFE },
 			token: withClaims(map[string]any{"sub": "spiffe://other.example/x"}),
 			check: wantAttrs(map[string]string{"spiffe_id": "spiffe://other.example/x", "trust_domain": "other.example", "path": "/x"})},
-		{name: "trust domain chars", mod: func(c *broker.IssuerConfig) { c.Type = broker.IssuerSPIFFE },
+		{name: "trust domain chars", mod: func(c *attest.IssuerConfig) { c.Type = attest.IssuerSPIFFE },
 			token: withClaims(map[string]any{"sub": "spiffe://a-b_c.9/P.a-t_h"})},
 		{name: "other trust domain", mod: spiffe, token: withClaims(map[string]any{"sub": "spiffe://evil.org/ns/prod"}),
 			code: broker.EUNAUTHORIZED, msg: `is in trust domain "evil.org", not "example.org"`},
@@ -217,8 +218,8 @@ func withFull(extra map[string]any) func(t *testing.T, e *env) string {
 // Rule 2: a spiffe issuer without iss matches tokens without iss by the
 // trust domain of their sub.
 func TestSPIFFEWithoutIss(t *testing.T) {
-	noIss := func(c *broker.IssuerConfig) {
-		c.Name, c.Type, c.Issuer, c.TrustDomain = "spire", broker.IssuerSPIFFE, "", "example.org"
+	noIss := func(c *attest.IssuerConfig) {
+		c.Name, c.Type, c.Issuer, c.TrustDomain = "spire", attest.IssuerSPIFFE, "", "example.org"
 	}
 	id := "spiffe://example.org/workload"
 	runCases(t, []verifyCase{
@@ -244,7 +245,7 @@ func TestSPIFFEWithoutIss(t *testing.T) {
 
 // Rule 11: claim mappings for every issuer type.
 func TestClaimMappings(t *testing.T) {
-	mappings := func(c *broker.IssuerConfig) {
+	mappings := func(c *attest.IssuerConfig) {
 		c.ClaimMappings = map[string]string{
 			"team":    "ext.team",
 			"level":   "ext.level",

@@ -44,7 +44,7 @@ func TestVerifyReplay(t *testing.T) {
 		cache := newReplayCache(t, openBolt(t, filepath.Join(t.TempDir(), "valet.db")), e.clk)
 		cfg := e.cfg
 		cfg.RequireJTI = true
-		v := newVerifier(t, attest.Options{MaxTokenBytes: broker.DefaultMaxAttestationBytes, Issuers: []broker.IssuerConfig{cfg}, Clock: e.clk, Replay: cache})
+		v := newVerifier(t, attest.Options{MaxTokenBytes: broker.DefaultMaxAttestationBytes, Issuers: []attest.IssuerConfig{cfg}, Clock: e.clk, Replay: cache})
 		e.v = v
 		return e, v
 	}
@@ -96,7 +96,7 @@ func TestVerifyReplay(t *testing.T) {
 		e := newEnv(t, nil)
 		cfg := e.cfg
 		cfg.RequireJTI = true
-		v := newVerifier(t, attest.Options{MaxTokenBytes: broker.DefaultMaxAttestationBytes, Issuers: []broker.IssuerConfig{cfg}, Clock: e.clk, Replay: failingCache{}})
+		v := newVerifier(t, attest.Options{MaxTokenBytes: broker.DefaultMaxAttestationBytes, Issuers: []attest.IssuerConfig{cfg}, Clock: e.clk, Replay: failingCache{}})
 		_, err := v.Verify(ctx, sign(t, e.dev, claims(map[string]any{"jti": "x"})))
 		wantErr(t, err, broker.EUNAVAILABLE, "cannot record the attestation's jti")
 	})
@@ -107,14 +107,14 @@ func TestVerifyReplayIsPerIssuer(t *testing.T) {
 	clk := clock.NewFake(start)
 	a, b := newDev(t, "https://a.test", clk), newDev(t, "https://b.test", clk)
 	cache := newReplayCache(t, openBolt(t, filepath.Join(t.TempDir(), "valet.db")), clk)
-	v := newVerifier(t, attest.Options{MaxTokenBytes: broker.DefaultMaxAttestationBytes, Clock: clk, Replay: cache, Issuers: []broker.IssuerConfig{
-		issuerConfig(t, func(ic *broker.IssuerConfig) {
+	v := newVerifier(t, attest.Options{MaxTokenBytes: broker.DefaultMaxAttestationBytes, Clock: clk, Replay: cache, Issuers: []attest.IssuerConfig{
+		issuerConfig(t, func(ic *attest.IssuerConfig) {
 			ic.Name = "a"
 			ic.Issuer = a.Issuer()
 			ic.JWKSFile = writeJWKS(t, a)
 			ic.RequireJTI = true
 		}),
-		issuerConfig(t, func(ic *broker.IssuerConfig) {
+		issuerConfig(t, func(ic *attest.IssuerConfig) {
 			ic.Name = "b"
 			ic.Issuer = b.Issuer()
 			ic.JWKSFile = writeJWKS(t, b)
@@ -216,7 +216,7 @@ func TestBoltReplayCacheConcurrent(t *testing.T) {
 	cfg := e.cfg
 	cfg.RequireJTI = true
 	cache := newReplayCache(t, openBolt(t, filepath.Join(t.TempDir(), "v.db")), e.clk)
-	v := newVerifier(t, attest.Options{MaxTokenBytes: broker.DefaultMaxAttestationBytes, Issuers: []broker.IssuerConfig{cfg}, Clock: e.clk, Replay: cache})
+	v := newVerifier(t, attest.Options{MaxTokenBytes: broker.DefaultMaxAttestationBytes, Issuers: []attest.IssuerConfig{cfg}, Clock: e.clk, Replay: cache})
 	tok := sign(t, e.dev, claims(map[string]any{"jti": "race"}))
 	errs := make(chan error, n)
 	for i := 0; i < n; i++ {

@@ -284,8 +284,8 @@ func verifySignature(secret []byte, h http.Header, body []byte, now time.Time) b
 
 // webhook returns a webhook with valet's defaults, named name and sending
 // to url, then edit (if not nil) applied.
-func webhook(name, url string, edit func(*broker.WebhookConfig)) broker.WebhookConfig {
-	return config.Defaulted(func(w *broker.WebhookConfig) {
+func webhook(name, url string, edit func(*notify.WebhookConfig)) notify.WebhookConfig {
+	return config.Defaulted(func(w *notify.WebhookConfig) {
 		w.Name, w.URL = name, url
 		if edit != nil {
 			edit(w)

@@ -59,7 +59,7 @@ func startConsole(t *testing.T) *testEnv {
 	ln.Close()
 	e.Config.Listen, e.Config.PublicURL = addr, "http://"+addr
 	e.Config.Console.Disabled = false
-	e.Config.Backends = append(e.Config.Backends, broker.BackendConfig{Name: "stubborn", Type: stubbornType})
+	e.Config.Backends = append(e.Config.Backends, backends.Config{Name: "stubborn", Type: stubbornType})
 	e.Config.Roles = append(e.Config.Roles, config.Defaulted(func(r *broker.Role) {
 		r.Name, r.Backend, r.TTL = "flaky", "stubborn", config.Duration(10*time.Minute)
 	}))

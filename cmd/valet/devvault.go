@@ -10,6 +10,7 @@ import (
 
 	"github.com/hashicorp/vault/api"
 
+	"github.com/valet-broker/valet/backends"
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/leases/config"
 )
@@ -28,7 +29,7 @@ const (
 
 // addDevVault extends cfg with the Vault demo and prepares Vault. It
 // returns a line for the banner, or "" when no Vault is configured.
-func addDevVault(cfg *broker.Config, dir string) (string, error) {
+func addDevVault(cfg *Config, dir string) (string, error) {
 	addr, token := os.Getenv("VAULT_ADDR"), os.Getenv("VAULT_TOKEN")
 	if addr == "" || token == "" {
 		return "", nil
@@ -43,7 +44,7 @@ func addDevVault(cfg *broker.Config, dir string) (string, error) {
 	if err := setupDevVault(addr, token); err != nil {
 		return "", fmt.Errorf("prepare Vault at %s for the demo roles: %w", addr, err)
 	}
-	cfg.Backends = append(cfg.Backends, broker.BackendConfig{Name: devVaultBackend, Type: "vault", Options: map[string]any{
+	cfg.Backends = append(cfg.Backends, backends.Config{Name: devVaultBackend, Type: "vault", Options: map[string]any{
 		"address": addr,
 		"auth":    map[string]any{"method": "token", "token_file": tokenFile},
 	}})

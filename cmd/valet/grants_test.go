@@ -19,6 +19,7 @@ import (
 	"go.etcd.io/bbolt"
 
 	"github.com/valet-broker/valet/broker"
+	"github.com/valet-broker/valet/broker/notify"
 	"github.com/valet-broker/valet/leases/clock"
 	"github.com/valet-broker/valet/leases/config"
 )
@@ -399,7 +400,7 @@ func TestGrantWebhooksDelivered(t *testing.T) {
 	e := newTestEnv(t)
 	secret := filepath.Join(e.Dir, "hook-secret")
 	os.WriteFile(secret, []byte("s3cret-hmac-key"), 0o600)
-	e.Config.Notifications.Webhooks = []broker.WebhookConfig{config.Defaulted(func(w *broker.WebhookConfig) {
+	e.Config.Notifications.Webhooks = []notify.WebhookConfig{config.Defaulted(func(w *notify.WebhookConfig) {
 		w.Name, w.URL, w.SecretFile, w.Events = "sec", recv.URL, secret, []string{"grant.requested"}
 	})}
 	e.Start()

@@ -38,7 +38,7 @@ import (
 // Server is a running valet: everything `valet serve` starts, assembled
 // from a config so that tests can start the real thing in-process.
 type Server struct {
-	Config *broker.Config
+	Config *Config
 	// KEK is the key-encryption key for signing keys at rest.
 	KEK    []byte
 	Logger *slog.Logger
@@ -217,7 +217,7 @@ func (s *Server) Open(ctx context.Context) (err error) {
 		notifyStats = func() any { return d.Stats() }
 	}
 	s.broker, err = broker.New(broker.Options{
-		Config: cfg, Store: s.store, Auditor: s.store, Verifier: verifier, Authorizer: s.policy, Backends: bes,
+		Config: cfg.Broker(), Store: s.store, Auditor: s.store, Verifier: verifier, Authorizer: s.policy, Backends: bes,
 		Revoker: s.queue, Expiry: s.expirer, Clock: s.Clock, Logger: log, Observer: s.metrics,
 		Grants: grantStore, Notifier: s.Notifier,
 	})
@@ -246,9 +246,9 @@ func (s *Server) Open(ctx context.Context) (err error) {
 		return fmt.Errorf("trusted_proxies%w", err)
 	}
 	clientIP := clientip.New(proxies)
-	operators := broker.NewOperators(cfg.Operators, opVerifier)
+	operators := broker.NewOperators(cfg.Operators.Tokens, cfg.Operators.OperatorIssuers(), opVerifier)
 	var assertions broker.Verifier
-	if issuers := cfg.Introspection.ClientAssertionIssuers(cfg.PublicURL); len(issuers) > 0 {
+	if issuers := attest.ClientAssertionIssuers(cfg.Introspection, cfg.PublicURL); len(issuers) > 0 {
 		assertions, err = attest.New(ctx, attest.Options{
 			Issuers: issuers, MaxTokenBytes: cfg.Limits.MaxAttestationBytes, Clock: s.Clock, Replay: replay, Logger: log,
 		})
@@ -435,7 +435,7 @@ func (s *Server) close() error {
 	return err
 }
 
-func tlsConfig(c *broker.TLSConfig) (*tls.Config, error) {
+func tlsConfig(c *TLSConfig) (*tls.Config, error) {
 	cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
 	if err != nil {
 		return nil, fmt.Errorf("tls: %w", err)
@@ -462,7 +462,7 @@ func tlsConfig(c *broker.TLSConfig) (*tls.Config, error) {
 }
 
 // configHash identifies the loaded configuration in the audit log.
-func configHash(cfg *broker.Config) string {
+func configHash(cfg *Config) string {
 	b, _ := yaml.Marshal(cfg)
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:])

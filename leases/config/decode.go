@@ -195,3 +195,19 @@ const NameRule = "1 to 63 lower-case letters, digits, '.', '_' or '-', starting 
 // requests check it before the name reaches a log line, a metric label or
 // an audit record.
 func ValidName(s string) bool { return namePattern.MatchString(s) }
+
+// CheckName checks the name at key path field ("roles[0].name") of one
+// entry of a list whose names must be unique: it reports a name that does
+// not have the configured names' syntax and a name already in seen, then
+// adds name to seen.
+func CheckName(field, name string, seen map[string]bool) []error {
+	var errs []error
+	if !ValidName(name) {
+		errs = append(errs, fmt.Errorf("%s %q must be lower-case letters, digits, '.', '_' or '-' (at most 63)", field, name))
+	}
+	if seen[name] {
+		errs = append(errs, fmt.Errorf("%s %q is used twice", field, name))
+	}
+	seen[name] = true
+	return errs
+}
