@@ -50,8 +50,8 @@ type Observer interface {
 // Options are the Broker's dependencies.
 type Options struct {
 	Config     *Config
-	Store      leases.Store
-	Auditor    leases.Auditor
+	Store      LeaseStore
+	Auditor    Auditor
 	Verifier   Verifier
 	Authorizer Authorizer
 	Backends   map[string]backends.Backend
@@ -62,7 +62,7 @@ type Options struct {
 	Observer   Observer
 	// Grants stores approval requests; without it, roles that need
 	// approval are refused.
-	Grants *grants.Store
+	Grants GrantStore
 	// Notifier hears about grants and break-glass use (optional).
 	Notifier Notifier
 }
@@ -70,8 +70,8 @@ type Options struct {
 // Broker runs the credential flows.
 type Broker struct {
 	cfg      *Config
-	store    leases.Store
-	auditor  leases.Auditor
+	store    LeaseStore
+	auditor  Auditor
 	verifier Verifier
 	authz    Authorizer
 	backends map[string]backends.Backend
@@ -83,7 +83,7 @@ type Broker struct {
 	limiter  *agentLimiter
 	refusals *refusals
 	roles    map[string]*Role
-	grants   *grants.Store
+	grants   GrantStore
 	notifier Notifier
 	waiters  grantWaiters
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/valet-broker/valet/backends"
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/broker/attest"
+	"github.com/valet-broker/valet/broker/bolt"
 	"github.com/valet-broker/valet/broker/grants"
 	"github.com/valet-broker/valet/broker/policy"
 	"github.com/valet-broker/valet/leases"
@@ -77,7 +78,7 @@ func (r *renewing) Renew(ctx context.Context, ref backends.Ref, req backends.Min
 // failingStore fails Activate on demand, as a full disk would, and End for
 // the leases in endFails.
 type failingStore struct {
-	*leases.BoltStore
+	*bolt.Store
 	failActivate bool
 	endFails     map[string]error
 }
@@ -86,19 +87,19 @@ func (f *failingStore) End(ctx context.Context, id string, reason leases.State, 
 	if err := f.endFails[id]; err != nil {
 		return nil, err
 	}
-	return f.BoltStore.End(ctx, id, reason, now, e)
+	return f.Store.End(ctx, id, reason, now, e)
 }
 
 func (f *failingStore) Activate(ctx context.Context, id string, a leases.Activation, now time.Time, e audit.Entry) (*leases.Lease, error) {
 	if f.failActivate {
 		return nil, errors.New("injected: disk full")
 	}
-	return f.BoltStore.Activate(ctx, id, a, now, e)
+	return f.Store.Activate(ctx, id, a, now, e)
 }
 
 type fixture struct {
 	b      *broker.Broker
-	store  *leases.BoltStore
+	store  *bolt.Store
 	fs     *failingStore
 	be     *scripted
 	rn     *renewing // backend "renewing": be, able to renew
@@ -139,7 +140,7 @@ func newFixture(t *testing.T, cfgEdit func(*broker.Config)) *fixture {
 		cfg.Validate(map[string]bool{"ext": true, "renewing": true})); err != nil {
 		t.Fatal(err)
 	}
-	store, err := leases.OpenBolt(filepath.Join(dir, "valet.db"), leases.BoltOptions{})
+	store, err := bolt.Open(filepath.Join(dir, "valet.db"), bolt.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -164,11 +165,8 @@ func newFixture(t *testing.T, cfgEdit func(*broker.Config)) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fs := &failingStore{BoltStore: store}
-	gs, err := grants.NewStore(store)
-	if err != nil {
-		t.Fatal(err)
-	}
+	fs := &failingStore{Store: store}
+	gs := store.Grants()
 	b, err := broker.New(broker.Options{Config: cfg, Store: fs, Auditor: store, Verifier: v, Authorizer: pe,
 		Backends: map[string]backends.Backend{"ext": be, "renewing": rn}, Revoker: q, Clock: clk, Logger: log, Grants: gs})
 	if err != nil {
@@ -202,7 +200,7 @@ func (f *fixture) counts(t *testing.T) map[leases.State]int64 {
 
 func (f *fixture) auditKinds(t *testing.T) []string {
 	t.Helper()
-	recs, err := audit.List(f.store.DB(), audit.Filter{Limit: 1000})
+	recs, err := f.store.ListAudit(context.Background(), audit.Filter{Limit: 1000})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -588,7 +586,7 @@ func TestRedeemAfterFailedMintSaysWhetherItCanBeRedeemedAgain(t *testing.T) {
 			if _, err := f.b.RedeemGrant(context.Background(), broker.RedeemRequest{Attestation: f.attest(t, "asker"), GrantID: res.Grant.ID, RequestID: "redeem-1"}); broker.ErrorCode(err) != broker.EBADGATEWAY {
 				t.Fatalf("RedeemGrant error = %v, want the backend's failure", err)
 			}
-			recs, err := audit.List(f.store.DB(), audit.Filter{Kind: audit.KindGrantRedeem, Limit: 100})
+			recs, err := f.store.ListAudit(context.Background(), audit.Filter{Kind: audit.KindGrantRedeem, Limit: 100})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -749,7 +747,7 @@ func TestRevokeMatchingSkipsLeasesPastExpiry(t *testing.T) {
 	if l, err := f.b.EndLease(context.Background(), op, gone, "", "end-gone"); err != nil || l.State != leases.StateExpired {
 		t.Errorf("EndLease of a lease past its expiry = %+v, %v; want it returned expired", l, err)
 	}
-	recs, err := audit.List(f.store.DB(), audit.Filter{LeaseID: gone, Limit: 100})
+	recs, err := f.store.ListAudit(context.Background(), audit.Filter{LeaseID: gone, Limit: 100})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -45,7 +45,7 @@ func (f *fixture) ownedAttestation(t *testing.T, sub, email string) string {
 // decision.
 func (f *fixture) refusals(t *testing.T, kind string) int {
 	t.Helper()
-	recs, err := audit.List(f.store.DB(), audit.Filter{Kind: kind, Limit: 1000})
+	recs, err := f.store.ListAudit(context.Background(), audit.Filter{Kind: kind, Limit: 1000})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -44,7 +44,7 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 // and the summaries.
 func refusalRecords(t *testing.T, f *fixture) (individual, summaries []audit.Record) {
 	t.Helper()
-	recs, err := audit.List(f.store.DB(), audit.Filter{Limit: 1000})
+	recs, err := f.store.ListAudit(context.Background(), audit.Filter{Limit: 1000})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -186,7 +186,7 @@ func TestRefusalSummaries(t *testing.T) {
 	if len(summaries) != 2 || summaries[1].Details["refused"] != "8" || summaries[1].Details["refused.console_token"] != "8" {
 		t.Fatalf("summaries after shutdown: %+v, want a second one with 8 console_token refusals", summaries)
 	}
-	res, err := audit.Verify(f.store.DB())
+	res, err := f.store.VerifyAudit(context.Background())
 	if err != nil || !res.OK {
 		t.Errorf("audit verify: %+v %v", res, err)
 	}

@@ -14,7 +14,7 @@ type Config struct {
 	// RevokeAttempts is how many failed revocations make a lease irrevocable
 	// (default 8, at least 1). Irrevocable leases keep being retried, at
 	// RevokeMaxBackoff, until their credential can no longer be valid at the
-	// backend (BoltStore.ValidUntil).
+	// backend (Lease.ValidUntil).
 	RevokeAttempts    int             `yaml:"revoke_attempts"`
 	RevokeBackoff     config.Duration `yaml:"revoke_backoff"`     // first retry delay (default 1s, positive)
 	RevokeMaxBackoff  config.Duration `yaml:"revoke_max_backoff"` // default 5m, not less than RevokeBackoff

@@ -11,12 +11,11 @@ import (
 	"slices"
 	"strings"
 
-	"go.etcd.io/bbolt"
-
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/broker/clientip"
 	"github.com/valet-broker/valet/broker/grants"
 	"github.com/valet-broker/valet/leases"
+	"github.com/valet-broker/valet/leases/audit"
 	"github.com/valet-broker/valet/leases/clock"
 )
 
@@ -25,8 +24,8 @@ type Config struct {
 	Broker *broker.Broker
 	// Operators authenticates the operator tokens of the sign-in form.
 	Operators *broker.Operators
-	// AuditDB holds the audit log (read with audit.List and audit.Verify).
-	AuditDB *bbolt.DB
+	// Audit reads the audit log.
+	Audit audit.Reader
 	// Console is the console's configuration, defaulted and validated.
 	Console ConsoleConfig
 	// PublicURL is valet's external URL. The console accepts
@@ -49,7 +48,7 @@ type Config struct {
 type Console struct {
 	b        *broker.Broker
 	ops      *broker.Operators
-	auditDB  *bbolt.DB
+	audit    audit.Reader
 	cc       ConsoleConfig
 	clock    clock.Clock
 	log      *slog.Logger
@@ -69,8 +68,8 @@ type Console struct {
 // enabled, and, with console.oidc set, when the provider cannot be
 // discovered or the client secret cannot be read.
 func New(ctx context.Context, cfg Config) (*Console, error) {
-	if cfg.Broker == nil || cfg.Operators == nil || cfg.AuditDB == nil {
-		return nil, errors.New("console: Broker, Operators and AuditDB are required")
+	if cfg.Broker == nil || cfg.Operators == nil || cfg.Audit == nil {
+		return nil, errors.New("console: Broker, Operators and Audit are required")
 	}
 	if cfg.Clock == nil {
 		cfg.Clock = clock.Real{}
@@ -95,7 +94,7 @@ func New(ctx context.Context, cfg Config) (*Console, error) {
 		return nil, fmt.Errorf("console: templates: %w", err)
 	}
 	c := &Console{
-		b: cfg.Broker, ops: cfg.Operators, auditDB: cfg.AuditDB, cc: cc, clock: cfg.Clock, log: cfg.Logger,
+		b: cfg.Broker, ops: cfg.Operators, audit: cfg.Audit, cc: cc, clock: cfg.Clock, log: cfg.Logger,
 		origin: origin, https: https, pages: pg,
 		sessions: newSessionStore(cfg.Clock, cc.SessionIdle.D(), cc.SessionMax.D()),
 		addr:     cfg.ClientIP,

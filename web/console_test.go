@@ -129,7 +129,7 @@ func TestConsoleLoginThrottlesGuessing(t *testing.T) {
 	operator.login("alice")
 	guesser.login("bob")
 
-	recs, err := audit.List(f.store.DB(), audit.Filter{Kind: audit.KindOperatorAuth, Limit: 1000})
+	recs, err := f.store.ListAudit(context.Background(), audit.Filter{Kind: audit.KindOperatorAuth, Limit: 1000})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -406,7 +406,7 @@ func TestConsoleFreshLoginForDecisions(t *testing.T) {
 	if a := g.Approvals[0]; a.Operator != "alice" || a.Method != "console" || a.Comment != "checked the change ticket" {
 		t.Fatalf("approval recorded as %+v", a)
 	}
-	recs, err := audit.List(f.store.DB(), audit.Filter{Kind: audit.KindGrantApprove, Newest: true, Limit: 1})
+	recs, err := f.store.ListAudit(context.Background(), audit.Filter{Kind: audit.KindGrantApprove, Newest: true, Limit: 1})
 	if err != nil || len(recs) != 1 || recs[0].Actor.ID != "alice" || recs[0].Actor.Type != audit.ActorOperator || recs[0].Decision != audit.Allow {
 		t.Fatalf("audit record of the approval: %+v %v", recs, err)
 	}
@@ -433,7 +433,7 @@ func TestConsoleDecisionsFollowBrokerRules(t *testing.T) {
 	if g := f.grant(id); g.State != grants.StatePending || len(g.Approvals) != 0 {
 		t.Fatalf("self-approval changed the grant: %s %v", g.State, g.Approvers())
 	}
-	recs, _ := audit.List(f.store.DB(), audit.Filter{Kind: audit.KindGrantApprove, Newest: true, Limit: 1})
+	recs, _ := f.store.ListAudit(context.Background(), audit.Filter{Kind: audit.KindGrantApprove, Newest: true, Limit: 1})
 	if len(recs) != 1 || recs[0].Decision != audit.Deny || recs[0].Actor.ID != "owner@example.com" {
 		t.Fatalf("self-approval audit: %+v", recs)
 	}
@@ -542,7 +542,7 @@ func TestConsoleLeases(t *testing.T) {
 	if st := f.lease(l1.Lease.ID).State; st != leases.StateRevoked {
 		t.Fatalf("revoked lease is %s", st)
 	}
-	recs, _ := audit.List(f.store.DB(), audit.Filter{Kind: audit.KindRevoke, LeaseID: l1.Lease.ID})
+	recs, _ := f.store.ListAudit(context.Background(), audit.Filter{Kind: audit.KindRevoke, LeaseID: l1.Lease.ID})
 	if len(recs) != 1 || recs[0].Actor.ID != "alice" {
 		t.Fatalf("revoke audit: %+v", recs)
 	}
@@ -643,7 +643,7 @@ func TestConsoleNeverShowsSecrets(t *testing.T) {
 
 func TestConsoleRefusesToStart(t *testing.T) {
 	f := newFixture(t, nil)
-	base := Config{Broker: f.b, Operators: broker.NewOperators(nil, nil, nil), AuditDB: f.store.DB(), Console: f.console.cc}
+	base := Config{Broker: f.b, Operators: broker.NewOperators(nil, nil, nil), Audit: f.store, Console: f.console.cc}
 	off := false
 	cases := []struct {
 		name, url string
@@ -767,7 +767,7 @@ func TestConsoleReviewFollowsDecisionRules(t *testing.T) {
 			}
 		})
 	}
-	recs, err := audit.List(f.store.DB(), audit.Filter{Kind: audit.KindGrantReview})
+	recs, err := f.store.ListAudit(context.Background(), audit.Filter{Kind: audit.KindGrantReview})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -77,7 +77,7 @@ func (c *Console) handleGrants(w http.ResponseWriter, r *http.Request, se *sessi
 	q := readFilters(r)
 	d := grantsData{States: historyStates, Roles: c.roleNames()}
 	d.Filter = grantFilter{Agent: q.agent("agent"), Role: q.name("role", "role", &d.Roles), State: q.oneOf("state", "state", stateNames(historyStates))}
-	act, err := c.recentActivity()
+	act, err := c.recentActivity(r.Context())
 	if err != nil {
 		c.log.Error("console: read audit activity", "err", err)
 		d.Error = "The audit log could not be read; recent history is missing."
@@ -152,7 +152,7 @@ func (c *Console) handleGrant(w http.ResponseWriter, r *http.Request, se *sessio
 		c.brokerError(w, r, se, err)
 		return
 	}
-	act, err := c.recentActivity()
+	act, err := c.recentActivity(r.Context())
 	if err != nil {
 		c.log.Error("console: read audit activity", "err", err)
 		act = &activity{}

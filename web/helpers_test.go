@@ -3,9 +3,7 @@ package web
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"math"
@@ -20,15 +18,15 @@ import (
 	"testing"
 	"time"
 
-	"go.etcd.io/bbolt"
-
 	"github.com/valet-broker/valet/backends"
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/broker/api"
 	"github.com/valet-broker/valet/broker/attest"
+	"github.com/valet-broker/valet/broker/bolt"
 	"github.com/valet-broker/valet/broker/grants"
 	"github.com/valet-broker/valet/broker/policy"
 	"github.com/valet-broker/valet/leases"
+	"github.com/valet-broker/valet/leases/audit"
 	"github.com/valet-broker/valet/leases/clock"
 	"github.com/valet-broker/valet/leases/config"
 )
@@ -81,7 +79,7 @@ type fixture struct {
 	clock   *clock.Fake
 	issuer  *attest.DevIssuer
 	b       *broker.Broker
-	store   *leases.BoltStore
+	store   *bolt.Store
 	be      *memBackend
 	console *Console
 	srv     *httptest.Server
@@ -190,7 +188,7 @@ func newFixture(t *testing.T, edit func(*fixtureConfig, *Config)) *fixture {
 		cfg.Validate(map[string]bool{"mem": true, "stubborn": true})); err != nil {
 		t.Fatal(err)
 	}
-	store, err := leases.OpenBolt(filepath.Join(dir, "valet.db"), leases.BoltOptions{})
+	store, err := bolt.Open(filepath.Join(dir, "valet.db"), bolt.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -216,10 +214,7 @@ func newFixture(t *testing.T, edit func(*fixtureConfig, *Config)) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gs, err := grants.NewStore(store)
-	if err != nil {
-		t.Fatal(err)
-	}
+	gs := store.Grants()
 	b, err := broker.New(broker.Options{Config: cfg.Config, Store: store, Auditor: store, Verifier: v, Authorizer: pe,
 		Backends: bes, Revoker: q, Clock: clk, Logger: log, Grants: gs})
 	if err != nil {
@@ -232,13 +227,13 @@ func newFixture(t *testing.T, edit func(*fixtureConfig, *Config)) *fixture {
 		}
 	}
 	ops := broker.NewOperators(cfg.Operators.Tokens, operatorIssuers, opVerifier)
-	wcfg.Broker, wcfg.Operators, wcfg.AuditDB, wcfg.Console, wcfg.PublicURL, wcfg.Clock, wcfg.Logger =
-		b, ops, store.DB(), cfg.Console, cfg.PublicURL, clk, log
+	wcfg.Broker, wcfg.Operators, wcfg.Audit, wcfg.Console, wcfg.PublicURL, wcfg.Clock, wcfg.Logger =
+		b, ops, store, cfg.Console, cfg.PublicURL, clk, log
 	con, err := New(context.Background(), *wcfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv.Config.Handler = api.New(api.Config{Broker: b, Operators: ops, AuditDB: store.DB(), Limits: cfg.Limits, PublicURL: cfg.PublicURL, Logger: log, UI: con})
+	srv.Config.Handler = api.New(api.Config{Broker: b, Operators: ops, Audit: store, Limits: cfg.Limits, PublicURL: cfg.PublicURL, Logger: log, UI: con})
 	srv.Start()
 	t.Cleanup(srv.Close)
 	return &fixture{t: t, dir: dir, clock: clk, issuer: iss, b: b, store: store, be: be, console: con, srv: srv, URL: srv.URL, log: logs}
@@ -443,14 +438,7 @@ func mustContain(t *testing.T, body string, want ...string) {
 
 // tamper changes the stored audit record seq behind the log's back.
 func tamper(f *fixture, seq uint64) error {
-	return f.store.DB().Update(func(tx *bbolt.Tx) error {
-		b := tx.Bucket([]byte("audit"))
-		k := make([]byte, 8)
-		binary.BigEndian.PutUint64(k, seq)
-		v := b.Get(k)
-		if v == nil {
-			return fmt.Errorf("no audit record %d", seq)
-		}
-		return b.Put(k, bytes.Replace(v, []byte(`"kind":"`), []byte(`"kind":"x`), 1))
+	return f.store.Tamper("audit", audit.SeqKey(seq), func(v []byte) []byte {
+		return bytes.Replace(v, []byte(`"kind":"`), []byte(`"kind":"x`), 1)
 	})
 }

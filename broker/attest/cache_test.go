@@ -2,11 +2,8 @@ package attest_test
 
 import (
 	"context"
-	"path/filepath"
 	"testing"
 	"time"
-
-	"go.etcd.io/bbolt"
 
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/broker/attest"
@@ -24,16 +21,7 @@ func newCachedEnv(t testing.TB, mod func(*attest.IssuerConfig)) *env {
 	}
 	opts := attest.Options{MaxTokenBytes: broker.DefaultMaxAttestationBytes, Issuers: []attest.IssuerConfig{cfg}, Clock: clk, CacheSize: 16}
 	if cfg.RequireJTI {
-		db, err := bbolt.Open(filepath.Join(t.TempDir(), "r.db"), 0o600, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { db.Close() })
-		rc, err := attest.NewBoltReplayCache(db, clk)
-		if err != nil {
-			t.Fatal(err)
-		}
-		opts.Replay = rc
+		opts.Replay = newReplayCache(t, clk)
 	}
 	return &env{clk: clk, dev: dev, cfg: cfg, v: newVerifier(t, opts)}
 }

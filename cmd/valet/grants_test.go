@@ -16,8 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"go.etcd.io/bbolt"
-
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/broker/notify"
 	"github.com/valet-broker/valet/leases/clock"
@@ -293,14 +291,13 @@ func TestGrantTamperedContentRefused(t *testing.T) {
 	id := requestGrant(t, e, agent, "elevated", "small change")
 	decide(t, e, testOperatorToken, id, "approve", 200)
 	// Someone with write access to the database stretches the approved
-	// TTL. The server holds the file; write through its own handle.
-	err := e.Server.store.DB().Update(func(tx *bbolt.Tx) error {
-		b := tx.Bucket([]byte("grants"))
+	// TTL. The server holds the file; write through its own store.
+	err := e.Server.store.Tamper("grants", []byte(id), func(v []byte) []byte {
 		var g map[string]any
-		json.Unmarshal(b.Get([]byte(id)), &g)
+		json.Unmarshal(v, &g)
 		g["ttl"] = "24h0m0s"
-		v, _ := json.Marshal(g)
-		return b.Put([]byte(id), v)
+		v, _ = json.Marshal(g)
+		return v
 	})
 	if err != nil {
 		t.Fatal(err)

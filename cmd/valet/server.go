@@ -25,8 +25,8 @@ import (
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/broker/api"
 	"github.com/valet-broker/valet/broker/attest"
+	"github.com/valet-broker/valet/broker/bolt"
 	"github.com/valet-broker/valet/broker/clientip"
-	"github.com/valet-broker/valet/broker/grants"
 	"github.com/valet-broker/valet/broker/notify"
 	"github.com/valet-broker/valet/broker/policy"
 	"github.com/valet-broker/valet/leases"
@@ -49,7 +49,7 @@ type Server struct {
 	// the webhook dispatcher).
 	Notifier broker.Notifier
 
-	store      *leases.BoltStore
+	store      *bolt.Store
 	sink       *audit.LineSink
 	broker     *broker.Broker
 	queue      *leases.RevocationQueue
@@ -103,15 +103,11 @@ func (s *Server) Open(ctx context.Context) (err error) {
 	if s.sink != nil {
 		sink = s.sink
 	}
-	s.store, err = leases.OpenBolt(filepath.Join(cfg.DataDir, "valet.db"), leases.BoltOptions{Sink: sink, Logger: log})
+	s.store, err = bolt.Open(filepath.Join(cfg.DataDir, "valet.db"), bolt.Options{Sink: sink, Logger: log})
 	if err != nil {
 		return err
 	}
-	replay, err := attest.NewBoltReplayCache(s.store.DB(), s.Clock)
-	if err != nil {
-		return err
-	}
-	replay.UseCommitter(s.store.Update)
+	replay := s.store.ReplayCache(s.Clock)
 	verifier, err := attest.New(ctx, attest.Options{
 		Issuers: cfg.Issuers, MaxTokenBytes: cfg.Limits.MaxAttestationBytes, Clock: s.Clock, Replay: replay, Logger: log,
 		CacheSize: cfg.Limits.AttestationCache,
@@ -200,10 +196,7 @@ func (s *Server) Open(ctx context.Context) (err error) {
 		}
 	}
 
-	grantStore, err := grants.NewStore(s.store)
-	if err != nil {
-		return err
-	}
+	grantStore := s.store.Grants()
 	var notifyStats func() any
 	if s.Notifier == nil && len(cfg.Notifications.Webhooks) > 0 {
 		d, err := notify.New(notify.Options{
@@ -260,7 +253,7 @@ func (s *Server) Open(ctx context.Context) (err error) {
 	var console http.Handler
 	if !cfg.Console.Disabled {
 		wc := web.Config{
-			Broker: s.broker, Operators: operators, AuditDB: s.store.DB(), Console: cfg.Console,
+			Broker: s.broker, Operators: operators, Audit: s.store, Console: cfg.Console,
 			PublicURL: cfg.PublicURL, Clock: s.Clock, Logger: log.With("component", "console"), ClientIP: clientIP,
 		}
 		c, err := web.New(ctx, wc)
@@ -278,7 +271,7 @@ func (s *Server) Open(ctx context.Context) (err error) {
 		console = c
 	}
 	s.api = api.New(api.Config{
-		Broker: s.broker, Operators: operators, ResourceServers: resourceServers, AuditDB: s.store.DB(),
+		Broker: s.broker, Operators: operators, ResourceServers: resourceServers, Audit: s.store,
 		Limits: cfg.Limits, PublicURL: cfg.PublicURL, Metrics: s.metrics, Logger: log, Ready: s.readiness,
 		NotificationStats: notifyStats, UI: console, ClientIP: clientIP,
 	})
@@ -356,7 +349,7 @@ func (s *Server) readiness() error {
 
 // housekeeping prunes ended leases past retention and consumed jti entries
 // past their expiry, once a minute.
-func (s *Server) housekeeping(ctx context.Context, replay *attest.BoltReplayCache) {
+func (s *Server) housekeeping(ctx context.Context, replay *bolt.ReplayCache) {
 	for {
 		t := s.Clock.NewTimer(time.Minute)
 		select {
