@@ -12,9 +12,6 @@ import (
 // t0 is the start of every test's fake time (leasetest.T0).
 var t0 = leasetest.T0
 
-// quietLog discards the log lines that failure paths write on purpose.
-var quietLog = leasetest.QuietLog
-
 // MustOpenStore opens a Store on a fresh file in tb.TempDir() and closes
 // it when the test ends.
 func MustOpenStore(tb testing.TB) *Store {
