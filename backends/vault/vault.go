@@ -182,7 +182,7 @@ func New(name string, options map[string]any, deps backends.Deps) (backends.Back
 	}
 	b := &Backend{name: name, opts: o, client: client, clock: deps.Clock, log: deps.Logger.With("backend", name)}
 	b.life, b.endLife = context.WithCancel(context.Background())
-	b.auth = newAuthenticator(client, o.Auth, b.log)
+	b.auth = newAuthenticator(client, o.Auth, b.log, deps.Clock)
 	if err := b.auth.start(); err != nil {
 		return nil, fmt.Errorf("backend %s: %w", name, err)
 	}
