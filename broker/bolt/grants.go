@@ -16,10 +16,10 @@ import (
 
 var (
 	bucketGrants      = []byte("grants")        // id -> JSON Grant
-	bucketGrantState  = []byte("grants.state")  // IndexKey(state, id) -> nil
-	bucketGrantAgent  = []byte("grants.agent")  // IndexKey(agent, id) -> nil
+	bucketGrantState  = []byte("grants.state")  // indexKey(state, id) -> nil
+	bucketGrantAgent  = []byte("grants.agent")  // indexKey(agent, id) -> nil
 	bucketGrantReview = []byte("grants.review") // id -> nil: break-glass grants awaiting review
-	bucketGrantMeta   = []byte("grants.meta")   // "layout" -> IndexLayout
+	bucketGrantMeta   = []byte("grants.meta")   // "layout" -> indexLayout
 )
 
 // Grants keeps grants in the store's file, writing through its group
@@ -59,7 +59,7 @@ func (s *Grants) Create(ctx context.Context, g *grants.Grant, now time.Time, e a
 		if err := putGrantEncoded(tx, nil, g, v); err != nil {
 			return err
 		}
-		if err := tx.Bucket(bucketGrantAgent).Put(IndexKey(g.AgentID, []byte(g.ID)), nil); err != nil {
+		if err := tx.Bucket(bucketGrantAgent).Put(indexKey(g.AgentID, []byte(g.ID)), nil); err != nil {
 			return err
 		}
 		_, err := appendAudit(tx, now, s.s.sink, g.Recorded(e))
@@ -96,14 +96,14 @@ func (s *Grants) List(ctx context.Context, f grants.Filter) ([]*grants.Grant, er
 		case f.ReviewPending:
 			bucket = bucketGrantReview
 		case f.State != "":
-			bucket, prefix = bucketGrantState, IndexPrefix(string(f.State))
+			bucket, prefix = bucketGrantState, indexPrefix(string(f.State))
 		case f.AgentID != "":
-			bucket, prefix = bucketGrantAgent, IndexPrefix(f.AgentID)
+			bucket, prefix = bucketGrantAgent, indexPrefix(f.AgentID)
 		default:
 			bucket = bucketGrants
 		}
 		records := tx.Bucket(bucketGrants)
-		return WalkNewestFirst(tx.Bucket(bucket), prefix, f.Before, func(id []byte) (bool, error) {
+		return walkNewestFirst(tx.Bucket(bucket), prefix, f.Before, func(id []byte) (bool, error) {
 			v := records.Get(id)
 			if v == nil {
 				s.s.ReportSkipped("grant listing", string(id), fmt.Errorf("grant index %s points at a missing grant", bucket))
@@ -175,7 +175,7 @@ func (s *Grants) ExpireDue(ctx context.Context, now time.Time) ([]*grants.Grant,
 	err := s.s.update(ctx, func(tx *bbolt.Tx) error {
 		out = out[:0]
 		for _, st := range []grants.State{grants.StatePending, grants.StateApproved} {
-			prefix := IndexPrefix(string(st))
+			prefix := indexPrefix(string(st))
 			c := tx.Bucket(bucketGrantState).Cursor()
 			var ids []string
 			for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
@@ -277,11 +277,11 @@ func putGrantEncoded(tx *bbolt.Tx, old, g *grants.Grant, v []byte) error {
 	}
 	if old == nil || old.State != g.State {
 		if old != nil {
-			if err := tx.Bucket(bucketGrantState).Delete(IndexKey(string(old.State), []byte(g.ID))); err != nil {
+			if err := tx.Bucket(bucketGrantState).Delete(indexKey(string(old.State), []byte(g.ID))); err != nil {
 				return err
 			}
 		}
-		if err := tx.Bucket(bucketGrantState).Put(IndexKey(string(g.State), []byte(g.ID)), nil); err != nil {
+		if err := tx.Bucket(bucketGrantState).Put(indexKey(string(g.State), []byte(g.ID)), nil); err != nil {
 			return err
 		}
 	}
@@ -293,17 +293,17 @@ func putGrantEncoded(tx *bbolt.Tx, old, g *grants.Grant, v []byte) error {
 }
 
 // migrateGrantIndexes brings the state and agent indexes to the current
-// key layout (MigrateIndexes).
+// key layout (migrateIndexes).
 func migrateGrantIndexes(tx *bbolt.Tx) error {
-	return MigrateIndexes(tx, bucketGrantMeta, bucketGrants, [][]byte{bucketGrantState, bucketGrantAgent}, func(v []byte) error {
+	return migrateIndexes(tx, bucketGrantMeta, bucketGrants, [][]byte{bucketGrantState, bucketGrantAgent}, func(v []byte) error {
 		var g grants.Grant
 		if err := json.Unmarshal(v, &g); err != nil {
 			return err
 		}
 		id := []byte(g.ID)
-		if err := tx.Bucket(bucketGrantState).Put(IndexKey(string(g.State), id), nil); err != nil {
+		if err := tx.Bucket(bucketGrantState).Put(indexKey(string(g.State), id), nil); err != nil {
 			return err
 		}
-		return tx.Bucket(bucketGrantAgent).Put(IndexKey(g.AgentID, id), nil)
+		return tx.Bucket(bucketGrantAgent).Put(indexKey(g.AgentID, id), nil)
 	})
 }

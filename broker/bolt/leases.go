@@ -21,7 +21,7 @@ var (
 	bucketLeases     = []byte("leases")         // id -> JSON Lease
 	bucketExpiry     = []byte("leases.expiry")  // expires(8) id -> nil, active leases only
 	bucketLeaseAgent = []byte("leases.agent")   // indexKey(agent, id) -> nil
-	bucketLineage    = []byte("leases.lineage") // IndexKey(lineage-id, id) -> nil
+	bucketLineage    = []byte("leases.lineage") // indexKey(lineage-id, id) -> nil
 	bucketLeaseState = []byte("leases.state")   // indexKey(state, id) -> nil
 	bucketRevoke     = []byte("leases.revoke")  // next-attempt(8) id -> nil, revoking and irrevocable leases
 	bucketEnded      = []byte("leases.ended")   // ended(8) id -> nil, terminal leases (for retention)
@@ -134,8 +134,8 @@ func (s *Store) Get(ctx context.Context, id string) (*leases.Lease, error) {
 	return l, err
 }
 
-// List implements broker.LeaseStore. With an agent, state or lineage filter it scans
-// that index; otherwise it walks all leases newest first.
+// List implements broker.LeaseStore. With an agent, state or lineage
+// filter it scans that index; otherwise it walks all leases newest first.
 func (s *Store) List(ctx context.Context, f leases.Filter) ([]*leases.Lease, error) {
 	if f.Limit <= 0 {
 		f.Limit = 100
@@ -152,14 +152,14 @@ func (s *Store) List(ctx context.Context, f leases.Filter) ([]*leases.Lease, err
 		bucket, prefix := bucketLeases, []byte(nil)
 		switch {
 		case f.Lineage != "":
-			bucket, prefix = bucketLineage, IndexPrefix(f.Lineage)
+			bucket, prefix = bucketLineage, indexPrefix(f.Lineage)
 		case f.AgentID != "":
-			bucket, prefix = bucketLeaseAgent, IndexPrefix(f.AgentID)
+			bucket, prefix = bucketLeaseAgent, indexPrefix(f.AgentID)
 		case f.State != "":
-			bucket, prefix = bucketLeaseState, IndexPrefix(string(f.State))
+			bucket, prefix = bucketLeaseState, indexPrefix(string(f.State))
 		}
 		leases := tx.Bucket(bucketLeases)
-		return WalkNewestFirst(tx.Bucket(bucket), prefix, f.Before, func(id []byte) (bool, error) {
+		return walkNewestFirst(tx.Bucket(bucket), prefix, f.Before, func(id []byte) (bool, error) {
 			v := leases.Get(id)
 			if v == nil {
 				s.ReportSkipped("listing", string(id), fmt.Errorf("index %s points at a missing lease", bucket))
@@ -177,31 +177,6 @@ func (s *Store) List(ctx context.Context, f leases.Filter) ([]*leases.Lease, err
 		})
 	})
 	return out, err
-}
-
-// WalkNewestFirst calls fn with the ids of a bucket whose keys are prefix
-// followed by a time-ordered id (an index, or with a nil prefix a primary
-// bucket keyed by id), newest first, starting below the id before (from the
-// newest when before is empty), until fn returns false or an error.
-func WalkNewestFirst(b *bbolt.Bucket, prefix []byte, before string, fn func(id []byte) (bool, error)) error {
-	c := b.Cursor()
-	start := append(append([]byte{}, prefix...), 0xff)
-	if before != "" {
-		start = append(append([]byte{}, prefix...), before...)
-	}
-	k, _ := c.Seek(start)
-	if k == nil {
-		k, _ = c.Last()
-	} else {
-		k, _ = c.Prev()
-	}
-	for ; k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Prev() {
-		more, err := fn(k[len(prefix):])
-		if err != nil || !more {
-			return err
-		}
-	}
-	return nil
 }
 
 // Counts returns how many leases are in each state, from counters kept in
@@ -258,7 +233,7 @@ func putLeaseEncoded(tx *bbolt.Tx, old, l *leases.Lease, v []byte) error {
 		if x == nil {
 			return nil
 		}
-		out := []idx{{bucketLeaseState, IndexKey(string(x.State), id)}}
+		out := []idx{{bucketLeaseState, indexKey(string(x.State), id)}}
 		if x.State == leases.StateActive {
 			out = append(out, idx{bucketExpiry, timeKey(x.ExpiresAt, id)})
 		}
@@ -311,16 +286,16 @@ func deleteLease(tx *bbolt.Tx, l *leases.Lease) error {
 	id := []byte(l.ID)
 	for _, d := range []struct{ b, k []byte }{
 		{bucketLeases, id},
-		{bucketLeaseState, IndexKey(string(l.State), id)},
+		{bucketLeaseState, indexKey(string(l.State), id)},
 		{bucketEnded, timeKey(l.EndedAt, id)},
-		{bucketLeaseAgent, IndexKey(l.AgentID, id)},
+		{bucketLeaseAgent, indexKey(l.AgentID, id)},
 	} {
 		if err := tx.Bucket(d.b).Delete(d.k); err != nil {
 			return err
 		}
 	}
 	for _, lid := range l.Lineage.IDs() {
-		if err := tx.Bucket(bucketLineage).Delete(IndexKey(lid, id)); err != nil {
+		if err := tx.Bucket(bucketLineage).Delete(indexKey(lid, id)); err != nil {
 			return err
 		}
 	}
@@ -347,34 +322,15 @@ func addCount(tx *bbolt.Tx, st leases.State, d int64) error {
 // neither changes during the lease's life.
 func putOwnerKeys(tx *bbolt.Tx, l *leases.Lease) error {
 	id := []byte(l.ID)
-	if err := tx.Bucket(bucketLeaseAgent).Put(IndexKey(l.AgentID, id), nil); err != nil {
+	if err := tx.Bucket(bucketLeaseAgent).Put(indexKey(l.AgentID, id), nil); err != nil {
 		return err
 	}
 	for _, lid := range l.Lineage.IDs() {
-		if err := tx.Bucket(bucketLineage).Put(IndexKey(lid, id), nil); err != nil {
+		if err := tx.Bucket(bucketLineage).Put(indexKey(lid, id), nil); err != nil {
 			return err
 		}
 	}
 	return nil
-}
-
-// IndexKey is the key of id under value in an index bucket: the length of
-// value as a uvarint, value, then id. Values come from outside valet (an
-// agent id holds the attestation's subject, a lineage id its jti), so no
-// byte can be reserved as a separator; with the length in front, the keys
-// of one value never start with IndexPrefix of another (uvarints are a
-// prefix code), whatever bytes either holds.
-func IndexKey(value string, id []byte) []byte {
-	k := IndexPrefix(value)
-	return append(k, id...)
-}
-
-// IndexPrefix is the part of IndexKey before the id: an index scan for
-// value walks the keys that start with it.
-func IndexPrefix(value string) []byte {
-	k := make([]byte, 0, binary.MaxVarintLen64+len(value)+26)
-	k = binary.AppendUvarint(k, uint64(len(value)))
-	return append(k, value...)
 }
 
 // initLeases creates the lease buckets and brings their indexes to the
@@ -391,68 +347,14 @@ func initLeases(tx *bbolt.Tx) error {
 // migrateLeaseIndexes brings the agent, lineage and state indexes to the
 // current key layout.
 func migrateLeaseIndexes(tx *bbolt.Tx) error {
-	return MigrateIndexes(tx, bucketLeaseMeta, bucketLeases, [][]byte{bucketLeaseAgent, bucketLineage, bucketLeaseState}, func(v []byte) error {
+	return migrateIndexes(tx, bucketLeaseMeta, bucketLeases, [][]byte{bucketLeaseAgent, bucketLineage, bucketLeaseState}, func(v []byte) error {
 		l, err := decodeLease(v)
 		if err != nil {
 			return err
 		}
-		if err := tx.Bucket(bucketLeaseState).Put(IndexKey(string(l.State), []byte(l.ID)), nil); err != nil {
+		if err := tx.Bucket(bucketLeaseState).Put(indexKey(string(l.State), []byte(l.ID)), nil); err != nil {
 			return err
 		}
 		return putOwnerKeys(tx, l)
 	})
-}
-
-// IndexLayout is the version of the index key layout (IndexKey) that
-// MigrateIndexes records.
-const IndexLayout = 2
-
-// layoutKey is the key of the layout version in a store's meta bucket. It
-// is absent in databases written before IndexKey, when index keys were
-// value 0x00 id.
-var layoutKey = []byte("layout")
-
-// MigrateIndexes rebuilds the index buckets indexes of a store when its
-// meta bucket does not record IndexLayout: it empties them and calls
-// reindex with each value of the records bucket, which puts that record's
-// index keys back; then it records the layout. It runs inside the
-// transaction that opens the store, so a database is migrated whole or not
-// at all. A layout newer than IndexLayout is an error: an older valet
-// must not rewrite a newer one's indexes.
-func MigrateIndexes(tx *bbolt.Tx, meta, records []byte, indexes [][]byte, reindex func(v []byte) error) error {
-	m := tx.Bucket(meta)
-	if v := m.Get(layoutKey); len(v) == 1 && v[0] == IndexLayout {
-		return nil
-	} else if len(v) > 0 {
-		return fmt.Errorf("%s: index layout %v is newer than this valet knows (%d)", meta, v, IndexLayout)
-	}
-	for _, b := range indexes {
-		if err := tx.DeleteBucket(b); err != nil {
-			return err
-		}
-		if _, err := tx.CreateBucket(b); err != nil {
-			return err
-		}
-	}
-	err := tx.Bucket(records).ForEach(func(k, v []byte) error {
-		if err := reindex(v); err != nil {
-			return fmt.Errorf("%q: %w", k, err)
-		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("rebuild the indexes of %s: %w", records, err)
-	}
-	return m.Put(layoutKey, []byte{IndexLayout})
-}
-
-// timeKey orders by time: 8 bytes of big-endian Unix nanoseconds, then the id.
-func timeKey(t time.Time, id []byte) []byte {
-	k := make([]byte, 8, 8+len(id))
-	binary.BigEndian.PutUint64(k, uint64(max(t.UnixNano(), 0)))
-	return append(k, id...)
-}
-
-func keyTime(k []byte) time.Time {
-	return time.Unix(0, int64(binary.BigEndian.Uint64(k[:8])))
 }

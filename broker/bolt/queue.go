@@ -177,7 +177,7 @@ func (s *Store) RecoverPending(ctx context.Context, now time.Time) ([]*leases.Le
 	var out []*leases.Lease
 	err := s.update(ctx, func(tx *bbolt.Tx) error {
 		out = out[:0]
-		prefix := IndexPrefix(string(leases.StatePending))
+		prefix := indexPrefix(string(leases.StatePending))
 		c := tx.Bucket(bucketLeaseState).Cursor()
 		var ids [][]byte
 		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
