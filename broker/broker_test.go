@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"math"
 	"os"
 	"path/filepath"
@@ -28,12 +29,14 @@ import (
 )
 
 // scripted is a backend whose behaviour a test sets: it records what it
-// issued (as if at an external system) and what was revoked.
+// issued (as if at an external system) and what was revoked, and fails
+// revocations while revokeErr is set.
 type scripted struct {
-	mu      sync.Mutex
-	mint    func(ctx context.Context, req backends.MintRequest) (*backends.Credential, error)
-	issued  map[string]bool // correlation id -> alive
-	revoked []backends.Ref
+	mu        sync.Mutex
+	mint      func(ctx context.Context, req backends.MintRequest) (*backends.Credential, error)
+	issued    map[string]bool // correlation id -> alive
+	revoked   []backends.Ref
+	revokeErr error
 }
 
 func (s *scripted) Mint(ctx context.Context, req backends.MintRequest) (*backends.Credential, error) {
@@ -46,6 +49,9 @@ func (s *scripted) Mint(ctx context.Context, req backends.MintRequest) (*backend
 func (s *scripted) Revoke(ctx context.Context, ref backends.Ref) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.revokeErr != nil {
+		return s.revokeErr
+	}
 	s.revoked = append(s.revoked, ref)
 	delete(s.issued, ref.CorrelationID)
 	return nil
@@ -75,12 +81,36 @@ func (r *renewing) Renew(ctx context.Context, ref backends.Ref, req backends.Min
 	return &backends.Renewal{ExpiresAt: req.ExpiresAt}, nil
 }
 
-// failingStore fails Activate on demand, as a full disk would, and End for
-// the leases in endFails.
+// failingStore fails Activate on demand, as a full disk would, End for
+// the leases in endFails, and Renew, Get and List with the errors set.
 type failingStore struct {
 	*bolt.Store
 	failActivate bool
 	endFails     map[string]error
+	renewErr     error
+	getErr       error
+	listErr      error
+}
+
+func (f *failingStore) Renew(ctx context.Context, id string, now, expiresAt time.Time, e audit.Entry) (*leases.Lease, error) {
+	if f.renewErr != nil {
+		return nil, f.renewErr
+	}
+	return f.Store.Renew(ctx, id, now, expiresAt, e)
+}
+
+func (f *failingStore) Get(ctx context.Context, id string) (*leases.Lease, error) {
+	if f.getErr != nil {
+		return nil, f.getErr
+	}
+	return f.Store.Get(ctx, id)
+}
+
+func (f *failingStore) List(ctx context.Context, lf leases.Filter) ([]*leases.Lease, error) {
+	if f.listErr != nil {
+		return nil, f.listErr
+	}
+	return f.Store.List(ctx, lf)
 }
 
 func (f *failingStore) End(ctx context.Context, id string, reason leases.State, now time.Time, e audit.Entry) (*leases.Lease, error) {
@@ -106,13 +136,30 @@ type fixture struct {
 	issuer *attest.DevIssuer
 	clock  *clock.Fake
 	queue  *leases.RevocationQueue
+	grants *bolt.Grants
 	// What broker.New was given, for tests that build another broker.
 	cfg   *broker.Config
 	v     broker.Verifier
 	authz broker.Authorizer
 }
 
-func newFixture(t *testing.T, cfgEdit func(*broker.Config)) *fixture {
+// fixtureConfig is the configuration a test may change before its fixture
+// starts: the broker's, and the backends and policy sections.
+type fixtureConfig struct {
+	*broker.Config
+	Backends []backends.Config
+	Policy   policy.Config
+}
+
+func newFixture(t *testing.T, cfgEdit func(*fixtureConfig)) *fixture {
+	t.Helper()
+	return newFixtureWith(t, cfgEdit, nil)
+}
+
+// newFixtureWith is newFixture with more backends beside "ext" and
+// "renewing": extra builds them with the fixture's clock and data
+// directory (configure them and their roles in cfgEdit).
+func newFixtureWith(t *testing.T, cfgEdit func(*fixtureConfig), extra func(clk *clock.Fake, dir string) map[string]backends.Backend) *fixture {
 	t.Helper()
 	dir := t.TempDir()
 	clk := clock.NewFake(time.Now())
@@ -127,17 +174,22 @@ func newFixture(t *testing.T, cfgEdit func(*broker.Config)) *fixture {
 	}
 	os.MkdirAll(filepath.Join(dir, "policies"), 0o700)
 	os.WriteFile(filepath.Join(dir, "policies", "p.cedar"), []byte(`permit(principal, action, resource);`), 0o600)
-	cfg := broker.DefaultConfig()
+	cfg := &fixtureConfig{Config: broker.DefaultConfig()}
 	issuers := []attest.IssuerConfig{config.Defaulted(func(ic *attest.IssuerConfig) {
 		ic.Name, ic.Issuer, ic.Audiences, ic.JWKSFile, ic.Algorithms = "test", "https://issuer.test", []string{"valet"}, jwks, []string{"ES256"}
 	})}
+	cfg.Backends = []backends.Config{{Name: "ext", Type: "scripted"}, {Name: "renewing", Type: "scripted"}}
 	cfg.Roles = []broker.Role{config.Defaulted(func(r *broker.Role) { r.Name, r.Backend, r.TTL = "r", "ext", config.Duration(time.Minute) })}
-	pcfg := config.Defaulted(func(p *policy.Config) { p.Dir = filepath.Join(dir, "policies") })
+	cfg.Policy = config.Defaulted(func(p *policy.Config) { p.Dir = filepath.Join(dir, "policies") })
 	if cfgEdit != nil {
 		cfgEdit(cfg)
 	}
-	if err := errors.Join(attest.ValidateIssuers("issuers", issuers), pcfg.Validate(),
-		cfg.Validate(map[string]bool{"ext": true, "renewing": true})); err != nil {
+	names := map[string]bool{}
+	for _, bc := range cfg.Backends {
+		names[bc.Name] = true
+	}
+	if err := errors.Join(attest.ValidateIssuers("issuers", issuers), backends.ValidateConfigs(cfg.Backends), cfg.Policy.Validate(),
+		cfg.Validate(names)); err != nil {
 		t.Fatal(err)
 	}
 	store, err := bolt.Open(filepath.Join(dir, "valet.db"), bolt.Options{})
@@ -150,29 +202,31 @@ func newFixture(t *testing.T, cfgEdit func(*broker.Config)) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pe, err := policy.NewEngine(policy.Options{Dir: pcfg.Dir, Logger: log, OnError: pcfg.OnError})
+	pe, err := policy.NewEngine(policy.Options{Dir: cfg.Policy.Dir, Logger: log, OnError: cfg.Policy.OnError})
 	if err != nil {
 		t.Fatal(err)
 	}
 	be := &scripted{mint: ok, issued: map[string]bool{}}
 	rn := &renewing{scripted: be}
+	bes := map[string]backends.Backend{"ext": be, "renewing": rn}
+	if extra != nil {
+		maps.Copy(bes, extra(clk, dir))
+	}
 	q, err := leases.NewRevocationQueue(leases.RevocationQueueConfig{Store: store, Clock: clk, Logger: log,
 		Attempts: cfg.Leases.RevokeAttempts, Backoff: cfg.Leases.RevokeBackoff.D(), MaxBackoff: cfg.Leases.RevokeMaxBackoff.D(),
 		Concurrency: cfg.Leases.RevokeConcurrency, Timeout: leases.DefaultRevokeTimeout,
-		Revoke: func(ctx context.Context, l *leases.Lease) error {
-			return be.Revoke(ctx, backends.Ref{Handle: l.Handle, CorrelationID: l.ID})
-		}})
+		Revoke: broker.RevokeAtBackend(bes)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	fs := &failingStore{Store: store}
 	gs := store.Grants()
-	b, err := broker.New(broker.Options{Config: cfg, Store: fs, Auditor: store, Verifier: v, Authorizer: pe,
-		Backends: map[string]backends.Backend{"ext": be, "renewing": rn}, Revoker: q, Clock: clk, Logger: log, Grants: gs})
+	b, err := broker.New(broker.Options{Config: cfg.Config, Store: fs, Auditor: store, Verifier: v, Authorizer: pe,
+		Backends: bes, Revoker: q, Clock: clk, Logger: log, Grants: gs})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &fixture{b: b, store: store, fs: fs, be: be, rn: rn, issuer: iss, clock: clk, queue: q, cfg: cfg, v: v, authz: pe}
+	return &fixture{b: b, store: store, fs: fs, be: be, rn: rn, issuer: iss, clock: clk, queue: q, grants: gs, cfg: cfg.Config, v: v, authz: pe}
 }
 
 func (f *fixture) attest(t *testing.T, sub string) string {
@@ -242,7 +296,7 @@ func TestMintFailuresLeaveNothingAlive(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			f := newFixture(t, func(cfg *broker.Config) { cfg.Limits.MintTimeout = config.Duration(200 * time.Millisecond) })
+			f := newFixture(t, func(cfg *fixtureConfig) { cfg.Limits.MintTimeout = config.Duration(200 * time.Millisecond) })
 			f.be.mint = c.mint
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
@@ -312,7 +366,7 @@ func TestMintSuccessRecordsIntentFirst(t *testing.T) {
 }
 
 func TestMintTTLCappedByRole(t *testing.T) {
-	f := newFixture(t, func(cfg *broker.Config) { cfg.Roles[0].MaxTTL = config.Duration(2 * time.Minute) })
+	f := newFixture(t, func(cfg *fixtureConfig) { cfg.Roles[0].MaxTTL = config.Duration(2 * time.Minute) })
 	res, err := f.b.Mint(context.Background(), broker.MintRequest{Attestation: f.attest(t, "a"), Role: "r", TTL: time.Hour})
 	if err != nil {
 		t.Fatal(err)
@@ -323,7 +377,7 @@ func TestMintTTLCappedByRole(t *testing.T) {
 }
 
 func TestRateLimitPerAgent(t *testing.T) {
-	f := newFixture(t, func(cfg *broker.Config) { cfg.Limits.AgentRate, cfg.Limits.AgentBurst = 1, 3 })
+	f := newFixture(t, func(cfg *fixtureConfig) { cfg.Limits.AgentRate, cfg.Limits.AgentBurst = 1, 3 })
 	tok := f.attest(t, "greedy")
 	for i := 0; i < 3; i++ {
 		if _, err := f.b.Mint(context.Background(), broker.MintRequest{Attestation: tok, Role: "r"}); err != nil {
@@ -347,7 +401,7 @@ func TestRateLimitPerAgent(t *testing.T) {
 // TestRateLimitInfinite: limits.agent_rate: .inf sets no limit, whatever
 // the burst.
 func TestRateLimitInfinite(t *testing.T) {
-	f := newFixture(t, func(cfg *broker.Config) { cfg.Limits.AgentRate, cfg.Limits.AgentBurst = math.Inf(1), 1 })
+	f := newFixture(t, func(cfg *fixtureConfig) { cfg.Limits.AgentRate, cfg.Limits.AgentBurst = math.Inf(1), 1 })
 	tok := f.attest(t, "busy")
 	for i := range 50 {
 		if _, err := f.b.Mint(context.Background(), broker.MintRequest{Attestation: tok, Role: "r"}); err != nil {
@@ -502,7 +556,7 @@ func TestRenewRefusalsSayTheCause(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			f := newFixture(t, func(cfg *broker.Config) {
+			f := newFixture(t, func(cfg *fixtureConfig) {
 				cfg.Roles = append(cfg.Roles, tc.role)
 				cfg.Limits.MintTimeout = config.Duration(200 * time.Millisecond)
 			})
@@ -567,7 +621,7 @@ func TestRedeemAfterFailedMintSaysWhetherItCanBeRedeemedAgain(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			f := newFixture(t, func(cfg *broker.Config) {
+			f := newFixture(t, func(cfg *fixtureConfig) {
 				cfg.Roles = append(cfg.Roles, config.Defaulted(func(r *broker.Role) { r.Name, r.Backend, r.Approval.Required = "admin", "ext", 1 }))
 			})
 			tok := f.attest(t, "asker")
@@ -644,7 +698,7 @@ func checkListed[T any](t *testing.T, state string, want []string, list func(bef
 // sweeper records it; and pages stay full while more items match.
 func TestListByStateAsShown(t *testing.T) {
 	t.Run("leases", func(t *testing.T) {
-		f := newFixture(t, func(cfg *broker.Config) { cfg.Roles[0].MaxTTL = config.Duration(time.Hour) })
+		f := newFixture(t, func(cfg *fixtureConfig) { cfg.Roles[0].MaxTTL = config.Duration(time.Hour) })
 		var short, long []string // newest last
 		for i := range 7 {
 			ttl := 30 * time.Minute
@@ -680,7 +734,7 @@ func TestListByStateAsShown(t *testing.T) {
 	})
 
 	t.Run("grants", func(t *testing.T) {
-		f := newFixture(t, func(cfg *broker.Config) {
+		f := newFixture(t, func(cfg *fixtureConfig) {
 			cfg.Roles = append(cfg.Roles, config.Defaulted(func(r *broker.Role) { r.Name, r.Backend, r.Approval.Required = "admin", "ext", 1 }))
 		})
 		op := &broker.Operator{Name: "alice", Method: "token"}
@@ -723,7 +777,7 @@ func TestListByStateAsShown(t *testing.T) {
 // them: a lease past its expiry has ended on its own and is not claimed
 // revoked.
 func TestRevokeMatchingSkipsLeasesPastExpiry(t *testing.T) {
-	f := newFixture(t, func(cfg *broker.Config) { cfg.Roles[0].MaxTTL = config.Duration(time.Hour) })
+	f := newFixture(t, func(cfg *fixtureConfig) { cfg.Roles[0].MaxTTL = config.Duration(time.Hour) })
 	mint := func(ttl time.Duration) string {
 		res, err := f.b.Mint(context.Background(), broker.MintRequest{Attestation: f.attest(t, "many"), Role: "r", TTL: ttl})
 		if err != nil {
@@ -810,5 +864,77 @@ func TestRevokeMatchingSurvivesOneBadLease(t *testing.T) {
 				t.Errorf("%d credentials alive at the backend, want only the one that could not be ended", f.be.alive())
 			}
 		})
+	}
+}
+
+// auditMark is the sequence number of the newest audit record (0 when
+// there is none), to list what a call wrote after it.
+func (f *fixture) auditMark(t *testing.T) uint64 {
+	t.Helper()
+	recs, err := f.store.ListAudit(context.Background(), audit.Filter{Newest: true, Limit: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) == 0 {
+		return 0
+	}
+	return recs[0].Seq
+}
+
+// written lists the audit records written after mark, oldest first.
+func (f *fixture) written(t *testing.T, mark uint64) []audit.Record {
+	t.Helper()
+	recs, err := f.store.ListAudit(context.Background(), audit.Filter{AfterSeq: mark, Limit: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return recs
+}
+
+// kinds shows audit records as kind/decision, oldest first.
+func kinds(recs []audit.Record) []string {
+	var out []string
+	for _, r := range recs {
+		out = append(out, r.Kind+"/"+r.Decision)
+	}
+	return out
+}
+
+// lease reads a lease as stored.
+func (f *fixture) lease(t *testing.T, id string) *leases.Lease {
+	t.Helper()
+	l, err := f.store.Get(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// agent is sub as a caller, proven by a fresh attestation.
+func (f *fixture) agent(t *testing.T, sub string) broker.Caller {
+	t.Helper()
+	p, err := f.b.AuthenticateAgent(context.Background(), f.attest(t, sub), "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return broker.Caller{Agent: p}
+}
+
+// mint mints role for agent sub and returns the lease.
+func (f *fixture) mint(t *testing.T, sub, role string, ttl time.Duration) *leases.Lease {
+	t.Helper()
+	res, err := f.b.Mint(context.Background(), broker.MintRequest{Attestation: f.attest(t, sub), Role: role, TTL: ttl})
+	if err != nil || res.Lease == nil {
+		t.Fatalf("Mint(%s, %s) = %+v, %v", sub, role, res, err)
+	}
+	return res.Lease
+}
+
+// writePolicy adds a policy file to the fixture's policy directory (call
+// it from the config edit, before the policy is loaded).
+func writePolicy(t *testing.T, cfg *fixtureConfig, name, text string) {
+	t.Helper()
+	if err := os.WriteFile(filepath.Join(cfg.Policy.Dir, name), []byte(text), 0o600); err != nil {
+		t.Fatal(err)
 	}
 }

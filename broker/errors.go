@@ -51,11 +51,16 @@ func (e *Error) RetryAfterSeconds() int64 {
 // Unwrap returns the internal cause.
 func (e *Error) Unwrap() error { return e.Err }
 
-// Is reports whether target is an *Error with the same code and message, so
-// sentinel errors such as ErrQuarantined can be matched with errors.Is.
+// Is reports whether target is a code sentinel for e's code: an *Error that
+// holds only a Code, such as &Error{Code: ENOTFOUND}, so that
+// errors.Is(err, &Error{Code: ENOTFOUND}) asks whether err carries that
+// code. Any other *Error matches only itself (errors.Is compares identity
+// before calling Is); messages are never compared, since they are written
+// for people and change. Sentinels for one kind of refusal within a code
+// are plain errors in the cause chain, such as ErrScopeRefused.
 func (e *Error) Is(target error) bool {
 	t, ok := target.(*Error)
-	return ok && t.Code == e.Code && t.Message == e.Message
+	return ok && t.Code == e.Code && t.Message == "" && t.Err == nil && t.RetryAfter == 0
 }
 
 // Errorf returns an *Error with the given code and a formatted client message.

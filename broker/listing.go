@@ -1,5 +1,16 @@
 package broker
 
+import (
+	"context"
+	"errors"
+
+	"github.com/valet-broker/valet/broker/grants"
+	"github.com/valet-broker/valet/leases"
+)
+
+// This file holds the reads clients make of leases and grants: one by id,
+// and listings by the state each item is shown with.
+
 // listLimit is the page size of a listing: the filter's limit, 100 when
 // unset, at most 1000 (what the stores apply).
 func listLimit(limit int) int {
@@ -72,4 +83,85 @@ func listAsShown[T any, S ~string](want S, stored []S, limit int, before string,
 		}
 	}
 	return out, nil
+}
+
+// GetLease returns a lease to its owner or an operator, with its state as
+// of now (an active lease past its expiry is expired). Another agent gets
+// ENOTFOUND, so lease ids cannot be probed.
+func (b *Broker) GetLease(ctx context.Context, c Caller, id string) (*leases.Lease, error) {
+	if !leases.ValidID(id) {
+		return nil, Errorf(ENOTFOUND, "lease %q not found", id)
+	}
+	l, err := b.store.Get(ctx, id)
+	if err != nil {
+		if errors.Is(err, leases.ErrNotFound) {
+			return nil, Errorf(ENOTFOUND, "lease %q not found", id)
+		}
+		return nil, storeError(err)
+	}
+	if c.Operator == nil && (c.Agent == nil || c.Agent.ID != l.AgentID) {
+		return nil, Errorf(ENOTFOUND, "lease %q not found", id)
+	}
+	l.State = l.StateAt(b.clock.Now())
+	return l, nil
+}
+
+// ListLeases lists leases for an operator, newest first, each with its state
+// as of now (an active lease past its expiry is expired before the expirer
+// records it). f.State filters on that same state: state=active never
+// lists a lease shown expired, and state=expired lists active leases past
+// their expiry too. A page holds f.Limit leases (default 100, at most 1000)
+// whenever that many match; a shorter page is the last.
+func (b *Broker) ListLeases(ctx context.Context, f leases.Filter) ([]*leases.Lease, error) {
+	now := b.clock.Now()
+	stored := []leases.State{f.State}
+	if f.State == leases.StateExpired {
+		stored = append(stored, leases.StateActive)
+	}
+	ls, err := listAsShown(f.State, stored, listLimit(f.Limit), f.Before,
+		func(st leases.State, before string, limit int) ([]*leases.Lease, error) {
+			sf := f
+			sf.State, sf.Before, sf.Limit = st, before, limit
+			return b.store.List(ctx, sf)
+		},
+		func(l *leases.Lease) string { return l.ID }, func(l *leases.Lease) leases.State { return l.StateAt(now) })
+	if err != nil {
+		return nil, storeError(err)
+	}
+	for _, l := range ls {
+		l.State = l.StateAt(now)
+	}
+	return ls, nil
+}
+
+// ListGrants lists grants for operators, newest first, each with its state
+// as of now (a pending or approved grant past its deadline is expired
+// before the sweeper records it). f.State filters on that same state:
+// state=pending never lists a grant shown expired, and state=expired lists
+// pending and approved grants past their deadlines too. A page holds
+// f.Limit grants (default 100, at most 1000) whenever that many match; a
+// shorter page is the last.
+func (b *Broker) ListGrants(ctx context.Context, f grants.Filter) ([]*grants.Grant, error) {
+	if b.grants == nil {
+		return nil, nil
+	}
+	now := b.clock.Now()
+	stored := []grants.State{f.State}
+	if f.State == grants.StateExpired {
+		stored = append(stored, grants.StatePending, grants.StateApproved)
+	}
+	gs, err := listAsShown(f.State, stored, listLimit(f.Limit), f.Before,
+		func(st grants.State, before string, limit int) ([]*grants.Grant, error) {
+			sf := f
+			sf.State, sf.Before, sf.Limit = st, before, limit
+			return b.grants.List(ctx, sf)
+		},
+		func(g *grants.Grant) string { return g.ID }, func(g *grants.Grant) grants.State { return g.StateAt(now) })
+	if err != nil {
+		return nil, grantError(err)
+	}
+	for _, g := range gs {
+		g.State = g.StateAt(now)
+	}
+	return gs, nil
 }

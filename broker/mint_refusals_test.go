@@ -39,7 +39,7 @@ func TestMintRefusalsAreTellable(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			f := newFixture(t, func(cfg *broker.Config) {
+			f := newFixture(t, func(cfg *fixtureConfig) {
 				cfg.Roles = append(cfg.Roles, config.Defaulted(func(r *broker.Role) { r.Name, r.Backend, r.Approval.Required = "approved", "ext", 1 }))
 			})
 			res, err := f.b.Mint(context.Background(), c.req(f))

@@ -91,7 +91,8 @@ const refusalSummaryInterval = time.Minute
 // SummarizeRefusals writes an auth.refused.summary record of the refusals
 // counted since the last one, once every minute in which there were any,
 // until ctx ends; then it writes the last one, so a shutdown loses no
-// count. Run it once, on its own goroutine.
+// count. Run runs it; call it directly (once, on its own goroutine) only
+// without Run.
 func (b *Broker) SummarizeRefusals(ctx context.Context) {
 	for {
 		t := b.clock.NewTimer(refusalSummaryInterval)

@@ -60,7 +60,7 @@ func refusalRecords(t *testing.T, f *fixture) (individual, summaries []audit.Rec
 }
 
 func TestFailedAttestationsThrottledPerAddress(t *testing.T) {
-	f := newFixture(t, func(c *broker.Config) { c.Limits.AuthFailuresPerMinute = 3 })
+	f := newFixture(t, func(c *fixtureConfig) { c.Limits.AuthFailuresPerMinute = 3 })
 	ctx := context.Background()
 	mint := func(tok, ip string) error {
 		_, err := f.b.Mint(ctx, broker.MintRequest{Attestation: tok, Role: "r", SourceIP: ip, RequestID: "req-" + ip})
@@ -132,7 +132,7 @@ func TestFailedAttestationsThrottledPerAddress(t *testing.T) {
 // address's budget, or over the records allowed a minute — are summarized
 // once a minute and at shutdown, with counts that add up.
 func TestRefusalSummaries(t *testing.T) {
-	f := newFixture(t, func(c *broker.Config) {
+	f := newFixture(t, func(c *fixtureConfig) {
 		c.Limits.AuthFailuresPerMinute = 5
 		c.Limits.AuthFailureRecordsPerMinute = 2
 	})
@@ -196,7 +196,7 @@ func TestRefusalSummaries(t *testing.T) {
 // tracks neither grows memory without bound nor escapes throttling, and
 // its summary names a bounded number of addresses.
 func TestRefusalAccountingIsBounded(t *testing.T) {
-	f := newFixture(t, func(c *broker.Config) {
+	f := newFixture(t, func(c *fixtureConfig) {
 		c.Limits.AuthFailuresPerMinute = 1
 		c.Limits.AuthFailureRecordsPerMinute = 0
 	})

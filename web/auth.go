@@ -93,18 +93,40 @@ func (c *Console) handleLogin(w http.ResponseWriter, r *http.Request) {
 	// while the address is throttled for the failures of others behind it.
 	token := strings.TrimSpace(r.PostForm.Get("token"))
 	var op *broker.Operator
+	// why is the refusal of an operator ID token that verified as one but
+	// names no operator, or could not be checked: its message is the
+	// API's (an unverified email, a group the account is not in).
+	var why error
 	if token != "" && len(token) <= maxTokenBytes {
 		o, isOp, err := c.ops.Authenticate(r.Context(), token)
-		if isOp && err == nil {
+		switch {
+		case isOp && err == nil:
 			op = o
+		case isOp:
+			why = err
 		}
+	}
+	if code := broker.ErrorCode(why); code == broker.EFORBIDDEN || code == broker.EUNAVAILABLE {
+		// Not a failed credential, as at the API: the account is not an
+		// operator, or the issuer's keys could not be fetched.
+		status := http.StatusForbidden
+		if code == broker.EUNAVAILABLE {
+			status = http.StatusServiceUnavailable
+		}
+		c.log.Warn("console sign-in refused", "method", "token", "remote", clientIP(r), "err", broker.ErrorMessage(why))
+		c.renderLogin(w, r, status, "", next, broker.ErrorMessage(why)+".")
+		return
 	}
 	if op == nil {
 		ip := clientIP(r)
 		c.log.Warn("console sign-in refused", "method", "token", "remote", ip)
+		reason, msg := "console sign-in with a token that is not a valid operator token", "That is not a valid operator token."
+		if why != nil {
+			reason, msg = "console sign-in: "+broker.ErrorMessage(why), "That operator ID token is refused: "+broker.ErrorMessage(why)+"."
+		}
 		err := c.b.RefuseCredential(r.Context(), broker.Refusal{Credential: broker.CredentialConsoleToken, SourceIP: ip,
 			Kind: audit.KindOperatorAuth, RequestID: w.Header().Get("X-Request-Id"), // set by the API server
-			Reason: "console sign-in with a token that is not a valid operator token"})
+			Reason: reason})
 		var be *broker.Error
 		if errors.As(err, &be) && be.Code == broker.ERATELIMIT {
 			wait := be.RetryAfterSeconds()
@@ -113,7 +135,7 @@ func (c *Console) handleLogin(w http.ResponseWriter, r *http.Request) {
 				"Check the token and try again in "+humanDuration(time.Duration(wait)*time.Second)+".")
 			return
 		}
-		c.renderLogin(w, r, http.StatusUnauthorized, "", next, "That is not a valid operator token.")
+		c.renderLogin(w, r, http.StatusUnauthorized, "", next, msg)
 		return
 	}
 	// Typing a static token is a sign-in now. An operator's ID token

@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/valet-broker/valet/broker"
+	"github.com/valet-broker/valet/broker/api"
 	"github.com/valet-broker/valet/broker/clientip"
 	"github.com/valet-broker/valet/broker/grants"
 	"github.com/valet-broker/valet/leases"
@@ -260,29 +261,29 @@ func (c *Console) serverError(w http.ResponseWriter, r *http.Request, err error)
 		"The console could not complete this request. The server log has details under request id "+requestID(w)+".")
 }
 
-// brokerError shows a broker error with its client-safe message and
-// status.
+// brokerError shows a broker error with its client-safe message and the
+// status the API gives it (api.StatusOf: valet's one error table), with
+// Retry-After when rate-limited. Server errors are logged with their
+// cause; internal errors show only a generic page.
 func (c *Console) brokerError(w http.ResponseWriter, r *http.Request, se *session, err error) {
-	status := http.StatusInternalServerError
-	switch broker.ErrorCode(err) {
-	case broker.ENOTFOUND:
-		status = http.StatusNotFound
-	case broker.EFORBIDDEN:
-		status = http.StatusForbidden
-	case broker.ECONFLICT:
-		status = http.StatusConflict
-	case broker.EINVALID:
-		status = http.StatusBadRequest
-	case broker.EINTERNAL:
+	status := api.StatusOf(err)
+	if status == http.StatusInternalServerError {
 		c.serverError(w, r, err)
 		return
 	}
-	c.renderMessage(w, r, status, http.StatusText(status), broker.ErrorMessage(err))
+	if status >= 500 {
+		c.log.Error("console", "path", r.URL.Path, "request_id", requestID(w), "err", err)
+	}
+	if status == http.StatusTooManyRequests {
+		w.Header().Set("Retry-After", api.RetryAfter(err))
+	}
+	c.renderMessage(w, r, status, api.Title(broker.ErrorCode(err)), broker.ErrorMessage(err))
 }
 
-// flashError queues a broker error for the next page.
+// flashError queues a broker error for the next page. Server errors are
+// logged with their cause (the flash shows only the client-safe message).
 func (c *Console) flashError(se *session, what string, err error) {
-	if broker.ErrorCode(err) == broker.EINTERNAL {
+	if api.StatusOf(err) >= 500 {
 		c.log.Error("console", "action", what, "err", err)
 	}
 	c.sessions.addFlash(se.key, flash{"error", what + ": " + broker.ErrorMessage(err)})

@@ -2,6 +2,8 @@ package web
 
 import (
 	"context"
+	"html"
+	"maps"
 	"net/http"
 	"net/url"
 	"path/filepath"
@@ -927,6 +929,58 @@ func TestConsoleIDTokenSignInIsFreshOnlyByItsAuthTime(t *testing.T) {
 			page := b.get("/ui/grants/" + id).Body
 			if got := !strings.Contains(page, "deciding asks you to sign in again first"); got != c.fresh {
 				t.Fatalf("fresh = %v, want %v", got, c.fresh)
+			}
+		})
+	}
+}
+
+// TestConsoleIDTokenSignInSaysWhyItIsRefused: an operator ID token pasted
+// into the sign-in form that verifies but names no operator is refused
+// with the reason the API gives (the unverified email, the missing group),
+// not as if it were no token at all.
+func TestConsoleIDTokenSignInSaysWhyItIsRefused(t *testing.T) {
+	sso, err := attest.NewDevIssuer("https://sso.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := newFixture(t, func(cfg *fixtureConfig, w *Config) {
+		sso.SetClock(w.Clock)
+		jwks := filepath.Join(t.TempDir(), "sso-jwks.json")
+		if err := sso.WriteJWKS(jwks); err != nil {
+			t.Fatal(err)
+		}
+		cfg.Operators.Issuers = []attest.OperatorIssuerConfig{config.Defaulted(func(ic *attest.OperatorIssuerConfig) {
+			ic.Name, ic.Issuer, ic.Audiences, ic.JWKSFile, ic.Algorithms = "sso", "https://sso.test", []string{"valet-console"}, jwks, []string{"ES256"}
+			ic.AllowedGroups = []string{"sre"}
+		})}
+	})
+	cases := []struct {
+		name   string
+		claims map[string]any
+		status int
+		want   string
+	}{
+		{"an unverified email", map[string]any{"email": "carol@example.com", "email_verified": false, "groups": "sre"}, http.StatusUnauthorized,
+			"the email address carol@example.com is not verified by the identity provider (email_verified is false)"},
+		{"outside the allowed groups", map[string]any{"email": "eve@example.com", "email_verified": true, "groups": []any{"staff"}}, http.StatusForbidden,
+			"eve@example.com is not a member of a group allowed to act as an operator (sre)"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			claims := map[string]any{"sub": "u-1", "aud": "valet-console"}
+			maps.Copy(claims, c.claims)
+			tok, err := sso.Sign(claims)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b := f.browser()
+			r := b.post("/ui/login", url.Values{"token": {tok}, "csrf": {b.csrf("/ui/login")}})
+			if r.Status != c.status {
+				t.Fatalf("sign-in: %d, want %d\n%s", r.Status, c.status, r.Body)
+			}
+			mustContain(t, html.UnescapeString(r.Body), c.want)
+			if r := b.get("/ui/grants"); r.Status != http.StatusSeeOther {
+				t.Fatalf("a refused sign-in opened a session: %d", r.Status)
 			}
 		})
 	}

@@ -8,6 +8,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/valet-broker/valet/broker"
+	"github.com/valet-broker/valet/broker/api"
 	"github.com/valet-broker/valet/broker/grants"
 	"github.com/valet-broker/valet/leases"
 	"github.com/valet-broker/valet/leases/audit"
@@ -219,7 +220,7 @@ func (c *Console) decision(act decisionAction) authedHandler {
 			g, err = c.b.ReviewGrant(r.Context(), &op, id, comment, requestID(w))
 		}
 		if err != nil {
-			if broker.ErrorCode(err) == broker.EINTERNAL {
+			if api.StatusOf(err) >= 500 {
 				c.log.Error("console: grant decision", "action", act, "grant", id, "err", err)
 			}
 			c.sessions.addFlash(se.key, flash{"error", "Could not " + string(act) + " grant " + id + ": " + broker.ErrorMessage(err)})

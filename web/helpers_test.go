@@ -208,9 +208,7 @@ func newFixture(t *testing.T, edit func(*fixtureConfig, *Config)) *fixture {
 	bes := map[string]backends.Backend{"mem": be, "stubborn": stubborn}
 	q, err := leases.NewRevocationQueue(leases.RevocationQueueConfig{Store: store, Clock: clk, Logger: log, Attempts: cfg.Leases.RevokeAttempts,
 		Backoff: time.Minute, MaxBackoff: time.Hour, Concurrency: cfg.Leases.RevokeConcurrency, Timeout: leases.DefaultRevokeTimeout,
-		Revoke: func(ctx context.Context, l *leases.Lease) error {
-			return bes[l.Backend].Revoke(ctx, backends.Ref{Handle: l.Handle, CorrelationID: l.ID})
-		}})
+		Revoke: broker.RevokeAtBackend(bes)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,7 +9,8 @@ import (
 	"github.com/valet-broker/valet/broker"
 )
 
-// statusOf is the one table from error codes to HTTP status.
+// statusOf is the one table from error codes to HTTP status. StatusOf
+// reads it for the API and for the web console.
 var statusOf = map[string]int{
 	broker.EINVALID:      http.StatusBadRequest,
 	broker.EUNAUTHORIZED: http.StatusUnauthorized,
@@ -23,6 +24,7 @@ var statusOf = map[string]int{
 	broker.EINTERNAL:     http.StatusInternalServerError,
 }
 
+// titleOf is the RFC 9457 title of each code's problems.
 var titleOf = map[string]string{
 	broker.EINVALID:      "Invalid request",
 	broker.EUNAUTHORIZED: "Unauthenticated",
@@ -34,6 +36,27 @@ var titleOf = map[string]string{
 	broker.EUNAVAILABLE:  "Unavailable",
 	broker.EBADGATEWAY:   "Backend error",
 	broker.EINTERNAL:     "Internal error",
+}
+
+// StatusOf is the HTTP status for err: the status of its code
+// (broker.ErrorCode) in valet's one table from error codes to status, and
+// 500 for an error that is not a *broker.Error or has a code the table
+// does not hold. Every front end (the API, the web console) answers with
+// it.
+func StatusOf(err error) int {
+	if status, ok := statusOf[broker.ErrorCode(err)]; ok {
+		return status
+	}
+	return http.StatusInternalServerError
+}
+
+// Title is the short, human-readable summary of problems with code (the
+// RFC 9457 title), "Internal error" for a code valet does not have.
+func Title(code string) string {
+	if t, ok := titleOf[code]; ok {
+		return t
+	}
+	return titleOf[broker.EINTERNAL]
 }
 
 // Problem is an RFC 9457 problem details body.
@@ -54,10 +77,7 @@ func ProblemType(code string) string { return "urn:valet:problem:" + code }
 // with their cause and shown to the client only as a generic message.
 func (s *Server) Error(w http.ResponseWriter, r *http.Request, err error) {
 	code := broker.ErrorCode(err)
-	status, ok := statusOf[code]
-	if !ok {
-		status = http.StatusInternalServerError
-	}
+	status := StatusOf(err)
 	rid := requestID(r.Context())
 	if status >= 500 {
 		s.log.Error("request failed", "request_id", rid, "method", r.Method, "path", r.URL.Path, "code", code, "err", err)
@@ -71,16 +91,18 @@ func (s *Server) Error(w http.ResponseWriter, r *http.Request, err error) {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="valet"`)
 	}
 	if status == http.StatusTooManyRequests {
-		w.Header().Set("Retry-After", retryAfter(err))
+		w.Header().Set("Retry-After", RetryAfter(err))
 	}
 	writeProblem(w, Problem{
-		Type: ProblemType(code), Title: titleOf[code], Status: status, Detail: broker.ErrorMessage(err),
+		Type: ProblemType(code), Title: Title(code), Status: status, Detail: broker.ErrorMessage(err),
 		Instance: r.URL.Path, Code: code, RequestID: rid,
 	})
 }
 
-// retryAfter is the Retry-After value for a rate-limited request.
-func retryAfter(err error) string {
+// RetryAfter is the Retry-After header value (RFC 9110 section 10.2.3,
+// whole seconds) for a request refused with err, a rate-limited request:
+// the error's RetryAfter rounded up, and 1 when it does not say.
+func RetryAfter(err error) string {
 	var be *broker.Error
 	if errors.As(err, &be) {
 		return strconv.FormatInt(be.RetryAfterSeconds(), 10)

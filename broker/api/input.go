@@ -65,13 +65,15 @@ func requireContentType(r *http.Request, want string) error {
 }
 
 // bodyError is the error for a body that could not be read or parsed as a
-// form: ETOOLARGE over the size limit, else EINVALID.
+// form: ETOOLARGE over the size limit, else EINVALID. The read error
+// itself (which names the server's address) is kept as the cause, for the
+// log, and not shown.
 func bodyError(err error) error {
 	var mbe *http.MaxBytesError
 	if errors.As(err, &mbe) {
 		return broker.Errorf(broker.ETOOLARGE, "request body is over the limit of %d bytes", mbe.Limit)
 	}
-	return broker.Errorf(broker.EINVALID, "the request body cannot be read: %v", err)
+	return broker.Wrap(broker.EINVALID, err, "the request body cannot be read: the connection failed or ended before the whole body arrived; send the request again")
 }
 
 // params are the query parameters of a request, each given at most once.

@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 
 	"github.com/valet-broker/valet/broker"
@@ -89,6 +90,9 @@ func clientAuthError(err error) *oauthError {
 func clientCredentials(r *http.Request, f url.Values) (broker.ClientCredentials, *oauthError) {
 	var cc broker.ClientCredentials
 	used := 0
+	if n := len(r.Header.Values("Authorization")); n > 1 {
+		return cc, invalidRequest("the Authorization header is given " + strconv.Itoa(n) + " times; send one client authentication")
+	}
 	if h := r.Header.Get("Authorization"); h != "" {
 		used++
 		scheme, creds, _ := strings.Cut(h, " ")

@@ -19,8 +19,8 @@ func (s *Server) registerLeaseRoutes(r chi.Router) {
 	r.Delete("/leases/{id}", s.handleLeaseDelete)
 }
 
-// leaseView is a lease as the API shows it. The backend handle is shown to
-// operators only.
+// leaseView is a lease as the API shows it. The backend handle, details
+// and last revocation error are shown to operators only.
 type leaseView struct {
 	ID             string            `json:"id"`
 	AgentID        string            `json:"agent_id"`
@@ -46,12 +46,14 @@ type leaseView struct {
 
 // viewLease shows l as the broker returned it, with its state as of the
 // moment the broker read it (so a list filtered by state shows that state).
+// The handle, the backend's details and the last revocation error (the
+// backend's own text) are shown to operators only.
 func viewLease(l *leases.Lease, operator bool) leaseView {
 	v := leaseView{
 		ID: l.ID, AgentID: l.AgentID, Role: l.Role, Backend: l.Backend, State: l.State, EndReason: l.EndReason,
 		CreatedAt: l.CreatedAt.UTC(), ExpiresAt: l.ExpiresAt.UTC(), MaxExpiresAt: l.MaxExpires.UTC(), EndedAt: l.EndedAt.UTC(),
 		Renewable: l.Renewable, RenewCount: l.RenewCount, GrantID: l.GrantID, Approvers: l.Approvers, Lineage: l.Lineage,
-		RevokeAttempts: l.RevokeAttempts, LastError: l.LastError, NextAttempt: l.NextAttempt.UTC(),
+		RevokeAttempts: l.RevokeAttempts, NextAttempt: l.NextAttempt.UTC(),
 	}
 	if l.EndedAt.IsZero() {
 		v.EndedAt = time.Time{}
@@ -65,6 +67,7 @@ func viewLease(l *leases.Lease, operator bool) leaseView {
 	if operator {
 		v.Handle = l.Handle
 		v.Details = l.Details
+		v.LastError = l.LastError
 	}
 	return v
 }

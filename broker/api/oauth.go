@@ -118,7 +118,7 @@ func (s *Server) writeOAuthError(w http.ResponseWriter, r *http.Request, e *oaut
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("Pragma", "no-cache")
 	if e.status == http.StatusTooManyRequests {
-		w.Header().Set("Retry-After", retryAfter(cause))
+		w.Header().Set("Retry-After", RetryAfter(cause))
 	}
 	w.WriteHeader(e.status)
 	out := *e
@@ -190,9 +190,9 @@ func parseTokenExchange(r *http.Request, maxBody int64, maxToken int) (*tokenExc
 	switch stt := f.Get("subject_token_type"); stt {
 	case tokenTypeJWT, tokenTypeIDToken:
 	case "":
-		return nil, invalidRequest("subject_token_type is required: " + tokenTypeJWT)
+		return nil, invalidRequest("subject_token_type is required: " + tokenTypeJWT + " (or " + tokenTypeIDToken + ")")
 	default:
-		return nil, invalidRequest("subject_token_type must be " + tokenTypeJWT)
+		return nil, invalidRequest("subject_token_type must be " + tokenTypeJWT + " or " + tokenTypeIDToken)
 	}
 	if f.Has("actor_token") || f.Has("actor_token_type") {
 		return nil, invalidRequest("actor_token (delegation) is not supported")

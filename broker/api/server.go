@@ -137,7 +137,7 @@ func (s *Server) registerHealthRoutes(r chi.Router, reg *prometheus.Registry) {
 	})
 	r.Get("/readyz", func(w http.ResponseWriter, r *http.Request) {
 		if err := s.ready(); err != nil {
-			s.Error(w, r, broker.Wrap(broker.EUNAVAILABLE, err, "not ready: %v", err))
+			s.Error(w, r, broker.Wrap(broker.EUNAVAILABLE, err, "valet is not ready to take traffic yet; retry later"))
 			return
 		}
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
@@ -267,8 +267,12 @@ func (b tooLargeBody) Read([]byte) (int, error) { return 0, &http.MaxBytesError{
 func (b tooLargeBody) Close() error             { return b.orig.Close() }
 
 // bearer returns the bearer token of the request, checking its size before
-// anything parses it.
+// anything parses it. A request carries one credential (RFC 9110 section
+// 11.6.2): two Authorization headers are refused, never one chosen.
 func (s *Server) bearer(r *http.Request) (string, error) {
+	if n := len(r.Header.Values("Authorization")); n > 1 {
+		return "", broker.Errorf(broker.EINVALID, "the Authorization header is given %d times; send one credential", n)
+	}
 	h := r.Header.Get("Authorization")
 	if h == "" {
 		return "", nil

@@ -196,6 +196,26 @@ var (
 	ErrState = errors.New("grant is not in a state that allows this")
 )
 
+// Refusal is a change the store refused because of the grant's state, its
+// binding or who asked. errors.Is(err, Kind) holds; Kind is ErrState,
+// ErrSelfApproval, ErrTampered or ErrNotFound.
+type Refusal struct {
+	Kind error
+	// Reason says why, for the client: it names only the grant, its state
+	// and the operators involved.
+	Reason string
+}
+
+// Error is the kind and the reason.
+func (r *Refusal) Error() string { return r.Kind.Error() + ": " + r.Reason }
+
+// Unwrap returns the kind.
+func (r *Refusal) Unwrap() error { return r.Kind }
+
+func refuse(kind error, format string, args ...any) error {
+	return &Refusal{Kind: kind, Reason: fmt.Sprintf(format, args...)}
+}
+
 // Filter selects grants.
 type Filter struct {
 	State   State

@@ -2,7 +2,6 @@ package grants
 
 import (
 	"errors"
-	"fmt"
 	"time"
 
 	"github.com/valet-broker/valet/leases/audit"
@@ -34,13 +33,13 @@ var ErrUnchanged = errors.New("unchanged")
 // operator is one of its requesters.
 func (g *Grant) Approve(d Decision, redeemWithin time.Duration) error {
 	if st := g.StateAt(d.At); st != StatePending {
-		return fmt.Errorf("%w: grant %s is %s", ErrState, g.ID, st)
+		return refuse(ErrState, "grant %s is %s", g.ID, st)
 	}
 	if g.IsRequester(d.Operator) {
-		return fmt.Errorf("%w: %s asked for this access and cannot approve it", ErrSelfApproval, d.Operator)
+		return refuse(ErrSelfApproval, "%s asked for this access and cannot approve it", d.Operator)
 	}
 	if g.HasApproved(d.Operator) {
-		return fmt.Errorf("%w: %s already approved grant %s; approvals must come from distinct operators", ErrState, d.Operator, g.ID)
+		return refuse(ErrState, "%s already approved grant %s; approvals must come from distinct operators", d.Operator, g.ID)
 	}
 	g.Approvals = append(g.Approvals, d)
 	if len(g.Approvals) >= g.Required {
@@ -55,7 +54,7 @@ func (g *Grant) Approve(d Decision, redeemWithin time.Duration) error {
 // any other.
 func (g *Grant) Deny(d Decision) error {
 	if st := g.StateAt(d.At); st != StatePending && st != StateApproved {
-		return fmt.Errorf("%w: grant %s is %s", ErrState, g.ID, st)
+		return refuse(ErrState, "grant %s is %s", g.ID, st)
 	}
 	g.State = StateDenied
 	g.Denial = &d
@@ -69,13 +68,13 @@ func (g *Grant) Deny(d Decision) error {
 // ErrState).
 func (g *Grant) Redeem(agentID, binding string, now time.Time) error {
 	if g.AgentID != agentID {
-		return fmt.Errorf("%w: grant %s belongs to another agent", ErrNotFound, g.ID)
+		return refuse(ErrNotFound, "grant %s belongs to another agent", g.ID)
 	}
 	if st := g.StateAt(now); st != StateApproved {
-		return fmt.Errorf("%w: grant %s is %s, not approved", ErrState, g.ID, st)
+		return refuse(ErrState, "grant %s is %s, not approved", g.ID, st)
 	}
 	if g.Binding != binding {
-		return fmt.Errorf("%w: grant %s was approved for a different request", ErrTampered, g.ID)
+		return refuse(ErrTampered, "grant %s was approved for a different request", g.ID)
 	}
 	g.State = StateRedeemed
 	g.EndedAt = now
@@ -100,13 +99,13 @@ func (g *Grant) Unredeem() error {
 // operator is one of its requesters.
 func (g *Grant) AddReview(d Decision) error {
 	if g.Kind != KindBreakGlass {
-		return fmt.Errorf("%w: grant %s is not a break-glass grant", ErrState, g.ID)
+		return refuse(ErrState, "grant %s is not a break-glass grant", g.ID)
 	}
 	if g.Review != nil {
-		return fmt.Errorf("%w: grant %s was reviewed by %s already", ErrState, g.ID, g.Review.Operator)
+		return refuse(ErrState, "grant %s was reviewed by %s already", g.ID, g.Review.Operator)
 	}
 	if g.IsRequester(d.Operator) {
-		return fmt.Errorf("%w: %s asked for this access and cannot review it", ErrSelfApproval, d.Operator)
+		return refuse(ErrSelfApproval, "%s asked for this access and cannot review it", d.Operator)
 	}
 	g.Review = &d
 	return nil

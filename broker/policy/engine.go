@@ -181,7 +181,14 @@ func (e *Engine) Watch(ctx context.Context) error {
 	if err := w.Add(e.dir); err != nil {
 		return fmt.Errorf("watch policy directory %s: %w", e.dir, err)
 	}
+	return e.reloadOnChange(ctx, w.Events, w.Errors)
+}
 
+// reloadOnChange is Watch's loop: it reloads once the changes announced on
+// events (and the watcher's errors, after which changes may have been
+// missed) have paused for the debounce interval, until ctx is done or a
+// channel closes.
+func (e *Engine) reloadOnChange(ctx context.Context, events <-chan fsnotify.Event, errs <-chan error) error {
 	var (
 		timer clock.Timer
 		fire  <-chan time.Time // nil while no reload is pending
@@ -203,7 +210,7 @@ func (e *Engine) Watch(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
-		case ev, ok := <-w.Events:
+		case ev, ok := <-events:
 			if !ok {
 				return errors.New("policy watcher stopped")
 			}
@@ -211,7 +218,7 @@ func (e *Engine) Watch(ctx context.Context) error {
 				continue
 			}
 			schedule()
-		case err, ok := <-w.Errors:
+		case err, ok := <-errs:
 			if !ok {
 				return errors.New("policy watcher stopped")
 			}

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fsnotify/fsnotify"
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/leases/clock"
 )
@@ -23,10 +24,11 @@ const (
 	forbidAll = `@id("forbid-all") forbid(principal, action, resource);`
 )
 
-// reloadRecorder collects OnReload calls.
+// reloadRecorder collects OnReload calls, and announces each on reloaded.
 type reloadRecorder struct {
-	mu    sync.Mutex
-	calls []reloadCall
+	mu       sync.Mutex
+	calls    []reloadCall
+	reloaded chan struct{}
 }
 
 type reloadCall struct {
@@ -38,6 +40,17 @@ func (r *reloadRecorder) record(version string, err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.calls = append(r.calls, reloadCall{version, err})
+	select {
+	case r.reloaded <- struct{}{}:
+	default:
+	}
+}
+
+// count is how many times OnReload was called.
+func (r *reloadRecorder) count() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.calls)
 }
 
 func (r *reloadRecorder) last(t *testing.T) reloadCall {
@@ -54,7 +67,7 @@ func (r *reloadRecorder) last(t *testing.T) reloadCall {
 func newTestEngine(t *testing.T, files map[string]string, opts Options) (*Engine, string, *reloadRecorder) {
 	t.Helper()
 	dir := writePolicies(t, t.TempDir(), files)
-	rec := &reloadRecorder{}
+	rec := &reloadRecorder{reloaded: make(chan struct{}, 1)}
 	opts.Dir = dir
 	opts.OnReload = rec.record
 	if opts.Logger == nil {
@@ -326,46 +339,48 @@ func TestWatch(t *testing.T) {
 func TestWatchDebounces(t *testing.T) {
 	fake := clock.NewFake(time.Date(2026, 3, 2, 10, 0, 0, 0, time.UTC))
 	e, dir, rec := newTestEngine(t, map[string]string{"a.cedar": permitAll}, Options{Clock: fake})
+	// The watcher's channels are the test's: unbuffered, so a send returns
+	// only once the loop has taken the event, and a Chmod (which changes
+	// nothing) proves the loop has finished with the events before it.
+	events, errs := make(chan fsnotify.Event), make(chan error)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- e.Watch(ctx) }()
+	go func() { done <- e.reloadOnChange(ctx, events, errs) }()
 	defer func() {
 		cancel()
 		<-done
 	}()
+	settled := func() { events <- fsnotify.Event{Name: dir, Op: fsnotify.Chmod} }
 
 	// Until the debounce interval has passed, nothing is reloaded, however
-	// many events arrive.
-	deadline := time.Now().Add(10 * time.Second)
-	for i := 0; fake.Waiters() == 0 || i < 5; i++ {
-		if time.Now().After(deadline) {
-			t.Fatal("no debounce timer was armed within 10s")
-		}
-		writePolicies(t, dir, map[string]string{"b.cedar": `forbid(principal, action, resource) when { context.risk > ` + string(rune('0'+i%10)) + ` };`})
-		time.Sleep(20 * time.Millisecond)
+	// many changes arrive; each restarts the interval.
+	writePolicies(t, dir, map[string]string{"b.cedar": forbidAll})
+	for range 5 {
+		events <- fsnotify.Event{Name: filepath.Join(dir, "b.cedar"), Op: fsnotify.Write}
+		settled() // the timer is armed at this time, not later
+		fake.Advance(DefaultDebounce / 2)
 	}
-	reloads := func() int {
-		rec.mu.Lock()
-		defer rec.mu.Unlock()
-		return len(rec.calls)
+	if n := fake.Waiters(); n != 1 {
+		t.Fatalf("%d timers armed after a burst of changes, want the one debounce timer", n)
 	}
-	time.Sleep(50 * time.Millisecond) // let the last events arrive
-	fake.Advance(DefaultDebounce - time.Millisecond)
-	time.Sleep(50 * time.Millisecond)
-	if n := reloads(); n != 0 {
-		t.Fatalf("reloaded %d times before the debounce interval passed", n)
+	fake.Advance(DefaultDebounce - DefaultDebounce/2 - time.Millisecond)
+	settled()
+	if n, armed := rec.count(), fake.Waiters(); n != 0 || armed != 1 {
+		t.Fatalf("%d reloads and %d timers before the debounce interval passed after the last change, want 0 and 1", n, armed)
 	}
 	// Once it has passed, the burst causes exactly one reload.
 	fake.Advance(time.Millisecond)
-	for reloads() == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("no reload within 10s after the debounce interval")
-		}
-		time.Sleep(5 * time.Millisecond)
+	select {
+	case <-rec.reloaded:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no reload within 10s after the debounce interval")
 	}
-	time.Sleep(50 * time.Millisecond)
-	if n := reloads(); n != 1 {
-		t.Errorf("a burst of writes caused %d reloads, want 1", n)
+	settled()
+	if n, armed := rec.count(), fake.Waiters(); n != 1 || armed != 0 {
+		t.Errorf("a burst of changes caused %d reloads, with %d timers left, want 1 and none", n, armed)
+	}
+	if allowed(t, e) {
+		t.Error("the reload did not load the changed policies")
 	}
 }
 

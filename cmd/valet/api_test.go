@@ -1031,6 +1031,17 @@ func TestTokenExchange(t *testing.T) {
 			t.Errorf("leases = %v, want the one active lease", got)
 		}
 	})
+	// Each subject_token_type valet takes works, and a refusal names
+	// them all.
+	for _, typ := range []string{"urn:ietf:params:oauth:token-type:jwt", "urn:ietf:params:oauth:token-type:id_token"} {
+		if r := e.exchange(with(exchangeForm(att(), "demo"), func(f url.Values) { f.Set("subject_token_type", typ) })); r.Status != http.StatusOK {
+			t.Errorf("subject_token_type %s: %d %s", typ, r.Status, r.Body)
+		}
+		r := e.exchange(with(exchangeForm(att(), "demo"), func(f url.Values) { f.Set("subject_token_type", "urn:x") }))
+		if oe := assertOAuthError(t, r, "invalid_request"); !strings.Contains(oe.Description, typ) {
+			t.Errorf("refused subject_token_type: %q does not name %s, which is accepted", oe.Description, typ)
+		}
+	}
 }
 
 // syncBuffer is a bytes.Buffer safe for the server's concurrent log writes.

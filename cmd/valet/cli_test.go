@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -360,5 +361,37 @@ func TestCLIAuditVerifyCanonicalBytes(t *testing.T) {
 	out, _, code = runCLI(t, []string{"VALET_ADDR=" + e.URL, "VALET_TOKEN=" + testOperatorToken}, "audit", "verify")
 	if code != 1 || !strings.Contains(out, "BROKEN") || !strings.Contains(out, want) {
 		t.Errorf("online verify: exit %d\n%s\nwant exit 1 naming %q", code, out, want)
+	}
+}
+
+// TestServeListsEachConfigErrorOnItsOwnLine: a config with several
+// mistakes is refused with one line per mistake, each naming its key,
+// rather than one line with the newlines written as \n.
+func TestServeListsEachConfigErrorOnItsOwnLine(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "config.yaml")
+	if err := os.WriteFile(cfg, []byte(`data_dir: .
+issuers:
+  - {name: dev, issuer: valet-dev, audiences: [valet], jwks_file: jwks.json}
+backends:
+  - {name: tokens, type: jwt}
+roles:
+  - {name: demo, backend: tokens, ttl: 5m, max_ttl: 1m}
+policy: {dir: .}
+limits: {agent_burst: 0}
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, stderr, code := runCLI(t, nil, "serve", "--config", cfg)
+	if code != 1 {
+		t.Fatalf("exit %d, want 1; stderr:\n%s", code, stderr)
+	}
+	if strings.Contains(stderr, `\n`) {
+		t.Fatalf("newlines printed as \\n:\n%s", stderr)
+	}
+	for _, want := range []string{"roles[0].max_ttl (1m0s) must not be less than ttl (5m0s)", "limits.agent_burst must be at least 1; it is 0"} {
+		if !slices.ContainsFunc(strings.Split(stderr, "\n"), func(l string) bool { return strings.Contains(l, want) }) {
+			t.Fatalf("no line saying %q:\n%s", want, stderr)
+		}
 	}
 }

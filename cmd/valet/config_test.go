@@ -349,6 +349,45 @@ func TestConfigKeyAbsentOrZero(t *testing.T) {
 	}
 }
 
+// TestConfigRefusesFractionsOfWholeNumbers: YAML decoding truncates a
+// number with a fraction into an integer key (approval.required: 1.5 would
+// ask for one approval); every integer key refuses it instead, naming the
+// key, and keeps accepting a whole number written as a float (1e3).
+func TestConfigRefusesFractionsOfWholeNumbers(t *testing.T) {
+	keyPath := regexp.MustCompile(`\.(\d+)`)
+	for _, k := range configKeys {
+		switch k.def.(type) {
+		case int, int64:
+		default:
+			continue
+		}
+		t.Run(k.path, func(t *testing.T) {
+			m := keysConfig()
+			setKey(t, m, k.path, 2.5)
+			_, err := parseKeys(t, m)
+			want := "(" + keyPath.ReplaceAllString(k.path, "[$1]") + "): 2.5 is not a whole number"
+			if err == nil || !strings.Contains(err.Error(), want) {
+				t.Fatalf("set to 2.5: error %v, want one containing %q", err, want)
+			}
+		})
+	}
+	t.Run("a whole number written as a float", func(t *testing.T) {
+		cfg, err := ParseConfig([]byte(minimalConfig + "limits:\n  agent_burst: 4.0e1\n"))
+		if err != nil || cfg.Limits.AgentBurst != 40 {
+			t.Fatalf("agent_burst 4.0e1: %v, %v", cfg, err)
+		}
+	})
+	t.Run("backend options", func(t *testing.T) {
+		var o struct {
+			NumUses int `yaml:"num_uses"`
+		}
+		err := config.DecodeOptions(map[string]any{"num_uses": 1.5}, &o)
+		if err == nil || !strings.Contains(err.Error(), "num_uses: 1.5 is not a whole number") {
+			t.Fatalf("num_uses 1.5: %v (decoded %d)", err, o.NumUses)
+		}
+	})
+}
+
 // TestConfigKeysAllListed walks the configuration's types: every numeric
 // and duration key must have a row in configKeys (a new key needs its
 // default and its meaning of 0 decided and tested).

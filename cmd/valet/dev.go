@@ -97,7 +97,7 @@ func prepareDev(dir, listen string) (*Config, string, error) {
 	}
 	cfg, err := LoadConfig(filepath.Join(dir, "config.yaml"))
 	if err != nil {
-		return nil, "", err
+		return nil, "", configError{err}
 	}
 	return cfg, opToken, nil
 }
@@ -182,7 +182,7 @@ Next, in another terminal:
 `, addr, dir, opToken, addr, addr, opToken, attestCmd, self, self, self)
 	printDevIntrospection(w, cfg, addr, dir, self)
 	if vaultRoles == "" {
-		fmt.Fprintf(w, "  (set VAULT_ADDR and VAULT_TOKEN, or use `make run-vault`, for the Vault demo roles)\n\n")
+		fmt.Fprintf(w, "\n  (set VAULT_ADDR and VAULT_TOKEN, or use `make run-vault`, for the Vault demo roles)\n\n")
 		return
 	}
 	pgPort := os.Getenv("VALET_DEV_PGPORT")
@@ -192,7 +192,8 @@ Next, in another terminal:
 	// The commands are pasted into a new terminal, where neither the
 	// vault binary nor VAULT_ADDR is set: each line carries what it needs
 	// (the credential brings VALET_VAULT_ADDR and VALET_VAULT_TOKEN).
-	fmt.Fprintf(w, `Vault roles:       %s
+	fmt.Fprintf(w, `
+Vault roles:       %s
 
   %s exec demo-vault -- sh -c 'VAULT_ADDR=$VALET_VAULT_ADDR VAULT_TOKEN=$VALET_VAULT_TOKEN GODEBUG=x509negativeserial=1 %s kv get secret/valet-demo/hello'
   %s exec demo-db -- sh -c 'PGPASSWORD=$VALET_PASSWORD psql -h 127.0.0.1 -p %s -U $VALET_USERNAME postgres'

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"maps"
 	"net/http"
 	"net/url"
 	"strings"
@@ -230,5 +231,53 @@ func TestAttestationIdentityValuesAreChecked(t *testing.T) {
 	r = e.Do("POST", "/v1/leases/revoke", testOperatorToken, map[string]any{"lineage": lineage})
 	if r.Status != http.StatusOK || decode[map[string]int](t, r)["revoked"] != 1 || leaseState(t, e, id) != "revoked" {
 		t.Fatalf("revoke by lineage: %d %s; lease %s", r.Status, r.Body, leaseState(t, e, id))
+	}
+}
+
+// TestAuthorizationHeaderGivenOnce: a request with two Authorization
+// headers is refused, whichever of them is valid and in either order:
+// valet never picks one of two credentials (RFC 9110 section 11.6.2
+// defines one credential per request).
+func TestAuthorizationHeaderGivenOnce(t *testing.T) {
+	e, _ := introspectionEnv(t)
+	agent := e.Attest("twice", nil)
+	tok := accessToken(t, e.Mint(agent, "demo")["credential"].(map[string]any))
+	before := e.LeaseCounts()
+	basic := basicAuth("demo-api", rsSecret("demo-api"))
+	cases := []struct {
+		name, method, path, ct, body string
+		auth                         []string
+		status                       int
+		want                         string
+	}{
+		{"operator endpoint", "GET", "/v1/roles", "", "", []string{"Bearer " + testOperatorToken, "Bearer x"}, http.StatusBadRequest,
+			"the Authorization header is given 2 times"},
+		{"operator endpoint, the valid one last", "GET", "/v1/roles", "", "", []string{"Bearer x", "Bearer " + testOperatorToken}, http.StatusBadRequest,
+			"the Authorization header is given 2 times"},
+		{"agent mint", "POST", "/v1/credentials", "application/json", `{"role":"demo"}`, []string{"Bearer " + agent, "Bearer " + agent},
+			http.StatusBadRequest, "the Authorization header is given 2 times"},
+		{"introspection", "POST", "/v1/introspect", "application/x-www-form-urlencoded", "token=" + tok, []string{basic, "Basic eDp5"},
+			http.StatusBadRequest, `"error":"invalid_request"`},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			req, err := http.NewRequest(tc.method, e.URL+tc.path, strings.NewReader(tc.body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.ct != "" {
+				req.Header.Set("Content-Type", tc.ct)
+			}
+			for _, a := range tc.auth {
+				req.Header.Add("Authorization", a)
+			}
+			r := e.send(req)
+			if r.Status != tc.status || !strings.Contains(string(r.Body), tc.want) {
+				t.Fatalf("%d %s, want %d saying %q", r.Status, r.Body, tc.status, tc.want)
+			}
+		})
+	}
+	if after := e.LeaseCounts(); !maps.Equal(after, before) {
+		t.Errorf("leases %v after refused requests, want %v", after, before)
 	}
 }

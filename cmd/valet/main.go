@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -30,10 +31,26 @@ func main() {
 		if errors.As(err, &ee) {
 			os.Exit(ee.code)
 		}
-		fmt.Fprintln(os.Stderr, "valet:", termSafe(err.Error()))
+		// A configuration file may hold several mistakes: one line
+		// each. Any other message is the server's or the network's and
+		// stays on one line, its newlines escaped.
+		lines := []string{err.Error()}
+		if errors.As(err, new(configError)) {
+			lines = strings.Split(err.Error(), "\n")
+		}
+		for _, l := range lines {
+			fmt.Fprintln(os.Stderr, "valet:", termSafe(l))
+		}
 		os.Exit(1)
 	}
 }
+
+// configError is an error in the operator's own configuration file,
+// which lists each mistake on a line of its own.
+type configError struct{ err error }
+
+func (e configError) Error() string { return e.err.Error() }
+func (e configError) Unwrap() error { return e.err }
 
 func newRootCmd() *cobra.Command {
 	root := &cobra.Command{

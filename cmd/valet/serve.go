@@ -27,7 +27,7 @@ func newServeCmd() *cobra.Command {
 			}
 			cfg, err := LoadConfig(configPath)
 			if err != nil {
-				return err
+				return configError{err}
 			}
 			return serve(cmd.Context(), cfg, nil)
 		},

@@ -139,13 +139,8 @@ func (s *Server) Open(ctx context.Context) (err error) {
 		Dir: cfg.Policy.Dir, Logger: log, OnError: cfg.Policy.OnError,
 		OnEvalError: s.metrics.PolicyErrored,
 		OnReload: func(version string, rerr error) {
-			e := audit.Entry{Kind: audit.KindPolicyReload, Actor: audit.Actor{Type: audit.ActorSystem, ID: "valet"},
-				PolicyVersion: version, Decision: audit.Allow, Reason: "policy set loaded"}
-			if rerr != nil {
-				e.Decision, e.Reason = audit.Deny, "reload refused, previous policy set kept: "+rerr.Error()
-			}
 			s.metrics.PolicyReloaded(rerr != nil)
-			if err := s.store.Audit(context.Background(), now(), e); err != nil {
+			if err := s.store.Audit(context.Background(), now(), broker.PolicyReloadRecord(version, rerr)); err != nil {
 				log.Error("audit policy reload", "err", err)
 			}
 		},
@@ -170,30 +165,16 @@ func (s *Server) Open(ctx context.Context) (err error) {
 		Attempts: cfg.Leases.RevokeAttempts, Backoff: cfg.Leases.RevokeBackoff.D(), MaxBackoff: cfg.Leases.RevokeMaxBackoff.D(),
 		Concurrency: cfg.Leases.RevokeConcurrency, Timeout: leases.DefaultRevokeTimeout,
 		OnAttempt: s.metrics.RevocationAttempt,
-		Revoke: func(ctx context.Context, l *leases.Lease) error {
-			be, ok := bes[l.Backend]
-			if !ok {
-				return fmt.Errorf("backend %q is no longer configured", l.Backend)
-			}
-			return be.Revoke(ctx, backends.Ref{Handle: l.Handle, CorrelationID: l.ID, AgentID: l.AgentID, Role: l.Role, ExpiresAt: l.ExpiresAt, EndedAt: l.EndedAt, Details: l.Details})
-		},
+		Revoke:    broker.RevokeAtBackend(bes),
 	})
 	if err != nil {
 		return err
 	}
-	s.store.SetRevokeAtExpiry(func(l *leases.Lease) bool {
-		_, ok := bes[l.Backend].(backends.ExpiryRevoker)
-		return ok
-	})
+	s.store.SetRevokeAtExpiry(broker.RevokesAtExpiry(bes))
 	s.expirer = leases.NewExpirer(s.store, s.Clock, log)
 	s.expirer.OnExpire = func(expired []*leases.Lease, now time.Time) {
 		s.metrics.Expired(expired, now)
-		for _, l := range expired {
-			if l.State == leases.StateRevoking {
-				s.queue.Kick()
-				break
-			}
-		}
+		s.broker.LeasesExpired(expired)
 	}
 
 	grantStore := s.store.Grants()
@@ -212,7 +193,7 @@ func (s *Server) Open(ctx context.Context) (err error) {
 	s.broker, err = broker.New(broker.Options{
 		Config: cfg.Broker(), Store: s.store, Auditor: s.store, Verifier: verifier, Authorizer: s.policy, Backends: bes,
 		Revoker: s.queue, Expiry: s.expirer, Clock: s.Clock, Logger: log, Observer: s.metrics,
-		Grants: grantStore, Notifier: s.Notifier,
+		Grants: grantStore, Notifier: s.Notifier, Replay: replay,
 	})
 	if err != nil {
 		return err
@@ -227,10 +208,7 @@ func (s *Server) Open(ctx context.Context) (err error) {
 	if len(recovered) > 0 {
 		log.Warn("recovered pending leases from an interrupted run; revoking them", "count", len(recovered))
 	}
-	if err := s.store.Audit(ctx, s.Clock.Now(), audit.Entry{
-		Kind: audit.KindServerStart, Actor: audit.Actor{Type: audit.ActorSystem, ID: "valet"}, PolicyVersion: s.policy.Version(),
-		Details: map[string]string{"config_sha256": configHash(cfg), "recovered_pending": fmt.Sprint(len(recovered)), "version": version},
-	}); err != nil {
+	if err := s.store.Audit(ctx, s.Clock.Now(), broker.ServerStartRecord(s.policy.Version(), configHash(cfg), len(recovered), version)); err != nil {
 		return err
 	}
 
@@ -287,9 +265,7 @@ func (s *Server) Open(ctx context.Context) (err error) {
 			}
 		})
 	}
-	s.goRun(func() { s.housekeeping(wctx, replay) })
-	s.goRun(func() { s.expireGrants(wctx) })
-	s.goRun(func() { s.broker.SummarizeRefusals(wctx) })
+	s.goRun(func() { s.broker.Run(wctx) })
 	if s.dispatcher != nil {
 		s.goRun(func() { s.dispatcher.Run(wctx) })
 	}
@@ -345,44 +321,6 @@ func (s *Server) readiness() error {
 		return errors.New("starting")
 	}
 	return nil
-}
-
-// housekeeping prunes ended leases past retention and consumed jti entries
-// past their expiry, once a minute.
-func (s *Server) housekeeping(ctx context.Context, replay *bolt.ReplayCache) {
-	for {
-		t := s.Clock.NewTimer(time.Minute)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return
-		case <-t.C():
-		}
-		now := s.Clock.Now()
-		if _, err := s.store.PruneEnded(ctx, now.Add(-s.Config.Leases.Retention.D()), 10000); err != nil && ctx.Err() == nil {
-			s.Logger.Error("prune ended leases", "err", err)
-		}
-		if _, err := replay.Purge(now); err != nil && ctx.Err() == nil {
-			s.Logger.Error("purge replay cache", "err", err)
-		}
-	}
-}
-
-// expireGrants records grants that passed their deadlines, every few
-// seconds, so operators and webhooks hear about them promptly.
-func (s *Server) expireGrants(ctx context.Context) {
-	for {
-		t := s.Clock.NewTimer(5 * time.Second)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return
-		case <-t.C():
-		}
-		if _, err := s.broker.ExpireGrants(ctx); err != nil && ctx.Err() == nil {
-			s.Logger.Error("expire grants", "err", err)
-		}
-	}
 }
 
 // Addr is the address the server listens on.

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/vault/api"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/valet-broker/valet/backends/vault/vaulttest"
@@ -517,4 +518,45 @@ func TestDevVaultRoles(t *testing.T) {
 			t.Errorf("role %s approval = %+v, want the defaults", name, r.Approval)
 		}
 	}
+}
+
+// TestDevVaultWithoutKV: valet dev writes its demo secret to the KV engine
+// a dev Vault has at secret/, and goes without it when there is none
+// (Vault's 404); any other failure is reported.
+func TestDevVaultWithoutKV(t *testing.T) {
+	cases := []struct {
+		name    string
+		prepare func(t *testing.T, v *vaulttest.Server)
+		secret  bool // the demo secret is written
+	}{
+		{"a KV engine at secret/", func(*testing.T, *vaulttest.Server) {}, true},
+		{"no engine at secret/", func(t *testing.T, v *vaulttest.Server) {
+			if err := v.Client().Sys().Unmount("secret"); err != nil {
+				t.Fatal(err)
+			}
+		}, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			v := vaulttest.StartDev(t)
+			tc.prepare(t, v)
+			if err := setupDevVault(v.Addr, v.Token); err != nil {
+				t.Fatalf("setupDevVault: %v", err)
+			}
+			s, err := v.Client().Logical().Read("secret/data/valet-demo/hello")
+			if written := err == nil && s != nil; written != tc.secret {
+				t.Errorf("demo secret written: %v (%v), want %v", written, err, tc.secret)
+			}
+		})
+	}
+	t.Run("a token that may not write", func(t *testing.T) {
+		v := vaulttest.StartDev(t)
+		tok, err := v.Client().Auth().Token().Create(&api.TokenCreateRequest{Policies: []string{"default"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := setupDevVault(v.Addr, tok.Auth.ClientToken); err == nil {
+			t.Fatal("setupDevVault succeeded with a token that may write nothing")
+		}
+	})
 }

@@ -39,9 +39,10 @@ import (
 	"go.yaml.in/yaml/v3"
 )
 
-// DecodeStrict decodes YAML into v, rejecting unknown keys and trailing
-// documents. A decoding error names the key of each line it cites:
-// "line 7 (issuers[0].clock_skew): duration "-1s" out of range".
+// DecodeStrict decodes YAML into v, rejecting unknown keys, trailing
+// documents and numbers with a fraction for integer keys. A decoding
+// error names the key of each line it cites: "line 7
+// (issuers[0].clock_skew): duration "-1s" out of range".
 func DecodeStrict(b []byte, v any) error {
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
@@ -55,7 +56,7 @@ func DecodeStrict(b []byte, v any) error {
 	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
 		return errors.New("config must be a single YAML document")
 	}
-	return nil
+	return refuseFractions(b, v)
 }
 
 var errorLine = regexp.MustCompile(`line (\d+):`)
@@ -114,8 +115,22 @@ func DecodeOptions(opts map[string]any, v any) error {
 	if err != nil {
 		return err
 	}
-	return DecodeStrict(b, v)
+	if err := DecodeStrict(b, v); err != nil {
+		// b is valet's own rendering of the options: its line numbers
+		// would point into the user's file at unrelated lines.
+		msg := optionKeyLine.ReplaceAllString(err.Error(), "$1:")
+		return errors.New(optionLine.ReplaceAllString(msg, ""))
+	}
+	return nil
 }
+
+// optionKeyLine and optionLine match the "line N (key):" and "line N: "
+// that DecodeStrict puts before each message; DecodeOptions keeps only
+// the key.
+var (
+	optionKeyLine = regexp.MustCompile(`line \d+ \(([^)]*)\):`)
+	optionLine    = regexp.MustCompile(`line \d+: `)
+)
 
 // DecodeOnDefaults is the body of every section's UnmarshalYAML: it sets
 // the section's defaults, then decodes the YAML on top of them, so only

@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"strings"
 	"testing"
 )
 
@@ -39,5 +40,34 @@ func TestDecodeOptionsKeepsZeroAndRefusesUnknownKeys(t *testing.T) {
 	}
 	if err := DecodeOptions(map[string]any{"retires": 1}, &o); err == nil {
 		t.Fatal("DecodeOptions accepted an unknown key")
+	}
+}
+
+// TestDecodeOptionsErrorsCiteNoLines: backend options and role params are
+// decoded from a document valet writes itself, so an error names the key
+// but cites no line number, which would point into the user's config file
+// at a line that has nothing to do with it.
+func TestDecodeOptionsErrorsCiteNoLines(t *testing.T) {
+	var o struct {
+		Address string   `yaml:"address"`
+		Timeout Duration `yaml:"timeout"`
+		NumUses int      `yaml:"num_uses"`
+	}
+	cases := []struct {
+		name string
+		opts map[string]any
+		want string
+	}{
+		{"a negative duration", map[string]any{"address": "a", "num_uses": 1, "timeout": "-1s"}, `timeout: duration "-1s" out of range`},
+		{"a fraction", map[string]any{"address": "a", "num_uses": 2.5}, "num_uses: 2.5 is not a whole number"},
+		{"a string for a number", map[string]any{"num_uses": "two"}, "cannot unmarshal !!str `two` into int"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			err := DecodeOptions(c.opts, &o)
+			if err == nil || !strings.Contains(err.Error(), c.want) || strings.Contains(err.Error(), "line ") {
+				t.Fatalf("error %v, want one saying %q without a line number", err, c.want)
+			}
+		})
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -287,10 +288,18 @@ func (s *Server) Policy(name, hcl string) {
 	}
 }
 
-// Mount enables a secrets engine at path.
+// Mount enables a secrets engine of type typ at path, unless an engine is
+// enabled there already (a dev Vault has KV version 2 at secret/).
 func (s *Server) Mount(path, typ string) {
 	s.tb.Helper()
-	if err := s.Client().Sys().Mount(path, &api.MountInput{Type: typ}); err != nil && !strings.Contains(err.Error(), "path is already in use") {
+	mounts, err := s.Client().Sys().ListMounts()
+	if err != nil {
+		s.tb.Fatalf("vault list mounts: %v", err)
+	}
+	if _, ok := mounts[strings.Trim(path, "/")+"/"]; ok {
+		return
+	}
+	if err := s.Client().Sys().Mount(path, &api.MountInput{Type: typ}); err != nil {
 		s.tb.Fatalf("vault mount %s: %v", path, err)
 	}
 }
@@ -350,10 +359,34 @@ func (s *Server) LeaveUnreadableAccessors(tokenRole string) []string {
 			}(w)
 		}
 		wg.Wait()
-		if acc := s.UnreadableAccessors(); len(acc) > 0 {
+		if acc := s.settledUnreadableAccessors(); len(acc) > 0 {
 			return acc
 		}
 	}
 	s.tb.Fatal("Vault left no unreadable token accessor after 20 rounds of cancelled token creations")
 	return nil
+}
+
+// settledUnreadableAccessors returns the unreadable accessors once Vault
+// has finished the creations its clients gave up on: a cancelled request
+// ends at once for the client, while Vault may still be working on it and
+// leave another unreadable accessor a moment later. The set is settled when
+// three readings 100ms apart agree (at most 10s).
+func (s *Server) settledUnreadableAccessors() []string {
+	read := func() []string {
+		acc := s.UnreadableAccessors()
+		slices.Sort(acc)
+		return acc
+	}
+	prev, same := read(), 0
+	for deadline := time.Now().Add(10 * time.Second); same < 2 && time.Now().Before(deadline); {
+		time.Sleep(100 * time.Millisecond)
+		cur := read()
+		if slices.Equal(cur, prev) {
+			same++
+		} else {
+			prev, same = cur, 0
+		}
+	}
+	return prev
 }

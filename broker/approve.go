@@ -16,19 +16,21 @@ import (
 )
 
 // This file holds the approval workflow: an elevated role's request becomes
-// a grant bound to the exact request; operators approve or deny it; the
-// agent redeems it once. Break-glass mints at once and waits for review.
+// a grant bound to the exact request; operators approve or deny it (or
+// review break-glass access after the fact); long polls wait for the
+// decision; unanswered grants expire. The agent redeems an approved grant
+// once (redeem.go).
 
 // requestGrant records a grant for a policy-permitted request of a role
 // that needs approval, and announces it.
-func (b *Broker) requestGrant(ctx context.Context, p *Principal, role *Role, ttl time.Duration, req MintRequest, dec Decision, now time.Time) (*MintResult, error) {
+func (b *Broker) requestGrant(ctx context.Context, op *mintOp) (*MintResult, error) {
 	if b.grants == nil {
-		return nil, Errorf(EFORBIDDEN, "role %s requires approval, and this server has no grant store", role.Name)
+		return nil, Errorf(EFORBIDDEN, "role %s requires approval, and this server has no grant store", op.role.Name)
 	}
-	g := b.newGrant(p, role, ttl, req, dec, now, grants.KindApproval)
-	if err := b.grants.Create(ctx, g, now, dec.record(audit.Entry{
-		Kind: audit.KindGrantRequest, Actor: agentActor(p), Decision: audit.Allow, Reason: req.Reason, RequestID: req.RequestID,
-		Details: map[string]string{"ttl": ttl.String(), "approvals_required": fmt.Sprint(g.Required)},
+	g := b.newGrant(op, grants.KindApproval)
+	if err := b.grants.Create(ctx, g, op.now, op.dec.record(audit.Entry{
+		Kind: audit.KindGrantRequest, Actor: agentActor(op.p), Decision: audit.Allow, Reason: op.req.Reason, RequestID: op.req.RequestID,
+		Details: map[string]string{"ttl": op.ttl.String(), "approvals_required": fmt.Sprint(g.Required)},
 	})); err != nil {
 		return nil, grantError(err)
 	}
@@ -36,22 +38,23 @@ func (b *Broker) requestGrant(ctx context.Context, p *Principal, role *Role, ttl
 	return &MintResult{Grant: g}, nil
 }
 
-// newGrant binds a request.
-func (b *Broker) newGrant(p *Principal, role *Role, ttl time.Duration, req MintRequest, dec Decision, now time.Time, kind string) *grants.Grant {
-	r := grants.Request{AgentID: p.ID, Role: role.Name, TTL: ttl, Scope: req.Scope, Reason: req.Reason, Lineage: p.Lineage}
-	g := &grants.Grant{
-		ID: leases.NewID(now), Kind: kind, AgentID: p.ID, Role: role.Name, TTL: ttl, Scope: req.Scope,
+// newGrant binds op's request in a grant of kind.
+func (b *Broker) newGrant(op *mintOp, kind string) *grants.Grant {
+	p, role, req, now := op.p, op.role, op.req, op.now
+	r := grants.Request{AgentID: p.ID, Role: role.Name, TTL: op.ttl, Scope: req.Scope, Reason: req.Reason, Lineage: p.Lineage}
+	return &grants.Grant{
+		ID: leases.NewID(now), Kind: kind, AgentID: p.ID, Role: role.Name, TTL: op.ttl, Scope: req.Scope,
 		Reason: req.Reason, Lineage: p.Lineage, Requester: requesterIdentities(p, role), Binding: grants.Binding(r),
 		State: grants.StatePending, Required: role.Approval.Required, CreatedAt: now,
-		ExpiresAt: now.Add(role.Approval.RequestTTL.D()), PolicyVersion: dec.Version, RequestID: req.RequestID,
+		ExpiresAt: now.Add(role.Approval.RequestTTL.D()), PolicyVersion: op.dec.Version, RequestID: req.RequestID,
 	}
-	return g
 }
 
 // requesterIdentities are the agent id, its subject and the values of the
 // role's requester claims (e.g. email, CI actor): the people behind the
-// request, none of whom may approve or review it. Each identity is listed
-// once (compared as identity.Equal does).
+// request, none of whom may approve or review it. A claim names one person
+// (a string) or several (an array: every string in it counts). Each
+// identity is listed once (compared as identity.Equal does).
 func requesterIdentities(p *Principal, role *Role) []string {
 	var ids []string
 	add := func(v string) {
@@ -62,48 +65,19 @@ func requesterIdentities(p *Principal, role *Role) []string {
 	add(p.ID)
 	add(p.Subject)
 	for _, c := range role.Approval.RequesterClaims {
-		if v, ok := p.Claims[c].(string); ok {
+		switch v := p.Claims[c].(type) {
+		case string:
 			add(v)
+		case []any:
+			for _, e := range v {
+				if s, ok := e.(string); ok {
+					add(s)
+				}
+			}
 		}
 		add(p.Attributes[c])
 	}
 	return ids
-}
-
-// breakGlass mints at once for a role that allows emergency access, records
-// a break-glass grant awaiting review, and raises a high-severity event.
-func (b *Broker) breakGlass(ctx context.Context, p *Principal, role *Role, ttl time.Duration, req MintRequest, dec Decision, now time.Time) (*MintResult, error) {
-	if b.grants == nil {
-		return nil, Errorf(EFORBIDDEN, "break-glass needs a grant store, and this server has none")
-	}
-	g := b.newGrant(p, role, ttl, req, dec, now, grants.KindBreakGlass)
-	g.State, g.EndedAt, g.Required = grants.StateRedeemed, now, 0
-	if err := b.grants.Create(ctx, g, now, dec.record(audit.Entry{
-		Kind: audit.KindBreakGlass, Actor: agentActor(p), Decision: audit.Allow, Reason: req.Reason, RequestID: req.RequestID,
-		Details: map[string]string{"ttl": ttl.String(), "severity": SeverityHigh},
-	})); err != nil {
-		return nil, grantError(err)
-	}
-	res, err := b.mint(ctx, p, role, ttl, req, dec, now, g)
-	if err != nil {
-		b.notify(EventBreakGlass, SeverityHigh, g) // the attempt itself is news
-		return nil, err
-	}
-	return b.grantMinted(ctx, g, res, EventBreakGlass, SeverityHigh), nil
-}
-
-// grantMinted records the lease a grant minted on the grant, announces it,
-// wakes its long polls and attaches it to the result.
-func (b *Broker) grantMinted(ctx context.Context, g *grants.Grant, res *MintResult, event, severity string) *MintResult {
-	if done, err := b.grants.Redeemed(ctx, g.ID, res.Lease.ID, b.clock.Now()); err == nil {
-		g = done
-	} else {
-		b.log.Error("record the lease on its grant", "grant", g.ID, "err", err)
-	}
-	b.notify(event, severity, g)
-	b.waiters.wake(g.ID)
-	res.Grant = g
-	return res
 }
 
 // GetGrant returns a grant to its agent or an operator; another agent gets
@@ -158,38 +132,6 @@ func (b *Broker) WaitGrant(ctx context.Context, c Caller, id string, wait time.D
 			return b.GetGrant(ctx, c, id)
 		}
 	}
-}
-
-// ListGrants lists grants for operators, newest first, each with its state
-// as of now (a pending or approved grant past its deadline is expired
-// before the sweeper records it). f.State filters on that same state:
-// state=pending never lists a grant shown expired, and state=expired lists
-// pending and approved grants past their deadlines too. A page holds
-// f.Limit grants (default 100, at most 1000) whenever that many match; a
-// shorter page is the last.
-func (b *Broker) ListGrants(ctx context.Context, f grants.Filter) ([]*grants.Grant, error) {
-	if b.grants == nil {
-		return nil, nil
-	}
-	now := b.clock.Now()
-	stored := []grants.State{f.State}
-	if f.State == grants.StateExpired {
-		stored = append(stored, grants.StatePending, grants.StateApproved)
-	}
-	gs, err := listAsShown(f.State, stored, listLimit(f.Limit), f.Before,
-		func(st grants.State, before string, limit int) ([]*grants.Grant, error) {
-			sf := f
-			sf.State, sf.Before, sf.Limit = st, before, limit
-			return b.grants.List(ctx, sf)
-		},
-		func(g *grants.Grant) string { return g.ID }, func(g *grants.Grant) grants.State { return g.StateAt(now) })
-	if err != nil {
-		return nil, grantError(err)
-	}
-	for _, g := range gs {
-		g.State = g.StateAt(now)
-	}
-	return gs, nil
 }
 
 // mayApprove reports whether op is among the role's approvers (names and
@@ -283,78 +225,6 @@ func (b *Broker) DenyGrant(ctx context.Context, op *Operator, id, comment, reque
 	return ng, nil
 }
 
-// RedeemRequest redeems an approved grant.
-type RedeemRequest struct {
-	Attestation string
-	GrantID     string
-	SourceIP    string
-	RequestID   string
-}
-
-// RedeemGrant mints the credential of an approved grant: once (the grant is
-// consumed by compare-and-swap before the mint), by the agent that asked
-// (proven by a fresh attestation), before the approval expires, for exactly
-// the request that was approved (its binding is checked). The policy is
-// asked again (action redeem, context.approvals = distinct approvers). If
-// the mint fails the grant can be redeemed again.
-func (b *Broker) RedeemGrant(ctx context.Context, req RedeemRequest) (*MintResult, error) {
-	p, err := b.authenticate(ctx, attestation{token: req.Attestation, kind: audit.KindGrantRedeem, sourceIP: req.SourceIP, requestID: req.RequestID})
-	if err != nil {
-		return nil, err
-	}
-	g, err := b.GetGrant(ctx, Caller{Agent: p}, req.GrantID)
-	if err != nil {
-		return nil, err
-	}
-	role, ok := b.roles[g.Role]
-	if !ok {
-		return nil, Errorf(ECONFLICT, "role %s of grant %s is no longer configured", g.Role, g.ID)
-	}
-	if g.Kind != grants.KindApproval {
-		return nil, Errorf(ECONFLICT, "grant %s is a %s grant and cannot be redeemed", g.ID, g.Kind)
-	}
-	now := b.clock.Now()
-	// The binding is recomputed from the stored request: a grant whose
-	// content was changed after approval does not match it.
-	binding := grants.Binding(grants.Request{AgentID: g.AgentID, Role: g.Role, TTL: g.TTL, Scope: g.Scope, Reason: g.Reason, Lineage: g.Lineage})
-	dec, err := b.authz.Authorize(ctx, AuthzRequest{Principal: p, Action: ActionRedeem, Role: role, RequestID: req.RequestID,
-		Context: AuthzContext{TTL: g.TTL, Reason: g.Reason, SourceIP: req.SourceIP, Now: now, Approvals: len(g.Approvals)}})
-	if err != nil {
-		return nil, Wrap(EINTERNAL, err, "policy evaluation failed")
-	}
-	if !dec.Allowed {
-		b.deny(ctx, p, audit.KindGrantRedeem, role.Name, req.RequestID, dec.Reason(), dec)
-		return nil, Errorf(EFORBIDDEN, "%s: agent %s may not redeem role %s", dec.Reason(), p.ID, role.Name)
-	}
-	consumed, err := b.grants.Redeem(ctx, g.ID, p.ID, binding, now, dec.record(audit.Entry{
-		Kind: audit.KindGrantRedeem, Actor: agentActor(p), Decision: audit.Allow, Reason: dec.Reason(), RequestID: req.RequestID,
-	}))
-	if err != nil {
-		if errors.Is(err, grants.ErrTampered) {
-			b.deny(ctx, p, audit.KindGrantRedeem, role.Name, req.RequestID, "grant content does not match its approved binding", dec)
-		}
-		return nil, grantError(err)
-	}
-	mreq := MintRequest{Role: g.Role, TTL: g.TTL, Reason: g.Reason, Scope: g.Scope, SourceIP: req.SourceIP, RequestID: req.RequestID}
-	res, err := b.mint(ctx, p, role, g.TTL, mreq, dec, now, consumed)
-	if err != nil {
-		// The grant is given back, but it can be redeemed again only
-		// before its deadline, which may have passed during the mint.
-		after := b.clock.Now()
-		again := "the grant can be redeemed again until " + consumed.RedeemBy.UTC().Format(time.RFC3339)
-		if !after.Before(consumed.RedeemBy) {
-			again = "the grant's redeem deadline " + consumed.RedeemBy.UTC().Format(time.RFC3339) + " has passed; it cannot be redeemed again"
-		}
-		if _, uerr := b.grants.Unredeem(context.WithoutCancel(ctx), g.ID, after, audit.Entry{
-			Kind: audit.KindGrantRedeem, Actor: agentActor(p), Decision: audit.Deny, Reason: "mint failed; " + again + ": " + ErrorMessage(err), RequestID: req.RequestID,
-		}); uerr != nil {
-			b.log.Error("give back a grant after a failed mint", "grant", g.ID, "err", uerr)
-		}
-		return nil, err
-	}
-	return b.grantMinted(ctx, consumed, res, EventGrantRedeemed, SeverityInfo), nil
-}
-
 // ReviewGrant records an operator's after-the-fact review of break-glass
 // access. A review is a decision: it obeys the rules of ApproveGrant. Errors:
 // ENOTFOUND; EFORBIDDEN when op is not an approver of the role or is one
@@ -410,17 +280,26 @@ func (b *Broker) notify(typ, severity string, g *grants.Grant) {
 		URL: b.cfg.PublicURL + "/ui/grants/" + g.ID})
 }
 
-// grantError turns a grant store error into a client error.
+// grantError turns a grant store error into a client error. A refusal is
+// told by its grants.Refusal reason, which names only the grant, its state
+// and the operators involved; the store's error text is for the log.
 func grantError(err error) error {
+	reason := func(otherwise string) string {
+		var rf *grants.Refusal
+		if errors.As(err, &rf) {
+			return rf.Reason
+		}
+		return otherwise
+	}
 	switch {
 	case errors.Is(err, grants.ErrNotFound):
 		return Wrap(ENOTFOUND, err, "grant not found")
 	case errors.Is(err, grants.ErrSelfApproval):
-		return Wrap(EFORBIDDEN, err, "%s", err.Error())
+		return Wrap(EFORBIDDEN, err, "self-approval refused: %s", reason("an operator cannot decide on access they asked for"))
 	case errors.Is(err, grants.ErrTampered):
-		return Wrap(EFORBIDDEN, err, "%s", err.Error())
+		return Wrap(EFORBIDDEN, err, "%s", reason("the grant does not match the request that was approved"))
 	case errors.Is(err, grants.ErrState):
-		return Wrap(ECONFLICT, err, "%s", err.Error())
+		return Wrap(ECONFLICT, err, "%s", reason("the grant changed while this request was handled; read it again"))
 	default:
 		return storeError(err)
 	}
