@@ -80,10 +80,13 @@ fuzz:
 	  done; \
 	done
 
+## lint: gofmt, go vet, staticcheck, and the dependency rule of
+## docs/ARCHITECTURE.md (no package imports one of a higher layer)
 lint:
 	@test -z "$$(gofmt -l .)" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
 	$(GO) vet ./...
 	$(GO) run $(STATICCHECK) ./...
+	$(GO) test -count=1 -run '^TestPackageLayers$$' ./cmd/valet
 
 tidy-check:
 	@cp go.mod /tmp/valet-go.mod.bak; cp go.sum /tmp/valet-go.sum.bak

@@ -6,13 +6,12 @@ package backends
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"sort"
 	"time"
 
-	"github.com/valet-broker/valet/broker/clock"
+	"github.com/valet-broker/valet/leases/clock"
 )
 
 // Backend mints and revokes credentials.
@@ -22,7 +21,8 @@ type Backend interface {
 	// no later than its fixed lifetime from now) and must carry
 	// req.CorrelationID wherever the backend can store it, so an orphan left
 	// by a crash can be found. Errors wrap ErrUnavailable when the backend
-	// cannot be reached (the broker answers 503).
+	// cannot be reached (the broker answers 503); an *Error says what the
+	// client must change (see the error kinds in errors.go).
 	Mint(ctx context.Context, req MintRequest) (*Credential, error)
 	// Revoke ends a credential. ref.Handle is empty when the lease was
 	// recovered from a crash before the backend answered; the backend then
@@ -105,7 +105,7 @@ type RoleChecker interface {
 // leaves nothing behind; a scope for a backend without it is refused.
 type ScopeChecker interface {
 	// CheckScope returns an error whose message says what is wrong with
-	// scope (a *broker.Error with code EINVALID) if Mint would refuse it.
+	// scope (an *Error of kind ErrInvalid) if Mint would refuse it.
 	CheckScope(role RoleSpec, scope map[string]any) error
 }
 
@@ -190,10 +190,6 @@ type Ref struct {
 	// Details are the non-secret facts the backend returned at mint.
 	Details map[string]string
 }
-
-// ErrUnavailable marks errors caused by the backend being unreachable, down
-// or sealed.
-var ErrUnavailable = errors.New("backend unavailable")
 
 // Deps are the shared services a backend constructor may use.
 type Deps struct {

@@ -9,10 +9,10 @@ import (
 	"sync"
 	"time"
 
-	"github.com/valet-broker/valet/broker/audit"
 	"github.com/valet-broker/valet/broker/grants"
 	"github.com/valet-broker/valet/broker/identity"
 	"github.com/valet-broker/valet/leases"
+	"github.com/valet-broker/valet/leases/audit"
 )
 
 // This file holds the approval workflow: an elevated role's request becomes

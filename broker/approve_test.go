@@ -11,8 +11,9 @@ import (
 
 	"github.com/valet-broker/valet/backends"
 	"github.com/valet-broker/valet/broker"
-	"github.com/valet-broker/valet/broker/audit"
 	"github.com/valet-broker/valet/broker/grants"
+	"github.com/valet-broker/valet/leases/audit"
+	"github.com/valet-broker/valet/leases/config"
 )
 
 // grantsFixture is a broker with a role needing two approvals from
@@ -21,12 +22,12 @@ import (
 func grantsFixture(t *testing.T) *fixture {
 	t.Helper()
 	approvers := broker.ApproversConfig{Operators: []string{"Alice@Example.com", "bob"}, Groups: []string{"SRE"}}
-	return newFixture(t, func(c *broker.Config) {
+	return newFixture(t, func(c *fixtureConfig) {
 		c.Roles = append(c.Roles,
-			broker.Defaulted(func(r *broker.Role) {
+			config.Defaulted(func(r *broker.Role) {
 				r.Name, r.Backend, r.Approval.Required, r.Approval.Approvers = "guarded", "ext", 2, approvers
 			}),
-			broker.Defaulted(func(r *broker.Role) {
+			config.Defaulted(func(r *broker.Role) {
 				r.Name, r.Backend, r.Approval.Required, r.Approval.Approvers = "glass", "ext", 1, approvers
 				r.Approval.BreakGlass.Allowed = true
 			}))
@@ -48,7 +49,7 @@ func (f *fixture) ownedAttestation(t *testing.T, sub, email string) string {
 // decision.
 func (f *fixture) refusals(t *testing.T, kind string) int {
 	t.Helper()
-	recs, err := audit.List(f.store.DB(), audit.Filter{Kind: kind, Limit: 1000})
+	recs, err := f.store.ListAudit(context.Background(), audit.Filter{Kind: kind, Limit: 1000})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -432,8 +433,8 @@ func TestWaitGrant(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			f := newFixture(t, func(cfg *broker.Config) {
-				cfg.Roles = append(cfg.Roles, broker.Defaulted(func(r *broker.Role) { r.Name, r.Backend, r.Approval.Required = "admin", "ext", 1 }))
+			f := newFixture(t, func(cfg *fixtureConfig) {
+				cfg.Roles = append(cfg.Roles, config.Defaulted(func(r *broker.Role) { r.Name, r.Backend, r.Approval.Required = "admin", "ext", 1 }))
 			})
 			id := requestGrant(t, f, "asker")
 			c := f.agent(t, "asker")

@@ -6,7 +6,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/valet-broker/valet/broker/audit"
+	"github.com/valet-broker/valet/leases/audit"
 )
 
 // Action is what a principal asks to do with a role.

@@ -25,14 +25,14 @@ const (
 )
 
 // ReplayPurger is the attestation replay cache as housekeeping sees it
-// (attest.BoltReplayCache): Purge deletes the consumed ids whose
+// (broker/bolt's ReplayCache): Purge deletes the consumed ids whose
 // attestations expired before now and says how many it deleted.
 type ReplayPurger interface {
 	Purge(now time.Time) (int, error)
 }
 
 // endedPruner is a lease store that deletes ended leases
-// (leases.BoltStore.PruneEnded): up to limit of those that ended before
+// (broker/bolt's Store.PruneEnded): up to limit of those that ended before
 // cutoff, returning how many.
 type endedPruner interface {
 	PruneEnded(ctx context.Context, cutoff time.Time, limit int) (int, error)

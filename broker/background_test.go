@@ -10,8 +10,9 @@ import (
 
 	"github.com/valet-broker/valet/backends"
 	"github.com/valet-broker/valet/broker"
-	"github.com/valet-broker/valet/broker/audit"
 	"github.com/valet-broker/valet/leases"
+	"github.com/valet-broker/valet/leases/audit"
+	"github.com/valet-broker/valet/leases/config"
 )
 
 // runBroker starts b.Run on its own goroutine, waits until its duties have
@@ -59,9 +60,9 @@ func TestRunBackgroundDuties(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			f := newFixture(t, func(cfg *broker.Config) {
-				cfg.Leases.Retention = broker.Duration(time.Hour)
-				cfg.Roles = append(cfg.Roles, broker.Defaulted(func(r *broker.Role) { r.Name, r.Backend, r.Approval.Required = "admin", "ext", 1 }))
+			f := newFixture(t, func(cfg *fixtureConfig) {
+				cfg.Leases.Retention = config.Duration(time.Hour)
+				cfg.Roles = append(cfg.Roles, config.Defaulted(func(r *broker.Role) { r.Name, r.Backend, r.Approval.Required = "admin", "ext", 1 }))
 			})
 			ctx := context.Background()
 			tok := f.attest(t, "bg")
@@ -85,7 +86,7 @@ func TestRunBackgroundDuties(t *testing.T) {
 			advance := runBroker(t, f, f.b)
 			advance(tc.advance)
 
-			recs, err := audit.List(f.store.DB(), audit.Filter{Kind: audit.KindGrantExpired, Limit: 10})
+			recs, err := f.store.ListAudit(context.Background(), audit.Filter{Kind: audit.KindGrantExpired, Limit: 10})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -19,10 +19,9 @@ import (
 	"time"
 
 	"github.com/valet-broker/valet/backends"
-	"github.com/valet-broker/valet/broker/audit"
-	"github.com/valet-broker/valet/broker/clock"
-	"github.com/valet-broker/valet/broker/grants"
 	"github.com/valet-broker/valet/leases"
+	"github.com/valet-broker/valet/leases/audit"
+	"github.com/valet-broker/valet/leases/clock"
 )
 
 // Revoker revokes ended leases at their backends (leases.RevocationQueue).
@@ -53,8 +52,8 @@ type Observer interface {
 // Options are the Broker's dependencies.
 type Options struct {
 	Config     *Config
-	Store      leases.Store
-	Auditor    leases.Auditor
+	Store      LeaseStore
+	Auditor    Auditor
 	Verifier   Verifier
 	Authorizer Authorizer
 	Backends   map[string]backends.Backend
@@ -65,7 +64,7 @@ type Options struct {
 	Observer   Observer
 	// Grants stores approval requests; without it, roles that need
 	// approval are refused.
-	Grants *grants.Store
+	Grants GrantStore
 	// Notifier hears about grants and break-glass use (optional).
 	Notifier Notifier
 	// Replay is the attestation replay cache, which Run purges of
@@ -76,8 +75,8 @@ type Options struct {
 // Broker runs the credential flows.
 type Broker struct {
 	cfg      *Config
-	store    leases.Store
-	auditor  leases.Auditor
+	store    LeaseStore
+	auditor  Auditor
 	verifier Verifier
 	authz    Authorizer
 	backends map[string]backends.Backend
@@ -89,7 +88,7 @@ type Broker struct {
 	limiter  *agentLimiter
 	refusals *refusals
 	roles    map[string]*Role
-	grants   *grants.Store
+	grants   GrantStore
 	notifier Notifier
 	waiters  grantWaiters
 	replay   ReplayPurger

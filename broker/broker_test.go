@@ -19,11 +19,13 @@ import (
 	"github.com/valet-broker/valet/backends"
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/broker/attest"
-	"github.com/valet-broker/valet/broker/audit"
-	"github.com/valet-broker/valet/broker/clock"
+	"github.com/valet-broker/valet/broker/bolt"
 	"github.com/valet-broker/valet/broker/grants"
 	"github.com/valet-broker/valet/broker/policy"
 	"github.com/valet-broker/valet/leases"
+	"github.com/valet-broker/valet/leases/audit"
+	"github.com/valet-broker/valet/leases/clock"
+	"github.com/valet-broker/valet/leases/config"
 )
 
 // scripted is a backend whose behaviour a test sets: it records what it
@@ -91,7 +93,7 @@ func (f *fixedLife) CredentialLifetime(time.Duration) time.Duration { return f.l
 // failingStore fails Activate on demand, as a full disk would, End for
 // the leases in endFails, and Renew, Get and List with the errors set.
 type failingStore struct {
-	*leases.BoltStore
+	*bolt.Store
 	failActivate bool
 	endFails     map[string]error
 	renewErr     error
@@ -103,40 +105,40 @@ func (f *failingStore) Renew(ctx context.Context, id string, now, expiresAt time
 	if f.renewErr != nil {
 		return nil, f.renewErr
 	}
-	return f.BoltStore.Renew(ctx, id, now, expiresAt, e)
+	return f.Store.Renew(ctx, id, now, expiresAt, e)
 }
 
 func (f *failingStore) Get(ctx context.Context, id string) (*leases.Lease, error) {
 	if f.getErr != nil {
 		return nil, f.getErr
 	}
-	return f.BoltStore.Get(ctx, id)
+	return f.Store.Get(ctx, id)
 }
 
 func (f *failingStore) List(ctx context.Context, lf leases.Filter) ([]*leases.Lease, error) {
 	if f.listErr != nil {
 		return nil, f.listErr
 	}
-	return f.BoltStore.List(ctx, lf)
+	return f.Store.List(ctx, lf)
 }
 
 func (f *failingStore) End(ctx context.Context, id string, reason leases.State, now time.Time, e audit.Entry) (*leases.Lease, error) {
 	if err := f.endFails[id]; err != nil {
 		return nil, err
 	}
-	return f.BoltStore.End(ctx, id, reason, now, e)
+	return f.Store.End(ctx, id, reason, now, e)
 }
 
 func (f *failingStore) Activate(ctx context.Context, id string, a leases.Activation, now time.Time, e audit.Entry) (*leases.Lease, error) {
 	if f.failActivate {
 		return nil, errors.New("injected: disk full")
 	}
-	return f.BoltStore.Activate(ctx, id, a, now, e)
+	return f.Store.Activate(ctx, id, a, now, e)
 }
 
 type fixture struct {
 	b      *broker.Broker
-	store  *leases.BoltStore
+	store  *bolt.Store
 	fs     *failingStore
 	be     *scripted
 	rn     *renewing  // backend "renewing": be, able to renew
@@ -144,14 +146,22 @@ type fixture struct {
 	issuer *attest.DevIssuer
 	clock  *clock.Fake
 	queue  *leases.RevocationQueue
-	grants *grants.Store
+	grants *bolt.Grants
 	// What broker.New was given, for tests that build another broker.
 	cfg   *broker.Config
 	v     broker.Verifier
 	authz broker.Authorizer
 }
 
-func newFixture(t *testing.T, cfgEdit func(*broker.Config)) *fixture {
+// fixtureConfig is the configuration a test may change before its fixture
+// starts: the broker's, and the backends and policy sections.
+type fixtureConfig struct {
+	*broker.Config
+	Backends []backends.Config
+	Policy   policy.Config
+}
+
+func newFixture(t *testing.T, cfgEdit func(*fixtureConfig)) *fixture {
 	t.Helper()
 	return newFixtureWith(t, cfgEdit, nil)
 }
@@ -159,7 +169,7 @@ func newFixture(t *testing.T, cfgEdit func(*broker.Config)) *fixture {
 // newFixtureWith is newFixture with more backends beside "ext" and
 // "renewing": extra builds them with the fixture's clock and data
 // directory (configure them and their roles in cfgEdit).
-func newFixtureWith(t *testing.T, cfgEdit func(*broker.Config), extra func(clk *clock.Fake, dir string) map[string]backends.Backend) *fixture {
+func newFixtureWith(t *testing.T, cfgEdit func(*fixtureConfig), extra func(clk *clock.Fake, dir string) map[string]backends.Backend) *fixture {
 	t.Helper()
 	dir := t.TempDir()
 	clk := clock.NewFake(time.Now())
@@ -174,27 +184,31 @@ func newFixtureWith(t *testing.T, cfgEdit func(*broker.Config), extra func(clk *
 	}
 	os.MkdirAll(filepath.Join(dir, "policies"), 0o700)
 	os.WriteFile(filepath.Join(dir, "policies", "p.cedar"), []byte(`permit(principal, action, resource);`), 0o600)
-	cfg := broker.DefaultConfig()
-	cfg.DataDir = dir
-	cfg.Issuers = []broker.IssuerConfig{broker.Defaulted(func(ic *broker.IssuerConfig) {
+	cfg := &fixtureConfig{Config: broker.DefaultConfig()}
+	issuers := []attest.IssuerConfig{config.Defaulted(func(ic *attest.IssuerConfig) {
 		ic.Name, ic.Issuer, ic.Audiences, ic.JWKSFile, ic.Algorithms = "test", "https://issuer.test", []string{"valet"}, jwks, []string{"ES256"}
 	})}
-	cfg.Backends = []broker.BackendConfig{{Name: "ext", Type: "scripted"}, {Name: "renewing", Type: "scripted"}, {Name: "fixed", Type: "scripted"}}
-	cfg.Roles = []broker.Role{broker.Defaulted(func(r *broker.Role) { r.Name, r.Backend, r.TTL = "r", "ext", broker.Duration(time.Minute) })}
-	cfg.Policy.Dir = filepath.Join(dir, "policies")
+	cfg.Backends = []backends.Config{{Name: "ext", Type: "scripted"}, {Name: "renewing", Type: "scripted"}, {Name: "fixed", Type: "scripted"}}
+	cfg.Roles = []broker.Role{config.Defaulted(func(r *broker.Role) { r.Name, r.Backend, r.TTL = "r", "ext", config.Duration(time.Minute) })}
+	cfg.Policy = config.Defaulted(func(p *policy.Config) { p.Dir = filepath.Join(dir, "policies") })
 	if cfgEdit != nil {
 		cfgEdit(cfg)
 	}
-	if err := cfg.Validate(); err != nil {
+	names := map[string]bool{}
+	for _, bc := range cfg.Backends {
+		names[bc.Name] = true
+	}
+	if err := errors.Join(attest.ValidateIssuers("issuers", issuers), backends.ValidateConfigs(cfg.Backends), cfg.Policy.Validate(),
+		cfg.Validate(names)); err != nil {
 		t.Fatal(err)
 	}
-	store, err := leases.OpenBolt(filepath.Join(dir, "valet.db"), leases.BoltOptions{})
+	store, err := bolt.Open(filepath.Join(dir, "valet.db"), bolt.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { store.Close() })
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	v, err := attest.New(context.Background(), attest.Options{MaxTokenBytes: broker.DefaultMaxAttestationBytes, Issuers: cfg.Issuers, Clock: clk, Logger: log})
+	v, err := attest.New(context.Background(), attest.Options{MaxTokenBytes: broker.DefaultMaxAttestationBytes, Issuers: issuers, Clock: clk, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -216,17 +230,14 @@ func newFixtureWith(t *testing.T, cfgEdit func(*broker.Config), extra func(clk *
 	if err != nil {
 		t.Fatal(err)
 	}
-	fs := &failingStore{BoltStore: store}
-	gs, err := grants.NewStore(store)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := broker.New(broker.Options{Config: cfg, Store: fs, Auditor: store, Verifier: v, Authorizer: pe,
+	fs := &failingStore{Store: store}
+	gs := store.Grants()
+	b, err := broker.New(broker.Options{Config: cfg.Config, Store: fs, Auditor: store, Verifier: v, Authorizer: pe,
 		Backends: bes, Revoker: q, Clock: clk, Logger: log, Grants: gs})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &fixture{b: b, store: store, fs: fs, be: be, rn: rn, fl: fl, issuer: iss, clock: clk, queue: q, grants: gs, cfg: cfg, v: v, authz: pe}
+	return &fixture{b: b, store: store, fs: fs, be: be, rn: rn, fl: fl, issuer: iss, clock: clk, queue: q, grants: gs, cfg: cfg.Config, v: v, authz: pe}
 }
 
 func (f *fixture) attest(t *testing.T, sub string) string {
@@ -254,7 +265,7 @@ func (f *fixture) counts(t *testing.T) map[leases.State]int64 {
 
 func (f *fixture) auditKinds(t *testing.T) []string {
 	t.Helper()
-	recs, err := audit.List(f.store.DB(), audit.Filter{Limit: 1000})
+	recs, err := f.store.ListAudit(context.Background(), audit.Filter{Limit: 1000})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -296,7 +307,7 @@ func TestMintFailuresLeaveNothingAlive(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			f := newFixture(t, func(cfg *broker.Config) { cfg.Limits.MintTimeout = broker.Duration(200 * time.Millisecond) })
+			f := newFixture(t, func(cfg *fixtureConfig) { cfg.Limits.MintTimeout = config.Duration(200 * time.Millisecond) })
 			f.be.mint = c.mint
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
@@ -366,7 +377,7 @@ func TestMintSuccessRecordsIntentFirst(t *testing.T) {
 }
 
 func TestMintTTLCappedByRole(t *testing.T) {
-	f := newFixture(t, func(cfg *broker.Config) { cfg.Roles[0].MaxTTL = broker.Duration(2 * time.Minute) })
+	f := newFixture(t, func(cfg *fixtureConfig) { cfg.Roles[0].MaxTTL = config.Duration(2 * time.Minute) })
 	res, err := f.b.Mint(context.Background(), broker.MintRequest{Attestation: f.attest(t, "a"), Role: "r", TTL: time.Hour})
 	if err != nil {
 		t.Fatal(err)
@@ -377,7 +388,7 @@ func TestMintTTLCappedByRole(t *testing.T) {
 }
 
 func TestRateLimitPerAgent(t *testing.T) {
-	f := newFixture(t, func(cfg *broker.Config) { cfg.Limits.AgentRate, cfg.Limits.AgentBurst = 1, 3 })
+	f := newFixture(t, func(cfg *fixtureConfig) { cfg.Limits.AgentRate, cfg.Limits.AgentBurst = 1, 3 })
 	tok := f.attest(t, "greedy")
 	for i := 0; i < 3; i++ {
 		if _, err := f.b.Mint(context.Background(), broker.MintRequest{Attestation: tok, Role: "r"}); err != nil {
@@ -401,7 +412,7 @@ func TestRateLimitPerAgent(t *testing.T) {
 // TestRateLimitInfinite: limits.agent_rate: .inf sets no limit, whatever
 // the burst.
 func TestRateLimitInfinite(t *testing.T) {
-	f := newFixture(t, func(cfg *broker.Config) { cfg.Limits.AgentRate, cfg.Limits.AgentBurst = math.Inf(1), 1 })
+	f := newFixture(t, func(cfg *fixtureConfig) { cfg.Limits.AgentRate, cfg.Limits.AgentBurst = math.Inf(1), 1 })
 	tok := f.attest(t, "busy")
 	for i := range 50 {
 		if _, err := f.b.Mint(context.Background(), broker.MintRequest{Attestation: tok, Role: "r"}); err != nil {
@@ -460,8 +471,8 @@ func TestMintRefusesRoleNamesOfAnotherSyntax(t *testing.T) {
 // A refused renewal says its actual cause, and changes nothing.
 func TestRenewRefusalsSayTheCause(t *testing.T) {
 	no := false
-	renewable := broker.Defaulted(func(r *broker.Role) {
-		r.Name, r.Backend, r.TTL, r.MaxTTL = "x", "renewing", broker.Duration(10*time.Minute), broker.Duration(time.Hour)
+	renewable := config.Defaulted(func(r *broker.Role) {
+		r.Name, r.Backend, r.TTL, r.MaxTTL = "x", "renewing", config.Duration(10*time.Minute), config.Duration(time.Hour)
 	})
 	with := func(edit func(r *broker.Role)) broker.Role {
 		r := renewable
@@ -556,9 +567,9 @@ func TestRenewRefusalsSayTheCause(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			f := newFixture(t, func(cfg *broker.Config) {
+			f := newFixture(t, func(cfg *fixtureConfig) {
 				cfg.Roles = append(cfg.Roles, tc.role)
-				cfg.Limits.MintTimeout = broker.Duration(200 * time.Millisecond)
+				cfg.Limits.MintTimeout = config.Duration(200 * time.Millisecond)
 			})
 			f.rn.renew = tc.renew
 			tok := f.attest(t, "renewer")
@@ -621,8 +632,8 @@ func TestRedeemAfterFailedMintSaysWhetherItCanBeRedeemedAgain(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			f := newFixture(t, func(cfg *broker.Config) {
-				cfg.Roles = append(cfg.Roles, broker.Defaulted(func(r *broker.Role) { r.Name, r.Backend, r.Approval.Required = "admin", "ext", 1 }))
+			f := newFixture(t, func(cfg *fixtureConfig) {
+				cfg.Roles = append(cfg.Roles, config.Defaulted(func(r *broker.Role) { r.Name, r.Backend, r.Approval.Required = "admin", "ext", 1 }))
 			})
 			tok := f.attest(t, "asker")
 			res, err := f.b.Mint(context.Background(), broker.MintRequest{Attestation: tok, Role: "admin", Reason: "fix the outage"})
@@ -640,7 +651,7 @@ func TestRedeemAfterFailedMintSaysWhetherItCanBeRedeemedAgain(t *testing.T) {
 			if _, err := f.b.RedeemGrant(context.Background(), broker.RedeemRequest{Attestation: f.attest(t, "asker"), GrantID: res.Grant.ID, RequestID: "redeem-1"}); broker.ErrorCode(err) != broker.EBADGATEWAY {
 				t.Fatalf("RedeemGrant error = %v, want the backend's failure", err)
 			}
-			recs, err := audit.List(f.store.DB(), audit.Filter{Kind: audit.KindGrantRedeem, Limit: 100})
+			recs, err := f.store.ListAudit(context.Background(), audit.Filter{Kind: audit.KindGrantRedeem, Limit: 100})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -698,7 +709,7 @@ func checkListed[T any](t *testing.T, state string, want []string, list func(bef
 // sweeper records it; and pages stay full while more items match.
 func TestListByStateAsShown(t *testing.T) {
 	t.Run("leases", func(t *testing.T) {
-		f := newFixture(t, func(cfg *broker.Config) { cfg.Roles[0].MaxTTL = broker.Duration(time.Hour) })
+		f := newFixture(t, func(cfg *fixtureConfig) { cfg.Roles[0].MaxTTL = config.Duration(time.Hour) })
 		var short, long []string // newest last
 		for i := range 7 {
 			ttl := 30 * time.Minute
@@ -734,8 +745,8 @@ func TestListByStateAsShown(t *testing.T) {
 	})
 
 	t.Run("grants", func(t *testing.T) {
-		f := newFixture(t, func(cfg *broker.Config) {
-			cfg.Roles = append(cfg.Roles, broker.Defaulted(func(r *broker.Role) { r.Name, r.Backend, r.Approval.Required = "admin", "ext", 1 }))
+		f := newFixture(t, func(cfg *fixtureConfig) {
+			cfg.Roles = append(cfg.Roles, config.Defaulted(func(r *broker.Role) { r.Name, r.Backend, r.Approval.Required = "admin", "ext", 1 }))
 		})
 		op := &broker.Operator{Name: "alice", Method: "token"}
 		request := func() string {
@@ -777,7 +788,7 @@ func TestListByStateAsShown(t *testing.T) {
 // them: a lease past its expiry has ended on its own and is not claimed
 // revoked.
 func TestRevokeMatchingSkipsLeasesPastExpiry(t *testing.T) {
-	f := newFixture(t, func(cfg *broker.Config) { cfg.Roles[0].MaxTTL = broker.Duration(time.Hour) })
+	f := newFixture(t, func(cfg *fixtureConfig) { cfg.Roles[0].MaxTTL = config.Duration(time.Hour) })
 	mint := func(ttl time.Duration) string {
 		res, err := f.b.Mint(context.Background(), broker.MintRequest{Attestation: f.attest(t, "many"), Role: "r", TTL: ttl})
 		if err != nil {
@@ -801,7 +812,7 @@ func TestRevokeMatchingSkipsLeasesPastExpiry(t *testing.T) {
 	if l, err := f.b.EndLease(context.Background(), op, gone, "", "end-gone"); err != nil || l.State != leases.StateExpired {
 		t.Errorf("EndLease of a lease past its expiry = %+v, %v; want it returned expired", l, err)
 	}
-	recs, err := audit.List(f.store.DB(), audit.Filter{LeaseID: gone, Limit: 100})
+	recs, err := f.store.ListAudit(context.Background(), audit.Filter{LeaseID: gone, Limit: 100})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -871,7 +882,7 @@ func TestRevokeMatchingSurvivesOneBadLease(t *testing.T) {
 // there is none), to list what a call wrote after it.
 func (f *fixture) auditMark(t *testing.T) uint64 {
 	t.Helper()
-	recs, err := audit.List(f.store.DB(), audit.Filter{Newest: true, Limit: 1})
+	recs, err := f.store.ListAudit(context.Background(), audit.Filter{Newest: true, Limit: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -884,7 +895,7 @@ func (f *fixture) auditMark(t *testing.T) uint64 {
 // written lists the audit records written after mark, oldest first.
 func (f *fixture) written(t *testing.T, mark uint64) []audit.Record {
 	t.Helper()
-	recs, err := audit.List(f.store.DB(), audit.Filter{AfterSeq: mark, Limit: 1000})
+	recs, err := f.store.ListAudit(context.Background(), audit.Filter{AfterSeq: mark, Limit: 1000})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -932,7 +943,7 @@ func (f *fixture) mint(t *testing.T, sub, role string, ttl time.Duration) *lease
 
 // writePolicy adds a policy file to the fixture's policy directory (call
 // it from the config edit, before the policy is loaded).
-func writePolicy(t *testing.T, cfg *broker.Config, name, text string) {
+func writePolicy(t *testing.T, cfg *fixtureConfig, name, text string) {
 	t.Helper()
 	if err := os.WriteFile(filepath.Join(cfg.Policy.Dir, name), []byte(text), 0o600); err != nil {
 		t.Fatal(err)

@@ -1,152 +1,34 @@
 package broker
 
 import (
-	"bytes"
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
-	"net"
-	"net/url"
-	"os"
-	"path/filepath"
-	"regexp"
-	"slices"
-	"strconv"
 	"strings"
 	"time"
-	"unicode"
 
-	"go.yaml.in/yaml/v3"
-
-	"github.com/valet-broker/valet/broker/clientip"
 	"github.com/valet-broker/valet/broker/identity"
+	"github.com/valet-broker/valet/leases"
+	"github.com/valet-broker/valet/leases/config"
 )
 
-// Config is valet's server configuration, read from YAML. Unknown keys are
-// errors. Validate names the offending key's full path in every message.
-//
-// Defaults come only from absent keys, never from keys set to their zero
-// value: each section type with defaults has a SetDefaults method that sets
-// them all, and an UnmarshalYAML that calls it before decoding the section
-// (see decodeOnDefaults), so a key present in the file, even as 0, keeps
-// its value and Validate decides whether that value is allowed. Code that
-// builds a configuration in Go starts from DefaultConfig and Defaulted in
-// the same way, then sets its own fields.
-//
-// Adding a key with a default: set the default in its section's
-// SetDefaults (a new section type gets SetDefaults, the four-line
-// UnmarshalYAML, and a call from its parent's SetDefaults; a type used only
-// inline gets SetDefaults alone); a default computed from another key is
-// derived in UnmarshalYAML only when readPresentKeys says the key is
-// absent. Then make Validate accept 0 with a stated meaning or refuse it,
-// naming the full key path, and add the key to configKeys in
-// config_test.go (TestConfigKeysAllListed fails until it is there) and to
-// the README's configuration block.
+// Config is what the broker reads of the configuration file: its own
+// sections (roles, limits) and the keys of others that its flows need.
+// cmd/valet decodes the file, validates every section and builds it;
+// Validate checks the broker's own sections. Defaults come only from absent
+// keys (see leases/config); DefaultConfig and config.Defaulted build a
+// configuration in Go the same way.
 type Config struct {
-	Listen    string `yaml:"listen"`
-	DataDir   string `yaml:"data_dir"`
-	PublicURL string `yaml:"public_url"`
-	// KEKFile holds the hex key-encryption key for signing keys at rest.
-	// VALET_KEK in the environment takes precedence.
-	KEKFile string `yaml:"kek_file"`
-
-	// TrustedProxies are the reverse proxies, as CIDR prefixes or single
-	// addresses, whose X-Forwarded-For header names the client (the
-	// right-most address in it that is not itself a trusted proxy). From
-	// any other peer the header is ignored. Default: none.
-	TrustedProxies []string `yaml:"trusted_proxies"`
-
-	TLS       *TLSConfig      `yaml:"tls"`
-	Issuers   []IssuerConfig  `yaml:"issuers"`
-	Backends  []BackendConfig `yaml:"backends"`
-	Roles     []Role          `yaml:"roles"`
-	Policy    PolicyConfig    `yaml:"policy"`
-	Operators OperatorsConfig `yaml:"operators"`
-	Limits    LimitsConfig    `yaml:"limits"`
-	Leases    LeasesConfig    `yaml:"leases"`
-	Audit     AuditConfig     `yaml:"audit"`
-	Log       LogConfig       `yaml:"log"`
-
-	Notifications NotificationsConfig `yaml:"notifications"`
-	Console       ConsoleConfig       `yaml:"console"`
-	Introspection IntrospectionConfig `yaml:"introspection"`
-
-	// ConfigDir is the directory of the config file (set by LoadConfig);
-	// backends resolve relative paths in their options against it.
-	ConfigDir string `yaml:"-"`
-}
-
-// TLSConfig turns on HTTPS, optionally with client certificates.
-type TLSConfig struct {
-	CertFile     string `yaml:"cert_file"`
-	KeyFile      string `yaml:"key_file"`
-	ClientCAFile string `yaml:"client_ca_file"`
-	// ClientAuth is "none" (default), "verify_if_given" or "require".
-	ClientAuth string `yaml:"client_auth"`
-}
-
-// Issuer types. Presets set defaults (discovery, claim mappings, lineage) for
-// well-known workload identity platforms.
-const (
-	IssuerOIDC       = "oidc"
-	IssuerKubernetes = "kubernetes"
-	IssuerGitHub     = "github"
-	IssuerSPIFFE     = "spiffe"
-)
-
-// GitHubActionsIssuer is the iss of GitHub Actions OIDC tokens.
-const GitHubActionsIssuer = "https://token.actions.githubusercontent.com"
-
-// IssuerConfig is one trusted attestation issuer (or operator SSO issuer).
-type IssuerConfig struct {
-	Name string `yaml:"name"`
-	// Type is oidc (default), kubernetes, github or spiffe.
-	Type string `yaml:"type"`
-	// Issuer is the exact iss claim tokens must carry. For spiffe issuers it
-	// may be empty: tokens without iss are then matched by TrustDomain.
-	Issuer string `yaml:"issuer"`
-	// TrustDomain is the SPIFFE trust domain (spiffe only).
-	TrustDomain string `yaml:"trust_domain"`
-	// Audiences: a token's aud (string or array) must contain one of them.
-	Audiences []string `yaml:"audiences"`
-	// Exactly one key source: JWKSFile, JWKSURL or Discovery.
-	JWKSFile  string `yaml:"jwks_file"`
-	JWKSURL   string `yaml:"jwks_url"`
-	Discovery bool   `yaml:"discovery"`
-	// CAFile verifies the TLS certificate of JWKSURL or the discovery URL.
-	CAFile string `yaml:"ca_file"`
-	// Algorithms allowed for this issuer, e.g. [RS256, ES256]. Asymmetric only.
-	Algorithms []string `yaml:"algorithms"`
-	// ClockSkew tolerated on exp, nbf and iat (default 30s, at most 5m; 0
-	// tolerates none).
-	ClockSkew Duration `yaml:"clock_skew"`
-	// MaxTokenAge rejects tokens whose iat is older than this (default 24h);
-	// tokens without iat are rejected when it is set. 0 sets no limit on
-	// age (exp still applies) and does not require iat.
-	MaxTokenAge Duration `yaml:"max_token_age"`
-	// RequireJTI makes each token single-use: its jti is consumed and
-	// remembered until the token expires.
-	RequireJTI bool `yaml:"require_jti"`
-	// SubjectClaim names the claim used as the agent's subject (default sub).
-	SubjectClaim string `yaml:"subject_claim"`
-	// ClaimMappings maps principal attribute names to claim paths
-	// (dot-separated for nested claims), e.g. team: "ext.team".
-	ClaimMappings map[string]string `yaml:"claim_mappings"`
-	// JWKSRefreshInterval is the least time between two key fetches caused by
-	// an unknown kid (default 1m, at least 1s); JWKSCacheTTL is how long
-	// fetched keys are used before a scheduled refresh (default 1h, not less
-	// than JWKSRefreshInterval).
-	JWKSRefreshInterval Duration `yaml:"jwks_refresh_interval"`
-	JWKSCacheTTL        Duration `yaml:"jwks_cache_ttl"`
-}
-
-// BackendConfig is one credential backend. Name and Type are common; every
-// other key belongs to the backend type and is decoded strictly by it.
-type BackendConfig struct {
-	Name    string         `yaml:"name"`
-	Type    string         `yaml:"type"`
-	Options map[string]any `yaml:",inline"`
+	// PublicURL is valet's public URL (public_url), without a trailing
+	// slash; grant notifications link to the console under it.
+	PublicURL string
+	// Roles are the roles agents can ask for (roles).
+	Roles []Role
+	// Limits bound what a client can make valet do (limits).
+	Limits LimitsConfig
+	// Leases is the leases section; its revoke_concurrency bounds bulk
+	// revocations too.
+	Leases leases.Config
 }
 
 // Role is a named kind of credential agents can ask for.
@@ -157,8 +39,8 @@ type Role struct {
 	// TTL is the default lease TTL (default 15m); MaxTTL caps requests and
 	// renewals, measured from the lease's creation (default max(1h, TTL)).
 	// Both must be positive.
-	TTL    Duration `yaml:"ttl"`
-	MaxTTL Duration `yaml:"max_ttl"`
+	TTL    config.Duration `yaml:"ttl"`
+	MaxTTL config.Duration `yaml:"max_ttl"`
 	// Audience and Scopes describe what the credential is for; the jwt
 	// backend puts them in aud and scope.
 	Audience []string `yaml:"audience"`
@@ -189,10 +71,10 @@ type ApprovalConfig struct {
 	Approvers ApproversConfig `yaml:"approvers"`
 	// RequestTTL is how long a request waits for approval (default 1h, at
 	// least 1m).
-	RequestTTL Duration `yaml:"request_ttl"`
+	RequestTTL config.Duration `yaml:"request_ttl"`
 	// RedeemWithin is how long an approval stays redeemable (default 15m,
 	// at least 10s).
-	RedeemWithin Duration `yaml:"redeem_within"`
+	RedeemWithin config.Duration `yaml:"redeem_within"`
 	// RequesterClaims name the attestation claims that identify the people
 	// behind an agent (default email, actor, owner): an operator whose name
 	// equals one of them cannot approve that agent's requests.
@@ -214,46 +96,7 @@ type BreakGlassConfig struct {
 	Allowed bool `yaml:"allowed"`
 	// MaxTTL caps a break-glass lease (default the lesser of 15m and the
 	// role's max_ttl; positive and at most max_ttl when Allowed).
-	MaxTTL Duration `yaml:"max_ttl"`
-}
-
-// ConsoleConfig configures the operator web console at /ui/.
-type ConsoleConfig struct {
-	// Disabled turns the console off.
-	Disabled bool `yaml:"disabled"`
-	// TokenLogin lets operators sign in with an operator token (default
-	// true; turn it off where SSO is configured).
-	TokenLogin *bool `yaml:"token_login"`
-	// SessionIdle and SessionMax end a session after inactivity (default
-	// 15m, positive) and after its start (default 8h, not less than
-	// SessionIdle).
-	SessionIdle Duration `yaml:"session_idle"`
-	SessionMax  Duration `yaml:"session_max"`
-	// FreshLogin is how recent a sign-in must be to approve, deny or
-	// review (default 10m, positive).
-	FreshLogin Duration `yaml:"fresh_login"`
-	// OIDC, when set, offers single sign-on (authorization code with PKCE).
-	OIDC *ConsoleOIDCConfig `yaml:"oidc"`
-}
-
-// TokenLoginAllowed reports whether operators may sign in with an operator
-// token (token_login absent means true).
-func (cc *ConsoleConfig) TokenLoginAllowed() bool { return cc.TokenLogin == nil || *cc.TokenLogin }
-
-// ConsoleOIDCConfig is the console's single sign-on.
-type ConsoleOIDCConfig struct {
-	// Issuer is the OpenID provider's issuer URL (discovery is used).
-	Issuer           string `yaml:"issuer"`
-	ClientID         string `yaml:"client_id"`
-	ClientSecretFile string `yaml:"client_secret_file"`
-	// RedirectURL defaults to <public_url>/ui/auth/callback.
-	RedirectURL string   `yaml:"redirect_url"`
-	Scopes      []string `yaml:"scopes"` // default openid, email, profile, groups
-	// CAFile verifies the provider's TLS certificate.
-	CAFile string `yaml:"ca_file"`
-	// The operator's name and groups come from the ID token as for
-	// operators.issuers (see OperatorFromClaims).
-	OperatorIdentityConfig `yaml:",inline"`
+	MaxTTL config.Duration `yaml:"max_ttl"`
 }
 
 // OperatorIdentityConfig says how an operator's identity is read from the
@@ -280,73 +123,6 @@ type OperatorIdentityConfig struct {
 	EmailVerifiedDefault bool `yaml:"email_verified_default"`
 }
 
-// OperatorIssuerConfig is an issuer of operator ID tokens: the keys of an
-// attestation issuer plus those of the operator's identity.
-type OperatorIssuerConfig struct {
-	IssuerConfig           `yaml:",inline"`
-	OperatorIdentityConfig `yaml:",inline"`
-}
-
-// NotificationsConfig sends grant and break-glass events to webhooks.
-type NotificationsConfig struct {
-	Webhooks []WebhookConfig `yaml:"webhooks"`
-}
-
-// WebhookConfig is one notification receiver.
-type WebhookConfig struct {
-	Name string `yaml:"name"`
-	URL  string `yaml:"url"`
-	// Format is json (valet's event JSON, default) or slack (a Slack
-	// incoming-webhook message).
-	Format string `yaml:"format"`
-	// SecretFile holds the HMAC key that signs each body
-	// (X-Valet-Signature: sha256=<hex>).
-	SecretFile string `yaml:"secret_file"`
-	// Events selects event types (default all): grant.requested,
-	// grant.approved, grant.denied, grant.expired, grant.redeemed,
-	// break_glass, break_glass.reviewed.
-	Events []string `yaml:"events"`
-	// Timeout bounds one delivery attempt (default 5s, positive).
-	Timeout Duration `yaml:"timeout"`
-	// MaxAttempts is how many times an event is sent before valet gives up
-	// (default 8, at least 1; 1 means no retries; backoff doubles from 1s).
-	MaxAttempts int `yaml:"max_attempts"`
-}
-
-// PolicyConfig locates the Cedar policies.
-type PolicyConfig struct {
-	// Dir holds *.cedar files, loaded in name order.
-	Dir string `yaml:"dir"`
-	// Watch reloads the policies when a file in Dir changes (default true);
-	// SIGHUP always reloads.
-	Watch *bool `yaml:"watch"`
-	// OnError is what a policy that fails to evaluate does: deny (the
-	// default; an erroring forbid denies, fail closed) or skip (Cedar's
-	// semantics: it is ignored). Errors are logged, counted and audited
-	// either way.
-	OnError PolicyOnError `yaml:"on_error"`
-}
-
-// Watching reports whether policy files are watched (watch absent means
-// true).
-func (p *PolicyConfig) Watching() bool { return p.Watch == nil || *p.Watch }
-
-// OperatorsConfig says who may act as an operator.
-type OperatorsConfig struct {
-	Tokens  []OperatorToken        `yaml:"tokens"`
-	Issuers []OperatorIssuerConfig `yaml:"issuers"`
-}
-
-// IssuerConfigs returns the attestation-issuer part of each operator
-// issuer, in order, for the token verifier.
-func (c OperatorsConfig) IssuerConfigs() []IssuerConfig {
-	out := make([]IssuerConfig, 0, len(c.Issuers))
-	for _, ic := range c.Issuers {
-		out = append(out, ic.IssuerConfig)
-	}
-	return out
-}
-
 // OperatorToken is a static operator bearer token, stored as its SHA-256.
 // Name is the operator's name; it is one identity with an SSO operator of
 // the same name (compared as identity.Equal does).
@@ -363,9 +139,9 @@ type LimitsConfig struct {
 	MaxAttestationBytes int   `yaml:"max_attestation_bytes"` // default 16 KiB, 1 KiB to 1 MiB
 	// AgentRate is the requests per second allowed to each agent (default
 	// 10). It must be positive; .inf (YAML's infinity) sets no limit.
-	AgentRate   float64  `yaml:"agent_rate"`
-	AgentBurst  int      `yaml:"agent_burst"`  // default 20, at least 1
-	MintTimeout Duration `yaml:"mint_timeout"` // default 10s, 100ms to 5m
+	AgentRate   float64         `yaml:"agent_rate"`
+	AgentBurst  int             `yaml:"agent_burst"`  // default 20, at least 1
+	MintTimeout config.Duration `yaml:"mint_timeout"` // default 10s, 100ms to 5m
 	// AttestationCache is how many verified attestations are remembered so
 	// an agent re-presenting the same token skips the signature check
 	// (time rules are still applied on every use; single-use tokens are
@@ -385,393 +161,48 @@ type LimitsConfig struct {
 	AuthFailureRecordsPerMinute int `yaml:"auth_failure_records_per_minute"`
 }
 
-// LeasesConfig tunes revocation.
-type LeasesConfig struct {
-	// RevokeAttempts is how many failed revocations make a lease irrevocable
-	// (default 8, at least 1). Irrevocable leases keep being retried, at
-	// RevokeMaxBackoff, until their credential can no longer be valid at the
-	// backend (leases.BoltStore.ValidUntil).
-	RevokeAttempts    int      `yaml:"revoke_attempts"`
-	RevokeBackoff     Duration `yaml:"revoke_backoff"`     // first retry delay (default 1s, positive)
-	RevokeMaxBackoff  Duration `yaml:"revoke_max_backoff"` // default 5m, not less than RevokeBackoff
-	RevokeConcurrency int      `yaml:"revoke_concurrency"` // default 16, 1 to 1024
-	// Retention is how long ended leases stay queryable (default 7 days).
-	// 0 keeps none: an ended lease is deleted by the next housekeeping
-	// pass, within a minute. Audit records are kept either way.
-	Retention Duration `yaml:"retention"`
-}
-
-// AuditConfig adds an optional JSON-lines copy of the audit log for a SIEM.
-type AuditConfig struct {
-	// Sink is "", "stdout" or a file path.
-	Sink string `yaml:"sink"`
-}
-
-// LogConfig sets the log level (debug, info, warn, error; default info).
-type LogConfig struct {
-	Level string `yaml:"level"`
-}
-
-// LoadConfig reads and strictly decodes a YAML config file, with defaults
-// for absent keys, and validates it. Relative paths in the file are
-// resolved against the file's directory.
-func LoadConfig(path string) (*Config, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("read config: %w", err)
-	}
-	var cfg Config
-	if err := DecodeStrict(b, &cfg); err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	cfg.ResolvePaths(filepath.Dir(path))
-	if abs, err := filepath.Abs(filepath.Dir(path)); err == nil {
-		cfg.ConfigDir = abs
-	}
-	if err := cfg.Validate(); err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	return &cfg, nil
-}
-
-// ResolvePaths makes every relative file path in the config relative to
-// base (the config file's directory) instead of the working directory.
-func (c *Config) ResolvePaths(base string) {
-	abs := func(p *string) {
-		if *p != "" && !filepath.IsAbs(*p) {
-			*p = filepath.Join(base, *p)
-		}
-	}
-	abs(&c.DataDir)
-	abs(&c.KEKFile)
-	abs(&c.Policy.Dir)
-	if c.TLS != nil {
-		abs(&c.TLS.CertFile)
-		abs(&c.TLS.KeyFile)
-		abs(&c.TLS.ClientCAFile)
-	}
-	for i := range c.Issuers {
-		abs(&c.Issuers[i].JWKSFile)
-		abs(&c.Issuers[i].CAFile)
-	}
-	for i := range c.Operators.Issuers {
-		abs(&c.Operators.Issuers[i].JWKSFile)
-		abs(&c.Operators.Issuers[i].CAFile)
-	}
-	if c.Audit.Sink != "stdout" {
-		abs(&c.Audit.Sink)
-	}
-	for i := range c.Notifications.Webhooks {
-		abs(&c.Notifications.Webhooks[i].SecretFile)
-	}
-	if c.Console.OIDC != nil {
-		abs(&c.Console.OIDC.ClientSecretFile)
-		abs(&c.Console.OIDC.CAFile)
-	}
-	c.Introspection.resolvePaths(abs)
-}
-
-// ParseConfig strictly decodes YAML (unknown keys are errors), with
-// defaults for absent keys, and validates.
-func ParseConfig(b []byte) (*Config, error) {
-	var cfg Config
-	if err := DecodeStrict(b, &cfg); err != nil {
-		return nil, err
-	}
-	if err := cfg.Validate(); err != nil {
-		return nil, err
-	}
-	return &cfg, nil
-}
-
-// DecodeStrict decodes YAML into v, rejecting unknown keys, trailing
-// documents and numbers with a fraction for integer keys. A decoding
-// error names the key of each line it cites: "line 7
-// (issuers[0].clock_skew): duration "-1s" out of range".
-func DecodeStrict(b []byte, v any) error {
-	dec := yaml.NewDecoder(bytes.NewReader(b))
-	dec.KnownFields(true)
-	if err := dec.Decode(v); err != nil {
-		if errors.Is(err, io.EOF) {
-			return errors.New("config is empty")
-		}
-		return nameKeys(err, b)
-	}
-	var extra any
-	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
-		return errors.New("config must be a single YAML document")
-	}
-	return refuseFractions(b, v)
-}
-
-var errorLine = regexp.MustCompile(`line (\d+):`)
-
-// nameKeys rewrites each "line N:" of a decoding error as "line N (path):",
-// where path is the key written on line N (when exactly one is).
-func nameKeys(err error, b []byte) error {
-	var root yaml.Node
-	if yaml.Unmarshal(b, &root) != nil {
-		return err
-	}
-	keys := map[int][]string{} // line -> key paths on it
-	var walk func(n *yaml.Node, path string)
-	walk = func(n *yaml.Node, path string) {
-		switch n.Kind {
-		case yaml.DocumentNode:
-			for _, c := range n.Content {
-				walk(c, path)
-			}
-		case yaml.SequenceNode:
-			for i, c := range n.Content {
-				walk(c, fmt.Sprintf("%s[%d]", path, i))
-			}
-		case yaml.MappingNode:
-			for i := 0; i+1 < len(n.Content); i += 2 {
-				k := n.Content[i]
-				p := k.Value
-				if path != "" {
-					p = path + "." + k.Value
-				}
-				keys[k.Line] = append(keys[k.Line], p)
-				walk(n.Content[i+1], p)
-			}
-		}
-	}
-	walk(&root, "")
-	msg := errorLine.ReplaceAllStringFunc(err.Error(), func(m string) string {
-		line, _ := strconv.Atoi(errorLine.FindStringSubmatch(m)[1])
-		if paths := keys[line]; len(paths) == 1 {
-			return fmt.Sprintf("line %d (%s):", line, paths[0])
-		}
-		return m
-	})
-	return errors.New(msg)
-}
-
-// DecodeOptions strictly decodes a backend's options or a role's params into
-// v (a pointer to the backend's own config struct). Keys absent from opts
-// leave v's fields as they are, so a backend sets its defaults in v before
-// calling DecodeOptions and a key set to 0 keeps 0.
-func DecodeOptions(opts map[string]any, v any) error {
-	if len(opts) == 0 {
-		return nil
-	}
-	b, err := yaml.Marshal(opts)
-	if err != nil {
-		return err
-	}
-	if err := DecodeStrict(b, v); err != nil {
-		// b is valet's own rendering of the options: its line numbers
-		// would point into the user's file at unrelated lines.
-		msg := optionKeyLine.ReplaceAllString(err.Error(), "$1:")
-		return errors.New(optionLine.ReplaceAllString(msg, ""))
-	}
-	return nil
-}
-
-// optionKeyLine and optionLine match the "line N (key):" and "line N: "
-// that DecodeStrict puts before each message; DecodeOptions keeps only
-// the key.
-var (
-	optionKeyLine = regexp.MustCompile(`line \d+ \(([^)]*)\):`)
-	optionLine    = regexp.MustCompile(`line \d+: `)
-)
-
-// Defaults.
+// Limit defaults.
 const (
-	DefaultListen              = "127.0.0.1:8750"
 	DefaultMaxBodyBytes        = 64 << 10
 	DefaultMaxHeaderBytes      = 32 << 10
 	DefaultMaxAttestationBytes = 16 << 10
-	DefaultClockSkew           = 30 * time.Second
-	MaxClockSkew               = 5 * time.Minute
-	DefaultMaxTokenAge         = 24 * time.Hour
 
 	DefaultAuthFailuresPerMinute       = 10
 	DefaultAuthFailureRecordsPerMinute = 30
 )
 
-// decodeOnDefaults is the body of every section's UnmarshalYAML: it sets
-// the section's defaults, then decodes the YAML on top of them, so only
-// absent keys keep a default. plain must be the section converted to a type
-// without the UnmarshalYAML method (type issuer IssuerConfig;
-// (*issuer)(ic)), or decoding would recurse.
-//
-// It uses the decoder's own unmarshal function rather than yaml.Node.Decode,
-// which would start a fresh decoder and lose strict decoding (unknown keys
-// must stay errors in every nested section). This is the pattern of the
-// Prometheus configuration.
-func decodeOnDefaults(setDefaults func(), plain any, unmarshal func(any) error) error {
-	setDefaults()
-	return unmarshal(plain)
-}
-
-// presentKeys is the tree of keys the mapping being unmarshalled holds, for
-// defaults derived from another key (role max_ttl from ttl): they must be
-// derived only when their own key is absent.
-type presentKeys map[string]any
-
-func readPresentKeys(unmarshal func(any) error) (presentKeys, error) {
-	var m map[string]any
-	if err := unmarshal(&m); err != nil {
-		return nil, err
-	}
-	return m, nil
-}
-
-// has reports whether the key at path (a nested key for more than one
-// name) is present, even with a null value.
-func (k presentKeys) has(path ...string) bool {
-	m := map[string]any(k)
-	for i, name := range path {
-		v, ok := m[name]
-		if !ok {
-			return false
-		}
-		if i == len(path)-1 {
-			return true
-		}
-		if m, ok = v.(map[string]any); !ok {
-			return false
-		}
-	}
-	return false
-}
-
-// DefaultConfig returns a configuration with every default set and nothing
-// else: the starting point for a configuration built in Go. Lists (issuers,
-// roles, webhooks) are empty; build their elements with Defaulted.
+// DefaultConfig returns a broker configuration with every default set and
+// nothing else: the starting point for one built in Go. Roles is empty;
+// build its elements with config.Defaulted.
 func DefaultConfig() *Config {
 	var c Config
 	c.SetDefaults()
 	return &c
 }
 
-// Defaulted returns a T with its defaults set (its SetDefaults method) and
-// then edit applied: how Go code builds a list element or section, so that
-// what it leaves out has the default a YAML file leaving the key out gets,
-// and what it sets, even 0, stays. For example
-//
-//	broker.Defaulted(func(r *broker.Role) { r.Name, r.Backend = "demo", "tokens" })
-func Defaulted[T any, P interface {
-	*T
-	SetDefaults()
-}](edit func(P)) T {
-	var v T
-	P(&v).SetDefaults()
-	if edit != nil {
-		edit(&v)
-	}
-	return v
-}
-
-// SetDefaults sets every default of the top level and of its sections,
+// SetDefaults sets the defaults of the limits and leases sections,
 // overwriting what was there.
 func (c *Config) SetDefaults() {
-	c.Listen = DefaultListen
-	c.PublicURL = "http://" + DefaultListen
 	c.Limits.SetDefaults()
 	c.Leases.SetDefaults()
-	c.Console.SetDefaults()
-	c.Log.SetDefaults()
-	c.Policy.SetDefaults()
 }
 
-// SetDefaults sets the policy section's defaults: on_error deny.
-func (p *PolicyConfig) SetDefaults() { p.OnError = PolicyOnErrorDeny }
-
-// UnmarshalYAML decodes on top of the defaults.
-func (p *PolicyConfig) UnmarshalYAML(unmarshal func(any) error) error {
-	type policy PolicyConfig
-	return decodeOnDefaults(p.SetDefaults, (*policy)(p), unmarshal)
+// Validate checks the broker's sections (roles, limits and leases) and names
+// the full key path of the offending key in each error, e.g.
+// "roles[0].max_ttl (1h0m0s) must not be less than ttl (2h0m0s)".
+// backends are the names of the configured backends.
+func (c *Config) Validate(backends map[string]bool) error {
+	return errors.Join(ValidateRoles(c.Roles, backends), c.Limits.Validate(), c.Leases.Validate())
 }
 
-// UnmarshalYAML decodes on top of the defaults. public_url, when absent,
-// is http://<listen>; console.oidc.redirect_url, when absent, is
-// <public_url>/ui/auth/callback.
-func (c *Config) UnmarshalYAML(unmarshal func(any) error) error {
-	type config Config
-	if err := decodeOnDefaults(c.SetDefaults, (*config)(c), unmarshal); err != nil {
-		return err
-	}
-	keys, err := readPresentKeys(unmarshal)
-	if err != nil {
-		return err
-	}
-	if !keys.has("public_url") {
-		c.PublicURL = "http://" + c.Listen
-	}
-	c.PublicURL = strings.TrimRight(c.PublicURL, "/")
-	if c.Console.OIDC != nil && !keys.has("console", "oidc", "redirect_url") {
-		c.Console.OIDC.RedirectURL = c.PublicURL + "/ui/auth/callback"
+// Role returns the role named name, or nil.
+func (c *Config) Role(name string) *Role {
+	for i := range c.Roles {
+		if c.Roles[i].Name == name {
+			return &c.Roles[i]
+		}
 	}
 	return nil
-}
-
-// SetDefaults sets the issuer's defaults: type oidc, algorithms RS256 and
-// ES256, clock_skew 30s, max_token_age 24h, subject_claim sub,
-// jwks_refresh_interval 1m and jwks_cache_ttl 1h.
-func (ic *IssuerConfig) SetDefaults() {
-	ic.Type = IssuerOIDC
-	ic.Algorithms = []string{"RS256", "ES256"}
-	ic.ClockSkew = Duration(DefaultClockSkew)
-	ic.MaxTokenAge = Duration(DefaultMaxTokenAge)
-	ic.SubjectClaim = "sub"
-	ic.JWKSRefreshInterval = Duration(time.Minute)
-	ic.JWKSCacheTTL = Duration(time.Hour)
-}
-
-// UnmarshalYAML decodes on top of the defaults and applies the type's
-// preset: a github issuer defaults issuer to GitHubActionsIssuer and, with
-// none of jwks_file, jwks_url and discovery given, uses discovery.
-func (ic *IssuerConfig) UnmarshalYAML(unmarshal func(any) error) error {
-	type issuer IssuerConfig
-	if err := decodeOnDefaults(ic.SetDefaults, (*issuer)(ic), unmarshal); err != nil {
-		return err
-	}
-	return ic.applyPreset(unmarshal)
-}
-
-// applyPreset sets the defaults of the issuer's type for the keys absent
-// from the mapping being unmarshalled.
-func (ic *IssuerConfig) applyPreset(unmarshal func(any) error) error {
-	if ic.Type != IssuerGitHub {
-		return nil
-	}
-	keys, err := readPresentKeys(unmarshal)
-	if err != nil {
-		return err
-	}
-	if !keys.has("issuer") {
-		ic.Issuer = GitHubActionsIssuer
-	}
-	if !keys.has("jwks_file") && !keys.has("jwks_url") && !keys.has("discovery") {
-		ic.Discovery = true
-	}
-	return nil
-}
-
-// SetDefaults sets the defaults of both parts.
-func (oi *OperatorIssuerConfig) SetDefaults() {
-	oi.IssuerConfig.SetDefaults()
-	oi.OperatorIdentityConfig.SetDefaults()
-}
-
-// UnmarshalYAML decodes on top of the defaults and applies the issuer
-// type's preset, as IssuerConfig.UnmarshalYAML does. The two parts are
-// decoded inline through types without methods: the embedded
-// IssuerConfig's own UnmarshalYAML would see the identity keys as unknown.
-func (oi *OperatorIssuerConfig) UnmarshalYAML(unmarshal func(any) error) error {
-	type issuer IssuerConfig
-	type operatorIssuer struct {
-		*issuer                 `yaml:",inline"`
-		*OperatorIdentityConfig `yaml:",inline"`
-	}
-	plain := &operatorIssuer{(*issuer)(&oi.IssuerConfig), &oi.OperatorIdentityConfig}
-	if err := decodeOnDefaults(oi.SetDefaults, plain, unmarshal); err != nil {
-		return err
-	}
-	return oi.IssuerConfig.applyPreset(unmarshal)
 }
 
 // SetDefaults sets name_claim email and groups_claim groups. The type is
@@ -787,8 +218,8 @@ func (oc *OperatorIdentityConfig) SetDefaults() {
 // SetDefaults sets the role's defaults: ttl 15m, max_ttl 1h and the
 // approval defaults. Renewable stays nil, which means true.
 func (r *Role) SetDefaults() {
-	r.TTL = Duration(15 * time.Minute)
-	r.MaxTTL = Duration(time.Hour)
+	r.TTL = config.Duration(15 * time.Minute)
+	r.MaxTTL = config.Duration(time.Hour)
 	r.Approval.SetDefaults()
 }
 
@@ -797,17 +228,17 @@ func (r *Role) SetDefaults() {
 // the lesser of 15m and max_ttl.
 func (r *Role) UnmarshalYAML(unmarshal func(any) error) error {
 	type role Role
-	if err := decodeOnDefaults(r.SetDefaults, (*role)(r), unmarshal); err != nil {
+	if err := config.DecodeOnDefaults(r.SetDefaults, (*role)(r), unmarshal); err != nil {
 		return err
 	}
-	keys, err := readPresentKeys(unmarshal)
+	keys, err := config.ReadPresentKeys(unmarshal)
 	if err != nil {
 		return err
 	}
-	if !keys.has("max_ttl") {
+	if !keys.Has("max_ttl") {
 		r.MaxTTL = max(r.MaxTTL, r.TTL)
 	}
-	if !keys.has("approval", "break_glass", "max_ttl") {
+	if !keys.Has("approval", "break_glass", "max_ttl") {
 		r.Approval.BreakGlass.MaxTTL = min(r.Approval.BreakGlass.MaxTTL, r.MaxTTL)
 	}
 	return nil
@@ -816,8 +247,8 @@ func (r *Role) UnmarshalYAML(unmarshal func(any) error) error {
 // SetDefaults sets request_ttl 1h, redeem_within 15m, requester_claims
 // [email, actor, owner] and the break-glass defaults.
 func (a *ApprovalConfig) SetDefaults() {
-	a.RequestTTL = Duration(time.Hour)
-	a.RedeemWithin = Duration(15 * time.Minute)
+	a.RequestTTL = config.Duration(time.Hour)
+	a.RedeemWithin = config.Duration(15 * time.Minute)
 	a.RequesterClaims = []string{"email", "actor", "owner"}
 	a.BreakGlass.SetDefaults()
 }
@@ -825,18 +256,18 @@ func (a *ApprovalConfig) SetDefaults() {
 // UnmarshalYAML decodes on top of the defaults.
 func (a *ApprovalConfig) UnmarshalYAML(unmarshal func(any) error) error {
 	type approval ApprovalConfig
-	return decodeOnDefaults(a.SetDefaults, (*approval)(a), unmarshal)
+	return config.DecodeOnDefaults(a.SetDefaults, (*approval)(a), unmarshal)
 }
 
 // SetDefaults sets max_ttl 15m.
 func (bg *BreakGlassConfig) SetDefaults() {
-	bg.MaxTTL = Duration(15 * time.Minute)
+	bg.MaxTTL = config.Duration(15 * time.Minute)
 }
 
 // UnmarshalYAML decodes on top of the defaults.
 func (bg *BreakGlassConfig) UnmarshalYAML(unmarshal func(any) error) error {
 	type breakGlass BreakGlassConfig
-	return decodeOnDefaults(bg.SetDefaults, (*breakGlass)(bg), unmarshal)
+	return config.DecodeOnDefaults(bg.SetDefaults, (*breakGlass)(bg), unmarshal)
 }
 
 // SetDefaults sets the limits' defaults (see LimitsConfig).
@@ -846,7 +277,7 @@ func (l *LimitsConfig) SetDefaults() {
 	l.MaxAttestationBytes = DefaultMaxAttestationBytes
 	l.AgentRate = 10
 	l.AgentBurst = 20
-	l.MintTimeout = Duration(10 * time.Second)
+	l.MintTimeout = config.Duration(10 * time.Second)
 	l.AttestationCache = 10000
 	l.AuthFailuresPerMinute = DefaultAuthFailuresPerMinute
 	l.AuthFailureRecordsPerMinute = DefaultAuthFailureRecordsPerMinute
@@ -855,173 +286,19 @@ func (l *LimitsConfig) SetDefaults() {
 // UnmarshalYAML decodes on top of the defaults.
 func (l *LimitsConfig) UnmarshalYAML(unmarshal func(any) error) error {
 	type limits LimitsConfig
-	return decodeOnDefaults(l.SetDefaults, (*limits)(l), unmarshal)
+	return config.DecodeOnDefaults(l.SetDefaults, (*limits)(l), unmarshal)
 }
 
-// SetDefaults sets the revocation defaults (see LeasesConfig).
-func (lc *LeasesConfig) SetDefaults() {
-	lc.RevokeAttempts = 8
-	lc.RevokeBackoff = Duration(time.Second)
-	lc.RevokeMaxBackoff = Duration(5 * time.Minute)
-	lc.RevokeConcurrency = 16
-	lc.Retention = Duration(7 * 24 * time.Hour)
-}
-
-// UnmarshalYAML decodes on top of the defaults.
-func (lc *LeasesConfig) UnmarshalYAML(unmarshal func(any) error) error {
-	type leases LeasesConfig
-	return decodeOnDefaults(lc.SetDefaults, (*leases)(lc), unmarshal)
-}
-
-// SetDefaults sets session_idle 15m, session_max 8h and fresh_login 10m.
-// TokenLogin stays nil, which means true.
-func (cc *ConsoleConfig) SetDefaults() {
-	cc.SessionIdle = Duration(15 * time.Minute)
-	cc.SessionMax = Duration(8 * time.Hour)
-	cc.FreshLogin = Duration(10 * time.Minute)
-}
-
-// UnmarshalYAML decodes on top of the defaults.
-func (cc *ConsoleConfig) UnmarshalYAML(unmarshal func(any) error) error {
-	type console ConsoleConfig
-	return decodeOnDefaults(cc.SetDefaults, (*console)(cc), unmarshal)
-}
-
-// SetDefaults sets scopes [openid, email, profile, groups] and the
-// operator identity defaults. RedirectURL depends on public_url and is set
-// by Config.UnmarshalYAML.
-func (o *ConsoleOIDCConfig) SetDefaults() {
-	o.Scopes = []string{"openid", "email", "profile", "groups"}
-	o.OperatorIdentityConfig.SetDefaults()
-}
-
-// UnmarshalYAML decodes on top of the defaults.
-func (o *ConsoleOIDCConfig) UnmarshalYAML(unmarshal func(any) error) error {
-	type oidc ConsoleOIDCConfig
-	return decodeOnDefaults(o.SetDefaults, (*oidc)(o), unmarshal)
-}
-
-// SetDefaults sets format json, timeout 5s and max_attempts 8.
-func (w *WebhookConfig) SetDefaults() {
-	w.Format = "json"
-	w.Timeout = Duration(5 * time.Second)
-	w.MaxAttempts = 8
-}
-
-// UnmarshalYAML decodes on top of the defaults.
-func (w *WebhookConfig) UnmarshalYAML(unmarshal func(any) error) error {
-	type webhook WebhookConfig
-	return decodeOnDefaults(w.SetDefaults, (*webhook)(w), unmarshal)
-}
-
-// SetDefaults sets level info.
-func (lc *LogConfig) SetDefaults() { lc.Level = "info" }
-
-// UnmarshalYAML decodes on top of the defaults.
-func (lc *LogConfig) UnmarshalYAML(unmarshal func(any) error) error {
-	type logConfig LogConfig
-	return decodeOnDefaults(lc.SetDefaults, (*logConfig)(lc), unmarshal)
-}
-
-var namePattern = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
-
-// NameRule is the syntax of the names the configuration gives issuers,
-// backends, roles and webhooks, as error messages state it.
-const NameRule = "1 to 63 lower-case letters, digits, '.', '_' or '-', starting with a letter or digit"
-
-// ValidName reports whether s has the syntax of a configured name
-// (NameRule). A name that fails it cannot name anything configured, so
-// requests check it before the name reaches a log line, a metric label or
-// an audit record.
-func ValidName(s string) bool { return namePattern.MatchString(s) }
-
-// allowedAlgorithms are the asymmetric JWS algorithms an issuer may allow.
-var allowedAlgorithms = map[string]bool{
-	"RS256": true, "RS384": true, "RS512": true,
-	"PS256": true, "PS384": true, "PS512": true,
-	"ES256": true, "ES384": true, "ES512": true,
-	"EdDSA": true,
-}
-
-// Validate checks the whole configuration and names the offending field in
-// each error, e.g. "issuers[1].audiences must not be empty".
-func (c *Config) Validate() error {
+// ValidateRoles checks the roles section and names the full key path in
+// each error ("roles[0].ttl must be positive"). backends are the names of
+// the configured backends.
+func ValidateRoles(roles []Role, backends map[string]bool) error {
 	var errs []error
 	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
-
-	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
-		add("listen %q must be host:port", c.Listen)
-	}
-	if c.DataDir == "" {
-		add("data_dir must be set")
-	}
-	if u, err := url.Parse(c.PublicURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		add("public_url %q must be an absolute http(s) URL", c.PublicURL)
-	}
-	if c.TLS != nil {
-		if c.TLS.CertFile == "" || c.TLS.KeyFile == "" {
-			add("tls.cert_file and tls.key_file must both be set")
-		}
-		switch c.TLS.ClientAuth {
-		case "", "none":
-		case "verify_if_given", "require":
-			if c.TLS.ClientCAFile == "" {
-				add("tls.client_ca_file must be set when tls.client_auth is %q", c.TLS.ClientAuth)
-			}
-		default:
-			add("tls.client_auth %q must be none, verify_if_given or require", c.TLS.ClientAuth)
-		}
-	}
-
-	for i, p := range c.TrustedProxies {
-		if _, err := clientip.ParsePrefix(p); err != nil {
-			add("trusted_proxies[%d] %q %v", i, p, err)
-		}
-	}
-
-	if len(c.Issuers) == 0 {
-		add("issuers must list at least one trusted attestation issuer")
-	}
-	errs = append(errs, validateIssuers("issuers", c.Issuers)...)
-	errs = append(errs, validateIssuers("operators.issuers", c.Operators.IssuerConfigs())...)
-	for i, oi := range c.Operators.Issuers {
-		errs = append(errs, oi.OperatorIdentityConfig.validate(fmt.Sprintf("operators.issuers[%d]", i))...)
-		for _, ai := range c.Issuers {
-			if oi.Name == ai.Name {
-				// Replay protection keys consumed ids by issuer name.
-				add("operators.issuers[%d].name %q is also an attestation issuer's name; use distinct names", i, oi.Name)
-			}
-			if oi.Issuer != "" && oi.Issuer == ai.Issuer {
-				add("operators.issuers[%d].issuer %q is also trusted for agents; an agent token must never be an operator credential", i, oi.Issuer)
-			}
-		}
-	}
-
-	backends := map[string]bool{}
-	for i, b := range c.Backends {
-		f := fmt.Sprintf("backends[%d]", i)
-		if !namePattern.MatchString(b.Name) {
-			add("%s.name %q must be lower-case letters, digits, '.', '_' or '-' (at most 63)", f, b.Name)
-		}
-		if backends[b.Name] {
-			add("%s.name %q is used twice", f, b.Name)
-		}
-		backends[b.Name] = true
-		if b.Type == "" {
-			add("%s.type must be set", f)
-		}
-	}
-
-	roles := map[string]bool{}
-	for i, r := range c.Roles {
+	names := map[string]bool{}
+	for i, r := range roles {
 		f := fmt.Sprintf("roles[%d]", i)
-		if !namePattern.MatchString(r.Name) {
-			add("%s.name %q must be lower-case letters, digits, '.', '_' or '-' (at most 63)", f, r.Name)
-		}
-		if roles[r.Name] {
-			add("%s.name %q is used twice", f, r.Name)
-		}
-		roles[r.Name] = true
+		errs = append(errs, config.CheckName(f+".name", r.Name, names)...)
 		if !backends[r.Backend] {
 			add("%s.backend %q is not one of the configured backends", f, r.Backend)
 		}
@@ -1034,10 +311,10 @@ func (c *Config) Validate() error {
 		if r.Approval.Required < 0 || r.Approval.Required > 10 {
 			add("%s.approval.required must be between 0 and 10; it is %d", f, r.Approval.Required)
 		}
-		if r.Approval.RequestTTL < Duration(time.Minute) {
+		if r.Approval.RequestTTL < config.Duration(time.Minute) {
 			add("%s.approval.request_ttl must be at least 1m; it is %s", f, r.Approval.RequestTTL)
 		}
-		if r.Approval.RedeemWithin < Duration(10*time.Second) {
+		if r.Approval.RedeemWithin < config.Duration(10*time.Second) {
 			add("%s.approval.redeem_within must be at least 10s; it is %s", f, r.Approval.RedeemWithin)
 		}
 		if bg := r.Approval.BreakGlass; bg.Allowed && (bg.MaxTTL <= 0 || bg.MaxTTL > r.MaxTTL) {
@@ -1051,17 +328,17 @@ func (c *Config) Validate() error {
 		errs = append(errs, validateIdentities(f+".approval.approvers.operators", r.Approval.Approvers.Operators)...)
 		errs = append(errs, validateIdentities(f+".approval.approvers.groups", r.Approval.Approvers.Groups)...)
 	}
+	return errors.Join(errs...)
+}
 
-	if c.Policy.Dir == "" {
-		add("policy.dir must be set (a directory of *.cedar files)")
-	}
-	if c.Policy.OnError != PolicyOnErrorDeny && c.Policy.OnError != PolicyOnErrorSkip {
-		add("policy.on_error %q must be deny or skip", c.Policy.OnError)
-	}
-
+// ValidateOperatorTokens checks operators.tokens and names the full key
+// path in each error.
+func ValidateOperatorTokens(tokens []OperatorToken) error {
+	var errs []error
+	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 	var opNames []string
 	seenSums := map[string]int{}
-	for i, t := range c.Operators.Tokens {
+	for i, t := range tokens {
 		f := fmt.Sprintf("operators.tokens[%d]", i)
 		if t.Name == "" {
 			add("%s.name must be set", f)
@@ -1077,8 +354,14 @@ func (c *Config) Validate() error {
 		errs = append(errs, validateIdentities(f+".groups", t.Groups)...)
 	}
 	errs = append(errs, validateIdentityList("operators.tokens", ".name", opNames)...)
+	return errors.Join(errs...)
+}
 
-	l := c.Limits
+// Validate checks the limits section and names the full key path in each
+// error.
+func (l *LimitsConfig) Validate() error {
+	var errs []error
+	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 	if l.MaxBodyBytes < 1024 || l.MaxBodyBytes > 16<<20 {
 		add("limits.max_body_bytes must be between 1024 and 16777216; it is %d", l.MaxBodyBytes)
 	}
@@ -1094,7 +377,7 @@ func (c *Config) Validate() error {
 	if l.AgentBurst < 1 {
 		add("limits.agent_burst must be at least 1; it is %d", l.AgentBurst)
 	}
-	if l.MintTimeout < Duration(100*time.Millisecond) || l.MintTimeout > Duration(5*time.Minute) {
+	if l.MintTimeout < config.Duration(100*time.Millisecond) || l.MintTimeout > config.Duration(5*time.Minute) {
 		add("limits.mint_timeout must be between 100ms and 5m; it is %s", l.MintTimeout)
 	}
 	if l.AttestationCache < 0 {
@@ -1106,184 +389,12 @@ func (c *Config) Validate() error {
 	if n := l.AuthFailureRecordsPerMinute; n < 0 || n > 100000 {
 		add("limits.auth_failure_records_per_minute must be between 0 and 100000, not %d", n)
 	}
-	lc := c.Leases
-	if lc.RevokeAttempts < 1 {
-		add("leases.revoke_attempts must be at least 1; it is %d", lc.RevokeAttempts)
-	}
-	if lc.RevokeBackoff <= 0 {
-		add("leases.revoke_backoff must be positive; it is %s", lc.RevokeBackoff)
-	}
-	if lc.RevokeMaxBackoff < lc.RevokeBackoff || lc.RevokeMaxBackoff <= 0 {
-		add("leases.revoke_max_backoff must be positive and not less than revoke_backoff (%s); it is %s", lc.RevokeBackoff, lc.RevokeMaxBackoff)
-	}
-	if lc.RevokeConcurrency < 1 || lc.RevokeConcurrency > 1024 {
-		add("leases.revoke_concurrency must be between 1 and 1024; it is %d", lc.RevokeConcurrency)
-	}
-	if lc.Retention < 0 {
-		add("leases.retention must not be negative; it is %s", lc.Retention)
-	}
-	if o := c.Console.OIDC; o != nil {
-		if u, err := url.Parse(o.Issuer); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-			add("console.oidc.issuer %q must be an absolute http(s) URL", o.Issuer)
-		}
-		if o.ClientID == "" {
-			add("console.oidc.client_id must be set")
-		}
-		if !slices.Contains(o.Scopes, "openid") {
-			add("console.oidc.scopes %v must include openid", o.Scopes)
-		}
-		errs = append(errs, o.OperatorIdentityConfig.validate("console.oidc")...)
-	}
-	cc := c.Console
-	if cc.SessionIdle <= 0 {
-		add("console.session_idle must be positive; it is %s", cc.SessionIdle)
-	}
-	if cc.SessionMax < cc.SessionIdle || cc.SessionMax <= 0 {
-		add("console.session_max must be positive and not less than session_idle (%s); it is %s", cc.SessionIdle, cc.SessionMax)
-	}
-	if cc.FreshLogin <= 0 {
-		add("console.fresh_login must be positive; it is %s", cc.FreshLogin)
-	}
-	hooks := map[string]bool{}
-	for i, w := range c.Notifications.Webhooks {
-		f := fmt.Sprintf("notifications.webhooks[%d]", i)
-		if w.Name == "" || hooks[w.Name] {
-			add("%s.name must be set and unique", f)
-		} else if !namePattern.MatchString(w.Name) {
-			add("%s.name %q must be %s", f, w.Name, NameRule)
-		}
-		hooks[w.Name] = true
-		if u, err := url.Parse(w.URL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-			add("%s.url %q must be an absolute http(s) URL", f, w.URL)
-		}
-		switch w.Format {
-		case "json", "slack":
-		default:
-			add("%s.format %q must be json or slack", f, w.Format)
-		}
-		if w.Timeout <= 0 {
-			add("%s.timeout must be positive; it is %s", f, w.Timeout)
-		}
-		if w.MaxAttempts < 1 {
-			add("%s.max_attempts must be at least 1 (1 sends once, without retries); it is %d", f, w.MaxAttempts)
-		}
-		for j, ev := range w.Events {
-			if !NotificationEvents[ev] {
-				add("%s.events[%d] %q is not an event valet sends", f, j, ev)
-			}
-		}
-	}
-	switch c.Log.Level {
-	case "debug", "info", "warn", "error":
-	default:
-		add("log.level %q must be debug, info, warn or error", c.Log.Level)
-	}
-	errs = append(errs, c.Introspection.validate(roles, c.TLS)...)
 	return errors.Join(errs...)
 }
 
-func validateIssuers(field string, issuers []IssuerConfig) []error {
-	var errs []error
-	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
-	names := map[string]bool{}
-	isses := map[string]bool{}
-	for i, ic := range issuers {
-		f := fmt.Sprintf("%s[%d]", field, i)
-		if !namePattern.MatchString(ic.Name) {
-			add("%s.name %q must be lower-case letters, digits, '.', '_' or '-' (at most 63)", f, ic.Name)
-		}
-		if names[ic.Name] {
-			add("%s.name %q is used twice", f, ic.Name)
-		}
-		names[ic.Name] = true
-		switch ic.Type {
-		case IssuerOIDC, IssuerKubernetes, IssuerGitHub:
-			if ic.Issuer == "" {
-				add("%s.issuer must be set (the exact iss claim of its tokens)", f)
-			}
-			if ic.TrustDomain != "" {
-				add("%s.trust_domain is only for type spiffe", f)
-			}
-		case IssuerSPIFFE:
-			if ic.Issuer == "" && ic.TrustDomain == "" {
-				add("%s: a spiffe issuer needs issuer or trust_domain", f)
-			}
-		default:
-			add("%s.type %q must be oidc, kubernetes, github or spiffe", f, ic.Type)
-		}
-		if strings.ContainsRune(ic.Issuer, '#') || strings.IndexFunc(ic.Issuer, unicode.IsControl) >= 0 {
-			// Lineage ids are "jti:<issuer>#<jti>": a '#' in the issuer
-			// would let two attestations share one.
-			add("%s.issuer %q must not contain '#' or control characters", f, ic.Issuer)
-		}
-		if ic.Issuer != "" {
-			if isses[ic.Issuer] {
-				add("%s.issuer %q is trusted twice; each iss must map to one issuer", f, ic.Issuer)
-			}
-			isses[ic.Issuer] = true
-		}
-		if len(ic.Audiences) == 0 {
-			add("%s.audiences must not be empty", f)
-		}
-		for j, a := range ic.Audiences {
-			if a == "" {
-				add("%s.audiences[%d] must not be empty", f, j)
-			}
-		}
-		sources := 0
-		for _, s := range []bool{ic.JWKSFile != "", ic.JWKSURL != "", ic.Discovery} {
-			if s {
-				sources++
-			}
-		}
-		if sources != 1 {
-			add("%s needs exactly one of jwks_file, jwks_url or discovery: true", f)
-		}
-		if ic.JWKSURL != "" {
-			if u, err := url.Parse(ic.JWKSURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-				add("%s.jwks_url %q must be an absolute http(s) URL", f, ic.JWKSURL)
-			}
-		}
-		if ic.Discovery {
-			if u, err := url.Parse(ic.Issuer); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-				add("%s.issuer %q must be an http(s) URL when discovery is true", f, ic.Issuer)
-			}
-		}
-		if len(ic.Algorithms) == 0 {
-			add("%s.algorithms must not be empty", f)
-		}
-		for j, a := range ic.Algorithms {
-			if !allowedAlgorithms[a] {
-				add("%s.algorithms[%d] %q is not allowed; use RS256/384/512, PS256/384/512, ES256/384/512 or EdDSA", f, j, a)
-			}
-		}
-		if ic.ClockSkew < 0 || ic.ClockSkew.D() > MaxClockSkew {
-			add("%s.clock_skew must be between 0 and %s; it is %s", f, MaxClockSkew, ic.ClockSkew)
-		}
-		if ic.MaxTokenAge < 0 {
-			add("%s.max_token_age must not be negative (0 sets no limit); it is %s", f, ic.MaxTokenAge)
-		}
-		if ic.SubjectClaim == "" {
-			add("%s.subject_claim must not be empty", f)
-		}
-		if ic.JWKSRefreshInterval < Duration(time.Second) {
-			add("%s.jwks_refresh_interval must be at least 1s; it is %s", f, ic.JWKSRefreshInterval)
-		}
-		if ic.JWKSCacheTTL < ic.JWKSRefreshInterval || ic.JWKSCacheTTL <= 0 {
-			add("%s.jwks_cache_ttl must be positive and not less than jwks_refresh_interval (%s); it is %s", f, ic.JWKSRefreshInterval, ic.JWKSCacheTTL)
-		}
-		for k, v := range ic.ClaimMappings {
-			if k == "" || v == "" {
-				add("%s.claim_mappings: attribute names and claim paths must not be empty", f)
-			}
-		}
-	}
-	return errs
-}
-
-// validate checks an issuer's operator identity keys; field is the
-// issuer's key path.
-func (oc OperatorIdentityConfig) validate(field string) []error {
+// Validate checks an issuer's operator identity keys; field is the
+// issuer's key path ("operators.issuers[0]", "console.oidc").
+func (oc OperatorIdentityConfig) Validate(field string) error {
 	var errs []error
 	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 	if oc.NameClaim == "" || oc.GroupsClaim == "" {
@@ -1300,7 +411,7 @@ func (oc OperatorIdentityConfig) validate(field string) []error {
 	if oc.EmailVerifiedDefault && oc.NameClaim != "email" {
 		add("%s.email_verified_default applies only when name_claim is email (it is %q)", field, oc.NameClaim)
 	}
-	return errs
+	return errors.Join(errs...)
 }
 
 // validateIdentities checks a list of operator or group names: each must
@@ -1333,27 +444,25 @@ func validateIdentityList(field, suffix string, names []string) []error {
 	return errs
 }
 
-// Role returns the role named name, or nil.
-func (c *Config) Role(name string) *Role {
-	for i := range c.Roles {
-		if c.Roles[i].Name == name {
-			return &c.Roles[i]
-		}
-	}
-	return nil
+// allowedAlgorithms are the asymmetric JWS algorithms an issuer or a client
+// may be allowed.
+var allowedAlgorithms = map[string]bool{
+	"RS256": true, "RS384": true, "RS512": true,
+	"PS256": true, "PS384": true, "PS512": true,
+	"ES256": true, "ES384": true, "ES512": true,
+	"EdDSA": true,
 }
 
-// NotificationEvents are the event types valet sends to webhooks.
-var NotificationEvents = map[string]bool{
-	"grant.requested": true, "grant.approved": true, "grant.denied": true, "grant.expired": true,
-	"grant.redeemed": true, "break_glass": true, "break_glass.reviewed": true,
-}
+// AllowedAlgorithm reports whether a is a JWS algorithm the configuration
+// may allow for tokens valet verifies (attestations, operator ID tokens,
+// client assertions): asymmetric algorithms only, never none or HMAC (RFC
+// 8725 section 3.1).
+func AllowedAlgorithm(a string) bool { return allowedAlgorithms[a] }
 
-// ParseKEK decodes a hex key-encryption key (64 hex digits, AES-256).
-func ParseKEK(s string) ([]byte, error) {
-	b, err := hex.DecodeString(strings.TrimSpace(s))
-	if err != nil || len(b) != 32 {
-		return nil, errors.New("the key-encryption key must be 64 hex digits (32 bytes); generate one with `openssl rand -hex 32`")
-	}
-	return b, nil
-}
+// NameRule is the syntax of configured names (config.NameRule), which a
+// request naming a role must match.
+const NameRule = config.NameRule
+
+// ValidName reports whether s has the syntax of a configured name
+// (config.ValidName).
+func ValidName(s string) bool { return config.ValidName(s) }

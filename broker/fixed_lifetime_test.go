@@ -9,6 +9,7 @@ import (
 	"github.com/valet-broker/valet/backends"
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/leases"
+	"github.com/valet-broker/valet/leases/config"
 )
 
 // TestFixedLifetimeCredentialOutlivesItsLeaseOnlyUntilRevoked: a backend
@@ -30,10 +31,10 @@ func TestFixedLifetimeCredentialOutlivesItsLeaseOnlyUntilRevoked(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			f := newFixture(t, func(cfg *broker.Config) {
-				cfg.Limits.MintTimeout = broker.Duration(mintTimeout)
-				cfg.Roles = append(cfg.Roles, broker.Defaulted(func(r *broker.Role) {
-					r.Name, r.Backend, r.TTL = "gh", "fixed", broker.Duration(time.Minute)
+			f := newFixture(t, func(cfg *fixtureConfig) {
+				cfg.Limits.MintTimeout = config.Duration(mintTimeout)
+				cfg.Roles = append(cfg.Roles, config.Defaulted(func(r *broker.Role) {
+					r.Name, r.Backend, r.TTL = "gh", "fixed", config.Duration(time.Minute)
 				}))
 			})
 			start := f.clock.Now()

@@ -10,18 +10,19 @@ import (
 	"github.com/valet-broker/valet/backends"
 	"github.com/valet-broker/valet/backends/jwt"
 	"github.com/valet-broker/valet/broker"
-	"github.com/valet-broker/valet/broker/clock"
 	"github.com/valet-broker/valet/leases"
+	"github.com/valet-broker/valet/leases/clock"
+	"github.com/valet-broker/valet/leases/config"
 )
 
 // tokenFixture is a fixture with a real jwt backend "tokens" and its role
 // "tok" (ttl 5m).
 func tokenFixture(t *testing.T) *fixture {
 	t.Helper()
-	return newFixtureWith(t, func(cfg *broker.Config) {
-		cfg.Backends = append(cfg.Backends, broker.BackendConfig{Name: "tokens", Type: jwt.Type})
-		cfg.Roles = append(cfg.Roles, broker.Defaulted(func(r *broker.Role) {
-			r.Name, r.Backend, r.TTL = "tok", "tokens", broker.Duration(5*time.Minute)
+	return newFixtureWith(t, func(cfg *fixtureConfig) {
+		cfg.Backends = append(cfg.Backends, backends.Config{Name: "tokens", Type: jwt.Type})
+		cfg.Roles = append(cfg.Roles, config.Defaulted(func(r *broker.Role) {
+			r.Name, r.Backend, r.TTL = "tok", "tokens", config.Duration(5*time.Minute)
 		}))
 	}, func(clk *clock.Fake, dir string) map[string]backends.Backend {
 		be, err := jwt.New("tokens", nil, backends.Deps{DataDir: dir, KEK: make([]byte, 32), PublicURL: "https://valet.test", Clock: clk})

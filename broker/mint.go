@@ -8,10 +8,11 @@ import (
 	"time"
 
 	"github.com/valet-broker/valet/backends"
-	"github.com/valet-broker/valet/broker/audit"
 	"github.com/valet-broker/valet/broker/failpoint"
 	"github.com/valet-broker/valet/broker/grants"
 	"github.com/valet-broker/valet/leases"
+	"github.com/valet-broker/valet/leases/audit"
+	"github.com/valet-broker/valet/leases/config"
 )
 
 // This file holds the mint flow: an attestation and a role become a
@@ -204,7 +205,7 @@ func (b *Broker) checkScope(role *Role, scope map[string]any) error {
 	if !ok {
 		return Wrap(EINVALID, ErrScopeRefused, "role %s (backend %s) does not accept a scope; leave scope out", role.Name, role.Backend)
 	}
-	err := sc.CheckScope(roleSpec(role), scope)
+	err := fromBackend(sc.CheckScope(roleSpec(role), scope))
 	switch ErrorCode(err) {
 	case "":
 		return nil
@@ -415,11 +416,13 @@ func (b *Broker) abandon(ctx context.Context, op *mintOp, l *leases.Lease, cause
 
 // backendError turns a backend's failure to do what ("issue the
 // credential", "renew the credential") into a client error that says what
-// happened: the backend's own *Error as is; the request ending (ctx, the
-// request's context) before the backend answered; unavailability; no answer
-// within the mint timeout; anything else as EBADGATEWAY (the cause is
-// logged, not shown).
-func backendError(ctx context.Context, cause error, backend, what string, timeout Duration) error {
+// happened: the backend's own *backends.Error with its mapped code
+// (fromBackend), an *Error as is; the request ending (ctx, the request's
+// context) before the backend answered; unavailability; no answer within
+// the mint timeout; anything else as EBADGATEWAY (the cause is logged, not
+// shown).
+func backendError(ctx context.Context, cause error, backend, what string, timeout config.Duration) error {
+	cause = fromBackend(cause)
 	var be *Error
 	switch {
 	case errors.As(cause, &be):

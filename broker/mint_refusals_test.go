@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/valet-broker/valet/broker"
+	"github.com/valet-broker/valet/leases/config"
 )
 
 // TestMintRefusalsAreTellable checks that front ends can tell refusals
@@ -38,8 +39,8 @@ func TestMintRefusalsAreTellable(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			f := newFixture(t, func(cfg *broker.Config) {
-				cfg.Roles = append(cfg.Roles, broker.Defaulted(func(r *broker.Role) { r.Name, r.Backend, r.Approval.Required = "approved", "ext", 1 }))
+			f := newFixture(t, func(cfg *fixtureConfig) {
+				cfg.Roles = append(cfg.Roles, config.Defaulted(func(r *broker.Role) { r.Name, r.Backend, r.Approval.Required = "approved", "ext", 1 }))
 			})
 			res, err := f.b.Mint(context.Background(), c.req(f))
 			if res != nil || broker.ErrorCode(err) != c.wantCode {

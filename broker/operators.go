@@ -42,20 +42,30 @@ type opToken struct {
 	groups []string
 }
 
-// NewOperators builds the authenticator. verifier verifies ID tokens of
-// cfg.Issuers and may be nil when there are none.
-func NewOperators(cfg OperatorsConfig, verifier Verifier) *Operators {
+// OperatorIssuer is what Operators needs to know of an operator issuer
+// (operators.issuers[]): its name in the configuration, its iss, and how
+// an operator's identity is read from its ID tokens.
+type OperatorIssuer struct {
+	Name     string
+	Issuer   string
+	Identity OperatorIdentityConfig
+}
+
+// NewOperators builds the authenticator from the static operator tokens
+// (validated by ValidateOperatorTokens) and the operator issuers. verifier
+// verifies the issuers' ID tokens and may be nil when there are none.
+func NewOperators(tokens []OperatorToken, issuers []OperatorIssuer, verifier Verifier) *Operators {
 	o := &Operators{issuers: map[string]bool{}, identity: map[string]OperatorIdentityConfig{}, verifier: verifier}
-	for _, t := range cfg.Tokens {
+	for _, t := range tokens {
 		var ot opToken
 		ot.name, ot.groups = t.Name, t.Groups
-		b, _ := hex.DecodeString(t.SHA256) // validated by Config.Validate
+		b, _ := hex.DecodeString(t.SHA256) // validated by ValidateOperatorTokens
 		copy(ot.sum[:], b)
 		o.tokens = append(o.tokens, ot)
 	}
-	for _, ic := range cfg.Issuers {
+	for _, ic := range issuers {
 		o.issuers[ic.Issuer] = true
-		o.identity[ic.Name] = ic.OperatorIdentityConfig
+		o.identity[ic.Name] = ic.Identity
 	}
 	return o
 }

@@ -28,7 +28,7 @@ type Principal struct {
 	Attributes map[string]string
 	// Lineage identifies the attestation the principal came from, so leases
 	// derived from it can be found and revoked together.
-	Lineage leases.Lineage
+	Lineage Lineage
 	// IssuedAt and ExpiresAt are the token's iat (zero if absent) and exp.
 	IssuedAt  time.Time
 	ExpiresAt time.Time
@@ -50,6 +50,11 @@ func ValidAgentID(id string) bool {
 	iss, sub, ok := strings.Cut(id, "/")
 	return ok && len(id) <= MaxAgentIDBytes && ValidName(iss) && sub != "" && strings.IndexFunc(sub, unicode.IsControl) < 0
 }
+
+// Lineage identifies the attestation a principal came from (the lease
+// domain's leases.Lineage), named here so that a Verifier can fill it in
+// without importing the lease store.
+type Lineage = leases.Lineage
 
 // Verifier turns a raw attestation into a Principal.
 type Verifier interface {

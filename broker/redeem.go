@@ -5,8 +5,8 @@ import (
 	"errors"
 	"time"
 
-	"github.com/valet-broker/valet/broker/audit"
 	"github.com/valet-broker/valet/broker/grants"
+	"github.com/valet-broker/valet/leases/audit"
 )
 
 // This file holds the redeem flow: the agent whose grant was approved mints

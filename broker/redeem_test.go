@@ -9,12 +9,11 @@ import (
 	"testing"
 	"time"
 
-	"go.etcd.io/bbolt"
-
 	"github.com/valet-broker/valet/backends"
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/broker/grants"
 	"github.com/valet-broker/valet/leases"
+	"github.com/valet-broker/valet/leases/config"
 )
 
 // TestRedeemGrant: the agent that asked redeems an approved grant once,
@@ -82,19 +81,19 @@ func TestRedeemGrant(t *testing.T) {
 		{
 			name: "the grant was changed after its approval", asker: "asker",
 			before: func(t *testing.T, f *fixture, id string) {
-				err := f.store.DB().Update(func(tx *bbolt.Tx) error {
-					b := tx.Bucket([]byte("grants"))
+				var decodeErr error
+				err := f.store.Tamper("grants", []byte(id), func(v []byte) []byte {
 					var g map[string]any
-					if err := json.Unmarshal(b.Get([]byte(id)), &g); err != nil {
-						return err
+					if decodeErr = json.Unmarshal(v, &g); decodeErr != nil {
+						return v
 					}
 					g["ttl"] = "24h0m0s"
-					v, err := json.Marshal(g)
-					if err != nil {
-						return err
-					}
-					return b.Put([]byte(id), v)
+					out, _ := json.Marshal(g)
+					return out
 				})
+				if err == nil {
+					err = decodeErr
+				}
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -114,8 +113,8 @@ func TestRedeemGrant(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			f := newFixture(t, func(cfg *broker.Config) {
-				cfg.Roles = append(cfg.Roles, broker.Defaulted(func(r *broker.Role) {
+			f := newFixture(t, func(cfg *fixtureConfig) {
+				cfg.Roles = append(cfg.Roles, config.Defaulted(func(r *broker.Role) {
 					r.Name, r.Backend, r.Approval.Required, r.Approval.BreakGlass.Allowed = "admin", "ext", 1, true
 				}))
 				writePolicy(t, cfg, "redeem.cedar", `forbid(principal, action == Action::"redeem", resource) when { principal.sub == "no-redeem" };`)

@@ -8,8 +8,9 @@ import (
 
 	"github.com/valet-broker/valet/backends"
 	"github.com/valet-broker/valet/broker"
-	"github.com/valet-broker/valet/broker/audit"
 	"github.com/valet-broker/valet/leases"
+	"github.com/valet-broker/valet/leases/audit"
+	"github.com/valet-broker/valet/leases/config"
 )
 
 // TestStoreRefusalsTellTheirReasonOnly: when a store refuses a change
@@ -91,11 +92,11 @@ func TestStoreRefusalsTellTheirReasonOnly(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			f := newFixture(t, func(cfg *broker.Config) {
+			f := newFixture(t, func(cfg *fixtureConfig) {
 				cfg.Roles = append(cfg.Roles,
-					broker.Defaulted(func(r *broker.Role) { r.Name, r.Backend, r.Approval.Required = "admin", "ext", 1 }),
-					broker.Defaulted(func(r *broker.Role) {
-						r.Name, r.Backend, r.TTL, r.MaxTTL = "long", "renewing", broker.Duration(time.Minute), broker.Duration(time.Hour)
+					config.Defaulted(func(r *broker.Role) { r.Name, r.Backend, r.Approval.Required = "admin", "ext", 1 }),
+					config.Defaulted(func(r *broker.Role) {
+						r.Name, r.Backend, r.TTL, r.MaxTTL = "long", "renewing", config.Duration(time.Minute), config.Duration(time.Hour)
 					}))
 			})
 			id, err := tc.do(t, f)

@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/valet-broker/valet/broker"
-	"github.com/valet-broker/valet/broker/audit"
+	"github.com/valet-broker/valet/leases/audit"
 )
 
 // startSummaries runs the broker's summarizer; stop ends it and waits for
@@ -44,7 +44,7 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 // and the summaries.
 func refusalRecords(t *testing.T, f *fixture) (individual, summaries []audit.Record) {
 	t.Helper()
-	recs, err := audit.List(f.store.DB(), audit.Filter{Limit: 1000})
+	recs, err := f.store.ListAudit(context.Background(), audit.Filter{Limit: 1000})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,7 +60,7 @@ func refusalRecords(t *testing.T, f *fixture) (individual, summaries []audit.Rec
 }
 
 func TestFailedAttestationsThrottledPerAddress(t *testing.T) {
-	f := newFixture(t, func(c *broker.Config) { c.Limits.AuthFailuresPerMinute = 3 })
+	f := newFixture(t, func(c *fixtureConfig) { c.Limits.AuthFailuresPerMinute = 3 })
 	ctx := context.Background()
 	mint := func(tok, ip string) error {
 		_, err := f.b.Mint(ctx, broker.MintRequest{Attestation: tok, Role: "r", SourceIP: ip, RequestID: "req-" + ip})
@@ -132,7 +132,7 @@ func TestFailedAttestationsThrottledPerAddress(t *testing.T) {
 // address's budget, or over the records allowed a minute — are summarized
 // once a minute and at shutdown, with counts that add up.
 func TestRefusalSummaries(t *testing.T) {
-	f := newFixture(t, func(c *broker.Config) {
+	f := newFixture(t, func(c *fixtureConfig) {
 		c.Limits.AuthFailuresPerMinute = 5
 		c.Limits.AuthFailureRecordsPerMinute = 2
 	})
@@ -186,7 +186,7 @@ func TestRefusalSummaries(t *testing.T) {
 	if len(summaries) != 2 || summaries[1].Details["refused"] != "8" || summaries[1].Details["refused.console_token"] != "8" {
 		t.Fatalf("summaries after shutdown: %+v, want a second one with 8 console_token refusals", summaries)
 	}
-	res, err := audit.Verify(f.store.DB())
+	res, err := f.store.VerifyAudit(context.Background())
 	if err != nil || !res.OK {
 		t.Errorf("audit verify: %+v %v", res, err)
 	}
@@ -196,7 +196,7 @@ func TestRefusalSummaries(t *testing.T) {
 // tracks neither grows memory without bound nor escapes throttling, and
 // its summary names a bounded number of addresses.
 func TestRefusalAccountingIsBounded(t *testing.T) {
-	f := newFixture(t, func(c *broker.Config) {
+	f := newFixture(t, func(c *fixtureConfig) {
 		c.Limits.AuthFailuresPerMinute = 1
 		c.Limits.AuthFailureRecordsPerMinute = 0
 	})

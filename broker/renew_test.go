@@ -10,16 +10,17 @@ import (
 
 	"github.com/valet-broker/valet/backends"
 	"github.com/valet-broker/valet/broker"
-	"github.com/valet-broker/valet/broker/audit"
+	"github.com/valet-broker/valet/leases/audit"
+	"github.com/valet-broker/valet/leases/config"
 )
 
 // renewFixture has role "long" on the renewing backend (ttl 10m, max_ttl
 // 1h) and a policy that forbids renewals to agent "no-renew".
 func renewFixture(t *testing.T) *fixture {
 	t.Helper()
-	return newFixture(t, func(cfg *broker.Config) {
-		cfg.Roles = append(cfg.Roles, broker.Defaulted(func(r *broker.Role) {
-			r.Name, r.Backend, r.TTL, r.MaxTTL = "long", "renewing", broker.Duration(10*time.Minute), broker.Duration(time.Hour)
+	return newFixture(t, func(cfg *fixtureConfig) {
+		cfg.Roles = append(cfg.Roles, config.Defaulted(func(r *broker.Role) {
+			r.Name, r.Backend, r.TTL, r.MaxTTL = "long", "renewing", config.Duration(10*time.Minute), config.Duration(time.Hour)
 		}))
 		writePolicy(t, cfg, "renew.cedar", `forbid(principal, action == Action::"renew", resource) when { principal.sub == "no-renew" };`)
 	})

@@ -6,12 +6,15 @@ import (
 	"crypto/subtle"
 	"crypto/x509"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net"
 	"net/url"
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/valet-broker/valet/leases/config"
 )
 
 // Client authentication methods, named as in the OAuth Token Endpoint
@@ -92,35 +95,39 @@ func (cl *IntrospectionClientConfig) SetDefaults() {
 	cl.AuthMethod = AuthClientSecretBasic
 }
 
-// UnmarshalYAML decodes on top of the defaults (see broker.Config). A
+// UnmarshalYAML decodes on top of the defaults (see leases/config). A
 // private_key_jwt client without algorithms gets [RS256, ES256]; other
 // clients keep algorithms nil when the key is absent, so validate can
 // refuse the key where it does not apply.
 func (cl *IntrospectionClientConfig) UnmarshalYAML(unmarshal func(any) error) error {
 	type client IntrospectionClientConfig
-	if err := decodeOnDefaults(cl.SetDefaults, (*client)(cl), unmarshal); err != nil {
+	if err := config.DecodeOnDefaults(cl.SetDefaults, (*client)(cl), unmarshal); err != nil {
 		return err
 	}
-	keys, err := readPresentKeys(unmarshal)
+	keys, err := config.ReadPresentKeys(unmarshal)
 	if err != nil {
 		return err
 	}
-	if cl.AuthMethod == AuthPrivateKeyJWT && !keys.has("algorithms") {
+	if cl.AuthMethod == AuthPrivateKeyJWT && !keys.Has("algorithms") {
 		cl.Algorithms = []string{"RS256", "ES256"}
 	}
 	return nil
 }
 
-func (c *IntrospectionConfig) resolvePaths(abs func(*string)) {
+// ResolvePaths makes the clients' relative file paths absolute with abs
+// (relative to the configuration file's directory).
+func (c *IntrospectionConfig) ResolvePaths(abs func(*string)) {
 	for i := range c.Clients {
 		abs(&c.Clients[i].JWKSFile)
 		abs(&c.Clients[i].CAFile)
 	}
 }
 
-// validate names the full key path in every error. roles are the
-// configured role names; tls is the server's TLS section (nil for none).
-func (c *IntrospectionConfig) validate(roles map[string]bool, tls *TLSConfig) []error {
+// Validate checks the section and names the full key path in every error.
+// roles are the configured role names; clientCerts says whether the server
+// verifies TLS client certificates (tls.client_ca_file is set and
+// tls.client_auth is verify_if_given or require).
+func (c *IntrospectionConfig) Validate(roles map[string]bool, clientCerts bool) error {
 	var errs []error
 	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 	ids := map[string]bool{}
@@ -187,7 +194,7 @@ func (c *IntrospectionConfig) validate(roles map[string]bool, tls *TLSConfig) []
 			if cl.TLSClientAuthSANIP != "" && net.ParseIP(cl.TLSClientAuthSANIP) == nil {
 				add("%s.tls_client_auth_san_ip %q is not an IP address", f, cl.TLSClientAuthSANIP)
 			}
-			if tls == nil || tls.ClientCAFile == "" || (tls.ClientAuth != "verify_if_given" && tls.ClientAuth != "require") {
+			if !clientCerts {
 				add("%s: auth_method tls_client_auth needs tls.client_ca_file and tls.client_auth verify_if_given or require", f)
 			}
 		default:
@@ -216,7 +223,7 @@ func (c *IntrospectionConfig) validate(roles map[string]bool, tls *TLSConfig) []
 			}
 		}
 	}
-	return errs
+	return errors.Join(errs...)
 }
 
 func sortedKeys(m map[string]bool) []string {
@@ -245,31 +252,6 @@ func validClientID(id string) bool {
 		}
 	}
 	return true
-}
-
-// ClientAssertionIssuers returns, for the private_key_jwt clients, the
-// trusted-issuer settings that verify their client assertions (RFC 7523
-// section 3, OpenID Connect Core section 9): iss and sub are the client_id,
-// aud names valet (its public URL, or the URL of the endpoint the assertion
-// is sent to), exp is required, and jti is single-use. Each issuer's name
-// is "introspection:<client_id>", which no attestation issuer can have,
-// so their jti values never collide in the replay cache.
-func (c IntrospectionConfig) ClientAssertionIssuers(publicURL string) []IssuerConfig {
-	var out []IssuerConfig
-	for _, cl := range c.Clients {
-		if cl.AuthMethod != AuthPrivateKeyJWT {
-			continue
-		}
-		out = append(out, Defaulted(func(ic *IssuerConfig) {
-			ic.Name, ic.Issuer = "introspection:"+cl.ClientID, cl.ClientID
-			ic.Audiences = []string{publicURL, publicURL + "/v1/introspect", publicURL + "/v1/oauth/token"}
-			ic.JWKSFile, ic.JWKSURL, ic.CAFile, ic.Algorithms = cl.JWKSFile, cl.JWKSURL, cl.CAFile, cl.Algorithms
-			ic.RequireJTI = true
-			// RFC 7523 does not require iat: no age limit beyond exp.
-			ic.MaxTokenAge = 0
-		}))
-	}
-	return out
 }
 
 // ResourceServer is an authenticated client of the introspection endpoint.
@@ -347,7 +329,7 @@ func NewResourceServers(cfg IntrospectionConfig, assertions Verifier, now func()
 	rs := &ResourceServers{clients: map[string]*rsClient{}, assertions: assertions, now: now}
 	for _, cl := range cfg.Clients {
 		c := &rsClient{cfg: cl}
-		b, _ := hex.DecodeString(cl.ClientSecretSHA256) // validated by Config.Validate
+		b, _ := hex.DecodeString(cl.ClientSecretSHA256) // validated by IntrospectionConfig.Validate
 		copy(c.sum[:], b)
 		rs.clients[cl.ClientID] = c
 		if !slices.Contains(rs.methods, cl.AuthMethod) {

@@ -7,8 +7,8 @@ import (
 	"time"
 
 	"github.com/valet-broker/valet/backends"
-	"github.com/valet-broker/valet/broker/audit"
 	"github.com/valet-broker/valet/leases"
+	"github.com/valet-broker/valet/leases/audit"
 )
 
 // This file holds the end of a lease: released by its agent, revoked by an
@@ -157,7 +157,7 @@ func RevokeAtBackend(bes map[string]backends.Backend, validUntil func(*leases.Le
 }
 
 // RevokesAtExpiry returns what the lease store asks of a lease
-// (leases.BoltStore.SetRevokeAtExpiry): whether its credential's holder
+// (broker/bolt's Store.SetRevokeAtExpiry): whether its credential's holder
 // can extend it without valet, so that it must be revoked when the lease
 // expires rather than assumed dead. That is so when the lease's backend
 // among bes is a backends.ExpiryRevoker.

@@ -11,9 +11,10 @@ import (
 
 	"github.com/valet-broker/valet/backends"
 	"github.com/valet-broker/valet/broker"
-	"github.com/valet-broker/valet/broker/audit"
-	"github.com/valet-broker/valet/broker/clock"
 	"github.com/valet-broker/valet/leases"
+	"github.com/valet-broker/valet/leases/audit"
+	"github.com/valet-broker/valet/leases/clock"
+	"github.com/valet-broker/valet/leases/config"
 )
 
 // TestEndLease: the owning agent releases a lease, an operator revokes
@@ -301,10 +302,10 @@ func TestExpiryRevocation(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			holder := expiryRevoking{&scripted{mint: ok, issued: map[string]bool{}}}
 			var bes map[string]backends.Backend
-			f := newFixtureWith(t, func(cfg *broker.Config) {
-				cfg.Backends = append(cfg.Backends, broker.BackendConfig{Name: "holder", Type: "scripted"})
-				cfg.Roles = append(cfg.Roles, broker.Defaulted(func(r *broker.Role) {
-					r.Name, r.Backend, r.TTL = "x", tc.backend, broker.Duration(time.Minute)
+			f := newFixtureWith(t, func(cfg *fixtureConfig) {
+				cfg.Backends = append(cfg.Backends, backends.Config{Name: "holder", Type: "scripted"})
+				cfg.Roles = append(cfg.Roles, config.Defaulted(func(r *broker.Role) {
+					r.Name, r.Backend, r.TTL = "x", tc.backend, config.Duration(time.Minute)
 				}))
 			}, func(*clock.Fake, string) map[string]backends.Backend {
 				bes = map[string]backends.Backend{"holder": holder}
@@ -341,7 +342,7 @@ func TestExpiryRevocation(t *testing.T) {
 			if got := revoked(holder.scripted) || revoked(f.be); got != tc.revoked {
 				t.Errorf("revoked at the backend: %v, want %v", got, tc.revoked)
 			}
-			recs, err := audit.List(f.store.DB(), audit.Filter{LeaseID: l.ID, Limit: 10})
+			recs, err := f.store.ListAudit(context.Background(), audit.Filter{LeaseID: l.ID, Limit: 10})
 			if err != nil {
 				t.Fatal(err)
 			}

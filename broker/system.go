@@ -3,7 +3,7 @@ package broker
 import (
 	"strconv"
 
-	"github.com/valet-broker/valet/broker/audit"
+	"github.com/valet-broker/valet/leases/audit"
 )
 
 // This file holds the audit records of valet's own events, which no flow

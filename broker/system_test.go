@@ -6,7 +6,7 @@ import (
 	"testing"
 
 	"github.com/valet-broker/valet/broker"
-	"github.com/valet-broker/valet/broker/audit"
+	"github.com/valet-broker/valet/leases/audit"
 )
 
 func TestSystemRecords(t *testing.T) {

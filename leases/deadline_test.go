@@ -1,4 +1,4 @@
-package leases
+package leases_test
 
 import (
 	"context"
@@ -7,8 +7,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/valet-broker/valet/broker/audit"
-	"github.com/valet-broker/valet/broker/clock"
+	"github.com/valet-broker/valet/broker/bolt"
+	"github.com/valet-broker/valet/leases"
+	"github.com/valet-broker/valet/leases/audit"
+	"github.com/valet-broker/valet/leases/clock"
+	"github.com/valet-broker/valet/leases/leasetest"
 )
 
 // TestUnconfirmedRevocationLastsUntilTheCredentialIsDead ends leases of
@@ -50,29 +53,29 @@ func TestUnconfirmedRevocationLastsUntilTheCredentialIsDead(t *testing.T) {
 	reasons := []struct {
 		name    string
 		pending bool // the lease ends while still pending
-		end     func(t *testing.T, s *BoltStore, l *Lease) *Lease
+		end     func(t *testing.T, s *bolt.Store, l *leases.Lease) *leases.Lease
 	}{
-		{name: "released", end: func(t *testing.T, s *BoltStore, l *Lease) *Lease {
-			return mustEnd(t, s, l.ID, StateReleased, t0.Add(time.Second))
+		{name: "released", end: func(t *testing.T, s *bolt.Store, l *leases.Lease) *leases.Lease {
+			return leasetest.MustEnd(t, s, l.ID, leases.StateReleased, t0.Add(time.Second))
 		}},
-		{name: "revoked", end: func(t *testing.T, s *BoltStore, l *Lease) *Lease {
-			return mustEnd(t, s, l.ID, StateRevoked, t0.Add(time.Second))
+		{name: "revoked", end: func(t *testing.T, s *bolt.Store, l *leases.Lease) *leases.Lease {
+			return leasetest.MustEnd(t, s, l.ID, leases.StateRevoked, t0.Add(time.Second))
 		}},
-		{name: "expired", end: func(t *testing.T, s *BoltStore, l *Lease) *Lease {
+		{name: "expired", end: func(t *testing.T, s *bolt.Store, l *leases.Lease) *leases.Lease {
 			out, err := s.ExpireDue(context.Background(), l.ExpiresAt, 10)
 			if err != nil || len(out) != 1 {
 				t.Fatalf("ExpireDue = %v, %v; want the lease", out, err)
 			}
 			return out[0]
 		}},
-		{name: "abandoned", pending: true, end: func(t *testing.T, s *BoltStore, l *Lease) *Lease {
-			out, err := s.Abandon(context.Background(), l.ID, "", t0.Add(time.Second), audit.Entry{Kind: audit.KindMintFailed, Actor: systemActor})
+		{name: "abandoned", pending: true, end: func(t *testing.T, s *bolt.Store, l *leases.Lease) *leases.Lease {
+			out, err := s.Abandon(context.Background(), l.ID, "", t0.Add(time.Second), audit.Entry{Kind: audit.KindMintFailed, Actor: audit.SystemActor})
 			if err != nil {
 				t.Fatal(err)
 			}
 			return out
 		}},
-		{name: "recovered", pending: true, end: func(t *testing.T, s *BoltStore, l *Lease) *Lease {
+		{name: "recovered", pending: true, end: func(t *testing.T, s *bolt.Store, l *leases.Lease) *leases.Lease {
 			out, err := s.RecoverPending(context.Background(), t0.Add(time.Second))
 			if err != nil || len(out) != 1 {
 				t.Fatalf("RecoverPending = %v, %v; want the lease", out, err)
@@ -88,24 +91,24 @@ func TestUnconfirmedRevocationLastsUntilTheCredentialIsDead(t *testing.T) {
 			t.Run(cp.name+"/"+rs.name, func(t *testing.T) {
 				ctx := context.Background()
 				s := MustOpenStore(t)
-				s.SetRevokeAtExpiry(func(*Lease) bool { return cp.holder })
+				s.SetRevokeAtExpiry(func(*leases.Lease) bool { return cp.holder })
 				clk := clock.NewFake(t0)
-				be := newFakeBackend(-1)
-				be.clk = clk
-				l := newPending(t0, "a", 10*time.Second)
+				be := leasetest.NewFakeBackend(-1)
+				be.Clk = clk
+				l := leasetest.NewPending(t0, "a", 10*time.Second)
 				l.Renewable = cp.renewable
 				l.MaxExpires = t0.Add(3 * time.Minute)
 				if cp.fixed > 0 {
 					l.CredentialExpires = t0.Add(cp.fixed)
 				}
 				if rs.pending {
-					mustCreate(t, s, l)
+					leasetest.MustCreate(t, s, l)
 				} else {
-					l = mustActivate(t, s, l)
+					l = leasetest.MustActivate(t, s, l)
 				}
 				if cp.renewTo > 0 && !rs.pending {
 					var err error
-					if l, err = s.Renew(ctx, l.ID, t0.Add(time.Second), t0.Add(cp.renewTo), audit.Entry{Kind: audit.KindRenew, Actor: systemActor}); err != nil {
+					if l, err = s.Renew(ctx, l.ID, t0.Add(time.Second), t0.Add(cp.renewTo), audit.Entry{Kind: audit.KindRenew, Actor: audit.SystemActor}); err != nil {
 						t.Fatal(err)
 					}
 				}
@@ -119,37 +122,37 @@ func TestUnconfirmedRevocationLastsUntilTheCredentialIsDead(t *testing.T) {
 						validUntil = l.CredentialExpires
 					}
 				}
-				deadline := validUntil.Add(ExpiryGrace)
+				deadline := validUntil.Add(leases.ExpiryGrace)
 				if rs.name == "expired" {
 					clk.Set(l.ExpiresAt)
 				}
 				ended := rs.end(t, s, l)
 				if rs.name == "expired" && !cp.holder && !l.CredentialExpires.After(l.ExpiresAt) {
 					// The credential died with the lease: nothing to revoke.
-					if ended.State != StateExpired || be.callsFor(l.ID) != 0 {
-						t.Fatalf("expired lease is %s after %d backend calls; want expired at once", ended.State, be.callsFor(l.ID))
+					if ended.State != leases.StateExpired || be.CallsFor(l.ID) != 0 {
+						t.Fatalf("expired lease is %s after %d backend calls; want expired at once", ended.State, be.CallsFor(l.ID))
 					}
 					return
 				}
-				if ended.State != StateRevoking {
+				if ended.State != leases.StateRevoking {
 					t.Fatalf("ended lease is %s, want revoking", ended.State)
 				}
 				clk.Set(ended.NextAttempt)
-				q := newQueue(s, be, clk, 2)
-				q.cfg.MaxBackoff = maxBackoff
-				startQueue(t, q)
+				q := leasetest.NewQueue(s, be, clk, 2)
+				q.Cfg().MaxBackoff = maxBackoff
+				leasetest.StartQueue(t, q)
 
 				for n := 1; ; n++ {
-					var got *Lease
-					eventually(t, fmt.Sprintf("attempt %d is recorded", n), func() bool {
-						got = mustGet(t, s, l.ID)
+					var got *leases.Lease
+					leasetest.Eventually(t, fmt.Sprintf("attempt %d is recorded", n), func() bool {
+						got = leasetest.MustGet(t, s, l.ID)
 						return got.State.Terminal() || got.RevokeAttempts == n && clk.Waiters() == 1
 					})
 					if got.State.Terminal() {
 						t.Fatalf("after %d unconfirmed attempts, at +%v, the lease reads %s; its credential may be valid at the backend until +%v",
 							n-1, clk.Now().Sub(t0), got.State, deadline.Sub(t0))
 					}
-					if n >= 2 && got.State != StateIrrevocable {
+					if n >= 2 && got.State != leases.StateIrrevocable {
 						t.Fatalf("after %d failures the lease is %s, want irrevocable", n, got.State)
 					}
 					if got.NextAttempt.After(deadline) {
@@ -162,16 +165,16 @@ func TestUnconfirmedRevocationLastsUntilTheCredentialIsDead(t *testing.T) {
 				}
 				// Just before the deadline the lease is visible as
 				// irrevocable to operators and metrics.
-				if listed, err := s.List(ctx, Filter{State: StateIrrevocable}); err != nil || len(listed) != 1 || listed[0].ID != l.ID {
+				if listed, err := s.List(ctx, leases.Filter{State: leases.StateIrrevocable}); err != nil || len(listed) != 1 || listed[0].ID != l.ID {
 					t.Errorf("List(irrevocable) = %v, %v; want the lease", listed, err)
 				}
-				if c := mustCounts(t, s); c[StateIrrevocable] != 1 {
+				if c := leasetest.MustCounts(t, s); c[leases.StateIrrevocable] != 1 {
 					t.Errorf("counts %v, want one irrevocable lease", c)
 				}
 				clk.Set(deadline)
-				eventually(t, "the lease reads expired", func() bool { return mustGet(t, s, l.ID).State == StateExpired })
+				leasetest.Eventually(t, "the lease reads expired", func() bool { return leasetest.MustGet(t, s, l.ID).State == leases.StateExpired })
 
-				calls := be.callTimes(l.ID)
+				calls := be.CallTimes(l.ID)
 				if len(calls) == 0 {
 					t.Fatal("the backend was never called")
 				}
@@ -183,12 +186,12 @@ func TestUnconfirmedRevocationLastsUntilTheCredentialIsDead(t *testing.T) {
 				if last := calls[len(calls)-1]; last.Before(deadline.Add(-maxBackoff)) {
 					t.Errorf("last attempt at +%v; retries stopped before the deadline +%v", last.Sub(t0), deadline.Sub(t0))
 				}
-				recs, _ := audit.List(s.DB(), audit.Filter{LeaseID: l.ID, Newest: true, Limit: 1})
+				recs, _ := s.ListAudit(context.Background(), audit.Filter{LeaseID: l.ID, Newest: true, Limit: 1})
 				if reason := recs[0].Reason; !strings.Contains(reason, "never confirmed") || !strings.Contains(reason, validUntil.UTC().Format(time.RFC3339)) {
 					t.Errorf("last audit reason %q; want it to say revocation was never confirmed and the credential expired at %s", reason, validUntil.UTC().Format(time.RFC3339))
 				}
-				wantCounts(t, s, map[State]int64{StateExpired: 1})
-				mustVerifyAudit(t, s)
+				leasetest.WantCounts(t, s, map[leases.State]int64{leases.StateExpired: 1})
+				leasetest.MustVerifyAudit(t, s)
 			})
 		}
 	}

@@ -6,15 +6,37 @@ import (
 	"sync"
 	"time"
 
-	"github.com/valet-broker/valet/broker/clock"
+	"github.com/valet-broker/valet/leases/clock"
 )
+
+// ExpiryStore is what the Expirer needs from storage. An engine's
+// implementation keeps these promises:
+//
+//   - NextExpiry returns the earliest expiry of an active lease, read from
+//     the lease records (an index of them), never from the engine's own
+//     TTLs: a lease's expiry is a value, renewed in the same transaction
+//     as its record.
+//   - ExpireDue ends up to limit active leases whose expiry is at or
+//     before now, each with its audit record in the same transaction, and
+//     returns them as they are afterwards. A lease whose holder can extend
+//     its credential (see Lease.ValidUntil) goes to the revocation queue
+//     instead of becoming expired. An index entry whose lease cannot be
+//     read is dropped (and reported), never allowed to stop expiry.
+//
+// Only one process may run an Expirer over a store: with several
+// replicas, the engine runs it on the elected leader and fences its
+// writes.
+type ExpiryStore interface {
+	NextExpiry() (time.Time, bool, error)
+	ExpireDue(ctx context.Context, now time.Time, limit int) ([]*Lease, error)
+}
 
 // Expirer ends active leases when their TTL runs out. It arms one timer for
 // the earliest expiry in the index and wakes when a lease with an earlier
 // expiry appears, so it never scans the store on a tick and never holds the
 // leases in memory.
 type Expirer struct {
-	store *BoltStore
+	store ExpiryStore
 	clock clock.Clock
 	log   *slog.Logger
 	batch int
@@ -27,7 +49,7 @@ type Expirer struct {
 }
 
 // NewExpirer returns an Expirer for store. Call Run to start it.
-func NewExpirer(store *BoltStore, clk clock.Clock, log *slog.Logger) *Expirer {
+func NewExpirer(store ExpiryStore, clk clock.Clock, log *slog.Logger) *Expirer {
 	if log == nil {
 		log = slog.Default()
 	}

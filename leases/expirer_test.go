@@ -1,4 +1,4 @@
-package leases
+package leases_test
 
 import (
 	"fmt"
@@ -9,8 +9,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/valet-broker/valet/broker/audit"
-	"github.com/valet-broker/valet/broker/clock"
+	"github.com/valet-broker/valet/leases"
+	"github.com/valet-broker/valet/leases/audit"
+	"github.com/valet-broker/valet/leases/clock"
+	"github.com/valet-broker/valet/leases/leasetest"
 )
 
 // expiryLog records what an Expirer's OnExpire saw.
@@ -23,7 +25,7 @@ type expiryLog struct {
 
 func newExpiryLog() *expiryLog { return &expiryLog{at: map[string]time.Time{}} }
 
-func (x *expiryLog) onExpire(ls []*Lease, now time.Time) {
+func (x *expiryLog) onExpire(ls []*leases.Lease, now time.Time) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	for _, l := range ls {
@@ -44,7 +46,7 @@ func (x *expiryLog) len() int {
 // expirerIdle reports whether the Expirer has nothing due: the earliest
 // expiry in the index is in the future and its timer is armed, or the
 // index is empty.
-func expirerIdle(s *BoltStore, clk *clock.Fake) bool {
+func expirerIdle(s leases.ExpiryStore, clk *clock.Fake) bool {
 	next, ok, err := s.NextExpiry()
 	if err != nil {
 		return false
@@ -52,26 +54,20 @@ func expirerIdle(s *BoltStore, clk *clock.Fake) bool {
 	return !ok || next.After(clk.Now()) && clk.Waiters() == 1
 }
 
-func (e *Expirer) armedAt() time.Time {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.armed
-}
-
 func TestExpirerExpiresInOrderWhenDue(t *testing.T) {
 	s := MustOpenStore(t)
 	clk := clock.NewFake(t0)
-	a := mustActivate(t, s, newPending(t0, "a", time.Minute))
-	b := mustActivate(t, s, newPending(t0, "b", 2*time.Minute))
-	c := mustActivate(t, s, newPending(t0, "c", 2*time.Minute)) // same instant as b
-	d := mustActivate(t, s, newPending(t0, "d", 5*time.Minute))
-	all := []*Lease{a, b, c, d}
+	a := leasetest.MustActivate(t, s, leasetest.NewPending(t0, "a", time.Minute))
+	b := leasetest.MustActivate(t, s, leasetest.NewPending(t0, "b", 2*time.Minute))
+	c := leasetest.MustActivate(t, s, leasetest.NewPending(t0, "c", 2*time.Minute)) // same instant as b
+	d := leasetest.MustActivate(t, s, leasetest.NewPending(t0, "d", 5*time.Minute))
+	all := []*leases.Lease{a, b, c, d}
 
 	log := newExpiryLog()
-	e := NewExpirer(s, clk, quietLog)
+	e := leases.NewExpirer(s, clk, quietLog)
 	e.OnExpire = log.onExpire
-	startExpirer(t, e)
-	eventually(t, "the expirer arms its timer", func() bool { return clk.Waiters() == 1 })
+	leasetest.StartExpirer(t, e)
+	leasetest.Eventually(t, "the expirer arms its timer", func() bool { return clk.Waiters() == 1 })
 
 	steps := []struct {
 		name string
@@ -87,14 +83,14 @@ func TestExpirerExpiresInOrderWhenDue(t *testing.T) {
 	for _, st := range steps {
 		t.Run(st.name, func(t *testing.T) {
 			clk.Set(st.to)
-			eventually(t, "the expirer is idle", func() bool { return log.len() >= len(st.want) && expirerIdle(s, clk) })
+			leasetest.Eventually(t, "the expirer is idle", func() bool { return log.len() >= len(st.want) && expirerIdle(s, clk) })
 			for _, l := range all {
-				got := mustGet(t, s, l.ID)
+				got := leasetest.MustGet(t, s, l.ID)
 				at, want := st.want[l.ID]
 				switch {
-				case want && (got.State != StateExpired || !got.EndedAt.Equal(at)):
+				case want && (got.State != leases.StateExpired || !got.EndedAt.Equal(at)):
 					t.Errorf("lease %s = %s ended %v, want expired at %v", l.AgentID, got.State, got.EndedAt, at)
-				case !want && got.State != StateActive:
+				case !want && got.State != leases.StateActive:
 					t.Errorf("lease %s (expires %v) = %s at %v, want still active", l.AgentID, l.ExpiresAt, got.State, st.to)
 				}
 			}
@@ -109,61 +105,61 @@ func TestExpirerExpiresInOrderWhenDue(t *testing.T) {
 	if _, ok, _ := s.NextExpiry(); ok {
 		t.Error("expiry index is not empty after everything expired")
 	}
-	wantCounts(t, s, map[State]int64{StateExpired: 4})
+	leasetest.WantCounts(t, s, map[leases.State]int64{leases.StateExpired: 4})
 	for _, l := range all {
-		if kinds := auditKinds(t, s, l.ID); !slices.Equal(kinds, []string{audit.KindMint, audit.KindExpire}) {
+		if kinds := leasetest.AuditKinds(t, s, l.ID); !slices.Equal(kinds, []string{audit.KindMint, audit.KindExpire}) {
 			t.Errorf("audit kinds for %s = %v, want mint then expire", l.AgentID, kinds)
 		}
 	}
-	mustVerifyAudit(t, s)
+	leasetest.MustVerifyAudit(t, s)
 }
 
 func TestExpirerNotify(t *testing.T) {
 	s := MustOpenStore(t)
 	clk := clock.NewFake(t0)
-	late := mustActivate(t, s, newPending(t0, "late", 10*time.Minute))
+	late := leasetest.MustActivate(t, s, leasetest.NewPending(t0, "late", 10*time.Minute))
 	log := newExpiryLog()
-	e := NewExpirer(s, clk, quietLog)
+	e := leases.NewExpirer(s, clk, quietLog)
 	e.OnExpire = log.onExpire
-	startExpirer(t, e)
-	eventually(t, "the expirer arms its timer for the only lease", func() bool {
-		return clk.Waiters() == 1 && e.armedAt().Equal(late.ExpiresAt)
+	leasetest.StartExpirer(t, e)
+	leasetest.Eventually(t, "the expirer arms its timer for the only lease", func() bool {
+		return clk.Waiters() == 1 && e.ArmedAt().Equal(late.ExpiresAt)
 	})
 
 	// Without a Notify the Expirer does not know about an earlier lease:
 	// it sleeps until the deadline it armed.
-	unnoticed := mustActivate(t, s, newPending(t0, "unnoticed", 2*time.Minute))
+	unnoticed := leasetest.MustActivate(t, s, leasetest.NewPending(t0, "unnoticed", 2*time.Minute))
 	clk.Set(unnoticed.ExpiresAt)
-	if got := mustGet(t, s, unnoticed.ID); got.State != StateActive || clk.Waiters() != 1 {
+	if got := leasetest.MustGet(t, s, unnoticed.ID); got.State != leases.StateActive || clk.Waiters() != 1 {
 		t.Fatalf("lease expired without a Notify (state %s): the expirer is not waiting on its timer", got.State)
 	}
 	e.Notify(unnoticed.ExpiresAt)
-	eventually(t, "the notified lease, already due, expires", func() bool { return mustGet(t, s, unnoticed.ID).State == StateExpired })
-	eventually(t, "the expirer re-arms for the late lease", func() bool { return e.armedAt().Equal(late.ExpiresAt) })
+	leasetest.Eventually(t, "the notified lease, already due, expires", func() bool { return leasetest.MustGet(t, s, unnoticed.ID).State == leases.StateExpired })
+	leasetest.Eventually(t, "the expirer re-arms for the late lease", func() bool { return e.ArmedAt().Equal(late.ExpiresAt) })
 
 	// A Notify of an earlier expiry re-arms the timer before it is due.
-	early := mustActivate(t, s, newPending(clk.Now(), "early", 3*time.Minute))
+	early := leasetest.MustActivate(t, s, leasetest.NewPending(clk.Now(), "early", 3*time.Minute))
 	e.Notify(early.ExpiresAt)
-	eventually(t, "the expirer re-arms for the earlier lease", func() bool {
-		return e.armedAt().Equal(early.ExpiresAt) && clk.Waiters() == 1
+	leasetest.Eventually(t, "the expirer re-arms for the earlier lease", func() bool {
+		return e.ArmedAt().Equal(early.ExpiresAt) && clk.Waiters() == 1
 	})
-	if got := mustGet(t, s, early.ID); got.State != StateActive {
+	if got := leasetest.MustGet(t, s, early.ID); got.State != leases.StateActive {
 		t.Fatalf("early lease is %s before its expiry", got.State)
 	}
 	clk.Set(early.ExpiresAt)
-	eventually(t, "the early lease expires at its time", func() bool { return mustGet(t, s, early.ID).State == StateExpired })
-	if got := mustGet(t, s, early.ID); !got.EndedAt.Equal(early.ExpiresAt) {
+	leasetest.Eventually(t, "the early lease expires at its time", func() bool { return leasetest.MustGet(t, s, early.ID).State == leases.StateExpired })
+	if got := leasetest.MustGet(t, s, early.ID); !got.EndedAt.Equal(early.ExpiresAt) {
 		t.Errorf("early lease ended at %v, want %v", got.EndedAt, early.ExpiresAt)
 	}
-	if got := mustGet(t, s, late.ID); got.State != StateActive {
+	if got := leasetest.MustGet(t, s, late.ID); got.State != leases.StateActive {
 		t.Errorf("late lease is %s before its expiry", got.State)
 	}
 
 	// A Notify of a later expiry leaves the armed deadline alone.
-	later := mustActivate(t, s, newPending(clk.Now(), "later", time.Hour))
-	eventually(t, "the expirer re-arms for the late lease", func() bool { return e.armedAt().Equal(late.ExpiresAt) })
+	later := leasetest.MustActivate(t, s, leasetest.NewPending(clk.Now(), "later", time.Hour))
+	leasetest.Eventually(t, "the expirer re-arms for the late lease", func() bool { return e.ArmedAt().Equal(late.ExpiresAt) })
 	e.Notify(later.ExpiresAt)
-	if got := e.armedAt(); !got.Equal(late.ExpiresAt) {
+	if got := e.ArmedAt(); !got.Equal(late.ExpiresAt) {
 		t.Errorf("armed for %v after a later Notify, want %v", got, late.ExpiresAt)
 	}
 }
@@ -178,16 +174,16 @@ func TestExpirerManyLeases(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	const spread, burst = 5000, 1500
 	burstAt := t0.Add(30 * time.Second)
-	var ls []*Lease
+	var ls []*leases.Lease
 	for i := range spread + burst {
-		l := newPending(t0, fmt.Sprint("agent-", i%50), 0)
+		l := leasetest.NewPending(t0, fmt.Sprint("agent-", i%50), 0)
 		l.ExpiresAt = t0.Add(time.Second + time.Duration(rng.IntN(600_000))*time.Millisecond)
 		if i >= spread {
 			l.ExpiresAt = burstAt
 		}
 		ls = append(ls, l)
 	}
-	seedActive(t, s, ls)
+	leasetest.SeedActive(t, s, ls)
 	expiries := make([]time.Time, len(ls))
 	for i, l := range ls {
 		expiries[i] = l.ExpiresAt
@@ -198,23 +194,23 @@ func TestExpirerManyLeases(t *testing.T) {
 	}
 
 	log := newExpiryLog()
-	e := NewExpirer(s, clk, quietLog)
+	e := leases.NewExpirer(s, clk, quietLog)
 	e.OnExpire = log.onExpire
-	startExpirer(t, e)
-	eventually(t, "the expirer arms its timer", func() bool { return clk.Waiters() == 1 })
+	leasetest.StartExpirer(t, e)
+	leasetest.Eventually(t, "the expirer arms its timer", func() bool { return clk.Waiters() == 1 })
 
 	const step = 7 * time.Second
 	end := t0.Add(11 * time.Minute)
 	for now := t0.Add(step); !now.After(end); now = now.Add(step) {
 		clk.Set(now)
 		want := dueBy(now)
-		eventually(t, fmt.Sprintf("%d leases expired by %v", want, now.Sub(t0)), func() bool {
+		leasetest.Eventually(t, fmt.Sprintf("%d leases expired by %v", want, now.Sub(t0)), func() bool {
 			return log.len() >= want && expirerIdle(s, clk)
 		})
 		if got := log.len(); got != want {
 			t.Fatalf("at +%v: %d leases expired, want %d", now.Sub(t0), got, want)
 		}
-		if c := mustCounts(t, s); c[StateActive] != int64(len(ls)-want) || c[StateExpired] != int64(want) {
+		if c := leasetest.MustCounts(t, s); c[leases.StateActive] != int64(len(ls)-want) || c[leases.StateExpired] != int64(want) {
 			t.Fatalf("at +%v: counts %v, want %d active and %d expired", now.Sub(t0), c, len(ls)-want, want)
 		}
 	}
@@ -245,8 +241,8 @@ func TestExpirerManyLeases(t *testing.T) {
 	if _, ok, _ := s.NextExpiry(); ok {
 		t.Error("expiry index is not empty")
 	}
-	if n := countAudit(t, s, audit.KindExpire); n != len(ls) {
+	if n := leasetest.CountAudit(t, s, audit.KindExpire); n != len(ls) {
 		t.Errorf("%d expire records, want %d", n, len(ls))
 	}
-	mustVerifyAudit(t, s)
+	leasetest.MustVerifyAudit(t, s)
 }

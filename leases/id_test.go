@@ -6,6 +6,9 @@ import (
 	"time"
 )
 
+// t0 is a time well away from the zero time and from the Unix epoch.
+var t0 = time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
+
 func TestNewID(t *testing.T) {
 	times := []time.Time{
 		time.UnixMilli(0),

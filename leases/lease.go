@@ -1,6 +1,9 @@
 // Package leases tracks every credential valet hands out as a lease: a durable
-// record of who holds what until when, stored in bbolt, expired by a
-// scheduler and revoked through a durable queue.
+// record of who holds what until when, expired by a scheduler (Expirer) and
+// revoked through a durable queue (RevocationQueue). It holds the lease
+// domain (the Lease, its states and their changes) and states what the
+// background duties need from storage (RevocationStore, ExpiryStore); a
+// storage engine (broker/bolt) implements it.
 package leases
 
 import (
@@ -28,7 +31,7 @@ const (
 	StateRevoking State = "revoking"
 	// StateIrrevocable: revocation failed after the configured attempts; it
 	// is still retried until the latest time the credential can be valid
-	// at its backend has passed (BoltStore.ValidUntil plus ExpiryGrace),
+	// at its backend has passed (Lease.ValidUntil plus ExpiryGrace),
 	// for whatever reason the lease ended.
 	StateIrrevocable State = "irrevocable"
 	// Terminal states.

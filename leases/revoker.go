@@ -9,8 +9,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/valet-broker/valet/broker/audit"
-	"github.com/valet-broker/valet/broker/clock"
+	"github.com/valet-broker/valet/leases/audit"
+	"github.com/valet-broker/valet/leases/clock"
 )
 
 // RevokeFunc revokes a lease's credential at its backend. A lease recovered
@@ -20,11 +20,41 @@ import (
 // example that it ended other credentials too); "" adds nothing.
 type RevokeFunc func(ctx context.Context, l *Lease) (note string, err error)
 
+// RevocationStore is what the revocation queue needs from storage. The
+// queue is an index of the store, so a restart resumes it. An engine's
+// implementation keeps these promises:
+//
+//   - EachDueRevocation calls fn with each revoking or irrevocable lease
+//     whose next attempt is at or before now, earliest first, until fn
+//     returns false; NextRevocationAfter returns the earliest next attempt
+//     after now. Both read the next attempt from the lease records, never
+//     from the engine's own timers or TTLs. An entry whose lease cannot be
+//     read is skipped (and reported), never allowed to stop the queue.
+//   - RevocationDone ends a revoking or irrevocable lease in state final
+//     and RevocationFailed records a failed attempt (the cause, the next
+//     attempt, irrevocable once the attempts are used up); each writes e,
+//     the attempt's audit record, in the same transaction as the change,
+//     and returns the lease as it is afterwards.
+//   - ValidUntil is the latest time l's credential can be valid at its
+//     backend if it is never revoked (see Lease.ValidUntil).
+//   - Get returns a lease or ErrNotFound.
+//
+// Only one process may run a queue over a store: with several replicas,
+// the engine runs it on the elected leader and fences its writes.
+type RevocationStore interface {
+	Get(ctx context.Context, id string) (*Lease, error)
+	EachDueRevocation(now time.Time, fn func(l *Lease) bool) error
+	NextRevocationAfter(now time.Time) (time.Time, bool, error)
+	RevocationDone(ctx context.Context, id string, final State, now time.Time, e audit.Entry) (*Lease, error)
+	RevocationFailed(ctx context.Context, id string, cause string, next time.Time, irrevocable bool, now time.Time, e audit.Entry) (*Lease, error)
+	ValidUntil(l *Lease) time.Time
+}
+
 // RevocationQueueConfig configures a RevocationQueue. The numbers are
 // taken as given (valet passes the validated leases.* settings);
 // NewRevocationQueue refuses values it cannot use rather than replace them.
 type RevocationQueueConfig struct {
-	Store  *BoltStore
+	Store  RevocationStore
 	Revoke RevokeFunc
 	// Clock is the source of time (nil: clock.Real{}).
 	Clock clock.Clock
@@ -57,7 +87,7 @@ type RevocationQueueConfig struct {
 // with exponential backoff and jitter, durably (the queue is an index in the
 // store, so a restart resumes it). After Attempts failures a lease becomes
 // irrevocable and is retried at MaxBackoff until the latest time its
-// credential can be valid at the backend (BoltStore.ValidUntil plus
+// credential can be valid at the backend (RevocationStore.ValidUntil plus
 // ExpiryGrace) has passed, whatever ended the lease; only then, with the
 // credential dead on its own, does the lease become expired (invariant 5).
 type RevocationQueue struct {
@@ -314,7 +344,7 @@ func (q *RevocationQueue) attempt(ctx context.Context, l *Lease) *Lease {
 	ctx = context.WithoutCancel(ctx)
 	now := q.cfg.Clock.Now()
 	entry := func(kind, reason string) audit.Entry {
-		return audit.Entry{Kind: kind, Actor: systemActor, AgentID: l.AgentID, Role: l.Role, LeaseID: l.ID, Reason: reason,
+		return audit.Entry{Kind: kind, Actor: audit.SystemActor, AgentID: l.AgentID, Role: l.Role, LeaseID: l.ID, Reason: reason,
 			Details: map[string]string{"backend": l.Backend}}
 	}
 	validUntil := q.cfg.Store.ValidUntil(l)

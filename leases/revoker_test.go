@@ -1,4 +1,4 @@
-package leases
+package leases_test
 
 import (
 	"context"
@@ -12,17 +12,20 @@ import (
 
 	bolterrors "go.etcd.io/bbolt/errors"
 
-	"github.com/valet-broker/valet/broker/audit"
-	"github.com/valet-broker/valet/broker/clock"
+	"github.com/valet-broker/valet/broker/bolt"
+	"github.com/valet-broker/valet/leases"
+	"github.com/valet-broker/valet/leases/audit"
+	"github.com/valet-broker/valet/leases/clock"
+	"github.com/valet-broker/valet/leases/leasetest"
 )
 
 // awaitAttempts waits until lease id has recorded n failed attempts and the
 // queue sleeps on its retry timer, and returns the lease.
-func awaitAttempts(t *testing.T, s *BoltStore, clk *clock.Fake, id string, n int) *Lease {
+func awaitAttempts(t *testing.T, s *bolt.Store, clk *clock.Fake, id string, n int) *leases.Lease {
 	t.Helper()
-	var l *Lease
-	eventually(t, fmt.Sprintf("attempt %d is recorded and the retry is scheduled", n), func() bool {
-		l = mustGet(t, s, id)
+	var l *leases.Lease
+	leasetest.Eventually(t, fmt.Sprintf("attempt %d is recorded and the retry is scheduled", n), func() bool {
+		l = leasetest.MustGet(t, s, id)
 		return l.RevokeAttempts == n && clk.Waiters() == 1
 	})
 	return l
@@ -30,7 +33,7 @@ func awaitAttempts(t *testing.T, s *BoltStore, clk *clock.Fake, id string, n int
 
 // checkRetryDelay checks that the attempt recorded at now scheduled its
 // retry within the jittered backoff for that attempt.
-func checkRetryDelay(t *testing.T, l *Lease, now time.Time, base time.Duration) {
+func checkRetryDelay(t *testing.T, l *leases.Lease, now time.Time, base time.Duration) {
 	t.Helper()
 	if d := l.NextAttempt.Sub(now); d < base/2 || d > base {
 		t.Errorf("after attempt %d the retry is in %v, want within [%v, %v]", l.RevokeAttempts, d, base/2, base)
@@ -40,20 +43,20 @@ func checkRetryDelay(t *testing.T, l *Lease, now time.Time, base time.Duration) 
 func TestRevocationRetriesWithBackoff(t *testing.T) {
 	s := MustOpenStore(t)
 	clk := clock.NewFake(t0)
-	be := newFakeBackend(3) // three failures, then success
-	be.clk = clk
-	l := mustActivate(t, s, newPending(t0, "a", time.Hour))
-	mustEnd(t, s, l.ID, StateReleased, t0)
-	startQueue(t, newQueue(s, be, clk, 5))
+	be := leasetest.NewFakeBackend(3) // three failures, then success
+	be.Clk = clk
+	l := leasetest.MustActivate(t, s, leasetest.NewPending(t0, "a", time.Hour))
+	leasetest.MustEnd(t, s, l.ID, leases.StateReleased, t0)
+	leasetest.StartQueue(t, leasetest.NewQueue(s, be, clk, 5))
 
 	wantCalls := []time.Time{t0}
 	for n := 1; n <= 3; n++ {
 		got := awaitAttempts(t, s, clk, l.ID, n)
 		checkRetryDelay(t, got, clk.Now(), time.Second<<(n-1))
-		if got.State != StateRevoking || got.EndReason != StateReleased || !strings.Contains(got.LastError, "injected") {
+		if got.State != leases.StateRevoking || got.EndReason != leases.StateReleased || !strings.Contains(got.LastError, "injected") {
 			t.Errorf("after attempt %d: %s/%s last error %q; want revoking/released with the backend's error", n, got.State, got.EndReason, got.LastError)
 		}
-		if c := mustCounts(t, s); c[StateRevoking] != 1 {
+		if c := leasetest.MustCounts(t, s); c[leases.StateRevoking] != 1 {
 			t.Errorf("counts %v, want the lease revoking", c)
 		}
 		// Not a moment early.
@@ -61,70 +64,70 @@ func TestRevocationRetriesWithBackoff(t *testing.T) {
 		clk.Set(got.NextAttempt)
 		wantCalls = append(wantCalls, got.NextAttempt)
 	}
-	eventually(t, "the lease is released", func() bool { return mustGet(t, s, l.ID).State == StateReleased })
+	leasetest.Eventually(t, "the lease is released", func() bool { return leasetest.MustGet(t, s, l.ID).State == leases.StateReleased })
 
-	if got := be.callTimes(l.ID); !slices.EqualFunc(got, wantCalls, time.Time.Equal) {
+	if got := be.CallTimes(l.ID); !slices.EqualFunc(got, wantCalls, time.Time.Equal) {
 		t.Errorf("backend called at %v, want exactly at %v", got, wantCalls)
 	}
-	done := mustGet(t, s, l.ID)
+	done := leasetest.MustGet(t, s, l.ID)
 	if done.RevokeAttempts != 3 || done.LastError != "" || !done.NextAttempt.IsZero() || done.EndReason != "" {
 		t.Errorf("released lease keeps attempts %d, last error %q, next %v, reason %q; want 3 and the rest cleared",
 			done.RevokeAttempts, done.LastError, done.NextAttempt, done.EndReason)
 	}
 	want := []string{audit.KindMint, audit.KindRelease, audit.KindRevokeFailed, audit.KindRevokeFailed, audit.KindRevokeFailed, audit.KindRevoked}
-	if kinds := auditKinds(t, s, l.ID); !slices.Equal(kinds, want) {
+	if kinds := leasetest.AuditKinds(t, s, l.ID); !slices.Equal(kinds, want) {
 		t.Errorf("audit kinds = %v, want %v", kinds, want)
 	}
-	recs, _ := audit.List(s.DB(), audit.Filter{LeaseID: l.ID, Kind: audit.KindRevokeFailed})
+	recs, _ := s.ListAudit(context.Background(), audit.Filter{LeaseID: l.ID, Kind: audit.KindRevokeFailed})
 	for i, r := range recs {
 		if r.Details["attempt"] != fmt.Sprint(i+1) || r.Details["backend"] != "jwt" || r.Actor.Type != audit.ActorSystem {
 			t.Errorf("revoke_failed record %d details %v actor %v", i, r.Details, r.Actor)
 		}
 	}
-	wantCounts(t, s, map[State]int64{StateReleased: 1})
+	leasetest.WantCounts(t, s, map[leases.State]int64{leases.StateReleased: 1})
 	if _, ok, _ := s.NextRevocation(); ok {
 		t.Error("the revocation queue is not empty")
 	}
-	mustVerifyAudit(t, s)
+	leasetest.MustVerifyAudit(t, s)
 }
 
 func TestRevocationBecomesIrrevocable(t *testing.T) {
 	s := MustOpenStore(t)
 	clk := clock.NewFake(t0)
-	be := newFakeBackend(-1) // always fails
-	be.clk = clk
-	l := mustActivate(t, s, newPending(t0, "a", time.Hour))
-	mustEnd(t, s, l.ID, StateRevoked, t0)
-	startQueue(t, newQueue(s, be, clk, 2))
+	be := leasetest.NewFakeBackend(-1) // always fails
+	be.Clk = clk
+	l := leasetest.MustActivate(t, s, leasetest.NewPending(t0, "a", time.Hour))
+	leasetest.MustEnd(t, s, l.ID, leases.StateRevoked, t0)
+	leasetest.StartQueue(t, leasetest.NewQueue(s, be, clk, 2))
 
 	steps := []struct {
 		attempts  int
-		wantState State
+		wantState leases.State
 		wantKind  string
 		base      time.Duration
 	}{
-		{1, StateRevoking, audit.KindRevokeFailed, time.Second},
-		{2, StateIrrevocable, audit.KindIrrevocable, 2 * time.Second},
-		{3, StateIrrevocable, audit.KindRevokeFailed, 4 * time.Second}, // still retried, no second irrevocable record
-		{4, StateIrrevocable, audit.KindRevokeFailed, 8 * time.Second},
-		{5, StateIrrevocable, audit.KindRevokeFailed, 8 * time.Second}, // capped at MaxBackoff
+		{1, leases.StateRevoking, audit.KindRevokeFailed, time.Second},
+		{2, leases.StateIrrevocable, audit.KindIrrevocable, 2 * time.Second},
+		{3, leases.StateIrrevocable, audit.KindRevokeFailed, 4 * time.Second}, // still retried, no second irrevocable record
+		{4, leases.StateIrrevocable, audit.KindRevokeFailed, 8 * time.Second},
+		{5, leases.StateIrrevocable, audit.KindRevokeFailed, 8 * time.Second}, // capped at MaxBackoff
 	}
 	for _, st := range steps {
 		got := awaitAttempts(t, s, clk, l.ID, st.attempts)
-		if got.State != st.wantState || got.EndReason != StateRevoked {
+		if got.State != st.wantState || got.EndReason != leases.StateRevoked {
 			t.Errorf("after %d failures: %s/%s, want %s/revoked", st.attempts, got.State, got.EndReason, st.wantState)
 		}
 		checkRetryDelay(t, got, clk.Now(), st.base)
-		kinds := auditKinds(t, s, l.ID)
+		kinds := leasetest.AuditKinds(t, s, l.ID)
 		if last := kinds[len(kinds)-1]; last != st.wantKind {
 			t.Errorf("after %d failures the last audit record is %s, want %s", st.attempts, last, st.wantKind)
 		}
-		c := mustCounts(t, s)
-		if st.wantState == StateIrrevocable && (c[StateIrrevocable] != 1 || c[StateRevoking] != 0) {
+		c := leasetest.MustCounts(t, s)
+		if st.wantState == leases.StateIrrevocable && (c[leases.StateIrrevocable] != 1 || c[leases.StateRevoking] != 0) {
 			t.Errorf("counts %v, want the lease counted as irrevocable", c)
 		}
-		if st.wantState == StateIrrevocable {
-			listed, err := s.List(context.Background(), Filter{State: StateIrrevocable})
+		if st.wantState == leases.StateIrrevocable {
+			listed, err := s.List(context.Background(), leases.Filter{State: leases.StateIrrevocable})
 			if err != nil || len(listed) != 1 || listed[0].ID != l.ID {
 				t.Errorf("List(irrevocable) = %v, %v; want the lease, visible to operators", listed, err)
 			}
@@ -132,19 +135,19 @@ func TestRevocationBecomesIrrevocable(t *testing.T) {
 		if st.attempts == len(steps) {
 			// The backend recovers: the next retry revokes it for its
 			// original reason.
-			be.setFailures(0)
+			be.SetFailures(0)
 		}
 		clk.Set(got.NextAttempt)
 	}
-	eventually(t, "the irrevocable lease is finally revoked", func() bool { return mustGet(t, s, l.ID).State == StateRevoked })
-	if n := be.callsFor(l.ID); n != 6 {
+	leasetest.Eventually(t, "the irrevocable lease is finally revoked", func() bool { return leasetest.MustGet(t, s, l.ID).State == leases.StateRevoked })
+	if n := be.CallsFor(l.ID); n != 6 {
 		t.Errorf("backend called %d times, want 6", n)
 	}
-	if n := countAudit(t, s, audit.KindIrrevocable); n != 1 {
+	if n := leasetest.CountAudit(t, s, audit.KindIrrevocable); n != 1 {
 		t.Errorf("%d irrevocable records, want 1", n)
 	}
-	wantCounts(t, s, map[State]int64{StateRevoked: 1})
-	mustVerifyAudit(t, s)
+	leasetest.WantCounts(t, s, map[leases.State]int64{leases.StateRevoked: 1})
+	leasetest.MustVerifyAudit(t, s)
 }
 
 // TestRevocationGivesUpAfterExpiry keeps the backend failing: once the
@@ -153,12 +156,12 @@ func TestRevocationBecomesIrrevocable(t *testing.T) {
 func TestRevocationGivesUpAfterExpiry(t *testing.T) {
 	s := MustOpenStore(t)
 	clk := clock.NewFake(t0)
-	be := newFakeBackend(-1)
-	be.clk = clk
-	l := mustActivate(t, s, newPending(t0, "a", 10*time.Second))
-	mustEnd(t, s, l.ID, StateReleased, t0)
-	startQueue(t, newQueue(s, be, clk, 3))
-	deadline := l.ExpiresAt.Add(ExpiryGrace)
+	be := leasetest.NewFakeBackend(-1)
+	be.Clk = clk
+	l := leasetest.MustActivate(t, s, leasetest.NewPending(t0, "a", 10*time.Second))
+	leasetest.MustEnd(t, s, l.ID, leases.StateReleased, t0)
+	leasetest.StartQueue(t, leasetest.NewQueue(s, be, clk, 3))
+	deadline := l.ExpiresAt.Add(leases.ExpiryGrace)
 
 	for n := 1; ; n++ {
 		got := awaitAttempts(t, s, clk, l.ID, n)
@@ -170,21 +173,21 @@ func TestRevocationGivesUpAfterExpiry(t *testing.T) {
 			t.Fatal("the lease was never given up")
 		}
 	}
-	eventually(t, "the lease is expired", func() bool { return mustGet(t, s, l.ID).State == StateExpired })
-	for _, at := range be.callTimes(l.ID) {
+	leasetest.Eventually(t, "the lease is expired", func() bool { return leasetest.MustGet(t, s, l.ID).State == leases.StateExpired })
+	for _, at := range be.CallTimes(l.ID) {
 		if !at.Before(deadline) {
 			t.Errorf("backend called at +%v, after expiry plus grace (+%v)", at.Sub(t0), deadline.Sub(t0))
 		}
 	}
-	kinds := auditKinds(t, s, l.ID)
+	kinds := leasetest.AuditKinds(t, s, l.ID)
 	if kinds[len(kinds)-1] != audit.KindRevoked || !slices.Contains(kinds, audit.KindIrrevocable) {
 		t.Errorf("audit kinds = %v, want irrevocable on the way and revoked at the end", kinds)
 	}
-	recs, _ := audit.List(s.DB(), audit.Filter{LeaseID: l.ID, Newest: true, Limit: 1})
+	recs, _ := s.ListAudit(context.Background(), audit.Filter{LeaseID: l.ID, Newest: true, Limit: 1})
 	if !strings.Contains(recs[0].Reason, "expired") {
 		t.Errorf("last record's reason = %q, want it to say the credential expired", recs[0].Reason)
 	}
-	wantCounts(t, s, map[State]int64{StateExpired: 1})
+	leasetest.WantCounts(t, s, map[leases.State]int64{leases.StateExpired: 1})
 	if _, ok, _ := s.NextRevocation(); ok {
 		t.Error("the revocation queue is not empty")
 	}
@@ -198,37 +201,37 @@ func TestRevokeNow(t *testing.T) {
 		ttl       time.Duration
 		end       bool // end the lease before RevokeNow
 		twice     bool // call RevokeNow again with the same (stale) lease
-		wantState State
+		wantState leases.State
 		wantCalls int
 		wantKinds []string
 		wantSeen  []string // outcomes reported to OnAttempt
 	}{
-		{name: "succeeds inline", end: true, ttl: time.Hour, wantState: StateReleased, wantCalls: 1,
+		{name: "succeeds inline", end: true, ttl: time.Hour, wantState: leases.StateReleased, wantCalls: 1,
 			wantKinds: []string{audit.KindMint, audit.KindRelease, audit.KindRevoked}, wantSeen: []string{"revoked"}},
-		{name: "failure stays queued", end: true, ttl: time.Hour, failures: 1, wantState: StateRevoking, wantCalls: 1,
+		{name: "failure stays queued", end: true, ttl: time.Hour, failures: 1, wantState: leases.StateRevoking, wantCalls: 1,
 			wantKinds: []string{audit.KindMint, audit.KindRelease, audit.KindRevokeFailed}, wantSeen: []string{"failed"}},
-		{name: "twice is harmless", end: true, ttl: time.Hour, twice: true, wantState: StateReleased, wantCalls: 2,
+		{name: "twice is harmless", end: true, ttl: time.Hour, twice: true, wantState: leases.StateReleased, wantCalls: 2,
 			wantKinds: []string{audit.KindMint, audit.KindRelease, audit.KindRevoked}, wantSeen: []string{"revoked", "revoked"}},
-		{name: "past expiry and grace needs no backend", end: true, ttl: -2 * ExpiryGrace, wantState: StateExpired, wantCalls: 0,
+		{name: "past expiry and grace needs no backend", end: true, ttl: -2 * leases.ExpiryGrace, wantState: leases.StateExpired, wantCalls: 0,
 			wantKinds: []string{audit.KindMint, audit.KindRelease, audit.KindRevoked}, wantSeen: []string{"expired"}},
-		{name: "within the grace the backend is still called", end: true, ttl: -ExpiryGrace / 2, wantState: StateReleased, wantCalls: 1,
+		{name: "within the grace the backend is still called", end: true, ttl: -leases.ExpiryGrace / 2, wantState: leases.StateReleased, wantCalls: 1,
 			wantKinds: []string{audit.KindMint, audit.KindRelease, audit.KindRevoked}, wantSeen: []string{"revoked"}},
-		{name: "active lease is not revoked", ttl: time.Hour, wantState: StateActive, wantCalls: 0,
+		{name: "active lease is not revoked", ttl: time.Hour, wantState: leases.StateActive, wantCalls: 0,
 			wantKinds: []string{audit.KindMint}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			s := MustOpenStore(t)
 			clk := clock.NewFake(t0)
-			be := newFakeBackend(tc.failures)
-			q := newQueue(s, be, clk, 3)
+			be := leasetest.NewFakeBackend(tc.failures)
+			q := leasetest.NewQueue(s, be, clk, 3)
 			var seen []string
-			q.cfg.OnAttempt = func(outcome string) { seen = append(seen, outcome) }
-			l := newPending(t0.Add(-time.Hour), "a", 0)
+			q.Cfg().OnAttempt = func(outcome string) { seen = append(seen, outcome) }
+			l := leasetest.NewPending(t0.Add(-time.Hour), "a", 0)
 			l.ExpiresAt = t0.Add(tc.ttl)
-			l = mustActivate(t, s, l)
+			l = leasetest.MustActivate(t, s, l)
 			if tc.end {
-				l = mustEnd(t, s, l.ID, StateReleased, t0)
+				l = leasetest.MustEnd(t, s, l.ID, leases.StateReleased, t0)
 			}
 			got, err := q.RevokeNow(ctx, l)
 			if err != nil {
@@ -239,26 +242,26 @@ func TestRevokeNow(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			if stored := mustGet(t, s, l.ID); got.State != tc.wantState || stored.State != tc.wantState {
+			if stored := leasetest.MustGet(t, s, l.ID); got.State != tc.wantState || stored.State != tc.wantState {
 				t.Errorf("RevokeNow returned %s, stored %s; want %s", got.State, stored.State, tc.wantState)
 			}
-			if n := be.callsFor(l.ID); n != tc.wantCalls {
+			if n := be.CallsFor(l.ID); n != tc.wantCalls {
 				t.Errorf("backend called %d times, want %d", n, tc.wantCalls)
 			}
-			if kinds := auditKinds(t, s, l.ID); !slices.Equal(kinds, tc.wantKinds) {
+			if kinds := leasetest.AuditKinds(t, s, l.ID); !slices.Equal(kinds, tc.wantKinds) {
 				t.Errorf("audit kinds = %v, want %v", kinds, tc.wantKinds)
 			}
 			if !slices.Equal(seen, tc.wantSeen) {
 				t.Errorf("reported outcomes = %v, want %v", seen, tc.wantSeen)
 			}
-			if tc.wantState == StateRevoking {
+			if tc.wantState == leases.StateRevoking {
 				checkRetryDelay(t, got, t0, time.Second)
 				due, _ := s.DueRevocations(got.NextAttempt, 10)
 				if len(due) != 1 || due[0].ID != l.ID {
 					t.Errorf("failed lease is not queued for its retry: %v", due)
 				}
 			}
-			mustVerifyAudit(t, s)
+			leasetest.MustVerifyAudit(t, s)
 		})
 	}
 }
@@ -271,18 +274,18 @@ func TestRevokeNow(t *testing.T) {
 func TestRevokeNowWaitsForTheQueuesAttempt(t *testing.T) {
 	s := MustOpenStore(t)
 	clk := clock.NewFake(t0)
-	be := newFakeBackend(0)
-	be.gate = make(chan struct{})
-	q := newQueue(s, be, clk, 3)
-	startQueue(t, q)
+	be := leasetest.NewFakeBackend(0)
+	be.Gate = make(chan struct{})
+	q := leasetest.NewQueue(s, be, clk, 3)
+	leasetest.StartQueue(t, q)
 
-	l := mustActivate(t, s, newPending(t0, "a", time.Hour))
-	l = mustEnd(t, s, l.ID, StateRevoked, t0)
+	l := leasetest.MustActivate(t, s, leasetest.NewPending(t0, "a", time.Hour))
+	l = leasetest.MustEnd(t, s, l.ID, leases.StateRevoked, t0)
 	q.Kick()
-	eventually(t, "the queue's worker is revoking the lease", func() bool { return q.claimed(l.ID) })
+	leasetest.Eventually(t, "the queue's worker is revoking the lease", func() bool { return q.Claimed(l.ID) })
 
 	type result struct {
-		l   *Lease
+		l   *leases.Lease
 		err error
 	}
 	done := make(chan result, 1)
@@ -295,12 +298,12 @@ func TestRevokeNowWaitsForTheQueuesAttempt(t *testing.T) {
 		t.Fatalf("RevokeNow answered %s (%v) while the queue's attempt was still running", r.l.State, r.err)
 	case <-time.After(50 * time.Millisecond):
 	}
-	close(be.gate)
+	close(be.Gate)
 	r := <-done
-	if r.err != nil || r.l.State != StateRevoked {
+	if r.err != nil || r.l.State != leases.StateRevoked {
 		t.Fatalf("RevokeNow = %+v, %v; want the lease as the queue's attempt left it: revoked", r.l, r.err)
 	}
-	if n := be.callsFor(l.ID); n != 1 {
+	if n := be.CallsFor(l.ID); n != 1 {
 		t.Errorf("backend called %d times, want once: RevokeNow must not make a second attempt", n)
 	}
 }
@@ -311,29 +314,29 @@ func TestRevokeNowWaitsForTheQueuesAttempt(t *testing.T) {
 func TestRevokeNowFailureIsRetried(t *testing.T) {
 	s := MustOpenStore(t)
 	clk := clock.NewFake(t0)
-	be := newFakeBackend(1)
-	q := newQueue(s, be, clk, 5)
+	be := leasetest.NewFakeBackend(1)
+	q := leasetest.NewQueue(s, be, clk, 5)
 	ctx := context.Background()
 
 	// Another lease waits for a retry an hour from now.
-	other := mustActivate(t, s, newPending(t0, "other", 2*time.Hour))
-	mustEnd(t, s, other.ID, StateRevoked, t0)
+	other := leasetest.MustActivate(t, s, leasetest.NewPending(t0, "other", 2*time.Hour))
+	leasetest.MustEnd(t, s, other.ID, leases.StateRevoked, t0)
 	if _, err := s.RevocationFailed(ctx, other.ID, "down", t0.Add(time.Hour), false, t0, audit.Entry{}); err != nil {
 		t.Fatal(err)
 	}
-	startQueue(t, q)
-	eventually(t, "the queue sleeps until the other lease's retry", func() bool { return clk.Waiters() == 1 })
+	leasetest.StartQueue(t, q)
+	leasetest.Eventually(t, "the queue sleeps until the other lease's retry", func() bool { return clk.Waiters() == 1 })
 
-	l := mustActivate(t, s, newPending(t0, "a", time.Hour))
-	l = mustEnd(t, s, l.ID, StateReleased, t0)
+	l := leasetest.MustActivate(t, s, leasetest.NewPending(t0, "a", time.Hour))
+	l = leasetest.MustEnd(t, s, l.ID, leases.StateReleased, t0)
 	got, err := q.RevokeNow(ctx, l)
-	if err != nil || got.State != StateRevoking || got.RevokeAttempts != 1 {
+	if err != nil || got.State != leases.StateRevoking || got.RevokeAttempts != 1 {
 		t.Fatalf("RevokeNow = %+v, %v; want a failed first attempt", got, err)
 	}
-	eventually(t, "the queue sleeps until the retry", func() bool { return clk.Waiters() == 1 })
+	leasetest.Eventually(t, "the queue sleeps until the retry", func() bool { return clk.Waiters() == 1 })
 	clk.Set(got.NextAttempt)
-	eventually(t, "the queue retries and revokes the lease", func() bool { return mustGet(t, s, l.ID).State == StateReleased })
-	if n := be.callsFor(other.ID); n != 0 {
+	leasetest.Eventually(t, "the queue retries and revokes the lease", func() bool { return leasetest.MustGet(t, s, l.ID).State == leases.StateReleased })
+	if n := be.CallsFor(other.ID); n != 0 {
 		t.Errorf("the other lease was retried %d times before its time", n)
 	}
 }
@@ -344,17 +347,17 @@ func TestRevokeNowFailureIsRetried(t *testing.T) {
 func TestRevocationNeverOverlaps(t *testing.T) {
 	s := MustOpenStore(t)
 	clk := clock.NewFake(t0)
-	be := newFakeBackend(0)
-	be.gate = make(chan struct{})
-	q := mustQueue(RevocationQueueConfig{Store: s, Revoke: be.Revoke, Clock: clk, Logger: quietLog,
-		Attempts: 8, Backoff: time.Second, MaxBackoff: 5 * time.Minute, Concurrency: 4, Timeout: DefaultRevokeTimeout})
+	be := leasetest.NewFakeBackend(0)
+	be.Gate = make(chan struct{})
+	q := leasetest.MustQueue(leases.RevocationQueueConfig{Store: s, Revoke: be.Revoke, Clock: clk, Logger: quietLog,
+		Attempts: 8, Backoff: time.Second, MaxBackoff: 5 * time.Minute, Concurrency: 4, Timeout: leases.DefaultRevokeTimeout})
 	const n = 20
-	var ended []*Lease
+	var ended []*leases.Lease
 	for i := range n {
-		l := mustActivate(t, s, newPending(t0, fmt.Sprint("agent-", i), time.Hour))
-		ended = append(ended, mustEnd(t, s, l.ID, StateReleased, t0))
+		l := leasetest.MustActivate(t, s, leasetest.NewPending(t0, fmt.Sprint("agent-", i), time.Hour))
+		ended = append(ended, leasetest.MustEnd(t, s, l.ID, leases.StateReleased, t0))
 	}
-	startQueue(t, q)
+	leasetest.StartQueue(t, q)
 
 	var wg sync.WaitGroup
 	for range 3 {
@@ -370,29 +373,27 @@ func TestRevocationNeverOverlaps(t *testing.T) {
 	}
 	// Hold the backend until every lease is claimed, by a worker of the
 	// queue or by one of the RevokeNow calls, so that all of them race.
-	eventually(t, "every lease is claimed", func() bool {
-		q.mu.Lock()
-		defer q.mu.Unlock()
-		return len(q.inflight) == n
+	leasetest.Eventually(t, "every lease is claimed", func() bool {
+		return q.InFlight() == n
 	})
-	close(be.gate)
+	close(be.Gate)
 	wg.Wait()
-	eventually(t, "every lease is released", func() bool {
-		c := mustCounts(t, s)
-		return c[StateReleased] == n
+	leasetest.Eventually(t, "every lease is released", func() bool {
+		c := leasetest.MustCounts(t, s)
+		return c[leases.StateReleased] == n
 	})
 
-	be.mu.Lock()
-	if len(be.overlap) > 0 {
-		t.Errorf("leases revoked by two calls at once: %v", be.overlap)
+	be.Mu.Lock()
+	if len(be.Overlap) > 0 {
+		t.Errorf("leases revoked by two calls at once: %v", be.Overlap)
 	}
-	be.mu.Unlock()
+	be.Mu.Unlock()
 	for _, l := range ended {
-		if kinds := auditKinds(t, s, l.ID); countOf(kinds, audit.KindRevoked) != 1 {
+		if kinds := leasetest.AuditKinds(t, s, l.ID); countOf(kinds, audit.KindRevoked) != 1 {
 			t.Errorf("lease %s has audit kinds %v, want exactly one revoked record", l.AgentID, kinds)
 		}
 	}
-	mustVerifyAudit(t, s)
+	leasetest.MustVerifyAudit(t, s)
 }
 
 func countOf(xs []string, x string) int {
@@ -408,18 +409,18 @@ func countOf(xs []string, x string) int {
 func TestRevocationTimeout(t *testing.T) {
 	s := MustOpenStore(t)
 	clk := clock.NewFake(t0)
-	be := newFakeBackend(0)
-	be.gate = make(chan struct{}) // never opened: the backend hangs until its context ends
-	q := newQueue(s, be, clk, 5)
-	q.cfg.Timeout = 50 * time.Millisecond
-	l := mustActivate(t, s, newPending(t0, "a", time.Hour))
-	l = mustEnd(t, s, l.ID, StateReleased, t0)
+	be := leasetest.NewFakeBackend(0)
+	be.Gate = make(chan struct{}) // never opened: the backend hangs until its context ends
+	q := leasetest.NewQueue(s, be, clk, 5)
+	q.Cfg().Timeout = 50 * time.Millisecond
+	l := leasetest.MustActivate(t, s, leasetest.NewPending(t0, "a", time.Hour))
+	l = leasetest.MustEnd(t, s, l.ID, leases.StateReleased, t0)
 
 	got, err := q.RevokeNow(context.Background(), l)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.State != StateRevoking || got.RevokeAttempts != 1 || !strings.Contains(got.LastError, context.DeadlineExceeded.Error()) {
+	if got.State != leases.StateRevoking || got.RevokeAttempts != 1 || !strings.Contains(got.LastError, context.DeadlineExceeded.Error()) {
 		t.Errorf("after a hung backend call: %s, %d attempts, last error %q; want a recorded timeout", got.State, got.RevokeAttempts, got.LastError)
 	}
 }
@@ -439,12 +440,12 @@ func TestBackoff(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			q := mustQueue(RevocationQueueConfig{Attempts: 1, Backoff: tc.base, MaxBackoff: tc.max, Concurrency: 1, Timeout: time.Second})
+			q := leasetest.MustQueue(leases.RevocationQueueConfig{Attempts: 1, Backoff: tc.base, MaxBackoff: tc.max, Concurrency: 1, Timeout: time.Second})
 			for i, d := range tc.wantByAttempt {
 				attempt := i + 1
 				seen := map[time.Duration]bool{}
 				for range 2000 {
-					got := q.backoff(attempt)
+					got := q.Backoff(attempt)
 					if got < d/2 || got > d {
 						t.Fatalf("backoff(%d) = %v, want within [%v, %v]", attempt, got, d/2, d)
 					}
@@ -454,7 +455,7 @@ func TestBackoff(t *testing.T) {
 					t.Errorf("backoff(%d) took only %d distinct values: no jitter", attempt, len(seen))
 				}
 			}
-			if got := q.backoff(1000); got > tc.max {
+			if got := q.Backoff(1000); got > tc.max {
 				t.Errorf("backoff(1000) = %v, above the cap %v", got, tc.max)
 			}
 		})
@@ -466,35 +467,36 @@ func TestBackoff(t *testing.T) {
 // ones it cannot use, naming the key, instead of replacing them with
 // defaults.
 func TestNewRevocationQueueTakesSettingsAsGiven(t *testing.T) {
-	valid := RevocationQueueConfig{Attempts: 3, Backoff: 2 * time.Second, MaxBackoff: 2 * time.Second, Concurrency: 2, Timeout: time.Second}
-	q, err := NewRevocationQueue(valid)
+	valid := leases.RevocationQueueConfig{Attempts: 3, Backoff: 2 * time.Second, MaxBackoff: 2 * time.Second, Concurrency: 2, Timeout: time.Second}
+	q, err := leases.NewRevocationQueue(valid)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c := q.cfg; c.Attempts != 3 || c.Backoff != 2*time.Second || c.MaxBackoff != 2*time.Second || c.Concurrency != 2 || c.Timeout != time.Second || cap(q.sems[laneHandle]) != 2 || cap(q.sems[laneRecovery]) != 1 {
+	handle, recovery := q.Slots()
+	if c := q.Cfg(); c.Attempts != 3 || c.Backoff != 2*time.Second || c.MaxBackoff != 2*time.Second || c.Concurrency != 2 || c.Timeout != time.Second || handle != 2 || recovery != 1 {
 		t.Errorf("queue settings = attempts %d backoff %v max %v concurrency %d (slots %d, recovery %d) timeout %v; want them as given, recovery max(1, 2/4)",
-			c.Attempts, c.Backoff, c.MaxBackoff, c.Concurrency, cap(q.sems[laneHandle]), cap(q.sems[laneRecovery]), c.Timeout)
+			c.Attempts, c.Backoff, c.MaxBackoff, c.Concurrency, handle, recovery, c.Timeout)
 	}
 
 	cases := []struct {
 		name string
-		edit func(*RevocationQueueConfig)
+		edit func(*leases.RevocationQueueConfig)
 		want string
 	}{
-		{"zero attempts", func(c *RevocationQueueConfig) { c.Attempts = 0 }, "leases.revoke_attempts must be at least 1; it is 0"},
-		{"zero backoff", func(c *RevocationQueueConfig) { c.Backoff = 0 }, "leases.revoke_backoff must be positive; it is 0s"},
-		{"zero max backoff", func(c *RevocationQueueConfig) { c.MaxBackoff = 0 }, "leases.revoke_max_backoff must be positive and not less than revoke_backoff (2s); it is 0s"},
-		{"max backoff below backoff", func(c *RevocationQueueConfig) { c.MaxBackoff = time.Second }, "leases.revoke_max_backoff must be positive and not less than revoke_backoff (2s); it is 1s"},
-		{"zero concurrency", func(c *RevocationQueueConfig) { c.Concurrency = 0 }, "leases.revoke_concurrency must be at least 1; it is 0"},
-		{"negative concurrency", func(c *RevocationQueueConfig) { c.Concurrency = -1 }, "leases.revoke_concurrency must be at least 1; it is -1"},
-		{"zero timeout", func(c *RevocationQueueConfig) { c.Timeout = 0 }, "revocation timeout must be positive; it is 0s"},
-		{"negative recovery concurrency", func(c *RevocationQueueConfig) { c.RecoveryConcurrency = -1 }, "recovery concurrency must not be negative; it is -1"},
+		{"zero attempts", func(c *leases.RevocationQueueConfig) { c.Attempts = 0 }, "leases.revoke_attempts must be at least 1; it is 0"},
+		{"zero backoff", func(c *leases.RevocationQueueConfig) { c.Backoff = 0 }, "leases.revoke_backoff must be positive; it is 0s"},
+		{"zero max backoff", func(c *leases.RevocationQueueConfig) { c.MaxBackoff = 0 }, "leases.revoke_max_backoff must be positive and not less than revoke_backoff (2s); it is 0s"},
+		{"max backoff below backoff", func(c *leases.RevocationQueueConfig) { c.MaxBackoff = time.Second }, "leases.revoke_max_backoff must be positive and not less than revoke_backoff (2s); it is 1s"},
+		{"zero concurrency", func(c *leases.RevocationQueueConfig) { c.Concurrency = 0 }, "leases.revoke_concurrency must be at least 1; it is 0"},
+		{"negative concurrency", func(c *leases.RevocationQueueConfig) { c.Concurrency = -1 }, "leases.revoke_concurrency must be at least 1; it is -1"},
+		{"zero timeout", func(c *leases.RevocationQueueConfig) { c.Timeout = 0 }, "revocation timeout must be positive; it is 0s"},
+		{"negative recovery concurrency", func(c *leases.RevocationQueueConfig) { c.RecoveryConcurrency = -1 }, "recovery concurrency must not be negative; it is -1"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := valid
 			tc.edit(&cfg)
-			q, err := NewRevocationQueue(cfg)
+			q, err := leases.NewRevocationQueue(cfg)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("NewRevocationQueue = %v, %v; want an error containing %q", q, err, tc.want)
 			}
@@ -507,15 +509,15 @@ func TestNewRevocationQueueTakesSettingsAsGiven(t *testing.T) {
 func TestRevocationQueueStoreFailure(t *testing.T) {
 	s := MustOpenStore(t)
 	clk := clock.NewFake(t0)
-	be := newFakeBackend(0)
-	q := newQueue(s, be, clk, 3)
-	l := mustActivate(t, s, newPending(t0, "a", time.Hour))
-	l = mustEnd(t, s, l.ID, StateReleased, t0)
+	be := leasetest.NewFakeBackend(0)
+	q := leasetest.NewQueue(s, be, clk, 3)
+	l := leasetest.MustActivate(t, s, leasetest.NewPending(t0, "a", time.Hour))
+	l = leasetest.MustEnd(t, s, l.ID, leases.StateReleased, t0)
 	s.Close()
 	if _, err := q.RevokeNow(context.Background(), l); !errors.Is(err, bolterrors.ErrDatabaseNotOpen) {
 		t.Errorf("RevokeNow on a failed store = %v, want the store's error", err)
 	}
-	if n := be.callsFor(l.ID); n != 1 {
+	if n := be.CallsFor(l.ID); n != 1 {
 		t.Errorf("backend called %d times, want 1", n)
 	}
 }
@@ -529,50 +531,50 @@ func TestRecoveryNeverStarvesRevocationsByHandle(t *testing.T) {
 	ctx := context.Background()
 	s := MustOpenStore(t)
 	clk := clock.NewFake(t0)
-	be := newFakeBackend(-1) // down
-	be.gate = make(chan struct{})
-	be.gateFor = func(l *Lease) bool { return l.Handle == "" }
+	be := leasetest.NewFakeBackend(-1) // down
+	be.Gate = make(chan struct{})
+	be.GateFor = func(l *leases.Lease) bool { return l.Handle == "" }
 	const recovering, released = 40, 50
 	for i := range recovering {
-		mustCreate(t, s, newPending(t0, fmt.Sprint("crashed-", i), time.Hour))
+		leasetest.MustCreate(t, s, leasetest.NewPending(t0, fmt.Sprint("crashed-", i), time.Hour))
 	}
 	if rec, err := s.RecoverPending(ctx, t0); err != nil || len(rec) != recovering {
 		t.Fatalf("RecoverPending = %d, %v", len(rec), err)
 	}
-	q := mustQueue(RevocationQueueConfig{Store: s, Revoke: be.Revoke, Clock: clk, Logger: quietLog,
+	q := leasetest.MustQueue(leases.RevocationQueueConfig{Store: s, Revoke: be.Revoke, Clock: clk, Logger: quietLog,
 		Attempts: 3, Backoff: time.Second, MaxBackoff: 8 * time.Second, Concurrency: 4, Timeout: time.Hour})
-	startQueue(t, q)
-	t.Cleanup(func() { close(be.gate) }) // runs before the queue is stopped
+	leasetest.StartQueue(t, q)
+	t.Cleanup(func() { close(be.Gate) }) // runs before the queue is stopped
 	var ids []string
 	for i := range released {
-		l := mustActivate(t, s, newPending(t0, fmt.Sprint("agent-", i), time.Hour))
-		mustEnd(t, s, l.ID, StateReleased, t0)
+		l := leasetest.MustActivate(t, s, leasetest.NewPending(t0, fmt.Sprint("agent-", i), time.Hour))
+		leasetest.MustEnd(t, s, l.ID, leases.StateReleased, t0)
 		ids = append(ids, l.ID)
 	}
 	q.Kick()
-	eventually(t, "every release is attempted while recovery hangs", func() bool {
+	leasetest.Eventually(t, "every release is attempted while recovery hangs", func() bool {
 		for _, id := range ids {
-			if mustGet(t, s, id).RevokeAttempts == 0 {
+			if leasetest.MustGet(t, s, id).RevokeAttempts == 0 {
 				return false
 			}
 		}
 		return true
 	})
-	eventually(t, "the queue sleeps until the retries", func() bool { return clk.Waiters() == 1 })
+	leasetest.Eventually(t, "the queue sleeps until the retries", func() bool { return clk.Waiters() == 1 })
 	// The backend is back: the next retries confirm every release.
-	be.setFailures(0)
+	be.SetFailures(0)
 	clk.Advance(time.Second)
-	eventually(t, "every release is confirmed", func() bool { return mustCounts(t, s)[StateReleased] == released })
+	leasetest.Eventually(t, "every release is confirmed", func() bool { return leasetest.MustCounts(t, s)[leases.StateReleased] == released })
 	hung := 0
-	for _, l := range mustList(t, s, Filter{State: StateRevoking, Limit: 1000}) {
-		hung += be.callsFor(l.ID)
+	for _, l := range mustList(t, s, leases.Filter{State: leases.StateRevoking, Limit: 1000}) {
+		hung += be.CallsFor(l.ID)
 	}
 	if hung != 1 {
 		t.Errorf("%d recovery attempts started, want 1 (RecoveryConcurrency defaults to Concurrency/4)", hung)
 	}
 }
 
-func mustList(tb testing.TB, s *BoltStore, f Filter) []*Lease {
+func mustList(tb testing.TB, s *bolt.Store, f leases.Filter) []*leases.Lease {
 	tb.Helper()
 	ls, err := s.List(context.Background(), f)
 	if err != nil {

@@ -1,13 +1,12 @@
 package web
 
 import (
+	"context"
 	"fmt"
 	"sync"
 	"time"
 
-	"go.etcd.io/bbolt"
-
-	"github.com/valet-broker/valet/broker/audit"
+	"github.com/valet-broker/valet/leases/audit"
 )
 
 // The activity summary reads the newest audit records back to 24 hours
@@ -66,7 +65,7 @@ func isRevocation(kind string) bool {
 // revocations are lease.revoke, lease.release and lease.revoked records,
 // counted once per lease (an operator's revocation and the backend's
 // confirmation are one revocation, at the time of the first record).
-func scanActivity(db *bbolt.DB, now time.Time) (*activity, error) {
+func scanActivity(ctx context.Context, log audit.Reader, now time.Time) (*activity, error) {
 	a := &activity{To: now, Agents: map[string]*agentActivity{}}
 	a.From = now.Truncate(time.Hour).Add(-activityWindow + time.Hour)
 	a.Hours = make([]hourCount, 24)
@@ -85,7 +84,7 @@ func scanActivity(db *bbolt.DB, now time.Time) (*activity, error) {
 	var before uint64
 	done := false
 	for !done && a.Scanned < activityMaxRecords {
-		recs, err := audit.List(db, audit.Filter{Newest: true, BeforeSeq: before, Limit: min(activityPage, activityMaxRecords-a.Scanned)})
+		recs, err := log.ListAudit(ctx, audit.Filter{Newest: true, BeforeSeq: before, Limit: min(activityPage, activityMaxRecords-a.Scanned)})
 		if err != nil {
 			return nil, err
 		}
@@ -162,14 +161,14 @@ const activityMaxAge = 5 * time.Second
 
 // recentActivity returns the activity of the last 24 hours, reusing a
 // scan younger than activityMaxAge.
-func (c *Console) recentActivity() (*activity, error) {
+func (c *Console) recentActivity(ctx context.Context) (*activity, error) {
 	c.activity.mu.Lock()
 	defer c.activity.mu.Unlock()
 	now := c.clock.Now()
 	if c.activity.last != nil && now.Sub(c.activity.at) < activityMaxAge && !now.Before(c.activity.at) {
 		return c.activity.last, nil
 	}
-	a, err := scanActivity(c.auditDB, now)
+	a, err := scanActivity(ctx, c.audit, now)
 	if err != nil {
 		return nil, err
 	}

@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/valet-broker/valet/broker/audit"
+	"github.com/valet-broker/valet/leases/audit"
 )
 
 func TestConsoleActivityChartCountsPerHour(t *testing.T) {
@@ -37,7 +37,7 @@ func TestConsoleActivityChartCountsPerHour(t *testing.T) {
 	// 14:00-now: a renew denial (an agent's denial, not a mint denial).
 	rec(now.Add(-time.Minute), audit.Entry{Kind: audit.KindRenew, Actor: agent, Decision: audit.Deny, AgentID: "test/a", Reason: "renew refused"})
 
-	a, err := scanActivity(f.store.DB(), now)
+	a, err := scanActivity(context.Background(), f.store, now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,7 +88,7 @@ func TestConsoleActivityScanIsBounded(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	a, err := scanActivity(f.store.DB(), now)
+	a, err := scanActivity(context.Background(), f.store, now)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -44,7 +44,7 @@ func (c *Console) handleAgents(w http.ResponseWriter, r *http.Request, se *sessi
 		return
 	}
 	d := agentsData{Scanned: len(ls), Bounded: len(ls) == agentsScan}
-	act, err := c.recentActivity()
+	act, err := c.recentActivity(r.Context())
 	if err != nil {
 		c.log.Error("console: read audit activity", "err", err)
 		d.Error = "The audit log could not be read; mint and denial counts are missing."

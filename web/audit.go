@@ -1,13 +1,14 @@
 package web
 
 import (
+	"context"
 	"net/http"
 	"net/url"
 	"strconv"
 	"sync"
 	"time"
 
-	"github.com/valet-broker/valet/broker/audit"
+	"github.com/valet-broker/valet/leases/audit"
 )
 
 // auditPageSize is how many records a page of the audit browser shows.
@@ -29,7 +30,7 @@ type auditData struct {
 func (c *Console) handleAudit(w http.ResponseWriter, r *http.Request, se *session) {
 	q := readFilters(r)
 	d := auditData{Kinds: audit.Kinds, Kind: q.oneOf("kind", "kind", audit.Kinds), Agent: q.agent("agent")}
-	res, at, err := c.verifyChain()
+	res, at, err := c.verifyChain(r.Context())
 	if err != nil {
 		c.log.Error("console: verify audit log", "err", err)
 		d.VerifyErr = "The audit log could not be read to verify it."
@@ -44,7 +45,7 @@ func (c *Console) handleAudit(w http.ResponseWriter, r *http.Request, se *sessio
 		}
 	}
 	d.Newest = f.BeforeSeq == 0
-	recs, err := audit.List(c.auditDB, f)
+	recs, err := c.audit.ListAudit(r.Context(), f)
 	if err != nil {
 		c.serverError(w, r, err)
 		return
@@ -80,14 +81,14 @@ const verifyMaxAge = 30 * time.Second
 
 // verifyChain verifies the audit chain, or returns a verification younger
 // than verifyMaxAge, with the time it ran.
-func (c *Console) verifyChain() (audit.VerifyResult, time.Time, error) {
+func (c *Console) verifyChain(ctx context.Context) (audit.VerifyResult, time.Time, error) {
 	c.verify.mu.Lock()
 	defer c.verify.mu.Unlock()
 	now := c.clock.Now()
 	if c.verify.ok && now.Sub(c.verify.at) < verifyMaxAge && !now.Before(c.verify.at) {
 		return c.verify.res, c.verify.at, nil
 	}
-	res, err := audit.Verify(c.auditDB)
+	res, err := c.audit.VerifyAudit(ctx)
 	if err != nil {
 		return res, now, err
 	}

@@ -11,8 +11,8 @@ import (
 	"time"
 
 	"github.com/valet-broker/valet/broker"
-	"github.com/valet-broker/valet/broker/audit"
 	"github.com/valet-broker/valet/broker/clientip"
+	"github.com/valet-broker/valet/leases/audit"
 )
 
 // maxTokenBytes bounds what the sign-in form accepts as a token before

@@ -11,14 +11,13 @@ import (
 	"slices"
 	"strings"
 
-	"go.etcd.io/bbolt"
-
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/broker/api"
 	"github.com/valet-broker/valet/broker/clientip"
-	"github.com/valet-broker/valet/broker/clock"
 	"github.com/valet-broker/valet/broker/grants"
 	"github.com/valet-broker/valet/leases"
+	"github.com/valet-broker/valet/leases/audit"
+	"github.com/valet-broker/valet/leases/clock"
 )
 
 // Config are the console's dependencies.
@@ -26,10 +25,10 @@ type Config struct {
 	Broker *broker.Broker
 	// Operators authenticates the operator tokens of the sign-in form.
 	Operators *broker.Operators
-	// AuditDB holds the audit log (read with audit.List and audit.Verify).
-	AuditDB *bbolt.DB
+	// Audit reads the audit log.
+	Audit audit.Reader
 	// Console is the console's configuration, defaulted and validated.
-	Console broker.ConsoleConfig
+	Console ConsoleConfig
 	// PublicURL is valet's external URL. The console accepts
 	// state-changing requests only from its origin, and refuses to start
 	// when it is plain http to anything but a loopback host.
@@ -50,8 +49,8 @@ type Config struct {
 type Console struct {
 	b        *broker.Broker
 	ops      *broker.Operators
-	auditDB  *bbolt.DB
-	cc       broker.ConsoleConfig
+	audit    audit.Reader
+	cc       ConsoleConfig
 	clock    clock.Clock
 	log      *slog.Logger
 	origin   string // scheme://host[:port] of the public URL
@@ -70,8 +69,8 @@ type Console struct {
 // enabled, and, with console.oidc set, when the provider cannot be
 // discovered or the client secret cannot be read.
 func New(ctx context.Context, cfg Config) (*Console, error) {
-	if cfg.Broker == nil || cfg.Operators == nil || cfg.AuditDB == nil {
-		return nil, errors.New("console: Broker, Operators and AuditDB are required")
+	if cfg.Broker == nil || cfg.Operators == nil || cfg.Audit == nil {
+		return nil, errors.New("console: Broker, Operators and Audit are required")
 	}
 	if cfg.Clock == nil {
 		cfg.Clock = clock.Real{}
@@ -96,7 +95,7 @@ func New(ctx context.Context, cfg Config) (*Console, error) {
 		return nil, fmt.Errorf("console: templates: %w", err)
 	}
 	c := &Console{
-		b: cfg.Broker, ops: cfg.Operators, auditDB: cfg.AuditDB, cc: cc, clock: cfg.Clock, log: cfg.Logger,
+		b: cfg.Broker, ops: cfg.Operators, audit: cfg.Audit, cc: cc, clock: cfg.Clock, log: cfg.Logger,
 		origin: origin, https: https, pages: pg,
 		sessions: newSessionStore(cfg.Clock, cc.SessionIdle.D(), cc.SessionMax.D()),
 		addr:     cfg.ClientIP,

@@ -15,10 +15,11 @@ import (
 
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/broker/attest"
-	"github.com/valet-broker/valet/broker/audit"
 	"github.com/valet-broker/valet/broker/grants"
 	"github.com/valet-broker/valet/broker/identity"
 	"github.com/valet-broker/valet/leases"
+	"github.com/valet-broker/valet/leases/audit"
+	"github.com/valet-broker/valet/leases/config"
 )
 
 func TestConsoleTokenLogin(t *testing.T) {
@@ -130,7 +131,7 @@ func TestConsoleLoginThrottlesGuessing(t *testing.T) {
 	operator.login("alice")
 	guesser.login("bob")
 
-	recs, err := audit.List(f.store.DB(), audit.Filter{Kind: audit.KindOperatorAuth, Limit: 1000})
+	recs, err := f.store.ListAudit(context.Background(), audit.Filter{Kind: audit.KindOperatorAuth, Limit: 1000})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -407,7 +408,7 @@ func TestConsoleFreshLoginForDecisions(t *testing.T) {
 	if a := g.Approvals[0]; a.Operator != "alice" || a.Method != "console" || a.Comment != "checked the change ticket" {
 		t.Fatalf("approval recorded as %+v", a)
 	}
-	recs, err := audit.List(f.store.DB(), audit.Filter{Kind: audit.KindGrantApprove, Newest: true, Limit: 1})
+	recs, err := f.store.ListAudit(context.Background(), audit.Filter{Kind: audit.KindGrantApprove, Newest: true, Limit: 1})
 	if err != nil || len(recs) != 1 || recs[0].Actor.ID != "alice" || recs[0].Actor.Type != audit.ActorOperator || recs[0].Decision != audit.Allow {
 		t.Fatalf("audit record of the approval: %+v %v", recs, err)
 	}
@@ -434,7 +435,7 @@ func TestConsoleDecisionsFollowBrokerRules(t *testing.T) {
 	if g := f.grant(id); g.State != grants.StatePending || len(g.Approvals) != 0 {
 		t.Fatalf("self-approval changed the grant: %s %v", g.State, g.Approvers())
 	}
-	recs, _ := audit.List(f.store.DB(), audit.Filter{Kind: audit.KindGrantApprove, Newest: true, Limit: 1})
+	recs, _ := f.store.ListAudit(context.Background(), audit.Filter{Kind: audit.KindGrantApprove, Newest: true, Limit: 1})
 	if len(recs) != 1 || recs[0].Decision != audit.Deny || recs[0].Actor.ID != "owner@example.com" {
 		t.Fatalf("self-approval audit: %+v", recs)
 	}
@@ -543,7 +544,7 @@ func TestConsoleLeases(t *testing.T) {
 	if st := f.lease(l1.Lease.ID).State; st != leases.StateRevoked {
 		t.Fatalf("revoked lease is %s", st)
 	}
-	recs, _ := audit.List(f.store.DB(), audit.Filter{Kind: audit.KindRevoke, LeaseID: l1.Lease.ID})
+	recs, _ := f.store.ListAudit(context.Background(), audit.Filter{Kind: audit.KindRevoke, LeaseID: l1.Lease.ID})
 	if len(recs) != 1 || recs[0].Actor.ID != "alice" {
 		t.Fatalf("revoke audit: %+v", recs)
 	}
@@ -644,7 +645,7 @@ func TestConsoleNeverShowsSecrets(t *testing.T) {
 
 func TestConsoleRefusesToStart(t *testing.T) {
 	f := newFixture(t, nil)
-	base := Config{Broker: f.b, Operators: broker.NewOperators(broker.OperatorsConfig{}, nil), AuditDB: f.store.DB(), Console: f.console.cc}
+	base := Config{Broker: f.b, Operators: broker.NewOperators(nil, nil, nil), Audit: f.store, Console: f.console.cc}
 	off := false
 	cases := []struct {
 		name, url string
@@ -655,7 +656,7 @@ func TestConsoleRefusesToStart(t *testing.T) {
 		{"plain http to a private address", "http://10.0.0.5:8750", nil, "set console.disabled: true"},
 		{"no sign-in method", "https://valet.example.com", func(c *Config) { c.Console.TokenLogin = &off }, "nobody could sign in"},
 		{"unreachable SSO provider", "https://valet.example.com", func(c *Config) {
-			c.Console.OIDC = &broker.ConsoleOIDCConfig{Issuer: "http://127.0.0.1:1/idp", ClientID: "valet"}
+			c.Console.OIDC = &ConsoleOIDCConfig{Issuer: "http://127.0.0.1:1/idp", ClientID: "valet"}
 		}, "cannot discover the OpenID provider http://127.0.0.1:1/idp"},
 	}
 	for _, c := range cases {
@@ -733,9 +734,9 @@ func TestConsolePaging(t *testing.T) {
 }
 
 func TestConsoleReviewFollowsDecisionRules(t *testing.T) {
-	f := newFixture(t, func(cfg *broker.Config, _ *Config) {
-		cfg.Roles = append(cfg.Roles, broker.Defaulted(func(r *broker.Role) {
-			r.Name, r.Backend, r.TTL = "guarded-glass", "mem", broker.Duration(5*time.Minute)
+	f := newFixture(t, func(cfg *fixtureConfig, _ *Config) {
+		cfg.Roles = append(cfg.Roles, config.Defaulted(func(r *broker.Role) {
+			r.Name, r.Backend, r.TTL = "guarded-glass", "mem", config.Duration(5*time.Minute)
 			r.Approval.Required, r.Approval.Approvers = 1, broker.ApproversConfig{Groups: []string{"approvers"}}
 			r.Approval.BreakGlass.Allowed = true
 		}))
@@ -768,7 +769,7 @@ func TestConsoleReviewFollowsDecisionRules(t *testing.T) {
 			}
 		})
 	}
-	recs, err := audit.List(f.store.DB(), audit.Filter{Kind: audit.KindGrantReview})
+	recs, err := f.store.ListAudit(context.Background(), audit.Filter{Kind: audit.KindGrantReview})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -889,13 +890,13 @@ func TestConsoleIDTokenSignInIsFreshOnlyByItsAuthTime(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := newFixture(t, func(cfg *broker.Config, w *Config) {
+	f := newFixture(t, func(cfg *fixtureConfig, w *Config) {
 		sso.SetClock(w.Clock)
 		jwks := filepath.Join(t.TempDir(), "sso-jwks.json")
 		if err := sso.WriteJWKS(jwks); err != nil {
 			t.Fatal(err)
 		}
-		cfg.Operators.Issuers = []broker.OperatorIssuerConfig{broker.Defaulted(func(ic *broker.OperatorIssuerConfig) {
+		cfg.Operators.Issuers = []attest.OperatorIssuerConfig{config.Defaulted(func(ic *attest.OperatorIssuerConfig) {
 			ic.Name, ic.Issuer, ic.Audiences, ic.JWKSFile, ic.Algorithms = "sso", "https://sso.test", []string{"valet-console"}, jwks, []string{"ES256"}
 			ic.AllowAll = true
 		})}
@@ -942,13 +943,13 @@ func TestConsoleIDTokenSignInSaysWhyItIsRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := newFixture(t, func(cfg *broker.Config, w *Config) {
+	f := newFixture(t, func(cfg *fixtureConfig, w *Config) {
 		sso.SetClock(w.Clock)
 		jwks := filepath.Join(t.TempDir(), "sso-jwks.json")
 		if err := sso.WriteJWKS(jwks); err != nil {
 			t.Fatal(err)
 		}
-		cfg.Operators.Issuers = []broker.OperatorIssuerConfig{broker.Defaulted(func(ic *broker.OperatorIssuerConfig) {
+		cfg.Operators.Issuers = []attest.OperatorIssuerConfig{config.Defaulted(func(ic *attest.OperatorIssuerConfig) {
 			ic.Name, ic.Issuer, ic.Audiences, ic.JWKSFile, ic.Algorithms = "sso", "https://sso.test", []string{"valet-console"}, jwks, []string{"ES256"}
 			ic.AllowedGroups = []string{"sre"}
 		})}

@@ -9,9 +9,9 @@ import (
 
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/broker/api"
-	"github.com/valet-broker/valet/broker/audit"
 	"github.com/valet-broker/valet/broker/grants"
 	"github.com/valet-broker/valet/leases"
+	"github.com/valet-broker/valet/leases/audit"
 )
 
 // historyLeases is how many of an agent's latest leases show beside its
@@ -78,7 +78,7 @@ func (c *Console) handleGrants(w http.ResponseWriter, r *http.Request, se *sessi
 	q := readFilters(r)
 	d := grantsData{States: historyStates, Roles: c.roleNames()}
 	d.Filter = grantFilter{Agent: q.agent("agent"), Role: q.name("role", "role", &d.Roles), State: q.oneOf("state", "state", stateNames(historyStates))}
-	act, err := c.recentActivity()
+	act, err := c.recentActivity(r.Context())
 	if err != nil {
 		c.log.Error("console: read audit activity", "err", err)
 		d.Error = "The audit log could not be read; recent history is missing."
@@ -153,7 +153,7 @@ func (c *Console) handleGrant(w http.ResponseWriter, r *http.Request, se *sessio
 		c.brokerError(w, r, se, err)
 		return
 	}
-	act, err := c.recentActivity()
+	act, err := c.recentActivity(r.Context())
 	if err != nil {
 		c.log.Error("console: read audit activity", "err", err)
 		act = &activity{}

@@ -3,8 +3,7 @@ package web
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
-	"fmt"
+	"errors"
 	"io"
 	"log/slog"
 	"math"
@@ -19,16 +18,17 @@ import (
 	"testing"
 	"time"
 
-	"go.etcd.io/bbolt"
-
 	"github.com/valet-broker/valet/backends"
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/broker/api"
 	"github.com/valet-broker/valet/broker/attest"
-	"github.com/valet-broker/valet/broker/clock"
+	"github.com/valet-broker/valet/broker/bolt"
 	"github.com/valet-broker/valet/broker/grants"
 	"github.com/valet-broker/valet/broker/policy"
 	"github.com/valet-broker/valet/leases"
+	"github.com/valet-broker/valet/leases/audit"
+	"github.com/valet-broker/valet/leases/clock"
+	"github.com/valet-broker/valet/leases/config"
 )
 
 // Operator tokens of the test console. alice and bob are approvers,
@@ -79,7 +79,7 @@ type fixture struct {
 	clock   *clock.Fake
 	issuer  *attest.DevIssuer
 	b       *broker.Broker
-	store   *leases.BoltStore
+	store   *bolt.Store
 	be      *memBackend
 	console *Console
 	srv     *httptest.Server
@@ -107,7 +107,18 @@ func (l *logBuffer) String() string {
 
 // newFixture starts a console; edit may change its configuration (built
 // from broker.DefaultConfig, with PublicURL set already).
-func newFixture(t *testing.T, edit func(*broker.Config, *Config)) *fixture {
+// fixtureConfig is the configuration a console test may change before
+// its fixture starts: the broker's, the console section and the operators.
+type fixtureConfig struct {
+	*broker.Config
+	Console   ConsoleConfig
+	Operators struct {
+		Tokens  []broker.OperatorToken
+		Issuers []attest.OperatorIssuerConfig
+	}
+}
+
+func newFixture(t *testing.T, edit func(*fixtureConfig, *Config)) *fixture {
 	t.Helper()
 	dir := t.TempDir()
 	clk := clock.NewFake(time.Now().Truncate(time.Second))
@@ -137,19 +148,18 @@ func newFixture(t *testing.T, edit func(*broker.Config, *Config)) *fixture {
 		toks = append(toks, ot)
 	}
 	role := func(name, backend string, ttl time.Duration, approval func(*broker.ApprovalConfig)) broker.Role {
-		return broker.Defaulted(func(r *broker.Role) {
-			r.Name, r.Backend, r.TTL = name, backend, broker.Duration(ttl)
+		return config.Defaulted(func(r *broker.Role) {
+			r.Name, r.Backend, r.TTL = name, backend, config.Duration(ttl)
 			if approval != nil {
 				approval(&r.Approval)
 			}
 		})
 	}
-	cfg := broker.DefaultConfig()
-	cfg.DataDir, cfg.PublicURL = dir, publicURL
-	cfg.Issuers = []broker.IssuerConfig{broker.Defaulted(func(ic *broker.IssuerConfig) {
+	cfg := &fixtureConfig{Config: broker.DefaultConfig(), Console: config.Defaulted[ConsoleConfig](nil)}
+	cfg.PublicURL = publicURL
+	issuers := []attest.IssuerConfig{config.Defaulted(func(ic *attest.IssuerConfig) {
 		ic.Name, ic.Issuer, ic.Audiences, ic.JWKSFile, ic.Algorithms = "test", "https://issuer.test", []string{"valet"}, jwks, []string{"ES256"}
 	})}
-	cfg.Backends = []broker.BackendConfig{{Name: "mem", Type: "mem"}, {Name: "stubborn", Type: "mem"}}
 	cfg.Roles = []broker.Role{
 		role("demo", "mem", 5*time.Minute, nil),
 		role("elevated", "mem", 5*time.Minute, func(a *broker.ApprovalConfig) { a.Required = 1 }),
@@ -159,29 +169,37 @@ func newFixture(t *testing.T, edit func(*broker.Config, *Config)) *fixture {
 		role("glass", "mem", 5*time.Minute, func(a *broker.ApprovalConfig) { a.Required, a.BreakGlass.Allowed = 1, true }),
 		role("stubborn", "stubborn", time.Hour, nil),
 	}
-	cfg.Policy.Dir = filepath.Join(dir, "policies")
-	cfg.Operators = broker.OperatorsConfig{Tokens: toks}
+	policyDir := filepath.Join(dir, "policies")
+	cfg.Operators.Tokens = toks
 	cfg.Leases.RevokeAttempts = 1
 	cfg.Limits.AgentRate = math.Inf(1)
 	wcfg := &Config{Clock: clk}
 	if edit != nil {
 		edit(cfg, wcfg)
 	}
-	if err := cfg.Validate(); err != nil {
+	var opIssuers []attest.IssuerConfig
+	var operatorIssuers []broker.OperatorIssuer
+	for i := range cfg.Operators.Issuers {
+		opIssuers = append(opIssuers, cfg.Operators.Issuers[i].IssuerConfig)
+		operatorIssuers = append(operatorIssuers, cfg.Operators.Issuers[i].OperatorIssuer())
+	}
+	if err := errors.Join(attest.ValidateIssuers("issuers", issuers), attest.ValidateIssuers("operators.issuers", opIssuers),
+		broker.ValidateOperatorTokens(cfg.Operators.Tokens), cfg.Console.Validate(),
+		cfg.Validate(map[string]bool{"mem": true, "stubborn": true})); err != nil {
 		t.Fatal(err)
 	}
-	store, err := leases.OpenBolt(filepath.Join(dir, "valet.db"), leases.BoltOptions{})
+	store, err := bolt.Open(filepath.Join(dir, "valet.db"), bolt.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { store.Close() })
 	logs := &logBuffer{}
 	log := slog.New(slog.NewTextHandler(logs, nil))
-	v, err := attest.New(context.Background(), attest.Options{MaxTokenBytes: broker.DefaultMaxAttestationBytes, Issuers: cfg.Issuers, Clock: clk, Logger: log})
+	v, err := attest.New(context.Background(), attest.Options{MaxTokenBytes: broker.DefaultMaxAttestationBytes, Issuers: issuers, Clock: clk, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
-	pe, err := policy.NewEngine(policy.Options{Dir: cfg.Policy.Dir, Logger: log})
+	pe, err := policy.NewEngine(policy.Options{Dir: policyDir, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -194,29 +212,26 @@ func newFixture(t *testing.T, edit func(*broker.Config, *Config)) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gs, err := grants.NewStore(store)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := broker.New(broker.Options{Config: cfg, Store: store, Auditor: store, Verifier: v, Authorizer: pe,
+	gs := store.Grants()
+	b, err := broker.New(broker.Options{Config: cfg.Config, Store: store, Auditor: store, Verifier: v, Authorizer: pe,
 		Backends: bes, Revoker: q, Clock: clk, Logger: log, Grants: gs})
 	if err != nil {
 		t.Fatal(err)
 	}
 	var opVerifier broker.Verifier
 	if len(cfg.Operators.Issuers) > 0 {
-		if opVerifier, err = attest.New(context.Background(), attest.Options{MaxTokenBytes: broker.DefaultMaxAttestationBytes, Issuers: cfg.Operators.IssuerConfigs(), Clock: clk, Logger: log}); err != nil {
+		if opVerifier, err = attest.New(context.Background(), attest.Options{MaxTokenBytes: broker.DefaultMaxAttestationBytes, Issuers: opIssuers, Clock: clk, Logger: log}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	ops := broker.NewOperators(cfg.Operators, opVerifier)
-	wcfg.Broker, wcfg.Operators, wcfg.AuditDB, wcfg.Console, wcfg.PublicURL, wcfg.Clock, wcfg.Logger =
-		b, ops, store.DB(), cfg.Console, cfg.PublicURL, clk, log
+	ops := broker.NewOperators(cfg.Operators.Tokens, operatorIssuers, opVerifier)
+	wcfg.Broker, wcfg.Operators, wcfg.Audit, wcfg.Console, wcfg.PublicURL, wcfg.Clock, wcfg.Logger =
+		b, ops, store, cfg.Console, cfg.PublicURL, clk, log
 	con, err := New(context.Background(), *wcfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv.Config.Handler = api.New(api.Config{Broker: b, Operators: ops, AuditDB: store.DB(), Limits: cfg.Limits, PublicURL: cfg.PublicURL, Logger: log, UI: con})
+	srv.Config.Handler = api.New(api.Config{Broker: b, Operators: ops, Audit: store, Limits: cfg.Limits, PublicURL: cfg.PublicURL, Logger: log, UI: con})
 	srv.Start()
 	t.Cleanup(srv.Close)
 	return &fixture{t: t, dir: dir, clock: clk, issuer: iss, b: b, store: store, be: be, console: con, srv: srv, URL: srv.URL, log: logs}
@@ -421,14 +436,7 @@ func mustContain(t *testing.T, body string, want ...string) {
 
 // tamper changes the stored audit record seq behind the log's back.
 func tamper(f *fixture, seq uint64) error {
-	return f.store.DB().Update(func(tx *bbolt.Tx) error {
-		b := tx.Bucket([]byte("audit"))
-		k := make([]byte, 8)
-		binary.BigEndian.PutUint64(k, seq)
-		v := b.Get(k)
-		if v == nil {
-			return fmt.Errorf("no audit record %d", seq)
-		}
-		return b.Put(k, bytes.Replace(v, []byte(`"kind":"`), []byte(`"kind":"x`), 1))
+	return f.store.Tamper("audit", audit.SeqKey(seq), func(v []byte) []byte {
+		return bytes.Replace(v, []byte(`"kind":"`), []byte(`"kind":"x`), 1)
 	})
 }

@@ -11,8 +11,8 @@ import (
 	"time"
 
 	"github.com/valet-broker/valet/broker"
-	"github.com/valet-broker/valet/broker/clock"
 	"github.com/valet-broker/valet/broker/identity"
+	"github.com/valet-broker/valet/leases/clock"
 )
 
 // Cookie names. The __Host- prefix makes browsers insist on Secure,

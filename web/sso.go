@@ -23,7 +23,7 @@ import (
 	"golang.org/x/oauth2"
 
 	"github.com/valet-broker/valet/broker"
-	"github.com/valet-broker/valet/broker/clock"
+	"github.com/valet-broker/valet/leases/clock"
 )
 
 // ssoFlowTTL is how long a started sign-in may take at the provider.
@@ -46,7 +46,7 @@ const authTimeSkew = time.Minute
 // sso is the console's OpenID Connect sign-in: the authorization code
 // flow with PKCE (S256), state and nonce.
 type sso struct {
-	cfg      *broker.ConsoleOIDCConfig
+	cfg      *ConsoleOIDCConfig
 	issuer   string
 	oauth    oauth2.Config
 	verifier *oidc.IDTokenVerifier
@@ -75,7 +75,7 @@ type ssoFlow struct {
 }
 
 // newSSO discovers the provider and reads the client secret.
-func newSSO(ctx context.Context, cfg *broker.ConsoleOIDCConfig, client *http.Client, clk clock.Clock) (*sso, error) {
+func newSSO(ctx context.Context, cfg *ConsoleOIDCConfig, client *http.Client, clk clock.Clock) (*sso, error) {
 	if client == nil {
 		client = &http.Client{Timeout: 10 * time.Second}
 		if cfg.CAFile != "" {

@@ -19,9 +19,9 @@ import (
 
 	jwtlib "github.com/golang-jwt/jwt/v5"
 
-	"github.com/valet-broker/valet/broker"
-	"github.com/valet-broker/valet/broker/clock"
 	"github.com/valet-broker/valet/broker/grants"
+	"github.com/valet-broker/valet/leases/clock"
+	"github.com/valet-broker/valet/leases/config"
 )
 
 // testIdP is a small but real OpenID provider: discovery, JWKS, an
@@ -192,16 +192,16 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 }
 
 // newSSOFixture starts a console with SSO against a fresh provider.
-func newSSOFixture(t *testing.T, edit func(*broker.ConsoleOIDCConfig)) (*fixture, *testIdP) {
+func newSSOFixture(t *testing.T, edit func(*ConsoleOIDCConfig)) (*fixture, *testIdP) {
 	t.Helper()
 	var idp *testIdP
-	f := newFixture(t, func(cfg *broker.Config, w *Config) {
+	f := newFixture(t, func(cfg *fixtureConfig, w *Config) {
 		idp = newTestIdP(t, w.Clock)
 		secretFile := filepath.Join(t.TempDir(), "client-secret")
 		if err := os.WriteFile(secretFile, []byte(idp.secret+"\n"), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		oidc := broker.Defaulted(func(o *broker.ConsoleOIDCConfig) {
+		oidc := config.Defaulted(func(o *ConsoleOIDCConfig) {
 			o.Issuer, o.ClientID, o.ClientSecretFile = idp.srv.URL, idp.clientID, secretFile
 			o.RedirectURL, o.AllowedGroups = cfg.PublicURL+"/ui/auth/callback", []string{"valet-operators"}
 		})

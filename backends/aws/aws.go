@@ -31,15 +31,15 @@ import (
 	awssdk "github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/aws/arn"
 	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
-	"github.com/aws/aws-sdk-go-v2/config"
+	awsconfig "github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/iam"
 	"github.com/aws/aws-sdk-go-v2/service/sts"
 	ststypes "github.com/aws/aws-sdk-go-v2/service/sts/types"
 	"github.com/aws/smithy-go"
 
 	"github.com/valet-broker/valet/backends"
-	"github.com/valet-broker/valet/broker"
-	"github.com/valet-broker/valet/broker/clock"
+	"github.com/valet-broker/valet/leases/clock"
+	"github.com/valet-broker/valet/leases/config"
 )
 
 // Type is the backend type name in configuration.
@@ -77,7 +77,7 @@ type Options struct {
 	// (default: AWS_PROFILE, then "default").
 	Profile string `yaml:"profile"`
 	// Timeout bounds each request to AWS (default 10s; positive).
-	Timeout broker.Duration `yaml:"timeout"`
+	Timeout config.Duration `yaml:"timeout"`
 	// RevocationPolicy is the name of the inline policy valet manages on
 	// each role to deny revoked sessions (default valet-revoked-sessions).
 	RevocationPolicy string `yaml:"revocation_policy"`
@@ -87,7 +87,7 @@ type Options struct {
 // valet-revoked-sessions; New decodes the options on top, so only an absent
 // key takes its default.
 func (o *Options) SetDefaults() {
-	o.Timeout = broker.Duration(10 * time.Second)
+	o.Timeout = config.Duration(10 * time.Second)
 	o.RevocationPolicy = "valet-revoked-sessions"
 }
 
@@ -185,21 +185,21 @@ func New(name string, options map[string]any, deps backends.Deps) (backends.Back
 	if o.Endpoint != "" && !strings.HasPrefix(o.Endpoint, "https://") && !strings.HasPrefix(o.Endpoint, "http://") {
 		return nil, fmt.Errorf("backend %s: endpoint %q must be an http(s) URL", name, o.Endpoint)
 	}
-	loadOpts := []func(*config.LoadOptions) error{
-		config.WithHTTPClient(awshttp.NewBuildableClient().WithTimeout(o.Timeout.D())),
+	loadOpts := []func(*awsconfig.LoadOptions) error{
+		awsconfig.WithHTTPClient(awshttp.NewBuildableClient().WithTimeout(o.Timeout.D())),
 		// Fail fast: a mint answers 503 while AWS is unreachable, and the
 		// revocation queue does its own retrying with backoff.
-		config.WithRetryer(func() awssdk.Retryer { return awssdk.NopRetryer{} }),
+		awsconfig.WithRetryer(func() awssdk.Retryer { return awssdk.NopRetryer{} }),
 	}
 	if o.Region != "" {
-		loadOpts = append(loadOpts, config.WithRegion(o.Region))
+		loadOpts = append(loadOpts, awsconfig.WithRegion(o.Region))
 	}
 	if o.Profile != "" {
-		loadOpts = append(loadOpts, config.WithSharedConfigProfile(o.Profile))
+		loadOpts = append(loadOpts, awsconfig.WithSharedConfigProfile(o.Profile))
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	cfg, err := config.LoadDefaultConfig(ctx, loadOpts...)
+	cfg, err := awsconfig.LoadDefaultConfig(ctx, loadOpts...)
 	if err != nil {
 		return nil, fmt.Errorf("backend %s: load the AWS configuration: %w", name, err)
 	}
@@ -243,7 +243,7 @@ func decodeOptions(options map[string]any) (Options, error) {
 
 // decode strictly decodes options or params into v: unknown keys are
 // errors, absent keys keep v's values (its defaults).
-func decode(m map[string]any, v any) error { return broker.DecodeOptions(m, v) }
+func decode(m map[string]any, v any) error { return config.DecodeOptions(m, v) }
 
 // errorKind is what a failure the client is told about means to it.
 type errorKind int
@@ -261,13 +261,13 @@ const (
 // clientError is a failure whose message the client reads: the one place
 // the backend's error kinds become valet's error codes.
 func clientError(kind errorKind, format string, args ...any) error {
-	code := map[errorKind]string{kindInvalid: broker.EINVALID, kindForbidden: broker.EFORBIDDEN, kindBadResponse: broker.EBADGATEWAY}[kind]
-	return broker.Errorf(code, format, args...)
+	k := map[errorKind]error{kindInvalid: backends.ErrInvalid, kindForbidden: backends.ErrForbidden, kindBadResponse: backends.ErrBadResponse}[kind]
+	return backends.Errorf(k, format, args...)
 }
 
 // isClientError reports whether err is already a clientError.
 func isClientError(err error) bool {
-	var be *broker.Error
+	var be *backends.Error
 	return errors.As(err, &be)
 }
 

@@ -19,8 +19,7 @@ import (
 	"github.com/valet-broker/valet/backends"
 	valetaws "github.com/valet-broker/valet/backends/aws"
 	"github.com/valet-broker/valet/backends/aws/awstest"
-	"github.com/valet-broker/valet/broker"
-	"github.com/valet-broker/valet/broker/clock"
+	"github.com/valet-broker/valet/leases/clock"
 	"github.com/valet-broker/valet/leases"
 )
 
@@ -221,12 +220,12 @@ func TestRefusedMintNeedsNoRevocation(t *testing.T) {
 		name    string
 		attrs   map[string]string
 		setup   func(f *fixture)
-		code    string
+		kind    error
 		message string
 	}{
-		{"missing attribute", map[string]string{}, nil, broker.EFORBIDDEN, `needs the agent attribute "namespace"`},
-		{"wildcard in an attribute", map[string]string{"namespace": "*"}, nil, broker.EFORBIDDEN, `takes attribute "namespace" only as letters`},
-		{"STS refuses", map[string]string{"namespace": "a"}, func(f *fixture) { f.srv.Fail("AssumeRole", 403, "AccessDenied") }, broker.EBADGATEWAY, ""},
+		{"missing attribute", map[string]string{}, nil, backends.ErrForbidden, `needs the agent attribute "namespace"`},
+		{"wildcard in an attribute", map[string]string{"namespace": "*"}, nil, backends.ErrForbidden, `takes attribute "namespace" only as letters`},
+		{"STS refuses", map[string]string{"namespace": "a"}, func(f *fixture) { f.srv.Fail("AssumeRole", 403, "AccessDenied") }, backends.ErrBadResponse, ""},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -238,9 +237,8 @@ func TestRefusedMintNeedsNoRevocation(t *testing.T) {
 			now := f.clock.Now()
 			id := leases.NewID(now)
 			_, err := f.be.Mint(context.Background(), backends.MintRequest{CorrelationID: id, AgentID: "test/a", Role: r, Attributes: c.attrs, IssuedAt: now, ExpiresAt: now.Add(30 * time.Minute)})
-			var be *broker.Error
-			if err == nil || c.code != broker.EBADGATEWAY && (!errors.As(err, &be) || be.Code != c.code || !strings.Contains(be.Message, c.message)) {
-				t.Fatalf("Mint error %v; want %s saying %q", err, c.code, c.message)
+			if err == nil || c.kind != backends.ErrBadResponse && (!errors.Is(err, c.kind) || !strings.Contains(err.Error(), c.message)) {
+				t.Fatalf("Mint error %v; want %v saying %q", err, c.kind, c.message)
 			}
 			if err := f.be.Revoke(context.Background(), backends.Ref{CorrelationID: id, Role: "ro", ExpiresAt: now.Add(30 * time.Minute)}); err != nil {
 				t.Fatal(err)

@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/valet-broker/valet/backends"
-	"github.com/valet-broker/valet/broker"
+	"github.com/valet-broker/valet/leases/config"
 )
 
 // LedgerType is the type name of the ledger backend.
@@ -33,13 +33,13 @@ type Ledger struct {
 // LedgerOptions are the ledger's config keys.
 type LedgerOptions struct {
 	Dir   string          `yaml:"dir"`
-	Delay broker.Duration `yaml:"delay"`
+	Delay config.Duration `yaml:"delay"`
 }
 
 // NewLedger is the backends.Factory of the ledger.
 func NewLedger(name string, options map[string]any, deps backends.Deps) (backends.Backend, error) {
 	var o LedgerOptions
-	if err := broker.DecodeOptions(options, &o); err != nil {
+	if err := config.DecodeOptions(options, &o); err != nil {
 		return nil, fmt.Errorf("backend %s: %w", name, err)
 	}
 	if o.Dir == "" {

@@ -19,7 +19,7 @@ import (
 	"github.com/lestrrat-go/jwx/v2/jwt"
 
 	"github.com/valet-broker/valet/backends/kek"
-	"github.com/valet-broker/valet/broker/clock"
+	"github.com/valet-broker/valet/leases/clock"
 )
 
 // App JWT timing (GitHub: "iat ... 60 seconds in the past", "exp ... no more

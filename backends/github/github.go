@@ -39,8 +39,8 @@ import (
 
 	"github.com/valet-broker/valet/backends"
 	"github.com/valet-broker/valet/backends/kek"
-	"github.com/valet-broker/valet/broker"
-	"github.com/valet-broker/valet/broker/clock"
+	"github.com/valet-broker/valet/leases/clock"
+	"github.com/valet-broker/valet/leases/config"
 )
 
 // Type is the backend type name in configuration.
@@ -63,11 +63,11 @@ type Options struct {
 	// (default: the system's roots).
 	CAFile string `yaml:"ca_file"`
 	// Timeout bounds each request to GitHub (default 10s; positive).
-	Timeout broker.Duration `yaml:"timeout"`
+	Timeout config.Duration `yaml:"timeout"`
 	// InstallationCache is how long valet reuses what it read about an
 	// installation (its id for an owner, its permissions) before reading
 	// it again (default 1m; 0 reads it at every mint).
-	InstallationCache broker.Duration `yaml:"installation_cache"`
+	InstallationCache config.Duration `yaml:"installation_cache"`
 	// Apps valet can act as; roles name one in params.app.
 	Apps []AppOptions `yaml:"apps"`
 }
@@ -92,8 +92,8 @@ type AppOptions struct {
 // decodes the options on top of them, so only absent keys take a default.
 func (o *Options) SetDefaults() {
 	o.BaseURL = DefaultBaseURL
-	o.Timeout = broker.Duration(10 * time.Second)
-	o.InstallationCache = broker.Duration(time.Minute)
+	o.Timeout = config.Duration(10 * time.Second)
+	o.InstallationCache = config.Duration(time.Minute)
 }
 
 // Backend talks to one GitHub (or GitHub Enterprise Server).
@@ -305,7 +305,7 @@ func (b *Backend) sweep() {
 
 // decodeOptions decodes a backend's or role's options strictly (unknown
 // keys are errors). It is the backend's one use of the broker's decoder.
-func decodeOptions(m map[string]any, v any) error { return broker.DecodeOptions(m, v) }
+func decodeOptions(m map[string]any, v any) error { return config.DecodeOptions(m, v) }
 
 // newContext bounds a call that has no deadline of its own (start-up
 // checks) by the request timeout.

@@ -14,7 +14,6 @@ import (
 	gh "github.com/google/go-github/v93/github"
 
 	"github.com/valet-broker/valet/backends"
-	"github.com/valet-broker/valet/broker"
 )
 
 // installationInfo is what valet reads of an installation.
@@ -318,8 +317,8 @@ const (
 // refuse returns an error the client is shown, of kind k. It is the
 // backend's one use of the broker's error type.
 func refuse(k kind, format string, args ...any) error {
-	code := map[kind]string{kindInvalid: broker.EINVALID, kindForbidden: broker.EFORBIDDEN, kindBadGateway: broker.EBADGATEWAY}[k]
-	return broker.Errorf(code, format, args...)
+	e := map[kind]error{kindInvalid: backends.ErrInvalid, kindForbidden: backends.ErrForbidden, kindBadGateway: backends.ErrBadResponse}[k]
+	return backends.Errorf(e, format, args...)
 }
 
 // githubError classifies a failed call to GitHub (doing what): GitHub

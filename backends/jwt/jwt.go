@@ -26,8 +26,8 @@ import (
 	"time"
 
 	"github.com/valet-broker/valet/backends"
-	"github.com/valet-broker/valet/broker"
-	"github.com/valet-broker/valet/broker/clock"
+	"github.com/valet-broker/valet/leases/clock"
+	"github.com/valet-broker/valet/leases/config"
 )
 
 // Type is the backend type name in configuration.
@@ -41,14 +41,14 @@ type Options struct {
 	// it signed still verify (default 24h; must exceed the longest role
 	// max_ttl). It must be positive: with 0 a rotation would unpublish the
 	// key that signed every live token.
-	KeyRetention broker.Duration `yaml:"key_retention"`
+	KeyRetention config.Duration `yaml:"key_retention"`
 }
 
 // SetDefaults sets algorithm ES256 and key_retention 24h; New decodes the
 // options on top of them, so only absent keys take a default.
 func (o *Options) SetDefaults() {
 	o.Algorithm = "ES256"
-	o.KeyRetention = broker.Duration(24 * time.Hour)
+	o.KeyRetention = config.Duration(24 * time.Hour)
 }
 
 // RoleParams are a role's jwt-specific parameters.
@@ -96,7 +96,7 @@ func (b *Backend) SelfContained() {}
 func New(name string, options map[string]any, deps backends.Deps) (backends.Backend, error) {
 	var o Options
 	o.SetDefaults()
-	if err := broker.DecodeOptions(options, &o); err != nil {
+	if err := config.DecodeOptions(options, &o); err != nil {
 		return nil, fmt.Errorf("backend %s: %w", name, err)
 	}
 	if o.Algorithm != "ES256" && o.Algorithm != "EdDSA" {
@@ -149,7 +149,7 @@ func New(name string, options map[string]any, deps backends.Deps) (backends.Back
 // CheckRole validates a role's params.
 func (b *Backend) CheckRole(r backends.RoleSpec) error {
 	var p RoleParams
-	if err := broker.DecodeOptions(r.Params, &p); err != nil {
+	if err := config.DecodeOptions(r.Params, &p); err != nil {
 		return fmt.Errorf("params: %w", err)
 	}
 	for k := range p.Claims {
@@ -210,10 +210,10 @@ func narrow(req backends.MintRequest) (scopes, aud []string, err error) {
 		case "scopes", "audience":
 			list, ok := backends.ScopeStrings(v)
 			if !ok {
-				return nil, nil, broker.Errorf(broker.EINVALID, "scope.%s must be a list of strings", k)
+				return nil, nil, backends.Errorf(backends.ErrInvalid, "scope.%s must be a list of strings", k)
 			}
 			if k == "audience" && len(list) == 0 {
-				return nil, nil, broker.Errorf(broker.EINVALID, "scope.audience must name at least one of role %s's audiences %v", req.Role.Name, req.Role.Audience)
+				return nil, nil, backends.Errorf(backends.ErrInvalid, "scope.audience must name at least one of role %s's audiences %v", req.Role.Name, req.Role.Audience)
 			}
 			allowed := req.Role.Scopes
 			if k == "audience" {
@@ -221,7 +221,7 @@ func narrow(req backends.MintRequest) (scopes, aud []string, err error) {
 			}
 			for _, s := range list {
 				if !slices.Contains(allowed, s) {
-					return nil, nil, broker.Errorf(broker.EINVALID, "scope.%s: %q is not granted by role %s (allowed: %v)", k, s, req.Role.Name, allowed)
+					return nil, nil, backends.Errorf(backends.ErrInvalid, "scope.%s: %q is not granted by role %s (allowed: %v)", k, s, req.Role.Name, allowed)
 				}
 			}
 			if k == "scopes" {
@@ -230,7 +230,7 @@ func narrow(req backends.MintRequest) (scopes, aud []string, err error) {
 				aud = list
 			}
 		default:
-			return nil, nil, broker.Errorf(broker.EINVALID, "scope.%s is not understood by the jwt backend (use scopes or audience)", k)
+			return nil, nil, backends.Errorf(backends.ErrInvalid, "scope.%s is not understood by the jwt backend (use scopes or audience)", k)
 		}
 	}
 	return scopes, aud, nil

@@ -25,8 +25,7 @@ import (
 	gojwt "github.com/golang-jwt/jwt/v5"
 
 	"github.com/valet-broker/valet/backends"
-	"github.com/valet-broker/valet/broker"
-	"github.com/valet-broker/valet/broker/clock"
+	"github.com/valet-broker/valet/leases/clock"
 )
 
 const testIssuer = "https://valet.test"
@@ -300,8 +299,9 @@ func TestMintScopeNarrowing(t *testing.T) {
 			}
 			c, err := f.b.Mint(context.Background(), req)
 			if tt.wantErr {
-				if code := broker.ErrorCode(err); code != broker.EINVALID {
-					t.Fatalf("Mint error = %v (code %q), want %s", err, code, broker.EINVALID)
+				var be *backends.Error
+				if !errors.As(err, &be) || !errors.Is(err, backends.ErrInvalid) {
+					t.Fatalf("Mint error = %v, want a *backends.Error of kind ErrInvalid (EINVALID)", err)
 				}
 				return
 			}

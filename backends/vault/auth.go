@@ -13,6 +13,7 @@ import (
 	"github.com/hashicorp/vault/api"
 
 	"github.com/valet-broker/valet/backends"
+	"github.com/valet-broker/valet/leases/clock"
 )
 
 // AuthOptions say how valet logs in to Vault.
@@ -68,6 +69,7 @@ type authenticator struct {
 	client *api.Client
 	opts   AuthOptions
 	log    *slog.Logger
+	clock  clock.Clock // times the retries and the rate of request logins
 
 	mu          sync.Mutex
 	loggedIn    bool
@@ -80,8 +82,8 @@ type authenticator struct {
 	wg     sync.WaitGroup
 }
 
-func newAuthenticator(c *api.Client, o AuthOptions, log *slog.Logger) *authenticator {
-	return &authenticator{client: c, opts: o, log: log, stopCh: make(chan struct{}), kick: make(chan struct{}, 1)}
+func newAuthenticator(c *api.Client, o AuthOptions, log *slog.Logger, clk clock.Clock) *authenticator {
+	return &authenticator{client: c, opts: o, log: log, clock: clk, stopCh: make(chan struct{}), kick: make(chan struct{}, 1)}
 }
 
 // start logs in once and starts the renewal loop. A login that fails
@@ -119,9 +121,10 @@ func (a *authenticator) ready(ctx context.Context) error {
 	ok := a.loggedIn
 	// While Vault is down, requests fail fast instead of each trying a
 	// login: at most one attempt a second comes from here.
-	recent := time.Since(a.lastAttempt) < time.Second
+	now := a.clock.Now()
+	recent := now.Sub(a.lastAttempt) < time.Second
 	if !ok && !recent {
-		a.lastAttempt = time.Now()
+		a.lastAttempt = now
 	}
 	a.mu.Unlock()
 	if ok {
@@ -258,17 +261,23 @@ func (a *authenticator) loop() {
 			done, renewed = w.DoneCh(), w.RenewCh()
 		}
 		var retry <-chan time.Time
+		var timer clock.Timer
 		if !loggedIn {
-			retry = time.After(backoff)
+			timer = a.clock.NewTimer(backoff)
+			retry = timer.C()
 		}
 		select {
 		case <-a.stopCh:
+			stopTimer(timer)
 			return
 		case <-a.kick:
+			stopTimer(timer)
 			continue
 		case <-renewed:
+			stopTimer(timer)
 			continue
 		case err := <-done:
+			stopTimer(timer)
 			if err != nil {
 				a.log.Warn("Vault token renewal stopped; logging in again", "err", err)
 			}
@@ -287,5 +296,12 @@ func (a *authenticator) loop() {
 			continue
 		}
 		backoff = time.Second
+	}
+}
+
+// stopTimer stops t, if there is one.
+func stopTimer(t clock.Timer) {
+	if t != nil {
+		t.Stop()
 	}
 }

@@ -22,7 +22,7 @@ import (
 	"github.com/valet-broker/valet/backends"
 	"github.com/valet-broker/valet/backends/vault"
 	"github.com/valet-broker/valet/backends/vault/vaulttest"
-	"github.com/valet-broker/valet/broker/clock"
+	"github.com/valet-broker/valet/leases/clock"
 )
 
 // logRecords keeps the log records a backend writes.

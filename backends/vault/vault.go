@@ -33,8 +33,8 @@ import (
 	"github.com/hashicorp/vault/api"
 
 	"github.com/valet-broker/valet/backends"
-	"github.com/valet-broker/valet/broker"
-	"github.com/valet-broker/valet/broker/clock"
+	"github.com/valet-broker/valet/leases/clock"
+	"github.com/valet-broker/valet/leases/config"
 )
 
 // Type is the backend type name in configuration.
@@ -52,7 +52,7 @@ type Options struct {
 	ClientKeyFile  string `yaml:"client_key_file"`
 	TLSServerName  string `yaml:"tls_server_name"`
 	// Timeout bounds each request to Vault (default 10s; positive).
-	Timeout broker.Duration `yaml:"timeout"`
+	Timeout config.Duration `yaml:"timeout"`
 	// Auth is how valet itself logs in to Vault.
 	Auth AuthOptions `yaml:"auth"`
 	// RecoveryScan lets recovery list token accessors to find tokens of
@@ -66,7 +66,7 @@ type Options struct {
 // only an absent key takes the default. RecoveryScan stays nil, which means
 // true.
 func (o *Options) SetDefaults() {
-	o.Timeout = broker.Duration(10 * time.Second)
+	o.Timeout = config.Duration(10 * time.Second)
 }
 
 // RoleParams are a role's vault-specific parameters.
@@ -128,7 +128,7 @@ func (b *Backend) RevokeAtExpiry() {}
 func New(name string, options map[string]any, deps backends.Deps) (backends.Backend, error) {
 	var o Options
 	o.SetDefaults()
-	if err := broker.DecodeOptions(options, &o); err != nil {
+	if err := config.DecodeOptions(options, &o); err != nil {
 		return nil, fmt.Errorf("backend %s: %w", name, err)
 	}
 	if o.Address == "" {
@@ -182,7 +182,7 @@ func New(name string, options map[string]any, deps backends.Deps) (backends.Back
 	}
 	b := &Backend{name: name, opts: o, client: client, clock: deps.Clock, log: deps.Logger.With("backend", name)}
 	b.life, b.endLife = context.WithCancel(context.Background())
-	b.auth = newAuthenticator(client, o.Auth, b.log)
+	b.auth = newAuthenticator(client, o.Auth, b.log, deps.Clock)
 	if err := b.auth.start(); err != nil {
 		return nil, fmt.Errorf("backend %s: %w", name, err)
 	}
@@ -199,7 +199,7 @@ func (b *Backend) Close() error {
 // CheckRole validates a role's params at start-up.
 func (b *Backend) CheckRole(r backends.RoleSpec) error {
 	var p RoleParams
-	if err := broker.DecodeOptions(r.Params, &p); err != nil {
+	if err := config.DecodeOptions(r.Params, &p); err != nil {
 		return fmt.Errorf("params: %w", err)
 	}
 	if p.TokenRole == "" {
@@ -300,13 +300,13 @@ func expandPolicy(tmpl string, attrs map[string]string, agent, role string, chec
 		return v
 	})
 	if missing != "" {
-		return "", broker.Errorf(broker.EFORBIDDEN, "the role's Vault policy %q needs the agent attribute %q, which this agent's attestation does not carry", tmpl, missing)
+		return "", backends.Errorf(backends.ErrForbidden, "the role's Vault policy %q needs the agent attribute %q, which this agent's attestation does not carry", tmpl, missing)
 	}
 	if !policyPattern.MatchString(out) {
 		if check {
 			return "", fmt.Errorf("%q does not make a valid policy name", tmpl)
 		}
-		return "", broker.Errorf(broker.EFORBIDDEN, "the role's Vault policy %q expands to %q for this agent, which is not a valid policy name", tmpl, out)
+		return "", backends.Errorf(backends.ErrForbidden, "the role's Vault policy %q expands to %q for this agent, which is not a valid policy name", tmpl, out)
 	}
 	return out, nil
 }
@@ -347,7 +347,7 @@ func (b *Backend) Mint(ctx context.Context, req backends.MintRequest) (*backends
 		return nil, err
 	}
 	if len(req.Scope) > 0 {
-		return nil, broker.Errorf(broker.EINVALID, "the vault backend does not narrow credentials by scope")
+		return nil, backends.Errorf(backends.ErrInvalid, "the vault backend does not narrow credentials by scope")
 	}
 	tok, err := b.createToken(ctx, p, req)
 	if err != nil {
@@ -396,7 +396,7 @@ func (b *Backend) createToken(ctx context.Context, p *RoleParams, req backends.M
 	sent := b.clock.Now()
 	ttl := secondsUntil(sent, req.ExpiresAt)
 	if ttl < 1 {
-		return nil, broker.Errorf(broker.EINVALID, "the lease is too short for a Vault token (at least 2s)")
+		return nil, backends.Errorf(backends.ErrInvalid, "the lease is too short for a Vault token (at least 2s)")
 	}
 	maxTTL := ttl
 	renewable := false
@@ -437,7 +437,7 @@ func (b *Backend) createToken(ctx context.Context, p *RoleParams, req backends.M
 		// A token without a TTL (root-like token role) or longer than asked
 		// would break invariant 2: take it back.
 		b.revokeAccessor(context.WithoutCancel(ctx), t.accessor)
-		return nil, broker.Errorf(broker.EBADGATEWAY, "Vault token role %s issued a token with TTL %ds, not the %ds asked for; check its token_ttl / token_period settings", p.TokenRole, sec.Auth.LeaseDuration, ttl)
+		return nil, backends.Errorf(backends.ErrBadResponse, "Vault token role %s issued a token with TTL %ds, not the %ds asked for; check its token_ttl / token_period settings", p.TokenRole, sec.Auth.LeaseDuration, ttl)
 	}
 	return t, nil
 }
@@ -472,7 +472,7 @@ func (b *Backend) readSecret(ctx context.Context, p *RoleParams, req backends.Mi
 		return fail(b.vaultError(err, "read "+p.Path))
 	}
 	if sec == nil || sec.LeaseID == "" || sec.LeaseDuration <= 0 {
-		return fail(broker.Errorf(broker.EBADGATEWAY, "Vault path %s did not return a leased secret; only dynamic secrets (with a lease) can be valet credentials", p.Path))
+		return fail(backends.Errorf(backends.ErrBadResponse, "Vault path %s did not return a leased secret; only dynamic secrets (with a lease) can be valet credentials", p.Path))
 	}
 	// A Vault TTL equal to the lease's is accepted: Vault counts it from a
 	// moment after valet sent the request, and the child token (whose TTL
@@ -482,7 +482,7 @@ func (b *Backend) readSecret(ctx context.Context, p *RoleParams, req backends.Mi
 		// Invariant 2: the secret (and, for PostgreSQL, its VALID UNTIL)
 		// would outlive the lease.
 		b.revokeLease(context.WithoutCancel(ctx), sec.LeaseID)
-		return fail(broker.Errorf(broker.EBADGATEWAY,
+		return fail(backends.Errorf(backends.ErrBadResponse,
 			"Vault issues secrets at %s with a TTL of %ds, longer than this lease's %ds; lower the Vault role's default_ttl to at most %ds (valet role %s) — what Vault issued was revoked",
 			p.Path, sec.LeaseDuration, allowed, allowed, req.Role.Name))
 	}
@@ -556,7 +556,7 @@ func (b *Backend) Renew(ctx context.Context, ref backends.Ref, req backends.Mint
 	}
 	inc := secondsUntil(sent, until)
 	if inc < 1 {
-		return nil, broker.Errorf(broker.ECONFLICT, "too little time left to renew")
+		return nil, backends.Errorf(backends.ErrConflict, "too little time left to renew")
 	}
 	accessor := ref.Handle
 	if ref.Details[detailKind] == "secret" {
@@ -602,7 +602,7 @@ func (b *Backend) write(ctx context.Context, path string, data map[string]any) (
 // rate limited is backends.ErrUnavailable (503 to the client); anything
 // else is a backend error whose details go to the log.
 func (b *Backend) vaultError(err error, what string) error {
-	var be *broker.Error
+	var be *backends.Error
 	if errors.As(err, &be) {
 		return err
 	}

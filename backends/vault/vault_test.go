@@ -21,9 +21,8 @@ import (
 	"github.com/valet-broker/valet/backends"
 	"github.com/valet-broker/valet/backends/vault"
 	"github.com/valet-broker/valet/backends/vault/vaulttest"
-	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/broker/attest"
-	"github.com/valet-broker/valet/broker/clock"
+	"github.com/valet-broker/valet/leases/clock"
 )
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -186,8 +185,9 @@ func TestVaultTokenPolicyTemplates(t *testing.T) {
 	for name, attrs := range cases {
 		t.Run(name, func(t *testing.T) {
 			_, err := b.Mint(context.Background(), mintReq("L3-"+name, "team", time.Minute, attrs))
-			if broker.ErrorCode(err) != broker.EFORBIDDEN {
-				t.Fatalf("error %v, want forbidden", err)
+			var be *backends.Error
+			if !errors.As(err, &be) || !errors.Is(err, backends.ErrForbidden) {
+				t.Fatalf("error %v, want a *backends.Error of kind ErrForbidden (EFORBIDDEN)", err)
 			}
 		})
 	}
@@ -385,7 +385,8 @@ func TestVaultRoleTTLLongerThanLeaseIsRefused(t *testing.T) {
 		"db": {"token_role": "valet-agents", "policies": []any{"db-long"}, "path": "database/creds/long"},
 	}, nil)
 	_, err := b.Mint(context.Background(), mintReq("D3", "db", time.Minute, nil))
-	if broker.ErrorCode(err) != broker.EBADGATEWAY || !strings.Contains(broker.ErrorMessage(err), "lower the Vault role's default_ttl to at most") {
+	var be *backends.Error
+	if !errors.As(err, &be) || !errors.Is(err, backends.ErrBadResponse) || !strings.Contains(be.Message, "lower the Vault role's default_ttl to at most") {
 		t.Fatalf("error %v, want a refusal naming the Vault role's TTL", err)
 	}
 	// Nothing is left behind: no database user, no Vault lease.

@@ -7,7 +7,7 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/valet-broker/valet/broker"
-	"github.com/valet-broker/valet/broker/audit"
+	"github.com/valet-broker/valet/leases/audit"
 )
 
 func (s *Server) registerAuditRoutes(r chi.Router) {
@@ -27,7 +27,7 @@ func (s *Server) handleAuditList(w http.ResponseWriter, r *http.Request) {
 		s.Error(w, r, err)
 		return
 	}
-	recs, err := audit.List(s.auditDB, f)
+	recs, err := s.audit.ListAudit(r.Context(), f)
 	if err != nil {
 		s.Error(w, r, broker.Wrap(broker.EINTERNAL, err, "read audit log"))
 		return
@@ -78,7 +78,7 @@ func auditFilter(r *http.Request) (audit.Filter, error) {
 // handleAuditVerify walks the whole chain. A broken chain is reported in
 // the body (ok: false) with status 200: the request itself succeeded.
 func (s *Server) handleAuditVerify(w http.ResponseWriter, r *http.Request) {
-	res, err := audit.Verify(s.auditDB)
+	res, err := s.audit.VerifyAudit(r.Context())
 	if err != nil {
 		s.Error(w, r, broker.Wrap(broker.EINTERNAL, err, "verify audit log"))
 		return

@@ -10,6 +10,7 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/valet-broker/valet/broker"
+	"github.com/valet-broker/valet/leases/config"
 )
 
 func (s *Server) registerCredentialRoutes(r chi.Router) {
@@ -19,7 +20,7 @@ func (s *Server) registerCredentialRoutes(r chi.Router) {
 // credentialRequest is the body of POST /v1/credentials.
 type credentialRequest struct {
 	Role       string           `json:"role"`
-	TTL        *broker.Duration `json:"ttl,omitempty"`
+	TTL        *config.Duration `json:"ttl,omitempty"`
 	Reason     string           `json:"reason,omitempty"`
 	Scope      map[string]any   `json:"scope,omitempty"`
 	BreakGlass bool             `json:"break_glass,omitempty"`

@@ -15,6 +15,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/valet-broker/valet/broker"
+	"github.com/valet-broker/valet/leases/config"
 )
 
 // fuzzBodyLimit stands in for limits.max_body_bytes.
@@ -86,7 +87,7 @@ func FuzzDecodeCredentialRequest(f *testing.F) {
 		if verr := req.Validate(); verr != nil {
 			t.Fatalf("accepted a request that does not validate: %v", verr)
 		}
-		if req.TTL != nil && (req.TTL.D() < time.Second || req.TTL.D() > broker.MaxDuration) {
+		if req.TTL != nil && (req.TTL.D() < time.Second || req.TTL.D() > config.MaxDuration) {
 			t.Fatalf("accepted ttl %v", req.TTL.D())
 		}
 		for _, c := range req.Reason {

@@ -8,6 +8,7 @@ import (
 
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/broker/grants"
+	"github.com/valet-broker/valet/leases/config"
 )
 
 func (s *Server) registerGrantRoutes(r chi.Router) {
@@ -83,7 +84,7 @@ func (s *Server) handleGrantGet(w http.ResponseWriter, r *http.Request) {
 	}
 	var wait time.Duration
 	if v := q["wait"]; v != "" {
-		d, err := broker.ParseDuration(v)
+		d, err := config.ParseDuration(v)
 		if err != nil || d > maxWait {
 			s.Error(w, r, broker.Errorf(broker.EINVALID, "wait must be a duration of at most %s, such as 30s", maxWait))
 			return

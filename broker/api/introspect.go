@@ -8,7 +8,7 @@ import (
 	"strings"
 
 	"github.com/valet-broker/valet/broker"
-	"github.com/valet-broker/valet/broker/audit"
+	"github.com/valet-broker/valet/leases/audit"
 )
 
 // handleIntrospect answers RFC 7662 token introspection for an

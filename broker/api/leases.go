@@ -8,6 +8,7 @@ import (
 
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/leases"
+	"github.com/valet-broker/valet/leases/config"
 )
 
 func (s *Server) registerLeaseRoutes(r chi.Router) {
@@ -95,7 +96,7 @@ func (s *Server) handleLeaseGet(w http.ResponseWriter, r *http.Request) {
 
 // renewRequest is the optional body of POST /v1/leases/{id}/renew.
 type renewRequest struct {
-	TTL *broker.Duration `json:"ttl,omitempty"`
+	TTL *config.Duration `json:"ttl,omitempty"`
 }
 
 func (r *renewRequest) Validate() error {

@@ -83,7 +83,7 @@ func NewMetrics(reg *prometheus.Registry, known KnownLabels) *Metrics {
 		outcomes[code] = true
 	}
 	events := newLabelSet()
-	for ev := range broker.NotificationEvents {
+	for ev := range notify.Events {
 		events[ev] = true
 	}
 	m := &Metrics{

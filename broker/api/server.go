@@ -17,11 +17,10 @@ import (
 	"github.com/go-chi/chi/v5"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"go.etcd.io/bbolt"
 
 	"github.com/valet-broker/valet/broker"
-	"github.com/valet-broker/valet/broker/audit"
 	"github.com/valet-broker/valet/broker/clientip"
+	"github.com/valet-broker/valet/leases/audit"
 )
 
 // Config are the Server's dependencies.
@@ -31,9 +30,9 @@ type Config struct {
 	// ResourceServers authenticates introspection clients; nil means none
 	// are configured and every introspection call is refused.
 	ResourceServers *broker.ResourceServers
-	// AuditDB is the database holding the audit log (read-only use).
-	AuditDB *bbolt.DB
-	Limits  broker.LimitsConfig
+	// Audit reads the audit log.
+	Audit  audit.Reader
+	Limits broker.LimitsConfig
 	// PublicURL is valet's external URL (iss of its tokens).
 	PublicURL string
 	Metrics   *Metrics
@@ -55,7 +54,7 @@ type Server struct {
 	b       *broker.Broker
 	ops     *broker.Operators
 	rs      *broker.ResourceServers
-	auditDB *bbolt.DB
+	audit   audit.Reader
 	limits  broker.LimitsConfig
 	public  string
 	metrics *Metrics
@@ -84,7 +83,7 @@ func New(cfg Config) *Server {
 		cfg.ResourceServers = broker.NewResourceServers(broker.IntrospectionConfig{}, nil, time.Now)
 	}
 	s := &Server{
-		b: cfg.Broker, ops: cfg.Operators, rs: cfg.ResourceServers, auditDB: cfg.AuditDB, limits: cfg.Limits, public: cfg.PublicURL,
+		b: cfg.Broker, ops: cfg.Operators, rs: cfg.ResourceServers, audit: cfg.Audit, limits: cfg.Limits, public: cfg.PublicURL,
 		metrics: cfg.Metrics, log: cfg.Logger, ready: cfg.Ready, nstats: cfg.NotificationStats, addr: cfg.ClientIP,
 	}
 	r := chi.NewRouter()

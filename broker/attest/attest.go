@@ -32,15 +32,15 @@ import (
 	"github.com/lestrrat-go/jwx/v2/jws"
 
 	"github.com/valet-broker/valet/broker"
-	"github.com/valet-broker/valet/broker/clock"
+	"github.com/valet-broker/valet/leases/clock"
 )
 
 // Options configures a Verifier.
 type Options struct {
-	// Issuers are the trusted issuers, as validated by broker.Config. Their
+	// Issuers are the trusted issuers, as validated by ValidateIssuers. Their
 	// settings are used as given: clock_skew 0 tolerates no skew and
 	// max_token_age 0 sets no age limit.
-	Issuers []broker.IssuerConfig
+	Issuers []IssuerConfig
 	// MaxTokenBytes is checked before any parsing (limits.max_attestation_bytes;
 	// positive).
 	MaxTokenBytes int
@@ -85,7 +85,7 @@ var _ broker.Verifier = (*Verifier)(nil)
 // prepared once: the allowed algorithms with their jwx verifiers, and the
 // source of its keys.
 type trustedIssuer struct {
-	cfg      broker.IssuerConfig
+	cfg      IssuerConfig
 	algs     map[string]jws.Verifier
 	skew     time.Duration
 	maxAge   time.Duration
@@ -154,7 +154,7 @@ func New(_ context.Context, opts Options) (*Verifier, error) {
 				return nil, fmt.Errorf("attest: issuer %s: iss %q is trusted twice", ti.cfg.Name, ti.cfg.Issuer)
 			}
 			v.byIss[ti.cfg.Issuer] = ti
-		case ti.cfg.Type == broker.IssuerSPIFFE && ti.cfg.TrustDomain != "":
+		case ti.cfg.Type == IssuerSPIFFE && ti.cfg.TrustDomain != "":
 			if _, dup := v.byTrustDomain[ti.cfg.TrustDomain]; dup {
 				return nil, fmt.Errorf("attest: issuer %s: trust domain %q is trusted twice without iss", ti.cfg.Name, ti.cfg.TrustDomain)
 			}
@@ -166,7 +166,7 @@ func New(_ context.Context, opts Options) (*Verifier, error) {
 	return v, nil
 }
 
-func (v *Verifier) newIssuer(cfg broker.IssuerConfig, client *http.Client) (*trustedIssuer, error) {
+func (v *Verifier) newIssuer(cfg IssuerConfig, client *http.Client) (*trustedIssuer, error) {
 	if cfg.Name == "" {
 		return nil, errors.New("name must be set")
 	}

@@ -13,7 +13,7 @@ import (
 
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/broker/attest"
-	"github.com/valet-broker/valet/broker/clock"
+	"github.com/valet-broker/valet/leases/clock"
 )
 
 // benchToken is a Kubernetes-like ES256 attestation and a verifier that
@@ -22,14 +22,14 @@ func benchToken(b *testing.B) (*attest.Verifier, string) {
 	b.Helper()
 	clk := clock.NewFake(start)
 	d := newDev(b, "https://kubernetes.default.svc", clk)
-	cfg := issuerConfig(b, func(ic *broker.IssuerConfig) {
+	cfg := issuerConfig(b, func(ic *attest.IssuerConfig) {
 		ic.Name = "k8s"
-		ic.Type = broker.IssuerKubernetes
+		ic.Type = attest.IssuerKubernetes
 		ic.Issuer = d.Issuer()
 		ic.JWKSFile = writeJWKS(b, d)
 		ic.ClaimMappings = map[string]string{"team": "kubernetes.io.pod.name"}
 	})
-	v := newVerifier(b, attest.Options{MaxTokenBytes: broker.DefaultMaxAttestationBytes, Issuers: []broker.IssuerConfig{cfg}, Clock: clk})
+	v := newVerifier(b, attest.Options{MaxTokenBytes: broker.DefaultMaxAttestationBytes, Issuers: []attest.IssuerConfig{cfg}, Clock: clk})
 	tok := sign(b, d, map[string]any{
 		"sub": "system:serviceaccount:agents:builder",
 		"aud": []string{"valet"},

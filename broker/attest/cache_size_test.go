@@ -8,7 +8,8 @@ import (
 	"time"
 
 	"github.com/valet-broker/valet/broker"
-	"github.com/valet-broker/valet/broker/clock"
+	"github.com/valet-broker/valet/leases/clock"
+	"github.com/valet-broker/valet/leases/config"
 )
 
 // TestCacheSizeIsTakenAsGiven: limits.attestation_cache 0 turns the cache
@@ -33,10 +34,10 @@ func TestCacheSizeIsTakenAsGiven(t *testing.T) {
 			if err := dev.WriteJWKS(jwks); err != nil {
 				t.Fatal(err)
 			}
-			ic := broker.Defaulted(func(ic *broker.IssuerConfig) {
+			ic := config.Defaulted(func(ic *IssuerConfig) {
 				ic.Name, ic.Issuer, ic.Audiences, ic.JWKSFile = "oidc", dev.Issuer(), []string{"valet"}, jwks
 			})
-			v, err := New(context.Background(), Options{Issuers: []broker.IssuerConfig{ic}, MaxTokenBytes: broker.DefaultMaxAttestationBytes, Clock: clk, CacheSize: tc.size})
+			v, err := New(context.Background(), Options{Issuers: []IssuerConfig{ic}, MaxTokenBytes: broker.DefaultMaxAttestationBytes, Clock: clk, CacheSize: tc.size})
 			if err != nil {
 				t.Fatal(err)
 			}

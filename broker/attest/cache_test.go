@@ -2,37 +2,26 @@ package attest_test
 
 import (
 	"context"
-	"path/filepath"
 	"testing"
 	"time"
 
-	"go.etcd.io/bbolt"
-
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/broker/attest"
-	"github.com/valet-broker/valet/broker/clock"
+	"github.com/valet-broker/valet/leases/clock"
+	"github.com/valet-broker/valet/leases/config"
 )
 
-func newCachedEnv(t testing.TB, mod func(*broker.IssuerConfig)) *env {
+func newCachedEnv(t testing.TB, mod func(*attest.IssuerConfig)) *env {
 	t.Helper()
 	clk := clock.NewFake(start)
 	dev := newDev(t, testIss, clk)
-	cfg := issuerConfig(t, func(ic *broker.IssuerConfig) { ic.Name, ic.Issuer, ic.JWKSFile = "oidc", testIss, writeJWKS(t, dev) })
+	cfg := issuerConfig(t, func(ic *attest.IssuerConfig) { ic.Name, ic.Issuer, ic.JWKSFile = "oidc", testIss, writeJWKS(t, dev) })
 	if mod != nil {
 		mod(&cfg)
 	}
-	opts := attest.Options{MaxTokenBytes: broker.DefaultMaxAttestationBytes, Issuers: []broker.IssuerConfig{cfg}, Clock: clk, CacheSize: 16}
+	opts := attest.Options{MaxTokenBytes: broker.DefaultMaxAttestationBytes, Issuers: []attest.IssuerConfig{cfg}, Clock: clk, CacheSize: 16}
 	if cfg.RequireJTI {
-		db, err := bbolt.Open(filepath.Join(t.TempDir(), "r.db"), 0o600, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { db.Close() })
-		rc, err := attest.NewBoltReplayCache(db, clk)
-		if err != nil {
-			t.Fatal(err)
-		}
-		opts.Replay = rc
+		opts.Replay = newReplayCache(t, clk)
 	}
 	return &env{clk: clk, dev: dev, cfg: cfg, v: newVerifier(t, opts)}
 }
@@ -51,7 +40,7 @@ func TestCachedTokenStillExpires(t *testing.T) {
 }
 
 func TestCachedTokenStillTooOld(t *testing.T) {
-	e := newCachedEnv(t, func(ic *broker.IssuerConfig) { ic.MaxTokenAge = broker.Duration(time.Minute) })
+	e := newCachedEnv(t, func(ic *attest.IssuerConfig) { ic.MaxTokenAge = config.Duration(time.Minute) })
 	tok := sign(t, e.dev, claims(map[string]any{"exp": start.Add(time.Hour).Unix()}))
 	if _, err := e.v.Verify(context.Background(), tok); err != nil {
 		t.Fatal(err)
@@ -62,7 +51,7 @@ func TestCachedTokenStillTooOld(t *testing.T) {
 }
 
 func TestCacheNeverServesSingleUseTokens(t *testing.T) {
-	e := newCachedEnv(t, func(ic *broker.IssuerConfig) { ic.RequireJTI = true })
+	e := newCachedEnv(t, func(ic *attest.IssuerConfig) { ic.RequireJTI = true })
 	tok := sign(t, e.dev, claims(map[string]any{"jti": "once"}))
 	if _, err := e.v.Verify(context.Background(), tok); err != nil {
 		t.Fatal(err)
@@ -75,8 +64,8 @@ func TestCachedTokenDroppedWhenItsKeyIsRotatedOut(t *testing.T) {
 	clk := clock.NewFake(start)
 	old := newDev(t, testIss, clk)
 	ks := newKeyServer(t, mustPublicJWKS(t, old))
-	cfg := issuerConfig(t, func(ic *broker.IssuerConfig) { ic.Name, ic.Issuer, ic.JWKSURL = "remote", testIss, ks.url("/jwks") })
-	v := newVerifier(t, attest.Options{MaxTokenBytes: broker.DefaultMaxAttestationBytes, Issuers: []broker.IssuerConfig{cfg}, Clock: clk, CacheSize: 16})
+	cfg := issuerConfig(t, func(ic *attest.IssuerConfig) { ic.Name, ic.Issuer, ic.JWKSURL = "remote", testIss, ks.url("/jwks") })
+	v := newVerifier(t, attest.Options{MaxTokenBytes: broker.DefaultMaxAttestationBytes, Issuers: []attest.IssuerConfig{cfg}, Clock: clk, CacheSize: 16})
 	oldTok := sign(t, old, claims(map[string]any{"exp": start.Add(time.Hour).Unix()}))
 	if _, err := v.Verify(context.Background(), oldTok); err != nil {
 		t.Fatal(err)

@@ -15,7 +15,7 @@ import (
 
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/broker/attest"
-	"github.com/valet-broker/valet/broker/clock"
+	"github.com/valet-broker/valet/leases/clock"
 )
 
 func TestLoadOrCreateDevIssuer(t *testing.T) {
@@ -58,13 +58,13 @@ func TestLoadOrCreateDevIssuer(t *testing.T) {
 		t.Fatalf("kid changed across loads: %q then %q", d1.KeyID(), d2.KeyID())
 	}
 	clk := clock.NewFake(time.Now())
-	cfg := issuerConfig(t, func(ic *broker.IssuerConfig) {
+	cfg := issuerConfig(t, func(ic *attest.IssuerConfig) {
 		ic.Name = "dev"
 		ic.Issuer = d2.Issuer()
 		ic.JWKSFile = d2.JWKSPath()
 		ic.Algorithms = []string{"ES256"}
 	})
-	v := newVerifier(t, attest.Options{MaxTokenBytes: broker.DefaultMaxAttestationBytes, Issuers: []broker.IssuerConfig{cfg}, Clock: clk})
+	v := newVerifier(t, attest.Options{MaxTokenBytes: broker.DefaultMaxAttestationBytes, Issuers: []attest.IssuerConfig{cfg}, Clock: clk})
 	tok, err := d1.Sign(map[string]any{"sub": "demo-agent", "aud": testAud})
 	if err != nil {
 		t.Fatal(err)

@@ -12,7 +12,7 @@ import (
 
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/broker/attest"
-	"github.com/valet-broker/valet/broker/clock"
+	"github.com/valet-broker/valet/leases/clock"
 )
 
 // Fixed test-only keys, so that every fuzzing process (the coordinator and
@@ -45,27 +45,27 @@ func FuzzVerify(f *testing.F) {
 	clk := clock.NewFake(start)
 	a := fixedDev(f, fuzzKeyA, testIss, clk)
 	k8s := fixedDev(f, fuzzKeyA, "https://kubernetes.default.svc", clk)
-	gha := fixedDev(f, fuzzKeyB, broker.GitHubActionsIssuer, clk)
+	gha := fixedDev(f, fuzzKeyB, attest.GitHubActionsIssuer, clk)
 	spire := fixedDev(f, fuzzKeyB, "", clk)
-	v := newVerifier(f, attest.Options{MaxTokenBytes: broker.DefaultMaxAttestationBytes, Clock: clk, Issuers: []broker.IssuerConfig{
-		issuerConfig(f, func(ic *broker.IssuerConfig) {
+	v := newVerifier(f, attest.Options{MaxTokenBytes: broker.DefaultMaxAttestationBytes, Clock: clk, Issuers: []attest.IssuerConfig{
+		issuerConfig(f, func(ic *attest.IssuerConfig) {
 			ic.Name = "oidc"
 			ic.Issuer = a.Issuer()
 			ic.JWKSFile = a.JWKSPath()
 			ic.ClaimMappings = map[string]string{"team": "ext.team", "n": "ext.n"}
 		}),
-		issuerConfig(f, func(ic *broker.IssuerConfig) {
+		issuerConfig(f, func(ic *attest.IssuerConfig) {
 			ic.Name = "k8s"
-			ic.Type = broker.IssuerKubernetes
+			ic.Type = attest.IssuerKubernetes
 			ic.Issuer = k8s.Issuer()
 			ic.JWKSFile = k8s.JWKSPath()
 		}),
-		issuerConfig(f, func(ic *broker.IssuerConfig) {
-			ic.Name, ic.Type, ic.Issuer, ic.JWKSFile = "gha", broker.IssuerGitHub, broker.GitHubActionsIssuer, gha.JWKSPath()
+		issuerConfig(f, func(ic *attest.IssuerConfig) {
+			ic.Name, ic.Type, ic.Issuer, ic.JWKSFile = "gha", attest.IssuerGitHub, attest.GitHubActionsIssuer, gha.JWKSPath()
 		}),
-		issuerConfig(f, func(ic *broker.IssuerConfig) {
+		issuerConfig(f, func(ic *attest.IssuerConfig) {
 			ic.Name = "spire"
-			ic.Type = broker.IssuerSPIFFE
+			ic.Type = attest.IssuerSPIFFE
 			ic.TrustDomain = "example.org"
 			ic.JWKSFile = spire.JWKSPath()
 		}),
@@ -198,28 +198,28 @@ func FuzzVerifyClaims(f *testing.F) {
 	a := fixedDev(f, fuzzKeyA, testIss, clk)
 	k8s := fixedDev(f, fuzzKeyA, "https://kubernetes.default.svc", clk)
 	spire := fixedDev(f, fuzzKeyA, "", clk)
-	cfgs := []broker.IssuerConfig{
-		issuerConfig(f, func(ic *broker.IssuerConfig) {
+	cfgs := []attest.IssuerConfig{
+		issuerConfig(f, func(ic *attest.IssuerConfig) {
 			ic.Name = "oidc"
 			ic.Issuer = a.Issuer()
 			ic.JWKSFile = a.JWKSPath()
 			ic.ClaimMappings = map[string]string{"team": "ext.team", "n": "ext.n", "k": "kubernetes.io.namespace"}
 		}),
-		issuerConfig(f, func(ic *broker.IssuerConfig) {
+		issuerConfig(f, func(ic *attest.IssuerConfig) {
 			ic.Name = "k8s"
-			ic.Type = broker.IssuerKubernetes
+			ic.Type = attest.IssuerKubernetes
 			ic.Issuer = k8s.Issuer()
 			ic.JWKSFile = k8s.JWKSPath()
 		}),
-		issuerConfig(f, func(ic *broker.IssuerConfig) {
+		issuerConfig(f, func(ic *attest.IssuerConfig) {
 			ic.Name = "gha"
-			ic.Type = broker.IssuerGitHub
-			ic.Issuer = broker.GitHubActionsIssuer
+			ic.Type = attest.IssuerGitHub
+			ic.Issuer = attest.GitHubActionsIssuer
 			ic.JWKSFile = a.JWKSPath()
 		}),
-		issuerConfig(f, func(ic *broker.IssuerConfig) {
+		issuerConfig(f, func(ic *attest.IssuerConfig) {
 			ic.Name = "spire"
-			ic.Type = broker.IssuerSPIFFE
+			ic.Type = attest.IssuerSPIFFE
 			ic.TrustDomain = "example.org"
 			ic.JWKSFile = spire.JWKSPath()
 		}),
@@ -232,7 +232,7 @@ func FuzzVerifyClaims(f *testing.F) {
 		claims(map[string]any{"iss": testIss, "exp": start.Unix() + 60, "iat": start.Unix(), "ext": map[string]any{"team": "x", "n": 1.5}}),
 		claims(map[string]any{"iss": k8s.Issuer(), "exp": start.Unix() + 60, "iat": start.Unix(), "sub": "system:serviceaccount:a:b",
 			"kubernetes.io": map[string]any{"namespace": "a", "pod": map[string]any{"uid": "p"}}}),
-		claims(map[string]any{"iss": broker.GitHubActionsIssuer, "exp": start.Unix() + 60, "iat": start.Unix(), "run_id": 5, "repository": "o/r"}),
+		claims(map[string]any{"iss": attest.GitHubActionsIssuer, "exp": start.Unix() + 60, "iat": start.Unix(), "run_id": 5, "repository": "o/r"}),
 		claims(map[string]any{"exp": start.Unix() + 60, "iat": start.Unix(), "sub": "spiffe://example.org/w"}),
 	} {
 		f.Add(hdr, mustJSON(f, p))
@@ -255,7 +255,7 @@ func FuzzVerifyClaims(f *testing.F) {
 			}
 			return
 		}
-		var cfg *broker.IssuerConfig
+		var cfg *attest.IssuerConfig
 		for i := range cfgs {
 			if cfgs[i].Name == p.Issuer {
 				cfg = &cfgs[i]
@@ -274,7 +274,7 @@ func FuzzVerifyClaims(f *testing.F) {
 			t.Fatalf("accepted iat %s", p.IssuedAt)
 		case p.Claims == nil || p.Attributes == nil:
 			t.Fatalf("nil claims or attributes")
-		case cfg.Type == broker.IssuerSPIFFE && p.Lineage.SPIFFEID != p.Subject:
+		case cfg.Type == attest.IssuerSPIFFE && p.Lineage.SPIFFEID != p.Subject:
 			t.Fatalf("spiffe lineage %+v for %q", p.Lineage, p.Subject)
 		}
 		if cfg.Issuer != "" && p.IssuerURL != cfg.Issuer {

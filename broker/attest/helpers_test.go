@@ -23,7 +23,8 @@ import (
 
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/broker/attest"
-	"github.com/valet-broker/valet/broker/clock"
+	"github.com/valet-broker/valet/leases/clock"
+	"github.com/valet-broker/valet/leases/config"
 )
 
 // start is the fake time every test begins at.
@@ -35,11 +36,11 @@ const (
 )
 
 // issuerConfig returns an issuer config with valet's defaults and audience
-// testAud, then edit applied: what broker.Config hands attest.New for an
+// testAud, then edit applied: what the issuers section hands attest.New for an
 // issuer whose file sets only what edit sets.
-func issuerConfig(tb testing.TB, edit func(*broker.IssuerConfig)) broker.IssuerConfig {
+func issuerConfig(tb testing.TB, edit func(*attest.IssuerConfig)) attest.IssuerConfig {
 	tb.Helper()
-	return broker.Defaulted(func(ic *broker.IssuerConfig) {
+	return config.Defaulted(func(ic *attest.IssuerConfig) {
 		ic.Audiences = []string{testAud}
 		edit(ic)
 	})
@@ -93,20 +94,20 @@ func newVerifier(tb testing.TB, opts attest.Options) *attest.Verifier {
 type env struct {
 	clk *clock.Fake
 	dev *attest.DevIssuer
-	cfg broker.IssuerConfig
+	cfg attest.IssuerConfig
 	v   *attest.Verifier
 }
 
 // newEnv builds an env; mod may change the issuer config before New.
-func newEnv(tb testing.TB, mod func(*broker.IssuerConfig)) *env {
+func newEnv(tb testing.TB, mod func(*attest.IssuerConfig)) *env {
 	tb.Helper()
 	clk := clock.NewFake(start)
 	dev := newDev(tb, testIss, clk)
-	cfg := issuerConfig(tb, func(ic *broker.IssuerConfig) { ic.Name, ic.Issuer, ic.JWKSFile = "oidc", testIss, writeJWKS(tb, dev) })
+	cfg := issuerConfig(tb, func(ic *attest.IssuerConfig) { ic.Name, ic.Issuer, ic.JWKSFile = "oidc", testIss, writeJWKS(tb, dev) })
 	if mod != nil {
 		mod(&cfg)
 	}
-	v := newVerifier(tb, attest.Options{MaxTokenBytes: broker.DefaultMaxAttestationBytes, Issuers: []broker.IssuerConfig{cfg}, Clock: clk})
+	v := newVerifier(tb, attest.Options{MaxTokenBytes: broker.DefaultMaxAttestationBytes, Issuers: []attest.IssuerConfig{cfg}, Clock: clk})
 	return &env{clk: clk, dev: dev, cfg: cfg, v: v}
 }
 
@@ -260,7 +261,7 @@ func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
 // principal it must yield.
 type verifyCase struct {
 	name  string
-	mod   func(*broker.IssuerConfig)
+	mod   func(*attest.IssuerConfig)
 	token func(t *testing.T, e *env) string
 	code  string
 	msg   string

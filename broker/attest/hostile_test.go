@@ -26,8 +26,8 @@ import (
 func TestVerifyIgnoresKeysFromTheToken(t *testing.T) {
 	e := newEnv(t, nil)
 	legit := newKeyServer(t, mustPublicJWKS(t, e.dev))
-	cfg := issuerConfig(t, func(ic *broker.IssuerConfig) { ic.Name, ic.Issuer, ic.JWKSURL = "oidc", testIss, legit.url("/jwks") })
-	v := newVerifier(t, attest.Options{MaxTokenBytes: broker.DefaultMaxAttestationBytes, Issuers: []broker.IssuerConfig{cfg}, Clock: e.clk})
+	cfg := issuerConfig(t, func(ic *attest.IssuerConfig) { ic.Name, ic.Issuer, ic.JWKSURL = "oidc", testIss, legit.url("/jwks") })
+	v := newVerifier(t, attest.Options{MaxTokenBytes: broker.DefaultMaxAttestationBytes, Issuers: []attest.IssuerConfig{cfg}, Clock: e.clk})
 
 	// The attacker claims to be the trusted issuer.
 	attacker := newDev(t, testIss, e.clk)

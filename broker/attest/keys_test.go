@@ -17,7 +17,7 @@ import (
 
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/broker/attest"
-	"github.com/valet-broker/valet/broker/clock"
+	"github.com/valet-broker/valet/leases/clock"
 )
 
 // Rule 9: only public asymmetric signing keys are taken from a JWKS; every
@@ -65,14 +65,14 @@ func TestJWKSKeepsOnlyPublicSigningKeys(t *testing.T) {
 		publicJWK(t, edPub, "ed", "EdDSA"),
 	}
 	path := writeFile(t, "jwks.json", jwksOf(t, keys...))
-	cfg := issuerConfig(t, func(ic *broker.IssuerConfig) {
+	cfg := issuerConfig(t, func(ic *attest.IssuerConfig) {
 		ic.Name = "mixed"
 		ic.Issuer = testIss
 		ic.JWKSFile = path
 		ic.Algorithms = []string{"ES256", "RS256", "EdDSA"}
 	})
 	var logs bytes.Buffer
-	v := newVerifier(t, attest.Options{MaxTokenBytes: broker.DefaultMaxAttestationBytes, Issuers: []broker.IssuerConfig{cfg}, Clock: clk, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	v := newVerifier(t, attest.Options{MaxTokenBytes: broker.DefaultMaxAttestationBytes, Issuers: []attest.IssuerConfig{cfg}, Clock: clk, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	// Each skipped key is logged with its reason, and never with key
 	// material.
 	for _, reason := range []string{

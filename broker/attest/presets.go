@@ -4,7 +4,6 @@ import (
 	"strings"
 
 	"github.com/valet-broker/valet/broker"
-	"github.com/valet-broker/valet/leases"
 )
 
 // principal builds the Principal of a verified token: the issuer type's
@@ -18,17 +17,17 @@ func (ti *trustedIssuer) principal(claims map[string]any, c *checkedClaims) (*br
 		Subject:    c.subject,
 		Claims:     claims,
 		Attributes: map[string]string{},
-		Lineage:    leases.Lineage{Issuer: c.iss, JTI: c.jti},
+		Lineage:    broker.Lineage{Issuer: c.iss, JTI: c.jti},
 		IssuedAt:   c.iat,
 		ExpiresAt:  c.exp,
 	}
 	var err error
 	switch ti.cfg.Type {
-	case broker.IssuerKubernetes:
+	case IssuerKubernetes:
 		err = kubernetesPreset(claims, p)
-	case broker.IssuerGitHub:
+	case IssuerGitHub:
 		err = githubPreset(claims, p)
-	case broker.IssuerSPIFFE:
+	case IssuerSPIFFE:
 		err = spiffePreset(claims, ti.cfg.TrustDomain, p)
 	}
 	if err != nil {

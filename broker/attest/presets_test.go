@@ -8,7 +8,7 @@ import (
 	"testing"
 
 	"github.com/valet-broker/valet/broker"
-	"github.com/valet-broker/valet/leases"
+	"github.com/valet-broker/valet/broker/attest"
 )
 
 // wantAttrs checks the principal's attributes exactly.
@@ -31,7 +31,7 @@ func both(checks ...func(t *testing.T, p *broker.Principal)) func(t *testing.T, 
 	}
 }
 
-func wantLineage(want leases.Lineage) func(t *testing.T, p *broker.Principal) {
+func wantLineage(want broker.Lineage) func(t *testing.T, p *broker.Principal) {
 	return func(t *testing.T, p *broker.Principal) {
 		t.Helper()
 		if p.Lineage != want {
@@ -47,7 +47,7 @@ func withClaims(extra map[string]any) func(t *testing.T, e *env) string {
 
 // Rule 11: the kubernetes preset.
 func TestKubernetesPreset(t *testing.T) {
-	k8s := func(c *broker.IssuerConfig) { c.Name, c.Type = "k8s", broker.IssuerKubernetes }
+	k8s := func(c *attest.IssuerConfig) { c.Name, c.Type = "k8s", attest.IssuerKubernetes }
 	sub := "system:serviceaccount:agents:builder"
 	full := map[string]any{
 		"sub": sub,
@@ -82,7 +82,7 @@ func TestKubernetesPreset(t *testing.T) {
 				"namespace": "agents", "service_account": "builder", "service_account_uid": "sa-uid",
 				"pod": "builder-7d9", "pod_uid": "pod-uid", "node": "node-1",
 			}),
-			wantLineage(leases.Lineage{Issuer: testIss, JTI: "tok-1", PodUID: "pod-uid"}),
+			wantLineage(broker.Lineage{Issuer: testIss, JTI: "tok-1", PodUID: "pod-uid"}),
 			func(t *testing.T, p *broker.Principal) {
 				if p.ID != "k8s/"+sub {
 					t.Errorf("ID = %q", p.ID)
@@ -110,7 +110,7 @@ func TestKubernetesPreset(t *testing.T) {
 		{name: "pod uid too long", mod: k8s, token: withClaims(with("pod.uid", strings.Repeat("u", 257))),
 			code: broker.EUNAUTHORIZED, msg: "attestation claim kubernetes.io.pod.uid is longer than 256 bytes"},
 		{name: "mapping overrides a preset attribute", token: withClaims(map[string]any{"sub": sub, "team": "blue"}),
-			mod: func(c *broker.IssuerConfig) {
+			mod: func(c *attest.IssuerConfig) {
 				k8s(c)
 				c.ClaimMappings = map[string]string{"namespace": "team"}
 			},
@@ -120,7 +120,7 @@ func TestKubernetesPreset(t *testing.T) {
 
 // Rule 11: the github preset.
 func TestGitHubPreset(t *testing.T) {
-	gh := func(c *broker.IssuerConfig) { c.Name, c.Type = "gha", broker.IssuerGitHub }
+	gh := func(c *attest.IssuerConfig) { c.Name, c.Type = "gha", attest.IssuerGitHub }
 	full := map[string]any{
 		"sub":              "repo:octo/app:ref:refs/heads/main",
 		"jti":              "gh-jti",
@@ -147,10 +147,10 @@ func TestGitHubPreset(t *testing.T) {
 				"job_workflow_ref": "octo/app/.github/workflows/deploy.yml@refs/heads/main", "environment": "prod",
 				"actor": "alice", "event_name": "push", "run_id": "4242", "run_attempt": "2",
 			}),
-			wantLineage(leases.Lineage{Issuer: testIss, JTI: "gh-jti", RunID: "4242"}),
+			wantLineage(broker.Lineage{Issuer: testIss, JTI: "gh-jti", RunID: "4242"}),
 		)},
 		{name: "numeric run_id", mod: gh, token: withClaims(map[string]any{"run_id": 1e3}),
-			check: wantLineage(leases.Lineage{Issuer: testIss, RunID: "1000"})},
+			check: wantLineage(broker.Lineage{Issuer: testIss, RunID: "1000"})},
 		{name: "only some claims", mod: gh, token: withClaims(map[string]any{"repository": "octo/app"}),
 			check: wantAttrs(map[string]string{"repository": "octo/app"})},
 		{name: "run_id an object", mod: gh, token: withClaims(map[string]any{"run_id": map[string]any{"x": 1}}),
@@ -164,19 +164,19 @@ func TestGitHubPreset(t *testing.T) {
 
 // Rule 11: the spiffe preset and SPIFFE ID validation.
 func TestSPIFFEPreset(t *testing.T) {
-	spiffe := func(c *broker.IssuerConfig) {
-		c.Name, c.Type, c.TrustDomain = "spire", broker.IssuerSPIFFE, "example.org"
+	spiffe := func(c *attest.IssuerConfig) {
+		c.Name, c.Type, c.TrustDomain = "spire", attest.IssuerSPIFFE, "example.org"
 	}
 	id := "spiffe://example.org/ns/prod/sa/agent"
 	runCases(t, []verifyCase{
 		{name: "valid ID", mod: spiffe, token: withClaims(map[string]any{"sub": id, "jti": "s-1"}), check: both(
 			wantAttrs(map[string]string{"spiffe_id": id, "trust_domain": "example.org", "path": "/ns/prod/sa/agent"}),
-			wantLineage(leases.Lineage{Issuer: testIss, JTI: "s-1", SPIFFEID: id}),
+			wantLineage(broker.Lineage{Issuer: testIss, JTI: "s-1", SPIFFEID: id}),
 		)},
-		{name: "any trust domain when none is configured", mod: func(c *broker.IssuerConfig) { c.Type = broker.IssuerSPIFFE },
+		{name: "any trust domain when none is configured", mod: func(c *attest.IssuerConfig) { c.Type = attest.IssuerSPIFFE },
 			token: withClaims(map[string]any{"sub": "spiffe://other.example/x"}),
 			check: wantAttrs(map[string]string{"spiffe_id": "spiffe://other.example/x", "trust_domain": "other.example", "path": "/x"})},
-		{name: "trust domain chars", mod: func(c *broker.IssuerConfig) { c.Type = broker.IssuerSPIFFE },
+		{name: "trust domain chars", mod: func(c *attest.IssuerConfig) { c.Type = attest.IssuerSPIFFE },
 			token: withClaims(map[string]any{"sub": "spiffe://a-b_c.9/P.a-t_h"})},
 		{name: "other trust domain", mod: spiffe, token: withClaims(map[string]any{"sub": "spiffe://evil.org/ns/prod"}),
 			code: broker.EUNAUTHORIZED, msg: `is in trust domain "evil.org", not "example.org"`},
@@ -218,14 +218,14 @@ func withFull(extra map[string]any) func(t *testing.T, e *env) string {
 // Rule 2: a spiffe issuer without iss matches tokens without iss by the
 // trust domain of their sub.
 func TestSPIFFEWithoutIss(t *testing.T) {
-	noIss := func(c *broker.IssuerConfig) {
-		c.Name, c.Type, c.Issuer, c.TrustDomain = "spire", broker.IssuerSPIFFE, "", "example.org"
+	noIss := func(c *attest.IssuerConfig) {
+		c.Name, c.Type, c.Issuer, c.TrustDomain = "spire", attest.IssuerSPIFFE, "", "example.org"
 	}
 	id := "spiffe://example.org/workload"
 	runCases(t, []verifyCase{
 		{name: "matched by trust domain", mod: noIss, token: withFull(map[string]any{"iss": nil, "sub": id, "jti": "j"}),
 			check: both(
-				wantLineage(leases.Lineage{Issuer: "spiffe://example.org", JTI: "j", SPIFFEID: id}),
+				wantLineage(broker.Lineage{Issuer: "spiffe://example.org", JTI: "j", SPIFFEID: id}),
 				func(t *testing.T, p *broker.Principal) {
 					if p.IssuerURL != "" || p.ID != "spire/"+id {
 						t.Errorf("IssuerURL %q, ID %q", p.IssuerURL, p.ID)
@@ -245,7 +245,7 @@ func TestSPIFFEWithoutIss(t *testing.T) {
 
 // Rule 11: claim mappings for every issuer type.
 func TestClaimMappings(t *testing.T) {
-	mappings := func(c *broker.IssuerConfig) {
+	mappings := func(c *attest.IssuerConfig) {
 		c.ClaimMappings = map[string]string{
 			"team":    "ext.team",
 			"level":   "ext.level",

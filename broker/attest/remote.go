@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/valet-broker/valet/broker"
-	"github.com/valet-broker/valet/broker/clock"
+	"github.com/valet-broker/valet/leases/clock"
 )
 
 // remoteKeys are an issuer's keys fetched from jwks_url or through OIDC

@@ -17,7 +17,7 @@ import (
 
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/broker/attest"
-	"github.com/valet-broker/valet/broker/clock"
+	"github.com/valet-broker/valet/leases/clock"
 )
 
 // keyServer serves a JWKS at /jwks and an OIDC discovery document at
@@ -108,7 +108,7 @@ type remoteEnv struct {
 	clk *clock.Fake
 	dev *attest.DevIssuer
 	ks  *keyServer
-	cfg broker.IssuerConfig
+	cfg attest.IssuerConfig
 	v   *attest.Verifier
 }
 
@@ -117,8 +117,8 @@ func newRemoteEnv(t *testing.T) *remoteEnv {
 	clk := clock.NewFake(start)
 	dev := newDev(t, testIss, clk)
 	ks := newKeyServer(t, mustPublicJWKS(t, dev))
-	cfg := issuerConfig(t, func(ic *broker.IssuerConfig) { ic.Name, ic.Issuer, ic.JWKSURL = "remote", testIss, ks.url("/jwks") })
-	v := newVerifier(t, attest.Options{MaxTokenBytes: broker.DefaultMaxAttestationBytes, Issuers: []broker.IssuerConfig{cfg}, Clock: clk})
+	cfg := issuerConfig(t, func(ic *attest.IssuerConfig) { ic.Name, ic.Issuer, ic.JWKSURL = "remote", testIss, ks.url("/jwks") })
+	v := newVerifier(t, attest.Options{MaxTokenBytes: broker.DefaultMaxAttestationBytes, Issuers: []attest.IssuerConfig{cfg}, Clock: clk})
 	return &remoteEnv{clk: clk, dev: dev, ks: ks, cfg: cfg, v: v}
 }
 
@@ -332,8 +332,8 @@ func TestDiscovery(t *testing.T) {
 	}
 	t.Run("follows jwks_uri", func(t *testing.T) {
 		ks, dev, clk := setup(t, false)
-		cfg := issuerConfig(t, func(ic *broker.IssuerConfig) { ic.Name, ic.Issuer, ic.Discovery = "idp", dev.Issuer(), true })
-		v := newVerifier(t, attest.Options{MaxTokenBytes: broker.DefaultMaxAttestationBytes, Issuers: []broker.IssuerConfig{cfg}, Clock: clk})
+		cfg := issuerConfig(t, func(ic *attest.IssuerConfig) { ic.Name, ic.Issuer, ic.Discovery = "idp", dev.Issuer(), true })
+		v := newVerifier(t, attest.Options{MaxTokenBytes: broker.DefaultMaxAttestationBytes, Issuers: []attest.IssuerConfig{cfg}, Clock: clk})
 		if _, err := v.Verify(context.Background(), sign(t, dev, claims(nil))); err != nil {
 			t.Fatal(err)
 		}
@@ -348,8 +348,8 @@ func TestDiscovery(t *testing.T) {
 				other = ks.srv.URL + "/"
 			}
 			ks.set(func(ks *keyServer) { ks.issuer = other })
-			cfg := issuerConfig(t, func(ic *broker.IssuerConfig) { ic.Name, ic.Issuer, ic.Discovery = "idp", dev.Issuer(), true })
-			v := newVerifier(t, attest.Options{MaxTokenBytes: broker.DefaultMaxAttestationBytes, Issuers: []broker.IssuerConfig{cfg}, Clock: clk})
+			cfg := issuerConfig(t, func(ic *attest.IssuerConfig) { ic.Name, ic.Issuer, ic.Discovery = "idp", dev.Issuer(), true })
+			v := newVerifier(t, attest.Options{MaxTokenBytes: broker.DefaultMaxAttestationBytes, Issuers: []attest.IssuerConfig{cfg}, Clock: clk})
 			_, err := v.Verify(context.Background(), sign(t, dev, claims(nil)))
 			wantErr(t, err, broker.EUNAVAILABLE, "cannot fetch keys for issuer idp")
 			if !strings.Contains(err.Error(), "discovery document names issuer") {
@@ -363,18 +363,18 @@ func TestDiscovery(t *testing.T) {
 	t.Run("TLS with ca_file", func(t *testing.T) {
 		ks, dev, clk := setup(t, true)
 		caFile := writeFile(t, "ca.pem", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ks.srv.Certificate().Raw}))
-		cfg := issuerConfig(t, func(ic *broker.IssuerConfig) {
+		cfg := issuerConfig(t, func(ic *attest.IssuerConfig) {
 			ic.Name, ic.Issuer, ic.Discovery, ic.CAFile = "idp", dev.Issuer(), true, caFile
 		})
-		v := newVerifier(t, attest.Options{MaxTokenBytes: broker.DefaultMaxAttestationBytes, Issuers: []broker.IssuerConfig{cfg}, Clock: clk})
+		v := newVerifier(t, attest.Options{MaxTokenBytes: broker.DefaultMaxAttestationBytes, Issuers: []attest.IssuerConfig{cfg}, Clock: clk})
 		if _, err := v.Verify(context.Background(), sign(t, dev, claims(nil))); err != nil {
 			t.Fatal(err)
 		}
 	})
 	t.Run("TLS without ca_file", func(t *testing.T) {
 		_, dev, clk := setup(t, true)
-		cfg := issuerConfig(t, func(ic *broker.IssuerConfig) { ic.Name, ic.Issuer, ic.Discovery = "idp", dev.Issuer(), true })
-		v := newVerifier(t, attest.Options{MaxTokenBytes: broker.DefaultMaxAttestationBytes, Issuers: []broker.IssuerConfig{cfg}, Clock: clk})
+		cfg := issuerConfig(t, func(ic *attest.IssuerConfig) { ic.Name, ic.Issuer, ic.Discovery = "idp", dev.Issuer(), true })
+		v := newVerifier(t, attest.Options{MaxTokenBytes: broker.DefaultMaxAttestationBytes, Issuers: []attest.IssuerConfig{cfg}, Clock: clk})
 		_, err := v.Verify(context.Background(), sign(t, dev, claims(nil)))
 		wantErr(t, err, broker.EUNAVAILABLE, "cannot fetch keys for issuer idp")
 		if !strings.Contains(err.Error(), "certificate") {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/broker/attest"
+	"github.com/valet-broker/valet/leases/config"
 )
 
 // valid returns a valid token for e.
@@ -259,9 +260,9 @@ func TestVerifyIssuerSelection(t *testing.T) {
 	t.Run("another trusted issuer's key does not verify", func(t *testing.T) {
 		e := newEnv(t, nil)
 		other := newDev(t, "https://other.test", e.clk)
-		cfgs := []broker.IssuerConfig{
+		cfgs := []attest.IssuerConfig{
 			e.cfg,
-			issuerConfig(t, func(ic *broker.IssuerConfig) {
+			issuerConfig(t, func(ic *attest.IssuerConfig) {
 				ic.Name, ic.Issuer, ic.JWKSFile = "other", other.Issuer(), writeJWKS(t, other)
 			}),
 		}
@@ -297,7 +298,7 @@ func TestVerifyAlgorithms(t *testing.T) {
 		{name: "ES256 allowed", token: valid},
 		{
 			name:  "ES256 not in the issuer's list",
-			mod:   func(c *broker.IssuerConfig) { c.Algorithms = []string{"RS256"} },
+			mod:   func(c *attest.IssuerConfig) { c.Algorithms = []string{"RS256"} },
 			token: valid,
 			code:  broker.EUNAUTHORIZED, msg: "algorithm ES256 is not allowed for issuer oidc (allowed: RS256)",
 		},
@@ -344,7 +345,7 @@ func TestVerifyAlgorithms(t *testing.T) {
 		},
 		{
 			name: "header alg differs from the key's alg",
-			mod:  func(c *broker.IssuerConfig) { c.Algorithms = []string{"ES256", "ES384"} },
+			mod:  func(c *attest.IssuerConfig) { c.Algorithms = []string{"ES256", "ES384"} },
 			token: func(t *testing.T, e *env) string {
 				return signHeaders(t, e.dev, claims(nil), map[string]any{"alg": "ES384"})
 			},
@@ -392,13 +393,13 @@ func TestVerifyKeySelection(t *testing.T) {
 		publicJWK(t, &ec384.PublicKey, "ec384", ""),
 		publicJWK(t, &rsaK.PublicKey, "rsa", ""),
 	))
-	cfg := issuerConfig(t, func(ic *broker.IssuerConfig) {
+	cfg := issuerConfig(t, func(ic *attest.IssuerConfig) {
 		ic.Name = "multi"
 		ic.Issuer = testIss
 		ic.JWKSFile = jwksPath
 		ic.Algorithms = []string{"ES256", "ES384", "RS256", "PS256"}
 	})
-	v := newVerifier(t, attest.Options{MaxTokenBytes: broker.DefaultMaxAttestationBytes, Issuers: []broker.IssuerConfig{cfg}, Clock: clk})
+	v := newVerifier(t, attest.Options{MaxTokenBytes: broker.DefaultMaxAttestationBytes, Issuers: []attest.IssuerConfig{cfg}, Clock: clk})
 	pay := mustJSON(t, claims(map[string]any{"iss": testIss, "iat": start.Unix(), "exp": start.Add(time.Minute).Unix()}))
 	h := func(alg, kid string) []byte {
 		m := map[string]any{"alg": alg}
@@ -495,14 +496,14 @@ func TestVerifyTimes(t *testing.T) {
 		{name: "no iat with max age", token: tok(map[string]any{"iat": nil}),
 			code: broker.EUNAUTHORIZED, msg: "has no iat claim; issuer oidc requires one"},
 		{name: "no iat without max age", token: tok(map[string]any{"iat": nil}),
-			mod: func(c *broker.IssuerConfig) { c.MaxTokenAge = 0 },
+			mod: func(c *attest.IssuerConfig) { c.MaxTokenAge = 0 },
 			check: func(t *testing.T, p *broker.Principal) {
 				if !p.IssuedAt.IsZero() {
 					t.Errorf("IssuedAt = %s, want zero", p.IssuedAt)
 				}
 			}},
 		{name: "custom skew", token: tok(map[string]any{"iat": at(-time.Hour), "exp": at(-time.Minute)}),
-			mod: func(c *broker.IssuerConfig) { c.ClockSkew = broker.Duration(2 * time.Minute) }},
+			mod: func(c *attest.IssuerConfig) { c.ClockSkew = config.Duration(2 * time.Minute) }},
 	})
 }
 
@@ -511,7 +512,7 @@ func TestVerifyAudience(t *testing.T) {
 	tok := func(aud any) func(t *testing.T, e *env) string {
 		return func(t *testing.T, e *env) string { return sign(t, e.dev, claims(map[string]any{"aud": aud})) }
 	}
-	twoAuds := func(c *broker.IssuerConfig) { c.Audiences = []string{"valet", "valet-staging"} }
+	twoAuds := func(c *attest.IssuerConfig) { c.Audiences = []string{"valet", "valet-staging"} }
 	runCases(t, []verifyCase{
 		{name: "string", token: tok("valet")},
 		{name: "array", token: tok([]string{"other", "valet"})},
@@ -544,14 +545,14 @@ func TestVerifySubject(t *testing.T) {
 				t.Errorf("ID = %q", p.ID)
 			}
 		}},
-		{name: "custom subject claim", mod: func(c *broker.IssuerConfig) { c.SubjectClaim = "email" },
+		{name: "custom subject claim", mod: func(c *attest.IssuerConfig) { c.SubjectClaim = "email" },
 			token: tok(map[string]any{"email": "bot@example.com"}),
 			check: func(t *testing.T, p *broker.Principal) {
 				if p.ID != "oidc/bot@example.com" || p.Subject != "bot@example.com" {
 					t.Errorf("ID = %q, Subject = %q", p.ID, p.Subject)
 				}
 			}},
-		{name: "custom subject claim missing", mod: func(c *broker.IssuerConfig) { c.SubjectClaim = "email" },
+		{name: "custom subject claim missing", mod: func(c *attest.IssuerConfig) { c.SubjectClaim = "email" },
 			token: tok(nil), code: broker.EUNAUTHORIZED, msg: `has no "email" claim`},
 		{name: "no sub", token: tok(map[string]any{"sub": nil}),
 			code: broker.EUNAUTHORIZED, msg: `has no "sub" claim`},
@@ -587,8 +588,8 @@ func TestNewRejectsBadOptions(t *testing.T) {
 	clk := newEnv(t, nil).clk
 	dev := newDev(t, testIss, clk)
 	jwks := writeJWKS(t, dev)
-	base := func() broker.IssuerConfig {
-		return issuerConfig(t, func(ic *broker.IssuerConfig) { ic.Name, ic.Issuer, ic.JWKSFile = "k8s", testIss, jwks })
+	base := func() attest.IssuerConfig {
+		return issuerConfig(t, func(ic *attest.IssuerConfig) { ic.Name, ic.Issuer, ic.JWKSFile = "k8s", testIss, jwks })
 	}
 	cases := []struct {
 		name string
@@ -634,7 +635,7 @@ func TestNewRejectsBadOptions(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			o := attest.Options{MaxTokenBytes: broker.DefaultMaxAttestationBytes, Issuers: []broker.IssuerConfig{base()}, Clock: clk, Logger: discardLogger()}
+			o := attest.Options{MaxTokenBytes: broker.DefaultMaxAttestationBytes, Issuers: []attest.IssuerConfig{base()}, Clock: clk, Logger: discardLogger()}
 			tc.mod(&o)
 			_, err := attest.New(context.Background(), o)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {

@@ -2,8 +2,8 @@
 // request (agent, role, scope, TTL, reason, attestation lineage) and
 // collects operator approvals until it can be redeemed, once, by the agent
 // that asked. Break-glass grants mint at once and wait for an operator's
-// review after the fact. Grants live in valet's bbolt database and every
-// change is written with its audit record in one transaction.
+// review after the fact. A storage engine keeps them (broker.GrantStore),
+// writing every change with its audit record in one transaction.
 package grants
 
 import (

@@ -19,10 +19,11 @@ import (
 	"time"
 
 	"github.com/valet-broker/valet/broker"
-	"github.com/valet-broker/valet/broker/clock"
 	"github.com/valet-broker/valet/broker/grants"
 	"github.com/valet-broker/valet/broker/notify"
 	"github.com/valet-broker/valet/leases"
+	"github.com/valet-broker/valet/leases/clock"
+	"github.com/valet-broker/valet/leases/config"
 )
 
 // waitLimit bounds every wait for something another goroutine does; it is
@@ -283,8 +284,8 @@ func verifySignature(secret []byte, h http.Header, body []byte, now time.Time) b
 
 // webhook returns a webhook with valet's defaults, named name and sending
 // to url, then edit (if not nil) applied.
-func webhook(name, url string, edit func(*broker.WebhookConfig)) broker.WebhookConfig {
-	return broker.Defaulted(func(w *broker.WebhookConfig) {
+func webhook(name, url string, edit func(*notify.WebhookConfig)) notify.WebhookConfig {
+	return config.Defaulted(func(w *notify.WebhookConfig) {
 		w.Name, w.URL = name, url
 		if edit != nil {
 			edit(w)

@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/valet-broker/valet/broker"
-	"github.com/valet-broker/valet/broker/clock"
+	"github.com/valet-broker/valet/leases/clock"
 )
 
 const (
@@ -33,11 +33,11 @@ const (
 
 // Options configures a Dispatcher.
 type Options struct {
-	// Webhooks are the receivers, as validated by broker.Config.Validate,
-	// used as given (build them with broker.WebhookConfig.SetDefaults);
+	// Webhooks are the receivers, as validated by Config.Validate,
+	// used as given (build them with WebhookConfig.SetDefaults);
 	// SecretFile paths must be absolute (or relative to the working
 	// directory).
-	Webhooks []broker.WebhookConfig
+	Webhooks []WebhookConfig
 	// Clock times retries (nil: clock.Real{}).
 	Clock clock.Clock
 	// Client sends the requests (nil: a client that does not follow
@@ -135,7 +135,7 @@ func New(opts Options) (*Dispatcher, error) {
 	return d, nil
 }
 
-func newWebhook(c broker.WebhookConfig) (*webhook, error) {
+func newWebhook(c WebhookConfig) (*webhook, error) {
 	w := &webhook{
 		name:        c.Name,
 		url:         c.URL,

@@ -18,6 +18,7 @@ import (
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/broker/grants"
 	"github.com/valet-broker/valet/broker/notify"
+	"github.com/valet-broker/valet/leases/config"
 )
 
 func TestJSONPayloadAndHeaders(t *testing.T) {
@@ -37,7 +38,7 @@ func TestJSONPayloadAndHeaders(t *testing.T) {
 				hook.SecretFile = writeSecret(t, tc.secretFile)
 			}
 			res := newResults()
-			d := mustRun(t, notify.Options{Webhooks: []broker.WebhookConfig{hook}, Clock: clk, OnResult: res.on})
+			d := mustRun(t, notify.Options{Webhooks: []notify.WebhookConfig{hook}, Clock: clk, OnResult: res.on})
 
 			ev := testEvent(broker.EventBreakGlass)
 			d.Notify(ev)
@@ -185,7 +186,7 @@ func TestEventFilter(t *testing.T) {
 			rc := newReceiver(t, statuses(http.StatusOK))
 			res := newResults()
 			d := mustRun(t, notify.Options{
-				Webhooks: []broker.WebhookConfig{webhook("ops", rc.url, func(w *broker.WebhookConfig) { w.Events = tc.events })},
+				Webhooks: []notify.WebhookConfig{webhook("ops", rc.url, func(w *notify.WebhookConfig) { w.Events = tc.events })},
 				Clock:    newTimerClock(), OnResult: res.on,
 			})
 			for _, typ := range tc.notify {
@@ -269,8 +270,8 @@ func TestRetries(t *testing.T) {
 			res := newResults()
 			log, logs := newLogger()
 			d := mustRun(t, notify.Options{
-				Webhooks: []broker.WebhookConfig{webhook("ops", url, func(w *broker.WebhookConfig) {
-					w.SecretFile, w.MaxAttempts, w.Timeout = writeSecret(t, secret), tc.maxAttempts, broker.Duration(tc.timeout)
+				Webhooks: []notify.WebhookConfig{webhook("ops", url, func(w *notify.WebhookConfig) {
+					w.SecretFile, w.MaxAttempts, w.Timeout = writeSecret(t, secret), tc.maxAttempts, config.Duration(tc.timeout)
 				})},
 				Clock: clk, OnResult: res.on, Logger: log,
 			})
@@ -361,9 +362,9 @@ func TestNotifyNeverBlocks(t *testing.T) {
 			res := newResults()
 			log, logs := newLogger()
 			d := mustRun(t, notify.Options{
-				Webhooks: []broker.WebhookConfig{
+				Webhooks: []notify.WebhookConfig{
 					webhook("hung", hung.url, nil),
-					webhook("healthy", healthy.url, func(w *broker.WebhookConfig) { w.Events = []string{broker.EventBreakGlass} }),
+					webhook("healthy", healthy.url, func(w *notify.WebhookConfig) { w.Events = []string{broker.EventBreakGlass} }),
 				},
 				Clock: newTimerClock(), OnResult: res.on, Logger: log,
 			})
@@ -451,27 +452,27 @@ func TestNotifyNeverBlocks(t *testing.T) {
 
 func TestNewSecretFileErrors(t *testing.T) {
 	dir := t.TempDir()
-	good := webhook("good", "https://example.com/hook", func(w *broker.WebhookConfig) { w.SecretFile = writeSecret(t, "key") })
+	good := webhook("good", "https://example.com/hook", func(w *notify.WebhookConfig) { w.SecretFile = writeSecret(t, "key") })
 	for _, tc := range []struct {
 		name    string
-		edit    func(*broker.WebhookConfig)
+		edit    func(*notify.WebhookConfig)
 		wantErr string // "" for success
 	}{
-		{"readable secret", func(w *broker.WebhookConfig) { w.SecretFile = writeSecret(t, "  key\n") }, ""},
-		{"no secret", func(w *broker.WebhookConfig) {}, ""},
-		{"missing file", func(w *broker.WebhookConfig) { w.SecretFile = dir + "/nope" }, "no such file"},
-		{"empty file", func(w *broker.WebhookConfig) { w.SecretFile = writeSecret(t, "") }, "is empty"},
-		{"whitespace only", func(w *broker.WebhookConfig) { w.SecretFile = writeSecret(t, " \n\t\n") }, "is empty"},
-		{"a directory", func(w *broker.WebhookConfig) { w.SecretFile = dir }, "is a directory"},
-		{"unknown format", func(w *broker.WebhookConfig) { w.Format = "teams" }, `format "teams"`},
-		{"empty format", func(w *broker.WebhookConfig) { w.Format = "" }, `format "" must be json or slack`},
+		{"readable secret", func(w *notify.WebhookConfig) { w.SecretFile = writeSecret(t, "  key\n") }, ""},
+		{"no secret", func(w *notify.WebhookConfig) {}, ""},
+		{"missing file", func(w *notify.WebhookConfig) { w.SecretFile = dir + "/nope" }, "no such file"},
+		{"empty file", func(w *notify.WebhookConfig) { w.SecretFile = writeSecret(t, "") }, "is empty"},
+		{"whitespace only", func(w *notify.WebhookConfig) { w.SecretFile = writeSecret(t, " \n\t\n") }, "is empty"},
+		{"a directory", func(w *notify.WebhookConfig) { w.SecretFile = dir }, "is a directory"},
+		{"unknown format", func(w *notify.WebhookConfig) { w.Format = "teams" }, `format "teams"`},
+		{"empty format", func(w *notify.WebhookConfig) { w.Format = "" }, `format "" must be json or slack`},
 		// Settings are used as given, never replaced by defaults.
-		{"zero timeout", func(w *broker.WebhookConfig) { w.Timeout = 0 }, "timeout must be positive; it is 0s"},
-		{"zero max_attempts", func(w *broker.WebhookConfig) { w.MaxAttempts = 0 }, "max_attempts must be at least 1; it is 0"},
+		{"zero timeout", func(w *notify.WebhookConfig) { w.Timeout = 0 }, "timeout must be positive; it is 0s"},
+		{"zero max_attempts", func(w *notify.WebhookConfig) { w.MaxAttempts = 0 }, "max_attempts must be at least 1; it is 0"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			hook := webhook("pager", "https://example.com/pager", tc.edit)
-			d, err := notify.New(notify.Options{Webhooks: []broker.WebhookConfig{good, hook}})
+			d, err := notify.New(notify.Options{Webhooks: []notify.WebhookConfig{good, hook}})
 			if tc.wantErr == "" {
 				if err != nil {
 					t.Fatalf("New: %v", err)

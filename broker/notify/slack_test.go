@@ -106,7 +106,7 @@ func TestSlackMessage(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			rc := newReceiver(t, statuses(http.StatusOK))
 			d := mustRun(t, notify.Options{
-				Webhooks: []broker.WebhookConfig{webhook("slack", rc.url, func(w *broker.WebhookConfig) { w.Format = "slack" })},
+				Webhooks: []notify.WebhookConfig{webhook("slack", rc.url, func(w *notify.WebhookConfig) { w.Format = "slack" })},
 				Clock:    newTimerClock(),
 			})
 			e := tc.event()

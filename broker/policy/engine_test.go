@@ -16,7 +16,7 @@ import (
 
 	"github.com/fsnotify/fsnotify"
 	"github.com/valet-broker/valet/broker"
-	"github.com/valet-broker/valet/broker/clock"
+	"github.com/valet-broker/valet/leases/clock"
 )
 
 const (

@@ -14,6 +14,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/valet-broker/valet/broker"
+	"github.com/valet-broker/valet/leases/config"
 )
 
 // defaultTestTime is context.now in a test case that does not set it: a
@@ -57,8 +58,8 @@ type testPrincipal struct {
 type testRole struct {
 	Name              string            `yaml:"name"`
 	Backend           string            `yaml:"backend"`
-	TTL               *broker.Duration  `yaml:"ttl"`
-	MaxTTL            *broker.Duration  `yaml:"max_ttl"`
+	TTL               *config.Duration  `yaml:"ttl"`
+	MaxTTL            *config.Duration  `yaml:"max_ttl"`
 	Labels            map[string]string `yaml:"labels"`
 	Scopes            []string          `yaml:"scopes"`
 	Audience          []string          `yaml:"audience"`
@@ -66,7 +67,7 @@ type testRole struct {
 }
 
 type testContext struct {
-	TTL       *broker.Duration `yaml:"ttl"`
+	TTL       *config.Duration `yaml:"ttl"`
 	Reason    string           `yaml:"reason"`
 	SourceIP  string           `yaml:"source_ip"`
 	Now       *time.Time       `yaml:"now"`
@@ -242,7 +243,7 @@ func (tc *testCase) validate() error {
 	}
 	// The defaults a role's configuration gets, for absent keys only; the
 	// values a role's configuration may not have are refused.
-	def := broker.Defaulted[broker.Role](nil)
+	def := config.Defaulted[broker.Role](nil)
 	if tc.Role.TTL == nil {
 		tc.Role.TTL = &def.TTL
 	}

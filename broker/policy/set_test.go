@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/valet-broker/valet/broker"
+	"github.com/valet-broker/valet/leases/config"
 )
 
 // writePolicies writes name → contents into dir and returns dir.
@@ -70,8 +71,8 @@ func baseRequest() broker.AuthzRequest {
 		Role: &broker.Role{
 			Name:     "pg-readonly",
 			Backend:  "vault-main",
-			TTL:      broker.Duration(15 * time.Minute),
-			MaxTTL:   broker.Duration(time.Hour),
+			TTL:      config.Duration(15 * time.Minute),
+			MaxTTL:   config.Duration(time.Hour),
 			Audience: []string{"db"},
 			Scopes:   []string{"read"},
 			Labels:   map[string]string{"env": "prod", "team": "data"},
@@ -580,11 +581,11 @@ func TestRoleCacheSeesChanges(t *testing.T) {
 	check(true)                    // from the cache
 	req.Role.Labels["env"] = "dev" // changed in place
 	check(false)
-	req.Role = &broker.Role{Name: "pg-readonly", Labels: map[string]string{"env": "prod"}, Scopes: []string{"read"}, MaxTTL: broker.Duration(time.Hour)}
+	req.Role = &broker.Role{Name: "pg-readonly", Labels: map[string]string{"env": "prod"}, Scopes: []string{"read"}, MaxTTL: config.Duration(time.Hour)}
 	check(true)
 	req.Role.Scopes[0] = "write"
 	check(false)
 	req.Role.Scopes[0] = "read"
-	req.Role.MaxTTL = broker.Duration(2 * time.Hour)
+	req.Role.MaxTTL = config.Duration(2 * time.Hour)
 	check(false)
 }

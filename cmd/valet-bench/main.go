@@ -34,8 +34,9 @@ import (
 
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/broker/attest"
-	"github.com/valet-broker/valet/broker/audit"
+	"github.com/valet-broker/valet/broker/bolt"
 	"github.com/valet-broker/valet/leases"
+	"github.com/valet-broker/valet/leases/audit"
 )
 
 func main() {
@@ -414,7 +415,7 @@ func (s *server) cpuTime() time.Duration {
 // expiry(i), through the store's own API (each with its audit record, as a
 // jwt mint writes them), from many goroutines so writes share commits.
 func fill(e *env, n int, expiry func(i int) time.Time) {
-	st, err := leases.OpenBolt(filepath.Join(e.dir, "valet.db"), leases.BoltOptions{MaxBatch: 2048})
+	st, err := bolt.Open(filepath.Join(e.dir, "valet.db"), bolt.Options{MaxBatch: 2048})
 	must(err)
 	defer st.Close()
 	ctx := context.Background()
@@ -485,7 +486,7 @@ func (b *bench) expiry(n int) expiryResult {
 	time.Sleep(time.Until(base.Add(time.Minute + 5*time.Second)))
 	s.stop()
 
-	st, err := leases.OpenBolt(filepath.Join(e.dir, "valet.db"), leases.BoltOptions{ReadOnly: true})
+	st, err := bolt.Open(filepath.Join(e.dir, "valet.db"), bolt.Options{ReadOnly: true})
 	must(err)
 	defer st.Close()
 	var late []time.Duration

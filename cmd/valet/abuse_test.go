@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net/http"
@@ -13,10 +14,9 @@ import (
 	"testing"
 	"time"
 
-	"go.etcd.io/bbolt"
-
-	"github.com/valet-broker/valet/broker/audit"
-	"github.com/valet-broker/valet/broker/clock"
+	"github.com/valet-broker/valet/broker/bolt"
+	"github.com/valet-broker/valet/leases/audit"
+	"github.com/valet-broker/valet/leases/clock"
 )
 
 // This file tests what anyone who can reach the port can make valet do
@@ -461,12 +461,12 @@ func fileSize(t *testing.T, path string) int64 {
 // server's database.
 func readAuditFile(t *testing.T, path string) []audit.Record {
 	t.Helper()
-	db, err := bbolt.Open(path, 0o600, &bbolt.Options{ReadOnly: true, Timeout: 5 * time.Second})
+	db, err := bolt.Open(path, bolt.Options{ReadOnly: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	recs, err := audit.List(db, audit.Filter{Kind: audit.KindAuthRefusedSummary, Limit: 1000})
+	recs, err := db.ListAudit(context.Background(), audit.Filter{Kind: audit.KindAuthRefusedSummary, Limit: 1000})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -24,7 +24,7 @@ import (
 	"time"
 
 	"github.com/valet-broker/valet/broker/attest"
-	"github.com/valet-broker/valet/broker/audit"
+	"github.com/valet-broker/valet/leases/audit"
 )
 
 // This file tests the HTTP API end to end, against the real server: hostile

@@ -21,7 +21,6 @@ import (
 	"github.com/valet-broker/valet/backends"
 	valetaws "github.com/valet-broker/valet/backends/aws"
 	"github.com/valet-broker/valet/backends/aws/awstest"
-	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/leases"
 )
 
@@ -68,7 +67,7 @@ func newAWSEnv(t *testing.T) (*testEnv, *awstest.Server) {
 		t.Fatal(err)
 	}
 	var err error
-	if e.Config, err = broker.LoadConfig(filepath.Join(e.Dir, "config.yaml")); err != nil {
+	if e.Config, err = LoadConfig(filepath.Join(e.Dir, "config.yaml")); err != nil {
 		t.Fatal(err)
 	}
 	return e, srv
@@ -323,7 +322,7 @@ func TestExampleAWSConfig(t *testing.T) {
 	srv.SetEnv(t)
 	srv.CreateRole("valet-s3-team-read", awstest.RoleOptions{})
 	srv.CreateRole("valet-ci-deploy", awstest.RoleOptions{ExternalID: "acme-valet"})
-	cfg, err := broker.LoadConfig(filepath.Join("..", "..", "deploy", "examples", "aws.yaml"))
+	cfg, err := LoadConfig(filepath.Join("..", "..", "deploy", "examples", "aws.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,7 +11,7 @@ import (
 	"time"
 	"unicode"
 
-	"github.com/valet-broker/valet/broker/audit"
+	"github.com/valet-broker/valet/leases/audit"
 )
 
 // This file runs every CLI command that prints a table or an object

@@ -23,6 +23,7 @@ import (
 	"github.com/valet-broker/valet/backends/backendtest"
 	"github.com/valet-broker/valet/backends/builtin"
 	"github.com/valet-broker/valet/broker"
+	"github.com/valet-broker/valet/leases/config"
 )
 
 // stubbornType is a backend whose revocations always fail, so a lease of
@@ -58,9 +59,9 @@ func startConsole(t *testing.T) *testEnv {
 	ln.Close()
 	e.Config.Listen, e.Config.PublicURL = addr, "http://"+addr
 	e.Config.Console.Disabled = false
-	e.Config.Backends = append(e.Config.Backends, broker.BackendConfig{Name: "stubborn", Type: stubbornType})
-	e.Config.Roles = append(e.Config.Roles, broker.Defaulted(func(r *broker.Role) {
-		r.Name, r.Backend, r.TTL = "flaky", "stubborn", broker.Duration(10*time.Minute)
+	e.Config.Backends = append(e.Config.Backends, backends.Config{Name: "stubborn", Type: stubbornType})
+	e.Config.Roles = append(e.Config.Roles, config.Defaulted(func(r *broker.Role) {
+		r.Name, r.Backend, r.TTL = "flaky", "stubborn", config.Duration(10*time.Minute)
 	}))
 	e.Config.Leases.RevokeAttempts = 1
 	if err := e.Config.Validate(); err != nil {

@@ -67,13 +67,13 @@ Files it finds there are kept, so edits to config.yaml and policies survive.`,
 		},
 	}
 	cmd.Flags().StringVar(&dataDir, "data-dir", devDataDir, "directory for the dev configuration and data")
-	cmd.Flags().StringVar(&listen, "listen", broker.DefaultListen, "address to listen on (used when config.yaml is first written)")
+	cmd.Flags().StringVar(&listen, "listen", DefaultListen, "address to listen on (used when config.yaml is first written)")
 	cmd.AddCommand(newDevAttestCmd())
 	return cmd
 }
 
 // prepareDev creates the dev files that are missing and loads the config.
-func prepareDev(dir, listen string) (*broker.Config, string, error) {
+func prepareDev(dir, listen string) (*Config, string, error) {
 	if err := os.MkdirAll(filepath.Join(dir, "policies"), 0o700); err != nil {
 		return nil, "", err
 	}
@@ -105,7 +105,7 @@ func prepareDev(dir, listen string) (*broker.Config, string, error) {
 	}); err != nil {
 		return nil, "", err
 	}
-	cfg, err := broker.LoadConfig(filepath.Join(dir, "config.yaml"))
+	cfg, err := LoadConfig(filepath.Join(dir, "config.yaml"))
 	if err != nil {
 		return nil, "", configError{err}
 	}
@@ -143,7 +143,7 @@ func randomHex(n int) (string, error) {
 // printDevIntrospection shows how a resource server checks a token, when
 // the dev config has the dev introspection client (a config.yaml written
 // by an older valet has none).
-func printDevIntrospection(w io.Writer, cfg *broker.Config, addr, dir, self string) {
+func printDevIntrospection(w io.Writer, cfg *Config, addr, dir, self string) {
 	for _, c := range cfg.Introspection.Clients {
 		if c.ClientID != devResourceServer || c.AuthMethod != broker.AuthClientSecretBasic {
 			continue
@@ -172,7 +172,7 @@ func selfName() string {
 	return os.Args[0]
 }
 
-func printDevBanner(w io.Writer, s *Server, cfg *broker.Config, opToken, dir, vaultRoles string) {
+func printDevBanner(w io.Writer, s *Server, cfg *Config, opToken, dir, vaultRoles string) {
 	self := selfName()
 	addr := "http://" + s.Addr()
 	attestCmd := self + " dev attest"

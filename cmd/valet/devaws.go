@@ -6,7 +6,9 @@ import (
 	"os"
 	"time"
 
+	"github.com/valet-broker/valet/backends"
 	"github.com/valet-broker/valet/broker"
+	"github.com/valet-broker/valet/leases/config"
 )
 
 // Dev mode's AWS demo: with VALET_DEV_AWS_ENDPOINT and
@@ -19,7 +21,7 @@ const devAWSBackend = "aws"
 
 // addDevAWS extends cfg with the AWS demo. It returns the endpoint for the
 // banner, or "" when no AWS test server is configured.
-func addDevAWS(cfg *broker.Config) (string, error) {
+func addDevAWS(cfg *Config) (string, error) {
 	endpoint, roleARN := os.Getenv("VALET_DEV_AWS_ENDPOINT"), os.Getenv("VALET_DEV_AWS_ROLE_ARN")
 	if endpoint == "" || roleARN == "" {
 		return "", nil
@@ -28,11 +30,11 @@ func addDevAWS(cfg *broker.Config) (string, error) {
 	if os.Getenv("AWS_REGION") == "" && os.Getenv("AWS_DEFAULT_REGION") == "" {
 		opts["region"] = "us-east-1"
 	}
-	cfg.Backends = append(cfg.Backends, broker.BackendConfig{Name: devAWSBackend, Type: "aws", Options: opts})
+	cfg.Backends = append(cfg.Backends, backends.Config{Name: devAWSBackend, Type: "aws", Options: opts})
 	notRenewable := false
-	cfg.Roles = append(cfg.Roles, broker.Defaulted(func(r *broker.Role) {
+	cfg.Roles = append(cfg.Roles, config.Defaulted(func(r *broker.Role) {
 		r.Name, r.Description, r.Backend = "aws-demo", "An AWS STS session of "+roleARN+", tagged with the agent id.", devAWSBackend
-		r.TTL, r.MaxTTL, r.Renewable = broker.Duration(15*time.Minute), broker.Duration(time.Hour), &notRenewable
+		r.TTL, r.MaxTTL, r.Renewable = config.Duration(15*time.Minute), config.Duration(time.Hour), &notRenewable
 		r.Labels = map[string]string{"env": "dev", "demo": "cloud"}
 		r.Params = map[string]any{"role_arn": roleARN, "session_tags": map[string]any{"agent": "{{agent}}"}}
 	}))

@@ -10,7 +10,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/valet-broker/valet/backends"
 	"github.com/valet-broker/valet/broker"
+	"github.com/valet-broker/valet/leases/config"
 )
 
 // Dev mode's GitHub demo: with VALET_DEV_GITHUB_URL, VALET_DEV_GITHUB_APP_ID
@@ -38,7 +40,7 @@ type devGitHub struct {
 
 // addDevGitHub extends cfg with the GitHub demo. It returns nil when the
 // environment names no GitHub.
-func addDevGitHub(cfg *broker.Config, dir string) (*devGitHub, error) {
+func addDevGitHub(cfg *Config, dir string) (*devGitHub, error) {
 	base, appID, keyFile := os.Getenv("VALET_DEV_GITHUB_URL"), os.Getenv("VALET_DEV_GITHUB_APP_ID"), os.Getenv("VALET_DEV_GITHUB_KEY_FILE")
 	if base == "" {
 		return nil, nil
@@ -61,14 +63,14 @@ func addDevGitHub(cfg *broker.Config, dir string) (*devGitHub, error) {
 	if _, err := readOrCreate(filepath.Join(dir, "policies", "dev-github.cedar"), func() (string, error) { return devGitHubPolicy, nil }); err != nil {
 		return nil, err
 	}
-	cfg.Backends = append(cfg.Backends, broker.BackendConfig{Name: devGitHubBackend, Type: "github", Options: map[string]any{
+	cfg.Backends = append(cfg.Backends, backends.Config{Name: devGitHubBackend, Type: "github", Options: map[string]any{
 		"base_url": base,
 		"apps":     []any{map[string]any{"name": "dev", "app_id": id, "private_key_file": keyFile}},
 	}})
 	notRenewable := false
-	cfg.Roles = append(cfg.Roles, broker.Defaulted(func(r *broker.Role) {
+	cfg.Roles = append(cfg.Roles, config.Defaulted(func(r *broker.Role) {
 		r.Name, r.Description, r.Backend = "gh-demo", "A GitHub installation token that reads "+owner+"/"+repo+".", devGitHubBackend
-		r.TTL, r.MaxTTL, r.Renewable = broker.Duration(5*time.Minute), broker.Duration(time.Hour), &notRenewable
+		r.TTL, r.MaxTTL, r.Renewable = config.Duration(5*time.Minute), config.Duration(time.Hour), &notRenewable
 		r.Labels = map[string]string{"env": "dev"}
 		r.Params = map[string]any{"installation": inst, "repositories": []any{owner + "/" + repo}, "permissions": map[string]any{"contents": "read"}}
 	}))

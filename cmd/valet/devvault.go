@@ -11,7 +11,9 @@ import (
 
 	"github.com/hashicorp/vault/api"
 
+	"github.com/valet-broker/valet/backends"
 	"github.com/valet-broker/valet/broker"
+	"github.com/valet-broker/valet/leases/config"
 )
 
 // Dev mode's Vault demo: with VAULT_ADDR and VAULT_TOKEN in the
@@ -28,7 +30,7 @@ const (
 
 // addDevVault extends cfg with the Vault demo and prepares Vault. It
 // returns a line for the banner, or "" when no Vault is configured.
-func addDevVault(cfg *broker.Config, dir string) (string, error) {
+func addDevVault(cfg *Config, dir string) (string, error) {
 	addr, token := os.Getenv("VAULT_ADDR"), os.Getenv("VAULT_TOKEN")
 	if addr == "" || token == "" {
 		return "", nil
@@ -43,20 +45,20 @@ func addDevVault(cfg *broker.Config, dir string) (string, error) {
 	if err := setupDevVault(addr, token); err != nil {
 		return "", fmt.Errorf("prepare Vault at %s for the demo roles: %w", addr, err)
 	}
-	cfg.Backends = append(cfg.Backends, broker.BackendConfig{Name: devVaultBackend, Type: "vault", Options: map[string]any{
+	cfg.Backends = append(cfg.Backends, backends.Config{Name: devVaultBackend, Type: "vault", Options: map[string]any{
 		"address": addr,
 		"auth":    map[string]any{"method": "token", "token_file": tokenFile},
 	}})
 	notRenewable := false
 	cfg.Roles = append(cfg.Roles,
-		broker.Defaulted(func(r *broker.Role) {
+		config.Defaulted(func(r *broker.Role) {
 			r.Name, r.Description, r.Backend = "demo-vault", "A Vault token that reads secret/valet-demo/*.", devVaultBackend
-			r.TTL, r.MaxTTL, r.Labels = broker.Duration(5*time.Minute), broker.Duration(time.Hour), map[string]string{"env": "dev"}
+			r.TTL, r.MaxTTL, r.Labels = config.Duration(5*time.Minute), config.Duration(time.Hour), map[string]string{"env": "dev"}
 			r.Params = map[string]any{"token_role": devTokenRole, "policies": []any{"valet-demo"}}
 		}),
-		broker.Defaulted(func(r *broker.Role) {
+		config.Defaulted(func(r *broker.Role) {
 			r.Name, r.Description, r.Backend = "demo-db", "A PostgreSQL login from Vault's database engine.", devVaultBackend
-			r.TTL, r.MaxTTL, r.Renewable = broker.Duration(5*time.Minute), broker.Duration(5*time.Minute), &notRenewable
+			r.TTL, r.MaxTTL, r.Renewable = config.Duration(5*time.Minute), config.Duration(5*time.Minute), &notRenewable
 			r.Labels = map[string]string{"env": "dev"}
 			r.Params = map[string]any{"token_role": devTokenRole, "policies": []any{"valet-demo-db"}, "path": "database/creds/valet-demo"}
 		}),

@@ -17,7 +17,6 @@ import (
 	gh "github.com/google/go-github/v93/github"
 
 	"github.com/valet-broker/valet/backends/github/githubtest"
-	"github.com/valet-broker/valet/broker"
 )
 
 // githubPolicy permits the GitHub roles to agents of the test issuer.
@@ -74,7 +73,7 @@ func newGitHubEnv(t *testing.T, srv *githubtest.Server) *testEnv {
 	if err := os.WriteFile(filepath.Join(e.Dir, "policies", "github.cedar"), []byte(githubPolicy), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if e.Config, err = broker.LoadConfig(path); err != nil {
+	if e.Config, err = LoadConfig(path); err != nil {
 		t.Fatal(err)
 	}
 	return e

@@ -16,10 +16,10 @@ import (
 	"testing"
 	"time"
 
-	"go.etcd.io/bbolt"
-
 	"github.com/valet-broker/valet/broker"
-	"github.com/valet-broker/valet/broker/clock"
+	"github.com/valet-broker/valet/broker/notify"
+	"github.com/valet-broker/valet/leases/clock"
+	"github.com/valet-broker/valet/leases/config"
 )
 
 // requestGrant asks for role and expects a 202 with a pending grant.
@@ -291,14 +291,13 @@ func TestGrantTamperedContentRefused(t *testing.T) {
 	id := requestGrant(t, e, agent, "elevated", "small change")
 	decide(t, e, testOperatorToken, id, "approve", 200)
 	// Someone with write access to the database stretches the approved
-	// TTL. The server holds the file; write through its own handle.
-	err := e.Server.store.DB().Update(func(tx *bbolt.Tx) error {
-		b := tx.Bucket([]byte("grants"))
+	// TTL. The server holds the file; write through its own store.
+	err := e.Server.store.Tamper("grants", []byte(id), func(v []byte) []byte {
 		var g map[string]any
-		json.Unmarshal(b.Get([]byte(id)), &g)
+		json.Unmarshal(v, &g)
 		g["ttl"] = "24h0m0s"
-		v, _ := json.Marshal(g)
-		return b.Put([]byte(id), v)
+		v, _ = json.Marshal(g)
+		return v
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -398,7 +397,7 @@ func TestGrantWebhooksDelivered(t *testing.T) {
 	e := newTestEnv(t)
 	secret := filepath.Join(e.Dir, "hook-secret")
 	os.WriteFile(secret, []byte("s3cret-hmac-key"), 0o600)
-	e.Config.Notifications.Webhooks = []broker.WebhookConfig{broker.Defaulted(func(w *broker.WebhookConfig) {
+	e.Config.Notifications.Webhooks = []notify.WebhookConfig{config.Defaulted(func(w *notify.WebhookConfig) {
 		w.Name, w.URL, w.SecretFile, w.Events = "sec", recv.URL, secret, []string{"grant.requested"}
 	})}
 	e.Start()

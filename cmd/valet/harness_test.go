@@ -20,7 +20,7 @@ import (
 	"github.com/valet-broker/valet/backends/builtin"
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/broker/attest"
-	"github.com/valet-broker/valet/broker/clock"
+	"github.com/valet-broker/valet/leases/clock"
 )
 
 // testOperatorToken is the operator token of alice, the first operator of
@@ -43,7 +43,7 @@ type testEnv struct {
 	URL    string
 	Server *Server
 	Issuer *attest.DevIssuer
-	Config *broker.Config
+	Config *Config
 	Clock  clock.Clock
 	// Registry replaces the built-in backends when set before start.
 	Registry backends.Registry
@@ -229,7 +229,7 @@ func newTestEnvYAML(t testing.TB, edit func(string) string) *testEnv {
 	if err := os.WriteFile(filepath.Join(dir, "config.yaml"), []byte(cfgText), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := broker.LoadConfig(filepath.Join(dir, "config.yaml"))
+	cfg, err := LoadConfig(filepath.Join(dir, "config.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,12 +8,13 @@ import (
 
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/broker/attest"
+	"github.com/valet-broker/valet/leases/config"
 )
 
 // withOperatorIssuer trusts a dev OpenID provider (https://sso.test,
 // audience valet-console) for operator ID tokens. edit may change its
 // configuration; the config is validated again.
-func withOperatorIssuer(t *testing.T, e *testEnv, edit func(*broker.OperatorIssuerConfig)) *attest.DevIssuer {
+func withOperatorIssuer(t *testing.T, e *testEnv, edit func(*attest.OperatorIssuerConfig)) *attest.DevIssuer {
 	t.Helper()
 	sso, err := attest.NewDevIssuer("https://sso.test")
 	if err != nil {
@@ -23,14 +24,14 @@ func withOperatorIssuer(t *testing.T, e *testEnv, edit func(*broker.OperatorIssu
 	if err := sso.WriteJWKS(jwks); err != nil {
 		t.Fatal(err)
 	}
-	ic := broker.Defaulted(func(ic *broker.OperatorIssuerConfig) {
+	ic := config.Defaulted(func(ic *attest.OperatorIssuerConfig) {
 		ic.Name, ic.Issuer, ic.Audiences, ic.JWKSFile, ic.Algorithms = "sso", "https://sso.test", []string{"valet-console"}, jwks, []string{"ES256"}
 		ic.AllowedGroups = []string{"approvers", "staff"}
 		if edit != nil {
 			edit(ic)
 		}
 	})
-	e.Config.Operators.Issuers = []broker.OperatorIssuerConfig{ic}
+	e.Config.Operators.Issuers = []attest.OperatorIssuerConfig{ic}
 	if err := e.Config.Validate(); err != nil {
 		t.Fatal(err)
 	}
@@ -55,7 +56,7 @@ func idToken(t *testing.T, sso *attest.DevIssuer, claims map[string]any) string 
 // the test server's configuration before Start.
 func addRole(t *testing.T, e *testEnv, edit func(*broker.Role)) {
 	t.Helper()
-	e.Config.Roles = append(e.Config.Roles, broker.Defaulted(edit))
+	e.Config.Roles = append(e.Config.Roles, config.Defaulted(edit))
 	if err := e.Config.Validate(); err != nil {
 		t.Fatal(err)
 	}
@@ -136,7 +137,7 @@ func TestOperatorCaseVariantIsOneApprover(t *testing.T) {
 
 func TestOperatorIDTokenIdentity(t *testing.T) {
 	e := newTestEnv(t)
-	sso := withOperatorIssuer(t, e, func(ic *broker.OperatorIssuerConfig) {
+	sso := withOperatorIssuer(t, e, func(ic *attest.OperatorIssuerConfig) {
 		ic.GroupsClaim = "roles"
 	})
 	e.Start()

@@ -15,9 +15,9 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/valet-broker/valet/broker"
-	"github.com/valet-broker/valet/broker/audit"
+	"github.com/valet-broker/valet/broker/bolt"
 	"github.com/valet-broker/valet/broker/policy"
-	"github.com/valet-broker/valet/leases"
+	"github.com/valet-broker/valet/leases/audit"
 )
 
 type leaseRow struct {
@@ -223,12 +223,12 @@ while valet runs).`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var res audit.VerifyResult
 			if dataDir != "" {
-				s, err := leases.OpenBolt(filepath.Join(dataDir, "valet.db"), leases.BoltOptions{ReadOnly: true})
+				s, err := bolt.Open(filepath.Join(dataDir, "valet.db"), bolt.Options{ReadOnly: true})
 				if err != nil {
 					return err
 				}
 				defer s.Close()
-				if res, err = audit.Verify(s.DB()); err != nil {
+				if res, err = s.VerifyAudit(cmd.Context()); err != nil {
 					return err
 				}
 			} else {

@@ -13,8 +13,6 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
-
-	"github.com/valet-broker/valet/broker"
 )
 
 func newServeCmd() *cobra.Command {
@@ -27,7 +25,7 @@ func newServeCmd() *cobra.Command {
 			if configPath == "" {
 				return fmt.Errorf("--config is required")
 			}
-			cfg, err := broker.LoadConfig(configPath)
+			cfg, err := LoadConfig(configPath)
 			if err != nil {
 				return configError{err}
 			}
@@ -40,9 +38,9 @@ func newServeCmd() *cobra.Command {
 
 // loadKEK reads the key-encryption key from VALET_KEK or the config's
 // kek_file.
-func loadKEK(cfg *broker.Config) ([]byte, error) {
+func loadKEK(cfg *Config) ([]byte, error) {
 	if v := os.Getenv("VALET_KEK"); v != "" {
-		return broker.ParseKEK(v)
+		return ParseKEK(v)
 	}
 	if cfg.KEKFile == "" {
 		return nil, fmt.Errorf("no key-encryption key: set VALET_KEK (64 hex digits) or kek_file in the config")
@@ -51,7 +49,7 @@ func loadKEK(cfg *broker.Config) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kek_file: %w", err)
 	}
-	return broker.ParseKEK(string(b))
+	return ParseKEK(string(b))
 }
 
 func newLogger(level string) *slog.Logger {
@@ -62,7 +60,7 @@ func newLogger(level string) *slog.Logger {
 
 // serve runs a server until ctx ends; SIGHUP reloads the policy. started,
 // if set, is called once the server listens.
-func serve(ctx context.Context, cfg *broker.Config, started func(*Server)) error {
+func serve(ctx context.Context, cfg *Config, started func(*Server)) error {
 	kek, err := loadKEK(cfg)
 	if err != nil {
 		return err

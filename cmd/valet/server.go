@@ -25,20 +25,20 @@ import (
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/broker/api"
 	"github.com/valet-broker/valet/broker/attest"
-	"github.com/valet-broker/valet/broker/audit"
+	"github.com/valet-broker/valet/broker/bolt"
 	"github.com/valet-broker/valet/broker/clientip"
-	"github.com/valet-broker/valet/broker/clock"
-	"github.com/valet-broker/valet/broker/grants"
 	"github.com/valet-broker/valet/broker/notify"
 	"github.com/valet-broker/valet/broker/policy"
 	"github.com/valet-broker/valet/leases"
+	"github.com/valet-broker/valet/leases/audit"
+	"github.com/valet-broker/valet/leases/clock"
 	"github.com/valet-broker/valet/web"
 )
 
 // Server is a running valet: everything `valet serve` starts, assembled
 // from a config so that tests can start the real thing in-process.
 type Server struct {
-	Config *broker.Config
+	Config *Config
 	// KEK is the key-encryption key for signing keys at rest.
 	KEK    []byte
 	Logger *slog.Logger
@@ -49,7 +49,7 @@ type Server struct {
 	// the webhook dispatcher).
 	Notifier broker.Notifier
 
-	store      *leases.BoltStore
+	store      *bolt.Store
 	sink       *audit.LineSink
 	broker     *broker.Broker
 	queue      *leases.RevocationQueue
@@ -103,15 +103,11 @@ func (s *Server) Open(ctx context.Context) (err error) {
 	if s.sink != nil {
 		sink = s.sink
 	}
-	s.store, err = leases.OpenBolt(filepath.Join(cfg.DataDir, "valet.db"), leases.BoltOptions{Sink: sink, Logger: log})
+	s.store, err = bolt.Open(filepath.Join(cfg.DataDir, "valet.db"), bolt.Options{Sink: sink, Logger: log})
 	if err != nil {
 		return err
 	}
-	replay, err := attest.NewBoltReplayCache(s.store.DB(), s.Clock)
-	if err != nil {
-		return err
-	}
-	replay.UseCommitter(s.store.Update)
+	replay := s.store.ReplayCache(s.Clock)
 	verifier, err := attest.New(ctx, attest.Options{
 		Issuers: cfg.Issuers, MaxTokenBytes: cfg.Limits.MaxAttestationBytes, Clock: s.Clock, Replay: replay, Logger: log,
 		CacheSize: cfg.Limits.AttestationCache,
@@ -181,10 +177,7 @@ func (s *Server) Open(ctx context.Context) (err error) {
 		s.broker.LeasesExpired(expired)
 	}
 
-	grantStore, err := grants.NewStore(s.store)
-	if err != nil {
-		return err
-	}
+	grantStore := s.store.Grants()
 	var notifyStats func() any
 	if s.Notifier == nil && len(cfg.Notifications.Webhooks) > 0 {
 		d, err := notify.New(notify.Options{
@@ -198,7 +191,7 @@ func (s *Server) Open(ctx context.Context) (err error) {
 		notifyStats = func() any { return d.Stats() }
 	}
 	s.broker, err = broker.New(broker.Options{
-		Config: cfg, Store: s.store, Auditor: s.store, Verifier: verifier, Authorizer: s.policy, Backends: bes,
+		Config: cfg.Broker(), Store: s.store, Auditor: s.store, Verifier: verifier, Authorizer: s.policy, Backends: bes,
 		Revoker: s.queue, Expiry: s.expirer, Clock: s.Clock, Logger: log, Observer: s.metrics,
 		Grants: grantStore, Notifier: s.Notifier, Replay: replay,
 	})
@@ -224,9 +217,9 @@ func (s *Server) Open(ctx context.Context) (err error) {
 		return fmt.Errorf("trusted_proxies%w", err)
 	}
 	clientIP := clientip.New(proxies)
-	operators := broker.NewOperators(cfg.Operators, opVerifier)
+	operators := broker.NewOperators(cfg.Operators.Tokens, cfg.Operators.OperatorIssuers(), opVerifier)
 	var assertions broker.Verifier
-	if issuers := cfg.Introspection.ClientAssertionIssuers(cfg.PublicURL); len(issuers) > 0 {
+	if issuers := attest.ClientAssertionIssuers(cfg.Introspection, cfg.PublicURL); len(issuers) > 0 {
 		assertions, err = attest.New(ctx, attest.Options{
 			Issuers: issuers, MaxTokenBytes: cfg.Limits.MaxAttestationBytes, Clock: s.Clock, Replay: replay, Logger: log,
 		})
@@ -238,7 +231,7 @@ func (s *Server) Open(ctx context.Context) (err error) {
 	var console http.Handler
 	if !cfg.Console.Disabled {
 		wc := web.Config{
-			Broker: s.broker, Operators: operators, AuditDB: s.store.DB(), Console: cfg.Console,
+			Broker: s.broker, Operators: operators, Audit: s.store, Console: cfg.Console,
 			PublicURL: cfg.PublicURL, Clock: s.Clock, Logger: log.With("component", "console"), ClientIP: clientIP,
 		}
 		c, err := web.New(ctx, wc)
@@ -256,7 +249,7 @@ func (s *Server) Open(ctx context.Context) (err error) {
 		console = c
 	}
 	s.api = api.New(api.Config{
-		Broker: s.broker, Operators: operators, ResourceServers: resourceServers, AuditDB: s.store.DB(),
+		Broker: s.broker, Operators: operators, ResourceServers: resourceServers, Audit: s.store,
 		Limits: cfg.Limits, PublicURL: cfg.PublicURL, Metrics: s.metrics, Logger: log, Ready: s.readiness,
 		NotificationStats: notifyStats, UI: console, ClientIP: clientIP,
 	})
@@ -373,7 +366,7 @@ func (s *Server) close() error {
 	return err
 }
 
-func tlsConfig(c *broker.TLSConfig) (*tls.Config, error) {
+func tlsConfig(c *TLSConfig) (*tls.Config, error) {
 	cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
 	if err != nil {
 		return nil, fmt.Errorf("tls: %w", err)
@@ -400,7 +393,7 @@ func tlsConfig(c *broker.TLSConfig) (*tls.Config, error) {
 }
 
 // configHash identifies the loaded configuration in the audit log.
-func configHash(cfg *broker.Config) string {
+func configHash(cfg *Config) string {
 	b, _ := yaml.Marshal(cfg)
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:])

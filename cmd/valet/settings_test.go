@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/valet-broker/valet/broker/clock"
+	"github.com/valet-broker/valet/leases/clock"
 )
 
 // TestClockSkewZeroIsNoSkew: issuers[].clock_skew: 0s tolerates no skew at

@@ -15,8 +15,6 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
-
-	"github.com/valet-broker/valet/broker"
 )
 
 // testCA issues certificates for TLS tests.
@@ -77,7 +75,7 @@ func serveTLS(t *testing.T, e *testEnv, clientAuth string) *testCA {
 		}
 		return p
 	}
-	e.Config.TLS = &broker.TLSConfig{
+	e.Config.TLS = &TLSConfig{
 		CertFile: write("tls.crt", srvCert), KeyFile: write("tls.key", srvKey),
 		ClientCAFile: write("ca.pem", ca.pem), ClientAuth: clientAuth,
 	}

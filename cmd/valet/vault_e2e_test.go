@@ -15,7 +15,6 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/valet-broker/valet/backends/vault/vaulttest"
-	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/leases"
 )
 
@@ -39,7 +38,7 @@ func setupValetVault(t *testing.T, v *vaulttest.Server) {
 
 // newVaultEnv is a test env whose config adds a vault backend with the
 // given roles (YAML list items) and a policy permitting them.
-func newVaultEnv(t *testing.T, v *vaulttest.Server, roles string, tweak func(*broker.Config)) *testEnv {
+func newVaultEnv(t *testing.T, v *vaulttest.Server, roles string, tweak func(*Config)) *testEnv {
 	t.Helper()
 	e := newTestEnv(t)
 	path := filepath.Join(e.Dir, "config.yaml")
@@ -62,7 +61,7 @@ func newVaultEnv(t *testing.T, v *vaulttest.Server, roles string, tweak func(*br
 	if err := os.WriteFile(filepath.Join(e.Dir, "policies", "vault.cedar"), []byte(vaultPolicy), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if e.Config, err = broker.LoadConfig(path); err != nil {
+	if e.Config, err = LoadConfig(path); err != nil {
 		t.Fatal(err)
 	}
 	if tweak != nil {
@@ -437,7 +436,7 @@ path "auth/token/roles/*" { capabilities = ["read"] }
     ttl: 3s
     max_ttl: 2m
     params: {token_role: valet-agents, policies: [agent-read]}
-`, func(cfg *broker.Config) {
+`, func(cfg *Config) {
 		for _, b := range cfg.Backends {
 			if b.Name == "vault-main" {
 				b.Options["auth"] = map[string]any{"method": "token", "token_file": tokenFile}

@@ -23,7 +23,7 @@ import (
 	smithyhttp "github.com/aws/smithy-go/transport/http"
 
 	"github.com/valet-broker/valet/backends/aws/awstest"
-	"github.com/valet-broker/valet/broker/clock"
+	"github.com/valet-broker/valet/leases/clock"
 )
 
 func clients(s *awstest.Server, akid, secret, token string, opts ...func(*sts.Options)) (*sts.Client, *iam.Client) {

@@ -1,9 +1,10 @@
-// Package audit is valet's append-only, hash-chained audit log. Records live
-// in the same bbolt database as the state they describe and are appended in
-// the same transaction as the change, so a state change without its record
-// (or the reverse) cannot be committed. Each record carries the hash of the
-// one before it; Verify recomputes the chain and detects any changed,
-// deleted or reordered record.
+// Package audit is valet's append-only, hash-chained audit log: its records
+// and the chain that links them. A storage engine keeps the records in the
+// same store as the state they describe and appends them in the same
+// transaction as the change (Chain computes them), so a state change without
+// its record (or the reverse) cannot be committed. Each record carries the
+// hash of the one before it; VerifyChain recomputes the chain over the
+// stored bytes and detects any changed, deleted or reordered record.
 package audit
 
 import (
@@ -15,8 +16,6 @@ import (
 	"errors"
 	"fmt"
 	"time"
-
-	"go.etcd.io/bbolt"
 )
 
 // Actor types.
@@ -28,6 +27,10 @@ const (
 	ActorSystem    = "system"
 	ActorAnonymous = "anonymous" // a caller whose credentials did not verify
 )
+
+// SystemActor is valet itself: its background work (expiry, revocation,
+// recovery) and its own start-up.
+var SystemActor = Actor{Type: ActorSystem, ID: "valet"}
 
 // Decisions.
 const (
@@ -115,76 +118,61 @@ type Record struct {
 	Hash     string `json:"hash"`
 }
 
-var (
-	bucketRecords = []byte("audit")
-	bucketMeta    = []byte("audit.meta")
-	keyHead       = []byte("head")
-)
-
-// Init creates the audit buckets. Call it once, in the transaction that
-// creates the database's other buckets.
-func Init(tx *bbolt.Tx) error {
-	for _, b := range [][]byte{bucketRecords, bucketMeta} {
-		if _, err := tx.CreateBucketIfNotExists(b); err != nil {
-			return fmt.Errorf("create bucket %s: %w", b, err)
-		}
-	}
-	return nil
+// Head is where the log ends: the sequence and hash of its last record
+// (zero for an empty log). An engine stores it beside the records and moves
+// it in the transaction that appends.
+type Head struct {
+	Seq  uint64
+	Hash [sha256.Size]byte
 }
 
-type head struct {
-	seq  uint64
-	hash [sha256.Size]byte
+// Bytes is the stored form of the head: 8 bytes of big-endian sequence,
+// then the hash.
+func (h Head) Bytes() []byte {
+	v := make([]byte, 8+sha256.Size)
+	binary.BigEndian.PutUint64(v, h.Seq)
+	copy(v[8:], h.Hash[:])
+	return v
 }
 
-func readHead(tx *bbolt.Tx) (head, error) {
-	var h head
-	v := tx.Bucket(bucketMeta).Get(keyHead)
+// ParseHead reads a stored head; nil (no head stored) is the empty log's.
+func ParseHead(v []byte) (Head, error) {
+	var h Head
 	if v == nil {
 		return h, nil
 	}
 	if len(v) != 8+sha256.Size {
 		return h, errors.New("audit head is corrupt")
 	}
-	h.seq = binary.BigEndian.Uint64(v[:8])
-	copy(h.hash[:], v[8:])
+	h.Seq = binary.BigEndian.Uint64(v[:8])
+	copy(h.Hash[:], v[8:])
 	return h, nil
 }
 
-// AppendTx appends entries to the log inside tx, chained to the current
-// head, and returns the records. The records are durable exactly when tx
-// commits. Sink, if non-nil, receives them after a successful commit.
-func AppendTx(tx *bbolt.Tx, now time.Time, sink Sink, entries ...Entry) ([]Record, error) {
-	h, err := readHead(tx)
-	if err != nil {
-		return nil, err
-	}
-	b := tx.Bucket(bucketRecords)
-	recs := make([]Record, 0, len(entries))
+// Chain returns the records for entries appended after head at now, their
+// stored bytes (in order; stored[i] goes under SeqKey(recs[i].Seq)) and the
+// new head. The engine writes them and the head in one transaction with the
+// state change they describe.
+func Chain(head Head, now time.Time, entries ...Entry) (recs []Record, stored [][]byte, next Head, err error) {
+	recs = make([]Record, 0, len(entries))
+	stored = make([][]byte, 0, len(entries))
 	for _, e := range entries {
-		r := Record{Seq: h.seq + 1, Time: now.UTC().Round(0), Entry: e, PrevHash: hex.EncodeToString(h.hash[:])}
+		r := Record{Seq: head.Seq + 1, Time: now.UTC().Round(0), Entry: e, PrevHash: hex.EncodeToString(head.Hash[:])}
 		v, sum, err := r.encode()
 		if err != nil {
-			return nil, err
+			return nil, nil, head, err
 		}
 		r.Hash = hex.EncodeToString(sum[:])
-		if err := b.Put(seqKey(r.Seq), v); err != nil {
-			return nil, err
-		}
-		h = head{seq: r.Seq, hash: sum}
+		head = Head{Seq: r.Seq, Hash: sum}
 		recs = append(recs, r)
+		stored = append(stored, v)
 	}
-	hv := make([]byte, 8+sha256.Size)
-	binary.BigEndian.PutUint64(hv, h.seq)
-	copy(hv[8:], h.hash[:])
-	if err := tx.Bucket(bucketMeta).Put(keyHead, hv); err != nil {
-		return nil, err
-	}
-	if sink != nil {
-		tx.OnCommit(func() { sink.Write(recs) })
-	}
-	return recs, nil
+	return recs, stored, head, nil
 }
+
+// Sum is the hash of the record's contents: SHA-256 over the previous hash
+// and the record's canonical JSON with Hash empty (see encode).
+func (r Record) Sum() ([sha256.Size]byte, error) { return r.computeHash() }
 
 // computeHash is SHA-256 over the previous hash and the record's canonical
 // JSON with Hash empty (see encode).
@@ -226,7 +214,9 @@ func (r Record) encode() ([]byte, [sha256.Size]byte, error) {
 	return v, sum, nil
 }
 
-func seqKey(seq uint64) []byte {
+// SeqKey is the key a record is stored under: its sequence as 8 bytes,
+// big-endian, so keys sort in sequence order.
+func SeqKey(seq uint64) []byte {
 	k := make([]byte, 8)
 	binary.BigEndian.PutUint64(k, seq)
 	return k
@@ -245,47 +235,13 @@ type Filter struct {
 	BeforeSeq uint64
 }
 
-// List returns records matching f, in sequence order (or newest first).
-func List(db *bbolt.DB, f Filter) ([]Record, error) {
-	if f.Limit <= 0 {
-		f.Limit = 100
-	}
-	f.Limit = min(f.Limit, 1000)
-	var out []Record
-	err := db.View(func(tx *bbolt.Tx) error {
-		c := tx.Bucket(bucketRecords).Cursor()
-		var k, v []byte
-		next := c.Next
-		if f.Newest {
-			next = c.Prev
-			if f.BeforeSeq > 0 {
-				if k, _ = c.Seek(seqKey(f.BeforeSeq)); k != nil {
-					k, v = c.Prev()
-				} else {
-					k, v = c.Last()
-				}
-			} else {
-				k, v = c.Last()
-			}
-		} else {
-			k, v = c.Seek(seqKey(f.AfterSeq + 1))
-		}
-		for ; k != nil && len(out) < f.Limit; k, v = next() {
-			var r Record
-			if err := json.Unmarshal(v, &r); err != nil {
-				return fmt.Errorf("audit record %d: %w", binary.BigEndian.Uint64(k), err)
-			}
-			if (f.Kind != "" && r.Kind != f.Kind) || (f.AgentID != "" && r.AgentID != f.AgentID) || (f.LeaseID != "" && r.LeaseID != f.LeaseID) {
-				continue
-			}
-			out = append(out, r)
-		}
-		return nil
-	})
-	return out, err
+// Match reports whether r passes the filter's kind, agent and lease
+// (sequence bounds and limits are the engine's to apply).
+func (f Filter) Match(r *Record) bool {
+	return (f.Kind == "" || r.Kind == f.Kind) && (f.AgentID == "" || r.AgentID == f.AgentID) && (f.LeaseID == "" || r.LeaseID == f.LeaseID)
 }
 
-// VerifyResult is the outcome of Verify.
+// VerifyResult is the outcome of VerifyChain.
 type VerifyResult struct {
 	OK      bool   `json:"ok"`
 	Records uint64 `json:"records"`
@@ -301,91 +257,89 @@ type VerifyResult struct {
 	FirstBad uint64 `json:"first_bad_seq,omitempty"`
 }
 
-// Verify walks the whole log and checks that sequence numbers are
+// VerifyChain walks a whole stored log and checks that sequence numbers are
 // contiguous from 1, that every record's key matches its sequence, that each
 // record's prev_hash is the previous record's hash, that every hash matches
 // the record's contents, that every record's stored bytes are exactly its
-// canonical encoding (see encode), and that the stored head points at the last record
-// (so a deleted tail, a record appended without moving the head, and a
-// changed last record whose hash was recomputed are detected too).
-func Verify(db *bbolt.DB) (VerifyResult, error) {
-	var res VerifyResult
-	err := db.View(func(tx *bbolt.Tx) error {
-		h, err := readHead(tx)
-		if err != nil {
-			res.Problem = err.Error()
-			return nil
+// canonical encoding (see encode), and that the stored head points at the
+// last record (so a deleted tail, a record appended without moving the
+// head, and a changed last record whose hash was recomputed are detected
+// too). storedHead is the head as stored (ParseHead reads it); next returns
+// the stored records in key order, each key and its stored bytes, until ok
+// is false.
+func VerifyChain(storedHead []byte, next func() (k, v []byte, ok bool)) (res VerifyResult) {
+	h, err := ParseHead(storedHead)
+	if err != nil {
+		res.Problem = err.Error()
+		return
+	}
+	fail := func(seq uint64, format string, args ...any) {
+		res.Problem = fmt.Sprintf("record %d: ", seq) + fmt.Sprintf(format, args...)
+		res.FirstBad = seq
+	}
+	var prev [sha256.Size]byte
+	var want uint64 = 1
+	for k, v, ok := next(); ok; k, v, ok = next() {
+		if len(k) != 8 {
+			fail(want, "malformed key")
+			return
 		}
-		fail := func(seq uint64, format string, args ...any) {
-			res.Problem = fmt.Sprintf("record %d: ", seq) + fmt.Sprintf(format, args...)
-			res.FirstBad = seq
+		seq := binary.BigEndian.Uint64(k)
+		if seq != want {
+			fail(want, "missing (the next stored record is %d): records were deleted", seq)
+			return
 		}
-		var prev [sha256.Size]byte
-		var want uint64 = 1
-		c := tx.Bucket(bucketRecords).Cursor()
-		for k, v := c.First(); k != nil; k, v = c.Next() {
-			if len(k) != 8 {
-				fail(want, "malformed key")
-				return nil
-			}
-			seq := binary.BigEndian.Uint64(k)
-			if seq != want {
-				fail(want, "missing (the next stored record is %d): records were deleted", seq)
-				return nil
-			}
-			r, canon, sum, problem := checkStored(v)
-			if problem != "" {
-				fail(seq, "%s", problem)
-				return nil
-			}
-			if r.Seq != seq {
-				fail(seq, "holds record %d (reordered)", r.Seq)
-				return nil
-			}
-			if r.PrevHash != hex.EncodeToString(prev[:]) {
-				if seq > 1 && bytes.Equal(v, canon) {
-					// This record is intact and still names the hash its
-					// predecessor had when it was appended: the
-					// predecessor was changed and its hash recomputed.
-					fail(seq-1, "changed and re-hashed: its hash no longer matches the prev_hash of record %d", seq)
-					return nil
-				}
-				fail(seq, "prev_hash does not match the hash of record %d (reordered or changed)", seq-1)
-				return nil
-			}
-			if r.Hash != hex.EncodeToString(sum[:]) {
-				fail(seq, "hash does not match its contents (changed)")
-				return nil
-			}
-			// The hash covers the canonical encoding; the stored bytes must
-			// be exactly that, or a reader that parses JSON differently
-			// (first of two duplicated keys, say) would see another record.
-			if !bytes.Equal(v, canon) {
-				fail(seq, "stored bytes are not the canonical encoding of the record (changed: a duplicated key, an escaped character, a key in other case, whitespace or another key order)")
-				return nil
-			}
-			prev = sum
-			res.Records++
-			want++
+		r, canon, sum, problem := checkStored(v)
+		if problem != "" {
+			fail(seq, "%s", problem)
+			return
 		}
-		switch {
-		case h.seq > res.Records:
-			res.Problem = fmt.Sprintf("the log ends at record %d but its head says %d: records were deleted from the end", res.Records, h.seq)
-			res.FirstBad = res.Records + 1
-			return nil
-		case h.seq < res.Records:
-			fail(h.seq+1, "follows the log's head (record %d): records were appended outside the log", h.seq)
-			return nil
-		case h.seq > 0 && h.hash != prev:
-			fail(h.seq, "hash does not match the log's head: the record was changed and re-hashed (or records before it were)")
-			return nil
+		if r.Seq != seq {
+			fail(seq, "holds record %d (reordered)", r.Seq)
+			return
 		}
-		res.OK = true
-		res.HeadSeq = h.seq
-		res.HeadHash = hex.EncodeToString(h.hash[:])
-		return nil
-	})
-	return res, err
+		if r.PrevHash != hex.EncodeToString(prev[:]) {
+			if seq > 1 && bytes.Equal(v, canon) {
+				// This record is intact and still names the hash its
+				// predecessor had when it was appended: the
+				// predecessor was changed and its hash recomputed.
+				fail(seq-1, "changed and re-hashed: its hash no longer matches the prev_hash of record %d", seq)
+				return
+			}
+			fail(seq, "prev_hash does not match the hash of record %d (reordered or changed)", seq-1)
+			return
+		}
+		if r.Hash != hex.EncodeToString(sum[:]) {
+			fail(seq, "hash does not match its contents (changed)")
+			return
+		}
+		// The hash covers the canonical encoding; the stored bytes must
+		// be exactly that, or a reader that parses JSON differently
+		// (first of two duplicated keys, say) would see another record.
+		if !bytes.Equal(v, canon) {
+			fail(seq, "stored bytes are not the canonical encoding of the record (changed: a duplicated key, an escaped character, a key in other case, whitespace or another key order)")
+			return
+		}
+		prev = sum
+		res.Records++
+		want++
+	}
+	switch {
+	case h.Seq > res.Records:
+		res.Problem = fmt.Sprintf("the log ends at record %d but its head says %d: records were deleted from the end", res.Records, h.Seq)
+		res.FirstBad = res.Records + 1
+		return
+	case h.Seq < res.Records:
+		fail(h.Seq+1, "follows the log's head (record %d): records were appended outside the log", h.Seq)
+		return
+	case h.Seq > 0 && h.Hash != prev:
+		fail(h.Seq, "hash does not match the log's head: the record was changed and re-hashed (or records before it were)")
+		return
+	}
+	res.OK = true
+	res.HeadSeq = h.Seq
+	res.HeadHash = hex.EncodeToString(h.Hash[:])
+	return res
 }
 
 // checkStored decodes the stored bytes of a record strictly and returns it,

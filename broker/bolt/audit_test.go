@@ -1,4 +1,4 @@
-package audit
+package bolt
 
 import (
 	"bytes"
@@ -15,20 +15,22 @@ import (
 	"time"
 
 	"go.etcd.io/bbolt"
+
+	"github.com/valet-broker/valet/leases/audit"
 )
 
-var t0 = time.Date(2030, 1, 2, 3, 4, 5, 123456789, time.UTC)
+var a0 = time.Date(2030, 1, 2, 3, 4, 5, 123456789, time.UTC)
 
-// MustOpenDB opens a bbolt file in tb.TempDir() with the audit buckets and
+// mustOpenAuditDB opens a bbolt file in tb.TempDir() with the audit buckets and
 // closes it when the test ends.
-func MustOpenDB(tb testing.TB) *bbolt.DB {
+func mustOpenAuditDB(tb testing.TB) *bbolt.DB {
 	tb.Helper()
 	db, err := bbolt.Open(filepath.Join(tb.TempDir(), "audit.db"), 0o600, nil)
 	if err != nil {
 		tb.Fatalf("open bbolt: %v", err)
 	}
 	tb.Cleanup(func() { db.Close() })
-	if err := db.Update(Init); err != nil {
+	if err := db.Update(initAudit); err != nil {
 		tb.Fatalf("init audit buckets: %v", err)
 	}
 	return db
@@ -36,12 +38,12 @@ func MustOpenDB(tb testing.TB) *bbolt.DB {
 
 // entry returns the i-th entry of a varied test log: kinds, agents and
 // leases cycle with different periods.
-func entry(i int) Entry {
-	kinds := []string{KindMint, KindRenew, KindRelease}
-	return Entry{
+func auditEntry(i int) audit.Entry {
+	kinds := []string{audit.KindMint, audit.KindRenew, audit.KindRelease}
+	return audit.Entry{
 		Kind:     kinds[i%3],
-		Actor:    Actor{Type: ActorAgent, ID: fmt.Sprint("agent-", i%2)},
-		Decision: Allow,
+		Actor:    audit.Actor{Type: audit.ActorAgent, ID: fmt.Sprint("agent-", i%2)},
+		Decision: audit.Allow,
 		Reason:   fmt.Sprint("reason ", i),
 		AgentID:  fmt.Sprint("agent-", i%2),
 		Role:     "demo",
@@ -51,12 +53,12 @@ func entry(i int) Entry {
 }
 
 // mustAppendN appends n entries, one transaction each, a second apart.
-func mustAppendN(tb testing.TB, db *bbolt.DB, n int) []Record {
+func mustAppendN(tb testing.TB, db *bbolt.DB, n int) []audit.Record {
 	tb.Helper()
-	var out []Record
+	var out []audit.Record
 	for i := range n {
 		err := db.Update(func(tx *bbolt.Tx) error {
-			recs, err := AppendTx(tx, t0.Add(time.Duration(i)*time.Second), nil, entry(i))
+			recs, err := appendAudit(tx, a0.Add(time.Duration(i)*time.Second), nil, auditEntry(i))
 			out = append(out, recs...)
 			return err
 		})
@@ -67,9 +69,9 @@ func mustAppendN(tb testing.TB, db *bbolt.DB, n int) []Record {
 	return out
 }
 
-func mustVerify(tb testing.TB, db *bbolt.DB) VerifyResult {
+func mustVerify(tb testing.TB, db *bbolt.DB) audit.VerifyResult {
 	tb.Helper()
-	res, err := Verify(db)
+	res, err := verifyAudit(db)
 	if err != nil {
 		tb.Fatalf("Verify: %v", err)
 	}
@@ -91,17 +93,17 @@ func TestAppendAndVerify(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			db := MustOpenDB(t)
-			var all []Record
+			db := mustOpenAuditDB(t)
+			var all []audit.Record
 			i := 0
 			for _, n := range tc.perTx {
-				var es []Entry
+				var es []audit.Entry
 				for range n {
-					es = append(es, entry(i))
+					es = append(es, auditEntry(i))
 					i++
 				}
 				err := db.Update(func(tx *bbolt.Tx) error {
-					recs, err := AppendTx(tx, t0.In(time.FixedZone("X", 3600)), nil, es...)
+					recs, err := appendAudit(tx, a0.In(time.FixedZone("X", 3600)), nil, es...)
 					all = append(all, recs...)
 					return err
 				})
@@ -121,7 +123,7 @@ func TestAppendAndVerify(t *testing.T) {
 				t.Errorf("HeadHash = %s, want the last record's hash %s", res.HeadHash, wantHead)
 			}
 			// The chain as returned by AppendTx and as stored.
-			stored, err := List(db, Filter{Limit: 1000})
+			stored, err := listAudit(db, audit.Filter{Limit: 1000})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -130,12 +132,12 @@ func TestAppendAndVerify(t *testing.T) {
 			}
 			prev := strings.Repeat("0", 64)
 			for i, r := range stored {
-				if r.Seq != uint64(i+1) || r.PrevHash != prev || r.Hash != all[i].Hash || r.Time.Location() != time.UTC || !r.Time.Equal(t0) {
+				if r.Seq != uint64(i+1) || r.PrevHash != prev || r.Hash != all[i].Hash || r.Time.Location() != time.UTC || !r.Time.Equal(a0) {
 					t.Errorf("record %d = seq %d prev %s hash %s time %v; want seq %d prev %s hash %s time %v UTC",
-						i, r.Seq, r.PrevHash, r.Hash, r.Time, i+1, prev, all[i].Hash, t0)
+						i, r.Seq, r.PrevHash, r.Hash, r.Time, i+1, prev, all[i].Hash, a0)
 				}
-				if r.Reason != entry(i).Reason {
-					t.Errorf("record %d reason = %q, want %q", r.Seq, r.Reason, entry(i).Reason)
+				if r.Reason != auditEntry(i).Reason {
+					t.Errorf("record %d reason = %q, want %q", r.Seq, r.Reason, auditEntry(i).Reason)
 				}
 				prev = r.Hash
 			}
@@ -146,12 +148,12 @@ func TestAppendAndVerify(t *testing.T) {
 // TestAppendRolledBack: records appended in a transaction that does not
 // commit leave no trace, and the sink never sees them.
 func TestAppendRolledBack(t *testing.T) {
-	db := MustOpenDB(t)
+	db := mustOpenAuditDB(t)
 	mustAppendN(t, db, 2)
 	sink := &recordingSink{}
 	errFail := errors.New("the state change failed (injected)")
 	err := db.Update(func(tx *bbolt.Tx) error {
-		if _, err := AppendTx(tx, t0, sink, entry(2), entry(3)); err != nil {
+		if _, err := appendAudit(tx, a0, sink, auditEntry(2), auditEntry(3)); err != nil {
 			return err
 		}
 		return errFail
@@ -167,7 +169,7 @@ func TestAppendRolledBack(t *testing.T) {
 	}
 	// The next commit continues the chain and reaches the sink.
 	err = db.Update(func(tx *bbolt.Tx) error {
-		_, err := AppendTx(tx, t0, sink, entry(4))
+		_, err := appendAudit(tx, a0, sink, auditEntry(4))
 		return err
 	})
 	if err != nil {
@@ -183,10 +185,10 @@ func TestAppendRolledBack(t *testing.T) {
 
 type recordingSink struct {
 	mu   sync.Mutex
-	recs []Record
+	recs []audit.Record
 }
 
-func (s *recordingSink) Write(recs []Record) {
+func (s *recordingSink) Write(recs []audit.Record) {
 	s.mu.Lock()
 	s.recs = append(s.recs, recs...)
 	s.mu.Unlock()
@@ -202,38 +204,38 @@ func (s *recordingSink) seqs() []uint64 {
 	return out
 }
 
-func TestList(t *testing.T) {
-	db := MustOpenDB(t)
+func TestAuditList(t *testing.T) {
+	db := mustOpenAuditDB(t)
 	mustAppendN(t, db, 12)
 	// Entry i is record i+1: kind cycles mint, renew, release; agent-<i%2>;
 	// lease-<i%4>.
 	cases := []struct {
 		name string
-		f    Filter
+		f    audit.Filter
 		want []uint64
 	}{
-		{"everything in order", Filter{}, []uint64{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12}},
-		{"after", Filter{AfterSeq: 9}, []uint64{10, 11, 12}},
-		{"after the end", Filter{AfterSeq: 12}, nil},
-		{"limit", Filter{Limit: 2}, []uint64{1, 2}},
-		{"after with limit", Filter{AfterSeq: 4, Limit: 3}, []uint64{5, 6, 7}},
-		{"kind", Filter{Kind: KindRenew}, []uint64{2, 5, 8, 11}},
-		{"agent", Filter{AgentID: "agent-1"}, []uint64{2, 4, 6, 8, 10, 12}},
-		{"lease", Filter{LeaseID: "lease-3"}, []uint64{4, 8, 12}},
-		{"kind and agent", Filter{Kind: KindMint, AgentID: "agent-0"}, []uint64{1, 7}},
-		{"kind and lease with limit", Filter{Kind: KindRelease, LeaseID: "lease-2", Limit: 1}, []uint64{3}},
-		{"unknown kind", Filter{Kind: "nope"}, nil},
-		{"newest", Filter{Newest: true, Limit: 3}, []uint64{12, 11, 10}},
-		{"newest ignores after", Filter{Newest: true, AfterSeq: 10, Limit: 3}, []uint64{12, 11, 10}},
-		{"newest before", Filter{Newest: true, BeforeSeq: 5}, []uint64{4, 3, 2, 1}},
-		{"newest before the first", Filter{Newest: true, BeforeSeq: 1}, nil},
-		{"newest before past the end", Filter{Newest: true, BeforeSeq: 100, Limit: 2}, []uint64{12, 11}},
-		{"newest with kind", Filter{Newest: true, Kind: KindRelease}, []uint64{12, 9, 6, 3}},
-		{"newest before with lease", Filter{Newest: true, BeforeSeq: 8, LeaseID: "lease-3"}, []uint64{4}},
+		{"everything in order", audit.Filter{}, []uint64{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12}},
+		{"after", audit.Filter{AfterSeq: 9}, []uint64{10, 11, 12}},
+		{"after the end", audit.Filter{AfterSeq: 12}, nil},
+		{"limit", audit.Filter{Limit: 2}, []uint64{1, 2}},
+		{"after with limit", audit.Filter{AfterSeq: 4, Limit: 3}, []uint64{5, 6, 7}},
+		{"kind", audit.Filter{Kind: audit.KindRenew}, []uint64{2, 5, 8, 11}},
+		{"agent", audit.Filter{AgentID: "agent-1"}, []uint64{2, 4, 6, 8, 10, 12}},
+		{"lease", audit.Filter{LeaseID: "lease-3"}, []uint64{4, 8, 12}},
+		{"kind and agent", audit.Filter{Kind: audit.KindMint, AgentID: "agent-0"}, []uint64{1, 7}},
+		{"kind and lease with limit", audit.Filter{Kind: audit.KindRelease, LeaseID: "lease-2", Limit: 1}, []uint64{3}},
+		{"unknown kind", audit.Filter{Kind: "nope"}, nil},
+		{"newest", audit.Filter{Newest: true, Limit: 3}, []uint64{12, 11, 10}},
+		{"newest ignores after", audit.Filter{Newest: true, AfterSeq: 10, Limit: 3}, []uint64{12, 11, 10}},
+		{"newest before", audit.Filter{Newest: true, BeforeSeq: 5}, []uint64{4, 3, 2, 1}},
+		{"newest before the first", audit.Filter{Newest: true, BeforeSeq: 1}, nil},
+		{"newest before past the end", audit.Filter{Newest: true, BeforeSeq: 100, Limit: 2}, []uint64{12, 11}},
+		{"newest with kind", audit.Filter{Newest: true, Kind: audit.KindRelease}, []uint64{12, 9, 6, 3}},
+		{"newest before with lease", audit.Filter{Newest: true, BeforeSeq: 8, LeaseID: "lease-3"}, []uint64{4}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			recs, err := List(db, tc.f)
+			recs, err := listAudit(db, tc.f)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -248,30 +250,30 @@ func TestList(t *testing.T) {
 	}
 }
 
-func TestListLimits(t *testing.T) {
-	db := MustOpenDB(t)
+func TestAuditListLimits(t *testing.T) {
+	db := mustOpenAuditDB(t)
 	err := db.Update(func(tx *bbolt.Tx) error {
-		es := make([]Entry, 1200)
+		es := make([]audit.Entry, 1200)
 		for i := range es {
-			es[i] = entry(i)
+			es[i] = auditEntry(i)
 		}
-		_, err := AppendTx(tx, t0, nil, es...)
+		_, err := appendAudit(tx, a0, nil, es...)
 		return err
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, tc := range []struct{ limit, want int }{{0, 100}, {-5, 100}, {1000, 1000}, {5000, 1000}} {
-		recs, err := List(db, Filter{Limit: tc.limit})
+		recs, err := listAudit(db, audit.Filter{Limit: tc.limit})
 		if err != nil || len(recs) != tc.want {
 			t.Errorf("List(limit %d) = %d records, %v; want %d", tc.limit, len(recs), err, tc.want)
 		}
 	}
 	// Paging newest first with BeforeSeq walks the whole log once.
 	var seen []uint64
-	f := Filter{Newest: true, Limit: 500}
+	f := audit.Filter{Newest: true, Limit: 500}
 	for {
-		recs, err := List(db, f)
+		recs, err := listAudit(db, f)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -291,9 +293,9 @@ func TestListLimits(t *testing.T) {
 // rewrite decodes record seq into a generic map, lets mutate change it and
 // stores it back, bypassing AppendTx as an attacker with the file would.
 func rewrite(tx *bbolt.Tx, seq uint64, mutate func(m map[string]any)) error {
-	b := tx.Bucket(bucketRecords)
+	b := tx.Bucket(bucketAuditRecords)
 	var m map[string]any
-	if err := json.Unmarshal(b.Get(seqKey(seq)), &m); err != nil {
+	if err := json.Unmarshal(b.Get(audit.SeqKey(seq)), &m); err != nil {
 		return err
 	}
 	mutate(m)
@@ -301,19 +303,19 @@ func rewrite(tx *bbolt.Tx, seq uint64, mutate func(m map[string]any)) error {
 	if err != nil {
 		return err
 	}
-	return b.Put(seqKey(seq), v)
+	return b.Put(audit.SeqKey(seq), v)
 }
 
 // rehash changes record seq with mutate and recomputes its hash, so that
 // the record is consistent with itself.
-func rehash(tx *bbolt.Tx, seq uint64, mutate func(r *Record)) (string, error) {
-	b := tx.Bucket(bucketRecords)
-	var r Record
-	if err := json.Unmarshal(b.Get(seqKey(seq)), &r); err != nil {
+func rehash(tx *bbolt.Tx, seq uint64, mutate func(r *audit.Record)) (string, error) {
+	b := tx.Bucket(bucketAuditRecords)
+	var r audit.Record
+	if err := json.Unmarshal(b.Get(audit.SeqKey(seq)), &r); err != nil {
 		return "", err
 	}
 	mutate(&r)
-	sum, err := r.computeHash()
+	sum, err := r.Sum()
 	if err != nil {
 		return "", err
 	}
@@ -322,7 +324,7 @@ func rehash(tx *bbolt.Tx, seq uint64, mutate func(r *Record)) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	return r.Hash, b.Put(seqKey(seq), v)
+	return r.Hash, b.Put(audit.SeqKey(seq), v)
 }
 
 func TestVerifyDetectsTampering(t *testing.T) {
@@ -336,7 +338,7 @@ func TestVerifyDetectsTampering(t *testing.T) {
 		{
 			name: "changed field of a middle record",
 			tamper: func(tx *bbolt.Tx) error {
-				return rewrite(tx, 3, func(m map[string]any) { m["decision"] = Deny })
+				return rewrite(tx, 3, func(m map[string]any) { m["decision"] = audit.Deny })
 			},
 			wantFirstBad: 3,
 			wantProblem:  []string{"record 3", "hash does not match its contents", "changed"},
@@ -344,7 +346,7 @@ func TestVerifyDetectsTampering(t *testing.T) {
 		{
 			name: "changed time",
 			tamper: func(tx *bbolt.Tx) error {
-				return rewrite(tx, 2, func(m map[string]any) { m["time"] = t0.Add(-time.Hour).Format(time.RFC3339Nano) })
+				return rewrite(tx, 2, func(m map[string]any) { m["time"] = a0.Add(-time.Hour).Format(time.RFC3339Nano) })
 			},
 			wantFirstBad: 2,
 			wantProblem:  []string{"record 2", "changed"},
@@ -360,7 +362,7 @@ func TestVerifyDetectsTampering(t *testing.T) {
 		{
 			name: "garbage value",
 			tamper: func(tx *bbolt.Tx) error {
-				return tx.Bucket(bucketRecords).Put(seqKey(4), []byte("not json"))
+				return tx.Bucket(bucketAuditRecords).Put(audit.SeqKey(4), []byte("not json"))
 			},
 			wantFirstBad: 4,
 			wantProblem:  []string{"record 4", "cannot be decoded"},
@@ -375,27 +377,27 @@ func TestVerifyDetectsTampering(t *testing.T) {
 		},
 		{
 			name:         "deleted middle record",
-			tamper:       func(tx *bbolt.Tx) error { return tx.Bucket(bucketRecords).Delete(seqKey(3)) },
+			tamper:       func(tx *bbolt.Tx) error { return tx.Bucket(bucketAuditRecords).Delete(audit.SeqKey(3)) },
 			wantFirstBad: 3,
 			wantProblem:  []string{"record 3", "missing", "deleted"},
 		},
 		{
 			name:         "deleted first record",
-			tamper:       func(tx *bbolt.Tx) error { return tx.Bucket(bucketRecords).Delete(seqKey(1)) },
+			tamper:       func(tx *bbolt.Tx) error { return tx.Bucket(bucketAuditRecords).Delete(audit.SeqKey(1)) },
 			wantFirstBad: 1,
 			wantProblem:  []string{"record 1", "missing", "deleted"},
 		},
 		{
 			name:         "deleted last record",
-			tamper:       func(tx *bbolt.Tx) error { return tx.Bucket(bucketRecords).Delete(seqKey(n)) },
+			tamper:       func(tx *bbolt.Tx) error { return tx.Bucket(bucketAuditRecords).Delete(audit.SeqKey(n)) },
 			wantFirstBad: n,
 			wantProblem:  []string{"ends at record 4", "head says 5", "deleted from the end"},
 		},
 		{
 			name: "deleted the last two records",
 			tamper: func(tx *bbolt.Tx) error {
-				b := tx.Bucket(bucketRecords)
-				return errors.Join(b.Delete(seqKey(n)), b.Delete(seqKey(n-1)))
+				b := tx.Bucket(bucketAuditRecords)
+				return errors.Join(b.Delete(audit.SeqKey(n)), b.Delete(audit.SeqKey(n-1)))
 			},
 			wantFirstBad: n - 1,
 			wantProblem:  []string{"deleted from the end"},
@@ -403,10 +405,10 @@ func TestVerifyDetectsTampering(t *testing.T) {
 		{
 			name: "swapped two records",
 			tamper: func(tx *bbolt.Tx) error {
-				b := tx.Bucket(bucketRecords)
-				v2 := slices.Clone(b.Get(seqKey(2)))
-				v4 := slices.Clone(b.Get(seqKey(4)))
-				return errors.Join(b.Put(seqKey(2), v4), b.Put(seqKey(4), v2))
+				b := tx.Bucket(bucketAuditRecords)
+				v2 := slices.Clone(b.Get(audit.SeqKey(2)))
+				v4 := slices.Clone(b.Get(audit.SeqKey(4)))
+				return errors.Join(b.Put(audit.SeqKey(2), v4), b.Put(audit.SeqKey(4), v2))
 			},
 			wantFirstBad: 2,
 			wantProblem:  []string{"record 2", "holds record 4", "reordered"},
@@ -414,7 +416,7 @@ func TestVerifyDetectsTampering(t *testing.T) {
 		{
 			name: "changed and re-hashed middle record",
 			tamper: func(tx *bbolt.Tx) error {
-				_, err := rehash(tx, 3, func(r *Record) { r.Decision = Deny })
+				_, err := rehash(tx, 3, func(r *audit.Record) { r.Decision = audit.Deny })
 				return err
 			},
 			wantFirstBad: 3,
@@ -423,7 +425,7 @@ func TestVerifyDetectsTampering(t *testing.T) {
 		{
 			name: "changed and re-hashed last record",
 			tamper: func(tx *bbolt.Tx) error {
-				_, err := rehash(tx, n, func(r *Record) { r.Reason = "nothing to see" })
+				_, err := rehash(tx, n, func(r *audit.Record) { r.Reason = "nothing to see" })
 				return err
 			},
 			wantFirstBad: n,
@@ -432,9 +434,9 @@ func TestVerifyDetectsTampering(t *testing.T) {
 		{
 			name: "changed a record and re-hashed the rest of the chain",
 			tamper: func(tx *bbolt.Tx) error {
-				prev, err := rehash(tx, 3, func(r *Record) { r.Decision = Deny })
+				prev, err := rehash(tx, 3, func(r *audit.Record) { r.Decision = audit.Deny })
 				for seq := uint64(4); seq <= n && err == nil; seq++ {
-					prev, err = rehash(tx, seq, func(r *Record) { r.PrevHash = prev })
+					prev, err = rehash(tx, seq, func(r *audit.Record) { r.PrevHash = prev })
 				}
 				return err
 			},
@@ -444,18 +446,18 @@ func TestVerifyDetectsTampering(t *testing.T) {
 		{
 			name: "record appended without the log",
 			tamper: func(tx *bbolt.Tx) error {
-				var last Record
-				if err := json.Unmarshal(tx.Bucket(bucketRecords).Get(seqKey(n)), &last); err != nil {
+				var last audit.Record
+				if err := json.Unmarshal(tx.Bucket(bucketAuditRecords).Get(audit.SeqKey(n)), &last); err != nil {
 					return err
 				}
-				forged := Record{Seq: n + 1, Time: t0, Entry: entry(9), PrevHash: last.Hash}
-				sum, err := forged.computeHash()
+				forged := audit.Record{Seq: n + 1, Time: a0, Entry: auditEntry(9), PrevHash: last.Hash}
+				sum, err := forged.Sum()
 				if err != nil {
 					return err
 				}
 				forged.Hash = hex.EncodeToString(sum[:])
 				v, _ := json.Marshal(forged)
-				return tx.Bucket(bucketRecords).Put(seqKey(n+1), v)
+				return tx.Bucket(bucketAuditRecords).Put(audit.SeqKey(n+1), v)
 			},
 			wantFirstBad: n + 1,
 			wantProblem:  []string{"record 6", "head", "appended"},
@@ -469,21 +471,21 @@ func TestVerifyDetectsTampering(t *testing.T) {
 		{
 			name: "malformed key",
 			tamper: func(tx *bbolt.Tx) error {
-				return tx.Bucket(bucketRecords).Put([]byte("zzz"), []byte("{}"))
+				return tx.Bucket(bucketAuditRecords).Put([]byte("zzz"), []byte("{}"))
 			},
 			wantFirstBad: n + 1,
 			wantProblem:  []string{"malformed key"},
 		},
 		{
 			name:         "corrupt head",
-			tamper:       func(tx *bbolt.Tx) error { return tx.Bucket(bucketMeta).Put(keyHead, []byte{1, 2, 3}) },
+			tamper:       func(tx *bbolt.Tx) error { return tx.Bucket(bucketAuditMeta).Put(keyAuditHead, []byte{1, 2, 3}) },
 			wantFirstBad: 0,
 			wantProblem:  []string{"head is corrupt"},
 		},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			db := MustOpenDB(t)
+			db := mustOpenAuditDB(t)
 			mustAppendN(t, db, n)
 			if res := mustVerify(t, db); !res.OK {
 				t.Fatalf("untouched log does not verify: %s", res.Problem)
@@ -554,18 +556,18 @@ func TestVerifyRequiresCanonicalBytes(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			db := MustOpenDB(t)
+			db := mustOpenAuditDB(t)
 			mustAppendN(t, db, 3)
 			err := db.Update(func(tx *bbolt.Tx) error {
-				b := tx.Bucket(bucketRecords)
-				v := slices.Clone(b.Get(seqKey(2)))
+				b := tx.Bucket(bucketAuditRecords)
+				v := slices.Clone(b.Get(audit.SeqKey(2)))
 				edited := tc.edit(slices.Clone(v))
 				if bytes.Equal(edited, v) {
 					t.Fatalf("the edit changed nothing in %s", v)
 				}
 				// The edit keeps the content: the record decodes to what
 				// was appended.
-				var before, after Record
+				var before, after audit.Record
 				if err := json.Unmarshal(v, &before); err != nil {
 					return err
 				}
@@ -575,7 +577,7 @@ func TestVerifyRequiresCanonicalBytes(t *testing.T) {
 				if !reflect.DeepEqual(before, after) {
 					t.Fatalf("the edit changed the decoded record:\n%+v\n%+v", before, after)
 				}
-				return b.Put(seqKey(2), edited)
+				return b.Put(audit.SeqKey(2), edited)
 			})
 			if err != nil {
 				t.Fatal(err)

@@ -1,4 +1,4 @@
-package leases
+package bolt
 
 import (
 	"bytes"
@@ -17,73 +17,75 @@ import (
 	"go.etcd.io/bbolt"
 	bolterrors "go.etcd.io/bbolt/errors"
 
-	"github.com/valet-broker/valet/broker/audit"
-	"github.com/valet-broker/valet/broker/clock"
+	"github.com/valet-broker/valet/leases"
+	"github.com/valet-broker/valet/leases/audit"
+	"github.com/valet-broker/valet/leases/clock"
+	"github.com/valet-broker/valet/leases/leasetest"
 )
 
 func TestLifecycle(t *testing.T) {
 	s := MustOpenStore(t)
 	ctx := context.Background()
-	l := newPending(t0, "agent-1", 15*time.Minute)
-	l.Lineage = Lineage{Issuer: "https://issuer", JTI: "att-1", PodUID: "pod-1"}
+	l := leasetest.NewPending(t0, "agent-1", 15*time.Minute)
+	l.Lineage = leases.Lineage{Issuer: "https://issuer", JTI: "att-1", PodUID: "pod-1"}
 	endAt := t0.Add(5 * time.Minute)
 	doneAt := endAt.Add(time.Second)
 
 	steps := []struct {
 		name       string
-		do         func() (*Lease, error)
-		wantState  State
-		wantReason State
+		do         func() (*leases.Lease, error)
+		wantState  leases.State
+		wantReason leases.State
 		wantEnded  time.Time
-		wantCounts map[State]int64
+		wantCounts map[leases.State]int64
 		wantKinds  []string
 		wantExpiry bool // the lease is in the expiry index
 		wantDue    bool // the lease is in the revocation queue
 	}{
 		{
 			name: "create pending",
-			do: func() (*Lease, error) {
+			do: func() (*leases.Lease, error) {
 				if err := s.CreatePending(ctx, l); err != nil {
 					return nil, err
 				}
 				return s.Get(ctx, l.ID)
 			},
-			wantState:  StatePending,
-			wantCounts: map[State]int64{StatePending: 1},
+			wantState:  leases.StatePending,
+			wantCounts: map[leases.State]int64{leases.StatePending: 1},
 			wantKinds:  []string{},
 		},
 		{
 			name: "activate",
-			do: func() (*Lease, error) {
-				return s.Activate(ctx, l.ID, Activation{Handle: "accessor-1", Details: map[string]string{"policy": "ro"}}, t0.Add(time.Second),
+			do: func() (*leases.Lease, error) {
+				return s.Activate(ctx, l.ID, leases.Activation{Handle: "accessor-1", Details: map[string]string{"policy": "ro"}}, t0.Add(time.Second),
 					audit.Entry{Kind: audit.KindMint, Actor: audit.Actor{Type: audit.ActorAgent, ID: "agent-1"}, Decision: audit.Allow})
 			},
-			wantState:  StateActive,
-			wantCounts: map[State]int64{StateActive: 1},
+			wantState:  leases.StateActive,
+			wantCounts: map[leases.State]int64{leases.StateActive: 1},
 			wantKinds:  []string{audit.KindMint},
 			wantExpiry: true,
 		},
 		{
 			name: "end released",
-			do: func() (*Lease, error) {
-				return s.End(ctx, l.ID, StateReleased, endAt,
+			do: func() (*leases.Lease, error) {
+				return s.End(ctx, l.ID, leases.StateReleased, endAt,
 					audit.Entry{Kind: audit.KindRelease, Actor: audit.Actor{Type: audit.ActorAgent, ID: "agent-1"}})
 			},
-			wantState:  StateRevoking,
-			wantReason: StateReleased,
+			wantState:  leases.StateRevoking,
+			wantReason: leases.StateReleased,
 			wantEnded:  endAt,
-			wantCounts: map[State]int64{StateRevoking: 1},
+			wantCounts: map[leases.State]int64{leases.StateRevoking: 1},
 			wantKinds:  []string{audit.KindMint, audit.KindRelease},
 			wantDue:    true,
 		},
 		{
 			name: "revocation done",
-			do: func() (*Lease, error) {
-				return s.RevocationDone(ctx, l.ID, StateReleased, doneAt, audit.Entry{Kind: audit.KindRevoked, Actor: systemActor})
+			do: func() (*leases.Lease, error) {
+				return s.RevocationDone(ctx, l.ID, leases.StateReleased, doneAt, audit.Entry{Kind: audit.KindRevoked, Actor: audit.SystemActor})
 			},
-			wantState:  StateReleased,
+			wantState:  leases.StateReleased,
 			wantEnded:  endAt, // the lease ended when it was released, not when the backend confirmed
-			wantCounts: map[State]int64{StateReleased: 1},
+			wantCounts: map[leases.State]int64{leases.StateReleased: 1},
 			wantKinds:  []string{audit.KindMint, audit.KindRelease, audit.KindRevoked},
 		},
 	}
@@ -93,7 +95,7 @@ func TestLifecycle(t *testing.T) {
 			if err != nil {
 				t.Fatalf("%s: %v", st.name, err)
 			}
-			stored := mustGet(t, s, l.ID)
+			stored := leasetest.MustGet(t, s, l.ID)
 			if !reflect.DeepEqual(got, stored) {
 				t.Errorf("returned lease differs from the stored one:\n got    %+v\n stored %+v", got, stored)
 			}
@@ -101,11 +103,11 @@ func TestLifecycle(t *testing.T) {
 				t.Errorf("state, end reason, ended = %s, %q, %v; want %s, %q, %v",
 					stored.State, stored.EndReason, stored.EndedAt, st.wantState, st.wantReason, st.wantEnded)
 			}
-			if st.wantState != StatePending && stored.Handle != "accessor-1" {
+			if st.wantState != leases.StatePending && stored.Handle != "accessor-1" {
 				t.Errorf("Handle = %q, want it kept as accessor-1", stored.Handle)
 			}
-			wantCounts(t, s, st.wantCounts)
-			if kinds := auditKinds(t, s, l.ID); !slices.Equal(kinds, st.wantKinds) {
+			leasetest.WantCounts(t, s, st.wantCounts)
+			if kinds := leasetest.AuditKinds(t, s, l.ID); !slices.Equal(kinds, st.wantKinds) {
 				t.Errorf("audit kinds for the lease = %v, want %v", kinds, st.wantKinds)
 			}
 			next, ok, err := s.NextExpiry()
@@ -119,13 +121,13 @@ func TestLifecycle(t *testing.T) {
 			if inQueue := len(due) == 1 && due[0].ID == l.ID; inQueue != st.wantDue || len(due) > 1 {
 				t.Errorf("DueRevocations = %d leases, want the lease queued: %v", len(due), st.wantDue)
 			}
-			mustVerifyAudit(t, s)
+			leasetest.MustVerifyAudit(t, s)
 		})
 	}
 
 	// Every record carries the lease, agent and role even though the
 	// callers left them empty, and the time of its change.
-	recs, err := audit.List(s.DB(), audit.Filter{LeaseID: l.ID})
+	recs, err := listAudit(s.db, audit.Filter{LeaseID: l.ID})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -135,7 +137,7 @@ func TestLifecycle(t *testing.T) {
 			t.Errorf("record %d = agent %q role %q time %v; want agent-1, demo, %v", r.Seq, r.AgentID, r.Role, r.Time, wantTimes[i])
 		}
 	}
-	if res := mustVerifyAudit(t, s); res.Records != 3 {
+	if res := leasetest.MustVerifyAudit(t, s); res.Records != 3 {
 		t.Errorf("audit log has %d records, want 3 (one per change)", res.Records)
 	}
 }
@@ -148,106 +150,116 @@ func TestRefusedChanges(t *testing.T) {
 	cases := []struct {
 		name string
 		// setup returns the id to operate on.
-		setup   func(t *testing.T, s *BoltStore) string
-		op      func(s *BoltStore, id string) error
+		setup   func(t *testing.T, s *Store) string
+		op      func(s *Store, id string) error
 		wantErr error // nil: any error
 	}{
 		{
-			name:    "activate an active lease",
-			setup:   func(t *testing.T, s *BoltStore) string { return mustActivate(t, s, newPending(t0, "a", time.Hour)).ID },
+			name: "activate an active lease",
+			setup: func(t *testing.T, s *Store) string {
+				return leasetest.MustActivate(t, s, leasetest.NewPending(t0, "a", time.Hour)).ID
+			},
 			op:      activateOp,
-			wantErr: ErrState,
+			wantErr: leases.ErrState,
 		},
 		{
 			name: "activate a revoking lease",
-			setup: func(t *testing.T, s *BoltStore) string {
-				l := mustActivate(t, s, newPending(t0, "a", time.Hour))
-				return mustEnd(t, s, l.ID, StateRevoked, t0).ID
+			setup: func(t *testing.T, s *Store) string {
+				l := leasetest.MustActivate(t, s, leasetest.NewPending(t0, "a", time.Hour))
+				return leasetest.MustEnd(t, s, l.ID, leases.StateRevoked, t0).ID
 			},
 			op:      activateOp,
-			wantErr: ErrState,
+			wantErr: leases.ErrState,
 		},
 		{
 			name:    "activate an unknown lease",
-			setup:   func(t *testing.T, s *BoltStore) string { return NewID(t0) },
+			setup:   func(t *testing.T, s *Store) string { return leases.NewID(t0) },
 			op:      activateOp,
-			wantErr: ErrNotFound,
+			wantErr: leases.ErrNotFound,
 		},
 		{
 			name:  "get an unknown lease",
-			setup: func(t *testing.T, s *BoltStore) string { return NewID(t0) },
-			op: func(s *BoltStore, id string) error {
+			setup: func(t *testing.T, s *Store) string { return leases.NewID(t0) },
+			op: func(s *Store, id string) error {
 				_, err := s.Get(ctx, id)
 				return err
 			},
-			wantErr: ErrNotFound,
+			wantErr: leases.ErrNotFound,
 		},
 		{
 			name: "renew a pending lease",
-			setup: func(t *testing.T, s *BoltStore) string {
-				l := newPending(t0, "a", time.Hour)
-				mustCreate(t, s, l)
+			setup: func(t *testing.T, s *Store) string {
+				l := leasetest.NewPending(t0, "a", time.Hour)
+				leasetest.MustCreate(t, s, l)
 				return l.ID
 			},
-			op: func(s *BoltStore, id string) error {
+			op: func(s *Store, id string) error {
 				_, err := s.Renew(ctx, id, t0, t0.Add(2*time.Hour), entry)
 				return err
 			},
-			wantErr: ErrState,
+			wantErr: leases.ErrState,
 		},
 		{
-			name:  "renew at the instant of expiry",
-			setup: func(t *testing.T, s *BoltStore) string { return mustActivate(t, s, newPending(t0, "a", time.Hour)).ID },
-			op: func(s *BoltStore, id string) error {
+			name: "renew at the instant of expiry",
+			setup: func(t *testing.T, s *Store) string {
+				return leasetest.MustActivate(t, s, leasetest.NewPending(t0, "a", time.Hour)).ID
+			},
+			op: func(s *Store, id string) error {
 				_, err := s.Renew(ctx, id, t0.Add(time.Hour), t0.Add(2*time.Hour), entry)
 				return err
 			},
-			wantErr: ErrState,
+			wantErr: leases.ErrState,
 		},
 		{
-			name:  "renew past expiry",
-			setup: func(t *testing.T, s *BoltStore) string { return mustActivate(t, s, newPending(t0, "a", time.Hour)).ID },
-			op: func(s *BoltStore, id string) error {
+			name: "renew past expiry",
+			setup: func(t *testing.T, s *Store) string {
+				return leasetest.MustActivate(t, s, leasetest.NewPending(t0, "a", time.Hour)).ID
+			},
+			op: func(s *Store, id string) error {
 				_, err := s.Renew(ctx, id, t0.Add(time.Hour+time.Second), t0.Add(2*time.Hour), entry)
 				return err
 			},
-			wantErr: ErrState,
+			wantErr: leases.ErrState,
 		},
 		{
 			name: "renew a released lease",
-			setup: func(t *testing.T, s *BoltStore) string {
-				l := mustActivate(t, s, newPending(t0, "a", time.Hour))
-				return mustEnd(t, s, l.ID, StateReleased, t0).ID
+			setup: func(t *testing.T, s *Store) string {
+				l := leasetest.MustActivate(t, s, leasetest.NewPending(t0, "a", time.Hour))
+				return leasetest.MustEnd(t, s, l.ID, leases.StateReleased, t0).ID
 			},
-			op: func(s *BoltStore, id string) error {
+			op: func(s *Store, id string) error {
 				_, err := s.Renew(ctx, id, t0, t0.Add(2*time.Hour), entry)
 				return err
 			},
-			wantErr: ErrState,
+			wantErr: leases.ErrState,
 		},
 		{
-			name:  "end for a reason that is not terminal",
-			setup: func(t *testing.T, s *BoltStore) string { return mustActivate(t, s, newPending(t0, "a", time.Hour)).ID },
-			op: func(s *BoltStore, id string) error {
-				_, err := s.End(ctx, id, StateRevoking, t0, entry)
+			name: "end for a reason that is not terminal",
+			setup: func(t *testing.T, s *Store) string {
+				return leasetest.MustActivate(t, s, leasetest.NewPending(t0, "a", time.Hour)).ID
+			},
+			op: func(s *Store, id string) error {
+				_, err := s.End(ctx, id, leases.StateRevoking, t0, entry)
 				return err
 			},
 		},
 		{
-			name:  "create a lease that already exists",
-			setup: func(t *testing.T, s *BoltStore) string { return mustActivate(t, s, newPending(t0, "a", time.Hour)).ID },
-			op: func(s *BoltStore, id string) error {
-				l := newPending(t0, "intruder", time.Hour)
+			name: "create a lease that already exists",
+			setup: func(t *testing.T, s *Store) string {
+				return leasetest.MustActivate(t, s, leasetest.NewPending(t0, "a", time.Hour)).ID
+			},
+			op: func(s *Store, id string) error {
+				l := leasetest.NewPending(t0, "intruder", time.Hour)
 				l.ID = id
 				return s.CreatePending(ctx, l)
 			},
 		},
 		{
 			name:  "create a lease that is not pending",
-			setup: func(t *testing.T, s *BoltStore) string { return NewID(t0) },
-			op: func(s *BoltStore, id string) error {
-				l := newPending(t0, "a", time.Hour)
-				l.ID, l.State = id, StateActive
+			setup: func(t *testing.T, s *Store) string { return leases.NewID(t0) },
+			op: func(s *Store, id string) error {
+				l := leasetest.NewPending(t0, "a", time.Hour)
+				l.ID, l.State = id, leases.StateActive
 				return s.CreatePending(ctx, l)
 			},
 		},
@@ -257,8 +269,8 @@ func TestRefusedChanges(t *testing.T) {
 			s := MustOpenStore(t)
 			id := tc.setup(t, s)
 			before, _ := s.Get(ctx, id)
-			countsBefore := mustCounts(t, s)
-			headBefore := mustVerifyAudit(t, s)
+			countsBefore := leasetest.MustCounts(t, s)
+			headBefore := leasetest.MustVerifyAudit(t, s)
 
 			err := tc.op(s, id)
 			if err == nil {
@@ -271,26 +283,26 @@ func TestRefusedChanges(t *testing.T) {
 			if !reflect.DeepEqual(before, after) {
 				t.Errorf("the lease changed:\n before %+v\n after  %+v", before, after)
 			}
-			if got := mustCounts(t, s); !reflect.DeepEqual(got, countsBefore) {
+			if got := leasetest.MustCounts(t, s); !reflect.DeepEqual(got, countsBefore) {
 				t.Errorf("counts changed from %v to %v", countsBefore, got)
 			}
-			if head := mustVerifyAudit(t, s); head.HeadSeq != headBefore.HeadSeq {
+			if head := leasetest.MustVerifyAudit(t, s); head.HeadSeq != headBefore.HeadSeq {
 				t.Errorf("audit log grew from %d to %d records", headBefore.HeadSeq, head.HeadSeq)
 			}
 		})
 	}
 }
 
-func activateOp(s *BoltStore, id string) error {
-	_, err := s.Activate(context.Background(), id, Activation{Handle: "other"}, t0, audit.Entry{Kind: audit.KindMint})
+func activateOp(s *Store, id string) error {
+	_, err := s.Activate(context.Background(), id, leases.Activation{Handle: "other"}, t0, audit.Entry{Kind: audit.KindMint})
 	return err
 }
 
 func TestRenewMovesExpiry(t *testing.T) {
 	s := MustOpenStore(t)
 	ctx := context.Background()
-	a := mustActivate(t, s, newPending(t0, "a", 10*time.Minute))
-	b := mustActivate(t, s, newPending(t0, "b", 20*time.Minute))
+	a := leasetest.MustActivate(t, s, leasetest.NewPending(t0, "a", 10*time.Minute))
+	b := leasetest.MustActivate(t, s, leasetest.NewPending(t0, "b", 20*time.Minute))
 
 	wantNext := func(want time.Time) {
 		t.Helper()
@@ -306,12 +318,12 @@ func TestRenewMovesExpiry(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if renewed.RenewCount != 1 || !renewed.ExpiresAt.Equal(t0.Add(30*time.Minute)) || renewed.State != StateActive {
+	if renewed.RenewCount != 1 || !renewed.ExpiresAt.Equal(t0.Add(30*time.Minute)) || renewed.State != leases.StateActive {
 		t.Errorf("renewed lease = count %d, expires %v, %s; want 1, %v, active", renewed.RenewCount, renewed.ExpiresAt, renewed.State, t0.Add(30*time.Minute))
 	}
 	// a no longer expires first: its old index entry is gone.
 	wantNext(b.ExpiresAt)
-	if got := auditKinds(t, s, a.ID); !slices.Equal(got, []string{audit.KindMint, audit.KindRenew}) {
+	if got := leasetest.AuditKinds(t, s, a.ID); !slices.Equal(got, []string{audit.KindMint, audit.KindRenew}) {
 		t.Errorf("audit kinds = %v, want mint then renew", got)
 	}
 	// Expiring everything up to b's expiry leaves a alone.
@@ -323,35 +335,35 @@ func TestRenewMovesExpiry(t *testing.T) {
 		t.Fatalf("ExpireDue expired %d leases, want only b", len(expired))
 	}
 	wantNext(renewed.ExpiresAt)
-	wantCounts(t, s, map[State]int64{StateActive: 1, StateExpired: 1})
+	leasetest.WantCounts(t, s, map[leases.State]int64{leases.StateActive: 1, leases.StateExpired: 1})
 }
 
 func TestEndTwiceIsHarmless(t *testing.T) {
-	for _, reason := range []State{StateReleased, StateRevoked, StateExpired} {
+	for _, reason := range []leases.State{leases.StateReleased, leases.StateRevoked, leases.StateExpired} {
 		t.Run(string(reason), func(t *testing.T) {
 			s := MustOpenStore(t)
-			l := mustActivate(t, s, newPending(t0, "a", time.Hour))
-			first := mustEnd(t, s, l.ID, reason, t0.Add(time.Minute))
-			second := mustEnd(t, s, l.ID, StateRevoked, t0.Add(2*time.Minute))
+			l := leasetest.MustActivate(t, s, leasetest.NewPending(t0, "a", time.Hour))
+			first := leasetest.MustEnd(t, s, l.ID, reason, t0.Add(time.Minute))
+			second := leasetest.MustEnd(t, s, l.ID, leases.StateRevoked, t0.Add(2*time.Minute))
 			if !reflect.DeepEqual(first, second) {
 				t.Errorf("second End changed the lease:\n first  %+v\n second %+v", first, second)
 			}
 			if second.EndReason != reason || !second.EndedAt.Equal(t0.Add(time.Minute)) {
 				t.Errorf("end reason, ended = %s, %v; want the first end's %s, %v", second.EndReason, second.EndedAt, reason, t0.Add(time.Minute))
 			}
-			if got := auditKinds(t, s, l.ID); !slices.Equal(got, []string{audit.KindMint, audit.KindRelease}) {
+			if got := leasetest.AuditKinds(t, s, l.ID); !slices.Equal(got, []string{audit.KindMint, audit.KindRelease}) {
 				t.Errorf("audit kinds = %v, want one release record", got)
 			}
 			// Ending a lease whose revocation completed is harmless too.
 			if _, err := s.RevocationDone(context.Background(), l.ID, reason, t0.Add(3*time.Minute), audit.Entry{Kind: audit.KindRevoked}); err != nil {
 				t.Fatal(err)
 			}
-			third := mustEnd(t, s, l.ID, StateRevoked, t0.Add(4*time.Minute))
+			third := leasetest.MustEnd(t, s, l.ID, leases.StateRevoked, t0.Add(4*time.Minute))
 			if third.State != reason {
 				t.Errorf("state after ending an ended lease = %s, want %s", third.State, reason)
 			}
-			wantCounts(t, s, map[State]int64{reason: 1})
-			if n := len(auditKinds(t, s, l.ID)); n != 3 {
+			leasetest.WantCounts(t, s, map[leases.State]int64{reason: 1})
+			if n := len(leasetest.AuditKinds(t, s, l.ID)); n != 3 {
 				t.Errorf("%d audit records, want 3 (mint, release, revoked)", n)
 			}
 		})
@@ -363,13 +375,13 @@ func TestAbandon(t *testing.T) {
 	entry := audit.Entry{Kind: audit.KindMintFailed, Actor: audit.Actor{Type: audit.ActorAgent}}
 	t.Run("pending lease keeps the handle and is queued", func(t *testing.T) {
 		s := MustOpenStore(t)
-		l := newPending(t0, "a", time.Hour)
-		mustCreate(t, s, l)
+		l := leasetest.NewPending(t0, "a", time.Hour)
+		leasetest.MustCreate(t, s, l)
 		got, err := s.Abandon(ctx, l.ID, "accessor-9", t0.Add(time.Second), entry)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got.State != StateRevoking || got.EndReason != StateRevoked || got.Handle != "accessor-9" || !got.EndedAt.Equal(t0.Add(time.Second)) {
+		if got.State != leases.StateRevoking || got.EndReason != leases.StateRevoked || got.Handle != "accessor-9" || !got.EndedAt.Equal(t0.Add(time.Second)) {
 			t.Errorf("abandoned lease = %s/%s handle %q ended %v; want revoking/revoked, accessor-9, %v",
 				got.State, got.EndReason, got.Handle, got.EndedAt, t0.Add(time.Second))
 		}
@@ -377,14 +389,14 @@ func TestAbandon(t *testing.T) {
 		if err != nil || len(due) != 1 || due[0].Handle != "accessor-9" {
 			t.Errorf("DueRevocations = %v, %v; want the lease with its handle", due, err)
 		}
-		if kinds := auditKinds(t, s, l.ID); !slices.Equal(kinds, []string{audit.KindMintFailed}) {
+		if kinds := leasetest.AuditKinds(t, s, l.ID); !slices.Equal(kinds, []string{audit.KindMintFailed}) {
 			t.Errorf("audit kinds = %v", kinds)
 		}
-		wantCounts(t, s, map[State]int64{StateRevoking: 1})
+		leasetest.WantCounts(t, s, map[leases.State]int64{leases.StateRevoking: 1})
 	})
 	t.Run("active lease is left alone", func(t *testing.T) {
 		s := MustOpenStore(t)
-		l := mustActivate(t, s, newPending(t0, "a", time.Hour))
+		l := leasetest.MustActivate(t, s, leasetest.NewPending(t0, "a", time.Hour))
 		got, err := s.Abandon(ctx, l.ID, "other", t0.Add(time.Second), entry)
 		if err != nil {
 			t.Fatal(err)
@@ -392,7 +404,7 @@ func TestAbandon(t *testing.T) {
 		if !reflect.DeepEqual(got, l) {
 			t.Errorf("Abandon changed an active lease:\n before %+v\n after  %+v", l, got)
 		}
-		if kinds := auditKinds(t, s, l.ID); !slices.Equal(kinds, []string{audit.KindMint}) {
+		if kinds := leasetest.AuditKinds(t, s, l.ID); !slices.Equal(kinds, []string{audit.KindMint}) {
 			t.Errorf("audit kinds = %v, want no mint.failed", kinds)
 		}
 	})
@@ -401,21 +413,21 @@ func TestAbandon(t *testing.T) {
 // listFixture creates 12 leases a second apart (so ids order by creation):
 // lease i belongs to agent a<i%3>, role r<i%2>, backend jwt (i<6) or vault,
 // pod p<i%4> and attestation j<i>; every fifth lease is released.
-func listFixture(t *testing.T, s *BoltStore) []*Lease {
+func listFixture(t *testing.T, s *Store) []*leases.Lease {
 	t.Helper()
-	var ls []*Lease
+	var ls []*leases.Lease
 	for i := range 12 {
 		now := t0.Add(time.Duration(i) * time.Second)
-		l := newPending(now, fmt.Sprintf("a%d", i%3), time.Hour)
+		l := leasetest.NewPending(now, fmt.Sprintf("a%d", i%3), time.Hour)
 		l.Role = fmt.Sprintf("r%d", i%2)
 		if i >= 6 {
 			l.Backend = "vault"
 		}
-		l.Lineage = Lineage{Issuer: "iss", JTI: fmt.Sprintf("j%d", i), PodUID: fmt.Sprintf("p%d", i%4)}
-		l = mustActivate(t, s, l)
+		l.Lineage = leases.Lineage{Issuer: "iss", JTI: fmt.Sprintf("j%d", i), PodUID: fmt.Sprintf("p%d", i%4)}
+		l = leasetest.MustActivate(t, s, l)
 		if i%5 == 0 {
-			mustEnd(t, s, l.ID, StateReleased, now)
-			if _, err := s.RevocationDone(context.Background(), l.ID, StateReleased, now, audit.Entry{}); err != nil {
+			leasetest.MustEnd(t, s, l.ID, leases.StateReleased, now)
+			if _, err := s.RevocationDone(context.Background(), l.ID, leases.StateReleased, now, audit.Entry{}); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -427,36 +439,36 @@ func listFixture(t *testing.T, s *BoltStore) []*Lease {
 func TestList(t *testing.T) {
 	s := MustOpenStore(t)
 	ls := listFixture(t, s)
-	after := NewID(t0.Add(time.Hour)) // newer than every lease
+	after := leases.NewID(t0.Add(time.Hour)) // newer than every lease
 	cases := []struct {
 		name string
-		f    Filter
+		f    leases.Filter
 		want []int // indexes into ls, newest first
 	}{
-		{"everything", Filter{}, []int{11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0}},
-		{"agent", Filter{AgentID: "a0"}, []int{9, 6, 3, 0}},
-		{"unknown agent", Filter{AgentID: "nobody"}, nil},
-		{"agent that is a prefix of no other", Filter{AgentID: "a"}, nil},
-		{"state released", Filter{State: StateReleased}, []int{10, 5, 0}},
-		{"state active", Filter{State: StateActive}, []int{11, 9, 8, 7, 6, 4, 3, 2, 1}},
-		{"role", Filter{Role: "r1"}, []int{11, 9, 7, 5, 3, 1}},
-		{"backend", Filter{Backend: "vault"}, []int{11, 10, 9, 8, 7, 6}},
-		{"lineage pod", Filter{Lineage: "pod:p1"}, []int{9, 5, 1}},
-		{"lineage jti", Filter{Lineage: "jti:iss#j7"}, []int{7}},
-		{"agent and role", Filter{AgentID: "a1", Role: "r1"}, []int{7, 1}},
-		{"agent and state", Filter{AgentID: "a0", State: StateReleased}, []int{0}},
-		{"lineage and backend", Filter{Lineage: "pod:p0", Backend: "vault"}, []int{8}},
-		{"limit", Filter{Limit: 3}, []int{11, 10, 9}},
-		{"role with limit", Filter{Role: "r1", Limit: 2}, []int{11, 9}},
-		{"before", Filter{Before: ls[5].ID}, []int{4, 3, 2, 1, 0}},
-		{"before with limit", Filter{Before: ls[5].ID, Limit: 2}, []int{4, 3}},
-		{"before with agent", Filter{Before: ls[5].ID, AgentID: "a2"}, []int{2}},
-		{"before with state", Filter{Before: ls[10].ID, State: StateReleased}, []int{5, 0}},
-		{"before the oldest", Filter{Before: ls[0].ID}, nil},
-		{"before the oldest with agent", Filter{Before: ls[0].ID, AgentID: "a0"}, nil},
-		{"before a cursor newer than everything", Filter{Before: after}, []int{11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0}},
-		{"before a newer cursor with agent", Filter{Before: after, AgentID: "a2"}, []int{11, 8, 5, 2}},
-		{"before a newer cursor with the last agent", Filter{Before: after, Lineage: "pod:p3"}, []int{11, 7, 3}},
+		{"everything", leases.Filter{}, []int{11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0}},
+		{"agent", leases.Filter{AgentID: "a0"}, []int{9, 6, 3, 0}},
+		{"unknown agent", leases.Filter{AgentID: "nobody"}, nil},
+		{"agent that is a prefix of no other", leases.Filter{AgentID: "a"}, nil},
+		{"state released", leases.Filter{State: leases.StateReleased}, []int{10, 5, 0}},
+		{"state active", leases.Filter{State: leases.StateActive}, []int{11, 9, 8, 7, 6, 4, 3, 2, 1}},
+		{"role", leases.Filter{Role: "r1"}, []int{11, 9, 7, 5, 3, 1}},
+		{"backend", leases.Filter{Backend: "vault"}, []int{11, 10, 9, 8, 7, 6}},
+		{"lineage pod", leases.Filter{Lineage: "pod:p1"}, []int{9, 5, 1}},
+		{"lineage jti", leases.Filter{Lineage: "jti:iss#j7"}, []int{7}},
+		{"agent and role", leases.Filter{AgentID: "a1", Role: "r1"}, []int{7, 1}},
+		{"agent and state", leases.Filter{AgentID: "a0", State: leases.StateReleased}, []int{0}},
+		{"lineage and backend", leases.Filter{Lineage: "pod:p0", Backend: "vault"}, []int{8}},
+		{"limit", leases.Filter{Limit: 3}, []int{11, 10, 9}},
+		{"role with limit", leases.Filter{Role: "r1", Limit: 2}, []int{11, 9}},
+		{"before", leases.Filter{Before: ls[5].ID}, []int{4, 3, 2, 1, 0}},
+		{"before with limit", leases.Filter{Before: ls[5].ID, Limit: 2}, []int{4, 3}},
+		{"before with agent", leases.Filter{Before: ls[5].ID, AgentID: "a2"}, []int{2}},
+		{"before with state", leases.Filter{Before: ls[10].ID, State: leases.StateReleased}, []int{5, 0}},
+		{"before the oldest", leases.Filter{Before: ls[0].ID}, nil},
+		{"before the oldest with agent", leases.Filter{Before: ls[0].ID, AgentID: "a0"}, nil},
+		{"before a cursor newer than everything", leases.Filter{Before: after}, []int{11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0}},
+		{"before a newer cursor with agent", leases.Filter{Before: after, AgentID: "a2"}, []int{11, 8, 5, 2}},
+		{"before a newer cursor with the last agent", leases.Filter{Before: after, Lineage: "pod:p3"}, []int{11, 7, 3}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -472,10 +484,10 @@ func TestList(t *testing.T) {
 }
 
 // leaseIndexes maps listed leases back to their index in the fixture.
-func leaseIndexes(fixture, listed []*Lease) []int {
+func leaseIndexes(fixture, listed []*leases.Lease) []int {
 	var out []int
 	for _, l := range listed {
-		out = append(out, slices.IndexFunc(fixture, func(f *Lease) bool { return f.ID == l.ID }))
+		out = append(out, slices.IndexFunc(fixture, func(f *leases.Lease) bool { return f.ID == l.ID }))
 	}
 	return out
 }
@@ -483,7 +495,7 @@ func leaseIndexes(fixture, listed []*Lease) []int {
 func TestListPaging(t *testing.T) {
 	s := MustOpenStore(t)
 	ls := listFixture(t, s)
-	for _, f := range []Filter{{}, {AgentID: "a1"}, {Backend: "jwt"}, {State: StateActive}, {Lineage: "pod:p2"}} {
+	for _, f := range []leases.Filter{{}, {AgentID: "a1"}, {Backend: "jwt"}, {State: leases.StateActive}, {Lineage: "pod:p2"}} {
 		t.Run(fmt.Sprintf("%+v", f), func(t *testing.T) {
 			all := f
 			all.Limit = 1000
@@ -491,7 +503,7 @@ func TestListPaging(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			var got []*Lease
+			var got []*leases.Lease
 			page := f
 			page.Limit = 2
 			for range 20 {
@@ -514,17 +526,17 @@ func TestListPaging(t *testing.T) {
 
 func TestListLimitDefaults(t *testing.T) {
 	s := MustOpenStore(t)
-	var ls []*Lease
+	var ls []*leases.Lease
 	for i := range 1100 {
-		ls = append(ls, newPending(t0.Add(time.Duration(i)*time.Millisecond), "a", time.Hour))
+		ls = append(ls, leasetest.NewPending(t0.Add(time.Duration(i)*time.Millisecond), "a", time.Hour))
 	}
-	seedActive(t, s, ls)
+	leasetest.SeedActive(t, s, ls)
 	cases := []struct {
 		limit, want int
 	}{{0, 100}, {-1, 100}, {7, 7}, {1000, 1000}, {5000, 1000}}
 	for _, tc := range cases {
 		t.Run(fmt.Sprint(tc.limit), func(t *testing.T) {
-			for _, f := range []Filter{{Limit: tc.limit}, {Limit: tc.limit, AgentID: "a"}} {
+			for _, f := range []leases.Filter{{Limit: tc.limit}, {Limit: tc.limit, AgentID: "a"}} {
 				got, err := s.List(context.Background(), f)
 				if err != nil {
 					t.Fatal(err)
@@ -540,7 +552,7 @@ func TestListLimitDefaults(t *testing.T) {
 func TestGroupCommit(t *testing.T) {
 	s := MustOpenStore(t)
 	const n = 200
-	before := lastCommittedTx(t, s.DB())
+	before := lastCommittedTx(t, s.db)
 
 	start := make(chan struct{})
 	errs := make(chan error, n)
@@ -550,12 +562,12 @@ func TestGroupCommit(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			<-start
-			l := newPending(t0, fmt.Sprintf("agent-%d", i), time.Hour)
+			l := leasetest.NewPending(t0, fmt.Sprintf("agent-%d", i), time.Hour)
 			if err := s.CreatePending(context.Background(), l); err != nil {
 				errs <- err
 				return
 			}
-			if _, err := s.Activate(context.Background(), l.ID, Activation{Handle: "h"}, t0, audit.Entry{Kind: audit.KindMint}); err != nil {
+			if _, err := s.Activate(context.Background(), l.ID, leases.Activation{Handle: "h"}, t0, audit.Entry{Kind: audit.KindMint}); err != nil {
 				errs <- err
 			}
 		}()
@@ -568,20 +580,20 @@ func TestGroupCommit(t *testing.T) {
 	}
 
 	writes := 2 * n
-	commits := lastCommittedTx(t, s.DB()) - before
+	commits := lastCommittedTx(t, s.db) - before
 	t.Logf("%d writes in %d commits", writes, commits)
 	if commits > writes/4 {
 		t.Errorf("%d writes took %d commits; group commit should share commits (want at most %d)", writes, commits, writes/4)
 	}
-	active, err := s.List(context.Background(), Filter{State: StateActive, Limit: 1000})
+	active, err := s.List(context.Background(), leases.Filter{State: leases.StateActive, Limit: 1000})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(active) != n {
 		t.Errorf("%d active leases listed, want %d", len(active), n)
 	}
-	wantCounts(t, s, map[State]int64{StateActive: n})
-	if res := mustVerifyAudit(t, s); res.Records != n {
+	leasetest.WantCounts(t, s, map[leases.State]int64{leases.StateActive: n})
+	if res := leasetest.MustVerifyAudit(t, s); res.Records != n {
 		t.Errorf("%d audit records, want %d", res.Records, n)
 	}
 }
@@ -592,15 +604,15 @@ func TestGroupCommitIsolatesFailures(t *testing.T) {
 	s := MustOpenStore(t)
 	ctx := context.Background()
 	bucket := []byte("test.batch")
-	if err := s.Update(ctx, func(tx *bbolt.Tx) error { _, err := tx.CreateBucketIfNotExists(bucket); return err }); err != nil {
+	if err := s.update(ctx, func(tx *bbolt.Tx) error { _, err := tx.CreateBucketIfNotExists(bucket); return err }); err != nil {
 		t.Fatal(err)
 	}
-	before := lastCommittedTx(t, s.DB())
+	before := lastCommittedTx(t, s.db)
 
 	entered, release := make(chan struct{}), make(chan struct{})
 	blockerDone := make(chan error, 1)
 	go func() {
-		blockerDone <- s.Update(ctx, func(tx *bbolt.Tx) error {
+		blockerDone <- s.update(ctx, func(tx *bbolt.Tx) error {
 			close(entered)
 			<-release
 			return tx.Bucket(bucket).Put([]byte("blocker"), []byte("ok"))
@@ -619,7 +631,7 @@ func TestGroupCommitIsolatesFailures(t *testing.T) {
 		key := fmt.Sprintf("k%02d", i)
 		bad := i == good/2
 		go func() {
-			err := s.Update(ctx, func(tx *bbolt.Tx) error {
+			err := s.update(ctx, func(tx *bbolt.Tx) error {
 				if err := tx.Bucket(bucket).Put([]byte(key), []byte("v")); err != nil {
 					return err
 				}
@@ -632,7 +644,7 @@ func TestGroupCommitIsolatesFailures(t *testing.T) {
 		}()
 	}
 	// All of them are queued behind the blocked commit.
-	eventually(t, "the writes are queued", func() bool { return len(s.c.reqs) == good+1 })
+	leasetest.Eventually(t, "the writes are queued", func() bool { return len(s.c.reqs) == good+1 })
 	close(release)
 	if err := <-blockerDone; err != nil {
 		t.Fatalf("blocking write: %v", err)
@@ -648,7 +660,7 @@ func TestGroupCommitIsolatesFailures(t *testing.T) {
 			t.Errorf("write %s failed with its neighbour: %v", r.key, r.err)
 		}
 	}
-	err := s.DB().View(func(tx *bbolt.Tx) error {
+	err := s.db.View(func(tx *bbolt.Tx) error {
 		b := tx.Bucket(bucket)
 		for i := range good + 1 {
 			key := fmt.Sprintf("k%02d", i)
@@ -663,7 +675,7 @@ func TestGroupCommitIsolatesFailures(t *testing.T) {
 	}
 	// One commit for the blocker, one for the whole batch after the bad
 	// write was dropped.
-	if commits := lastCommittedTx(t, s.DB()) - before; commits != 2 {
+	if commits := lastCommittedTx(t, s.db) - before; commits != 2 {
 		t.Errorf("%d commits, want 2 (the blocker, then one shared commit)", commits)
 	}
 }
@@ -671,11 +683,11 @@ func TestGroupCommitIsolatesFailures(t *testing.T) {
 // storeSnapshot is everything observable about a store, for comparing it
 // before and after a reopen or a failure.
 type storeSnapshot struct {
-	Leases      []*Lease
+	Leases      []*leases.Lease
 	ByAgent     map[string][]string
 	ByLineage   map[string][]string
-	ByState     map[State][]string
-	Counts      map[State]int64
+	ByState     map[leases.State][]string
+	Counts      map[leases.State]int64
 	NextExpiry  time.Time
 	NextRevoke  time.Time
 	Due         []string
@@ -684,10 +696,10 @@ type storeSnapshot struct {
 	AuditRecord int
 }
 
-func snapshot(t *testing.T, s *BoltStore) storeSnapshot {
+func snapshot(t *testing.T, s *Store) storeSnapshot {
 	t.Helper()
 	ctx := context.Background()
-	ids := func(f Filter) []string {
+	ids := func(f leases.Filter) []string {
 		f.Limit = 1000
 		ls, err := s.List(ctx, f)
 		if err != nil {
@@ -699,19 +711,19 @@ func snapshot(t *testing.T, s *BoltStore) storeSnapshot {
 		}
 		return out
 	}
-	all, err := s.List(ctx, Filter{Limit: 1000})
+	all, err := s.List(ctx, leases.Filter{Limit: 1000})
 	if err != nil {
 		t.Fatal(err)
 	}
-	snap := storeSnapshot{Leases: all, ByAgent: map[string][]string{}, ByLineage: map[string][]string{}, ByState: map[State][]string{}}
+	snap := storeSnapshot{Leases: all, ByAgent: map[string][]string{}, ByLineage: map[string][]string{}, ByState: map[leases.State][]string{}}
 	for _, l := range all {
-		snap.ByAgent[l.AgentID] = ids(Filter{AgentID: l.AgentID})
+		snap.ByAgent[l.AgentID] = ids(leases.Filter{AgentID: l.AgentID})
 		for _, lid := range l.Lineage.IDs() {
-			snap.ByLineage[lid] = ids(Filter{Lineage: lid})
+			snap.ByLineage[lid] = ids(leases.Filter{Lineage: lid})
 		}
-		snap.ByState[l.State] = ids(Filter{State: l.State})
+		snap.ByState[l.State] = ids(leases.Filter{State: l.State})
 	}
-	snap.Counts = mustCounts(t, s)
+	snap.Counts = leasetest.MustCounts(t, s)
 	snap.NextExpiry, _, _ = s.NextExpiry()
 	snap.NextRevoke, _, _ = s.NextRevocation()
 	due, err := s.DueRevocations(t0.Add(1000*time.Hour), 1000)
@@ -721,44 +733,44 @@ func snapshot(t *testing.T, s *BoltStore) storeSnapshot {
 	for _, l := range due {
 		snap.Due = append(snap.Due, l.ID)
 	}
-	res := mustVerifyAudit(t, s)
+	res := leasetest.MustVerifyAudit(t, s)
 	snap.AuditHead, snap.AuditHash = res.HeadSeq, res.HeadHash
 	snap.AuditRecord = int(res.Records)
 	return snap
 }
 
 // mixedFixture leaves leases in every state.
-func mixedFixture(t *testing.T, s *BoltStore) map[State]*Lease {
+func mixedFixture(t *testing.T, s *Store) map[leases.State]*leases.Lease {
 	t.Helper()
 	ctx := context.Background()
-	out := map[State]*Lease{}
-	p := newPending(t0, "agent-p", time.Hour)
-	p.Lineage = Lineage{PodUID: "pod-1"}
-	mustCreate(t, s, p)
-	out[StatePending] = p
-	a := newPending(t0.Add(time.Second), "agent-a", 2*time.Hour)
-	a.Lineage = Lineage{PodUID: "pod-1", Issuer: "iss", RunID: "42", SPIFFEID: "spiffe://x/y"}
-	out[StateActive] = mustActivate(t, s, a)
-	r := mustActivate(t, s, newPending(t0.Add(2*time.Second), "agent-a", time.Hour))
-	out[StateRevoking] = mustEnd(t, s, r.ID, StateRevoked, t0.Add(3*time.Second))
-	i := mustActivate(t, s, newPending(t0.Add(4*time.Second), "agent-b", time.Hour))
-	mustEnd(t, s, i.ID, StateReleased, t0.Add(5*time.Second))
+	out := map[leases.State]*leases.Lease{}
+	p := leasetest.NewPending(t0, "agent-p", time.Hour)
+	p.Lineage = leases.Lineage{PodUID: "pod-1"}
+	leasetest.MustCreate(t, s, p)
+	out[leases.StatePending] = p
+	a := leasetest.NewPending(t0.Add(time.Second), "agent-a", 2*time.Hour)
+	a.Lineage = leases.Lineage{PodUID: "pod-1", Issuer: "iss", RunID: "42", SPIFFEID: "spiffe://x/y"}
+	out[leases.StateActive] = leasetest.MustActivate(t, s, a)
+	r := leasetest.MustActivate(t, s, leasetest.NewPending(t0.Add(2*time.Second), "agent-a", time.Hour))
+	out[leases.StateRevoking] = leasetest.MustEnd(t, s, r.ID, leases.StateRevoked, t0.Add(3*time.Second))
+	i := leasetest.MustActivate(t, s, leasetest.NewPending(t0.Add(4*time.Second), "agent-b", time.Hour))
+	leasetest.MustEnd(t, s, i.ID, leases.StateReleased, t0.Add(5*time.Second))
 	irr, err := s.RevocationFailed(ctx, i.ID, "down", t0.Add(time.Minute), true, t0.Add(6*time.Second), audit.Entry{Kind: audit.KindIrrevocable})
 	if err != nil {
 		t.Fatal(err)
 	}
-	out[StateIrrevocable] = irr
-	d := mustActivate(t, s, newPending(t0.Add(7*time.Second), "agent-b", time.Hour))
-	mustEnd(t, s, d.ID, StateReleased, t0.Add(8*time.Second))
-	if out[StateReleased], err = s.RevocationDone(ctx, d.ID, StateReleased, t0.Add(9*time.Second), audit.Entry{Kind: audit.KindRevoked}); err != nil {
+	out[leases.StateIrrevocable] = irr
+	d := leasetest.MustActivate(t, s, leasetest.NewPending(t0.Add(7*time.Second), "agent-b", time.Hour))
+	leasetest.MustEnd(t, s, d.ID, leases.StateReleased, t0.Add(8*time.Second))
+	if out[leases.StateReleased], err = s.RevocationDone(ctx, d.ID, leases.StateReleased, t0.Add(9*time.Second), audit.Entry{Kind: audit.KindRevoked}); err != nil {
 		t.Fatal(err)
 	}
-	e := mustActivate(t, s, newPending(t0.Add(10*time.Second), "agent-c", time.Minute))
+	e := leasetest.MustActivate(t, s, leasetest.NewPending(t0.Add(10*time.Second), "agent-c", time.Minute))
 	expired, err := s.ExpireDue(ctx, t0.Add(2*time.Minute), 10)
 	if err != nil || len(expired) != 1 || expired[0].ID != e.ID {
 		t.Fatalf("ExpireDue = %v, %v; want lease %s", expired, err, e.ID)
 	}
-	out[StateExpired] = expired[0]
+	out[leases.StateExpired] = expired[0]
 	return out
 }
 
@@ -777,14 +789,14 @@ func TestDurableAcrossReopen(t *testing.T) {
 		t.Errorf("store changed across reopen:\n before %+v\n after  %+v", before, after)
 	}
 	for st, l := range fixture {
-		if got := mustGet(t, s, l.ID); !reflect.DeepEqual(got, l) || got.State != st {
+		if got := leasetest.MustGet(t, s, l.ID); !reflect.DeepEqual(got, l) || got.State != st {
 			t.Errorf("%s lease after reopen = %+v, want %+v", st, got, l)
 		}
 	}
-	wantCounts(t, s, map[State]int64{StatePending: 1, StateActive: 1, StateRevoking: 1, StateIrrevocable: 1, StateReleased: 1, StateExpired: 1})
+	leasetest.WantCounts(t, s, map[leases.State]int64{leases.StatePending: 1, leases.StateActive: 1, leases.StateRevoking: 1, leases.StateIrrevocable: 1, leases.StateReleased: 1, leases.StateExpired: 1})
 	// The reopened store keeps writing on the same chain.
-	mustEnd(t, s, fixture[StateActive].ID, StateRevoked, t0.Add(time.Hour))
-	if res := mustVerifyAudit(t, s); res.HeadSeq != before.AuditHead+1 {
+	leasetest.MustEnd(t, s, fixture[leases.StateActive].ID, leases.StateRevoked, t0.Add(time.Hour))
+	if res := leasetest.MustVerifyAudit(t, s); res.HeadSeq != before.AuditHead+1 {
 		t.Errorf("audit head after one more change = %d, want %d", res.HeadSeq, before.AuditHead+1)
 	}
 }
@@ -798,48 +810,48 @@ func TestStoreFailureChangesNothing(t *testing.T) {
 	e := audit.Entry{Kind: audit.KindRevoke, Actor: audit.Actor{Type: audit.ActorOperator}}
 	cases := []struct {
 		name string
-		op   func(s *BoltStore, f map[State]*Lease) error
+		op   func(s *Store, f map[leases.State]*leases.Lease) error
 	}{
-		{"create pending", func(s *BoltStore, f map[State]*Lease) error {
-			return s.CreatePending(ctx, newPending(now, "new", time.Hour))
+		{"create pending", func(s *Store, f map[leases.State]*leases.Lease) error {
+			return s.CreatePending(ctx, leasetest.NewPending(now, "new", time.Hour))
 		}},
-		{"activate", func(s *BoltStore, f map[State]*Lease) error {
-			_, err := s.Activate(ctx, f[StatePending].ID, Activation{Handle: "h"}, now, e)
+		{"activate", func(s *Store, f map[leases.State]*leases.Lease) error {
+			_, err := s.Activate(ctx, f[leases.StatePending].ID, leases.Activation{Handle: "h"}, now, e)
 			return err
 		}},
-		{"renew", func(s *BoltStore, f map[State]*Lease) error {
-			_, err := s.Renew(ctx, f[StateActive].ID, now, now.Add(time.Hour), e)
+		{"renew", func(s *Store, f map[leases.State]*leases.Lease) error {
+			_, err := s.Renew(ctx, f[leases.StateActive].ID, now, now.Add(time.Hour), e)
 			return err
 		}},
-		{"end", func(s *BoltStore, f map[State]*Lease) error {
-			_, err := s.End(ctx, f[StateActive].ID, StateRevoked, now, e)
+		{"end", func(s *Store, f map[leases.State]*leases.Lease) error {
+			_, err := s.End(ctx, f[leases.StateActive].ID, leases.StateRevoked, now, e)
 			return err
 		}},
-		{"abandon", func(s *BoltStore, f map[State]*Lease) error {
-			_, err := s.Abandon(ctx, f[StatePending].ID, "h", now, e)
+		{"abandon", func(s *Store, f map[leases.State]*leases.Lease) error {
+			_, err := s.Abandon(ctx, f[leases.StatePending].ID, "h", now, e)
 			return err
 		}},
-		{"revocation done", func(s *BoltStore, f map[State]*Lease) error {
-			_, err := s.RevocationDone(ctx, f[StateRevoking].ID, StateRevoked, now, e)
+		{"revocation done", func(s *Store, f map[leases.State]*leases.Lease) error {
+			_, err := s.RevocationDone(ctx, f[leases.StateRevoking].ID, leases.StateRevoked, now, e)
 			return err
 		}},
-		{"revocation failed", func(s *BoltStore, f map[State]*Lease) error {
-			_, err := s.RevocationFailed(ctx, f[StateRevoking].ID, "x", now.Add(time.Minute), true, now, e)
+		{"revocation failed", func(s *Store, f map[leases.State]*leases.Lease) error {
+			_, err := s.RevocationFailed(ctx, f[leases.StateRevoking].ID, "x", now.Add(time.Minute), true, now, e)
 			return err
 		}},
-		{"expire due", func(s *BoltStore, f map[State]*Lease) error {
+		{"expire due", func(s *Store, f map[leases.State]*leases.Lease) error {
 			_, err := s.ExpireDue(ctx, t0.Add(100*time.Hour), 10)
 			return err
 		}},
-		{"recover pending", func(s *BoltStore, f map[State]*Lease) error {
+		{"recover pending", func(s *Store, f map[leases.State]*leases.Lease) error {
 			_, err := s.RecoverPending(ctx, now)
 			return err
 		}},
-		{"prune ended", func(s *BoltStore, f map[State]*Lease) error {
+		{"prune ended", func(s *Store, f map[leases.State]*leases.Lease) error {
 			_, err := s.PruneEnded(ctx, t0.Add(100*time.Hour), 10)
 			return err
 		}},
-		{"audit", func(s *BoltStore, f map[State]*Lease) error {
+		{"audit", func(s *Store, f map[leases.State]*leases.Lease) error {
 			return s.Audit(ctx, now, audit.Entry{Kind: audit.KindServerStart})
 		}},
 	}
@@ -850,13 +862,13 @@ func TestStoreFailureChangesNothing(t *testing.T) {
 			f := mixedFixture(t, s)
 			before := snapshot(t, s)
 
-			if err := s.DB().Close(); err != nil {
+			if err := s.db.Close(); err != nil {
 				t.Fatal(err)
 			}
 			if err := tc.op(s, f); !errors.Is(err, bolterrors.ErrDatabaseNotOpen) {
 				t.Errorf("error = %v, want the database failure", err)
 			}
-			if _, err := s.Get(ctx, f[StateActive].ID); err == nil {
+			if _, err := s.Get(ctx, f[leases.StateActive].ID); err == nil {
 				t.Error("Get on a failed database returned no error")
 			}
 			s.Close()
@@ -870,7 +882,7 @@ func TestStoreFailureChangesNothing(t *testing.T) {
 	t.Run("closed store", func(t *testing.T) {
 		s := MustOpenStore(t)
 		s.Close()
-		if err := s.CreatePending(ctx, newPending(now, "a", time.Hour)); !errors.Is(err, errClosed) {
+		if err := s.CreatePending(ctx, leasetest.NewPending(now, "a", time.Hour)); !errors.Is(err, errClosed) {
 			t.Errorf("CreatePending on a closed store = %v, want %v", err, errClosed)
 		}
 	})
@@ -879,11 +891,11 @@ func TestStoreFailureChangesNothing(t *testing.T) {
 func TestRecoverPending(t *testing.T) {
 	s := MustOpenStore(t)
 	ctx := context.Background()
-	p1 := newPending(t0, "a", time.Hour)
-	p2 := newPending(t0.Add(time.Second), "b", time.Hour)
-	mustCreate(t, s, p1)
-	mustCreate(t, s, p2)
-	active := mustActivate(t, s, newPending(t0.Add(2*time.Second), "c", time.Hour))
+	p1 := leasetest.NewPending(t0, "a", time.Hour)
+	p2 := leasetest.NewPending(t0.Add(time.Second), "b", time.Hour)
+	leasetest.MustCreate(t, s, p1)
+	leasetest.MustCreate(t, s, p2)
+	active := leasetest.MustActivate(t, s, leasetest.NewPending(t0.Add(2*time.Second), "c", time.Hour))
 	recoverAt := t0.Add(time.Minute)
 
 	recovered, err := s.RecoverPending(ctx, recoverAt)
@@ -898,73 +910,73 @@ func TestRecoverPending(t *testing.T) {
 		t.Fatalf("recovered %v, want the two pending leases %s and %s", got, p1.ID, p2.ID)
 	}
 	for _, id := range []string{p1.ID, p2.ID} {
-		l := mustGet(t, s, id)
-		if l.State != StateRevoking || l.EndReason != StateRevoked || !l.EndedAt.Equal(recoverAt) || !l.NextAttempt.Equal(recoverAt) {
+		l := leasetest.MustGet(t, s, id)
+		if l.State != leases.StateRevoking || l.EndReason != leases.StateRevoked || !l.EndedAt.Equal(recoverAt) || !l.NextAttempt.Equal(recoverAt) {
 			t.Errorf("recovered lease = %s/%s ended %v next %v; want revoking/revoked at %v", l.State, l.EndReason, l.EndedAt, l.NextAttempt, recoverAt)
 		}
-		if kinds := auditKinds(t, s, id); !slices.Equal(kinds, []string{audit.KindRecover}) {
+		if kinds := leasetest.AuditKinds(t, s, id); !slices.Equal(kinds, []string{audit.KindRecover}) {
 			t.Errorf("audit kinds = %v, want one recover record", kinds)
 		}
 	}
-	if got := mustGet(t, s, active.ID); !reflect.DeepEqual(got, active) {
+	if got := leasetest.MustGet(t, s, active.ID); !reflect.DeepEqual(got, active) {
 		t.Errorf("active lease changed by recovery: %+v", got)
 	}
-	wantCounts(t, s, map[State]int64{StateRevoking: 2, StateActive: 1})
+	leasetest.WantCounts(t, s, map[leases.State]int64{leases.StateRevoking: 2, leases.StateActive: 1})
 	if again, err := s.RecoverPending(ctx, recoverAt); err != nil || len(again) != 0 {
 		t.Errorf("second recovery = %v, %v; want nothing left to recover", again, err)
 	}
 
 	// The queue revokes them by correlation id: they have no handle.
 	clk := clock.NewFake(recoverAt)
-	be := newFakeBackend(0)
-	be.clk = clk
-	startQueue(t, newQueue(s, be, clk, 3))
-	eventually(t, "both recovered leases are revoked", func() bool {
-		return mustGet(t, s, p1.ID).State == StateRevoked && mustGet(t, s, p2.ID).State == StateRevoked
+	be := leasetest.NewFakeBackend(0)
+	be.Clk = clk
+	leasetest.StartQueue(t, leasetest.NewQueue(s, be, clk, 3))
+	leasetest.Eventually(t, "both recovered leases are revoked", func() bool {
+		return leasetest.MustGet(t, s, p1.ID).State == leases.StateRevoked && leasetest.MustGet(t, s, p2.ID).State == leases.StateRevoked
 	})
 	for _, id := range []string{p1.ID, p2.ID} {
-		be.mu.Lock()
-		calls, handle := be.calls[id], be.handles[id]
-		be.mu.Unlock()
+		be.Mu.Lock()
+		calls, handle := be.Calls[id], be.Handles[id]
+		be.Mu.Unlock()
 		if calls != 1 || handle != "" {
 			t.Errorf("backend saw %d calls with handle %q for %s, want 1 call by correlation id", calls, handle, id)
 		}
 	}
-	if be.callsFor(active.ID) != 0 {
+	if be.CallsFor(active.ID) != 0 {
 		t.Error("the active lease was revoked")
 	}
-	wantCounts(t, s, map[State]int64{StateRevoked: 2, StateActive: 1})
-	mustVerifyAudit(t, s)
+	leasetest.WantCounts(t, s, map[leases.State]int64{leases.StateRevoked: 2, leases.StateActive: 1})
+	leasetest.MustVerifyAudit(t, s)
 }
 
 func TestPruneEnded(t *testing.T) {
 	ctx := context.Background()
 	s := MustOpenStore(t)
-	newLease := func(i int, agent string) *Lease {
-		l := newPending(t0.Add(time.Duration(i)*time.Second), agent, time.Hour)
-		l.Lineage = Lineage{Issuer: "iss", JTI: fmt.Sprint("j", i), PodUID: "pod-1"}
-		return mustActivate(t, s, l)
+	newLease := func(i int, agent string) *leases.Lease {
+		l := leasetest.NewPending(t0.Add(time.Duration(i)*time.Second), agent, time.Hour)
+		l.Lineage = leases.Lineage{Issuer: "iss", JTI: fmt.Sprint("j", i), PodUID: "pod-1"}
+		return leasetest.MustActivate(t, s, l)
 	}
-	finish := func(l *Lease, reason State, at time.Time) *Lease {
-		mustEnd(t, s, l.ID, reason, at)
+	finish := func(l *leases.Lease, reason leases.State, at time.Time) *leases.Lease {
+		leasetest.MustEnd(t, s, l.ID, reason, at)
 		out, err := s.RevocationDone(ctx, l.ID, reason, at.Add(time.Second), audit.Entry{Kind: audit.KindRevoked})
 		if err != nil {
 			t.Fatal(err)
 		}
 		return out
 	}
-	released := finish(newLease(0, "a"), StateReleased, t0.Add(time.Minute))
-	revokedLate := finish(newLease(1, "a"), StateRevoked, t0.Add(10*time.Minute))
+	released := finish(newLease(0, "a"), leases.StateReleased, t0.Add(time.Minute))
+	revokedLate := finish(newLease(1, "a"), leases.StateRevoked, t0.Add(10*time.Minute))
 	revoking := newLease(2, "a")
-	mustEnd(t, s, revoking.ID, StateRevoked, t0.Add(time.Minute)) // ended early but not yet revoked
+	leasetest.MustEnd(t, s, revoking.ID, leases.StateRevoked, t0.Add(time.Minute)) // ended early but not yet revoked
 	active := newLease(3, "a")
-	exp := newPending(t0.Add(4*time.Second), "a", time.Minute)
-	exp.Lineage = Lineage{PodUID: "pod-1"}
-	mustActivate(t, s, exp)
+	exp := leasetest.NewPending(t0.Add(4*time.Second), "a", time.Minute)
+	exp.Lineage = leases.Lineage{PodUID: "pod-1"}
+	leasetest.MustActivate(t, s, exp)
 	if got, err := s.ExpireDue(ctx, t0.Add(2*time.Minute), 10); err != nil || len(got) != 1 {
 		t.Fatalf("ExpireDue = %v, %v", got, err)
 	}
-	wantCounts(t, s, map[State]int64{StateReleased: 1, StateRevoked: 1, StateRevoking: 1, StateActive: 1, StateExpired: 1})
+	leasetest.WantCounts(t, s, map[leases.State]int64{leases.StateReleased: 1, leases.StateRevoked: 1, leases.StateRevoking: 1, leases.StateActive: 1, leases.StateExpired: 1})
 
 	steps := []struct {
 		name       string
@@ -972,16 +984,16 @@ func TestPruneEnded(t *testing.T) {
 		limit      int
 		wantN      int
 		wantGone   []string
-		wantCounts map[State]int64
+		wantCounts map[leases.State]int64
 	}{
 		{"nothing ended before the cutoff", t0.Add(time.Minute), 10, 0, nil,
-			map[State]int64{StateReleased: 1, StateRevoked: 1, StateRevoking: 1, StateActive: 1, StateExpired: 1}},
+			map[leases.State]int64{leases.StateReleased: 1, leases.StateRevoked: 1, leases.StateRevoking: 1, leases.StateActive: 1, leases.StateExpired: 1}},
 		{"limit", t0.Add(5 * time.Minute), 1, 1, []string{released.ID},
-			map[State]int64{StateRevoked: 1, StateRevoking: 1, StateActive: 1, StateExpired: 1}},
+			map[leases.State]int64{leases.StateRevoked: 1, leases.StateRevoking: 1, leases.StateActive: 1, leases.StateExpired: 1}},
 		{"rest before the cutoff", t0.Add(5 * time.Minute), 10, 1, []string{released.ID, exp.ID},
-			map[State]int64{StateRevoked: 1, StateRevoking: 1, StateActive: 1}},
+			map[leases.State]int64{leases.StateRevoked: 1, leases.StateRevoking: 1, leases.StateActive: 1}},
 		{"everything terminal", t0.Add(100 * time.Hour), 10, 1, []string{released.ID, exp.ID, revokedLate.ID},
-			map[State]int64{StateRevoking: 1, StateActive: 1}},
+			map[leases.State]int64{leases.StateRevoking: 1, leases.StateActive: 1}},
 	}
 	for _, st := range steps {
 		t.Run(st.name, func(t *testing.T) {
@@ -989,19 +1001,19 @@ func TestPruneEnded(t *testing.T) {
 			if err != nil || n != st.wantN {
 				t.Fatalf("PruneEnded = %d, %v; want %d", n, err, st.wantN)
 			}
-			wantCounts(t, s, st.wantCounts)
+			leasetest.WantCounts(t, s, st.wantCounts)
 			for _, id := range []string{released.ID, revokedLate.ID, revoking.ID, active.ID, exp.ID} {
 				gone := slices.Contains(st.wantGone, id)
 				_, err := s.Get(ctx, id)
-				if gone != errors.Is(err, ErrNotFound) {
+				if gone != errors.Is(err, leases.ErrNotFound) {
 					t.Errorf("lease %s: Get error %v, want gone = %v", id, err, gone)
 				}
-				for _, f := range []Filter{{AgentID: "a"}, {Lineage: "pod:1"}, {Lineage: "pod:pod-1"}, {}} {
+				for _, f := range []leases.Filter{{AgentID: "a"}, {Lineage: "pod:1"}, {Lineage: "pod:pod-1"}, {}} {
 					ls, err := s.List(ctx, f)
 					if err != nil {
 						t.Fatalf("List(%+v): %v", f, err)
 					}
-					if listed := slices.ContainsFunc(ls, func(l *Lease) bool { return l.ID == id }); listed && gone {
+					if listed := slices.ContainsFunc(ls, func(l *leases.Lease) bool { return l.ID == id }); listed && gone {
 						t.Errorf("pruned lease %s still listed by %+v", id, f)
 					}
 				}
@@ -1009,21 +1021,21 @@ func TestPruneEnded(t *testing.T) {
 					t.Errorf("pruned lease %s left index entries %q", id, keys)
 				}
 				// Audit records outlive the lease.
-				if len(auditKinds(t, s, id)) == 0 {
+				if len(leasetest.AuditKinds(t, s, id)) == 0 {
 					t.Errorf("lease %s has no audit records left", id)
 				}
 			}
-			mustVerifyAudit(t, s)
+			leasetest.MustVerifyAudit(t, s)
 		})
 	}
 }
 
 // indexKeysFor returns every key in the lease buckets that refers to id.
-func indexKeysFor(t *testing.T, s *BoltStore, id string) []string {
+func indexKeysFor(t *testing.T, s *Store, id string) []string {
 	t.Helper()
 	var out []string
-	err := s.DB().View(func(tx *bbolt.Tx) error {
-		for _, b := range [][]byte{bucketLeases, bucketExpiry, bucketAgent, bucketLineage, bucketState, bucketRevoke, bucketEnded} {
+	err := s.db.View(func(tx *bbolt.Tx) error {
+		for _, b := range [][]byte{bucketLeases, bucketExpiry, bucketLeaseAgent, bucketLineage, bucketLeaseState, bucketRevoke, bucketEnded} {
 			c := tx.Bucket(b).Cursor()
 			for k, _ := c.First(); k != nil; k, _ = c.Next() {
 				if bytes.HasSuffix(k, []byte(id)) {
@@ -1046,7 +1058,7 @@ func indexKeysFor(t *testing.T, s *BoltStore, id string) []string {
 func TestUpdateWaitsForAQueuedWrite(t *testing.T) {
 	s := MustOpenStore(t)
 	busy, release := make(chan struct{}), make(chan struct{})
-	go s.Update(context.Background(), func(*bbolt.Tx) error {
+	go s.update(context.Background(), func(*bbolt.Tx) error {
 		close(busy)
 		<-release
 		return nil
@@ -1056,7 +1068,7 @@ func TestUpdateWaitsForAQueuedWrite(t *testing.T) {
 	wrote := 0
 	done := make(chan error, 1)
 	go func() {
-		done <- s.Update(ctx, func(tx *bbolt.Tx) error {
+		done <- s.update(ctx, func(tx *bbolt.Tx) error {
 			wrote++
 			return tx.Bucket(bucketLeases).Put([]byte("queued"), []byte("x"))
 		})
@@ -1069,7 +1081,7 @@ func TestUpdateWaitsForAQueuedWrite(t *testing.T) {
 	if err := <-done; err != nil || wrote != 1 {
 		t.Fatalf("Update = %v after fn ran %d times, want nil after one run", err, wrote)
 	}
-	if err := s.DB().View(func(tx *bbolt.Tx) error {
+	if err := s.db.View(func(tx *bbolt.Tx) error {
 		if tx.Bucket(bucketLeases).Get([]byte("queued")) == nil {
 			return errors.New("the queued write is not in the database")
 		}

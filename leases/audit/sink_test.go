@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -13,11 +14,18 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	"go.etcd.io/bbolt"
 )
 
 var quietLog = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+var t0 = time.Date(2030, 1, 2, 3, 4, 5, 123456789, time.UTC)
+
+// entry returns the i-th entry of a varied test log.
+func entry(i int) Entry {
+	kinds := []string{KindMint, KindRenew, KindRelease}
+	return Entry{Kind: kinds[i%3], Actor: Actor{Type: ActorAgent, ID: fmt.Sprint("agent-", i%2)}, Decision: Allow,
+		Reason: fmt.Sprint("reason ", i), AgentID: fmt.Sprint("agent-", i%2), Role: "demo", LeaseID: fmt.Sprint("lease-", i%4)}
+}
 
 // decodeLines parses JSON lines back into records.
 func decodeLines(t *testing.T, data []byte) []Record {
@@ -48,7 +56,7 @@ func TestLineSinkWritesCommittedRecords(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			db := MustOpenDB(t)
+			var head Head
 			var buf bytes.Buffer
 			sink := NewLineSink(&buf, nil, quietLog)
 			var want []Record
@@ -59,14 +67,14 @@ func TestLineSinkWritesCommittedRecords(t *testing.T) {
 					es = append(es, entry(i))
 					i++
 				}
-				err := db.Update(func(tx *bbolt.Tx) error {
-					recs, err := AppendTx(tx, t0, sink, es...)
-					want = append(want, recs...)
-					return err
-				})
+				// What an engine hands the sink once a transaction commits.
+				recs, _, next, err := Chain(head, t0, es...)
 				if err != nil {
 					t.Fatal(err)
 				}
+				head = next
+				sink.Write(recs)
+				want = append(want, recs...)
 			}
 			if err := sink.Close(); err != nil {
 				t.Fatal(err)

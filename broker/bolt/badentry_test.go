@@ -1,4 +1,4 @@
-package leases
+package bolt
 
 import (
 	"context"
@@ -10,8 +10,10 @@ import (
 
 	"go.etcd.io/bbolt"
 
-	"github.com/valet-broker/valet/broker/audit"
-	"github.com/valet-broker/valet/broker/clock"
+	"github.com/valet-broker/valet/leases"
+	"github.com/valet-broker/valet/leases/audit"
+	"github.com/valet-broker/valet/leases/clock"
+	"github.com/valet-broker/valet/leases/leasetest"
 )
 
 // logCount counts the log records whose message contains a text.
@@ -47,9 +49,9 @@ func (l *logCount) count(s string) int {
 
 // spoil breaks the stored record of lease id: garbage, or gone while its
 // index entries stay.
-func spoil(tb testing.TB, s *BoltStore, id string, missing bool) {
+func spoil(tb testing.TB, s *Store, id string, missing bool) {
 	tb.Helper()
-	err := s.Update(context.Background(), func(tx *bbolt.Tx) error {
+	err := s.update(context.Background(), func(tx *bbolt.Tx) error {
 		if missing {
 			return tx.Bucket(bucketLeases).Delete([]byte(id))
 		}
@@ -70,14 +72,14 @@ func TestBatchesSurviveOneBadLease(t *testing.T) {
 		// setup makes two leases in the state the batch works on, the bad
 		// one first in the batch's order; run runs the batch and checks
 		// that the good one was processed.
-		setup func(t *testing.T, s *BoltStore) (bad, good string)
-		run   func(t *testing.T, s *BoltStore, good string)
+		setup func(t *testing.T, s *Store) (bad, good string)
+		run   func(t *testing.T, s *Store, good string)
 	}{
-		{name: "expiry", setup: func(t *testing.T, s *BoltStore) (string, string) {
-			bad := mustActivate(t, s, newPending(t0, "bad", time.Minute))
-			good := mustActivate(t, s, newPending(t0, "good", 2*time.Minute))
+		{name: "expiry", setup: func(t *testing.T, s *Store) (string, string) {
+			bad := leasetest.MustActivate(t, s, leasetest.NewPending(t0, "bad", time.Minute))
+			good := leasetest.MustActivate(t, s, leasetest.NewPending(t0, "good", 2*time.Minute))
 			return bad.ID, good.ID
-		}, run: func(t *testing.T, s *BoltStore, good string) {
+		}, run: func(t *testing.T, s *Store, good string) {
 			for range 3 {
 				out, err := s.ExpireDue(ctx, t0.Add(time.Hour), 10)
 				if err != nil {
@@ -87,60 +89,60 @@ func TestBatchesSurviveOneBadLease(t *testing.T) {
 					t.Fatalf("ExpireDue ended %s", out[0].ID)
 				}
 			}
-			if st := mustGet(t, s, good).State; st != StateExpired {
+			if st := leasetest.MustGet(t, s, good).State; st != leases.StateExpired {
 				t.Errorf("the good lease is %s, want expired", st)
 			}
 			if next, ok, _ := s.NextExpiry(); ok {
 				t.Errorf("the expiry index still holds an entry at %v: the expirer would spin on it", next)
 			}
 		}},
-		{name: "revocation queue", setup: func(t *testing.T, s *BoltStore) (string, string) {
-			bad := mustActivate(t, s, newPending(t0, "bad", time.Hour))
-			mustEnd(t, s, bad.ID, StateReleased, t0)
-			good := mustActivate(t, s, newPending(t0, "good", time.Hour))
-			mustEnd(t, s, good.ID, StateReleased, t0.Add(time.Second))
+		{name: "revocation queue", setup: func(t *testing.T, s *Store) (string, string) {
+			bad := leasetest.MustActivate(t, s, leasetest.NewPending(t0, "bad", time.Hour))
+			leasetest.MustEnd(t, s, bad.ID, leases.StateReleased, t0)
+			good := leasetest.MustActivate(t, s, leasetest.NewPending(t0, "good", time.Hour))
+			leasetest.MustEnd(t, s, good.ID, leases.StateReleased, t0.Add(time.Second))
 			return bad.ID, good.ID
-		}, run: func(t *testing.T, s *BoltStore, good string) {
+		}, run: func(t *testing.T, s *Store, good string) {
 			clk := clock.NewFake(t0.Add(time.Second))
-			be := newFakeBackend(0)
-			startQueue(t, newQueue(s, be, clk, 3))
-			eventually(t, "the good lease is released", func() bool { return mustGet(t, s, good).State == StateReleased })
+			be := leasetest.NewFakeBackend(0)
+			leasetest.StartQueue(t, leasetest.NewQueue(s, be, clk, 3))
+			leasetest.Eventually(t, "the good lease is released", func() bool { return leasetest.MustGet(t, s, good).State == leases.StateReleased })
 		}},
-		{name: "start-up recovery", setup: func(t *testing.T, s *BoltStore) (string, string) {
-			bad, good := newPending(t0, "bad", time.Hour), newPending(t0, "good", time.Hour)
-			mustCreate(t, s, bad)
-			mustCreate(t, s, good)
+		{name: "start-up recovery", setup: func(t *testing.T, s *Store) (string, string) {
+			bad, good := leasetest.NewPending(t0, "bad", time.Hour), leasetest.NewPending(t0, "good", time.Hour)
+			leasetest.MustCreate(t, s, bad)
+			leasetest.MustCreate(t, s, good)
 			return bad.ID, good.ID
-		}, run: func(t *testing.T, s *BoltStore, good string) {
+		}, run: func(t *testing.T, s *Store, good string) {
 			out, err := s.RecoverPending(ctx, t0)
 			if err != nil || len(out) != 1 || out[0].ID != good {
 				t.Fatalf("RecoverPending = %v, %v; want the good lease", out, err)
 			}
 		}},
-		{name: "listing", setup: func(t *testing.T, s *BoltStore) (string, string) {
-			good := mustActivate(t, s, newPending(t0, "good", time.Hour))
-			bad := mustActivate(t, s, newPending(t0.Add(time.Second), "bad", time.Hour)) // newest: listed first
+		{name: "listing", setup: func(t *testing.T, s *Store) (string, string) {
+			good := leasetest.MustActivate(t, s, leasetest.NewPending(t0, "good", time.Hour))
+			bad := leasetest.MustActivate(t, s, leasetest.NewPending(t0.Add(time.Second), "bad", time.Hour)) // newest: listed first
 			return bad.ID, good.ID
-		}, run: func(t *testing.T, s *BoltStore, good string) {
-			for _, f := range []Filter{{}, {State: StateActive}} {
+		}, run: func(t *testing.T, s *Store, good string) {
+			for _, f := range []leases.Filter{{}, {State: leases.StateActive}} {
 				ls, err := s.List(ctx, f)
 				if err != nil || len(ls) != 1 || ls[0].ID != good {
 					t.Errorf("List(%+v) = %v, %v; want the good lease", f, ls, err)
 				}
 			}
 		}},
-		{name: "pruning", setup: func(t *testing.T, s *BoltStore) (string, string) {
+		{name: "pruning", setup: func(t *testing.T, s *Store) (string, string) {
 			var ids []string
 			for _, a := range []string{"bad", "good"} {
-				l := mustActivate(t, s, newPending(t0, a, time.Hour))
-				mustEnd(t, s, l.ID, StateReleased, t0)
-				if _, err := s.RevocationDone(ctx, l.ID, StateReleased, t0, audit.Entry{}); err != nil {
+				l := leasetest.MustActivate(t, s, leasetest.NewPending(t0, a, time.Hour))
+				leasetest.MustEnd(t, s, l.ID, leases.StateReleased, t0)
+				if _, err := s.RevocationDone(ctx, l.ID, leases.StateReleased, t0, audit.Entry{}); err != nil {
 					t.Fatal(err)
 				}
 				ids = append(ids, l.ID)
 			}
 			return ids[0], ids[1]
-		}, run: func(t *testing.T, s *BoltStore, good string) {
+		}, run: func(t *testing.T, s *Store, good string) {
 			n, err := s.PruneEnded(ctx, t0.Add(time.Hour), 10)
 			if err != nil || n != 1 {
 				t.Fatalf("PruneEnded = %d, %v; want the good lease pruned", n, err)
@@ -158,7 +160,7 @@ func TestBatchesSurviveOneBadLease(t *testing.T) {
 			}
 			t.Run(name, func(t *testing.T) {
 				var logs logCount
-				s, err := OpenBolt(t.TempDir()+"/valet.db", BoltOptions{Logger: slog.New(&logs)})
+				s, err := Open(t.TempDir()+"/valet.db", Options{Logger: slog.New(&logs)})
 				if err != nil {
 					t.Fatal(err)
 				}

@@ -110,3 +110,10 @@ func (s *LineSink) Close() error {
 	}
 	return nil
 }
+
+// Config is the audit section of the configuration file: an optional
+// JSON-lines copy of the audit log for a SIEM.
+type Config struct {
+	// Sink is "", "stdout" or a file path (see OpenSink).
+	Sink string `yaml:"sink"`
+}

@@ -1,4 +1,4 @@
-package grants
+package bolt
 
 import (
 	"context"
@@ -7,7 +7,8 @@ import (
 
 	"go.etcd.io/bbolt"
 
-	"github.com/valet-broker/valet/broker/audit"
+	"github.com/valet-broker/valet/broker/grants"
+	"github.com/valet-broker/valet/leases/audit"
 )
 
 // TestGrantBatchesSurviveOneBadGrant: a grant record that cannot be read
@@ -20,16 +21,16 @@ func TestGrantBatchesSurviveOneBadGrant(t *testing.T) {
 			name = "missing"
 		}
 		t.Run(name, func(t *testing.T) {
-			s := newStore(t)
+			s := newGrantStore(t)
 			ctx := context.Background()
 			now := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
 			bad, good := newGrant("test/a", now), newGrant("test/b", now.Add(time.Second))
-			for _, g := range []*Grant{bad, good} {
+			for _, g := range []*grants.Grant{bad, good} {
 				if err := s.Create(ctx, g, now, audit.Entry{Kind: audit.KindGrantRequest}); err != nil {
 					t.Fatal(err)
 				}
 			}
-			err := s.db.Update(ctx, func(tx *bbolt.Tx) error {
+			err := s.s.update(ctx, func(tx *bbolt.Tx) error {
 				if missing {
 					return tx.Bucket(bucketGrants).Delete([]byte(bad.ID))
 				}
@@ -38,7 +39,7 @@ func TestGrantBatchesSurviveOneBadGrant(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			for _, f := range []Filter{{}, {State: StatePending}} {
+			for _, f := range []grants.Filter{{}, {State: grants.StatePending}} {
 				gs, err := s.List(ctx, f)
 				if err != nil || len(gs) != 1 || gs[0].ID != good.ID {
 					t.Errorf("List(%+v) = %v, %v; want the good grant", f, gs, err)

@@ -1,4 +1,4 @@
-package broker
+package main
 
 import (
 	"fmt"
@@ -7,12 +7,19 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/valet-broker/valet/backends"
+	"github.com/valet-broker/valet/broker"
+	"github.com/valet-broker/valet/broker/attest"
+	"github.com/valet-broker/valet/broker/notify"
+	"github.com/valet-broker/valet/leases/config"
 )
 
 const minimalConfig = `
@@ -43,7 +50,7 @@ func TestParseConfigDefaults(t *testing.T) {
 	}{
 		{"listen", cfg.Listen, DefaultListen},
 		{"public_url", cfg.PublicURL, "http://" + DefaultListen},
-		{"issuer type", cfg.Issuers[0].Type, IssuerOIDC},
+		{"issuer type", cfg.Issuers[0].Type, attest.IssuerOIDC},
 		{"algorithms", strings.Join(cfg.Issuers[0].Algorithms, ","), "RS256,ES256"},
 		{"clock skew", cfg.Issuers[0].ClockSkew.D(), 30 * time.Second},
 		{"max token age", cfg.Issuers[0].MaxTokenAge.D(), 24 * time.Hour},
@@ -51,8 +58,8 @@ func TestParseConfigDefaults(t *testing.T) {
 		{"role max_ttl", cfg.Roles[0].MaxTTL.D(), time.Hour},
 		{"renewable", cfg.Roles[0].IsRenewable(), true},
 		{"watch", cfg.Policy.Watching(), true},
-		{"policy on_error", cfg.Policy.OnError, PolicyOnErrorDeny},
-		{"body limit", cfg.Limits.MaxBodyBytes, int64(DefaultMaxBodyBytes)},
+		{"policy on_error", cfg.Policy.OnError, broker.PolicyOnErrorDeny},
+		{"body limit", cfg.Limits.MaxBodyBytes, int64(broker.DefaultMaxBodyBytes)},
 		{"mint timeout", cfg.Limits.MintTimeout.D(), 10 * time.Second},
 		{"revoke attempts", cfg.Leases.RevokeAttempts, 8},
 		{"auth failures per minute", cfg.Limits.AuthFailuresPerMinute, 10},
@@ -162,11 +169,11 @@ func TestParseKEK(t *testing.T) {
 }
 
 func TestExampleConfigIsValid(t *testing.T) {
-	cfg, err := LoadConfig("../deploy/examples/valet.yaml")
+	cfg, err := LoadConfig("../../deploy/examples/valet.yaml")
 	if err != nil {
 		t.Fatalf("deploy/examples/valet.yaml: %v", err)
 	}
-	if cfg.Issuers[1].Issuer != GitHubActionsIssuer || !cfg.Issuers[1].Discovery {
+	if cfg.Issuers[1].Issuer != attest.GitHubActionsIssuer || !cfg.Issuers[1].Discovery {
 		t.Fatalf("github preset not applied: %+v", cfg.Issuers[1])
 	}
 }
@@ -374,40 +381,11 @@ func TestConfigRefusesFractionsOfWholeNumbers(t *testing.T) {
 		var o struct {
 			NumUses int `yaml:"num_uses"`
 		}
-		err := DecodeOptions(map[string]any{"num_uses": 1.5}, &o)
+		err := config.DecodeOptions(map[string]any{"num_uses": 1.5}, &o)
 		if err == nil || !strings.Contains(err.Error(), "num_uses: 1.5 is not a whole number") {
 			t.Fatalf("num_uses 1.5: %v (decoded %d)", err, o.NumUses)
 		}
 	})
-}
-
-// TestDecodeOptionsErrorsCiteNoLines: backend options and role params are
-// decoded from a document valet writes itself, so an error names the key
-// but cites no line number, which would point into the user's config file
-// at a line that has nothing to do with it.
-func TestDecodeOptionsErrorsCiteNoLines(t *testing.T) {
-	var o struct {
-		Address string   `yaml:"address"`
-		Timeout Duration `yaml:"timeout"`
-		NumUses int      `yaml:"num_uses"`
-	}
-	cases := []struct {
-		name string
-		opts map[string]any
-		want string
-	}{
-		{"a negative duration", map[string]any{"address": "a", "num_uses": 1, "timeout": "-1s"}, `timeout: duration "-1s" out of range`},
-		{"a fraction", map[string]any{"address": "a", "num_uses": 2.5}, "num_uses: 2.5 is not a whole number"},
-		{"a string for a number", map[string]any{"num_uses": "two"}, "cannot unmarshal !!str `two` into int"},
-	}
-	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
-			err := DecodeOptions(c.opts, &o)
-			if err == nil || !strings.Contains(err.Error(), c.want) || strings.Contains(err.Error(), "line ") {
-				t.Fatalf("error %v, want one saying %q without a line number", err, c.want)
-			}
-		})
-	}
 }
 
 // TestConfigKeysAllListed walks the configuration's types: every numeric
@@ -502,7 +480,7 @@ func TestConfigDefaultsFromOtherKeys(t *testing.T) {
 				return strings.Join(c.Console.OIDC.Scopes, ",") + " " + c.Console.OIDC.NameClaim + " " + c.Console.OIDC.GroupsClaim
 			}, "openid,email,profile,groups email groups"},
 		{"github issuer absent takes the preset", map[string]any{"issuers.0.type": "github", "issuers.0.issuer": nil},
-			func(c *Config) any { return c.Issuers[0].Issuer }, GitHubActionsIssuer},
+			func(c *Config) any { return c.Issuers[0].Issuer }, attest.GitHubActionsIssuer},
 		{"github discovery absent with no key source is on", map[string]any{"operators.issuers.0.type": "github", "operators.issuers.0.issuer": nil, "operators.issuers.0.discovery": nil},
 			func(c *Config) any { return c.Operators.Issuers[0].Discovery }, true},
 		{"github with a jwks_file does not discover", map[string]any{"issuers.0.type": "github", "issuers.0.issuer": nil},
@@ -511,8 +489,8 @@ func TestConfigDefaultsFromOtherKeys(t *testing.T) {
 			return c.Operators.Issuers[0].NameClaim + " " + c.Operators.Issuers[0].GroupsClaim
 		}, "email groups"},
 		{"introspection auth_method absent is client_secret_basic", nil,
-			func(c *Config) any { return c.Introspection.Clients[0].AuthMethod }, AuthClientSecretBasic},
-		{"private_key_jwt algorithms absent are RS256 and ES256", map[string]any{"introspection.clients.0.auth_method": AuthPrivateKeyJWT,
+			func(c *Config) any { return c.Introspection.Clients[0].AuthMethod }, broker.AuthClientSecretBasic},
+		{"private_key_jwt algorithms absent are RS256 and ES256", map[string]any{"introspection.clients.0.auth_method": broker.AuthPrivateKeyJWT,
 			"introspection.clients.0.client_secret_sha256": nil, "introspection.clients.0.jwks_file": "/etc/valet/api.json"},
 			func(c *Config) any { return strings.Join(c.Introspection.Clients[0].Algorithms, ",") }, "RS256,ES256"},
 		{"a key with no value keeps the default", map[string]any{"issuers.0.clock_skew": nil},
@@ -625,22 +603,22 @@ func TestDefaultConfigMatchesAbsentKeys(t *testing.T) {
 	}
 	inGo := DefaultConfig()
 	inGo.DataDir = "/var/lib/valet"
-	inGo.Issuers = []IssuerConfig{Defaulted(func(ic *IssuerConfig) {
+	inGo.Issuers = []attest.IssuerConfig{config.Defaulted(func(ic *attest.IssuerConfig) {
 		ic.Name, ic.Issuer, ic.Audiences, ic.JWKSFile = "k8s", "https://kubernetes.default.svc", []string{"valet"}, "/etc/valet/k8s.json"
 	})}
-	inGo.Backends = []BackendConfig{{Name: "tokens", Type: "jwt"}}
-	inGo.Roles = []Role{
-		Defaulted(func(r *Role) { r.Name, r.Backend = "demo", "tokens" }),
-		Defaulted(func(r *Role) {
+	inGo.Backends = []backends.Config{{Name: "tokens", Type: "jwt"}}
+	inGo.Roles = []broker.Role{
+		config.Defaulted(func(r *broker.Role) { r.Name, r.Backend = "demo", "tokens" }),
+		config.Defaulted(func(r *broker.Role) {
 			r.Name, r.Backend, r.Approval.Required, r.Approval.BreakGlass.Allowed = "glass", "tokens", 1, true
 		}),
 	}
 	inGo.Policy.Dir = "/etc/valet/policies"
-	inGo.Operators.Issuers = []OperatorIssuerConfig{Defaulted(func(oi *OperatorIssuerConfig) {
+	inGo.Operators.Issuers = []attest.OperatorIssuerConfig{config.Defaulted(func(oi *attest.OperatorIssuerConfig) {
 		oi.Name, oi.Issuer, oi.Audiences, oi.Discovery, oi.AllowAll = "sso", "https://sso.example.com", []string{"valet"}, true, true
 	})}
-	inGo.Notifications.Webhooks = []WebhookConfig{Defaulted(func(w *WebhookConfig) { w.Name, w.URL = "sec", "https://hooks.example.com/valet" })}
-	inGo.Introspection.Clients = []IntrospectionClientConfig{Defaulted(func(cl *IntrospectionClientConfig) {
+	inGo.Notifications.Webhooks = []notify.WebhookConfig{config.Defaulted(func(w *notify.WebhookConfig) { w.Name, w.URL = "sec", "https://hooks.example.com/valet" })}
+	inGo.Introspection.Clients = []broker.IntrospectionClientConfig{config.Defaulted(func(cl *broker.IntrospectionClientConfig) {
 		cl.ClientID, cl.ClientSecretSHA256 = "api", strings.Repeat("ab", 32)
 	})}
 	if err := inGo.Validate(); err != nil {
@@ -723,9 +701,112 @@ func TestOperatorIdentityConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, ic := range []OperatorIdentityConfig{cfg.Operators.Issuers[0].OperatorIdentityConfig, cfg.Console.OIDC.OperatorIdentityConfig} {
+	for _, ic := range []broker.OperatorIdentityConfig{cfg.Operators.Issuers[0].OperatorIdentityConfig, cfg.Console.OIDC.OperatorIdentityConfig} {
 		if ic.NameClaim != "email" || ic.GroupsClaim != "groups" || ic.EmailVerifiedDefault {
 			t.Errorf("defaults %+v: want name_claim email, groups_claim groups, email_verified_default false", ic)
 		}
+	}
+}
+
+// withIntrospection is minimalConfig with an introspection section.
+func withIntrospection(clients string) string {
+	return minimalConfig + "introspection:\n  clients:\n" + clients
+}
+
+var secretSum = broker.HashToken("rs-secret")
+
+func TestIntrospectionConfigDefaults(t *testing.T) {
+	cfg, err := ParseConfig([]byte(withIntrospection(`
+    - client_id: orders-api
+      client_secret_sha256: ` + secretSum + `
+    - client_id: https://rs.example.com
+      auth_method: private_key_jwt
+      jwks_url: https://rs.example.com/jwks.json
+`)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := cfg.Introspection.Clients
+	if c[0].AuthMethod != broker.AuthClientSecretBasic {
+		t.Errorf("auth_method left out = %q, want client_secret_basic (RFC 7591's default)", c[0].AuthMethod)
+	}
+	if c[0].Algorithms != nil {
+		t.Errorf("a secret client got algorithms %v", c[0].Algorithms)
+	}
+	if !slices.Equal(c[1].Algorithms, []string{"RS256", "ES256"}) {
+		t.Errorf("private_key_jwt algorithms left out = %v, want [RS256 ES256]", c[1].Algorithms)
+	}
+	iss := attest.ClientAssertionIssuers(cfg.Introspection, cfg.PublicURL)
+	if len(iss) != 1 || iss[0].Issuer != "https://rs.example.com" || !iss[0].RequireJTI || iss[0].MaxTokenAge != 0 ||
+		!slices.Contains(iss[0].Audiences, cfg.PublicURL+"/v1/introspect") || iss[0].Name != "introspection:https://rs.example.com" {
+		t.Errorf("client assertion issuers = %+v", iss)
+	}
+	// No section: no clients, so introspection refuses everyone.
+	cfg, err = ParseConfig([]byte(minimalConfig))
+	if err != nil || len(cfg.Introspection.Clients) != 0 {
+		t.Fatalf("config without introspection: %v %+v", err, cfg.Introspection)
+	}
+}
+
+func TestIntrospectionConfigResolvesRelativePaths(t *testing.T) {
+	dir := t.TempDir()
+	text := withIntrospection(`
+    - client_id: rs
+      auth_method: private_key_jwt
+      jwks_file: rs-jwks.json
+`)
+	path := filepath.Join(dir, "valet.yaml")
+	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := LoadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cfg.Introspection.Clients[0].JWKSFile; got != filepath.Join(dir, "rs-jwks.json") {
+		t.Fatalf("jwks_file = %q, want it resolved against the config's directory", got)
+	}
+}
+
+func TestIntrospectionConfigRejects(t *testing.T) {
+	const tlsSection = "tls:\n  cert_file: c\n  key_file: k\n  client_ca_file: ca\n  client_auth: verify_if_given\n"
+	cases := []struct {
+		name    string
+		clients string
+		extra   string
+		want    string
+	}{
+		{"no client_id", "    - client_secret_sha256: " + secretSum + "\n", "", `introspection.clients[0].client_id "" must be 1 to 255 printable ASCII characters`},
+		{"control character in client_id", "    - client_id: \"a\\tb\"\n      client_secret_sha256: " + secretSum + "\n", "", "introspection.clients[0].client_id"},
+		{"client_id twice", "    - client_id: a\n      client_secret_sha256: " + secretSum + "\n    - client_id: a\n      client_secret_sha256: " + secretSum + "\n", "", `introspection.clients[1].client_id "a" is used twice`},
+		{"no secret", "    - client_id: a\n", "", "introspection.clients[0].client_secret_sha256 must be the hex SHA-256 of the client secret"},
+		{"secret in clear", "    - client_id: a\n      client_secret_sha256: hunter2\n", "", "introspection.clients[0].client_secret_sha256 must be the hex SHA-256"},
+		{"unknown method", "    - client_id: a\n      auth_method: none\n", "", `introspection.clients[0].auth_method "none" must be client_secret_basic, client_secret_post, private_key_jwt or tls_client_auth`},
+		{"jwks on a secret client", "    - client_id: a\n      client_secret_sha256: " + secretSum + "\n      jwks_file: k.json\n", "", "introspection.clients[0].jwks_file does not apply to auth_method client_secret_basic"},
+		{"private_key_jwt without keys", "    - client_id: a\n      auth_method: private_key_jwt\n", "", "introspection.clients[0] needs exactly one of jwks_file or jwks_url"},
+		{"private_key_jwt with two key sources", "    - client_id: a\n      auth_method: private_key_jwt\n      jwks_file: k.json\n      jwks_url: https://a/jwks\n", "", "introspection.clients[0] needs exactly one of jwks_file or jwks_url"},
+		{"private_key_jwt with a secret", "    - client_id: a\n      auth_method: private_key_jwt\n      jwks_file: k.json\n      client_secret_sha256: " + secretSum + "\n", "", "introspection.clients[0].client_secret_sha256 does not apply to auth_method private_key_jwt"},
+		{"HMAC algorithm", "    - client_id: a\n      auth_method: private_key_jwt\n      jwks_file: k.json\n      algorithms: [HS256]\n", "", `introspection.clients[0].algorithms[0] "HS256" is not allowed`},
+		{"algorithms set to nothing", "    - client_id: a\n      auth_method: private_key_jwt\n      jwks_file: k.json\n      algorithms: []\n", "", "introspection.clients[0].algorithms must not be empty"},
+		{"relative jwks_url", "    - client_id: a\n      auth_method: private_key_jwt\n      jwks_url: /jwks\n", "", `introspection.clients[0].jwks_url "/jwks" must be an absolute http(s) URL`},
+		{"tls_client_auth without tls", "    - client_id: a\n      auth_method: tls_client_auth\n      tls_client_auth_subject_dn: CN=a\n", "", "introspection.clients[0]: auth_method tls_client_auth needs tls.client_ca_file and tls.client_auth verify_if_given or require"},
+		{"tls_client_auth with client_auth none", "    - client_id: a\n      auth_method: tls_client_auth\n      tls_client_auth_subject_dn: CN=a\n", "tls:\n  cert_file: c\n  key_file: k\n  client_ca_file: ca\n  client_auth: none\n", "needs tls.client_ca_file and tls.client_auth verify_if_given or require"},
+		{"tls_client_auth without a name", "    - client_id: a\n      auth_method: tls_client_auth\n", tlsSection, "introspection.clients[0] needs exactly one of tls_client_auth_subject_dn"},
+		{"tls_client_auth with two names", "    - client_id: a\n      auth_method: tls_client_auth\n      tls_client_auth_subject_dn: CN=a\n      tls_client_auth_san_dns: a.example\n", tlsSection, "introspection.clients[0] needs exactly one of tls_client_auth_subject_dn"},
+		{"bad SAN IP", "    - client_id: a\n      auth_method: tls_client_auth\n      tls_client_auth_san_ip: 10.0.0\n", tlsSection, `introspection.clients[0].tls_client_auth_san_ip "10.0.0" is not an IP address`},
+		{"certificate name on a secret client", "    - client_id: a\n      client_secret_sha256: " + secretSum + "\n      tls_client_auth_san_dns: a.example\n", "", "introspection.clients[0].tls_client_auth_san_dns does not apply to auth_method client_secret_basic"},
+		{"audiences set to nothing", "    - client_id: a\n      client_secret_sha256: " + secretSum + "\n      audiences: []\n", "", "introspection.clients[0].audiences must not be empty; leave it out"},
+		{"empty audience", "    - client_id: a\n      client_secret_sha256: " + secretSum + "\n      audiences: [\"\"]\n", "", "introspection.clients[0].audiences[0] must not be empty"},
+		{"roles set to nothing", "    - client_id: a\n      client_secret_sha256: " + secretSum + "\n      roles: []\n", "", "introspection.clients[0].roles must not be empty; leave it out"},
+		{"unknown role", "    - client_id: a\n      client_secret_sha256: " + secretSum + "\n      roles: [demo, nope]\n", "", `introspection.clients[0].roles[1] "nope" is not a configured role`},
+		{"unknown key", "    - client_id: a\n      client_secret_sha256: " + secretSum + "\n      client_secret: s\n", "", "field client_secret not found"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := ParseConfig([]byte(withIntrospection(c.clients) + c.extra))
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("error = %v, want it to contain %q", err, c.want)
+			}
+		})
 	}
 }

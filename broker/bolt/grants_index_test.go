@@ -1,4 +1,4 @@
-package grants
+package bolt
 
 import (
 	"context"
@@ -9,21 +9,22 @@ import (
 
 	"go.etcd.io/bbolt"
 
-	"github.com/valet-broker/valet/broker/audit"
+	"github.com/valet-broker/valet/broker/grants"
 	"github.com/valet-broker/valet/leases"
+	"github.com/valet-broker/valet/leases/audit"
 )
 
 // newGrant is a pending approval grant of agent created at now.
-func newGrant(agent string, now time.Time) *Grant {
-	r := Request{AgentID: agent, Role: "r", TTL: time.Minute}
-	return &Grant{ID: leases.NewID(now), Kind: KindApproval, AgentID: agent, Role: "r", TTL: time.Minute, Binding: Binding(r),
-		State: StatePending, Required: 1, CreatedAt: now, ExpiresAt: now.Add(time.Hour), Requester: []string{agent}}
+func newGrant(agent string, now time.Time) *grants.Grant {
+	r := grants.Request{AgentID: agent, Role: "r", TTL: time.Minute}
+	return &grants.Grant{ID: leases.NewID(now), Kind: grants.KindApproval, AgentID: agent, Role: "r", TTL: time.Minute, Binding: grants.Binding(r),
+		State: grants.StatePending, Required: 1, CreatedAt: now, ExpiresAt: now.Add(time.Hour), Requester: []string{agent}}
 }
 
 // TestIndexKeysSurviveHostileAgentIDs lists grants by agent when one
 // agent id extends another with the bytes the index once split at.
 func TestIndexKeysSurviveHostileAgentIDs(t *testing.T) {
-	s := newStore(t)
+	s := newGrantStore(t)
 	ctx := context.Background()
 	now := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
 	agents := []string{"test/a", "test/a\x00zz", "test/a\x00", "\x06test/a"}
@@ -38,7 +39,7 @@ func TestIndexKeysSurviveHostileAgentIDs(t *testing.T) {
 		}
 	}
 	for _, a := range agents {
-		for _, f := range []Filter{{AgentID: a}, {AgentID: a, State: StatePending}} {
+		for _, f := range []grants.Filter{{AgentID: a}, {AgentID: a, State: grants.StatePending}} {
 			gs, err := s.List(ctx, f)
 			if err != nil {
 				t.Fatalf("List(%#v): %v", f, err)
@@ -60,19 +61,19 @@ func TestIndexKeysSurviveHostileAgentIDs(t *testing.T) {
 	}
 }
 
-// TestNewStoreMigratesOldIndexLayout opens grants written with the first
+// TestOpenMigratesOldGrantIndexLayout opens grants written with the first
 // index layout (value 0x00 id) and lists them by agent and state.
-func TestNewStoreMigratesOldIndexLayout(t *testing.T) {
+func TestOpenMigratesOldGrantIndexLayout(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "v.db")
-	db, err := leases.OpenBolt(path, leases.BoltOptions{})
+	raw, err := bbolt.Open(path, 0o600, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	now := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
 	g := newGrant("test/a", now)
 	old := func(v, id string) []byte { return append(append([]byte(v), 0), id...) }
-	err = db.DB().Update(func(tx *bbolt.Tx) error {
-		for _, b := range [][]byte{bucketGrants, bucketState, bucketAgent, bucketReview} {
+	err = raw.Update(func(tx *bbolt.Tx) error {
+		for _, b := range [][]byte{bucketGrants, bucketGrantState, bucketGrantAgent, bucketGrantReview} {
 			if _, err := tx.CreateBucket(b); err != nil {
 				return err
 			}
@@ -84,20 +85,24 @@ func TestNewStoreMigratesOldIndexLayout(t *testing.T) {
 		if err := tx.Bucket(bucketGrants).Put([]byte(g.ID), v); err != nil {
 			return err
 		}
-		if err := tx.Bucket(bucketState).Put(old(string(g.State), g.ID), nil); err != nil {
+		if err := tx.Bucket(bucketGrantState).Put(old(string(g.State), g.ID), nil); err != nil {
 			return err
 		}
-		return tx.Bucket(bucketAgent).Put(old(g.AgentID, g.ID), nil)
+		return tx.Bucket(bucketGrantAgent).Put(old(g.AgentID, g.ID), nil)
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := NewStore(db)
+	if err := raw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	db, err := Open(path, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	for _, f := range []Filter{{AgentID: "test/a"}, {State: StatePending}} {
+	s := db.Grants()
+	for _, f := range []grants.Filter{{AgentID: "test/a"}, {State: grants.StatePending}} {
 		gs, err := s.List(context.Background(), f)
 		if err != nil || len(gs) != 1 || gs[0].ID != g.ID {
 			t.Fatalf("List(%#v) after migration = %v, %v; want grant %s", f, gs, err, g.ID)

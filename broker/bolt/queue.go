@@ -1,4 +1,4 @@
-package leases
+package bolt
 
 import (
 	"bytes"
@@ -7,26 +7,25 @@ import (
 
 	"go.etcd.io/bbolt"
 
-	"github.com/valet-broker/valet/broker/audit"
+	"github.com/valet-broker/valet/leases"
+	"github.com/valet-broker/valet/leases/audit"
 )
 
-// This file holds the BoltStore methods that the expiry scheduler, the
+// This file holds the Store methods that the expiry scheduler, the
 // revocation queue and start-up recovery use. Each is one transaction.
-
-var systemActor = audit.Actor{Type: audit.ActorSystem, ID: "valet"}
 
 // NextExpiry returns the earliest expiry of an active lease, read from the
 // first key of the expiry index.
-func (s *BoltStore) NextExpiry() (time.Time, bool, error) {
+func (s *Store) NextExpiry() (time.Time, bool, error) {
 	return s.firstTime(bucketExpiry)
 }
 
 // NextRevocation returns the earliest next attempt in the revocation queue.
-func (s *BoltStore) NextRevocation() (time.Time, bool, error) {
+func (s *Store) NextRevocation() (time.Time, bool, error) {
 	return s.firstTime(bucketRevoke)
 }
 
-func (s *BoltStore) firstTime(bucket []byte) (time.Time, bool, error) {
+func (s *Store) firstTime(bucket []byte) (time.Time, bool, error) {
 	var t time.Time
 	var ok bool
 	err := s.db.View(func(tx *bbolt.Tx) error {
@@ -47,46 +46,27 @@ func (s *BoltStore) firstTime(bucket []byte) (time.Time, bool, error) {
 // lives a fixed time past it (Lease.CredentialExpires) is revoked at its
 // expiry too, whatever f says. Other leases simply become expired at their
 // expiry: their credentials died on their own.
-func (s *BoltStore) SetRevokeAtExpiry(f func(l *Lease) bool) { s.revokeAtExpiry = f }
+func (s *Store) SetRevokeAtExpiry(f func(l *leases.Lease) bool) { s.revokeAtExpiry = f }
 
-// ValidUntil is the latest time l's credential can still be valid at its
-// backend if it is never revoked, whatever ended the lease: for a renewable
-// lease whose holder can extend the credential itself (SetRevokeAtExpiry),
-// the lease's maximum, where the backend caps extensions; for any other
-// credential (a self-contained token's exp, an external credential's own
-// TTL) the lease's expiry as last renewed; and in either case no earlier
-// than the credential's own expiry when it outlives its lease
-// (Lease.CredentialExpires). Every backend mints with its own expiry no
-// later than these (invariant 2). The revocation queue keeps retrying an
-// unconfirmed revocation until ValidUntil plus ExpiryGrace.
-func (s *BoltStore) ValidUntil(l *Lease) time.Time {
-	v := l.ExpiresAt
-	if l.Renewable && l.MaxExpires.After(l.ExpiresAt) && s.revokeAtExpiry != nil && s.revokeAtExpiry(l) {
-		v = l.MaxExpires
-	}
-	if l.CredentialExpires.After(v) {
-		v = l.CredentialExpires
-	}
-	return v
+// ValidUntil implements leases.RevocationStore: l.ValidUntil, with the
+// leases SetRevokeAtExpiry names as those whose holder can extend them.
+func (s *Store) ValidUntil(l *leases.Lease) time.Time {
+	return l.ValidUntil(s.revokesAtExpiry(l))
 }
 
-// outlivesExpiry reports whether l's credential may still be valid at its
-// backend when the lease expires at now, so the lease must be revoked
-// there rather than simply marked expired: its holder can extend it
-// (SetRevokeAtExpiry), or it lives a fixed time past its lease.
-func (s *BoltStore) outlivesExpiry(l *Lease, now time.Time) bool {
-	return (s.revokeAtExpiry != nil && s.revokeAtExpiry(l)) || l.CredentialExpires.After(now)
+func (s *Store) revokesAtExpiry(l *leases.Lease) bool {
+	return s.revokeAtExpiry != nil && s.revokeAtExpiry(l)
 }
 
 // ExpireDue ends up to limit active leases whose expiry is at or before
 // now, each with an audit record, in one transaction. Most become expired:
 // their credentials died on their own with the lease. Those whose
 // credential may outlive the lease (SetRevokeAtExpiry names them, or their
-// CredentialExpires is after now) become revoking (end reason expired)
-// and go to the revocation queue.
-func (s *BoltStore) ExpireDue(ctx context.Context, now time.Time, limit int) ([]*Lease, error) {
-	var out []*Lease
-	err := s.Update(ctx, func(tx *bbolt.Tx) error {
+// CredentialExpires is after now) become revoking (end reason expired) and
+// go to the revocation queue.
+func (s *Store) ExpireDue(ctx context.Context, now time.Time, limit int) ([]*leases.Lease, error) {
+	var out []*leases.Lease
+	err := s.update(ctx, func(tx *bbolt.Tx) error {
 		out = out[:0]
 		c := tx.Bucket(bucketExpiry).Cursor()
 		var due [][]byte
@@ -106,18 +86,12 @@ func (s *BoltStore) ExpireDue(ctx context.Context, now time.Time, limit int) ([]
 				continue
 			}
 			l := *old
-			l.State = StateExpired
-			l.EndedAt = now
-			reason := "ttl elapsed"
-			if s.outlivesExpiry(&l, now) {
-				l.State, l.EndReason, l.NextAttempt = StateRevoking, StateExpired, now
-				reason = "ttl elapsed; revoking at the backend"
-			}
+			reason := l.Expire(now, s.revokesAtExpiry(&l))
 			if err := putLease(tx, old, &l); err != nil {
 				return err
 			}
-			if _, err := audit.AppendTx(tx, now, s.sink, audit.Entry{
-				Kind: audit.KindExpire, Actor: systemActor, AgentID: l.AgentID, Role: l.Role, LeaseID: l.ID,
+			if _, err := appendAudit(tx, now, s.sink, audit.Entry{
+				Kind: audit.KindExpire, Actor: audit.SystemActor, AgentID: l.AgentID, Role: l.Role, LeaseID: l.ID,
 				Reason: reason,
 			}); err != nil {
 				return err
@@ -136,12 +110,12 @@ func (s *BoltStore) ExpireDue(ctx context.Context, now time.Time, limit int) ([]
 
 // DueRevocations returns up to limit leases whose next revocation attempt is
 // at or before now, earliest first.
-func (s *BoltStore) DueRevocations(now time.Time, limit int) ([]*Lease, error) {
-	var out []*Lease
+func (s *Store) DueRevocations(now time.Time, limit int) ([]*leases.Lease, error) {
+	var out []*leases.Lease
 	if limit <= 0 {
 		return nil, nil
 	}
-	err := s.EachDueRevocation(now, func(l *Lease) bool {
+	err := s.EachDueRevocation(now, func(l *leases.Lease) bool {
 		out = append(out, l)
 		return len(out) < limit
 	})
@@ -152,7 +126,7 @@ func (s *BoltStore) DueRevocations(now time.Time, limit int) ([]*Lease, error) {
 // is at or before now, earliest first, until fn returns false. An entry of
 // the queue whose lease cannot be read is skipped (and logged once): one
 // bad record must not stop every revocation behind it.
-func (s *BoltStore) EachDueRevocation(now time.Time, fn func(l *Lease) bool) error {
+func (s *Store) EachDueRevocation(now time.Time, fn func(l *leases.Lease) bool) error {
 	return s.db.View(func(tx *bbolt.Tx) error {
 		c := tx.Bucket(bucketRevoke).Cursor()
 		for k, _ := c.First(); k != nil && !keyTime(k).After(now); k, _ = c.Next() {
@@ -171,7 +145,7 @@ func (s *BoltStore) EachDueRevocation(now time.Time, fn func(l *Lease) bool) err
 
 // NextRevocationAfter returns the earliest next attempt in the revocation
 // queue that is after now.
-func (s *BoltStore) NextRevocationAfter(now time.Time) (time.Time, bool, error) {
+func (s *Store) NextRevocationAfter(now time.Time) (time.Time, bool, error) {
 	var t time.Time
 	var ok bool
 	err := s.db.View(func(tx *bbolt.Tx) error {
@@ -187,34 +161,14 @@ func (s *BoltStore) NextRevocationAfter(now time.Time) (time.Time, bool, error) 
 // RevocationDone records that the backend revoked the credential (or that
 // it expired on its own, when final is StateExpired): the lease reaches its
 // terminal state.
-func (s *BoltStore) RevocationDone(ctx context.Context, id string, final State, now time.Time, e audit.Entry) (*Lease, error) {
-	return s.change(ctx, id, now, e, func(l *Lease) error {
-		if l.State != StateRevoking && l.State != StateIrrevocable {
-			return errUnchanged
-		}
-		l.State = final
-		l.EndReason = ""
-		l.NextAttempt = time.Time{}
-		l.LastError = ""
-		return nil
-	})
+func (s *Store) RevocationDone(ctx context.Context, id string, final leases.State, now time.Time, e audit.Entry) (*leases.Lease, error) {
+	return s.change(ctx, id, now, e, func(l *leases.Lease) error { return l.RevocationDone(final) })
 }
 
 // RevocationFailed records a failed attempt and when to try next. When
 // irrevocable is true the lease becomes (or stays) irrevocable.
-func (s *BoltStore) RevocationFailed(ctx context.Context, id string, cause string, next time.Time, irrevocable bool, now time.Time, e audit.Entry) (*Lease, error) {
-	return s.change(ctx, id, now, e, func(l *Lease) error {
-		if l.State != StateRevoking && l.State != StateIrrevocable {
-			return errUnchanged
-		}
-		l.RevokeAttempts++
-		l.LastError = cause
-		l.NextAttempt = next
-		if irrevocable {
-			l.State = StateIrrevocable
-		}
-		return nil
-	})
+func (s *Store) RevocationFailed(ctx context.Context, id string, cause string, next time.Time, irrevocable bool, now time.Time, e audit.Entry) (*leases.Lease, error) {
+	return s.change(ctx, id, now, e, func(l *leases.Lease) error { return l.RevocationFailed(cause, next, irrevocable) })
 }
 
 // RecoverPending ends every pending lease: they are intents left by a
@@ -222,12 +176,12 @@ func (s *BoltStore) RevocationFailed(ctx context.Context, id string, cause strin
 // becomes revoking (reason revoked) so the revocation queue revokes whatever
 // the backend may have issued, by correlation id. Call it only at start-up,
 // when no mint of this process can be in flight.
-func (s *BoltStore) RecoverPending(ctx context.Context, now time.Time) ([]*Lease, error) {
-	var out []*Lease
-	err := s.Update(ctx, func(tx *bbolt.Tx) error {
+func (s *Store) RecoverPending(ctx context.Context, now time.Time) ([]*leases.Lease, error) {
+	var out []*leases.Lease
+	err := s.update(ctx, func(tx *bbolt.Tx) error {
 		out = out[:0]
-		prefix := IndexPrefix(string(StatePending))
-		c := tx.Bucket(bucketState).Cursor()
+		prefix := indexPrefix(string(leases.StatePending))
+		c := tx.Bucket(bucketLeaseState).Cursor()
 		var ids [][]byte
 		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
 			ids = append(ids, append([]byte{}, k[len(prefix):]...))
@@ -239,15 +193,12 @@ func (s *BoltStore) RecoverPending(ctx context.Context, now time.Time) ([]*Lease
 				continue
 			}
 			l := *old
-			l.State = StateRevoking
-			l.EndReason = StateRevoked
-			l.EndedAt = now
-			l.NextAttempt = now
+			l.Recover(now)
 			if err := putLease(tx, old, &l); err != nil {
 				return err
 			}
-			if _, err := audit.AppendTx(tx, now, s.sink, audit.Entry{
-				Kind: audit.KindRecover, Actor: systemActor, AgentID: l.AgentID, Role: l.Role, LeaseID: l.ID,
+			if _, err := appendAudit(tx, now, s.sink, audit.Entry{
+				Kind: audit.KindRecover, Actor: audit.SystemActor, AgentID: l.AgentID, Role: l.Role, LeaseID: l.ID,
 				Reason: "pending lease left by an interrupted mint; revoking by correlation id",
 			}); err != nil {
 				return err
@@ -266,9 +217,9 @@ func (s *BoltStore) RecoverPending(ctx context.Context, now time.Time) ([]*Lease
 
 // PruneEnded deletes up to limit leases that ended before cutoff. Their
 // audit records stay.
-func (s *BoltStore) PruneEnded(ctx context.Context, cutoff time.Time, limit int) (int, error) {
+func (s *Store) PruneEnded(ctx context.Context, cutoff time.Time, limit int) (int, error) {
 	var n int
-	err := s.Update(ctx, func(tx *bbolt.Tx) error {
+	err := s.update(ctx, func(tx *bbolt.Tx) error {
 		n = 0
 		c := tx.Bucket(bucketEnded).Cursor()
 		var keys [][]byte

@@ -1,0 +1,158 @@
+// Package bolt is valet's storage engine for one process: a single bbolt
+// file holds the leases with their indexes, the grants, the audit log and
+// the attestation replay cache. Store implements the storage interfaces of
+// the domain (broker.LeaseStore, broker.Auditor, broker.GrantStore,
+// leases.RevocationStore, leases.ExpiryStore, audit.Reader and, through
+// ReplayCache, attest.ReplayCache) and keeps their promises: a state change
+// and its audit record commit in one transaction; single-use things
+// (redeeming a grant, consuming a jti) are compare-and-swap in one
+// transaction; expiry is read from the values stored, never from timers or
+// TTLs of the engine. Every write goes through one group committer, so
+// concurrent writers share an fsync.
+//
+// No other package touches the file: they see the interfaces.
+package bolt
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
+
+	"github.com/valet-broker/valet/broker"
+	"github.com/valet-broker/valet/broker/attest"
+	"github.com/valet-broker/valet/leases"
+	"github.com/valet-broker/valet/leases/audit"
+)
+
+// Store owns the database file. Its lease methods are in leases.go and
+// queue.go, its audit log in audit.go; Grants and ReplayCache keep their
+// records in the same file and write through the same committer, so their
+// writes share commits.
+type Store struct {
+	db   *bbolt.DB
+	c    *committer
+	sink audit.Sink
+	log  *slog.Logger
+
+	skipped sync.Map // ids of unreadable records already reported
+
+	revokeAtExpiry func(l *leases.Lease) bool
+}
+
+// Options configures Open.
+type Options struct {
+	// Sink receives audit records after they commit (optional).
+	Sink audit.Sink
+	// MaxBatch bounds how many writes share one commit (default 512).
+	MaxBatch int
+	// ReadOnly opens the file without taking the writer lock (for offline
+	// tools such as `valet audit verify --data-dir`).
+	ReadOnly bool
+	// Logger reports records that a batch had to skip because they cannot
+	// be read (default slog.Default()).
+	Logger *slog.Logger
+}
+
+// Open opens (creating if needed) the database at path, creates every
+// bucket and brings the indexes to the current key layout. It fails after
+// two seconds if another process holds the file.
+func Open(path string, opts Options) (*Store, error) {
+	if !opts.ReadOnly {
+		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+			return nil, err
+		}
+	}
+	db, err := bbolt.Open(path, 0o600, &bbolt.Options{
+		Timeout:      2 * time.Second,
+		FreelistType: bbolt.FreelistMapType,
+		ReadOnly:     opts.ReadOnly,
+	})
+	if errors.Is(err, bolterrors.ErrTimeout) {
+		return nil, fmt.Errorf("open %s: the database is in use by another valet process", path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	if !opts.ReadOnly {
+		err = db.Update(func(tx *bbolt.Tx) error {
+			for _, init := range []func(*bbolt.Tx) error{initLeases, initAudit, initGrants, initReplay} {
+				if err := init(tx); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			db.Close()
+			return nil, fmt.Errorf("initialise %s: %w", path, err)
+		}
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	s := &Store{db: db, sink: opts.Sink, log: opts.Logger}
+	if !opts.ReadOnly {
+		s.c = newCommitter(db, opts.MaxBatch)
+	}
+	return s, nil
+}
+
+// update runs fn in a write transaction that may be shared with other
+// concurrent writes (group commit): it returns after the transaction is on
+// disk, or failed. ctx bounds only the wait for a place in the commit
+// queue; once queued, the write runs and update waits for it. fn may run
+// more than once and must only touch the database and variables it resets
+// on each run.
+func (s *Store) update(ctx context.Context, fn func(tx *bbolt.Tx) error) error {
+	if s.c == nil {
+		return errors.New("lease store is read-only")
+	}
+	return s.c.do(ctx, fn)
+}
+
+// Close stops the committer and closes the database.
+func (s *Store) Close() error {
+	if s.c != nil {
+		s.c.close()
+	}
+	return s.db.Close()
+}
+
+// Audit appends entries that are not tied to a state change.
+func (s *Store) Audit(ctx context.Context, now time.Time, e ...audit.Entry) error {
+	return s.update(ctx, func(tx *bbolt.Tx) error {
+		_, err := appendAudit(tx, now, s.sink, e...)
+		return err
+	})
+}
+
+// ReportSkipped reports (an ERROR log line), once per place and id, a
+// record that a batch over many records (expiry, the revocation queue,
+// recovery, listing, pruning; the grant store's batches too) skipped
+// because it cannot be read. The batch goes on without it.
+func (s *Store) ReportSkipped(where, id string, err error) {
+	if _, seen := s.skipped.LoadOrStore(where+"\x00"+id, true); seen {
+		return
+	}
+	s.log.Error("skipped a record that cannot be read; the others are processed", "where", where, "id", id, "err", err)
+}
+
+// The interfaces Store and its views implement, with the promises written
+// on them.
+var (
+	_ broker.LeaseStore      = (*Store)(nil)
+	_ broker.Auditor         = (*Store)(nil)
+	_ leases.RevocationStore = (*Store)(nil)
+	_ leases.ExpiryStore     = (*Store)(nil)
+	_ audit.Reader           = (*Store)(nil)
+	_ broker.GrantStore      = (*Grants)(nil)
+	_ attest.ReplayCache     = (*ReplayCache)(nil)
+)
