@@ -481,10 +481,11 @@ func (b *Backend) Mint(ctx context.Context, req backends.MintRequest) (*backends
 			details[detailAssumedRoleID] = *u.AssumedRoleId
 		}
 	}
-	if out.PackedPolicySize != nil {
-		details[detailPackedPolicySize] = fmt.Sprintf("%d%%", *out.PackedPolicySize)
-		if *out.PackedPolicySize >= 90 {
-			b.log.Warn("the role's session policy and tags are close to STS's packed size limit", "role", req.Role.Name, "packed_policy_size_percent", *out.PackedPolicySize)
+	//lint:ignore SA1019 STS still answers PackedPolicySize for AssumeRole; it is what its size limit is measured in
+	if packed := out.PackedPolicySize; packed != nil {
+		details[detailPackedPolicySize] = fmt.Sprintf("%d%%", *packed)
+		if *packed >= 90 {
+			b.log.Warn("the role's session policy and tags are close to STS's packed size limit", "role", req.Role.Name, "packed_policy_size_percent", *packed)
 		}
 	}
 	return &backends.Credential{

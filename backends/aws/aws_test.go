@@ -19,8 +19,8 @@ import (
 	"github.com/valet-broker/valet/backends"
 	valetaws "github.com/valet-broker/valet/backends/aws"
 	"github.com/valet-broker/valet/backends/aws/awstest"
-	"github.com/valet-broker/valet/leases/clock"
 	"github.com/valet-broker/valet/leases"
+	"github.com/valet-broker/valet/leases/clock"
 )
 
 // fixture is a backend talking to a test server, both on one fake clock.

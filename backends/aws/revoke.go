@@ -390,7 +390,7 @@ func parseDenyDoc(text string) (*denyDoc, error) {
 		list = []json.RawMessage{raw.Statement}
 	} else if len(raw.Statement) > 0 {
 		if err := json.Unmarshal(raw.Statement, &list); err != nil {
-			return nil, fmt.Errorf("Statement: %w", err)
+			return nil, fmt.Errorf("statement: %w", err)
 		}
 	}
 	doc := &denyDoc{}

@@ -1,5 +1,7 @@
 package awstest
 
+//lint:file-ignore ST1005 the errors carry IAM's own messages, worded and punctuated as the service words them
+
 import (
 	"encoding/json"
 	"encoding/xml"
