@@ -26,6 +26,7 @@ import (
 	"io"
 	"log/slog"
 	"net/url"
+	"strings"
 	"sync"
 	"time"
 
@@ -136,7 +137,8 @@ func New(name string, options map[string]any, deps backends.Deps) (backends.Back
 		option.WithUserAgent("valet"),
 	}
 	if o.Endpoint != "" {
-		clientOpts = append(clientOpts, option.WithEndpoint(o.Endpoint))
+		// The client resolves v1/... against it, as against a directory.
+		clientOpts = append(clientOpts, option.WithEndpoint(strings.TrimSuffix(o.Endpoint, "/")+"/"))
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

@@ -47,7 +47,7 @@ func newFixture(t *testing.T, options map[string]any) *fixture {
 	srv := gcptest.Start(t, gcptest.Config{Now: clk.Now})
 	srv.SetEnv(t)
 	f := &fixture{srv: srv, clock: clk, logs: &syncBuffer{}, agent: srv.CreateServiceAccount("agent", gcptest.ServiceAccountOptions{})}
-	opts := map[string]any{"endpoint": srv.URL + "/", "timeout": "2s"}
+	opts := map[string]any{"endpoint": srv.URL, "timeout": "2s"}
 	for k, v := range options {
 		opts[k] = v
 	}

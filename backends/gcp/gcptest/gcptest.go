@@ -87,8 +87,8 @@ type Config struct {
 	// Project is the project of the service accounts (default
 	// valet-test).
 	Project string
-	// Dir is where Listen writes the key file (default: a new temporary
-	// directory, removed by Close).
+	// Dir is where Listen writes the key file (made if missing; default:
+	// a new temporary directory, removed by Close).
 	Dir string
 	// Now is the server's clock: token lifetimes, expiry and assertion
 	// checks (default time.Now).
@@ -181,6 +181,8 @@ func New(c Config) (*Server, error) {
 			return nil, err
 		}
 		s.ownDir = true
+	} else if err := os.MkdirAll(s.dir, 0o700); err != nil {
+		return nil, err
 	}
 	s.CallerEmail = "valet@" + c.Project + ".iam.gserviceaccount.com"
 	s.addAccount(s.CallerEmail, ServiceAccountOptions{TokenCreators: []string{}})
