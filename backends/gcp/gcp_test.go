@@ -206,8 +206,13 @@ func TestRevokeCannot(t *testing.T) {
 		t.Fatal("the token outlived its credential expiry")
 	}
 	// An interrupted mint: the token may exist, and cannot be found.
-	if err := f.be.Revoke(context.Background(), backends.Ref{CorrelationID: leases.NewID(f.clock.Now())}); !errors.Is(err, backends.ErrUnrevocable) || !strings.Contains(err.Error(), "interrupted mint") {
+	if err := f.be.Revoke(context.Background(), backends.Ref{CorrelationID: leases.NewID(f.clock.Now()), Role: r.Name}); !errors.Is(err, backends.ErrUnrevocable) ||
+		!strings.Contains(err.Error(), "interrupted mint") || !strings.Contains(err.Error(), "access tokens") {
 		t.Fatalf("Revoke of an interrupted mint = %v", err)
+	}
+	id := f.role(t, "id", 15*time.Minute, map[string]any{"audience": "https://api.example.com"})
+	if err := f.be.Revoke(context.Background(), backends.Ref{CorrelationID: leases.NewID(f.clock.Now()), Role: id.Name}); !errors.Is(err, backends.ErrUnrevocable) || !strings.Contains(err.Error(), "ID tokens") {
+		t.Fatalf("Revoke of an interrupted ID token mint = %v", err)
 	}
 	// A mint Google refused made nothing.
 	other := f.srv.CreateServiceAccount("other", gcptest.ServiceAccountOptions{TokenCreators: []string{}})

@@ -160,8 +160,13 @@ func (b *Backend) Revoke(_ context.Context, ref backends.Ref) error {
 	if _, none := b.notIssued.Load(ref.CorrelationID); none && ref.Handle == "" {
 		return nil
 	}
+	// A lease recovered from a crash has no details: its role says.
+	idToken := ref.Details[detailTokenType] == "id_token"
+	if r, err := b.role(ref.Role); ref.Details == nil && err == nil {
+		idToken = r.idToken()
+	}
 	what := "a service account's access tokens"
-	if ref.Details[detailTokenType] == "id_token" {
+	if idToken {
 		what = "a service account's ID tokens"
 	}
 	if ref.Handle == "" {
