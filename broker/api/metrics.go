@@ -69,7 +69,7 @@ var httpMethods = newLabelSet(http.MethodGet, http.MethodHead, http.MethodPost, 
 
 // Closed sets of outcomes reported by valet's own components.
 var (
-	revocationOutcomes = newLabelSet("revoked", "failed", "expired")
+	revocationOutcomes = newLabelSet("revoked", "failed", "unrevocable", "expired")
 	reloadResults      = newLabelSet("ok", "error")
 	notifyOutcomes     = newLabelSet(notify.OutcomeOK, notify.OutcomeRetry, notify.OutcomeFailed, notify.OutcomeDropped)
 	credentialTypes    = newLabelSet(broker.CredentialTypes...)
@@ -104,7 +104,7 @@ func NewMetrics(reg *prometheus.Registry, known KnownLabels) *Metrics {
 			Buckets: []float64{.001, .005, .01, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
 		}),
 		revocations: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "valet_revocation_attempts_total", Help: "Revocation attempts by outcome: revoked (the backend confirmed), failed (retried later), expired (the credential died on its own first).",
+			Name: "valet_revocation_attempts_total", Help: "Revocation attempts by outcome: revoked (the backend confirmed), failed (retried later), unrevocable (the backend cannot revoke it: it lives until its expiry), expired (the credential died on its own first).",
 		}, []string{"outcome"}),
 		policyReloads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "valet_policy_reloads_total", Help: "Policy reloads by result (ok or error).",

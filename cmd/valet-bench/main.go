@@ -51,6 +51,7 @@ func main() {
 		bulk      = flag.Int("bulk-revoke", 1000, "Vault leases of one agent to revoke at once (0 skips)")
 		awsLvls   = flag.String("aws-concurrency", "16,64", "concurrency levels for the AWS STS mints (empty skips them)")
 		ghLvls    = flag.String("github-concurrency", "16,64", "concurrency levels for the GitHub backend (empty skips it)")
+		gcpLvls   = flag.String("gcp-concurrency", "16,64", "concurrency levels for the Google Cloud backend (empty skips it)")
 	)
 	flag.Parse()
 	b := &bench{bin: *bin}
@@ -92,6 +93,9 @@ func main() {
 	}
 	if *awsLvls != "" {
 		printAWS(b.awsBench(parseLevels("-aws-concurrency", *awsLvls), *duration))
+	}
+	if *gcpLvls != "" {
+		printGCP(b.gcpBench(parseLevels("-gcp-concurrency", *gcpLvls), *duration))
 	}
 	if *nLeases > 0 {
 		r := b.startup(*nLeases)

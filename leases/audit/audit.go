@@ -48,6 +48,7 @@ const (
 	KindRevoked       = "lease.revoked" // the backend confirmed revocation
 	KindRevokeFailed  = "lease.revoke_failed"
 	KindIrrevocable   = "lease.irrevocable"
+	KindUnrevocable   = "lease.unrevocable" // the backend cannot revoke it: valid until its expiry
 	KindExpire        = "lease.expire"
 	KindRecover       = "lease.recover" // a pending lease left by a crash
 	KindLeaseAccess   = "lease.access"  // a caller whose attestation did not verify read or changed a lease
@@ -78,7 +79,7 @@ const (
 // name one.
 var Kinds = []string{
 	KindMint, KindMintFailed, KindRenew, KindRelease, KindRevoke, KindRevoked, KindRevokeFailed, KindIrrevocable,
-	KindExpire, KindRecover, KindLeaseAccess, KindPolicyReload, KindConfigLoad, KindServerStart, KindIntrospection,
+	KindUnrevocable, KindExpire, KindRecover, KindLeaseAccess, KindPolicyReload, KindConfigLoad, KindServerStart, KindIntrospection,
 	KindGrantRequest, KindGrantApprove, KindGrantDeny, KindGrantExpired, KindGrantRedeem, KindBreakGlass, KindGrantReview,
 	KindOperatorAuth, KindAuthRefusedSummary,
 }
