@@ -72,6 +72,13 @@ const (
 	// too many were refused at once): counts by credential type, the
 	// number of addresses and the busiest ones. At most one a minute.
 	KindAuthRefusedSummary = "auth.refused.summary"
+
+	// KindJobStart and KindJobEnd bracket a run of a scheduled job
+	// (details: job, run, trigger; at the end outcome, duration and what
+	// changed). KindCheckpoint is a signed checkpoint of the log's head.
+	KindJobStart   = "job.start"
+	KindJobEnd     = "job.end"
+	KindCheckpoint = "audit.checkpoint"
 )
 
 // Kinds lists every kind of record valet writes, for filters that must
@@ -80,7 +87,7 @@ var Kinds = []string{
 	KindMint, KindMintFailed, KindRenew, KindRelease, KindRevoke, KindRevoked, KindRevokeFailed, KindIrrevocable,
 	KindExpire, KindRecover, KindLeaseAccess, KindPolicyReload, KindConfigLoad, KindServerStart, KindIntrospection,
 	KindGrantRequest, KindGrantApprove, KindGrantDeny, KindGrantExpired, KindGrantRedeem, KindBreakGlass, KindGrantReview,
-	KindOperatorAuth, KindAuthRefusedSummary,
+	KindOperatorAuth, KindAuthRefusedSummary, KindJobStart, KindJobEnd, KindCheckpoint,
 }
 
 // Actor is who caused a record.
