@@ -314,7 +314,7 @@ func TestSchedulerOverlapAndTimeout(t *testing.T) {
 	h.waitArmed(1)
 	h.clock.Advance(time.Minute) // run 1 starts
 	<-job.started
-	h.waitArmed(2) // the schedule and the run's timeout
+	h.waitArmed(2)               // the schedule and the run's timeout
 	h.clock.Advance(time.Minute) // run 2 is due: skipped
 	waitUntil(t, "the overlapping run is counted as skipped", func() bool { return h.obs.skipped("slow") == 1 })
 	if st := h.state("slow"); st.Runs != 1 || st.Current == nil {
