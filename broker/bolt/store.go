@@ -158,3 +158,14 @@ var (
 	_ attest.ReplayCache     = (*ReplayCache)(nil)
 	_ jobs.Store             = (*Store)(nil)
 )
+
+// StorageStats returns the database file's size in bytes and its free
+// pages (pages bbolt can reuse; the file does not shrink by itself).
+func (s *Store) StorageStats() (sizeBytes int64, freePages int, err error) {
+	err = s.db.View(func(tx *bbolt.Tx) error {
+		sizeBytes = tx.Size()
+		return nil
+	})
+	st := s.db.Stats()
+	return sizeBytes, st.FreePageN, err
+}
