@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"errors"
 	"net/http"
 	"time"
@@ -113,7 +114,7 @@ func (s *Server) handleJobRun(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	run, err := s.jobs.RunNow(r.Context(), name, operatorFrom(r.Context()).Name, manualRunWait)
-	if run != nil && run.Ended.IsZero() {
+	if run != nil && run.Ended.IsZero() && (errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)) {
 		writeJSON(w, http.StatusAccepted, map[string]any{"job": name, "run": run, "status": "running"})
 		return
 	}

@@ -169,8 +169,14 @@ func (s *Scheduler) Run(ctx context.Context) {
 }
 
 // recover records as interrupted a run that the job's state says is in
-// progress: nothing runs it in this process, which has just started.
+// progress while this process runs none (it has just started, so the run
+// was an earlier process's).
 func (s *Scheduler) recover(ctx context.Context, e *entry, now time.Time) (*State, error) {
+	done, err := e.claim()
+	if err != nil {
+		return s.store.JobState(ctx, e.Name) // a run of this process: not to be recovered
+	}
+	defer e.release(done)
 	st, err := s.store.JobState(ctx, e.Name)
 	if err != nil || st.Current == nil || !s.leader.Leading() {
 		return st, err

@@ -61,7 +61,7 @@ func newJobsCmd() *cobra.Command {
 			if err := json.Unmarshal(raw, &res); err != nil {
 				return err
 			}
-			t := newTable(cmd.OutOrStdout(), "NAME", "SCHEDULE", "NEXT RUN", "LAST RUN", "OUTCOME", "FAILURES", "ERROR")
+			t := newTable(cmd.OutOrStdout(), "NAME", "SCHEDULE", "NEXT", "LAST", "OUTCOME", "FAILURES", "ERROR")
 			for _, j := range res.Jobs {
 				outcome := j.LastOutcome
 				if j.Running {
