@@ -264,6 +264,7 @@ func (s *Server) Open(ctx context.Context) (err error) {
 		wc := web.Config{
 			Broker: s.broker, Operators: operators, Audit: s.store, Console: cfg.Console,
 			PublicURL: cfg.PublicURL, Clock: s.Clock, Logger: log.With("component", "console"), ClientIP: clientIP,
+			Jobs: s.jobs,
 		}
 		c, err := web.New(ctx, wc)
 		if err != nil && cfg.Console.OIDC != nil && cfg.Console.TokenLoginAllowed() {
