@@ -660,6 +660,9 @@ func TestDefaultConfigMatchesAbsentKeys(t *testing.T) {
 	inGo.Introspection.Clients = []broker.IntrospectionClientConfig{config.Defaulted(func(cl *broker.IntrospectionClientConfig) {
 		cl.ClientID, cl.ClientSecretSHA256 = "api", strings.Repeat("ab", 32)
 	})}
+	inGo.Jobs = []jobs.Spec{{Name: "housekeeping"}, {Name: "signing-key-rotation"}, {Name: "audit-checkpoint", Settings: map[string]any{
+		"witnesses": []any{map[string]any{"type": "webhook", "url": "https://witness.example.com"}},
+	}}}
 	if err := inGo.Validate(); err != nil {
 		t.Fatal(err)
 	}
