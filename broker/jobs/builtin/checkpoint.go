@@ -94,6 +94,9 @@ func (j *checkpointJob) Run(ctx context.Context, now time.Time) (jobs.Result, er
 		ok = append(ok, w.name())
 	}
 	ch["witnesses"] = strings.Join(ok, ", ")
+	if len(j.witnesses) == 0 {
+		ch["witnesses"] = "none (the checkpoint is only in the audit log)"
+	}
 	rec := audit.Entry{Kind: audit.KindCheckpoint, Actor: audit.Actor{Type: audit.ActorJob, ID: AuditCheckpoint}, Details: map[string]string{
 		"origin": cp.Origin, "seq": ch["seq"], "hash": cp.Hash, "time": cp.Time.Format(time.RFC3339Nano), "key_id": cp.KeyID, "signature": cp.Signature,
 	}}
