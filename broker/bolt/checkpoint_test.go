@@ -33,38 +33,6 @@ func checkpointAt(t *testing.T, s *Store, key ed25519.PrivateKey, now time.Time)
 	return audit.SignCheckpoint(key, "https://valet.example.com", h, now)
 }
 
-// rechain changes record seq's reason and recomputes the hash of it and
-// of every record after it, as someone who knows the chain's format
-// would.
-func rechain(seq uint64) func(stored [][]byte) [][]byte {
-	return func(stored [][]byte) [][]byte {
-		var head audit.Head
-		out := make([][]byte, 0, len(stored))
-		for _, v := range stored {
-			var r audit.Record
-			if err := json.Unmarshal(v, &r); err != nil {
-				panic(err)
-			}
-			if r.Seq < seq {
-				out = append(out, v)
-				sum, _ := r.Sum()
-				head = audit.Head{Seq: r.Seq, Hash: sum}
-				continue
-			}
-			if r.Seq == seq {
-				r.Reason = "rewritten"
-			}
-			_, b, h, err := audit.Chain(head, r.Time, r.Entry)
-			if err != nil {
-				panic(err)
-			}
-			out = append(out, b[0])
-			head = h
-		}
-		return out
-	}
-}
-
 func cut(keep int) func(stored [][]byte) [][]byte {
 	return func(stored [][]byte) [][]byte { return stored[:keep] }
 }
@@ -86,9 +54,9 @@ func TestAuditCheckpoints(t *testing.T) {
 	}{
 		{"untouched", nil, true, 0, "", true},
 		{"tail cut and head moved back", cut(7), false, 8, "the log ends at record 7 but the checkpoint signed at 2030-01-01T01:00:00Z vouches for record 10", true},
-		{"changed and re-chained after the first checkpoint", rechain(7), false, 6,
+		{"changed and re-chained after the first checkpoint", Rechain(7), false, 6,
 			"record 10 does not match the checkpoint signed at 2030-01-01T01:00:00Z", true},
-		{"changed and re-chained before the first checkpoint", rechain(2), false, 1,
+		{"changed and re-chained before the first checkpoint", Rechain(2), false, 1,
 			"record 5 does not match the checkpoint signed at 2030-01-01T00:30:00Z", true},
 		{"changed without re-chaining", func(st [][]byte) [][]byte {
 			st[8] = []byte(strings.Replace(string(st[8]), `"reason":"`, `"reason":"x`, 1))

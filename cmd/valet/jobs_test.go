@@ -192,7 +192,7 @@ func TestAuditCheckpointWitness(t *testing.T) {
 	cases := []tamper{
 		{"untouched", nil, "checkpoints OK: the log matches 2 signed checkpoints"},
 		{"tail cut", func(st [][]byte) [][]byte { return st[:len(st)-6] }, "records after"},
-		{"re-chained", rechainFrom(3), "first untrusted record"},
+		{"re-chained", bolt.Rechain(3), "first untrusted record"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -283,34 +283,6 @@ func TestAuditCheckpointWitness(t *testing.T) {
 			}
 		}
 	})
-}
-
-func rechainFrom(seq uint64) func(stored [][]byte) [][]byte {
-	return func(stored [][]byte) [][]byte {
-		var head audit.Head
-		out := make([][]byte, 0, len(stored))
-		for _, v := range stored {
-			var r audit.Record
-			if err := json.Unmarshal(v, &r); err != nil {
-				panic(err)
-			}
-			if r.Seq < seq {
-				out = append(out, v)
-				sum, _ := r.Sum()
-				head = audit.Head{Seq: r.Seq, Hash: sum}
-				continue
-			}
-			if r.Seq == seq {
-				r.Reason = "rewritten"
-			}
-			_, b, h, err := audit.Chain(head, r.Time, r.Entry)
-			if err != nil {
-				panic(err)
-			}
-			out, head = append(out, b[0]), h
-		}
-		return out
-	}
 }
 
 func readFile(t *testing.T, path string) string {
