@@ -271,3 +271,28 @@ type TokenInfo struct {
 	LeaseID string
 	Claims  map[string]any
 }
+
+// KeyRotator is implemented by backends that sign with keys of their own
+// (the jwt backend); the signing-key rotation job calls it.
+type KeyRotator interface {
+	// RotateKey generates a new signing key at now and publishes it at
+	// once (KeyPublisher), but signs with it only from activateAt (and
+	// not before a key published earlier starts signing), so that a
+	// resource server caching the published keys for less than
+	// activateAt-now holds the new key before it sees a token signed with
+	// it. A key that stopped signing stays published for the backend's
+	// retention, then a rotation drops it. It returns what changed, never
+	// key material.
+	RotateKey(now, activateAt time.Time) (KeyRotation, error)
+}
+
+// KeyRotation is what a key rotation changed.
+type KeyRotation struct {
+	// KeyID is the new key's id (kid); it signs from ActiveFrom.
+	KeyID      string
+	ActiveFrom time.Time
+	// Dropped are the ids of keys no longer published.
+	Dropped []string
+	// Published are the ids of the published keys, newest first.
+	Published []string
+}

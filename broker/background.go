@@ -2,27 +2,21 @@ package broker
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"sync"
 	"time"
 )
 
 // This file holds the duties the broker performs in the background, on its
-// own clock: grants past their deadlines are recorded expired, refused
-// credentials are summarized, and ended leases and consumed attestations
-// are cleaned up. (Lease expiry and the revocation queue are the leases
-// package's: leases.Expirer and leases.RevocationQueue.)
+// own clock: refused credentials are summarized (Run), and the passes the
+// scheduled jobs make: ended leases and consumed attestations are cleaned
+// up (Housekeep). (Lease expiry and the revocation queue are the leases
+// package's: leases.Expirer and leases.RevocationQueue; grant expiry is
+// ExpireGrants in approve.go.)
 
-// Intervals of the background duties.
-const (
-	// GrantExpiryInterval is how often grants past their deadlines are
-	// recorded expired, so operators and webhooks hear of them promptly.
-	GrantExpiryInterval = 5 * time.Second
-	// HousekeepingInterval is how often ended leases past leases.retention
-	// and consumed attestation ids past their expiry are deleted.
-	HousekeepingInterval = time.Minute
-	// pruneBatch bounds the leases one housekeeping pass deletes.
-	pruneBatch = 10000
-)
+// pruneBatch bounds the leases one housekeeping pass deletes.
+const pruneBatch = 10000
 
 // ReplayPurger is the attestation replay cache as housekeeping sees it
 // (broker/bolt's ReplayCache): Purge deletes the consumed ids whose
@@ -38,25 +32,16 @@ type endedPruner interface {
 	PruneEnded(ctx context.Context, cutoff time.Time, limit int) (int, error)
 }
 
-// Run performs the broker's background duties until ctx ends, each on its
-// own goroutine, and returns once all have stopped:
-//
-//   - every GrantExpiryInterval, grants past their deadlines are recorded
-//     expired and announced (ExpireGrants);
-//   - every minute, refused credentials counted but not recorded one by one
-//     are summarized in the audit log, and once more when ctx ends
-//     (SummarizeRefusals);
-//   - every HousekeepingInterval, leases that ended more than
-//     leases.retention ago are deleted (at most 10000 a pass) and, with
-//     Options.Replay set, consumed attestation ids past their expiry.
-//
-// Failures are logged and retried at the next interval. Call Run once.
+// Run performs the broker's own background duty until ctx ends: every
+// minute, refused credentials counted but not recorded one by one are
+// summarized in the audit log, and once more when ctx ends
+// (SummarizeRefusals). Grant expiry and housekeeping are scheduled jobs
+// (broker/jobs/builtin: grant-expiry and housekeeping) that call
+// ExpireGrants and Housekeep. Call Run once.
 func (b *Broker) Run(ctx context.Context) {
 	var wg sync.WaitGroup
 	for _, duty := range []func(context.Context){
-		func(ctx context.Context) { b.every(ctx, GrantExpiryInterval, b.expireGrants) },
 		b.SummarizeRefusals,
-		func(ctx context.Context) { b.every(ctx, HousekeepingInterval, b.housekeeping) },
 	} {
 		wg.Add(1)
 		go func() {
@@ -67,40 +52,36 @@ func (b *Broker) Run(ctx context.Context) {
 	wg.Wait()
 }
 
-// every calls f each interval d of the broker's clock until ctx ends.
-func (b *Broker) every(ctx context.Context, d time.Duration, f func(context.Context)) {
-	for {
-		t := b.clock.NewTimer(d)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return
-		case <-t.C():
-		}
-		f(ctx)
-	}
+// Housekeeping is what a housekeeping pass did.
+type Housekeeping struct {
+	// Pruned counts the ended leases deleted; Purged the consumed
+	// attestation ids deleted.
+	Pruned, Purged int
 }
 
-func (b *Broker) expireGrants(ctx context.Context) {
-	if _, err := b.ExpireGrants(ctx); err != nil && ctx.Err() == nil {
-		b.log.Error("expire grants", "err", err)
-	}
-}
-
-// housekeeping deletes leases ended longer than leases.retention ago and
-// purges the replay cache.
-func (b *Broker) housekeeping(ctx context.Context) {
+// Housekeep deletes leases that ended more than leases.retention ago (at
+// most 10000 a pass; their audit records stay) and, with Options.Replay
+// set, the consumed attestation ids past their expiry, at the broker's
+// time. It does both and returns what it did with the errors of either.
+func (b *Broker) Housekeep(ctx context.Context) (Housekeeping, error) {
+	var h Housekeeping
+	var errs []error
 	now := b.clock.Now()
 	if p, ok := b.store.(endedPruner); ok {
-		if _, err := p.PruneEnded(ctx, now.Add(-b.cfg.Leases.Retention.D()), pruneBatch); err != nil && ctx.Err() == nil {
-			b.log.Error("prune ended leases", "err", err)
+		n, err := p.PruneEnded(ctx, now.Add(-b.cfg.Leases.Retention.D()), pruneBatch)
+		h.Pruned = n
+		if err != nil {
+			errs = append(errs, fmt.Errorf("prune ended leases: %w", err))
 		}
 	} else {
-		b.log.Error("the lease store cannot delete ended leases; leases.retention is not applied")
+		errs = append(errs, errors.New("the lease store cannot delete ended leases; leases.retention is not applied"))
 	}
 	if b.replay != nil {
-		if _, err := b.replay.Purge(now); err != nil && ctx.Err() == nil {
-			b.log.Error("purge replay cache", "err", err)
+		n, err := b.replay.Purge(now)
+		h.Purged = n
+		if err != nil {
+			errs = append(errs, fmt.Errorf("purge the replay cache: %w", err))
 		}
 	}
+	return h, errors.Join(errs...)
 }

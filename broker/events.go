@@ -15,6 +15,8 @@ const (
 	EventGrantRedeemed      = "grant.redeemed"
 	EventBreakGlass         = "break_glass"
 	EventBreakGlassReviewed = "break_glass.reviewed"
+	// EventJobFailing: a scheduled job failed several runs in a row.
+	EventJobFailing = "job.failing"
 )
 
 // Severities.
@@ -30,8 +32,19 @@ type Event struct {
 	Severity string        `json:"severity"`
 	Time     time.Time     `json:"time"`
 	Grant    *grants.Grant `json:"grant"`
+	// Job is the failing job of a job.failing event.
+	Job *JobFailure `json:"job,omitempty"`
 	// URL points operators to the grant in the web console.
 	URL string `json:"url,omitempty"`
+}
+
+// JobFailure is a scheduled job that keeps failing.
+type JobFailure struct {
+	Name string `json:"name"`
+	// Failures counts the runs in a row that did not succeed.
+	Failures int    `json:"consecutive_failures"`
+	Outcome  string `json:"outcome"`
+	Error    string `json:"error"`
 }
 
 // Notifier delivers events (webhooks in production). Notify must not block

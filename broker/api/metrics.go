@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/valet-broker/valet/broker"
+	"github.com/valet-broker/valet/broker/jobs"
 	"github.com/valet-broker/valet/broker/notify"
 	"github.com/valet-broker/valet/leases"
 )
@@ -31,14 +32,19 @@ type Metrics struct {
 	policyErrors  *prometheus.CounterVec
 	notifications *prometheus.CounterVec
 	refusals      *prometheus.CounterVec
+	jobRuns       *prometheus.CounterVec
+	jobDuration   *prometheus.HistogramVec
+	jobSuccess    *prometheus.GaugeVec
+	jobSkips      *prometheus.CounterVec
 
-	roles, outcomes, webhooks, events labelSet
+	roles, outcomes, webhooks, events, jobs labelSet
 }
 
 // KnownLabels are the configured names metrics may carry as labels.
 type KnownLabels struct {
 	Roles    []string // role names
 	Webhooks []string // webhook names
+	Jobs     []string // scheduled job names
 }
 
 // otherLabel stands for every value outside a label's closed set.
@@ -73,6 +79,7 @@ var (
 	reloadResults      = newLabelSet("ok", "error")
 	notifyOutcomes     = newLabelSet(notify.OutcomeOK, notify.OutcomeRetry, notify.OutcomeFailed, notify.OutcomeDropped)
 	credentialTypes    = newLabelSet(broker.CredentialTypes...)
+	jobOutcomes        = newLabelSet(jobs.Outcomes...)
 )
 
 // NewMetrics registers valet's metrics (and the Go and process collectors)
@@ -89,6 +96,20 @@ func NewMetrics(reg *prometheus.Registry, known KnownLabels) *Metrics {
 	m := &Metrics{
 		Registry: reg,
 		roles:    newLabelSet(known.Roles...), outcomes: outcomes, webhooks: newLabelSet(known.Webhooks...), events: events,
+		jobs: newLabelSet(known.Jobs...),
+		jobRuns: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "valet_job_runs_total", Help: "Finished runs of scheduled jobs by job and outcome (ok, error, timeout, interrupted).",
+		}, []string{"job", "outcome"}),
+		jobDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "valet_job_duration_seconds", Help: "How long runs of scheduled jobs took, by job.",
+			Buckets: []float64{.01, .05, .1, .5, 1, 5, 10, 30, 60, 300},
+		}, []string{"job"}),
+		jobSuccess: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "valet_job_last_success_timestamp_seconds", Help: "When each scheduled job last ended successfully (Unix time; absent until it has).",
+		}, []string{"job"}),
+		jobSkips: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "valet_job_skips_total", Help: "Scheduled runs skipped because the previous run of the job was still in progress.",
+		}, []string{"job"}),
 		mints: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "valet_mints_total", Help: "Mint requests by role (other: not a configured role) and outcome (ok or an error code).",
 		}, []string{"role", "outcome"}),
@@ -120,6 +141,7 @@ func NewMetrics(reg *prometheus.Registry, known KnownLabels) *Metrics {
 		}, []string{"credential", "throttled"}),
 	}
 	reg.MustRegister(m.mints, m.mintLatency, m.httpRequests, m.expiryLate, m.revocations, m.policyReloads, m.policyErrors, m.notifications, m.refusals,
+		m.jobRuns, m.jobDuration, m.jobSuccess, m.jobSkips,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -180,6 +202,48 @@ func (m *Metrics) PolicyErrored(id string) { m.policyErrors.WithLabelValues(id).
 // Notified counts a webhook delivery attempt (notify.Options.OnResult).
 func (m *Metrics) Notified(webhook, event, outcome string) {
 	m.notifications.WithLabelValues(m.webhooks.value(webhook), m.events.value(event), notifyOutcomes.value(outcome)).Inc()
+}
+
+// JobRun implements jobs.Observer.
+func (m *Metrics) JobRun(name, outcome string, d time.Duration, end time.Time) {
+	job := m.jobs.value(name)
+	m.jobRuns.WithLabelValues(job, jobOutcomes.value(outcome)).Inc()
+	m.jobDuration.WithLabelValues(job).Observe(d.Seconds())
+	if outcome == jobs.OutcomeOK {
+		m.jobSuccess.WithLabelValues(job).Set(float64(end.UnixNano()) / 1e9)
+	}
+}
+
+// JobSkipped implements jobs.Observer.
+func (m *Metrics) JobSkipped(name string) { m.jobSkips.WithLabelValues(m.jobs.value(name)).Inc() }
+
+// RegisterStorageGauges exports the database file's size and free pages,
+// read at scrape time.
+func (m *Metrics) RegisterStorageGauges(stats func() (int64, int, error)) {
+	m.Registry.MustRegister(&storageCollector{stats: stats})
+}
+
+type storageCollector struct {
+	stats func() (int64, int, error)
+}
+
+var (
+	descDBSize      = prometheus.NewDesc("valet_db_size_bytes", "Size of the database file.", nil, nil)
+	descDBFreePages = prometheus.NewDesc("valet_db_free_pages", "Free pages in the database file (reused before it grows; housekeeping reports them too).", nil, nil)
+)
+
+func (c *storageCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- descDBSize
+	ch <- descDBFreePages
+}
+
+func (c *storageCollector) Collect(ch chan<- prometheus.Metric) {
+	size, free, err := c.stats()
+	if err != nil {
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(descDBSize, prometheus.GaugeValue, float64(size))
+	ch <- prometheus.MustNewConstMetric(descDBFreePages, prometheus.GaugeValue, float64(free))
 }
 
 // Expired records expiry lateness for a batch of expired leases.

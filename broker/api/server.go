@@ -20,6 +20,7 @@ import (
 
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/broker/clientip"
+	"github.com/valet-broker/valet/broker/jobs"
 	"github.com/valet-broker/valet/leases/audit"
 )
 
@@ -47,6 +48,11 @@ type Config struct {
 	// ClientIP finds each request's client address (nil: the connection's
 	// peer; no proxy is trusted).
 	ClientIP *clientip.Resolver
+	// Jobs is the scheduler (nil: no job is configured).
+	Jobs *jobs.Scheduler
+	// AuditKeys are the audit checkpoint public keys as JWKs, served at
+	// /.well-known/valet-audit-keys.json.
+	AuditKeys []map[string]any
 }
 
 // Server serves the API.
@@ -63,6 +69,9 @@ type Server struct {
 	router  chi.Router
 	nstats  func() any
 	addr    *clientip.Resolver
+	jobs    *jobs.Scheduler
+	// auditKeys are the checkpoint public keys (JWKs).
+	auditKeys []map[string]any
 	// routes are the router's route patterns: the closed set of the
 	// route label.
 	routes map[string]bool
@@ -85,6 +94,7 @@ func New(cfg Config) *Server {
 	s := &Server{
 		b: cfg.Broker, ops: cfg.Operators, rs: cfg.ResourceServers, audit: cfg.Audit, limits: cfg.Limits, public: cfg.PublicURL,
 		metrics: cfg.Metrics, log: cfg.Logger, ready: cfg.Ready, nstats: cfg.NotificationStats, addr: cfg.ClientIP,
+		jobs: cfg.Jobs, auditKeys: cfg.AuditKeys,
 	}
 	r := chi.NewRouter()
 	r.Use(s.withRequestID, s.withRecover, s.withLogging, s.withLimits)
@@ -97,6 +107,7 @@ func New(cfg Config) *Server {
 	})
 	s.registerHealthRoutes(r, cfg.Metrics.Registry)
 	s.registerWellKnownRoutes(r)
+	r.Get("/.well-known/valet-audit-keys.json", s.handleAuditKeys)
 	r.Route("/v1", func(r chi.Router) {
 		s.registerCredentialRoutes(r)
 		s.registerOAuthRoutes(r)
@@ -104,6 +115,7 @@ func New(cfg Config) *Server {
 		s.registerAuditRoutes(r)
 		s.registerRoleRoutes(r)
 		s.registerGrantRoutes(r)
+		s.registerJobRoutes(r)
 		r.With(s.requireOperator).Get("/notifications", s.handleNotificationStats)
 	})
 	if cfg.UI != nil {

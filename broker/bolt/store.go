@@ -28,6 +28,7 @@ import (
 
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/broker/attest"
+	"github.com/valet-broker/valet/broker/jobs"
 	"github.com/valet-broker/valet/leases"
 	"github.com/valet-broker/valet/leases/audit"
 )
@@ -83,7 +84,7 @@ func Open(path string, opts Options) (*Store, error) {
 	}
 	if !opts.ReadOnly {
 		err = db.Update(func(tx *bbolt.Tx) error {
-			for _, init := range []func(*bbolt.Tx) error{initLeases, initAudit, initGrants, initReplay} {
+			for _, init := range []func(*bbolt.Tx) error{initLeases, initAudit, initGrants, initReplay, initJobs} {
 				if err := init(tx); err != nil {
 					return err
 				}
@@ -155,4 +156,16 @@ var (
 	_ audit.Reader           = (*Store)(nil)
 	_ broker.GrantStore      = (*Grants)(nil)
 	_ attest.ReplayCache     = (*ReplayCache)(nil)
+	_ jobs.Store             = (*Store)(nil)
 )
+
+// StorageStats returns the database file's size in bytes and its free
+// pages (pages bbolt can reuse; the file does not shrink by itself).
+func (s *Store) StorageStats() (sizeBytes int64, freePages int, err error) {
+	err = s.db.View(func(tx *bbolt.Tx) error {
+		sizeBytes = tx.Size()
+		return nil
+	})
+	st := s.db.Stats()
+	return sizeBytes, st.FreePageN, err
+}

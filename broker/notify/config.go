@@ -27,7 +27,7 @@ type WebhookConfig struct {
 	SecretFile string `yaml:"secret_file"`
 	// Events selects event types (default all): grant.requested,
 	// grant.approved, grant.denied, grant.expired, grant.redeemed,
-	// break_glass, break_glass.reviewed.
+	// break_glass, break_glass.reviewed, job.failing.
 	Events []string `yaml:"events"`
 	// Timeout bounds one delivery attempt (default 5s, positive).
 	Timeout config.Duration `yaml:"timeout"`
@@ -39,7 +39,7 @@ type WebhookConfig struct {
 // Events are the event types valet sends to webhooks.
 var Events = map[string]bool{
 	"grant.requested": true, "grant.approved": true, "grant.denied": true, "grant.expired": true,
-	"grant.redeemed": true, "break_glass": true, "break_glass.reviewed": true,
+	"grant.redeemed": true, "break_glass": true, "break_glass.reviewed": true, "job.failing": true,
 }
 
 // SetDefaults sets format json, timeout 5s and max_attempts 8.

@@ -97,9 +97,13 @@ func slackMessage(e broker.Event) slackPayload {
 func slackSummary(e broker.Event) string {
 	g := e.Grant
 	var s string
-	if g == nil {
+	switch {
+	case e.Job != nil:
+		s = fmt.Sprintf(":rotating_light: Job %s failed %d runs in a row (%s): %s", name(e.Job.Name), e.Job.Failures,
+			name(e.Job.Outcome), quoted(e.Job.Error))
+	case g == nil:
 		s = "valet event " + name(e.Type)
-	} else {
+	default:
 		agent, role, ttl := name(g.AgentID), name(g.Role), duration(g.TTL)
 		switch e.Type {
 		case broker.EventGrantRequested:

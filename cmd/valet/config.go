@@ -14,6 +14,8 @@ import (
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/broker/attest"
 	"github.com/valet-broker/valet/broker/clientip"
+	"github.com/valet-broker/valet/broker/jobs"
+	jobdefs "github.com/valet-broker/valet/broker/jobs/builtin"
 	"github.com/valet-broker/valet/broker/notify"
 	"github.com/valet-broker/valet/broker/policy"
 	"github.com/valet-broker/valet/leases"
@@ -58,6 +60,9 @@ type Config struct {
 	Notifications notify.Config              `yaml:"notifications"`
 	Console       web.ConsoleConfig          `yaml:"console"`
 	Introspection broker.IntrospectionConfig `yaml:"introspection"`
+	// Jobs changes the scheduled jobs (broker/jobs; valet's jobs are in
+	// broker/jobs/builtin and run by default).
+	Jobs []jobs.Spec `yaml:"jobs"`
 
 	// ConfigDir is the directory of the config file (set by LoadConfig);
 	// backends resolve relative paths in their options against it.
@@ -325,6 +330,9 @@ func (c *Config) Validate() error {
 		roleNames[r.Name] = true
 	}
 	errs = append(errs, c.Introspection.Validate(roleNames, c.TLS.verifiesClientCerts()))
+	if _, err := jobdefs.Resolve(c.Jobs); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
 }
 

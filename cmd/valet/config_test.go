@@ -18,6 +18,8 @@ import (
 	"github.com/valet-broker/valet/backends"
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/broker/attest"
+	"github.com/valet-broker/valet/broker/jobs"
+	jobdefs "github.com/valet-broker/valet/broker/jobs/builtin"
 	"github.com/valet-broker/valet/broker/notify"
 	"github.com/valet-broker/valet/leases/config"
 )
@@ -212,6 +214,11 @@ func keysConfig() map[string]any {
 		}}},
 		"notifications": map[string]any{"webhooks": []any{map[string]any{"name": "sec", "url": "https://hooks.example.com/valet"}}},
 		"introspection": map[string]any{"clients": []any{map[string]any{"client_id": "api", "client_secret_sha256": strings.Repeat("ab", 32)}}},
+		"jobs": []any{
+			map[string]any{"name": "housekeeping"},
+			map[string]any{"name": "signing-key-rotation"},
+			map[string]any{"name": "audit-checkpoint", "witnesses": []any{map[string]any{"type": "webhook", "url": "https://witness.example.com"}}},
+		},
 	}
 }
 
@@ -313,6 +320,38 @@ var configKeys = []struct {
 		"console.session_max must be positive and not less than session_idle (15m0s); it is 0s"},
 	{"console.fresh_login", func(c *Config) any { return c.Console.FreshLogin.D() }, 10 * time.Minute,
 		"console.fresh_login must be positive; it is 0s"},
+	{"jobs.0.jitter", func(c *Config) any { return configuredJob(c, "housekeeping").Jitter }, time.Duration(0), ""},
+	{"jobs.0.timeout", func(c *Config) any { return configuredJob(c, "housekeeping").Timeout }, 5 * time.Minute,
+		"jobs[0].timeout must be positive; it is 0s"},
+	{"jobs.1.prepublish", func(c *Config) any {
+		return jobSettings[*jobdefs.SigningKeySettings](c, "signing-key-rotation").Prepublish.D()
+	}, time.Hour, "jobs[1].prepublish must be at least 5m0s"},
+	{"jobs.2.witnesses.0.timeout", func(c *Config) any {
+		return jobSettings[*jobdefs.CheckpointSettings](c, "audit-checkpoint").Witnesses[0].Timeout.D()
+	}, 5 * time.Second, "jobs[2].witnesses[0].timeout must be positive; it is 0s"},
+}
+
+// configuredJob is the named job as the configuration resolves it.
+func configuredJob(c *Config, name string) jobs.Resolved {
+	resolved, err := jobdefs.Resolve(c.Jobs)
+	if err != nil {
+		panic(err)
+	}
+	for _, r := range resolved {
+		if r.Name == name {
+			return r
+		}
+	}
+	panic("no job " + name)
+}
+
+// jobSettings is the named job's decoded settings.
+func jobSettings[T any](c *Config, name string) T {
+	v, err := jobdefs.Settings(configuredJob(c, name))
+	if err != nil {
+		panic(err)
+	}
+	return v.(T)
 }
 
 // TestConfigKeyAbsentOrZero: an absent key takes its default; a key set to
@@ -621,6 +660,9 @@ func TestDefaultConfigMatchesAbsentKeys(t *testing.T) {
 	inGo.Introspection.Clients = []broker.IntrospectionClientConfig{config.Defaulted(func(cl *broker.IntrospectionClientConfig) {
 		cl.ClientID, cl.ClientSecretSHA256 = "api", strings.Repeat("ab", 32)
 	})}
+	inGo.Jobs = []jobs.Spec{{Name: "housekeeping"}, {Name: "signing-key-rotation"}, {Name: "audit-checkpoint", Settings: map[string]any{
+		"witnesses": []any{map[string]any{"type": "webhook", "url": "https://witness.example.com"}},
+	}}}
 	if err := inGo.Validate(); err != nil {
 		t.Fatal(err)
 	}

@@ -73,6 +73,7 @@ VALET_ATTESTATION or --attestation-file (agents), VALET_TOKEN (operators).`,
 		newLeasesCmd(),
 		newGrantsCmd(),
 		newAuditCmd(),
+		newJobsCmd(),
 		newPolicyCmd(),
 		newTokenCmd(),
 	)
