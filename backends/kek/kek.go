@@ -4,7 +4,13 @@
 // the record it belongs to, so a sealed value copied into another record
 // does not open. Backends use it for what they must keep on disk: the jwt
 // backend's signing keys, the github backend's app keys and the tokens it
-// keeps until it has revoked them.
+// keeps until it has revoked them, and the audit checkpoint key.
+//
+// A switch to a new KEK keeps valet running: a Ring holds the new KEK,
+// which seals everything from then on, and the previous one, which still
+// opens what it sealed; each owner of sealed values re-wraps them under
+// the new KEK (RewrapFile for a file of records), and once nothing needs
+// the previous KEK any more it can be removed.
 package kek
 
 import (
@@ -112,5 +118,18 @@ func SaveFile(path string, v any) error {
 	if err := tmp.Close(); err != nil {
 		return err
 	}
-	return os.Rename(tmp.Name(), path)
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return err
+	}
+	// The rename is durable once the directory's entry is.
+	return syncDir(dir)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }

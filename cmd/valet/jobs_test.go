@@ -27,7 +27,7 @@ import (
 func TestJobsAPIAndCLI(t *testing.T) {
 	e := newTestEnv(t).Start()
 	rows := parseTable(t, mustCLI(t, cliEnv(e), "jobs", "list"))
-	want := map[string]string{"signing-key-rotation": "@daily", "audit-checkpoint": "@hourly", "grant-expiry": "@every 30s", "housekeeping": "@every 10m"}
+	want := map[string]string{"signing-key-rotation": "@daily", "audit-checkpoint": "@hourly", "grant-expiry": "@every 30s", "housekeeping": "@every 10m", "kek-rotation": "@hourly"}
 	if len(rows) != len(want) {
 		t.Fatalf("jobs list: %v, want the %d default jobs", rows, len(want))
 	}

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/valet-broker/valet/backends"
+	"github.com/valet-broker/valet/backends/kek"
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/broker/jobs"
 	"github.com/valet-broker/valet/leases/audit"
@@ -61,15 +62,20 @@ type Deps struct {
 	// (housekeeping).
 	Storage StorageStats
 	// DataDir, KEK and PublicURL are the server's (keys under the KEK
-	// live under DataDir).
-	DataDir   string
-	KEK       []byte
-	PublicURL string
+	// live under DataDir). PreviousKEK is set only while valet switches
+	// to a new KEK: it still opens what it sealed (see kek-rotation).
+	DataDir     string
+	KEK         []byte
+	PreviousKEK []byte
+	PublicURL   string
 	// Stdout is where the stdout witness writes (os.Stdout).
 	Stdout io.Writer
 	Clock  clock.Clock
 	Logger *slog.Logger
 }
+
+// ring is the KEKs of deps.
+func (d Deps) ring() kek.Ring { return kek.Ring{Current: d.KEK, Previous: d.PreviousKEK} }
 
 // AuditHead reads where the audit log ends (broker/bolt's Store).
 type AuditHead interface {
@@ -88,10 +94,11 @@ const (
 	AuditCheckpoint    = "audit-checkpoint"
 	GrantExpiry        = "grant-expiry"
 	Housekeeping       = "housekeeping"
+	KEKRotation        = "kek-rotation"
 )
 
 // order is the order of the default jobs.
-var order = []string{SigningKeyRotation, AuditCheckpoint, GrantExpiry, Housekeeping}
+var order = []string{SigningKeyRotation, AuditCheckpoint, GrantExpiry, Housekeeping, KEKRotation}
 
 // Registry returns valet's jobs by name.
 func Registry() map[string]Definition {
@@ -100,6 +107,7 @@ func Registry() map[string]Definition {
 		AuditCheckpoint:    auditCheckpoint(),
 		GrantExpiry:        grantExpiry(),
 		Housekeeping:       housekeeping(),
+		KEKRotation:        kekRotation(),
 	}
 }
 
