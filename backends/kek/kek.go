@@ -90,14 +90,21 @@ func Open(key, aad []byte, s Sealed) ([]byte, error) {
 	return out, nil
 }
 
-// SaveFile writes v as indented JSON to path, atomically (a temporary file
-// in the same directory, fsync, rename) with mode 0600, creating the
-// directory (0700) if needed: how files of sealed records are kept.
+// SaveFile writes v as indented JSON to path with WriteFile: how files of
+// sealed records are kept.
 func SaveFile(path string, v any) error {
 	b, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
 		return err
 	}
+	return WriteFile(path, b)
+}
+
+// WriteFile writes b to path atomically and durably (a temporary file in
+// the same directory, fsync, rename, fsync of the directory) with mode
+// 0600, creating the directory (0700) if needed: a crash leaves the old
+// content or the new, and the new once WriteFile has returned.
+func WriteFile(path string, b []byte) error {
 	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err

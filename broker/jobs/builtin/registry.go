@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/valet-broker/valet/backends"
@@ -95,10 +96,13 @@ const (
 	GrantExpiry        = "grant-expiry"
 	Housekeeping       = "housekeeping"
 	KEKRotation        = "kek-rotation"
+	VaultSecretID      = "vault-secret-id-rotation"
+	VaultTokenHealth   = "vault-token-health"
+	VaultDatabaseRoot  = "vault-database-root-rotation"
 )
 
 // order is the order of the default jobs.
-var order = []string{SigningKeyRotation, AuditCheckpoint, GrantExpiry, Housekeeping, KEKRotation}
+var order = []string{SigningKeyRotation, AuditCheckpoint, GrantExpiry, Housekeeping, KEKRotation, VaultSecretID, VaultTokenHealth, VaultDatabaseRoot}
 
 // Registry returns valet's jobs by name.
 func Registry() map[string]Definition {
@@ -108,6 +112,9 @@ func Registry() map[string]Definition {
 		GrantExpiry:        grantExpiry(),
 		Housekeeping:       housekeeping(),
 		KEKRotation:        kekRotation(),
+		VaultSecretID:      vaultSecretIDRotation(),
+		VaultTokenHealth:   vaultTokenHealth(),
+		VaultDatabaseRoot:  vaultDatabaseRootRotation(),
 	}
 }
 
@@ -191,4 +198,23 @@ func Build(resolved []jobs.Resolved, deps Deps) ([]jobs.Entry, error) {
 			Jitter: r.Jitter, Timeout: r.Timeout, RunOnStart: r.RunOnStart, RunAtShutdown: d.RunAtShutdown, Job: job})
 	}
 	return out, errors.Join(errs...)
+}
+
+// selectBackends returns the configured backends that implement T: those
+// named in names, or every one when names is empty. A name that is not
+// such a backend is an error naming its index in the job's backends key;
+// what says what such a backend has ("with signing keys of its own").
+func selectBackends[T any](all map[string]backends.Backend, names []string, what string) (map[string]T, error) {
+	out := map[string]T{}
+	for name, be := range all {
+		if c, ok := be.(T); ok && (len(names) == 0 || slices.Contains(names, name)) {
+			out[name] = c
+		}
+	}
+	for i, name := range names {
+		if _, ok := out[name]; !ok {
+			return nil, fmt.Errorf("backends[%d] %q is not a configured backend %s", i, name, what)
+		}
+	}
+	return out, nil
 }
