@@ -1,10 +1,14 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"io"
+	"log/slog"
 	"net/http"
 	"net/url"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -168,4 +172,60 @@ func serveFailsAfterStop(t *testing.T, e *testEnv, p *proc, env ...string) strin
 	t.Helper()
 	p.stop(t)
 	return serveFails(t, e, env...)
+}
+
+// The previous KEK comes from VALET_KEK_PREVIOUS, else from
+// kek_previous_file (relative to the config file); a bad one is refused
+// naming where it came from, and one equal to the current KEK stops the
+// start.
+func TestPreviousKEKSources(t *testing.T) {
+	dir := t.TempDir()
+	good, bad := strings.Repeat("5b", 32), "not-hex"
+	for name, content := range map[string]string{"prev.kek": good + "\n", "bad.kek": bad} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cases := []struct {
+		name, env, file string
+		want            []byte
+		err             string
+	}{
+		{"neither", "", "", nil, ""},
+		{"the environment", good, "", mustHex(t, good), ""},
+		{"the environment before the file", good, "bad.kek", mustHex(t, good), ""},
+		{"a file relative to the config", "", "prev.kek", mustHex(t, good), ""},
+		{"a bad environment", bad, "", nil, "VALET_KEK_PREVIOUS: the key-encryption key must be 64 hex digits"},
+		{"a bad file", "", "bad.kek", nil, "kek_previous_file: the key-encryption key must be 64 hex digits"},
+		{"a missing file", "", "gone.kek", nil, "kek_previous_file: open "},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			t.Setenv("VALET_KEK_PREVIOUS", c.env)
+			text := minimalConfig
+			if c.file != "" {
+				text += "kek_previous_file: " + c.file + "\n"
+			}
+			path := filepath.Join(dir, "valet.yaml")
+			if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			cfg, err := LoadConfig(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := loadPreviousKEK(cfg)
+			if c.err == "" && (err != nil || !bytes.Equal(got, c.want)) || c.err != "" && (err == nil || !strings.Contains(err.Error(), c.err)) {
+				t.Fatalf("loadPreviousKEK: %x, %v; want %x, %q", got, err, c.want, c.err)
+			}
+		})
+	}
+
+	e := newTestEnv(t)
+	k := mustHex(t, good)
+	s := &Server{Config: e.Config, KEK: k, PreviousKEK: bytes.Clone(k), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	if err := s.Open(context.Background()); err == nil || !strings.Contains(err.Error(), "the previous key-encryption key is the current one") {
+		s.Close()
+		t.Fatalf("a start with the previous KEK equal to the current one: %v", err)
+	}
 }
