@@ -11,4 +11,8 @@ const (
 	// MintAfterBackend is reached when a backend has issued a credential
 	// and its lease is not yet recorded as active.
 	MintAfterBackend = "mint.after-backend"
+	// KEKBetweenOwners is reached when the kek-rotation job has
+	// re-wrapped one owner's sealed values (a backend's files, the
+	// checkpoint key) and is about to re-wrap the next one's.
+	KEKBetweenOwners = "kek.between-owners"
 )

@@ -76,6 +76,7 @@ VALET_ATTESTATION or --attestation-file (agents), VALET_TOKEN (operators).`,
 		newJobsCmd(),
 		newPolicyCmd(),
 		newTokenCmd(),
+		newKEKCmd(),
 	)
 	return root
 }
