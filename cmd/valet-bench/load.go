@@ -90,7 +90,15 @@ type loadResult struct {
 	rate      float64
 	p50, p99  time.Duration
 	n         int
+	elapsed   time.Duration
 	serverCPU time.Duration // valet's CPU time per request
+	driverCPU time.Duration // the load driver's CPU time per request
+	// others is the share of the machine's cores that other processes
+	// kept busy during the run.
+	others float64
+	// ceilingBefore and ceilingAfter are the crypto ceiling measured
+	// just before and just after the run (when asked for).
+	ceilingBefore, ceilingAfter float64
 }
 
 // runLoad drives c agents for d, each sending next(agent, i) back to back
@@ -145,5 +153,5 @@ func runLoad(base string, c int, d time.Duration, want int, next func(agent, i i
 		fatal("no request completed")
 	}
 	sort.Slice(all, func(i, j int) bool { return all[i] < all[j] })
-	return loadResult{rate: float64(len(all)) / elapsed.Seconds(), p50: all[len(all)/2], p99: all[len(all)*99/100], n: len(all)}
+	return loadResult{rate: float64(len(all)) / elapsed.Seconds(), p50: all[len(all)/2], p99: all[len(all)*99/100], n: len(all), elapsed: elapsed}
 }
