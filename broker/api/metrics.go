@@ -246,6 +246,31 @@ func (c *storageCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descDBFreePages, prometheus.GaugeValue, float64(free))
 }
 
+// RegisterExpiryBacklog exports valet_lease_expiry_backlog, read at each
+// scrape at now(): the active leases whose expiry has passed, which the
+// expirer has not ended yet.
+func (m *Metrics) RegisterExpiryBacklog(backlog func(now time.Time) (int, error), now func() time.Time) {
+	m.Registry.MustRegister(&backlogCollector{backlog: backlog, now: now})
+}
+
+type backlogCollector struct {
+	backlog func(time.Time) (int, error)
+	now     func() time.Time
+}
+
+var descExpiryBacklog = prometheus.NewDesc("valet_lease_expiry_backlog",
+	"Active leases whose expiry has passed and that the expirer has not ended yet (normally 0, or the few that expired since its last pass).", nil, nil)
+
+func (c *backlogCollector) Describe(ch chan<- *prometheus.Desc) { ch <- descExpiryBacklog }
+
+func (c *backlogCollector) Collect(ch chan<- prometheus.Metric) {
+	n, err := c.backlog(c.now())
+	if err != nil {
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(descExpiryBacklog, prometheus.GaugeValue, float64(n))
+}
+
 // Expired records expiry lateness for a batch of expired leases.
 func (m *Metrics) Expired(expired []*leases.Lease, now time.Time) {
 	for _, l := range expired {

@@ -51,6 +51,10 @@ func main() {
 		awsLvls   = flag.String("aws-concurrency", "16,64", "concurrency levels for the AWS STS mints (empty skips them)")
 		ghLvls    = flag.String("github-concurrency", "16,64", "concurrency levels for the GitHub backend (empty skips it)")
 		gcpLvls   = flag.String("gcp-concurrency", "16,64", "concurrency levels for the Google Cloud backend (empty skips it)")
+		soakD     = flag.Duration("soak", 0, "instead of the benchmark, a soak of this long (make soak)")
+		soakRate  = flag.Int("soak-rate", 500, "the soak's mints per second")
+		soakHot   = flag.String("soak-hot-window", "1m", "the soak server's audit-archive hot_window (empty: no audit-archive job)")
+		soakEvery = flag.Duration("soak-interval", time.Minute, "how often the soak prints a line")
 		profDir   = flag.String("profile", "", "write CPU, allocation, heap and goroutine profiles of the server for each mint run into this directory")
 	)
 	flag.Parse()
@@ -60,6 +64,11 @@ func main() {
 		b.prof = &profiler{dir: *profDir}
 	}
 	fmt.Printf("valet benchmark — %s, %d CPUs, GOMAXPROCS %d, %s\n\n", runtime.GOARCH, runtime.NumCPU(), runtime.GOMAXPROCS(0), time.Now().UTC().Format(time.RFC3339))
+	if *soakD > 0 {
+		b.soak(soakSpec{d: *soakD, rate: *soakRate, release: 0.3, renew: 0.1, ttl: 2 * time.Minute, archive: *soakHot, interval: *soakEvery})
+		runCleanups()
+		return
+	}
 
 	ceiling := cryptoCeiling(3 * time.Second)
 	fmt.Printf("crypto ceiling: ES256 verify+sign pairs, all cores: %.0f /s (%s of CPU per pair)\n\n", ceiling,
@@ -182,7 +191,7 @@ type env struct {
 const benchOperatorToken = "valet_op_bench"
 
 const benchPolicy = `
-permit(principal in Issuer::"bench", action == Action::"mint", resource)
+permit(principal in Issuer::"bench", action in [Action::"mint", Action::"renew"], resource)
 when { context.ttl_seconds <= 3600 };
 forbid(principal, action, resource) when { context.risk >= 70 };
 `

@@ -160,6 +160,7 @@ func (s *Server) Open(ctx context.Context) (err error) {
 	s.metrics.RegisterLeaseGauges(s.store.Counts)
 	s.metrics.RegisterStorageGauges(s.store.StorageStats)
 	now := s.Clock.Now
+	s.metrics.RegisterExpiryBacklog(s.store.ExpiryBacklog, now)
 	s.policy, err = policy.NewEngine(policy.Options{
 		Dir: cfg.Policy.Dir, Logger: log, OnError: cfg.Policy.OnError,
 		OnEvalError: s.metrics.PolicyErrored,
