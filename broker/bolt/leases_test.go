@@ -127,7 +127,7 @@ func TestLifecycle(t *testing.T) {
 
 	// Every record carries the lease, agent and role even though the
 	// callers left them empty, and the time of its change.
-	recs, err := listAudit(s.db, audit.Filter{LeaseID: l.ID})
+	recs, err := listAudit(s.db, "", audit.Filter{LeaseID: l.ID})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -45,6 +45,12 @@ type Store struct {
 
 	skipped sync.Map // ids of unreadable records already reported
 
+	// archiveDir holds the audit archive's segments (audit.ArchiveDir of
+	// the file's directory); segmentRecords bounds one segment's records
+	// (audit.MaxSegmentRecords; tests make it smaller).
+	archiveDir     string
+	segmentRecords int
+
 	revokeAtExpiry func(l *leases.Lease) bool
 }
 
@@ -99,7 +105,8 @@ func Open(path string, opts Options) (*Store, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	s := &Store{db: db, sink: opts.Sink, log: opts.Logger}
+	s := &Store{db: db, sink: opts.Sink, log: opts.Logger, archiveDir: audit.ArchiveDir(filepath.Dir(path)),
+		segmentRecords: audit.MaxSegmentRecords}
 	if !opts.ReadOnly {
 		s.c = newCommitter(db, opts.MaxBatch)
 	}

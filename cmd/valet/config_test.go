@@ -218,6 +218,7 @@ func keysConfig() map[string]any {
 			map[string]any{"name": "housekeeping"},
 			map[string]any{"name": "signing-key-rotation"},
 			map[string]any{"name": "audit-checkpoint", "witnesses": []any{map[string]any{"type": "webhook", "url": "https://witness.example.com"}}},
+			map[string]any{"name": "audit-archive"},
 		},
 	}
 }
@@ -329,6 +330,9 @@ var configKeys = []struct {
 	{"jobs.2.witnesses.0.timeout", func(c *Config) any {
 		return jobSettings[*jobdefs.CheckpointSettings](c, "audit-checkpoint").Witnesses[0].Timeout.D()
 	}, 5 * time.Second, "jobs[2].witnesses[0].timeout must be positive; it is 0s"},
+	{"jobs.3.hot_window", func(c *Config) any {
+		return jobSettings[*jobdefs.AuditArchiveSettings](c, "audit-archive").HotWindow.D()
+	}, 30 * 24 * time.Hour, ""},
 }
 
 // configuredJob is the named job as the configuration resolves it.

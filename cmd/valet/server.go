@@ -226,7 +226,7 @@ func (s *Server) Open(ctx context.Context) (err error) {
 	}
 
 	entries, err := jobdefs.Build(resolvedJobs, jobdefs.Deps{
-		Broker: s.broker, Backends: bes, Audit: s.store, Storage: s.store,
+		Broker: s.broker, Backends: bes, Audit: s.store, Storage: s.store, Archive: s.store,
 		DataDir: cfg.DataDir, KEK: s.KEK, PreviousKEK: s.PreviousKEK, PublicURL: cfg.PublicURL, Stdout: s.Stdout, Clock: s.Clock, Logger: log,
 	})
 	if err != nil {

@@ -62,6 +62,8 @@ type Deps struct {
 	// Storage reports the database file's size and free pages
 	// (housekeeping).
 	Storage StorageStats
+	// Archive moves old audit records out of the database (audit-archive).
+	Archive AuditArchiver
 	// DataDir, KEK and PublicURL are the server's (keys under the KEK
 	// live under DataDir). PreviousKEK is set only while valet switches
 	// to a new KEK: it still opens what it sealed (see kek-rotation).
@@ -83,6 +85,14 @@ type AuditHead interface {
 	AuditHead(ctx context.Context) (audit.Head, error)
 }
 
+// AuditArchiver moves the audit records whose time is before before out
+// of the database into the archive, without a gap, and says what it moved
+// (broker/bolt's Store.ArchiveAudit). The log's readers see the archive
+// and the database as one log.
+type AuditArchiver interface {
+	ArchiveAudit(ctx context.Context, before time.Time) (audit.Archived, error)
+}
+
 // StorageStats reports the database file (broker/bolt's Store.Stats).
 type StorageStats interface {
 	// StorageStats returns the file's size in bytes and its free pages.
@@ -95,6 +105,7 @@ const (
 	AuditCheckpoint    = "audit-checkpoint"
 	GrantExpiry        = "grant-expiry"
 	Housekeeping       = "housekeeping"
+	AuditArchive       = "audit-archive"
 	KEKRotation        = "kek-rotation"
 	VaultSecretID      = "vault-secret-id-rotation"
 	VaultTokenHealth   = "vault-token-health"
@@ -102,7 +113,7 @@ const (
 )
 
 // order is the order of the default jobs.
-var order = []string{SigningKeyRotation, AuditCheckpoint, GrantExpiry, Housekeeping, KEKRotation, VaultSecretID, VaultTokenHealth, VaultDatabaseRoot}
+var order = []string{SigningKeyRotation, AuditCheckpoint, GrantExpiry, Housekeeping, AuditArchive, KEKRotation, VaultSecretID, VaultTokenHealth, VaultDatabaseRoot}
 
 // Registry returns valet's jobs by name.
 func Registry() map[string]Definition {
@@ -111,6 +122,7 @@ func Registry() map[string]Definition {
 		AuditCheckpoint:    auditCheckpoint(),
 		GrantExpiry:        grantExpiry(),
 		Housekeeping:       housekeeping(),
+		AuditArchive:       auditArchive(),
 		KEKRotation:        kekRotation(),
 		VaultSecretID:      vaultSecretIDRotation(),
 		VaultTokenHealth:   vaultTokenHealth(),
