@@ -2,6 +2,7 @@ package api
 
 import (
 	"net/http"
+	"regexp"
 	"strconv"
 	"time"
 
@@ -82,6 +83,11 @@ var (
 	jobOutcomes        = newLabelSet(jobs.Outcomes...)
 )
 
+// liveHeap adds go_gc_heap_live_bytes, the heap the last collection found
+// live: unlike the heap in use, which swings with the collector's cycle,
+// it grows only when something is kept (a leak shows in it).
+var liveHeap = collectors.GoRuntimeMetricsRule{Matcher: regexp.MustCompile(`^/gc/heap/live:bytes$`)}
+
 // NewMetrics registers valet's metrics (and the Go and process collectors)
 // on reg. known lists the configured names that may appear as labels.
 func NewMetrics(reg *prometheus.Registry, known KnownLabels) *Metrics {
@@ -142,7 +148,7 @@ func NewMetrics(reg *prometheus.Registry, known KnownLabels) *Metrics {
 	}
 	reg.MustRegister(m.mints, m.mintLatency, m.httpRequests, m.expiryLate, m.revocations, m.policyReloads, m.policyErrors, m.notifications, m.refusals,
 		m.jobRuns, m.jobDuration, m.jobSuccess, m.jobSkips,
-		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		collectors.NewGoCollector(collectors.WithGoCollectorRuntimeMetrics(liveHeap)), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
 

@@ -54,12 +54,13 @@ jobs:
 // soakCounters are what the soak's connections count.
 type soakCounters struct {
 	mints, releases, renews, server5xx, other, behind atomic.Int64
-	mu                                                sync.Mutex
-	refusals                                          map[int]int // other statuses over 299, by status
+
+	mu       sync.Mutex
+	refusals map[int]int // other statuses over 299, by status
 }
 
 // soak runs spec and prints one line a minute (every spec.interval): the
-// requests and 5xx answers, the server's RSS, Go heap in use and
+// requests and 5xx answers, the server's RSS, live Go heap and
 // goroutines, the database's size and the archive's, the active leases and
 // the expiry backlog. At the end it waits for the expirer and prints the
 // backlog left, and with -profile it writes the heap and a goroutine dump.
@@ -87,7 +88,7 @@ func (b *bench) soak(spec soakSpec) {
 		fmt.Printf(", audit hot window %s", spec.archive)
 	}
 	fmt.Println()
-	fmt.Printf("  %6s %8s %6s %9s %9s %10s %8s %10s %10s %9s %8s\n", "min", "mints", "5xx", "RSS MiB", "heap MiB", "goroutines", "db MiB", "archive MiB", "free pages", "active", "backlog")
+	fmt.Printf("  %6s %8s %6s %9s %9s %10s %8s %10s %10s %9s %8s\n", "min", "mints", "5xx", "RSS MiB", "live heap", "goroutines", "db MiB", "archive MiB", "free pages", "active", "backlog")
 
 	ctr := soakCounters{refusals: map[int]int{}}
 	followups := make(chan []byte, 1<<20)
@@ -166,7 +167,7 @@ func (b *bench) soak(spec soakSpec) {
 		m := s.metrics()
 		n := ctr.mints.Load()
 		fmt.Printf("  %6.1f %8d %6d %9.0f %9.1f %10.0f %8.1f %10.1f %10.0f %9.0f %8s\n", time.Since(start).Minutes(), n-last, ctr.server5xx.Load(),
-			m["process_resident_memory_bytes"]/(1<<20), m["go_memstats_heap_inuse_bytes"]/(1<<20), m["go_goroutines"],
+			m["process_resident_memory_bytes"]/(1<<20), liveHeap(m)/(1<<20), m["go_goroutines"],
 			fileMiB(filepath.Join(e.dir, "valet.db")), dirMiB(filepath.Join(e.dir, "audit", "archive")), m["valet_db_free_pages"],
 			m["valet_active_leases"], backlog(m))
 		last = n
@@ -237,6 +238,15 @@ func (s *server) metrics() map[string]float64 {
 		}
 	}
 	return out
+}
+
+// liveHeap is the heap the server's last collection found live, or from
+// a valet without that metric the heap in use.
+func liveHeap(m map[string]float64) float64 {
+	if v, ok := m["go_gc_heap_live_bytes"]; ok {
+		return v
+	}
+	return m["go_memstats_heap_inuse_bytes"]
 }
 
 // backlog is the expiry backlog the server reports ("-" from a valet
