@@ -72,6 +72,19 @@ const (
 	// too many were refused at once): counts by credential type, the
 	// number of addresses and the busiest ones. At most one a minute.
 	KindAuthRefusedSummary = "auth.refused.summary"
+
+	// KindSignal is a signal: accepted (allow, one record per agent it
+	// concerns) or refused (deny: bad shape, unknown subject, an action
+	// the source may not ask for, ignored SET events).
+	KindSignal = "signal"
+	// KindSignalContained is the end of a signal's mass revocation: how
+	// many live leases it ended.
+	KindSignalContained = "signal.contained"
+	// KindAgentQuarantine is an agent quarantined (by a signal or an
+	// operator); KindAgentRelease its release (by an operator, or by valet
+	// at the quarantine's release time).
+	KindAgentQuarantine = "agent.quarantine"
+	KindAgentRelease    = "agent.release"
 )
 
 // Kinds lists every kind of record valet writes, for filters that must
@@ -81,6 +94,7 @@ var Kinds = []string{
 	KindExpire, KindRecover, KindLeaseAccess, KindPolicyReload, KindConfigLoad, KindServerStart, KindIntrospection,
 	KindGrantRequest, KindGrantApprove, KindGrantDeny, KindGrantExpired, KindGrantRedeem, KindBreakGlass, KindGrantReview,
 	KindOperatorAuth, KindAuthRefusedSummary,
+	KindSignal, KindSignalContained, KindAgentQuarantine, KindAgentRelease,
 }
 
 // Actor is who caused a record.
