@@ -20,8 +20,13 @@ const (
 	// HousekeepingInterval is how often ended leases past leases.retention
 	// and consumed attestation ids past their expiry are deleted.
 	HousekeepingInterval = time.Minute
-	// pruneBatch bounds the leases one housekeeping pass deletes.
+	// pruneBatch bounds the leases one housekeeping pass deletes (and
+	// the signals).
 	pruneBatch = 10000
+	// SightingInterval is how often what the flows saw of agents (first
+	// and last seen, roles minted) is written to their records, in one
+	// transaction for all.
+	SightingInterval = time.Second
 )
 
 // ReplayPurger is the attestation replay cache as housekeeping sees it
@@ -47,17 +52,40 @@ type endedPruner interface {
 //     are summarized in the audit log, and once more when ctx ends
 //     (SummarizeRefusals);
 //   - every HousekeepingInterval, leases that ended more than
-//     leases.retention ago are deleted (at most 10000 a pass) and, with
-//     Options.Replay set, consumed attestation ids past their expiry.
+//     leases.retention ago are deleted (at most 10000 a pass), signals
+//     received more than signals.retention ago, and, with Options.Replay
+//     set, consumed attestation ids past their expiry;
+//
+// and with agent records (Options.Agents):
+//
+//   - every SightingInterval, what the flows saw of agents is written to
+//     their records, and once more when ctx ends;
+//   - every GrantExpiryInterval, quarantines past their release time are
+//     recorded released and announced;
+//   - at once and every ContainmentRetryInterval, mass revocations that
+//     did not finish are resumed (ResumeContainment);
+//   - the detectors' detections are raised as signals (RaiseSignal).
 //
 // Failures are logged and retried at the next interval. Call Run once.
 func (b *Broker) Run(ctx context.Context) {
 	var wg sync.WaitGroup
-	for _, duty := range []func(context.Context){
+	duties := []func(context.Context){
 		func(ctx context.Context) { b.every(ctx, GrantExpiryInterval, b.expireGrants) },
 		b.SummarizeRefusals,
 		func(ctx context.Context) { b.every(ctx, HousekeepingInterval, b.housekeeping) },
-	} {
+	}
+	if b.agents != nil {
+		duties = append(duties,
+			b.writeSightings,
+			func(ctx context.Context) { b.every(ctx, GrantExpiryInterval, b.releaseDue) },
+			func(ctx context.Context) {
+				b.resumeContainment(ctx)
+				b.every(ctx, ContainmentRetryInterval, b.resumeContainment)
+			},
+			b.raiseDetections,
+		)
+	}
+	for _, duty := range duties {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -102,5 +130,29 @@ func (b *Broker) housekeeping(ctx context.Context) {
 		if _, err := b.replay.Purge(now); err != nil && ctx.Err() == nil {
 			b.log.Error("purge replay cache", "err", err)
 		}
+	}
+	if b.signals != nil {
+		if _, err := b.signals.PruneSignals(ctx, now.Add(-b.cfg.Signals.Retention.D()), pruneBatch); err != nil && ctx.Err() == nil {
+			b.log.Error("prune signals", "err", err)
+		}
+	}
+}
+
+// writeSightings writes what the flows saw of agents every
+// SightingInterval, and once more when ctx ends.
+func (b *Broker) writeSightings(ctx context.Context) {
+	b.every(ctx, SightingInterval, func(ctx context.Context) {
+		if err := b.flushSightings(ctx); err != nil && ctx.Err() == nil {
+			b.log.Error("write agent sightings", "err", err)
+		}
+	})
+	if err := b.flushSightings(context.WithoutCancel(ctx)); err != nil {
+		b.log.Error("write agent sightings", "err", err)
+	}
+}
+
+func (b *Broker) resumeContainment(ctx context.Context) {
+	if _, err := b.ResumeContainment(ctx); err != nil && ctx.Err() == nil {
+		b.log.Error("resume mass revocations", "err", err)
 	}
 }

@@ -16,12 +16,11 @@ import (
 )
 
 // runBroker starts b.Run on its own goroutine, waits until its duties have
-// armed their timers (want of them on the fake clock), and returns a
+// armed their timers (duties of them on the fake clock), and returns a
 // function that advances the clock by d and waits until every duty has
 // done its pass and armed its next timer. Run stops at the end of the test.
-func runBroker(t *testing.T, f *fixture, b *broker.Broker) (advance func(d time.Duration)) {
+func runBroker(t *testing.T, f *fixture, b *broker.Broker, duties int) (advance func(d time.Duration)) {
 	t.Helper()
-	const duties = 3 // grant expiry, refusal summaries, housekeeping
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
@@ -43,6 +42,14 @@ func runBroker(t *testing.T, f *fixture, b *broker.Broker) (advance func(d time.
 		waitUntil(t, "every duty did its pass", armed)
 	}
 }
+
+// The timers Run arms: grant expiry, refusal summaries and housekeeping;
+// with agent records, also sightings, quarantine releases and the
+// resumption of mass revocations.
+const (
+	timers           = 3
+	timersWithAgents = timers + 3
+)
 
 func TestRunBackgroundDuties(t *testing.T) {
 	type outcome struct {
@@ -83,7 +90,7 @@ func TestRunBackgroundDuties(t *testing.T) {
 				t.Fatalf("EndLease = %+v, %v; want released", l, err)
 			}
 
-			advance := runBroker(t, f, f.b)
+			advance := runBroker(t, f, f.b, timersWithAgents)
 			advance(tc.advance)
 
 			recs, err := f.store.ListAudit(context.Background(), audit.Filter{Kind: audit.KindGrantExpired, Limit: 10})
@@ -133,7 +140,7 @@ func TestRunPurgesTheReplayCache(t *testing.T) {
 		t.Fatal(err)
 	}
 	start := f.clock.Now()
-	advance := runBroker(t, f, b)
+	advance := runBroker(t, f, b, timers)
 	if got := rec.purges(); len(got) != 0 {
 		t.Fatalf("purged at %v before the first interval passed", got)
 	}

@@ -183,7 +183,8 @@ type SignalStore interface {
 	// pending is listed by PendingSignals until Contained.
 	RecordSignal(ctx context.Context, s *agents.Signal, c SignalChange, e, qe audit.Entry) (quarantined []string, err error)
 	// Contained records that a signal's containment is done
-	// (agents.Signal.Contained) with e.
+	// (agents.Signal.Contained, adding ended to the count EndLive kept)
+	// with e, its details completed by agents.Signal.Recorded.
 	Contained(ctx context.Context, id string, ended int, now time.Time, e audit.Entry) (*agents.Signal, error)
 	// GetSignal returns a signal or agents.ErrNotFound.
 	GetSignal(ctx context.Context, id string) (*agents.Signal, error)
@@ -198,12 +199,13 @@ type SignalStore interface {
 	// reason) up to limit leases matching f whose stored state is pending
 	// or active and that were created at or before createdBy, each with
 	// its audit record (e, the lease's subject filled in), in one
-	// transaction, and queues them for revocation. It walks f's index
-	// (agent, lineage or state) newest first from the lease id cursor
-	// before, examining at most a bounded number of leases, and returns
-	// the leases it ended and the cursor to continue from; next is ""
-	// when the walk reached the end.
-	EndLive(ctx context.Context, f leases.Filter, before string, createdBy time.Time, limit int, reason leases.State,
+	// transaction, and queues them for revocation; when signalID is set,
+	// the same transaction adds them to that signal's containment count.
+	// It walks f's index (agent, lineage, or state active or pending)
+	// newest first from the lease id cursor before, examining at most a
+	// bounded number of leases, and returns the leases it ended and the
+	// cursor to continue from; next is "" when the walk reached the end.
+	EndLive(ctx context.Context, signalID string, f leases.Filter, before string, createdBy time.Time, limit int, reason leases.State,
 		now time.Time, e audit.Entry) (ended []*leases.Lease, next string, err error)
 	// PruneSignals deletes up to limit signals received before cutoff
 	// whose containment is not pending, and returns how many. Their

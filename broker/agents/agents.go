@@ -115,6 +115,20 @@ var (
 	ErrUnchanged = errors.New("unchanged")
 )
 
+// Refusal is a change refused because of the agent's state.
+// errors.Is(err, Kind) holds.
+type Refusal struct {
+	Kind error
+	// Reason says why, for the client: it names the agent and its state.
+	Reason string
+}
+
+// Error is the kind and the reason.
+func (r *Refusal) Error() string { return r.Kind.Error() + ": " + r.Reason }
+
+// Unwrap returns the kind.
+func (r *Refusal) Unwrap() error { return r.Kind }
+
 // Sighting is what valet saw of an agent between two writes of its
 // record: when first and last, and the roles it minted. Sightings are
 // gathered in memory and written in batches, so a mint pays no write of
@@ -197,8 +211,8 @@ func (a *Agent) Apply(s *Signal, points int, halfLife time.Duration, q *Quaranti
 // ErrState (wrapped) when the agent is quarantined at q.Since already.
 func (a *Agent) Isolate(q Quarantine) error {
 	if a.QuarantinedAt(q.Since) {
-		return fmt.Errorf("%w: agent %s is quarantined since %s (%s)", ErrState, a.ID,
-			a.Quarantine.Since.UTC().Format(time.RFC3339), a.Quarantine.Reason)
+		return &Refusal{Kind: ErrState, Reason: fmt.Sprintf("agent %s is quarantined already, since %s (%s)", a.ID,
+			a.Quarantine.Since.UTC().Format(time.RFC3339), a.Quarantine.Reason)}
 	}
 	a.Quarantine = &q
 	return nil
@@ -208,7 +222,7 @@ func (a *Agent) Isolate(q Quarantine) error {
 // the agent is not quarantined at r.At.
 func (a *Agent) Release(r Release) error {
 	if !a.QuarantinedAt(r.At) {
-		return fmt.Errorf("%w: agent %s is not quarantined", ErrState, a.ID)
+		return &Refusal{Kind: ErrState, Reason: fmt.Sprintf("agent %s is not quarantined", a.ID)}
 	}
 	a.Quarantine = nil
 	a.LastRelease = &r

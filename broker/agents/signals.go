@@ -1,10 +1,13 @@
 package agents
 
 import (
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/valet-broker/valet/leases/audit"
 )
 
 // Severity is how bad a signal says things are.
@@ -154,6 +157,23 @@ func (s *Signal) Contained(ended int, now time.Time) error {
 	s.Containment.Ended += ended
 	s.Containment.DoneAt = now
 	return nil
+}
+
+// Recorded completes the audit entry of the signal's containment: the
+// signal's id and how many leases it ended in its details, and its agent
+// when it concerns exactly one.
+func (s *Signal) Recorded(e audit.Entry) audit.Entry {
+	d := make(map[string]string, len(e.Details)+2)
+	maps.Copy(d, e.Details)
+	d["signal_id"] = s.ID
+	if s.Containment != nil {
+		d["ended"] = strconv.Itoa(s.Containment.Ended)
+	}
+	e.Details = d
+	if e.AgentID == "" && len(s.Agents) == 1 {
+		e.AgentID = s.Agents[0]
+	}
+	return e
 }
 
 // Pending reports whether the signal's containment is still under way.

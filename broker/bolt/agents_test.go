@@ -220,7 +220,7 @@ func TestEndLive(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			total, batches, next := 0, 0, ""
 			for {
-				out, n, err := s.EndLive(ctx, c.filter, next, signalAt, 100, leases.StateRevoked, signalAt,
+				out, n, err := s.EndLive(ctx, "", c.filter, next, signalAt, 100, leases.StateRevoked, signalAt,
 					audit.Entry{Kind: audit.KindRevoke, Actor: detectorActor, Reason: "signal"})
 				if err != nil {
 					t.Fatal(err)
@@ -252,7 +252,7 @@ func TestEndLive(t *testing.T) {
 	if got := leasetest.CountAudit(t, s, audit.KindRevoke); got != 279 {
 		t.Errorf("%d revoke records, want one per lease ended (279)", got)
 	}
-	if _, _, err := s.EndLive(ctx, leases.Filter{Role: "demo"}, "", signalAt, 10, leases.StateRevoked, signalAt, audit.Entry{}); err == nil {
+	if _, _, err := s.EndLive(ctx, "", leases.Filter{Role: "demo"}, "", signalAt, 10, leases.StateRevoked, signalAt, audit.Entry{}); err == nil {
 		t.Error("EndLive without an index to walk was accepted")
 	}
 }

@@ -105,7 +105,7 @@ func (s *Store) Contained(ctx context.Context, id string, ended int, now time.Ti
 			return err
 		}
 		if e.Kind != "" {
-			if _, err := appendAudit(tx, now, s.sink, e); err != nil {
+			if _, err := appendAudit(tx, now, s.sink, sig.Recorded(e)); err != nil {
 				return err
 			}
 		}
@@ -218,7 +218,7 @@ func (s *Store) PruneSignals(ctx context.Context, cutoff time.Time, limit int) (
 const maxExamined = 4096
 
 // EndLive implements broker.SignalStore.
-func (s *Store) EndLive(ctx context.Context, f leases.Filter, before string, createdBy time.Time, limit int, reason leases.State,
+func (s *Store) EndLive(ctx context.Context, signalID string, f leases.Filter, before string, createdBy time.Time, limit int, reason leases.State,
 	now time.Time, e audit.Entry) ([]*leases.Lease, string, error) {
 	if !reason.Terminal() {
 		return nil, "", fmt.Errorf("end leases: %q is not a terminal state", reason)
@@ -279,7 +279,21 @@ func (s *Store) EndLive(ctx context.Context, f leases.Filter, before string, cre
 			}
 			out = append(out, &l)
 		}
-		return nil
+		if signalID == "" || len(out) == 0 {
+			return nil
+		}
+		old, err := getSignal(tx, signalID)
+		if err != nil {
+			return fmt.Errorf("signal %s: %w", signalID, err)
+		}
+		sig := *old
+		if old.Containment == nil {
+			return fmt.Errorf("signal %s has no containment to count leases in", signalID)
+		}
+		c := *old.Containment
+		c.Ended += len(out)
+		sig.Containment = &c
+		return putSignal(tx, old, &sig)
 	})
 	if err != nil {
 		return nil, "", err

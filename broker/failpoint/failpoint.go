@@ -11,4 +11,7 @@ const (
 	// MintAfterBackend is reached when a backend has issued a credential
 	// and its lease is not yet recorded as active.
 	MintAfterBackend = "mint.after-backend"
+	// ContainBetweenBatches is reached when a signal's mass revocation
+	// has ended one batch of leases and more may follow.
+	ContainBetweenBatches = "contain.between-batches"
 )
