@@ -86,6 +86,13 @@ type Options struct {
 	// KeyPublishers are the other keys valet signs with (the SSF
 	// transmitter's), published beside the backends' in its JWKS.
 	KeyPublishers []backends.KeyPublisher
+	// SETs verifies the Security Event Tokens SSF transmitters push
+	// (nil: every SET is refused).
+	SETs SETVerifier
+	// IssuerNames maps the iss of each trusted attestation issuer to its
+	// configured name, so that an iss_sub subject identifier (RFC 9493)
+	// names an agent.
+	IssuerNames map[string]string
 }
 
 // Broker runs the credential flows.
@@ -109,14 +116,16 @@ type Broker struct {
 	waiters  grantWaiters
 	replay   ReplayPurger
 
-	agents     AgentStore
-	signals    SignalStore
-	detectors  []Detector
-	detections chan detection
-	sightings  sightings
-	publishers []backends.KeyPublisher
-	containMu  sync.Mutex
-	containing map[string]bool // signals whose containment runs in this process
+	agents      AgentStore
+	signals     SignalStore
+	detectors   []Detector
+	detections  chan detection
+	sightings   sightings
+	publishers  []backends.KeyPublisher
+	containMu   sync.Mutex
+	containing  map[string]bool // signals whose containment runs in this process
+	sets        SETVerifier
+	issuerNames map[string]string
 }
 
 // New checks that every role's backend exists and accepts the role's
@@ -137,7 +146,7 @@ func New(o Options) (*Broker, error) {
 		cfg: o.Config, store: o.Store, auditor: o.Auditor, verifier: o.Verifier, authz: o.Authorizer,
 		backends: o.Backends, revoker: o.Revoker, expiry: o.Expiry, clock: o.Clock, log: o.Logger, obs: o.Observer,
 		roles: map[string]*Role{}, grants: o.Grants, notifier: o.Notifier, replay: o.Replay,
-		agents: o.Agents, signals: o.Signals, detectors: o.Detectors, publishers: o.KeyPublishers,
+		agents: o.Agents, signals: o.Signals, detectors: o.Detectors, publishers: o.KeyPublishers, sets: o.SETs, issuerNames: o.IssuerNames,
 		detections: make(chan detection, detectionQueue),
 	}
 	if (o.Agents == nil) != (o.Signals == nil) {

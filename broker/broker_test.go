@@ -162,6 +162,9 @@ type fixtureConfig struct {
 	Policy   policy.Config
 	// Detectors are handed to the broker.
 	Detectors []broker.Detector
+	// Transmitters are the SSF transmitters whose SETs the broker
+	// accepts (verified with the store's replay cache).
+	Transmitters []attest.TransmitterConfig
 }
 
 func newFixture(t *testing.T, cfgEdit func(*fixtureConfig)) *fixture {
@@ -236,8 +239,17 @@ func newFixtureWith(t *testing.T, cfgEdit func(*fixtureConfig), extra func(clk *
 	fs := &failingStore{Store: store}
 	sigs := &failingSignals{Store: store}
 	gs := store.Grants()
+	var sets broker.SETVerifier
+	if len(cfg.Transmitters) > 0 {
+		sets, err = attest.NewSETVerifier(context.Background(), attest.SETOptions{Transmitters: cfg.Transmitters, PublicURL: cfg.PublicURL,
+			MaxTokenBytes: broker.DefaultMaxAttestationBytes, Replay: store.ReplayCache(clk), Options: attest.Options{Clock: clk, Logger: log}})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
 	b, err := broker.New(broker.Options{Config: cfg.Config, Store: fs, Auditor: store, Verifier: v, Authorizer: pe,
-		Backends: bes, Revoker: q, Clock: clk, Logger: log, Grants: gs, Agents: store, Signals: sigs, Detectors: cfg.Detectors})
+		Backends: bes, Revoker: q, Clock: clk, Logger: log, Grants: gs, Agents: store, Signals: sigs, Detectors: cfg.Detectors,
+		SETs: sets, IssuerNames: map[string]string{"https://issuer.test": "test"}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -116,7 +116,7 @@ func NewMetrics(reg *prometheus.Registry, known KnownLabels) *Metrics {
 			Name: "valet_notifications_total", Help: "Webhook delivery attempts by webhook, event and outcome (ok, retry, failed, dropped).",
 		}, []string{"webhook", "event", "outcome"}),
 		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "valet_auth_refusals_total", Help: "Credentials that did not verify, by type (attestation, operator_token, console_token, introspection_client) and whether their address was over its failure budget (answered 429).",
+			Name: "valet_auth_refusals_total", Help: "Credentials that did not verify, by type (attestation, operator_token, console_token, introspection_client, signal_source, set) and whether their address was over its failure budget (answered 429).",
 		}, []string{"credential", "throttled"}),
 	}
 	reg.MustRegister(m.mints, m.mintLatency, m.httpRequests, m.expiryLate, m.revocations, m.policyReloads, m.policyErrors, m.notifications, m.refusals,
