@@ -566,7 +566,7 @@ func TestConfigRefusesValuesThatUsedToMeanSomethingElse(t *testing.T) {
 		{"empty algorithms", "issuers.0.algorithms", []any{}, "issuers[0].algorithms must not be empty"},
 		{"empty subject_claim", "issuers.0.subject_claim", "", "issuers[0].subject_claim must not be empty"},
 		{"empty issuer type", "issuers.0.type", "", `issuers[0].type "" must be oidc`},
-		{"empty webhook format", "notifications.webhooks.0.format", "", `notifications.webhooks[0].format "" must be json or slack`},
+		{"empty webhook format", "notifications.webhooks.0.format", "", `notifications.webhooks[0].format "" must be json, slack or set`},
 		{"empty log level", "log.level", "", `log.level "" must be debug`},
 		{"empty operator name_claim", "operators.issuers.0.name_claim", "", "operators.issuers[0].name_claim and groups_claim must not be empty"},
 	}
