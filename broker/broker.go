@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/valet-broker/valet/backends"
+	"github.com/valet-broker/valet/broker/agents"
 	"github.com/valet-broker/valet/leases"
 	"github.com/valet-broker/valet/leases/audit"
 	"github.com/valet-broker/valet/leases/clock"
@@ -52,6 +53,10 @@ type Observer interface {
 	// with its type (one of CredentialTypes) and whether its address was
 	// over its failure budget.
 	CredentialRefused(credential string, throttled bool)
+	// Signaled is called once per accepted signal with its source's kind
+	// (agents.SourceREST, SourceSET, SourceDetector, SourceOperator) and
+	// the action taken.
+	Signaled(sourceKind string, action agents.Action)
 }
 
 // Options are the Broker's dependencies.

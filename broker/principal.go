@@ -51,8 +51,10 @@ func ValidAgentID(id string) bool {
 	return ok && len(id) <= MaxAgentIDBytes && ValidName(iss) && sub != "" && strings.IndexFunc(sub, unicode.IsControl) < 0
 }
 
-// LineageRule describes the shape of a lineage id for error messages.
-const LineageRule = "one of jti:<issuer>#<jti>, pod:<uid>, run:<issuer>#<run_id> or spiffe:<id> (a lease's lineage ids), at most 2048 bytes, without control characters"
+// LineageRule describes the shape of a lineage id for error messages,
+// which read "<field> must " + LineageRule.
+const LineageRule = "start with jti:, pod:, run: or spiffe: and name one (jti:<issuer>#<jti>, pod:<uid>, run:<issuer>#<run_id>, spiffe:<id>), " +
+	"at most 2048 bytes without control characters"
 
 // lineageKinds are the prefixes of leases.Lineage.IDs.
 var lineageKinds = []string{"jti:", "pod:", "run:", "spiffe:"}

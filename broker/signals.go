@@ -135,6 +135,9 @@ func (b *Broker) RaiseSignal(ctx context.Context, src *SignalSource, req SignalR
 	if err != nil {
 		return nil, Wrap(EUNAVAILABLE, err, "the signal could not be recorded; send it again")
 	}
+	if b.obs != nil {
+		b.obs.Signaled(src.Source.Kind, action)
+	}
 	b.log.Info("signal accepted", "signal", sig.ID, "source", sig.Source.String(), "subject", sig.Subject.String(),
 		"severity", sig.Severity, "action", action, "agents", len(agentIDs), "request_id", req.RequestID)
 	b.notifySignal(sig)
@@ -167,7 +170,7 @@ func (r *SignalRequest) validate(now time.Time) error {
 		}
 	case agents.SubjectLineage:
 		if !ValidLineage(s.ID) {
-			return Errorf(EINVALID, "lineage must be %s", LineageRule)
+			return Errorf(EINVALID, "lineage must %s", LineageRule)
 		}
 	default:
 		return Errorf(EINVALID, "a signal names one subject: agent_id, lease_id, role or lineage")

@@ -207,7 +207,7 @@ func TestSignalRefusals(t *testing.T) {
 		{"no subject", nil, func(r *broker.SignalRequest) { r.Subject = agents.Subject{} }, broker.EINVALID, "names one subject"},
 		{"an agent id of no shape", nil, func(r *broker.SignalRequest) { r.Subject.ID = "no-slash" }, broker.EINVALID, "agent_id must be"},
 		{"a lease id of no shape", nil, func(r *broker.SignalRequest) { r.Subject = agents.Subject{Kind: agents.SubjectLease, ID: "x"} }, broker.EINVALID, "lease_id"},
-		{"a lineage of no kind", nil, func(r *broker.SignalRequest) { r.Subject = agents.Subject{Kind: agents.SubjectLineage, ID: "foo:1"} }, broker.EINVALID, "lineage must be"},
+		{"a lineage of no kind", nil, func(r *broker.SignalRequest) { r.Subject = agents.Subject{Kind: agents.SubjectLineage, ID: "foo:1"} }, broker.EINVALID, "lineage must start with"},
 		{"unknown severity", nil, func(r *broker.SignalRequest) { r.Severity = "severe" }, broker.EINVALID, "severity must be"},
 		{"no reason", nil, func(r *broker.SignalRequest) { r.Reason = " " }, broker.EINVALID, "reason is required"},
 		{"a reason with a newline", nil, func(r *broker.SignalRequest) { r.Reason = "a\nb" }, broker.EINVALID, "one line"},
