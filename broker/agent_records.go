@@ -93,6 +93,9 @@ func (b *Broker) gate(agent string) agents.Gate {
 // halfLife is the risk score's half-life.
 func (b *Broker) halfLife() time.Duration { return b.cfg.Signals.HalfLife.D() }
 
+// HalfLife is the risk score's half-life (signals.half_life).
+func (b *Broker) HalfLife() time.Duration { return b.halfLife() }
+
 // Risk is r read now: the score policies see as context.risk (0 to 100).
 func (b *Broker) Risk(r agents.Risk) int { return r.Value(b.clock.Now(), b.halfLife()) }
 

@@ -162,6 +162,9 @@ func (c *Console) routes() {
 	m.HandleFunc("POST /ui/leases/{id}/revoke", c.authed(c.handleRevoke))
 	m.HandleFunc("POST /ui/agents/revoke", c.authed(c.handleRevokeAgent))
 	m.HandleFunc("GET /ui/agents", c.authed(c.handleAgents))
+	m.HandleFunc("GET /ui/agents/{id}", c.authed(c.handleAgent))
+	m.HandleFunc("POST /ui/agents/{id}/release", c.authed(c.agentDecide(actRelease)))
+	m.HandleFunc("POST /ui/agents/{id}/quarantine", c.authed(c.agentDecide(actQuarantine)))
 	m.HandleFunc("GET /ui/audit", c.authed(c.handleAudit))
 	m.HandleFunc("/ui/", c.handleNotFound)
 	c.mux = m
