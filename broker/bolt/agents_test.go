@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"go.etcd.io/bbolt"
+
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/broker/agents"
 	"github.com/valet-broker/valet/leases"
@@ -298,5 +300,58 @@ func TestSignalsListingContainmentAndPruning(t *testing.T) {
 	}
 	if got, _ := s.ListSignals(ctx, agents.SignalFilter{AgentID: "test/a"}); len(got) != 1 {
 		t.Fatalf("signals of test/a after pruning: %v", got)
+	}
+}
+
+// TestDueRevocationsByLane: the queue's walk learns a lease's lane from
+// the index without reading it, and still reads leases queued before the
+// index held lanes.
+func TestDueRevocationsByLane(t *testing.T) {
+	ctx := context.Background()
+	s := MustOpenStore(t)
+	withHandle := leasetest.MustActivate(t, s, leasetest.NewPending(t0, "a", time.Hour))
+	leasetest.MustEnd(t, s, withHandle.ID, leases.StateRevoked, t0)
+	leasetest.MustCreate(t, s, leasetest.NewPending(t0, "b", time.Hour))
+	recovered, err := s.RecoverPending(ctx, t0)
+	if err != nil || len(recovered) != 1 {
+		t.Fatal(recovered, err)
+	}
+	lanes := func() (handle, recovery []string) {
+		for _, h := range []bool{true, false} {
+			err := s.EachDueRevocation(t0, func(hasHandle bool) bool { return hasHandle == h }, func(l *leases.Lease) bool {
+				if h {
+					handle = append(handle, l.ID)
+				} else {
+					recovery = append(recovery, l.ID)
+				}
+				return true
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		return handle, recovery
+	}
+	h, r := lanes()
+	if !slices.Equal(h, []string{withHandle.ID}) || !slices.Equal(r, []string{recovered[0].ID}) {
+		t.Fatalf("by handle %v, by correlation id %v", h, r)
+	}
+	// An index written before it held lanes has nil values.
+	if err := s.db.Update(func(tx *bbolt.Tx) error {
+		b := tx.Bucket(bucketRevoke)
+		var keys [][]byte
+		b.ForEach(func(k, _ []byte) error { keys = append(keys, append([]byte{}, k...)); return nil })
+		for _, k := range keys {
+			if err := b.Put(k, nil); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	h, r = lanes()
+	if !slices.Equal(h, []string{withHandle.ID}) || !slices.Equal(r, []string{recovered[0].ID}) {
+		t.Fatalf("old index: by handle %v, by correlation id %v", h, r)
 	}
 }
