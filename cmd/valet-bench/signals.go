@@ -42,7 +42,8 @@ type containResult struct {
 	last     time.Duration // the signal's acceptance to its last lease's lease.revoked record
 }
 
-// mintN mints n leases of role for agent sub with 16 connections.
+// mintN mints n leases of role for agent sub (agent-0: e's first agent)
+// with 16 connections.
 func mintN(s *server, e *env, sub, role string, n int) {
 	u, _ := url.Parse(s.url)
 	tok := e.attestations(1, 1, false)[0]

@@ -21,15 +21,7 @@ func (f *clientFlags) signalCall(ctx context.Context, method, path string, body 
 	if tok == "" {
 		return f.operatorCall(ctx, method, path, body)
 	}
-	c, err := f.client()
-	if err != nil {
-		return nil, err
-	}
-	var raw json.RawMessage
-	if err := c.do(ctx, method, path, tok, body, &raw); err != nil {
-		return nil, err
-	}
-	return raw, nil
+	return f.call(ctx, method, path, tok, body)
 }
 
 // signalRow is the part of a signal that valet signal list shows.

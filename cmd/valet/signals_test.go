@@ -521,3 +521,48 @@ func TestRestartDuringMassRevocation(t *testing.T) {
 	}
 	p.stop(t)
 }
+
+// TestSignalSourceIDToken: a source may authenticate with an ID token of
+// one of signals.issuers, matched to the source by its subject.
+func TestSignalSourceIDToken(t *testing.T) {
+	e := newTestEnv(t)
+	ci, jwks := newKeyedIssuer(t, e, "https://ci.test")
+	e.Config.Signals.Issuers = []attest.IssuerConfig{config.Defaulted(func(ic *attest.IssuerConfig) {
+		ic.Name, ic.Issuer, ic.Audiences, ic.JWKSFile, ic.Algorithms = "ci", "https://ci.test", []string{"valet-signals"}, jwks, []string{"ES256"}
+	})}
+	e.Config.Signals.Sources = []broker.SignalSourceConfig{config.Defaulted(func(c *broker.SignalSourceConfig) {
+		c.Name, c.Issuer, c.Subject = "falco", "ci", "repo:acme/falco"
+	})}
+	if err := e.Config.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	e.Start()
+	e.Mint(e.Attest("agent-1", nil), "demo")
+	idToken := func(sub, aud string) string {
+		tok, err := ci.Sign(map[string]any{"sub": sub, "aud": aud})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
+	body := map[string]any{"agent_id": "test/agent-1", "severity": "low", "reason": "unusual syscall"}
+	r := e.Do("POST", "/v1/signals", idToken("repo:acme/falco", "valet-signals"), body)
+	if r.Status != http.StatusCreated {
+		t.Fatalf("signal with the source's ID token: %d %s", r.Status, r.Body)
+	}
+	if src := r.JSON(t)["signal"].(map[string]any)["source"].(map[string]any); src["kind"] != "source" || src["name"] != "falco" {
+		t.Fatalf("source %v", src)
+	}
+	for _, c := range []struct {
+		name, token, detail string
+	}{
+		{"another subject of the issuer", idToken("repo:acme/other", "valet-signals"), "not a configured signal source"},
+		{"another audience", idToken("repo:acme/falco", "valet"), "audience"},
+		{"an agent's attestation", e.Attest("agent-1", nil), "no signal source's credential"},
+	} {
+		r := e.Do("POST", "/v1/signals", c.token, body)
+		if r.Status != http.StatusUnauthorized || !strings.Contains(r.JSON(t)["detail"].(string), c.detail) {
+			t.Errorf("%s: %d %s, want 401 containing %q", c.name, r.Status, r.Body, c.detail)
+		}
+	}
+}
