@@ -445,9 +445,10 @@ func TestOperatorQuarantine(t *testing.T) {
 	if _, _, err := f.b.QuarantineAgent(ctx, operator, "test/agent-1", "again", ""); broker.ErrorCode(err) != broker.ECONFLICT {
 		t.Errorf("quarantining twice: %v, want ECONFLICT", err)
 	}
-	// An agent valet never saw can be quarantined ahead of time.
-	if _, _, err := f.b.QuarantineAgent(ctx, operator, "test/future", "known bad", ""); err != nil {
-		t.Fatal(err)
+	// An agent valet never saw can be quarantined ahead of time; its
+	// record says it was never seen.
+	if a, _, err := f.b.QuarantineAgent(ctx, operator, "test/future", "known bad", ""); err != nil || !a.FirstSeen.IsZero() || !a.LastSeen.IsZero() {
+		t.Fatalf("quarantine ahead: %+v, %v", a, err)
 	}
 	_, err = f.b.Mint(ctx, broker.MintRequest{Attestation: f.attest(t, "future"), Role: "r"})
 	if broker.ErrorCode(err) != broker.EQUARANTINED {

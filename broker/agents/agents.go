@@ -36,9 +36,11 @@ const (
 // Agent is the record of one agent (a verified principal's id,
 // "<issuer-name>/<subject>").
 type Agent struct {
-	ID        string    `json:"id"`
-	FirstSeen time.Time `json:"first_seen"`
-	LastSeen  time.Time `json:"last_seen"`
+	ID string `json:"id"`
+	// FirstSeen and LastSeen are its first and latest authentication; zero
+	// for an agent quarantined or signalled before valet saw it.
+	FirstSeen time.Time `json:"first_seen,omitzero"`
+	LastSeen  time.Time `json:"last_seen,omitzero"`
 	// Roles are the roles the agent has minted, sorted, at most MaxRoles.
 	Roles []string `json:"roles,omitempty"`
 	// Risk is the agent's risk score as last raised; read it with

@@ -27,8 +27,8 @@ func (s *Server) registerAgentRoutes(r chi.Router) {
 // of now.
 type agentView struct {
 	ID          string             `json:"id"`
-	FirstSeen   time.Time          `json:"first_seen"`
-	LastSeen    time.Time          `json:"last_seen"`
+	FirstSeen   time.Time          `json:"first_seen,omitzero"` // absent for an agent valet never saw
+	LastSeen    time.Time          `json:"last_seen,omitzero"`
 	Roles       []string           `json:"roles"`
 	Risk        int                `json:"risk"`
 	Quarantined bool               `json:"quarantined"`

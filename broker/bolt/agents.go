@@ -252,7 +252,7 @@ func (s *Store) changeAgent(ctx context.Context, id string, create bool, now tim
 		var a *agents.Agent
 		switch {
 		case errors.Is(err, agents.ErrNotFound) && create:
-			old, a = nil, agents.New(id, now)
+			old, a = nil, &agents.Agent{ID: id} // never seen: no first or last sighting
 		case err != nil:
 			return err
 		default:

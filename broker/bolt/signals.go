@@ -48,7 +48,7 @@ func (s *Store) RecordSignal(ctx context.Context, sig *agents.Signal, c broker.S
 			var a *agents.Agent
 			switch {
 			case errors.Is(err, agents.ErrNotFound):
-				old, a = nil, agents.New(id, sig.ReceivedAt)
+				old, a = nil, &agents.Agent{ID: id} // its leases predate its record: not seen since
 			case err != nil:
 				return fmt.Errorf("agent %s: %w", id, err)
 			default:

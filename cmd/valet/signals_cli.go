@@ -202,7 +202,11 @@ func newAgentsCmd() *cobra.Command {
 				if a.Quarantined && a.Quarantine != nil {
 					q = "yes: " + a.Quarantine.Reason
 				}
-				t.row(a.ID, strconv.Itoa(a.Risk), q, a.LastSeen.Local().Format(time.DateTime), strings.Join(a.Roles, ","))
+				seen := "never"
+				if !a.LastSeen.IsZero() {
+					seen = a.LastSeen.Local().Format(time.DateTime)
+				}
+				t.row(a.ID, strconv.Itoa(a.Risk), q, seen, strings.Join(a.Roles, ","))
 			}
 			return t.flush()
 		},
