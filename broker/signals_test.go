@@ -514,12 +514,13 @@ func TestDetectorHook(t *testing.T) {
 	done := make(chan struct{})
 	go func() { defer close(done); f.b.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
-	waitUntil(t, "the detection is raised", func() bool {
-		ss, _ := f.store.ListSignals(context.Background(), agents.SignalFilter{AgentID: "test/agent-1"})
-		return len(ss) == 1 && ss[0].Source.String() == "detector:test-detector" && ss[0].Action == agents.ActionAlert
+	// The gate changes once the signal's transaction has committed.
+	waitUntil(t, "the detection raises the agent's risk", func() bool {
+		return f.store.Gate("test/agent-1").Risk.Value(f.clock.Now(), time.Hour) == 10
 	})
-	if g := f.store.Gate("test/agent-1"); g.Risk.Value(f.clock.Now(), time.Hour) != 10 {
-		t.Fatalf("risk after the detection: %+v", g)
+	ss, _ := f.store.ListSignals(context.Background(), agents.SignalFilter{AgentID: "test/agent-1"})
+	if len(ss) != 1 || ss[0].Source.String() != "detector:test-detector" || ss[0].Action != agents.ActionAlert {
+		t.Fatalf("signals %+v, want the detector's alert", ss)
 	}
 }
 
