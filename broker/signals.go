@@ -70,7 +70,8 @@ type SignalResult struct {
 // signal is audited. Errors: EINVALID (the signal's shape), EFORBIDDEN
 // (an action the source may not ask for), ENOTFOUND (an unknown subject),
 // ERATELIMIT (the source is over its rate), EUNAVAILABLE (no agent store,
-// or the store is down).
+// or the request ended before the signal was recorded), EINTERNAL (the
+// store failed).
 func (b *Broker) RaiseSignal(ctx context.Context, src *SignalSource, req SignalRequest) (*SignalResult, error) {
 	if b.signals == nil {
 		return nil, Errorf(EUNAVAILABLE, "this server keeps no agent records, so it cannot take signals")
@@ -133,7 +134,10 @@ func (b *Broker) RaiseSignal(ctx context.Context, src *SignalSource, req SignalR
 	defer b.markContaining(sig.ID, false)
 	quarantined, err := b.signals.RecordSignal(ctx, sig, change, entry, qentry)
 	if err != nil {
-		return nil, Wrap(EUNAVAILABLE, err, "the signal could not be recorded; send it again")
+		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+			return nil, Wrap(EUNAVAILABLE, err, "the request ended before the signal was recorded; send it again")
+		}
+		return nil, Wrap(EINTERNAL, err, "signal store failure")
 	}
 	if b.obs != nil {
 		b.obs.Signaled(src.Source.Kind, action)
