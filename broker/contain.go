@@ -60,8 +60,10 @@ func (b *Broker) contain(ctx context.Context, sig *agents.Signal, requestID stri
 	actor := actorOf(sig.Source)
 	entry := audit.Entry{Kind: audit.KindRevoke, Actor: actor, Decision: audit.Allow, RequestID: requestID,
 		Reason: fmt.Sprintf("revoked by signal %s from %s: %s", sig.ID, sig.Source, sig.Reason), Details: map[string]string{"signal_id": sig.ID}}
+	// extra counts the leases EndLive did not count on the signal (a
+	// lease subject's, ended by End); byAgent counts them all.
 	byAgent, extra, err := b.endLive(ctx, sig.ID, sig.Subject, sig.ReceivedAt, entry)
-	ended := extra
+	ended := 0
 	for _, n := range byAgent {
 		ended += n
 	}

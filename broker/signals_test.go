@@ -352,6 +352,30 @@ func TestLineageRevocationAcrossBackends(t *testing.T) {
 	}
 }
 
+// TestLeaseSignal: a signal about a lease ends that lease only, counted
+// once, and concerns its agent.
+func TestLeaseSignal(t *testing.T) {
+	f := newFixture(t, nil)
+	a := f.mint(t, "agent-1", "r", 0)
+	b := f.mint(t, "agent-1", "r", 0)
+	res := f.raise(t, source(t, nil), broker.SignalRequest{Subject: agents.Subject{Kind: agents.SubjectLease, ID: a.ID},
+		Severity: agents.SeverityMedium, Reason: "token seen in a log"})
+	if res.Ended != 1 || res.Signal.Containment.Ended != 1 || !slices.Equal(res.Signal.Agents, []string{"test/agent-1"}) {
+		t.Fatalf("lease signal: ended %d, containment %+v, agents %v", res.Ended, res.Signal.Containment, res.Signal.Agents)
+	}
+	if got := f.lease(t, a.ID); got.State != leases.StateRevoking {
+		t.Errorf("the signalled lease is %s", got.State)
+	}
+	if got := f.lease(t, b.ID); got.State != leases.StateActive {
+		t.Errorf("another lease of the agent is %s", got.State)
+	}
+	// Again: nothing left to end.
+	if res := f.raise(t, source(t, nil), broker.SignalRequest{Subject: agents.Subject{Kind: agents.SubjectLease, ID: a.ID},
+		Severity: agents.SeverityMedium, Reason: "again"}); res.Ended != 0 || res.Signal.Containment.Ended != 0 {
+		t.Fatalf("second lease signal: ended %d, containment %+v", res.Ended, res.Signal.Containment)
+	}
+}
+
 // TestRoleSignal: a signal about a role revokes every live lease of the
 // role, quarantines nobody, and raises no agent's risk.
 func TestRoleSignal(t *testing.T) {
