@@ -26,7 +26,8 @@ run-vault: build vault
 	./deploy/dev-vault.sh
 
 ## run-cloud: `valet dev` beside the local stand-ins for cloud services
-## (cmd/valet-cloudtest: AWS STS and IAM, GitHub), for the aws-demo and gh-demo roles
+## (cmd/valet-cloudtest: AWS STS and IAM, GitHub, Google IAM Credentials), for the
+## aws-demo, gh-demo and gcp-demo roles
 run-cloud: build
 	$(GO) build -o bin/valet-cloudtest ./cmd/valet-cloudtest
 	./deploy/dev-cloud.sh

@@ -6,6 +6,7 @@ package backends
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sort"
@@ -28,9 +29,20 @@ type Backend interface {
 	// recovered from a crash before the backend answered; the backend then
 	// revokes by ref.CorrelationID if it can, or returns nil if nothing can
 	// have been issued. Revoking an already revoked or expired credential
-	// returns nil.
+	// returns nil. A backend whose service cannot revoke the credential at
+	// all returns an error wrapping ErrUnrevocable.
 	Revoke(ctx context.Context, ref Ref) error
 }
+
+// ErrUnrevocable, wrapped in Revoke's error with the reason, says that the
+// service offers no way to end the credential before its own expiry (a
+// Google service-account access token lives until its expireTime): it
+// stays valid until then (Ref.ValidUntil), whatever valet does. valet does
+// not retry such a revocation. It records that the revocation is
+// impossible, and the lease reads revoking, to end expired, until the
+// credential's expiry has passed: never released or revoked (see
+// leases.ErrUnrevocable).
+var ErrUnrevocable = errors.New("the backend cannot revoke the credential")
 
 // Renewer is implemented by backends whose credentials can be extended.
 type Renewer interface {
@@ -76,11 +88,14 @@ type ExpiryRevoker interface {
 // the lease ends however it ends (its expiry too), and keeps the lease
 // revoking or irrevocable, never ended, until the backend has confirmed
 // the revocation or that time has passed (leases.BoltStore.ValidUntil).
+// A credential that cannot be revoked at all (ErrUnrevocable: a Google ID
+// token's hour) is bounded the same way: its lease reads revoking until
+// that time.
 type FixedLifetime interface {
-	// CredentialLifetime is the longest a credential minted for a lease of
-	// ttl lives at the backend unless it is revoked, counted from when the
-	// backend issues it.
-	CredentialLifetime(ttl time.Duration) time.Duration
+	// CredentialLifetime is the longest a credential of role minted for a
+	// lease of ttl lives at the backend unless it is revoked, counted from
+	// when the backend issues it.
+	CredentialLifetime(role RoleSpec, ttl time.Duration) time.Duration
 }
 
 // RevokeNoter is implemented by backends whose revocation may have to do
@@ -255,4 +270,29 @@ type Introspector interface {
 type TokenInfo struct {
 	LeaseID string
 	Claims  map[string]any
+}
+
+// KeyRotator is implemented by backends that sign with keys of their own
+// (the jwt backend); the signing-key rotation job calls it.
+type KeyRotator interface {
+	// RotateKey generates a new signing key at now and publishes it at
+	// once (KeyPublisher), but signs with it only from activateAt (and
+	// not before a key published earlier starts signing), so that a
+	// resource server caching the published keys for less than
+	// activateAt-now holds the new key before it sees a token signed with
+	// it. A key that stopped signing stays published for the backend's
+	// retention, then a rotation drops it. It returns what changed, never
+	// key material.
+	RotateKey(now, activateAt time.Time) (KeyRotation, error)
+}
+
+// KeyRotation is what a key rotation changed.
+type KeyRotation struct {
+	// KeyID is the new key's id (kid); it signs from ActiveFrom.
+	KeyID      string
+	ActiveFrom time.Time
+	// Dropped are the ids of keys no longer published.
+	Dropped []string
+	// Published are the ids of the published keys, newest first.
+	Published []string
 }

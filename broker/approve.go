@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/valet-broker/valet/broker/claimpath"
 	"slices"
 	"strings"
 	"sync"
@@ -52,8 +53,10 @@ func (b *Broker) newGrant(op *mintOp, kind string) *grants.Grant {
 
 // requesterIdentities are the agent id, its subject and the values of the
 // role's requester claims (e.g. email, CI actor): the people behind the
-// request, none of whom may approve or review it. A claim names one person
-// (a string) or several (an array: every string in it counts). Each
+// request, none of whom may approve or review it. A claim (a top-level
+// name or a dot-separated path into nested claims, as claimpath.Lookup
+// reads it) names one person (a string) or several (an array: every
+// string in it counts). Each
 // identity is listed once (compared as identity.Equal does).
 func requesterIdentities(p *Principal, role *Role) []string {
 	var ids []string
@@ -65,7 +68,8 @@ func requesterIdentities(p *Principal, role *Role) []string {
 	add(p.ID)
 	add(p.Subject)
 	for _, c := range role.Approval.RequesterClaims {
-		switch v := p.Claims[c].(type) {
+		v, _ := claimpath.Lookup(p.Claims, c)
+		switch v := v.(type) {
 		case string:
 			add(v)
 		case []any:

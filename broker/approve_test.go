@@ -26,6 +26,7 @@ func grantsFixture(t *testing.T) *fixture {
 		c.Roles = append(c.Roles,
 			config.Defaulted(func(r *broker.Role) {
 				r.Name, r.Backend, r.Approval.Required, r.Approval.Approvers = "guarded", "ext", 2, approvers
+				r.Approval.RequesterClaims = []string{"email", "actor", "owner", "ext.owner"}
 			}),
 			config.Defaulted(func(r *broker.Role) {
 				r.Name, r.Backend, r.Approval.Required, r.Approval.Approvers = "glass", "ext", 1, approvers
@@ -136,6 +137,7 @@ func TestRequesterClaimsOfEveryShape(t *testing.T) {
 		{"email as an array", map[string]any{"email": []any{"alice@example.com"}}},
 		{"one of several owners", map[string]any{"owner": []any{"bob@example.net", "ALICE@example.com"}}},
 		{"an actor among other values", map[string]any{"actor": []any{42.0, "Alice@Example.com"}}},
+		{"a nested claim named by its path", map[string]any{"ext": map[string]any{"owner": "alice@example.com"}}},
 	}
 	for i, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

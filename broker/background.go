@@ -2,24 +2,22 @@ package broker
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"sync"
 	"time"
 )
 
 // This file holds the duties the broker performs in the background, on its
-// own clock: grants past their deadlines are recorded expired, refused
-// credentials are summarized, and ended leases and consumed attestations
-// are cleaned up. (Lease expiry and the revocation queue are the leases
-// package's: leases.Expirer and leases.RevocationQueue.)
+// own clock: refused credentials are summarized and agent sightings
+// written (Run), and the passes the scheduled jobs make: ended leases, old
+// signals and consumed attestations are cleaned up (Housekeep). (Lease
+// expiry and the revocation queue are the leases package's: leases.Expirer
+// and leases.RevocationQueue; grant expiry is ExpireGrants in approve.go;
+// the release of quarantines past their time ReleaseDue in contain.go.)
 
-// Intervals of the background duties.
+// Intervals and bounds of the background duties.
 const (
-	// GrantExpiryInterval is how often grants past their deadlines are
-	// recorded expired, so operators and webhooks hear of them promptly.
-	GrantExpiryInterval = 5 * time.Second
-	// HousekeepingInterval is how often ended leases past leases.retention
-	// and consumed attestation ids past their expiry are deleted.
-	HousekeepingInterval = time.Minute
 	// pruneBatch bounds the leases one housekeeping pass deletes (and
 	// the signals).
 	pruneBatch = 10000
@@ -43,41 +41,29 @@ type endedPruner interface {
 	PruneEnded(ctx context.Context, cutoff time.Time, limit int) (int, error)
 }
 
-// Run performs the broker's background duties until ctx ends, each on its
-// own goroutine, and returns once all have stopped:
-//
-//   - every GrantExpiryInterval, grants past their deadlines are recorded
-//     expired and announced (ExpireGrants);
-//   - every minute, refused credentials counted but not recorded one by one
-//     are summarized in the audit log, and once more when ctx ends
-//     (SummarizeRefusals);
-//   - every HousekeepingInterval, leases that ended more than
-//     leases.retention ago are deleted (at most 10000 a pass), signals
-//     received more than signals.retention ago, and, with Options.Replay
-//     set, consumed attestation ids past their expiry;
-//
-// and with agent records (Options.Agents):
+// Run performs the broker's own background duties until ctx ends, each
+// on its own goroutine, and returns once all have stopped: every minute,
+// refused credentials counted but not recorded one by one are summarized
+// in the audit log, and once more when ctx ends (SummarizeRefusals); and
+// with agent records (Options.Agents):
 //
 //   - every SightingInterval, what the flows saw of agents is written to
 //     their records, and once more when ctx ends;
-//   - every GrantExpiryInterval, quarantines past their release time are
-//     recorded released and announced;
 //   - at once and every ContainmentRetryInterval, mass revocations that
 //     did not finish are resumed (ResumeContainment);
 //   - the detectors' detections are raised as signals (RaiseSignal).
 //
-// Failures are logged and retried at the next interval. Call Run once.
+// Grant expiry, housekeeping and the release of quarantines past their
+// time are scheduled jobs (broker/jobs/builtin: grant-expiry,
+// housekeeping, quarantine-release) that call ExpireGrants, Housekeep and
+// ReleaseDue. Failures are logged and retried at the next interval. Call
+// Run once.
 func (b *Broker) Run(ctx context.Context) {
 	var wg sync.WaitGroup
-	duties := []func(context.Context){
-		func(ctx context.Context) { b.every(ctx, GrantExpiryInterval, b.expireGrants) },
-		b.SummarizeRefusals,
-		func(ctx context.Context) { b.every(ctx, HousekeepingInterval, b.housekeeping) },
-	}
+	duties := []func(context.Context){b.SummarizeRefusals}
 	if b.agents != nil {
 		duties = append(duties,
 			b.writeSightings,
-			func(ctx context.Context) { b.every(ctx, GrantExpiryInterval, b.releaseDue) },
 			func(ctx context.Context) {
 				b.resumeContainment(ctx)
 				b.every(ctx, ContainmentRetryInterval, b.resumeContainment)
@@ -95,6 +81,49 @@ func (b *Broker) Run(ctx context.Context) {
 	wg.Wait()
 }
 
+// Housekeeping is what a housekeeping pass did.
+type Housekeeping struct {
+	// Pruned counts the ended leases deleted; Purged the consumed
+	// attestation ids deleted; SignalsPruned the signals deleted.
+	Pruned, Purged, SignalsPruned int
+}
+
+// Housekeep deletes leases that ended more than leases.retention ago (at
+// most 10000 a pass; their audit records stay), signals received more
+// than signals.retention ago (as many, those whose mass revocation is
+// done) and, with Options.Replay set, the consumed attestation ids past
+// their expiry, at the broker's time. It does them all and returns what it
+// did with the errors of any.
+func (b *Broker) Housekeep(ctx context.Context) (Housekeeping, error) {
+	var h Housekeeping
+	var errs []error
+	now := b.clock.Now()
+	if p, ok := b.store.(endedPruner); ok {
+		n, err := p.PruneEnded(ctx, now.Add(-b.cfg.Leases.Retention.D()), pruneBatch)
+		h.Pruned = n
+		if err != nil {
+			errs = append(errs, fmt.Errorf("prune ended leases: %w", err))
+		}
+	} else {
+		errs = append(errs, errors.New("the lease store cannot delete ended leases; leases.retention is not applied"))
+	}
+	if b.replay != nil {
+		n, err := b.replay.Purge(now)
+		h.Purged = n
+		if err != nil {
+			errs = append(errs, fmt.Errorf("purge the replay cache: %w", err))
+		}
+	}
+	if b.signals != nil {
+		n, err := b.signals.PruneSignals(ctx, now.Add(-b.cfg.Signals.Retention.D()), pruneBatch)
+		h.SignalsPruned = n
+		if err != nil {
+			errs = append(errs, fmt.Errorf("prune signals: %w", err))
+		}
+	}
+	return h, errors.Join(errs...)
+}
+
 // every calls f each interval d of the broker's clock until ctx ends.
 func (b *Broker) every(ctx context.Context, d time.Duration, f func(context.Context)) {
 	for {
@@ -106,35 +135,6 @@ func (b *Broker) every(ctx context.Context, d time.Duration, f func(context.Cont
 		case <-t.C():
 		}
 		f(ctx)
-	}
-}
-
-func (b *Broker) expireGrants(ctx context.Context) {
-	if _, err := b.ExpireGrants(ctx); err != nil && ctx.Err() == nil {
-		b.log.Error("expire grants", "err", err)
-	}
-}
-
-// housekeeping deletes leases ended longer than leases.retention ago and
-// purges the replay cache.
-func (b *Broker) housekeeping(ctx context.Context) {
-	now := b.clock.Now()
-	if p, ok := b.store.(endedPruner); ok {
-		if _, err := p.PruneEnded(ctx, now.Add(-b.cfg.Leases.Retention.D()), pruneBatch); err != nil && ctx.Err() == nil {
-			b.log.Error("prune ended leases", "err", err)
-		}
-	} else {
-		b.log.Error("the lease store cannot delete ended leases; leases.retention is not applied")
-	}
-	if b.replay != nil {
-		if _, err := b.replay.Purge(now); err != nil && ctx.Err() == nil {
-			b.log.Error("purge replay cache", "err", err)
-		}
-	}
-	if b.signals != nil {
-		if _, err := b.signals.PruneSignals(ctx, now.Add(-b.cfg.Signals.Retention.D()), pruneBatch); err != nil && ctx.Err() == nil {
-			b.log.Error("prune signals", "err", err)
-		}
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -15,43 +16,7 @@ import (
 	"github.com/valet-broker/valet/leases/config"
 )
 
-// runBroker starts b.Run on its own goroutine, waits until its duties have
-// armed their timers (duties of them on the fake clock), and returns a
-// function that advances the clock by d and waits until every duty has
-// done its pass and armed its next timer. Run stops at the end of the test.
-func runBroker(t *testing.T, f *fixture, b *broker.Broker, duties int) (advance func(d time.Duration)) {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		b.Run(ctx)
-	}()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-	})
-	armed := func() bool { return f.clock.Waiters() == duties }
-	waitUntil(t, "Run arms its timers", armed)
-	return func(d time.Duration) {
-		t.Helper()
-		if d < broker.HousekeepingInterval {
-			t.Fatalf("advance by %s: every duty must fire, so advance by at least %s", d, broker.HousekeepingInterval)
-		}
-		f.clock.Advance(d) // every timer fires: none is armed until its duty has done its pass
-		waitUntil(t, "every duty did its pass", armed)
-	}
-}
-
-// The timers Run arms: grant expiry, refusal summaries and housekeeping;
-// with agent records, also sightings, quarantine releases and the
-// resumption of mass revocations.
-const (
-	timers           = 3
-	timersWithAgents = timers + 3
-)
-
-func TestRunBackgroundDuties(t *testing.T) {
+func TestGrantExpiryAndHousekeeping(t *testing.T) {
 	type outcome struct {
 		grantExpired bool // a grant.expired record names the grant
 		leaseKept    bool // the released lease is still in the store
@@ -90,8 +55,14 @@ func TestRunBackgroundDuties(t *testing.T) {
 				t.Fatalf("EndLease = %+v, %v; want released", l, err)
 			}
 
-			advance := runBroker(t, f, f.b, timersWithAgents)
-			advance(tc.advance)
+			f.clock.Advance(tc.advance)
+			if _, err := f.b.ExpireGrants(ctx); err != nil {
+				t.Fatal(err)
+			}
+			h, err := f.b.Housekeep(ctx)
+			if err != nil || (h.Pruned == 1) == tc.want.leaseKept {
+				t.Fatalf("Housekeep = %+v, %v", h, err)
+			}
 
 			recs, err := f.store.ListAudit(context.Background(), audit.Filter{Kind: audit.KindGrantExpired, Limit: 10})
 			if err != nil {
@@ -129,9 +100,9 @@ func (p *purgeRecorder) purges() []time.Time {
 	return slices.Clone(p.at)
 }
 
-// Housekeeping purges the replay cache once an interval, with the broker's
-// time, and a failing purge is retried at the next pass.
-func TestRunPurgesTheReplayCache(t *testing.T) {
+// Housekeeping purges the replay cache with the broker's time, and says
+// when the purge failed.
+func TestHousekeepPurgesTheReplayCache(t *testing.T) {
 	f := newFixture(t, nil)
 	rec := &purgeRecorder{fail: errors.New("injected: disk full")}
 	b, err := broker.New(broker.Options{Config: f.cfg, Store: f.store, Auditor: f.store, Verifier: f.v, Authorizer: f.authz,
@@ -139,15 +110,11 @@ func TestRunPurgesTheReplayCache(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	start := f.clock.Now()
-	advance := runBroker(t, f, b, timers)
-	if got := rec.purges(); len(got) != 0 {
-		t.Fatalf("purged at %v before the first interval passed", got)
+	f.clock.Advance(time.Hour)
+	if _, err := b.Housekeep(context.Background()); err == nil || !strings.Contains(err.Error(), "purge the replay cache: injected: disk full") {
+		t.Errorf("Housekeep = %v, want the purge's failure", err)
 	}
-	advance(broker.HousekeepingInterval)
-	advance(broker.HousekeepingInterval)
-	want := []time.Time{start.Add(broker.HousekeepingInterval), start.Add(2 * broker.HousekeepingInterval)}
-	if got := rec.purges(); !slices.EqualFunc(got, want, time.Time.Equal) {
-		t.Errorf("purged at %v, want %v", got, want)
+	if got := rec.purges(); len(got) != 1 || !got[0].Equal(f.clock.Now()) {
+		t.Errorf("purged at %v, want once at %v", got, f.clock.Now())
 	}
 }

@@ -29,14 +29,16 @@ import (
 )
 
 // scripted is a backend whose behaviour a test sets: it records what it
-// issued (as if at an external system) and what was revoked, and fails
-// revocations while revokeErr is set.
+// issued (as if at an external system) and what was revoked, fails
+// revocations while revokeErr is set, and answers that it cannot revoke
+// (backends.ErrUnrevocable) while unrevocable is set.
 type scripted struct {
-	mu        sync.Mutex
-	mint      func(ctx context.Context, req backends.MintRequest) (*backends.Credential, error)
-	issued    map[string]bool // correlation id -> alive
-	revoked   []backends.Ref
-	revokeErr error
+	mu          sync.Mutex
+	mint        func(ctx context.Context, req backends.MintRequest) (*backends.Credential, error)
+	issued      map[string]bool // correlation id -> alive
+	revoked     []backends.Ref
+	revokeErr   error
+	unrevocable bool
 }
 
 func (s *scripted) Mint(ctx context.Context, req backends.MintRequest) (*backends.Credential, error) {
@@ -51,6 +53,9 @@ func (s *scripted) Revoke(ctx context.Context, ref backends.Ref) error {
 	defer s.mu.Unlock()
 	if s.revokeErr != nil {
 		return s.revokeErr
+	}
+	if s.unrevocable {
+		return fmt.Errorf("%w: this service has no revocation", backends.ErrUnrevocable)
 	}
 	s.revoked = append(s.revoked, ref)
 	delete(s.issued, ref.CorrelationID)
@@ -88,7 +93,7 @@ type fixedLife struct {
 	life time.Duration
 }
 
-func (f *fixedLife) CredentialLifetime(time.Duration) time.Duration { return f.life }
+func (f *fixedLife) CredentialLifetime(backends.RoleSpec, time.Duration) time.Duration { return f.life }
 
 // failingStore fails Activate on demand, as a full disk would, End for
 // the leases in endFails, and Renew, Get and List with the errors set.

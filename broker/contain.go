@@ -252,16 +252,20 @@ func (b *Broker) ReleaseAgent(ctx context.Context, op *Operator, id, reason, req
 	return a, nil
 }
 
-// releaseDue records the quarantines whose release time has passed and
-// announces each release.
-func (b *Broker) releaseDue(ctx context.Context) {
-	as, err := b.agents.ReleaseDue(ctx, b.clock.Now())
-	if err != nil && ctx.Err() == nil {
-		b.log.Error("release quarantines due", "err", err)
+// ReleaseDue records the quarantines whose release time
+// (signals.auto_release) has passed, each with its audit record, announces
+// each release and returns how many it recorded. The quarantine-release
+// job calls it; an agent is free from its release time on, whether or not
+// this has run (the gate reads the time from the record).
+func (b *Broker) ReleaseDue(ctx context.Context) (int, error) {
+	if b.agents == nil {
+		return 0, nil
 	}
+	as, err := b.agents.ReleaseDue(ctx, b.clock.Now())
 	for _, a := range as {
 		b.notifyAgent(EventAgentReleased, SeverityInfo, AgentEvent{ID: a.ID, Reason: a.LastRelease.Reason, By: a.LastRelease.By})
 	}
+	return len(as), err
 }
 
 // checkDecisionReason checks an operator's reason for a quarantine or a

@@ -17,6 +17,8 @@ const (
 	EventGrantRedeemed      = "grant.redeemed"
 	EventBreakGlass         = "break_glass"
 	EventBreakGlassReviewed = "break_glass.reviewed"
+	// EventJobFailing: a scheduled job failed several runs in a row.
+	EventJobFailing = "job.failing"
 
 	// EventSignal is a signal valet accepted, whatever its action.
 	EventSignal = "signal"
@@ -44,12 +46,23 @@ type Event struct {
 	Severity string        `json:"severity"`
 	Time     time.Time     `json:"time"`
 	Grant    *grants.Grant `json:"grant,omitempty"`
+	// Job is the failing job of a job.failing event.
+	Job *JobFailure `json:"job,omitempty"`
 	// Agent is set for the agent events (quarantine, release, mass
 	// revocation) and Signal for a signal's.
 	Agent  *AgentEvent    `json:"agent,omitempty"`
 	Signal *agents.Signal `json:"signal,omitempty"`
 	// URL points operators to the grant or agent in the web console.
 	URL string `json:"url,omitempty"`
+}
+
+// JobFailure is a scheduled job that keeps failing.
+type JobFailure struct {
+	Name string `json:"name"`
+	// Failures counts the runs in a row that did not succeed.
+	Failures int    `json:"consecutive_failures"`
+	Outcome  string `json:"outcome"`
+	Error    string `json:"error"`
 }
 
 // AgentEvent is what an agent event says about the agent.

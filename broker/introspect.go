@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sort"
+	"time"
 
 	"github.com/valet-broker/valet/backends"
 	"github.com/valet-broker/valet/leases"
@@ -54,6 +55,12 @@ func (b *Broker) Introspect(ctx context.Context, token string) (*Introspection, 
 	}
 	return &Introspection{}, nil
 }
+
+// JWKSMaxAge is how long resource servers may cache the JWKS
+// (Cache-Control max-age of /.well-known/jwks.json). A new signing key is
+// published at least this long before it signs (the signing-key-rotation
+// job's prepublish).
+const JWKSMaxAge = 5 * time.Minute
 
 // PublicJWKs returns the public keys of every signing backend, then those
 // of Options.KeyPublishers (the SSF transmitter's).

@@ -256,7 +256,7 @@ func (b *Broker) mint(ctx context.Context, op *mintOp) (*MintResult, error) {
 		// moment the backend can issue it (invariant 2). The intent
 		// records it, so that a crash leaves a lease that stays revoking
 		// until the credential is dead.
-		if t := op.now.Add(b.cfg.Limits.MintTimeout.D() + fl.CredentialLifetime(op.ttl)); t.After(l.ExpiresAt) {
+		if t := op.now.Add(b.cfg.Limits.MintTimeout.D() + fl.CredentialLifetime(roleSpec(op.role), op.ttl)); t.After(l.ExpiresAt) {
 			l.CredentialExpires = t
 		}
 	}

@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"github.com/valet-broker/valet/broker/claimpath"
 	"strings"
 	"time"
 
@@ -133,7 +134,8 @@ func (o *Operators) Authenticate(ctx context.Context, token string) (op *Operato
 // the claim and the email), EFORBIDDEN when the operator is not in an
 // allowed group.
 func OperatorFromClaims(ic OperatorIdentityConfig, issuer string, claims map[string]any) (*Operator, error) {
-	raw, _ := claims[ic.NameClaim].(string)
+	nameValue, _ := claimpath.Lookup(claims, ic.NameClaim)
+	raw, _ := nameValue.(string)
 	if raw == "" {
 		return nil, Errorf(EUNAUTHORIZED, "the ID token carries no %s claim, which names operators on this server", ic.NameClaim)
 	}
@@ -154,7 +156,8 @@ func OperatorFromClaims(ic OperatorIdentityConfig, issuer string, claims map[str
 			}
 		}
 	}
-	switch g := claims[ic.GroupsClaim].(type) {
+	groupsValue, _ := claimpath.Lookup(claims, ic.GroupsClaim)
+	switch g := groupsValue.(type) {
 	case []any:
 		for _, v := range g {
 			addGroup(v)

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -18,10 +19,13 @@ import (
 
 // EndLease ends a lease: released when its agent gives it back, revoked
 // when an operator takes it. The first revocation attempt runs at once;
-// the returned lease is released/revoked, or revoking if the backend did
-// not confirm yet (it stays queued). Ending an ended lease changes nothing
-// and returns it as it is; so does ending a lease past its expiry, which
-// ended on its own (it is returned expired, and the expirer records it).
+// the returned lease is released/revoked, revoking if the backend did
+// not confirm yet (it stays queued), or revoking and Unrevocable, to end
+// expired, when the backend cannot revoke the credential at all (it stays
+// valid until its own expiry, and the lease says so until then). Ending
+// an ended lease changes nothing and returns it as it is; so does ending a
+// lease past its expiry, which ended on its own (it is returned expired,
+// and the expirer records it).
 func (b *Broker) EndLease(ctx context.Context, c Caller, id, reason, requestID string) (*leases.Lease, error) {
 	l, err := b.GetLease(ctx, c, id)
 	if err != nil {
@@ -137,8 +141,11 @@ func leaseRef(l *leases.Lease) backends.Ref {
 // without one. validUntil tells the backend how long the credential can
 // live at most (leases.BoltStore.ValidUntil). A backend that is a
 // backends.RevokeNoter returns a note for the audit record of the
-// revocation. A lease whose backend is no longer configured fails, and
-// stays queued until it is irrevocable (invariant 5).
+// revocation. A backend's answer that it cannot revoke the credential at
+// all (backends.ErrUnrevocable) reaches the queue as leases.ErrUnrevocable:
+// the lease then reads revoking until the credential has expired, never
+// released or revoked. A lease whose backend is no longer configured
+// fails, and stays queued until it is irrevocable (invariant 5).
 func RevokeAtBackend(bes map[string]backends.Backend, validUntil func(*leases.Lease) time.Time) leases.RevokeFunc {
 	return func(ctx context.Context, l *leases.Lease) (string, error) {
 		be, ok := bes[l.Backend]
@@ -149,10 +156,17 @@ func RevokeAtBackend(bes map[string]backends.Backend, validUntil func(*leases.Le
 		if validUntil != nil {
 			ref.ValidUntil = validUntil(l)
 		}
+		var note string
+		var err error
 		if rn, ok := be.(backends.RevokeNoter); ok {
-			return rn.RevokeNoted(ctx, ref)
+			note, err = rn.RevokeNoted(ctx, ref)
+		} else {
+			err = be.Revoke(ctx, ref)
 		}
-		return "", be.Revoke(ctx, ref)
+		if errors.Is(err, backends.ErrUnrevocable) {
+			return "", leases.Unrevocable(err)
+		}
+		return note, err
 	}
 }
 

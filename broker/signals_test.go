@@ -480,28 +480,44 @@ func TestOperatorQuarantine(t *testing.T) {
 	}
 }
 
-// TestAutomaticReleaseAndSightings: with signals.auto_release set, Run
-// releases a signal's quarantine at its time; Run writes sightings.
+// TestAutomaticReleaseAndSightings: with signals.auto_release set, a
+// signal's quarantine ends at its time (ReleaseDue records it); Run writes
+// sightings.
 func TestAutomaticReleaseAndSightings(t *testing.T) {
 	f := newFixture(t, func(c *fixtureConfig) { c.Signals.AutoRelease = config.Duration(time.Hour) })
+	ctx := context.Background()
 	f.mint(t, "agent-1", "r", 0)
 	res := f.raise(t, source(t, nil), broker.SignalRequest{Subject: agentSubject("test/agent-1"), Severity: agents.SeverityHigh, Reason: "r"})
 	if len(res.Quarantined) != 1 {
 		t.Fatalf("not quarantined: %+v", res)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
+	if n, err := f.b.ReleaseDue(ctx); err != nil || n != 0 {
+		t.Fatalf("ReleaseDue before its time: %d, %v", n, err)
+	}
+	f.clock.Advance(time.Hour)
+	// Free from its release time on, recorded or not.
+	f.mint(t, "agent-1", "r", 0)
+	if n, err := f.b.ReleaseDue(ctx); err != nil || n != 1 {
+		t.Fatalf("ReleaseDue at its time: %d, %v", n, err)
+	}
+	runCtx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
-	go func() { defer close(done); f.b.Run(ctx) }()
+	go func() { defer close(done); f.b.Run(runCtx) }()
 	t.Cleanup(func() { cancel(); <-done })
-	// Run arms one timer per duty; advance past the release time.
-	waitUntil(t, "Run arms its timers", func() bool { return f.clock.Waiters() == timersWithAgents })
-	f.clock.Advance(time.Hour + broker.GrantExpiryInterval)
-	waitUntil(t, "the quarantine is released", func() bool { return f.store.Gate("test/agent-1").Quarantine == nil })
-	a, err := f.store.GetAgent(context.Background(), "test/agent-1")
-	if err != nil || a.LastRelease == nil || a.LastRelease.By != audit.SystemActor || !slices.Equal(a.Roles, []string{"r"}) {
+	// Run's timers: refusal summaries, sightings, mass-revocation retries.
+	waitUntil(t, "Run arms its timers", func() bool { return f.clock.Waiters() == 3 })
+	f.clock.Advance(broker.SightingInterval)
+	waitUntil(t, "the sightings are written", func() bool {
+		a, err := f.store.GetAgent(ctx, "test/agent-1")
+		return err == nil && slices.Equal(a.Roles, []string{"r"})
+	})
+	a, err := f.store.GetAgent(ctx, "test/agent-1")
+	if err != nil || a.Quarantine != nil || a.LastRelease == nil || a.LastRelease.By != audit.SystemActor {
 		t.Fatalf("agent after the automatic release: %+v, %v", a, err)
 	}
-	f.mint(t, "agent-1", "r", 0)
+	if got := f.auditKinds(t); !slices.Contains(got, "agent.release/allow") {
+		t.Fatalf("no release record: %v", got)
+	}
 }
 
 // recordingDetector raises a low signal for every mint of role "r".

@@ -46,8 +46,16 @@ start_github() {
   start_service github --listen "127.0.0.1:${VALET_DEV_GITHUB_PORT:-8761}" --dir "$WORK/github"
 }
 
+# Google Cloud: IAM Credentials with the service account valet-demo;
+# valet's own identity is the test server's key file (Application Default
+# Credentials read GOOGLE_APPLICATION_CREDENTIALS); role gcp-demo.
+start_gcp() {
+  start_service gcp --listen "127.0.0.1:${VALET_DEV_GCP_PORT:-8792}" --dir "$WORK/gcp"
+}
+
 start_aws
 start_github
+start_gcp
 
 # In the background, so that a TERM runs the cleanup at once.
 ./bin/valet dev "$@" &

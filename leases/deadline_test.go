@@ -187,6 +187,9 @@ func TestUnconfirmedRevocationLastsUntilTheCredentialIsDead(t *testing.T) {
 					t.Errorf("last attempt at +%v; retries stopped before the deadline +%v", last.Sub(t0), deadline.Sub(t0))
 				}
 				recs, _ := s.ListAudit(context.Background(), audit.Filter{LeaseID: l.ID, Newest: true, Limit: 1})
+				if recs[0].Kind != audit.KindExpire {
+					t.Errorf("last audit record is %s; want %s (nothing was revoked)", recs[0].Kind, audit.KindExpire)
+				}
 				if reason := recs[0].Reason; !strings.Contains(reason, "never confirmed") || !strings.Contains(reason, validUntil.UTC().Format(time.RFC3339)) {
 					t.Errorf("last audit reason %q; want it to say revocation was never confirmed and the credential expired at %s", reason, validUntil.UTC().Format(time.RFC3339))
 				}

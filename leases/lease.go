@@ -15,7 +15,8 @@ import (
 //	pending ──► active ──► revoking ──► released | revoked
 //	   │           │          │
 //	   │           └──────────┴──────► expired   (its expiry passed: the
-//	   │                      │                   credential died on its own)
+//	   │                      │                   credential died on its own,
+//	   │                      │                   or could not be revoked)
 //	   └──► revoking          └──► irrevocable ──► revoked | expired
 type State string
 
@@ -27,7 +28,9 @@ const (
 	// StateActive: the credential was handed out and is valid.
 	StateActive State = "active"
 	// StateRevoking: the lease has ended (see EndReason) and revocation at
-	// the backend is queued or being retried.
+	// the backend is queued or being retried; or, for a credential its
+	// backend cannot revoke (Lease.Unrevocable), the credential is still
+	// valid and the lease waits for its expiry, to end expired.
 	StateRevoking State = "revoking"
 	// StateIrrevocable: revocation failed after the configured attempts; it
 	// is still retried until the latest time the credential can be valid
@@ -110,6 +113,12 @@ type Lease struct {
 	// is revoked at its backend when it expires, and ValidUntil counts
 	// this time.
 	CredentialExpires time.Time `json:"credential_expires_at,omitzero"`
+
+	// Unrevocable is set when the backend answered that it cannot revoke
+	// the credential at all (ErrUnrevocable): the lease stays revoking, with
+	// end reason expired, until the latest time the credential can be valid
+	// (ValidUntil) plus ExpiryGrace, and is not retried meanwhile.
+	Unrevocable bool `json:"unrevocable,omitempty"`
 
 	// Revocation bookkeeping.
 	RevokeAttempts int       `json:"revoke_attempts,omitempty"`

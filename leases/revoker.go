@@ -17,8 +17,31 @@ import (
 // from a crash has no Handle; the backend then revokes by correlation id
 // (the lease id). Revoking something already revoked must succeed. A
 // revocation that succeeded may return a note for its audit record (for
-// example that it ended other credentials too); "" adds nothing.
+// example that it ended other credentials too); "" adds nothing. When the
+// backend cannot revoke the credential at all, the error is in the chain
+// of ErrUnrevocable (see Unrevocable).
 type RevokeFunc func(ctx context.Context, l *Lease) (note string, err error)
+
+// ErrUnrevocable, in the chain of a RevokeFunc's error, means that the
+// backend offers no way to revoke the credential: it stays valid until its
+// own expiry, the latest time it can be valid (RevocationStore.ValidUntil).
+// The queue does not retry it and never reads it ended before then: it
+// records the revocation as impossible (RevocationStore
+// .RevocationImpossible, an audit record of kind lease.unrevocable), the
+// lease stays revoking with end reason expired, and once ValidUntil plus
+// ExpiryGrace has passed it ends expired, saying that the credential could
+// not be revoked and expired at the backend.
+var ErrUnrevocable = errors.New("the credential cannot be revoked at its backend")
+
+// Unrevocable marks err, a backend's answer that it cannot revoke a
+// credential, as ErrUnrevocable for the queue. The error's text stays
+// err's (the backend's reason).
+func Unrevocable(err error) error { return unrevocableError{err} }
+
+type unrevocableError struct{ error }
+
+func (e unrevocableError) Is(target error) bool { return target == ErrUnrevocable }
+func (e unrevocableError) Unwrap() error        { return e.error }
 
 // RevocationStore is what the revocation queue needs from storage. The
 // queue is an index of the store, so a restart resumes it. An engine's
@@ -35,11 +58,14 @@ type RevokeFunc func(ctx context.Context, l *Lease) (note string, err error)
 //     being read or passed to fn. An engine answers it from its queue
 //     index where it can, so that a walk past many leases of a lane that
 //     is full costs no reads (a mass revocation queues thousands at once).
-//   - RevocationDone ends a revoking or irrevocable lease in state final
-//     and RevocationFailed records a failed attempt (the cause, the next
-//     attempt, irrevocable once the attempts are used up); each writes e,
-//     the attempt's audit record, in the same transaction as the change,
-//     and returns the lease as it is afterwards.
+//   - RevocationDone ends a revoking or irrevocable lease in state final,
+//     RevocationFailed records a failed attempt (the cause, the next
+//     attempt, irrevocable once the attempts are used up), and
+//     RevocationImpossible records that the backend cannot revoke the
+//     credential at all (Lease.RevocationImpossible: the cause, the time it
+//     is known dead); each writes e, the attempt's audit record, in the
+//     same transaction as the change, and returns the lease as it is
+//     afterwards.
 //   - ValidUntil is the latest time l's credential can be valid at its
 //     backend if it is never revoked (see Lease.ValidUntil).
 //   - Get returns a lease or ErrNotFound.
@@ -52,6 +78,7 @@ type RevocationStore interface {
 	NextRevocationAfter(now time.Time) (time.Time, bool, error)
 	RevocationDone(ctx context.Context, id string, final State, now time.Time, e audit.Entry) (*Lease, error)
 	RevocationFailed(ctx context.Context, id string, cause string, next time.Time, irrevocable bool, now time.Time, e audit.Entry) (*Lease, error)
+	RevocationImpossible(ctx context.Context, id string, cause string, until time.Time, now time.Time, e audit.Entry) (*Lease, error)
 	ValidUntil(l *Lease) time.Time
 }
 
@@ -83,8 +110,10 @@ type RevocationQueueConfig struct {
 	// DefaultRevokeTimeout).
 	Timeout time.Duration
 	// OnAttempt, if set, is called after every attempt with its outcome:
-	// "revoked" (the backend confirmed), "failed" (retried later) or
-	// "expired" (the credential died on its own first) — for metrics.
+	// "revoked" (the backend confirmed), "failed" (retried later),
+	// "unrevocable" (the backend cannot revoke it: it lives until its
+	// expiry) or "expired" (the credential died on its own first) — for
+	// metrics.
 	OnAttempt func(outcome string)
 }
 
@@ -95,6 +124,8 @@ type RevocationQueueConfig struct {
 // credential can be valid at the backend (RevocationStore.ValidUntil plus
 // ExpiryGrace) has passed, whatever ended the lease; only then, with the
 // credential dead on its own, does the lease become expired (invariant 5).
+// A credential its backend cannot revoke (ErrUnrevocable) is not retried:
+// its lease waits, revoking, for that same moment.
 type RevocationQueue struct {
 	cfg  RevocationQueueConfig
 	wake chan struct{}
@@ -361,11 +392,15 @@ func (q *RevocationQueue) attempt(ctx context.Context, l *Lease) *Lease {
 	if !now.Before(deadline) {
 		// The credential has expired at the backend on its own (invariant
 		// 2); there is nothing left to revoke. Until this moment the lease
-		// never reads ended without the backend's confirmation.
+		// never reads ended without the backend's confirmation. The record
+		// is an expiry: nothing was revoked.
 		observe("expired")
-		out, err := q.cfg.Store.RevocationDone(ctx, l.ID, StateExpired, now,
-			entry(audit.KindRevoked, fmt.Sprintf("revocation was never confirmed; the credential expired at the backend at %s (the lease was ending as %s)",
-				validUntil.UTC().Format(time.RFC3339), l.EndReason)))
+		reason := fmt.Sprintf("revocation was never confirmed; the credential expired at the backend at %s (the lease was ending as %s)",
+			validUntil.UTC().Format(time.RFC3339), l.EndReason)
+		if l.Unrevocable {
+			reason = fmt.Sprintf("the credential could not be revoked; it expired at the backend at %s", validUntil.UTC().Format(time.RFC3339))
+		}
+		out, err := q.cfg.Store.RevocationDone(ctx, l.ID, StateExpired, now, entry(audit.KindExpire, reason))
 		if err != nil {
 			q.cfg.Logger.Error("record revocation failed", "lease", l.ID, "err", err)
 			return nil
@@ -389,6 +424,19 @@ func (q *RevocationQueue) attempt(ctx context.Context, l *Lease) *Lease {
 		out, err := q.cfg.Store.RevocationDone(ctx, l.ID, final, now, entry(audit.KindRevoked, reason))
 		if err != nil {
 			q.cfg.Logger.Error("record revocation failed", "lease", l.ID, "err", err)
+			return nil
+		}
+		return out
+	}
+	if errors.Is(err, ErrUnrevocable) {
+		// Retrying cannot help: the credential lives until it expires, and
+		// the lease says so until then.
+		observe("unrevocable")
+		reason := fmt.Sprintf("%v; the credential stays valid at the backend until %s, and the lease ends expired then",
+			err, validUntil.UTC().Format(time.RFC3339))
+		out, rerr := q.cfg.Store.RevocationImpossible(ctx, l.ID, err.Error(), deadline, now, entry(audit.KindUnrevocable, reason))
+		if rerr != nil {
+			q.cfg.Logger.Error("record that a credential cannot be revoked failed", "lease", l.ID, "err", rerr)
 			return nil
 		}
 		return out

@@ -181,8 +181,8 @@ func TestRevocationGivesUpAfterExpiry(t *testing.T) {
 		}
 	}
 	kinds := leasetest.AuditKinds(t, s, l.ID)
-	if kinds[len(kinds)-1] != audit.KindRevoked || !slices.Contains(kinds, audit.KindIrrevocable) {
-		t.Errorf("audit kinds = %v, want irrevocable on the way and revoked at the end", kinds)
+	if kinds[len(kinds)-1] != audit.KindExpire || !slices.Contains(kinds, audit.KindIrrevocable) || slices.Contains(kinds, audit.KindRevoked) {
+		t.Errorf("audit kinds = %v, want irrevocable on the way and an expiry at the end, never revoked", kinds)
 	}
 	recs, _ := s.ListAudit(context.Background(), audit.Filter{LeaseID: l.ID, Newest: true, Limit: 1})
 	if !strings.Contains(recs[0].Reason, "expired") {
@@ -214,7 +214,7 @@ func TestRevokeNow(t *testing.T) {
 		{name: "twice is harmless", end: true, ttl: time.Hour, twice: true, wantState: leases.StateReleased, wantCalls: 2,
 			wantKinds: []string{audit.KindMint, audit.KindRelease, audit.KindRevoked}, wantSeen: []string{"revoked", "revoked"}},
 		{name: "past expiry and grace needs no backend", end: true, ttl: -2 * leases.ExpiryGrace, wantState: leases.StateExpired, wantCalls: 0,
-			wantKinds: []string{audit.KindMint, audit.KindRelease, audit.KindRevoked}, wantSeen: []string{"expired"}},
+			wantKinds: []string{audit.KindMint, audit.KindRelease, audit.KindExpire}, wantSeen: []string{"expired"}},
 		{name: "within the grace the backend is still called", end: true, ttl: -leases.ExpiryGrace / 2, wantState: leases.StateReleased, wantCalls: 1,
 			wantKinds: []string{audit.KindMint, audit.KindRelease, audit.KindRevoked}, wantSeen: []string{"revoked"}},
 		{name: "active lease is not revoked", ttl: time.Hour, wantState: leases.StateActive, wantCalls: 0,

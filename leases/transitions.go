@@ -126,6 +126,25 @@ func (l *Lease) RevocationFailed(cause string, next time.Time, irrevocable bool)
 	return nil
 }
 
+// RevocationImpossible records that the backend cannot revoke the
+// credential at all (cause says why): the lease stays revoking (or
+// irrevocable), is marked Unrevocable, and will end expired, not released
+// or revoked; its next attempt is at until, when the credential has
+// expired at the backend (ValidUntil plus ExpiryGrace), and the queue then
+// records it expired without calling the backend. ErrUnchanged for a lease
+// that is not revoking or irrevocable.
+func (l *Lease) RevocationImpossible(cause string, until time.Time) error {
+	if l.State != StateRevoking && l.State != StateIrrevocable {
+		return ErrUnchanged
+	}
+	l.RevokeAttempts++
+	l.Unrevocable = true
+	l.EndReason = StateExpired
+	l.LastError = cause
+	l.NextAttempt = until
+	return nil
+}
+
 // ValidUntil is the latest time l's credential can still be valid at its
 // backend if it is never revoked, whatever ended the lease: for a renewable
 // lease whose holder can extend the credential itself (holderExtends: a

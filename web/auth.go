@@ -53,7 +53,7 @@ func (c *Console) renderLogin(w http.ResponseWriter, r *http.Request, status int
 		Notice: loginNotices[reason], Fresh: reason == "fresh",
 	}
 	if d.Fresh {
-		d.Notice = "Approving, denying or reviewing a grant needs a sign-in within the last " + humanDuration(c.cc.FreshLogin.D()) +
+		d.Notice = "Approving, denying or reviewing a grant, or running a job, needs a sign-in within the last " + humanDuration(c.cc.FreshLogin.D()) +
 			". Sign in again to confirm it is you; then repeat the action."
 	}
 	if se := c.sessions.peek(r); se != nil {

@@ -10,11 +10,13 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/broker/api"
 	"github.com/valet-broker/valet/broker/clientip"
 	"github.com/valet-broker/valet/broker/grants"
+	"github.com/valet-broker/valet/broker/jobs"
 	"github.com/valet-broker/valet/leases"
 	"github.com/valet-broker/valet/leases/audit"
 	"github.com/valet-broker/valet/leases/clock"
@@ -42,6 +44,8 @@ type Config struct {
 	// ClientIP finds each request's client address (nil: the connection's
 	// peer; no proxy is trusted).
 	ClientIP *clientip.Resolver
+	// Jobs is the scheduler (nil: the jobs page lists none).
+	Jobs *jobs.Scheduler
 }
 
 // Console is the operator web console. It serves every path under /ui and
@@ -62,6 +66,7 @@ type Console struct {
 	activity activityCache
 	verify   verifyCache
 	mux      *http.ServeMux
+	jobs     *jobs.Scheduler
 }
 
 // New builds the console. It refuses to start when the public URL would
@@ -99,6 +104,7 @@ func New(ctx context.Context, cfg Config) (*Console, error) {
 		origin: origin, https: https, pages: pg,
 		sessions: newSessionStore(cfg.Clock, cc.SessionIdle.D(), cc.SessionMax.D()),
 		addr:     cfg.ClientIP,
+		jobs:     cfg.Jobs,
 	}
 	if cc.OIDC != nil {
 		if c.sso, err = newSSO(ctx, cc.OIDC, cfg.HTTPClient, cfg.Clock); err != nil {
@@ -166,6 +172,8 @@ func (c *Console) routes() {
 	m.HandleFunc("POST /ui/agents/{id}/release", c.authed(c.agentDecide(actRelease)))
 	m.HandleFunc("POST /ui/agents/{id}/quarantine", c.authed(c.agentDecide(actQuarantine)))
 	m.HandleFunc("GET /ui/audit", c.authed(c.handleAudit))
+	m.HandleFunc("GET /ui/jobs", c.authed(c.handleJobs))
+	m.HandleFunc("POST /ui/jobs/{name}/run", c.authed(c.handleJobRun))
 	m.HandleFunc("/ui/", c.handleNotFound)
 	c.mux = m
 }
@@ -189,6 +197,10 @@ func (c *Console) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	c.mux.ServeHTTP(w, r)
 }
+
+// consoleRunWait is how long the run-now button waits for the run to end
+// before showing it as running.
+const consoleRunWait = 20 * time.Second
 
 // maxFormBytes bounds a console form.
 const maxFormBytes = 16 << 10

@@ -162,6 +162,11 @@ func revokeMessage(l *leases.Lease) string {
 	case leases.StateRevoked:
 		return "Revoked " + which + "."
 	case leases.StateRevoking, leases.StateIrrevocable:
+		if l.Unrevocable {
+			// Such a backend's holders cannot extend its credentials.
+			return "Ended " + which + ", but its backend cannot revoke the credential: it stays valid until " +
+				l.ValidUntil(false).UTC().Format("2006-01-02 15:04:05 UTC") + ", and the lease reads revoking until then."
+		}
 		return "Ended " + which + " (" + string(l.State) + "); its backend has not confirmed the revocation yet and valet keeps retrying."
 	case leases.StateExpired:
 		return "The credential of " + which + " expired on its own before a revocation was confirmed; the lease is expired."

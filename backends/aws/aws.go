@@ -165,7 +165,7 @@ var (
 // CredentialLifetime is the longest session a lease of ttl gets: its TTL,
 // but at least STS's minimum of 900 s. A shorter lease's session outlives
 // it, and valet revokes it when the lease expires.
-func (b *Backend) CredentialLifetime(ttl time.Duration) time.Duration {
+func (b *Backend) CredentialLifetime(_ backends.RoleSpec, ttl time.Duration) time.Duration {
 	return max(ttl, MinSessionDuration)
 }
 

@@ -184,10 +184,10 @@ func TestShortLeaseGetsTheMinimumSession(t *testing.T) {
 	if d := cred.ExpiresAt.Sub(f.clock.Now()); d != 900*time.Second || cred.Details["duration_seconds"] != "900" {
 		t.Fatalf("credential expires in %s (details %v); want the session's 900s", d, cred.Details)
 	}
-	if got := f.be.CredentialLifetime(time.Minute); got != 900*time.Second {
+	if got := f.be.CredentialLifetime(backends.RoleSpec{}, time.Minute); got != 900*time.Second {
 		t.Fatalf("CredentialLifetime(1m) = %s, want 900s", got)
 	}
-	if got := f.be.CredentialLifetime(time.Hour); got != time.Hour {
+	if got := f.be.CredentialLifetime(backends.RoleSpec{}, time.Hour); got != time.Hour {
 		t.Fatalf("CredentialLifetime(1h) = %s, want 1h", got)
 	}
 }

@@ -6,6 +6,7 @@ package builtin
 import (
 	"github.com/valet-broker/valet/backends"
 	"github.com/valet-broker/valet/backends/aws"
+	"github.com/valet-broker/valet/backends/gcp"
 	"github.com/valet-broker/valet/backends/github"
 	"github.com/valet-broker/valet/backends/jwt"
 	"github.com/valet-broker/valet/backends/vault"
@@ -15,6 +16,7 @@ import (
 func Registry() backends.Registry {
 	r := backends.Registry{
 		aws.Type:    aws.New,
+		gcp.Type:    gcp.New,
 		github.Type: github.New,
 		jwt.Type:    jwt.New,
 		vault.Type:  vault.New,

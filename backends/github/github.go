@@ -141,7 +141,9 @@ var (
 )
 
 // CredentialLifetime is GitHub's hour, whatever the lease's ttl.
-func (b *Backend) CredentialLifetime(time.Duration) time.Duration { return TokenLifetime }
+func (b *Backend) CredentialLifetime(backends.RoleSpec, time.Duration) time.Duration {
+	return TokenLifetime
+}
 
 // New builds a github backend: it checks the options, loads each app's key
 // (sealing it into data_dir/<name>/apps.json) and opens the sealed token

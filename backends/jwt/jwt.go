@@ -84,6 +84,7 @@ var (
 	_ backends.RoleChecker   = (*Backend)(nil)
 	_ backends.ScopeChecker  = (*Backend)(nil)
 	_ backends.SelfContained = (*Backend)(nil)
+	_ backends.KeyRotator    = (*Backend)(nil)
 )
 
 // SelfContained marks the backend as side-effect free: minting only signs,
@@ -156,6 +157,12 @@ func (b *Backend) CheckRole(r backends.RoleSpec) error {
 		if reservedClaims[k] {
 			return fmt.Errorf("params.claims.%s: registered claims are set by valet and cannot be overridden", k)
 		}
+	}
+	// A token lives at most the role's max_ttl after it was signed; the
+	// key that signed it must stay published that long after a rotation.
+	if r.MaxTTL > b.opts.KeyRetention.D() {
+		return fmt.Errorf("max_ttl (%s) is longer than backend %s's key_retention (%s): a token could outlive the published key "+
+			"that verifies it after a rotation; raise key_retention or lower max_ttl", r.MaxTTL, b.name, b.opts.KeyRetention)
 	}
 	b.roles.Store(r.Name, p)
 	return nil
@@ -293,9 +300,7 @@ func (b *Backend) sign(req backends.MintRequest, scopes, aud []string) (string, 
 			return "", "", err
 		}
 	}
-	b.mu.RLock()
-	k := b.keys[0]
-	b.mu.RUnlock()
+	k := b.signingKey(b.deps.Clock.Now())
 	var sb strings.Builder
 	sb.Grow(len(k.header) + 1 + base64.RawURLEncoding.EncodedLen(len(payload)) + 1 + 86)
 	sb.WriteString(k.header)
@@ -341,32 +346,76 @@ func (b *Backend) PublicJWKs() []map[string]any {
 	return out
 }
 
-// Rotate makes a new key the signing key. Older keys stay published for
-// KeyRetention after they were replaced, then are dropped.
+// Rotate makes a new key the signing key at once, without
+// pre-publication (RotateKey(now, now)).
 func (b *Backend) Rotate(now time.Time) error {
+	_, err := b.RotateKey(now, now)
+	return err
+}
+
+// RotateKey implements backends.KeyRotator: the new key is published at
+// once and signs from activateAt (or from when the newest key published
+// before it starts, if later). A key is needed until every token it
+// signed has expired: it stops signing when the key after it starts, and
+// stays published for key_retention after that; a rotation drops the keys
+// past it. The key file is written (sealed under the KEK) before the
+// rotation takes effect.
+func (b *Backend) RotateKey(now, activateAt time.Time) (backends.KeyRotation, error) {
 	k, err := generateKey(b.opts.Algorithm, now)
 	if err != nil {
-		return err
+		return backends.KeyRotation{}, err
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if len(b.keys) > 0 {
+		activateAt = maxTime(activateAt, b.keys[0].activeFrom())
+	}
+	k.notBefore = maxTime(activateAt, now).UTC()
 	keys := []*signingKey{k}
+	var dropped []string
 	for i, old := range b.keys {
-		// A key is needed until every token it signed has expired: it
-		// stopped signing when the key before it in the list was created.
-		retiredAt := now
+		// The key before it in the list (newer) replaced it when it
+		// started signing.
+		next := k
 		if i > 0 {
-			retiredAt = b.keys[i-1].createdAt
+			next = b.keys[i-1]
 		}
-		if now.Sub(retiredAt) < b.opts.KeyRetention.D() {
+		if retiredAt := next.activeFrom(); retiredAt.After(now) || now.Sub(retiredAt) < b.opts.KeyRetention.D() {
 			keys = append(keys, old)
+		} else {
+			dropped = append(dropped, old.kid)
 		}
 	}
 	if err := saveKeys(b.keyPath, b.kek, b.name, keys, b.unreadable); err != nil {
-		return err
+		return backends.KeyRotation{}, err
 	}
 	b.keys = keys
-	return nil
+	r := backends.KeyRotation{KeyID: k.kid, ActiveFrom: k.notBefore, Dropped: dropped}
+	for _, k := range keys {
+		r.Published = append(r.Published, k.kid)
+	}
+	return r, nil
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
+// signingKey returns the key that signs at now: the newest key that has
+// started signing (the oldest key if none has, which cannot happen once
+// the first key exists).
+func (b *Backend) signingKey(now time.Time) *signingKey {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	for _, k := range b.keys {
+		if !k.activeFrom().After(now) {
+			return k
+		}
+	}
+	return b.keys[len(b.keys)-1]
 }
 
 // ErrNotOurs is returned by Introspect for tokens this backend did not sign.

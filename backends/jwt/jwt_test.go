@@ -764,3 +764,66 @@ func TestBackendIsSelfContained(t *testing.T) {
 		t.Fatal("the jwt backend must implement backends.SelfContained")
 	}
 }
+
+// TestKeyPrepublication: a rotated-in key is published at once and signs
+// only from its activation; the key it replaces signs until then and
+// stays published for key_retention after it.
+func TestKeyPrepublication(t *testing.T) {
+	f := newFixture(t, map[string]any{"key_retention": "2h"})
+	role := f.role(t, backends.RoleSpec{Name: "demo", MaxTTL: time.Hour})
+	first := kids(f.b.PublicJWKs())[0]
+
+	r, err := f.b.RotateKey(f.clock.Now(), f.clock.Now().Add(10*time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !r.ActiveFrom.Equal(t0.Add(10*time.Minute)) || !slices.Equal(r.Published, []string{r.KeyID, first}) || len(r.Dropped) != 0 {
+		t.Fatalf("rotation %+v", r)
+	}
+	if got := kids(f.b.PublicJWKs()); !slices.Equal(got, []string{r.KeyID, first}) {
+		t.Fatalf("published %v: want the new key at once", got)
+	}
+	steps := []struct {
+		name    string
+		advance time.Duration
+		signer  string
+	}{
+		{"before activation the old key signs", 9 * time.Minute, first},
+		{"from activation the new key signs", time.Minute, r.KeyID},
+	}
+	for _, s := range steps {
+		f.clock.Advance(s.advance)
+		tok, _ := mint(t, f.b, f.mintReq(role, time.Minute))
+		if h := header(t, tok); h["kid"] != s.signer {
+			t.Errorf("%s: signed by %v, want %s", s.name, h["kid"], s.signer)
+		}
+	}
+	if got := kids(f.open(t, testKEK, testIssuer).PublicJWKs()); !slices.Equal(got, []string{r.KeyID, first}) {
+		t.Errorf("after restart published %v", got)
+	}
+	// A second rotation before the first key's retention passed keeps it;
+	// one after drops it.
+	f.clock.Advance(time.Hour)
+	r2, err := f.b.RotateKey(f.clock.Now(), f.clock.Now().Add(10*time.Minute))
+	if err != nil || len(r2.Dropped) != 0 || len(r2.Published) != 3 {
+		t.Fatalf("rotation within retention: %+v, %v", r2, err)
+	}
+	f.clock.Advance(time.Hour)
+	r3, err := f.b.RotateKey(f.clock.Now(), f.clock.Now().Add(10*time.Minute))
+	if err != nil || !slices.Equal(r3.Dropped, []string{first}) || !slices.Equal(r3.Published, []string{r3.KeyID, r2.KeyID, r.KeyID}) {
+		t.Fatalf("rotation past retention: %+v, %v; want %s dropped", r3, err, first)
+	}
+}
+
+// A role whose tokens could outlive the retention of the key that signed
+// them is refused.
+func TestRoleMaxTTLBeyondKeyRetention(t *testing.T) {
+	f := newFixture(t, map[string]any{"key_retention": "2h"})
+	err := f.b.CheckRole(backends.RoleSpec{Name: "long", MaxTTL: 3 * time.Hour})
+	if err == nil || !strings.Contains(err.Error(), "max_ttl (3h0m0s) is longer than backend tokens's key_retention (2h0m0s)") {
+		t.Fatalf("CheckRole = %v", err)
+	}
+	if err := f.b.CheckRole(backends.RoleSpec{Name: "ok", MaxTTL: 2 * time.Hour}); err != nil {
+		t.Fatalf("max_ttl equal to key_retention: %v", err)
+	}
+}

@@ -24,6 +24,9 @@ type signingKey struct {
 	kid       string
 	alg       string // ES256 or EdDSA
 	createdAt time.Time
+	// notBefore is when the key starts signing (zero: at createdAt); it
+	// is published from createdAt.
+	notBefore time.Time
 	priv      crypto.Signer
 	// header is the encoded protected header, computed once per key.
 	header string
@@ -38,6 +41,8 @@ type sealedKey struct {
 	KID       string    `json:"kid"`
 	Alg       string    `json:"alg"`
 	CreatedAt time.Time `json:"created_at"`
+	// NotBefore is when the key starts signing (absent: at CreatedAt).
+	NotBefore time.Time `json:"not_before,omitzero"`
 	// Sealed is the PKCS#8 DER of the private key, sealed under the KEK.
 	kek.Sealed
 }
@@ -75,6 +80,14 @@ func newSigningKey(alg string, created time.Time, priv crypto.Signer) (*signingK
 	return k, nil
 }
 
+// activeFrom is when the key starts (or started) signing.
+func (k *signingKey) activeFrom() time.Time {
+	if k.notBefore.After(k.createdAt) {
+		return k.notBefore
+	}
+	return k.createdAt
+}
+
 // jwk returns the public key as a JSON Web Key.
 func (k *signingKey) jwk() map[string]any {
 	m := map[string]any{"kid": k.kid, "alg": k.alg, "use": "sig"}
@@ -107,7 +120,7 @@ func seal(key []byte, backend string, k *signingKey) (sealedKey, error) {
 	if err != nil {
 		return sealedKey{}, err
 	}
-	return sealedKey{KID: k.kid, Alg: k.alg, CreatedAt: k.createdAt, Sealed: sealed}, nil
+	return sealedKey{KID: k.kid, Alg: k.alg, CreatedAt: k.createdAt, NotBefore: k.notBefore, Sealed: sealed}, nil
 }
 
 func unseal(key []byte, backend string, s sealedKey) (*signingKey, error) {
@@ -133,6 +146,7 @@ func unseal(key []byte, backend string, s sealedKey) (*signingKey, error) {
 	if k.kid != s.KID {
 		return nil, fmt.Errorf("key %s: kid does not match the key", s.KID)
 	}
+	k.notBefore = s.NotBefore.UTC()
 	return k, nil
 }
 

@@ -47,6 +47,11 @@ type leaseView struct {
 	// past the lease (a GitHub installation token's hour): valet revokes it
 	// when the lease ends, and until then it is valid at most this long.
 	CredentialExpiresAt time.Time `json:"credential_expires_at,omitzero"`
+	// Unrevocable says that the backend cannot revoke the credential (a
+	// Google token): though the lease has ended, the credential stays valid
+	// until its expiry (credential_expires_at, else expires_at), and the
+	// lease reads revoking, to end expired, until then.
+	Unrevocable bool `json:"unrevocable,omitempty"`
 }
 
 // viewLease shows l as the broker returned it, with its state as of the
@@ -58,7 +63,7 @@ func viewLease(l *leases.Lease, operator bool) leaseView {
 		ID: l.ID, AgentID: l.AgentID, Role: l.Role, Backend: l.Backend, State: l.State, EndReason: l.EndReason,
 		CreatedAt: l.CreatedAt.UTC(), ExpiresAt: l.ExpiresAt.UTC(), MaxExpiresAt: l.MaxExpires.UTC(), EndedAt: l.EndedAt.UTC(),
 		Renewable: l.Renewable, RenewCount: l.RenewCount, GrantID: l.GrantID, Approvers: l.Approvers, Lineage: l.Lineage,
-		RevokeAttempts: l.RevokeAttempts, NextAttempt: l.NextAttempt.UTC(),
+		RevokeAttempts: l.RevokeAttempts, NextAttempt: l.NextAttempt.UTC(), Unrevocable: l.Unrevocable,
 	}
 	if l.EndedAt.IsZero() {
 		v.EndedAt = time.Time{}

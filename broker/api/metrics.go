@@ -10,6 +10,7 @@ import (
 
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/broker/agents"
+	"github.com/valet-broker/valet/broker/jobs"
 	"github.com/valet-broker/valet/broker/notify"
 	"github.com/valet-broker/valet/leases"
 )
@@ -33,14 +34,19 @@ type Metrics struct {
 	notifications *prometheus.CounterVec
 	refusals      *prometheus.CounterVec
 	signals       *prometheus.CounterVec
+	jobRuns       *prometheus.CounterVec
+	jobDuration   *prometheus.HistogramVec
+	jobSuccess    *prometheus.GaugeVec
+	jobSkips      *prometheus.CounterVec
 
-	roles, outcomes, webhooks, events labelSet
+	roles, outcomes, webhooks, events, jobs labelSet
 }
 
 // KnownLabels are the configured names metrics may carry as labels.
 type KnownLabels struct {
 	Roles    []string // role names
 	Webhooks []string // webhook names
+	Jobs     []string // scheduled job names
 }
 
 // otherLabel stands for every value outside a label's closed set.
@@ -71,12 +77,13 @@ var httpMethods = newLabelSet(http.MethodGet, http.MethodHead, http.MethodPost, 
 
 // Closed sets of outcomes reported by valet's own components.
 var (
-	revocationOutcomes = newLabelSet("revoked", "failed", "expired")
+	revocationOutcomes = newLabelSet("revoked", "failed", "unrevocable", "expired")
 	reloadResults      = newLabelSet("ok", "error")
 	notifyOutcomes     = newLabelSet(notify.OutcomeOK, notify.OutcomeRetry, notify.OutcomeFailed, notify.OutcomeDropped)
 	credentialTypes    = newLabelSet(broker.CredentialTypes...)
 	signalSources      = newLabelSet(agents.SourceREST, agents.SourceSET, agents.SourceDetector, agents.SourceOperator)
 	signalActions      = newLabelSet(string(agents.ActionAlert), string(agents.ActionRevoke), string(agents.ActionQuarantine))
+	jobOutcomes        = newLabelSet(jobs.Outcomes...)
 )
 
 // NewMetrics registers valet's metrics (and the Go and process collectors)
@@ -93,6 +100,20 @@ func NewMetrics(reg *prometheus.Registry, known KnownLabels) *Metrics {
 	m := &Metrics{
 		Registry: reg,
 		roles:    newLabelSet(known.Roles...), outcomes: outcomes, webhooks: newLabelSet(known.Webhooks...), events: events,
+		jobs: newLabelSet(known.Jobs...),
+		jobRuns: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "valet_job_runs_total", Help: "Finished runs of scheduled jobs by job and outcome (ok, error, timeout, interrupted).",
+		}, []string{"job", "outcome"}),
+		jobDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "valet_job_duration_seconds", Help: "How long runs of scheduled jobs took, by job.",
+			Buckets: []float64{.01, .05, .1, .5, 1, 5, 10, 30, 60, 300},
+		}, []string{"job"}),
+		jobSuccess: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "valet_job_last_success_timestamp_seconds", Help: "When each scheduled job last ended successfully (Unix time; absent until it has).",
+		}, []string{"job"}),
+		jobSkips: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "valet_job_skips_total", Help: "Scheduled runs skipped because the previous run of the job was still in progress.",
+		}, []string{"job"}),
 		mints: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "valet_mints_total", Help: "Mint requests by role (other: not a configured role) and outcome (ok or an error code).",
 		}, []string{"role", "outcome"}),
@@ -108,7 +129,7 @@ func NewMetrics(reg *prometheus.Registry, known KnownLabels) *Metrics {
 			Buckets: []float64{.001, .005, .01, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
 		}),
 		revocations: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "valet_revocation_attempts_total", Help: "Revocation attempts by outcome: revoked (the backend confirmed), failed (retried later), expired (the credential died on its own first).",
+			Name: "valet_revocation_attempts_total", Help: "Revocation attempts by outcome: revoked (the backend confirmed), failed (retried later), unrevocable (the backend cannot revoke it: it lives until its expiry), expired (the credential died on its own first).",
 		}, []string{"outcome"}),
 		policyReloads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "valet_policy_reloads_total", Help: "Policy reloads by result (ok or error).",
@@ -127,6 +148,7 @@ func NewMetrics(reg *prometheus.Registry, known KnownLabels) *Metrics {
 		}, []string{"source", "action"}),
 	}
 	reg.MustRegister(m.mints, m.mintLatency, m.httpRequests, m.expiryLate, m.revocations, m.policyReloads, m.policyErrors, m.notifications, m.refusals, m.signals,
+		m.jobRuns, m.jobDuration, m.jobSuccess, m.jobSkips,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -192,6 +214,48 @@ func (m *Metrics) PolicyErrored(id string) { m.policyErrors.WithLabelValues(id).
 // Notified counts a webhook delivery attempt (notify.Options.OnResult).
 func (m *Metrics) Notified(webhook, event, outcome string) {
 	m.notifications.WithLabelValues(m.webhooks.value(webhook), m.events.value(event), notifyOutcomes.value(outcome)).Inc()
+}
+
+// JobRun implements jobs.Observer.
+func (m *Metrics) JobRun(name, outcome string, d time.Duration, end time.Time) {
+	job := m.jobs.value(name)
+	m.jobRuns.WithLabelValues(job, jobOutcomes.value(outcome)).Inc()
+	m.jobDuration.WithLabelValues(job).Observe(d.Seconds())
+	if outcome == jobs.OutcomeOK {
+		m.jobSuccess.WithLabelValues(job).Set(float64(end.UnixNano()) / 1e9)
+	}
+}
+
+// JobSkipped implements jobs.Observer.
+func (m *Metrics) JobSkipped(name string) { m.jobSkips.WithLabelValues(m.jobs.value(name)).Inc() }
+
+// RegisterStorageGauges exports the database file's size and free pages,
+// read at scrape time.
+func (m *Metrics) RegisterStorageGauges(stats func() (int64, int, error)) {
+	m.Registry.MustRegister(&storageCollector{stats: stats})
+}
+
+type storageCollector struct {
+	stats func() (int64, int, error)
+}
+
+var (
+	descDBSize      = prometheus.NewDesc("valet_db_size_bytes", "Size of the database file.", nil, nil)
+	descDBFreePages = prometheus.NewDesc("valet_db_free_pages", "Free pages in the database file (reused before it grows; housekeeping reports them too).", nil, nil)
+)
+
+func (c *storageCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- descDBSize
+	ch <- descDBFreePages
+}
+
+func (c *storageCollector) Collect(ch chan<- prometheus.Metric) {
+	size, free, err := c.stats()
+	if err != nil {
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(descDBSize, prometheus.GaugeValue, float64(size))
+	ch <- prometheus.MustNewConstMetric(descDBFreePages, prometheus.GaugeValue, float64(free))
 }
 
 // Expired records expiry lateness for a batch of expired leases.

@@ -13,7 +13,7 @@ import (
 // label value is a configured name, a known value or "other".
 func TestMetricLabelsComeFromClosedSets(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	m := NewMetrics(reg, KnownLabels{Roles: []string{"demo"}, Webhooks: []string{"security"}})
+	m := NewMetrics(reg, KnownLabels{Roles: []string{"demo"}, Webhooks: []string{"security"}, Jobs: []string{"housekeeping"}})
 	for i := range 1000 {
 		bogus := fmt.Sprintf("bogus-%d", i)
 		m.Minted(bogus, bogus, time.Millisecond)
@@ -21,7 +21,12 @@ func TestMetricLabelsComeFromClosedSets(t *testing.T) {
 		m.Notified(bogus, bogus, bogus)
 		m.RevocationAttempt(bogus)
 		m.CredentialRefused(bogus, true)
+		m.JobRun(bogus, bogus, time.Second, time.Unix(1, 0))
+		m.JobSkipped(bogus)
 	}
+	m.JobRun("housekeeping", "ok", time.Second, time.Unix(1700000000, 0))
+	m.JobRun("housekeeping", "timeout", time.Second, time.Unix(1700000100, 0))
+	m.JobSkipped("housekeeping")
 	m.Minted("demo", "ok", time.Millisecond)
 	m.Minted("", "not_found", time.Millisecond)
 	m.Request("", "GET", 404)
@@ -38,6 +43,11 @@ func TestMetricLabelsComeFromClosedSets(t *testing.T) {
 		"valet_revocation_attempts_total": {"outcome=other 1000", "outcome=revoked 1"},
 		"valet_policy_reloads_total":      {"result=error 1"},
 		"valet_auth_refusals_total":       {"credential=other,throttled=true 1000", "credential=attestation,throttled=false 1"},
+		"valet_job_runs_total": {"job=other,outcome=other 1000", "job=housekeeping,outcome=ok 1",
+			"job=housekeeping,outcome=timeout 1"},
+		"valet_job_skips_total":                    {"job=other 1000", "job=housekeeping 1"},
+		"valet_job_duration_seconds":               {"job=other", "job=housekeeping"},
+		"valet_job_last_success_timestamp_seconds": {"job=housekeeping"},
 	}
 	families, err := reg.Gather()
 	if err != nil {

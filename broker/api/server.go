@@ -20,6 +20,7 @@ import (
 
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/broker/clientip"
+	"github.com/valet-broker/valet/broker/jobs"
 	"github.com/valet-broker/valet/leases/audit"
 )
 
@@ -50,6 +51,11 @@ type Config struct {
 	// ClientIP finds each request's client address (nil: the connection's
 	// peer; no proxy is trusted).
 	ClientIP *clientip.Resolver
+	// Jobs is the scheduler (nil: no job is configured).
+	Jobs *jobs.Scheduler
+	// AuditKeys are the audit checkpoint public keys as JWKs, served at
+	// /.well-known/valet-audit-keys.json.
+	AuditKeys []map[string]any
 }
 
 // Server serves the API.
@@ -67,6 +73,9 @@ type Server struct {
 	router  chi.Router
 	nstats  func() any
 	addr    *clientip.Resolver
+	jobs    *jobs.Scheduler
+	// auditKeys are the checkpoint public keys (JWKs).
+	auditKeys []map[string]any
 	// routes are the router's route patterns: the closed set of the
 	// route label.
 	routes map[string]bool
@@ -89,6 +98,7 @@ func New(cfg Config) *Server {
 	s := &Server{
 		b: cfg.Broker, ops: cfg.Operators, rs: cfg.ResourceServers, sources: cfg.SignalSources, audit: cfg.Audit, limits: cfg.Limits, public: cfg.PublicURL,
 		metrics: cfg.Metrics, log: cfg.Logger, ready: cfg.Ready, nstats: cfg.NotificationStats, addr: cfg.ClientIP,
+		jobs: cfg.Jobs, auditKeys: cfg.AuditKeys,
 	}
 	r := chi.NewRouter()
 	r.Use(s.withRequestID, s.withRecover, s.withLogging, s.withLimits)
@@ -101,6 +111,7 @@ func New(cfg Config) *Server {
 	})
 	s.registerHealthRoutes(r, cfg.Metrics.Registry)
 	s.registerWellKnownRoutes(r)
+	r.Get("/.well-known/valet-audit-keys.json", s.handleAuditKeys)
 	r.Route("/v1", func(r chi.Router) {
 		s.registerCredentialRoutes(r)
 		s.registerOAuthRoutes(r)
@@ -110,6 +121,7 @@ func New(cfg Config) *Server {
 		s.registerGrantRoutes(r)
 		s.registerSignalRoutes(r)
 		s.registerAgentRoutes(r)
+		s.registerJobRoutes(r)
 		r.With(s.requireOperator).Get("/notifications", s.handleNotificationStats)
 	})
 	if cfg.UI != nil {

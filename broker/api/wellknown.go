@@ -3,8 +3,11 @@ package api
 import (
 	"net/http"
 	"slices"
+	"strconv"
 
 	"github.com/go-chi/chi/v5"
+
+	"github.com/valet-broker/valet/broker"
 )
 
 func (s *Server) registerWellKnownRoutes(r chi.Router) {
@@ -16,8 +19,9 @@ func (s *Server) registerWellKnownRoutes(r chi.Router) {
 
 func (s *Server) handleJWKS(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/jwk-set+json")
-	// Short caching: rotated keys must reach resource servers quickly.
-	w.Header().Set("Cache-Control", "public, max-age=300")
+	// Short caching: a rotated-in key is published broker.JWKSMaxAge (or
+	// longer) before it signs, so caches must not keep the set longer.
+	w.Header().Set("Cache-Control", "public, max-age="+strconv.Itoa(int(broker.JWKSMaxAge.Seconds())))
 	writeJSON(w, http.StatusOK, map[string]any{"keys": s.b.PublicJWKs()})
 }
 

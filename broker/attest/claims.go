@@ -2,6 +2,7 @@ package attest
 
 import (
 	"encoding/json"
+	"github.com/valet-broker/valet/broker/claimpath"
 	"math"
 	"slices"
 	"strconv"
@@ -169,7 +170,7 @@ func (ti *trustedIssuer) checkAudience(raw any) error {
 // maxSubjectChars characters without control characters, because it becomes
 // the agent id that operators read in logs and the UI.
 func subject(claims map[string]any, name string) (string, error) {
-	raw, ok := lookupClaim(claims, name)
+	raw, ok := claimpath.Lookup(claims, name)
 	if !ok {
 		return "", unauthorized("attestation has no %s claim (the subject)", clip(name))
 	}
@@ -185,26 +186,6 @@ func subject(claims map[string]any, name string) (string, error) {
 		return "", unauthorized("attestation subject claim %s contains control characters", clip(name))
 	}
 	return s, nil
-}
-
-// lookupClaim finds a claim by a dot-separated path ("ext.team"). A claim
-// whose own name contains dots ("kubernetes.io") is matched whole before the
-// path is split at its dots.
-func lookupClaim(m map[string]any, path string) (any, bool) {
-	if v, ok := m[path]; ok {
-		return v, true
-	}
-	for i := 0; i < len(path); i++ {
-		if path[i] != '.' {
-			continue
-		}
-		if sub, ok := m[path[:i]].(map[string]any); ok {
-			if v, ok := lookupClaim(sub, path[i+1:]); ok {
-				return v, true
-			}
-		}
-	}
-	return nil, false
 }
 
 // scalarString formats a claim value for an attribute: strings as they are,

@@ -1,6 +1,7 @@
 package attest
 
 import (
+	"github.com/valet-broker/valet/broker/claimpath"
 	"strings"
 
 	"github.com/valet-broker/valet/broker"
@@ -34,7 +35,7 @@ func (ti *trustedIssuer) principal(claims map[string]any, c *checkedClaims) (*br
 		return nil, err
 	}
 	for _, m := range ti.mappings {
-		v, ok := lookupClaim(claims, m.path)
+		v, ok := claimpath.Lookup(claims, m.path)
 		if !ok || v == nil {
 			continue // a missing or null claim is simply no attribute
 		}

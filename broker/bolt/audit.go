@@ -100,19 +100,19 @@ func listAudit(db *bbolt.DB, f audit.Filter) ([]audit.Record, error) {
 
 // verifyAudit walks the whole log in one read transaction (see
 // audit.VerifyChain).
-func verifyAudit(db *bbolt.DB) (audit.VerifyResult, error) {
+func verifyAudit(db *bbolt.DB, cps []audit.Checkpoint) (audit.VerifyResult, error) {
 	var res audit.VerifyResult
 	err := db.View(func(tx *bbolt.Tx) error {
 		c := tx.Bucket(bucketAuditRecords).Cursor()
 		k, v := c.First()
-		res = audit.VerifyChain(tx.Bucket(bucketAuditMeta).Get(keyAuditHead), func() ([]byte, []byte, bool) {
+		res = audit.VerifyChainCheckpoints(tx.Bucket(bucketAuditMeta).Get(keyAuditHead), func() ([]byte, []byte, bool) {
 			if k == nil {
 				return nil, nil, false
 			}
 			rk, rv := k, v
 			k, v = c.Next()
 			return rk, rv, true
-		})
+		}, cps)
 		return nil
 	})
 	return res, err
@@ -125,5 +125,24 @@ func (s *Store) ListAudit(ctx context.Context, f audit.Filter) ([]audit.Record, 
 
 // VerifyAudit implements audit.Reader.
 func (s *Store) VerifyAudit(ctx context.Context) (audit.VerifyResult, error) {
-	return verifyAudit(s.db)
+	return verifyAudit(s.db, nil)
+}
+
+// VerifyAuditCheckpoints walks the whole log in one read transaction and
+// compares it with checkpoints whose signatures the caller verified (see
+// audit.VerifyChainCheckpoints).
+func (s *Store) VerifyAuditCheckpoints(ctx context.Context, cps []audit.Checkpoint) (audit.VerifyResult, error) {
+	return verifyAudit(s.db, cps)
+}
+
+// AuditHead returns the log's head as committed (the sequence and hash of
+// its last record).
+func (s *Store) AuditHead(ctx context.Context) (audit.Head, error) {
+	var h audit.Head
+	err := s.db.View(func(tx *bbolt.Tx) error {
+		var err error
+		h, err = audit.ParseHead(tx.Bucket(bucketAuditMeta).Get(keyAuditHead))
+		return err
+	})
+	return h, err
 }

@@ -71,7 +71,7 @@ func mustAppendN(tb testing.TB, db *bbolt.DB, n int) []audit.Record {
 
 func mustVerify(tb testing.TB, db *bbolt.DB) audit.VerifyResult {
 	tb.Helper()
-	res, err := verifyAudit(db)
+	res, err := verifyAudit(db, nil)
 	if err != nil {
 		tb.Fatalf("Verify: %v", err)
 	}

@@ -180,6 +180,13 @@ func (s *Store) RevocationFailed(ctx context.Context, id string, cause string, n
 	return s.change(ctx, id, now, e, func(l *leases.Lease) error { return l.RevocationFailed(cause, next, irrevocable) })
 }
 
+// RevocationImpossible records that the backend cannot revoke the
+// credential: the lease stays revoking, to end expired, and its next
+// attempt is at until (see leases.Lease.RevocationImpossible).
+func (s *Store) RevocationImpossible(ctx context.Context, id string, cause string, until time.Time, now time.Time, e audit.Entry) (*leases.Lease, error) {
+	return s.change(ctx, id, now, e, func(l *leases.Lease) error { return l.RevocationImpossible(cause, until) })
+}
+
 // RecoverPending ends every pending lease: they are intents left by a
 // process that stopped between recording a lease and activating it. Each
 // becomes revoking (reason revoked) so the revocation queue revokes whatever

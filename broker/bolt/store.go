@@ -29,6 +29,7 @@ import (
 
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/broker/attest"
+	"github.com/valet-broker/valet/broker/jobs"
 	"github.com/valet-broker/valet/leases"
 	"github.com/valet-broker/valet/leases/audit"
 )
@@ -85,7 +86,7 @@ func Open(path string, opts Options) (*Store, error) {
 	}
 	if !opts.ReadOnly {
 		err = db.Update(func(tx *bbolt.Tx) error {
-			for _, init := range []func(*bbolt.Tx) error{initLeases, initAudit, initGrants, initReplay, initAgents} {
+			for _, init := range []func(*bbolt.Tx) error{initLeases, initAudit, initGrants, initReplay, initAgents, initJobs} {
 				if err := init(tx); err != nil {
 					return err
 				}
@@ -163,4 +164,16 @@ var (
 	_ broker.AgentStore      = (*Store)(nil)
 	_ broker.SignalStore     = (*Store)(nil)
 	_ attest.ReplayCache     = (*ReplayCache)(nil)
+	_ jobs.Store             = (*Store)(nil)
 )
+
+// StorageStats returns the database file's size in bytes and its free
+// pages (pages bbolt can reuse; the file does not shrink by itself).
+func (s *Store) StorageStats() (sizeBytes int64, freePages int, err error) {
+	err = s.db.View(func(tx *bbolt.Tx) error {
+		sizeBytes = tx.Size()
+		return nil
+	})
+	st := s.db.Stats()
+	return sizeBytes, st.FreePageN, err
+}

@@ -34,8 +34,8 @@ type WebhookConfig struct {
 	// Events selects event types (default all; for format set, the one it
 	// carries, agent.leases_revoked): grant.requested, grant.approved,
 	// grant.denied, grant.expired, grant.redeemed, break_glass,
-	// break_glass.reviewed, signal, agent.quarantined, agent.released,
-	// agent.leases_revoked.
+	// break_glass.reviewed, job.failing, signal, agent.quarantined,
+	// agent.released, agent.leases_revoked.
 	Events []string `yaml:"events"`
 	// Timeout bounds one delivery attempt (default 5s, positive).
 	Timeout config.Duration `yaml:"timeout"`
@@ -47,7 +47,7 @@ type WebhookConfig struct {
 // Events are the event types valet sends to webhooks.
 var Events = map[string]bool{
 	"grant.requested": true, "grant.approved": true, "grant.denied": true, "grant.expired": true,
-	"grant.redeemed": true, "break_glass": true, "break_glass.reviewed": true,
+	"grant.redeemed": true, "break_glass": true, "break_glass.reviewed": true, "job.failing": true,
 	"signal": true, "agent.quarantined": true, "agent.released": true, "agent.leases_revoked": true,
 }
 

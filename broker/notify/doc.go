@@ -22,8 +22,8 @@
 //	Content-Type:      application/json
 //	User-Agent:        valet/notify
 //	X-Valet-Event:     grant.requested | grant.approved | grant.denied | grant.expired |
-//	                   grant.redeemed | break_glass | break_glass.reviewed | signal |
-//	                   agent.quarantined | agent.released | agent.leases_revoked
+//	                   grant.redeemed | break_glass | break_glass.reviewed | job.failing |
+//	                   signal | agent.quarantined | agent.released | agent.leases_revoked
 //	X-Valet-Delivery:  an id unique to the event and webhook, the same on every retry
 //	X-Valet-Timestamp: the attempt's time, in Unix seconds
 //	X-Valet-Signature: sha256=<hex HMAC-SHA256 of "<timestamp>.<body>"> (when secret_file is set)

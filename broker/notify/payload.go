@@ -135,6 +135,9 @@ func slackSummary(e broker.Event) string {
 		sg := e.Signal
 		s = fmt.Sprintf("Signal: %s from %s about %s — %s; action %s", name(string(sg.Severity)), name(sg.Source.String()),
 			name(sg.Subject.String()), quoted(sg.Reason), name(string(sg.Action)))
+	case e.Job != nil:
+		s = fmt.Sprintf(":rotating_light: Job %s failed %d runs in a row (%s): %s", name(e.Job.Name), e.Job.Failures,
+			name(e.Job.Outcome), quoted(e.Job.Error))
 	case g == nil:
 		s = "valet event " + name(e.Type)
 	default:

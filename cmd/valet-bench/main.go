@@ -54,6 +54,7 @@ func main() {
 		containJ  = flag.Int("contain-jwt", 1000, "jwt leases of one agent a signal revokes, timed to the last confirmed (0 skips)")
 		containV  = flag.String("contain-vault", "200,1000", "Vault leases of one agent a signal revokes, timed to the last confirmed (empty skips)")
 		strategyN = flag.Int("vault-strategies", 1000, "Vault tokens revoked by accessor vs under a parent token (0 skips)")
+		gcpLvls   = flag.String("gcp-concurrency", "16,64", "concurrency levels for the Google Cloud backend (empty skips it)")
 	)
 	flag.Parse()
 	b := &bench{bin: *bin}
@@ -105,6 +106,9 @@ func main() {
 	}
 	if *awsLvls != "" {
 		printAWS(b.awsBench(parseLevels("-aws-concurrency", *awsLvls), *duration))
+	}
+	if *gcpLvls != "" {
+		printGCP(b.gcpBench(parseLevels("-gcp-concurrency", *gcpLvls), *duration))
 	}
 	if *nLeases > 0 {
 		r := b.startup(*nLeases)

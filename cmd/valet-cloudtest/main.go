@@ -4,6 +4,7 @@
 //
 //	valet-cloudtest aws [--listen ADDR]
 //	valet-cloudtest github [--listen ADDR] [--dir DIR]
+//	valet-cloudtest gcp [--listen ADDR] [--dir DIR]
 //	valet-cloudtest aws-whoami
 //
 // Each service prints what valet needs to reach it as KEY=value lines
@@ -21,6 +22,7 @@ import (
 // services are the stand-ins this command runs, by name.
 var services = map[string]func(args []string) (stop func(), err error){
 	"aws":    runAWS,
+	"gcp":    runGCP,
 	"github": runGitHub,
 }
 
@@ -38,7 +40,7 @@ func main() {
 		return
 	}
 	if len(os.Args) < 2 || services[os.Args[1]] == nil {
-		fmt.Fprintln(os.Stderr, "usage: valet-cloudtest aws|github [--listen ADDR] [--dir DIR] | aws-whoami")
+		fmt.Fprintln(os.Stderr, "usage: valet-cloudtest aws|gcp|github [--listen ADDR] [--dir DIR] | aws-whoami")
 		os.Exit(2)
 	}
 	stop, err := services[os.Args[1]](os.Args[2:])

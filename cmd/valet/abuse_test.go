@@ -332,13 +332,16 @@ func TestUnauthenticatedFloodLeavesAuditBounded(t *testing.T) {
 		return false
 	})
 	recs := e.auditRecords()
-	individual := 0
+	individual, added := 0, 0
 	for _, rec := range recs[before:] {
 		if rec.Decision == audit.Deny && rec.Actor.Type == audit.ActorAnonymous {
 			individual++
 		}
+		if rec.Actor.Type != audit.ActorJob { // the scheduled jobs' runs, which the minute also brought
+			added++
+		}
 	}
-	if added := len(recs) - before; added > 12 {
+	if added > 12 {
 		t.Errorf("%d requests with a bad token added %d audit records, want at most 12", n, added)
 	}
 	if individual != 10 {

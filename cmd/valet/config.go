@@ -15,6 +15,8 @@ import (
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/broker/attest"
 	"github.com/valet-broker/valet/broker/clientip"
+	"github.com/valet-broker/valet/broker/jobs"
+	jobdefs "github.com/valet-broker/valet/broker/jobs/builtin"
 	"github.com/valet-broker/valet/broker/notify"
 	"github.com/valet-broker/valet/broker/policy"
 	"github.com/valet-broker/valet/leases"
@@ -60,6 +62,9 @@ type Config struct {
 	Console       web.ConsoleConfig          `yaml:"console"`
 	Introspection broker.IntrospectionConfig `yaml:"introspection"`
 	Signals       SignalsConfig              `yaml:"signals"`
+	// Jobs changes the scheduled jobs (broker/jobs; valet's jobs are in
+	// broker/jobs/builtin and run by default).
+	Jobs []jobs.Spec `yaml:"jobs"`
 
 	// ConfigDir is the directory of the config file (set by LoadConfig);
 	// backends resolve relative paths in their options against it.
@@ -382,6 +387,9 @@ func (c *Config) Validate() error {
 	}
 	errs = append(errs, c.Introspection.Validate(roleNames, c.TLS.verifiesClientCerts()))
 	errs = append(errs, c.validateSignals()...)
+	if _, err := jobdefs.Resolve(c.Jobs); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
 }
 

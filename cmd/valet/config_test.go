@@ -18,6 +18,8 @@ import (
 	"github.com/valet-broker/valet/backends"
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/broker/attest"
+	"github.com/valet-broker/valet/broker/jobs"
+	jobdefs "github.com/valet-broker/valet/broker/jobs/builtin"
 	"github.com/valet-broker/valet/broker/notify"
 	"github.com/valet-broker/valet/leases/config"
 )
@@ -236,6 +238,11 @@ func keysConfig() map[string]any {
 			}},
 			"transmitters": []any{map[string]any{"name": "idp", "issuer": "https://idp.example.com", "jwks_url": "https://idp.example.com/jwks"}},
 		},
+		"jobs": []any{
+			map[string]any{"name": "housekeeping"},
+			map[string]any{"name": "signing-key-rotation"},
+			map[string]any{"name": "audit-checkpoint", "witnesses": []any{map[string]any{"type": "webhook", "url": "https://witness.example.com"}}},
+		},
 	}
 }
 
@@ -357,6 +364,38 @@ var configKeys = []struct {
 	{"signals.transmitters.0.clock_skew", func(c *Config) any { return c.Signals.Transmitters[0].ClockSkew.D() }, 30 * time.Second, ""},
 	{"signals.transmitters.0.max_age", func(c *Config) any { return c.Signals.Transmitters[0].MaxAge.D() }, time.Hour,
 		"signals.transmitters[0].max_age must be between 1m and 168h0m0s (each SET's jti is remembered that long); it is 0s"},
+	{"jobs.0.jitter", func(c *Config) any { return configuredJob(c, "housekeeping").Jitter }, time.Duration(0), ""},
+	{"jobs.0.timeout", func(c *Config) any { return configuredJob(c, "housekeeping").Timeout }, 5 * time.Minute,
+		"jobs[0].timeout must be positive; it is 0s"},
+	{"jobs.1.prepublish", func(c *Config) any {
+		return jobSettings[*jobdefs.SigningKeySettings](c, "signing-key-rotation").Prepublish.D()
+	}, time.Hour, "jobs[1].prepublish must be at least 5m0s"},
+	{"jobs.2.witnesses.0.timeout", func(c *Config) any {
+		return jobSettings[*jobdefs.CheckpointSettings](c, "audit-checkpoint").Witnesses[0].Timeout.D()
+	}, 5 * time.Second, "jobs[2].witnesses[0].timeout must be positive; it is 0s"},
+}
+
+// configuredJob is the named job as the configuration resolves it.
+func configuredJob(c *Config, name string) jobs.Resolved {
+	resolved, err := jobdefs.Resolve(c.Jobs)
+	if err != nil {
+		panic(err)
+	}
+	for _, r := range resolved {
+		if r.Name == name {
+			return r
+		}
+	}
+	panic("no job " + name)
+}
+
+// jobSettings is the named job's decoded settings.
+func jobSettings[T any](c *Config, name string) T {
+	v, err := jobdefs.Settings(configuredJob(c, name))
+	if err != nil {
+		panic(err)
+	}
+	return v.(T)
 }
 
 // TestConfigKeyAbsentOrZero: an absent key takes its default; a key set to
@@ -674,6 +713,9 @@ func TestDefaultConfigMatchesAbsentKeys(t *testing.T) {
 	inGo.Signals.Transmitters = []attest.TransmitterConfig{config.Defaulted(func(tc *attest.TransmitterConfig) {
 		tc.Name, tc.Issuer, tc.JWKSURL = "idp", "https://idp.example.com", "https://idp.example.com/jwks"
 	})}
+	inGo.Jobs = []jobs.Spec{{Name: "housekeeping"}, {Name: "signing-key-rotation"}, {Name: "audit-checkpoint", Settings: map[string]any{
+		"witnesses": []any{map[string]any{"type": "webhook", "url": "https://witness.example.com"}},
+	}}}
 	if err := inGo.Validate(); err != nil {
 		t.Fatal(err)
 	}

@@ -14,11 +14,16 @@ import (
 // SDKs' and CLI's AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
 // AWS_SESSION_TOKEN and AWS_CREDENTIAL_EXPIRATION; a GitHub installation
 // token (token with permissions) sets GH_TOKEN and GITHUB_TOKEN, which gh,
-// git tooling and Actions scripts read.
+// git tooling and Actions scripts read; a Google service-account access
+// token (access_token with service_account) sets CLOUDSDK_AUTH_ACCESS_TOKEN
+// (gcloud) and GOOGLE_OAUTH_ACCESS_TOKEN (Terraform's google provider).
 func standardEnv(res *mintResponse) []string {
 	cred := res.Credential
 	str := func(k string) string { s, _ := cred[k].(string); return s }
 	var env []string
+	if tok := str("access_token"); tok != "" && str("service_account") != "" {
+		env = append(env, "CLOUDSDK_AUTH_ACCESS_TOKEN="+tok, "GOOGLE_OAUTH_ACCESS_TOKEN="+tok)
+	}
 	if tok := str("token"); tok != "" {
 		if _, gh := cred["permissions"].(map[string]any); gh {
 			// A GitHub installation token, for gh and for actions tooling.

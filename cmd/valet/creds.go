@@ -294,8 +294,10 @@ func newExecCmd() *cobra.Command {
 (VALET_LEASE_ID, VALET_LEASE_EXPIRES_AT and VALET_<FIELD> for each credential
 field, e.g. VALET_ACCESS_TOKEN; for an AWS session also the standard
 AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN and
-AWS_CREDENTIAL_EXPIRATION), forward signals to it, release the lease when it
-exits, and exit with its exit code.`,
+AWS_CREDENTIAL_EXPIRATION, for a GitHub token GH_TOKEN and GITHUB_TOKEN, for
+a Google access token CLOUDSDK_AUTH_ACCESS_TOKEN and GOOGLE_OAUTH_ACCESS_TOKEN),
+forward signals to it, release the lease when it exits, and exit with its
+exit code.`,
 		Example: `  valet exec demo -- sh -c 'curl -H "Authorization: Bearer $VALET_ACCESS_TOKEN" https://api.example.com/'`,
 		Args:    cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -372,10 +374,24 @@ func release(c *client, f *mintFlags, leaseID string, stderr io.Writer) {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	tok, err := attestation(f.attestationFile)
+	var ended struct {
+		Unrevocable         bool      `json:"unrevocable"`
+		ExpiresAt           time.Time `json:"expires_at"`
+		CredentialExpiresAt time.Time `json:"credential_expires_at"`
+	}
 	if err == nil {
-		err = c.do(ctx, "DELETE", "/v1/leases/"+url.PathEscape(leaseID), tok, nil, nil)
+		err = c.do(ctx, "DELETE", "/v1/leases/"+url.PathEscape(leaseID), tok, nil, &ended)
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "valet: could not release lease %s (it still expires on its own): %s\n", termSafe(leaseID), termSafe(err.Error()))
+		return
+	}
+	if ended.Unrevocable {
+		until := ended.ExpiresAt
+		if ended.CredentialExpiresAt.After(until) {
+			until = ended.CredentialExpiresAt
+		}
+		fmt.Fprintf(stderr, "valet: released lease %s, but its backend cannot revoke the credential: it stays valid until %s\n",
+			termSafe(leaseID), until.UTC().Format(time.RFC3339))
 	}
 }

@@ -59,10 +59,15 @@ Files it finds there are kept, so edits to config.yaml and policies survive.`,
 			if err != nil {
 				return err
 			}
+			gcp, err := addDevGCP(cfg)
+			if err != nil {
+				return err
+			}
 			return serve(cmd.Context(), cfg, func(s *Server) {
 				printDevBanner(cmd.OutOrStdout(), s, cfg, opToken, dataDir, vaultRoles)
 				printDevAWS(cmd.OutOrStdout(), awsEndpoint, selfName())
 				printDevGitHub(cmd.OutOrStdout(), github)
+				printDevGCP(cmd.OutOrStdout(), gcp, selfName())
 			})
 		},
 	}

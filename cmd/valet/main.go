@@ -76,6 +76,7 @@ VALET_SIGNAL_TOKEN (signal sources).`,
 		newAgentsCmd(),
 		newSignalCmd(),
 		newAuditCmd(),
+		newJobsCmd(),
 		newPolicyCmd(),
 		newTokenCmd(),
 	)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/broker/bolt"
+	jobdefs "github.com/valet-broker/valet/broker/jobs/builtin"
 	"github.com/valet-broker/valet/broker/policy"
 	"github.com/valet-broker/valet/leases/audit"
 )
@@ -212,27 +213,40 @@ func operatorOrAgentFile(file string) (string, error) {
 func newAuditCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "audit", Short: "Read and verify the audit log"}
 	var cf clientFlags
-	var dataDir string
+	var dataDir, checkpointLoc, keyLoc string
 	verify := &cobra.Command{
 		Use:   "verify",
-		Short: "Check the audit log's hash chain; exits 1 if any record was changed, deleted or reordered",
+		Short: "Check the audit log's hash chain and its checkpoints; exits 1 if any record was changed, deleted or reordered",
 		Long: `Verify the audit log through the running server (operator, VALET_TOKEN), or
 offline with --data-dir when the server is stopped (the database is locked
-while valet runs).`,
+while valet runs).
+
+With --checkpoint FILE|URL the log is also checked against the signed
+checkpoints a witness kept (the file witness's file, the stdout witness's
+lines, or a URL serving them): a tail cut or records changed and re-chained
+since a checkpoint are reported with the first record that can no longer be
+trusted. Without it, the checkpoints the log itself holds are checked, which
+proves less (see the README). The checkpoint key is --key FILE|URL (a JWK or
+JWK set, as ` + "`valet audit key`" + ` prints it); without --key it is read from the
+data directory or the server being verified, which a verifier should not
+have to trust.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			src := auditSource{dataDir: dataDir, cf: &cf}
 			var res audit.VerifyResult
 			if dataDir != "" {
 				s, err := bolt.Open(filepath.Join(dataDir, "valet.db"), bolt.Options{ReadOnly: true})
 				if err != nil {
 					return err
 				}
-				defer s.Close()
-				if res, err = s.VerifyAudit(cmd.Context()); err != nil {
+				res, err = s.VerifyAudit(ctx)
+				s.Close()
+				if err != nil {
 					return err
 				}
 			} else {
-				raw, err := cf.operatorCall(cmd.Context(), "GET", "/v1/audit/verify", nil)
+				raw, err := cf.operatorCall(ctx, "GET", "/v1/audit/verify", nil)
 				if err != nil {
 					return err
 				}
@@ -240,16 +254,71 @@ while valet runs).`,
 					return err
 				}
 			}
+			out := cmd.OutOrStdout()
 			if !res.OK {
-				fmt.Fprintf(cmd.OutOrStdout(), "audit log BROKEN after %d good records: %s\n", res.Records, termSafe(res.Problem))
+				fmt.Fprintf(out, "audit log BROKEN after %d good records: %s\n", res.Records, termSafe(res.Problem))
 				return exitError{1}
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "audit log OK: %d records, head %d %s\n", res.Records, res.HeadSeq, termSafe(res.HeadHash))
+			fmt.Fprintf(out, "audit log OK: %d records, head %d %s\n", res.Records, res.HeadSeq, termSafe(res.HeadHash))
+			key, err := src.trustedKey(ctx, keyLoc, cmd.ErrOrStderr())
+			if err != nil {
+				if checkpointLoc != "" {
+					return err
+				}
+				return nil // no checkpoint key yet: nothing more to check
+			}
+			cps, err := src.loadCheckpoints(ctx, checkpointLoc, key)
+			if err != nil {
+				fmt.Fprintf(out, "checkpoints REFUSED: %s\n", termSafe(err.Error()))
+				return exitError{1}
+			}
+			if len(cps) == 0 {
+				return nil
+			}
+			res, err = src.verifyWithCheckpoints(ctx, cps)
+			if err != nil {
+				return err
+			}
+			if !res.OK {
+				fmt.Fprintf(out, "audit log BROKEN against its checkpoints: first untrusted record %d: %s\n", res.FirstBad, termSafe(res.Problem))
+				return exitError{1}
+			}
+			fmt.Fprintf(out, "checkpoints OK: the log matches %d signed checkpoints, the last at record %d\n", res.Checkpoints, res.LastCheckpoint)
 			return nil
 		},
 	}
 	cf.register(verify)
 	verify.Flags().StringVar(&dataDir, "data-dir", "", "verify the database in this data_dir directly (server stopped)")
+	verify.Flags().StringVar(&checkpointLoc, "checkpoint", "", "also check against the signed checkpoints a witness kept (a file or an http(s) URL)")
+	verify.Flags().StringVar(&keyLoc, "key", "", "the trusted checkpoint public key (a JWK or JWK set file or URL; `valet audit key` prints it)")
+
+	var kf clientFlags
+	var keyDataDir string
+	key := &cobra.Command{
+		Use:   "key",
+		Short: "Print the audit checkpoint public key as a JWK set (from the server, or --data-dir)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if keyDataDir != "" {
+				pub, err := jobdefs.ReadCheckpointPublicKey(keyDataDir)
+				if err != nil {
+					return err
+				}
+				return writeJSON(cmd.OutOrStdout(), map[string]any{"keys": []map[string]any{jobdefs.CheckpointJWK(pub)}})
+			}
+			c, err := kf.client()
+			if err != nil {
+				return err
+			}
+			var raw json.RawMessage
+			if err := c.do(cmd.Context(), "GET", "/.well-known/valet-audit-keys.json", "", nil, &raw); err != nil {
+				return err
+			}
+			return printJSON(cmd.OutOrStdout(), raw)
+		},
+	}
+	kf.register(key)
+	key.Flags().StringVar(&keyDataDir, "data-dir", "", "read the key from this data_dir (no server, no key-encryption key needed)")
 
 	var lf clientFlags
 	var agent, kind string
@@ -287,7 +356,7 @@ while valet runs).`,
 	list.Flags().StringVar(&agent, "agent", "", "only this agent id")
 	list.Flags().StringVar(&kind, "kind", "", "only this kind (mint, lease.revoke, ...)")
 	list.Flags().IntVar(&limit, "limit", 50, "at most this many")
-	cmd.AddCommand(verify, list)
+	cmd.AddCommand(verify, list, key)
 	return cmd
 }
 

@@ -27,6 +27,8 @@ import (
 	"github.com/valet-broker/valet/broker/attest"
 	"github.com/valet-broker/valet/broker/bolt"
 	"github.com/valet-broker/valet/broker/clientip"
+	"github.com/valet-broker/valet/broker/jobs"
+	jobdefs "github.com/valet-broker/valet/broker/jobs/builtin"
 	"github.com/valet-broker/valet/broker/notify"
 	"github.com/valet-broker/valet/broker/policy"
 	"github.com/valet-broker/valet/broker/ssf"
@@ -49,6 +51,9 @@ type Server struct {
 	// Notifier receives grant and break-glass events (optional; serve sets
 	// the webhook dispatcher).
 	Notifier broker.Notifier
+	// Stdout is where the stdout witness of audit checkpoints writes
+	// (default os.Stdout).
+	Stdout io.Writer
 
 	store      *bolt.Store
 	sink       *audit.LineSink
@@ -60,6 +65,7 @@ type Server struct {
 	dispatcher *notify.Dispatcher
 	api        *api.Server
 	metrics    *api.Metrics
+	jobs       *jobs.Scheduler
 	http       *http.Server
 	listener   net.Listener
 
@@ -133,8 +139,16 @@ func (s *Server) Open(ctx context.Context) (err error) {
 	for _, w := range cfg.Notifications.Webhooks {
 		known.Webhooks = append(known.Webhooks, w.Name)
 	}
+	resolvedJobs, err := jobdefs.Resolve(cfg.Jobs)
+	if err != nil {
+		return err
+	}
+	for _, j := range resolvedJobs {
+		known.Jobs = append(known.Jobs, j.Name)
+	}
 	s.metrics = api.NewMetrics(prometheus.NewRegistry(), known)
 	s.metrics.RegisterLeaseGauges(s.store.Counts)
+	s.metrics.RegisterStorageGauges(s.store.StorageStats)
 	now := s.Clock.Now
 	s.policy, err = policy.NewEngine(policy.Options{
 		Dir: cfg.Policy.Dir, Logger: log, OnError: cfg.Policy.OnError,
@@ -232,6 +246,23 @@ func (s *Server) Open(ctx context.Context) (err error) {
 		return err
 	}
 
+	entries, err := jobdefs.Build(resolvedJobs, jobdefs.Deps{
+		Broker: s.broker, Backends: bes, Audit: s.store, Storage: s.store,
+		DataDir: cfg.DataDir, KEK: s.KEK, PublicURL: cfg.PublicURL, Stdout: s.Stdout, Clock: s.Clock, Logger: log,
+	})
+	if err != nil {
+		return fmt.Errorf("jobs: %w", err)
+	}
+	s.jobs, err = jobs.New(jobs.Options{Jobs: entries, Store: s.store, Clock: s.Clock, Logger: log.With("component", "jobs"),
+		Observer: s.metrics, Alerter: jobAlerter{s.Notifier}})
+	if err != nil {
+		return err
+	}
+	var auditKeys []map[string]any
+	if pub, err := jobdefs.ReadCheckpointPublicKey(cfg.DataDir); err == nil {
+		auditKeys = append(auditKeys, jobdefs.CheckpointJWK(pub))
+	}
+
 	// Invariant 3: intents left by a crash are revoked before anything new
 	// is minted.
 	recovered, err := s.store.RecoverPending(ctx, s.Clock.Now())
@@ -276,6 +307,7 @@ func (s *Server) Open(ctx context.Context) (err error) {
 		wc := web.Config{
 			Broker: s.broker, Operators: operators, Audit: s.store, Console: cfg.Console,
 			PublicURL: cfg.PublicURL, Clock: s.Clock, Logger: log.With("component", "console"), ClientIP: clientIP,
+			Jobs: s.jobs,
 		}
 		c, err := web.New(ctx, wc)
 		if err != nil && cfg.Console.OIDC != nil && cfg.Console.TokenLoginAllowed() {
@@ -295,6 +327,7 @@ func (s *Server) Open(ctx context.Context) (err error) {
 		Broker: s.broker, Operators: operators, ResourceServers: resourceServers, SignalSources: signalSources, Audit: s.store,
 		Limits: cfg.Limits, PublicURL: cfg.PublicURL, Metrics: s.metrics, Logger: log, Ready: s.readiness,
 		NotificationStats: notifyStats, UI: console, ClientIP: clientIP,
+		Jobs: s.jobs, AuditKeys: auditKeys,
 	})
 
 	wctx, cancel := context.WithCancel(context.Background())
@@ -309,6 +342,7 @@ func (s *Server) Open(ctx context.Context) (err error) {
 		})
 	}
 	s.goRun(func() { s.broker.Run(wctx) })
+	s.goRun(func() { s.jobs.Run(wctx) })
 	if s.dispatcher != nil {
 		s.goRun(func() { s.dispatcher.Run(wctx) })
 	}
@@ -433,6 +467,18 @@ func tlsConfig(c *TLSConfig) (*tls.Config, error) {
 		tc.ClientAuth = tls.VerifyClientCertIfGiven
 	}
 	return tc, nil
+}
+
+// jobAlerter announces a job that keeps failing as a job.failing event.
+type jobAlerter struct{ n broker.Notifier }
+
+// JobFailing implements jobs.Alerter.
+func (a jobAlerter) JobFailing(al jobs.Alert) {
+	if a.n == nil {
+		return
+	}
+	a.n.Notify(broker.Event{Type: broker.EventJobFailing, Severity: broker.SeverityHigh, Time: al.Time,
+		Job: &broker.JobFailure{Name: al.Job, Failures: al.Failures, Outcome: al.Outcome, Error: al.Error}})
 }
 
 // configHash identifies the loaded configuration in the audit log.

@@ -23,6 +23,7 @@ import (
 	"github.com/valet-broker/valet/broker/agents"
 	"github.com/valet-broker/valet/broker/attest"
 	"github.com/valet-broker/valet/broker/notify"
+	"github.com/valet-broker/valet/leases/clock"
 	"github.com/valet-broker/valet/leases/config"
 )
 
@@ -564,5 +565,50 @@ func TestSignalSourceIDToken(t *testing.T) {
 		if r.Status != http.StatusUnauthorized || !strings.Contains(r.JSON(t)["detail"].(string), c.detail) {
 			t.Errorf("%s: %d %s, want 401 containing %q", c.name, r.Status, r.Body, c.detail)
 		}
+	}
+}
+
+// TestQuarantineReleasesOnItsOwn: with signals.auto_release, a signal's
+// quarantine stops refusing at its release time, and the scheduled
+// quarantine-release job records the release (agent.release) and the agent
+// view shows it.
+func TestQuarantineReleasesOnItsOwn(t *testing.T) {
+	e := newTestEnv(t)
+	fake := clock.NewFake(time.Now().Truncate(time.Second))
+	e.Clock = fake
+	e.Issuer.SetClock(fake)
+	withSignalSource(e, nil)
+	e.Config.Signals.AutoRelease = config.Duration(time.Hour)
+	e.Start()
+	const agent = "test/flaky"
+	e.Mint(e.Attest("flaky", nil), "demo")
+	if r := e.Do("POST", "/v1/signals", siemToken, map[string]any{"agent_id": agent, "severity": "high", "reason": "odd egress"}); r.Status != http.StatusCreated {
+		t.Fatalf("signal: %d %s", r.Status, r.Body)
+	}
+	if r := e.Do("POST", "/v1/credentials", e.Attest("flaky", nil), map[string]any{"role": "demo"}); r.Status != http.StatusForbidden {
+		t.Fatalf("mint while quarantined: %d %s", r.Status, r.Body)
+	}
+	if out := mustCLI(t, cliEnv(e), "jobs", "run", "quarantine-release"); !strings.Contains(out, "agents_released: 0") {
+		t.Fatalf("jobs run before the release time: %q", out)
+	}
+
+	// An hour on, the agent mints again, and the job's next scheduled run
+	// (every 30s on valet's clock) records the release.
+	fake.Advance(time.Hour + time.Second)
+	e.Mint(e.Attest("flaky", nil), "demo")
+	eventually(t, 10*time.Second, "the scheduled run released the agent", func() bool {
+		return e.Do("GET", agentPath(agent), testOperatorToken, nil).JSON(t)["last_release"] != nil
+	})
+	job := apiJSON[map[string]any](t, e, "/v1/jobs/quarantine-release")
+	if !strings.Contains(fmt.Sprint(job["recent"]), "agents_released:1") {
+		t.Errorf("the job's runs: %v", job)
+	}
+	a := e.Do("GET", agentPath(agent), testOperatorToken, nil).JSON(t)
+	rel, _ := a["last_release"].(map[string]any)
+	if a["quarantined"] != false || rel == nil || !strings.Contains(fmt.Sprint(rel["reason"]), "released automatically 1h0m0s after") {
+		t.Fatalf("agent view after the release: %v", a)
+	}
+	if kinds := auditCounts(t, e); kinds["agent.quarantine/allow"] != 1 || kinds["agent.release/allow"] != 1 {
+		t.Fatalf("audit kinds %v", kinds)
 	}
 }

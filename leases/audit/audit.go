@@ -48,6 +48,7 @@ const (
 	KindRevoked       = "lease.revoked" // the backend confirmed revocation
 	KindRevokeFailed  = "lease.revoke_failed"
 	KindIrrevocable   = "lease.irrevocable"
+	KindUnrevocable   = "lease.unrevocable" // the backend cannot revoke it: valid until its expiry
 	KindExpire        = "lease.expire"
 	KindRecover       = "lease.recover" // a pending lease left by a crash
 	KindLeaseAccess   = "lease.access"  // a caller whose attestation did not verify read or changed a lease
@@ -85,15 +86,21 @@ const (
 	// at the quarantine's release time).
 	KindAgentQuarantine = "agent.quarantine"
 	KindAgentRelease    = "agent.release"
+	// KindJobStart and KindJobEnd bracket a run of a scheduled job
+	// (details: job, run, trigger; at the end outcome, duration and what
+	// changed). KindCheckpoint is a signed checkpoint of the log's head.
+	KindJobStart   = "job.start"
+	KindJobEnd     = "job.end"
+	KindCheckpoint = "audit.checkpoint"
 )
 
 // Kinds lists every kind of record valet writes, for filters that must
 // name one.
 var Kinds = []string{
 	KindMint, KindMintFailed, KindRenew, KindRelease, KindRevoke, KindRevoked, KindRevokeFailed, KindIrrevocable,
-	KindExpire, KindRecover, KindLeaseAccess, KindPolicyReload, KindConfigLoad, KindServerStart, KindIntrospection,
+	KindUnrevocable, KindExpire, KindRecover, KindLeaseAccess, KindPolicyReload, KindConfigLoad, KindServerStart, KindIntrospection,
 	KindGrantRequest, KindGrantApprove, KindGrantDeny, KindGrantExpired, KindGrantRedeem, KindBreakGlass, KindGrantReview,
-	KindOperatorAuth, KindAuthRefusedSummary,
+	KindOperatorAuth, KindAuthRefusedSummary, KindJobStart, KindJobEnd, KindCheckpoint,
 	KindSignal, KindSignalContained, KindAgentQuarantine, KindAgentRelease,
 }
 
@@ -267,8 +274,15 @@ type VerifyResult struct {
 	// match its contents (changed)". Empty when OK.
 	Problem string `json:"problem,omitempty"`
 	// FirstBad is the sequence of the first record that cannot be trusted
-	// (for a deleted tail, the first missing one).
+	// (for a deleted tail, the first missing one; for a log changed and
+	// re-chained, the first record after the last one a checkpoint vouches
+	// for).
 	FirstBad uint64 `json:"first_bad_seq,omitempty"`
+	// Checkpoints counts the checkpoints the log matched
+	// (VerifyChainCheckpoints); LastCheckpoint is the sequence of the
+	// last of them.
+	Checkpoints    int    `json:"checkpoints,omitempty"`
+	LastCheckpoint uint64 `json:"last_checkpoint_seq,omitempty"`
 }
 
 // VerifyChain walks a whole stored log and checks that sequence numbers are
@@ -281,7 +295,22 @@ type VerifyResult struct {
 // too). storedHead is the head as stored (ParseHead reads it); next returns
 // the stored records in key order, each key and its stored bytes, until ok
 // is false.
-func VerifyChain(storedHead []byte, next func() (k, v []byte, ok bool)) (res VerifyResult) {
+func VerifyChain(storedHead []byte, next func() (k, v []byte, ok bool)) VerifyResult {
+	return VerifyChainCheckpoints(storedHead, next, nil)
+}
+
+// VerifyChainCheckpoints is VerifyChain that also compares the log with
+// checkpoints whose signatures the caller has verified (Checkpoint.Verify
+// with the trusted key): a record a checkpoint vouches for must have the
+// checkpoint's hash, and the log must reach the last checkpoint's
+// sequence. A log changed and re-chained (every later hash recomputed,
+// the head rewritten) passes VerifyChain but fails here at the first
+// checkpoint after the change, with FirstBad the first record after the
+// last checkpoint it still matches; a cut tail whose head was rewritten
+// fails with FirstBad the first missing record.
+func VerifyChainCheckpoints(storedHead []byte, next func() (k, v []byte, ok bool), cps []Checkpoint) (res VerifyResult) {
+	trusted := newCheckpoints(cps)
+	defer func() { res.Checkpoints, res.LastCheckpoint = trusted.count, trusted.matched }()
 	h, err := ParseHead(storedHead)
 	if err != nil {
 		res.Problem = err.Error()
@@ -334,6 +363,11 @@ func VerifyChain(storedHead []byte, next func() (k, v []byte, ok bool)) (res Ver
 			fail(seq, "stored bytes are not the canonical encoding of the record (changed: a duplicated key, an escaped character, a key in other case, whitespace or another key order)")
 			return
 		}
+		if problem := trusted.record(seq, sum); problem != "" {
+			res.Problem = fmt.Sprintf("record %d %s", seq, problem)
+			res.FirstBad = trusted.matched + 1
+			return
+		}
 		prev = sum
 		res.Records++
 		want++
@@ -348,6 +382,10 @@ func VerifyChain(storedHead []byte, next func() (k, v []byte, ok bool)) (res Ver
 		return
 	case h.Seq > 0 && h.Hash != prev:
 		fail(h.Seq, "hash does not match the log's head: the record was changed and re-hashed (or records before it were)")
+		return
+	}
+	if firstBad, problem := trusted.end(res.Records); problem != "" {
+		res.Problem, res.FirstBad = problem, firstBad
 		return
 	}
 	res.OK = true

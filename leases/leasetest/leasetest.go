@@ -263,7 +263,13 @@ type FakeBackend struct {
 	times map[string][]time.Time // by lease id
 	// Note is returned with every successful revocation.
 	Note string
+	// Unrevocable makes every call answer, like a backend with no way to
+	// revoke its credentials, with ErrCannotRevoke (leases.Unrevocable).
+	Unrevocable bool
 }
+
+// ErrCannotRevoke is the answer of a FakeBackend with Unrevocable set.
+var ErrCannotRevoke = errors.New("this backend cannot revoke its credentials (injected)")
 
 // ErrBackendDown is the error of a failing call.
 var ErrBackendDown = errors.New("backend unavailable (injected)")
@@ -288,7 +294,7 @@ func (b *FakeBackend) Revoke(ctx context.Context, l *leases.Lease) (string, erro
 		b.times[l.ID] = append(b.times[l.ID], b.Clk.Now())
 	}
 	fail := b.failures < 0 || n <= b.failures
-	note := b.Note
+	note, unrevocable := b.Note, b.Unrevocable
 	gate := b.Gate
 	if b.GateFor != nil && !b.GateFor(l) {
 		gate = nil
@@ -308,6 +314,9 @@ func (b *FakeBackend) Revoke(ctx context.Context, l *leases.Lease) (string, erro
 	}
 	if fail {
 		return "", fmt.Errorf("revoke %s: %w", l.ID, ErrBackendDown)
+	}
+	if unrevocable {
+		return "", leases.Unrevocable(ErrCannotRevoke)
 	}
 	return note, nil
 }

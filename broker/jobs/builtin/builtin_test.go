@@ -1,0 +1,171 @@
+package builtin_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/valet-broker/valet/broker/bolt"
+	"github.com/valet-broker/valet/broker/jobs"
+	"github.com/valet-broker/valet/broker/jobs/builtin"
+	"github.com/valet-broker/valet/leases/audit"
+	"github.com/valet-broker/valet/leases/clock"
+)
+
+var kek = bytes.Repeat([]byte{7}, 32)
+
+// Every job valet knows resolves with its defaults: a schedule that
+// parses, a positive timeout, settings that decode from nothing.
+func TestDefaultJobs(t *testing.T) {
+	resolved, err := builtin.Resolve(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, r := range resolved {
+		names = append(names, r.Name)
+		if r.Parsed == nil || r.Timeout <= 0 {
+			t.Errorf("%s: schedule %q parsed %v, timeout %s", r.Name, r.Schedule, r.Parsed, r.Timeout)
+		}
+		if _, err := builtin.Settings(r); err != nil {
+			t.Errorf("%s: default settings: %v", r.Name, err)
+		}
+	}
+	if got := strings.Join(names, ","); got != "signing-key-rotation,audit-checkpoint,grant-expiry,housekeeping,quarantine-release" {
+		t.Errorf("default jobs %s", got)
+	}
+}
+
+func TestJobSettingsRefused(t *testing.T) {
+	cases := []struct {
+		name     string
+		settings map[string]any
+		job      string
+		want     string
+	}{
+		{"prepublish under the JWKS max-age", map[string]any{"prepublish": "1m"}, "signing-key-rotation", "jobs[0].prepublish must be at least 5m0s"},
+		{"unknown setting", map[string]any{"prepublsh": "1h"}, "signing-key-rotation", "prepublsh"},
+		{"witness type", map[string]any{"witnesses": []any{map[string]any{"type": "ftp"}}}, "audit-checkpoint", `jobs[0].witnesses[0].type "ftp" must be file, webhook or stdout`},
+		{"relative witness file", map[string]any{"witnesses": []any{map[string]any{"type": "file", "path": "cps.jsonl"}}}, "audit-checkpoint", "jobs[0].witnesses[0].path must be an absolute file path"},
+		{"witness URL", map[string]any{"witnesses": []any{map[string]any{"type": "webhook", "url": "ftp://x"}}}, "audit-checkpoint", "jobs[0].witnesses[0].url must be an absolute http(s) URL"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := builtin.Resolve([]jobs.Spec{{Name: tc.job, Settings: tc.settings}})
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v, want one containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// recorder is a webhook witness that keeps what it receives, or fails.
+type recorder struct {
+	mu     sync.Mutex
+	bodies [][]byte
+	status int
+}
+
+func (r *recorder) ServeHTTP(w http.ResponseWriter, req *http.Request) {
+	b, _ := io.ReadAll(req.Body)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.bodies = append(r.bodies, b)
+	w.WriteHeader(r.status)
+}
+
+// The checkpoint job signs the head as committed, hands the checkpoint to
+// every witness (a failing one fails the run, the others still get it),
+// and returns it as an audit.checkpoint record; its key persists, sealed
+// under the KEK.
+func TestCheckpointJob(t *testing.T) {
+	dir := t.TempDir()
+	store, err := bolt.Open(filepath.Join(dir, "valet.db"), bolt.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	now := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	for i := range 3 {
+		if err := store.Audit(context.Background(), now, audit.Entry{Kind: audit.KindServerStart, Actor: audit.SystemActor, Reason: string(rune('a' + i))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	good, bad := &recorder{status: 204}, &recorder{status: 503}
+	goodSrv, badSrv := httptest.NewServer(good), httptest.NewServer(bad)
+	defer goodSrv.Close()
+	defer badSrv.Close()
+	witnessFile := filepath.Join(dir, "w", "cps.jsonl")
+	var stdout bytes.Buffer
+	resolved, err := builtin.Resolve([]jobs.Spec{{Name: "audit-checkpoint", Settings: map[string]any{"witnesses": []any{
+		map[string]any{"type": "file", "path": witnessFile},
+		map[string]any{"type": "webhook", "url": badSrv.URL},
+		map[string]any{"type": "webhook", "url": goodSrv.URL},
+		map[string]any{"type": "stdout"},
+	}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cpEntry jobs.Resolved
+	for _, r := range resolved {
+		if r.Name == "audit-checkpoint" {
+			cpEntry = r
+		}
+	}
+	entries, err := builtin.Build([]jobs.Resolved{cpEntry}, builtin.Deps{Audit: store, DataDir: dir, KEK: kek,
+		PublicURL: "https://valet.example.com", Stdout: &stdout, Clock: clock.NewFake(now)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := entries[0].Job.Run(context.Background(), now)
+	if err == nil || !strings.Contains(err.Error(), "witness webhook "+badSrv.URL+": answered 503") {
+		t.Fatalf("Run error %v, want the failing witness named", err)
+	}
+	pub, err := builtin.ReadCheckpointPublicKey(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fromFile audit.Checkpoint
+	b, err := os.ReadFile(witnessFile)
+	if err != nil || json.Unmarshal(bytes.TrimSpace(b), &fromFile) != nil {
+		t.Fatalf("witness file: %v %s", err, b)
+	}
+	if err := fromFile.Verify(pub); err != nil || fromFile.Seq != 3 || fromFile.Origin != "https://valet.example.com" {
+		t.Fatalf("checkpoint %+v: %v", fromFile, err)
+	}
+	var fromHook audit.Checkpoint
+	if len(good.bodies) != 1 || json.Unmarshal(good.bodies[0], &fromHook) != nil || fromHook != fromFile {
+		t.Errorf("webhook witness got %q", good.bodies)
+	}
+	var line struct {
+		CP audit.Checkpoint `json:"valet_audit_checkpoint"`
+	}
+	if json.Unmarshal(stdout.Bytes(), &line) != nil || line.CP != fromFile {
+		t.Errorf("stdout witness wrote %q", stdout.String())
+	}
+	if len(res.Records) != 1 || res.Records[0].Kind != audit.KindCheckpoint || res.Changes["seq"] != "3" {
+		t.Fatalf("result %+v", res)
+	}
+	if cp, err := builtin.CheckpointFromRecord(audit.Record{Entry: res.Records[0]}); err != nil || cp != fromFile {
+		t.Errorf("the record holds %+v, %v", cp, err)
+	}
+
+	// The key persists and opens only under its KEK.
+	again, err := builtin.LoadCheckpointKey(dir, kek, now)
+	if err != nil || !again.Public().(ed25519.PublicKey).Equal(pub) {
+		t.Fatalf("reloaded key: %v", err)
+	}
+	if _, err := builtin.LoadCheckpointKey(dir, bytes.Repeat([]byte{8}, 32), now); err == nil || !strings.Contains(err.Error(), "cannot be unsealed") {
+		t.Errorf("wrong KEK: %v", err)
+	}
+}

@@ -1,0 +1,188 @@
+// Package builtin holds valet's scheduled jobs and the one registry of
+// them: a name to definition map, built explicitly here (nothing
+// registers itself). Each job is one file: its settings (a struct with
+// SetDefaults and Validate), its definition (name, default schedule,
+// timeout) and its Job.
+//
+// Adding a job: write <job>.go with a settings type, a Definition
+// (Settings returns the defaulted settings, Build makes the jobs.Job from
+// them and Deps) and the Job; add it to Registry and to order; add its
+// numeric and duration settings to configKeys in cmd/valet/config_test.go;
+// document it in the README's "Scheduled jobs" section. If it needs a
+// dependency Deps does not carry, add the field and set it in
+// cmd/valet/server.go.
+package builtin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"time"
+
+	"github.com/valet-broker/valet/backends"
+	"github.com/valet-broker/valet/broker"
+	"github.com/valet-broker/valet/broker/jobs"
+	"github.com/valet-broker/valet/leases/audit"
+	"github.com/valet-broker/valet/leases/clock"
+	"github.com/valet-broker/valet/leases/config"
+)
+
+// Definition is one of valet's jobs.
+type Definition struct {
+	Description string
+	// Schedule, Timeout, Jitter and RunOnStart are the defaults of the
+	// job's common keys.
+	Schedule   string
+	Timeout    time.Duration
+	Jitter     time.Duration
+	RunOnStart bool
+	// RunAtShutdown runs the job once more when valet stops cleanly.
+	RunAtShutdown bool
+	// Default makes the job run without an entry in the jobs section.
+	Default bool
+	// Settings returns the job's settings with their defaults set: a
+	// pointer to a struct the job's keys decode into strictly. If it has
+	// a Validate(field string) error method, it is called after decoding.
+	Settings func() any
+	// Build makes the job from its decoded settings.
+	Build func(settings any, deps Deps) (jobs.Job, error)
+}
+
+// Deps are what valet's jobs may use; cmd/valet sets them.
+type Deps struct {
+	Broker   *broker.Broker
+	Backends map[string]backends.Backend
+	// Audit reads the log's head and writes nothing (the scheduler writes
+	// a run's records).
+	Audit AuditHead
+	// Storage reports the database file's size and free pages
+	// (housekeeping).
+	Storage StorageStats
+	// DataDir, KEK and PublicURL are the server's (keys under the KEK
+	// live under DataDir).
+	DataDir   string
+	KEK       []byte
+	PublicURL string
+	// Stdout is where the stdout witness writes (os.Stdout).
+	Stdout io.Writer
+	Clock  clock.Clock
+	Logger *slog.Logger
+}
+
+// AuditHead reads where the audit log ends (broker/bolt's Store).
+type AuditHead interface {
+	AuditHead(ctx context.Context) (audit.Head, error)
+}
+
+// StorageStats reports the database file (broker/bolt's Store.Stats).
+type StorageStats interface {
+	// StorageStats returns the file's size in bytes and its free pages.
+	StorageStats() (sizeBytes int64, freePages int, err error)
+}
+
+// Job names.
+const (
+	SigningKeyRotation = "signing-key-rotation"
+	AuditCheckpoint    = "audit-checkpoint"
+	GrantExpiry        = "grant-expiry"
+	Housekeeping       = "housekeeping"
+	QuarantineRelease  = "quarantine-release"
+)
+
+// order is the order of the default jobs.
+var order = []string{SigningKeyRotation, AuditCheckpoint, GrantExpiry, Housekeeping, QuarantineRelease}
+
+// Registry returns valet's jobs by name.
+func Registry() map[string]Definition {
+	return map[string]Definition{
+		SigningKeyRotation: signingKeyRotation(),
+		AuditCheckpoint:    auditCheckpoint(),
+		GrantExpiry:        grantExpiry(),
+		Housekeeping:       housekeeping(),
+		QuarantineRelease:  quarantineRelease(),
+	}
+}
+
+// Resolve checks the jobs section and returns the jobs it turns on, each
+// error naming its key path ("jobs[1].prepublish must be ...").
+func Resolve(specs []jobs.Spec) ([]jobs.Resolved, error) {
+	reg := Registry()
+	kinds := map[string]jobs.Kind{}
+	for name, d := range reg {
+		kinds[name] = jobs.Kind{Description: d.Description, Schedule: d.Schedule, Timeout: d.Timeout, Jitter: d.Jitter,
+			RunOnStart: d.RunOnStart, Default: d.Default, CheckSettings: checker(d)}
+	}
+	return jobs.Resolve(specs, kinds, order)
+}
+
+// Settings returns the decoded settings of a resolved job (for tests and
+// for the configuration's cross-section checks).
+func Settings(r jobs.Resolved) (any, error) {
+	d, ok := Registry()[r.Type]
+	if !ok {
+		return nil, fmt.Errorf("no job %q", r.Type)
+	}
+	return decode(d, r.Field, r.Settings)
+}
+
+func checker(d Definition) func(field string, settings map[string]any) error {
+	if d.Settings == nil {
+		return nil
+	}
+	return func(field string, settings map[string]any) error {
+		_, err := decode(d, field, settings)
+		return err
+	}
+}
+
+// decode decodes settings on top of the job's defaults, strictly, and
+// validates them; errors name the key path under field.
+func decode(d Definition, field string, settings map[string]any) (any, error) {
+	if d.Settings == nil {
+		return nil, nil
+	}
+	v := d.Settings()
+	if field == "" {
+		field = "jobs[]"
+	}
+	if err := config.DecodeOptions(settings, v); err != nil {
+		return nil, fmt.Errorf("%s: %w", field, err)
+	}
+	if val, ok := v.(interface{ Validate(field string) error }); ok {
+		if err := val.Validate(field); err != nil {
+			return nil, err
+		}
+	}
+	return v, nil
+}
+
+// Build makes the scheduler's entries of the resolved jobs.
+func Build(resolved []jobs.Resolved, deps Deps) ([]jobs.Entry, error) {
+	if deps.Clock == nil {
+		deps.Clock = clock.Real{}
+	}
+	if deps.Logger == nil {
+		deps.Logger = slog.Default()
+	}
+	reg := Registry()
+	var out []jobs.Entry
+	var errs []error
+	for _, r := range resolved {
+		d := reg[r.Type]
+		settings, err := decode(d, r.Field, r.Settings)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		job, err := d.Build(settings, deps)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("job %s: %w", r.Name, err))
+			continue
+		}
+		out = append(out, jobs.Entry{Name: r.Name, Type: r.Type, Description: d.Description, Schedule: r.Schedule, Parsed: r.Parsed,
+			Jitter: r.Jitter, Timeout: r.Timeout, RunOnStart: r.RunOnStart, RunAtShutdown: d.RunAtShutdown, Job: job})
+	}
+	return out, errors.Join(errs...)
+}
