@@ -216,6 +216,10 @@ type Deps struct {
 	ConfigDir string
 	// KEK encrypts keys at rest (AES-256).
 	KEK []byte
+	// PreviousKEK, set only while valet switches to a new KEK, still
+	// opens what it sealed; nothing is sealed under it (see
+	// KEKRewrapper and kek.Ring).
+	PreviousKEK []byte
 	// PublicURL is valet's public URL, the iss of valet-minted tokens.
 	PublicURL string
 	Clock     clock.Clock

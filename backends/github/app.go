@@ -116,7 +116,7 @@ func appKeyAAD(backend, name string, id int64) []byte {
 // from its private_key_file when that file exists, else from the sealed
 // copy in path. Keys read from files are sealed into path, so the files
 // may be removed afterwards.
-func loadAppKeys(path string, key []byte, backend string, apps []AppOptions) ([]*rsa.PrivateKey, error) {
+func loadAppKeys(path string, ring kek.Ring, backend string, apps []AppOptions) ([]*rsa.PrivateKey, error) {
 	var f appKeyFile
 	raw, err := os.ReadFile(path)
 	switch {
@@ -147,11 +147,11 @@ func loadAppKeys(path string, key []byte, backend string, apps []AppOptions) ([]
 				return nil, err
 			}
 			if haveSealed && s.AppID == a.AppID {
-				if old, err := kek.Open(key, appKeyAAD(backend, a.Name, a.AppID), s.Sealed); err == nil && bytes.Equal(old, der) {
+				if old, prev, err := ring.Open(appKeyAAD(backend, a.Name, a.AppID), s.Sealed); err == nil && !prev && bytes.Equal(old, der) {
 					break // already sealed
 				}
 			}
-			if s.Sealed, err = kek.Seal(key, appKeyAAD(backend, a.Name, a.AppID), der); err != nil {
+			if s.Sealed, err = ring.Seal(appKeyAAD(backend, a.Name, a.AppID), der); err != nil {
 				return nil, err
 			}
 			s.Name, s.AppID = a.Name, a.AppID
@@ -163,7 +163,10 @@ func loadAppKeys(path string, key []byte, backend string, apps []AppOptions) ([]
 			}
 			return nil, fmt.Errorf(where+", and %s holds no sealed key of app %s (app_id %d)", i, path, a.Name, a.AppID)
 		default:
-			der, err := kek.Open(key, appKeyAAD(backend, a.Name, a.AppID), s.Sealed)
+			der, _, err := ring.Open(appKeyAAD(backend, a.Name, a.AppID), s.Sealed)
+			if errors.Is(err, kek.ErrOpen) {
+				return nil, fmt.Errorf("apps[%d]: the sealed key of app %s in %s: %w (while switching to a new key-encryption key, set the old one as VALET_KEK_PREVIOUS or kek_previous_file)", i, a.Name, path, err)
+			}
 			if err != nil {
 				return nil, fmt.Errorf("apps[%d]: the sealed key of app %s in %s: %w", i, a.Name, path, err)
 			}
@@ -183,6 +186,18 @@ func loadAppKeys(path string, key []byte, backend string, apps []AppOptions) ([]
 		}
 	}
 	return out, nil
+}
+
+// appKeyValues lists the sealed keys of an app key file for
+// kek.RewrapFile.
+func appKeyValues(backend string) func(*appKeyFile) []kek.Value {
+	return func(f *appKeyFile) []kek.Value {
+		out := make([]kek.Value, len(f.Apps))
+		for i, a := range f.Apps {
+			out[i] = kek.Value{AAD: appKeyAAD(backend, a.Name, a.AppID), Sealed: &f.Apps[i].Sealed}
+		}
+		return out
+	}
 }
 
 // readAppKey reads an RSA private key in PEM (PKCS#1, as GitHub hands it

@@ -107,6 +107,10 @@ type Backend struct {
 	tokens *tokenStore
 	clock  clock.Clock
 	log    *slog.Logger
+	// kek seals the app keys (in appKeys) and the tokens kept for
+	// revocation; during a switch of KEK it opens under the previous too.
+	kek     kek.Ring
+	appKeys string
 
 	roles sync.Map // role name -> *roleParams
 
@@ -138,6 +142,7 @@ var (
 	_ backends.RoleChecker   = (*Backend)(nil)
 	_ backends.ScopeChecker  = (*Backend)(nil)
 	_ backends.FixedLifetime = (*Backend)(nil)
+	_ backends.KEKRewrapper  = (*Backend)(nil)
 )
 
 // CredentialLifetime is GitHub's hour, whatever the lease's ttl.
@@ -158,7 +163,8 @@ func New(name string, options map[string]any, deps backends.Deps) (backends.Back
 	if err := o.validate(); err != nil {
 		return nil, fmt.Errorf("backend %s: %w", name, err)
 	}
-	if err := kek.Check(deps.KEK); err != nil {
+	ring := kek.Ring{Current: deps.KEK, Previous: deps.PreviousKEK}
+	if err := ring.Check(); err != nil {
 		return nil, fmt.Errorf("backend %s: app keys and the tokens kept for revocation are sealed at rest: %w (set VALET_KEK or kek_file)", name, err)
 	}
 	if deps.Clock == nil {
@@ -202,7 +208,8 @@ func New(name string, options map[string]any, deps backends.Deps) (backends.Back
 		stop: make(chan struct{}), done: make(chan struct{}),
 	}
 	dir := filepath.Join(deps.DataDir, name)
-	keys, err := loadAppKeys(filepath.Join(dir, "apps.json"), deps.KEK, name, o.Apps)
+	b.appKeys = filepath.Join(dir, "apps.json")
+	keys, err := loadAppKeys(b.appKeys, ring, name, o.Apps)
 	if err != nil {
 		return nil, fmt.Errorf("backend %s: %w", name, err)
 	}
@@ -214,7 +221,8 @@ func New(name string, options map[string]any, deps backends.Deps) (backends.Back
 		b.apps[ao.Name] = a
 		b.order = append(b.order, ao.Name)
 	}
-	if b.tokens, err = openTokenStore(filepath.Join(dir, "tokens.db"), deps.KEK, name); err != nil {
+	b.kek = ring
+	if b.tokens, err = openTokenStore(filepath.Join(dir, "tokens.db"), ring, name); err != nil {
 		return nil, fmt.Errorf("backend %s: %w", name, err)
 	}
 	go b.sweepLoop()
@@ -329,4 +337,24 @@ func (b *Backend) tokenClient(token string) (*gh.Client, error) {
 	hc := &http.Client{Transport: b.httpc.Transport, Timeout: b.httpc.Timeout}
 	u := b.base.String()
 	return gh.NewClient(gh.WithHTTPClient(hc), gh.WithEnterpriseURLs(u, u), gh.WithUserAgent("valet"), gh.WithAuthToken(token))
+}
+
+// RewrapKEK implements backends.KEKRewrapper: the app keys (apps.json, one
+// atomic write) and then the tokens kept for revocation (tokens.db, one
+// transaction) that only the previous KEK opens are sealed again under
+// the current one.
+func (b *Backend) RewrapKEK(ctx context.Context) (kek.Report, error) {
+	rep, err := kek.RewrapFile(b.appKeys, b.kek, appKeyValues(b.name))
+	if err != nil {
+		return rep, fmt.Errorf("app keys: %w", err)
+	}
+	if err := ctx.Err(); err != nil {
+		return rep, err
+	}
+	tok, err := b.tokens.rewrap()
+	if err != nil {
+		return rep, fmt.Errorf("tokens kept for revocation: %w", err)
+	}
+	rep.Add(tok)
+	return rep, nil
 }

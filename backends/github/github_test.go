@@ -17,6 +17,7 @@ import (
 
 	"github.com/valet-broker/valet/backends"
 	"github.com/valet-broker/valet/backends/github/githubtest"
+	"github.com/valet-broker/valet/backends/kek"
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/leases/clock"
 	"go.yaml.in/yaml/v3"
@@ -334,17 +335,7 @@ func TestNewRefusesBadOptions(t *testing.T) {
 // open it.
 func TestAppKeySealedAtRest(t *testing.T) {
 	srv := startServer(t, githubtest.Options{})
-	keyCopy := filepath.Join(t.TempDir(), "app.pem")
-	pem, err := os.ReadFile(srv.KeyFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(keyCopy, pem, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	f := newFixture(t, srv, func(o map[string]any) {
-		o["apps"] = []any{map[string]any{"name": "ci", "app_id": srv.AppID, "private_key_file": keyCopy}}
-	})
+	f, keyCopy, pem := fixtureWithKeyCopy(t, srv)
 	f.b.Close()
 	os.Remove(keyCopy)
 	// The key file is gone: the sealed copy serves.
@@ -617,4 +608,86 @@ func TestExampleRolesAreValid(t *testing.T) {
 	if n < 2 {
 		t.Fatalf("%d github roles checked; the example has two", n)
 	}
+}
+
+// TestKEKSwitch: during a switch of KEK the backend opens its app key and
+// the tokens it keeps for revocation under the previous KEK; RewrapKEK
+// seals them under the new one, after which the new KEK alone serves:
+// the app mints, and a token minted before the switch is still revoked.
+func TestKEKSwitch(t *testing.T) {
+	srv := startServer(t, githubtest.Options{})
+	f, keyCopy, _ := fixtureWithKeyCopy(t, srv)
+	params := map[string]any{"installation": 42, "repositories": []any{"widgets"}, "permissions": map[string]any{"contents": "read"}}
+	r := f.role(t, params)
+	before, err := f.b.Mint(context.Background(), mintReq(r, nil, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.b.Close()
+	os.Remove(keyCopy) // from now on only the sealed copy holds the app key
+
+	newKEK := bytes.Repeat([]byte{8}, 32)
+	open := func(key, previous []byte) (*Backend, error) {
+		be, err := New("gh", f.opts, backends.Deps{DataDir: f.dir, KEK: key, PreviousKEK: previous, Clock: f.clock,
+			Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		if err != nil {
+			return nil, err
+		}
+		t.Cleanup(func() { be.(*Backend).Close() })
+		return be.(*Backend), nil
+	}
+	if _, err := open(newKEK, nil); err == nil || !strings.Contains(err.Error(), "VALET_KEK_PREVIOUS") {
+		t.Fatalf("the new KEK alone before the re-wrap: %v; want a refusal naming VALET_KEK_PREVIOUS", err)
+	}
+	b, err := open(newKEK, testKEK)
+	if err != nil {
+		t.Fatalf("the new KEK with the previous one: %v", err)
+	}
+	f.b = b
+	r = f.role(t, params)
+	if _, err := b.Mint(context.Background(), mintReq(r, nil, nil)); err != nil {
+		t.Fatalf("mint during the switch: %v", err)
+	}
+	rep, err := b.RewrapKEK(context.Background())
+	if err != nil || rep != (kek.Report{Rewrapped: 2, Current: 1}) {
+		t.Fatalf("RewrapKEK: %+v, %v; want the app key and the earlier token re-wrapped, the token of the switch already current", rep, err)
+	}
+	if rep, err := b.RewrapKEK(context.Background()); err != nil || rep != (kek.Report{Current: 3}) {
+		t.Fatalf("second RewrapKEK: %+v, %v", rep, err)
+	}
+	b.Close()
+
+	b, err = open(newKEK, nil)
+	if err != nil {
+		t.Fatalf("the new KEK alone after the re-wrap: %v", err)
+	}
+	f.b = b
+	r = f.role(t, params)
+	if _, err := b.Mint(context.Background(), mintReq(r, nil, nil)); err != nil {
+		t.Fatalf("mint after the switch: %v", err)
+	}
+	if err := b.Revoke(context.Background(), backends.Ref{Handle: before.Handle, Details: before.Details}); err != nil {
+		t.Fatalf("revoking a token minted before the switch: %v", err)
+	}
+	if st := srv.TokenState(before.Data["token"].(string)); st != "revoked" {
+		t.Fatalf("the token minted before the switch is %s at GitHub", st)
+	}
+}
+
+// fixtureWithKeyCopy is a fixture whose app key file is a copy the test
+// may remove; it returns the copy's path and its PEM.
+func fixtureWithKeyCopy(t *testing.T, srv *githubtest.Server) (*fixture, string, []byte) {
+	t.Helper()
+	keyCopy := filepath.Join(t.TempDir(), "app.pem")
+	pem, err := os.ReadFile(srv.KeyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyCopy, pem, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f := newFixture(t, srv, func(o map[string]any) {
+		o["apps"] = []any{map[string]any{"name": "ci", "app_id": srv.AppID, "private_key_file": keyCopy}}
+	})
+	return f, keyCopy, pem
 }

@@ -25,7 +25,7 @@ import (
 // never reaches an API answer, a log line or an audit record.
 type tokenStore struct {
 	db      *bbolt.DB
-	kek     []byte
+	kek     kek.Ring
 	backend string
 }
 
@@ -44,7 +44,7 @@ type tokenRecord struct {
 	Sealed    *kek.Sealed `json:"sealed,omitempty"`
 }
 
-func openTokenStore(path string, key []byte, backend string) (*tokenStore, error) {
+func openTokenStore(path string, key kek.Ring, backend string) (*tokenStore, error) {
 	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: 2 * time.Second, FreelistType: bbolt.FreelistMapType})
 	if errors.Is(err, bolterrors.ErrTimeout) {
 		return nil, fmt.Errorf("open %s: the token store is in use by another valet process", path)
@@ -74,7 +74,7 @@ func (s *tokenStore) aad(leaseID string) []byte {
 
 // put seals token and stores it under leaseID, durably.
 func (s *tokenStore) put(leaseID, app string, installation int64, token string, expires time.Time) error {
-	sealed, err := kek.Seal(s.kek, s.aad(leaseID), []byte(token))
+	sealed, err := s.kek.Seal(s.aad(leaseID), []byte(token))
 	if err != nil {
 		return err
 	}
@@ -107,7 +107,7 @@ func (s *tokenStore) get(leaseID string) (*tokenRecord, string, error) {
 	if rec.Sealed == nil {
 		return &rec, "", nil
 	}
-	tok, err := kek.Open(s.kek, s.aad(leaseID), *rec.Sealed)
+	tok, _, err := s.kek.Open(s.aad(leaseID), *rec.Sealed)
 	if err != nil {
 		return nil, "", fmt.Errorf("the sealed token of lease %s: %w", leaseID, err)
 	}
@@ -179,4 +179,54 @@ func (s *tokenStore) sealedCount() (int, error) {
 		})
 	})
 	return n, err
+}
+
+// rewrap re-seals under the current KEK the tokens only the previous one
+// opens, in one transaction: a crash leaves every record as it was or
+// every one re-wrapped.
+func (s *tokenStore) rewrap() (kek.Report, error) {
+	var rep kek.Report
+	err := s.db.Update(func(tx *bbolt.Tx) error {
+		rep = kek.Report{}
+		b := tx.Bucket(bucketTokens)
+		changed := map[string][]byte{}
+		err := b.ForEach(func(k, v []byte) error {
+			var rec tokenRecord
+			if json.Unmarshal(v, &rec) != nil || rec.Sealed == nil {
+				return nil // a tombstone, or a record sweep deletes
+			}
+			out, re, err := s.kek.Rewrap(s.aad(string(k)), *rec.Sealed)
+			switch {
+			case errors.Is(err, kek.ErrOpen):
+				rep.Unreadable++
+				return nil
+			case err != nil:
+				return err
+			case !re:
+				rep.Current++
+				return nil
+			}
+			rec.Sealed = &out
+			nv, err := json.Marshal(rec)
+			if err != nil {
+				return err
+			}
+			changed[string(k)] = nv
+			rep.Rewrapped++
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		for k, v := range changed {
+			if err := b.Put([]byte(k), v); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return kek.Report{}, err
+	}
+	return rep, nil
 }

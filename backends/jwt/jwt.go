@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/valet-broker/valet/backends"
+	"github.com/valet-broker/valet/backends/kek"
 	"github.com/valet-broker/valet/leases/clock"
 	"github.com/valet-broker/valet/leases/config"
 )
@@ -63,7 +64,7 @@ type Backend struct {
 	name    string
 	issuer  string
 	opts    Options
-	kek     []byte
+	kek     kek.Ring // seals under Current; opens under Previous too during a switch
 	keyPath string
 	deps    backends.Deps
 
@@ -85,6 +86,7 @@ var (
 	_ backends.ScopeChecker  = (*Backend)(nil)
 	_ backends.SelfContained = (*Backend)(nil)
 	_ backends.KeyRotator    = (*Backend)(nil)
+	_ backends.KEKRewrapper  = (*Backend)(nil)
 )
 
 // SelfContained marks the backend as side-effect free: minting only signs,
@@ -109,14 +111,15 @@ func New(name string, options map[string]any, deps backends.Deps) (backends.Back
 	if deps.Clock == nil {
 		deps.Clock = clock.Real{}
 	}
-	if len(deps.KEK) != 32 {
-		return nil, fmt.Errorf("backend %s: signing keys are encrypted at rest and need a 32-byte key-encryption key (set VALET_KEK or kek_file)", name)
+	ring := kek.Ring{Current: deps.KEK, Previous: deps.PreviousKEK}
+	if err := ring.Check(); err != nil {
+		return nil, fmt.Errorf("backend %s: signing keys are encrypted at rest: %w (set VALET_KEK or kek_file)", name, err)
 	}
 	b := &Backend{
-		name: name, issuer: deps.PublicURL, opts: o, kek: deps.KEK, deps: deps,
+		name: name, issuer: deps.PublicURL, opts: o, kek: ring, deps: deps,
 		keyPath: filepath.Join(deps.DataDir, name, "keys.json"),
 	}
-	keys, unreadable, err := loadKeys(b.keyPath, deps.KEK, name)
+	keys, unreadable, err := loadKeys(b.keyPath, ring, name)
 	if err != nil {
 		return nil, fmt.Errorf("backend %s: %w", name, err)
 	}
@@ -386,7 +389,7 @@ func (b *Backend) RotateKey(now, activateAt time.Time) (backends.KeyRotation, er
 			dropped = append(dropped, old.kid)
 		}
 	}
-	if err := saveKeys(b.keyPath, b.kek, b.name, keys, b.unreadable); err != nil {
+	if err := saveKeys(b.keyPath, b.kek.Current, b.name, keys, b.unreadable); err != nil {
 		return backends.KeyRotation{}, err
 	}
 	b.keys = keys
@@ -395,6 +398,15 @@ func (b *Backend) RotateKey(now, activateAt time.Time) (backends.KeyRotation, er
 		r.Published = append(r.Published, k.kid)
 	}
 	return r, nil
+}
+
+// RewrapKEK implements backends.KEKRewrapper: the keys of the key file
+// that only the previous KEK opens are sealed again under the current
+// one, in one atomic write of the file, while no rotation writes it.
+func (b *Backend) RewrapKEK(ctx context.Context) (kek.Report, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return kek.RewrapFile(b.keyPath, b.kek, keyValues(b.name))
 }
 
 func maxTime(a, b time.Time) time.Time {

@@ -123,10 +123,10 @@ func seal(key []byte, backend string, k *signingKey) (sealedKey, error) {
 	return sealedKey{KID: k.kid, Alg: k.alg, CreatedAt: k.createdAt, NotBefore: k.notBefore, Sealed: sealed}, nil
 }
 
-func unseal(key []byte, backend string, s sealedKey) (*signingKey, error) {
-	der, err := kek.Open(key, aad(backend, s.KID), s.Sealed)
+func unseal(ring kek.Ring, backend string, s sealedKey) (*signingKey, error) {
+	der, _, err := ring.Open(aad(backend, s.KID), s.Sealed)
 	if errors.Is(err, kek.ErrOpen) {
-		return nil, fmt.Errorf("key %s: cannot decrypt (wrong key-encryption key?)", s.KID)
+		return nil, fmt.Errorf("key %s: cannot decrypt (wrong key-encryption key? while switching to a new one, set the old one as VALET_KEK_PREVIOUS or kek_previous_file)", s.KID)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("key %s: %w", s.KID, err)
@@ -150,12 +150,13 @@ func unseal(key []byte, backend string, s sealedKey) (*signingKey, error) {
 	return k, nil
 }
 
-// loadKeys reads and unseals the backend's keys, newest first. A key that
+// loadKeys reads and unseals the backend's keys, newest first, under
+// either key of ring. A key that
 // cannot be unsealed (a damaged entry) is skipped and returned, still
 // sealed, in unreadable, so that saving keeps it untouched: one bad entry
 // neither stops the backend nor is destroyed by the next rotation. If no
 // key can be unsealed (a wrong key-encryption key) it fails.
-func loadKeys(path string, key []byte, backend string) (keys []*signingKey, unreadable []sealedKey, err error) {
+func loadKeys(path string, ring kek.Ring, backend string) (keys []*signingKey, unreadable []sealedKey, err error) {
 	b, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil, nil
@@ -169,7 +170,7 @@ func loadKeys(path string, key []byte, backend string) (keys []*signingKey, unre
 	}
 	var firstErr error
 	for _, s := range f.Keys {
-		k, err := unseal(key, backend, s)
+		k, err := unseal(ring, backend, s)
 		if err != nil {
 			if firstErr == nil {
 				firstErr = fmt.Errorf("%s: %w", path, err)
@@ -198,4 +199,15 @@ func saveKeys(path string, key []byte, backend string, keys []*signingKey, keep 
 	}
 	f.Keys = append(f.Keys, keep...)
 	return kek.SaveFile(path, f)
+}
+
+// keyValues lists the sealed keys of a key file for kek.RewrapFile.
+func keyValues(backend string) func(*keyFile) []kek.Value {
+	return func(f *keyFile) []kek.Value {
+		out := make([]kek.Value, len(f.Keys))
+		for i := range f.Keys {
+			out[i] = kek.Value{AAD: aad(backend, f.Keys[i].KID), Sealed: &f.Keys[i].Sealed}
+		}
+		return out
+	}
 }

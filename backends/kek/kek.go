@@ -4,7 +4,13 @@
 // the record it belongs to, so a sealed value copied into another record
 // does not open. Backends use it for what they must keep on disk: the jwt
 // backend's signing keys, the github backend's app keys and the tokens it
-// keeps until it has revoked them.
+// keeps until it has revoked them, and the audit checkpoint key.
+//
+// A switch to a new KEK keeps valet running: a Ring holds the new KEK,
+// which seals everything from then on, and the previous one, which still
+// opens what it sealed; each owner of sealed values re-wraps them under
+// the new KEK (RewrapFile for a file of records), and once nothing needs
+// the previous KEK any more it can be removed.
 package kek
 
 import (
@@ -84,14 +90,21 @@ func Open(key, aad []byte, s Sealed) ([]byte, error) {
 	return out, nil
 }
 
-// SaveFile writes v as indented JSON to path, atomically (a temporary file
-// in the same directory, fsync, rename) with mode 0600, creating the
-// directory (0700) if needed: how files of sealed records are kept.
+// SaveFile writes v as indented JSON to path with WriteFile: how files of
+// sealed records are kept.
 func SaveFile(path string, v any) error {
 	b, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
 		return err
 	}
+	return WriteFile(path, b)
+}
+
+// WriteFile writes b to path atomically and durably (a temporary file in
+// the same directory, fsync, rename, fsync of the directory) with mode
+// 0600, creating the directory (0700) if needed: a crash leaves the old
+// content or the new, and the new once WriteFile has returned.
+func WriteFile(path string, b []byte) error {
 	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
@@ -112,5 +125,18 @@ func SaveFile(path string, v any) error {
 	if err := tmp.Close(); err != nil {
 		return err
 	}
-	return os.Rename(tmp.Name(), path)
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return err
+	}
+	// The rename is durable once the directory's entry is.
+	return syncDir(dir)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }

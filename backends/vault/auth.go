@@ -26,7 +26,11 @@ type AuthOptions struct {
 	TokenFile string `yaml:"token_file"`
 	// Mount is the auth mount path (default approle or jwt).
 	Mount string `yaml:"mount"`
-	// RoleIDFile and SecretIDFile hold the AppRole credentials.
+	// RoleIDFile and SecretIDFile hold the AppRole credentials. The
+	// vault-secret-id-rotation job replaces the secret-id: it writes the
+	// new one to SecretIDFile+".next" before it destroys the old one, and
+	// then into SecretIDFile; a login tries the ".next" file first, so a
+	// crash at any point leaves a secret-id valet can log in with.
 	RoleIDFile   string `yaml:"role_id_file"`
 	SecretIDFile string `yaml:"secret_id_file"`
 	// Role and JWTFile are for Vault's JWT auth (for example valet's own
@@ -75,7 +79,16 @@ type authenticator struct {
 	loggedIn    bool
 	lastAttempt time.Time
 	watcher     *api.LifetimeWatcher
-	reloginMu   sync.Mutex
+	// roleName is the AppRole role valet logs in as (the login's
+	// role_name metadata), for the secret-id rotation.
+	roleName string
+	// lastLogin and lastRenewal are when valet last logged in and when
+	// the watcher last renewed the token; failures counts the logins that
+	// failed in a row.
+	lastLogin, lastRenewal time.Time
+	failures               int
+	reloginMu              sync.Mutex
+	rotateMu               sync.Mutex // one secret-id rotation at a time
 
 	stopCh chan struct{}
 	kick   chan struct{}
@@ -90,7 +103,7 @@ func newAuthenticator(c *api.Client, o AuthOptions, log *slog.Logger, clk clock.
 // because Vault is unreachable is retried in the background; a bad
 // configuration (an unreadable file) is an error.
 func (a *authenticator) start() error {
-	if _, err := a.credentials(); err != nil {
+	if _, _, err := a.credentials(); err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -155,70 +168,124 @@ func (a *authenticator) relogin(ctx context.Context, failed string) error {
 	return a.login(ctx)
 }
 
-// credentials reads the files of the configured method.
-func (a *authenticator) credentials() (map[string]string, error) {
-	read := func(p string) (string, error) {
-		b, err := os.ReadFile(p)
-		if err != nil {
-			return "", fmt.Errorf("vault auth: %w", err)
-		}
-		v := strings.TrimSpace(string(b))
-		if v == "" {
-			return "", fmt.Errorf("vault auth: %s is empty", p)
-		}
-		return v, nil
+// readSecretFile reads a credential file, which must not be empty.
+func readSecretFile(p string) (string, error) {
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return "", fmt.Errorf("vault auth: %w", err)
 	}
+	v := strings.TrimSpace(string(b))
+	if v == "" {
+		return "", fmt.Errorf("vault auth: %s is empty", p)
+	}
+	return v, nil
+}
+
+// credentials reads the files of the configured method. For AppRole,
+// secret_ids lists the secret-ids to try in order: the one a rotation
+// left in the ".next" file, if any, then the one in secret_id_file.
+func (a *authenticator) credentials() (map[string]string, []string, error) {
 	out := map[string]string{}
 	var err error
 	switch a.opts.Method {
 	case "token":
-		out["token"], err = read(a.opts.TokenFile)
+		out["token"], err = readSecretFile(a.opts.TokenFile)
 	case "approle":
-		if out["role_id"], err = read(a.opts.RoleIDFile); err == nil {
-			out["secret_id"], err = read(a.opts.SecretIDFile)
+		if out["role_id"], err = readSecretFile(a.opts.RoleIDFile); err != nil {
+			return nil, nil, err
 		}
+		current, err := readSecretFile(a.opts.SecretIDFile)
+		if err != nil {
+			return nil, nil, err
+		}
+		var ids []string
+		if next, err := readSecretFile(a.nextSecretIDFile()); err == nil && next != current {
+			ids = append(ids, next)
+		}
+		return out, append(ids, current), nil
 	case "jwt":
-		out["jwt"], err = read(a.opts.JWTFile)
+		out["jwt"], err = readSecretFile(a.opts.JWTFile)
 	}
-	return out, err
+	return out, nil, err
 }
+
+// nextSecretIDFile is where a rotation keeps the new secret-id until it
+// has replaced the old one.
+func (a *authenticator) nextSecretIDFile() string { return a.opts.SecretIDFile + ".next" }
 
 // login obtains a token and (re)starts its lifetime watcher.
 func (a *authenticator) login(ctx context.Context) error {
-	creds, err := a.credentials()
-	if err != nil {
-		return err
+	sec, err := a.obtain(ctx)
+	if err == nil {
+		err = a.adopt(sec)
 	}
-	var sec *api.Secret
+	a.mu.Lock()
+	if err != nil {
+		a.failures++
+	} else {
+		a.failures = 0
+	}
+	a.mu.Unlock()
+	return err
+}
+
+// obtain logs in with the configured method and returns Vault's answer.
+func (a *authenticator) obtain(ctx context.Context) (*api.Secret, error) {
+	creds, secretIDs, err := a.credentials()
+	if err != nil {
+		return nil, err
+	}
 	switch a.opts.Method {
 	case "token":
 		c, err := a.client.Clone()
 		if err != nil {
-			return err
+			return nil, err
 		}
 		c.SetToken(creds["token"])
 		c.SetNamespace(a.client.Namespace())
 		self, err := c.Auth().Token().LookupSelfWithContext(ctx)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		ttl, _ := self.TokenTTL()
 		renewable, _ := self.TokenIsRenewable()
-		sec = &api.Secret{Auth: &api.SecretAuth{ClientToken: creds["token"], Renewable: renewable, LeaseDuration: int(ttl / time.Second)}}
+		accessor, _ := self.TokenAccessor()
+		return &api.Secret{Auth: &api.SecretAuth{ClientToken: creds["token"], Accessor: accessor, Renewable: renewable, LeaseDuration: int(ttl / time.Second)}}, nil
 	case "approle":
-		c, _ := a.client.Clone()
-		c.ClearToken()
-		c.SetNamespace(a.client.Namespace())
-		sec, err = c.Logical().WriteWithContext(ctx, "auth/"+a.opts.Mount+"/login", map[string]any{"role_id": creds["role_id"], "secret_id": creds["secret_id"]})
-	case "jwt":
-		c, _ := a.client.Clone()
-		c.ClearToken()
-		c.SetNamespace(a.client.Namespace())
-		sec, err = c.Logical().WriteWithContext(ctx, "auth/"+a.opts.Mount+"/login", map[string]any{"role": a.opts.Role, "jwt": creds["jwt"]})
+		return a.appRoleLogin(ctx, creds["role_id"], secretIDs...)
+	default: // jwt
+		return a.loginWith(ctx, map[string]any{"role": a.opts.Role, "jwt": creds["jwt"]})
 	}
+}
+
+// appRoleLogin logs in with roleID and the first of secretIDs that Vault
+// accepts.
+func (a *authenticator) appRoleLogin(ctx context.Context, roleID string, secretIDs ...string) (*api.Secret, error) {
+	var errs []error
+	for _, id := range secretIDs {
+		sec, err := a.loginWith(ctx, map[string]any{"role_id": roleID, "secret_id": id})
+		if err == nil {
+			return sec, nil
+		}
+		errs = append(errs, err)
+	}
+	return nil, errors.Join(errs...)
+}
+
+// loginWith writes body to the auth mount's login path without a token.
+func (a *authenticator) loginWith(ctx context.Context, body map[string]any) (*api.Secret, error) {
+	c, err := a.client.Clone()
 	if err != nil {
-		return err
+		return nil, err
 	}
+	c.ClearToken()
+	c.SetNamespace(a.client.Namespace())
+	return c.Logical().WriteWithContext(ctx, "auth/"+a.opts.Mount+"/login", body)
+}
+
+// adopt makes the token of a login valet's, and (re)starts its lifetime
+// watcher.
+func (a *authenticator) adopt(sec *api.Secret) error {
 	if sec == nil || sec.Auth == nil || sec.Auth.ClientToken == "" {
 		return errors.New("vault login answered without a token")
 	}
@@ -226,6 +293,10 @@ func (a *authenticator) login(ctx context.Context) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.loggedIn = true
+	a.lastLogin, a.lastRenewal = a.clock.Now(), time.Time{}
+	if name := sec.Auth.Metadata["role_name"]; a.opts.Method == "approle" && name != "" {
+		a.roleName = name
+	}
 	if a.watcher != nil {
 		a.watcher.Stop()
 		a.watcher = nil
@@ -242,7 +313,7 @@ func (a *authenticator) login(ctx context.Context) error {
 		default:
 		}
 	}
-	a.log.Info("logged in to Vault", "method", a.opts.Method, "ttl_seconds", sec.Auth.LeaseDuration, "renewable", sec.Auth.Renewable)
+	a.log.Info("logged in to Vault", "method", a.opts.Method, "accessor", sec.Auth.Accessor, "ttl_seconds", sec.Auth.LeaseDuration, "renewable", sec.Auth.Renewable)
 	return nil
 }
 
@@ -275,6 +346,9 @@ func (a *authenticator) loop() {
 			continue
 		case <-renewed:
 			stopTimer(timer)
+			a.mu.Lock()
+			a.lastRenewal = a.clock.Now()
+			a.mu.Unlock()
 			continue
 		case err := <-done:
 			stopTimer(timer)

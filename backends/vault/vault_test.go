@@ -475,19 +475,7 @@ path "auth/token/lookup-accessor" { capabilities = ["update"] }
 path "auth/token/accessors" { capabilities = ["list", "sudo"] }
 path "sys/leases/*" { capabilities = ["update"] }
 `)
-	if err := v.Client().Sys().EnableAuthWithOptions("approle", &api.EnableAuthOptions{Type: "approle"}); err != nil {
-		t.Fatal(err)
-	}
-	v.Write("auth/approle/role/valet", map[string]any{"token_policies": "valet", "token_ttl": "1h"})
-	roleID, err := v.Client().Logical().Read("auth/approle/role/valet/role-id")
-	if err != nil {
-		t.Fatal(err)
-	}
-	secretID := v.Write("auth/approle/role/valet/secret-id", nil)
-	dir := t.TempDir()
-	rid, sid := filepath.Join(dir, "role-id"), filepath.Join(dir, "secret-id")
-	os.WriteFile(rid, []byte(roleID.Data["role_id"].(string)), 0o600)
-	os.WriteFile(sid, []byte(secretID.Data["secret_id"].(string)), 0o600)
+	rid, sid := v.AppRole("valet", "valet")
 	be, err := vault.New("vault-approle", map[string]any{
 		"address": v.Addr, "auth": map[string]any{"method": "approle", "role_id_file": rid, "secret_id_file": sid},
 	}, backends.Deps{Clock: clock.Real{}, Logger: quiet})

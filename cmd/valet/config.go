@@ -40,6 +40,11 @@ type Config struct {
 	// KEKFile holds the hex key-encryption key for signing keys at rest.
 	// VALET_KEK in the environment takes precedence.
 	KEKFile string `yaml:"kek_file"`
+	// KEKPreviousFile holds the previous key-encryption key while valet
+	// switches to a new one (VALET_KEK_PREVIOUS takes precedence): it
+	// still opens what it sealed, until the kek-rotation job has sealed
+	// everything again under the new one (`valet kek finish`).
+	KEKPreviousFile string `yaml:"kek_previous_file"`
 
 	// TrustedProxies are the reverse proxies, as CIDR prefixes or single
 	// addresses, whose X-Forwarded-For header names the client (the
@@ -199,6 +204,7 @@ func (c *Config) ResolvePaths(base string) {
 	}
 	abs(&c.DataDir)
 	abs(&c.KEKFile)
+	abs(&c.KEKPreviousFile)
 	abs(&c.Policy.Dir)
 	if c.TLS != nil {
 		abs(&c.TLS.CertFile)

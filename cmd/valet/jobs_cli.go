@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/url"
@@ -83,12 +84,8 @@ func newJobsCmd() *cobra.Command {
 		Short: "Run a job now and print its outcome; exits 1 if the run failed",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			raw, err := rf.operatorCall(cmd.Context(), "POST", "/v1/jobs/"+url.PathEscape(args[0])+"/run", nil)
+			res, err := rf.runJob(cmd.Context(), args[0])
 			if err != nil {
-				return err
-			}
-			var res jobRunAnswer
-			if err := json.Unmarshal(raw, &res); err != nil {
 				return err
 			}
 			out := cmd.OutOrStdout()
@@ -117,6 +114,17 @@ func newJobsCmd() *cobra.Command {
 	rf.register(run)
 	cmd.AddCommand(list, show, run)
 	return cmd
+}
+
+// runJob asks the server to run the named job now (POST
+// /v1/jobs/{name}/run) and returns its answer.
+func (f *clientFlags) runJob(ctx context.Context, name string) (jobRunAnswer, error) {
+	var res jobRunAnswer
+	raw, err := f.operatorCall(ctx, "POST", "/v1/jobs/"+url.PathEscape(name)+"/run", nil)
+	if err != nil {
+		return res, err
+	}
+	return res, json.Unmarshal(raw, &res)
 }
 
 // when prints a time in UTC, or "-" for none.

@@ -79,6 +79,7 @@ VALET_SIGNAL_TOKEN (signal sources).`,
 		newJobsCmd(),
 		newPolicyCmd(),
 		newTokenCmd(),
+		newKEKCmd(),
 	)
 	return root
 }

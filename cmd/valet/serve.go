@@ -52,6 +52,31 @@ func loadKEK(cfg *Config) ([]byte, error) {
 	return ParseKEK(string(b))
 }
 
+// loadPreviousKEK reads the previous key-encryption key, kept while valet
+// switches to a new one, from VALET_KEK_PREVIOUS or the config's
+// kek_previous_file; nil when neither is set.
+func loadPreviousKEK(cfg *Config) ([]byte, error) {
+	if v := os.Getenv("VALET_KEK_PREVIOUS"); v != "" {
+		k, err := ParseKEK(v)
+		if err != nil {
+			return nil, fmt.Errorf("VALET_KEK_PREVIOUS: %w", err)
+		}
+		return k, nil
+	}
+	if cfg.KEKPreviousFile == "" {
+		return nil, nil
+	}
+	b, err := os.ReadFile(cfg.KEKPreviousFile)
+	if err != nil {
+		return nil, fmt.Errorf("kek_previous_file: %w", err)
+	}
+	k, err := ParseKEK(string(b))
+	if err != nil {
+		return nil, fmt.Errorf("kek_previous_file: %w", err)
+	}
+	return k, nil
+}
+
 func newLogger(level string) *slog.Logger {
 	var l slog.Level
 	_ = l.UnmarshalText([]byte(strings.ToUpper(level)))
@@ -62,6 +87,10 @@ func newLogger(level string) *slog.Logger {
 // if set, is called once the server listens.
 func serve(ctx context.Context, cfg *Config, started func(*Server)) error {
 	kek, err := loadKEK(cfg)
+	if err != nil {
+		return err
+	}
+	previousKEK, err := loadPreviousKEK(cfg)
 	if err != nil {
 		return err
 	}
@@ -84,7 +113,7 @@ func serve(ctx context.Context, cfg *Config, started func(*Server)) error {
 			}
 		}()
 	}
-	s := &Server{Config: cfg, KEK: kek, Logger: log}
+	s := &Server{Config: cfg, KEK: kek, PreviousKEK: previousKEK, Logger: log}
 	if err := s.Open(ctx); err != nil {
 		return err
 	}

@@ -22,6 +22,7 @@ import (
 
 	"github.com/valet-broker/valet/backends"
 	"github.com/valet-broker/valet/backends/builtin"
+	"github.com/valet-broker/valet/backends/kek"
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/broker/api"
 	"github.com/valet-broker/valet/broker/attest"
@@ -43,9 +44,12 @@ import (
 type Server struct {
 	Config *Config
 	// KEK is the key-encryption key for signing keys at rest.
-	KEK    []byte
-	Logger *slog.Logger
-	Clock  clock.Clock
+	KEK []byte
+	// PreviousKEK, set only while valet switches to a new KEK, still
+	// opens what it sealed (see the kek-rotation job).
+	PreviousKEK []byte
+	Logger      *slog.Logger
+	Clock       clock.Clock
 	// Registry lists the backend types (default: builtin.Registry()).
 	Registry backends.Registry
 	// Notifier receives grant and break-glass events (optional; serve sets
@@ -99,6 +103,13 @@ func (s *Server) Open(ctx context.Context) (err error) {
 	}()
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("data_dir: %w", err)
+	}
+	if s.PreviousKEK != nil {
+		if err := (kek.Ring{Current: s.KEK, Previous: s.PreviousKEK}).Check(); err != nil {
+			return err
+		}
+		log.Warn("switching to a new key-encryption key: the previous one still opens what it sealed; the kek-rotation job seals everything again under the new one, and `valet kek finish` says when the previous one can go",
+			"kek_id", kek.ID(s.KEK), "previous_kek_id", kek.ID(s.PreviousKEK))
 	}
 
 	if cfg.Audit.Sink != "" {
@@ -164,7 +175,7 @@ func (s *Server) Open(ctx context.Context) (err error) {
 		return fmt.Errorf("policy: %w", err)
 	}
 
-	deps := backends.Deps{DataDir: cfg.DataDir, ConfigDir: cfg.ConfigDir, KEK: s.KEK, PublicURL: cfg.PublicURL, Clock: s.Clock, Logger: log}
+	deps := backends.Deps{DataDir: cfg.DataDir, ConfigDir: cfg.ConfigDir, KEK: s.KEK, PreviousKEK: s.PreviousKEK, PublicURL: cfg.PublicURL, Clock: s.Clock, Logger: log}
 	bes := map[string]backends.Backend{}
 	s.backends = bes
 	for i, bc := range cfg.Backends {
@@ -248,7 +259,7 @@ func (s *Server) Open(ctx context.Context) (err error) {
 
 	entries, err := jobdefs.Build(resolvedJobs, jobdefs.Deps{
 		Broker: s.broker, Backends: bes, Audit: s.store, Storage: s.store,
-		DataDir: cfg.DataDir, KEK: s.KEK, PublicURL: cfg.PublicURL, Stdout: s.Stdout, Clock: s.Clock, Logger: log,
+		DataDir: cfg.DataDir, KEK: s.KEK, PreviousKEK: s.PreviousKEK, PublicURL: cfg.PublicURL, Stdout: s.Stdout, Clock: s.Clock, Logger: log,
 	})
 	if err != nil {
 		return fmt.Errorf("jobs: %w", err)

@@ -365,16 +365,7 @@ func TestVaultTokenRenewedByItsHolderIsRevokedAtExpiry(t *testing.T) {
 func TestVaultDatabaseCredentialWithExec(t *testing.T) {
 	v := vaulttest.StartDev(t)
 	setupValetVault(t, v)
-	pg := vaulttest.StartPostgres(t)
-	v.Mount("database", "database")
-	v.Write("database/config/pg", map[string]any{
-		"plugin_name": "postgresql-database-plugin", "allowed_roles": "*",
-		"connection_url": fmt.Sprintf("postgresql://{{username}}:{{password}}@127.0.0.1:%d/postgres?sslmode=disable", pg.Port),
-		"username":       pg.User, "password": pg.Password,
-	})
-	v.Write("database/roles/ro", map[string]any{"db_name": "pg", "default_ttl": "1m", "max_ttl": "1h",
-		"creation_statements": `CREATE ROLE "{{name}}" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'; GRANT pg_read_all_data TO "{{name}}";`})
-	v.Policy("db-ro", `path "database/creds/ro" { capabilities = ["read"] }`)
+	pg := startVaultDatabase(t, v)
 	e := newVaultEnv(t, v, `  - name: db
     backend: vault-main
     ttl: 1m
@@ -395,6 +386,24 @@ func TestVaultDatabaseCredentialWithExec(t *testing.T) {
 		n, err := vaultUsers(pg.SuperDSN())
 		return err == nil && n == 0
 	})
+}
+
+// startVaultDatabase starts a PostgreSQL and configures Vault's database
+// engine with it: connection pg (the superuser's password), role ro
+// (default TTL 1m), and policy db-ro that reads its credentials.
+func startVaultDatabase(t *testing.T, v *vaulttest.Server) *vaulttest.Postgres {
+	t.Helper()
+	pg := vaulttest.StartPostgres(t)
+	v.Mount("database", "database")
+	v.Write("database/config/pg", map[string]any{
+		"plugin_name": "postgresql-database-plugin", "allowed_roles": "*",
+		"connection_url": fmt.Sprintf("postgresql://{{username}}:{{password}}@127.0.0.1:%d/postgres?sslmode=disable", pg.Port),
+		"username":       pg.User, "password": pg.Password,
+	})
+	v.Write("database/roles/ro", map[string]any{"db_name": "pg", "default_ttl": "1m", "max_ttl": "1h",
+		"creation_statements": `CREATE ROLE "{{name}}" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'; GRANT pg_read_all_data TO "{{name}}";`})
+	v.Policy("db-ro", `path "database/creds/ro" { capabilities = ["read"] }`)
+	return pg
 }
 
 // vaultUsers counts the database users Vault created.

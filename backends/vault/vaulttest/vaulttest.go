@@ -390,3 +390,53 @@ func (s *Server) settledUnreadableAccessors() []string {
 	}
 	return prev
 }
+
+// AppRole enables AppRole auth at approle/ (unless it is enabled) and
+// creates the role name, whose tokens have policies and live 1h; it
+// returns files, in a temp dir of their own, holding the role's role_id
+// and a fresh secret-id.
+func (s *Server) AppRole(name string, policies ...string) (roleIDFile, secretIDFile string) {
+	s.tb.Helper()
+	c := s.Client()
+	auths, err := c.Sys().ListAuth()
+	if err != nil {
+		s.tb.Fatalf("vault list auth: %v", err)
+	}
+	if _, ok := auths["approle/"]; !ok {
+		if err := c.Sys().EnableAuthWithOptions("approle", &api.EnableAuthOptions{Type: "approle"}); err != nil {
+			s.tb.Fatalf("vault enable approle: %v", err)
+		}
+	}
+	s.Write("auth/approle/role/"+name, map[string]any{"token_policies": policies, "token_ttl": "1h", "token_max_ttl": "4h"})
+	sec, err := s.Client().Logical().Read("auth/approle/role/" + name + "/role-id")
+	if err != nil || sec == nil {
+		s.tb.Fatalf("vault read role-id: %v", err)
+	}
+	dir := s.tb.TempDir()
+	roleIDFile, secretIDFile = filepath.Join(dir, "role-id"), filepath.Join(dir, "secret-id")
+	if err := os.WriteFile(roleIDFile, []byte(sec.Data["role_id"].(string)+"\n"), 0o600); err != nil {
+		s.tb.Fatal(err)
+	}
+	if err := os.WriteFile(secretIDFile, []byte(s.SecretID(name)+"\n"), 0o600); err != nil {
+		s.tb.Fatal(err)
+	}
+	return roleIDFile, secretIDFile
+}
+
+// SecretID generates a secret-id of the AppRole role name.
+func (s *Server) SecretID(name string) string {
+	s.tb.Helper()
+	return s.Write("auth/approle/role/"+name+"/secret-id", nil).Data["secret_id"].(string)
+}
+
+// AppRoleLogin reports whether Vault accepts a login with the role_id in
+// roleIDFile and secretID (nil), or why not.
+func (s *Server) AppRoleLogin(roleIDFile, secretID string) error {
+	s.tb.Helper()
+	roleID, err := os.ReadFile(roleIDFile)
+	if err != nil {
+		s.tb.Fatal(err)
+	}
+	_, err = s.client("").Logical().Write("auth/approle/login", map[string]any{"role_id": strings.TrimSpace(string(roleID)), "secret_id": secretID})
+	return err
+}

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/valet-broker/valet/backends/kek"
 	"github.com/valet-broker/valet/broker/bolt"
 	"github.com/valet-broker/valet/broker/jobs"
 	"github.com/valet-broker/valet/broker/jobs/builtin"
@@ -22,7 +23,7 @@ import (
 	"github.com/valet-broker/valet/leases/clock"
 )
 
-var kek = bytes.Repeat([]byte{7}, 32)
+var testKEK = bytes.Repeat([]byte{7}, 32)
 
 // Every job valet knows resolves with its defaults: a schedule that
 // parses, a positive timeout, settings that decode from nothing.
@@ -41,7 +42,7 @@ func TestDefaultJobs(t *testing.T) {
 			t.Errorf("%s: default settings: %v", r.Name, err)
 		}
 	}
-	if got := strings.Join(names, ","); got != "signing-key-rotation,audit-checkpoint,grant-expiry,housekeeping,quarantine-release" {
+	if got := strings.Join(names, ","); got != "signing-key-rotation,audit-checkpoint,grant-expiry,housekeeping,quarantine-release,kek-rotation,vault-secret-id-rotation,vault-token-health" {
 		t.Errorf("default jobs %s", got)
 	}
 }
@@ -122,7 +123,7 @@ func TestCheckpointJob(t *testing.T) {
 			cpEntry = r
 		}
 	}
-	entries, err := builtin.Build([]jobs.Resolved{cpEntry}, builtin.Deps{Audit: store, DataDir: dir, KEK: kek,
+	entries, err := builtin.Build([]jobs.Resolved{cpEntry}, builtin.Deps{Audit: store, DataDir: dir, KEK: testKEK,
 		PublicURL: "https://valet.example.com", Stdout: &stdout, Clock: clock.NewFake(now)})
 	if err != nil {
 		t.Fatal(err)
@@ -161,11 +162,11 @@ func TestCheckpointJob(t *testing.T) {
 	}
 
 	// The key persists and opens only under its KEK.
-	again, err := builtin.LoadCheckpointKey(dir, kek, now)
+	again, err := builtin.LoadCheckpointKey(dir, kek.Ring{Current: testKEK}, now)
 	if err != nil || !again.Public().(ed25519.PublicKey).Equal(pub) {
 		t.Fatalf("reloaded key: %v", err)
 	}
-	if _, err := builtin.LoadCheckpointKey(dir, bytes.Repeat([]byte{8}, 32), now); err == nil || !strings.Contains(err.Error(), "cannot be unsealed") {
+	if _, err := builtin.LoadCheckpointKey(dir, kek.Ring{Current: bytes.Repeat([]byte{8}, 32)}, now); err == nil || !strings.Contains(err.Error(), "cannot be unsealed") {
 		t.Errorf("wrong KEK: %v", err)
 	}
 }

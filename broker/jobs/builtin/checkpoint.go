@@ -48,7 +48,7 @@ func auditCheckpoint() Definition {
 			if len(deps.KEK) == 0 {
 				return nil, errors.New("the checkpoint key is sealed under the key-encryption key: set VALET_KEK or kek_file")
 			}
-			key, err := LoadCheckpointKey(deps.DataDir, deps.KEK, deps.Clock.Now())
+			key, err := LoadCheckpointKey(deps.DataDir, deps.ring(), deps.Clock.Now())
 			if err != nil {
 				return nil, err
 			}

@@ -34,9 +34,10 @@ func checkpointKeyAAD(kid string) []byte { return []byte("valet/audit-checkpoint
 // CheckpointKeyPath is the key file of a data directory.
 func CheckpointKeyPath(dataDir string) string { return filepath.Join(dataDir, checkpointKeyFile) }
 
-// LoadCheckpointKey opens the checkpoint key of dataDir with key (the
-// KEK), creating it at now if there is none.
-func LoadCheckpointKey(dataDir string, key []byte, now time.Time) (ed25519.PrivateKey, error) {
+// LoadCheckpointKey opens the checkpoint key of dataDir under either KEK
+// of ring, creating it at now, sealed under ring.Current, if there is
+// none.
+func LoadCheckpointKey(dataDir string, ring kek.Ring, now time.Time) (ed25519.PrivateKey, error) {
 	path := CheckpointKeyPath(dataDir)
 	b, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
@@ -45,7 +46,7 @@ func LoadCheckpointKey(dataDir string, key []byte, now time.Time) (ed25519.Priva
 			return nil, err
 		}
 		kid := audit.CheckpointKeyID(pub)
-		sealed, err := kek.Seal(key, checkpointKeyAAD(kid), priv.Seed())
+		sealed, err := ring.Seal(checkpointKeyAAD(kid), priv.Seed())
 		if err != nil {
 			return nil, err
 		}
@@ -61,7 +62,10 @@ func LoadCheckpointKey(dataDir string, key []byte, now time.Time) (ed25519.Priva
 	if err := json.Unmarshal(b, &rec); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	seed, err := kek.Open(key, checkpointKeyAAD(rec.KID), rec.Sealed)
+	seed, _, err := ring.Open(checkpointKeyAAD(rec.KID), rec.Sealed)
+	if errors.Is(err, kek.ErrOpen) && ring.Previous == nil {
+		return nil, fmt.Errorf("%s: the checkpoint key cannot be unsealed: %w (while switching to a new key-encryption key, set the old one as VALET_KEK_PREVIOUS or kek_previous_file)", path, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("%s: the checkpoint key cannot be unsealed: %w", path, err)
 	}
@@ -73,6 +77,15 @@ func LoadCheckpointKey(dataDir string, key []byte, now time.Time) (ed25519.Priva
 		return nil, fmt.Errorf("%s: kid does not match the key", path)
 	}
 	return priv, nil
+}
+
+// RewrapCheckpointKey seals the checkpoint key of dataDir under
+// ring.Current if only ring.Previous opens it (one atomic write of the
+// key file); a data directory without the key has nothing to re-wrap.
+func RewrapCheckpointKey(dataDir string, ring kek.Ring) (kek.Report, error) {
+	return kek.RewrapFile(CheckpointKeyPath(dataDir), ring, func(rec *checkpointKeyRecord) []kek.Value {
+		return []kek.Value{{AAD: checkpointKeyAAD(rec.KID), Sealed: &rec.Sealed}}
+	})
 }
 
 // ReadCheckpointPublicKey reads the public checkpoint key of dataDir

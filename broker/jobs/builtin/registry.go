@@ -19,9 +19,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/valet-broker/valet/backends"
+	"github.com/valet-broker/valet/backends/kek"
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/broker/jobs"
 	"github.com/valet-broker/valet/leases/audit"
@@ -61,15 +63,20 @@ type Deps struct {
 	// (housekeeping).
 	Storage StorageStats
 	// DataDir, KEK and PublicURL are the server's (keys under the KEK
-	// live under DataDir).
-	DataDir   string
-	KEK       []byte
-	PublicURL string
+	// live under DataDir). PreviousKEK is set only while valet switches
+	// to a new KEK: it still opens what it sealed (see kek-rotation).
+	DataDir     string
+	KEK         []byte
+	PreviousKEK []byte
+	PublicURL   string
 	// Stdout is where the stdout witness writes (os.Stdout).
 	Stdout io.Writer
 	Clock  clock.Clock
 	Logger *slog.Logger
 }
+
+// ring is the KEKs of deps.
+func (d Deps) ring() kek.Ring { return kek.Ring{Current: d.KEK, Previous: d.PreviousKEK} }
 
 // AuditHead reads where the audit log ends (broker/bolt's Store).
 type AuditHead interface {
@@ -89,10 +96,15 @@ const (
 	GrantExpiry        = "grant-expiry"
 	Housekeeping       = "housekeeping"
 	QuarantineRelease  = "quarantine-release"
+	KEKRotation        = "kek-rotation"
+	VaultSecretID      = "vault-secret-id-rotation"
+	VaultTokenHealth   = "vault-token-health"
+	VaultDatabaseRoot  = "vault-database-root-rotation"
 )
 
 // order is the order of the default jobs.
-var order = []string{SigningKeyRotation, AuditCheckpoint, GrantExpiry, Housekeeping, QuarantineRelease}
+var order = []string{SigningKeyRotation, AuditCheckpoint, GrantExpiry, Housekeeping, QuarantineRelease, KEKRotation, VaultSecretID, VaultTokenHealth,
+	VaultDatabaseRoot}
 
 // Registry returns valet's jobs by name.
 func Registry() map[string]Definition {
@@ -102,6 +114,10 @@ func Registry() map[string]Definition {
 		GrantExpiry:        grantExpiry(),
 		Housekeeping:       housekeeping(),
 		QuarantineRelease:  quarantineRelease(),
+		KEKRotation:        kekRotation(),
+		VaultSecretID:      vaultSecretIDRotation(),
+		VaultTokenHealth:   vaultTokenHealth(),
+		VaultDatabaseRoot:  vaultDatabaseRootRotation(),
 	}
 }
 
@@ -185,4 +201,23 @@ func Build(resolved []jobs.Resolved, deps Deps) ([]jobs.Entry, error) {
 			Jitter: r.Jitter, Timeout: r.Timeout, RunOnStart: r.RunOnStart, RunAtShutdown: d.RunAtShutdown, Job: job})
 	}
 	return out, errors.Join(errs...)
+}
+
+// selectBackends returns the configured backends that implement T: those
+// named in names, or every one when names is empty. A name that is not
+// such a backend is an error naming its index in the job's backends key;
+// what says what such a backend has ("with signing keys of its own").
+func selectBackends[T any](all map[string]backends.Backend, names []string, what string) (map[string]T, error) {
+	out := map[string]T{}
+	for name, be := range all {
+		if c, ok := be.(T); ok && (len(names) == 0 || slices.Contains(names, name)) {
+			out[name] = c
+		}
+	}
+	for i, name := range names {
+		if _, ok := out[name]; !ok {
+			return nil, fmt.Errorf("backends[%d] %q is not a configured backend %s", i, name, what)
+		}
+	}
+	return out, nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -46,16 +47,9 @@ func signingKeyRotation() Definition {
 		Settings: func() any { s := config.Defaulted[SigningKeySettings](nil); return &s },
 		Build: func(settings any, deps Deps) (jobs.Job, error) {
 			s := settings.(*SigningKeySettings)
-			rotators := map[string]backends.KeyRotator{}
-			for name, be := range deps.Backends {
-				if r, ok := be.(backends.KeyRotator); ok && (len(s.Backends) == 0 || slices.Contains(s.Backends, name)) {
-					rotators[name] = r
-				}
-			}
-			for i, name := range s.Backends {
-				if _, ok := rotators[name]; !ok {
-					return nil, fmt.Errorf("backends[%d] %q is not a configured backend with signing keys of its own", i, name)
-				}
+			rotators, err := selectBackends[backends.KeyRotator](deps.Backends, s.Backends, "with signing keys of its own")
+			if err != nil {
+				return nil, err
 			}
 			return &signingKeyJob{rotators: rotators, prepublish: s.Prepublish.D()}, nil
 		},
@@ -74,11 +68,7 @@ type signingKeyJob struct {
 func (j *signingKeyJob) Run(ctx context.Context, now time.Time) (jobs.Result, error) {
 	ch := map[string]string{}
 	var errs []error
-	names := make([]string, 0, len(j.rotators))
-	for n := range j.rotators {
-		names = append(names, n)
-	}
-	slices.Sort(names)
+	names := slices.Sorted(maps.Keys(j.rotators))
 	for _, name := range names {
 		if err := ctx.Err(); err != nil {
 			return jobs.Result{Changes: ch}, err
