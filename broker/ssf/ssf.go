@@ -64,11 +64,13 @@ type keyFile struct {
 func aad(kid string) []byte { return []byte("valet/ssf-key/" + kid) }
 
 // Open loads the transmitter's key from dataDir (creating one the first
-// time), sealed under key (the KEK). issuer is valet's public URL, the
-// iss of its SETs. It fails when the file cannot be read or opened with
-// key (a wrong KEK), or the KEK is not one.
-func Open(dataDir string, key []byte, issuer string, clk clock.Clock) (*Transmitter, error) {
-	if err := kek.Check(key); err != nil {
+// time, sealed under ring.Current), opening it under either KEK of ring
+// (while valet switches KEKs the kek-rotation job seals it again under
+// the current one: RewrapKey). issuer is valet's public URL, the iss of
+// its SETs. It fails when the file cannot be read or opened with either
+// KEK, or a KEK is not one.
+func Open(dataDir string, ring kek.Ring, issuer string, clk clock.Clock) (*Transmitter, error) {
+	if err := ring.Check(); err != nil {
 		return nil, fmt.Errorf("ssf transmitter: %w", err)
 	}
 	if clk == nil {
@@ -90,7 +92,7 @@ func Open(dataDir string, key []byte, issuer string, clk clock.Clock) (*Transmit
 		if err != nil {
 			return nil, err
 		}
-		sealed, err := kek.Seal(key, aad(t.kid), der)
+		sealed, err := ring.Seal(aad(t.kid), der)
 		if err != nil {
 			return nil, err
 		}
@@ -105,9 +107,12 @@ func Open(dataDir string, key []byte, issuer string, clk clock.Clock) (*Transmit
 	if err := json.Unmarshal(b, &f); err != nil {
 		return nil, fmt.Errorf("ssf transmitter: %s: %w", path, err)
 	}
-	der, err := kek.Open(key, aad(f.KID), f.Sealed)
+	der, _, err := ring.Open(aad(f.KID), f.Sealed)
+	if errors.Is(err, kek.ErrOpen) && ring.Previous == nil {
+		return nil, fmt.Errorf("ssf transmitter: %s: its key cannot be unsealed: %w (while switching to a new key-encryption key, set the old one as VALET_KEK_PREVIOUS or kek_previous_file)", path, err)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("ssf transmitter: %s: %w", path, err)
+		return nil, fmt.Errorf("ssf transmitter: %s: its key cannot be unsealed: %w", path, err)
 	}
 	priv, err := x509.ParsePKCS8PrivateKey(der)
 	if err != nil {
@@ -124,6 +129,16 @@ func Open(dataDir string, key []byte, issuer string, clk clock.Clock) (*Transmit
 		return nil, fmt.Errorf("ssf transmitter: %s: kid does not match the key", path)
 	}
 	return t, nil
+}
+
+// RewrapKey seals the transmitter's key in dataDir under ring.Current if
+// only ring.Previous opens it (one atomic write of the key file); a data
+// directory without the key has nothing to re-wrap. The kek-rotation job
+// calls it, whether or not a set receiver is configured now.
+func RewrapKey(dataDir string, ring kek.Ring) (kek.Report, error) {
+	return kek.RewrapFile(filepath.Join(dataDir, KeyFile), ring, func(f *keyFile) []kek.Value {
+		return []kek.Value{{AAD: aad(f.KID), Sealed: &f.Sealed}}
+	})
 }
 
 // use makes priv the signing key: its kid is derived from the public key.

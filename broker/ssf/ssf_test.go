@@ -17,6 +17,7 @@ import (
 	"github.com/lestrrat-go/jwx/v2/jwk"
 	"github.com/lestrrat-go/jwx/v2/jws"
 
+	"github.com/valet-broker/valet/backends/kek"
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/broker/notify"
 	"github.com/valet-broker/valet/broker/ssf"
@@ -24,15 +25,19 @@ import (
 	"github.com/valet-broker/valet/leases/config"
 )
 
-var kekA = bytes.Repeat([]byte{7}, 32)
+var (
+	kekA  = bytes.Repeat([]byte{7}, 32)
+	kekB  = bytes.Repeat([]byte{8}, 32)
+	ringA = kek.Ring{Current: kekA}
+)
 
 func TestTransmitterKeyIsKeptSealed(t *testing.T) {
 	dir := t.TempDir()
-	tx, err := ssf.Open(dir, kekA, "https://valet.test", nil)
+	tx, err := ssf.Open(dir, ringA, "https://valet.test", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	again, err := ssf.Open(dir, kekA, "https://valet.test", nil)
+	again, err := ssf.Open(dir, ringA, "https://valet.test", nil)
 	if err != nil || again.KeyID() != tx.KeyID() {
 		t.Fatalf("reopened: %v, kid %s want %s", err, again.KeyID(), tx.KeyID())
 	}
@@ -43,12 +48,43 @@ func TestTransmitterKeyIsKeptSealed(t *testing.T) {
 	if bytes.Contains(raw, []byte("PRIVATE")) || !bytes.Contains(raw, []byte(`"ciphertext"`)) {
 		t.Fatalf("the key file does not look sealed: %s", raw)
 	}
-	if _, err := ssf.Open(dir, bytes.Repeat([]byte{8}, 32), "https://valet.test", nil); err == nil {
-		t.Fatal("opened with another KEK")
+	if _, err := ssf.Open(dir, kek.Ring{Current: kekB}, "https://valet.test", nil); err == nil || !strings.Contains(err.Error(), "VALET_KEK_PREVIOUS") {
+		t.Fatalf("opened with another KEK: %v", err)
 	}
 	jwks := tx.PublicJWKs()
 	if len(jwks) != 1 || jwks[0]["kid"] != tx.KeyID() || jwks[0]["alg"] != "ES256" || jwks[0]["d"] != nil {
 		t.Fatalf("public JWK %v", jwks)
+	}
+}
+
+// TestTransmitterKeyRewrapped: while valet switches KEKs the key opens
+// under the previous one; RewrapKey seals it under the new one (once), after
+// which the new KEK alone opens it and the kid stays.
+func TestTransmitterKeyRewrapped(t *testing.T) {
+	dir := t.TempDir()
+	if rep, err := ssf.RewrapKey(dir, kek.Ring{Current: kekB, Previous: kekA}); err != nil || rep != (kek.Report{}) {
+		t.Fatalf("re-wrap without a key: %+v, %v", rep, err)
+	}
+	tx, err := ssf.Open(dir, ringA, "https://valet.test", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	switching := kek.Ring{Current: kekB, Previous: kekA}
+	if again, err := ssf.Open(dir, switching, "https://valet.test", nil); err != nil || again.KeyID() != tx.KeyID() {
+		t.Fatalf("open while switching: %v", err)
+	}
+	if rep, err := ssf.RewrapKey(dir, switching); err != nil || rep.Rewrapped != 1 {
+		t.Fatalf("re-wrap: %+v, %v", rep, err)
+	}
+	if rep, err := ssf.RewrapKey(dir, switching); err != nil || rep.Rewrapped != 0 || rep.Current != 1 {
+		t.Fatalf("second re-wrap: %+v, %v", rep, err)
+	}
+	again, err := ssf.Open(dir, kek.Ring{Current: kekB}, "https://valet.test", nil)
+	if err != nil || again.KeyID() != tx.KeyID() {
+		t.Fatalf("open under the new KEK alone: %v", err)
+	}
+	if _, err := ssf.Open(dir, ringA, "https://valet.test", nil); err == nil {
+		t.Fatal("the old KEK still opens the re-wrapped key")
 	}
 }
 
@@ -123,7 +159,7 @@ func dispatcher(t *testing.T, tx *ssf.Transmitter, hooks ...notify.WebhookConfig
 // CAEP session-revoked SET that verifies against valet's published key;
 // other events are not sent to it.
 func TestSessionRevokedPush(t *testing.T) {
-	tx, err := ssf.Open(t.TempDir(), kekA, "https://valet.test", nil)
+	tx, err := ssf.Open(t.TempDir(), ringA, "https://valet.test", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -170,7 +206,7 @@ func TestSessionRevokedPush(t *testing.T) {
 // TestSessionRevokedRefused: a receiver's RFC 8935 error is a permanent
 // failure, counted and not retried.
 func TestSessionRevokedRefused(t *testing.T) {
-	tx, err := ssf.Open(t.TempDir(), kekA, "https://valet.test", nil)
+	tx, err := ssf.Open(t.TempDir(), ringA, "https://valet.test", nil)
 	if err != nil {
 		t.Fatal(err)
 	}

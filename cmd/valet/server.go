@@ -210,7 +210,7 @@ func (s *Server) Open(ctx context.Context) (err error) {
 	var publishers []backends.KeyPublisher
 	for _, w := range cfg.Notifications.Webhooks {
 		if w.Format == "set" && transmitter == nil {
-			if transmitter, err = ssf.Open(cfg.DataDir, s.KEK, cfg.PublicURL, s.Clock); err != nil {
+			if transmitter, err = ssf.Open(cfg.DataDir, kek.Ring{Current: s.KEK, Previous: s.PreviousKEK}, cfg.PublicURL, s.Clock); err != nil {
 				return err
 			}
 			publishers = append(publishers, transmitter)
@@ -260,6 +260,9 @@ func (s *Server) Open(ctx context.Context) (err error) {
 	entries, err := jobdefs.Build(resolvedJobs, jobdefs.Deps{
 		Broker: s.broker, Backends: bes, Audit: s.store, Storage: s.store,
 		DataDir: cfg.DataDir, KEK: s.KEK, PreviousKEK: s.PreviousKEK, PublicURL: cfg.PublicURL, Stdout: s.Stdout, Clock: s.Clock, Logger: log,
+		Sealed: []jobdefs.SealedFile{{Name: "ssf_transmitter_key", Rewrap: func(ring kek.Ring) (kek.Report, error) {
+			return ssf.RewrapKey(cfg.DataDir, ring)
+		}}},
 	})
 	if err != nil {
 		return fmt.Errorf("jobs: %w", err)

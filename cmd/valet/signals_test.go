@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -611,4 +612,57 @@ func TestQuarantineReleasesOnItsOwn(t *testing.T) {
 	if kinds := auditCounts(t, e); kinds["agent.quarantine/allow"] != 1 || kinds["agent.release/allow"] != 1 {
 		t.Fatalf("audit kinds %v", kinds)
 	}
+}
+
+// TestKEKSwitchKeepsTheSSFKey: valet's SSF transmitter key is sealed under
+// the KEK like the signing keys; while valet switches KEKs it opens under
+// the previous one, the kek-rotation job seals it again under the new one
+// (counted in `valet kek finish`), and valet then starts with the new KEK
+// alone and publishes the same SET key.
+func TestKEKSwitchKeepsTheSSFKey(t *testing.T) {
+	kekA, kekB := strings.Repeat("07", 32), strings.Repeat("5b", 32)
+	rcv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusAccepted) }))
+	defer rcv.Close()
+	e := newTestEnvYAML(t, func(s string) string {
+		return s + "notifications:\n  webhooks:\n    - name: gateway\n      format: set\n      url: " + rcv.URL + "\n"
+	})
+	ssfKids := func() []string {
+		var kids []string
+		signing, _ := publishedKeys(t, e)
+		for _, k := range signing {
+			if strings.HasPrefix(k, "ssf-") {
+				kids = append(kids, k)
+			}
+		}
+		return kids
+	}
+	p := startServe(t, e, "VALET_KEK="+kekA)
+	e.URL = p.url
+	before := ssfKids()
+	if len(before) != 1 {
+		t.Fatalf("JWKS before the switch: SET keys %v, want one", before)
+	}
+	p.stop(t)
+
+	if msg := serveFails(t, e, "VALET_KEK="+kekB); !strings.Contains(msg, "VALET_KEK_PREVIOUS") {
+		t.Fatalf("start with the new KEK alone: %s", msg)
+	}
+	p = startServe(t, e, "VALET_KEK="+kekB, "VALET_KEK_PREVIOUS="+kekA)
+	e.URL = p.url
+	out := mustCLI(t, cliEnv(e), "kek", "finish")
+	if !strings.Contains(out, "is no longer needed") {
+		t.Fatalf("valet kek finish:\n%s", out)
+	}
+	job := apiJSON[map[string]any](t, e, "/v1/jobs/kek-rotation")
+	if !strings.Contains(fmt.Sprint(job["recent"]), "ssf_transmitter_key.rewrapped:1") {
+		t.Fatalf("the kek-rotation run did not re-wrap the SSF key: %v", job["recent"])
+	}
+	p.stop(t)
+
+	p = startServe(t, e, "VALET_KEK="+kekB)
+	e.URL = p.url
+	if after := ssfKids(); !slices.Equal(after, before) {
+		t.Fatalf("SET keys after the switch %v, want %v", after, before)
+	}
+	p.stop(t)
 }

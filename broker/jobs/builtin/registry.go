@@ -69,10 +69,22 @@ type Deps struct {
 	KEK         []byte
 	PreviousKEK []byte
 	PublicURL   string
+	// Sealed are the keepers of values sealed under the KEK that are
+	// neither a backend nor the checkpoint key (valet's SSF transmitter
+	// key: broker/ssf.RewrapKey); kek-rotation re-wraps them after those.
+	Sealed []SealedFile
 	// Stdout is where the stdout witness writes (os.Stdout).
 	Stdout io.Writer
 	Clock  clock.Clock
 	Logger *slog.Logger
+}
+
+// SealedFile is a keeper of values sealed under the KEK: Name names it in
+// the kek-rotation job's changes; Rewrap seals again under ring.Current
+// what only ring.Previous opens (kek.RewrapFile).
+type SealedFile struct {
+	Name   string
+	Rewrap func(ring kek.Ring) (kek.Report, error)
 }
 
 // ring is the KEKs of deps.
