@@ -62,7 +62,8 @@ func (b *Broker) Introspect(ctx context.Context, token string) (*Introspection, 
 // job's prepublish).
 const JWKSMaxAge = 5 * time.Minute
 
-// PublicJWKs returns the public keys of every signing backend.
+// PublicJWKs returns the public keys of every signing backend, then those
+// of Options.KeyPublishers (the SSF transmitter's).
 func (b *Broker) PublicJWKs() []map[string]any {
 	names := make([]string, 0, len(b.backends))
 	for n := range b.backends {
@@ -74,6 +75,9 @@ func (b *Broker) PublicJWKs() []map[string]any {
 		if kp, ok := b.backends[n].(backends.KeyPublisher); ok {
 			out = append(out, kp.PublicJWKs()...)
 		}
+	}
+	for _, kp := range b.publishers {
+		out = append(out, kp.PublicJWKs()...)
 	}
 	return out
 }

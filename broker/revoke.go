@@ -182,22 +182,14 @@ func RevokesAtExpiry(bes map[string]backends.Backend) func(l *leases.Lease) bool
 	}
 }
 
-// queueWaker is a Revoker whose due revocations can be attempted at once
-// (leases.RevocationQueue.Kick).
-type queueWaker interface{ Kick() }
-
 // LeasesExpired is told about the leases the expirer (leases.Expirer) just
 // ended. Those whose credentials had to be revoked at expiry (see
 // RevokesAtExpiry) are revoking: the revocation queue is woken so that
 // their revocation starts now rather than at its next scheduled attempt.
 func (b *Broker) LeasesExpired(expired []*leases.Lease) {
-	k, ok := b.revoker.(queueWaker)
-	if !ok {
-		return
-	}
 	for _, l := range expired {
 		if l.State == leases.StateRevoking {
-			k.Kick()
+			b.revoker.Kick()
 			return
 		}
 	}

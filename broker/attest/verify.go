@@ -128,6 +128,7 @@ type token struct {
 	signingInput []byte // "header.payload" exactly as received
 	signature    []byte
 	alg, kid     string
+	typ          string // the header's typ, "" when absent
 	claims       map[string]any
 }
 
@@ -252,6 +253,13 @@ func (t *token) parseHeader(b []byte) error {
 			return unauthorized("attestation header kid must be a string")
 		}
 		t.kid = s
+	}
+	if typ, ok := h["typ"]; ok {
+		s, ok := typ.(string)
+		if !ok {
+			return unauthorized("attestation header typ must be a string")
+		}
+		t.typ = s
 	}
 	return nil
 }

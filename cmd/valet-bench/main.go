@@ -51,6 +51,9 @@ func main() {
 		bulk      = flag.Int("bulk-revoke", 1000, "Vault leases of one agent to revoke at once (0 skips)")
 		awsLvls   = flag.String("aws-concurrency", "16,64", "concurrency levels for the AWS STS mints (empty skips them)")
 		ghLvls    = flag.String("github-concurrency", "16,64", "concurrency levels for the GitHub backend (empty skips it)")
+		containJ  = flag.Int("contain-jwt", 1000, "jwt leases of one agent a signal revokes, timed to the last confirmed (0 skips)")
+		containV  = flag.String("contain-vault", "200,1000", "Vault leases of one agent a signal revokes, timed to the last confirmed (empty skips)")
+		strategyN = flag.Int("vault-strategies", 1000, "Vault tokens revoked by accessor vs under a parent token (0 skips)")
 		gcpLvls   = flag.String("gcp-concurrency", "16,64", "concurrency levels for the Google Cloud backend (empty skips it)")
 	)
 	flag.Parse()
@@ -87,6 +90,16 @@ func main() {
 	}
 	if *vaultLvls != "" {
 		printVault(b.vaultBench(parseLevels("-vault-concurrency", *vaultLvls), *duration, *bulk))
+	}
+	if *containJ > 0 || *containV != "" {
+		var vs []int
+		if *containV != "" {
+			vs = parseLevels("-contain-vault", *containV)
+		}
+		printContain(b.containBench(*containJ, vs))
+	}
+	if *strategyN > 0 {
+		printStrategies(vaultStrategies(*strategyN, []int{16, 64}))
 	}
 	if *ghLvls != "" {
 		printGitHub(b.githubBench(parseLevels("-github-concurrency", *ghLvls), *duration))

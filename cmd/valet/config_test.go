@@ -130,6 +130,23 @@ func TestParseConfigRejects(t *testing.T) {
 			"limits.auth_failures_per_minute must be between 1 and 100000, not 0"},
 		{"negative failure records", func(s string) string { return s + "limits:\n  auth_failure_records_per_minute: -1\n" },
 			"limits.auth_failure_records_per_minute must be between 0 and 100000, not -1"},
+		{"signal source without a credential", func(s string) string { return s + "signals:\n  sources:\n    - name: siem\n" },
+			"signals.sources[0] needs token_sha256, or issuer and subject"},
+		{"signal source naming no signals issuer", func(s string) string {
+			return s + "signals:\n  sources:\n    - name: siem\n      issuer: gha\n      subject: x\n"
+		}, `signals.sources[0].issuer "gha" is not one of signals.issuers`},
+		{"unknown key in signals", func(s string) string { return s + "signals:\n  colour: red\n" }, "field colour not found"},
+		{"unknown key in a signal source", func(s string) string {
+			return s + "signals:\n  sources:\n    - name: siem\n      token: abc\n"
+		}, "field token not found"},
+		{"an action that is none", func(s string) string { return s + "signals:\n  actions: {high: nuke}\n" },
+			`signals.actions.high "nuke" must be alert, revoke or quarantine`},
+		{"a signals issuer sharing an audience with agents'", func(s string) string {
+			return s + "signals:\n  issuers:\n    - name: k8s-signals\n      issuer: https://kubernetes.default.svc\n      audiences: [valet]\n      jwks_file: /x.json\n"
+		}, "give signal sources an audience of their own"},
+		{"a transmitter without keys", func(s string) string {
+			return s + "signals:\n  transmitters:\n    - name: idp\n      issuer: https://idp.example\n"
+		}, "signals.transmitters[0] needs exactly one of jwks_file or jwks_url"},
 		{"two documents", func(s string) string { return s + "---\nlisten: x\n" }, "single YAML document"},
 		{"empty", func(string) string { return "" }, "config is empty"},
 	}
@@ -214,6 +231,13 @@ func keysConfig() map[string]any {
 		}}},
 		"notifications": map[string]any{"webhooks": []any{map[string]any{"name": "sec", "url": "https://hooks.example.com/valet"}}},
 		"introspection": map[string]any{"clients": []any{map[string]any{"client_id": "api", "client_secret_sha256": strings.Repeat("ab", 32)}}},
+		"signals": map[string]any{
+			"sources": []any{map[string]any{"name": "siem", "token_sha256": strings.Repeat("cd", 32)}},
+			"issuers": []any{map[string]any{
+				"name": "gha", "issuer": "https://token.actions.githubusercontent.com", "audiences": []any{"valet-signals"}, "discovery": true,
+			}},
+			"transmitters": []any{map[string]any{"name": "idp", "issuer": "https://idp.example.com", "jwks_url": "https://idp.example.com/jwks"}},
+		},
 		"jobs": []any{
 			map[string]any{"name": "housekeeping"},
 			map[string]any{"name": "signing-key-rotation"},
@@ -320,6 +344,26 @@ var configKeys = []struct {
 		"console.session_max must be positive and not less than session_idle (15m0s); it is 0s"},
 	{"console.fresh_login", func(c *Config) any { return c.Console.FreshLogin.D() }, 10 * time.Minute,
 		"console.fresh_login must be positive; it is 0s"},
+	{"signals.half_life", func(c *Config) any { return c.Signals.HalfLife.D() }, 6 * time.Hour, "signals.half_life must be at least 1m; it is 0s"},
+	{"signals.points.info", func(c *Config) any { return c.Signals.Points.Info }, 0, ""},
+	{"signals.points.low", func(c *Config) any { return c.Signals.Points.Low }, 10, ""},
+	{"signals.points.medium", func(c *Config) any { return c.Signals.Points.Medium }, 30, ""},
+	{"signals.points.high", func(c *Config) any { return c.Signals.Points.High }, 60, ""},
+	{"signals.points.critical", func(c *Config) any { return c.Signals.Points.Critical }, 90, ""},
+	{"signals.auto_release", func(c *Config) any { return c.Signals.AutoRelease.D() }, time.Duration(0), ""},
+	{"signals.retention", func(c *Config) any { return c.Signals.Retention.D() }, 30 * 24 * time.Hour, ""},
+	{"signals.sources.0.rate", func(c *Config) any { return c.Signals.Sources[0].Rate }, 5.0,
+		"signals.sources[0].rate must be a positive number of signals per second (.inf for no limit); it is 0"},
+	{"signals.sources.0.burst", func(c *Config) any { return c.Signals.Sources[0].Burst }, 20, "signals.sources[0].burst must be at least 1; it is 0"},
+	{"signals.issuers.0.clock_skew", func(c *Config) any { return c.Signals.Issuers[0].ClockSkew.D() }, 30 * time.Second, ""},
+	{"signals.issuers.0.max_token_age", func(c *Config) any { return c.Signals.Issuers[0].MaxTokenAge.D() }, 24 * time.Hour, ""},
+	{"signals.issuers.0.jwks_refresh_interval", func(c *Config) any { return c.Signals.Issuers[0].JWKSRefreshInterval.D() }, time.Minute,
+		"signals.issuers[0].jwks_refresh_interval must be at least 1s; it is 0s"},
+	{"signals.issuers.0.jwks_cache_ttl", func(c *Config) any { return c.Signals.Issuers[0].JWKSCacheTTL.D() }, time.Hour,
+		"signals.issuers[0].jwks_cache_ttl must be positive and not less than jwks_refresh_interval (1m0s); it is 0s"},
+	{"signals.transmitters.0.clock_skew", func(c *Config) any { return c.Signals.Transmitters[0].ClockSkew.D() }, 30 * time.Second, ""},
+	{"signals.transmitters.0.max_age", func(c *Config) any { return c.Signals.Transmitters[0].MaxAge.D() }, time.Hour,
+		"signals.transmitters[0].max_age must be between 1m and 168h0m0s (each SET's jti is remembered that long); it is 0s"},
 	{"jobs.0.jitter", func(c *Config) any { return configuredJob(c, "housekeeping").Jitter }, time.Duration(0), ""},
 	{"jobs.0.timeout", func(c *Config) any { return configuredJob(c, "housekeeping").Timeout }, 5 * time.Minute,
 		"jobs[0].timeout must be positive; it is 0s"},
@@ -605,7 +649,7 @@ func TestConfigRefusesValuesThatUsedToMeanSomethingElse(t *testing.T) {
 		{"empty algorithms", "issuers.0.algorithms", []any{}, "issuers[0].algorithms must not be empty"},
 		{"empty subject_claim", "issuers.0.subject_claim", "", "issuers[0].subject_claim must not be empty"},
 		{"empty issuer type", "issuers.0.type", "", `issuers[0].type "" must be oidc`},
-		{"empty webhook format", "notifications.webhooks.0.format", "", `notifications.webhooks[0].format "" must be json or slack`},
+		{"empty webhook format", "notifications.webhooks.0.format", "", `notifications.webhooks[0].format "" must be json, slack or set`},
 		{"empty log level", "log.level", "", `log.level "" must be debug`},
 		{"empty operator name_claim", "operators.issuers.0.name_claim", "", "operators.issuers[0].name_claim and groups_claim must not be empty"},
 	}
@@ -659,6 +703,15 @@ func TestDefaultConfigMatchesAbsentKeys(t *testing.T) {
 	inGo.Notifications.Webhooks = []notify.WebhookConfig{config.Defaulted(func(w *notify.WebhookConfig) { w.Name, w.URL = "sec", "https://hooks.example.com/valet" })}
 	inGo.Introspection.Clients = []broker.IntrospectionClientConfig{config.Defaulted(func(cl *broker.IntrospectionClientConfig) {
 		cl.ClientID, cl.ClientSecretSHA256 = "api", strings.Repeat("ab", 32)
+	})}
+	inGo.Signals.Sources = []broker.SignalSourceConfig{config.Defaulted(func(c *broker.SignalSourceConfig) {
+		c.Name, c.TokenSHA256 = "siem", strings.Repeat("cd", 32)
+	})}
+	inGo.Signals.Issuers = []attest.IssuerConfig{config.Defaulted(func(ic *attest.IssuerConfig) {
+		ic.Name, ic.Issuer, ic.Audiences, ic.Discovery = "gha", "https://token.actions.githubusercontent.com", []string{"valet-signals"}, true
+	})}
+	inGo.Signals.Transmitters = []attest.TransmitterConfig{config.Defaulted(func(tc *attest.TransmitterConfig) {
+		tc.Name, tc.Issuer, tc.JWKSURL = "idp", "https://idp.example.com", "https://idp.example.com/jwks"
 	})}
 	inGo.Jobs = []jobs.Spec{{Name: "housekeeping"}, {Name: "signing-key-rotation"}, {Name: "audit-checkpoint", Settings: map[string]any{
 		"witnesses": []any{map[string]any{"type": "webhook", "url": "https://witness.example.com"}},

@@ -32,6 +32,7 @@ import (
 	jobdefs "github.com/valet-broker/valet/broker/jobs/builtin"
 	"github.com/valet-broker/valet/broker/notify"
 	"github.com/valet-broker/valet/broker/policy"
+	"github.com/valet-broker/valet/broker/ssf"
 	"github.com/valet-broker/valet/leases"
 	"github.com/valet-broker/valet/leases/audit"
 	"github.com/valet-broker/valet/leases/clock"
@@ -203,22 +204,54 @@ func (s *Server) Open(ctx context.Context) (err error) {
 	}
 
 	grantStore := s.store.Grants()
+	// valet transmits SETs (signed with a key of its own, published in its
+	// JWKS) when a receiver of format set is configured.
+	var transmitter *ssf.Transmitter
+	var publishers []backends.KeyPublisher
+	for _, w := range cfg.Notifications.Webhooks {
+		if w.Format == "set" && transmitter == nil {
+			if transmitter, err = ssf.Open(cfg.DataDir, kek.Ring{Current: s.KEK, Previous: s.PreviousKEK}, cfg.PublicURL, s.Clock); err != nil {
+				return err
+			}
+			publishers = append(publishers, transmitter)
+		}
+	}
 	var notifyStats func() any
 	if s.Notifier == nil && len(cfg.Notifications.Webhooks) > 0 {
-		d, err := notify.New(notify.Options{
+		opts := notify.Options{
 			Webhooks: cfg.Notifications.Webhooks, Clock: s.Clock, Logger: log,
 			OnResult: s.metrics.Notified,
-		})
+		}
+		if transmitter != nil {
+			opts.SETs = transmitter
+		}
+		d, err := notify.New(opts)
 		if err != nil {
 			return err
 		}
 		s.dispatcher, s.Notifier = d, d
 		notifyStats = func() any { return d.Stats() }
 	}
+	var sets broker.SETVerifier
+	if len(cfg.Signals.Transmitters) > 0 {
+		if sets, err = attest.NewSETVerifier(ctx, attest.SETOptions{
+			Transmitters: cfg.Signals.Transmitters, PublicURL: cfg.PublicURL, MaxTokenBytes: cfg.Limits.MaxAttestationBytes, Replay: replay,
+			Options: attest.Options{Clock: s.Clock, Logger: log},
+		}); err != nil {
+			return fmt.Errorf("signals.transmitters: %w", err)
+		}
+	}
+	issuerNames := map[string]string{}
+	for _, ic := range cfg.Issuers {
+		if ic.Issuer != "" {
+			issuerNames[ic.Issuer] = ic.Name
+		}
+	}
 	s.broker, err = broker.New(broker.Options{
 		Config: cfg.Broker(), Store: s.store, Auditor: s.store, Verifier: verifier, Authorizer: s.policy, Backends: bes,
 		Revoker: s.queue, Expiry: s.expirer, Clock: s.Clock, Logger: log, Observer: s.metrics,
 		Grants: grantStore, Notifier: s.Notifier, Replay: replay,
+		Agents: s.store, Signals: s.store, SETs: sets, IssuerNames: issuerNames, KeyPublishers: publishers,
 	})
 	if err != nil {
 		return err
@@ -227,6 +260,9 @@ func (s *Server) Open(ctx context.Context) (err error) {
 	entries, err := jobdefs.Build(resolvedJobs, jobdefs.Deps{
 		Broker: s.broker, Backends: bes, Audit: s.store, Storage: s.store,
 		DataDir: cfg.DataDir, KEK: s.KEK, PreviousKEK: s.PreviousKEK, PublicURL: cfg.PublicURL, Stdout: s.Stdout, Clock: s.Clock, Logger: log,
+		Sealed: []jobdefs.SealedFile{{Name: "ssf_transmitter_key", Rewrap: func(ring kek.Ring) (kek.Report, error) {
+			return ssf.RewrapKey(cfg.DataDir, ring)
+		}}},
 	})
 	if err != nil {
 		return fmt.Errorf("jobs: %w", err)
@@ -270,6 +306,16 @@ func (s *Server) Open(ctx context.Context) (err error) {
 		}
 	}
 	resourceServers := broker.NewResourceServers(cfg.Introspection, assertions, s.Clock.Now)
+	var sourceTokens broker.Verifier
+	if len(cfg.Signals.Issuers) > 0 {
+		sourceTokens, err = attest.New(ctx, attest.Options{
+			Issuers: cfg.Signals.Issuers, MaxTokenBytes: cfg.Limits.MaxAttestationBytes, Clock: s.Clock, Replay: replay, Logger: log,
+		})
+		if err != nil {
+			return fmt.Errorf("signals.issuers: %w", err)
+		}
+	}
+	signalSources := broker.NewSignalSources(cfg.Signals.Sources, cfg.Signals.SignalIssuers(), sourceTokens)
 	var console http.Handler
 	if !cfg.Console.Disabled {
 		wc := web.Config{
@@ -292,7 +338,7 @@ func (s *Server) Open(ctx context.Context) (err error) {
 		console = c
 	}
 	s.api = api.New(api.Config{
-		Broker: s.broker, Operators: operators, ResourceServers: resourceServers, Audit: s.store,
+		Broker: s.broker, Operators: operators, ResourceServers: resourceServers, SignalSources: signalSources, Audit: s.store,
 		Limits: cfg.Limits, PublicURL: cfg.PublicURL, Metrics: s.metrics, Logger: log, Ready: s.readiness,
 		NotificationStats: notifyStats, UI: console, ClientIP: clientIP,
 		Jobs: s.jobs, AuditKeys: auditKeys,

@@ -69,10 +69,22 @@ type Deps struct {
 	KEK         []byte
 	PreviousKEK []byte
 	PublicURL   string
+	// Sealed are the keepers of values sealed under the KEK that are
+	// neither a backend nor the checkpoint key (valet's SSF transmitter
+	// key: broker/ssf.RewrapKey); kek-rotation re-wraps them after those.
+	Sealed []SealedFile
 	// Stdout is where the stdout witness writes (os.Stdout).
 	Stdout io.Writer
 	Clock  clock.Clock
 	Logger *slog.Logger
+}
+
+// SealedFile is a keeper of values sealed under the KEK: Name names it in
+// the kek-rotation job's changes; Rewrap seals again under ring.Current
+// what only ring.Previous opens (kek.RewrapFile).
+type SealedFile struct {
+	Name   string
+	Rewrap func(ring kek.Ring) (kek.Report, error)
 }
 
 // ring is the KEKs of deps.
@@ -95,6 +107,7 @@ const (
 	AuditCheckpoint    = "audit-checkpoint"
 	GrantExpiry        = "grant-expiry"
 	Housekeeping       = "housekeeping"
+	QuarantineRelease  = "quarantine-release"
 	KEKRotation        = "kek-rotation"
 	VaultSecretID      = "vault-secret-id-rotation"
 	VaultTokenHealth   = "vault-token-health"
@@ -102,7 +115,8 @@ const (
 )
 
 // order is the order of the default jobs.
-var order = []string{SigningKeyRotation, AuditCheckpoint, GrantExpiry, Housekeeping, KEKRotation, VaultSecretID, VaultTokenHealth, VaultDatabaseRoot}
+var order = []string{SigningKeyRotation, AuditCheckpoint, GrantExpiry, Housekeeping, QuarantineRelease, KEKRotation, VaultSecretID, VaultTokenHealth,
+	VaultDatabaseRoot}
 
 // Registry returns valet's jobs by name.
 func Registry() map[string]Definition {
@@ -111,6 +125,7 @@ func Registry() map[string]Definition {
 		AuditCheckpoint:    auditCheckpoint(),
 		GrantExpiry:        grantExpiry(),
 		Housekeeping:       housekeeping(),
+		QuarantineRelease:  quarantineRelease(),
 		KEKRotation:        kekRotation(),
 		VaultSecretID:      vaultSecretIDRotation(),
 		VaultTokenHealth:   vaultTokenHealth(),
