@@ -68,6 +68,9 @@ Files it finds there are kept, so edits to config.yaml and policies survive.`,
 				printDevAWS(cmd.OutOrStdout(), awsEndpoint, selfName())
 				printDevGitHub(cmd.OutOrStdout(), github)
 				printDevGCP(cmd.OutOrStdout(), gcp, selfName())
+				if awsEndpoint == "" && github == nil && gcp == nil {
+					fmt.Fprintf(cmd.OutOrStdout(), "  (use `make run-cloud` for the AWS, GitHub and Google Cloud demo roles)\n\n")
+				}
 			})
 		},
 	}
