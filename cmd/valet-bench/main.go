@@ -56,7 +56,7 @@ func main() {
 		containV  = flag.String("contain-vault", "200,1000", "Vault leases of one agent a signal revokes, timed to the last confirmed (empty skips)")
 		strategyN = flag.Int("vault-strategies", 1000, "Vault tokens revoked by accessor vs under a parent token (0 skips)")
 		gcpLvls   = flag.String("gcp-concurrency", "16,64", "concurrency levels for the Google Cloud backend (empty skips it)")
-		detRounds = flag.Int("detector-rounds", 3, "runs of 64 agents minting with the detectors off and on, each (0 skips)")
+		detRounds = flag.Int("detector-rounds", 5, "runs of 64 agents minting with the detectors off and on, each (0 skips)")
 	)
 	flag.Parse()
 	b := &bench{bin: *bin}
@@ -91,7 +91,8 @@ func main() {
 		fmt.Println()
 	}
 	if *detRounds > 0 {
-		printDetectorCost(64, b.detectorCost(64, *duration, *detRounds))
+		runs := b.detectorCost(64, *duration, *detRounds)
+		printDetectorCost(64, runs, observeCPU(64, *duration))
 	}
 	if *vaultLvls != "" {
 		printVault(b.vaultBench(parseLevels("-vault-concurrency", *vaultLvls), *duration, *bulk))
