@@ -237,6 +237,11 @@ func (b *Broker) authenticate(ctx context.Context, a attestation) (*Principal, e
 	}
 	p, err := b.verifier.Verify(ctx, a.token)
 	if err != nil {
+		var replay *ReplayedAttestation
+		if len(b.detectors) > 0 && errors.As(err, &replay) {
+			b.observe(Observation{Kind: ObserveReplay, Time: b.clock.Now(), AgentID: replay.AgentID, Lineage: replay.Lineage,
+				SourceIP: a.sourceIP})
+		}
 		if code := ErrorCode(err); code == EUNAUTHORIZED || code == ETOOLARGE {
 			if rerr := b.RefuseCredential(ctx, Refusal{Credential: CredentialAttestation, SourceIP: a.sourceIP, Kind: a.kind,
 				Role: a.role, RequestID: a.requestID, Reason: ErrorMessage(err)}); rerr != nil {

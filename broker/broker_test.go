@@ -170,6 +170,9 @@ type fixtureConfig struct {
 	// Transmitters are the SSF transmitters whose SETs the broker
 	// accepts (verified with the store's replay cache).
 	Transmitters []attest.TransmitterConfig
+	// RequireJTI makes the agents' issuer require_jti, with the store's
+	// replay cache: each attestation is accepted once.
+	RequireJTI bool
 }
 
 func newFixture(t *testing.T, cfgEdit func(*fixtureConfig)) *fixture {
@@ -205,6 +208,7 @@ func newFixtureWith(t *testing.T, cfgEdit func(*fixtureConfig), extra func(clk *
 	if cfgEdit != nil {
 		cfgEdit(cfg)
 	}
+	issuers[0].RequireJTI = cfg.RequireJTI
 	names := map[string]bool{}
 	for _, bc := range cfg.Backends {
 		names[bc.Name] = true
@@ -219,7 +223,12 @@ func newFixtureWith(t *testing.T, cfgEdit func(*fixtureConfig), extra func(clk *
 	}
 	t.Cleanup(func() { store.Close() })
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	v, err := attest.New(context.Background(), attest.Options{MaxTokenBytes: broker.DefaultMaxAttestationBytes, Issuers: issuers, Clock: clk, Logger: log})
+	var replay attest.ReplayCache
+	if cfg.RequireJTI {
+		replay = store.ReplayCache(clk)
+	}
+	v, err := attest.New(context.Background(), attest.Options{MaxTokenBytes: broker.DefaultMaxAttestationBytes, Issuers: issuers, Clock: clk, Logger: log,
+		Replay: replay})
 	if err != nil {
 		t.Fatal(err)
 	}

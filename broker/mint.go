@@ -316,7 +316,7 @@ func (b *Broker) mint(ctx context.Context, op *mintOp) (*MintResult, error) {
 	}
 	if len(b.detectors) > 0 {
 		b.observe(Observation{Kind: ObserveMint, Time: active.CreatedAt, AgentID: op.p.ID, Role: op.role.Name, LeaseID: active.ID,
-			SourceIP: op.req.SourceIP, Lineage: active.Lineage})
+			SourceIP: op.req.SourceIP, Lineage: active.Lineage, ExpiresAt: active.ExpiresAt})
 	}
 	return &MintResult{Lease: active, Credential: cred.Data}, nil
 }

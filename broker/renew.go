@@ -113,6 +113,16 @@ func (b *Broker) RenewLease(ctx context.Context, c Caller, req RenewRequest) (*R
 		return nil, storeError(err)
 	}
 	renewed.State = renewed.StateAt(b.clock.Now())
+	if len(b.detectors) > 0 {
+		o := Observation{Kind: ObserveRenew, Time: now, AgentID: l.AgentID, Role: l.Role, LeaseID: l.ID,
+			ExpiresAt: renewed.ExpiresAt, RenewedFrom: l.ExpiresAt}
+		if p != nil {
+			// The agent's own request: where it came from and with which
+			// attestation (an operator's renewal says nothing of either).
+			o.SourceIP, o.Lineage = req.SourceIP, p.Lineage
+		}
+		b.observe(o)
+	}
 	return &RenewResult{Lease: renewed, Credential: rn.Data}, nil
 }
 

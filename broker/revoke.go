@@ -72,6 +72,9 @@ func (b *Broker) RevokeMatching(ctx context.Context, op *Operator, f leases.Filt
 	}
 	var ids []string
 	now := b.clock.Now()
+	if f.Lineage != "" && len(b.detectors) > 0 {
+		b.observe(Observation{Kind: ObserveLineageRevoked, Time: now, LineageID: f.Lineage, Reason: "operator " + op.Name})
+	}
 	for {
 		f.Limit = 1000
 		ls, err := b.store.List(ctx, f)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -38,6 +39,9 @@ type SignalRequest struct {
 	RequestID string
 	// Event is the Security Event Token the signal came from (SSF).
 	Event *agents.SET
+	// Evidence is what a detector saw (one of valet's detectors), kept
+	// on the signal and in its audit record as "evidence.<key>".
+	Evidence map[string]string
 
 	// capAction makes an Action the source may not ask for the strongest
 	// it may, instead of a refusal (SSF events, whose actions valet's
@@ -105,7 +109,7 @@ func (b *Broker) RaiseSignal(ctx context.Context, src *SignalSource, req SignalR
 	sig := &agents.Signal{
 		ID: leases.NewID(now), Subject: req.Subject, Severity: req.Severity, Reason: req.Reason, Source: src.Source,
 		Requested: req.Action, Action: action, EventTime: req.EventTime, ReceivedAt: now, Agents: agentIDs,
-		Points: b.cfg.Signals.Points.Of(req.Severity), Event: req.Event,
+		Points: b.cfg.Signals.Points.Of(req.Severity), Event: req.Event, Evidence: maps.Clone(req.Evidence),
 	}
 	if action.Revokes() {
 		sig.Containment = &agents.Containment{State: agents.ContainmentPending}
@@ -149,6 +153,9 @@ func (b *Broker) RaiseSignal(ctx context.Context, src *SignalSource, req SignalR
 		b.notifyAgent(EventAgentQuarantined, SeverityHigh, AgentEvent{ID: id, Reason: change.Quarantine.Reason, By: actor, SignalID: sig.ID})
 	}
 	res := &SignalResult{Signal: sig, Quarantined: quarantined}
+	if action.Revokes() && sig.Subject.Kind == agents.SubjectLineage && len(b.detectors) > 0 {
+		b.observe(Observation{Kind: ObserveLineageRevoked, Time: now, LineageID: sig.Subject.ID, Reason: "signal " + sig.ID + " from " + sig.Source.String()})
+	}
 	if action.Revokes() {
 		res.Signal, res.Ended = b.contain(ctx, sig, req.RequestID)
 	}
@@ -345,6 +352,9 @@ func signalDetails(s *agents.Signal) map[string]string {
 	if s.Event != nil {
 		d["set_jti"], d["set_event"] = s.Event.JTI, s.Event.EventType
 	}
+	for k, v := range s.Evidence {
+		d["evidence."+k] = v
+	}
 	return d
 }
 
@@ -355,6 +365,7 @@ func (b *Broker) notifySignal(s *agents.Signal) {
 	}
 	cp := *s
 	cp.Agents = slices.Clone(s.Agents)
+	cp.Evidence = maps.Clone(s.Evidence)
 	if s.Containment != nil {
 		c := *s.Containment
 		cp.Containment = &c

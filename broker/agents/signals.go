@@ -113,6 +113,10 @@ type Signal struct {
 	Points int `json:"risk_points"`
 	// Event is the Security Event Token the signal came from, if any.
 	Event *SET `json:"set,omitempty"`
+	// Evidence is what the detector that raised the signal saw and the
+	// thresholds it applied (one of valet's detectors; never a
+	// credential).
+	Evidence map[string]string `json:"evidence,omitempty"`
 	// Containment is the revocation of the subject's leases, for the
 	// actions that revoke.
 	Containment *Containment `json:"containment,omitempty"`

@@ -1,6 +1,7 @@
 // Command valet-bench measures valet on this machine and prints one report:
 // the ES256 verify+sign rate (the crypto ceiling), mint throughput and
-// latency through HTTP at several concurrency levels, start-up time and
+// latency through HTTP at several concurrency levels, the CPU valet's
+// detectors add to a mint, start-up time and
 // memory with a large lease store, and expiry lateness. Every figure comes
 // from the same run on the same machine, so ratios between them hold even
 // on a noisy machine.
@@ -55,6 +56,7 @@ func main() {
 		containV  = flag.String("contain-vault", "200,1000", "Vault leases of one agent a signal revokes, timed to the last confirmed (empty skips)")
 		strategyN = flag.Int("vault-strategies", 1000, "Vault tokens revoked by accessor vs under a parent token (0 skips)")
 		gcpLvls   = flag.String("gcp-concurrency", "16,64", "concurrency levels for the Google Cloud backend (empty skips it)")
+		detRounds = flag.Int("detector-rounds", 5, "runs of 64 agents minting with the detectors off and on, each (0 skips)")
 	)
 	flag.Parse()
 	b := &bench{bin: *bin}
@@ -87,6 +89,10 @@ func main() {
 			}
 		}
 		fmt.Println()
+	}
+	if *detRounds > 0 {
+		runs := b.detectorCost(64, *duration, *detRounds)
+		printDetectorCost(64, runs, observeCPU(64, *duration))
 	}
 	if *vaultLvls != "" {
 		printVault(b.vaultBench(parseLevels("-vault-concurrency", *vaultLvls), *duration, *bulk))

@@ -15,6 +15,7 @@ import (
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/broker/attest"
 	"github.com/valet-broker/valet/broker/clientip"
+	"github.com/valet-broker/valet/broker/detectors"
 	"github.com/valet-broker/valet/broker/jobs"
 	jobdefs "github.com/valet-broker/valet/broker/jobs/builtin"
 	"github.com/valet-broker/valet/broker/notify"
@@ -131,10 +132,16 @@ type SignalsConfig struct {
 	// Transmitters are the SSF transmitters whose SETs valet accepts at
 	// POST /v1/signals/set.
 	Transmitters []attest.TransmitterConfig `yaml:"transmitters"`
+	// Detectors are valet's built-in detectors.
+	Detectors detectors.Config `yaml:"detectors"`
 }
 
-// SetDefaults sets the broker's defaults of the section.
-func (c *SignalsConfig) SetDefaults() { c.SignalsConfig.SetDefaults() }
+// SetDefaults sets the broker's and the detectors' defaults of the
+// section.
+func (c *SignalsConfig) SetDefaults() {
+	c.SignalsConfig.SetDefaults()
+	c.Detectors.SetDefaults()
+}
 
 // UnmarshalYAML decodes on top of the defaults. The broker's part is
 // decoded inline through a type without methods: its own UnmarshalYAML
@@ -145,8 +152,9 @@ func (c *SignalsConfig) UnmarshalYAML(unmarshal func(any) error) error {
 		*brokerPart  `yaml:",inline"`
 		Issuers      []attest.IssuerConfig      `yaml:"issuers"`
 		Transmitters []attest.TransmitterConfig `yaml:"transmitters"`
+		Detectors    *detectors.Config          `yaml:"detectors"`
 	}
-	sec := section{brokerPart: (*brokerPart)(&c.SignalsConfig)}
+	sec := section{brokerPart: (*brokerPart)(&c.SignalsConfig), Detectors: &c.Detectors}
 	if err := config.DecodeOnDefaults(c.SetDefaults, &sec, unmarshal); err != nil {
 		return err
 	}
@@ -422,7 +430,7 @@ func (c *Config) validateSignals() []error {
 			}
 		}
 	}
-	errs = append(errs, c.Signals.SignalsConfig.Validate(sigIssuers))
+	errs = append(errs, c.Signals.SignalsConfig.Validate(sigIssuers), c.Signals.Detectors.Validate("signals.detectors"))
 	agentIssuers := map[string]bool{}
 	for _, ic := range c.Issuers {
 		agentIssuers[ic.Name] = true

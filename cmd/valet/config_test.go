@@ -147,6 +147,12 @@ func TestParseConfigRejects(t *testing.T) {
 		{"a transmitter without keys", func(s string) string {
 			return s + "signals:\n  transmitters:\n    - name: idp\n      issuer: https://idp.example\n"
 		}, "signals.transmitters[0] needs exactly one of jwks_file or jwks_url"},
+		{"a detector's severity that is none", func(s string) string { return s + "signals:\n  detectors:\n    replay: {severity: dire}\n" },
+			`signals.detectors.replay.severity "dire" must be info, low, medium, high or critical`},
+		{"a detector's action that is none", func(s string) string { return s + "signals:\n  detectors:\n    new_network: {action: block}\n" },
+			`signals.detectors.new_network.action "block" must be alert, revoke or quarantine`},
+		{"a detector valet does not have", func(s string) string { return s + "signals:\n  detectors:\n    geo_velocity: {}\n" },
+			"field geo_velocity not found"},
 		{"two documents", func(s string) string { return s + "---\nlisten: x\n" }, "single YAML document"},
 		{"empty", func(string) string { return "" }, "config is empty"},
 	}
@@ -364,6 +370,36 @@ var configKeys = []struct {
 	{"signals.transmitters.0.clock_skew", func(c *Config) any { return c.Signals.Transmitters[0].ClockSkew.D() }, 30 * time.Second, ""},
 	{"signals.transmitters.0.max_age", func(c *Config) any { return c.Signals.Transmitters[0].MaxAge.D() }, time.Hour,
 		"signals.transmitters[0].max_age must be between 1m and 168h0m0s (each SET's jti is remembered that long); it is 0s"},
+	{"signals.detectors.max_tracked", func(c *Config) any { return c.Signals.Detectors.MaxTracked }, 10000,
+		"signals.detectors.max_tracked must be at least 1; it is 0"},
+	{"signals.detectors.mint_rate.cooldown", func(c *Config) any { return c.Signals.Detectors.MintRate.Cooldown.D() }, 15 * time.Minute, ""},
+	{"signals.detectors.mint_rate.window", func(c *Config) any { return c.Signals.Detectors.MintRate.Window.D() }, time.Minute,
+		"signals.detectors.mint_rate.window must be at least 1s; it is 0s"},
+	{"signals.detectors.mint_rate.baseline", func(c *Config) any { return c.Signals.Detectors.MintRate.Baseline.D() }, time.Hour,
+		"signals.detectors.mint_rate.baseline must be at least the window (1m0s); it is 0s"},
+	{"signals.detectors.mint_rate.factor", func(c *Config) any { return c.Signals.Detectors.MintRate.Factor }, 10.0,
+		"signals.detectors.mint_rate.factor must be a number greater than 1; it is 0"},
+	{"signals.detectors.mint_rate.min_mints", func(c *Config) any { return c.Signals.Detectors.MintRate.MinMints }, 30, ""},
+	{"signals.detectors.mint_rate.ceiling", func(c *Config) any { return c.Signals.Detectors.MintRate.Ceiling }, 600,
+		"signals.detectors.mint_rate.ceiling must be at least 1 mint per window; it is 0"},
+	{"signals.detectors.new_role.cooldown", func(c *Config) any { return c.Signals.Detectors.NewRole.Cooldown.D() }, 15 * time.Minute, ""},
+	{"signals.detectors.new_role.learning", func(c *Config) any { return c.Signals.Detectors.NewRole.Learning.D() }, 24 * time.Hour, ""},
+	{"signals.detectors.denial_burst.cooldown", func(c *Config) any { return c.Signals.Detectors.DenialBurst.Cooldown.D() }, 15 * time.Minute, ""},
+	{"signals.detectors.denial_burst.window", func(c *Config) any { return c.Signals.Detectors.DenialBurst.Window.D() }, time.Minute,
+		"signals.detectors.denial_burst.window must be at least 1s; it is 0s"},
+	{"signals.detectors.denial_burst.threshold", func(c *Config) any { return c.Signals.Detectors.DenialBurst.Threshold }, 10,
+		"signals.detectors.denial_burst.threshold must be at least 1 denial; it is 0"},
+	{"signals.detectors.replay.cooldown", func(c *Config) any { return c.Signals.Detectors.Replay.Cooldown.D() }, 15 * time.Minute, ""},
+	{"signals.detectors.replay.remember", func(c *Config) any { return c.Signals.Detectors.Replay.Remember.D() }, 24 * time.Hour, ""},
+	{"signals.detectors.revoked_use.cooldown", func(c *Config) any { return c.Signals.Detectors.RevokedUse.Cooldown.D() }, 15 * time.Minute, ""},
+	{"signals.detectors.revoked_use.grace", func(c *Config) any { return c.Signals.Detectors.RevokedUse.Grace.D() }, time.Minute, ""},
+	{"signals.detectors.new_network.cooldown", func(c *Config) any { return c.Signals.Detectors.NewNetwork.Cooldown.D() }, 15 * time.Minute, ""},
+	{"signals.detectors.new_network.ipv4_prefix", func(c *Config) any { return c.Signals.Detectors.NewNetwork.IPv4Prefix }, 24, ""},
+	{"signals.detectors.new_network.ipv6_prefix", func(c *Config) any { return c.Signals.Detectors.NewNetwork.IPv6Prefix }, 64, ""},
+	{"signals.detectors.new_network.max_networks", func(c *Config) any { return c.Signals.Detectors.NewNetwork.MaxNetworks }, 16,
+		"signals.detectors.new_network.max_networks must be at least 1; it is 0"},
+	{"signals.detectors.renewal_hold.cooldown", func(c *Config) any { return c.Signals.Detectors.RenewalHold.Cooldown.D() }, 15 * time.Minute, ""},
+	{"signals.detectors.renewal_hold.hold", func(c *Config) any { return c.Signals.Detectors.RenewalHold.Hold.D() }, time.Hour, ""},
 	{"jobs.0.jitter", func(c *Config) any { return configuredJob(c, "housekeeping").Jitter }, time.Duration(0), ""},
 	{"jobs.0.timeout", func(c *Config) any { return configuredJob(c, "housekeeping").Timeout }, 5 * time.Minute,
 		"jobs[0].timeout must be positive; it is 0s"},
@@ -511,13 +547,33 @@ func TestConfigKeysAllListed(t *testing.T) {
 	walk("", reflect.TypeOf(Config{}))
 }
 
+// TestDetectorsConfigKeepsDefaults: a detectors section names only what
+// it changes; every other detector, and every other key of the one it
+// names, keeps its default.
+func TestDetectorsConfigKeepsDefaults(t *testing.T) {
+	cfg, err := ParseConfig([]byte(minimalConfig + "signals:\n  detectors:\n    new_role: {enabled: false}\n    replay: {action: revoke}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := cfg.Signals.Detectors
+	if d.NewRole.Enabled || d.NewRole.Severity != "low" || d.NewRole.Learning.D() != 24*time.Hour {
+		t.Fatalf("new_role %+v, want off with its other defaults", d.NewRole)
+	}
+	if !d.Replay.Enabled || d.Replay.Action != "revoke" || d.Replay.Severity != "high" || d.Replay.Remember.D() != 24*time.Hour {
+		t.Fatalf("replay %+v, want on, asking revoke, with its other defaults", d.Replay)
+	}
+	if !d.MintRate.Enabled || d.MintRate.Ceiling != 600 || !d.RenewalHold.Enabled || d.MaxTracked != 10000 {
+		t.Fatalf("detectors %+v, want the others on with their defaults", d)
+	}
+}
+
 // TestConfigStrictInEverySection: a section decoded on top of its defaults
 // (its own UnmarshalYAML) still refuses unknown keys.
 func TestConfigStrictInEverySection(t *testing.T) {
 	for _, section := range []string{
 		"", "issuers.0.", "operators.issuers.0.", "roles.0.", "roles.0.approval.", "roles.1.approval.break_glass.",
 		"limits.", "leases.", "console.", "console.oidc.", "notifications.webhooks.0.", "log.", "policy.", "tls.",
-		"introspection.", "introspection.clients.0.",
+		"introspection.", "introspection.clients.0.", "signals.detectors.", "signals.detectors.mint_rate.", "signals.detectors.renewal_hold.",
 	} {
 		t.Run(section+"bogus_key", func(t *testing.T) {
 			m := keysConfig()

@@ -28,6 +28,7 @@ import (
 	"github.com/valet-broker/valet/broker/attest"
 	"github.com/valet-broker/valet/broker/bolt"
 	"github.com/valet-broker/valet/broker/clientip"
+	"github.com/valet-broker/valet/broker/detectors"
 	"github.com/valet-broker/valet/broker/jobs"
 	jobdefs "github.com/valet-broker/valet/broker/jobs/builtin"
 	"github.com/valet-broker/valet/broker/notify"
@@ -247,11 +248,15 @@ func (s *Server) Open(ctx context.Context) (err error) {
 			issuerNames[ic.Issuer] = ic.Name
 		}
 	}
+	dets, err := detectors.New(ctx, cfg.Signals.Detectors, detectors.Deps{Clock: s.Clock, Agents: s.store, Signals: s.store})
+	if err != nil {
+		return fmt.Errorf("signals.detectors: %w", err)
+	}
 	s.broker, err = broker.New(broker.Options{
 		Config: cfg.Broker(), Store: s.store, Auditor: s.store, Verifier: verifier, Authorizer: s.policy, Backends: bes,
 		Revoker: s.queue, Expiry: s.expirer, Clock: s.Clock, Logger: log, Observer: s.metrics,
 		Grants: grantStore, Notifier: s.Notifier, Replay: replay,
-		Agents: s.store, Signals: s.store, SETs: sets, IssuerNames: issuerNames, KeyPublishers: publishers,
+		Agents: s.store, Signals: s.store, Detectors: dets, SETs: sets, IssuerNames: issuerNames, KeyPublishers: publishers,
 	})
 	if err != nil {
 		return err

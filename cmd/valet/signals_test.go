@@ -197,6 +197,9 @@ func TestSignalContainsAnAgent(t *testing.T) {
 	e.Config.Notifications.Webhooks = []notify.WebhookConfig{config.Defaulted(func(w *notify.WebhookConfig) {
 		w.Name, w.URL, w.Format, w.Audience = "gateway", rcv.srv.URL, "set", "https://gateway.test"
 	})}
+	// The set-up mints 1,200 credentials in seconds, over the mint-rate
+	// detector's ceiling; only the SIEM's signal is under test.
+	e.Config.Signals.Detectors.MintRate.Enabled = false
 	e.Start()
 	const agent = "test/contained"
 	jwts := mintMany(t, e, "contained", "demo", 1000)
@@ -485,7 +488,10 @@ func filepathGlob(dir, sub string) ([]string, error) {
 // concerned ends revoked at its backend and none is lost.
 func TestRestartDuringMassRevocation(t *testing.T) {
 	e := newTestEnvYAML(t, func(s string) string {
-		return s + "signals:\n  sources:\n    - name: siem\n      token_sha256: " + broker.HashToken(siemToken) + "\n"
+		// The set-up mints 700 credentials in seconds, over the mint-rate
+		// detector's ceiling; only the SIEM's signal is under test.
+		return s + "signals:\n  sources:\n    - name: siem\n      token_sha256: " + broker.HashToken(siemToken) + "\n" +
+			"  detectors:\n    mint_rate: {enabled: false}\n"
 	})
 	p := startServe(t, e)
 	e.URL = p.url
@@ -665,4 +671,73 @@ func TestKEKSwitchKeepsTheSSFKey(t *testing.T) {
 		t.Fatalf("SET keys after the switch %v, want %v", after, before)
 	}
 	p.stop(t)
+}
+
+// detectorSignals lists the signals one of valet's detectors raised.
+func detectorSignals(t *testing.T, e *testEnv, name string) []map[string]any {
+	t.Helper()
+	r := e.Do("GET", "/v1/signals?source=detector:"+name, testOperatorToken, nil)
+	if r.Status != http.StatusOK {
+		t.Fatalf("list signals: %d %s", r.Status, r.Body)
+	}
+	var out []map[string]any
+	for _, s := range r.JSON(t)["signals"].([]any) {
+		out = append(out, s.(map[string]any))
+	}
+	return out
+}
+
+// TestDetectorsRaiseSignals: valet's detectors watch the real flows and
+// raise their signals through the signal pipeline, with their evidence,
+// audited with the detector as the actor; the new-role detector learns
+// the roles an agent minted before a restart from its agent record.
+func TestDetectorsRaiseSignals(t *testing.T) {
+	e := newTestEnvYAML(t, func(s string) string {
+		return s + "signals:\n  detectors:\n    mint_rate: {ceiling: 2}\n    new_role: {learning: 0s, severity: info}\n"
+	})
+	e.Start()
+	for range 3 {
+		e.Mint(e.Attest("busy", nil), "demo")
+	}
+	var rate []map[string]any
+	eventually(t, 10*time.Second, "the mint-rate detector's signal", func() bool {
+		rate = detectorSignals(t, e, "mint_rate")
+		return len(rate) == 1
+	})
+	s := rate[0]
+	ev, _ := s["evidence"].(map[string]any)
+	if s["severity"] != "medium" || s["action"] != "alert" || s["subject"].(map[string]any)["id"] != "test/busy" ||
+		ev["mints"] != "3" || ev["ceiling"] != "2" || !strings.Contains(s["reason"].(string), "over the ceiling of 2") {
+		t.Fatalf("mint-rate signal: %v", s)
+	}
+	recs := e.Do("GET", "/v1/audit?kind=signal&limit=100", testOperatorToken, nil).JSON(t)["records"].([]any)
+	found := false
+	for _, r := range recs {
+		m := r.(map[string]any)
+		d, _ := m["details"].(map[string]any)
+		actor, _ := m["actor"].(map[string]any)
+		if actor["id"] == "detector:mint_rate" && d["evidence.mints"] == "3" && m["agent_id"] == "test/busy" {
+			found = true
+		}
+	}
+	if !found {
+		t.Fatalf("no audit record of the mint-rate signal with its evidence: %v", recs)
+	}
+	if got := detectorSignals(t, e, "new_role"); len(got) != 1 || got[0]["evidence"].(map[string]any)["role"] != "demo" {
+		t.Fatalf("new-role signals: %v", got)
+	}
+
+	// After a restart, demo is a role busy minted: only other is new.
+	e.Server.Close()
+	e.Start()
+	e.Mint(e.Attest("busy", nil), "demo")
+	e.Mint(e.Attest("busy", nil), "other")
+	var roles []map[string]any
+	eventually(t, 10*time.Second, "the new role's signal", func() bool {
+		roles = detectorSignals(t, e, "new_role")
+		return len(roles) >= 2
+	})
+	if len(roles) != 2 || roles[0]["evidence"].(map[string]any)["role"] != "other" || roles[0]["evidence"].(map[string]any)["known_roles"] != "demo" {
+		t.Fatalf("new-role signals after the restart: %v", roles)
+	}
 }
