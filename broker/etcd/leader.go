@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 )
 
@@ -167,4 +169,61 @@ func (l *Leader) term(ctx context.Context, duties func(ctx context.Context)) err
 	_ = e.Resign(rctx)
 	rcancel()
 	return nil
+}
+
+// WatchDuties tells the leader's duties about writes of every replica
+// until ctx ends: notifyExpiry with the expiry of each lease that became
+// active or was renewed (the Expirer re-arms for an earlier one), kick
+// when a lease joins the revocation queue (the queue wakes). A lease
+// minted or ended on another replica is then expired and revoked on
+// time, not at the leader's next timer.
+func (s *Store) WatchDuties(ctx context.Context, notifyExpiry func(time.Time), kick func()) {
+	exp, q := s.p+"li/e/", s.p+"li/q/"
+	for ctx.Err() == nil {
+		wch := s.client.Watch(clientv3.WithRequireLeader(ctx), s.p+"li/", clientv3.WithPrefix(), clientv3.WithFilterDelete())
+		for wr := range wch {
+			kicked := false
+			for _, ev := range wr.Events {
+				k := string(ev.Kv.Key)
+				switch {
+				case strings.HasPrefix(k, exp) && len(k) >= len(exp)+16:
+					if t, ok := parseTkey(k[len(exp) : len(exp)+16]); ok {
+						notifyExpiry(t)
+					}
+				case strings.HasPrefix(k, q) && !kicked:
+					kick()
+					kicked = true
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// RunRecovery ends, every interval until ctx ends, the pending leases
+// older than the store's PendingGrace (RecoverPending): with several
+// replicas a replica that died mid-mint may never start again to recover
+// its own intents, so the leader does. kick wakes the revocation queue
+// after leases were recovered.
+func (s *Store) RunRecovery(ctx context.Context, now func() time.Time, interval time.Duration, kick func()) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		out, err := s.RecoverPending(ctx, now())
+		if err != nil && ctx.Err() == nil {
+			s.log.Error("recover pending leases", "err", err)
+		}
+		if len(out) > 0 {
+			s.log.Warn("recovered pending leases left by a replica that stopped mid-mint; revoking them", "count", len(out))
+			kick()
+		}
+	}
 }
