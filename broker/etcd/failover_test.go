@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/valet-broker/valet/broker"
+	"github.com/valet-broker/valet/broker/agents"
 	"github.com/valet-broker/valet/leases"
 	"github.com/valet-broker/valet/leases/audit"
 	"github.com/valet-broker/valet/leases/clock"
@@ -166,4 +168,36 @@ func TestFencedWritesOfADeposedLeader(t *testing.T) {
 	leasetest.MustEnd(t, s, lease.ID, leases.StateReleased, time.Now())
 	cancel()
 	<-done
+}
+
+// TestQuarantineOnAnotherReplicaRefusesNewLeases: a quarantine committed
+// on one replica refuses a lease created on another, whatever that
+// replica's copy of the gates says at that moment: the lease's
+// transaction reads the gate key.
+func TestQuarantineOnAnotherReplicaRefusesNewLeases(t *testing.T) {
+	p := newPrefix()
+	a, b := openReplica(t, p), openReplica(t, p)
+	now := time.Now()
+	q := agents.Quarantine{Since: now, Reason: "exfiltration", By: audit.Actor{Type: audit.ActorOperator, ID: "alice"}}
+	if _, err := a.Isolate(context.Background(), "agent-q", q, audit.Entry{Kind: audit.KindAgentQuarantine, Actor: q.By}); err != nil {
+		t.Fatal(err)
+	}
+	// b's copy may not have the quarantine yet; forget it to be sure.
+	b.gates.set("agent-q", agents.Gate{})
+	l := leasetest.NewPending(now.Add(time.Second), "agent-q", time.Minute)
+	err := b.CreatePending(context.Background(), l)
+	var be *broker.Error
+	if !errors.As(err, &be) || be.Code != broker.EQUARANTINED {
+		t.Fatalf("CreatePending for a quarantined agent: %v, want EQUARANTINED", err)
+	}
+	if _, err := b.Get(context.Background(), l.ID); !errors.Is(err, leases.ErrNotFound) {
+		t.Fatalf("the refused lease was stored: %v", err)
+	}
+	if g := b.Gate("agent-q"); g.Quarantine == nil {
+		t.Fatal("the replica's gate did not take the quarantine it read")
+	}
+	other := leasetest.NewPending(now.Add(time.Second), "agent-ok", time.Minute)
+	if err := b.CreatePending(context.Background(), other); err != nil {
+		t.Fatalf("CreatePending for another agent: %v", err)
+	}
 }
