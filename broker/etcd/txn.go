@@ -287,6 +287,11 @@ func (s *Store) resolve(id string) (committed bool, rev int64, err error) {
 			}
 			return false, 0, nil
 		}
+		if s.client.Ctx().Err() != nil {
+			// The client was closed (the process is stopping): nobody
+			// can find the outcome out through it any more.
+			return false, 0, s.unavailable(fmt.Errorf("the outcome of a write is unknown: the etcd client closed: %w", err))
+		}
 		s.log.Warn("etcd: the outcome of a write is unknown; asking again", "attempt", attempt+1, "err", err)
 		select {
 		case <-s.closing:
