@@ -158,15 +158,6 @@ func (t *tx) hasWrite(k string) bool {
 	return false
 }
 
-// note records a value read by a range read (with its revision) as read by
-// this transaction, so the commit compares it.
-func (t *tx) note(k string, val []byte, mod int64) {
-	r := t.root()
-	if _, ok := r.reads[k]; !ok && !t.hasWrite(k) {
-		r.reads[k] = kv{val: val, mod: mod}
-	}
-}
-
 // ops is how many operations the commit would send.
 func (t *tx) ops() int { return len(t.order) }
 
