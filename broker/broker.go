@@ -284,7 +284,12 @@ func agentActor(p *Principal) audit.Actor { return audit.Actor{Type: audit.Actor
 // text is for the log; where a flow knows more about a refusal (the
 // lease it concerns, what changed), it says so itself.
 func storeError(err error) error {
+	var coded *Error
 	switch {
+	case errors.As(err, &coded):
+		// The store refused with a client error of its own (a replicated
+		// store finding the agent quarantined by another replica).
+		return err
 	case errors.Is(err, leases.ErrNotFound):
 		return Wrap(ENOTFOUND, err, "lease not found")
 	case errors.Is(err, leases.ErrState):

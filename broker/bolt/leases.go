@@ -63,7 +63,7 @@ func (s *Store) create(ctx context.Context, l *leases.Lease, now time.Time, e *a
 		if e == nil {
 			return nil
 		}
-		_, err := appendAudit(tx, now, s.sink, *e)
+		_, err := appendAudit(tx, now, s.sink, l.Recorded(*e))
 		return err
 	})
 }

@@ -63,6 +63,7 @@ type Config struct {
 	Leases    leases.Config         `yaml:"leases"`
 	Audit     audit.Config          `yaml:"audit"`
 	Log       LogConfig             `yaml:"log"`
+	Storage   StorageConfig         `yaml:"storage"`
 
 	Notifications notify.Config              `yaml:"notifications"`
 	Console       web.ConsoleConfig          `yaml:"console"`
@@ -281,6 +282,7 @@ func (c *Config) SetDefaults() {
 	c.Log.SetDefaults()
 	c.Policy.SetDefaults()
 	c.Signals.SetDefaults()
+	c.Storage.SetDefaults()
 }
 
 // UnmarshalYAML decodes on top of the defaults. public_url, when absent,
@@ -388,6 +390,7 @@ func (c *Config) Validate() error {
 	errs = append(errs, broker.ValidateOperatorTokens(c.Operators.Tokens))
 	errs = append(errs, c.Limits.Validate())
 	errs = append(errs, c.Leases.Validate())
+	errs = append(errs, c.Storage.Validate())
 	errs = append(errs, c.Console.Validate())
 	errs = append(errs, c.Notifications.Validate())
 	switch c.Log.Level {

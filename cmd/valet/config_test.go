@@ -334,6 +334,12 @@ var configKeys = []struct {
 		"limits.auth_failures_per_minute must be between 1 and 100000, not 0"},
 	{"limits.auth_failure_records_per_minute", func(c *Config) any { return c.Limits.AuthFailureRecordsPerMinute }, 30, ""},
 	{"leases.revoke_attempts", func(c *Config) any { return c.Leases.RevokeAttempts }, 8, "leases.revoke_attempts must be at least 1; it is 0"},
+	{"storage.etcd.dial_timeout", func(c *Config) any { return c.Storage.Etcd.DialTimeout.D() }, 5 * time.Second,
+		"storage.etcd.dial_timeout must be positive; it is 0s"},
+	{"storage.etcd.request_timeout", func(c *Config) any { return c.Storage.Etcd.RequestTimeout.D() }, 5 * time.Second,
+		"storage.etcd.request_timeout must be positive; it is 0s"},
+	{"storage.etcd.leader_ttl", func(c *Config) any { return c.Storage.Etcd.LeaderTTL.D() }, 10 * time.Second,
+		"storage.etcd.leader_ttl must be a whole number of seconds, at least 1s; it is 0s"},
 	{"leases.revoke_backoff", func(c *Config) any { return c.Leases.RevokeBackoff.D() }, time.Second, "leases.revoke_backoff must be positive; it is 0s"},
 	{"leases.revoke_max_backoff", func(c *Config) any { return c.Leases.RevokeMaxBackoff.D() }, 5 * time.Minute,
 		"leases.revoke_max_backoff must be positive and not less than revoke_backoff (1s); it is 0s"},
@@ -572,7 +578,7 @@ func TestDetectorsConfigKeepsDefaults(t *testing.T) {
 func TestConfigStrictInEverySection(t *testing.T) {
 	for _, section := range []string{
 		"", "issuers.0.", "operators.issuers.0.", "roles.0.", "roles.0.approval.", "roles.1.approval.break_glass.",
-		"limits.", "leases.", "console.", "console.oidc.", "notifications.webhooks.0.", "log.", "policy.", "tls.",
+		"limits.", "leases.", "storage.", "storage.etcd.", "console.", "console.oidc.", "notifications.webhooks.0.", "log.", "policy.", "tls.",
 		"introspection.", "introspection.clients.0.", "signals.detectors.", "signals.detectors.mint_rate.", "signals.detectors.renewal_hold.",
 	} {
 		t.Run(section+"bogus_key", func(t *testing.T) {

@@ -13,7 +13,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"sync"
 	"time"
 
@@ -26,7 +25,6 @@ import (
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/broker/api"
 	"github.com/valet-broker/valet/broker/attest"
-	"github.com/valet-broker/valet/broker/bolt"
 	"github.com/valet-broker/valet/broker/clientip"
 	"github.com/valet-broker/valet/broker/detectors"
 	"github.com/valet-broker/valet/broker/jobs"
@@ -60,7 +58,8 @@ type Server struct {
 	// (default os.Stdout).
 	Stdout io.Writer
 
-	store      *bolt.Store
+	store      storageEngine
+	storage    *storage
 	sink       *audit.LineSink
 	broker     *broker.Broker
 	queue      *leases.RevocationQueue
@@ -122,11 +121,11 @@ func (s *Server) Open(ctx context.Context) (err error) {
 	if s.sink != nil {
 		sink = s.sink
 	}
-	s.store, err = bolt.Open(filepath.Join(cfg.DataDir, "valet.db"), bolt.Options{Sink: sink, Logger: log})
-	if err != nil {
+	if s.storage, err = openStorage(ctx, cfg, sink, s.Clock, log); err != nil {
 		return err
 	}
-	replay := s.store.ReplayCache(s.Clock)
+	s.store = s.storage.store
+	replay := s.storage.replay
 	verifier, err := attest.New(ctx, attest.Options{
 		Issuers: cfg.Issuers, MaxTokenBytes: cfg.Limits.MaxAttestationBytes, Clock: s.Clock, Replay: replay, Logger: log,
 		CacheSize: cfg.Limits.AttestationCache,
@@ -204,7 +203,7 @@ func (s *Server) Open(ctx context.Context) (err error) {
 		s.broker.LeasesExpired(expired)
 	}
 
-	grantStore := s.store.Grants()
+	grantStore := s.storage.grants
 	// valet transmits SETs (signed with a key of its own, published in its
 	// JWKS) when a receiver of format set is configured.
 	var transmitter *ssf.Transmitter
@@ -272,7 +271,7 @@ func (s *Server) Open(ctx context.Context) (err error) {
 	if err != nil {
 		return fmt.Errorf("jobs: %w", err)
 	}
-	s.jobs, err = jobs.New(jobs.Options{Jobs: entries, Store: s.store, Clock: s.Clock, Logger: log.With("component", "jobs"),
+	s.jobs, err = jobs.New(jobs.Options{Jobs: entries, Store: s.store, Clock: s.Clock, Logger: log.With("component", "jobs"), Leader: s.storage.leadership(),
 		Observer: s.metrics, Alerter: jobAlerter{s.Notifier}})
 	if err != nil {
 		return err
@@ -351,8 +350,9 @@ func (s *Server) Open(ctx context.Context) (err error) {
 
 	wctx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
-	s.goRun(func() { s.queue.Run(wctx) })
-	s.goRun(func() { s.expirer.Run(wctx) })
+	// The background duties: in this process for bbolt, on the elected
+	// leader for etcd (storage.go).
+	s.goRun(func() { s.storage.runDuties(wctx, s.duties) })
 	if cfg.Policy.Watching() {
 		s.goRun(func() {
 			if err := s.policy.Watch(wctx); err != nil && wctx.Err() == nil {
@@ -360,6 +360,9 @@ func (s *Server) Open(ctx context.Context) (err error) {
 			}
 		})
 	}
+	// Every replica flushes its own sightings, refusal summaries and
+	// detections; resuming a containment is compare-and-swap on each
+	// lease and on the signal's count, so replicas cannot double it.
 	s.goRun(func() { s.broker.Run(wctx) })
 	s.goRun(func() { s.jobs.Run(wctx) })
 	if s.dispatcher != nil {
@@ -416,7 +419,7 @@ func (s *Server) readiness() error {
 	if !s.ready {
 		return errors.New("starting")
 	}
-	return nil
+	return s.storage.ready()
 }
 
 // Addr is the address the server listens on.
@@ -453,8 +456,8 @@ func (s *Server) close() error {
 		}
 	}
 	var err error
-	if s.store != nil {
-		err = s.store.Close()
+	if s.storage != nil {
+		err = s.storage.close()
 	}
 	if s.sink != nil {
 		s.sink.Close()
