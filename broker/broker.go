@@ -16,9 +16,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/valet-broker/valet/backends"
+	"github.com/valet-broker/valet/broker/agents"
 	"github.com/valet-broker/valet/leases"
 	"github.com/valet-broker/valet/leases/audit"
 	"github.com/valet-broker/valet/leases/clock"
@@ -29,6 +31,10 @@ type Revoker interface {
 	// RevokeNow makes the first attempt at once and returns the lease as it
 	// is afterwards; failures stay queued for retries.
 	RevokeNow(ctx context.Context, l *leases.Lease) (*leases.Lease, error)
+	// Kick wakes the queue so that leases just ended are attempted now,
+	// in parallel and bounded (leases.revoke_concurrency), rather than at
+	// its next scheduled attempt.
+	Kick()
 }
 
 // ExpiryNotifier is told about new expiries so the scheduler can wake early
@@ -47,6 +53,10 @@ type Observer interface {
 	// with its type (one of CredentialTypes) and whether its address was
 	// over its failure budget.
 	CredentialRefused(credential string, throttled bool)
+	// Signaled is called once per accepted signal with its source's kind
+	// (agents.SourceREST, SourceSET, SourceDetector, SourceOperator) and
+	// the action taken.
+	Signaled(sourceKind string, action agents.Action)
 }
 
 // Options are the Broker's dependencies.
@@ -70,6 +80,24 @@ type Options struct {
 	// Replay is the attestation replay cache, which Run purges of
 	// expired entries (optional).
 	Replay ReplayPurger
+	// Agents and Signals keep agent records and signals (broker/bolt's
+	// Store is both). Without them every agent has risk 0, none is
+	// quarantined, and signals are refused as unavailable.
+	Agents  AgentStore
+	Signals SignalStore
+	// Detectors are valet's own detectors: each sees what the flows
+	// observe and raises signals (optional).
+	Detectors []Detector
+	// KeyPublishers are the other keys valet signs with (the SSF
+	// transmitter's), published beside the backends' in its JWKS.
+	KeyPublishers []backends.KeyPublisher
+	// SETs verifies the Security Event Tokens SSF transmitters push
+	// (nil: every SET is refused).
+	SETs SETVerifier
+	// IssuerNames maps the iss of each trusted attestation issuer to its
+	// configured name, so that an iss_sub subject identifier (RFC 9493)
+	// names an agent.
+	IssuerNames map[string]string
 }
 
 // Broker runs the credential flows.
@@ -92,6 +120,17 @@ type Broker struct {
 	notifier Notifier
 	waiters  grantWaiters
 	replay   ReplayPurger
+
+	agents      AgentStore
+	signals     SignalStore
+	detectors   []Detector
+	detections  chan detection
+	sightings   sightings
+	publishers  []backends.KeyPublisher
+	containMu   sync.Mutex
+	containing  map[string]bool // signals whose containment runs in this process
+	sets        SETVerifier
+	issuerNames map[string]string
 }
 
 // New checks that every role's backend exists and accepts the role's
@@ -112,6 +151,11 @@ func New(o Options) (*Broker, error) {
 		cfg: o.Config, store: o.Store, auditor: o.Auditor, verifier: o.Verifier, authz: o.Authorizer,
 		backends: o.Backends, revoker: o.Revoker, expiry: o.Expiry, clock: o.Clock, log: o.Logger, obs: o.Observer,
 		roles: map[string]*Role{}, grants: o.Grants, notifier: o.Notifier, replay: o.Replay,
+		agents: o.Agents, signals: o.Signals, detectors: o.Detectors, publishers: o.KeyPublishers, sets: o.SETs, issuerNames: o.IssuerNames,
+		detections: make(chan detection, detectionQueue),
+	}
+	if (o.Agents == nil) != (o.Signals == nil) {
+		return nil, errors.New("broker: Agents and Signals go together: give both or neither")
 	}
 	var err error
 	if b.limiter, err = newAgentLimiter(o.Config.Limits.AgentRate, o.Config.Limits.AgentBurst, o.Clock); err != nil {
@@ -193,6 +237,11 @@ func (b *Broker) authenticate(ctx context.Context, a attestation) (*Principal, e
 	}
 	p, err := b.verifier.Verify(ctx, a.token)
 	if err != nil {
+		var replay *ReplayedAttestation
+		if len(b.detectors) > 0 && errors.As(err, &replay) {
+			b.observe(Observation{Kind: ObserveReplay, Time: b.clock.Now(), AgentID: replay.AgentID, Lineage: replay.Lineage,
+				SourceIP: a.sourceIP})
+		}
 		if code := ErrorCode(err); code == EUNAUTHORIZED || code == ETOOLARGE {
 			if rerr := b.RefuseCredential(ctx, Refusal{Credential: CredentialAttestation, SourceIP: a.sourceIP, Kind: a.kind,
 				Role: a.role, RequestID: a.requestID, Reason: ErrorMessage(err)}); rerr != nil {
@@ -203,6 +252,9 @@ func (b *Broker) authenticate(ctx context.Context, a attestation) (*Principal, e
 	}
 	if !b.limiter.allow(p.ID) {
 		return nil, Errorf(ERATELIMIT, "agent %s is over its rate limit of %g requests per second; slow down", p.ID, b.cfg.Limits.AgentRate)
+	}
+	if b.agents != nil {
+		b.sightings.add(p.ID, "", b.clock.Now())
 	}
 	return p, nil
 }
@@ -215,6 +267,9 @@ func (b *Broker) deny(ctx context.Context, p *Principal, kind, role, requestID, 
 	}
 	b.audit(ctx, dec.record(audit.Entry{Kind: kind, Actor: agentActor(p), Decision: audit.Deny, Reason: reason,
 		AgentID: p.ID, Role: role, RequestID: requestID}))
+	if len(b.detectors) > 0 {
+		b.observe(Observation{Kind: ObserveDenied, Time: b.clock.Now(), AgentID: p.ID, Role: role, Lineage: p.Lineage, Reason: reason})
+	}
 }
 
 func (b *Broker) audit(ctx context.Context, e audit.Entry) {
@@ -229,7 +284,12 @@ func agentActor(p *Principal) audit.Actor { return audit.Actor{Type: audit.Actor
 // text is for the log; where a flow knows more about a refusal (the
 // lease it concerns, what changed), it says so itself.
 func storeError(err error) error {
+	var coded *Error
 	switch {
+	case errors.As(err, &coded):
+		// The store refused with a client error of its own (a replicated
+		// store finding the agent quarantined by another replica).
+		return err
 	case errors.Is(err, leases.ErrNotFound):
 		return Wrap(ENOTFOUND, err, "lease not found")
 	case errors.Is(err, leases.ErrState):

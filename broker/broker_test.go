@@ -145,6 +145,7 @@ type fixture struct {
 	b      *broker.Broker
 	store  *bolt.Store
 	fs     *failingStore
+	sigs   *failingSignals
 	be     *scripted
 	rn     *renewing  // backend "renewing": be, able to renew
 	fl     *fixedLife // backend "fixed": be, whose credentials live an hour
@@ -164,6 +165,14 @@ type fixtureConfig struct {
 	*broker.Config
 	Backends []backends.Config
 	Policy   policy.Config
+	// Detectors are handed to the broker.
+	Detectors []broker.Detector
+	// Transmitters are the SSF transmitters whose SETs the broker
+	// accepts (verified with the store's replay cache).
+	Transmitters []attest.TransmitterConfig
+	// RequireJTI makes the agents' issuer require_jti, with the store's
+	// replay cache: each attestation is accepted once.
+	RequireJTI bool
 }
 
 func newFixture(t *testing.T, cfgEdit func(*fixtureConfig)) *fixture {
@@ -199,6 +208,7 @@ func newFixtureWith(t *testing.T, cfgEdit func(*fixtureConfig), extra func(clk *
 	if cfgEdit != nil {
 		cfgEdit(cfg)
 	}
+	issuers[0].RequireJTI = cfg.RequireJTI
 	names := map[string]bool{}
 	for _, bc := range cfg.Backends {
 		names[bc.Name] = true
@@ -213,7 +223,12 @@ func newFixtureWith(t *testing.T, cfgEdit func(*fixtureConfig), extra func(clk *
 	}
 	t.Cleanup(func() { store.Close() })
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	v, err := attest.New(context.Background(), attest.Options{MaxTokenBytes: broker.DefaultMaxAttestationBytes, Issuers: issuers, Clock: clk, Logger: log})
+	var replay attest.ReplayCache
+	if cfg.RequireJTI {
+		replay = store.ReplayCache(clk)
+	}
+	v, err := attest.New(context.Background(), attest.Options{MaxTokenBytes: broker.DefaultMaxAttestationBytes, Issuers: issuers, Clock: clk, Logger: log,
+		Replay: replay})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -236,13 +251,23 @@ func newFixtureWith(t *testing.T, cfgEdit func(*fixtureConfig), extra func(clk *
 		t.Fatal(err)
 	}
 	fs := &failingStore{Store: store}
+	sigs := &failingSignals{Store: store}
 	gs := store.Grants()
+	var sets broker.SETVerifier
+	if len(cfg.Transmitters) > 0 {
+		sets, err = attest.NewSETVerifier(context.Background(), attest.SETOptions{Transmitters: cfg.Transmitters, PublicURL: cfg.PublicURL,
+			MaxTokenBytes: broker.DefaultMaxAttestationBytes, Replay: store.ReplayCache(clk), Options: attest.Options{Clock: clk, Logger: log}})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
 	b, err := broker.New(broker.Options{Config: cfg.Config, Store: fs, Auditor: store, Verifier: v, Authorizer: pe,
-		Backends: bes, Revoker: q, Clock: clk, Logger: log, Grants: gs})
+		Backends: bes, Revoker: q, Clock: clk, Logger: log, Grants: gs, Agents: store, Signals: sigs, Detectors: cfg.Detectors,
+		SETs: sets, IssuerNames: map[string]string{"https://issuer.test": "test"}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &fixture{b: b, store: store, fs: fs, be: be, rn: rn, fl: fl, issuer: iss, clock: clk, queue: q, grants: gs, cfg: cfg.Config, v: v, authz: pe}
+	return &fixture{b: b, store: store, fs: fs, sigs: sigs, be: be, rn: rn, fl: fl, issuer: iss, clock: clk, queue: q, grants: gs, cfg: cfg.Config, v: v, authz: pe}
 }
 
 func (f *fixture) attest(t *testing.T, sub string) string {

@@ -29,6 +29,8 @@ type Config struct {
 	// Leases is the leases section; its revoke_concurrency bounds bulk
 	// revocations too.
 	Leases leases.Config
+	// Signals is the broker's part of the signals section.
+	Signals SignalsConfig
 }
 
 // Role is a named kind of credential agents can ask for.
@@ -185,14 +187,16 @@ func DefaultConfig() *Config {
 func (c *Config) SetDefaults() {
 	c.Limits.SetDefaults()
 	c.Leases.SetDefaults()
+	c.Signals.SetDefaults()
 }
 
-// Validate checks the broker's sections (roles, limits and leases) and names
-// the full key path of the offending key in each error, e.g.
-// "roles[0].max_ttl (1h0m0s) must not be less than ttl (2h0m0s)".
-// backends are the names of the configured backends.
+// Validate checks the broker's sections (roles, limits, leases and its
+// keys of signals) and names the full key path of the offending key in
+// each error, e.g. "roles[0].max_ttl (1h0m0s) must not be less than ttl
+// (2h0m0s)". backends are the names of the configured backends; signal
+// sources may name no signals issuer here.
 func (c *Config) Validate(backends map[string]bool) error {
-	return errors.Join(ValidateRoles(c.Roles, backends), c.Limits.Validate(), c.Leases.Validate())
+	return errors.Join(ValidateRoles(c.Roles, backends), c.Limits.Validate(), c.Leases.Validate(), c.Signals.Validate(nil))
 }
 
 // Role returns the role named name, or nil.

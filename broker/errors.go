@@ -12,6 +12,7 @@ const (
 	EINVALID      = "invalid"       // the request is malformed or breaks a rule
 	EUNAUTHORIZED = "unauthorized"  // no, or no valid, attestation or operator token
 	EFORBIDDEN    = "forbidden"     // authenticated, but policy or state says no
+	EQUARANTINED  = "quarantined"   // the agent is quarantined until an operator releases it
 	ENOTFOUND     = "not_found"     // no such role, lease, grant, ...
 	ECONFLICT     = "conflict"      // the object is not in a state that allows this
 	ETOOLARGE     = "too_large"     // body or token over its size limit

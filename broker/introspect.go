@@ -49,6 +49,10 @@ func (b *Broker) Introspect(ctx context.Context, token string) (*Introspection, 
 		now := b.clock.Now()
 		exp, _ := info.Claims["exp"].(float64)
 		if !l.ActiveAt(now) || float64(now.Unix()) >= exp {
+			if ended := endedOnPurpose(l); ended != "" && len(b.detectors) > 0 {
+				b.observe(Observation{Kind: ObserveEndedUse, Time: now, AgentID: l.AgentID, Role: l.Role, LeaseID: l.ID,
+					Lineage: l.Lineage, LeaseState: ended, EndedAt: l.EndedAt})
+			}
 			return &Introspection{Lease: l}, nil
 		}
 		return &Introspection{Active: true, Claims: info.Claims, Lease: l}, nil
@@ -62,7 +66,8 @@ func (b *Broker) Introspect(ctx context.Context, token string) (*Introspection, 
 // job's prepublish).
 const JWKSMaxAge = 5 * time.Minute
 
-// PublicJWKs returns the public keys of every signing backend.
+// PublicJWKs returns the public keys of every signing backend, then those
+// of Options.KeyPublishers (the SSF transmitter's).
 func (b *Broker) PublicJWKs() []map[string]any {
 	names := make([]string, 0, len(b.backends))
 	for n := range b.backends {
@@ -75,5 +80,22 @@ func (b *Broker) PublicJWKs() []map[string]any {
 			out = append(out, kp.PublicJWKs()...)
 		}
 	}
+	for _, kp := range b.publishers {
+		out = append(out, kp.PublicJWKs()...)
+	}
 	return out
+}
+
+// endedOnPurpose is how lease l was ended before its time, StateRevoked
+// or StateReleased (also while its revocation is under way), or "" when
+// it was not (it is live, or it expired).
+func endedOnPurpose(l *leases.Lease) leases.State {
+	reason := l.State
+	if l.State == leases.StateRevoking || l.State == leases.StateIrrevocable {
+		reason = l.EndReason
+	}
+	if reason == leases.StateRevoked || reason == leases.StateReleased {
+		return reason
+	}
+	return ""
 }

@@ -136,6 +136,10 @@ func (b *Broker) admit(ctx context.Context, op *mintOp) error {
 		return err
 	}
 	op.p = p
+	risk, err := b.admitAgent(ctx, Caller{Agent: p}, p.ID, audit.KindMint, req.Role, req.RequestID, b.clock.Now())
+	if err != nil {
+		return err
+	}
 	role, ok := b.roles[req.Role]
 	if !ok {
 		err := Errorf(ENOTFOUND, "role %q does not exist", req.Role)
@@ -169,7 +173,7 @@ func (b *Broker) admit(ctx context.Context, op *mintOp) error {
 	op.now = b.clock.Now()
 	dec, err := b.authz.Authorize(ctx, AuthzRequest{
 		Principal: p, Action: action, Role: role, RequestID: req.RequestID,
-		Context: AuthzContext{TTL: ttl, Reason: req.Reason, SourceIP: req.SourceIP, Now: op.now},
+		Context: AuthzContext{TTL: ttl, Reason: req.Reason, SourceIP: req.SourceIP, Now: op.now, Risk: risk},
 	})
 	if err != nil {
 		return Wrap(EINTERNAL, err, "policy evaluation failed")
@@ -306,6 +310,13 @@ func (b *Broker) mint(ctx context.Context, op *mintOp) (*MintResult, error) {
 	}
 	if b.expiry != nil {
 		b.expiry.Notify(active.ExpiresAt)
+	}
+	if b.agents != nil {
+		b.sightings.add(op.p.ID, op.role.Name, active.CreatedAt)
+	}
+	if len(b.detectors) > 0 {
+		b.observe(Observation{Kind: ObserveMint, Time: active.CreatedAt, AgentID: op.p.ID, Role: op.role.Name, LeaseID: active.ID,
+			SourceIP: op.req.SourceIP, Lineage: active.Lineage, ExpiresAt: active.ExpiresAt})
 	}
 	return &MintResult{Lease: active, Credential: cred.Data}, nil
 }

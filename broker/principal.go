@@ -51,6 +51,29 @@ func ValidAgentID(id string) bool {
 	return ok && len(id) <= MaxAgentIDBytes && ValidName(iss) && sub != "" && strings.IndexFunc(sub, unicode.IsControl) < 0
 }
 
+// LineageRule describes the shape of a lineage id for error messages,
+// which read "<field> must " + LineageRule.
+const LineageRule = "start with jti:, pod:, run: or spiffe: and name one (jti:<issuer>#<jti>, pod:<uid>, run:<issuer>#<run_id>, spiffe:<id>), " +
+	"at most 2048 bytes without control characters"
+
+// lineageKinds are the prefixes of leases.Lineage.IDs.
+var lineageKinds = []string{"jti:", "pod:", "run:", "spiffe:"}
+
+// ValidLineage reports whether id has the shape of a lineage id
+// (leases.Lineage.IDs): a known kind prefix and something after it, at
+// most 2048 bytes, without control characters.
+func ValidLineage(id string) bool {
+	if len(id) > 2048 || strings.IndexFunc(id, unicode.IsControl) >= 0 {
+		return false
+	}
+	for _, k := range lineageKinds {
+		if strings.HasPrefix(id, k) && len(id) > len(k) {
+			return true
+		}
+	}
+	return false
+}
+
 // Lineage identifies the attestation a principal came from (the lease
 // domain's leases.Lineage), named here so that a Verifier can fill it in
 // without importing the lease store.

@@ -36,6 +36,10 @@ func (b *Broker) RedeemGrant(ctx context.Context, req RedeemRequest) (*MintResul
 	if err != nil {
 		return nil, err
 	}
+	risk, err := b.admitAgent(ctx, Caller{Agent: p}, p.ID, audit.KindGrantRedeem, g.Role, req.RequestID, b.clock.Now())
+	if err != nil {
+		return nil, err
+	}
 	role, ok := b.roles[g.Role]
 	if !ok {
 		return nil, Errorf(ECONFLICT, "role %s of grant %s is no longer configured", g.Role, g.ID)
@@ -48,7 +52,7 @@ func (b *Broker) RedeemGrant(ctx context.Context, req RedeemRequest) (*MintResul
 	// content was changed after approval does not match it.
 	binding := grants.Binding(grants.Request{AgentID: g.AgentID, Role: g.Role, TTL: g.TTL, Scope: g.Scope, Reason: g.Reason, Lineage: g.Lineage})
 	dec, err := b.authz.Authorize(ctx, AuthzRequest{Principal: p, Action: ActionRedeem, Role: role, RequestID: req.RequestID,
-		Context: AuthzContext{TTL: g.TTL, Reason: g.Reason, SourceIP: req.SourceIP, Now: now, Approvals: len(g.Approvals)}})
+		Context: AuthzContext{TTL: g.TTL, Reason: g.Reason, SourceIP: req.SourceIP, Now: now, Approvals: len(g.Approvals), Risk: risk}})
 	if err != nil {
 		return nil, Wrap(EINTERNAL, err, "policy evaluation failed")
 	}

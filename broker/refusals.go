@@ -24,10 +24,13 @@ const (
 	CredentialOperatorToken       = "operator_token"       // a bearer token at an operator endpoint
 	CredentialConsoleToken        = "console_token"        // the token of the console's sign-in form
 	CredentialIntrospectionClient = "introspection_client" // a resource server's client authentication at introspection
+	CredentialSignalSource        = "signal_source"        // a signal source's token or ID token at POST /v1/signals
+	CredentialSET                 = "set"                  // a Security Event Token pushed to POST /v1/signals/set
 )
 
 // CredentialTypes lists every credential type, in a fixed order.
-var CredentialTypes = []string{CredentialAttestation, CredentialOperatorToken, CredentialConsoleToken, CredentialIntrospectionClient}
+var CredentialTypes = []string{CredentialAttestation, CredentialOperatorToken, CredentialConsoleToken, CredentialIntrospectionClient,
+	CredentialSignalSource, CredentialSET}
 
 // Refusal is a credential that did not verify, refused before valet knows
 // who presented it.

@@ -46,6 +46,12 @@ func (b *Broker) RenewLease(ctx context.Context, c Caller, req RenewRequest) (*R
 	if !l.ActiveAt(now) {
 		return nil, Errorf(ECONFLICT, "lease %s is %s; only active leases can be renewed", l.ID, l.StateAt(now))
 	}
+	// A quarantined agent's leases are renewed for nobody, an operator
+	// included: the quarantine holds until a release.
+	risk, err := b.admitAgent(ctx, c, l.AgentID, audit.KindRenew, l.Role, req.RequestID, now)
+	if err != nil {
+		return nil, err
+	}
 	role, ok := b.roles[l.Role]
 	if !ok {
 		return nil, Errorf(ECONFLICT, "role %s of lease %s is no longer configured", l.Role, l.ID)
@@ -70,7 +76,7 @@ func (b *Broker) RenewLease(ctx context.Context, c Caller, req RenewRequest) (*R
 	if c.Agent != nil {
 		p = c.Agent
 		dec, err = b.authz.Authorize(ctx, AuthzRequest{Principal: p, Action: ActionRenew, Role: role, RequestID: req.RequestID,
-			Context: AuthzContext{TTL: want.Sub(now), SourceIP: req.SourceIP, Now: now}})
+			Context: AuthzContext{TTL: want.Sub(now), SourceIP: req.SourceIP, Now: now, Risk: risk}})
 		if err != nil {
 			return nil, Wrap(EINTERNAL, err, "policy evaluation failed")
 		}
@@ -107,6 +113,16 @@ func (b *Broker) RenewLease(ctx context.Context, c Caller, req RenewRequest) (*R
 		return nil, storeError(err)
 	}
 	renewed.State = renewed.StateAt(b.clock.Now())
+	if len(b.detectors) > 0 {
+		o := Observation{Kind: ObserveRenew, Time: now, AgentID: l.AgentID, Role: l.Role, LeaseID: l.ID,
+			ExpiresAt: renewed.ExpiresAt, RenewedFrom: l.ExpiresAt}
+		if p != nil {
+			// The agent's own request: where it came from and with which
+			// attestation (an operator's renewal says nothing of either).
+			o.SourceIP, o.Lineage = req.SourceIP, p.Lineage
+		}
+		b.observe(o)
+	}
 	return &RenewResult{Lease: renewed, Credential: rn.Data}, nil
 }
 

@@ -72,6 +72,9 @@ func (b *Broker) RevokeMatching(ctx context.Context, op *Operator, f leases.Filt
 	}
 	var ids []string
 	now := b.clock.Now()
+	if f.Lineage != "" && len(b.detectors) > 0 {
+		b.observe(Observation{Kind: ObserveLineageRevoked, Time: now, LineageID: f.Lineage, Reason: "operator " + op.Name})
+	}
 	for {
 		f.Limit = 1000
 		ls, err := b.store.List(ctx, f)
@@ -182,22 +185,14 @@ func RevokesAtExpiry(bes map[string]backends.Backend) func(l *leases.Lease) bool
 	}
 }
 
-// queueWaker is a Revoker whose due revocations can be attempted at once
-// (leases.RevocationQueue.Kick).
-type queueWaker interface{ Kick() }
-
 // LeasesExpired is told about the leases the expirer (leases.Expirer) just
 // ended. Those whose credentials had to be revoked at expiry (see
 // RevokesAtExpiry) are revoking: the revocation queue is woken so that
 // their revocation starts now rather than at its next scheduled attempt.
 func (b *Broker) LeasesExpired(expired []*leases.Lease) {
-	k, ok := b.revoker.(queueWaker)
-	if !ok {
-		return
-	}
 	for _, l := range expired {
 		if l.State == leases.StateRevoking {
-			k.Kick()
+			b.revoker.Kick()
 			return
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"time"
 
+	"github.com/valet-broker/valet/broker/agents"
 	"github.com/valet-broker/valet/broker/grants"
 	"github.com/valet-broker/valet/leases"
 	"github.com/valet-broker/valet/leases/audit"
@@ -119,4 +120,95 @@ type GrantStore interface {
 	// at now (grants.Grant.Expire), each with its audit record, and returns
 	// them. With several replicas only the leader calls it.
 	ExpireDue(ctx context.Context, now time.Time) ([]*grants.Grant, error)
+}
+
+// AgentStore is durable storage of agent records (broker/agents) as the
+// flows use them. Records are derived, never registered: the first
+// sighting or signal of an agent creates its record.
+type AgentStore interface {
+	// GetAgent returns an agent's record or agents.ErrNotFound.
+	GetAgent(ctx context.Context, id string) (*agents.Agent, error)
+	// ListAgents returns records matching f, most recently seen first,
+	// below the cursor f.Before (agents.Agent.Cursor), at most f.Limit
+	// (100 when not positive, at most 1000). The order is an index, not
+	// a scan; f.Quarantined reads the index of quarantined agents. A
+	// record that cannot be read is skipped (and reported).
+	ListAgents(ctx context.Context, f agents.Filter) ([]*agents.Agent, error)
+	// Gate returns the agent's risk and quarantine as last committed (the
+	// zero Gate for an agent without a record). It is on the path of
+	// every mint, so it answers from memory that the engine keeps in step
+	// with its commits, on every replica, and never opens a transaction.
+	Gate(id string) agents.Gate
+	// See merges sightings into the records (agents.Agent.See), creating
+	// those of agents seen for the first time, in one transaction, with
+	// no audit record: the flows that saw the agents wrote their own.
+	See(ctx context.Context, s []agents.Sighting) error
+	// Isolate quarantines an agent (agents.Agent.Isolate), creating its
+	// record if valet never saw it, with e. Errors: agents.ErrState
+	// (wrapped) when it is quarantined already.
+	Isolate(ctx context.Context, id string, q agents.Quarantine, e audit.Entry) (*agents.Agent, error)
+	// Release ends an agent's quarantine (agents.Agent.Release) with e.
+	// Errors: agents.ErrNotFound; agents.ErrState (wrapped) when it is
+	// not quarantined at r.At.
+	Release(ctx context.Context, id string, r agents.Release, e audit.Entry) (*agents.Agent, error)
+	// ReleaseDue records the end of every quarantine whose release time
+	// is at or before now (agents.Agent.ReleaseDue), each with an audit
+	// record of kind audit.KindAgentRelease, and returns the agents
+	// released. It walks an index of release times. With several
+	// replicas only the leader calls it.
+	ReleaseDue(ctx context.Context, now time.Time) ([]*agents.Agent, error)
+}
+
+// SignalChange is what accepting a signal does to the records of the
+// agents it concerns.
+type SignalChange struct {
+	// Points raise each agent's risk score, which decays with HalfLife.
+	Points   int
+	HalfLife time.Duration
+	// Quarantine, when set, quarantines each agent not quarantined yet
+	// (a copy each).
+	Quarantine *agents.Quarantine
+}
+
+// SignalStore is durable storage of signals (broker/agents) and the
+// writes their containment makes, as the signal flow uses them.
+type SignalStore interface {
+	// RecordSignal stores the new signal s and applies it to the record
+	// of each agent in s.Agents (agents.Agent.Apply with c), creating a
+	// record that does not exist yet, in one transaction: with e, the
+	// signal's audit record, once per agent (its AgentID filled in) or
+	// once when s concerns no agent, and qe, the audit record of a
+	// quarantine, for each agent the signal quarantined. It returns the
+	// ids of the agents it quarantined. A signal whose containment is
+	// pending is listed by PendingSignals until Contained.
+	RecordSignal(ctx context.Context, s *agents.Signal, c SignalChange, e, qe audit.Entry) (quarantined []string, err error)
+	// Contained records that a signal's containment is done
+	// (agents.Signal.Contained, adding ended to the count EndLive kept)
+	// with e, its details completed by agents.Signal.Recorded.
+	Contained(ctx context.Context, id string, ended int, now time.Time, e audit.Entry) (*agents.Signal, error)
+	// GetSignal returns a signal or agents.ErrNotFound.
+	GetSignal(ctx context.Context, id string) (*agents.Signal, error)
+	// ListSignals returns signals matching f, newest first, at most
+	// f.Limit (100 when not positive, at most 1000); a filter on an agent
+	// is an index scan.
+	ListSignals(ctx context.Context, f agents.SignalFilter) ([]*agents.Signal, error)
+	// PendingSignals returns the signals whose containment is pending,
+	// oldest first, from an index: what a restart must resume.
+	PendingSignals(ctx context.Context) ([]*agents.Signal, error)
+	// EndLive is mass revocation's write: it ends (leases.Lease.End, for
+	// reason) up to limit leases matching f whose stored state is pending
+	// or active and that were created at or before createdBy, each with
+	// its audit record (e, the lease's subject filled in), in one
+	// transaction, and queues them for revocation; when signalID is set,
+	// the same transaction adds them to that signal's containment count.
+	// It walks f's index (agent, lineage, or state active or pending)
+	// newest first from the lease id cursor before, examining at most a
+	// bounded number of leases, and returns the leases it ended and the
+	// cursor to continue from; next is "" when the walk reached the end.
+	EndLive(ctx context.Context, signalID string, f leases.Filter, before string, createdBy time.Time, limit int, reason leases.State,
+		now time.Time, e audit.Entry) (ended []*leases.Lease, next string, err error)
+	// PruneSignals deletes up to limit signals received before cutoff
+	// whose containment is not pending, and returns how many. Their
+	// audit records stay.
+	PruneSignals(ctx context.Context, cutoff time.Time, limit int) (int, error)
 }

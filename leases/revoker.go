@@ -53,6 +53,11 @@ func (e unrevocableError) Unwrap() error        { return e.error }
 //     after now. Both read the next attempt from the lease records, never
 //     from the engine's own timers or TTLs. An entry whose lease cannot be
 //     read is skipped (and reported), never allowed to stop the queue.
+//     want, when not nil, is asked first whether a lease with (or
+//     without) a handle is wanted; a lease it refuses is skipped without
+//     being read or passed to fn. An engine answers it from its queue
+//     index where it can, so that a walk past many leases of a lane that
+//     is full costs no reads (a mass revocation queues thousands at once).
 //   - RevocationDone ends a revoking or irrevocable lease in state final,
 //     RevocationFailed records a failed attempt (the cause, the next
 //     attempt, irrevocable once the attempts are used up), and
@@ -69,7 +74,7 @@ func (e unrevocableError) Unwrap() error        { return e.error }
 // the engine runs it on the elected leader and fences its writes.
 type RevocationStore interface {
 	Get(ctx context.Context, id string) (*Lease, error)
-	EachDueRevocation(now time.Time, fn func(l *Lease) bool) error
+	EachDueRevocation(now time.Time, want func(hasHandle bool) bool, fn func(l *Lease) bool) error
 	NextRevocationAfter(now time.Time) (time.Time, bool, error)
 	RevocationDone(ctx context.Context, id string, final State, now time.Time, e audit.Entry) (*Lease, error)
 	RevocationFailed(ctx context.Context, id string, cause string, next time.Time, irrevocable bool, now time.Time, e audit.Entry) (*Lease, error)
@@ -188,11 +193,13 @@ const (
 	lanes
 )
 
-func laneOf(l *Lease) int {
-	if l.Handle == "" {
-		return laneRecovery
+func laneOf(l *Lease) int { return laneOfHandle(l.Handle != "") }
+
+func laneOfHandle(hasHandle bool) int {
+	if hasHandle {
+		return laneHandle
 	}
-	return laneHandle
+	return laneRecovery
 }
 
 // Kick wakes the queue, e.g. after a lease was ended.
@@ -221,7 +228,9 @@ func (q *RevocationQueue) Run(ctx context.Context) {
 			free[i] = cap(sem) - len(sem) // only this loop takes slots
 		}
 		var picked []*Lease
-		err := q.cfg.Store.EachDueRevocation(now, func(l *Lease) bool {
+		// Leases of a lane without a free slot are passed over unread.
+		want := func(hasHandle bool) bool { return free[laneOfHandle(hasHandle)] > 0 }
+		err := q.cfg.Store.EachDueRevocation(now, want, func(l *Lease) bool {
 			if lane := laneOf(l); free[lane] > 0 && !q.claimed(l.ID) {
 				picked = append(picked, l)
 				free[lane]--

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -581,4 +582,46 @@ func mustList(tb testing.TB, s *bolt.Store, f leases.Filter) []*leases.Lease {
 		tb.Fatal(err)
 	}
 	return ls
+}
+
+// readCounter is a store that counts the leases its queue walks read.
+type readCounter struct {
+	*bolt.Store
+	reads atomic.Int64
+}
+
+func (c *readCounter) EachDueRevocation(now time.Time, want func(bool) bool, fn func(l *leases.Lease) bool) error {
+	return c.Store.EachDueRevocation(now, want, func(l *leases.Lease) bool {
+		c.reads.Add(1)
+		return fn(l)
+	})
+}
+
+// TestMassRevocationReadsEachLeaseBoundedTimes: when many leases wait to be
+// revoked at once (a mass revocation), each finished attempt must not make
+// the queue read every waiting lease again (that made 1,000 revocations
+// take seconds): reads grow with the number of leases, not its square.
+func TestMassRevocationReadsEachLeaseBoundedTimes(t *testing.T) {
+	s := MustOpenStore(t)
+	c := &readCounter{Store: s}
+	clk := clock.NewFake(t0)
+	be := leasetest.NewFakeBackend(0)
+	const n = 600
+	var ls []*leases.Lease
+	for i := range n {
+		l := leasetest.NewPending(t0, fmt.Sprint("agent-", i%7), time.Hour)
+		l.Handle = "h-" + l.ID
+		ls = append(ls, l)
+	}
+	leasetest.SeedActive(t, s, ls)
+	for _, l := range ls {
+		leasetest.MustEnd(t, s, l.ID, leases.StateRevoked, t0)
+	}
+	q := leasetest.MustQueue(leases.RevocationQueueConfig{Store: c, Revoke: be.Revoke, Clock: clk, Logger: quietLog,
+		Attempts: 3, Backoff: time.Second, MaxBackoff: 8 * time.Second, Concurrency: 16, Timeout: time.Hour})
+	leasetest.StartQueue(t, q)
+	leasetest.Eventually(t, "every lease is revoked", func() bool { return leasetest.MustCounts(t, s)[leases.StateRevoked] == n })
+	if got := c.reads.Load(); got > 40*n {
+		t.Fatalf("the queue read %d leases to revoke %d (%.0f per lease); want at most %d", got, n, float64(got)/n, 40*n)
+	}
 }

@@ -595,15 +595,17 @@ func TestConsoleAgentsAndAudit(t *testing.T) {
 	f.b.Mint(context.Background(), broker.MintRequest{Attestation: f.attest("agent-2", map[string]any{"blocked": true}), Role: "demo"})
 
 	page := b.get("/ui/agents").Body
-	row := regexp.MustCompile(`(?s)<th scope="row">test/agent-1</th>\s*<td>(\d+)</td>\s*<td>(\d+)</td>`).FindStringSubmatch(page)
-	if row == nil || row[1] != "2" || row[2] != "2" {
-		t.Fatalf("agent-1 row (active, mints): %v\n%s", row, page)
+	// Columns: risk, quarantine, active leases, mints, denials.
+	cols := `</th>\s*<td><span class="risk[^"]*"[^>]*>(\d+)</span></td>\s*<td>.*?</td>\s*<td>(\d+)</td>\s*<td>(\d+)</td>\s*<td>(?:<span class="warn"[^>]*>)?(\d+)`
+	row := regexp.MustCompile(`(?s)<th scope="row"><a href="/ui/agents/test%2Fagent-1">test/agent-1</a>` + cols).FindStringSubmatch(page)
+	if row == nil || row[1] != "0" || row[2] != "2" || row[3] != "2" || row[4] != "0" {
+		t.Fatalf("agent-1 row (risk, active, mints, denials): %v\n%s", row, page)
 	}
-	row = regexp.MustCompile(`(?s)<th scope="row">test/agent-2</th>.*?<td>(\d+)</td>\s*<td><span class="warn"[^>]*>(\d+)</span>`).FindStringSubmatch(page)
-	if row == nil || row[1] != "1" || row[2] != "1" {
-		t.Fatalf("agent-2 row (mints, denials): %v\n%s", row, page)
+	row = regexp.MustCompile(`(?s)<th scope="row"><a href="/ui/agents/test%2Fagent-2">test/agent-2</a>` + cols).FindStringSubmatch(page)
+	if row == nil || row[2] != "1" || row[3] != "1" || row[4] != "1" {
+		t.Fatalf("agent-2 row (risk, active, mints, denials): %v\n%s", row, page)
 	}
-	mustContain(t, page, `href="/ui/audit?agent=test%2fagent-1"`, "Revoke all")
+	mustContain(t, page, `href="/ui/leases?state=&amp;agent=test%2fagent-1"`, "Revoke all")
 
 	// The audit browser: verified chain first, newest records, filters.
 	f.clock.Advance(time.Minute)

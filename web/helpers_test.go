@@ -214,7 +214,7 @@ func newFixture(t *testing.T, edit func(*fixtureConfig, *Config)) *fixture {
 	}
 	gs := store.Grants()
 	b, err := broker.New(broker.Options{Config: cfg.Config, Store: store, Auditor: store, Verifier: v, Authorizer: pe,
-		Backends: bes, Revoker: q, Clock: clk, Logger: log, Grants: gs})
+		Backends: bes, Revoker: q, Clock: clk, Logger: log, Grants: gs, Agents: store, Signals: store})
 	if err != nil {
 		t.Fatal(err)
 	}

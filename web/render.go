@@ -74,6 +74,7 @@ func parsePages() (*pages, error) {
 		"json":   prettyJSON,
 		"add":    func(a, b int) int { return a + b },
 		"dict":   dict,
+		"agent":  agentPath,
 	}
 	entries, err := fs.Glob(files, "templates/*.html")
 	if err != nil {

@@ -22,6 +22,7 @@ func TestErrorTable(t *testing.T) {
 		{"invalid", broker.Errorf(broker.EINVALID, "x"), http.StatusBadRequest, "Invalid request"},
 		{"unauthorized", broker.Errorf(broker.EUNAUTHORIZED, "x"), http.StatusUnauthorized, "Unauthenticated"},
 		{"forbidden", broker.Errorf(broker.EFORBIDDEN, "x"), http.StatusForbidden, "Forbidden"},
+		{"quarantined", broker.Errorf(broker.EQUARANTINED, "x"), http.StatusForbidden, "Agent quarantined"},
 		{"not found", broker.Errorf(broker.ENOTFOUND, "x"), http.StatusNotFound, "Not found"},
 		{"conflict", broker.Errorf(broker.ECONFLICT, "x"), http.StatusConflict, "Conflict"},
 		{"too large", broker.Errorf(broker.ETOOLARGE, "x"), http.StatusRequestEntityTooLarge, "Too large"},

@@ -12,7 +12,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"unicode"
 	"unicode/utf8"
 
 	"github.com/valet-broker/valet/broker"
@@ -160,19 +159,10 @@ func validateAgentID(field, id string) error {
 	return nil
 }
 
-// lineageKinds are the prefixes of leases.Lineage.IDs.
-var lineageKinds = []string{"jti:", "pod:", "run:", "spiffe:"}
-
 // validateLineage checks a lineage id (leases.Lineage.IDs).
 func validateLineage(field, id string) error {
-	kind := slices.IndexFunc(lineageKinds, func(k string) bool { return strings.HasPrefix(id, k) && len(id) > len(k) })
-	switch {
-	case kind < 0:
-		return broker.Errorf(broker.EINVALID, "%s must start with jti:, pod:, run: or spiffe: and name one (jti:<issuer>#<jti>, pod:<uid>, run:<issuer>#<run_id>, spiffe:<id>)", field)
-	case len(id) > 2048:
-		return broker.Errorf(broker.EINVALID, "%s is longer than 2048 bytes", field)
-	case strings.IndexFunc(id, unicode.IsControl) >= 0:
-		return broker.Errorf(broker.EINVALID, "%s must not contain control characters", field)
+	if !broker.ValidLineage(id) {
+		return broker.Errorf(broker.EINVALID, "%s must %s", field, broker.LineageRule)
 	}
 	return nil
 }

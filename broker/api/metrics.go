@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/valet-broker/valet/broker"
+	"github.com/valet-broker/valet/broker/agents"
 	"github.com/valet-broker/valet/broker/jobs"
 	"github.com/valet-broker/valet/broker/notify"
 	"github.com/valet-broker/valet/leases"
@@ -33,6 +34,7 @@ type Metrics struct {
 	policyErrors  *prometheus.CounterVec
 	notifications *prometheus.CounterVec
 	refusals      *prometheus.CounterVec
+	signals       *prometheus.CounterVec
 	jobRuns       *prometheus.CounterVec
 	jobDuration   *prometheus.HistogramVec
 	jobSuccess    *prometheus.GaugeVec
@@ -80,6 +82,8 @@ var (
 	reloadResults      = newLabelSet("ok", "error")
 	notifyOutcomes     = newLabelSet(notify.OutcomeOK, notify.OutcomeRetry, notify.OutcomeFailed, notify.OutcomeDropped)
 	credentialTypes    = newLabelSet(broker.CredentialTypes...)
+	signalSources      = newLabelSet(agents.SourceREST, agents.SourceSET, agents.SourceDetector, agents.SourceOperator)
+	signalActions      = newLabelSet(string(agents.ActionAlert), string(agents.ActionRevoke), string(agents.ActionQuarantine))
 	jobOutcomes        = newLabelSet(jobs.Outcomes...)
 )
 
@@ -143,10 +147,13 @@ func NewMetrics(reg *prometheus.Registry, known KnownLabels) *Metrics {
 			Name: "valet_notifications_total", Help: "Webhook delivery attempts by webhook, event and outcome (ok, retry, failed, dropped).",
 		}, []string{"webhook", "event", "outcome"}),
 		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "valet_auth_refusals_total", Help: "Credentials that did not verify, by type (attestation, operator_token, console_token, introspection_client) and whether their address was over its failure budget (answered 429).",
+			Name: "valet_auth_refusals_total", Help: "Credentials that did not verify, by type (attestation, operator_token, console_token, introspection_client, signal_source, set) and whether their address was over its failure budget (answered 429).",
 		}, []string{"credential", "throttled"}),
+		signals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "valet_signals_total", Help: "Accepted signals by source kind (source, ssf, detector, operator) and the action taken (alert, revoke, quarantine).",
+		}, []string{"source", "action"}),
 	}
-	reg.MustRegister(m.mints, m.mintLatency, m.httpRequests, m.expiryLate, m.revocations, m.policyReloads, m.policyErrors, m.notifications, m.refusals,
+	reg.MustRegister(m.mints, m.mintLatency, m.httpRequests, m.expiryLate, m.revocations, m.policyReloads, m.policyErrors, m.notifications, m.refusals, m.signals,
 		m.jobRuns, m.jobDuration, m.jobSuccess, m.jobSkips,
 		collectors.NewGoCollector(collectors.WithGoCollectorRuntimeMetrics(liveHeap)), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
@@ -174,6 +181,11 @@ func (m *Metrics) Minted(role, outcome string, d time.Duration) {
 // CredentialRefused implements broker.Observer.
 func (m *Metrics) CredentialRefused(credential string, throttled bool) {
 	m.refusals.WithLabelValues(credentialTypes.value(credential), strconv.FormatBool(throttled)).Inc()
+}
+
+// Signaled implements broker.Observer.
+func (m *Metrics) Signaled(sourceKind string, action agents.Action) {
+	m.signals.WithLabelValues(signalSources.value(sourceKind), signalActions.value(string(action))).Inc()
 }
 
 // Request counts an HTTP request. route must be one of the router's route

@@ -59,6 +59,8 @@ func invalidClient(description string) *oauthError {
 //     subject_token ... [is] invalid for any reason ... the invalid_request
 //     error code MUST be used"); RFC 6749's invalid_grant is for
 //     authorization grants, which a subject token is not.
+//   - EQUARANTINED (the subject_token's agent is quarantined) is
+//     invalid_request too: the subject is refused whatever it asks for.
 //   - ENOTFOUND and EFORBIDDEN (an unknown role; a role the policy will not
 //     issue for this agent, or one that needs approval) are invalid_target
 //     (RFC 8693 section 2.2.2, RFC 8707 section 2).
@@ -72,7 +74,7 @@ func oauthErrorOf(err error) *oauthError {
 	code := broker.ErrorCode(err)
 	e := &oauthError{Description: broker.ErrorMessage(err)}
 	switch code {
-	case broker.EUNAUTHORIZED:
+	case broker.EUNAUTHORIZED, broker.EQUARANTINED:
 		e.Error, e.status = "invalid_request", http.StatusBadRequest
 	case broker.ENOTFOUND, broker.EFORBIDDEN:
 		e.Error, e.status = "invalid_target", http.StatusBadRequest

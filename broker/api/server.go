@@ -31,6 +31,9 @@ type Config struct {
 	// ResourceServers authenticates introspection clients; nil means none
 	// are configured and every introspection call is refused.
 	ResourceServers *broker.ResourceServers
+	// SignalSources authenticates the senders of POST /v1/signals besides
+	// operators (nil: operators only).
+	SignalSources *broker.SignalSources
 	// Audit reads the audit log.
 	Audit  audit.Reader
 	Limits broker.LimitsConfig
@@ -60,6 +63,7 @@ type Server struct {
 	b       *broker.Broker
 	ops     *broker.Operators
 	rs      *broker.ResourceServers
+	sources *broker.SignalSources
 	audit   audit.Reader
 	limits  broker.LimitsConfig
 	public  string
@@ -92,7 +96,7 @@ func New(cfg Config) *Server {
 		cfg.ResourceServers = broker.NewResourceServers(broker.IntrospectionConfig{}, nil, time.Now)
 	}
 	s := &Server{
-		b: cfg.Broker, ops: cfg.Operators, rs: cfg.ResourceServers, audit: cfg.Audit, limits: cfg.Limits, public: cfg.PublicURL,
+		b: cfg.Broker, ops: cfg.Operators, rs: cfg.ResourceServers, sources: cfg.SignalSources, audit: cfg.Audit, limits: cfg.Limits, public: cfg.PublicURL,
 		metrics: cfg.Metrics, log: cfg.Logger, ready: cfg.Ready, nstats: cfg.NotificationStats, addr: cfg.ClientIP,
 		jobs: cfg.Jobs, auditKeys: cfg.AuditKeys,
 	}
@@ -115,6 +119,8 @@ func New(cfg Config) *Server {
 		s.registerAuditRoutes(r)
 		s.registerRoleRoutes(r)
 		s.registerGrantRoutes(r)
+		s.registerSignalRoutes(r)
+		s.registerAgentRoutes(r)
 		s.registerJobRoutes(r)
 		r.With(s.requireOperator).Get("/notifications", s.handleNotificationStats)
 	})

@@ -43,14 +43,23 @@ func TestVerifyReplay(t *testing.T) {
 	t.Run("second use is rejected", func(t *testing.T) {
 		e, v := setup(t)
 		tok := sign(t, e.dev, claims(map[string]any{"jti": "once"}))
-		if _, err := v.Verify(ctx, tok); err != nil {
+		first, err := v.Verify(ctx, tok)
+		if err != nil {
 			t.Fatal(err)
 		}
-		_, err := v.Verify(ctx, tok)
+		_, err = v.Verify(ctx, tok)
 		wantErr(t, err, broker.EUNAUTHORIZED, "attestation was already used (jti replay)")
+		// The refusal names whose attestation it was, for the detectors.
+		var rep *broker.ReplayedAttestation
+		if !errors.As(err, &rep) || rep.AgentID != first.ID || rep.Lineage != first.Lineage || rep.Lineage.JTI != "once" {
+			t.Fatalf("replay error %v carries %+v, want the agent %s and its lineage %+v", err, rep, first.ID, first.Lineage)
+		}
 		// A different token with the same jti is the same attestation.
 		_, err = v.Verify(ctx, sign(t, e.dev, claims(map[string]any{"jti": "once", "sub": "other"})))
 		wantErr(t, err, broker.EUNAUTHORIZED, "jti replay")
+		if !errors.As(err, &rep) || rep.AgentID == first.ID {
+			t.Fatalf("replay error %v carries %+v, want the other subject's agent", err, rep)
+		}
 	})
 	t.Run("jti required", func(t *testing.T) {
 		e, v := setup(t)

@@ -72,7 +72,7 @@ func (v *Verifier) Verify(ctx context.Context, token string) (*broker.Principal,
 		return nil, err
 	}
 	if ti.cfg.RequireJTI {
-		if err := v.consume(ctx, ti, c); err != nil {
+		if err := v.consume(ctx, ti, c, p); err != nil {
 			return nil, err
 		}
 	} else if v.cache != nil {
@@ -102,8 +102,10 @@ func (v *Verifier) cached(ctx context.Context, sum [sha256.Size]byte) (p *broker
 }
 
 // consume spends the token's jti. It runs after every other check, so a
-// token rejected for another reason can be fixed and retried.
-func (v *Verifier) consume(ctx context.Context, ti *trustedIssuer, c *checkedClaims) error {
+// token rejected for another reason can be fixed and retried, and a
+// replay's error names p, whose attestation it is
+// (broker.ReplayedAttestation), for valet's detectors.
+func (v *Verifier) consume(ctx context.Context, ti *trustedIssuer, c *checkedClaims, p *broker.Principal) error {
 	if c.jti == "" {
 		return unauthorized("attestation has no jti claim; issuer %s requires one (require_jti) so each token is used once", ti.cfg.Name)
 	}
@@ -115,7 +117,8 @@ func (v *Verifier) consume(ctx context.Context, ti *trustedIssuer, c *checkedCla
 	case err == nil:
 		return nil
 	case errors.Is(err, ErrReplay):
-		return unauthorized("attestation was already used (jti replay)")
+		return broker.Wrap(broker.EUNAUTHORIZED, &broker.ReplayedAttestation{AgentID: p.ID, Lineage: p.Lineage},
+			"attestation was already used (jti replay)")
 	default:
 		v.log.Error("attest: replay cache failed", "issuer", ti.cfg.Name, "err", err)
 		return broker.Wrap(broker.EUNAVAILABLE, err, "cannot record the attestation's jti; retry later")
@@ -128,6 +131,7 @@ type token struct {
 	signingInput []byte // "header.payload" exactly as received
 	signature    []byte
 	alg, kid     string
+	typ          string // the header's typ, "" when absent
 	claims       map[string]any
 }
 
@@ -252,6 +256,13 @@ func (t *token) parseHeader(b []byte) error {
 			return unauthorized("attestation header kid must be a string")
 		}
 		t.kid = s
+	}
+	if typ, ok := h["typ"]; ok {
+		s, ok := typ.(string)
+		if !ok {
+			return unauthorized("attestation header typ must be a string")
+		}
+		t.typ = s
 	}
 	return nil
 }

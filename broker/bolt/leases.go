@@ -23,9 +23,15 @@ var (
 	bucketLeaseAgent = []byte("leases.agent")   // indexKey(agent, id) -> nil
 	bucketLineage    = []byte("leases.lineage") // indexKey(lineage-id, id) -> nil
 	bucketLeaseState = []byte("leases.state")   // indexKey(state, id) -> nil
-	bucketRevoke     = []byte("leases.revoke")  // next-attempt(8) id -> nil, revoking and irrevocable leases
+	bucketRevoke     = []byte("leases.revoke")  // next-attempt(8) id -> lane (revokeByHandle or revokeByCorrelation), revoking and irrevocable leases
 	bucketEnded      = []byte("leases.ended")   // ended(8) id -> nil, terminal leases (for retention)
 	bucketLeaseMeta  = []byte("leases.meta")    // "count/<state>" -> uint64, "layout" -> indexLayout
+)
+
+// Values of the revocation queue's index: how the lease is revoked.
+const (
+	revokeByCorrelation byte = 0 // no handle: by correlation id (recovery)
+	revokeByHandle      byte = 1
 )
 
 // CreatePending implements broker.LeaseStore.
@@ -57,7 +63,7 @@ func (s *Store) create(ctx context.Context, l *leases.Lease, now time.Time, e *a
 		if e == nil {
 			return nil
 		}
-		_, err := appendAudit(tx, now, s.sink, *e)
+		_, err := appendAudit(tx, now, s.sink, l.Recorded(*e))
 		return err
 	})
 }
@@ -228,20 +234,27 @@ func putLeaseEncoded(tx *bbolt.Tx, old, l *leases.Lease, v []byte) error {
 	type idx struct {
 		bucket []byte
 		key    []byte
+		value  []byte
 	}
 	keys := func(x *leases.Lease) []idx {
 		if x == nil {
 			return nil
 		}
-		out := []idx{{bucketLeaseState, indexKey(string(x.State), id)}}
+		out := []idx{{bucketLeaseState, indexKey(string(x.State), id), nil}}
 		if x.State == leases.StateActive {
-			out = append(out, idx{bucketExpiry, timeKey(x.ExpiresAt, id)})
+			out = append(out, idx{bucketExpiry, timeKey(x.ExpiresAt, id), nil})
 		}
 		if x.State == leases.StateRevoking || x.State == leases.StateIrrevocable {
-			out = append(out, idx{bucketRevoke, timeKey(x.NextAttempt, id)})
+			// The value tells the revocation queue the lease's lane
+			// without reading it (EachDueRevocation's want).
+			lane := []byte{revokeByCorrelation}
+			if x.Handle != "" {
+				lane[0] = revokeByHandle
+			}
+			out = append(out, idx{bucketRevoke, timeKey(x.NextAttempt, id), lane})
 		}
 		if x.State.Terminal() {
-			out = append(out, idx{bucketEnded, timeKey(x.EndedAt, id)})
+			out = append(out, idx{bucketEnded, timeKey(x.EndedAt, id), nil})
 		}
 		return out
 	}
@@ -261,7 +274,7 @@ func putLeaseEncoded(tx *bbolt.Tx, old, l *leases.Lease, v []byte) error {
 		}
 	}
 	for _, n := range newKeys {
-		if err := tx.Bucket(n.bucket).Put(n.key, nil); err != nil {
+		if err := tx.Bucket(n.bucket).Put(n.key, n.value); err != nil {
 			return err
 		}
 	}

@@ -134,7 +134,7 @@ func (s *Store) DueRevocations(now time.Time, limit int) ([]*leases.Lease, error
 	if limit <= 0 {
 		return nil, nil
 	}
-	err := s.EachDueRevocation(now, func(l *leases.Lease) bool {
+	err := s.EachDueRevocation(now, nil, func(l *leases.Lease) bool {
 		out = append(out, l)
 		return len(out) < limit
 	})
@@ -142,16 +142,25 @@ func (s *Store) DueRevocations(now time.Time, limit int) ([]*leases.Lease, error
 }
 
 // EachDueRevocation calls fn with each lease whose next revocation attempt
-// is at or before now, earliest first, until fn returns false. An entry of
-// the queue whose lease cannot be read is skipped (and logged once): one
-// bad record must not stop every revocation behind it.
-func (s *Store) EachDueRevocation(now time.Time, fn func(l *leases.Lease) bool) error {
+// is at or before now, earliest first, until fn returns false. want, when
+// not nil, is answered from the queue index's value (whether the lease
+// has a handle) before the lease is read; an entry written before the
+// index held it is read to answer. An entry of the queue whose lease
+// cannot be read is skipped (and logged once): one bad record must not
+// stop every revocation behind it.
+func (s *Store) EachDueRevocation(now time.Time, want func(hasHandle bool) bool, fn func(l *leases.Lease) bool) error {
 	return s.db.View(func(tx *bbolt.Tx) error {
 		c := tx.Bucket(bucketRevoke).Cursor()
-		for k, _ := c.First(); k != nil && !keyTime(k).After(now); k, _ = c.Next() {
+		for k, v := c.First(); k != nil && !keyTime(k).After(now); k, v = c.Next() {
+			if want != nil && len(v) == 1 && !want(v[0] == revokeByHandle) {
+				continue
+			}
 			l, err := getLease(tx, string(k[8:]))
 			if err != nil {
 				s.ReportSkipped("revocation queue", string(k[8:]), err)
+				continue
+			}
+			if want != nil && len(v) != 1 && !want(l.Handle != "") {
 				continue
 			}
 			if !fn(l) {

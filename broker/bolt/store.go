@@ -1,9 +1,10 @@
 // Package bolt is valet's storage engine for one process: a single bbolt
-// file holds the leases with their indexes, the grants, the audit log and
-// the attestation replay cache. Store implements the storage interfaces of
-// the domain (broker.LeaseStore, broker.Auditor, broker.GrantStore,
-// leases.RevocationStore, leases.ExpiryStore, audit.Reader and, through
-// ReplayCache, attest.ReplayCache) and keeps their promises: a state change
+// file holds the leases with their indexes, the grants, the agent records
+// and signals, the audit log and the attestation replay cache. Store
+// implements the storage interfaces of the domain (broker.LeaseStore,
+// broker.Auditor, broker.GrantStore, broker.AgentStore,
+// broker.SignalStore, leases.RevocationStore, leases.ExpiryStore,
+// audit.Reader and, through ReplayCache, attest.ReplayCache) and keeps their promises: a state change
 // and its audit record commit in one transaction; single-use things
 // (redeeming a grant, consuming a jti) are compare-and-swap in one
 // transaction; expiry is read from the values stored, never from timers or
@@ -45,6 +46,7 @@ type Store struct {
 	log  *slog.Logger
 
 	skipped sync.Map // ids of unreadable records already reported
+	gates   gates    // the flagged agents' gates (agents.go)
 
 	// archiveDir holds the audit archive's segments (audit.ArchiveDir of
 	// the file's directory); segmentRecords bounds one segment's records
@@ -107,7 +109,7 @@ func Open(path string, opts Options) (*Store, error) {
 	}
 	if !opts.ReadOnly {
 		err = db.Update(func(tx *bbolt.Tx) error {
-			for _, init := range []func(*bbolt.Tx) error{initLeases, initAudit, initGrants, initReplay, initJobs} {
+			for _, init := range []func(*bbolt.Tx) error{initLeases, initAudit, initGrants, initReplay, initAgents, initJobs} {
 				if err := init(tx); err != nil {
 					return err
 				}
@@ -124,6 +126,10 @@ func Open(path string, opts Options) (*Store, error) {
 	}
 	s := &Store{db: db, sink: opts.Sink, log: opts.Logger, archiveDir: audit.ArchiveDir(filepath.Dir(path)),
 		segmentRecords: audit.MaxSegmentRecords}
+	if err := s.loadGates(); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("read the agents of %s: %w", path, err)
+	}
 	if !opts.ReadOnly {
 		s.c = newCommitter(db, opts.MaxBatch)
 	}
@@ -179,6 +185,8 @@ var (
 	_ leases.ExpiryStore     = (*Store)(nil)
 	_ audit.Reader           = (*Store)(nil)
 	_ broker.GrantStore      = (*Grants)(nil)
+	_ broker.AgentStore      = (*Store)(nil)
+	_ broker.SignalStore     = (*Store)(nil)
 	_ attest.ReplayCache     = (*ReplayCache)(nil)
 	_ jobs.Store             = (*Store)(nil)
 )

@@ -11,6 +11,9 @@ const (
 	// MintAfterBackend is reached when a backend has issued a credential
 	// and its lease is not yet recorded as active.
 	MintAfterBackend = "mint.after-backend"
+	// ContainBetweenBatches is reached when a signal's mass revocation
+	// has ended one batch of leases and more may follow.
+	ContainBetweenBatches = "contain.between-batches"
 	// KEKBetweenOwners is reached when the kek-rotation job has
 	// re-wrapped one owner's sealed values (a backend's files, the
 	// checkpoint key) and is about to re-wrap the next one's.

@@ -19,15 +19,23 @@ type Config struct {
 type WebhookConfig struct {
 	Name string `yaml:"name"`
 	URL  string `yaml:"url"`
-	// Format is json (valet's event JSON, default) or slack (a Slack
-	// incoming-webhook message).
+	// Format is json (valet's event JSON, default), slack (a Slack
+	// incoming-webhook message) or set (an OpenID Shared Signals receiver:
+	// each mass revocation of an agent's leases is pushed as a signed CAEP
+	// session-revoked Security Event Token, RFC 8935).
 	Format string `yaml:"format"`
 	// SecretFile holds the HMAC key that signs each body
-	// (X-Valet-Signature: sha256=<hex>).
+	// (X-Valet-Signature: sha256=<hex>); for format set, the bearer token
+	// the receiver expects (Authorization: Bearer).
 	SecretFile string `yaml:"secret_file"`
-	// Events selects event types (default all): grant.requested,
-	// grant.approved, grant.denied, grant.expired, grant.redeemed,
-	// break_glass, break_glass.reviewed, job.failing.
+	// Audience is the aud of the SETs a set receiver gets (default: its
+	// url); set receivers only.
+	Audience string `yaml:"audience"`
+	// Events selects event types (default all; for format set, the one it
+	// carries, agent.leases_revoked): grant.requested, grant.approved,
+	// grant.denied, grant.expired, grant.redeemed, break_glass,
+	// break_glass.reviewed, job.failing, signal, agent.quarantined,
+	// agent.released, agent.leases_revoked.
 	Events []string `yaml:"events"`
 	// Timeout bounds one delivery attempt (default 5s, positive).
 	Timeout config.Duration `yaml:"timeout"`
@@ -40,7 +48,12 @@ type WebhookConfig struct {
 var Events = map[string]bool{
 	"grant.requested": true, "grant.approved": true, "grant.denied": true, "grant.expired": true,
 	"grant.redeemed": true, "break_glass": true, "break_glass.reviewed": true, "job.failing": true,
+	"signal": true, "agent.quarantined": true, "agent.released": true, "agent.leases_revoked": true,
 }
+
+// SETEvents are the event types a set receiver can get: those a
+// broker.Event becomes a SET for.
+var SETEvents = map[string]bool{"agent.leases_revoked": true}
 
 // SetDefaults sets format json, timeout 5s and max_attempts 8.
 func (w *WebhookConfig) SetDefaults() {
@@ -49,10 +62,21 @@ func (w *WebhookConfig) SetDefaults() {
 	w.MaxAttempts = 8
 }
 
-// UnmarshalYAML decodes on top of the defaults.
+// UnmarshalYAML decodes on top of the defaults. A set receiver's
+// audience, when absent, is its url.
 func (w *WebhookConfig) UnmarshalYAML(unmarshal func(any) error) error {
 	type webhook WebhookConfig
-	return config.DecodeOnDefaults(w.SetDefaults, (*webhook)(w), unmarshal)
+	if err := config.DecodeOnDefaults(w.SetDefaults, (*webhook)(w), unmarshal); err != nil {
+		return err
+	}
+	keys, err := config.ReadPresentKeys(unmarshal)
+	if err != nil {
+		return err
+	}
+	if w.Format == "set" && !keys.Has("audience") {
+		w.Audience = w.URL
+	}
+	return nil
 }
 
 // Validate checks the section and names the full key path in each error
@@ -74,8 +98,15 @@ func (c *Config) Validate() error {
 		}
 		switch w.Format {
 		case "json", "slack":
+			if w.Audience != "" {
+				add("%s.audience applies only to format set", f)
+			}
+		case "set":
+			if w.Audience == "" {
+				add("%s.audience must not be empty (leave it out for the url)", f)
+			}
 		default:
-			add("%s.format %q must be json or slack", f, w.Format)
+			add("%s.format %q must be json, slack or set", f, w.Format)
 		}
 		if w.Timeout <= 0 {
 			add("%s.timeout must be positive; it is %s", f, w.Timeout)
@@ -84,8 +115,11 @@ func (c *Config) Validate() error {
 			add("%s.max_attempts must be at least 1 (1 sends once, without retries); it is %d", f, w.MaxAttempts)
 		}
 		for j, ev := range w.Events {
-			if !Events[ev] {
+			switch {
+			case !Events[ev]:
 				add("%s.events[%d] %q is not an event valet sends", f, j, ev)
+			case w.Format == "set" && !SETEvents[ev]:
+				add("%s.events[%d] %q is not sent to set receivers; they get agent.leases_revoked", f, j, ev)
 			}
 		}
 	}

@@ -127,13 +127,24 @@ func (d *Dispatcher) attempt(ctx context.Context, w *webhook, dv delivery) (retr
 		return 0, &permanentError{"cannot build a request for the configured url"}
 	}
 	ts := strconv.FormatInt(d.clk.Now().Unix(), 10)
-	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("User-Agent", UserAgent)
 	req.Header.Set(HeaderEvent, dv.event)
 	req.Header.Set(HeaderDelivery, dv.id)
 	req.Header.Set(HeaderTimestamp, ts)
-	if w.secret != nil {
-		req.Header.Set(HeaderSignature, sign(w.secret, ts, dv.body))
+	switch {
+	case w.format == "set":
+		// RFC 8935 section 2: the SET is the body; it carries its own
+		// signature, and the receiver may ask for a bearer token.
+		req.Header.Set("Content-Type", "application/secevent+jwt")
+		req.Header.Set("Accept", "application/json")
+		if w.secret != nil {
+			req.Header.Set("Authorization", "Bearer "+string(w.secret))
+		}
+	default:
+		req.Header.Set("Content-Type", "application/json")
+		if w.secret != nil {
+			req.Header.Set(HeaderSignature, sign(w.secret, ts, dv.body))
+		}
 	}
 
 	resp, err := d.client.Do(req)

@@ -1,5 +1,7 @@
-// Package notify delivers valet's grant and break-glass events to webhooks
-// (notifications.webhooks in the config). It implements broker.Notifier.
+// Package notify delivers valet's grant, break-glass, signal and agent
+// events to webhooks (notifications.webhooks in the config), and its CAEP
+// Security Event Tokens to Shared Signals receivers (webhooks of format
+// set). It implements broker.Notifier.
 //
 // Delivery is best-effort and never holds up the broker: Notify queues the
 // event for each interested webhook (at most QueueSize per webhook; the
@@ -20,7 +22,8 @@
 //	Content-Type:      application/json
 //	User-Agent:        valet/notify
 //	X-Valet-Event:     grant.requested | grant.approved | grant.denied | grant.expired |
-//	                   grant.redeemed | break_glass | break_glass.reviewed | job.failing
+//	                   grant.redeemed | break_glass | break_glass.reviewed | job.failing |
+//	                   signal | agent.quarantined | agent.released | agent.leases_revoked
 //	X-Valet-Delivery:  an id unique to the event and webhook, the same on every retry
 //	X-Valet-Timestamp: the attempt's time, in Unix seconds
 //	X-Valet-Signature: sha256=<hex HMAC-SHA256 of "<timestamp>.<body>"> (when secret_file is set)
@@ -48,8 +51,19 @@
 //	  "url": "https://valet.example.com/ui/grants/0192f3…"
 //	}
 //
-// grant is valet's grants.Grant (ttl in nanoseconds). Events never carry a
-// credential, an attestation or a secret.
+// grant is valet's grants.Grant (ttl in nanoseconds). The agent events
+// carry "agent" instead ({"id", "reason", "by", "signal_id", "risk",
+// "revoked"}), and a signal's event "signal" (the accepted signal). Events
+// never carry a credential, an attestation or a secret.
+//
+// # Shared Signals format (format: set)
+//
+// The body is a CAEP session-revoked Security Event Token (RFC 8417)
+// signed by valet's SSF transmitter (broker/ssf), for agent.leases_revoked
+// events only, with Content-Type application/secevent+jwt (RFC 8935); the
+// SET's aud is the webhook's audience (default its url), and with a
+// secret_file the request carries Authorization: Bearer <its content>. Any
+// 2xx (RFC 8935 says 202) is success; a 400 (an RFC 8935 error) is final.
 //
 // # Slack format (format: slack)
 //

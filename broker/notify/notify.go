@@ -3,10 +3,13 @@ package notify
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -48,6 +51,9 @@ type Options struct {
 	// never carry a request body, a secret or a webhook URL (Slack webhook
 	// URLs are credentials).
 	Logger *slog.Logger
+	// SETs signs the Security Event Tokens of set receivers (required
+	// when there is one).
+	SETs SETSigner
 	// OnResult, if set, is called after every delivery attempt with the
 	// webhook name, the event type and OutcomeOK, OutcomeRetry or
 	// OutcomeFailed, and with OutcomeDropped for every event discarded
@@ -55,6 +61,12 @@ type Options struct {
 	// It is called from Notify and from the delivery goroutines, so it must
 	// be safe for concurrent use and must not block.
 	OnResult func(webhook, event, outcome string)
+}
+
+// SETSigner signs a SET about an event for a receiver (broker/ssf's
+// Transmitter): ok is false for an event that has no SET.
+type SETSigner interface {
+	Sign(e broker.Event, audience string) (set []byte, ok bool, err error)
 }
 
 // WebhookStats is what one webhook has done since the Dispatcher started.
@@ -86,6 +98,7 @@ type WebhookStats struct {
 // caller of Notify, and what cannot be delivered is counted in Stats.
 type Dispatcher struct {
 	hooks    []*webhook
+	sets     SETSigner
 	clk      clock.Clock
 	client   *http.Client
 	log      *slog.Logger
@@ -104,6 +117,7 @@ var _ broker.Notifier = (*Dispatcher)(nil)
 // not positive or when max_attempts is below 1.
 func New(opts Options) (*Dispatcher, error) {
 	d := &Dispatcher{
+		sets:     opts.SETs,
 		clk:      opts.Clock,
 		client:   opts.Client,
 		log:      opts.Logger,
@@ -127,6 +141,9 @@ func New(opts Options) (*Dispatcher, error) {
 	}
 	for i, c := range opts.Webhooks {
 		w, err := newWebhook(c)
+		if err == nil && w.format == "set" && d.sets == nil {
+			err = errors.New("format set needs valet's SSF transmitter, which was not given")
+		}
 		if err != nil {
 			return nil, fmt.Errorf("notifications.webhooks[%d] %q: %w", i, c.Name, err)
 		}
@@ -139,6 +156,7 @@ func newWebhook(c WebhookConfig) (*webhook, error) {
 	w := &webhook{
 		name:        c.Name,
 		url:         c.URL,
+		audience:    c.Audience,
 		format:      c.Format,
 		timeout:     c.Timeout.D(),
 		maxAttempts: c.MaxAttempts,
@@ -146,8 +164,15 @@ func newWebhook(c WebhookConfig) (*webhook, error) {
 	}
 	switch w.format {
 	case "json", "slack":
+	case "set":
+		if w.audience == "" {
+			w.audience = w.url
+		}
+		if len(c.Events) == 0 {
+			c.Events = slices.Sorted(maps.Keys(SETEvents))
+		}
 	default:
-		return nil, fmt.Errorf("format %q must be json or slack", c.Format)
+		return nil, fmt.Errorf("format %q must be json, slack or set", c.Format)
 	}
 	if w.timeout <= 0 {
 		return nil, fmt.Errorf("timeout must be positive; it is %s", c.Timeout)
@@ -188,7 +213,10 @@ func (d *Dispatcher) Notify(e broker.Event) {
 		// The body is built now, on the caller's goroutine, so it captures
 		// the grant as it is at the event and is the same on every retry.
 		id := rand.Text()
-		body, err := w.body(e, id)
+		body, err := d.body(w, e, id)
+		if errors.Is(err, errNoSET) {
+			continue
+		}
 		if err != nil {
 			// Only a grant scope holding a value JSON cannot encode gets
 			// here; count it so it is visible.
@@ -292,6 +320,7 @@ type delivery struct {
 type webhook struct {
 	name        string
 	url         string // never logged: Slack webhook URLs are credentials
+	audience    string // the aud of a set receiver's SETs
 	format      string
 	secret      []byte
 	events      map[string]bool // nil: all

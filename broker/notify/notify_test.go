@@ -465,7 +465,7 @@ func TestNewSecretFileErrors(t *testing.T) {
 		{"whitespace only", func(w *notify.WebhookConfig) { w.SecretFile = writeSecret(t, " \n\t\n") }, "is empty"},
 		{"a directory", func(w *notify.WebhookConfig) { w.SecretFile = dir }, "is a directory"},
 		{"unknown format", func(w *notify.WebhookConfig) { w.Format = "teams" }, `format "teams"`},
-		{"empty format", func(w *notify.WebhookConfig) { w.Format = "" }, `format "" must be json or slack`},
+		{"empty format", func(w *notify.WebhookConfig) { w.Format = "" }, `format "" must be json, slack or set`},
 		// Settings are used as given, never replaced by defaults.
 		{"zero timeout", func(w *notify.WebhookConfig) { w.Timeout = 0 }, "timeout must be positive; it is 0s"},
 		{"zero max_attempts", func(w *notify.WebhookConfig) { w.MaxAttempts = 0 }, "max_attempts must be at least 1; it is 0"},

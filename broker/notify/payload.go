@@ -2,6 +2,7 @@ package notify
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -19,9 +20,22 @@ type jsonPayload struct {
 	broker.Event
 }
 
-func (w *webhook) body(e broker.Event, id string) ([]byte, error) {
-	if w.format == "slack" {
+// errNoSET: the event has no SET, so a set receiver is not sent it.
+var errNoSET = errors.New("no SET for this event")
+
+// body is what w is sent about e: valet's JSON, a Slack message or, for a
+// set receiver, the SET signed for its audience (errNoSET when the event
+// has none).
+func (d *Dispatcher) body(w *webhook, e broker.Event, id string) ([]byte, error) {
+	switch w.format {
+	case "slack":
 		return json.Marshal(slackMessage(e))
+	case "set":
+		set, ok, err := d.sets.Sign(e, w.audience)
+		if err == nil && !ok {
+			err = errNoSET
+		}
+		return set, err
 	}
 	return json.Marshal(jsonPayload{ID: id, Webhook: w.name, Event: e})
 }
@@ -55,6 +69,23 @@ const (
 	slackMaxReason = 500
 	slackMaxField  = 1900
 )
+
+// agentSummary is the one-line message of an agent event, e.g.
+//
+//	:rotating_light: Quarantined: agent k8s/prod/deployer (risk 60) — "high signal from source:siem: exfiltration"
+func agentSummary(e broker.Event) string {
+	a := e.Agent
+	who := fmt.Sprintf("agent %s (risk %d)", name(a.ID), a.Risk)
+	switch e.Type {
+	case broker.EventAgentQuarantined:
+		return fmt.Sprintf(":rotating_light: Quarantined: %s — %s", who, quoted(a.Reason))
+	case broker.EventAgentReleased:
+		return fmt.Sprintf(":unlock: Released: %s by %s — %s", who, name(a.By.ID), quoted(a.Reason))
+	case broker.EventLeasesRevoked:
+		return fmt.Sprintf(":scissors: Revoked %d live leases of %s — %s", a.Revoked, who, quoted(a.Reason))
+	}
+	return fmt.Sprintf("valet event %s: %s", name(e.Type), who)
+}
 
 func slackMessage(e broker.Event) slackPayload {
 	summary := slackSummary(e)
@@ -98,6 +129,12 @@ func slackSummary(e broker.Event) string {
 	g := e.Grant
 	var s string
 	switch {
+	case e.Agent != nil:
+		s = agentSummary(e)
+	case e.Signal != nil:
+		sg := e.Signal
+		s = fmt.Sprintf("Signal: %s from %s about %s — %s; action %s", name(string(sg.Severity)), name(sg.Source.String()),
+			name(sg.Subject.String()), quoted(sg.Reason), name(string(sg.Action)))
 	case e.Job != nil:
 		s = fmt.Sprintf(":rotating_light: Job %s failed %d runs in a row (%s): %s", name(e.Job.Name), e.Job.Failures,
 			name(e.Job.Outcome), quoted(e.Job.Error))
@@ -143,7 +180,7 @@ func slackSummary(e broker.Event) string {
 			s = fmt.Sprintf("valet event %s: agent %s, role %s", name(e.Type), agent, role)
 		}
 	}
-	if e.Severity == broker.SeverityHigh && !strings.HasPrefix(s, ":warning:") {
+	if e.Severity == broker.SeverityHigh && !strings.HasPrefix(s, ":") { // no emoji of its own
 		s = ":warning: " + s
 	}
 	if e.URL != "" {

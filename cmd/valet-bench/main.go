@@ -1,6 +1,7 @@
 // Command valet-bench measures valet on this machine and prints one report:
 // the ES256 verify+sign rate (the crypto ceiling), mint throughput and
-// latency through HTTP at several concurrency levels, start-up time and
+// latency through HTTP at several concurrency levels, the CPU valet's
+// detectors add to a mint, start-up time and
 // memory with a large lease store, and expiry lateness. Every figure comes
 // from the same run on the same machine, so ratios between them hold even
 // on a noisy machine.
@@ -50,12 +51,16 @@ func main() {
 		bulk      = flag.Int("bulk-revoke", 1000, "Vault leases of one agent to revoke at once (0 skips)")
 		awsLvls   = flag.String("aws-concurrency", "16,64", "concurrency levels for the AWS STS mints (empty skips them)")
 		ghLvls    = flag.String("github-concurrency", "16,64", "concurrency levels for the GitHub backend (empty skips it)")
+		containJ  = flag.Int("contain-jwt", 1000, "jwt leases of one agent a signal revokes, timed to the last confirmed (0 skips)")
+		containV  = flag.String("contain-vault", "200,1000", "Vault leases of one agent a signal revokes, timed to the last confirmed (empty skips)")
+		strategyN = flag.Int("vault-strategies", 1000, "Vault tokens revoked by accessor vs under a parent token (0 skips)")
 		gcpLvls   = flag.String("gcp-concurrency", "16,64", "concurrency levels for the Google Cloud backend (empty skips it)")
 		soakD     = flag.Duration("soak", 0, "instead of the benchmark, a soak of this long (make soak)")
 		soakRate  = flag.Int("soak-rate", 500, "the soak's mints per second")
 		soakHot   = flag.String("soak-hot-window", "1m", "the soak server's audit-archive hot_window (empty: no audit-archive job)")
 		soakEvery = flag.Duration("soak-interval", time.Minute, "how often the soak prints a line")
 		profDir   = flag.String("profile", "", "write CPU, allocation, heap and goroutine profiles of the server for each mint run into this directory")
+		detRounds = flag.Int("detector-rounds", 5, "runs of 64 agents minting with the detectors off and on, each (0 skips)")
 	)
 	flag.Parse()
 	b := &bench{bin: *bin}
@@ -90,6 +95,20 @@ func main() {
 				vaultTop = &vr.levels[i]
 			}
 		}
+	}
+	if *detRounds > 0 {
+		runs := b.detectorCost(64, *duration, *detRounds)
+		printDetectorCost(64, runs, observeCPU(64, *duration))
+	}
+	if *containJ > 0 || *containV != "" {
+		var vs []int
+		if *containV != "" {
+			vs = parseLevels("-contain-vault", *containV)
+		}
+		printContain(b.containBench(*containJ, vs))
+	}
+	if *strategyN > 0 {
+		printStrategies(vaultStrategies(*strategyN, []int{16, 64}))
 	}
 	if *ghLvls != "" {
 		printGitHub(b.githubBench(parseLevels("-github-concurrency", *ghLvls), *duration))

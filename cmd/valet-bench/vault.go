@@ -8,7 +8,6 @@ import (
 	"net/url"
 	"os"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -112,27 +111,8 @@ func (b *bench) vaultBench(levels []int, d time.Duration, bulkN int) vaultResult
 	// Bulk revocation: one agent holds bulkN Vault tokens; an operator
 	// revokes them all.
 	if bulkN > 0 {
+		mintN(s, e, "agent-0", "bench-vault", bulkN)
 		u, _ := url.Parse(s.url)
-		tok := e.attestations(1, 1, false)[0]
-		req := request(u.Host, "/v1/credentials", tok, []byte(`{"role":"bench-vault"}`))
-		var made atomic.Int64
-		var wg sync.WaitGroup
-		for w := 0; w < 16; w++ {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				cn, err := dial(u.Host)
-				must(err)
-				defer cn.c.Close()
-				for made.Add(1) <= int64(bulkN) {
-					st, err := cn.roundTrip(req)
-					if err != nil || st != 201 {
-						fatal("bulk mint: status %d, %v", st, err)
-					}
-				}
-			}()
-		}
-		wg.Wait()
 		cn, err := dial(u.Host)
 		must(err)
 		body := []byte(`{"agent_id":"bench/agent-0","reason":"bench"}`)

@@ -155,11 +155,17 @@ func readTokenFile(path string) (string, error) {
 // operatorCall sends a request with the operator token and returns the raw
 // JSON answer.
 func (f *clientFlags) operatorCall(ctx context.Context, method, path string, body any) (json.RawMessage, error) {
-	c, err := f.client()
+	tok, err := operatorToken()
 	if err != nil {
 		return nil, err
 	}
-	tok, err := operatorToken()
+	return f.call(ctx, method, path, tok, body)
+}
+
+// call sends a request with the bearer token tok and returns the raw JSON
+// answer.
+func (f *clientFlags) call(ctx context.Context, method, path, tok string, body any) (json.RawMessage, error) {
+	c, err := f.client()
 	if err != nil {
 		return nil, err
 	}

@@ -8,12 +8,14 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/valet-broker/valet/backends"
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/broker/attest"
 	"github.com/valet-broker/valet/broker/clientip"
+	"github.com/valet-broker/valet/broker/detectors"
 	"github.com/valet-broker/valet/broker/jobs"
 	jobdefs "github.com/valet-broker/valet/broker/jobs/builtin"
 	"github.com/valet-broker/valet/broker/notify"
@@ -61,10 +63,12 @@ type Config struct {
 	Leases    leases.Config         `yaml:"leases"`
 	Audit     audit.Config          `yaml:"audit"`
 	Log       LogConfig             `yaml:"log"`
+	Storage   StorageConfig         `yaml:"storage"`
 
 	Notifications notify.Config              `yaml:"notifications"`
 	Console       web.ConsoleConfig          `yaml:"console"`
 	Introspection broker.IntrospectionConfig `yaml:"introspection"`
+	Signals       SignalsConfig              `yaml:"signals"`
 	// Jobs changes the scheduled jobs (broker/jobs; valet's jobs are in
 	// broker/jobs/builtin and run by default).
 	Jobs []jobs.Spec `yaml:"jobs"`
@@ -113,6 +117,58 @@ func (c OperatorsConfig) OperatorIssuers() []broker.OperatorIssuer {
 	out := make([]broker.OperatorIssuer, 0, len(c.Issuers))
 	for i := range c.Issuers {
 		out = append(out, c.Issuers[i].OperatorIssuer())
+	}
+	return out
+}
+
+// SignalsConfig is the signals section: the broker's keys (risk,
+// actions, quarantine, the REST signal sources), and the issuers of the
+// sources' ID tokens and the SSF transmitters, whose tokens broker/attest
+// verifies.
+type SignalsConfig struct {
+	broker.SignalsConfig `yaml:",inline"`
+	// Issuers are the issuers of the signal sources' ID tokens (same
+	// keys as issuers[]); a source names one with its subject.
+	Issuers []attest.IssuerConfig `yaml:"issuers"`
+	// Transmitters are the SSF transmitters whose SETs valet accepts at
+	// POST /v1/signals/set.
+	Transmitters []attest.TransmitterConfig `yaml:"transmitters"`
+	// Detectors are valet's built-in detectors.
+	Detectors detectors.Config `yaml:"detectors"`
+}
+
+// SetDefaults sets the broker's and the detectors' defaults of the
+// section.
+func (c *SignalsConfig) SetDefaults() {
+	c.SignalsConfig.SetDefaults()
+	c.Detectors.SetDefaults()
+}
+
+// UnmarshalYAML decodes on top of the defaults. The broker's part is
+// decoded inline through a type without methods: its own UnmarshalYAML
+// would see issuers and transmitters as unknown keys.
+func (c *SignalsConfig) UnmarshalYAML(unmarshal func(any) error) error {
+	type brokerPart broker.SignalsConfig
+	type section struct {
+		*brokerPart  `yaml:",inline"`
+		Issuers      []attest.IssuerConfig      `yaml:"issuers"`
+		Transmitters []attest.TransmitterConfig `yaml:"transmitters"`
+		Detectors    *detectors.Config          `yaml:"detectors"`
+	}
+	sec := section{brokerPart: (*brokerPart)(&c.SignalsConfig), Detectors: &c.Detectors}
+	if err := config.DecodeOnDefaults(c.SetDefaults, &sec, unmarshal); err != nil {
+		return err
+	}
+	c.Issuers, c.Transmitters = sec.Issuers, sec.Transmitters
+	return nil
+}
+
+// SignalIssuers returns what broker.SignalSources needs of each signals
+// issuer.
+func (c *SignalsConfig) SignalIssuers() []broker.SignalIssuer {
+	out := make([]broker.SignalIssuer, 0, len(c.Issuers))
+	for _, ic := range c.Issuers {
+		out = append(out, broker.SignalIssuer{Name: ic.Name, Issuer: ic.Issuer})
 	}
 	return out
 }
@@ -183,6 +239,14 @@ func (c *Config) ResolvePaths(base string) {
 		abs(&c.Console.OIDC.CAFile)
 	}
 	c.Introspection.ResolvePaths(abs)
+	for i := range c.Signals.Issuers {
+		abs(&c.Signals.Issuers[i].JWKSFile)
+		abs(&c.Signals.Issuers[i].CAFile)
+	}
+	for i := range c.Signals.Transmitters {
+		abs(&c.Signals.Transmitters[i].JWKSFile)
+		abs(&c.Signals.Transmitters[i].CAFile)
+	}
 }
 
 // ParseConfig strictly decodes YAML (unknown keys are errors), with
@@ -217,6 +281,8 @@ func (c *Config) SetDefaults() {
 	c.Console.SetDefaults()
 	c.Log.SetDefaults()
 	c.Policy.SetDefaults()
+	c.Signals.SetDefaults()
+	c.Storage.SetDefaults()
 }
 
 // UnmarshalYAML decodes on top of the defaults. public_url, when absent,
@@ -253,7 +319,7 @@ func (lc *LogConfig) UnmarshalYAML(unmarshal func(any) error) error {
 // Broker returns the broker's part of the configuration. Its slices are
 // the file's: the broker reads the roles where the file holds them.
 func (c *Config) Broker() *broker.Config {
-	return &broker.Config{PublicURL: c.PublicURL, Roles: c.Roles, Limits: c.Limits, Leases: c.Leases}
+	return &broker.Config{PublicURL: c.PublicURL, Roles: c.Roles, Limits: c.Limits, Leases: c.Leases, Signals: c.Signals.SignalsConfig}
 }
 
 // Role returns the role named name, or nil.
@@ -324,6 +390,7 @@ func (c *Config) Validate() error {
 	errs = append(errs, broker.ValidateOperatorTokens(c.Operators.Tokens))
 	errs = append(errs, c.Limits.Validate())
 	errs = append(errs, c.Leases.Validate())
+	errs = append(errs, c.Storage.Validate())
 	errs = append(errs, c.Console.Validate())
 	errs = append(errs, c.Notifications.Validate())
 	switch c.Log.Level {
@@ -336,10 +403,64 @@ func (c *Config) Validate() error {
 		roleNames[r.Name] = true
 	}
 	errs = append(errs, c.Introspection.Validate(roleNames, c.TLS.verifiesClientCerts()))
-	if _, err := jobdefs.Resolve(c.Jobs); err != nil {
+	errs = append(errs, c.validateSignals()...)
+	if _, err := c.resolveJobs(); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// resolveJobs resolves the jobs section (jobdefs.Resolve) for the
+// configured storage engine: on etcd the audit log stays in etcd, so the
+// default audit-archive job is left out and one configured is refused.
+func (c *Config) resolveJobs() ([]jobs.Resolved, error) {
+	resolved, err := jobdefs.Resolve(c.Jobs)
+	if err != nil || c.Storage.Engine != engineEtcd {
+		return resolved, err
+	}
+	out := resolved[:0]
+	for _, r := range resolved {
+		if r.Type != jobdefs.AuditArchive {
+			out = append(out, r)
+			continue
+		}
+		if r.Field != "" {
+			return nil, fmt.Errorf("%s: the audit-archive job needs storage.engine bbolt (on etcd the audit log stays in etcd)", r.Field)
+		}
+	}
+	return out, nil
+}
+
+// validateSignals checks the signals section: each part with its owner's
+// Validate, and that a signals issuer shares no name with an issuer of
+// agents or operators (replay protection keys consumed ids by issuer
+// name), nor, with the same iss, an audience (a credential must mean one
+// thing: an agent's attestation must not be a signal source's ID token).
+func (c *Config) validateSignals() []error {
+	var errs []error
+	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	errs = append(errs, attest.ValidateIssuers("signals.issuers", c.Signals.Issuers))
+	sigIssuers := map[string]bool{}
+	others := append(append([]attest.IssuerConfig{}, c.Issuers...), c.Operators.IssuerConfigs()...)
+	for i, si := range c.Signals.Issuers {
+		sigIssuers[si.Name] = true
+		for _, o := range others {
+			if si.Name == o.Name {
+				add("signals.issuers[%d].name %q is also the name of an issuer of agents or operators; use distinct names", i, si.Name)
+			}
+			if si.Issuer != "" && si.Issuer == o.Issuer && slices.ContainsFunc(si.Audiences, func(a string) bool { return slices.Contains(o.Audiences, a) }) {
+				add("signals.issuers[%d] trusts iss %q with an audience that issuer %s of agents or operators accepts too; give signal sources an audience of their own",
+					i, si.Issuer, o.Name)
+			}
+		}
+	}
+	errs = append(errs, c.Signals.SignalsConfig.Validate(sigIssuers), c.Signals.Detectors.Validate("signals.detectors"))
+	agentIssuers := map[string]bool{}
+	for _, ic := range c.Issuers {
+		agentIssuers[ic.Name] = true
+	}
+	errs = append(errs, attest.ValidateTransmitters(c.Signals.Transmitters, agentIssuers))
+	return errs
 }
 
 // ParseKEK decodes a hex key-encryption key (64 hex digits, AES-256).

@@ -130,6 +130,29 @@ func TestParseConfigRejects(t *testing.T) {
 			"limits.auth_failures_per_minute must be between 1 and 100000, not 0"},
 		{"negative failure records", func(s string) string { return s + "limits:\n  auth_failure_records_per_minute: -1\n" },
 			"limits.auth_failure_records_per_minute must be between 0 and 100000, not -1"},
+		{"signal source without a credential", func(s string) string { return s + "signals:\n  sources:\n    - name: siem\n" },
+			"signals.sources[0] needs token_sha256, or issuer and subject"},
+		{"signal source naming no signals issuer", func(s string) string {
+			return s + "signals:\n  sources:\n    - name: siem\n      issuer: gha\n      subject: x\n"
+		}, `signals.sources[0].issuer "gha" is not one of signals.issuers`},
+		{"unknown key in signals", func(s string) string { return s + "signals:\n  colour: red\n" }, "field colour not found"},
+		{"unknown key in a signal source", func(s string) string {
+			return s + "signals:\n  sources:\n    - name: siem\n      token: abc\n"
+		}, "field token not found"},
+		{"an action that is none", func(s string) string { return s + "signals:\n  actions: {high: nuke}\n" },
+			`signals.actions.high "nuke" must be alert, revoke or quarantine`},
+		{"a signals issuer sharing an audience with agents'", func(s string) string {
+			return s + "signals:\n  issuers:\n    - name: k8s-signals\n      issuer: https://kubernetes.default.svc\n      audiences: [valet]\n      jwks_file: /x.json\n"
+		}, "give signal sources an audience of their own"},
+		{"a transmitter without keys", func(s string) string {
+			return s + "signals:\n  transmitters:\n    - name: idp\n      issuer: https://idp.example\n"
+		}, "signals.transmitters[0] needs exactly one of jwks_file or jwks_url"},
+		{"a detector's severity that is none", func(s string) string { return s + "signals:\n  detectors:\n    replay: {severity: dire}\n" },
+			`signals.detectors.replay.severity "dire" must be info, low, medium, high or critical`},
+		{"a detector's action that is none", func(s string) string { return s + "signals:\n  detectors:\n    new_network: {action: block}\n" },
+			`signals.detectors.new_network.action "block" must be alert, revoke or quarantine`},
+		{"a detector valet does not have", func(s string) string { return s + "signals:\n  detectors:\n    geo_velocity: {}\n" },
+			"field geo_velocity not found"},
 		{"two documents", func(s string) string { return s + "---\nlisten: x\n" }, "single YAML document"},
 		{"empty", func(string) string { return "" }, "config is empty"},
 	}
@@ -214,6 +237,13 @@ func keysConfig() map[string]any {
 		}}},
 		"notifications": map[string]any{"webhooks": []any{map[string]any{"name": "sec", "url": "https://hooks.example.com/valet"}}},
 		"introspection": map[string]any{"clients": []any{map[string]any{"client_id": "api", "client_secret_sha256": strings.Repeat("ab", 32)}}},
+		"signals": map[string]any{
+			"sources": []any{map[string]any{"name": "siem", "token_sha256": strings.Repeat("cd", 32)}},
+			"issuers": []any{map[string]any{
+				"name": "gha", "issuer": "https://token.actions.githubusercontent.com", "audiences": []any{"valet-signals"}, "discovery": true,
+			}},
+			"transmitters": []any{map[string]any{"name": "idp", "issuer": "https://idp.example.com", "jwks_url": "https://idp.example.com/jwks"}},
+		},
 		"jobs": []any{
 			map[string]any{"name": "housekeeping"},
 			map[string]any{"name": "signing-key-rotation"},
@@ -305,6 +335,12 @@ var configKeys = []struct {
 		"limits.auth_failures_per_minute must be between 1 and 100000, not 0"},
 	{"limits.auth_failure_records_per_minute", func(c *Config) any { return c.Limits.AuthFailureRecordsPerMinute }, 30, ""},
 	{"leases.revoke_attempts", func(c *Config) any { return c.Leases.RevokeAttempts }, 8, "leases.revoke_attempts must be at least 1; it is 0"},
+	{"storage.etcd.dial_timeout", func(c *Config) any { return c.Storage.Etcd.DialTimeout.D() }, 5 * time.Second,
+		"storage.etcd.dial_timeout must be positive; it is 0s"},
+	{"storage.etcd.request_timeout", func(c *Config) any { return c.Storage.Etcd.RequestTimeout.D() }, 5 * time.Second,
+		"storage.etcd.request_timeout must be positive; it is 0s"},
+	{"storage.etcd.leader_ttl", func(c *Config) any { return c.Storage.Etcd.LeaderTTL.D() }, 10 * time.Second,
+		"storage.etcd.leader_ttl must be a whole number of seconds, at least 1s; it is 0s"},
 	{"leases.revoke_backoff", func(c *Config) any { return c.Leases.RevokeBackoff.D() }, time.Second, "leases.revoke_backoff must be positive; it is 0s"},
 	{"leases.revoke_max_backoff", func(c *Config) any { return c.Leases.RevokeMaxBackoff.D() }, 5 * time.Minute,
 		"leases.revoke_max_backoff must be positive and not less than revoke_backoff (1s); it is 0s"},
@@ -321,6 +357,56 @@ var configKeys = []struct {
 		"console.session_max must be positive and not less than session_idle (15m0s); it is 0s"},
 	{"console.fresh_login", func(c *Config) any { return c.Console.FreshLogin.D() }, 10 * time.Minute,
 		"console.fresh_login must be positive; it is 0s"},
+	{"signals.half_life", func(c *Config) any { return c.Signals.HalfLife.D() }, 6 * time.Hour, "signals.half_life must be at least 1m; it is 0s"},
+	{"signals.points.info", func(c *Config) any { return c.Signals.Points.Info }, 0, ""},
+	{"signals.points.low", func(c *Config) any { return c.Signals.Points.Low }, 10, ""},
+	{"signals.points.medium", func(c *Config) any { return c.Signals.Points.Medium }, 30, ""},
+	{"signals.points.high", func(c *Config) any { return c.Signals.Points.High }, 60, ""},
+	{"signals.points.critical", func(c *Config) any { return c.Signals.Points.Critical }, 90, ""},
+	{"signals.auto_release", func(c *Config) any { return c.Signals.AutoRelease.D() }, time.Duration(0), ""},
+	{"signals.retention", func(c *Config) any { return c.Signals.Retention.D() }, 30 * 24 * time.Hour, ""},
+	{"signals.sources.0.rate", func(c *Config) any { return c.Signals.Sources[0].Rate }, 5.0,
+		"signals.sources[0].rate must be a positive number of signals per second (.inf for no limit); it is 0"},
+	{"signals.sources.0.burst", func(c *Config) any { return c.Signals.Sources[0].Burst }, 20, "signals.sources[0].burst must be at least 1; it is 0"},
+	{"signals.issuers.0.clock_skew", func(c *Config) any { return c.Signals.Issuers[0].ClockSkew.D() }, 30 * time.Second, ""},
+	{"signals.issuers.0.max_token_age", func(c *Config) any { return c.Signals.Issuers[0].MaxTokenAge.D() }, 24 * time.Hour, ""},
+	{"signals.issuers.0.jwks_refresh_interval", func(c *Config) any { return c.Signals.Issuers[0].JWKSRefreshInterval.D() }, time.Minute,
+		"signals.issuers[0].jwks_refresh_interval must be at least 1s; it is 0s"},
+	{"signals.issuers.0.jwks_cache_ttl", func(c *Config) any { return c.Signals.Issuers[0].JWKSCacheTTL.D() }, time.Hour,
+		"signals.issuers[0].jwks_cache_ttl must be positive and not less than jwks_refresh_interval (1m0s); it is 0s"},
+	{"signals.transmitters.0.clock_skew", func(c *Config) any { return c.Signals.Transmitters[0].ClockSkew.D() }, 30 * time.Second, ""},
+	{"signals.transmitters.0.max_age", func(c *Config) any { return c.Signals.Transmitters[0].MaxAge.D() }, time.Hour,
+		"signals.transmitters[0].max_age must be between 1m and 168h0m0s (each SET's jti is remembered that long); it is 0s"},
+	{"signals.detectors.max_tracked", func(c *Config) any { return c.Signals.Detectors.MaxTracked }, 10000,
+		"signals.detectors.max_tracked must be at least 1; it is 0"},
+	{"signals.detectors.mint_rate.cooldown", func(c *Config) any { return c.Signals.Detectors.MintRate.Cooldown.D() }, 15 * time.Minute, ""},
+	{"signals.detectors.mint_rate.window", func(c *Config) any { return c.Signals.Detectors.MintRate.Window.D() }, time.Minute,
+		"signals.detectors.mint_rate.window must be at least 1s; it is 0s"},
+	{"signals.detectors.mint_rate.baseline", func(c *Config) any { return c.Signals.Detectors.MintRate.Baseline.D() }, time.Hour,
+		"signals.detectors.mint_rate.baseline must be at least the window (1m0s); it is 0s"},
+	{"signals.detectors.mint_rate.factor", func(c *Config) any { return c.Signals.Detectors.MintRate.Factor }, 10.0,
+		"signals.detectors.mint_rate.factor must be a number greater than 1; it is 0"},
+	{"signals.detectors.mint_rate.min_mints", func(c *Config) any { return c.Signals.Detectors.MintRate.MinMints }, 30, ""},
+	{"signals.detectors.mint_rate.ceiling", func(c *Config) any { return c.Signals.Detectors.MintRate.Ceiling }, 600,
+		"signals.detectors.mint_rate.ceiling must be at least 1 mint per window; it is 0"},
+	{"signals.detectors.new_role.cooldown", func(c *Config) any { return c.Signals.Detectors.NewRole.Cooldown.D() }, 15 * time.Minute, ""},
+	{"signals.detectors.new_role.learning", func(c *Config) any { return c.Signals.Detectors.NewRole.Learning.D() }, 24 * time.Hour, ""},
+	{"signals.detectors.denial_burst.cooldown", func(c *Config) any { return c.Signals.Detectors.DenialBurst.Cooldown.D() }, 15 * time.Minute, ""},
+	{"signals.detectors.denial_burst.window", func(c *Config) any { return c.Signals.Detectors.DenialBurst.Window.D() }, time.Minute,
+		"signals.detectors.denial_burst.window must be at least 1s; it is 0s"},
+	{"signals.detectors.denial_burst.threshold", func(c *Config) any { return c.Signals.Detectors.DenialBurst.Threshold }, 10,
+		"signals.detectors.denial_burst.threshold must be at least 1 denial; it is 0"},
+	{"signals.detectors.replay.cooldown", func(c *Config) any { return c.Signals.Detectors.Replay.Cooldown.D() }, 15 * time.Minute, ""},
+	{"signals.detectors.replay.remember", func(c *Config) any { return c.Signals.Detectors.Replay.Remember.D() }, 24 * time.Hour, ""},
+	{"signals.detectors.revoked_use.cooldown", func(c *Config) any { return c.Signals.Detectors.RevokedUse.Cooldown.D() }, 15 * time.Minute, ""},
+	{"signals.detectors.revoked_use.grace", func(c *Config) any { return c.Signals.Detectors.RevokedUse.Grace.D() }, time.Minute, ""},
+	{"signals.detectors.new_network.cooldown", func(c *Config) any { return c.Signals.Detectors.NewNetwork.Cooldown.D() }, 15 * time.Minute, ""},
+	{"signals.detectors.new_network.ipv4_prefix", func(c *Config) any { return c.Signals.Detectors.NewNetwork.IPv4Prefix }, 24, ""},
+	{"signals.detectors.new_network.ipv6_prefix", func(c *Config) any { return c.Signals.Detectors.NewNetwork.IPv6Prefix }, 64, ""},
+	{"signals.detectors.new_network.max_networks", func(c *Config) any { return c.Signals.Detectors.NewNetwork.MaxNetworks }, 16,
+		"signals.detectors.new_network.max_networks must be at least 1; it is 0"},
+	{"signals.detectors.renewal_hold.cooldown", func(c *Config) any { return c.Signals.Detectors.RenewalHold.Cooldown.D() }, 15 * time.Minute, ""},
+	{"signals.detectors.renewal_hold.hold", func(c *Config) any { return c.Signals.Detectors.RenewalHold.Hold.D() }, time.Hour, ""},
 	{"jobs.0.jitter", func(c *Config) any { return configuredJob(c, "housekeeping").Jitter }, time.Duration(0), ""},
 	{"jobs.0.timeout", func(c *Config) any { return configuredJob(c, "housekeeping").Timeout }, 5 * time.Minute,
 		"jobs[0].timeout must be positive; it is 0s"},
@@ -471,13 +557,33 @@ func TestConfigKeysAllListed(t *testing.T) {
 	walk("", reflect.TypeOf(Config{}))
 }
 
+// TestDetectorsConfigKeepsDefaults: a detectors section names only what
+// it changes; every other detector, and every other key of the one it
+// names, keeps its default.
+func TestDetectorsConfigKeepsDefaults(t *testing.T) {
+	cfg, err := ParseConfig([]byte(minimalConfig + "signals:\n  detectors:\n    new_role: {enabled: false}\n    replay: {action: revoke}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := cfg.Signals.Detectors
+	if d.NewRole.Enabled || d.NewRole.Severity != "low" || d.NewRole.Learning.D() != 24*time.Hour {
+		t.Fatalf("new_role %+v, want off with its other defaults", d.NewRole)
+	}
+	if !d.Replay.Enabled || d.Replay.Action != "revoke" || d.Replay.Severity != "high" || d.Replay.Remember.D() != 24*time.Hour {
+		t.Fatalf("replay %+v, want on, asking revoke, with its other defaults", d.Replay)
+	}
+	if !d.MintRate.Enabled || d.MintRate.Ceiling != 600 || !d.RenewalHold.Enabled || d.MaxTracked != 10000 {
+		t.Fatalf("detectors %+v, want the others on with their defaults", d)
+	}
+}
+
 // TestConfigStrictInEverySection: a section decoded on top of its defaults
 // (its own UnmarshalYAML) still refuses unknown keys.
 func TestConfigStrictInEverySection(t *testing.T) {
 	for _, section := range []string{
 		"", "issuers.0.", "operators.issuers.0.", "roles.0.", "roles.0.approval.", "roles.1.approval.break_glass.",
-		"limits.", "leases.", "console.", "console.oidc.", "notifications.webhooks.0.", "log.", "policy.", "tls.",
-		"introspection.", "introspection.clients.0.",
+		"limits.", "leases.", "storage.", "storage.etcd.", "console.", "console.oidc.", "notifications.webhooks.0.", "log.", "policy.", "tls.",
+		"introspection.", "introspection.clients.0.", "signals.detectors.", "signals.detectors.mint_rate.", "signals.detectors.renewal_hold.",
 	} {
 		t.Run(section+"bogus_key", func(t *testing.T) {
 			m := keysConfig()
@@ -609,7 +715,7 @@ func TestConfigRefusesValuesThatUsedToMeanSomethingElse(t *testing.T) {
 		{"empty algorithms", "issuers.0.algorithms", []any{}, "issuers[0].algorithms must not be empty"},
 		{"empty subject_claim", "issuers.0.subject_claim", "", "issuers[0].subject_claim must not be empty"},
 		{"empty issuer type", "issuers.0.type", "", `issuers[0].type "" must be oidc`},
-		{"empty webhook format", "notifications.webhooks.0.format", "", `notifications.webhooks[0].format "" must be json or slack`},
+		{"empty webhook format", "notifications.webhooks.0.format", "", `notifications.webhooks[0].format "" must be json, slack or set`},
 		{"empty log level", "log.level", "", `log.level "" must be debug`},
 		{"empty operator name_claim", "operators.issuers.0.name_claim", "", "operators.issuers[0].name_claim and groups_claim must not be empty"},
 	}
@@ -634,6 +740,46 @@ func TestConfigRefusesValuesThatUsedToMeanSomethingElse(t *testing.T) {
 			t.Fatalf("error %v, want one containing %q", err, want)
 		}
 	})
+}
+
+// On etcd the audit log stays in etcd: the default audit-archive job is
+// left out, and one configured is refused naming its key.
+func TestConfigAuditArchiveOnlyOnBbolt(t *testing.T) {
+	resolvedTypes := func(c *Config) []string {
+		t.Helper()
+		rs, err := c.resolveJobs()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, r := range rs {
+			out = append(out, r.Type)
+		}
+		return out
+	}
+	m := keysConfig()
+	setKey(t, m, "jobs", []any{})
+	c, err := parseKeys(t, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(resolvedTypes(c), jobdefs.AuditArchive) {
+		t.Fatal("bbolt runs no audit-archive job by default")
+	}
+	setKey(t, m, "storage.engine", "etcd")
+	setKey(t, m, "storage.etcd.endpoints", []any{"http://127.0.0.1:2379"})
+	c, err = parseKeys(t, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if types := resolvedTypes(c); slices.Contains(types, jobdefs.AuditArchive) || !slices.Contains(types, jobdefs.Housekeeping) {
+		t.Fatalf("default jobs on etcd: %v, want housekeeping and no audit-archive", types)
+	}
+	setKey(t, m, "jobs", []any{map[string]any{"name": "archive", "type": "audit-archive"}})
+	_, err = parseKeys(t, m)
+	if want := "jobs[0]: the audit-archive job needs storage.engine bbolt"; err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("error %v, want one containing %q", err, want)
+	}
 }
 
 // TestDefaultConfigMatchesAbsentKeys: a configuration built in Go from
@@ -664,9 +810,18 @@ func TestDefaultConfigMatchesAbsentKeys(t *testing.T) {
 	inGo.Introspection.Clients = []broker.IntrospectionClientConfig{config.Defaulted(func(cl *broker.IntrospectionClientConfig) {
 		cl.ClientID, cl.ClientSecretSHA256 = "api", strings.Repeat("ab", 32)
 	})}
+	inGo.Signals.Sources = []broker.SignalSourceConfig{config.Defaulted(func(c *broker.SignalSourceConfig) {
+		c.Name, c.TokenSHA256 = "siem", strings.Repeat("cd", 32)
+	})}
+	inGo.Signals.Issuers = []attest.IssuerConfig{config.Defaulted(func(ic *attest.IssuerConfig) {
+		ic.Name, ic.Issuer, ic.Audiences, ic.Discovery = "gha", "https://token.actions.githubusercontent.com", []string{"valet-signals"}, true
+	})}
+	inGo.Signals.Transmitters = []attest.TransmitterConfig{config.Defaulted(func(tc *attest.TransmitterConfig) {
+		tc.Name, tc.Issuer, tc.JWKSURL = "idp", "https://idp.example.com", "https://idp.example.com/jwks"
+	})}
 	inGo.Jobs = []jobs.Spec{{Name: "housekeeping"}, {Name: "signing-key-rotation"}, {Name: "audit-checkpoint", Settings: map[string]any{
 		"witnesses": []any{map[string]any{"type": "webhook", "url": "https://witness.example.com"}},
-	}}}
+	}}, {Name: "audit-archive"}}
 	if err := inGo.Validate(); err != nil {
 		t.Fatal(err)
 	}

@@ -50,6 +50,13 @@ func (stubborn) Revoke(context.Context, backends.Ref) error {
 // role "flaky" on the stubborn backend yields irrevocable leases.
 func startConsole(t *testing.T) *testEnv {
 	t.Helper()
+	return startConsoleWith(t, nil)
+}
+
+// startConsoleWith is startConsole with edit applied to the env (its
+// clock, its configuration) before the server starts.
+func startConsoleWith(t *testing.T, edit func(*testEnv)) *testEnv {
+	t.Helper()
 	e := newTestEnv(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -64,6 +71,9 @@ func startConsole(t *testing.T) *testEnv {
 		r.Name, r.Backend, r.TTL = "flaky", "stubborn", config.Duration(10*time.Minute)
 	}))
 	e.Config.Leases.RevokeAttempts = 1
+	if edit != nil {
+		edit(e)
+	}
 	if err := e.Config.Validate(); err != nil {
 		t.Fatal(err)
 	}

@@ -68,6 +68,9 @@ Files it finds there are kept, so edits to config.yaml and policies survive.`,
 				printDevAWS(cmd.OutOrStdout(), awsEndpoint, selfName())
 				printDevGitHub(cmd.OutOrStdout(), github)
 				printDevGCP(cmd.OutOrStdout(), gcp, selfName())
+				if awsEndpoint == "" && github == nil && gcp == nil {
+					fmt.Fprintf(cmd.OutOrStdout(), "  (use `make run-cloud` for the AWS, GitHub and Google Cloud demo roles)\n\n")
+				}
 			})
 		},
 	}
@@ -200,7 +203,11 @@ Next, in another terminal:
   %s leases list                # see its lease, as an operator
 
   %s creds demo-elevated --reason "fix prod" --wait   # approve it at /ui/
-`, addr, dir, opToken, addr, addr, opToken, attestCmd, self, self, self)
+
+  %s signal --agent dev/my-agent --severity high --reason test   # revoke and quarantine it
+  %s agents list                # its risk and quarantine (and at /ui/agents)
+  %s agents release dev/my-agent --reason "checked"
+`, addr, dir, opToken, addr, addr, opToken, attestCmd, self, self, self, self, self, self)
 	printDevIntrospection(w, cfg, addr, dir, self)
 	if vaultRoles == "" {
 		fmt.Fprintf(w, "\n  (set VAULT_ADDR and VAULT_TOKEN, or use `make run-vault`, for the Vault demo roles)\n\n")
@@ -383,8 +390,12 @@ when { resource.labels has "demo" && resource.labels.demo == "cloud" };
 forbid(principal, action, resource)
 when { principal.claims has blocked && principal.claims.blocked == true };
 
-@id("deny-high-risk")
-forbid(principal, action, resource)
+// An agent's risk score (context.risk, 0 to 100) rises with every signal
+// about it and halves every signals.half_life. Above 70 it gets no
+// elevated access: try
+//   valet signal --agent dev/my-agent --severity critical --reason test --action alert
+@id("deny-elevated-at-high-risk")
+forbid(principal, action, resource == Role::"demo-elevated")
 when { context.risk >= 70 };
 `
 
@@ -410,4 +421,15 @@ cases:
     principal: {issuer: dev, iss: valet-dev, sub: my-agent}
     role: {name: demo-elevated, backend: tokens, approvals_required: 1}
     expect: deny
+  - name: no elevated access at risk 70 or more
+    principal: {issuer: dev, iss: valet-dev, sub: my-agent}
+    role: {name: demo-elevated, backend: tokens, approvals_required: 1}
+    context: {reason: fix prod, risk: 70}
+    expect: deny
+    expect_policies: [deny-elevated-at-high-risk]
+  - name: the demo role at risk 90 is still allowed
+    principal: {issuer: dev, iss: valet-dev, sub: my-agent}
+    role: {name: demo, backend: tokens, ttl: 5m, max_ttl: 1h}
+    context: {ttl: 5m, risk: 90}
+    expect: allow
 `

@@ -47,7 +47,6 @@ func addDevAWS(cfg *Config) (string, error) {
 // printDevAWS prints the AWS demo's part of the banner.
 func printDevAWS(w io.Writer, endpoint, self string) {
 	if endpoint == "" {
-		fmt.Fprintf(w, "  (use `make run-cloud` for the AWS demo role)\n\n")
 		return
 	}
 	// valet exec sets AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and

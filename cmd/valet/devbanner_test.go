@@ -116,3 +116,55 @@ func TestDevAttestNeedsTheDevIssuer(t *testing.T) {
 		t.Fatalf("after valet dev: exit %d, stdout %q, stderr %q", code, out, errOut)
 	}
 }
+
+// TestDevSignalQuarantinesAndReleases is the containment of the banner in
+// a new shell: the agent mints, `valet signal … --severity high` revokes
+// its lease and quarantines it (its mints then get 403 quarantined, and
+// `valet agents list` shows it), and `valet agents release` restores it.
+func TestDevSignalQuarantinesAndReleases(t *testing.T) {
+	work := t.TempDir()
+	banner := startDev(t, work, []string{"VAULT_ADDR=", "VAULT_TOKEN="}, func(l string) bool { return strings.Contains(l, "agents release") },
+		"--data-dir", filepath.Join(work, "d"), "--listen", fmt.Sprintf("127.0.0.1:%d", vaulttest.FreePort(t)))
+	var exports []string
+	run := map[string]string{}
+	for _, l := range banner {
+		l = strings.TrimSpace(l)
+		switch {
+		case strings.HasPrefix(l, "export "):
+			exports = append(exports, l)
+		case strings.HasPrefix(l, valetBinary(t)+" "):
+			for _, what := range []string{"signal ", "agents list", "agents release", "creds demo "} {
+				if strings.Contains(l, what) {
+					run[what] = strings.TrimSpace(strings.SplitN(l, "#", 2)[0])
+				}
+			}
+		}
+	}
+	if len(run) != 4 {
+		t.Fatalf("banner commands %v:\n%s", run, strings.Join(banner, "\n"))
+	}
+	paste := func(command string) (string, error) {
+		t.Helper()
+		sh := exec.Command("/bin/sh", "-c", strings.Join(append(append([]string{"set -e"}, exports...), command), "\n"))
+		sh.Dir = work
+		sh.Env = []string{"PATH=/usr/bin:/bin", "HOME=" + work}
+		out, err := sh.CombinedOutput()
+		return string(out), err
+	}
+	for _, c := range []struct {
+		what, want string
+		fails      bool
+	}{
+		{"creds demo ", `"access_token"`, false},
+		{"signal ", "action quarantine; 1 live leases ended; quarantined dev/my-agent", false},
+		{"creds demo ", "403 Agent quarantined", true},
+		{"agents list", "yes: high signal from operator:dev-operator: test", false},
+		{"agents release", `"quarantined": false`, false},
+		{"creds demo ", `"access_token"`, false},
+	} {
+		out, err := paste(run[c.what])
+		if (err != nil) != c.fails || !strings.Contains(out, c.want) {
+			t.Fatalf("pasted %q: %v; want output containing %q, got:\n%s", run[c.what], err, c.want, out)
+		}
+	}
+}

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/valet-broker/valet/broker"
+	"github.com/valet-broker/valet/broker/bolt"
 	"github.com/valet-broker/valet/broker/notify"
 	"github.com/valet-broker/valet/leases/clock"
 	"github.com/valet-broker/valet/leases/config"
@@ -292,7 +293,7 @@ func TestGrantTamperedContentRefused(t *testing.T) {
 	decide(t, e, testOperatorToken, id, "approve", 200)
 	// Someone with write access to the database stretches the approved
 	// TTL. The server holds the file; write through its own store.
-	err := e.Server.store.Tamper("grants", []byte(id), func(v []byte) []byte {
+	err := e.Server.store.(*bolt.Store).Tamper("grants", []byte(id), func(v []byte) []byte {
 		var g map[string]any
 		json.Unmarshal(v, &g)
 		g["ttl"] = "24h0m0s"

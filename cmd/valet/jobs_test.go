@@ -28,7 +28,7 @@ func TestJobsAPIAndCLI(t *testing.T) {
 	e := newTestEnv(t).Start()
 	rows := parseTable(t, mustCLI(t, cliEnv(e), "jobs", "list"))
 	want := map[string]string{"signing-key-rotation": "@daily", "audit-checkpoint": "@hourly", "grant-expiry": "@every 30s", "housekeeping": "@every 10m", "audit-archive": "@every 10m", "kek-rotation": "@hourly",
-		"vault-secret-id-rotation": "@daily", "vault-token-health": "@every 5m"}
+		"vault-secret-id-rotation": "@daily", "vault-token-health": "@every 5m", "quarantine-release": "@every 30s"}
 	if len(rows) != len(want) {
 		t.Fatalf("jobs list: %v, want the %d default jobs", rows, len(want))
 	}

@@ -60,7 +60,8 @@ func newRootCmd() *cobra.Command {
 short-lived credential that it tracks as a lease and revokes on expiry.
 
 Client environment: VALET_ADDR (default http://127.0.0.1:8750),
-VALET_ATTESTATION or --attestation-file (agents), VALET_TOKEN (operators).`,
+VALET_ATTESTATION or --attestation-file (agents), VALET_TOKEN (operators),
+VALET_SIGNAL_TOKEN (signal sources).`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		Version:       version,
@@ -72,6 +73,8 @@ VALET_ATTESTATION or --attestation-file (agents), VALET_TOKEN (operators).`,
 		newExecCmd(),
 		newLeasesCmd(),
 		newGrantsCmd(),
+		newAgentsCmd(),
+		newSignalCmd(),
 		newAuditCmd(),
 		newJobsCmd(),
 		newPolicyCmd(),

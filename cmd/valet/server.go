@@ -13,7 +13,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"sync"
 	"time"
 
@@ -26,12 +25,13 @@ import (
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/broker/api"
 	"github.com/valet-broker/valet/broker/attest"
-	"github.com/valet-broker/valet/broker/bolt"
 	"github.com/valet-broker/valet/broker/clientip"
+	"github.com/valet-broker/valet/broker/detectors"
 	"github.com/valet-broker/valet/broker/jobs"
 	jobdefs "github.com/valet-broker/valet/broker/jobs/builtin"
 	"github.com/valet-broker/valet/broker/notify"
 	"github.com/valet-broker/valet/broker/policy"
+	"github.com/valet-broker/valet/broker/ssf"
 	"github.com/valet-broker/valet/leases"
 	"github.com/valet-broker/valet/leases/audit"
 	"github.com/valet-broker/valet/leases/clock"
@@ -58,7 +58,8 @@ type Server struct {
 	// (default os.Stdout).
 	Stdout io.Writer
 
-	store      *bolt.Store
+	store      storageEngine
+	storage    *storage
 	sink       *audit.LineSink
 	broker     *broker.Broker
 	queue      *leases.RevocationQueue
@@ -120,11 +121,11 @@ func (s *Server) Open(ctx context.Context) (err error) {
 	if s.sink != nil {
 		sink = s.sink
 	}
-	s.store, err = bolt.Open(filepath.Join(cfg.DataDir, "valet.db"), bolt.Options{Sink: sink, Logger: log})
-	if err != nil {
+	if s.storage, err = openStorage(ctx, cfg, sink, s.Clock, log); err != nil {
 		return err
 	}
-	replay := s.store.ReplayCache(s.Clock)
+	s.store = s.storage.store
+	replay := s.storage.replay
 	verifier, err := attest.New(ctx, attest.Options{
 		Issuers: cfg.Issuers, MaxTokenBytes: cfg.Limits.MaxAttestationBytes, Clock: s.Clock, Replay: replay, Logger: log,
 		CacheSize: cfg.Limits.AttestationCache,
@@ -149,7 +150,7 @@ func (s *Server) Open(ctx context.Context) (err error) {
 	for _, w := range cfg.Notifications.Webhooks {
 		known.Webhooks = append(known.Webhooks, w.Name)
 	}
-	resolvedJobs, err := jobdefs.Resolve(cfg.Jobs)
+	resolvedJobs, err := cfg.resolveJobs()
 	if err != nil {
 		return err
 	}
@@ -203,36 +204,78 @@ func (s *Server) Open(ctx context.Context) (err error) {
 		s.broker.LeasesExpired(expired)
 	}
 
-	grantStore := s.store.Grants()
+	grantStore := s.storage.grants
+	// valet transmits SETs (signed with a key of its own, published in its
+	// JWKS) when a receiver of format set is configured.
+	var transmitter *ssf.Transmitter
+	var publishers []backends.KeyPublisher
+	for _, w := range cfg.Notifications.Webhooks {
+		if w.Format == "set" && transmitter == nil {
+			if transmitter, err = ssf.Open(cfg.DataDir, kek.Ring{Current: s.KEK, Previous: s.PreviousKEK}, cfg.PublicURL, s.Clock); err != nil {
+				return err
+			}
+			publishers = append(publishers, transmitter)
+		}
+	}
 	var notifyStats func() any
 	if s.Notifier == nil && len(cfg.Notifications.Webhooks) > 0 {
-		d, err := notify.New(notify.Options{
+		opts := notify.Options{
 			Webhooks: cfg.Notifications.Webhooks, Clock: s.Clock, Logger: log,
 			OnResult: s.metrics.Notified,
-		})
+		}
+		if transmitter != nil {
+			opts.SETs = transmitter
+		}
+		d, err := notify.New(opts)
 		if err != nil {
 			return err
 		}
 		s.dispatcher, s.Notifier = d, d
 		notifyStats = func() any { return d.Stats() }
 	}
+	var sets broker.SETVerifier
+	if len(cfg.Signals.Transmitters) > 0 {
+		if sets, err = attest.NewSETVerifier(ctx, attest.SETOptions{
+			Transmitters: cfg.Signals.Transmitters, PublicURL: cfg.PublicURL, MaxTokenBytes: cfg.Limits.MaxAttestationBytes, Replay: replay,
+			Options: attest.Options{Clock: s.Clock, Logger: log},
+		}); err != nil {
+			return fmt.Errorf("signals.transmitters: %w", err)
+		}
+	}
+	issuerNames := map[string]string{}
+	for _, ic := range cfg.Issuers {
+		if ic.Issuer != "" {
+			issuerNames[ic.Issuer] = ic.Name
+		}
+	}
+	dets, err := detectors.New(ctx, cfg.Signals.Detectors, detectors.Deps{Clock: s.Clock, Agents: s.store, Signals: s.store})
+	if err != nil {
+		return fmt.Errorf("signals.detectors: %w", err)
+	}
 	s.broker, err = broker.New(broker.Options{
 		Config: cfg.Broker(), Store: s.store, Auditor: s.store, Verifier: verifier, Authorizer: s.policy, Backends: bes,
 		Revoker: s.queue, Expiry: s.expirer, Clock: s.Clock, Logger: log, Observer: s.metrics,
 		Grants: grantStore, Notifier: s.Notifier, Replay: replay,
+		Agents: s.store, Signals: s.store, Detectors: dets, SETs: sets, IssuerNames: issuerNames, KeyPublishers: publishers,
 	})
 	if err != nil {
 		return err
 	}
 
+	// The audit archive is bbolt's (cfg.resolveJobs leaves the job out
+	// on etcd).
+	archive, _ := s.store.(jobdefs.AuditArchiver)
 	entries, err := jobdefs.Build(resolvedJobs, jobdefs.Deps{
-		Broker: s.broker, Backends: bes, Audit: s.store, Storage: s.store, Archive: s.store,
+		Broker: s.broker, Backends: bes, Audit: s.store, Storage: s.store, Archive: archive,
 		DataDir: cfg.DataDir, KEK: s.KEK, PreviousKEK: s.PreviousKEK, PublicURL: cfg.PublicURL, Stdout: s.Stdout, Clock: s.Clock, Logger: log,
+		Sealed: []jobdefs.SealedFile{{Name: "ssf_transmitter_key", Rewrap: func(ring kek.Ring) (kek.Report, error) {
+			return ssf.RewrapKey(cfg.DataDir, ring)
+		}}},
 	})
 	if err != nil {
 		return fmt.Errorf("jobs: %w", err)
 	}
-	s.jobs, err = jobs.New(jobs.Options{Jobs: entries, Store: s.store, Clock: s.Clock, Logger: log.With("component", "jobs"),
+	s.jobs, err = jobs.New(jobs.Options{Jobs: entries, Store: s.store, Clock: s.Clock, Logger: log.With("component", "jobs"), Leader: s.storage.leadership(),
 		Observer: s.metrics, Alerter: jobAlerter{s.Notifier}})
 	if err != nil {
 		return err
@@ -271,6 +314,16 @@ func (s *Server) Open(ctx context.Context) (err error) {
 		}
 	}
 	resourceServers := broker.NewResourceServers(cfg.Introspection, assertions, s.Clock.Now)
+	var sourceTokens broker.Verifier
+	if len(cfg.Signals.Issuers) > 0 {
+		sourceTokens, err = attest.New(ctx, attest.Options{
+			Issuers: cfg.Signals.Issuers, MaxTokenBytes: cfg.Limits.MaxAttestationBytes, Clock: s.Clock, Replay: replay, Logger: log,
+		})
+		if err != nil {
+			return fmt.Errorf("signals.issuers: %w", err)
+		}
+	}
+	signalSources := broker.NewSignalSources(cfg.Signals.Sources, cfg.Signals.SignalIssuers(), sourceTokens)
 	var console http.Handler
 	if !cfg.Console.Disabled {
 		wc := web.Config{
@@ -293,7 +346,7 @@ func (s *Server) Open(ctx context.Context) (err error) {
 		console = c
 	}
 	s.api = api.New(api.Config{
-		Broker: s.broker, Operators: operators, ResourceServers: resourceServers, Audit: s.store,
+		Broker: s.broker, Operators: operators, ResourceServers: resourceServers, SignalSources: signalSources, Audit: s.store,
 		Limits: cfg.Limits, PublicURL: cfg.PublicURL, Metrics: s.metrics, Logger: log, Ready: s.readiness,
 		NotificationStats: notifyStats, UI: console, ClientIP: clientIP,
 		Jobs: s.jobs, AuditKeys: auditKeys,
@@ -301,8 +354,9 @@ func (s *Server) Open(ctx context.Context) (err error) {
 
 	wctx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
-	s.goRun(func() { s.queue.Run(wctx) })
-	s.goRun(func() { s.expirer.Run(wctx) })
+	// The background duties: in this process for bbolt, on the elected
+	// leader for etcd (storage.go).
+	s.goRun(func() { s.storage.runDuties(wctx, s.duties) })
 	if cfg.Policy.Watching() {
 		s.goRun(func() {
 			if err := s.policy.Watch(wctx); err != nil && wctx.Err() == nil {
@@ -310,6 +364,9 @@ func (s *Server) Open(ctx context.Context) (err error) {
 			}
 		})
 	}
+	// Every replica flushes its own sightings, refusal summaries and
+	// detections; resuming a containment is compare-and-swap on each
+	// lease and on the signal's count, so replicas cannot double it.
 	s.goRun(func() { s.broker.Run(wctx) })
 	s.goRun(func() { s.jobs.Run(wctx) })
 	if s.dispatcher != nil {
@@ -366,7 +423,7 @@ func (s *Server) readiness() error {
 	if !s.ready {
 		return errors.New("starting")
 	}
-	return nil
+	return s.storage.ready()
 }
 
 // Addr is the address the server listens on.
@@ -403,8 +460,8 @@ func (s *Server) close() error {
 		}
 	}
 	var err error
-	if s.store != nil {
-		err = s.store.Close()
+	if s.storage != nil {
+		err = s.storage.close()
 	}
 	if s.sink != nil {
 		s.sink.Close()

@@ -74,6 +74,18 @@ const (
 	// number of addresses and the busiest ones. At most one a minute.
 	KindAuthRefusedSummary = "auth.refused.summary"
 
+	// KindSignal is a signal: accepted (allow, one record per agent it
+	// concerns) or refused (deny: bad shape, unknown subject, an action
+	// the source may not ask for, ignored SET events).
+	KindSignal = "signal"
+	// KindSignalContained is the end of a signal's mass revocation: how
+	// many live leases it ended.
+	KindSignalContained = "signal.contained"
+	// KindAgentQuarantine is an agent quarantined (by a signal or an
+	// operator); KindAgentRelease its release (by an operator, or by valet
+	// at the quarantine's release time).
+	KindAgentQuarantine = "agent.quarantine"
+	KindAgentRelease    = "agent.release"
 	// KindJobStart and KindJobEnd bracket a run of a scheduled job
 	// (details: job, run, trigger; at the end outcome, duration and what
 	// changed). KindCheckpoint is a signed checkpoint of the log's head.
@@ -89,6 +101,7 @@ var Kinds = []string{
 	KindUnrevocable, KindExpire, KindRecover, KindLeaseAccess, KindPolicyReload, KindConfigLoad, KindServerStart, KindIntrospection,
 	KindGrantRequest, KindGrantApprove, KindGrantDeny, KindGrantExpired, KindGrantRedeem, KindBreakGlass, KindGrantReview,
 	KindOperatorAuth, KindAuthRefusedSummary, KindJobStart, KindJobEnd, KindCheckpoint,
+	KindSignal, KindSignalContained, KindAgentQuarantine, KindAgentRelease,
 }
 
 // Actor is who caused a record.

@@ -44,7 +44,7 @@ func TestDefaultJobs(t *testing.T) {
 			t.Errorf("%s: default settings: %v", r.Name, err)
 		}
 	}
-	if got := strings.Join(names, ","); got != "signing-key-rotation,audit-checkpoint,grant-expiry,housekeeping,audit-archive,kek-rotation,vault-secret-id-rotation,vault-token-health" {
+	if got := strings.Join(names, ","); got != "signing-key-rotation,audit-checkpoint,grant-expiry,housekeeping,audit-archive,quarantine-release,kek-rotation,vault-secret-id-rotation,vault-token-health" {
 		t.Errorf("default jobs %s", got)
 	}
 }

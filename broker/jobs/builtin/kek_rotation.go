@@ -29,7 +29,7 @@ const (
 
 func kekRotation() Definition {
 	return Definition{
-		Description: "Seals again under the current key-encryption key every key valet keeps that only the previous one opens (signing keys, app keys and tokens, the checkpoint key)",
+		Description: "Seals again under the current key-encryption key every key valet keeps that only the previous one opens (signing keys, app keys and tokens, the checkpoint key, the SSF transmitter key)",
 		Schedule:    "@hourly", Timeout: 5 * time.Minute, Default: true,
 		Build: func(_ any, deps Deps) (jobs.Job, error) {
 			ring := deps.ring()
@@ -50,13 +50,16 @@ func kekRotation() Definition {
 			j.owners = append(j.owners, sealedOwner{name: "audit_checkpoint_key", rewrap: func(context.Context) (kek.Report, error) {
 				return RewrapCheckpointKey(deps.DataDir, ring)
 			}})
+			for _, f := range deps.Sealed {
+				j.owners = append(j.owners, sealedOwner{name: f.Name, rewrap: func(context.Context) (kek.Report, error) { return f.Rewrap(ring) }})
+			}
 			return j, nil
 		},
 	}
 }
 
-// sealedOwner is one keeper of values sealed under the KEK: a backend, or
-// the audit checkpoint key.
+// sealedOwner is one keeper of values sealed under the KEK: a backend, the
+// audit checkpoint key, or one of Deps.Sealed.
 type sealedOwner struct {
 	name   string
 	rewrap func(context.Context) (kek.Report, error)

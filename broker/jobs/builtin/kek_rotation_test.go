@@ -151,3 +151,43 @@ func equalMaps(a, b map[string]string) bool {
 	}
 	return true
 }
+
+// The job re-wraps Deps.Sealed after the backends and the checkpoint key,
+// naming each in its changes and counting it in the totals; one that
+// fails is named in the error.
+func TestKEKRotationJobSealedFiles(t *testing.T) {
+	resolved, err := builtin.Resolve(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	newKEK := bytes.Repeat([]byte{9}, 32)
+	var seen []kek.Ring
+	deps := builtin.Deps{DataDir: t.TempDir(), KEK: newKEK, PreviousKEK: testKEK, Sealed: []builtin.SealedFile{
+		{Name: "ssf_transmitter_key", Rewrap: func(r kek.Ring) (kek.Report, error) {
+			seen = append(seen, r)
+			return kek.Report{Rewrapped: 1}, nil
+		}},
+		{Name: "other", Rewrap: func(kek.Ring) (kek.Report, error) { return kek.Report{}, errors.New("read-only") }},
+	}}
+	for _, r := range resolved {
+		if r.Name != builtin.KEKRotation {
+			continue
+		}
+		entries, err := builtin.Build([]jobs.Resolved{r}, deps)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, err := entries[0].Job.Run(context.Background(), time.Now())
+		if err == nil || !strings.Contains(err.Error(), "other: read-only") {
+			t.Fatalf("run error %v, want the failing one named", err)
+		}
+		if res.Changes["ssf_transmitter_key.rewrapped"] != "1" || res.Changes["rewrapped"] != "1" {
+			t.Fatalf("changes %v", res.Changes)
+		}
+		if len(seen) != 1 || !bytes.Equal(seen[0].Current, newKEK) || !bytes.Equal(seen[0].Previous, testKEK) {
+			t.Fatalf("rewrap called with %v", seen)
+		}
+		return
+	}
+	t.Fatal("kek-rotation is not a default job")
+}

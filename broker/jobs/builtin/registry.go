@@ -71,10 +71,22 @@ type Deps struct {
 	KEK         []byte
 	PreviousKEK []byte
 	PublicURL   string
+	// Sealed are the keepers of values sealed under the KEK that are
+	// neither a backend nor the checkpoint key (valet's SSF transmitter
+	// key: broker/ssf.RewrapKey); kek-rotation re-wraps them after those.
+	Sealed []SealedFile
 	// Stdout is where the stdout witness writes (os.Stdout).
 	Stdout io.Writer
 	Clock  clock.Clock
 	Logger *slog.Logger
+}
+
+// SealedFile is a keeper of values sealed under the KEK: Name names it in
+// the kek-rotation job's changes; Rewrap seals again under ring.Current
+// what only ring.Previous opens (kek.RewrapFile).
+type SealedFile struct {
+	Name   string
+	Rewrap func(ring kek.Ring) (kek.Report, error)
 }
 
 // ring is the KEKs of deps.
@@ -106,6 +118,7 @@ const (
 	GrantExpiry        = "grant-expiry"
 	Housekeeping       = "housekeeping"
 	AuditArchive       = "audit-archive"
+	QuarantineRelease  = "quarantine-release"
 	KEKRotation        = "kek-rotation"
 	VaultSecretID      = "vault-secret-id-rotation"
 	VaultTokenHealth   = "vault-token-health"
@@ -113,7 +126,8 @@ const (
 )
 
 // order is the order of the default jobs.
-var order = []string{SigningKeyRotation, AuditCheckpoint, GrantExpiry, Housekeeping, AuditArchive, KEKRotation, VaultSecretID, VaultTokenHealth, VaultDatabaseRoot}
+var order = []string{SigningKeyRotation, AuditCheckpoint, GrantExpiry, Housekeeping, AuditArchive, QuarantineRelease, KEKRotation,
+	VaultSecretID, VaultTokenHealth, VaultDatabaseRoot}
 
 // Registry returns valet's jobs by name.
 func Registry() map[string]Definition {
@@ -123,6 +137,7 @@ func Registry() map[string]Definition {
 		GrantExpiry:        grantExpiry(),
 		Housekeeping:       housekeeping(),
 		AuditArchive:       auditArchive(),
+		QuarantineRelease:  quarantineRelease(),
 		KEKRotation:        kekRotation(),
 		VaultSecretID:      vaultSecretIDRotation(),
 		VaultTokenHealth:   vaultTokenHealth(),
