@@ -9,7 +9,7 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 VAULT_VERSION := v1.13.0
 VAULT_BIN     := deploy/vault/bin/vault
 
-.PHONY: all build run run-vault run-cloud test deps unit race fuzz lint tidy-check bench vault clean
+.PHONY: all build run run-vault run-cloud test deps unit race fuzz lint tidy-check bench soak vault clean
 
 all: build
 
@@ -99,6 +99,12 @@ tidy-check:
 ## bench: the performance report (see README, Performance)
 bench: build
 	$(GO) run ./cmd/valet-bench -valet $(BIN)
+
+## soak: 10 minutes at 500 mints/s with releases and renewals (not CI); prints
+## 5xx, RSS, Go heap, goroutines, database and archive size and the expiry
+## backlog each minute (see README, Performance)
+soak: build
+	$(GO) run ./cmd/valet-bench -valet $(BIN) -soak 10m -soak-rate 500
 
 ## vault: build the Vault test server (MPL-2.0 v1.13.0) from the Go module
 ## proxy into deploy/vault/bin/vault; rebuilt only when the version changes

@@ -150,7 +150,7 @@ func (s *Server) Open(ctx context.Context) (err error) {
 	for _, w := range cfg.Notifications.Webhooks {
 		known.Webhooks = append(known.Webhooks, w.Name)
 	}
-	resolvedJobs, err := jobdefs.Resolve(cfg.Jobs)
+	resolvedJobs, err := cfg.resolveJobs()
 	if err != nil {
 		return err
 	}
@@ -161,6 +161,7 @@ func (s *Server) Open(ctx context.Context) (err error) {
 	s.metrics.RegisterLeaseGauges(s.store.Counts)
 	s.metrics.RegisterStorageGauges(s.store.StorageStats)
 	now := s.Clock.Now
+	s.metrics.RegisterExpiryBacklog(s.store.ExpiryBacklog, now)
 	s.policy, err = policy.NewEngine(policy.Options{
 		Dir: cfg.Policy.Dir, Logger: log, OnError: cfg.Policy.OnError,
 		OnEvalError: s.metrics.PolicyErrored,
@@ -261,8 +262,11 @@ func (s *Server) Open(ctx context.Context) (err error) {
 		return err
 	}
 
+	// The audit archive is bbolt's (cfg.resolveJobs leaves the job out
+	// on etcd).
+	archive, _ := s.store.(jobdefs.AuditArchiver)
 	entries, err := jobdefs.Build(resolvedJobs, jobdefs.Deps{
-		Broker: s.broker, Backends: bes, Audit: s.store, Storage: s.store,
+		Broker: s.broker, Backends: bes, Audit: s.store, Storage: s.store, Archive: archive,
 		DataDir: cfg.DataDir, KEK: s.KEK, PreviousKEK: s.PreviousKEK, PublicURL: cfg.PublicURL, Stdout: s.Stdout, Clock: s.Clock, Logger: log,
 		Sealed: []jobdefs.SealedFile{{Name: "ssf_transmitter_key", Rewrap: func(ring kek.Ring) (kek.Report, error) {
 			return ssf.RewrapKey(cfg.DataDir, ring)
