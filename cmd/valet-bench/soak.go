@@ -159,18 +159,33 @@ func (b *bench) soak(spec soakSpec) {
 		}
 	}()
 
+	// Every sampleEvery the server's metrics are read; each line gives
+	// the medians of the interval's samples (one sample catches the heap
+	// anywhere in a housekeeping or archive pass), the sizes at its end.
+	const sampleEvery = 5 * time.Second
 	start := time.Now()
-	tick := time.NewTicker(spec.interval)
+	tick := time.NewTicker(sampleEvery)
 	var last int64
-	for i := 1; time.Since(start) < spec.d; i++ {
+	var heaps, gors []float64
+	var lines []soakLine
+	for next := spec.interval; time.Since(start) < spec.d; {
 		<-tick.C
 		m := s.metrics()
+		heaps, gors = append(heaps, liveHeap(m)), append(gors, m["go_goroutines"])
+		if time.Since(start) < next-sampleEvery/2 {
+			continue
+		}
+		next += spec.interval
 		n := ctr.mints.Load()
-		fmt.Printf("  %6.1f %8d %6d %9.0f %9.1f %10.0f %8.1f %10.1f %10.0f %9.0f %8s\n", time.Since(start).Minutes(), n-last, ctr.server5xx.Load(),
-			m["process_resident_memory_bytes"]/(1<<20), liveHeap(m)/(1<<20), m["go_goroutines"],
-			fileMiB(filepath.Join(e.dir, "valet.db")), dirMiB(filepath.Join(e.dir, "audit", "archive")), m["valet_db_free_pages"],
+		l := soakLine{at: time.Since(start), heap: median(heaps), goroutines: median(gors),
+			db: fileMiB(filepath.Join(e.dir, "valet.db"))}
+		lines = append(lines, l)
+		fmt.Printf("  %6.1f %8d %6d %9.0f %9.1f %10.0f %8.1f %10.1f %10.0f %9.0f %8s\n", l.at.Minutes(), n-last, ctr.server5xx.Load(),
+			m["process_resident_memory_bytes"]/(1<<20), l.heap/(1<<20), l.goroutines,
+			l.db, dirMiB(filepath.Join(e.dir, "audit", "archive")), m["valet_db_free_pages"],
 			m["valet_active_leases"], backlog(m))
 		last = n
+		heaps, gors = heaps[:0], gors[:0]
 	}
 	tick.Stop()
 	close(stop)
@@ -181,11 +196,60 @@ func (b *bench) soak(spec soakSpec) {
 	m := s.metrics()
 	fmt.Printf("  end: %d mints, %d releases, %d renewals; %d 5xx, %d other refusals %v, %d mints not sent (valet behind); expiry backlog %s\n",
 		ctr.mints.Load(), ctr.releases.Load(), ctr.renews.Load(), ctr.server5xx.Load(), ctr.other.Load(), ctr.refusals, ctr.behind.Load(), backlog(m))
+	// Steady state: once a lease's whole life (ttl), the retention and
+	// two housekeeping passes have gone by, nothing should grow.
+	warm := spec.ttl + time.Minute + 2*30*time.Second
+	var steady []soakLine
+	for _, l := range lines {
+		if l.at > warm {
+			steady = append(steady, l)
+		}
+	}
+	if len(steady) < 2 {
+		fmt.Printf("  steady state: the soak is too short to judge (it starts after %s)\n", warm)
+	} else {
+		fmt.Printf("  steady state, %d lines after %s (targets: 0 5xx, each within ±10%%, no backlog at the end):\n", len(steady), warm)
+		for _, c := range []struct {
+			name string
+			v    func(soakLine) float64
+			unit float64
+		}{{"live heap MiB", func(l soakLine) float64 { return l.heap }, 1 << 20}, {"goroutines", func(l soakLine) float64 { return l.goroutines }, 1},
+			{"db MiB", func(l soakLine) float64 { return l.db }, 1}} {
+			lo, hi, mean := spread(steady, c.v)
+			dev := 100 * max(hi-mean, mean-lo) / mean
+			fmt.Printf("    %-14s %8.1f – %8.1f, mean %8.1f: ±%.1f%% %s\n", c.name, lo/c.unit, hi/c.unit, mean/c.unit, dev, metOrNot(dev <= 10))
+		}
+		fmt.Printf("    %-14s %d %s; expiry backlog at the end %s\n", "5xx", ctr.server5xx.Load(), metOrNot(ctr.server5xx.Load() == 0), backlog(m))
+	}
 	if b.prof != nil {
 		b.prof.fetch(s, "/debug/pprof/heap", "soak.heap.pprof")
 		b.prof.fetch(s, "/debug/pprof/goroutine?debug=1", "soak.goroutines.txt")
 	}
 	fmt.Println()
+}
+
+// soakLine is one printed line of the soak.
+type soakLine struct {
+	at               time.Duration
+	heap, goroutines float64 // medians of the interval's samples
+	db               float64 // MiB at the line
+}
+
+// spread returns the least, the greatest and the mean of v over lines.
+func spread(lines []soakLine, v func(soakLine) float64) (lo, hi, mean float64) {
+	lo, hi = v(lines[0]), v(lines[0])
+	for _, l := range lines {
+		x := v(l)
+		lo, hi, mean = min(lo, x), max(hi, x), mean+x
+	}
+	return lo, hi, mean / float64(len(lines))
+}
+
+func metOrNot(ok bool) string {
+	if ok {
+		return "met"
+	}
+	return "NOT met"
 }
 
 // followUp schedules what the agent does with the lease at loc: release
