@@ -47,7 +47,7 @@ run-ha: build etcd
 ## briefly. The suite needs a C compiler for the race detector, a real Vault
 ## (built by `make vault`), PostgreSQL and Chromium (Debian's gcc, postgresql
 ## and chromium packages; installed here when running as root without them).
-test: deps lint race fuzz
+test: deps lint race fuzz helm-test
 
 ## deps: what the test suite needs besides Go
 deps: vault
@@ -122,6 +122,14 @@ $(VAULT_BIN): deploy/vault/go.mod Makefile
 	go build -trimpath -o bin/vault github.com/hashicorp/vault; \
 	echo $(VAULT_VERSION) > bin/vault.version; \
 	GODEBUG=x509negativeserial=1 ./bin/vault version
+
+## helm-test: render deploy/helm/valet with Helm's own engine, check both
+## shapes (single bbolt, replicas on etcd) against the Kubernetes API types
+## and valet's config loader, and compare deploy/kubernetes/*.yaml with
+## the rendering (HELM_TEST_FLAGS=-update rewrites them). Its own module,
+## deploy/helm/go.mod, keeps Helm out of valet's go.mod.
+helm-test: build
+	cd deploy/helm && VALET_BIN=$(abspath $(BIN)) $(GO) test -count=1 ./... $(HELM_TEST_FLAGS)
 
 ## etcd: build the etcd server (go.etcd.io/etcd/server/v3 at go.mod's
 ## version) into deploy/etcd/bin/etcd; rebuilt only when the version changes
