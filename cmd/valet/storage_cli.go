@@ -71,7 +71,7 @@ not in the store: every replica must see them (a shared volume).`,
 				ec = cfg.Storage.Etcd
 			default:
 				if len(ec.Endpoints) == 0 {
-					return errors.New("--to etcd needs --config FILE or --etcd-endpoints URL,...")
+					return errors.New("--to etcd needs --config FILE or --etcd-endpoints (the members' client URLs, comma-separated)")
 				}
 				if tlsFiles != (etcd.TLSConfig{}) {
 					ec.TLS = &tlsFiles

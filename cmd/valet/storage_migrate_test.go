@@ -91,7 +91,7 @@ func TestStorageMigrate(t *testing.T) {
 		{"a bad --from", []string{"storage", "migrate", "--from", e.Dir, "--to", "etcd", "--etcd-endpoints", endpoints},
 			"--from must be bbolt:PATH"},
 		{"no etcd settings", []string{"storage", "migrate", "--from", "bbolt:" + e.Dir, "--to", "etcd"},
-			"--to etcd needs --config FILE or --etcd-endpoints URL,..."},
+			"--to etcd needs --config FILE or --etcd-endpoints (the members' client URLs, comma-separated)"},
 		{"a configuration of one bbolt process", []string{"storage", "migrate", "--from", "bbolt:" + e.Dir, "--to", "etcd", "--config", e.Dir + "/config.yaml"},
 			"storage.engine is bbolt; give the configuration the replicas will run with (storage.engine: etcd)"},
 		{"a bad prefix", migrateArgs("nope"), "storage.etcd (the --etcd-* flags).prefix must start and end with /"},
