@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -153,6 +154,10 @@ func runMigrate(cmd *cobra.Command, path string, ec etcd.Config) error {
 			where, err, strings.Join(ec.Endpoints, ","), ec.Prefix)
 	}
 	if err != nil {
+		if n, kerr := dst.KeyCount(context.WithoutCancel(ctx)); kerr == nil && n > 0 {
+			return fmt.Errorf("%w. %s now holds a partial copy (%d keys): check that no valet uses it, clear it with `etcdctl --endpoints=%s del --prefix %s` and run the migration again",
+				err, where, n, strings.Join(ec.Endpoints, ","), ec.Prefix)
+		}
 		return err
 	}
 	fmt.Fprintf(out, "copied bbolt %s (opened read-only, unchanged) into %s\n\n", path, where)

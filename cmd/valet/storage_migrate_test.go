@@ -1,16 +1,24 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"net/url"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/valet-broker/valet/broker/bolt"
 	"github.com/valet-broker/valet/broker/etcd/etcdtest"
+	"github.com/valet-broker/valet/broker/grants"
+	"github.com/valet-broker/valet/broker/migrate"
+	"github.com/valet-broker/valet/leases"
+	"github.com/valet-broker/valet/leases/audit"
 	"github.com/valet-broker/valet/leases/config"
+	"github.com/valet-broker/valet/leases/leasetest"
 )
 
 // TestStorageMigrate: a valet on bbolt serves leases, grants and a
@@ -154,5 +162,41 @@ func TestStorageMigrate(t *testing.T) {
 	_, errOut, code := runCLI(t, nil, migrateArgs("/other/")...)
 	if code != 1 || !strings.Contains(errOut, "a valet process holds the file; stop it first") {
 		t.Fatalf("a migration of a file in use: exit %d, %s", code, errOut)
+	}
+}
+
+// TestStorageMigrateStopsOnABadRecord: a record of the source that cannot
+// be read stops the migration, naming it; what was copied before stays,
+// and the command says how to clear the prefix.
+func TestStorageMigrateStopsOnABadRecord(t *testing.T) {
+	dir := t.TempDir()
+	s, err := bolt.Open(filepath.Join(dir, "valet.db"), bolt.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ls []*leases.Lease
+	for i := range migrate.BatchSize + 10 {
+		ls = append(ls, leasetest.NewPending(leasetest.T0.Add(time.Duration(i)*time.Millisecond), "agent-1", time.Hour))
+	}
+	leasetest.SeedActive(t, s, ls)
+	g := &grants.Grant{ID: leases.NewID(leasetest.T0), AgentID: "agent-1", Role: "elevated", State: grants.StatePending, CreatedAt: leasetest.T0}
+	if err := s.Grants().Create(context.Background(), g, leasetest.T0, audit.Entry{Kind: audit.KindGrantRequest, Actor: audit.SystemActor}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Tamper("grants", []byte(g.ID), func([]byte) []byte { return []byte("{not json") }); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	c := etcdtest.StartT(t)
+	endpoints := strings.Join(c.Endpoints(), ",")
+	out, errOut, code := runCLI(t, nil, "storage", "migrate", "--from", "bbolt:"+dir, "--to", "etcd", "--etcd-endpoints", endpoints)
+	for _, want := range []string{
+		fmt.Sprintf("grant %q cannot be read", g.ID),
+		"etcd prefix /valet/ at " + endpoints + " now holds a partial copy",
+		"clear it with `etcdctl --endpoints=" + endpoints + " del --prefix /valet/` and run the migration again",
+	} {
+		if code != 1 || out != "" || !strings.Contains(errOut, want) {
+			t.Fatalf("exit %d, stdout %q, stderr %q; want exit 1 and %q", code, out, errOut, want)
+		}
 	}
 }
