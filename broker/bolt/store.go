@@ -74,10 +74,13 @@ type Options struct {
 // initialMmap is the size bbolt maps at first: 1 GiB where addresses are
 // 64 bits wide, else bbolt's own choice.
 const initialMmap = (strconv.IntSize / 64) << 30
+// ErrInUse: another process holds the database file (bbolt allows one
+// writer, and no reader beside it).
+var ErrInUse = errors.New("the database is in use by another valet process")
 
 // Open opens (creating if needed) the database at path, creates every
 // bucket and brings the indexes to the current key layout. It fails after
-// two seconds if another process holds the file.
+// two seconds, with ErrInUse, if another process holds the file.
 func Open(path string, opts Options) (*Store, error) {
 	if !opts.ReadOnly {
 		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
@@ -102,7 +105,7 @@ func Open(path string, opts Options) (*Store, error) {
 		ReadOnly:        opts.ReadOnly,
 	})
 	if errors.Is(err, bolterrors.ErrTimeout) {
-		return nil, fmt.Errorf("open %s: the database is in use by another valet process", path)
+		return nil, fmt.Errorf("open %s: %w", path, ErrInUse)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", path, err)
