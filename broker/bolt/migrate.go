@@ -2,6 +2,7 @@ package bolt
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/binary"
 	"fmt"
@@ -20,6 +21,8 @@ var _ migrate.Source = (*Store)(nil)
 // exported as it is and never written. The indexes, counters and layout
 // marks are not exported: they follow from the records, and the target
 // builds its own. A bucket that an older valet did not have is skipped.
+// The audit log is exported whole: the archive's segments, then the
+// records after them in the database.
 func (s *Store) Export(ctx context.Context, fn func(b *migrate.Batch) error) error {
 	return s.db.View(func(tx *bbolt.Tx) error {
 		b := &migrate.Batch{}
@@ -96,11 +99,32 @@ func (s *Store) Export(ctx context.Context, fn func(b *migrate.Batch) error) err
 				})
 			},
 			func() error {
+				// The archive's segments hold the log's start; the
+				// database holds what follows (and may still hold
+				// records a pass archived but did not delete yet).
+				through, err := archivedThrough(tx)
+				if err != nil {
+					return err
+				}
+				err = eachSegment(tx, 1, func(seg audit.Segment) (bool, error) {
+					var ferr error
+					serr := audit.ScanSegment(s.archiveDir, seg, seg.First, func(seq uint64, v []byte) bool {
+						b.Audit = append(b.Audit, migrate.AuditRecord{Seq: seq, Stored: bytes.Clone(v)})
+						ferr = flush(false)
+						return ferr == nil
+					})
+					return true, cmp.Or(ferr, serr)
+				})
+				if err != nil {
+					return err
+				}
 				return each(bucketAuditRecords, "audit record", func(k, v []byte) error {
 					if len(k) != 8 {
 						return fmt.Errorf("malformed key")
 					}
-					b.Audit = append(b.Audit, migrate.AuditRecord{Seq: binary.BigEndian.Uint64(k), Stored: bytes.Clone(v)})
+					if seq := binary.BigEndian.Uint64(k); seq > through {
+						b.Audit = append(b.Audit, migrate.AuditRecord{Seq: seq, Stored: bytes.Clone(v)})
+					}
 					return nil
 				})
 			},

@@ -74,6 +74,7 @@ type Options struct {
 // initialMmap is the size bbolt maps at first: 1 GiB where addresses are
 // 64 bits wide, else bbolt's own choice.
 const initialMmap = (strconv.IntSize / 64) << 30
+
 // ErrInUse: another process holds the database file (bbolt allows one
 // writer, and no reader beside it).
 var ErrInUse = errors.New("the database is in use by another valet process")
