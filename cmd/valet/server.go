@@ -74,6 +74,10 @@ type Server struct {
 	listener   net.Listener
 
 	cancel    context.CancelFunc
+	// stopJobs ends the scheduler; jobsDone is closed once it has run
+	// its shutdown jobs (close waits for it before the leadership ends).
+	stopJobs context.CancelFunc
+	jobsDone chan struct{}
 	wg        sync.WaitGroup
 	closeOnce sync.Once
 	closeErr  error
@@ -368,7 +372,14 @@ func (s *Server) Open(ctx context.Context) (err error) {
 	// detections; resuming a containment is compare-and-swap on each
 	// lease and on the signal's count, so replicas cannot double it.
 	s.goRun(func() { s.broker.Run(wctx) })
-	s.goRun(func() { s.jobs.Run(wctx) })
+	// The scheduler stops first, while this replica still leads, so the
+	// jobs that run at shutdown (the audit checkpoint) still may.
+	jctx, stopJobs := context.WithCancel(context.Background())
+	s.stopJobs, s.jobsDone = stopJobs, make(chan struct{})
+	s.goRun(func() {
+		defer close(s.jobsDone)
+		s.jobs.Run(jctx)
+	})
 	if s.dispatcher != nil {
 		s.goRun(func() { s.dispatcher.Run(wctx) })
 	}
@@ -449,6 +460,10 @@ func (s *Server) close() error {
 		cancel()
 	} else if s.listener != nil {
 		s.listener.Close()
+	}
+	if s.stopJobs != nil {
+		s.stopJobs()
+		<-s.jobsDone
 	}
 	if s.cancel != nil {
 		s.cancel()
