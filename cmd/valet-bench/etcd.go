@@ -165,16 +165,27 @@ func (c *etcdCluster) cpuTime() time.Duration {
 type etcdCounters struct {
 	proposals float64 // raft proposals committed (member m0's count)
 	fsyncs    float64 // WAL fsyncs, summed over the members
+	fsyncSecs float64 // the time they took, summed
+	// committed are the replicas' transactions that committed: every
+	// one writes its replica's marker key (<prefix>w/<replica>), so the
+	// markers' versions count them.
+	committed float64
 }
 
-func (c *etcdCluster) counters() etcdCounters {
+func (c *etcdCluster) counters(cl *clientv3.Client) etcdCounters {
 	var out etcdCounters
+	resp, err := cl.Get(context.Background(), etcdPrefix+"w/", clientv3.WithPrefix())
+	must(err)
+	for _, kv := range resp.Kvs {
+		out.committed += float64(kv.Version)
+	}
 	for i, m := range c.members {
 		v := scrape(m.client + "/metrics")
 		if i == 0 {
 			out.proposals = v["etcd_server_proposals_committed_total"]
 		}
 		out.fsyncs += v["etcd_disk_wal_fsync_duration_seconds_count"]
+		out.fsyncSecs += v["etcd_disk_wal_fsync_duration_seconds_sum"]
 	}
 	return out
 }
@@ -226,7 +237,9 @@ type etcdMintResult struct {
 	loadResult               // serverCPU: every replica's CPU per mint, together
 	etcdCPU    time.Duration // the three members' CPU per mint, together
 	proposals  float64       // raft proposals committed per second
+	committed  float64       // the replicas' transactions committed per second
 	fsyncs     float64       // WAL fsyncs per second, each member's on average
+	fsyncTime  time.Duration // the mean time of one WAL fsync
 }
 
 // etcdMintLoad runs c connections of agents re-presenting their
@@ -262,11 +275,15 @@ func (b *bench) etcdMintLoad(bin string, n, c int, d time.Duration) etcdMintResu
 		}
 		return t
 	}
+	ec := cl.client()
+	defer ec.Close()
 	runLoadOn(hosts, c, time.Second, 201, next)
 	before := cryptoCeiling(2 * time.Second)
-	v0, e0, self0, busy0, k0 := valetCPU(), cl.cpuTime(), selfCPU(), machineBusy(), cl.counters()
+	k0 := cl.counters(ec)
+	v0, e0, self0, busy0 := valetCPU(), cl.cpuTime(), selfCPU(), machineBusy()
 	r := runLoadOn(hosts, c, d, 201, next)
-	v1, e1, self1, busy1, k1 := valetCPU(), cl.cpuTime(), selfCPU(), machineBusy(), cl.counters()
+	v1, e1, self1, busy1 := valetCPU(), cl.cpuTime(), selfCPU(), machineBusy()
+	k1 := cl.counters(ec)
 	r.serverCPU = (v1 - v0) / time.Duration(r.n)
 	r.driverCPU = (self1 - self0) / time.Duration(r.n)
 	capacity := float64(runtime.NumCPU()) * r.elapsed.Seconds()
@@ -274,7 +291,9 @@ func (b *bench) etcdMintLoad(bin string, n, c int, d time.Duration) etcdMintResu
 	r.ceilingBefore, r.ceilingAfter = before, cryptoCeiling(2*time.Second)
 	return etcdMintResult{loadResult: r, etcdCPU: (e1 - e0) / time.Duration(r.n),
 		proposals: (k1.proposals - k0.proposals) / r.elapsed.Seconds(),
-		fsyncs:    (k1.fsyncs - k0.fsyncs) / float64(len(cl.members)) / r.elapsed.Seconds()}
+		committed: (k1.committed - k0.committed) / r.elapsed.Seconds(),
+		fsyncs:    (k1.fsyncs - k0.fsyncs) / float64(len(cl.members)) / r.elapsed.Seconds(),
+		fsyncTime: time.Duration(float64(time.Second) * (k1.fsyncSecs - k0.fsyncSecs) / max(1, k1.fsyncs-k0.fsyncs))}
 }
 
 // etcdTable measures, at each concurrency, one valet on bbolt, one
@@ -284,25 +303,29 @@ func (b *bench) etcdTable(bin string, levels []int, d time.Duration) {
 	fmt.Printf("mints on etcd (jwt backend, agents re-presenting their attestation, %d agents; etcd: three local\n", benchAgents)
 	fmt.Println("  etcd processes (deploy/etcd/bin/etcd, default settings: a WAL fsync per commit), outside the")
 	fmt.Println("  bench process, their CPU counted apart as \"etcd\"; two replicas share one prefix and take the")
-	fmt.Println("  connections round-robin; txn/s: raft proposals committed per second, each one etcd transaction;")
-	fmt.Println("  fsync/s: WAL fsyncs per second of each member; others: the machine's share used by anything else)")
-	fmt.Printf("  %-30s %8s %8s %8s %8s %6s %8s %8s %7s %6s %7s %7s %7s\n", "setup", "mints/s", "p50", "p99", "ceiling", "× ceil",
-		"valet/mint", "etcd/mint", "driver", "others", "txn/s", "mint/txn", "fsync/s")
+	fmt.Println("  connections round-robin; txn/s: valet's etcd transactions committed per second (its replicas'")
+	fmt.Println("  marker key's versions); mint/txn: mints per committed transaction; lost/s: raft proposals")
+	fmt.Println("  committed per second that were no such transaction, mostly ones whose compare failed (another")
+	fmt.Println("  replica moved the audit head first; valet retries them); fsync/s: WAL fsyncs per second of each")
+	fmt.Println("  member, fsync: their mean time; valet, etcd, driver: CPU per mint; others: the machine's share")
+	fmt.Println("  used by anything else)")
+	fmt.Printf("  %-30s %8s %8s %8s %8s %6s %8s %8s %7s %6s %7s %7s %7s %7s %8s\n", "setup", "mints/s", "p50", "p99", "ceiling", "× ceil",
+		"valet", "etcd", "driver", "others", "txn/s", "mint/txn", "lost/s", "fsync/s", "fsync")
 	us := func(t time.Duration) string { return t.Round(time.Microsecond).String() }
 	ms := func(t time.Duration) string { return t.Round(10 * time.Microsecond).String() }
 	for _, c := range levels {
 		a := b.mintLoad(c, d, false)
-		fmt.Printf("  %-30s %8.0f %8s %8s %8.0f %6.2f %8s %8s %7s %5.0f%% %7s %7s %7s\n", fmt.Sprintf("%d conns, one valet on bbolt", c),
-			a.rate, ms(a.p50), ms(a.p99), a.ceiling(), a.rate/a.ceiling(), us(a.serverCPU), "-", us(a.driverCPU), 100*a.others, "-", "-", "-")
+		fmt.Printf("  %-30s %8.0f %8s %8s %8.0f %6.2f %8s %8s %7s %5.0f%% %7s %7s %7s %7s %8s\n", fmt.Sprintf("%d conns, one valet on bbolt", c),
+			a.rate, ms(a.p50), ms(a.p99), a.ceiling(), a.rate/a.ceiling(), us(a.serverCPU), "-", us(a.driverCPU), 100*a.others, "-", "-", "-", "-", "-")
 		for _, n := range []int{1, 2} {
 			r := b.etcdMintLoad(bin, n, c, d)
 			what := "one valet on etcd"
 			if n == 2 {
 				what = "two valets on etcd"
 			}
-			fmt.Printf("  %-30s %8.0f %8s %8s %8.0f %6.2f %8s %8s %7s %5.0f%% %7.0f %7.2f %7.0f\n", fmt.Sprintf("%d conns, %s", c, what),
+			fmt.Printf("  %-30s %8.0f %8s %8s %8.0f %6.2f %8s %8s %7s %5.0f%% %7.0f %7.2f %7.0f %7.0f %8s\n", fmt.Sprintf("%d conns, %s", c, what),
 				r.rate, ms(r.p50), ms(r.p99), r.ceiling(), r.rate/r.ceiling(), us(r.serverCPU), us(r.etcdCPU), us(r.driverCPU),
-				100*r.others, r.proposals, r.rate/r.proposals, r.fsyncs)
+				100*r.others, r.committed, r.rate/r.committed, max(0, r.proposals-r.committed), r.fsyncs, ms(r.fsyncTime))
 		}
 	}
 	fmt.Println()
