@@ -108,7 +108,7 @@ tidy-check:
 	  cp /tmp/valet-go.mod.bak go.mod; cp /tmp/valet-go.sum.bak go.sum; exit 1; fi
 
 ## bench: the performance report (see README, Performance)
-bench: build
+bench: build etcd
 	$(GO) run ./cmd/valet-bench -valet $(BIN)
 
 ## soak: 10 minutes at 500 mints/s with releases and renewals (not CI); prints

@@ -235,6 +235,22 @@ func (m *Metrics) JobRun(name, outcome string, d time.Duration, end time.Time) {
 // JobSkipped implements jobs.Observer.
 func (m *Metrics) JobSkipped(name string) { m.jobSkips.WithLabelValues(m.jobs.value(name)).Inc() }
 
+// RegisterLeader exports valet_leader, read at scrape time: 1 while
+// leading() says this process leads its replicas (runs expiry, the
+// revocation queue and the scheduled jobs), else 0. A single process on
+// bbolt always leads.
+func (m *Metrics) RegisterLeader(leading func() bool) {
+	m.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "valet_leader",
+		Help: "1 while this process leads its replicas (runs expiry, the revocation queue and the scheduled jobs), else 0; always 1 on bbolt.",
+	}, func() float64 {
+		if leading() {
+			return 1
+		}
+		return 0
+	}))
+}
+
 // RegisterStorageGauges exports the database file's size and free pages,
 // read at scrape time.
 func (m *Metrics) RegisterStorageGauges(stats func() (int64, int, error)) {

@@ -132,3 +132,39 @@ func TestLiveHeapAndExpiryBacklogMetrics(t *testing.T) {
 		t.Errorf("valet_lease_expiry_backlog = %v, read at %v; want 42 at %v", got["valet_lease_expiry_backlog"], asked, at)
 	}
 }
+
+// valet_leader follows the leadership at each scrape: 1 while this
+// process leads, 0 once it stops, 1 again when it is elected anew.
+func TestLeaderMetricFollowsLeadership(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m := NewMetrics(reg, KnownLabels{})
+	leading := false
+	m.RegisterLeader(func() bool { return leading })
+	for _, tc := range []struct {
+		name    string
+		leading bool
+		want    float64
+	}{
+		{"a replica that waits for the lead", false, 0},
+		{"elected", true, 1},
+		{"deposed", false, 0},
+		{"elected again", true, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			leading = tc.leading
+			families, err := reg.Gather()
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, found := 0.0, false
+			for _, mf := range families {
+				if mf.GetName() == "valet_leader" {
+					got, found = mf.GetMetric()[0].GetGauge().GetValue(), true
+				}
+			}
+			if !found || got != tc.want {
+				t.Errorf("valet_leader = %v (exported: %v); want %v", got, found, tc.want)
+			}
+		})
+	}
+}

@@ -123,6 +123,12 @@ type loadResult struct {
 func runLoad(base string, c int, d time.Duration, want int, next func(agent, i int) []byte) loadResult {
 	u, err := url.Parse(base)
 	must(err)
+	return runLoadOn([]string{u.Host}, c, d, want, next)
+}
+
+// runLoadOn is runLoad over several servers: agent a connects to
+// hosts[a mod len(hosts)], so the connections are dealt round-robin.
+func runLoadOn(hosts []string, c int, d time.Duration, want int, next func(agent, i int) []byte) loadResult {
 	var mu sync.Mutex
 	var all []time.Duration
 	var failed atomic.Value
@@ -133,7 +139,7 @@ func runLoad(base string, c int, d time.Duration, want int, next func(agent, i i
 		wg.Add(1)
 		go func(a int) {
 			defer wg.Done()
-			cn, err := dial(u.Host)
+			cn, err := dial(hosts[a%len(hosts)])
 			if err != nil {
 				failed.Store(err)
 				return

@@ -2,7 +2,9 @@
 // the ES256 verify+sign rate (the crypto ceiling), mint throughput and
 // latency through HTTP at several concurrency levels, the CPU valet's
 // detectors add to a mint, start-up time and
-// memory with a large lease store, and expiry lateness. Every figure comes
+// memory with a large lease store, expiry lateness, and replicas on a
+// three-member etcd (mints against bbolt, leader failover, keys and
+// bytes per lease). Every figure comes
 // from the same run on the same machine, so ratios between them hold even
 // on a noisy machine.
 package main
@@ -61,6 +63,10 @@ func main() {
 		soakEvery = flag.Duration("soak-interval", time.Minute, "how often the soak prints a line")
 		profDir   = flag.String("profile", "", "write CPU, allocation, heap and goroutine profiles of the server for each mint run into this directory")
 		detRounds = flag.Int("detector-rounds", 5, "runs of 64 agents minting with the detectors off and on, each (0 skips)")
+		etcdPath  = flag.String("etcd", "deploy/etcd/bin/etcd", "the etcd server for the etcd rows (built with make etcd when absent)")
+		etcdLvls  = flag.String("etcd-concurrency", "64", "concurrency levels for mints on bbolt, one and two replicas on etcd (empty skips them)")
+		etcdTTLs  = flag.String("etcd-failover", "10s,2s", "leader_ttl values for the leader failover runs (empty skips them)")
+		etcdN     = flag.Int("etcd-leases", 10000, "leases minted for the etcd keys and bytes per lease (0 skips)")
 	)
 	flag.Parse()
 	b := &bench{bin: *bin}
@@ -85,6 +91,9 @@ func main() {
 		lv := parseLevels("-concurrency", *levels)
 		top = lv[len(lv)-1]
 		represented, fresh = b.mintTable(lv, *duration)
+	}
+	if *etcdLvls != "" || *etcdTTLs != "" || *etcdN > 0 {
+		b.etcdSection(etcdBinary(*etcdPath), *etcdLvls, *etcdTTLs, *etcdN, *duration)
 	}
 	var vaultTop *vaultLevel
 	if *vaultLvls != "" {
@@ -285,12 +294,16 @@ type server struct {
 	pprof string // the pprof listener's address, when profiling
 }
 
-func (b *bench) serve(e *env) *server {
-	cmd := exec.Command(b.bin, "serve", "--config", filepath.Join(e.dir, "config.yaml"))
+func (b *bench) serve(e *env) *server { return b.serveConfig(e, "config.yaml") }
+
+// serveConfig starts `valet serve` with the configuration file config of
+// e's directory.
+func (b *bench) serveConfig(e *env, config string) *server {
+	cmd := exec.Command(b.bin, "serve", "--config", filepath.Join(e.dir, config))
 	cmd.Env = append(os.Environ(), "VALET_KEK="+strings.Repeat("5a", 32))
 	var pprof string
 	if b.prof != nil {
-		pprof = pprofAddr()
+		pprof = freeAddr()
 		cmd.Env = append(cmd.Env, "VALET_PPROF_LISTEN="+pprof)
 	}
 	// The server logs its address once it listens; start-up is measured
@@ -410,8 +423,12 @@ func (e *env) attestations(n, agents int, fresh bool) []string {
 func freshCount(d time.Duration) int { return int(20000 * (d.Seconds() + 1)) }
 
 // cpuTime is the server process's user+system CPU time so far.
-func (s *server) cpuTime() time.Duration {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", s.cmd.Process.Pid))
+func (s *server) cpuTime() time.Duration { return procCPU(s.cmd.Process.Pid) }
+
+// procCPU is process pid's user+system CPU time so far (0 once it is
+// gone).
+func procCPU(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
 		return 0
 	}

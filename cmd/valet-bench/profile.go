@@ -19,8 +19,9 @@ type profiler struct {
 	dir string
 }
 
-// pprofAddr picks a free loopback port for a server's pprof listener.
-func pprofAddr() string {
+// freeAddr picks a free loopback port (a server's pprof listener, an
+// etcd member's client and peer URLs).
+func freeAddr() string {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	must(err)
 	defer l.Close()

@@ -272,9 +272,14 @@ func (b *bench) followUp(spec soakSpec, host, tok, loc string, renewBody []byte,
 
 // metrics scrapes the server's /metrics into name -> value (the series
 // without labels, and the first of those with).
-func (s *server) metrics() map[string]float64 {
+func (s *server) metrics() map[string]float64 { return scrape(s.url + "/metrics") }
+
+// scrape reads a Prometheus text exposition at url into name -> value
+// (the series without labels, and the first of those with); empty when
+// it cannot be read.
+func scrape(url string) map[string]float64 {
 	out := map[string]float64{}
-	resp, err := http.Get(s.url + "/metrics")
+	resp, err := http.Get(url)
 	if err != nil {
 		return out
 	}

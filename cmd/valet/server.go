@@ -73,11 +73,11 @@ type Server struct {
 	http       *http.Server
 	listener   net.Listener
 
-	cancel    context.CancelFunc
+	cancel context.CancelFunc
 	// stopJobs ends the scheduler; jobsDone is closed once it has run
 	// its shutdown jobs (close waits for it before the leadership ends).
-	stopJobs context.CancelFunc
-	jobsDone chan struct{}
+	stopJobs  context.CancelFunc
+	jobsDone  chan struct{}
 	wg        sync.WaitGroup
 	closeOnce sync.Once
 	closeErr  error
@@ -164,6 +164,7 @@ func (s *Server) Open(ctx context.Context) (err error) {
 	s.metrics = api.NewMetrics(prometheus.NewRegistry(), known)
 	s.metrics.RegisterLeaseGauges(s.store.Counts)
 	s.metrics.RegisterStorageGauges(s.store.StorageStats)
+	s.metrics.RegisterLeader(s.storage.leadership().Leading)
 	now := s.Clock.Now
 	s.metrics.RegisterExpiryBacklog(s.store.ExpiryBacklog, now)
 	s.policy, err = policy.NewEngine(policy.Options{
