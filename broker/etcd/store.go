@@ -89,10 +89,15 @@ type Store struct {
 	log            *slog.Logger
 
 	// The committer's own: this replica's marker key and the revision
-	// of its last write, and the sequence of transaction ids.
-	markerKey string
-	markerRev int64
-	txnSeq    uint64
+	// of its last write, and the sequence of transaction ids. The ids
+	// also carry incarnation, random per Open: another process under the
+	// same replica name (this replica before a restart, or a replica on
+	// the same host that defaults to its name) writes the same marker,
+	// and its ids must never be taken for this one's.
+	markerKey   string
+	markerRev   int64
+	incarnation string
+	txnSeq      uint64
 
 	reqs    chan *commitReq
 	closing chan struct{}
@@ -143,6 +148,9 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		reqs: make(chan *commitReq, 256), closing: make(chan struct{}),
 	}
 	s.markerKey = s.p + "w/" + s.replica
+	inc := make([]byte, 8)
+	_, _ = rand.Read(inc)
+	s.incarnation = hex.EncodeToString(inc)
 	resp, err := s.kv.Get(s.opCtx(ctx), s.markerKey)
 	if err != nil {
 		return nil, fmt.Errorf("etcd store: read the marker of replica %s: %w", s.replica, s.unavailable(err))

@@ -294,5 +294,5 @@ func (s *Store) resolve(id string) (committed bool, rev int64, err error) {
 
 func (s *Store) nextTxnID() string {
 	s.txnSeq++
-	return s.replica + "/" + strconv.FormatUint(s.txnSeq, 10)
+	return s.replica + "/" + s.incarnation + "/" + strconv.FormatUint(s.txnSeq, 10)
 }
