@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -292,7 +293,23 @@ func (s *Store) resolve(id string) (committed bool, rev int64, err error) {
 	}
 }
 
+// nextTxnID is the id a transaction writes to the marker: unique in
+// this process, and ending with the time it was written (@ and Unix
+// seconds) for PruneMarkers.
 func (s *Store) nextTxnID() string {
 	s.txnSeq++
-	return s.replica + "/" + s.incarnation + "/" + strconv.FormatUint(s.txnSeq, 10)
+	return strconv.FormatUint(s.txnSeq, 10) + "@" + strconv.FormatInt(time.Now().Unix(), 10)
+}
+
+// markerTime reads the time at the end of a marker's value.
+func markerTime(v string) (time.Time, bool) {
+	i := strings.LastIndexByte(v, '@')
+	if i < 0 {
+		return time.Time{}, false
+	}
+	sec, err := strconv.ParseInt(v[i+1:], 10, 64)
+	if err != nil {
+		return time.Time{}, false
+	}
+	return time.Unix(sec, 0), true
 }
