@@ -17,6 +17,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"math/big"
 	"path/filepath"
@@ -137,17 +138,44 @@ func New(name string, options map[string]any, deps backends.Deps) (backends.Back
 	}
 	b.unreadable = unreadable
 	if len(keys) == 0 {
-		k, err := generateKey(o.Algorithm, deps.Clock.Now())
-		if err != nil {
-			return nil, err
-		}
-		keys = []*signingKey{k}
-		if err := saveKeys(b.keyPath, deps.KEK, name, keys, unreadable); err != nil {
-			return nil, fmt.Errorf("backend %s: save keys: %w", name, err)
+		if keys, err = b.createFirstKey(); err != nil {
+			return nil, fmt.Errorf("backend %s: %w", name, err)
 		}
 	}
 	b.keys = keys
 	return b, nil
+}
+
+// createFirstKey creates the key file with a first key, unless another
+// replica on the same data_dir created it meanwhile: then its keys are
+// the ones to use. A file there already without a usable key (an empty
+// list) gets the new key.
+func (b *Backend) createFirstKey() ([]*signingKey, error) {
+	k, err := generateKey(b.opts.Algorithm, b.deps.Clock.Now())
+	if err != nil {
+		return nil, err
+	}
+	keys := []*signingKey{k}
+	s, err := seal(b.kek.Current, b.name, k)
+	if err != nil {
+		return nil, err
+	}
+	err = kek.CreateFile(b.keyPath, keyFile{Keys: []sealedKey{s}})
+	if errors.Is(err, fs.ErrExist) {
+		theirs, unreadable, lerr := loadKeys(b.keyPath, b.kek, b.name)
+		if lerr != nil {
+			return nil, lerr
+		}
+		if len(theirs) > 0 {
+			b.unreadable = unreadable
+			return theirs, nil
+		}
+		err = saveKeys(b.keyPath, b.kek.Current, b.name, keys, b.unreadable)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("save keys: %w", err)
+	}
+	return keys, nil
 }
 
 // CheckRole validates a role's params.
