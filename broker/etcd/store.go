@@ -177,7 +177,7 @@ func (s *Store) Close() error {
 	// stopped. One left by a crash is pruned by the leader
 	// (PruneMarkers).
 	if s.markerRev != 0 {
-		ctx, cancel := context.WithTimeout(context.Background(), min(s.requestTimeout, 2*time.Second))
+		ctx, cancel := s.reqCtx(2 * time.Second)
 		_, _ = s.kv.Delete(ctx, s.markerKey)
 		cancel()
 	}
@@ -218,14 +218,26 @@ func (s *Store) PruneMarkers(ctx context.Context, cutoff time.Time) (int, error)
 	return n, nil
 }
 
-// opCtx bounds one etcd request by the request timeout.
+// opCtx bounds one etcd request by the request timeout, and has a
+// member without a leader refuse it at once (clientv3.WithRequireLeader)
+// instead of holding it: a member cut off from the others, which the
+// client's balancer still sends a share of requests to, answers "no
+// leader" and the request goes to another member (a read is retried
+// there by the client; a write's outcome is found out, and the write run
+// again) while a quorum answers.
 func (s *Store) opCtx(ctx context.Context) context.Context {
 	if ctx == nil {
 		ctx = context.Background()
 	}
-	c, cancel := context.WithTimeout(ctx, s.requestTimeout)
+	c, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), s.requestTimeout)
 	context.AfterFunc(c, cancel)
 	return c
+}
+
+// reqCtx is opCtx for a request that must not end with its caller's
+// context, with its cancel.
+func (s *Store) reqCtx(limit time.Duration) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(clientv3.WithRequireLeader(context.Background()), min(s.requestTimeout, limit))
 }
 
 // ErrUnavailable: etcd did not answer (no quorum, unreachable, timed
@@ -261,7 +273,7 @@ func (s *Store) runHealth() {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	for {
-		ctx, cancel := context.WithTimeout(context.Background(), min(s.requestTimeout, 2*time.Second))
+		ctx, cancel := s.reqCtx(2 * time.Second)
 		_, err := s.kv.Get(ctx, s.p+"health", clientv3.WithCountOnly())
 		cancel()
 		if err != nil && !s.down.Load() {

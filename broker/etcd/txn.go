@@ -221,7 +221,7 @@ func (t *tx) commit() (commitOutcome, int64, error) {
 	if fenceKey != "" {
 		elseOps = append(elseOps, clientv3.OpGet(fenceKey))
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), s.requestTimeout)
+	ctx, cancel := s.reqCtx(s.requestTimeout)
 	resp, err := s.kv.Txn(ctx).If(cmps...).Then(ops...).Else(elseOps...).Commit()
 	cancel()
 	if err != nil {
@@ -263,7 +263,7 @@ func (t *tx) commit() (commitOutcome, int64, error) {
 // the store closes.
 func (s *Store) resolve(id string) (committed bool, rev int64, err error) {
 	for attempt := 0; ; attempt++ {
-		ctx, cancel := context.WithTimeout(context.Background(), s.requestTimeout)
+		ctx, cancel := s.reqCtx(s.requestTimeout)
 		resp, err := s.kv.Txn(ctx).
 			If(clientv3.Compare(clientv3.Value(s.markerKey), "=", id)).
 			Then(clientv3.OpGet(s.markerKey)).
