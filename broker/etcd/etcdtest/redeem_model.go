@@ -24,13 +24,24 @@ type RedeemOutput struct {
 	Redeemed bool // read: the grant reads redeemed
 }
 
+// Grant states of RedeemModel.
+const (
+	grantApproved = iota
+	grantRedeemed
+	// grantHeld: a redeem whose outcome the client did not learn took
+	// the grant and may still give it back (broker.RedeemGrant gives a
+	// grant back when the mint after the redeem fails).
+	grantHeld
+)
+
 // RedeemModel is the sequential specification of a grant's redeem: an
 // approved grant is redeemed by exactly one redeem, after which every
 // redeem is refused and every read sees it redeemed. A failed redeem
-// wrote nothing; an unknown one may have won. Histories are partitioned
-// by grant. Check with porcupine.CheckOperations; ops with an unknown
-// outcome should return at the end of the history (they may take effect
-// at any later time).
+// wrote nothing; an unknown one may have won, or may have held the
+// grant for a while and given it back (its mint failed). Histories are
+// partitioned by grant. Check with porcupine.CheckOperations; ops with
+// an unknown outcome should return at the end of the history (they may
+// take effect at any later time).
 var RedeemModel = (&porcupine.NondeterministicModel{
 	Partition: func(h []porcupine.Operation) [][]porcupine.Operation {
 		by := map[string][]porcupine.Operation{}
@@ -48,33 +59,55 @@ var RedeemModel = (&porcupine.NondeterministicModel{
 		}
 		return out
 	},
-	Init: func() []any { return []any{false} },
+	Init: func() []any { return []any{grantApproved} },
 	Step: func(state, input, output any) []any {
-		redeemed := state.(bool)
 		in, out := input.(RedeemInput), output.(RedeemOutput)
-		ok := func(cond bool, next bool) []any {
-			if cond {
-				return []any{next}
-			}
-			return nil
+		st := state.(int)
+		if st != grantHeld {
+			return redeemStep(st == grantRedeemed, in, out)
 		}
-		switch {
-		case in.Read:
-			return ok(out.Redeemed == redeemed, redeemed)
-		case out.Failed:
-			return []any{redeemed}
-		case out.Unknown:
-			if redeemed {
-				return []any{true}
+		// Held: the op sees the grant redeemed (and it stays held), or
+		// the holder gave it back first.
+		var next []any
+		for _, n := range redeemStep(true, in, out) {
+			if n == grantRedeemed {
+				n = grantHeld
 			}
-			return []any{false, true}
-		case out.Won:
-			return ok(!redeemed, true)
-		default: // refused
-			return ok(redeemed, true)
+			next = append(next, n)
 		}
+		return append(next, redeemStep(false, in, out)...)
 	},
 	DescribeOperation: func(input, output any) string {
 		return fmt.Sprintf("%+v -> %+v", input, output)
 	},
 }).ToModel()
+
+// redeemStep is the step from an approved (or redeemed) grant.
+func redeemStep(redeemed bool, in RedeemInput, out RedeemOutput) []any {
+	st := grantApproved
+	if redeemed {
+		st = grantRedeemed
+	}
+	switch {
+	case in.Read:
+		if out.Redeemed == redeemed {
+			return []any{st}
+		}
+	case out.Failed:
+		return []any{st}
+	case out.Unknown:
+		if redeemed {
+			return []any{grantRedeemed}
+		}
+		return []any{grantApproved, grantRedeemed, grantHeld}
+	case out.Won:
+		if !redeemed {
+			return []any{grantRedeemed}
+		}
+	default: // refused
+		if redeemed {
+			return []any{grantRedeemed}
+		}
+	}
+	return nil
+}
