@@ -3,8 +3,10 @@ package jwt
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/valet-broker/valet/backends"
 	"github.com/valet-broker/valet/leases/clock"
@@ -70,5 +72,47 @@ func TestEmptyKeyFileGetsAKey(t *testing.T) {
 	}
 	if k, k2 := be.(*Backend).signingKey(t0).kid, again.(*Backend).signingKey(t0).kid; k != k2 {
 		t.Fatalf("the key written (%s) is not the key read back (%s)", k, k2)
+	}
+}
+
+// TestReplicasFollowARotation: the leader's signing-key rotation writes
+// the shared key file; every other replica on that data_dir publishes the
+// new key, signs with it once it is active, and accepts the tokens it
+// signs, within a second of the rotation.
+func TestReplicasFollowARotation(t *testing.T) {
+	dir := t.TempDir()
+	clk := clock.NewFake(t0)
+	deps := backends.Deps{DataDir: dir, KEK: testKEK, PublicURL: testIssuer, Clock: clk}
+	open := func() *Backend {
+		be, err := New("tokens", nil, deps)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return be.(*Backend)
+	}
+	leader, follower := open(), open()
+	r, err := leader.RotateKey(clk.Now(), clk.Now().Add(time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk.Advance(2 * time.Second)
+	var kids []string
+	for _, k := range follower.PublicJWKs() {
+		kids = append(kids, k["kid"].(string))
+	}
+	if !slices.Contains(kids, r.KeyID) {
+		t.Fatalf("the follower publishes %v, not the new key %s", kids, r.KeyID)
+	}
+	clk.Advance(time.Minute)
+	if kid := follower.signingKey(clk.Now()).kid; kid != r.KeyID {
+		t.Fatalf("the follower signs with %s once the new key %s is active", kid, r.KeyID)
+	}
+	tok, kid, err := leader.sign(backends.MintRequest{AgentID: "a", CorrelationID: "l1", IssuedAt: clk.Now(), ExpiresAt: clk.Now().Add(time.Minute),
+		Role: backends.RoleSpec{Name: "demo"}}, nil, nil)
+	if err != nil || kid != r.KeyID {
+		t.Fatalf("the leader signs with %s (%v), want %s", kid, err, r.KeyID)
+	}
+	if _, err := follower.Introspect(tok); err != nil {
+		t.Fatalf("the follower does not accept a token of the new key: %v", err)
 	}
 }
