@@ -435,6 +435,13 @@ func TestJepsenReplicas(t *testing.T) {
 			}
 			return time.Time{}
 		}},
+		{"rotate the signing key on the leader (the others read the shared key file)", func() time.Time {
+			// Not a fault: the leader's rotation job, run by an operator,
+			// writes the key file every replica must follow.
+			rotateSigningKey(t, c)
+			hold()
+			return time.Time{}
+		}},
 		{"partition the etcd member that leads the raft group, heal it", func() time.Time {
 			m := max(c.etcd.Leader(), 0)
 			c.etcd.Partition(m)
@@ -514,6 +521,27 @@ func TestJepsenReplicas(t *testing.T) {
 	}
 
 	checkJepsen(t, c, h, massIDs)
+}
+
+// rotateSigningKey runs the signing-key-rotation job on the leader
+// replica (jobs run only there), retrying while the lead moves.
+func rotateSigningKey(t *testing.T, c *jepsenCluster) {
+	t.Helper()
+	client := &http.Client{Timeout: 30 * time.Second}
+	waitFor(t, "the leader rotates the signing key", func() bool {
+		l := c.leader()
+		if l < 0 {
+			return false
+		}
+		req, _ := http.NewRequest("POST", c.urls()[l]+"/v1/jobs/signing-key-rotation/run", nil)
+		req.Header.Set("Authorization", "Bearer "+testOperatorToken)
+		resp, err := client.Do(req)
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
 }
 
 // mustBeCutOff checks that a partition took, and returns when member m
