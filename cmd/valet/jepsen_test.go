@@ -835,7 +835,8 @@ func waitQuiet(t *testing.T, c *jepsenCluster, h *jepsenHistory, s *etcd.Store) 
 	if n := stuck(); n > 0 {
 		since := time.Now()
 		waitLong(t, 2*time.Minute, fmt.Sprintf("the %d grants redeemed without a lease are recovered", n), func() bool { return stuck() == 0 })
-		t.Logf("%d grants left redeemed without a lease by a killed replica were recovered %s later", n, time.Since(since).Round(time.Second))
+		t.Logf("%d grants left redeemed without naming their lease (a replica killed mid-redeem, or the write naming it failed) were recovered %s later",
+			n, time.Since(since).Round(time.Second))
 	}
 }
 
