@@ -243,8 +243,8 @@ type lbClient struct {
 }
 
 // do sends the request and returns every attempt, the last one answered
-// unless the deadline passed. onAttempt, if set, sees each attempt.
-func (lb *lbClient) do(method, path, bearer string, body any, header http.Header) []attempt {
+// unless the deadline (45s) passed.
+func (lb *lbClient) do(method, path, bearer string, body any) []attempt {
 	var raw []byte
 	if body != nil {
 		raw, _ = json.Marshal(body)
@@ -259,9 +259,6 @@ func (lb *lbClient) do(method, path, bearer string, body any, header http.Header
 		req, _ := http.NewRequest(method, u+path, bytes.NewReader(raw))
 		if raw != nil {
 			req.Header.Set("Content-Type", "application/json")
-		}
-		for k, v := range header {
-			req.Header[k] = v
 		}
 		if bearer != "" {
 			req.Header.Set("Authorization", "Bearer "+bearer)
@@ -282,7 +279,7 @@ func (lb *lbClient) do(method, path, bearer string, body any, header http.Header
 		time.Sleep(20 * time.Millisecond)
 	}
 	if lb.stalls != nil {
-		lb.stalls.add(first, time.Now(), len(out), out[len(out)-1].answered())
+		lb.stalls.add(first, time.Now())
 	}
 	return out
 }
@@ -299,13 +296,11 @@ type stallLog struct {
 
 type stall struct {
 	from, to time.Time
-	attempts int
-	ok       bool
 }
 
-func (s *stallLog) add(from, to time.Time, attempts int, ok bool) {
+func (s *stallLog) add(from, to time.Time) {
 	s.mu.Lock()
-	s.reqs = append(s.reqs, stall{from, to, attempts, ok})
+	s.reqs = append(s.reqs, stall{from, to})
 	s.mu.Unlock()
 }
 
@@ -485,7 +480,7 @@ func TestJepsenReplicas(t *testing.T) {
 		// that does not lead, while the leader dies.
 		fl := &lbClient{c: c, http: &http.Client{Timeout: 30 * time.Second}}
 		fl.next.Store(int64(follower - 1))
-		revoked <- last(fl.do("POST", "/v1/leases/revoke", testOperatorToken, map[string]any{"agent_id": "test/jepsen-mass", "reason": "mass revocation under a leader kill"}, nil))
+		revoked <- last(fl.do("POST", "/v1/leases/revoke", testOperatorToken, map[string]any{"agent_id": "test/jepsen-mass", "reason": "mass revocation under a leader kill"}))
 	}()
 	killed := time.Now()
 	c.kill(leader)
@@ -594,7 +589,7 @@ func runAgent(c *jepsenCluster, lb, opLB *lbClient, h *jepsenHistory, sub string
 			if short {
 				ttl = "3s"
 			}
-			a := last(lb.do("POST", "/v1/credentials", tok, map[string]any{"role": "demo", "ttl": ttl}, nil))
+			a := last(lb.do("POST", "/v1/credentials", tok, map[string]any{"role": "demo", "ttl": ttl}))
 			if a.status != http.StatusCreated {
 				fail("%s: mint answered %d %s", sub, a.status, a.body)
 				continue
@@ -611,7 +606,7 @@ func runAgent(c *jepsenCluster, lb, opLB *lbClient, h *jepsenHistory, sub string
 			if l.grant != "" {
 				continue // minted at the role's maximum
 			}
-			a := last(lb.do("POST", "/v1/leases/"+l.id+"/renew", tok, map[string]any{"ttl": "20m"}, nil))
+			a := last(lb.do("POST", "/v1/leases/"+l.id+"/renew", tok, map[string]any{"ttl": "20m"}))
 			// A short lease may have run out, or a released one ended:
 			// 409. A live one renews.
 			if a.status != http.StatusOK && (a.status != http.StatusConflict || (!l.short && !l.released)) {
@@ -627,7 +622,7 @@ func runAgent(c *jepsenCluster, lb, opLB *lbClient, h *jepsenHistory, sub string
 		case op < 8:
 			i := rng.IntN(len(mine))
 			l := mine[i]
-			a := last(lb.do("DELETE", "/v1/leases/"+l.id, tok, nil, nil))
+			a := last(lb.do("DELETE", "/v1/leases/"+l.id, tok, nil))
 			if a.status != http.StatusOK {
 				fail("%s: release of %s answered %d %s", sub, l.id, a.status, a.body)
 				continue
@@ -655,7 +650,7 @@ func runAgent(c *jepsenCluster, lb, opLB *lbClient, h *jepsenHistory, sub string
 // redeems it twice at once through two replicas while reading it, and
 // records every attempt in the redeem history.
 func grantFlow(c *jepsenCluster, lb, opLB *lbClient, h *jepsenHistory, sub, tok string, fail func(string, ...any)) *jepsenLease {
-	a := last(lb.do("POST", "/v1/credentials", tok, map[string]any{"role": "elevated", "reason": "jepsen", "ttl": "1h"}, nil))
+	a := last(lb.do("POST", "/v1/credentials", tok, map[string]any{"role": "elevated", "reason": "jepsen", "ttl": "1h"}))
 	if a.status != http.StatusAccepted {
 		fail("%s: request for elevated answered %d %s", sub, a.status, a.body)
 		return nil
@@ -664,9 +659,9 @@ func grantFlow(c *jepsenCluster, lb, opLB *lbClient, h *jepsenHistory, sub, tok 
 		GrantID string `json:"grant_id"`
 	}
 	_ = json.Unmarshal(a.body, &g)
-	if a := last(opLB.do("POST", "/v1/grants/"+g.GrantID+"/approve", testOperatorToken, map[string]any{"comment": "ok"}, nil)); a.status != http.StatusOK {
+	if a := last(opLB.do("POST", "/v1/grants/"+g.GrantID+"/approve", testOperatorToken, map[string]any{"comment": "ok"})); a.status != http.StatusOK {
 		// An approval retried after a lost answer finds it approved.
-		if r := last(opLB.do("GET", "/v1/grants/"+g.GrantID, testOperatorToken, nil, nil)); !bytes.Contains(r.body, []byte(`"state":"approved"`)) {
+		if r := last(opLB.do("GET", "/v1/grants/"+g.GrantID, testOperatorToken, nil)); !bytes.Contains(r.body, []byte(`"state":"approved"`)) {
 			fail("%s: approve of %s answered %d %s", sub, g.GrantID, a.status, a.body)
 			return nil
 		}
@@ -690,7 +685,7 @@ func grantFlow(c *jepsenCluster, lb, opLB *lbClient, h *jepsenHistory, sub, tok 
 			if read {
 				method, path = "GET", "/v1/grants/"+g.GrantID
 			}
-			as := one.do(method, path, tok, nil, nil)
+			as := one.do(method, path, tok, nil)
 			for _, at := range as {
 				in := etcdtest.RedeemInput{Grant: g.GrantID, Read: read}
 				var out etcdtest.RedeemOutput
@@ -738,7 +733,7 @@ func seedMassAgent(t *testing.T, c *jepsenCluster, lb *lbClient, h *jepsenHistor
 	tok := c.env.Attest("jepsen-mass", nil)
 	var ids []string
 	for range 60 {
-		a := last(lb.do("POST", "/v1/credentials", tok, map[string]any{"role": "demo", "ttl": "1h"}, nil))
+		a := last(lb.do("POST", "/v1/credentials", tok, map[string]any{"role": "demo", "ttl": "1h"}))
 		if a.status != http.StatusCreated {
 			t.Fatalf("mint for the mass revocation: %d %s", a.status, a.body)
 		}
