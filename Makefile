@@ -9,7 +9,12 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 VAULT_VERSION := v1.13.0
 VAULT_BIN     := deploy/vault/bin/vault
 
-.PHONY: all build run run-vault run-cloud test deps unit race fuzz lint tidy-check bench vault clean
+# etcd for make run-ha: the server module valet's tests embed, at the
+# version go.mod requires (v3.7.3, Apache-2.0).
+ETCD_VERSION = $(shell $(GO) list -m -f '{{.Version}}' go.etcd.io/etcd/server/v3)
+ETCD_BIN     := deploy/etcd/bin/etcd
+
+.PHONY: all build run run-vault run-cloud run-ha test deps unit race fuzz lint tidy-check bench soak vault etcd helm-test clean
 
 all: build
 
@@ -32,11 +37,17 @@ run-cloud: build
 	$(GO) build -o bin/valet-cloudtest ./cmd/valet-cloudtest
 	./deploy/dev-cloud.sh
 
+## run-ha: a local 3-member etcd cluster and two valet replicas on it,
+## sharing one data directory (./valet-ha-data/), behind one address
+## (127.0.0.1:8750, a round-robin proxy that health-checks /readyz)
+run-ha: build etcd
+	./deploy/dev-ha.sh
+
 ## test: vet, the whole suite with the race detector, then each fuzz target
 ## briefly. The suite needs a C compiler for the race detector, a real Vault
 ## (built by `make vault`), PostgreSQL and Chromium (Debian's gcc, postgresql
 ## and chromium packages; installed here when running as root without them).
-test: deps lint race fuzz
+test: deps lint race fuzz helm-test
 
 ## deps: what the test suite needs besides Go
 deps: vault
@@ -100,6 +111,12 @@ tidy-check:
 bench: build
 	$(GO) run ./cmd/valet-bench -valet $(BIN)
 
+## soak: 10 minutes at 500 mints/s with releases and renewals (not CI); prints
+## 5xx, RSS, Go heap, goroutines, database and archive size and the expiry
+## backlog each minute (see README, Performance)
+soak: build
+	$(GO) run ./cmd/valet-bench -valet $(BIN) -soak 10m -soak-rate 500
+
 ## vault: build the Vault test server (MPL-2.0 v1.13.0) from the Go module
 ## proxy into deploy/vault/bin/vault; rebuilt only when the version changes
 vault: $(VAULT_BIN)
@@ -111,6 +128,23 @@ $(VAULT_BIN): deploy/vault/go.mod Makefile
 	go build -trimpath -o bin/vault github.com/hashicorp/vault; \
 	echo $(VAULT_VERSION) > bin/vault.version; \
 	GODEBUG=x509negativeserial=1 ./bin/vault version
+
+## helm-test: render deploy/helm/valet with Helm's own engine, check both
+## shapes (single bbolt, replicas on etcd) against the Kubernetes API types
+## and valet's config loader, and compare deploy/kubernetes/*.yaml with
+## the rendering (HELM_TEST_FLAGS=-update rewrites them). Its own module,
+## deploy/helm/go.mod, keeps Helm out of valet's go.mod.
+helm-test: build
+	cd deploy/helm && VALET_BIN=$(abspath $(BIN)) $(GO) test -count=1 ./... $(HELM_TEST_FLAGS)
+
+## etcd: build the etcd server (go.etcd.io/etcd/server/v3 at go.mod's
+## version) into deploy/etcd/bin/etcd; rebuilt only when the version changes
+etcd:
+	@if [ -x $(ETCD_BIN) ] && [ "$$(cat $(ETCD_BIN).version 2>/dev/null)" = "$(ETCD_VERSION)" ]; then exit 0; fi; \
+	set -e; mkdir -p $(dir $(ETCD_BIN)); \
+	$(GO) build -trimpath -o $(ETCD_BIN) go.etcd.io/etcd/server/v3; \
+	echo $(ETCD_VERSION) > $(ETCD_BIN).version; \
+	./$(ETCD_BIN) --version | head -1
 
 clean:
 	rm -rf bin

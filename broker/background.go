@@ -18,9 +18,12 @@ import (
 
 // Intervals and bounds of the background duties.
 const (
-	// pruneBatch bounds the leases one housekeeping pass deletes (and
-	// the signals).
-	pruneBatch = 10000
+	// pruneChunk bounds what one transaction of a housekeeping pass
+	// deletes. A pass deletes chunk after chunk until nothing past the
+	// retention is left, so pruning keeps up with any rate at which
+	// leases end, and each chunk holds the store's single writer only
+	// briefly (mints wait behind it).
+	pruneChunk = 1000
 	// SightingInterval is how often what the flows saw of agents (first
 	// and last seen, roles minted) is written to their records, in one
 	// transaction for all.
@@ -34,11 +37,19 @@ type ReplayPurger interface {
 	Purge(now time.Time) (int, error)
 }
 
-// endedPruner is a lease store that deletes ended leases
-// (broker/bolt's Store.PruneEnded): up to limit of those that ended before
-// cutoff, returning how many.
+// endedPruner is a lease store that deletes ended leases (broker/bolt's
+// Store.PruneEnded), or a grant store that deletes ended grants
+// (broker/bolt's Grants.PruneEnded): up to limit of those that ended
+// before cutoff, in one transaction, returning how many.
 type endedPruner interface {
 	PruneEnded(ctx context.Context, cutoff time.Time, limit int) (int, error)
+}
+
+// prunerFunc makes a function with PruneEnded's shape an endedPruner.
+type prunerFunc func(ctx context.Context, cutoff time.Time, limit int) (int, error)
+
+func (f prunerFunc) PruneEnded(ctx context.Context, cutoff time.Time, limit int) (int, error) {
+	return f(ctx, cutoff, limit)
 }
 
 // Run performs the broker's own background duties until ctx ends, each
@@ -83,29 +94,44 @@ func (b *Broker) Run(ctx context.Context) {
 
 // Housekeeping is what a housekeeping pass did.
 type Housekeeping struct {
-	// Pruned counts the ended leases deleted; Purged the consumed
-	// attestation ids deleted; SignalsPruned the signals deleted.
-	Pruned, Purged, SignalsPruned int
+	// Pruned counts the ended leases deleted; GrantsPruned the ended
+	// grants deleted; Purged the consumed attestation ids deleted;
+	// SignalsPruned the signals deleted.
+	Pruned, GrantsPruned, Purged, SignalsPruned int
 }
 
-// Housekeep deletes leases that ended more than leases.retention ago (at
-// most 10000 a pass; their audit records stay), signals received more
-// than signals.retention ago (as many, those whose mass revocation is
-// done) and, with Options.Replay set, the consumed attestation ids past
-// their expiry, at the broker's time. It does them all and returns what it
+// Housekeep deletes leases and grants that ended more than
+// leases.retention ago (their audit records stay), signals received more
+// than signals.retention ago (those whose mass revocation is done) and,
+// with Options.Replay set, the consumed attestation ids past their expiry,
+// at the broker's time. Leases, grants and signals are deleted in
+// transactions of pruneChunk until none past the retention is left or ctx
+// ends. A grant that still needs something (a break-glass review, a mint
+// in progress) stays until it no longer does. It does them all and
+// returns what it
 // did with the errors of any.
 func (b *Broker) Housekeep(ctx context.Context) (Housekeeping, error) {
 	var h Housekeeping
 	var errs []error
 	now := b.clock.Now()
+	cutoff := now.Add(-b.cfg.Leases.Retention.D())
 	if p, ok := b.store.(endedPruner); ok {
-		n, err := p.PruneEnded(ctx, now.Add(-b.cfg.Leases.Retention.D()), pruneBatch)
+		n, err := pruneAll(ctx, p, cutoff)
 		h.Pruned = n
 		if err != nil {
 			errs = append(errs, fmt.Errorf("prune ended leases: %w", err))
 		}
 	} else {
 		errs = append(errs, errors.New("the lease store cannot delete ended leases; leases.retention is not applied"))
+	}
+	if p, ok := b.grants.(endedPruner); ok {
+		n, err := pruneAll(ctx, p, cutoff)
+		h.GrantsPruned = n
+		if err != nil {
+			errs = append(errs, fmt.Errorf("prune ended grants: %w", err))
+		}
+	} else if b.grants != nil {
+		errs = append(errs, errors.New("the grant store cannot delete ended grants; leases.retention is not applied to grants"))
 	}
 	if b.replay != nil {
 		n, err := b.replay.Purge(now)
@@ -115,13 +141,30 @@ func (b *Broker) Housekeep(ctx context.Context) (Housekeeping, error) {
 		}
 	}
 	if b.signals != nil {
-		n, err := b.signals.PruneSignals(ctx, now.Add(-b.cfg.Signals.Retention.D()), pruneBatch)
+		n, err := pruneAll(ctx, prunerFunc(b.signals.PruneSignals), now.Add(-b.cfg.Signals.Retention.D()))
 		h.SignalsPruned = n
 		if err != nil {
 			errs = append(errs, fmt.Errorf("prune signals: %w", err))
 		}
 	}
 	return h, errors.Join(errs...)
+}
+
+// pruneAll deletes what ended before cutoff through p, pruneChunk at a
+// time, until a chunk comes back short or ctx ends, and returns how many
+// it deleted.
+func pruneAll(ctx context.Context, p endedPruner, cutoff time.Time) (int, error) {
+	total := 0
+	for {
+		n, err := p.PruneEnded(ctx, cutoff, pruneChunk)
+		total += n
+		if err != nil || n < pruneChunk {
+			return total, err
+		}
+		if err := ctx.Err(); err != nil {
+			return total, err
+		}
+	}
 }
 
 // every calls f each interval d of the broker's clock until ctx ends.

@@ -11,6 +11,7 @@ import (
 
 	"github.com/valet-broker/valet/backends"
 	"github.com/valet-broker/valet/broker"
+	"github.com/valet-broker/valet/broker/grants"
 	"github.com/valet-broker/valet/leases"
 	"github.com/valet-broker/valet/leases/audit"
 	"github.com/valet-broker/valet/leases/config"
@@ -116,5 +117,124 @@ func TestHousekeepPurgesTheReplayCache(t *testing.T) {
 	}
 	if got := rec.purges(); len(got) != 1 || !got[0].Equal(f.clock.Now()) {
 		t.Errorf("purged at %v, want once at %v", got, f.clock.Now())
+	}
+}
+
+// backlog is a store with due ended leases or grants to prune: each
+// PruneEnded deletes up to limit of them, and it records each limit.
+type backlog struct {
+	mu     sync.Mutex
+	due    int
+	limits []int
+	// onCall, if set, runs at each call (with its number, from 1).
+	onCall func(call int)
+}
+
+func (b *backlog) PruneEnded(ctx context.Context, cutoff time.Time, limit int) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.limits = append(b.limits, limit)
+	if b.onCall != nil {
+		b.onCall(len(b.limits))
+	}
+	n := min(limit, b.due)
+	b.due -= n
+	return n, nil
+}
+
+type backlogLeases struct {
+	broker.LeaseStore
+	*backlog
+}
+
+type backlogGrants struct {
+	broker.GrantStore
+	*backlog
+}
+
+// One housekeeping pass deletes every lease and grant past the retention,
+// however many ended since the last pass, in transactions of bounded
+// size: pruning keeps up with any rate at which leases end (a fixed budget
+// per pass falls behind without bound once more end between two passes).
+func TestHousekeepPrunesEverythingDueInChunks(t *testing.T) {
+	f := newFixture(t, nil)
+	for _, due := range []struct{ leases, grants int }{{25_000, 2_500}, {0, 0}, {999, 1}} {
+		ls, gs := &backlog{due: due.leases}, &backlog{due: due.grants}
+		b, err := broker.New(broker.Options{Config: f.cfg, Store: backlogLeases{f.fs, ls}, Auditor: f.store, Verifier: f.v, Authorizer: f.authz,
+			Backends: map[string]backends.Backend{"ext": f.be, "renewing": f.rn}, Revoker: f.queue, Clock: f.clock, Grants: backlogGrants{f.grants, gs}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		h, err := b.Housekeep(context.Background())
+		if err != nil || h.Pruned != due.leases || h.GrantsPruned != due.grants {
+			t.Errorf("Housekeep with %+v due = %+v, %v; want all of them pruned", due, h, err)
+		}
+		for _, s := range []*backlog{ls, gs} {
+			if s.due != 0 {
+				t.Errorf("%d left after the pass", s.due)
+			}
+			for _, l := range s.limits {
+				if l > 1000 {
+					t.Errorf("a transaction pruned up to %d; want chunks of at most 1000 (limits %v)", l, s.limits)
+				}
+			}
+		}
+	}
+}
+
+// A housekeeping pass that runs out of time stops between chunks and
+// says so, with what it pruned.
+func TestHousekeepStopsBetweenChunksWhenCancelled(t *testing.T) {
+	f := newFixture(t, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ls := &backlog{due: 10_000, onCall: func(call int) {
+		if call == 2 {
+			cancel()
+		}
+	}}
+	b, err := broker.New(broker.Options{Config: f.cfg, Store: backlogLeases{f.fs, ls}, Auditor: f.store, Verifier: f.v, Authorizer: f.authz,
+		Backends: map[string]backends.Backend{"ext": f.be, "renewing": f.rn}, Revoker: f.queue, Clock: f.clock, Grants: f.grants})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := b.Housekeep(ctx)
+	if !errors.Is(err, context.Canceled) || len(ls.limits) != 2 || h.Pruned != 2*ls.limits[0] {
+		t.Errorf("Housekeep = %+v, %v after %d chunks; want two chunks pruned and the cancellation", h, err, len(ls.limits))
+	}
+}
+
+// Grants that ended more than leases.retention ago are deleted by
+// housekeeping; their audit records stay.
+func TestHousekeepPrunesEndedGrants(t *testing.T) {
+	f := newFixture(t, func(cfg *fixtureConfig) {
+		cfg.Leases.Retention = config.Duration(time.Hour)
+		cfg.Roles = append(cfg.Roles, config.Defaulted(func(r *broker.Role) { r.Name, r.Backend, r.Approval.Required = "admin", "ext", 1 }))
+	})
+	ctx := context.Background()
+	res, err := f.b.Mint(ctx, broker.MintRequest{Attestation: f.attest(t, "bg"), Role: "admin", Reason: "migrate"})
+	if err != nil || res.Grant == nil {
+		t.Fatalf("Mint = %+v, %v; want a pending grant", res, err)
+	}
+	id := res.Grant.ID
+	if _, err := f.b.DenyGrant(ctx, &broker.Operator{Name: "alice"}, id, "no", ""); err != nil {
+		t.Fatal(err)
+	}
+	for _, step := range []struct {
+		advance time.Duration
+		pruned  int
+	}{{59 * time.Minute, 0}, {2 * time.Minute, 1}} {
+		f.clock.Advance(step.advance)
+		h, err := f.b.Housekeep(ctx)
+		if err != nil || h.GrantsPruned != step.pruned {
+			t.Fatalf("after %s more: Housekeep = %+v, %v; want %d grants pruned", step.advance, h, err, step.pruned)
+		}
+	}
+	if _, err := f.grants.Get(ctx, id); !errors.Is(err, grants.ErrNotFound) {
+		t.Errorf("Get of the pruned grant: %v, want ErrNotFound", err)
+	}
+	recs, err := f.store.ListAudit(ctx, audit.Filter{Kind: audit.KindGrantDeny, Limit: 10})
+	if err != nil || len(recs) != 1 || recs[0].Details["grant_id"] != id {
+		t.Errorf("grant.deny records = %+v, %v; want the denial kept", recs, err)
 	}
 }

@@ -2,6 +2,7 @@ package api
 
 import (
 	"net/http"
+	"regexp"
 	"strconv"
 	"time"
 
@@ -86,6 +87,11 @@ var (
 	jobOutcomes        = newLabelSet(jobs.Outcomes...)
 )
 
+// liveHeap adds go_gc_heap_live_bytes, the heap the last collection found
+// live: unlike the heap in use, which swings with the collector's cycle,
+// it grows only when something is kept (a leak shows in it).
+var liveHeap = collectors.GoRuntimeMetricsRule{Matcher: regexp.MustCompile(`^/gc/heap/live:bytes$`)}
+
 // NewMetrics registers valet's metrics (and the Go and process collectors)
 // on reg. known lists the configured names that may appear as labels.
 func NewMetrics(reg *prometheus.Registry, known KnownLabels) *Metrics {
@@ -149,7 +155,7 @@ func NewMetrics(reg *prometheus.Registry, known KnownLabels) *Metrics {
 	}
 	reg.MustRegister(m.mints, m.mintLatency, m.httpRequests, m.expiryLate, m.revocations, m.policyReloads, m.policyErrors, m.notifications, m.refusals, m.signals,
 		m.jobRuns, m.jobDuration, m.jobSuccess, m.jobSkips,
-		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		collectors.NewGoCollector(collectors.WithGoCollectorRuntimeMetrics(liveHeap)), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
 
@@ -256,6 +262,31 @@ func (c *storageCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(descDBSize, prometheus.GaugeValue, float64(size))
 	ch <- prometheus.MustNewConstMetric(descDBFreePages, prometheus.GaugeValue, float64(free))
+}
+
+// RegisterExpiryBacklog exports valet_lease_expiry_backlog, read at each
+// scrape at now(): the active leases whose expiry has passed, which the
+// expirer has not ended yet.
+func (m *Metrics) RegisterExpiryBacklog(backlog func(now time.Time) (int, error), now func() time.Time) {
+	m.Registry.MustRegister(&backlogCollector{backlog: backlog, now: now})
+}
+
+type backlogCollector struct {
+	backlog func(time.Time) (int, error)
+	now     func() time.Time
+}
+
+var descExpiryBacklog = prometheus.NewDesc("valet_lease_expiry_backlog",
+	"Active leases whose expiry has passed and that the expirer has not ended yet (normally 0, or the few that expired since its last pass).", nil, nil)
+
+func (c *backlogCollector) Describe(ch chan<- *prometheus.Desc) { ch <- descExpiryBacklog }
+
+func (c *backlogCollector) Collect(ch chan<- prometheus.Metric) {
+	n, err := c.backlog(c.now())
+	if err != nil {
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(descExpiryBacklog, prometheus.GaugeValue, float64(n))
 }
 
 // Expired records expiry lateness for a batch of expired leases.

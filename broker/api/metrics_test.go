@@ -2,6 +2,7 @@ package api
 
 import (
 	"fmt"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -101,5 +102,33 @@ func TestMetricLabelsComeFromClosedSets(t *testing.T) {
 	delete(want, "valet_http_requests_total")
 	for name := range want {
 		t.Errorf("metric %s not exported", name)
+	}
+}
+
+// The soak's signals are exported: the live heap (a leak grows it, the
+// collector's cycle does not) and the expiry backlog, read at scrape time
+// with the time given.
+func TestLiveHeapAndExpiryBacklogMetrics(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m := NewMetrics(reg, KnownLabels{})
+	at := time.Unix(1700000000, 0)
+	var asked time.Time
+	m.RegisterExpiryBacklog(func(now time.Time) (int, error) { asked = now; return 42, nil }, func() time.Time { return at })
+	runtime.GC() // the live heap is what the last collection found
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range families {
+		for _, metric := range mf.GetMetric() {
+			got[mf.GetName()] = metric.GetGauge().GetValue()
+		}
+	}
+	if v, ok := got["go_gc_heap_live_bytes"]; !ok || v <= 0 {
+		t.Errorf("go_gc_heap_live_bytes = %v (exported: %v); want a live heap", v, ok)
+	}
+	if got["valet_lease_expiry_backlog"] != 42 || !asked.Equal(at) {
+		t.Errorf("valet_lease_expiry_backlog = %v, read at %v; want 42 at %v", got["valet_lease_expiry_backlog"], asked, at)
 	}
 }

@@ -71,7 +71,7 @@ func mustAppendN(tb testing.TB, db *bbolt.DB, n int) []audit.Record {
 
 func mustVerify(tb testing.TB, db *bbolt.DB) audit.VerifyResult {
 	tb.Helper()
-	res, err := verifyAudit(db, nil)
+	res, err := verifyAudit(db, "", nil)
 	if err != nil {
 		tb.Fatalf("Verify: %v", err)
 	}
@@ -123,7 +123,7 @@ func TestAppendAndVerify(t *testing.T) {
 				t.Errorf("HeadHash = %s, want the last record's hash %s", res.HeadHash, wantHead)
 			}
 			// The chain as returned by AppendTx and as stored.
-			stored, err := listAudit(db, audit.Filter{Limit: 1000})
+			stored, err := listAudit(db, "", audit.Filter{Limit: 1000})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -235,7 +235,7 @@ func TestAuditList(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			recs, err := listAudit(db, tc.f)
+			recs, err := listAudit(db, "", tc.f)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -264,7 +264,7 @@ func TestAuditListLimits(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, tc := range []struct{ limit, want int }{{0, 100}, {-5, 100}, {1000, 1000}, {5000, 1000}} {
-		recs, err := listAudit(db, audit.Filter{Limit: tc.limit})
+		recs, err := listAudit(db, "", audit.Filter{Limit: tc.limit})
 		if err != nil || len(recs) != tc.want {
 			t.Errorf("List(limit %d) = %d records, %v; want %d", tc.limit, len(recs), err, tc.want)
 		}
@@ -273,7 +273,7 @@ func TestAuditListLimits(t *testing.T) {
 	var seen []uint64
 	f := audit.Filter{Newest: true, Limit: 500}
 	for {
-		recs, err := listAudit(db, f)
+		recs, err := listAudit(db, "", f)
 		if err != nil {
 			t.Fatal(err)
 		}

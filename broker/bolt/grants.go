@@ -19,6 +19,7 @@ var (
 	bucketGrantState  = []byte("grants.state")  // indexKey(state, id) -> nil
 	bucketGrantAgent  = []byte("grants.agent")  // indexKey(agent, id) -> nil
 	bucketGrantReview = []byte("grants.review") // id -> nil: break-glass grants awaiting review
+	bucketGrantEnded  = []byte("grants.ended")  // ended(8) id -> nil: terminal grants (for retention)
 	bucketGrantMeta   = []byte("grants.meta")   // "layout" -> indexLayout
 )
 
@@ -33,15 +34,29 @@ type Grants struct {
 func (s *Store) Grants() *Grants { return &Grants{s: s} }
 
 // initGrants creates the grant buckets and rebuilds the indexes of a
-// database written with an older key layout.
+// database written with an older key layout. A database written before
+// grants were pruned gets its index of ended grants built here.
 func initGrants(tx *bbolt.Tx) error {
-	for _, b := range [][]byte{bucketGrants, bucketGrantState, bucketGrantAgent, bucketGrantReview, bucketGrantMeta} {
+	endedNew := tx.Bucket(bucketGrantEnded) == nil
+	for _, b := range [][]byte{bucketGrants, bucketGrantState, bucketGrantAgent, bucketGrantReview, bucketGrantEnded, bucketGrantMeta} {
 		if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 			return fmt.Errorf("grants: create buckets: %w", err)
 		}
 	}
 	if err := migrateGrantIndexes(tx); err != nil {
 		return fmt.Errorf("grants: %w", err)
+	}
+	if endedNew {
+		err := tx.Bucket(bucketGrants).ForEach(func(k, v []byte) error {
+			var g grants.Grant
+			if json.Unmarshal(v, &g) != nil || !g.State.Terminal() {
+				return nil // an unreadable grant is reported where it is read
+			}
+			return tx.Bucket(bucketGrantEnded).Put(timeKey(g.EndedAt, []byte(g.ID)), nil)
+		})
+		if err != nil {
+			return fmt.Errorf("grants: index the ended grants: %w", err)
+		}
 	}
 	return nil
 }
@@ -270,10 +285,23 @@ func putGrant(tx *bbolt.Tx, old, g *grants.Grant) error {
 	return putGrantEncoded(tx, old, g, v)
 }
 
-// putGrantEncoded stores g and keeps the state and review indexes in line.
+// putGrantEncoded stores g and keeps the state, ended and review indexes
+// in line.
 func putGrantEncoded(tx *bbolt.Tx, old, g *grants.Grant, v []byte) error {
-	if err := tx.Bucket(bucketGrants).Put([]byte(g.ID), v); err != nil {
+	id := []byte(g.ID)
+	if err := tx.Bucket(bucketGrants).Put(id, v); err != nil {
 		return err
+	}
+	ended := tx.Bucket(bucketGrantEnded)
+	if old != nil && old.State.Terminal() && (!g.State.Terminal() || !old.EndedAt.Equal(g.EndedAt)) {
+		if err := ended.Delete(timeKey(old.EndedAt, id)); err != nil {
+			return err
+		}
+	}
+	if g.State.Terminal() {
+		if err := ended.Put(timeKey(g.EndedAt, id), nil); err != nil {
+			return err
+		}
 	}
 	if old == nil || old.State != g.State {
 		if old != nil {
@@ -290,6 +318,64 @@ func putGrantEncoded(tx *bbolt.Tx, old, g *grants.Grant, v []byte) error {
 		return review.Put([]byte(g.ID), nil)
 	}
 	return review.Delete([]byte(g.ID))
+}
+
+// PruneEnded deletes up to limit grants that ended before cutoff and
+// need nothing more, with their index entries, in one transaction, and
+// returns how many it deleted. Their audit records stay. A grant needs
+// more while it is a break-glass grant awaiting its review, and while it
+// is redeemed without its lease recorded before its redeem deadline (a
+// mint in progress may still give it back, Unredeem). A grant that cannot
+// be read is reported and taken out of the index of ended grants.
+func (s *Grants) PruneEnded(ctx context.Context, cutoff time.Time, limit int) (int, error) {
+	var n int
+	err := s.s.update(ctx, func(tx *bbolt.Tx) error {
+		n = 0
+		ended := tx.Bucket(bucketGrantEnded)
+		c := ended.Cursor()
+		var doomed []*grants.Grant
+		var unreadable [][]byte
+		for k, _ := c.First(); k != nil && keyTime(k).Before(cutoff) && len(doomed) < limit; k, _ = c.Next() {
+			g, err := getGrant(tx, string(k[8:]))
+			if err != nil {
+				s.s.ReportSkipped("grant pruning", string(k[8:]), err)
+				unreadable = append(unreadable, bytes.Clone(k))
+				continue
+			}
+			if g.Kind == grants.KindBreakGlass && g.Review == nil ||
+				g.State == grants.StateRedeemed && g.LeaseID == "" && !g.RedeemBy.Before(cutoff) {
+				continue
+			}
+			doomed = append(doomed, g)
+		}
+		for _, k := range unreadable {
+			if err := ended.Delete(k); err != nil {
+				return err
+			}
+		}
+		for _, g := range doomed {
+			id := []byte(g.ID)
+			for _, d := range []struct{ b, k []byte }{
+				{bucketGrants, id},
+				{bucketGrantState, indexKey(string(g.State), id)},
+				{bucketGrantAgent, indexKey(g.AgentID, id)},
+				{bucketGrantReview, id},
+				{bucketGrantEnded, timeKey(g.EndedAt, id)},
+			} {
+				if err := tx.Bucket(d.b).Delete(d.k); err != nil {
+					return err
+				}
+			}
+		}
+		n = len(doomed)
+		return nil
+	})
+	if err != nil {
+		// The transaction may still be running (ctx ended): n is not
+		// ours to read.
+		return 0, err
+	}
+	return n, nil
 }
 
 // migrateGrantIndexes brings the state and agent indexes to the current

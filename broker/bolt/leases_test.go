@@ -127,7 +127,7 @@ func TestLifecycle(t *testing.T) {
 
 	// Every record carries the lease, agent and role even though the
 	// callers left them empty, and the time of its change.
-	recs, err := listAudit(s.db, audit.Filter{LeaseID: l.ID})
+	recs, err := listAudit(s.db, "", audit.Filter{LeaseID: l.ID})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1088,5 +1088,31 @@ func TestUpdateWaitsForAQueuedWrite(t *testing.T) {
 		return nil
 	}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// The expiry backlog counts the active leases whose expiry has passed,
+// and no longer counts them once they are expired.
+func TestExpiryBacklog(t *testing.T) {
+	s := MustOpenStore(t)
+	ctx := context.Background()
+	var ls []*leases.Lease
+	for i := range 5 {
+		ls = append(ls, leasetest.NewPending(t0, fmt.Sprintf("agent-%d", i), time.Duration(i+1)*time.Minute))
+	}
+	leasetest.SeedActive(t, s, ls)
+	for _, tc := range []struct {
+		at   time.Time
+		want int
+	}{{t0, 0}, {t0.Add(time.Minute), 1}, {t0.Add(3*time.Minute + time.Second), 3}, {t0.Add(time.Hour), 5}} {
+		if n, err := s.ExpiryBacklog(tc.at); err != nil || n != tc.want {
+			t.Errorf("ExpiryBacklog at %s = %d, %v; want %d", tc.at.Sub(t0), n, err, tc.want)
+		}
+	}
+	if _, err := s.ExpireDue(ctx, t0.Add(2*time.Minute), 100); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.ExpiryBacklog(t0.Add(time.Hour)); err != nil || n != 3 {
+		t.Errorf("ExpiryBacklog after two expired = %d, %v; want 3", n, err)
 	}
 }

@@ -25,6 +25,25 @@ func (s *Store) NextRevocation() (time.Time, bool, error) {
 	return s.firstTime(bucketRevoke)
 }
 
+// expiryBacklogCap bounds how far ExpiryBacklog counts.
+const expiryBacklogCap = 1_000_000
+
+// ExpiryBacklog counts the active leases whose expiry is at or before now
+// (the expirer's backlog: normally none, or the few that expired since its
+// last pass), reading the expiry index from its first key and stopping at
+// the first lease still valid, and at expiryBacklogCap.
+func (s *Store) ExpiryBacklog(now time.Time) (int, error) {
+	n := 0
+	err := s.db.View(func(tx *bbolt.Tx) error {
+		c := tx.Bucket(bucketExpiry).Cursor()
+		for k, _ := c.First(); k != nil && !keyTime(k).After(now) && n < expiryBacklogCap; k, _ = c.Next() {
+			n++
+		}
+		return nil
+	})
+	return n, err
+}
+
 func (s *Store) firstTime(bucket []byte) (time.Time, bool, error) {
 	var t time.Time
 	var ok bool

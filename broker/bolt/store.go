@@ -21,6 +21,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"time"
 
@@ -47,6 +48,12 @@ type Store struct {
 	skipped sync.Map // ids of unreadable records already reported
 	gates   gates    // the flagged agents' gates (agents.go)
 
+	// archiveDir holds the audit archive's segments (audit.ArchiveDir of
+	// the file's directory); segmentRecords bounds one segment's records
+	// (audit.MaxSegmentRecords; tests make it smaller).
+	archiveDir     string
+	segmentRecords int
+
 	revokeAtExpiry func(l *leases.Lease) bool
 }
 
@@ -64,9 +71,17 @@ type Options struct {
 	Logger *slog.Logger
 }
 
+// initialMmap is the size bbolt maps at first: 1 GiB where addresses are
+// 64 bits wide, else bbolt's own choice.
+const initialMmap = (strconv.IntSize / 64) << 30
+
+// ErrInUse: another process holds the database file (bbolt allows one
+// writer, and no reader beside it).
+var ErrInUse = errors.New("the database is in use by another valet process")
+
 // Open opens (creating if needed) the database at path, creates every
 // bucket and brings the indexes to the current key layout. It fails after
-// two seconds if another process holds the file.
+// two seconds, with ErrInUse, if another process holds the file.
 func Open(path string, opts Options) (*Store, error) {
 	if !opts.ReadOnly {
 		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
@@ -76,10 +91,22 @@ func Open(path string, opts Options) (*Store, error) {
 	db, err := bbolt.Open(path, 0o600, &bbolt.Options{
 		Timeout:      2 * time.Second,
 		FreelistType: bbolt.FreelistMapType,
-		ReadOnly:     opts.ReadOnly,
+		// The list of free pages is not written at each commit but
+		// rebuilt when the file is opened (a walk of its pages, as etcd
+		// does): written, it takes one contiguous run of pages per
+		// commit, eight bytes per free page, and once deletions leave
+		// tens of thousands of free pages no run of free pages is long
+		// enough, so every commit grew the file and rewrote hundreds of
+		// pages.
+		NoFreelistSync: true,
+		// Map a gigabyte from the start (of address space, on 64-bit
+		// systems), so the file's growth does not remap it (each remap
+		// waits for every reader) until then.
+		InitialMmapSize: initialMmap,
+		ReadOnly:        opts.ReadOnly,
 	})
 	if errors.Is(err, bolterrors.ErrTimeout) {
-		return nil, fmt.Errorf("open %s: the database is in use by another valet process", path)
+		return nil, fmt.Errorf("open %s: %w", path, ErrInUse)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", path, err)
@@ -101,7 +128,8 @@ func Open(path string, opts Options) (*Store, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	s := &Store{db: db, sink: opts.Sink, log: opts.Logger}
+	s := &Store{db: db, sink: opts.Sink, log: opts.Logger, archiveDir: audit.ArchiveDir(filepath.Dir(path)),
+		segmentRecords: audit.MaxSegmentRecords}
 	if err := s.loadGates(); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("read the agents of %s: %w", path, err)

@@ -4,12 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/broker/agents"
+	"github.com/valet-broker/valet/broker/etcd/etcdtest"
 	"github.com/valet-broker/valet/leases"
 	"github.com/valet-broker/valet/leases/audit"
 	"github.com/valet-broker/valet/leases/clock"
@@ -199,5 +203,53 @@ func TestQuarantineOnAnotherReplicaRefusesNewLeases(t *testing.T) {
 	other := leasetest.NewPending(now.Add(time.Second), "agent-ok", time.Minute)
 	if err := b.CreatePending(context.Background(), other); err != nil {
 		t.Fatalf("CreatePending for another agent: %v", err)
+	}
+}
+
+// TestLeaderStopsWhileEtcdIsAway: a replica waiting for the lead stops at
+// once when asked, even while no etcd member answers. (A cancelled
+// campaign makes etcd's election resign with the client's own context,
+// which retries for as long as etcd is away: a replica stopping during an
+// etcd outage waited for it forever.)
+func TestLeaderStopsWhileEtcdIsAway(t *testing.T) {
+	c := etcdtest.StartT(t)
+	p := newPrefix()
+	open := func(name string) *Leader {
+		s, err := Open(context.Background(), Options{Client: c.ClientT(t), Prefix: p, Logger: leasetest.QuietLog, RequestTimeout: time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s.NewLeader(1, name)
+	}
+	lA, lB := open("a"), open("b")
+	ctxA, cancelA := context.WithCancel(context.Background())
+	doneA := make(chan struct{})
+	go func() { defer close(doneA); lA.Run(ctxA, func(ctx context.Context) { <-ctx.Done() }) }()
+	leasetest.Eventually(t, "replica a leads", lA.Leading)
+	ctxB, cancelB := context.WithCancel(context.Background())
+	doneB := make(chan struct{})
+	go func() { defer close(doneB); lB.Run(ctxB, func(ctx context.Context) { <-ctx.Done() }) }()
+	cl := c.ClientT(t)
+	leasetest.Eventually(t, "replica b campaigns", func() bool {
+		r, err := cl.Get(context.Background(), p+"leader/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+		return err == nil && r.Count == 2
+	})
+	var wg sync.WaitGroup
+	for i := range c.Members() {
+		wg.Go(func() { c.StopMember(i) })
+	}
+	wg.Wait()
+	for _, r := range []struct {
+		name   string
+		cancel context.CancelFunc
+		done   chan struct{}
+	}{{"waiting for the lead", cancelB, doneB}, {"leading", cancelA, doneA}} {
+		r.cancel()
+		select {
+		case <-r.done:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("a replica %s did not stop within 10s while etcd was away", r.name)
+		}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -32,6 +33,9 @@ func (s *Store) grantIndexes(g *grants.Grant) []string {
 	if g.Kind == grants.KindBreakGlass && g.Review == nil {
 		out = append(out, s.p+"gi/r/"+g.ID)
 	}
+	if g.State.Terminal() {
+		out = append(out, s.p+"gi/x/"+tkey(g.EndedAt)+"/"+g.ID)
+	}
 	return out
 }
 
@@ -47,7 +51,7 @@ func (t *tx) putGrant(old, g *grants.Grant) error {
 		t.put(s.p+"gi/a/"+vkey(g.AgentID)+g.ID, nil)
 	} else {
 		for _, k := range s.grantIndexes(old) {
-			if k != newKeys[0] && (len(newKeys) < 2 || k != newKeys[1]) {
+			if !slices.Contains(newKeys, k) {
 				t.del(k)
 			}
 		}
@@ -266,6 +270,58 @@ func (s *Grants) ExpireDue(ctx context.Context, now time.Time) ([]*grants.Grant,
 		}
 	}
 	return all, nil
+}
+
+// PruneEnded deletes up to limit grants that ended before cutoff and
+// need nothing more, with their index entries, in transactions of at most
+// a dozen grants fenced by the leadership, and returns how many it
+// deleted. Their audit records stay. A grant needs more while it is a
+// break-glass grant awaiting its review, and while it is redeemed without
+// its lease recorded before its redeem deadline (a mint in progress may
+// still give it back, Unredeem). An index entry whose grant cannot be
+// read is reported and deleted.
+func (s *Grants) PruneEnded(ctx context.Context, cutoff time.Time, limit int) (int, error) {
+	st := s.s
+	total, from := 0, ""
+	for total < limit {
+		due, more, err := st.dueKeys(ctx, st.p+"gi/x/", cutoff.Add(-time.Nanosecond), from, min(limit-total, 12))
+		if err != nil || len(due) == 0 {
+			return total, err
+		}
+		from = due[len(due)-1].key
+		n := 0
+		err = st.updateAlone(ctx, func(t *tx) error {
+			n = 0
+			t.fenced = st.fencing()
+			for _, d := range due {
+				g, err := t.getGrant(d.id)
+				if err != nil {
+					st.ReportSkipped("grant pruning", d.id, err)
+					t.del(d.key)
+					continue
+				}
+				if g.Kind == grants.KindBreakGlass && g.Review == nil ||
+					g.State == grants.StateRedeemed && g.LeaseID == "" && !g.RedeemBy.Before(cutoff) {
+					continue
+				}
+				t.del(st.grantKey(g.ID))
+				t.del(st.p + "gi/a/" + vkey(g.AgentID) + g.ID)
+				for _, k := range st.grantIndexes(g) {
+					t.del(k)
+				}
+				n++
+			}
+			return nil
+		})
+		if err != nil {
+			return total, err
+		}
+		total += n
+		if !more {
+			break
+		}
+	}
+	return total, nil
 }
 
 func (s *Grants) change(ctx context.Context, id string, now time.Time, e audit.Entry, fn func(g *grants.Grant) error) (*grants.Grant, error) {

@@ -21,6 +21,7 @@ import (
 //	P a/r/<seq>                   audit record (its stored bytes)
 //	P g/<id>                      grant (JSON)
 //	P gi/s/<state>/<id>, gi/a/<value>/<id>, gi/r/<id>   grant indexes
+//	P gi/x/<time>/<id>            ended grants by end (retention)
 //	P ag/<id>                     agent record (JSON)
 //	P gate/<id>                   an agent's gate (JSON), written only when it changes
 //	P agi/seen/<time>/<id>, agi/q/<id>, agi/rel/<time>/<id>   agent indexes

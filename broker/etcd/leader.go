@@ -136,7 +136,18 @@ func (l *Leader) term(ctx context.Context, duties func(ctx context.Context)) err
 	}
 	defer sess.Close()
 	e := concurrency.NewElection(sess, l.s.p+"leader/")
-	if err := e.Campaign(ctx, l.name); err != nil {
+	// A cancelled campaign resigns with the client's own context (etcd's
+	// concurrency package), which retries for as long as etcd is away:
+	// the campaign runs on its own, and a stopping replica does not wait
+	// for it (closing the client ends it).
+	campaign := make(chan error, 1)
+	go func() { campaign <- e.Campaign(ctx, l.name) }()
+	select {
+	case err = <-campaign:
+	case <-ctx.Done():
+		return nil
+	}
+	if err != nil {
 		if errors.Is(err, context.Canceled) {
 			return nil
 		}

@@ -28,6 +28,18 @@ func (s *Store) NextRevocationAfter(now time.Time) (time.Time, bool, error) {
 	return s.firstTime(s.p+"li/q/", tkey(now.Add(time.Nanosecond)))
 }
 
+// ExpiryBacklog counts the active leases whose expiry is at or before now
+// (the expirer's backlog: normally none, or the few that expired since
+// its last pass), from the expiry index.
+func (s *Store) ExpiryBacklog(now time.Time) (int, error) {
+	prefix := s.p + "li/e/"
+	resp, err := s.kv.Get(s.opCtx(context.Background()), prefix, clientv3.WithRange(prefix+tkey(now.Add(time.Nanosecond))), clientv3.WithCountOnly())
+	if err != nil {
+		return 0, s.unavailable(err)
+	}
+	return int(resp.Count), nil
+}
+
 // firstTime reads the time of the first key of a time index at or after
 // from (the start when empty).
 func (s *Store) firstTime(prefix, from string) (time.Time, bool, error) {

@@ -35,6 +35,9 @@ type Store interface {
 	RecoverPending(ctx context.Context, now time.Time) ([]*leases.Lease, error)
 	// PruneEnded deletes up to limit leases that ended before cutoff.
 	PruneEnded(ctx context.Context, cutoff time.Time, limit int) (int, error)
+	// ExpiryBacklog counts the active leases whose expiry is at or
+	// before now.
+	ExpiryBacklog(now time.Time) (int, error)
 	// Counts returns how many leases are in each state.
 	Counts() (map[leases.State]int64, error)
 	// SetRevokeAtExpiry names the leases revoked at their expiry.

@@ -51,6 +51,7 @@ var cases = []struct {
 	{"concurrent writers from every handle keep one chain", testConcurrentChain},
 	{"grants through approval, redeem and expiry", testGrants},
 	{"redeem is compare-and-swap across handles", testRedeemOnce},
+	{"pruning ended grants", testPruneGrants},
 	{"replay cache consumes a jti once", testReplay},
 	{"job state changes are compare-and-swap", testJobs},
 	{"agent records, quarantine and release", testAgents},
@@ -292,6 +293,14 @@ func testExpiry(t *testing.T, a, b Engine) {
 	}
 	if next, _, _ := a.Store.NextExpiry(); !next.Equal(t0.Add(time.Hour)) {
 		t.Fatalf("NextExpiry after the sweep = %s, want %s", next, t0.Add(time.Hour))
+	}
+	for _, c := range []struct {
+		at   time.Time
+		want int
+	}{{t0.Add(59 * time.Minute), 0}, {t0.Add(time.Hour), 1}, {t0.Add(91 * time.Minute), 2}} {
+		if n := must[int](t, "ExpiryBacklog")(b.Store.ExpiryBacklog(c.at)); n != c.want {
+			t.Errorf("ExpiryBacklog at %s = %d, want %d", c.at.Sub(t0), n, c.want)
+		}
 	}
 }
 
@@ -592,6 +601,103 @@ func testGrants(t *testing.T, a, b Engine) {
 		t.Fatalf("grant expiry records: %+v", recs)
 	}
 	leasetest.MustVerifyAudit(t, b.Store)
+}
+
+// grantPruner is a grant store that deletes ended grants (housekeeping).
+type grantPruner interface {
+	PruneEnded(ctx context.Context, cutoff time.Time, limit int) (int, error)
+}
+
+func testPruneGrants(t *testing.T, a, b Engine) {
+	pa, okA := a.Grants.(grantPruner)
+	pb, okB := b.Grants.(grantPruner)
+	if !okA || !okB {
+		t.Fatal("the engine's grant store cannot delete ended grants (PruneEnded)")
+	}
+	cutoff := t0.Add(30 * time.Minute)
+	op := func(at time.Time) grants.Decision { return grants.Decision{Operator: "alice", At: at} }
+	at := t0
+	create := func(agent string, st grants.State, kind string) *grants.Grant {
+		t.Helper()
+		at = at.Add(time.Second)
+		g := newGrant(at, agent, st)
+		g.ExpiresAt = at.Add(3 * time.Hour)
+		if kind == grants.KindBreakGlass {
+			g.Kind, g.EndedAt, g.Required, g.LeaseID = kind, at, 0, "lease-break-glass"
+		}
+		if err := a.Grants.Create(bg, g, at, grantEntry(audit.KindGrantRequest)); err != nil {
+			t.Fatal(err)
+		}
+		return g
+	}
+	deny := func(g *grants.Grant, when time.Time) {
+		t.Helper()
+		must[*grants.Grant](t, "Deny")(b.Grants.Deny(bg, g.ID, op(when), grantEntry(audit.KindGrantDeny)))
+	}
+	redeem := func(g *grants.Grant) {
+		t.Helper()
+		must[*grants.Grant](t, "Redeem")(a.Grants.Redeem(bg, g.ID, g.AgentID, g.Binding, t0.Add(time.Minute), grantEntry(audit.KindGrantRedeem)))
+	}
+	var gone []*grants.Grant
+	for range 3 {
+		g := create("agent-old", grants.StatePending, grants.KindApproval)
+		deny(g, t0.Add(time.Minute))
+		gone = append(gone, g)
+	}
+	deniedOld := create("agent-1", grants.StatePending, grants.KindApproval)
+	deny(deniedOld, t0.Add(time.Minute))
+	withLease := create("agent-1", grants.StateApproved, grants.KindApproval)
+	redeem(withLease)
+	must[*grants.Grant](t, "Redeemed")(b.Grants.Redeemed(bg, withLease.ID, "lease-1", t0.Add(time.Minute)))
+	gone = append(gone, deniedOld, withLease)
+
+	deniedRecent := create("agent-1", grants.StatePending, grants.KindApproval)
+	deny(deniedRecent, t0.Add(2*time.Hour))
+	mintUnderWay := create("agent-1", grants.StateApproved, grants.KindApproval)
+	redeem(mintUnderWay)
+	awaitingReview := create("agent-1", grants.StateRedeemed, grants.KindBreakGlass)
+	pending := create("agent-1", grants.StatePending, grants.KindApproval)
+
+	if n := must[int](t, "PruneEnded")(pb.PruneEnded(bg, cutoff, 2)); n != 2 {
+		t.Fatalf("PruneEnded with limit 2 deleted %d", n)
+	}
+	if n := must[int](t, "PruneEnded")(pa.PruneEnded(bg, cutoff, 100)); n != len(gone)-2 {
+		t.Fatalf("the next PruneEnded deleted %d, want the other %d grants ended before the cutoff that need nothing more", n, len(gone)-2)
+	}
+	if n := must[int](t, "PruneEnded")(pb.PruneEnded(bg, cutoff, 100)); n != 0 {
+		t.Fatalf("a third PruneEnded deleted %d more", n)
+	}
+	for _, g := range gone {
+		_, err := a.Grants.Get(bg, g.ID)
+		wantErr(t, "Get of a pruned grant", err, grants.ErrNotFound)
+	}
+	for _, g := range []*grants.Grant{deniedRecent, mintUnderWay, awaitingReview, pending} {
+		must[*grants.Grant](t, "Get of a grant that stays")(b.Grants.Get(bg, g.ID))
+	}
+	ids := func(f grants.Filter) []string {
+		var out []string
+		for _, g := range must[[]*grants.Grant](t, "List grants")(a.Grants.List(bg, f)) {
+			out = append(out, g.ID)
+		}
+		return out
+	}
+	if got := ids(grants.Filter{AgentID: "agent-old"}); len(got) != 0 {
+		t.Fatalf("the agent index still lists pruned grants: %v", got)
+	}
+	if got := ids(grants.Filter{State: grants.StateDenied}); !slices.Equal(got, []string{deniedRecent.ID}) {
+		t.Fatalf("the state index lists %v, want only %s", got, deniedRecent.ID)
+	}
+	if n := leasetest.CountAudit(t, b.Store, audit.KindGrantDeny); n != 5 {
+		t.Fatalf("%d grant deny records after pruning, want all 5", n)
+	}
+	// Reviewed, the break-glass grant needs nothing more.
+	must[*grants.Grant](t, "Review")(a.Grants.Review(bg, awaitingReview.ID, op(t0.Add(2*time.Minute)), grantEntry(audit.KindGrantReview)))
+	if n := must[int](t, "PruneEnded")(pb.PruneEnded(bg, cutoff, 100)); n != 1 {
+		t.Fatalf("PruneEnded after the review deleted %d, want the break-glass grant", n)
+	}
+	if got := ids(grants.Filter{ReviewPending: true}); len(got) != 0 {
+		t.Fatalf("grants awaiting review after pruning: %v", got)
+	}
 }
 
 func testRedeemOnce(t *testing.T, a, b Engine) {

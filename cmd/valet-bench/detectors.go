@@ -143,11 +143,13 @@ func printDetectorCost(c int, runs []detectorRun, direct time.Duration) {
 		c, direct.Round(10*time.Nanosecond), 100*float64(direct)/float64(mOff))
 }
 
-func median(ds []time.Duration) time.Duration {
-	if len(ds) == 0 {
+// median is the middle value of v (the mean of the two middle ones for
+// an even count), 0 for none.
+func median[T time.Duration | float64](v []T) T {
+	if len(v) == 0 {
 		return 0
 	}
-	s := slices.Clone(ds)
+	s := slices.Clone(v)
 	slices.Sort(s)
 	if len(s)%2 == 1 {
 		return s[len(s)/2]

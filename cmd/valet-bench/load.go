@@ -20,8 +20,13 @@ import (
 
 // request builds the raw bytes of one POST.
 func request(host, path, bearer string, body []byte) []byte {
+	return requestMethod("POST", host, path, bearer, body)
+}
+
+// requestMethod builds the raw bytes of one request.
+func requestMethod(method, host, path, bearer string, body []byte) []byte {
 	var b bytes.Buffer
-	fmt.Fprintf(&b, "POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n", path, host)
+	fmt.Fprintf(&b, "%s %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n", method, path, host)
 	if bearer != "" {
 		fmt.Fprintf(&b, "Authorization: Bearer %s\r\n", bearer)
 	}
@@ -46,43 +51,53 @@ func dial(host string) (*conn, error) {
 
 // roundTrip sends req and reads the response, returning its status.
 func (c *conn) roundTrip(req []byte) (int, error) {
+	st, _, err := c.roundTripLocation(req)
+	return st, err
+}
+
+// roundTripLocation is roundTrip that also returns the response's
+// Location header (a mint's lease, /v1/leases/<id>).
+func (c *conn) roundTripLocation(req []byte) (status int, location string, err error) {
 	if _, err := c.c.Write(req); err != nil {
-		return 0, err
+		return 0, "", err
 	}
 	line, err := c.br.ReadSlice('\n')
 	if err != nil {
-		return 0, err
+		return 0, "", err
 	}
 	if len(line) < 12 {
-		return 0, fmt.Errorf("bad status line %q", line)
+		return 0, "", fmt.Errorf("bad status line %q", line)
 	}
-	status, err := strconv.Atoi(string(line[9:12]))
+	status, err = strconv.Atoi(string(line[9:12]))
 	if err != nil {
-		return 0, fmt.Errorf("bad status line %q", line)
+		return 0, "", fmt.Errorf("bad status line %q", line)
 	}
 	length := -1
 	for {
 		h, err := c.br.ReadSlice('\n')
 		if err != nil {
-			return 0, err
+			return 0, "", err
 		}
 		if len(h) <= 2 {
 			break
 		}
-		if len(h) > 16 && bytes.EqualFold(h[:15], []byte("Content-Length:")) {
+		switch {
+		case len(h) > 16 && bytes.EqualFold(h[:15], []byte("Content-Length:")):
 			length, err = strconv.Atoi(string(bytes.TrimSpace(h[15:])))
 			if err != nil {
-				return 0, err
+				return 0, "", err
 			}
+		case len(h) > 10 && bytes.EqualFold(h[:9], []byte("Location:")):
+			location = string(bytes.TrimSpace(h[9:]))
 		}
 	}
 	if length < 0 {
-		return 0, fmt.Errorf("response without Content-Length")
+		return 0, "", fmt.Errorf("response without Content-Length")
 	}
 	if _, err := c.br.Discard(length); err != nil {
-		return 0, err
+		return 0, "", err
 	}
-	return status, nil
+	return status, location, nil
 }
 
 // loadResult is what one load run measured.
@@ -90,7 +105,15 @@ type loadResult struct {
 	rate      float64
 	p50, p99  time.Duration
 	n         int
+	elapsed   time.Duration
 	serverCPU time.Duration // valet's CPU time per request
+	driverCPU time.Duration // the load driver's CPU time per request
+	// others is the share of the machine's cores that other processes
+	// kept busy during the run.
+	others float64
+	// ceilingBefore and ceilingAfter are the crypto ceiling measured
+	// just before and just after the run (when asked for).
+	ceilingBefore, ceilingAfter float64
 }
 
 // runLoad drives c agents for d, each sending next(agent, i) back to back
@@ -145,5 +168,5 @@ func runLoad(base string, c int, d time.Duration, want int, next func(agent, i i
 		fatal("no request completed")
 	}
 	sort.Slice(all, func(i, j int) bool { return all[i] < all[j] })
-	return loadResult{rate: float64(len(all)) / elapsed.Seconds(), p50: all[len(all)/2], p99: all[len(all)*99/100], n: len(all)}
+	return loadResult{rate: float64(len(all)) / elapsed.Seconds(), p50: all[len(all)/2], p99: all[len(all)*99/100], n: len(all), elapsed: elapsed}
 }

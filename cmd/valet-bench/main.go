@@ -20,7 +20,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -56,46 +55,50 @@ func main() {
 		containV  = flag.String("contain-vault", "200,1000", "Vault leases of one agent a signal revokes, timed to the last confirmed (empty skips)")
 		strategyN = flag.Int("vault-strategies", 1000, "Vault tokens revoked by accessor vs under a parent token (0 skips)")
 		gcpLvls   = flag.String("gcp-concurrency", "16,64", "concurrency levels for the Google Cloud backend (empty skips it)")
+		soakD     = flag.Duration("soak", 0, "instead of the benchmark, a soak of this long (make soak)")
+		soakRate  = flag.Int("soak-rate", 500, "the soak's mints per second")
+		soakHot   = flag.String("soak-hot-window", "1m", "the soak server's audit-archive hot_window (empty: no audit-archive job)")
+		soakEvery = flag.Duration("soak-interval", time.Minute, "how often the soak prints a line")
+		profDir   = flag.String("profile", "", "write CPU, allocation, heap and goroutine profiles of the server for each mint run into this directory")
 		detRounds = flag.Int("detector-rounds", 5, "runs of 64 agents minting with the detectors off and on, each (0 skips)")
 	)
 	flag.Parse()
 	b := &bench{bin: *bin}
+	if *profDir != "" {
+		must(os.MkdirAll(*profDir, 0o755))
+		b.prof = &profiler{dir: *profDir}
+	}
 	fmt.Printf("valet benchmark — %s, %d CPUs, GOMAXPROCS %d, %s\n\n", runtime.GOARCH, runtime.NumCPU(), runtime.GOMAXPROCS(0), time.Now().UTC().Format(time.RFC3339))
+	if *soakD > 0 {
+		b.soak(soakSpec{d: *soakD, rate: *soakRate, release: 0.3, renew: 0.1, ttl: 2 * time.Minute, archive: *soakHot, interval: *soakEvery})
+		runCleanups()
+		return
+	}
 
 	ceiling := cryptoCeiling(3 * time.Second)
 	fmt.Printf("crypto ceiling: ES256 verify+sign pairs, all cores: %.0f /s (%s of CPU per pair)\n\n", ceiling,
 		(time.Duration(float64(runtime.GOMAXPROCS(0)) * float64(time.Second) / ceiling)).Round(time.Microsecond))
 
+	var represented, fresh map[int]loadResult
+	top := 0
 	if !*skipMints {
-		fmt.Println("mints through HTTP (jwt backend, durable leases and audit, fsync per commit):")
-		fmt.Println("  (× ceiling divides by a ceiling measured just before each run)")
-		fmt.Printf("  %-34s %10s %10s %10s %10s %12s\n", "agents", "mints/s", "p50", "p99", "× ceiling", "valet CPU/mint")
-		for _, fresh := range []bool{false, true} {
-			mode := "re-presenting their attestation"
-			if fresh {
-				mode = "fresh attestation every request"
-			}
-			for _, f := range strings.Split(*levels, ",") {
-				c, err := strconv.Atoi(strings.TrimSpace(f))
-				if err != nil || c < 1 {
-					fatal("bad -concurrency %q", *levels)
-				}
-				// The machine's speed drifts (other tenants, thermal
-				// limits): measure the ceiling again next to each run.
-				ceiling = cryptoCeiling(2 * time.Second)
-				r := b.mintLoad(c, *duration, fresh)
-				fmt.Printf("  %-34s %10.0f %10s %10s %10.2f %12s\n", fmt.Sprintf("%d, %s", c, mode), r.rate,
-					r.p50.Round(10*time.Microsecond), r.p99.Round(10*time.Microsecond), r.rate/ceiling, r.serverCPU.Round(time.Microsecond))
+		lv := parseLevels("-concurrency", *levels)
+		top = lv[len(lv)-1]
+		represented, fresh = b.mintTable(lv, *duration)
+	}
+	var vaultTop *vaultLevel
+	if *vaultLvls != "" {
+		vr := b.vaultBench(parseLevels("-vault-concurrency", *vaultLvls), *duration, *bulk)
+		printVault(vr)
+		for i := range vr.levels {
+			if vr.levels[i].c == top {
+				vaultTop = &vr.levels[i]
 			}
 		}
-		fmt.Println()
 	}
 	if *detRounds > 0 {
 		runs := b.detectorCost(64, *duration, *detRounds)
 		printDetectorCost(64, runs, observeCPU(64, *duration))
-	}
-	if *vaultLvls != "" {
-		printVault(b.vaultBench(parseLevels("-vault-concurrency", *vaultLvls), *duration, *bulk))
 	}
 	if *containJ > 0 || *containV != "" {
 		var vs []int
@@ -123,8 +126,11 @@ func main() {
 	}
 	if *nExpiry > 0 {
 		r := b.expiry(*nExpiry)
-		fmt.Printf("expiry lateness, %d leases expiring within one minute: p50 %s, p99 %s, max %s (%d expired)\n",
+		fmt.Printf("expiry lateness, %d leases expiring within one minute: p50 %s, p99 %s, max %s (%d expired)\n\n",
 			*nExpiry, r.p50.Round(time.Millisecond), r.p99.Round(time.Millisecond), r.max.Round(time.Millisecond), r.n)
+	}
+	if top > 0 {
+		printSummary(top, represented[top], fresh[top], vaultTop)
 	}
 }
 
@@ -159,7 +165,8 @@ func runCleanups() {
 }
 
 type bench struct {
-	bin string
+	bin  string
+	prof *profiler // nil: no profiles
 }
 
 // cryptoCeiling measures how many (ES256 verify of an attestation + ES256
@@ -203,7 +210,7 @@ type env struct {
 const benchOperatorToken = "valet_op_bench"
 
 const benchPolicy = `
-permit(principal in Issuer::"bench", action == Action::"mint", resource)
+permit(principal in Issuer::"bench", action in [Action::"mint", Action::"renew"], resource)
 when { context.ttl_seconds <= 3600 };
 forbid(principal, action, resource) when { context.risk >= 70 };
 `
@@ -275,16 +282,22 @@ type server struct {
 	start time.Time
 	ready time.Duration
 	done  chan struct{}
+	pprof string // the pprof listener's address, when profiling
 }
 
 func (b *bench) serve(e *env) *server {
 	cmd := exec.Command(b.bin, "serve", "--config", filepath.Join(e.dir, "config.yaml"))
 	cmd.Env = append(os.Environ(), "VALET_KEK="+strings.Repeat("5a", 32))
+	var pprof string
+	if b.prof != nil {
+		pprof = pprofAddr()
+		cmd.Env = append(cmd.Env, "VALET_PPROF_LISTEN="+pprof)
+	}
 	// The server logs its address once it listens; start-up is measured
 	// from exec to the first 200 from /readyz.
 	stderr, err := cmd.StderrPipe()
 	must(err)
-	s := &server{cmd: cmd, start: time.Now(), done: make(chan struct{})}
+	s := &server{cmd: cmd, start: time.Now(), done: make(chan struct{}), pprof: pprof}
 	must(cmd.Start())
 	addr := make(chan string, 1)
 	go func() {
@@ -359,11 +372,17 @@ func (b *bench) mintLoad(c int, d time.Duration, fresh bool) loadResult {
 	defer os.RemoveAll(e.dir)
 	s := b.serve(e)
 	defer s.stop()
-	return mintRun(s, e, "bench", c, d, fresh)
+	name := fmt.Sprintf("jwt-%d-represented", c)
+	if fresh {
+		name = fmt.Sprintf("jwt-%d-fresh", c)
+	}
+	return mintMeasure(s, e, mintSpec{role: "bench", c: c, d: d, fresh: fresh, ceiling: true, prof: b.prof, name: name})
 }
 
-// attestations signs n attestations for c agents in parallel.
-func (e *env) attestations(n, c int, fresh bool) []string {
+// attestations signs n attestations for agents distinct agents in
+// parallel: attestation i is agent i%agents's, and with fresh set each has
+// a subject-unique jti of its own.
+func (e *env) attestations(n, agents int, fresh bool) []string {
 	out := make([]string, n)
 	var wg sync.WaitGroup
 	var next atomic.Int64
@@ -372,11 +391,11 @@ func (e *env) attestations(n, c int, fresh bool) []string {
 		go func() {
 			defer wg.Done()
 			for i := int(next.Add(1)) - 1; i < n; i = int(next.Add(1)) - 1 {
-				sub := fmt.Sprintf("agent-%d", i%c)
+				sub, jti := fmt.Sprintf("agent-%d", i%agents), fmt.Sprintf("agent-%d", i%agents)
 				if fresh {
-					sub = fmt.Sprintf("agent-%d-%d", i%c, i)
+					jti = fmt.Sprintf("agent-%d-%d", i%agents, i)
 				}
-				tok, err := e.issuer.Sign(map[string]any{"sub": sub, "aud": "valet", "exp": time.Now().Add(time.Hour).Unix(), "jti": sub})
+				tok, err := e.issuer.Sign(map[string]any{"sub": sub, "aud": "valet", "exp": time.Now().Add(time.Hour).Unix(), "jti": jti})
 				must(err)
 				out[i] = tok
 			}
@@ -389,37 +408,6 @@ func (e *env) attestations(n, c int, fresh bool) []string {
 // freshCount is how many distinct attestations a fresh run of d signs in
 // advance: enough for a generous rate.
 func freshCount(d time.Duration) int { return int(20000 * (d.Seconds() + 1)) }
-
-// mintRun drives role on a running server.
-func mintRun(s *server, e *env, role string, c int, d time.Duration, fresh bool) loadResult {
-	u, _ := url.Parse(s.url)
-	body := []byte(`{"role":"` + role + `","ttl":"15m"}`)
-	n := c
-	if fresh {
-		n = freshCount(d)
-	}
-	toks := e.attestations(n, c, fresh)
-	reqs := make([][]byte, len(toks))
-	for i, tok := range toks {
-		reqs[i] = request(u.Host, "/v1/credentials", tok, body)
-	}
-	var cursor atomic.Int64
-	next := func(agent, i int) []byte {
-		if fresh {
-			k := int(cursor.Add(1)) - 1
-			if k >= len(reqs) {
-				fatal("ran out of pre-signed attestations; valet is faster than expected: raise the count")
-			}
-			return reqs[k]
-		}
-		return reqs[agent]
-	}
-	runLoad(s.url, c, time.Second, 201, next)
-	cpu0 := s.cpuTime()
-	r := runLoad(s.url, c, d, 201, next)
-	r.serverCPU = (s.cpuTime() - cpu0) / time.Duration(r.n)
-	return r
-}
 
 // cpuTime is the server process's user+system CPU time so far.
 func (s *server) cpuTime() time.Duration {

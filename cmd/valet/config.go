@@ -404,10 +404,31 @@ func (c *Config) Validate() error {
 	}
 	errs = append(errs, c.Introspection.Validate(roleNames, c.TLS.verifiesClientCerts()))
 	errs = append(errs, c.validateSignals()...)
-	if _, err := jobdefs.Resolve(c.Jobs); err != nil {
+	if _, err := c.resolveJobs(); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// resolveJobs resolves the jobs section (jobdefs.Resolve) for the
+// configured storage engine: on etcd the audit log stays in etcd, so the
+// default audit-archive job is left out and one configured is refused.
+func (c *Config) resolveJobs() ([]jobs.Resolved, error) {
+	resolved, err := jobdefs.Resolve(c.Jobs)
+	if err != nil || c.Storage.Engine != engineEtcd {
+		return resolved, err
+	}
+	out := resolved[:0]
+	for _, r := range resolved {
+		if r.Type != jobdefs.AuditArchive {
+			out = append(out, r)
+			continue
+		}
+		if r.Field != "" {
+			return nil, fmt.Errorf("%s: the audit-archive job needs storage.engine bbolt (on etcd the audit log stays in etcd)", r.Field)
+		}
+	}
+	return out, nil
 }
 
 // validateSignals checks the signals section: each part with its owner's

@@ -248,6 +248,7 @@ func keysConfig() map[string]any {
 			map[string]any{"name": "housekeeping"},
 			map[string]any{"name": "signing-key-rotation"},
 			map[string]any{"name": "audit-checkpoint", "witnesses": []any{map[string]any{"type": "webhook", "url": "https://witness.example.com"}}},
+			map[string]any{"name": "audit-archive"},
 		},
 	}
 }
@@ -415,6 +416,9 @@ var configKeys = []struct {
 	{"jobs.2.witnesses.0.timeout", func(c *Config) any {
 		return jobSettings[*jobdefs.CheckpointSettings](c, "audit-checkpoint").Witnesses[0].Timeout.D()
 	}, 5 * time.Second, "jobs[2].witnesses[0].timeout must be positive; it is 0s"},
+	{"jobs.3.hot_window", func(c *Config) any {
+		return jobSettings[*jobdefs.AuditArchiveSettings](c, "audit-archive").HotWindow.D()
+	}, 30 * 24 * time.Hour, ""},
 }
 
 // configuredJob is the named job as the configuration resolves it.
@@ -738,6 +742,46 @@ func TestConfigRefusesValuesThatUsedToMeanSomethingElse(t *testing.T) {
 	})
 }
 
+// On etcd the audit log stays in etcd: the default audit-archive job is
+// left out, and one configured is refused naming its key.
+func TestConfigAuditArchiveOnlyOnBbolt(t *testing.T) {
+	resolvedTypes := func(c *Config) []string {
+		t.Helper()
+		rs, err := c.resolveJobs()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, r := range rs {
+			out = append(out, r.Type)
+		}
+		return out
+	}
+	m := keysConfig()
+	setKey(t, m, "jobs", []any{})
+	c, err := parseKeys(t, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(resolvedTypes(c), jobdefs.AuditArchive) {
+		t.Fatal("bbolt runs no audit-archive job by default")
+	}
+	setKey(t, m, "storage.engine", "etcd")
+	setKey(t, m, "storage.etcd.endpoints", []any{"http://127.0.0.1:2379"})
+	c, err = parseKeys(t, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if types := resolvedTypes(c); slices.Contains(types, jobdefs.AuditArchive) || !slices.Contains(types, jobdefs.Housekeeping) {
+		t.Fatalf("default jobs on etcd: %v, want housekeeping and no audit-archive", types)
+	}
+	setKey(t, m, "jobs", []any{map[string]any{"name": "archive", "type": "audit-archive"}})
+	_, err = parseKeys(t, m)
+	if want := "jobs[0]: the audit-archive job needs storage.engine bbolt"; err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("error %v, want one containing %q", err, want)
+	}
+}
+
 // TestDefaultConfigMatchesAbsentKeys: a configuration built in Go from
 // DefaultConfig and Defaulted has the values a file leaving the same keys
 // out has.
@@ -777,7 +821,7 @@ func TestDefaultConfigMatchesAbsentKeys(t *testing.T) {
 	})}
 	inGo.Jobs = []jobs.Spec{{Name: "housekeeping"}, {Name: "signing-key-rotation"}, {Name: "audit-checkpoint", Settings: map[string]any{
 		"witnesses": []any{map[string]any{"type": "webhook", "url": "https://witness.example.com"}},
-	}}}
+	}}, {Name: "audit-archive"}}
 	if err := inGo.Validate(); err != nil {
 		t.Fatal(err)
 	}

@@ -33,6 +33,7 @@ const (
 
 func newDevCmd() *cobra.Command {
 	var dataDir, listen string
+	var ha devHA
 	cmd := &cobra.Command{
 		Use:   "dev",
 		Short: "Run a local broker with a dev attestation issuer, sample policy and roles",
@@ -45,6 +46,9 @@ Files it finds there are kept, so edits to config.yaml and policies survive.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cfg, opToken, err := prepareDev(dataDir, listen)
 			if err != nil {
+				return err
+			}
+			if err := ha.apply(cfg, listen); err != nil {
 				return err
 			}
 			vaultRoles, err := addDevVault(cfg, dataDir)
@@ -75,8 +79,9 @@ Files it finds there are kept, so edits to config.yaml and policies survive.`,
 		},
 	}
 	cmd.Flags().StringVar(&dataDir, "data-dir", devDataDir, "directory for the dev configuration and data")
-	cmd.Flags().StringVar(&listen, "listen", DefaultListen, "address to listen on (used when config.yaml is first written)")
-	cmd.AddCommand(newDevAttestCmd())
+	cmd.Flags().StringVar(&listen, "listen", DefaultListen, "address to listen on (used when config.yaml is first written; with --etcd, always: this replica's address)")
+	ha.register(cmd)
+	cmd.AddCommand(newDevAttestCmd(), newDevLBCmd())
 	return cmd
 }
 

@@ -27,7 +27,7 @@ import (
 func TestJobsAPIAndCLI(t *testing.T) {
 	e := newTestEnv(t).Start()
 	rows := parseTable(t, mustCLI(t, cliEnv(e), "jobs", "list"))
-	want := map[string]string{"signing-key-rotation": "@daily", "audit-checkpoint": "@hourly", "grant-expiry": "@every 30s", "housekeeping": "@every 10m", "kek-rotation": "@hourly",
+	want := map[string]string{"signing-key-rotation": "@daily", "audit-checkpoint": "@hourly", "grant-expiry": "@every 30s", "housekeeping": "@every 10m", "audit-archive": "@every 10m", "kek-rotation": "@hourly",
 		"vault-secret-id-rotation": "@daily", "vault-token-health": "@every 5m", "quarantine-release": "@every 30s"}
 	if len(rows) != len(want) {
 		t.Fatalf("jobs list: %v, want the %d default jobs", rows, len(want))
@@ -302,5 +302,72 @@ func mustUnmarshal(t *testing.T, s string, v any) {
 	t.Helper()
 	if err := json.Unmarshal([]byte(s), v); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Records moved to the audit archive are still part of the log: `valet
+// audit verify` proves the whole history, through the server and offline,
+// against checkpoints signed before and after the move, and a changed
+// archived record breaks it.
+func TestAuditArchiveVerifies(t *testing.T) {
+	witness := filepath.Join(t.TempDir(), "witness", "checkpoints.jsonl")
+	e := newTestEnvYAML(t, func(s string) string {
+		return s + "jobs:\n  - name: audit-checkpoint\n    witnesses:\n      - {type: file, path: " + witness + "}\n" +
+			"  - name: audit-archive\n    hot_window: 0s\n"
+	}).Start()
+	agent := e.Attest("archived", nil)
+	run := func(job string) map[string]any {
+		t.Helper()
+		r := e.Do("POST", "/v1/jobs/"+job+"/run", testOperatorToken, nil)
+		if r.Status != 200 || r.JSON(t)["run"].(map[string]any)["outcome"] != "ok" {
+			t.Fatalf("%s: %d %s", job, r.Status, r.Body)
+		}
+		return r.JSON(t)["run"].(map[string]any)
+	}
+	for range 3 {
+		e.Mint(agent, "demo")
+	}
+	run("audit-checkpoint")
+	e.Mint(agent, "demo")
+	archived := run("audit-archive")["changes"].(map[string]any)
+	if archived["records_archived"] == "0" || archived["segments"] != "1" {
+		t.Fatalf("audit-archive changes %v, want records in one segment", archived)
+	}
+	e.Mint(agent, "demo")
+	run("audit-checkpoint")
+	keyFile := filepath.Join(t.TempDir(), "key.json")
+	if err := os.WriteFile(keyFile, []byte(mustCLI(t, cliEnv(e), "audit", "key")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, code := runCLI(t, cliEnv(e), "audit", "verify", "--key", keyFile, "--checkpoint", witness)
+	if code != 0 || !strings.Contains(out, "audit log OK") || !strings.Contains(out, "checkpoints OK: the log matches 2 signed checkpoints") {
+		t.Fatalf("verify through the server: exit %d\n%s%s", code, out, errOut)
+	}
+	e.Server.Close()
+	out, errOut, code = runCLI(t, nil, "audit", "verify", "--data-dir", e.Dir, "--key", keyFile, "--checkpoint", witness)
+	if code != 0 || !strings.Contains(out, "checkpoints OK") {
+		t.Fatalf("verify offline: exit %d\n%s%s", code, out, errOut)
+	}
+	segs, err := filepath.Glob(filepath.Join(e.Dir, "audit", "archive", "*.jsonl"))
+	if err != nil || len(segs) != 1 {
+		t.Fatalf("archive segments %v, %v", segs, err)
+	}
+	b, err := os.ReadFile(segs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	changed := strings.Replace(string(b), `"kind":"mint"`, `"kind":"mint.failed"`, 1)
+	if changed == string(b) {
+		t.Fatalf("no mint record in the archive:\n%s", b)
+	}
+	if err := os.Chmod(segs[0], 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(segs[0], []byte(changed), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, _, code = runCLI(t, nil, "audit", "verify", "--data-dir", e.Dir, "--key", keyFile, "--checkpoint", witness)
+	if code != 1 || !strings.Contains(out, "audit log BROKEN") {
+		t.Errorf("verify offline after an archived record changed: exit %d\n%s", code, out)
 	}
 }

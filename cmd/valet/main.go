@@ -80,6 +80,7 @@ VALET_SIGNAL_TOKEN (signal sources).`,
 		newPolicyCmd(),
 		newTokenCmd(),
 		newKEKCmd(),
+		newStorageCmd(),
 	)
 	return root
 }

@@ -64,8 +64,21 @@ func TestReplicasOnEtcd(t *testing.T) {
 	}
 	waitFor(t, "one replica leads", func() bool { n, _, _ := leaders(); return n == 1 })
 	_, leader, follower := leaders()
+	checkpoints := func() int {
+		r := follower.Do("GET", "/v1/audit?kind=audit.checkpoint&limit=1000", testOperatorToken, nil)
+		if r.Status != http.StatusOK {
+			t.Fatalf("audit list: %d %s", r.Status, r.Body)
+		}
+		return len(r.JSON(t)["records"].([]any))
+	}
+	before := checkpoints()
 	stopped := time.Now()
 	leader.Server.Close()
+	// A leader that stops cleanly still leads while the jobs that run at
+	// shutdown run: the audit checkpoint is signed and recorded.
+	if n := checkpoints(); n != before+1 {
+		t.Fatalf("%d audit checkpoints after the leader stopped, want %d", n, before+1)
+	}
 	waitFor(t, "the other replica leads", func() bool { return follower.Server.storage.leader.Leading() })
 	t.Logf("the follower led %s after the leader stopped", time.Since(stopped).Round(time.Millisecond))
 	tok2 := follower.Attest("agent-2", nil)

@@ -17,6 +17,7 @@ import (
 
 func newServeCmd() *cobra.Command {
 	var configPath string
+	var check bool
 	cmd := &cobra.Command{
 		Use:   "serve --config FILE",
 		Short: "Run the valet server",
@@ -29,10 +30,15 @@ func newServeCmd() *cobra.Command {
 			if err != nil {
 				return configError{err}
 			}
+			if check {
+				fmt.Fprintf(cmd.OutOrStdout(), "configuration OK: %s (storage engine %s)\n", configPath, cfg.Storage.Engine)
+				return nil
+			}
 			return serve(cmd.Context(), cfg, nil)
 		},
 	}
 	cmd.Flags().StringVarP(&configPath, "config", "c", "", "path to the YAML configuration")
+	cmd.Flags().BoolVar(&check, "check", false, "only read and validate the configuration (every key, as at start-up), then exit: 0 when it is valid")
 	return cmd
 }
 

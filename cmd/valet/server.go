@@ -74,6 +74,10 @@ type Server struct {
 	listener   net.Listener
 
 	cancel    context.CancelFunc
+	// stopJobs ends the scheduler; jobsDone is closed once it has run
+	// its shutdown jobs (close waits for it before the leadership ends).
+	stopJobs context.CancelFunc
+	jobsDone chan struct{}
 	wg        sync.WaitGroup
 	closeOnce sync.Once
 	closeErr  error
@@ -150,7 +154,7 @@ func (s *Server) Open(ctx context.Context) (err error) {
 	for _, w := range cfg.Notifications.Webhooks {
 		known.Webhooks = append(known.Webhooks, w.Name)
 	}
-	resolvedJobs, err := jobdefs.Resolve(cfg.Jobs)
+	resolvedJobs, err := cfg.resolveJobs()
 	if err != nil {
 		return err
 	}
@@ -161,6 +165,7 @@ func (s *Server) Open(ctx context.Context) (err error) {
 	s.metrics.RegisterLeaseGauges(s.store.Counts)
 	s.metrics.RegisterStorageGauges(s.store.StorageStats)
 	now := s.Clock.Now
+	s.metrics.RegisterExpiryBacklog(s.store.ExpiryBacklog, now)
 	s.policy, err = policy.NewEngine(policy.Options{
 		Dir: cfg.Policy.Dir, Logger: log, OnError: cfg.Policy.OnError,
 		OnEvalError: s.metrics.PolicyErrored,
@@ -261,8 +266,11 @@ func (s *Server) Open(ctx context.Context) (err error) {
 		return err
 	}
 
+	// The audit archive is bbolt's (cfg.resolveJobs leaves the job out
+	// on etcd).
+	archive, _ := s.store.(jobdefs.AuditArchiver)
 	entries, err := jobdefs.Build(resolvedJobs, jobdefs.Deps{
-		Broker: s.broker, Backends: bes, Audit: s.store, Storage: s.store,
+		Broker: s.broker, Backends: bes, Audit: s.store, Storage: s.store, Archive: archive,
 		DataDir: cfg.DataDir, KEK: s.KEK, PreviousKEK: s.PreviousKEK, PublicURL: cfg.PublicURL, Stdout: s.Stdout, Clock: s.Clock, Logger: log,
 		Sealed: []jobdefs.SealedFile{{Name: "ssf_transmitter_key", Rewrap: func(ring kek.Ring) (kek.Report, error) {
 			return ssf.RewrapKey(cfg.DataDir, ring)
@@ -364,7 +372,14 @@ func (s *Server) Open(ctx context.Context) (err error) {
 	// detections; resuming a containment is compare-and-swap on each
 	// lease and on the signal's count, so replicas cannot double it.
 	s.goRun(func() { s.broker.Run(wctx) })
-	s.goRun(func() { s.jobs.Run(wctx) })
+	// The scheduler stops first, while this replica still leads, so the
+	// jobs that run at shutdown (the audit checkpoint) still may.
+	jctx, stopJobs := context.WithCancel(context.Background())
+	s.stopJobs, s.jobsDone = stopJobs, make(chan struct{})
+	s.goRun(func() {
+		defer close(s.jobsDone)
+		s.jobs.Run(jctx)
+	})
 	if s.dispatcher != nil {
 		s.goRun(func() { s.dispatcher.Run(wctx) })
 	}
@@ -445,6 +460,10 @@ func (s *Server) close() error {
 		cancel()
 	} else if s.listener != nil {
 		s.listener.Close()
+	}
+	if s.stopJobs != nil {
+		s.stopJobs()
+		<-s.jobsDone
 	}
 	if s.cancel != nil {
 		s.cancel()

@@ -68,6 +68,7 @@ type storageEngine interface {
 	jobs.Store
 	RecoverPending(ctx context.Context, now time.Time) ([]*leases.Lease, error)
 	PruneEnded(ctx context.Context, cutoff time.Time, limit int) (int, error)
+	ExpiryBacklog(now time.Time) (int, error)
 	Counts() (map[leases.State]int64, error)
 	StorageStats() (sizeBytes int64, freePages int, err error)
 	SetRevokeAtExpiry(f func(l *leases.Lease) bool)

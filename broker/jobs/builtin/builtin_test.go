@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"crypto/ed25519"
+	"crypto/rand"
 	"encoding/json"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -42,7 +44,7 @@ func TestDefaultJobs(t *testing.T) {
 			t.Errorf("%s: default settings: %v", r.Name, err)
 		}
 	}
-	if got := strings.Join(names, ","); got != "signing-key-rotation,audit-checkpoint,grant-expiry,housekeeping,quarantine-release,kek-rotation,vault-secret-id-rotation,vault-token-health" {
+	if got := strings.Join(names, ","); got != "signing-key-rotation,audit-checkpoint,grant-expiry,housekeeping,audit-archive,quarantine-release,kek-rotation,vault-secret-id-rotation,vault-token-health" {
 		t.Errorf("default jobs %s", got)
 	}
 }
@@ -168,5 +170,63 @@ func TestCheckpointJob(t *testing.T) {
 	}
 	if _, err := builtin.LoadCheckpointKey(dir, kek.Ring{Current: bytes.Repeat([]byte{8}, 32)}, now); err == nil || !strings.Contains(err.Error(), "cannot be unsealed") {
 		t.Errorf("wrong KEK: %v", err)
+	}
+}
+
+// audit-archive moves the records older than its hot window out of the
+// database, and the log still verifies whole; a checkpoint signed before
+// matches it after.
+func TestAuditArchiveJob(t *testing.T) {
+	dir := t.TempDir()
+	store, err := bolt.Open(filepath.Join(dir, "valet.db"), bolt.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	ctx := context.Background()
+	now := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	for i := range 10 {
+		at := now.Add(time.Duration(i-10) * time.Hour) // 10h ago to 1h ago
+		if err := store.Audit(ctx, at, audit.Entry{Kind: audit.KindServerStart, Actor: audit.SystemActor, Reason: string(rune('a' + i))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	head, err := store.AuditHead(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, key, _ := ed25519.GenerateKey(rand.Reader)
+	cp := audit.SignCheckpoint(key, "https://valet.example.com", head, now)
+	resolved, err := builtin.Resolve([]jobs.Spec{{Name: "audit-archive", Settings: map[string]any{"hot_window": "4h"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range resolved {
+		if r.Name != "audit-archive" {
+			continue
+		}
+		if _, err := builtin.Build([]jobs.Resolved{r}, builtin.Deps{Clock: clock.NewFake(now)}); err == nil || !strings.Contains(err.Error(), "needs the audit archive") {
+			t.Errorf("Build without the archive: %v", err)
+		}
+		entries, err := builtin.Build([]jobs.Resolved{r}, builtin.Deps{Archive: store, Clock: clock.NewFake(now)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, err := entries[0].Job.Run(ctx, now)
+		// Records 10h..5h ago are older than the 4h window; 4h ago is not.
+		want := map[string]string{"records_archived": "6", "segments": "1", "archived_through": "6"}
+		if err != nil || !maps.Equal(res.Changes, want) {
+			t.Errorf("Run = %v, %v; want %v", res.Changes, err, want)
+		}
+	}
+	recs, err := store.ListAudit(ctx, audit.Filter{})
+	if err != nil || len(recs) != 10 {
+		t.Errorf("ListAudit after archiving = %d records, %v; want all 10", len(recs), err)
+	}
+	if res, err := store.VerifyAuditCheckpoints(ctx, []audit.Checkpoint{cp}); err != nil || !res.OK || res.Checkpoints != 1 {
+		t.Errorf("VerifyAuditCheckpoints = %+v, %v", res, err)
+	}
+	if ents, err := os.ReadDir(audit.ArchiveDir(dir)); err != nil || len(ents) != 1 {
+		t.Errorf("archive: %v, %v; want one segment", ents, err)
 	}
 }

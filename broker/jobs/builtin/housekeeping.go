@@ -28,7 +28,7 @@ func grantExpiry() Definition {
 
 func housekeeping() Definition {
 	return Definition{
-		Description: "Deletes leases ended longer than leases.retention ago, signals older than signals.retention and expired replay-cache entries, and measures the database file",
+		Description: "Deletes leases and grants ended longer than leases.retention ago, signals older than signals.retention and expired replay-cache entries, and measures the database file",
 		Schedule:    "@every 10m", Timeout: 5 * time.Minute, Default: true,
 		Build: func(_ any, deps Deps) (jobs.Job, error) {
 			if deps.Broker == nil {
@@ -36,8 +36,8 @@ func housekeeping() Definition {
 			}
 			return jobs.JobFunc(func(ctx context.Context, now time.Time) (jobs.Result, error) {
 				h, err := deps.Broker.Housekeep(ctx)
-				ch := map[string]string{"leases_pruned": strconv.Itoa(h.Pruned), "replay_purged": strconv.Itoa(h.Purged),
-					"signals_pruned": strconv.Itoa(h.SignalsPruned)}
+				ch := map[string]string{"leases_pruned": strconv.Itoa(h.Pruned), "grants_pruned": strconv.Itoa(h.GrantsPruned),
+					"replay_purged": strconv.Itoa(h.Purged), "signals_pruned": strconv.Itoa(h.SignalsPruned)}
 				if deps.Storage != nil {
 					size, free, serr := deps.Storage.StorageStats()
 					if serr == nil {

@@ -62,6 +62,8 @@ type Deps struct {
 	// Storage reports the database file's size and free pages
 	// (housekeeping).
 	Storage StorageStats
+	// Archive moves old audit records out of the database (audit-archive).
+	Archive AuditArchiver
 	// DataDir, KEK and PublicURL are the server's (keys under the KEK
 	// live under DataDir). PreviousKEK is set only while valet switches
 	// to a new KEK: it still opens what it sealed (see kek-rotation).
@@ -95,6 +97,14 @@ type AuditHead interface {
 	AuditHead(ctx context.Context) (audit.Head, error)
 }
 
+// AuditArchiver moves the audit records whose time is before before out
+// of the database into the archive, without a gap, and says what it moved
+// (broker/bolt's Store.ArchiveAudit). The log's readers see the archive
+// and the database as one log.
+type AuditArchiver interface {
+	ArchiveAudit(ctx context.Context, before time.Time) (audit.Archived, error)
+}
+
 // StorageStats reports the database file (broker/bolt's Store.Stats).
 type StorageStats interface {
 	// StorageStats returns the file's size in bytes and its free pages.
@@ -107,6 +117,7 @@ const (
 	AuditCheckpoint    = "audit-checkpoint"
 	GrantExpiry        = "grant-expiry"
 	Housekeeping       = "housekeeping"
+	AuditArchive       = "audit-archive"
 	QuarantineRelease  = "quarantine-release"
 	KEKRotation        = "kek-rotation"
 	VaultSecretID      = "vault-secret-id-rotation"
@@ -115,8 +126,8 @@ const (
 )
 
 // order is the order of the default jobs.
-var order = []string{SigningKeyRotation, AuditCheckpoint, GrantExpiry, Housekeeping, QuarantineRelease, KEKRotation, VaultSecretID, VaultTokenHealth,
-	VaultDatabaseRoot}
+var order = []string{SigningKeyRotation, AuditCheckpoint, GrantExpiry, Housekeeping, AuditArchive, QuarantineRelease, KEKRotation,
+	VaultSecretID, VaultTokenHealth, VaultDatabaseRoot}
 
 // Registry returns valet's jobs by name.
 func Registry() map[string]Definition {
@@ -125,6 +136,7 @@ func Registry() map[string]Definition {
 		AuditCheckpoint:    auditCheckpoint(),
 		GrantExpiry:        grantExpiry(),
 		Housekeeping:       housekeeping(),
+		AuditArchive:       auditArchive(),
 		QuarantineRelease:  quarantineRelease(),
 		KEKRotation:        kekRotation(),
 		VaultSecretID:      vaultSecretIDRotation(),

@@ -1,0 +1,200 @@
+package audit
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"os"
+	"path/filepath"
+)
+
+// The audit archive keeps the records older than the database's hot
+// window in sealed segment files, so the database stays small while the
+// whole history stays verifiable. A segment holds consecutive records,
+// one per line, with exactly the bytes the engine stored: the chain runs
+// through the archive into the database unchanged, and checkpoints of
+// any record still match (VerifyChainCheckpoints over the archive, then
+// the database). The engine keeps each segment's description (Segment)
+// beside its records and moves its records out of the database only
+// once the segment is durable.
+
+// ArchiveDir is the directory of the audit archive under a data
+// directory.
+func ArchiveDir(dataDir string) string { return filepath.Join(dataDir, "audit", "archive") }
+
+// SegmentStride is how many records apart Segment.Offsets are.
+const SegmentStride = 1024
+
+// MaxSegmentRecords bounds the records of one segment.
+const MaxSegmentRecords = 64 * SegmentStride
+
+// Segment describes a sealed file of the archive: the records First to
+// Last (their stored bytes, one per line), the hash of the last one, and
+// the file's SHA-256 and size as written. Offsets holds the byte offset of
+// record First + i·SegmentStride, so a reader starts near any record.
+type Segment struct {
+	Name     string  `json:"name"`
+	First    uint64  `json:"first"`
+	Last     uint64  `json:"last"`
+	LastHash string  `json:"last_hash"`
+	SHA256   string  `json:"sha256"`
+	Size     int64   `json:"size"`
+	Offsets  []int64 `json:"offsets"`
+}
+
+// Archived is what one pass of an engine's ArchiveAudit moved out of the
+// database.
+type Archived struct {
+	// Records and Segments count what the pass archived.
+	Records, Segments int
+	// Through is the last archived record's sequence (0: none ever).
+	Through uint64
+}
+
+// WriteSegment writes stored, the stored bytes of records first,
+// first+1, …, as a sealed segment in dir: a temporary file, synced, made
+// read-only and renamed into place, then the directory synced, so that
+// the segment is durable and whole before the engine records it. A file
+// of the same name left by an interrupted pass is replaced. lastHash is
+// the hex hash of the last record.
+func WriteSegment(dir string, first uint64, stored [][]byte, lastHash string) (Segment, error) {
+	if len(stored) == 0 {
+		return Segment{}, errors.New("audit archive: an empty segment")
+	}
+	seg := Segment{First: first, Last: first + uint64(len(stored)) - 1, LastHash: lastHash}
+	seg.Name = fmt.Sprintf("%020d-%020d.jsonl", seg.First, seg.Last)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return Segment{}, fmt.Errorf("audit archive: %w", err)
+	}
+	path := filepath.Join(dir, seg.Name)
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return Segment{}, fmt.Errorf("audit archive: %w", err)
+	}
+	sum := sha256.New()
+	w := bufio.NewWriterSize(io.MultiWriter(f, sum), 1<<20)
+	for i, v := range stored {
+		if bytes.IndexByte(v, '\n') >= 0 {
+			f.Close()
+			os.Remove(tmp)
+			return Segment{}, fmt.Errorf("audit archive: record %d holds a newline", first+uint64(i))
+		}
+		if i%SegmentStride == 0 {
+			seg.Offsets = append(seg.Offsets, seg.Size)
+		}
+		w.Write(v)
+		w.WriteByte('\n')
+		seg.Size += int64(len(v)) + 1
+	}
+	err = w.Flush()
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Chmod(tmp, 0o400)
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err == nil {
+		err = syncDir(dir)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return Segment{}, fmt.Errorf("audit archive: write %s: %w", seg.Name, err)
+	}
+	seg.SHA256 = hex.EncodeToString(sum.Sum(nil))
+	return seg, nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// ErrSegmentChanged is returned by ScanSegment when a segment read whole
+// does not have the size or SHA-256 it was written with.
+var ErrSegmentChanged = errors.New("the segment's file is not as it was written")
+
+// ScanSegment calls fn with the sequence and stored bytes of each record
+// of seg in dir, from record from (at least seg.First) to seg.Last, until
+// fn returns false. It starts reading at the nearest offset before from.
+// Read whole (from seg.First, to the end), the file must have the size
+// and SHA-256 it was written with, or it returns ErrSegmentChanged
+// (wrapped) after the last record. A line too long to be a record, a
+// file that cannot be read or one that ends early are errors naming the
+// segment.
+func ScanSegment(dir string, seg Segment, from uint64, fn func(seq uint64, v []byte) bool) error {
+	if from < seg.First {
+		from = seg.First
+	}
+	if from > seg.Last {
+		return nil
+	}
+	f, err := os.Open(filepath.Join(dir, seg.Name))
+	if err != nil {
+		return fmt.Errorf("audit archive segment %s: %w", seg.Name, err)
+	}
+	defer f.Close()
+	block := (from - seg.First) / SegmentStride
+	seq := seg.First + block*SegmentStride
+	var sum hash.Hash
+	var r io.Reader = f
+	if block > 0 {
+		if block >= uint64(len(seg.Offsets)) {
+			return fmt.Errorf("audit archive segment %s: no offset for record %d", seg.Name, from)
+		}
+		if _, err := f.Seek(seg.Offsets[block], io.SeekStart); err != nil {
+			return fmt.Errorf("audit archive segment %s: %w", seg.Name, err)
+		}
+	} else {
+		sum = sha256.New()
+		r = io.TeeReader(f, sum)
+	}
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 64<<10), 16<<20)
+	var size int64
+	for ; seq <= seg.Last; seq++ {
+		if !sc.Scan() {
+			if err := sc.Err(); err != nil {
+				return fmt.Errorf("audit archive segment %s, record %d: %w", seg.Name, seq, err)
+			}
+			return fmt.Errorf("audit archive segment %s ends before record %d", seg.Name, seq)
+		}
+		size += int64(len(sc.Bytes())) + 1
+		if seq < from {
+			continue
+		}
+		if !fn(seq, sc.Bytes()) {
+			return nil
+		}
+	}
+	if sum == nil {
+		return nil
+	}
+	// Read whole: the rest of the file, then its size and digest.
+	for sc.Scan() {
+		size += int64(len(sc.Bytes())) + 1
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("audit archive segment %s: %w", seg.Name, err)
+	}
+	if got := hex.EncodeToString(sum.Sum(nil)); size != seg.Size || got != seg.SHA256 {
+		return fmt.Errorf("audit archive segment %s: %d bytes with SHA-256 %s, written as %d bytes with %s: %w",
+			seg.Name, size, got, seg.Size, seg.SHA256, ErrSegmentChanged)
+	}
+	return nil
+}
