@@ -17,8 +17,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"math/big"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -73,6 +75,10 @@ type Backend struct {
 	// unreadable are entries of the key file that could not be unsealed;
 	// they are not used, and are written back untouched.
 	unreadable []sealedKey
+	// file is the key file as the keys were last read from or written
+	// to it, checkedAt when it was last compared with the disk (refresh).
+	file      os.FileInfo
+	checkedAt time.Time
 
 	roles sync.Map // role name -> RoleParams
 }
@@ -137,17 +143,84 @@ func New(name string, options map[string]any, deps backends.Deps) (backends.Back
 	}
 	b.unreadable = unreadable
 	if len(keys) == 0 {
-		k, err := generateKey(o.Algorithm, deps.Clock.Now())
-		if err != nil {
-			return nil, err
-		}
-		keys = []*signingKey{k}
-		if err := saveKeys(b.keyPath, deps.KEK, name, keys, unreadable); err != nil {
-			return nil, fmt.Errorf("backend %s: save keys: %w", name, err)
+		if keys, err = b.createFirstKey(); err != nil {
+			return nil, fmt.Errorf("backend %s: %w", name, err)
 		}
 	}
 	b.keys = keys
+	b.file, _ = os.Stat(b.keyPath)
+	b.checkedAt = deps.Clock.Now()
 	return b, nil
+}
+
+// refresh reads the key file again when another process replaced it
+// since this backend last read or wrote it: replicas share data_dir, and
+// the leader's signing-key rotation writes the file for all of them. It
+// compares at most once a second (by the backend's clock); a file that
+// cannot be read keeps the keys in use (and is logged).
+func (b *Backend) refresh() {
+	now := b.deps.Clock.Now()
+	b.mu.RLock()
+	due := now.Sub(b.checkedAt) >= time.Second
+	b.mu.RUnlock()
+	if !due {
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if now.Sub(b.checkedAt) < time.Second {
+		return
+	}
+	b.checkedAt = now
+	fi, err := os.Stat(b.keyPath)
+	if err != nil || (b.file != nil && os.SameFile(fi, b.file) && fi.ModTime().Equal(b.file.ModTime()) && fi.Size() == b.file.Size()) {
+		return
+	}
+	keys, unreadable, err := loadKeys(b.keyPath, b.kek, b.name)
+	if err == nil && len(keys) == 0 {
+		err = errors.New("it holds no key")
+	}
+	if err != nil {
+		log := b.deps.Logger
+		if log == nil {
+			log = slog.Default()
+		}
+		log.Error("the signing key file changed and cannot be read; signing on with the keys in use", "backend", b.name, "path", b.keyPath, "err", err)
+		return
+	}
+	b.keys, b.unreadable, b.file = keys, unreadable, fi
+}
+
+// createFirstKey creates the key file with a first key, unless another
+// replica on the same data_dir created it meanwhile: then its keys are
+// the ones to use. A file there already without a usable key (an empty
+// list) gets the new key.
+func (b *Backend) createFirstKey() ([]*signingKey, error) {
+	k, err := generateKey(b.opts.Algorithm, b.deps.Clock.Now())
+	if err != nil {
+		return nil, err
+	}
+	keys := []*signingKey{k}
+	s, err := seal(b.kek.Current, b.name, k)
+	if err != nil {
+		return nil, err
+	}
+	err = kek.CreateFile(b.keyPath, keyFile{Keys: []sealedKey{s}})
+	if errors.Is(err, fs.ErrExist) {
+		theirs, unreadable, lerr := loadKeys(b.keyPath, b.kek, b.name)
+		if lerr != nil {
+			return nil, lerr
+		}
+		if len(theirs) > 0 {
+			b.unreadable = unreadable
+			return theirs, nil
+		}
+		err = saveKeys(b.keyPath, b.kek.Current, b.name, keys, b.unreadable)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("save keys: %w", err)
+	}
+	return keys, nil
 }
 
 // CheckRole validates a role's params.
@@ -340,6 +413,7 @@ func signJWS(k *signingKey, input []byte) ([]byte, error) {
 
 // PublicJWKs returns the current key and rotated-out keys still retained.
 func (b *Backend) PublicJWKs() []map[string]any {
+	b.refresh()
 	b.mu.RLock()
 	defer b.mu.RUnlock()
 	out := make([]map[string]any, 0, len(b.keys))
@@ -393,6 +467,7 @@ func (b *Backend) RotateKey(now, activateAt time.Time) (backends.KeyRotation, er
 		return backends.KeyRotation{}, err
 	}
 	b.keys = keys
+	b.file, _ = os.Stat(b.keyPath)
 	r := backends.KeyRotation{KeyID: k.kid, ActiveFrom: k.notBefore, Dropped: dropped}
 	for _, k := range keys {
 		r.Published = append(r.Published, k.kid)
@@ -420,6 +495,7 @@ func maxTime(a, b time.Time) time.Time {
 // started signing (the oldest key if none has, which cannot happen once
 // the first key exists).
 func (b *Backend) signingKey(now time.Time) *signingKey {
+	b.refresh()
 	b.mu.RLock()
 	defer b.mu.RUnlock()
 	for _, k := range b.keys {
@@ -450,6 +526,7 @@ func (b *Backend) Introspect(token string) (*backends.TokenInfo, error) {
 	if json.Unmarshal(hb, &h) != nil {
 		return nil, ErrNotOurs
 	}
+	b.refresh()
 	b.mu.RLock()
 	var key *signingKey
 	for _, k := range b.keys {

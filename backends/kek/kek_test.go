@@ -3,6 +3,9 @@ package kek
 import (
 	"bytes"
 	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
 	"testing"
 )
 
@@ -54,5 +57,30 @@ func TestShortKeyIsRefused(t *testing.T) {
 	}
 	if _, err := Open(make([]byte, 31), nil, Sealed{}); err == nil || errors.Is(err, ErrOpen) {
 		t.Fatalf("Open with a 31-byte key: %v, want a key-length error", err)
+	}
+}
+
+// TestCreateFile: the first creator writes the file; a later one gets
+// fs.ErrExist and changes nothing; no temporary file is left behind.
+func TestCreateFile(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "keys", "key.json")
+	if err := CreateFile(path, map[string]string{"kid": "first"}); err != nil {
+		t.Fatalf("first create: %v", err)
+	}
+	err := CreateFile(path, map[string]string{"kid": "second"})
+	if !errors.Is(err, fs.ErrExist) {
+		t.Fatalf("second create: %v, want fs.ErrExist", err)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil || !bytes.Contains(b, []byte(`"first"`)) {
+		t.Fatalf("the file holds %s (%v), want the first creator's", b, err)
+	}
+	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("mode %v (%v), want 0600", fi.Mode(), err)
+	}
+	entries, _ := os.ReadDir(filepath.Dir(path))
+	if len(entries) != 1 {
+		t.Fatalf("the directory holds %d entries, want only the file", len(entries))
 	}
 }

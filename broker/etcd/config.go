@@ -1,6 +1,7 @@
 package etcd
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -8,8 +9,10 @@ import (
 	"strings"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
 
 	"github.com/valet-broker/valet/leases/config"
 )
@@ -120,9 +123,30 @@ func (c *Config) Client() (*clientv3.Client, error) {
 		tc.MinVersion = tls.VersionTLS12
 		cc.TLS = tc
 	}
+	cc.DialOptions = append(cc.DialOptions, grpc.WithUnaryInterceptor(retryNoLeader))
 	cl, err := clientv3.New(cc)
 	if err != nil {
 		return nil, fmt.Errorf("storage.etcd: connect to %v: %w", c.Endpoints, err)
 	}
 	return cl, nil
+}
+
+// retryNoLeader sends a request again when the member it reached refused
+// it for having no leader (the store asks for one on every request,
+// clientv3.WithRequireLeader: a member cut off from the others refuses
+// at once instead of holding the request until it times out). The
+// refusal comes before the request runs, so sending it again is safe
+// for a write too, and the client's balancer sends it to the next
+// member; the client retries only reads on its own.
+func retryNoLeader(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	err := invoker(ctx, method, req, reply, cc, opts...)
+	for attempt := 1; attempt < 10 && rpctypes.Error(err) == rpctypes.ErrNoLeader; attempt++ {
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(time.Duration(attempt) * 10 * time.Millisecond):
+		}
+		err = invoker(ctx, method, req, reply, cc, opts...)
+	}
+	return err
 }

@@ -214,11 +214,16 @@ func (s *Store) WatchDuties(ctx context.Context, notifyExpiry func(time.Time), k
 	}
 }
 
+// markerIdle is how long a process's write marker stays after its last
+// write before the leader prunes it (a crashed process's never goes).
+const markerIdle = time.Hour
+
 // RunRecovery ends, every interval until ctx ends, the pending leases
 // older than the store's PendingGrace (RecoverPending): with several
 // replicas a replica that died mid-mint may never start again to recover
 // its own intents, so the leader does. kick wakes the revocation queue
-// after leases were recovered.
+// after leases were recovered. It also prunes the write markers idle
+// for an hour (PruneMarkers).
 func (s *Store) RunRecovery(ctx context.Context, now func() time.Time, interval time.Duration, kick func()) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
@@ -231,6 +236,9 @@ func (s *Store) RunRecovery(ctx context.Context, now func() time.Time, interval 
 		out, err := s.RecoverPending(ctx, now())
 		if err != nil && ctx.Err() == nil {
 			s.log.Error("recover pending leases", "err", err)
+		}
+		if _, err := s.PruneMarkers(ctx, now().Add(-markerIdle)); err != nil && ctx.Err() == nil {
+			s.log.Warn("prune the write markers of stopped replicas", "err", err)
 		}
 		if len(out) > 0 {
 			s.log.Warn("recovered pending leases left by a replica that stopped mid-mint; revoking them", "count", len(out))

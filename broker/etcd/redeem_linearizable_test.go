@@ -3,7 +3,6 @@ package etcd
 import (
 	"context"
 	"errors"
-	"fmt"
 	"math/rand/v2"
 	"sync"
 	"testing"
@@ -11,59 +10,12 @@ import (
 
 	"github.com/anishathalye/porcupine"
 
+	"github.com/valet-broker/valet/broker/etcd/etcdtest"
 	"github.com/valet-broker/valet/broker/grants"
 	"github.com/valet-broker/valet/leases"
 	"github.com/valet-broker/valet/leases/audit"
 	"github.com/valet-broker/valet/leases/leasetest"
 )
-
-// redeemInput and redeemOutput are one operation of the redeem history.
-type redeemInput struct {
-	grant string
-	read  bool // a Get instead of a Redeem
-}
-
-type redeemOutput struct {
-	ok       bool // redeem: won; read: the grant reads redeemed
-	refused  bool // redeem: grants.ErrState (someone else won)
-	failed   bool // the store answered with an error: nothing was written
-	redeemed bool
-}
-
-// redeemModel: one grant, approved until exactly one redeem wins. A redeem
-// the store failed (an error) must have written nothing.
-var redeemModel = porcupine.Model{
-	Partition: func(h []porcupine.Operation) [][]porcupine.Operation {
-		by := map[string][]porcupine.Operation{}
-		for _, op := range h {
-			g := op.Input.(redeemInput).grant
-			by[g] = append(by[g], op)
-		}
-		var out [][]porcupine.Operation
-		for _, ops := range by {
-			out = append(out, ops)
-		}
-		return out
-	},
-	Init: func() any { return false },
-	Step: func(state, input, output any) (bool, any) {
-		redeemed := state.(bool)
-		in, out := input.(redeemInput), output.(redeemOutput)
-		switch {
-		case out.failed:
-			return true, redeemed
-		case in.read:
-			return out.redeemed == redeemed, redeemed
-		case out.ok:
-			return !redeemed, true
-		default: // refused
-			return redeemed, redeemed
-		}
-	},
-	DescribeOperation: func(input, output any) string {
-		return fmt.Sprintf("%+v -> %+v", input, output)
-	},
-}
 
 // TestRedeemIsLinearizableUnderMemberFailures: clients redeem and read
 // grants through three replicas while the etcd member that leads the raft
@@ -112,24 +64,27 @@ func TestRedeemIsLinearizableUnderMemberFailures(t *testing.T) {
 					return
 				case <-time.After(time.Duration(rand.N(5)) * time.Millisecond):
 				}
-				in := redeemInput{grant: ids[rand.N(len(ids))], read: rand.N(3) == 0}
+				in := etcdtest.RedeemInput{Grant: ids[rand.N(len(ids))], Read: rand.N(3) == 0}
 				call := time.Since(start).Nanoseconds()
-				var out redeemOutput
-				if in.read {
-					g, err := s.Get(context.Background(), in.grant)
+				var out etcdtest.RedeemOutput
+				if in.Read {
+					g, err := s.Get(context.Background(), in.Grant)
 					if err != nil {
 						continue // a read that failed says nothing
 					}
-					out.redeemed = g.State == grants.StateRedeemed
+					out.Redeemed = g.State == grants.StateRedeemed
 				} else {
-					_, err := s.Redeem(context.Background(), in.grant, "agent", binding, leasetest.T0.Add(time.Minute), audit.Entry{Kind: audit.KindGrantRedeem})
+					_, err := s.Redeem(context.Background(), in.Grant, "agent", binding, leasetest.T0.Add(time.Minute), audit.Entry{Kind: audit.KindGrantRedeem})
 					switch {
 					case err == nil:
-						out.ok = true
+						out.Won = true
 					case errors.Is(err, grants.ErrState):
-						out.refused = true
+						out.Refused = true
 					default:
-						out.failed = true
+						// The store answers with an error only when
+						// nothing was written (an unknown outcome is
+						// found out before it answers).
+						out.Failed = true
 					}
 				}
 				ret := time.Since(start).Nanoseconds()
@@ -157,16 +112,16 @@ func TestRedeemIsLinearizableUnderMemberFailures(t *testing.T) {
 	close(stop)
 	wg.Wait()
 
-	res, info := porcupine.CheckOperationsVerbose(redeemModel, history, time.Minute)
+	res, info := porcupine.CheckOperationsVerbose(etcdtest.RedeemModel, history, time.Minute)
 	if res != porcupine.Ok {
 		t.Fatalf("the redeem history of %d operations is not linearizable (%v): %v", len(history), res, info.PartialLinearizationsOperations())
 	}
 	wins, failed, during := 0, 0, 0
 	for _, op := range history {
-		if op.Output.(redeemOutput).ok {
+		if op.Output.(etcdtest.RedeemOutput).Won {
 			wins++
 		}
-		if op.Output.(redeemOutput).failed {
+		if op.Output.(etcdtest.RedeemOutput).Failed {
 			failed++
 		}
 		if op.Call < restarted.Nanoseconds() && op.Return > crashed.Nanoseconds() {

@@ -24,7 +24,9 @@
 //     etcd lease's TTL is a minimum: a leader change of etcd resets it).
 //   - A write whose outcome the client did not hear (a timeout) is found
 //     out before the replica writes again: each transaction also writes
-//     this replica's marker key, compared by the next one.
+//     this process's marker key (under the replica's name and a random
+//     incarnation, so replicas that share a name never write each
+//     other's), compared by the next one.
 //   - The writes of a leader's duty (Leader) are fenced: the transaction
 //     also compares the create revision of this replica's election key, so
 //     a deposed leader's write fails (ErrFenced) instead of landing.
@@ -88,11 +90,17 @@ type Store struct {
 	sink           audit.Sink
 	log            *slog.Logger
 
-	// The committer's own: this replica's marker key and the revision
-	// of its last write, and the sequence of transaction ids.
-	markerKey string
-	markerRev int64
-	txnSeq    uint64
+	// The committer's own: this process's marker key and the revision
+	// of its last write, and the sequence of transaction ids. The key
+	// carries incarnation, random per Open, besides the replica's name:
+	// another process of the same name (this replica before a restart,
+	// or a replica on the same host that defaults to its name) must
+	// never write it, or this one could not find out its own lost
+	// answers.
+	markerKey   string
+	markerRev   int64
+	incarnation string
+	txnSeq      uint64
 
 	reqs    chan *commitReq
 	closing chan struct{}
@@ -113,9 +121,8 @@ type Store struct {
 	revokeAtExpiry func(l *leases.Lease) bool
 }
 
-// Open returns the store under opts.Prefix: it reads this replica's
-// marker and the agents' gates, starts watching the gates and starts the
-// committer and the health check.
+// Open returns the store under opts.Prefix: it reads the agents' gates,
+// starts watching them and starts the committer and the health check.
 func Open(ctx context.Context, opts Options) (*Store, error) {
 	if opts.Client == nil {
 		return nil, errors.New("etcd store: no client")
@@ -142,14 +149,11 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		pendingGrace: opts.PendingGrace, replica: opts.Replica, sink: opts.Sink, log: opts.Logger,
 		reqs: make(chan *commitReq, 256), closing: make(chan struct{}),
 	}
-	s.markerKey = s.p + "w/" + s.replica
-	resp, err := s.kv.Get(s.opCtx(ctx), s.markerKey)
-	if err != nil {
-		return nil, fmt.Errorf("etcd store: read the marker of replica %s: %w", s.replica, s.unavailable(err))
-	}
-	if len(resp.Kvs) == 1 {
-		s.markerRev = resp.Kvs[0].ModRevision
-	}
+	inc := make([]byte, 8)
+	_, _ = rand.Read(inc)
+	s.incarnation = hex.EncodeToString(inc)
+	// A new key: absent (revision 0) until the first write.
+	s.markerKey = s.markerPrefix() + s.replica + "/" + s.incarnation
 	if err := s.loadGates(ctx); err != nil {
 		return nil, err
 	}
@@ -169,17 +173,71 @@ func (s *Store) Close() error {
 	}
 	s.closeMu.Unlock()
 	s.wg.Wait()
+	// The marker is this process's alone: nothing reads it once it
+	// stopped. One left by a crash is pruned by the leader
+	// (PruneMarkers).
+	if s.markerRev != 0 {
+		ctx, cancel := s.reqCtx(2 * time.Second)
+		_, _ = s.kv.Delete(ctx, s.markerKey)
+		cancel()
+	}
 	return nil
 }
 
-// opCtx bounds one etcd request by the request timeout.
+func (s *Store) markerPrefix() string { return s.p + "w/" }
+
+// PruneMarkers deletes the marker keys last written before cutoff: those
+// of processes that stopped without closing the store (a crash), and of
+// replicas idle since. Deleting a live replica's marker is harmless: its
+// next write finds the marker changed, reads it again and retries, and a
+// write of it still on its way can no longer commit.
+func (s *Store) PruneMarkers(ctx context.Context, cutoff time.Time) (int, error) {
+	resp, err := s.kv.Get(s.opCtx(ctx), s.markerPrefix(), clientv3.WithPrefix())
+	if err != nil {
+		return 0, s.unavailable(err)
+	}
+	n := 0
+	for _, kv := range resp.Kvs {
+		if string(kv.Key) == s.markerKey {
+			continue
+		}
+		if at, ok := markerTime(string(kv.Value)); ok && !at.Before(cutoff) {
+			continue
+		}
+		// Only if unchanged since read: a write of that process now
+		// keeps it.
+		r, err := s.kv.Txn(s.opCtx(ctx)).If(clientv3.Compare(clientv3.ModRevision(string(kv.Key)), "=", kv.ModRevision)).
+			Then(clientv3.OpDelete(string(kv.Key))).Commit()
+		if err != nil {
+			return n, s.unavailable(err)
+		}
+		if r.Succeeded {
+			n++
+		}
+	}
+	return n, nil
+}
+
+// opCtx bounds one etcd request by the request timeout, and has a
+// member without a leader refuse it at once (clientv3.WithRequireLeader)
+// instead of holding it: a member cut off from the others, which the
+// client's balancer still sends a share of requests to, answers "no
+// leader" and the request goes to another member (a read is retried
+// there by the client; a write's outcome is found out, and the write run
+// again) while a quorum answers.
 func (s *Store) opCtx(ctx context.Context) context.Context {
 	if ctx == nil {
 		ctx = context.Background()
 	}
-	c, cancel := context.WithTimeout(ctx, s.requestTimeout)
+	c, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), s.requestTimeout)
 	context.AfterFunc(c, cancel)
 	return c
+}
+
+// reqCtx is opCtx for a request that must not end with its caller's
+// context, with its cancel.
+func (s *Store) reqCtx(limit time.Duration) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(clientv3.WithRequireLeader(context.Background()), min(s.requestTimeout, limit))
 }
 
 // ErrUnavailable: etcd did not answer (no quorum, unreachable, timed
@@ -215,7 +273,7 @@ func (s *Store) runHealth() {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	for {
-		ctx, cancel := context.WithTimeout(context.Background(), min(s.requestTimeout, 2*time.Second))
+		ctx, cancel := s.reqCtx(2 * time.Second)
 		_, err := s.kv.Get(ctx, s.p+"health", clientv3.WithCountOnly())
 		cancel()
 		if err != nil && !s.down.Load() {

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -220,7 +221,7 @@ func (t *tx) commit() (commitOutcome, int64, error) {
 	if fenceKey != "" {
 		elseOps = append(elseOps, clientv3.OpGet(fenceKey))
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), s.requestTimeout)
+	ctx, cancel := s.reqCtx(s.requestTimeout)
 	resp, err := s.kv.Txn(ctx).If(cmps...).Then(ops...).Else(elseOps...).Commit()
 	cancel()
 	if err != nil {
@@ -262,7 +263,7 @@ func (t *tx) commit() (commitOutcome, int64, error) {
 // the store closes.
 func (s *Store) resolve(id string) (committed bool, rev int64, err error) {
 	for attempt := 0; ; attempt++ {
-		ctx, cancel := context.WithTimeout(context.Background(), s.requestTimeout)
+		ctx, cancel := s.reqCtx(s.requestTimeout)
 		resp, err := s.kv.Txn(ctx).
 			If(clientv3.Compare(clientv3.Value(s.markerKey), "=", id)).
 			Then(clientv3.OpGet(s.markerKey)).
@@ -292,7 +293,23 @@ func (s *Store) resolve(id string) (committed bool, rev int64, err error) {
 	}
 }
 
+// nextTxnID is the id a transaction writes to the marker: unique in
+// this process, and ending with the time it was written (@ and Unix
+// seconds) for PruneMarkers.
 func (s *Store) nextTxnID() string {
 	s.txnSeq++
-	return s.replica + "/" + strconv.FormatUint(s.txnSeq, 10)
+	return strconv.FormatUint(s.txnSeq, 10) + "@" + strconv.FormatInt(time.Now().Unix(), 10)
+}
+
+// markerTime reads the time at the end of a marker's value.
+func markerTime(v string) (time.Time, bool) {
+	i := strings.LastIndexByte(v, '@')
+	if i < 0 {
+		return time.Time{}, false
+	}
+	sec, err := strconv.ParseInt(v[i+1:], 10, 64)
+	if err != nil {
+		return time.Time{}, false
+	}
+	return time.Unix(sec, 0), true
 }

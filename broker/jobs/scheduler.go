@@ -326,11 +326,24 @@ func (s *Scheduler) execute(ctx context.Context, e *entry, r Run, events chan<- 
 	r.Started = s.clock.Now()
 	var run *Run
 	_, err := s.store.UpdateJob(context.WithoutCancel(ctx), e.Name, r.Started, func(st *State) ([]audit.Entry, error) {
+		var entries []audit.Entry
+		if st.Current != nil {
+			// This process leads and runs none of this job (it claimed
+			// it): the run in progress is an earlier leader's, which died
+			// or lost the lead during it and can never record its end
+			// (its writes are fenced). Without this, replicas that share
+			// the state would skip the job as busy forever.
+			ended, err := st.Finish(st.Current.ID, r.Started, OutcomeInterrupted, "the replica that ran it stopped leading during the run", nil)
+			if err != nil {
+				return nil, err
+			}
+			entries = append(entries, endEntry(e.Name, ended))
+		}
 		var err error
 		if run, err = st.Start(r); err != nil {
 			return nil, err
 		}
-		return []audit.Entry{startEntry(e.Name, run)}, nil
+		return append(entries, startEntry(e.Name, run)), nil
 	})
 	if err != nil {
 		if errors.Is(err, ErrBusy) && events == nil {

@@ -440,6 +440,38 @@ func TestSchedulerRecordsInterruptedRun(t *testing.T) {
 	}
 }
 
+// TestSchedulerTakesOverTheRunOfAnEarlierLeader: replicas share the job
+// state; a leader that died (or lost the lead) during a run leaves it in
+// progress, and its end can never be recorded (its writes are fenced).
+// The replica that leads next records that run interrupted and runs the
+// job on its schedule, instead of skipping it forever as busy.
+func TestSchedulerTakesOverTheRunOfAnEarlierLeader(t *testing.T) {
+	h := newHarness(t)
+	// The earlier leader's run, in progress when it died.
+	if _, err := h.store.UpdateJob(context.Background(), "grants", t0, func(st *jobs.State) ([]audit.Entry, error) {
+		_, err := st.Start(jobs.Run{Trigger: jobs.TriggerSchedule, Started: t0})
+		return nil, err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	l := &leader{}
+	job := &counting{}
+	h.start(l, entry("grants", "@every 30s", time.Minute, job))
+	h.waitArmed(1)
+	l.set(true) // this replica leads from now on
+	h.clock.Advance(30 * time.Second)
+	st := h.waitRuns("grants", 2)
+	if got := len(job.runs()); got != 1 {
+		t.Fatalf("%d runs of this replica, want 1", got)
+	}
+	if st.Recent[0].Outcome != jobs.OutcomeOK || st.Recent[1].Outcome != jobs.OutcomeInterrupted {
+		t.Fatalf("recent runs %+v: want the earlier leader's interrupted, then this one's", st.Recent)
+	}
+	if h.obs.skipped("grants") != 0 {
+		t.Errorf("the run was skipped %d times as busy", h.obs.skipped("grants"))
+	}
+}
+
 // RunNow runs a job at once for an operator and answers with its outcome;
 // it refuses an unknown job, a job with a run in progress, and any run
 // when this process does not lead (scheduled runs do not happen then

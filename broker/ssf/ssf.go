@@ -25,6 +25,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"time"
@@ -96,10 +97,19 @@ func Open(dataDir string, ring kek.Ring, issuer string, clk clock.Clock) (*Trans
 		if err != nil {
 			return nil, err
 		}
-		if err := kek.SaveFile(path, keyFile{KID: t.kid, CreatedAt: clk.Now().UTC(), Sealed: sealed}); err != nil {
+		// Created only if still absent: another replica on the same
+		// data_dir may have created it meanwhile, and its key is the one.
+		err = kek.CreateFile(path, keyFile{KID: t.kid, CreatedAt: clk.Now().UTC(), Sealed: sealed})
+		if err == nil {
+			return t, nil
+		}
+		if !errors.Is(err, fs.ErrExist) {
 			return nil, fmt.Errorf("ssf transmitter: save its key: %w", err)
 		}
-		return t, nil
+		t = &Transmitter{issuer: issuer, clock: clk}
+		if b, err = os.ReadFile(path); err != nil {
+			return nil, fmt.Errorf("ssf transmitter: %w", err)
+		}
 	case err != nil:
 		return nil, fmt.Errorf("ssf transmitter: %w", err)
 	}

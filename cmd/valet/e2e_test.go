@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"encoding/base64"
@@ -66,7 +67,14 @@ type proc struct {
 // until it logs that it is serving.
 func startServe(t *testing.T, e *testEnv, env ...string) *proc {
 	t.Helper()
-	cmd := exec.Command(valetBinary(t), "serve", "--config", filepath.Join(e.Dir, "config.yaml"))
+	return startServeConfig(t, filepath.Join(e.Dir, "config.yaml"), nil, env...)
+}
+
+// startServeConfig is startServe for a config file; onLine, if not nil,
+// gets every line valet logs (a copy it may keep).
+func startServeConfig(t *testing.T, config string, onLine func(line []byte), env ...string) *proc {
+	t.Helper()
+	cmd := exec.Command(valetBinary(t), "serve", "--config", config)
 	cmd.Env = append(append(os.Environ(), "VALET_KEK="+strings.Repeat("07", 32)), env...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
@@ -81,6 +89,9 @@ func startServe(t *testing.T, e *testEnv, env ...string) *proc {
 		sc := bufio.NewScanner(stderr)
 		sc.Buffer(make([]byte, 1<<20), 1<<20)
 		for sc.Scan() {
+			if onLine != nil {
+				onLine(bytes.Clone(sc.Bytes()))
+			}
 			var line struct {
 				Msg  string `json:"msg"`
 				Addr string `json:"addr"`

@@ -120,7 +120,7 @@ func openStorage(ctx context.Context, cfg *Config, sink audit.Sink, clk clock.Cl
 		Client: client, Prefix: ec.Prefix, RequestTimeout: ec.RequestTimeout.D(), Replica: replica,
 		// A pending lease younger than this may be a mint under way on
 		// another replica.
-		PendingGrace: 2*cfg.Limits.MintTimeout.D() + time.Minute,
+		PendingGrace: cfg.Limits.MintGrace(),
 		Sink:         sink, Logger: log.With("component", "etcd"),
 	})
 	if err != nil {

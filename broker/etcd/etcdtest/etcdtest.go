@@ -26,28 +26,59 @@ type Cluster struct {
 	dir     string
 	members []*Member
 	initial string
+	// peers is the network of peer proxies (StartProxied), nil without.
+	peers *peerNet
 }
 
 // Member is one etcd member.
 type Member struct {
-	Name       string
-	ClientURL  string
+	Name      string
+	ClientURL string
+	// peerURL is the advertised peer URL (the proxy's, behind one);
+	// listenPeer is where the member listens.
 	peerURL    string
+	listenPeer string
 	dir        string
 	mu         sync.Mutex
 	etcd       *embed.Etcd
+	id         string
 	hasStarted bool
+	proxy      *peerProxy
 }
 
 // Start starts a cluster of n members under dir and returns once every
 // member serves clients. It fails with a message when a member cannot
 // start.
 func Start(dir string, n int) (*Cluster, error) {
+	return start(dir, n, false)
+}
+
+// StartProxied is Start with a TCP proxy in front of each member's peer
+// port, so that Partition can cut a member off from the others while
+// its clients still reach it.
+func StartProxied(dir string, n int) (*Cluster, error) {
+	return start(dir, n, true)
+}
+
+func start(dir string, n int, proxied bool) (*Cluster, error) {
 	c := &Cluster{dir: dir}
+	if proxied {
+		c.peers = &peerNet{cut: map[string]bool{}}
+	}
 	var initial []string
 	for i := range n {
 		m := &Member{Name: fmt.Sprintf("m%d", i), dir: filepath.Join(dir, fmt.Sprintf("m%d", i))}
-		m.ClientURL, m.peerURL = "http://"+freeAddr(), "http://"+freeAddr()
+		m.ClientURL, m.listenPeer = "http://"+freeAddr(), "http://"+freeAddr()
+		m.peerURL = m.listenPeer
+		if proxied {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				c.Stop()
+				return nil, err
+			}
+			m.peerURL = "http://" + ln.Addr().String()
+			m.proxy = newPeerProxy(c.peers, ln, strings.TrimPrefix(m.listenPeer, "http://"), m.memberID)
+		}
 		initial = append(initial, m.Name+"="+m.peerURL)
 		c.members = append(c.members, m)
 	}
@@ -92,8 +123,9 @@ func (c *Cluster) start(m *Member, state string) error {
 	cfg.Dir = m.dir
 	cu, _ := url.Parse(m.ClientURL)
 	pu, _ := url.Parse(m.peerURL)
+	lpu, _ := url.Parse(m.listenPeer)
 	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*cu}, []url.URL{*cu}
-	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*pu}, []url.URL{*pu}
+	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*lpu}, []url.URL{*pu}
 	cfg.InitialCluster = c.initial
 	cfg.InitialClusterToken = "valet-test"
 	cfg.ClusterState = state
@@ -113,8 +145,17 @@ func (c *Cluster) start(m *Member, state string) error {
 	}
 	m.mu.Lock()
 	m.etcd, m.hasStarted = e, true
+	m.id = e.Server.MemberID().String()
 	m.mu.Unlock()
 	return nil
+}
+
+// memberID is the member's id as etcd writes it (hex), "" before it
+// first started.
+func (m *Member) memberID() string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.id
 }
 
 // Endpoints are the client URLs of every member.
@@ -177,9 +218,31 @@ func (c *Cluster) Leader() int {
 	return -1
 }
 
-// Stop stops every member.
+// Partition cuts member i off from the other members: the connections
+// between its peer port and theirs are closed, in both directions, and
+// new ones are closed as they come, until Heal. Its clients still reach
+// it (a member in a minority: it answers nothing that needs a quorum).
+// It needs a cluster started with StartProxied.
+func (c *Cluster) Partition(i int) { c.setCut(i, true) }
+
+// Heal ends the partition of member i.
+func (c *Cluster) Heal(i int) { c.setCut(i, false) }
+
+func (c *Cluster) setCut(i int, cut bool) {
+	if c.peers == nil {
+		panic("etcdtest: Partition needs a cluster started with StartProxied")
+	}
+	c.peers.setCut(c.members[i].memberID(), cut)
+}
+
+// Stop stops every member (and the proxies).
 func (c *Cluster) Stop() {
 	for i := range c.members {
 		c.StopMember(i)
+	}
+	for _, m := range c.members {
+		if m.proxy != nil {
+			m.proxy.close()
+		}
 	}
 }

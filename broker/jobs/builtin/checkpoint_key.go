@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"time"
@@ -41,19 +42,13 @@ func LoadCheckpointKey(dataDir string, ring kek.Ring, now time.Time) (ed25519.Pr
 	path := CheckpointKeyPath(dataDir)
 	b, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
-		pub, priv, err := ed25519.GenerateKey(rand.Reader)
-		if err != nil {
-			return nil, err
+		priv, cerr := createCheckpointKey(path, ring, now)
+		if !errors.Is(cerr, fs.ErrExist) {
+			return priv, cerr
 		}
-		kid := audit.CheckpointKeyID(pub)
-		sealed, err := ring.Seal(checkpointKeyAAD(kid), priv.Seed())
-		if err != nil {
-			return nil, err
-		}
-		if err := kek.SaveFile(path, checkpointKeyRecord{KID: kid, PublicKey: pub, CreatedAt: now.UTC(), Sealed: sealed}); err != nil {
-			return nil, fmt.Errorf("save the checkpoint key: %w", err)
-		}
-		return priv, nil
+		// Another replica on the same data_dir created it meanwhile: its
+		// key is the one.
+		b, err = os.ReadFile(path)
 	}
 	if err != nil {
 		return nil, err
@@ -77,6 +72,25 @@ func LoadCheckpointKey(dataDir string, ring kek.Ring, now time.Time) (ed25519.Pr
 		return nil, fmt.Errorf("%s: kid does not match the key", path)
 	}
 	return priv, nil
+}
+
+// createCheckpointKey creates the key file with a new key, unless a file
+// is there already (an error matching fs.ErrExist).
+func createCheckpointKey(path string, ring kek.Ring, now time.Time) (ed25519.PrivateKey, error) {
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	kid := audit.CheckpointKeyID(pub)
+	sealed, err := ring.Seal(checkpointKeyAAD(kid), priv.Seed())
+	if err != nil {
+		return nil, err
+	}
+	err = kek.CreateFile(path, checkpointKeyRecord{KID: kid, PublicKey: pub, CreatedAt: now.UTC(), Sealed: sealed})
+	if err != nil && !errors.Is(err, fs.ErrExist) {
+		return nil, fmt.Errorf("save the checkpoint key: %w", err)
+	}
+	return priv, err
 }
 
 // RewrapCheckpointKey seals the checkpoint key of dataDir under

@@ -11,7 +11,7 @@ import (
 
 func grantExpiry() Definition {
 	return Definition{
-		Description: "Records grants past their deadlines as expired and announces them",
+		Description: "Records grants past their deadlines as expired and announces them, and gives back grants whose mint a stopped replica left unfinished",
 		Schedule:    "@every 30s", Timeout: 30 * time.Second, Default: true,
 		Build: func(_ any, deps Deps) (jobs.Job, error) {
 			if deps.Broker == nil {
@@ -19,7 +19,8 @@ func grantExpiry() Definition {
 			}
 			return jobs.JobFunc(func(ctx context.Context, now time.Time) (jobs.Result, error) {
 				n, err := deps.Broker.ExpireGrants(ctx)
-				return jobs.Result{Changes: map[string]string{"grants_expired": strconv.Itoa(n)}}, err
+				r, rerr := deps.Broker.RecoverRedeemedGrants(ctx)
+				return jobs.Result{Changes: map[string]string{"grants_expired": strconv.Itoa(n), "grants_recovered": strconv.Itoa(r)}}, errors.Join(err, rerr)
 			}), nil
 		},
 	}
