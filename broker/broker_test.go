@@ -979,3 +979,78 @@ func writePolicy(t *testing.T, cfg *fixtureConfig, name, text string) {
 		t.Fatal(err)
 	}
 }
+
+// sweptBetweenReads is a store whose first List runs a sweep after it has
+// read: what it listed changes state before the listing's next read.
+type sweptBetweenReads[F any, T any] struct {
+	list  func(ctx context.Context, f F) ([]T, error)
+	sweep func()
+	once  sync.Once
+}
+
+func (s *sweptBetweenReads[F, T]) List(ctx context.Context, f F) ([]T, error) {
+	out, err := s.list(ctx, f)
+	s.once.Do(s.sweep)
+	return out, err
+}
+
+type sweptGrants struct {
+	*bolt.Grants
+	s *sweptBetweenReads[grants.Filter, *grants.Grant]
+}
+
+func (g sweptGrants) List(ctx context.Context, f grants.Filter) ([]*grants.Grant, error) {
+	return g.s.List(ctx, f)
+}
+
+type sweptLeases struct {
+	*failingStore
+	s *sweptBetweenReads[leases.Filter, *leases.Lease]
+}
+
+func (l sweptLeases) List(ctx context.Context, f leases.Filter) ([]*leases.Lease, error) {
+	return l.s.List(ctx, f)
+}
+
+// An item the sweeper records expired while state=expired is being listed
+// (between the listing's reads of the stored states) is still listed: the
+// states items leave are read before the one they enter.
+func TestListExpiredWhileTheSweeperRecords(t *testing.T) {
+	f := newFixture(t, func(cfg *fixtureConfig) {
+		cfg.Roles = append(cfg.Roles, config.Defaulted(func(r *broker.Role) { r.Name, r.Backend, r.Approval.Required = "admin", "ext", 1 }))
+	})
+	res, err := f.b.Mint(context.Background(), broker.MintRequest{Attestation: f.attest(t, "asker"), Role: "admin", Reason: "needs it"})
+	if err != nil || res.Grant == nil {
+		t.Fatalf("Mint = %+v, %v", res, err)
+	}
+	lease, err := f.b.Mint(context.Background(), broker.MintRequest{Attestation: f.attest(t, "asker"), Role: "r", TTL: 30 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.clock.Advance(61 * time.Minute) // past the grant's request_ttl and the lease's expiry
+	gs := sweptGrants{Grants: f.grants}
+	gs.s = &sweptBetweenReads[grants.Filter, *grants.Grant]{list: f.grants.List, sweep: func() {
+		if got, err := f.grants.ExpireDue(context.Background(), f.clock.Now()); err != nil || len(got) != 1 {
+			t.Errorf("the sweep expired %d grants, %v", len(got), err)
+		}
+	}}
+	ls := sweptLeases{failingStore: f.fs}
+	ls.s = &sweptBetweenReads[leases.Filter, *leases.Lease]{list: f.fs.List, sweep: func() {
+		if got, err := f.store.ExpireDue(context.Background(), f.clock.Now(), 10); err != nil || len(got) != 1 {
+			t.Errorf("the sweep expired %d leases, %v", len(got), err)
+		}
+	}}
+	b, err := broker.New(broker.Options{Config: f.cfg, Store: ls, Auditor: f.store, Verifier: f.v, Authorizer: f.authz,
+		Backends: map[string]backends.Backend{"ext": f.be, "renewing": f.rn, "fixed": f.fl}, Revoker: f.queue, Clock: f.clock, Grants: gs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	glist, err := b.ListGrants(context.Background(), grants.Filter{State: grants.StateExpired})
+	if err != nil || len(glist) != 1 || glist[0].ID != res.Grant.ID {
+		t.Errorf("state=expired grants listed while the sweeper recorded the expiry: %d, %v; want %s", len(glist), err, res.Grant.ID)
+	}
+	llist, err := b.ListLeases(context.Background(), leases.Filter{State: leases.StateExpired})
+	if err != nil || len(llist) != 1 || llist[0].ID != lease.Lease.ID {
+		t.Errorf("state=expired leases listed while the expirer recorded the expiry: %d, %v; want %s", len(llist), err, lease.Lease.ID)
+	}
+}

@@ -28,7 +28,9 @@ func listLimit(limit int) int {
 // past its expiry); list reads one page of one of them (at most limit
 // items, newest first, ids below before). The stored states' pages are
 // merged by id, which is time-ordered, starting below before; the result is
-// short only when nothing more matches.
+// short only when nothing more matches. stored lists the states items leave
+// before the state they enter: their first pages are read in that order,
+// so an item that changes state between two reads is listed (once).
 func listAsShown[T any, S ~string](want S, stored []S, limit int, before string,
 	list func(st S, before string, limit int) ([]T, error), id func(T) string, stateAt func(T) S) ([]T, error) {
 	type stream struct {
@@ -116,7 +118,10 @@ func (b *Broker) ListLeases(ctx context.Context, f leases.Filter) ([]*leases.Lea
 	now := b.clock.Now()
 	stored := []leases.State{f.State}
 	if f.State == leases.StateExpired {
-		stored = append(stored, leases.StateActive)
+		// The state leases leave is read before the one they enter, so
+		// a lease the expirer records between the two reads is seen in
+		// the second.
+		stored = []leases.State{leases.StateActive, leases.StateExpired}
 	}
 	ls, err := listAsShown(f.State, stored, listLimit(f.Limit), f.Before,
 		func(st leases.State, before string, limit int) ([]*leases.Lease, error) {
@@ -148,7 +153,10 @@ func (b *Broker) ListGrants(ctx context.Context, f grants.Filter) ([]*grants.Gra
 	now := b.clock.Now()
 	stored := []grants.State{f.State}
 	if f.State == grants.StateExpired {
-		stored = append(stored, grants.StatePending, grants.StateApproved)
+		// The states grants leave are read before the one they enter,
+		// so a grant the sweeper records between the reads is seen in
+		// the later one.
+		stored = []grants.State{grants.StatePending, grants.StateApproved, grants.StateExpired}
 	}
 	gs, err := listAsShown(f.State, stored, listLimit(f.Limit), f.Before,
 		func(st grants.State, before string, limit int) ([]*grants.Grant, error) {
