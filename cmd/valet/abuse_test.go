@@ -377,13 +377,23 @@ func TestUnauthenticatedFloodLeavesAuditBounded(t *testing.T) {
 		}
 	}
 
-	// Nothing more to summarize: the next minute writes no record.
-	n0 := len(e.auditRecords())
+	// Nothing more to summarize: the next minute writes no record (but
+	// the runs of the scheduled jobs it brings).
+	notJobs := func() int {
+		n := 0
+		for _, rec := range e.auditRecords() {
+			if rec.Actor.Type != audit.ActorJob {
+				n++
+			}
+		}
+		return n
+	}
+	n0 := notJobs()
 	fake.Advance(time.Minute)
 	if r := e.Do("GET", "/v1/leases", testOperatorToken, nil); r.Status != http.StatusOK {
 		t.Fatalf("operator after the flood: %d", r.Status)
 	}
-	if n1 := len(e.auditRecords()); n1 != n0 {
+	if n1 := notJobs(); n1 != n0 {
 		t.Errorf("%d records written in a quiet minute, want none", n1-n0)
 	}
 }
