@@ -41,15 +41,30 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# wait_for URL WHAT: until URL answers 200, at most 30s.
+# wait_for URL WHAT PID: until URL answers 200 while PID runs, at most
+# 30s (a process that died cannot be answering: something else would be).
 wait_for() {
   for _ in $(seq 1 300); do
+    if ! kill -0 "$3" 2>/dev/null; then
+      echo "$2 stopped; see $DIR/logs/" >&2
+      exit 1
+    fi
     curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
     sleep 0.1
   done
   echo "$2 did not come up; see $DIR/logs/" >&2
   exit 1
 }
+
+# Every port must be free before anything starts: an answer on one of them
+# would come from another process (a `make run` still running, say).
+for hp in "$ADDR" "127.0.0.1:$PORT0" "127.0.0.1:$((PORT0 + 1))" \
+  $(for i in 0 1 2; do echo "127.0.0.1:$((ETCD_PORT + 10 * i)) 127.0.0.1:$((ETCD_PORT + 10 * i + 1))"; done); do
+  if (exec 3<>"/dev/tcp/${hp%:*}/${hp##*:}") 2>/dev/null; then
+    echo "$hp is in use by another process; stop it (or choose other ports: VALET_HA_ADDR, VALET_HA_PORT, VALET_HA_ETCD_PORT)" >&2
+    exit 1
+  fi
+done
 
 cluster= endpoints=
 for i in 0 1 2; do
@@ -65,7 +80,7 @@ for i in 0 1 2; do
     --auto-compaction-retention 1h --log-level error > "$DIR/logs/etcd-m$i.log" 2>&1 &
   etcd_pids+=($!)
 done
-for i in 0 1 2; do wait_for "http://127.0.0.1:$((ETCD_PORT + 10 * i))/health" "etcd member m$i"; done
+for i in 0 1 2; do wait_for "http://127.0.0.1:$((ETCD_PORT + 10 * i))/health" "etcd member m$i" "${etcd_pids[$i]}"; done
 echo "etcd: 3 members at $endpoints"
 
 names=(a b)
@@ -76,13 +91,13 @@ for r in 0 1; do
   valet_pids+=($!)
   # The first replica writes the shared files (config, keys) before the
   # second starts.
-  wait_for "http://127.0.0.1:$port/readyz" "valet replica $name"
+  wait_for "http://127.0.0.1:$port/readyz" "valet replica $name" "${valet_pids[$r]}"
   echo "valet replica $name: http://127.0.0.1:$port (pid ${valet_pids[$r]})"
 done
 
 setsid "$VALET" dev lb --listen "$ADDR" "http://127.0.0.1:$PORT0" "http://127.0.0.1:$((PORT0 + 1))" > "$DIR/logs/lb.log" 2>&1 &
 lb_pid=$!
-wait_for "http://$ADDR/readyz" "the proxy"
+wait_for "http://$ADDR/readyz" "the proxy" "$lb_pid"
 
 self=$VALET
 attest="$self dev attest --data-dir $DIR"
