@@ -38,7 +38,7 @@ func newServeCmd() *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVarP(&configPath, "config", "c", "", "path to the YAML configuration")
-	cmd.Flags().BoolVar(&check, "check", false, "only read and validate the configuration (every key, as at start-up), then exit: 0 when it is valid")
+	cmd.Flags().BoolVar(&check, "check", false, "only read the configuration and check its keys and values, then exit: 0 when they are valid (the files it names are not opened)")
 	return cmd
 }
 
