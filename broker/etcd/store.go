@@ -41,6 +41,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -154,6 +157,9 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	s.incarnation = hex.EncodeToString(inc)
 	// A new key: absent (revision 0) until the first write.
 	s.markerKey = s.markerPrefix() + s.replica + "/" + s.incarnation
+	if err := s.checkNesting(ctx); err != nil {
+		return nil, err
+	}
 	if err := s.loadGates(ctx); err != nil {
 		return nil, err
 	}
@@ -161,6 +167,71 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	go s.runCommitter()
 	go s.runHealth()
 	return s, nil
+}
+
+// families are the first path elements of every key the store writes
+// under its prefix (keys.go).
+var families = []string{"a/", "ag/", "agi/", "g/", "gate/", "gi/", "j/", "l/", "leader/", "li/", "r/", "s/", "si/", "w/"}
+
+// ErrNestedPrefix: the prefix lies inside another valet's prefix, or
+// holds keys of another valet: each would read the other's records.
+var ErrNestedPrefix = errors.New("valets sharing an etcd cluster need prefixes that do not nest")
+
+// checkNesting refuses a prefix inside the prefix of another valet (one
+// holding an audit head or replica markers) and a prefix holding keys
+// outside the store's families (another valet's under a longer prefix).
+func (s *Store) checkNesting(ctx context.Context) error {
+	octx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), s.requestTimeout)
+	defer cancel()
+	for i := len(s.p) - 2; i >= 0; i-- {
+		if s.p[i] != '/' {
+			continue
+		}
+		outer := s.p[:i+1]
+		for _, k := range []string{outer + "a/h", outer + "w/"} {
+			opts := []clientv3.OpOption{clientv3.WithCountOnly()}
+			if strings.HasSuffix(k, "/w/") {
+				opts = append(opts, clientv3.WithPrefix())
+			}
+			r, err := s.kv.Get(octx, k, opts...)
+			if err != nil {
+				return fmt.Errorf("etcd store: check the prefix: %w", s.unavailable(err))
+			}
+			if r.Count > 0 {
+				return fmt.Errorf("etcd store: the prefix %q lies inside the prefix %q of another valet (it holds %s): %w", s.p, outer, k, ErrNestedPrefix)
+			}
+		}
+	}
+	all, err := s.kv.Get(octx, s.p, clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		return fmt.Errorf("etcd store: check the prefix: %w", s.unavailable(err))
+	}
+	n := all.Count
+	for _, f := range families {
+		if n == 0 {
+			break
+		}
+		r, err := s.kv.Get(octx, s.p+f, clientv3.WithPrefix(), clientv3.WithCountOnly())
+		if err != nil {
+			return fmt.Errorf("etcd store: check the prefix: %w", s.unavailable(err))
+		}
+		n -= r.Count
+	}
+	if n > 0 {
+		r, err := s.kv.Get(octx, s.p, clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithLimit(1000))
+		foreign := ""
+		if err == nil {
+			for _, kv := range r.Kvs {
+				k := string(kv.Key[len(s.p):])
+				if !slices.ContainsFunc(families, func(f string) bool { return strings.HasPrefix(k, f) }) {
+					foreign = " (for example " + strconv.Quote(string(kv.Key)) + ")"
+					break
+				}
+			}
+		}
+		return fmt.Errorf("etcd store: the prefix %q holds %d keys that are not valet's%s, another valet's under a longer prefix: %w", s.p, n, foreign, ErrNestedPrefix)
+	}
+	return nil
 }
 
 // Close stops the committer, the watch and the health check. It does not
