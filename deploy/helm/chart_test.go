@@ -313,8 +313,14 @@ func TestChartShapes(t *testing.T) {
 }
 
 func manifestHeader(shape string, ha bool) string {
+	how := "(helm template valet -n valet, default values).\n"
+	if ha {
+		how = "(helm template valet -n valet --set replicas=3,storage.engine=etcd,\n" +
+			"# storage.etcd.tlsSecret=valet-etcd-tls and storage.etcd.endpoints set to\n" +
+			"# the three members https://etcd-{0,1,2}.etcd:2379).\n"
+	}
 	h := "# valet in Kubernetes, " + shape + ": deploy/helm/valet rendered by\n" +
-		"# `make helm-test HELM_TEST_FLAGS=-update` (helm template valet -n valet).\n" +
+		"# `make helm-test HELM_TEST_FLAGS=-update` " + how +
 		"# Create the namespace and the KEK Secret first:\n" +
 		"#   kubectl create namespace valet\n" +
 		"#   kubectl -n valet create secret generic valet-kek --from-literal=kek=$(openssl rand -hex 32)\n"
@@ -359,6 +365,9 @@ func TestChartRefuses(t *testing.T) {
 			"with storage.engine etcd, replicas must be 2 or more"},
 		{"etcd without endpoints", map[string]any{"replicas": 2, "storage": map[string]any{"engine": "etcd"}},
 			"storage.etcd.endpoints must not be empty"},
+		{"etcd with a volume one node mounts", map[string]any{"replicas": 2, "persistence": map[string]any{"accessMode": "ReadWriteOnce"},
+			"storage": map[string]any{"engine": "etcd", "etcd": map[string]any{"endpoints": []any{"http://etcd:2379"}}}},
+			`persistence.accessMode must be ReadWriteMany (every replica reads the same key files); it is "ReadWriteOnce"`},
 		{"bbolt with two replicas", map[string]any{"replicas": 2}, "with storage.engine bbolt, replicas must be 1"},
 		{"an unknown engine", map[string]any{"storage": map[string]any{"engine": "redis"}}, `storage.engine must be bbolt or etcd; it is "redis"`},
 		{"a key the chart owns", map[string]any{"config": map[string]any{"data_dir": "/tmp"}}, "config.data_dir is set by the chart"},

@@ -30,6 +30,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if not .Values.storage.etcd.endpoints -}}
 {{- fail "storage.etcd.endpoints must not be empty when storage.engine is etcd" -}}
 {{- end -}}
+{{- if and .Values.persistence.accessMode (ne .Values.persistence.accessMode "ReadWriteMany") -}}
+{{- fail (printf "with storage.engine etcd, persistence.accessMode must be ReadWriteMany (every replica reads the same key files); it is %q" .Values.persistence.accessMode) -}}
+{{- end -}}
 true
 {{- else if eq $engine "bbolt" -}}
 {{- if ne (int .Values.replicas) 1 -}}
