@@ -53,6 +53,9 @@ not in the store: every replica must see them (a shared volume).`,
 			if err != nil {
 				return err
 			}
+			if to == "" {
+				return fmt.Errorf("--to is required: --to etcd (valet storage migrate copies a bbolt store into etcd)")
+			}
 			if to != engineEtcd {
 				return fmt.Errorf("--to must be etcd (valet storage migrate copies a bbolt store into etcd); it is %q", to)
 			}
