@@ -482,6 +482,13 @@ func (s *Scheduler) RunNow(ctx context.Context, name, operator string, wait time
 	defer timer.Stop()
 	select {
 	case ev := <-events:
+		// The run holds the job until its goroutine ends, just after it
+		// reported: wait for that, so a run asked for after this answer
+		// is not refused as busy.
+		e.mu.Lock()
+		held := e.done
+		e.mu.Unlock()
+		<-held
 		if ev.err != nil {
 			return started, ev.err
 		}
