@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/valet-broker/valet/leases/audit"
@@ -307,4 +308,49 @@ func (r Risk) Value(t time.Time, halfLife time.Duration) int {
 // Raise adds points to the score decayed to t, capped at 100.
 func (r Risk) Raise(points int, t time.Time, halfLife time.Duration) Risk {
 	return Risk{Score: min(100, r.Exact(t, halfLife)+float64(max(0, points))), At: t}
+}
+
+// Gates is an engine's in-memory copy of every flagged agent's gate (a
+// risk score above 0 or a quarantine), read on the path of every mint
+// without a transaction. Each engine keeps it in step with its commits.
+// The zero value is empty and ready; it is safe for concurrent use.
+type Gates struct {
+	mu sync.RWMutex
+	m  map[string]Gate
+}
+
+// Get returns the agent's gate (the zero Gate for an agent not flagged).
+func (g *Gates) Get(id string) Gate {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	return g.m[id]
+}
+
+// Set records the agent's gate; a gate with no quarantine and no risk is
+// dropped.
+func (g *Gates) Set(id string, gt Gate) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.m == nil {
+		g.m = map[string]Gate{}
+	}
+	if gt.Quarantine == nil && gt.Risk.Score <= 0 {
+		delete(g.m, id)
+		return
+	}
+	g.m[id] = gt
+}
+
+// Replace sets every gate at once from all, dropping the others (a full
+// re-read after missed changes).
+func (g *Gates) Replace(all map[string]Gate) {
+	m := make(map[string]Gate, len(all))
+	for id, gt := range all {
+		if gt.Quarantine != nil || gt.Risk.Score > 0 {
+			m[id] = gt
+		}
+	}
+	g.mu.Lock()
+	g.m = m
+	g.mu.Unlock()
 }

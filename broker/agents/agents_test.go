@@ -157,3 +157,24 @@ func TestCursor(t *testing.T) {
 		}
 	}
 }
+
+// Gates keeps only flagged agents: a gate with neither quarantine nor
+// risk is dropped by Set and by Replace.
+func TestGates(t *testing.T) {
+	var g Gates
+	q := Gate{Quarantine: &Quarantine{Reason: "signal"}}
+	risky := Gate{Risk: Risk{Score: 5}}
+	g.Set("a", q)
+	g.Set("b", risky)
+	if g.Get("a").Quarantine == nil || g.Get("b").Risk.Score != 5 || g.Get("c") != (Gate{}) {
+		t.Fatalf("after Set: a %+v, b %+v, c %+v", g.Get("a"), g.Get("b"), g.Get("c"))
+	}
+	g.Set("a", Gate{})
+	if g.Get("a").Quarantine != nil || len(g.m) != 1 {
+		t.Fatalf("a cleared gate is kept: %v", g.m)
+	}
+	g.Replace(map[string]Gate{"c": risky, "d": {}})
+	if len(g.m) != 1 || g.Get("c").Risk.Score != 5 || g.Get("b") != (Gate{}) {
+		t.Fatalf("after Replace: %v, want only c", g.m)
+	}
+}

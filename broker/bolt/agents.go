@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"sync"
 	"time"
 
 	"go.etcd.io/bbolt"
@@ -25,35 +24,6 @@ var (
 	bucketAgentQuarantined = []byte("agents.quarantined") // id -> nil: records with a quarantine
 	bucketAgentRelease     = []byte("agents.release")     // release-at(8) id -> nil: quarantines that end on their own
 )
-
-// gates is the in-memory copy of every flagged agent's gate (a risk
-// score above 0 or a quarantine), kept in step with the commits that
-// write agent records (tx.OnCommit), so that Gate, on the path of every
-// mint, reads no transaction. The store is the only writer of its file,
-// so nothing else can change a record behind it.
-type gates struct {
-	mu sync.RWMutex
-	m  map[string]agents.Gate
-}
-
-func (g *gates) get(id string) agents.Gate {
-	g.mu.RLock()
-	defer g.mu.RUnlock()
-	return g.m[id]
-}
-
-func (g *gates) set(id string, gt agents.Gate) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.m == nil {
-		g.m = map[string]agents.Gate{}
-	}
-	if gt.Quarantine == nil && gt.Risk.Score <= 0 {
-		delete(g.m, id)
-		return
-	}
-	g.m[id] = gt
-}
 
 func initAgents(tx *bbolt.Tx) error {
 	for _, b := range [][]byte{bucketAgents, bucketAgentSeen, bucketAgentQuarantined, bucketAgentRelease,
@@ -78,14 +48,14 @@ func (s *Store) loadGates() error {
 				s.ReportSkipped("agent gates", string(k), err)
 				return nil
 			}
-			s.gates.set(a.ID, a.Gate())
+			s.gates.Set(a.ID, a.Gate())
 			return nil
 		})
 	})
 }
 
 // Gate implements broker.AgentStore from memory.
-func (s *Store) Gate(id string) agents.Gate { return s.gates.get(id) }
+func (s *Store) Gate(id string) agents.Gate { return s.gates.Get(id) }
 
 // GetAgent implements broker.AgentStore.
 func (s *Store) GetAgent(ctx context.Context, id string) (*agents.Agent, error) {
@@ -340,7 +310,7 @@ func (s *Store) putAgent(tx *bbolt.Tx, old, a *agents.Agent) error {
 	}
 	if old == nil || gateChanged(old.Gate(), a.Gate()) {
 		g := a.Gate()
-		tx.OnCommit(func() { s.gates.set(a.ID, g) })
+		tx.OnCommit(func() { s.gates.Set(a.ID, g) })
 	}
 	return nil
 }

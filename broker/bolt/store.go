@@ -29,6 +29,7 @@ import (
 	bolterrors "go.etcd.io/bbolt/errors"
 
 	"github.com/valet-broker/valet/broker"
+	"github.com/valet-broker/valet/broker/agents"
 	"github.com/valet-broker/valet/broker/attest"
 	"github.com/valet-broker/valet/broker/jobs"
 	"github.com/valet-broker/valet/leases"
@@ -46,7 +47,11 @@ type Store struct {
 	log  *slog.Logger
 
 	skipped sync.Map // ids of unreadable records already reported
-	gates   gates    // the flagged agents' gates (agents.go)
+	// gates is the in-memory copy of every flagged agent's gate, kept in
+	// step with the commits that write agent records (tx.OnCommit), so
+	// that Gate reads no transaction. The store is the only writer of its
+	// file, so nothing else can change a record behind it.
+	gates agents.Gates
 
 	// archiveDir holds the audit archive's segments (audit.ArchiveDir of
 	// the file's directory); segmentRecords bounds one segment's records

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -17,37 +16,6 @@ import (
 	"github.com/valet-broker/valet/broker/agents"
 	"github.com/valet-broker/valet/leases/audit"
 )
-
-// gates is this replica's copy of every flagged agent's gate, kept in
-// step with etcd by a watch on the gate keys: Gate (on the path of every
-// mint) reads no etcd. A gate key is written only when the gate changes,
-// never by a sighting. The copy may lag another replica's commit by the
-// watch's delay; a mint never relies on that lag: creating a lease reads
-// the agent's gate key in its transaction (checkGate), so a quarantine
-// committed anywhere refuses the lease.
-type gates struct {
-	mu sync.RWMutex
-	m  map[string]agents.Gate
-}
-
-func (g *gates) get(id string) agents.Gate {
-	g.mu.RLock()
-	defer g.mu.RUnlock()
-	return g.m[id]
-}
-
-func (g *gates) set(id string, gt agents.Gate) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.m == nil {
-		g.m = map[string]agents.Gate{}
-	}
-	if gt.Quarantine == nil && gt.Risk.Score <= 0 {
-		delete(g.m, id)
-		return
-	}
-	g.m[id] = gt
-}
 
 func (s *Store) gateKey(id string) string  { return s.p + "gate/" + id }
 func (s *Store) agentKey(id string) string { return s.p + "ag/" + id }
@@ -74,7 +42,7 @@ func (s *Store) loadGates(ctx context.Context) error {
 			s.ReportSkipped("agent gates", string(kv.Key[len(p):]), err)
 			continue
 		}
-		s.gates.set(string(kv.Key[len(p):]), g)
+		s.gates.Set(string(kv.Key[len(p):]), g)
 	}
 	s.wg.Add(1)
 	go s.watchGates(resp.Header.Revision + 1)
@@ -99,14 +67,13 @@ func (s *Store) watchGates(rev int64) {
 			if wr.CompactRevision != 0 {
 				// Missed changes: read every gate again.
 				if resp, err := s.kv.Get(s.opCtx(ctx), p, clientv3.WithPrefix()); err == nil {
-					s.gates.mu.Lock()
-					s.gates.m = nil
-					s.gates.mu.Unlock()
+					all := map[string]agents.Gate{}
 					for _, kv := range resp.Kvs {
 						if g, err := decodeGate(kv.Value); err == nil {
-							s.gates.set(string(kv.Key[len(p):]), g)
+							all[string(kv.Key[len(p):])] = g
 						}
 					}
+					s.gates.Replace(all)
 					rev = resp.Header.Revision + 1
 				}
 				break
@@ -114,11 +81,11 @@ func (s *Store) watchGates(rev int64) {
 			for _, ev := range wr.Events {
 				id := string(ev.Kv.Key[len(p):])
 				if ev.Type == clientv3.EventTypeDelete {
-					s.gates.set(id, agents.Gate{})
+					s.gates.Set(id, agents.Gate{})
 					continue
 				}
 				if g, err := decodeGate(ev.Kv.Value); err == nil {
-					s.gates.set(id, g)
+					s.gates.Set(id, g)
 				}
 			}
 			if wr.Header.Revision > 0 {
@@ -144,7 +111,7 @@ func (t *tx) checkGate(agentID string, now time.Time) error {
 	if err != nil {
 		return fmt.Errorf("agent %s: decode gate: %w", agentID, err)
 	}
-	t.s.gates.set(agentID, g)
+	t.s.gates.Set(agentID, g)
 	if q := g.Quarantine; q.ActiveAt(now) {
 		return broker.Errorf(broker.EQUARANTINED, "agent %s is quarantined since %s (%s); an operator must release it before it gets credentials again",
 			agentID, q.Since.UTC().Format(time.RFC3339), q.Reason)
@@ -153,7 +120,7 @@ func (t *tx) checkGate(agentID string, now time.Time) error {
 }
 
 // Gate implements broker.AgentStore from memory.
-func (s *Store) Gate(id string) agents.Gate { return s.gates.get(id) }
+func (s *Store) Gate(id string) agents.Gate { return s.gates.Get(id) }
 
 func (t *tx) getAgent(id string) (*agents.Agent, error) {
 	v, err := t.get(t.s.agentKey(id))
@@ -217,7 +184,7 @@ func (t *tx) putAgent(old, a *agents.Agent) error {
 			}
 			t.put(s.gateKey(a.ID), gv)
 		}
-		t.onCommit(func() { s.gates.set(a.ID, g) })
+		t.onCommit(func() { s.gates.Set(a.ID, g) })
 	}
 	return nil
 }

@@ -187,7 +187,7 @@ func TestQuarantineOnAnotherReplicaRefusesNewLeases(t *testing.T) {
 		t.Fatal(err)
 	}
 	// b's copy may not have the quarantine yet; forget it to be sure.
-	b.gates.set("agent-q", agents.Gate{})
+	b.gates.Set("agent-q", agents.Gate{})
 	l := leasetest.NewPending(now.Add(time.Second), "agent-q", time.Minute)
 	err := b.CreatePending(context.Background(), l)
 	var be *broker.Error

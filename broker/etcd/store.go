@@ -51,6 +51,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/valet-broker/valet/broker"
+	"github.com/valet-broker/valet/broker/agents"
 	"github.com/valet-broker/valet/broker/attest"
 	"github.com/valet-broker/valet/broker/jobs"
 	"github.com/valet-broker/valet/leases"
@@ -114,7 +115,14 @@ type Store struct {
 	down    atomic.Bool // etcd did not answer the last health check
 	skipped sync.Map
 
-	gates gates
+	// gates is this replica's copy of every flagged agent's gate, kept in
+	// step with etcd by a watch on the gate keys: Gate (on the path of
+	// every mint) reads no etcd. A gate key is written only when the gate
+	// changes, never by a sighting. The copy may lag another replica's
+	// commit by the watch's delay; a mint never relies on that lag:
+	// creating a lease reads the agent's gate key in its transaction
+	// (checkGate), so a quarantine committed anywhere refuses the lease.
+	gates agents.Gates
 
 	leaderMu  sync.RWMutex
 	leaderKey string
