@@ -202,14 +202,7 @@ func gateChanged(x, y agents.Gate) bool {
 
 // GetAgent implements broker.AgentStore.
 func (s *Store) GetAgent(ctx context.Context, id string) (*agents.Agent, error) {
-	resp, err := s.kv.Get(s.opCtx(ctx), s.agentKey(id))
-	if err != nil {
-		return nil, s.unavailable(err)
-	}
-	if len(resp.Kvs) == 0 {
-		return nil, agents.ErrNotFound
-	}
-	return decodeAgent(resp.Kvs[0].Value)
+	return getOne(ctx, s, s.agentKey(id), agents.ErrNotFound, decodeAgent)
 }
 
 // ListAgents implements broker.AgentStore.

@@ -102,14 +102,7 @@ func (s *Grants) Create(ctx context.Context, g *grants.Grant, now time.Time, e a
 
 // Get implements broker.GrantStore.
 func (s *Grants) Get(ctx context.Context, id string) (*grants.Grant, error) {
-	resp, err := s.s.kv.Get(s.s.opCtx(ctx), s.s.grantKey(id))
-	if err != nil {
-		return nil, s.s.unavailable(err)
-	}
-	if len(resp.Kvs) == 0 {
-		return nil, grants.ErrNotFound
-	}
-	return decodeGrant(id, resp.Kvs[0].Value)
+	return getOne(ctx, s.s, s.s.grantKey(id), grants.ErrNotFound, func(v []byte) (*grants.Grant, error) { return decodeGrant(id, v) })
 }
 
 // List implements broker.GrantStore.

@@ -231,14 +231,7 @@ func (s *Store) change(ctx context.Context, id string, now time.Time, e audit.En
 
 // Get implements broker.LeaseStore and leases.RevocationStore.
 func (s *Store) Get(ctx context.Context, id string) (*leases.Lease, error) {
-	resp, err := s.kv.Get(s.opCtx(ctx), s.leaseKey(id))
-	if err != nil {
-		return nil, s.unavailable(err)
-	}
-	if len(resp.Kvs) == 0 {
-		return nil, leases.ErrNotFound
-	}
-	return decodeLease(resp.Kvs[0].Value)
+	return getOne(ctx, s, s.leaseKey(id), leases.ErrNotFound, decodeLease)
 }
 
 // walkDesc calls fn with the ids under prefix (keys prefix+id), newest

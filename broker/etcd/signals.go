@@ -175,14 +175,7 @@ func (s *Store) Contained(ctx context.Context, id string, ended int, now time.Ti
 
 // GetSignal implements broker.SignalStore.
 func (s *Store) GetSignal(ctx context.Context, id string) (*agents.Signal, error) {
-	resp, err := s.kv.Get(s.opCtx(ctx), s.signalKey(id))
-	if err != nil {
-		return nil, s.unavailable(err)
-	}
-	if len(resp.Kvs) == 0 {
-		return nil, agents.ErrNotFound
-	}
-	return decodeSignal(resp.Kvs[0].Value)
+	return getOne(ctx, s, s.signalKey(id), agents.ErrNotFound, decodeSignal)
 }
 
 // ListSignals implements broker.SignalStore.

@@ -319,6 +319,19 @@ func (s *Store) reqCtx(limit time.Duration) (context.Context, context.CancelFunc
 	return context.WithTimeout(clientv3.WithRequireLeader(context.Background()), min(s.requestTimeout, limit))
 }
 
+// getOne reads the record at key and decodes it, or returns notFound when
+// the key is absent; a read etcd did not answer is ErrUnavailable.
+func getOne[T any](ctx context.Context, s *Store, key string, notFound error, decode func(v []byte) (*T, error)) (*T, error) {
+	resp, err := s.kv.Get(s.opCtx(ctx), key)
+	if err != nil {
+		return nil, s.unavailable(err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, notFound
+	}
+	return decode(resp.Kvs[0].Value)
+}
+
 // ErrUnavailable: etcd did not answer (no quorum, unreachable, timed
 // out). errors.Is(err, context.DeadlineExceeded) holds too, so the flows
 // answer such failures as unavailable (503), not as an internal error.
