@@ -26,6 +26,7 @@ func BenchmarkCreateActive(b *testing.B) {
 	ctx := context.Background()
 	var n atomic.Int64
 	tx0 := lastCommittedTx(b, s.db)
+	st0 := s.db.Stats().TxStats
 	b.SetParallelism(32) // 64 writers on 2 cores
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
@@ -50,4 +51,7 @@ func BenchmarkCreateActive(b *testing.B) {
 	})
 	b.StopTimer()
 	b.ReportMetric(float64(lastCommittedTx(b, s.db)-tx0)/float64(b.N), "commits/op")
+	st := s.db.Stats().TxStats
+	b.ReportMetric(float64(st.GetNodeCount()-st0.GetNodeCount())/float64(b.N), "nodes/op")
+	b.ReportMetric(float64(st.GetWrite()-st0.GetWrite())/float64(b.N), "pagewrites/op")
 }

@@ -381,7 +381,7 @@ func (s *Grants) PruneEnded(ctx context.Context, cutoff time.Time, limit int) (i
 // migrateGrantIndexes brings the state and agent indexes to the current
 // key layout (migrateIndexes).
 func migrateGrantIndexes(tx *bbolt.Tx) error {
-	return migrateIndexes(tx, bucketGrantMeta, bucketGrants, [][]byte{bucketGrantState, bucketGrantAgent}, func(v []byte) error {
+	return migrateIndexes(tx, bucketGrantMeta, bucketGrants, indexLayout, [][]byte{bucketGrantState, bucketGrantAgent}, func(v []byte) error {
 		var g grants.Grant
 		if err := json.Unmarshal(v, &g); err != nil {
 			return err

@@ -56,8 +56,14 @@ func walkNewestFirst(b *bbolt.Bucket, prefix []byte, before string, fn func(id [
 }
 
 // indexLayout is the version of the index key layout (indexKey) that
-// migrateIndexes records.
+// migrateIndexes records for the grants. The leases record leaseLayout.
 const indexLayout = 2
+
+// leaseLayout is indexLayout with the unindexed leases (owners.go): a
+// lease's agent and lineage keys may wait there for a run of indexOwners.
+// A valet that knows only indexLayout would miss those leases, so it must
+// refuse such a file (migrateIndexes' "newer" error).
+const leaseLayout = 3
 
 // layoutKey is the key of the layout version in a store's meta bucket. It
 // is absent in databases written before indexKey, when index keys were
@@ -65,18 +71,18 @@ const indexLayout = 2
 var layoutKey = []byte("layout")
 
 // migrateIndexes rebuilds the index buckets indexes of a store when its
-// meta bucket does not record indexLayout: it empties them and calls
+// meta bucket does not record layout: it empties them and calls
 // reindex with each value of the records bucket, which puts that record's
 // index keys back; then it records the layout. It runs inside the
 // transaction that opens the store, so a database is migrated whole or not
-// at all. A layout newer than indexLayout is an error: an older valet
-// must not rewrite a newer one's indexes.
-func migrateIndexes(tx *bbolt.Tx, meta, records []byte, indexes [][]byte, reindex func(v []byte) error) error {
+// at all. A layout newer than layout is an error: an older valet must not
+// rewrite a newer one's indexes.
+func migrateIndexes(tx *bbolt.Tx, meta, records []byte, layout byte, indexes [][]byte, reindex func(v []byte) error) error {
 	m := tx.Bucket(meta)
-	if v := m.Get(layoutKey); len(v) == 1 && v[0] == indexLayout {
+	if v := m.Get(layoutKey); len(v) == 1 && v[0] == layout {
 		return nil
-	} else if len(v) > 0 {
-		return fmt.Errorf("%s: index layout %v is newer than this valet knows (%d)", meta, v, indexLayout)
+	} else if len(v) == 1 && v[0] > layout || len(v) > 1 {
+		return fmt.Errorf("%s: index layout %v is newer than this valet knows (%d)", meta, v, layout)
 	}
 	for _, b := range indexes {
 		if err := tx.DeleteBucket(b); err != nil {
@@ -95,7 +101,7 @@ func migrateIndexes(tx *bbolt.Tx, meta, records []byte, indexes [][]byte, reinde
 	if err != nil {
 		return fmt.Errorf("rebuild the indexes of %s: %w", records, err)
 	}
-	return m.Put(layoutKey, []byte{indexLayout})
+	return m.Put(layoutKey, []byte{layout})
 }
 
 // timeKey orders by time: 8 bytes of big-endian Unix nanoseconds, then the id.

@@ -25,7 +25,7 @@ var (
 	bucketLeaseState = []byte("leases.state")   // indexKey(state, id) -> nil
 	bucketRevoke     = []byte("leases.revoke")  // next-attempt(8) id -> lane (revokeByHandle or revokeByCorrelation), revoking and irrevocable leases
 	bucketEnded      = []byte("leases.ended")   // ended(8) id -> nil, terminal leases (for retention)
-	bucketLeaseMeta  = []byte("leases.meta")    // "count/<state>" -> uint64, "layout" -> indexLayout
+	bucketLeaseMeta  = []byte("leases.meta")    // "count/<state>" -> uint64, "layout" -> leaseLayout
 )
 
 // Values of the revocation queue's index: how the lease is revoked.
@@ -53,7 +53,7 @@ func (s *Store) create(ctx context.Context, l *leases.Lease, now time.Time, e *a
 	if err != nil {
 		return err
 	}
-	return s.update(ctx, func(tx *bbolt.Tx) error {
+	err = s.update(ctx, func(tx *bbolt.Tx) error {
 		if tx.Bucket(bucketLeases).Get([]byte(l.ID)) != nil {
 			return fmt.Errorf("lease %s already exists", l.ID)
 		}
@@ -66,6 +66,10 @@ func (s *Store) create(ctx context.Context, l *leases.Lease, now time.Time, e *a
 		_, err := appendAudit(tx, now, s.sink, l.Recorded(*e))
 		return err
 	})
+	if err == nil {
+		s.noteUnindexed(1)
+	}
+	return err
 }
 
 // Activate implements broker.LeaseStore.
@@ -155,17 +159,9 @@ func (s *Store) List(ctx context.Context, f leases.Filter) ([]*leases.Lease, err
 				(f.Backend == "" || l.Backend == f.Backend) &&
 				(f.State == "" || l.State == f.State)
 		}
-		bucket, prefix := bucketLeases, []byte(nil)
-		switch {
-		case f.Lineage != "":
-			bucket, prefix = bucketLineage, indexPrefix(f.Lineage)
-		case f.AgentID != "":
-			bucket, prefix = bucketLeaseAgent, indexPrefix(f.AgentID)
-		case f.State != "":
-			bucket, prefix = bucketLeaseState, indexPrefix(string(f.State))
-		}
+		bucket := leaseIndex(f)
 		leases := tx.Bucket(bucketLeases)
-		return walkNewestFirst(tx.Bucket(bucket), prefix, f.Before, func(id []byte) (bool, error) {
+		return walkLeaseIndex(tx, f, func(id []byte) (bool, error) {
 			v := leases.Get(id)
 			if v == nil {
 				s.ReportSkipped("listing", string(id), fmt.Errorf("index %s points at a missing lease", bucket))
@@ -301,16 +297,13 @@ func deleteLease(tx *bbolt.Tx, l *leases.Lease) error {
 		{bucketLeases, id},
 		{bucketLeaseState, indexKey(string(l.State), id)},
 		{bucketEnded, timeKey(l.EndedAt, id)},
-		{bucketLeaseAgent, indexKey(l.AgentID, id)},
 	} {
 		if err := tx.Bucket(d.b).Delete(d.k); err != nil {
 			return err
 		}
 	}
-	for _, lid := range l.Lineage.IDs() {
-		if err := tx.Bucket(bucketLineage).Delete(indexKey(lid, id)); err != nil {
-			return err
-		}
+	if err := deleteOwnerKeys(tx, l); err != nil {
+		return err
 	}
 	return addCount(tx, l.State, -1)
 }
@@ -331,25 +324,10 @@ func addCount(tx *bbolt.Tx, st leases.State, d int64) error {
 	return b.Put(k, v)
 }
 
-// putOwnerKeys indexes a new lease by its agent and by each lineage id;
-// neither changes during the lease's life.
-func putOwnerKeys(tx *bbolt.Tx, l *leases.Lease) error {
-	id := []byte(l.ID)
-	if err := tx.Bucket(bucketLeaseAgent).Put(indexKey(l.AgentID, id), nil); err != nil {
-		return err
-	}
-	for _, lid := range l.Lineage.IDs() {
-		if err := tx.Bucket(bucketLineage).Put(indexKey(lid, id), nil); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
 // initLeases creates the lease buckets and brings their indexes to the
 // current key layout.
 func initLeases(tx *bbolt.Tx) error {
-	for _, b := range [][]byte{bucketLeases, bucketExpiry, bucketLeaseAgent, bucketLineage, bucketLeaseState, bucketRevoke, bucketEnded, bucketLeaseMeta} {
+	for _, b := range [][]byte{bucketLeases, bucketExpiry, bucketLeaseAgent, bucketLineage, bucketLeaseState, bucketRevoke, bucketEnded, bucketLeaseMeta, bucketUnindexed} {
 		if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 			return err
 		}
@@ -360,7 +338,15 @@ func initLeases(tx *bbolt.Tx) error {
 // migrateLeaseIndexes brings the agent, lineage and state indexes to the
 // current key layout.
 func migrateLeaseIndexes(tx *bbolt.Tx) error {
-	return migrateIndexes(tx, bucketLeaseMeta, bucketLeases, [][]byte{bucketLeaseAgent, bucketLineage, bucketLeaseState}, func(v []byte) error {
+	m := tx.Bucket(bucketLeaseMeta)
+	if v := m.Get(layoutKey); len(v) == 1 && v[0] == indexLayout {
+		// Layout 2's indexes are complete: leaseLayout only adds the
+		// (empty) unindexed leases.
+		if err := m.Put(layoutKey, []byte{leaseLayout}); err != nil {
+			return err
+		}
+	}
+	return migrateIndexes(tx, bucketLeaseMeta, bucketLeases, leaseLayout, [][]byte{bucketLeaseAgent, bucketLineage, bucketLeaseState, bucketUnindexed}, func(v []byte) error {
 		l, err := decodeLease(v)
 		if err != nil {
 			return err
@@ -368,6 +354,6 @@ func migrateLeaseIndexes(tx *bbolt.Tx) error {
 		if err := tx.Bucket(bucketLeaseState).Put(indexKey(string(l.State), []byte(l.ID)), nil); err != nil {
 			return err
 		}
-		return putOwnerKeys(tx, l)
+		return putOwnerIndex(tx, l)
 	})
 }

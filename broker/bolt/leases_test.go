@@ -1035,7 +1035,7 @@ func indexKeysFor(t *testing.T, s *Store, id string) []string {
 	t.Helper()
 	var out []string
 	err := s.db.View(func(tx *bbolt.Tx) error {
-		for _, b := range [][]byte{bucketLeases, bucketExpiry, bucketLeaseAgent, bucketLineage, bucketLeaseState, bucketRevoke, bucketEnded} {
+		for _, b := range [][]byte{bucketLeases, bucketExpiry, bucketLeaseAgent, bucketLineage, bucketLeaseState, bucketRevoke, bucketEnded, bucketUnindexed} {
 			c := tx.Bucket(b).Cursor()
 			for k, _ := c.First(); k != nil; k, _ = c.Next() {
 				if bytes.HasSuffix(k, []byte(id)) {

@@ -223,17 +223,11 @@ func (s *Store) EndLive(ctx context.Context, signalID string, f leases.Filter, b
 	if !reason.Terminal() {
 		return nil, "", fmt.Errorf("end leases: %q is not a terminal state", reason)
 	}
-	var bucket, prefix []byte
-	switch {
-	case f.Lineage != "":
-		bucket, prefix = bucketLineage, indexPrefix(f.Lineage)
-	case f.AgentID != "":
-		bucket, prefix = bucketLeaseAgent, indexPrefix(f.AgentID)
-	case f.State == leases.StateActive || f.State == leases.StatePending:
-		bucket, prefix = bucketLeaseState, indexPrefix(string(f.State))
-	default:
+	if f.Lineage == "" && f.AgentID == "" && f.State != leases.StateActive && f.State != leases.StatePending {
 		return nil, "", errors.New("end leases: the filter needs an agent, a lineage, or the state active or pending (an index to walk)")
 	}
+	walk := f
+	walk.Before = before
 	limit = max(1, limit)
 	examine := max(limit, maxExamined)
 	var out []*leases.Lease
@@ -244,7 +238,7 @@ func (s *Store) EndLive(ctx context.Context, signalID string, f leases.Filter, b
 		// it may be walking (the state index).
 		var ids []string
 		examined := 0
-		err := walkNewestFirst(tx.Bucket(bucket), prefix, before, func(id []byte) (bool, error) {
+		err := walkLeaseIndex(tx, walk, func(id []byte) (bool, error) {
 			examined++
 			l, err := getLease(tx, string(id))
 			if err != nil {

@@ -23,6 +23,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/bbolt"
@@ -60,6 +61,14 @@ type Store struct {
 	segmentRecords int
 
 	revokeAtExpiry func(l *leases.Lease) bool
+
+	// unindexed counts the leases whose owner keys wait for a run of
+	// indexOwners (owners.go), which starts at indexRun of them;
+	// indexing is set while a run is under way, in bg.
+	unindexed atomic.Int64
+	indexRun  int
+	indexing  atomic.Bool
+	bg        sync.WaitGroup
 }
 
 // Options configures Open.
@@ -134,7 +143,13 @@ func Open(path string, opts Options) (*Store, error) {
 		opts.Logger = slog.Default()
 	}
 	s := &Store{db: db, sink: opts.Sink, log: opts.Logger, archiveDir: audit.ArchiveDir(filepath.Dir(path)),
-		segmentRecords: audit.MaxSegmentRecords}
+		segmentRecords: audit.MaxSegmentRecords, indexRun: indexRun}
+	n, err := countUnindexed(db)
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	s.unindexed.Store(n)
 	if err := s.loadGates(); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("read the agents of %s: %w", path, err)
@@ -163,6 +178,7 @@ func (s *Store) Close() error {
 	if s.c != nil {
 		s.c.close()
 	}
+	s.bg.Wait()
 	return s.db.Close()
 }
 
