@@ -47,6 +47,9 @@ func appendAudit(tx *bbolt.Tx, now time.Time, sink audit.Sink, entries ...audit.
 		return nil, err
 	}
 	b := tx.Bucket(bucketAuditRecords)
+	// Records only append and never change: full pages (bbolt splits
+	// at half a page by default, which suits random inserts).
+	b.FillPercent = 1
 	for i, r := range recs {
 		if err := b.Put(audit.SeqKey(r.Seq), stored[i]); err != nil {
 			return nil, err

@@ -224,7 +224,13 @@ func putLease(tx *bbolt.Tx, old, l *leases.Lease) error {
 // the change from old (nil for a new lease) to l.
 func putLeaseEncoded(tx *bbolt.Tx, old, l *leases.Lease, v []byte) error {
 	id := []byte(l.ID)
-	if err := tx.Bucket(bucketLeases).Put(id, v); err != nil {
+	lb := tx.Bucket(bucketLeases)
+	if old == nil {
+		// New ids append (they sort by time): fill pages, leaving a
+		// tenth for the records' growth as they change state.
+		lb.FillPercent = 0.9
+	}
+	if err := lb.Put(id, v); err != nil {
 		return err
 	}
 	type idx struct {

@@ -79,7 +79,9 @@ func decodeOwners(v []byte, fn func(bucket, value []byte)) error {
 // putOwnerKeys records the owner keys of a new lease (its agent and
 // lineage ids never change) for the next run of indexOwners.
 func putOwnerKeys(tx *bbolt.Tx, l *leases.Lease) error {
-	return tx.Bucket(bucketUnindexed).Put([]byte(l.ID), encodeOwners(l.AgentID, l.Lineage.IDs()))
+	u := tx.Bucket(bucketUnindexed)
+	u.FillPercent = 1 // ids append
+	return u.Put([]byte(l.ID), encodeOwners(l.AgentID, l.Lineage.IDs()))
 }
 
 // putOwnerIndex puts the owner keys of l into the indexes directly (the
