@@ -130,3 +130,29 @@ func BenchmarkCheck(b *testing.B) {
 		}
 	}
 }
+
+// Decoders are reused between documents: nothing of one document (its
+// position, open objects, keys seen, strings) may show in the next.
+func TestNoStateCarriesOver(t *testing.T) {
+	for i := range 50 {
+		var b body
+		if err := strictjson.Unmarshal([]byte(`{"scope":{"a":{"b":[`), &b); err == nil {
+			t.Fatal("truncated document accepted")
+		}
+		if err := strictjson.Check([]byte(`{"role":"demo","role":"x"}`)); err == nil {
+			t.Fatal("duplicate key accepted")
+		}
+		in := fmt.Sprintf(`{"role":"demo-%d","scope":{"a":1}}`, i)
+		b = body{}
+		if err := strictjson.Unmarshal([]byte(in), &b); err != nil {
+			t.Fatalf("after a refused document: %v", err)
+		}
+		if want := fmt.Sprintf("demo-%d", i); b.Role != want || b.Scope["a"] != 1.0 {
+			t.Fatalf("decoded %+v, want role %q and scope a=1", b, want)
+		}
+		var se *strictjson.Error
+		if err := strictjson.Check([]byte(`{"a":1} x`)); !errors.As(err, &se) || se.Offset != 8 {
+			t.Fatalf("Check trailing data = %v, want an *Error at byte 8", err)
+		}
+	}
+}
