@@ -255,7 +255,8 @@ func (b *Backend) Mint(ctx context.Context, req backends.MintRequest) (*backends
 	if err != nil {
 		return nil, err
 	}
-	tok, kid, err := b.sign(req, scopes, aud)
+	scope := strings.Join(scopes, " ")
+	tok, kid, err := b.sign(req, scope, aud)
 	if err != nil {
 		return nil, err
 	}
@@ -264,14 +265,14 @@ func (b *Backend) Mint(ctx context.Context, req backends.MintRequest) (*backends
 		"token_type":   "Bearer",
 		"expires_at":   req.ExpiresAt.UTC().Format(time.RFC3339),
 	}
-	if len(scopes) > 0 {
-		data["scope"] = strings.Join(scopes, " ")
+	if scope != "" {
+		data["scope"] = scope
 	}
 	return &backends.Credential{
 		Handle:    req.CorrelationID,
 		ExpiresAt: req.ExpiresAt,
 		Data:      data,
-		Details:   map[string]string{"kid": kid, "scope": strings.Join(scopes, " ")},
+		Details:   map[string]string{"kid": kid, "scope": scope},
 	}, nil
 }
 
@@ -347,10 +348,13 @@ type claims struct {
 	Role     string `json:"role"`
 }
 
-func (b *Backend) sign(req backends.MintRequest, scopes, aud []string) (string, string, error) {
+// sign returns the compact JWS of the token's claims and the kid of the
+// key that signed it. scope is the space-separated scope claim ("" leaves
+// it out).
+func (b *Backend) sign(req backends.MintRequest, scope string, aud []string) (string, string, error) {
 	c := claims{
 		Iss: b.issuer, Sub: req.AgentID, Exp: req.ExpiresAt.Unix(), Nbf: req.IssuedAt.Unix(), Iat: req.IssuedAt.Unix(),
-		Jti: req.CorrelationID, ClientID: req.AgentID, Scope: strings.Join(scopes, " "), Role: req.Role.Name,
+		Jti: req.CorrelationID, ClientID: req.AgentID, Scope: scope, Role: req.Role.Name,
 	}
 	switch len(aud) {
 	case 0:
@@ -359,36 +363,51 @@ func (b *Backend) sign(req backends.MintRequest, scopes, aud []string) (string, 
 	default:
 		c.Aud = aud
 	}
-	payload, err := json.Marshal(c)
+	var payload []byte
+	var err error
+	if p, ok := b.roles.Load(req.Role.Name); ok && len(p.(RoleParams).Claims) > 0 {
+		payload, err = json.Marshal(c.merged(p.(RoleParams).Claims))
+	} else {
+		payload, err = json.Marshal(c)
+	}
 	if err != nil {
 		return "", "", err
-	}
-	if p, ok := b.roles.Load(req.Role.Name); ok && len(p.(RoleParams).Claims) > 0 {
-		// Merge the role's static claims after the registered ones.
-		m := map[string]any{}
-		if err := json.Unmarshal(payload, &m); err != nil {
-			return "", "", err
-		}
-		for k, v := range p.(RoleParams).Claims {
-			m[k] = v
-		}
-		if payload, err = json.Marshal(m); err != nil {
-			return "", "", err
-		}
 	}
 	k := b.signingKey(b.deps.Clock.Now())
-	var sb strings.Builder
-	sb.Grow(len(k.header) + 1 + base64.RawURLEncoding.EncodedLen(len(payload)) + 1 + 86)
-	sb.WriteString(k.header)
-	sb.WriteByte('.')
-	sb.WriteString(base64.RawURLEncoding.EncodeToString(payload))
-	sig, err := signJWS(k, []byte(sb.String()))
+	// One buffer holds the signing input and then the whole token; both
+	// algorithms' signatures are 64 bytes, 86 in base64url.
+	tok := make([]byte, 0, len(k.header)+1+base64.RawURLEncoding.EncodedLen(len(payload))+1+86)
+	tok = append(tok, k.header...)
+	tok = append(tok, '.')
+	tok = base64.RawURLEncoding.AppendEncode(tok, payload)
+	sig, err := signJWS(k, tok)
 	if err != nil {
 		return "", "", err
 	}
-	sb.WriteByte('.')
-	sb.WriteString(base64.RawURLEncoding.EncodeToString(sig))
-	return sb.String(), k.kid, nil
+	tok = append(tok, '.')
+	tok = base64.RawURLEncoding.AppendEncode(tok, sig)
+	return string(tok), k.kid, nil
+}
+
+// merged is c as a map with the role's static claims merged after the
+// registered ones (CheckRole refuses role claims that name a registered
+// claim). Marshalled, it is the same JSON as a round trip of c's own
+// encoding through a map: the same keys (aud and scope only when set), in
+// sorted order, and integral numbers printed alike as int64 or float64.
+func (c *claims) merged(extra map[string]any) map[string]any {
+	m := make(map[string]any, 10+len(extra))
+	m["iss"], m["sub"], m["exp"], m["nbf"], m["iat"] = c.Iss, c.Sub, c.Exp, c.Nbf, c.Iat
+	m["jti"], m["client_id"], m["role"] = c.Jti, c.ClientID, c.Role
+	if c.Aud != nil {
+		m["aud"] = c.Aud
+	}
+	if c.Scope != "" {
+		m["scope"] = c.Scope
+	}
+	for k, v := range extra {
+		m[k] = v
+	}
+	return m
 }
 
 // signJWS produces a JWS signature: r||s (32 bytes each) for ES256, the

@@ -739,11 +739,18 @@ func TestNewWithoutClock(t *testing.T) {
 }
 
 func BenchmarkMint(b *testing.B) {
-	for _, alg := range []string{"ES256", "EdDSA"} {
-		b.Run(alg, func(b *testing.B) {
-			f := newFixture(b, map[string]any{"algorithm": alg})
-			role := f.role(b, backends.RoleSpec{Name: "demo", Audience: []string{"demo-api"}, Scopes: []string{"read", "write"},
-				Params: map[string]any{"claims": map[string]any{"tenant": "acme"}}})
+	for _, bc := range []struct {
+		name   string
+		alg    string
+		params map[string]any
+	}{
+		{"ES256", "ES256", map[string]any{"claims": map[string]any{"tenant": "acme"}}},
+		{"EdDSA", "EdDSA", map[string]any{"claims": map[string]any{"tenant": "acme"}}},
+		{"ES256-no-role-claims", "ES256", nil},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			f := newFixture(b, map[string]any{"algorithm": bc.alg})
+			role := f.role(b, backends.RoleSpec{Name: "demo", Audience: []string{"demo-api"}, Scopes: []string{"read", "write"}, Params: bc.params})
 			req := f.mintReq(role, 5*time.Minute)
 			ctx := context.Background()
 			b.ReportAllocs()
@@ -751,6 +758,67 @@ func BenchmarkMint(b *testing.B) {
 				if _, err := f.b.Mint(ctx, req); err != nil {
 					b.Fatal(err)
 				}
+			}
+		})
+	}
+}
+
+// The claims are a contract with resource servers: their exact bytes
+// (order, escaping, integer times, aud as a string or a list, the role's
+// claims merged and sorted) are fixed here.
+func TestMintClaimsBytes(t *testing.T) {
+	tests := []struct {
+		name   string
+		role   backends.RoleSpec
+		scope  map[string]any
+		agent  string
+		want   string
+		wantSc string // the credential's scope
+	}{
+		{
+			name: "one audience, two scopes",
+			role: backends.RoleSpec{Name: "demo", Audience: []string{"demo-api"}, Scopes: []string{"read", "write"}},
+			want: `{"iss":"https://valet.test","sub":"test/agent-1","aud":"demo-api","exp":1773501266,"nbf":1773500966,"iat":1773500966,` +
+				`"jti":"01JTESTLEASE000000000000AA","client_id":"test/agent-1","scope":"read write","role":"demo"}`,
+			wantSc: "read write",
+		},
+		{
+			name:  "two audiences, no scope, escaped agent",
+			role:  backends.RoleSpec{Name: "demo", Audience: []string{"a-api", "b-api"}},
+			agent: "test/<a&b>\"é\u2028",
+			want: `{"iss":"https://valet.test","sub":"test/\u003ca\u0026b\u003e\"é\u2028","aud":["a-api","b-api"],"exp":1773501266,"nbf":1773500966,"iat":1773500966,` +
+				`"jti":"01JTESTLEASE000000000000AA","client_id":"test/\u003ca\u0026b\u003e\"é\u2028","role":"demo"}`,
+		},
+		{
+			name:  "narrowed, with role claims",
+			role:  backends.RoleSpec{Name: "demo", Audience: []string{"a-api", "b-api"}, Scopes: []string{"read", "write"}, Params: map[string]any{"claims": map[string]any{"tenant": "acme", "tier": 2}}},
+			scope: map[string]any{"scopes": []any{"write"}, "audience": []any{"b-api"}},
+			want: `{"aud":"b-api","client_id":"test/agent-1","exp":1773501266,"iat":1773500966,"iss":"https://valet.test","jti":"01JTESTLEASE000000000000AA",` +
+				`"nbf":1773500966,"role":"demo","scope":"write","sub":"test/agent-1","tenant":"acme","tier":2}`,
+			wantSc: "write",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFixture(t, nil)
+			req := f.mintReq(f.role(t, tt.role), 5*time.Minute)
+			req.Scope = tt.scope
+			if tt.agent != "" {
+				req.AgentID = tt.agent
+			}
+			tok, cred := mint(t, f.b, req)
+			payload, err := base64.RawURLEncoding.DecodeString(strings.Split(tok, ".")[1])
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(payload) != tt.want {
+				t.Errorf("claims\n got %s\nwant %s", payload, tt.want)
+			}
+			if cred.Details["scope"] != tt.wantSc {
+				t.Errorf("details scope = %q, want %q", cred.Details["scope"], tt.wantSc)
+			}
+			if sc, ok := cred.Data["scope"]; ok != (tt.wantSc != "") || (ok && sc != tt.wantSc) {
+				t.Errorf("data scope = %v (present %v), want %q", sc, ok, tt.wantSc)
 			}
 		})
 	}

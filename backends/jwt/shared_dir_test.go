@@ -108,7 +108,7 @@ func TestReplicasFollowARotation(t *testing.T) {
 		t.Fatalf("the follower signs with %s once the new key %s is active", kid, r.KeyID)
 	}
 	tok, kid, err := leader.sign(backends.MintRequest{AgentID: "a", CorrelationID: "l1", IssuedAt: clk.Now(), ExpiresAt: clk.Now().Add(time.Minute),
-		Role: backends.RoleSpec{Name: "demo"}}, nil, nil)
+		Role: backends.RoleSpec{Name: "demo"}}, "", nil)
 	if err != nil || kid != r.KeyID {
 		t.Fatalf("the leader signs with %s (%v), want %s", kid, err, r.KeyID)
 	}

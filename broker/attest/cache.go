@@ -3,6 +3,7 @@ package attest
 import (
 	"crypto/sha256"
 	"sync"
+	"unsafe"
 
 	"github.com/valet-broker/valet/broker"
 )
@@ -76,4 +77,11 @@ func (c *verifiedCache) drop(sum [sha256.Size]byte) {
 func copyPrincipal(p *broker.Principal) *broker.Principal {
 	cp := *p
 	return &cp
+}
+
+// stringBytes is s as a byte slice without a copy, for reading only (a
+// token is hashed on every request to look it up; copying it first would
+// cost an allocation of its size). The slice must never be written to.
+func stringBytes(s string) []byte {
+	return unsafe.Slice(unsafe.StringData(s), len(s))
 }

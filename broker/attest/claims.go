@@ -34,52 +34,54 @@ type checkedClaims struct {
 	jti     string
 }
 
-// checkClaims applies the time, audience, subject and jti rules at now.
-func (ti *trustedIssuer) checkClaims(claims map[string]any, now time.Time) (*checkedClaims, error) {
-	c := &checkedClaims{}
+// checkClaims applies the time, audience, subject and jti rules at now. It
+// returns the claims by value: a re-presented token is checked on every
+// use, and only needs the error.
+func (ti *trustedIssuer) checkClaims(claims map[string]any, now time.Time) (checkedClaims, error) {
+	var c checkedClaims
 	c.iss, _ = claims["iss"].(string) // selectIssuer checked its type
 
 	exp, ok, err := numericDate(claims, "exp")
 	switch {
 	case err != nil:
-		return nil, err
+		return checkedClaims{}, err
 	case !ok:
-		return nil, unauthorized("attestation has no exp claim; tokens without an expiry are never accepted")
+		return checkedClaims{}, unauthorized("attestation has no exp claim; tokens without an expiry are never accepted")
 	case !now.Before(exp.Add(ti.skew)):
-		return nil, unauthorized("attestation expired at %s (valet's time is %s; allowed clock skew %s)", rfc3339(exp), rfc3339(now), ti.skew)
+		return checkedClaims{}, unauthorized("attestation expired at %s (valet's time is %s; allowed clock skew %s)", rfc3339(exp), rfc3339(now), ti.skew)
 	}
 	c.exp = exp
 
 	nbf, ok, err := numericDate(claims, "nbf")
 	switch {
 	case err != nil:
-		return nil, err
+		return checkedClaims{}, err
 	case ok && now.Add(ti.skew).Before(nbf):
-		return nil, unauthorized("attestation is not valid before %s (valet's time is %s; allowed clock skew %s)", rfc3339(nbf), rfc3339(now), ti.skew)
+		return checkedClaims{}, unauthorized("attestation is not valid before %s (valet's time is %s; allowed clock skew %s)", rfc3339(nbf), rfc3339(now), ti.skew)
 	}
 
 	iat, ok, err := numericDate(claims, "iat")
 	switch {
 	case err != nil:
-		return nil, err
+		return checkedClaims{}, err
 	case ok && iat.After(now.Add(ti.skew)):
-		return nil, unauthorized("attestation was issued in the future, at %s (valet's time is %s; allowed clock skew %s)", rfc3339(iat), rfc3339(now), ti.skew)
+		return checkedClaims{}, unauthorized("attestation was issued in the future, at %s (valet's time is %s; allowed clock skew %s)", rfc3339(iat), rfc3339(now), ti.skew)
 	case !ok && ti.maxAge > 0:
-		return nil, unauthorized("attestation has no iat claim; issuer %s requires one because its max_token_age is %s", ti.cfg.Name, ti.maxAge)
+		return checkedClaims{}, unauthorized("attestation has no iat claim; issuer %s requires one because its max_token_age is %s", ti.cfg.Name, ti.maxAge)
 	case ok && ti.maxAge > 0 && now.Sub(iat) > ti.maxAge+ti.skew:
-		return nil, unauthorized("attestation is too old: issued at %s, and issuer %s accepts tokens for %s after issue", rfc3339(iat), ti.cfg.Name, ti.maxAge)
+		return checkedClaims{}, unauthorized("attestation is too old: issued at %s, and issuer %s accepts tokens for %s after issue", rfc3339(iat), ti.cfg.Name, ti.maxAge)
 	}
 	if ok {
 		c.iat = iat
 	}
 
 	if err := ti.checkAudience(claims["aud"]); err != nil {
-		return nil, err
+		return checkedClaims{}, err
 	}
 
 	sub, err := subject(claims, ti.cfg.SubjectClaim)
 	if err != nil {
-		return nil, err
+		return checkedClaims{}, err
 	}
 	c.subject = sub
 
@@ -87,12 +89,12 @@ func (ti *trustedIssuer) checkClaims(claims map[string]any, now time.Time) (*che
 		jti, ok := raw.(string)
 		switch {
 		case !ok:
-			return nil, unauthorized("attestation jti claim must be a string")
+			return checkedClaims{}, unauthorized("attestation jti claim must be a string")
 		case jti == "":
-			return nil, unauthorized("attestation jti claim is empty")
+			return checkedClaims{}, unauthorized("attestation jti claim is empty")
 		}
 		if err := checkIdentity("jti claim", jti); err != nil {
-			return nil, err
+			return checkedClaims{}, err
 		}
 		c.jti = jti
 	}

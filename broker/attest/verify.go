@@ -35,7 +35,7 @@ import (
 func (v *Verifier) Verify(ctx context.Context, token string) (*broker.Principal, error) {
 	var sum [sha256.Size]byte
 	if v.cache != nil && len(token) <= v.maxBytes {
-		sum = sha256.Sum256([]byte(token))
+		sum = sha256.Sum256(stringBytes(token))
 		if p, ok, err := v.cached(ctx, sum); ok {
 			return p, err
 		}
@@ -67,12 +67,12 @@ func (v *Verifier) Verify(ctx context.Context, token string) (*broker.Principal,
 	if err != nil {
 		return nil, err
 	}
-	p, err := ti.principal(tok.claims, c)
+	p, err := ti.principal(tok.claims, &c)
 	if err != nil {
 		return nil, err
 	}
 	if ti.cfg.RequireJTI {
-		if err := v.consume(ctx, ti, c, p); err != nil {
+		if err := v.consume(ctx, ti, &c, p); err != nil {
 			return nil, err
 		}
 	} else if v.cache != nil {

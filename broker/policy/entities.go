@@ -62,8 +62,8 @@ func (r *requestEntities) Get(uid types.EntityUID) (types.Entity, bool) {
 // req.Principal and req.Role must not be nil.
 func (s *Set) cedarRequest(req broker.AuthzRequest) (cedar.Request, *requestEntities) {
 	ents := &requestEntities{
-		principal: principalEntity(req.Principal, s.needClaims),
-		resource:  s.roles.entity(req.Role),
+		principal: s.principal(req.Principal),
+		resource:  s.role(req.Role),
 	}
 	return cedar.Request{
 		Principal: ents.principal.UID,
@@ -133,37 +133,85 @@ func mayReadClaims(src []byte) bool {
 	return bytes.Contains(src, []byte("claims")) || bytes.IndexByte(src, '\\') >= 0
 }
 
-// roleCache holds the entity of each role by name. Roles are configuration,
-// so the same few are asked for on every mint; building a role's entity
-// costs several microseconds, comparing it with the cached copy a fraction
-// of that. The comparison makes the cache safe even if a role with the same
-// name changes (a config reload): a stale entity is never used.
-type roleCache struct {
-	m sync.Map     // role name → *cachedRole
+// entityCache holds entities by key (a role's name, an agent's id), each
+// beside a copy of the inputs it was built from. Roles are configuration
+// and an agent presents the same identity on every mint, so the same few
+// entities are asked for again and again; building one costs several
+// microseconds and allocations, comparing its inputs with the cached copy a
+// fraction of that. An entry is used only when its inputs equal the
+// request's, so a role changed by a config reload, or an agent whose mapped
+// attributes changed, is never given a stale entity.
+type entityCache[In any] struct {
+	m sync.Map     // key → *cachedEntity[In]
 	n atomic.Int32 // entries, to bound the cache
 }
 
-// maxCachedRoles bounds the cache; roles beyond it are built every time.
-const maxCachedRoles = 1024
+// maxCachedEntities bounds each cache. A full cache starts afresh, so it
+// holds the entities in use now rather than the first ones seen.
+const maxCachedEntities = 1024
 
-type cachedRole struct {
-	role   broker.Role // a copy of the fields the entity is built from
+type cachedEntity[In any] struct {
+	in     In
 	entity types.Entity
 }
 
-// entity returns the entity of r, from the cache when r is unchanged.
-func (c *roleCache) entity(r *broker.Role) types.Entity {
-	if v, ok := c.m.Load(r.Name); ok {
-		if cached := v.(*cachedRole); sameRoleAttributes(&cached.role, r) {
-			return cached.entity
+// load returns the entity cached under key if same reports that the inputs
+// it was built from are the request's.
+func (c *entityCache[In]) load(key string, same func(cached *In) bool) (types.Entity, bool) {
+	if v, ok := c.m.Load(key); ok {
+		if e := v.(*cachedEntity[In]); same(&e.in) {
+			return e.entity, true
 		}
+	}
+	return types.Entity{}, false
+}
+
+// store caches ent under key; in is a copy of the inputs it was built from
+// that nobody changes afterwards.
+func (c *entityCache[In]) store(key string, in In, ent types.Entity) {
+	if c.n.Load() >= maxCachedEntities {
+		c.m.Clear()
+		c.n.Store(0)
+	}
+	if _, loaded := c.m.Swap(key, &cachedEntity[In]{in: in, entity: ent}); !loaded {
+		c.n.Add(1)
+	}
+}
+
+// role returns the entity of r, from the cache when r is unchanged.
+func (s *Set) role(r *broker.Role) types.Entity {
+	if ent, ok := s.roles.load(r.Name, func(cached *broker.Role) bool { return sameRoleAttributes(cached, r) }); ok {
+		return ent
 	}
 	ent := roleEntity(r)
-	if c.n.Load() < maxCachedRoles {
-		if _, loaded := c.m.Swap(r.Name, &cachedRole{role: copyRole(r), entity: ent}); !loaded {
-			c.n.Add(1)
-		}
+	s.roles.store(r.Name, copyRole(r), ent)
+	return ent
+}
+
+// principalInputs are the fields of a Principal that principalEntity reads
+// when it leaves out the claims.
+type principalInputs struct {
+	id, issuer, issuerURL, subject string
+	attributes                     map[string]string
+}
+
+// principal returns the entity of p. Unless the set reads claims, it comes
+// from the cache when p's identity and mapped attributes are unchanged.
+// With claims it is always built: claims such as jti, iat and exp differ
+// from one attestation to the next, so a cached entity would not be used.
+func (s *Set) principal(p *broker.Principal) types.Entity {
+	if s.needClaims {
+		return principalEntity(p, true)
 	}
+	same := func(c *principalInputs) bool {
+		return c.id == p.ID && c.issuer == p.Issuer && c.issuerURL == p.IssuerURL && c.subject == p.Subject &&
+			maps.Equal(c.attributes, p.Attributes)
+	}
+	if ent, ok := s.principals.load(p.ID, same); ok {
+		return ent
+	}
+	ent := principalEntity(p, false)
+	s.principals.store(p.ID, principalInputs{p.ID, p.Issuer, p.IssuerURL, p.Subject, maps.Clone(p.Attributes)}, ent)
 	return ent
 }
 
@@ -192,21 +240,28 @@ func copyRole(r *broker.Role) broker.Role {
 	}
 }
 
+// contextMaps holds scratch maps for contextRecord: types.NewRecord copies
+// the map it is given, so the map itself can serve the next request.
+var contextMaps = sync.Pool{New: func() any { return make(types.RecordMap, 9) }}
+
 // contextRecord builds the context record. Time comes only from c.Now, never
 // from the wall clock, so decisions are reproducible in tests and audits.
 func contextRecord(c broker.AuthzContext) types.Record {
 	now := c.Now.UTC()
-	return types.NewRecord(types.RecordMap{
-		"ttl_seconds": types.Long(ceilSeconds(c.TTL)),
-		"reason":      types.String(c.Reason),
-		"source_ip":   sourceIP(c.SourceIP),
-		"now":         types.NewDatetime(now),
-		"now_unix":    types.Long(now.Unix()),
-		"hour":        types.Long(now.Hour()),
-		"weekday":     weekdays[now.Weekday()],
-		"risk":        types.Long(c.Risk),
-		"approvals":   types.Long(c.Approvals),
-	})
+	m := contextMaps.Get().(types.RecordMap)
+	m["ttl_seconds"] = types.Long(ceilSeconds(c.TTL))
+	m["reason"] = types.String(c.Reason)
+	m["source_ip"] = sourceIP(c.SourceIP)
+	m["now"] = types.NewDatetime(now)
+	m["now_unix"] = types.Long(now.Unix())
+	m["hour"] = types.Long(now.Hour())
+	m["weekday"] = weekdays[now.Weekday()]
+	m["risk"] = types.Long(c.Risk)
+	m["approvals"] = types.Long(c.Approvals)
+	r := types.NewRecord(m)
+	clear(m)
+	contextMaps.Put(m)
+	return r
 }
 
 // ceilSeconds rounds d up to whole seconds.

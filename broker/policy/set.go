@@ -25,7 +25,8 @@ const maxFileBytes = 4 << 20
 
 // Set is an immutable, versioned set of Cedar policies. It is safe for
 // concurrent use; an Engine swaps whole Sets rather than changing one. (It
-// caches role entities, which changes no decision; see roleCache.)
+// caches role and agent entities, which changes no decision; see
+// entityCache.)
 type Set struct {
 	version  string
 	policies orderedPolicies
@@ -33,7 +34,8 @@ type Set struct {
 	// needClaims is false when no policy can read principal.claims, so
 	// Authorize can skip converting them, the largest part of its cost.
 	needClaims bool
-	roles      roleCache
+	roles      entityCache[broker.Role]
+	principals entityCache[principalInputs]
 	forbids    map[cedar.PolicyID]bool // the ids of the forbid policies
 }
 

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -9,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cedar-policy/cedar-go/types"
 
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/leases/config"
@@ -588,4 +591,78 @@ func TestRoleCacheSeesChanges(t *testing.T) {
 	req.Role.Scopes[0] = "read"
 	req.Role.MaxTTL = config.Duration(2 * time.Hour)
 	check(false)
+}
+
+// The agent cache never serves an agent whose identity or mapped attributes
+// changed since it was cached, and stays bounded while staying correct.
+func TestPrincipalCacheSeesChanges(t *testing.T) {
+	set := mustLoad(t, permitWhen(`principal.namespace == "agents" && principal.iss == "https://kubernetes.default.svc" && principal in Issuer::"k8s-prod"`))
+	if set.needClaims {
+		t.Fatal("the policy reads no claims; the cache would not be used")
+	}
+	tests := []struct {
+		name   string
+		modify func(p *broker.Principal)
+		want   bool
+	}{
+		{"as verified", func(p *broker.Principal) {}, true},
+		{"again, from the cache", func(p *broker.Principal) {}, true},
+		{"attribute changed in place", func(p *broker.Principal) { p.Attributes["namespace"] = "other" }, false},
+		{"attribute removed", func(p *broker.Principal) { delete(p.Attributes, "namespace") }, false},
+		{"other issuer URL", func(p *broker.Principal) { p.IssuerURL = "https://other.example" }, false},
+		{"other issuer name", func(p *broker.Principal) { p.Issuer = "k8s-dev" }, false},
+		{"back as verified", func(p *broker.Principal) {}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			req := baseRequest()
+			tt.modify(req.Principal)
+			dec, err := set.Authorize(context.Background(), req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if dec.Allowed != tt.want {
+				t.Errorf("allowed = %v, want %v", dec.Allowed, tt.want)
+			}
+		})
+	}
+
+	t.Run("more agents than the cache holds", func(t *testing.T) {
+		for i := range maxCachedEntities + 10 {
+			req := baseRequest()
+			req.Principal.ID = fmt.Sprintf("k8s-prod/agent-%d", i)
+			req.Principal.Attributes["namespace"] = []string{"agents", "other"}[i%2]
+			dec, err := set.Authorize(context.Background(), req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if dec.Allowed != (i%2 == 0) {
+				t.Fatalf("agent %d: allowed = %v", i, dec.Allowed)
+			}
+		}
+		if n := set.principals.n.Load(); n > maxCachedEntities {
+			t.Errorf("%d agents cached, want at most %d", n, maxCachedEntities)
+		}
+	})
+}
+
+// contextRecord reuses its scratch map: a record built earlier must keep
+// its own values.
+func TestContextRecordsAreIndependent(t *testing.T) {
+	first := contextRecord(broker.AuthzContext{Reason: "first", Risk: 1, Now: monday10})
+	contextRecord(broker.AuthzContext{Reason: "second", Risk: 2, Now: monday10.Add(time.Hour)})
+	want := types.NewRecord(types.RecordMap{
+		"ttl_seconds": types.Long(0),
+		"reason":      types.String("first"),
+		"source_ip":   unknownIP,
+		"now":         types.NewDatetime(monday10.UTC()),
+		"now_unix":    types.Long(monday10.Unix()),
+		"hour":        types.Long(monday10.UTC().Hour()),
+		"weekday":     weekdays[monday10.UTC().Weekday()],
+		"risk":        types.Long(1),
+		"approvals":   types.Long(0),
+	})
+	if !first.Equal(want) {
+		t.Errorf("first record = %v, want %v", first, want)
+	}
 }

@@ -24,6 +24,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"unicode/utf8"
 
 	"github.com/go-json-experiment/json"
@@ -48,7 +49,9 @@ func (e *Error) Error() string { return e.Message }
 // them or does not fit v (a string where v has a number, ...); the
 // message of an error returned by a field's UnmarshalJSON method is kept.
 func Unmarshal(b []byte, v any) error {
-	dec, err := open(b)
+	d := getDecoder(b)
+	defer putDecoder(d)
+	dec, err := open(b, &d.dec)
 	if err != nil {
 		return err
 	}
@@ -62,7 +65,9 @@ func Unmarshal(b []byte, v any) error {
 // UTF-8, duplicate keys, nothing after it), for callers that decode it
 // with another decoder. It returns an *Error.
 func Check(b []byte) error {
-	dec, err := open(b)
+	d := getDecoder(b)
+	defer putDecoder(d)
+	dec, err := open(b, &d.dec)
 	if err != nil {
 		return err
 	}
@@ -72,9 +77,36 @@ func Check(b []byte) error {
 	return end(dec)
 }
 
+// decoder is a jsontext.Decoder with the bytes.Buffer it reads from, kept
+// in decoders between documents: a new Decoder costs an allocation, and the
+// 4 KB string cache that decoding into a struct builds on first use
+// (interned strings are immutable, so the cache is safe to keep).
+type decoder struct {
+	dec jsontext.Decoder
+	in  bytes.Buffer
+}
+
+var decoders = sync.Pool{New: func() any { return new(decoder) }}
+
+// getDecoder returns a decoder reading b. A bytes.Buffer lets the decoder
+// parse b in place instead of copying it into a buffer of its own.
+func getDecoder(b []byte) *decoder {
+	d := decoders.Get().(*decoder)
+	d.in = *bytes.NewBuffer(b)
+	d.dec.Reset(&d.in)
+	return d
+}
+
+// putDecoder returns d to the pool, keeping no reference to the document.
+func putDecoder(d *decoder) {
+	d.in = bytes.Buffer{}
+	d.dec.Reset(&d.in) // drops the decoder's view of the old buffer
+	decoders.Put(d)
+}
+
 // open checks the UTF-8 of the whole document (so the offset of a bad byte
-// is exact, wherever it is) and that it starts with an object.
-func open(b []byte) (*jsontext.Decoder, error) {
+// is exact, wherever it is) and that it starts with an object; dec reads b.
+func open(b []byte, dec *jsontext.Decoder) (*jsontext.Decoder, error) {
 	if !utf8.Valid(b) {
 		off := 0
 		for off < len(b) {
@@ -86,7 +118,6 @@ func open(b []byte) (*jsontext.Decoder, error) {
 		}
 		return nil, &Error{Offset: int64(off), Message: fmt.Sprintf("invalid UTF-8 at byte %d", off)}
 	}
-	dec := jsontext.NewDecoder(bytes.NewReader(b))
 	switch k := dec.PeekKind(); k {
 	case '{':
 		return dec, nil

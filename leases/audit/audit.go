@@ -15,6 +15,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 )
 
@@ -177,15 +178,18 @@ func ParseHead(v []byte) (Head, error) {
 func Chain(head Head, now time.Time, entries ...Entry) (recs []Record, stored [][]byte, next Head, err error) {
 	recs = make([]Record, 0, len(entries))
 	stored = make([][]byte, 0, len(entries))
+	at := now.UTC().Round(0)
+	prevHex := hex.EncodeToString(head.Hash[:])
 	for _, e := range entries {
-		r := Record{Seq: head.Seq + 1, Time: now.UTC().Round(0), Entry: e, PrevHash: hex.EncodeToString(head.Hash[:])}
-		v, sum, err := r.encode()
+		recs = append(recs, Record{Seq: head.Seq + 1, Time: at, Entry: e, PrevHash: prevHex})
+		r := &recs[len(recs)-1]
+		v, sum, err := r.encodeAfter(head.Hash[:])
 		if err != nil {
 			return nil, nil, head, err
 		}
 		r.Hash = hex.EncodeToString(sum[:])
 		head = Head{Seq: r.Seq, Hash: sum}
-		recs = append(recs, r)
+		prevHex = r.Hash
 		stored = append(stored, v)
 	}
 	return recs, stored, head, nil
@@ -215,24 +219,60 @@ var emptyHash = []byte(`"hash":""}`)
 // into its last field, so a record verifies only if its stored bytes are
 // exactly its canonical encoding.
 func (r Record) encode() ([]byte, [sha256.Size]byte, error) {
-	var sum [sha256.Size]byte
-	body, err := json.Marshal(r)
+	prev, err := hex.DecodeString(r.PrevHash)
 	if err != nil {
+		return nil, [sha256.Size]byte{}, fmt.Errorf("encode audit record: unexpected shape")
+	}
+	return r.encodeAfter(prev)
+}
+
+// encodeAfter is encode for a caller that has r.PrevHash decoded: prev. It
+// takes r by pointer so that encoding it does not copy it to the heap.
+func (r *Record) encodeAfter(prev []byte) ([]byte, [sha256.Size]byte, error) {
+	var sum [sha256.Size]byte
+	w := encoders.Get().(*recordEncoder)
+	defer encoders.Put(w)
+	// The hash input is prev followed by the JSON: encode straight after
+	// prev, then hash and copy out the one buffer.
+	w.buf.Reset()
+	w.buf.Write(prev)
+	// Encoder.Encode is Marshal (the same escaping, HTML included) followed
+	// by a newline.
+	if err := w.enc.Encode(r); err != nil {
 		return nil, sum, fmt.Errorf("encode audit record: %w", err)
 	}
-	prev, err := hex.DecodeString(r.PrevHash)
-	if err != nil || !bytes.HasSuffix(body, emptyHash) {
+	in := bytes.TrimSuffix(w.buf.Bytes(), []byte{'\n'})
+	body := in[len(prev):]
+	if !bytes.HasSuffix(body, emptyHash) {
 		return nil, sum, fmt.Errorf("encode audit record: unexpected shape")
 	}
-	hh := sha256.New()
-	hh.Write(prev)
-	hh.Write(body)
-	hh.Sum(sum[:0])
+	sum = sha256.Sum256(in)
 	v := make([]byte, 0, len(body)+2*sha256.Size)
 	v = append(v, body[:len(body)-2]...) // up to `"hash":"`
 	v = hex.AppendEncode(v, sum[:])
 	v = append(v, '"', '}')
+	if w.buf.Cap() > maxPooledRecordBytes {
+		*w = *newRecordEncoder() // do not keep a rare large buffer
+	}
 	return v, sum, nil
+}
+
+// recordEncoder is a JSON encoder writing into its own buffer, kept in
+// encoders between records.
+type recordEncoder struct {
+	buf bytes.Buffer
+	enc *json.Encoder
+}
+
+// maxPooledRecordBytes bounds the buffer a pooled recordEncoder keeps.
+const maxPooledRecordBytes = 64 << 10
+
+var encoders = sync.Pool{New: func() any { return newRecordEncoder() }}
+
+func newRecordEncoder() *recordEncoder {
+	w := new(recordEncoder)
+	w.enc = json.NewEncoder(&w.buf)
+	return w
 }
 
 // SeqKey is the key a record is stored under: its sequence as 8 bytes,
