@@ -239,6 +239,11 @@ func (sw *statusWriter) Unwrap() http.ResponseWriter { return sw.ResponseWriter 
 
 // withLogging logs one line per request: never headers or bodies, which
 // carry attestations and credentials.
+// RequestLogMessage is the message of the line logged for each request
+// (at info; its attributes say the request id, method, route, status,
+// duration and client address).
+const RequestLogMessage = "http"
+
 func (s *Server) withLogging(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
@@ -255,7 +260,7 @@ func (s *Server) withLogging(next http.Handler) http.Handler {
 		if route == "/healthz" || route == "/metrics" || route == "/readyz" {
 			return
 		}
-		s.log.Info("http", "request_id", requestID(r.Context()), "method", r.Method, "route", route,
+		s.log.Info(RequestLogMessage, "request_id", requestID(r.Context()), "method", r.Method, "route", route,
 			"status", sw.status, "duration_ms", float64(time.Since(start).Microseconds())/1000, "remote", s.clientIP(r))
 	})
 }

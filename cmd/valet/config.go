@@ -24,6 +24,7 @@ import (
 	"github.com/valet-broker/valet/leases/audit"
 	"github.com/valet-broker/valet/leases/config"
 	"github.com/valet-broker/valet/web"
+	"time"
 )
 
 // Config is valet's server configuration file, read from YAML. Unknown keys
@@ -173,9 +174,14 @@ func (c *SignalsConfig) SignalIssuers() []broker.SignalIssuer {
 	return out
 }
 
-// LogConfig sets the log level (debug, info, warn, error; default info).
+// LogConfig sets the log level (debug, info, warn, error; default info)
+// and how long a request line (msg "http", one per request) may wait to be
+// written with the ones after it (flush_interval, a duration from 0 to 1s,
+// default 100ms; 0 writes each line at once). Every other line is written
+// at once.
 type LogConfig struct {
-	Level string `yaml:"level"`
+	Level         string          `yaml:"level"`
+	FlushInterval config.Duration `yaml:"flush_interval"`
 }
 
 // DefaultListen is the address valet listens on when listen is absent.
@@ -308,7 +314,10 @@ func (c *Config) UnmarshalYAML(unmarshal func(any) error) error {
 }
 
 // SetDefaults sets level info.
-func (lc *LogConfig) SetDefaults() { lc.Level = "info" }
+func (lc *LogConfig) SetDefaults() {
+	lc.Level = "info"
+	lc.FlushInterval = config.Duration(100 * time.Millisecond)
+}
 
 // UnmarshalYAML decodes on top of the defaults.
 func (lc *LogConfig) UnmarshalYAML(unmarshal func(any) error) error {
@@ -397,6 +406,9 @@ func (c *Config) Validate() error {
 	case "debug", "info", "warn", "error":
 	default:
 		add("log.level %q must be debug, info, warn or error", c.Log.Level)
+	}
+	if c.Log.FlushInterval > config.Duration(time.Second) {
+		add("log.flush_interval must be between 0 (each line at once) and 1s; it is %s", c.Log.FlushInterval)
 	}
 	roleNames := map[string]bool{}
 	for _, r := range c.Roles {

@@ -298,6 +298,7 @@ var configKeys = []struct {
 	def     any
 	refused string // "" when 0 is honoured
 }{
+	{"log.flush_interval", func(c *Config) any { return c.Log.FlushInterval.D() }, 100 * time.Millisecond, ""},
 	{"issuers.0.clock_skew", func(c *Config) any { return c.Issuers[0].ClockSkew.D() }, 30 * time.Second, ""},
 	{"issuers.0.max_token_age", func(c *Config) any { return c.Issuers[0].MaxTokenAge.D() }, 24 * time.Hour, ""},
 	{"issuers.0.jwks_refresh_interval", func(c *Config) any { return c.Issuers[0].JWKSRefreshInterval.D() }, time.Minute,
@@ -717,6 +718,7 @@ func TestConfigRefusesValuesThatUsedToMeanSomethingElse(t *testing.T) {
 		{"empty issuer type", "issuers.0.type", "", `issuers[0].type "" must be oidc`},
 		{"empty webhook format", "notifications.webhooks.0.format", "", `notifications.webhooks[0].format "" must be json, slack or set`},
 		{"empty log level", "log.level", "", `log.level "" must be debug`},
+		{"log flush_interval over 1s", "log.flush_interval", "2s", "log.flush_interval must be between 0 (each line at once) and 1s; it is 2s"},
 		{"empty operator name_claim", "operators.issuers.0.name_claim", "", "operators.issuers[0].name_claim and groups_claim must not be empty"},
 	}
 	for _, tc := range cases {

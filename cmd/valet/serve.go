@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/http/pprof"
@@ -83,10 +84,14 @@ func loadPreviousKEK(cfg *Config) ([]byte, error) {
 	return k, nil
 }
 
-func newLogger(level string) *slog.Logger {
+// newLogger returns the server's JSON logger on w, its lines batched per
+// cfg.FlushInterval (lineBuffer), and a function that writes the lines
+// that wait (call it before the process ends).
+func newLogger(w io.Writer, cfg LogConfig) (*slog.Logger, func()) {
 	var l slog.Level
-	_ = l.UnmarshalText([]byte(strings.ToUpper(level)))
-	return slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: l}))
+	_ = l.UnmarshalText([]byte(strings.ToUpper(cfg.Level)))
+	buf := newLineBuffer(w, cfg.FlushInterval.D())
+	return slog.New(bufferedHandler{slog.NewJSONHandler(buf, &slog.HandlerOptions{Level: l}), buf}), buf.Flush
 }
 
 // serve runs a server until ctx ends; SIGHUP reloads the policy. started,
@@ -100,7 +105,8 @@ func serve(ctx context.Context, cfg *Config, started func(*Server)) error {
 	if err != nil {
 		return err
 	}
-	log := newLogger(cfg.Log.Level)
+	log, flushLog := newLogger(os.Stderr, cfg.Log)
+	defer flushLog()
 	if os.Getenv("GOGC") == "" {
 		// valet's live heap is small (leases live in the mmapped store),
 		// so trading some memory for half the collection work is cheap.
