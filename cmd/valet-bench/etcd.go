@@ -314,7 +314,7 @@ func (b *bench) etcdTable(bin string, levels []int, d time.Duration) {
 	us := func(t time.Duration) string { return t.Round(time.Microsecond).String() }
 	ms := func(t time.Duration) string { return t.Round(10 * time.Microsecond).String() }
 	for _, c := range levels {
-		a := b.mintLoad(c, d, false)
+		a := b.mintLoad(c, d, false, false)
 		fmt.Printf("  %-30s %8.0f %8s %8s %8.0f %6.2f %8s %8s %7s %5.0f%% %7s %7s %7s %7s %8s\n", fmt.Sprintf("%d conns, one valet on bbolt", c),
 			a.rate, ms(a.p50), ms(a.p99), a.ceiling(), a.rate/a.ceiling(), us(a.serverCPU), "-", us(a.driverCPU), 100*a.others, "-", "-", "-", "-", "-")
 		for _, n := range []int{1, 2} {

@@ -49,6 +49,7 @@ func main() {
 		nLeases   = flag.Int("startup-leases", 1_000_000, "leases in the store for the start-up measurement (0 skips)")
 		nExpiry   = flag.Int("expiry-leases", 100_000, "leases expiring within one minute for the lateness measurement (0 skips)")
 		skipMints = flag.Bool("skip-mint", false, "skip the mint benchmark")
+		repeat    = flag.Int("repeat", 3, "runs of the highest mint concurrency (each mode, alternately) and of Vault's JWT login at it; the summary takes their medians")
 		vaultLvls = flag.String("vault-concurrency", "16,64", "concurrency levels for the Vault comparison (empty skips it)")
 		bulk      = flag.Int("bulk-revoke", 1000, "Vault leases of one agent to revoke at once (0 skips)")
 		awsLvls   = flag.String("aws-concurrency", "16,64", "concurrency levels for the AWS STS mints (empty skips them)")
@@ -69,7 +70,7 @@ func main() {
 		etcdN     = flag.Int("etcd-leases", 10000, "leases minted for the etcd keys and bytes per lease (0 skips)")
 	)
 	flag.Parse()
-	b := &bench{bin: *bin}
+	b := &bench{bin: *bin, repeat: max(1, *repeat)}
 	if *profDir != "" {
 		must(os.MkdirAll(*profDir, 0o755))
 		b.prof = &profiler{dir: *profDir}
@@ -174,8 +175,9 @@ func runCleanups() {
 }
 
 type bench struct {
-	bin  string
-	prof *profiler // nil: no profiles
+	bin    string
+	prof   *profiler // nil: no profiles
+	repeat int       // runs of the top concurrency whose medians the summary takes
 }
 
 // cryptoCeiling measures how many (ES256 verify of an attestation + ES256
@@ -380,7 +382,7 @@ func (s *server) rss() int64 {
 // warm-up) against a fresh server. With fresh set, every request carries a
 // new attestation (signed beforehand), so valet verifies a signature on
 // every mint; otherwise each agent re-presents its own, as agents do.
-func (b *bench) mintLoad(c int, d time.Duration, fresh bool) loadResult {
+func (b *bench) mintLoad(c int, d time.Duration, fresh, profile bool) loadResult {
 	e := newEnv("", "")
 	defer os.RemoveAll(e.dir)
 	s := b.serve(e)
@@ -389,7 +391,11 @@ func (b *bench) mintLoad(c int, d time.Duration, fresh bool) loadResult {
 	if fresh {
 		name = fmt.Sprintf("jwt-%d-fresh", c)
 	}
-	return mintMeasure(s, e, mintSpec{role: "bench", c: c, d: d, fresh: fresh, ceiling: true, prof: b.prof, name: name})
+	var prof *profiler
+	if profile {
+		prof = b.prof
+	}
+	return mintMeasure(s, e, mintSpec{role: "bench", c: c, d: d, fresh: fresh, ceiling: true, prof: prof, name: name})
 }
 
 // attestations signs n attestations for agents distinct agents in

@@ -6,6 +6,7 @@ import (
 	"net/url"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -88,6 +89,40 @@ func mintMeasure(s *server, e *env, spec mintSpec) loadResult {
 	return r
 }
 
+// medianResult is the median of each figure of rs (rate, latencies, CPU
+// per mint, others' share, crypto ceiling) over the runs.
+func medianResult(rs []loadResult) loadResult {
+	med := func(v func(loadResult) float64) float64 {
+		xs := make([]float64, len(rs))
+		for i, r := range rs {
+			xs[i] = v(r)
+		}
+		slices.Sort(xs)
+		if len(xs)%2 == 1 {
+			return xs[len(xs)/2]
+		}
+		return (xs[len(xs)/2-1] + xs[len(xs)/2]) / 2
+	}
+	dur := func(v func(loadResult) time.Duration) time.Duration {
+		return time.Duration(med(func(r loadResult) float64 { return float64(v(r)) }))
+	}
+	out := loadResult{
+		rate:      med(func(r loadResult) float64 { return r.rate }),
+		p50:       dur(func(r loadResult) time.Duration { return r.p50 }),
+		p99:       dur(func(r loadResult) time.Duration { return r.p99 }),
+		serverCPU: dur(func(r loadResult) time.Duration { return r.serverCPU }),
+		driverCPU: dur(func(r loadResult) time.Duration { return r.driverCPU }),
+		others:    med(func(r loadResult) float64 { return r.others }),
+	}
+	out.ceilingBefore = med(func(r loadResult) float64 { return r.ceiling() })
+	out.ceilingAfter = out.ceilingBefore
+	for _, r := range rs {
+		out.n += r.n
+		out.elapsed += r.elapsed
+	}
+	return out
+}
+
 // ceiling is the crypto ceiling of the run's minutes: the mean of the
 // measurements before and after it.
 func (r loadResult) ceiling() float64 { return (r.ceilingBefore + r.ceilingAfter) / 2 }
@@ -130,21 +165,42 @@ func (b *bench) mintTable(levels []int, d time.Duration) (represented, fresh map
 	fmt.Println("   machine other processes used during the run, which the figures could not have)")
 	fmt.Printf("  %-36s %9s %9s %9s %10s %9s %9s %8s %7s\n", "connections", "mints/s", "p50", "p99", "ceiling", "× ceiling", "CPU/mint", "driver", "others")
 	represented, fresh = map[int]loadResult{}, map[int]loadResult{}
-	for _, f := range []bool{false, true} {
-		mode, into := "re-presenting their attestation", represented
-		if f {
-			mode, into = "fresh attestation every request", fresh
+	modes := []struct {
+		name  string
+		fresh bool
+		into  map[int]loadResult
+	}{{"re-presenting their attestation", false, represented}, {"fresh attestation every request", true, fresh}}
+	row := func(label string, r loadResult) {
+		note := ""
+		if lo, hi := min(r.ceilingBefore, r.ceilingAfter), max(r.ceilingBefore, r.ceilingAfter); hi > 1.2*lo {
+			note = " (ceiling moved: noisy)"
 		}
+		fmt.Printf("  %-36s %9.0f %9s %9s %10.0f %9.2f %9s %8s %6.0f%%%s\n", label, r.rate,
+			r.p50.Round(10*time.Microsecond), r.p99.Round(10*time.Microsecond), r.ceiling(), r.rate/r.ceiling(),
+			r.serverCPU.Round(time.Microsecond), r.driverCPU.Round(time.Microsecond), 100*r.others, note)
+	}
+	for _, m := range modes {
 		for _, c := range levels {
-			r := b.mintLoad(c, d, f)
-			into[c] = r
-			note := ""
-			if lo, hi := min(r.ceilingBefore, r.ceilingAfter), max(r.ceilingBefore, r.ceilingAfter); hi > 1.2*lo {
-				note = " (ceiling moved: noisy)"
+			r := b.mintLoad(c, d, m.fresh, true)
+			m.into[c] = r
+			row(fmt.Sprintf("%d, %s", c, m.name), r)
+		}
+	}
+	// The top level again, the two modes alternately: the summary takes
+	// the medians, as one run on these machines can be 20% off.
+	top := levels[len(levels)-1]
+	if b.repeat > 1 {
+		runs := [][]loadResult{{represented[top]}, {fresh[top]}}
+		for range b.repeat - 1 {
+			for i, m := range modes {
+				r := b.mintLoad(top, d, m.fresh, false)
+				runs[i] = append(runs[i], r)
+				row(fmt.Sprintf("%d, %s", top, m.name), r)
 			}
-			fmt.Printf("  %-36s %9.0f %9s %9s %10.0f %9.2f %9s %8s %6.0f%%%s\n", fmt.Sprintf("%d, %s", c, mode), r.rate,
-				r.p50.Round(10*time.Microsecond), r.p99.Round(10*time.Microsecond), r.ceiling(), r.rate/r.ceiling(),
-				r.serverCPU.Round(time.Microsecond), r.driverCPU.Round(time.Microsecond), 100*r.others, note)
+		}
+		for i, m := range modes {
+			m.into[top] = medianResult(runs[i])
+			row(fmt.Sprintf("%d, %s", top, strings.SplitN(m.name, " ", 2)[0]+", median of "+strconv.Itoa(b.repeat)), m.into[top])
 		}
 	}
 	fmt.Println()
@@ -156,7 +212,7 @@ func (b *bench) mintTable(levels []int, d time.Duration) (represented, fresh map
 // crypto ceiling, p99 latency, valet against Vault's own JWT login, and
 // valet's CPU per mint.
 func printSummary(c int, represented, fresh loadResult, vault *vaultLevel) {
-	fmt.Printf("summary at %d connections (this run; targets from the performance section of the README):\n", c)
+	fmt.Printf("summary at %d connections (this run, medians of its repeated runs; targets from the performance section of the README):\n", c)
 	met := func(ok bool) string {
 		if ok {
 			return "met"

@@ -39,7 +39,8 @@ type vaultResult struct {
 
 type vaultLevel struct {
 	c                   int
-	login, fresh, reuse loadResult
+	login, fresh, reuse loadResult // login: the median of logins when it has several
+	logins              []loadResult
 }
 
 // vaultBench compares Vault-token mints through valet with Vault's own JWT
@@ -87,7 +88,13 @@ func (b *bench) vaultBench(levels []int, d time.Duration, bulkN int) vaultResult
 	for _, c := range levels {
 		lv := vaultLevel{c: c}
 		// Vault's JWT login: every request is a fresh attestation.
-		toks := e.attestations(freshCount(d), c, true)
+		// At the top level Vault's login runs b.repeat times, the
+		// summary's yardstick being their median.
+		logins := 1
+		if c == levels[len(levels)-1] {
+			logins = b.repeat
+		}
+		toks := e.attestations(logins*freshCount(d), c, true)
 		reqs := make([][]byte, len(toks))
 		for i, tok := range toks {
 			body, _ := json.Marshal(map[string]string{"role": "bench", "jwt": tok})
@@ -105,6 +112,14 @@ func (b *bench) vaultBench(levels []int, d time.Duration, bulkN int) vaultResult
 		lv.login = runLoad(v.Addr, c, d, 200, next)
 		lv.fresh = mintRun(s, e, "bench-vault", c, d, true)
 		lv.reuse = mintRun(s, e, "bench-vault", c, d, false)
+		if logins > 1 {
+			runs := []loadResult{lv.login}
+			for range logins - 1 {
+				runs = append(runs, runLoad(v.Addr, c, d, 200, next))
+			}
+			lv.logins = runs
+			lv.login = medianResult(runs)
+		}
 		res.levels = append(res.levels, lv)
 	}
 
@@ -151,7 +166,14 @@ func printVault(r vaultResult) {
 		row := func(name string, lr loadResult, ratio float64) {
 			fmt.Printf("  %-12d %-40s %10.0f %10s %10s %12s\n", lv.c, name, lr.rate, lr.p50.Round(10*time.Microsecond), lr.p99.Round(10*time.Microsecond), ratioText(ratio))
 		}
-		row("Vault JWT login (auth/jwt/login)", lv.login, 1)
+		for i, l := range lv.logins {
+			row(fmt.Sprintf("Vault JWT login, run %d of %d", i+1, len(lv.logins)), l, 1)
+		}
+		name := "Vault JWT login (auth/jwt/login)"
+		if len(lv.logins) > 1 {
+			name = fmt.Sprintf("Vault JWT login, median of %d", len(lv.logins))
+		}
+		row(name, lv.login, 1)
 		row("valet mint, fresh attestation", lv.fresh, lv.fresh.rate/lv.login.rate)
 		row("valet mint, re-presented attestation", lv.reuse, lv.reuse.rate/lv.login.rate)
 	}
