@@ -49,7 +49,7 @@ func main() {
 		nLeases   = flag.Int("startup-leases", 1_000_000, "leases in the store for the start-up measurement (0 skips)")
 		nExpiry   = flag.Int("expiry-leases", 100_000, "leases expiring within one minute for the lateness measurement (0 skips)")
 		skipMints = flag.Bool("skip-mint", false, "skip the mint benchmark")
-		repeat    = flag.Int("repeat", 3, "runs of the highest mint concurrency (each mode, alternately) and of Vault's JWT login at it; the summary takes their medians")
+		repeat    = flag.Int("repeat", 3, "runs of the highest mint concurrency (each mode, alternately) and of Vault's JWT login at it; the summary takes valet's medians and Vault's fastest")
 		vaultLvls = flag.String("vault-concurrency", "16,64", "concurrency levels for the Vault comparison (empty skips it)")
 		bulk      = flag.Int("bulk-revoke", 1000, "Vault leases of one agent to revoke at once (0 skips)")
 		awsLvls   = flag.String("aws-concurrency", "16,64", "concurrency levels for the AWS STS mints (empty skips them)")

@@ -212,7 +212,7 @@ func (b *bench) mintTable(levels []int, d time.Duration) (represented, fresh map
 // crypto ceiling, p99 latency, valet against Vault's own JWT login, and
 // valet's CPU per mint.
 func printSummary(c int, represented, fresh loadResult, vault *vaultLevel) {
-	fmt.Printf("summary at %d connections (this run, medians of its repeated runs; targets from the performance section of the README):\n", c)
+	fmt.Printf("summary at %d connections (this run: valet's medians, Vault's fastest of the repeated runs; targets from the performance section of the README):\n", c)
 	met := func(ok bool) string {
 		if ok {
 			return "met"

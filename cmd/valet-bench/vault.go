@@ -39,7 +39,7 @@ type vaultResult struct {
 
 type vaultLevel struct {
 	c                   int
-	login, fresh, reuse loadResult // login: the median of logins when it has several
+	login, fresh, reuse loadResult // login: the fastest of logins when it has several
 	logins              []loadResult
 }
 
@@ -88,8 +88,11 @@ func (b *bench) vaultBench(levels []int, d time.Duration, bulkN int) vaultResult
 	for _, c := range levels {
 		lv := vaultLevel{c: c}
 		// Vault's JWT login: every request is a fresh attestation.
-		// At the top level Vault's login runs b.repeat times, the
-		// summary's yardstick being their median.
+		// At the top level Vault's login runs b.repeat times and the
+		// summary's yardstick is the fastest run: Vault slows down as its
+		// file storage fills with the tokens of the runs before, and one
+		// run can be slowed by the machine, so the best is the fairest to
+		// Vault (valet's figure is its median).
 		logins := 1
 		if c == levels[len(levels)-1] {
 			logins = b.repeat
@@ -118,7 +121,11 @@ func (b *bench) vaultBench(levels []int, d time.Duration, bulkN int) vaultResult
 				runs = append(runs, runLoad(v.Addr, c, d, 200, next))
 			}
 			lv.logins = runs
-			lv.login = medianResult(runs)
+			for _, r := range runs {
+				if r.rate > lv.login.rate {
+					lv.login = r
+				}
+			}
 		}
 		res.levels = append(res.levels, lv)
 	}
@@ -171,7 +178,7 @@ func printVault(r vaultResult) {
 		}
 		name := "Vault JWT login (auth/jwt/login)"
 		if len(lv.logins) > 1 {
-			name = fmt.Sprintf("Vault JWT login, median of %d", len(lv.logins))
+			name = fmt.Sprintf("Vault JWT login, fastest of %d", len(lv.logins))
 		}
 		row(name, lv.login, 1)
 		row("valet mint, fresh attestation", lv.fresh, lv.fresh.rate/lv.login.rate)
