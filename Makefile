@@ -107,9 +107,10 @@ tidy-check:
 	  echo "go.mod/go.sum are not tidy:"; git --no-pager diff -- go.mod go.sum; \
 	  cp /tmp/valet-go.mod.bak go.mod; cp /tmp/valet-go.sum.bak go.sum; exit 1; fi
 
-## bench: the performance report (see README, Performance)
+## bench: the performance report (see README, Performance); BENCH_FLAGS adds
+## flags of cmd/valet-bench, e.g. BENCH_FLAGS="-profile prof -repeat 5"
 bench: build etcd
-	$(GO) run ./cmd/valet-bench -valet $(BIN)
+	$(GO) run ./cmd/valet-bench -valet $(BIN) $(BENCH_FLAGS)
 
 ## soak: 10 minutes at 500 mints/s with releases and renewals (not CI); prints
 ## 5xx, RSS, Go heap, goroutines, database and archive size and the expiry
