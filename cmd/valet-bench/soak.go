@@ -167,11 +167,21 @@ func (b *bench) soak(spec soakSpec) {
 	tick := time.NewTicker(sampleEvery)
 	var last int64
 	var heaps, gors []float64
+	var peak float64
+	// Steady state: once a lease's whole life (ttl), the retention and
+	// two housekeeping passes have gone by, nothing should grow.
+	warm := spec.ttl + time.Minute + 2*30*time.Second
 	var lines []soakLine
 	for next := spec.interval; time.Since(start) < spec.d; {
 		<-tick.C
 		m := s.metrics()
 		heaps, gors = append(heaps, liveHeap(m)), append(gors, m["go_goroutines"])
+		if b.prof != nil && time.Since(start) > warm && liveHeap(m) > peak {
+			// The heap at its highest after warm-up, to compare with
+			// the one at the end.
+			peak = liveHeap(m)
+			b.prof.fetch(s, "/debug/pprof/heap", "soak.heap.peak.pprof")
+		}
 		if time.Since(start) < next-sampleEvery/2 {
 			continue
 		}
@@ -196,9 +206,6 @@ func (b *bench) soak(spec soakSpec) {
 	m := s.metrics()
 	fmt.Printf("  end: %d mints, %d releases, %d renewals; %d 5xx, %d other refusals %v, %d mints not sent (valet behind); expiry backlog %s\n",
 		ctr.mints.Load(), ctr.releases.Load(), ctr.renews.Load(), ctr.server5xx.Load(), ctr.other.Load(), ctr.refusals, ctr.behind.Load(), backlog(m))
-	// Steady state: once a lease's whole life (ttl), the retention and
-	// two housekeeping passes have gone by, nothing should grow.
-	warm := spec.ttl + time.Minute + 2*30*time.Second
 	var steady []soakLine
 	for _, l := range lines {
 		if l.at > warm {
