@@ -189,8 +189,12 @@ func walkOwnersNewestFirst(tx *bbolt.Tx, bucket []byte, value, before string, fn
 // unindexedOf returns the ids below before (all when before is empty) of
 // the unindexed leases with value in bucket, oldest first.
 func unindexedOf(tx *bbolt.Tx, bucket []byte, value, before string) ([][]byte, error) {
+	u := tx.Bucket(bucketUnindexed)
+	if u == nil {
+		return nil, nil // a file of an older layout, opened read-only
+	}
 	var out [][]byte
-	c := tx.Bucket(bucketUnindexed).Cursor()
+	c := u.Cursor()
 	for k, v := c.First(); k != nil; k, v = c.Next() {
 		if before != "" && string(k) >= before {
 			break

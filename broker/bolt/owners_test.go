@@ -279,3 +279,35 @@ func TestLeaseLayoutRefusesNewer(t *testing.T) {
 		})
 	}
 }
+
+// TestReadOnlyOlderLayoutListsByOwner: a file of lease layout 2 (no
+// unindexed leases) opened read-only, as the offline tools open it, lists
+// by agent and lineage from its indexes.
+func TestReadOnlyOlderLayoutListsByOwner(t *testing.T) {
+	path := t.TempDir() + "/valet.db"
+	s := mustOpenStoreAt(t, path)
+	l := ownedLease(t, s, t0, "a/one", "pod-x")
+	if n, err := s.indexOwners(context.Background()); err != nil || n != 1 {
+		t.Fatalf("indexOwners = %d, %v", n, err)
+	}
+	err := s.db.Update(func(tx *bbolt.Tx) error {
+		if err := tx.DeleteBucket(bucketUnindexed); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketLeaseMeta).Put(layoutKey, []byte{indexLayout})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	ro, err := Open(path, Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ro.Close()
+	for _, f := range []leases.Filter{{AgentID: "a/one"}, {Lineage: "pod:pod-x"}} {
+		if got := listIDs(t, ro, f); !slices.Equal(got, []string{l.ID}) {
+			t.Fatalf("List(%+v) read-only = %v, want %s", f, got, l.ID)
+		}
+	}
+}
