@@ -161,7 +161,7 @@ func (s *Store) List(ctx context.Context, f leases.Filter) ([]*leases.Lease, err
 		}
 		bucket := leaseIndex(f)
 		leases := tx.Bucket(bucketLeases)
-		return walkLeaseIndex(tx, f, func(id []byte) (bool, error) {
+		return s.walkLeaseIndex(tx, f, func(id []byte) (bool, error) {
 			v := leases.Get(id)
 			if v == nil {
 				s.ReportSkipped("listing", string(id), fmt.Errorf("index %s points at a missing lease", bucket))

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"slices"
 
 	"go.etcd.io/bbolt"
@@ -134,12 +133,12 @@ func leaseIndex(f leases.Filter) []byte {
 
 // walkLeaseIndex calls fn with the ids in leaseIndex(f) for f's value,
 // newest first, below f.Before, until fn returns false or an error.
-func walkLeaseIndex(tx *bbolt.Tx, f leases.Filter, fn func(id []byte) (bool, error)) error {
+func (s *Store) walkLeaseIndex(tx *bbolt.Tx, f leases.Filter, fn func(id []byte) (bool, error)) error {
 	switch b := leaseIndex(f); {
 	case f.Lineage != "":
-		return walkOwnersNewestFirst(tx, b, f.Lineage, f.Before, fn)
+		return s.walkOwnersNewestFirst(tx, b, f.Lineage, f.Before, fn)
 	case f.AgentID != "":
-		return walkOwnersNewestFirst(tx, b, f.AgentID, f.Before, fn)
+		return s.walkOwnersNewestFirst(tx, b, f.AgentID, f.Before, fn)
 	case f.State != "":
 		return walkNewestFirst(tx.Bucket(b), indexPrefix(string(f.State)), f.Before, fn)
 	default:
@@ -151,8 +150,8 @@ func walkLeaseIndex(tx *bbolt.Tx, f leases.Filter, fn func(id []byte) (bool, err
 // (bucketLeaseAgent or bucketLineage) for value, with the unindexed
 // leases of value merged in: fn sees every lease of value once, newest
 // first, below before.
-func walkOwnersNewestFirst(tx *bbolt.Tx, bucket []byte, value, before string, fn func(id []byte) (bool, error)) error {
-	pending, err := unindexedOf(tx, bucket, value, before)
+func (s *Store) walkOwnersNewestFirst(tx *bbolt.Tx, bucket []byte, value, before string, fn func(id []byte) (bool, error)) error {
+	pending, err := s.unindexedOf(tx, bucket, value, before)
 	if err != nil {
 		return err
 	}
@@ -187,8 +186,11 @@ func walkOwnersNewestFirst(tx *bbolt.Tx, bucket []byte, value, before string, fn
 }
 
 // unindexedOf returns the ids below before (all when before is empty) of
-// the unindexed leases with value in bucket, oldest first.
-func unindexedOf(tx *bbolt.Tx, bucket []byte, value, before string) ([][]byte, error) {
+// the unindexed leases with value in bucket, oldest first. A lease whose
+// unindexed value cannot be decoded is matched by its own agent and
+// lineage (leaseOwnerKeys); one that cannot be read either is reported and
+// skipped.
+func (s *Store) unindexedOf(tx *bbolt.Tx, bucket []byte, value, before string) ([][]byte, error) {
 	u := tx.Bucket(bucketUnindexed)
 	if u == nil {
 		return nil, nil // a file of an older layout, opened read-only
@@ -203,7 +205,13 @@ func unindexedOf(tx *bbolt.Tx, bucket []byte, value, before string) ([][]byte, e
 		if err := decodeOwners(v, func(b, val []byte) {
 			match = match || bytes.Equal(b, bucket) && string(val) == value
 		}); err != nil {
-			return nil, fmt.Errorf("unindexed lease %q: %w", k, err)
+			keys, err := leaseOwnerKeys(tx, k, err)
+			if err != nil {
+				s.ReportSkipped("owner listing", string(k), err)
+				continue
+			}
+			want := indexKey(value, k)
+			match = slices.ContainsFunc(keys, func(p ownerPut) bool { return bytes.Equal(p.bucket, bucket) && bytes.Equal(p.key, want) })
 		}
 		if match {
 			out = append(out, slices.Clone(k))
@@ -216,6 +224,22 @@ func unindexedOf(tx *bbolt.Tx, bucket []byte, value, before string) ([][]byte, e
 // lease id.
 type ownerPut struct {
 	bucket, key, id []byte
+}
+
+// leaseOwnerKeys is the owner keys of lease id read from the lease itself,
+// for an unindexed value that failed to decode with decodeErr (the keys it
+// decoded before it broke are not to be trusted). It fails when the lease
+// cannot be read either.
+func leaseOwnerKeys(tx *bbolt.Tx, id []byte, decodeErr error) ([]ownerPut, error) {
+	l, err := getLease(tx, string(id))
+	if err != nil {
+		return nil, errors.Join(decodeErr, err)
+	}
+	keys := []ownerPut{{bucket: bucketLeaseAgent, key: indexKey(l.AgentID, id), id: id}}
+	for _, lid := range l.Lineage.IDs() {
+		keys = append(keys, ownerPut{bucket: bucketLineage, key: indexKey(lid, id), id: id})
+	}
+	return keys, nil
 }
 
 // noteUnindexed counts n new unindexed leases and starts a run of
@@ -260,20 +284,19 @@ func (s *Store) indexOwners(ctx context.Context) (int, error) {
 		for k, v := c.First(); k != nil && len(ids) < maxIndexRun; k, v = c.Next() {
 			id := slices.Clone(k)
 			ids = append(ids, id)
+			n := len(puts)
 			err := decodeOwners(v, func(b, val []byte) {
 				puts = append(puts, ownerPut{bucket: b, key: indexKey(string(val), id), id: id})
 			})
 			if err != nil {
 				// Its keys are rebuilt from the lease itself.
-				l, lerr := getLease(tx, string(id))
-				if lerr != nil {
-					s.ReportSkipped("indexing", string(id), errors.Join(err, lerr))
+				puts = puts[:n]
+				keys, err := leaseOwnerKeys(tx, id, err)
+				if err != nil {
+					s.ReportSkipped("indexing", string(id), err)
 					continue
 				}
-				puts = append(puts, ownerPut{bucket: bucketLeaseAgent, key: indexKey(l.AgentID, id), id: id})
-				for _, lid := range l.Lineage.IDs() {
-					puts = append(puts, ownerPut{bucket: bucketLineage, key: indexKey(lid, id), id: id})
-				}
+				puts = append(puts, keys...)
 			}
 		}
 		return nil

@@ -238,7 +238,7 @@ func (s *Store) EndLive(ctx context.Context, signalID string, f leases.Filter, b
 		// it may be walking (the state index).
 		var ids []string
 		examined := 0
-		err := walkLeaseIndex(tx, walk, func(id []byte) (bool, error) {
+		err := s.walkLeaseIndex(tx, walk, func(id []byte) (bool, error) {
 			examined++
 			l, err := getLease(tx, string(id))
 			if err != nil {
