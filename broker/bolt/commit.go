@@ -61,6 +61,19 @@ func (c *committer) do(ctx context.Context, fn func(*bbolt.Tx) error) error {
 	return <-req.done
 }
 
+// ifOpen runs fn and reports true unless the committer is closed; close
+// waits for a fn under way to return, so what fn starts is ordered before
+// close returns.
+func (c *committer) ifOpen(fn func()) bool {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.closed {
+		return false
+	}
+	fn()
+	return true
+}
+
 func (c *committer) close() {
 	c.mu.Lock()
 	if !c.closed {

@@ -249,7 +249,13 @@ func (s *Store) noteUnindexed(n int) {
 	if s.unindexed.Add(int64(n)) < int64(s.indexRun) || !s.indexing.CompareAndSwap(false, true) {
 		return
 	}
-	s.bg.Add(1)
+	// A lease committed just before Close may be counted after it: once
+	// the committer is closed, Close may be waiting for bg or done with
+	// the file, so no run starts.
+	if !s.c.ifOpen(func() { s.bg.Add(1) }) {
+		s.indexing.Store(false)
+		return
+	}
 	go func() {
 		defer s.bg.Done()
 		defer s.indexing.Store(false)

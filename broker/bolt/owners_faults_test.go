@@ -3,6 +3,7 @@ package bolt
 import (
 	"context"
 	"encoding/binary"
+	"log/slog"
 	"slices"
 	"strings"
 	"testing"
@@ -163,5 +164,31 @@ func leasetestEnd(t *testing.T, s *Store, id string) {
 	}
 	if _, err := s.RevocationDone(context.Background(), id, leases.StateReleased, t0.Add(time.Second), audit.Entry{}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestNoOwnerIndexRunAfterClose: a new lease counted after Close began (its
+// commit came just before the committer closed) starts no run: no
+// goroutine outlives Close to read a closed file.
+func TestNoOwnerIndexRunAfterClose(t *testing.T) {
+	var logs logCount
+	s, err := Open(t.TempDir()+"/valet.db", Options{Logger: slog.New(&logs)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.indexRun = 1
+	ownedLease(t, s, t0, "a/one", "pod-x")
+	waitIndexed(t, s)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s.noteUnindexed(1)
+	started := s.indexing.Load()
+	s.bg.Wait()
+	if started {
+		t.Error("a run of the owner indexes started after Close")
+	}
+	if n := logs.count("index leases by agent and lineage"); n != 0 {
+		t.Errorf("%d runs after Close logged errors: %q", n, logs.msgs)
 	}
 }
