@@ -3,7 +3,9 @@ package bolt
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
 	"sync"
@@ -338,4 +340,108 @@ func TestOwnerPagesAcrossIndexedBothAndUnindexed(t *testing.T) {
 		t.Fatalf("mass revocation ended %v, want %v", got, want)
 	}
 	checkOwnerIndexes(t, s)
+}
+
+// TestCloseDuringOwnerIndexRuns: Close while writers mint and runs of the
+// owner indexes (every lease) go on returns with no run left and no run
+// error logged; reopened, the file lists every lease that was created,
+// once, newest first, by agent and by lineage.
+func TestCloseDuringOwnerIndexRuns(t *testing.T) {
+	var logs logCount
+	path := t.TempDir() + "/valet.db"
+	s, err := Open(path, Options{Logger: slog.New(&logs)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.indexRun = 1
+	const writers = 3
+	created := make([][]string, writers)
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				at := t0.Add(time.Duration(i*writers+w) * time.Millisecond)
+				l := leasetest.NewPending(at, "a/one", time.Hour)
+				l.State = leases.StateActive
+				l.Lineage = leases.Lineage{PodUID: "pod-x"}
+				err := s.CreateActive(context.Background(), l, at, audit.Entry{Kind: audit.KindMint, Decision: audit.Allow, AgentID: "a/one", LeaseID: l.ID})
+				if errors.Is(err, errClosed) {
+					return
+				}
+				if err != nil {
+					t.Errorf("create: %v", err)
+					return
+				}
+				created[w] = append(created[w], l.ID)
+			}
+		}()
+	}
+	leasetest.Eventually(t, "leases reach the owner index", func() bool { return bucketLen(t, s, bucketLeaseAgent) >= 20 })
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	if s.indexing.Load() {
+		t.Error("a run of the owner indexes is still under way after Close")
+	}
+	if n := logs.count("index leases by agent and lineage"); n != 0 {
+		t.Errorf("runs logged %d errors: %q", n, logs.msgs)
+	}
+
+	s = mustOpenStoreAt(t, path)
+	var want []string
+	for _, ids := range created {
+		want = append(want, ids...)
+	}
+	slices.Sort(want)
+	slices.Reverse(want)
+	for _, f := range []leases.Filter{{AgentID: "a/one", Limit: 1000}, {Lineage: "pod:pod-x", Limit: 1000}} {
+		var got []string
+		ls, err := s.List(context.Background(), f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range ls {
+			got = append(got, l.ID)
+		}
+		if !slices.Equal(got, want) {
+			t.Errorf("reopened, List(%+v) = %d leases, want the %d created", f, len(got), len(want))
+		}
+	}
+	checkOwnerIndexes(t, s)
+}
+
+// TestReadOnlyListsUnindexedLeases: a file with leases still unindexed,
+// opened read-only, lists them by agent and lineage; a mass revocation on
+// it is refused and ends nothing.
+func TestReadOnlyListsUnindexedLeases(t *testing.T) {
+	path := t.TempDir() + "/valet.db"
+	s := mustOpenStoreAt(t, path)
+	indexed := ownedLease(t, s, t0, "a/one", "pod-x")
+	if n, err := s.indexOwners(context.Background()); err != nil || n != 1 {
+		t.Fatalf("indexOwners = %d, %v", n, err)
+	}
+	unindexed := ownedLease(t, s, t0.Add(time.Millisecond), "a/one", "pod-x")
+	s.Close()
+	ro, err := Open(path, Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ro.Close()
+	want := []string{unindexed.ID, indexed.ID}
+	for _, f := range []leases.Filter{{AgentID: "a/one"}, {Lineage: "pod:pod-x"}} {
+		if got := listIDs(t, ro, f); !slices.Equal(got, want) {
+			t.Errorf("List(%+v) read-only = %v, want %v", f, got, want)
+		}
+	}
+	ended, _, err := ro.EndLive(context.Background(), "", leases.Filter{AgentID: "a/one"}, "", t0.Add(time.Hour), 10,
+		leases.StateRevoked, t0.Add(time.Minute), audit.Entry{Kind: audit.KindRevoke})
+	if err == nil || len(ended) != 0 {
+		t.Fatalf("EndLive on a read-only store = %d ended, %v; want an error", len(ended), err)
+	}
+	if st := leasetest.MustGet(t, ro, unindexed.ID).State; st != leases.StateActive {
+		t.Fatalf("lease is %s after a refused mass revocation", st)
+	}
 }
