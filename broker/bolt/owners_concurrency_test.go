@@ -1,6 +1,7 @@
 package bolt
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -78,7 +79,7 @@ func checkOwnerIndexes(t *testing.T, s *Store) {
 					return nil
 				}
 				value := string(k[w : w+int(n)])
-				if b[len(b)-1] == 't' && value != l.AgentID || b[len(b)-1] == 'e' && !slices.Contains(l.Lineage.IDs(), value) {
+				if bytes.Equal(b, bucketLeaseAgent) && value != l.AgentID || bytes.Equal(b, bucketLineage) && !slices.Contains(l.Lineage.IDs(), value) {
 					t.Errorf("%s key %q is not a key of lease %s", b, k, id)
 				}
 				return nil
