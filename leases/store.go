@@ -2,6 +2,7 @@ package leases
 
 import (
 	"errors"
+	"slices"
 	"time"
 )
 
@@ -38,6 +39,16 @@ type Filter struct {
 	Before string
 	// Limit caps the result (default 100, at most 1000).
 	Limit int
+}
+
+// Matches reports whether l has every field f sets (agent, role, backend,
+// state, one of its lineage ids); Before and Limit are the caller's. The
+// storage engines check it on each lease an index walk yields, so a
+// listing or a mass revocation never trusts an index entry alone.
+func (f Filter) Matches(l *Lease) bool {
+	return (f.AgentID == "" || l.AgentID == f.AgentID) && (f.Role == "" || l.Role == f.Role) &&
+		(f.Backend == "" || l.Backend == f.Backend) && (f.State == "" || l.State == f.State) &&
+		(f.Lineage == "" || slices.Contains(l.Lineage.IDs(), f.Lineage))
 }
 
 // ExpiryGrace is how long after a lease's expiry valet treats its credential

@@ -153,12 +153,6 @@ func (s *Store) List(ctx context.Context, f leases.Filter) ([]*leases.Lease, err
 	f.Limit = min(f.Limit, 1000)
 	var out []*leases.Lease
 	err := s.db.View(func(tx *bbolt.Tx) error {
-		match := func(l *leases.Lease) bool {
-			return (f.AgentID == "" || l.AgentID == f.AgentID) &&
-				(f.Role == "" || l.Role == f.Role) &&
-				(f.Backend == "" || l.Backend == f.Backend) &&
-				(f.State == "" || l.State == f.State)
-		}
 		bucket := leaseIndex(f)
 		leases := tx.Bucket(bucketLeases)
 		return s.walkLeaseIndex(tx, f, func(id []byte) (bool, error) {
@@ -172,7 +166,7 @@ func (s *Store) List(ctx context.Context, f leases.Filter) ([]*leases.Lease, err
 				s.ReportSkipped("listing", string(id), err)
 				return true, nil
 			}
-			if match(l) {
+			if f.Matches(l) {
 				out = append(out, l)
 			}
 			return len(out) < f.Limit, nil

@@ -228,6 +228,10 @@ func (s *Store) EndLive(ctx context.Context, signalID string, f leases.Filter, b
 	}
 	walk := f
 	walk.Before = before
+	// Every live lease of the filter's owner, whatever f.State (which
+	// only picks the index to walk when no owner is given).
+	owned := f
+	owned.State = ""
 	limit = max(1, limit)
 	examine := max(limit, maxExamined)
 	var out []*leases.Lease
@@ -243,8 +247,7 @@ func (s *Store) EndLive(ctx context.Context, signalID string, f leases.Filter, b
 			l, err := getLease(tx, string(id))
 			if err != nil {
 				s.ReportSkipped("mass revocation", string(id), err)
-			} else if (l.State == leases.StatePending || l.State == leases.StateActive) && !l.CreatedAt.After(createdBy) &&
-				(f.AgentID == "" || l.AgentID == f.AgentID) && (f.Role == "" || l.Role == f.Role) && (f.Backend == "" || l.Backend == f.Backend) {
+			} else if (l.State == leases.StatePending || l.State == leases.StateActive) && !l.CreatedAt.After(createdBy) && owned.Matches(l) {
 				ids = append(ids, l.ID)
 			}
 			if len(ids) >= limit || examined >= examine {

@@ -156,6 +156,9 @@ func Open(path string, opts Options) (*Store, error) {
 	}
 	if !opts.ReadOnly {
 		s.c = newCommitter(db, opts.MaxBatch)
+		// Leases left unindexed by the last process get their run now,
+		// not at the next mint.
+		s.noteUnindexed(0)
 	}
 	return s, nil
 }

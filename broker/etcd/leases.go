@@ -292,10 +292,6 @@ func (s *Store) List(ctx context.Context, f leases.Filter) ([]*leases.Lease, err
 		f.Limit = 100
 	}
 	f.Limit = min(f.Limit, 1000)
-	match := func(l *leases.Lease) bool {
-		return (f.AgentID == "" || l.AgentID == f.AgentID) && (f.Role == "" || l.Role == f.Role) &&
-			(f.Backend == "" || l.Backend == f.Backend) && (f.State == "" || l.State == f.State)
-	}
 	prefix := s.p + "l/"
 	switch {
 	case f.Lineage != "":
@@ -327,7 +323,7 @@ func (s *Store) List(ctx context.Context, f leases.Filter) ([]*leases.Lease, err
 				s.ReportSkipped("listing", id, err)
 				continue
 			}
-			if match(l) && len(out) < f.Limit {
+			if f.Matches(l) && len(out) < f.Limit {
 				out = append(out, l)
 			}
 		}

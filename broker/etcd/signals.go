@@ -400,6 +400,10 @@ func (s *Store) keepLive(ctx context.Context, ids []string, f leases.Filter, cre
 	if err != nil {
 		return nil, err
 	}
+	// Every live lease of the filter's owner, whatever f.State (which
+	// only picks the index to walk when no owner is given).
+	owned := f
+	owned.State = ""
 	out := ids[:0]
 	for _, id := range ids {
 		v, ok := vals[s.leaseKey(id)]
@@ -411,8 +415,7 @@ func (s *Store) keepLive(ctx context.Context, ids []string, f leases.Filter, cre
 			s.ReportSkipped("mass revocation", id, err)
 			continue
 		}
-		if (l.State == leases.StatePending || l.State == leases.StateActive) && !l.CreatedAt.After(createdBy) &&
-			(f.AgentID == "" || l.AgentID == f.AgentID) && (f.Role == "" || l.Role == f.Role) && (f.Backend == "" || l.Backend == f.Backend) {
+		if (l.State == leases.StatePending || l.State == leases.StateActive) && !l.CreatedAt.After(createdBy) && owned.Matches(l) {
 			out = append(out, id)
 		}
 	}
