@@ -172,15 +172,19 @@ func (s *Scheduler) Run(ctx context.Context) {
 // progress while this process runs none (it has just started, so the run
 // was an earlier process's).
 func (s *Scheduler) recover(ctx context.Context, e *entry, now time.Time) (*State, error) {
-	done, err := e.claim()
-	if err != nil {
-		return s.store.JobState(ctx, e.Name) // a run of this process: not to be recovered
-	}
-	defer e.release(done)
+	// Read without claiming the job: a manual run asked for while the
+	// state is read must not be refused as busy when nothing runs.
 	st, err := s.store.JobState(ctx, e.Name)
 	if err != nil || st.Current == nil || !s.leader.Leading() {
 		return st, err
 	}
+	done, err := e.claim()
+	if err != nil {
+		// A run of this process started since the read: it ends the
+		// recorded run itself (execute), which is not to be recovered.
+		return s.store.JobState(ctx, e.Name)
+	}
+	defer e.release(done)
 	return s.store.UpdateJob(ctx, e.Name, now, func(st *State) ([]audit.Entry, error) {
 		if st.Current == nil {
 			return nil, ErrUnchanged

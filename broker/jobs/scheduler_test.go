@@ -558,3 +558,51 @@ func TestSchedulerJitter(t *testing.T) {
 		t.Errorf("ran at %v, want %v", got[0], top.Add(5*time.Minute))
 	}
 }
+
+// slowFirstRead holds the first JobState read (the scheduler's start-up
+// recovery) until released.
+type slowFirstRead struct {
+	jobs.Store
+	once             sync.Once
+	entered, release chan struct{}
+}
+
+func (s *slowFirstRead) JobState(ctx context.Context, name string) (*jobs.State, error) {
+	first := false
+	s.once.Do(func() { first = true })
+	if first {
+		close(s.entered)
+		<-s.release
+	}
+	return s.Store.JobState(ctx, name)
+}
+
+// TestRunNowDuringStartupRecovery: a manual run asked for while the
+// scheduler reads the job's state at start is run, not refused as busy
+// (no run was in progress), and the recovery leaves it alone.
+func TestRunNowDuringStartupRecovery(t *testing.T) {
+	h := newHarness(t)
+	store := &slowFirstRead{Store: h.store, entered: make(chan struct{}), release: make(chan struct{})}
+	s, err := jobs.New(jobs.Options{Jobs: []jobs.Entry{entry("tick", "@daily", time.Minute, &counting{})}, Store: store,
+		Clock: h.clock, Leader: &leader{leading: true}, Jitter: func() float64 { return 0.5 }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	var released sync.Once
+	release := func() { released.Do(func() { close(store.release) }) }
+	go func() { defer close(done); s.Run(ctx) }()
+	t.Cleanup(func() { release(); cancel(); <-done })
+	<-store.entered
+	r, err := s.RunNow(context.Background(), "tick", "alice", time.Minute)
+	if err != nil || r.Outcome != jobs.OutcomeOK {
+		t.Fatalf("RunNow during the start-up recovery = %+v, %v; want a run", r, err)
+	}
+	release()
+	waitUntil(t, "recovered and planned: the daily timer is armed", func() bool { return h.clock.Waiters() == 1 })
+	st, err := h.store.JobState(context.Background(), "tick")
+	if err != nil || st.Current != nil || len(st.Recent) != 1 || st.Recent[0].Outcome != jobs.OutcomeOK {
+		t.Fatalf("state after the recovery: %+v, %v; want the manual run, ok", st, err)
+	}
+}
