@@ -56,6 +56,11 @@ type Scheduler struct {
 	jitter func() float64
 
 	wg sync.WaitGroup // runs in progress
+
+	// runCtx is the context of the Run under way (nil: none): manual
+	// runs belong to it, so they end with it (a lost lead, a shutdown).
+	mu     sync.Mutex
+	runCtx context.Context
 }
 
 // entry is a job with what the scheduler keeps in memory about it.
@@ -120,6 +125,14 @@ func (s *Scheduler) Names() []string {
 // that a crash interrupted and, for jobs with RunOnStart, runs those whose
 // scheduled run passed while valet was down. Call Run once.
 func (s *Scheduler) Run(ctx context.Context) {
+	s.mu.Lock()
+	s.runCtx = ctx
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		s.runCtx = nil
+		s.mu.Unlock()
+	}()
 	now := s.clock.Now()
 	for _, e := range s.jobs {
 		st, err := s.recover(ctx, e, now)
@@ -475,8 +488,17 @@ func (s *Scheduler) RunNow(ctx context.Context, name, operator string, wait time
 	}
 	events := make(chan runEvent, 2)
 	// The run belongs to the scheduler, not to the request: a client
-	// that goes away does not cancel it.
-	s.launch(context.WithoutCancel(ctx), e, Run{Trigger: TriggerManual, Operator: operator}, events)
+	// that goes away does not cancel it, the end of the scheduler's Run
+	// (a lost lead, a shutdown) does, as it does the scheduled runs, so
+	// a replica that lost the lead is not held out of the next election
+	// by a run whose writes can no longer land.
+	s.mu.Lock()
+	rctx := s.runCtx
+	s.mu.Unlock()
+	if rctx == nil {
+		rctx = context.WithoutCancel(ctx) // Run has not started yet
+	}
+	s.launch(rctx, e, Run{Trigger: TriggerManual, Operator: operator}, events)
 	ev := <-events
 	if ev.err != nil {
 		return nil, ev.err

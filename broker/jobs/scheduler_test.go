@@ -606,3 +606,43 @@ func TestRunNowDuringStartupRecovery(t *testing.T) {
 		t.Fatalf("state after the recovery: %+v, %v; want the manual run, ok", st, err)
 	}
 }
+
+// TestManualRunEndsWithTheScheduler: a manual run in progress when the
+// scheduler's Run ends (the lead lost, a shutdown) is cancelled like a
+// scheduled one, and Run returns without waiting for the run's timeout.
+func TestManualRunEndsWithTheScheduler(t *testing.T) {
+	h := newHarness(t)
+	slow := newBlocking()
+	h.start(&leader{leading: true}, entry("slow", "@daily", time.Hour, slow))
+	h.waitArmed(1)
+	// Runs before the harness's cleanup: a run left running would hold
+	// the scheduler's stop forever.
+	t.Cleanup(func() { close(slow.release) })
+	type answer struct {
+		r   *jobs.Run
+		err error
+	}
+	res := make(chan answer, 1)
+	go func() {
+		r, err := h.s.RunNow(context.Background(), "slow", "alice", time.Hour)
+		res <- answer{r, err}
+	}()
+	<-slow.started
+	h.cancel()
+	select {
+	case err := <-slow.ctxErr:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("the manual run ended with %v, want its context cancelled", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the manual run was not cancelled when the scheduler stopped")
+	}
+	select {
+	case <-h.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return after its context ended")
+	}
+	if a := <-res; a.err != nil || a.r == nil || a.r.Outcome == jobs.OutcomeOK || a.r.Ended.IsZero() {
+		t.Fatalf("RunNow of the cancelled run = %+v, %v; want the ended run, not ok", a.r, a.err)
+	}
+}
