@@ -153,7 +153,7 @@ func (s *Store) List(ctx context.Context, f leases.Filter) ([]*leases.Lease, err
 	f.Limit = min(f.Limit, 1000)
 	var out []*leases.Lease
 	err := s.db.View(func(tx *bbolt.Tx) error {
-		bucket := leaseIndex(f)
+		bucket, _ := leaseIndex(f)
 		leases := tx.Bucket(bucketLeases)
 		return s.walkLeaseIndex(tx, f, func(id []byte) (bool, error) {
 			v := leases.Get(id)

@@ -59,18 +59,38 @@ func encodeOwners(agent string, lineage []string) []byte {
 
 // decodeOwners calls fn with the index bucket and value of each owner key
 // encoded in v: the agent first, then the lineage ids. The values alias v.
+// A malformed v is an error before fn sees any key: keys read before the
+// fault are not to be trusted.
 func decodeOwners(v []byte, fn func(bucket, value []byte)) error {
-	for i := 0; len(v) > 0; i++ {
-		n, w := binary.Uvarint(v)
-		if w <= 0 || n > uint64(len(v)-w) {
+	for rest := v; len(rest) > 0; {
+		n, w := binary.Uvarint(rest)
+		if w <= 0 || n > uint64(len(rest)-w) {
 			return errors.New("malformed unindexed owner keys")
 		}
+		rest = rest[w+int(n):]
+	}
+	for i := 0; len(v) > 0; i++ {
+		n, w := binary.Uvarint(v)
 		b := bucketLineage
 		if i == 0 {
 			b = bucketLeaseAgent
 		}
 		fn(b, v[w:w+int(n)])
 		v = v[w+int(n):]
+	}
+	return nil
+}
+
+// ownerValues calls fn with the index bucket and value of each owner key
+// of l: its agent, then each lineage id; it stops at fn's first error.
+func ownerValues(l *leases.Lease, fn func(bucket []byte, value string) error) error {
+	if err := fn(bucketLeaseAgent, l.AgentID); err != nil {
+		return err
+	}
+	for _, lid := range l.Lineage.IDs() {
+		if err := fn(bucketLineage, lid); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -87,15 +107,7 @@ func putOwnerKeys(tx *bbolt.Tx, l *leases.Lease) error {
 // rebuild of the indexes when the store opens).
 func putOwnerIndex(tx *bbolt.Tx, l *leases.Lease) error {
 	id := []byte(l.ID)
-	if err := tx.Bucket(bucketLeaseAgent).Put(indexKey(l.AgentID, id), nil); err != nil {
-		return err
-	}
-	for _, lid := range l.Lineage.IDs() {
-		if err := tx.Bucket(bucketLineage).Put(indexKey(lid, id), nil); err != nil {
-			return err
-		}
-	}
-	return nil
+	return ownerValues(l, func(b []byte, v string) error { return tx.Bucket(b).Put(indexKey(v, id), nil) })
 }
 
 // deleteOwnerKeys removes a lease from the owner indexes and from the
@@ -105,42 +117,34 @@ func deleteOwnerKeys(tx *bbolt.Tx, l *leases.Lease) error {
 	if err := tx.Bucket(bucketUnindexed).Delete(id); err != nil {
 		return err
 	}
-	if err := tx.Bucket(bucketLeaseAgent).Delete(indexKey(l.AgentID, id)); err != nil {
-		return err
-	}
-	for _, lid := range l.Lineage.IDs() {
-		if err := tx.Bucket(bucketLineage).Delete(indexKey(lid, id)); err != nil {
-			return err
-		}
-	}
-	return nil
+	return ownerValues(l, func(b []byte, v string) error { return tx.Bucket(b).Delete(indexKey(v, id)) })
 }
 
-// leaseIndex is the bucket a lease listing with filter f walks: the
-// lineage index for f.Lineage, else the agent index for f.AgentID, else
-// the state index for f.State, else the leases themselves.
-func leaseIndex(f leases.Filter) []byte {
+// leaseIndex is the bucket a lease listing with filter f walks and the
+// value whose keys it walks there: the lineage index for f.Lineage, else
+// the agent index for f.AgentID, else the state index for f.State, else
+// the leases themselves (no value).
+func leaseIndex(f leases.Filter) (bucket []byte, value string) {
 	switch {
 	case f.Lineage != "":
-		return bucketLineage
+		return bucketLineage, f.Lineage
 	case f.AgentID != "":
-		return bucketLeaseAgent
+		return bucketLeaseAgent, f.AgentID
 	case f.State != "":
-		return bucketLeaseState
+		return bucketLeaseState, string(f.State)
 	}
-	return bucketLeases
+	return bucketLeases, ""
 }
 
 // walkLeaseIndex calls fn with the ids in leaseIndex(f) for f's value,
 // newest first, below f.Before, until fn returns false or an error.
 func (s *Store) walkLeaseIndex(tx *bbolt.Tx, f leases.Filter, fn func(id []byte) (bool, error)) error {
-	switch b := leaseIndex(f); {
-	case f.Lineage != "":
-		return s.walkOwnersNewestFirst(tx, b, f.Lineage, f.Before, fn)
-	case f.AgentID != "":
-		return s.walkOwnersNewestFirst(tx, b, f.AgentID, f.Before, fn)
-	case f.State != "":
-		return walkNewestFirst(tx.Bucket(b), indexPrefix(string(f.State)), f.Before, fn)
+	b, v := leaseIndex(f)
+	switch {
+	case bytes.Equal(b, bucketLineage) || bytes.Equal(b, bucketLeaseAgent):
+		return s.walkOwnersNewestFirst(tx, b, v, f.Before, fn)
+	case v != "":
+		return walkNewestFirst(tx.Bucket(b), indexPrefix(v), f.Before, fn)
 	default:
 		return walkNewestFirst(tx.Bucket(b), nil, f.Before, fn)
 	}
@@ -186,10 +190,8 @@ func (s *Store) walkOwnersNewestFirst(tx *bbolt.Tx, bucket []byte, value, before
 }
 
 // unindexedOf returns the ids below before (all when before is empty) of
-// the unindexed leases with value in bucket, oldest first. A lease whose
-// unindexed value cannot be decoded is matched by its own agent and
-// lineage (leaseOwnerKeys); one that cannot be read either is reported and
-// skipped.
+// the unindexed leases with value in bucket, oldest first (owner keys as
+// unindexedOwners reads them).
 func (s *Store) unindexedOf(tx *bbolt.Tx, bucket []byte, value, before string) ([][]byte, error) {
 	u := tx.Bucket(bucketUnindexed)
 	if u == nil {
@@ -202,17 +204,9 @@ func (s *Store) unindexedOf(tx *bbolt.Tx, bucket []byte, value, before string) (
 			break
 		}
 		match := false
-		if err := decodeOwners(v, func(b, val []byte) {
+		s.unindexedOwners(tx, k, v, "owner listing", func(b, val []byte) {
 			match = match || bytes.Equal(b, bucket) && string(val) == value
-		}); err != nil {
-			keys, err := leaseOwnerKeys(tx, k, err)
-			if err != nil {
-				s.ReportSkipped("owner listing", string(k), err)
-				continue
-			}
-			want := indexKey(value, k)
-			match = slices.ContainsFunc(keys, func(p ownerPut) bool { return bytes.Equal(p.bucket, bucket) && bytes.Equal(p.key, want) })
-		}
+		})
 		if match {
 			out = append(out, slices.Clone(k))
 		}
@@ -220,26 +214,28 @@ func (s *Store) unindexedOf(tx *bbolt.Tx, bucket []byte, value, before string) (
 	return out, nil
 }
 
+// unindexedOwners calls fn with the index bucket and value of each owner
+// key of the unindexed lease id, whose value in bucketUnindexed is v: as v
+// encodes them, or, when v cannot be decoded, as the lease itself says. A
+// lease that cannot be read either is reported (in where) and fn is not
+// called.
+func (s *Store) unindexedOwners(tx *bbolt.Tx, id, v []byte, where string, fn func(bucket, value []byte)) {
+	decodeErr := decodeOwners(v, fn)
+	if decodeErr == nil {
+		return
+	}
+	l, err := getLease(tx, string(id))
+	if err != nil {
+		s.ReportSkipped(where, string(id), errors.Join(decodeErr, err))
+		return
+	}
+	_ = ownerValues(l, func(b []byte, val string) error { fn(b, []byte(val)); return nil })
+}
+
 // ownerPut is one key a run of indexOwners puts: key in bucket, for the
 // lease id.
 type ownerPut struct {
 	bucket, key, id []byte
-}
-
-// leaseOwnerKeys is the owner keys of lease id read from the lease itself,
-// for an unindexed value that failed to decode with decodeErr (the keys it
-// decoded before it broke are not to be trusted). It fails when the lease
-// cannot be read either.
-func leaseOwnerKeys(tx *bbolt.Tx, id []byte, decodeErr error) ([]ownerPut, error) {
-	l, err := getLease(tx, string(id))
-	if err != nil {
-		return nil, errors.Join(decodeErr, err)
-	}
-	keys := []ownerPut{{bucket: bucketLeaseAgent, key: indexKey(l.AgentID, id), id: id}}
-	for _, lid := range l.Lineage.IDs() {
-		keys = append(keys, ownerPut{bucket: bucketLineage, key: indexKey(lid, id), id: id})
-	}
-	return keys, nil
 }
 
 // noteUnindexed counts n new unindexed leases and starts a run of
@@ -278,8 +274,8 @@ func (s *Store) noteUnindexed(n int) {
 }
 
 // indexOwners moves up to maxIndexRun unindexed leases into the owner
-// indexes and returns how many it moved: it reads them, sorts their keys, puts them in transactions of
-// indexChunk keys (each skipping the leases deleted since the read), then
+// indexes and returns how many it moved: it reads them, sorts their keys,
+// puts them in transactions of indexChunk keys (each skipping the leases deleted since the read), then
 // removes the leases from the unindexed ones. A crash in between leaves
 // keys in both places, which readers and the next run take as one.
 func (s *Store) indexOwners(ctx context.Context) (int, error) {
@@ -290,20 +286,9 @@ func (s *Store) indexOwners(ctx context.Context) (int, error) {
 		for k, v := c.First(); k != nil && len(ids) < maxIndexRun; k, v = c.Next() {
 			id := slices.Clone(k)
 			ids = append(ids, id)
-			n := len(puts)
-			err := decodeOwners(v, func(b, val []byte) {
+			s.unindexedOwners(tx, id, v, "indexing", func(b, val []byte) {
 				puts = append(puts, ownerPut{bucket: b, key: indexKey(string(val), id), id: id})
 			})
-			if err != nil {
-				// Its keys are rebuilt from the lease itself.
-				puts = puts[:n]
-				keys, err := leaseOwnerKeys(tx, id, err)
-				if err != nil {
-					s.ReportSkipped("indexing", string(id), err)
-					continue
-				}
-				puts = append(puts, keys...)
-			}
 		}
 		return nil
 	})
