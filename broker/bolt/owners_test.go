@@ -235,6 +235,23 @@ func TestOwnerIndexRunSkipsPrunedLeases(t *testing.T) {
 	}
 }
 
+// indexedLeaseFile writes a store file holding one lease of agent a/one
+// (pod-x), moved into the owner indexes, edits it with edit and closes it.
+func indexedLeaseFile(t *testing.T, edit func(tx *bbolt.Tx) error) (string, *leases.Lease) {
+	t.Helper()
+	path := t.TempDir() + "/valet.db"
+	s := mustOpenStoreAt(t, path)
+	l := ownedLease(t, s, t0, "a/one", "pod-x")
+	if n, err := s.indexOwners(context.Background()); err != nil || n != 1 {
+		t.Fatalf("indexOwners = %d, %v", n, err)
+	}
+	if err := s.db.Update(edit); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	return path, l
+}
+
 // TestLeaseLayoutRefusesNewer: a file whose leases record a newer layout
 // is refused, not rewritten; layout 2 files open as leaseLayout.
 func TestLeaseLayoutRefusesNewer(t *testing.T) {
@@ -243,19 +260,9 @@ func TestLeaseLayoutRefusesNewer(t *testing.T) {
 		ok     bool
 	}{{indexLayout, true}, {leaseLayout, true}, {leaseLayout + 1, false}} {
 		t.Run(fmt.Sprint(tc.layout), func(t *testing.T) {
-			path := t.TempDir() + "/valet.db"
-			s := mustOpenStoreAt(t, path)
-			l := ownedLease(t, s, t0, "a/one", "pod-x")
-			if n, err := s.indexOwners(context.Background()); err != nil || n != 1 {
-				t.Fatalf("indexOwners = %d, %v", n, err)
-			}
-			err := s.db.Update(func(tx *bbolt.Tx) error {
+			path, l := indexedLeaseFile(t, func(tx *bbolt.Tx) error {
 				return tx.Bucket(bucketLeaseMeta).Put(layoutKey, []byte{tc.layout})
 			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			s.Close()
 			s2, err := Open(path, Options{})
 			if !tc.ok {
 				if err == nil {
@@ -284,22 +291,12 @@ func TestLeaseLayoutRefusesNewer(t *testing.T) {
 // unindexed leases) opened read-only, as the offline tools open it, lists
 // by agent and lineage from its indexes.
 func TestReadOnlyOlderLayoutListsByOwner(t *testing.T) {
-	path := t.TempDir() + "/valet.db"
-	s := mustOpenStoreAt(t, path)
-	l := ownedLease(t, s, t0, "a/one", "pod-x")
-	if n, err := s.indexOwners(context.Background()); err != nil || n != 1 {
-		t.Fatalf("indexOwners = %d, %v", n, err)
-	}
-	err := s.db.Update(func(tx *bbolt.Tx) error {
+	path, l := indexedLeaseFile(t, func(tx *bbolt.Tx) error {
 		if err := tx.DeleteBucket(bucketUnindexed); err != nil {
 			return err
 		}
 		return tx.Bucket(bucketLeaseMeta).Put(layoutKey, []byte{indexLayout})
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.Close()
 	ro, err := Open(path, Options{ReadOnly: true})
 	if err != nil {
 		t.Fatal(err)
