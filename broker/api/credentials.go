@@ -3,6 +3,7 @@ package api
 import (
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 	"unicode"
 	"unicode/utf8"
@@ -10,6 +11,7 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/valet-broker/valet/broker"
+	"github.com/valet-broker/valet/broker/jsonenc"
 	"github.com/valet-broker/valet/leases/config"
 )
 
@@ -111,7 +113,7 @@ func (s *Server) handleCredentialCreate(w http.ResponseWriter, r *http.Request) 
 		})
 		return
 	}
-	writeCredential(w, res)
+	s.writeCredential(w, r, res)
 }
 
 // pendingResponse is the body of a 202 from POST /v1/credentials.
@@ -123,9 +125,10 @@ type pendingResponse struct {
 	ExpiresAt         time.Time `json:"expires_at"`
 }
 
-// writeCredential answers 201 with a minted credential.
-func writeCredential(w http.ResponseWriter, res *broker.MintResult) {
-	w.Header().Set("Location", "/v1/leases/"+res.Lease.ID)
+// writeCredential answers 201 with a minted credential. The body is
+// encoded before the status is written, so a credential that cannot be
+// encoded (a backend's bug) is a 500 problem, not a 201 without a body.
+func (s *Server) writeCredential(w http.ResponseWriter, r *http.Request, res *broker.MintResult) {
 	out := credentialResponse{
 		LeaseID: res.Lease.ID, Role: res.Lease.Role, AgentID: res.Lease.AgentID,
 		ExpiresAt: res.Lease.ExpiresAt.UTC(), Renewable: res.Lease.Renewable, Credential: res.Credential,
@@ -133,5 +136,49 @@ func writeCredential(w http.ResponseWriter, res *broker.MintResult) {
 	if res.Grant != nil {
 		out.GrantID = res.Grant.ID
 	}
-	writeJSON(w, http.StatusCreated, out)
+	buf := responseBufs.Get().(*[]byte)
+	defer putResponseBuf(buf)
+	body, err := out.appendJSON((*buf)[:0])
+	if err != nil {
+		s.Error(w, r, broker.Errorf(broker.EINTERNAL, "encode the credential of lease %s: %v", res.Lease.ID, err))
+		return
+	}
+	*buf = body
+	h := w.Header()
+	h.Set("Location", "/v1/leases/"+res.Lease.ID)
+	h.Set("Content-Type", "application/json")
+	h.Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusCreated)
+	_, _ = w.Write(append(body, '\n'))
+}
+
+// appendJSON appends the response as encoding/json's Marshal writes it
+// (TestCredentialResponseJSON compares them), without its reflection over
+// the credential's map: this is the body of every mint.
+func (c *credentialResponse) appendJSON(b []byte) ([]byte, error) {
+	b = jsonenc.String(append(b, `{"lease_id":`...), c.LeaseID)
+	b = jsonenc.String(append(b, `,"role":`...), c.Role)
+	b = jsonenc.String(append(b, `,"agent_id":`...), c.AgentID)
+	b, err := jsonenc.Time(append(b, `,"expires_at":`...), c.ExpiresAt)
+	if err != nil {
+		return nil, err
+	}
+	b = jsonenc.Bool(append(b, `,"renewable":`...), c.Renewable)
+	if b, err = jsonenc.Map(append(b, `,"credential":`...), c.Credential); err != nil {
+		return nil, err
+	}
+	if c.GrantID != "" {
+		b = jsonenc.String(append(b, `,"grant_id":`...), c.GrantID)
+	}
+	return append(b, '}'), nil
+}
+
+// responseBufs holds buffers for response bodies encoded before they are
+// written.
+var responseBufs = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return &b }}
+
+func putResponseBuf(b *[]byte) {
+	if cap(*b) <= 64<<10 { // do not keep a rare large body
+		responseBufs.Put(b)
+	}
 }

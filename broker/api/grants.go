@@ -112,7 +112,7 @@ func (s *Server) handleGrantRedeem(w http.ResponseWriter, r *http.Request) {
 		s.Error(w, r, err)
 		return
 	}
-	writeCredential(w, res)
+	s.writeCredential(w, r, res)
 }
 
 // decisionRequest is the optional body of approve, deny and review.

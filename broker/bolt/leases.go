@@ -49,7 +49,7 @@ func (s *Store) create(ctx context.Context, l *leases.Lease, now time.Time, e *a
 	if l.ID == "" {
 		return fmt.Errorf("create lease: need an id")
 	}
-	v, err := json.Marshal(l)
+	v, err := l.Encode()
 	if err != nil {
 		return err
 	}
@@ -207,7 +207,7 @@ func decodeLease(v []byte) (*leases.Lease, error) {
 }
 
 func putLease(tx *bbolt.Tx, old, l *leases.Lease) error {
-	v, err := json.Marshal(l)
+	v, err := l.Encode()
 	if err != nil {
 		return err
 	}

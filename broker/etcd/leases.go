@@ -52,7 +52,7 @@ func (s *Store) ownerKeys(l *leases.Lease) []string {
 // putLease stores l and brings its indexes in line with the change from
 // old (nil for a new lease).
 func (t *tx) putLease(old, l *leases.Lease) error {
-	v, err := json.Marshal(l)
+	v, err := l.Encode()
 	if err != nil {
 		return err
 	}
