@@ -1,7 +1,6 @@
 package bolt
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -125,43 +124,12 @@ func (s *Store) ArchiveAudit(ctx context.Context, before time.Time) (audit.Archi
 		return res, err
 	}
 	for ctx.Err() == nil {
-		var from uint64
-		var stored [][]byte
-		var lastHash string
-		err := s.db.View(func(tx *bbolt.Tx) error {
-			through, err := archivedThrough(tx)
-			if err != nil {
-				return err
-			}
-			res.Through, from = through, through+1
-			c := tx.Bucket(bucketAuditRecords).Cursor()
-			for k, v := c.Seek(audit.SeqKey(from)); k != nil && len(stored) < s.segmentRecords; k, v = c.Next() {
-				seq := binary.BigEndian.Uint64(k)
-				if seq != from+uint64(len(stored)) {
-					return fmt.Errorf("audit record %d is missing (the next is %d); the log is not archived past it", from+uint64(len(stored)), seq)
-				}
-				var r struct {
-					Time time.Time `json:"time"`
-					Hash string    `json:"hash"`
-				}
-				if err := json.Unmarshal(v, &r); err != nil {
-					return fmt.Errorf("audit record %d: %w", seq, err)
-				}
-				if !r.Time.Before(before) {
-					break
-				}
-				stored = append(stored, bytes.Clone(v))
-				lastHash = r.Hash
-			}
-			return nil
-		})
-		if err != nil || len(stored) == 0 {
+		seg, through, err := s.writeSegment(before)
+		res.Through = through
+		if err != nil || seg == nil {
 			return res, err
 		}
-		seg, err := audit.WriteSegment(s.archiveDir, from, stored, lastHash)
-		if err != nil {
-			return res, err
-		}
+		from := seg.First
 		v, err := json.Marshal(seg)
 		if err != nil {
 			return res, err
@@ -177,7 +145,7 @@ func (s *Store) ArchiveAudit(ctx context.Context, before time.Time) (audit.Archi
 		if err != nil {
 			return res, err
 		}
-		res.Records += len(stored)
+		res.Records += int(seg.Last - seg.First + 1)
 		res.Segments++
 		res.Through = seg.Last
 		if err := s.deleteArchived(ctx); err != nil {
@@ -185,6 +153,80 @@ func (s *Store) ArchiveAudit(ctx context.Context, before time.Time) (audit.Archi
 		}
 	}
 	return res, ctx.Err()
+}
+
+// writeSegment writes the archive's next segment: the records after the
+// archive's end (through, which it returns) whose time is before before,
+// at most s.segmentRecords of them. It reads them audit.SegmentStride at a
+// time, each chunk in a read transaction of its own, into an
+// audit.SegmentWriter, so that memory holds the writer's buffer, not the
+// segment (records only append, and only this job moves the archive's
+// end, so the chunks read one log). The segment is nil when no record is
+// to be archived.
+func (s *Store) writeSegment(before time.Time) (seg *audit.Segment, through uint64, err error) {
+	var sw *audit.SegmentWriter
+	var lastHash string
+	var next uint64 // the next record to read; 0 until the first chunk
+	for done := false; !done; {
+		err = s.db.View(func(tx *bbolt.Tx) error {
+			if next == 0 {
+				t, err := archivedThrough(tx)
+				if err != nil {
+					return err
+				}
+				through, next = t, t+1
+			}
+			c := tx.Bucket(bucketAuditRecords).Cursor()
+			k, v := c.Seek(audit.SeqKey(next))
+			for n := 0; n < audit.SegmentStride; k, v = c.Next() {
+				if k == nil || sw != nil && sw.Len() >= s.segmentRecords {
+					done = true
+					return nil
+				}
+				if seq := binary.BigEndian.Uint64(k); seq != next {
+					return fmt.Errorf("audit record %d is missing (the next is %d); the log is not archived past it", next, seq)
+				}
+				var r struct {
+					Time time.Time `json:"time"`
+					Hash string    `json:"hash"`
+				}
+				if err := json.Unmarshal(v, &r); err != nil {
+					return fmt.Errorf("audit record %d: %w", next, err)
+				}
+				if !r.Time.Before(before) {
+					done = true
+					return nil
+				}
+				if sw == nil {
+					var err error
+					if sw, err = audit.NewSegmentWriter(s.archiveDir, next); err != nil {
+						return err
+					}
+				}
+				if err := sw.Add(v); err != nil {
+					return err
+				}
+				lastHash = r.Hash
+				next++
+				n++
+			}
+			return nil
+		})
+		if err != nil {
+			if sw != nil {
+				sw.Abort()
+			}
+			return nil, through, err
+		}
+	}
+	if sw == nil {
+		return nil, through, nil
+	}
+	sealed, err := sw.Seal(lastHash)
+	if err != nil {
+		return nil, through, err
+	}
+	return &sealed, through, nil
 }
 
 // deleteArchived deletes from the database the records the archive

@@ -57,63 +57,130 @@ type Archived struct {
 }
 
 // WriteSegment writes stored, the stored bytes of records first,
-// first+1, …, as a sealed segment in dir: a temporary file, synced, made
-// read-only and renamed into place, then the directory synced, so that
-// the segment is durable and whole before the engine records it. A file
-// of the same name left by an interrupted pass is replaced. lastHash is
-// the hex hash of the last record.
+// first+1, …, as a sealed segment in dir (a SegmentWriter given each in
+// turn). lastHash is the hex hash of the last record.
 func WriteSegment(dir string, first uint64, stored [][]byte, lastHash string) (Segment, error) {
 	if len(stored) == 0 {
 		return Segment{}, errors.New("audit archive: an empty segment")
 	}
-	seg := Segment{First: first, Last: first + uint64(len(stored)) - 1, LastHash: lastHash}
-	seg.Name = fmt.Sprintf("%020d-%020d.jsonl", seg.First, seg.Last)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return Segment{}, fmt.Errorf("audit archive: %w", err)
+	sw, err := NewSegmentWriter(dir, first)
+	if err != nil {
+		return Segment{}, err
 	}
-	path := filepath.Join(dir, seg.Name)
-	tmp := path + ".tmp"
+	for _, v := range stored {
+		if err := sw.Add(v); err != nil {
+			sw.Abort()
+			return Segment{}, err
+		}
+	}
+	return sw.Seal(lastHash)
+}
+
+// segmentBuffer is the write buffer of a SegmentWriter: all it holds of
+// the records it was given.
+const segmentBuffer = 256 << 10
+
+// SegmentWriter writes a segment record by record, holding no more than
+// its write buffer (256 KiB) of them, so archiving a segment of
+// MaxSegmentRecords costs the same memory as one of ten records. Add
+// appends a record; Seal makes the segment durable and whole under its
+// final name; Abort removes what was written. The records go to a
+// temporary file, synced, made read-only and renamed into place, then
+// the directory is synced, so that the segment is durable and whole
+// before the engine records it. A file of the same name left by an
+// interrupted pass is replaced.
+type SegmentWriter struct {
+	dir string
+	tmp string
+	f   *os.File
+	w   *bufio.Writer
+	sum hash.Hash
+	seg Segment
+	n   uint64 // records added
+}
+
+// NewSegmentWriter starts the segment of records first, first+1, … in
+// dir, creating dir if needed.
+func NewSegmentWriter(dir string, first uint64) (*SegmentWriter, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("audit archive: %w", err)
+	}
+	tmp := filepath.Join(dir, fmt.Sprintf("%020d.jsonl.tmp", first))
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
-		return Segment{}, fmt.Errorf("audit archive: %w", err)
+		return nil, fmt.Errorf("audit archive: %w", err)
 	}
-	sum := sha256.New()
-	w := bufio.NewWriterSize(io.MultiWriter(f, sum), 1<<20)
-	for i, v := range stored {
-		if bytes.IndexByte(v, '\n') >= 0 {
-			f.Close()
-			os.Remove(tmp)
-			return Segment{}, fmt.Errorf("audit archive: record %d holds a newline", first+uint64(i))
-		}
-		if i%SegmentStride == 0 {
-			seg.Offsets = append(seg.Offsets, seg.Size)
-		}
-		w.Write(v)
-		w.WriteByte('\n')
-		seg.Size += int64(len(v)) + 1
+	sw := &SegmentWriter{dir: dir, tmp: tmp, f: f, sum: sha256.New(), seg: Segment{First: first}}
+	sw.w = bufio.NewWriterSize(io.MultiWriter(f, sw.sum), segmentBuffer)
+	return sw, nil
+}
+
+// Add appends the stored bytes of the segment's next record. A record
+// holding a newline is refused (the segment's records are one per line);
+// so is one past MaxSegmentRecords.
+func (sw *SegmentWriter) Add(v []byte) error {
+	seq := sw.seg.First + sw.n
+	if bytes.IndexByte(v, '\n') >= 0 {
+		return fmt.Errorf("audit archive: record %d holds a newline", seq)
 	}
-	err = w.Flush()
+	if sw.n >= MaxSegmentRecords {
+		return fmt.Errorf("audit archive: record %d is past the %d records of a segment", seq, MaxSegmentRecords)
+	}
+	if sw.n%SegmentStride == 0 {
+		sw.seg.Offsets = append(sw.seg.Offsets, sw.seg.Size)
+	}
+	// Write errors stay in the bufio.Writer and come out of Seal's Flush.
+	sw.w.Write(v)
+	sw.w.WriteByte('\n')
+	sw.seg.Size += int64(len(v)) + 1
+	sw.n++
+	return nil
+}
+
+// Len is the number of records added.
+func (sw *SegmentWriter) Len() int { return int(sw.n) }
+
+// Seal makes the segment durable under its final name and returns it;
+// lastHash is the hex hash of its last record. An empty segment is
+// refused. After Seal, or its error, the writer is done (the temporary
+// file is removed on error).
+func (sw *SegmentWriter) Seal(lastHash string) (Segment, error) {
+	if sw.n == 0 {
+		sw.Abort()
+		return Segment{}, errors.New("audit archive: an empty segment")
+	}
+	seg := sw.seg
+	seg.Last, seg.LastHash = seg.First+sw.n-1, lastHash
+	seg.Name = fmt.Sprintf("%020d-%020d.jsonl", seg.First, seg.Last)
+	path := filepath.Join(sw.dir, seg.Name)
+	err := sw.w.Flush()
 	if err == nil {
-		err = f.Sync()
+		err = sw.f.Sync()
 	}
-	if cerr := f.Close(); err == nil {
+	if cerr := sw.f.Close(); err == nil {
 		err = cerr
 	}
 	if err == nil {
-		err = os.Chmod(tmp, 0o400)
+		err = os.Chmod(sw.tmp, 0o400)
 	}
 	if err == nil {
-		err = os.Rename(tmp, path)
+		err = os.Rename(sw.tmp, path)
 	}
 	if err == nil {
-		err = syncDir(dir)
+		err = syncDir(sw.dir)
 	}
 	if err != nil {
-		os.Remove(tmp)
+		os.Remove(sw.tmp)
 		return Segment{}, fmt.Errorf("audit archive: write %s: %w", seg.Name, err)
 	}
-	seg.SHA256 = hex.EncodeToString(sum.Sum(nil))
+	seg.SHA256 = hex.EncodeToString(sw.sum.Sum(nil))
 	return seg, nil
+}
+
+// Abort closes and removes what was written.
+func (sw *SegmentWriter) Abort() {
+	sw.f.Close()
+	os.Remove(sw.tmp)
 }
 
 func syncDir(dir string) error {

@@ -55,3 +55,46 @@ func TestSegmentWriteAndScan(t *testing.T) {
 		t.Error("a record holding a newline was written")
 	}
 }
+
+// A SegmentWriter refuses more than MaxSegmentRecords and an empty seal,
+// and leaves nothing behind when aborted or refused.
+func TestSegmentWriterBounds(t *testing.T) {
+	dir := t.TempDir()
+	sw, err := NewSegmentWriter(dir, 7)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range MaxSegmentRecords {
+		if err := sw.Add([]byte(fmt.Sprintf(`{"seq":%d}`, 7+i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := sw.Add([]byte(`{}`)); err == nil || sw.Len() != MaxSegmentRecords {
+		t.Fatalf("record %d of a segment: %v, Len %d; want a refusal", MaxSegmentRecords+1, err, sw.Len())
+	}
+	seg, err := sw.Seal("h")
+	if err != nil || seg.Last != 7+MaxSegmentRecords-1 || len(seg.Offsets) != MaxSegmentRecords/SegmentStride {
+		t.Fatalf("Seal = %+v, %v", seg.Last, err)
+	}
+	n := 0
+	if err := ScanSegment(dir, seg, 0, func(uint64, []byte) bool { n++; return true }); err != nil || n != MaxSegmentRecords {
+		t.Errorf("whole scan: %d records, %v", n, err)
+	}
+
+	empty, err := NewSegmentWriter(dir, 1<<40)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := empty.Seal("h"); err == nil {
+		t.Error("an empty segment was sealed")
+	}
+	aborted, err := NewSegmentWriter(dir, 1<<41)
+	if err != nil {
+		t.Fatal(err)
+	}
+	aborted.Add([]byte(`{}`))
+	aborted.Abort()
+	if files, _ := os.ReadDir(dir); len(files) != 1 || files[0].Name() != seg.Name {
+		t.Errorf("archive directory holds %v, want only %s", files, seg.Name)
+	}
+}
