@@ -81,7 +81,7 @@ func TestMapsAreEncodingJSONs(t *testing.T) {
 	anys := []map[string]any{
 		nil, {},
 		{"access_token": "eyJ.x.y", "token_type": "Bearer", "expires_at": "2026-11-30T01:02:03Z", "scope": "a b"},
-		{"n": 1, "f": 1.5, "big": float64(1 << 60), "neg": -0.0, "b": true, "nil": nil, "list": []any{"x", 2, map[string]any{"z": "<"}},
+		{"n": 1, "f": 1.5, "big": float64(1 << 60), "neg": math.Copysign(0, -1), "b": true, "nil": nil, "list": []any{"x", 2, map[string]any{"z": "<"}},
 			"nested": map[string]any{"b": "2", "a": []string{"&"}}, "bytes": []byte("raw"), "time": time.Unix(1, 5).UTC(),
 			"raw": json.RawMessage(`{"kept":true}`)},
 	}
