@@ -7,6 +7,7 @@ import (
 	"math"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -68,5 +69,43 @@ func TestCredentialThatCannotBeEncoded(t *testing.T) {
 	}
 	if rec.Header().Get("Location") != "" {
 		t.Errorf("Location %q on a failed answer", rec.Header().Get("Location"))
+	}
+}
+
+// TestCredentialResponseAppendJSONCoversEveryField: appendJSON writes
+// every field of credentialResponse as encoding/json does, each set and
+// unset, found by reflection, so a field added to the response (and set
+// by writeCredential) but not to appendJSON fails here rather than
+// vanishing from the 201 body. TestCredentialResponseJSON builds its
+// expected response field by field and cannot see such a field.
+func TestCredentialResponseAppendJSONCoversEveryField(t *testing.T) {
+	typ := reflect.TypeFor[credentialResponse]()
+	for set := range 1 << typ.NumField() {
+		var c credentialResponse
+		v := reflect.ValueOf(&c).Elem()
+		for i := range typ.NumField() {
+			if set&(1<<i) == 0 {
+				continue
+			}
+			switch f := v.Field(i); {
+			case f.Type() == reflect.TypeFor[time.Time]():
+				f.Set(reflect.ValueOf(time.Date(2026, 11, 30, 1, 2, 3, 4, time.FixedZone("x", 3600))))
+			case f.Kind() == reflect.String:
+				f.SetString("<" + typ.Field(i).Name + "\u2028>")
+			case f.Kind() == reflect.Bool:
+				f.SetBool(true)
+			case f.Type() == reflect.TypeFor[map[string]any]():
+				f.Set(reflect.ValueOf(map[string]any{"token": "t&k", "ttl": 300, "list": []any{"a", nil}}))
+			default:
+				t.Fatalf("credentialResponse.%s is a %s: teach this test and appendJSON about it", typ.Field(i).Name, f.Type())
+			}
+		}
+		want, err := json.Marshal(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, err := c.appendJSON(nil); err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("fields %b set:\n got %s, %v\nwant %s", set, got, err, want)
+		}
 	}
 }

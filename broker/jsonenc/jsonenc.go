@@ -1,8 +1,9 @@
 // Package jsonenc appends JSON values to a byte slice, byte for byte as
 // encoding/json's Marshal writes them (RFC 8259 text, HTML-safe escaping,
 // invalid UTF-8 replaced by U+FFFD, map keys sorted, times in RFC 3339 with
-// sub-second precision), without reflection or allocation. It is for the
-// few types on the mint path that are encoded once per request, where
+// sub-second precision), without reflection or allocation beyond the
+// slice's growth (Map hands values other than strings to encoding/json,
+// with both). It is for the few types on the mint path that are encoded once per request, where
 // encoding/json's reflection over maps costs more than the rest of the
 // encoding; those types' tests compare every output with encoding/json's.
 package jsonenc

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 )
@@ -87,8 +88,9 @@ const segmentBuffer = 256 << 10
 // final name; Abort removes what was written. The records go to a
 // temporary file, synced, made read-only and renamed into place, then
 // the directory is synced, so that the segment is durable and whole
-// before the engine records it. A file of the same name left by an
-// interrupted pass is replaced.
+// before the engine records it. A file of the same name, or a temporary
+// file of a segment from the same record, left by an interrupted pass is
+// replaced.
 type SegmentWriter struct {
 	dir string
 	tmp string
@@ -106,7 +108,14 @@ func NewSegmentWriter(dir string, first uint64) (*SegmentWriter, error) {
 		return nil, fmt.Errorf("audit archive: %w", err)
 	}
 	tmp := filepath.Join(dir, fmt.Sprintf("%020d.jsonl.tmp", first))
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	// A pass that stopped (a crash) left this file if it got no further
+	// than this segment: removed, not reopened, as one that stopped
+	// between Seal's chmod and rename is read-only, and a process that is
+	// not root cannot open it for writing.
+	if err := os.Remove(tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("audit archive: %w", err)
+	}
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("audit archive: %w", err)
 	}

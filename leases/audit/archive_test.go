@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -96,5 +97,52 @@ func TestSegmentWriterBounds(t *testing.T) {
 	aborted.Abort()
 	if files, _ := os.ReadDir(dir); len(files) != 1 || files[0].Name() != seg.Name {
 		t.Errorf("archive directory holds %v, want only %s", files, seg.Name)
+	}
+}
+
+// A pass that stopped while writing a segment (a crash, a kill) leaves its
+// temporary file, named after the segment's first record; the next pass
+// starts the segment from that record again and must not trip on it. A
+// file left between the seal's chmod and its rename is read-only: a
+// process not running as root (valet's Dockerfile, systemd unit and
+// manifests all run it as an unprivileged user) cannot open it for
+// writing, so the archive would stop there for good.
+func TestSegmentWriterReplacesALeftoverTemporaryFile(t *testing.T) {
+	var stored [][]byte
+	for i := range 1500 {
+		stored = append(stored, []byte(fmt.Sprintf(`{"seq":%d}`, 5+i)))
+	}
+	for _, tc := range []struct {
+		name string
+		data string
+		mode os.FileMode
+	}{
+		{"half written", `{"seq":5}` + "\n" + `{"se`, 0o600},
+		{"sealed, not renamed", strings.Repeat(`{"seq":"left by the stopped pass"}`+"\n", 2000), 0o400},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			leftover := filepath.Join(dir, fmt.Sprintf("%020d.jsonl.tmp", 5))
+			if err := os.WriteFile(leftover, []byte(tc.data), tc.mode); err != nil {
+				t.Fatal(err)
+			}
+			seg, err := WriteSegment(dir, 5, stored, "h")
+			if err != nil {
+				t.Fatalf("WriteSegment over a leftover temporary file: %v", err)
+			}
+			n := 0
+			if err := ScanSegment(dir, seg, 0, func(seq uint64, v []byte) bool {
+				if want := fmt.Sprintf(`{"seq":%d}`, seq); string(v) != want {
+					t.Errorf("record %d reads %s", seq, v)
+				}
+				n++
+				return true
+			}); err != nil || n != len(stored) {
+				t.Errorf("whole scan: %d records, %v; want %d", n, err, len(stored))
+			}
+			if files, _ := os.ReadDir(dir); len(files) != 1 || files[0].Name() != seg.Name {
+				t.Errorf("archive directory holds %v, want only %s", files, seg.Name)
+			}
+		})
 	}
 }
