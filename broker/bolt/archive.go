@@ -123,6 +123,16 @@ func (s *Store) ArchiveAudit(ctx context.Context, before time.Time) (audit.Archi
 	if err := s.deleteArchived(ctx); err != nil {
 		return res, err
 	}
+	// A pass that stopped between sealing a segment and recording it left
+	// the file: the records are archived again below, perhaps cut
+	// elsewhere, so the file goes.
+	var through uint64
+	if err := s.db.View(func(tx *bbolt.Tx) (err error) { through, err = archivedThrough(tx); return err }); err != nil {
+		return res, err
+	}
+	if _, err := audit.RemoveUnrecorded(s.archiveDir, through); err != nil {
+		return res, err
+	}
 	for ctx.Err() == nil {
 		seg, through, err := s.writeSegment(before)
 		res.Through = through

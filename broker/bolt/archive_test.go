@@ -8,6 +8,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -275,6 +276,49 @@ func TestArchiveInterrupted(t *testing.T) {
 		}
 		if res, err := s.ArchiveAudit(ctx, a0.Add(100*time.Second)); err != nil || res.Records != 100 {
 			t.Fatalf("ArchiveAudit = %+v, %v", res, err)
+		}
+		if res, err := s.VerifyAudit(ctx); err != nil || !res.OK || res.Records != 3000 {
+			t.Errorf("VerifyAudit = %+v, %v", res, err)
+		}
+	})
+	t.Run("written, not recorded, cut elsewhere", func(t *testing.T) {
+		// The stopped pass sealed records 1–150 (and left temporary files
+		// of two more segments); the next pass archives 1–100, a segment
+		// of another name. What was never recorded goes, so no file
+		// holds the same records as a recorded one; other files stay.
+		s := archiveStore(t, 3000)
+		var stored [][]byte
+		for _, r := range listAll(t, s, audit.Filter{Limit: 1000})[:150] {
+			b, _ := json.Marshal(r)
+			stored = append(stored, b)
+		}
+		orphan, err := audit.WriteSegment(s.archiveDir, 1, stored, "x")
+		if err != nil {
+			t.Fatal(err)
+		}
+		left := []string{
+			fmt.Sprintf("%020d.jsonl.tmp", 151),
+			fmt.Sprintf("%020d-%020d.jsonl.tmp", 151, 300),
+		}
+		kept := []string{"README", fmt.Sprintf("%020d.jsonl", 1)}
+		for _, name := range append(left, kept...) {
+			if err := os.WriteFile(filepath.Join(s.archiveDir, name), []byte("x"), 0o400); err != nil {
+				t.Fatal(err)
+			}
+		}
+		res, err := s.ArchiveAudit(ctx, a0.Add(100*time.Second))
+		if err != nil || res.Records != 100 || res.Segments != 1 {
+			t.Fatalf("ArchiveAudit = %+v, %v", res, err)
+		}
+		var names []string
+		entries, _ := os.ReadDir(s.archiveDir)
+		for _, e := range entries {
+			names = append(names, e.Name())
+		}
+		want := append([]string{fmt.Sprintf("%020d-%020d.jsonl", 1, 100)}, kept...)
+		slices.Sort(want)
+		if !slices.Equal(names, want) {
+			t.Errorf("archive directory holds %v, want %v (%s removed)", names, want, orphan.Name)
 		}
 		if res, err := s.VerifyAudit(ctx); err != nil || !res.OK || res.Records != 3000 {
 			t.Errorf("VerifyAudit = %+v, %v", res, err)

@@ -12,6 +12,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 )
 
 // The audit archive keeps the records older than the database's hot
@@ -190,6 +192,71 @@ func (sw *SegmentWriter) Seal(lastHash string) (Segment, error) {
 func (sw *SegmentWriter) Abort() {
 	sw.f.Close()
 	os.Remove(sw.tmp)
+}
+
+// RemoveUnrecorded removes from dir what archive passes that stopped
+// before their engine recorded a segment left behind: segment files and
+// temporary files whose first record is after through, the last record
+// the engine's archive holds. Recorded segments all end at or before
+// through, so none is touched, nor is any file whose name is not a
+// segment's. A sealed segment the engine never recorded would otherwise
+// stay beside the segment that later holds the same records, under
+// another name. It returns the names removed.
+func RemoveUnrecorded(dir string, through uint64) ([]string, error) {
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("audit archive: %w", err)
+	}
+	var removed []string
+	for _, e := range entries {
+		first, ok := segmentFileFirst(e.Name())
+		if !ok || first <= through {
+			continue
+		}
+		if err := os.Remove(filepath.Join(dir, e.Name())); err != nil {
+			return removed, fmt.Errorf("audit archive: %w", err)
+		}
+		removed = append(removed, e.Name())
+	}
+	if len(removed) > 0 {
+		if err := syncDir(dir); err != nil {
+			return removed, fmt.Errorf("audit archive: %w", err)
+		}
+	}
+	return removed, nil
+}
+
+// segmentFileFirst returns the first record of a file named as a segment
+// (first-last.jsonl) or a segment's temporary file (first.jsonl.tmp, or
+// first-last.jsonl.tmp as older versions named it), each number 20
+// digits.
+func segmentFileFirst(name string) (uint64, bool) {
+	digits := func(s string) bool {
+		if len(s) != 20 {
+			return false
+		}
+		for _, c := range []byte(s) {
+			if c < '0' || c > '9' {
+				return false
+			}
+		}
+		return true
+	}
+	base, ok := strings.CutSuffix(name, ".jsonl.tmp")
+	if !ok {
+		if base, ok = strings.CutSuffix(name, ".jsonl"); !ok {
+			return 0, false
+		}
+	}
+	first, last, two := strings.Cut(base, "-")
+	if !digits(first) || two && !digits(last) || !two && !strings.HasSuffix(name, ".tmp") {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(first, 10, 64)
+	return n, err == nil
 }
 
 func syncDir(dir string) error {

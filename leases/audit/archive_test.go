@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -144,5 +145,35 @@ func TestSegmentWriterReplacesALeftoverTemporaryFile(t *testing.T) {
 				t.Errorf("archive directory holds %v, want only %s", files, seg.Name)
 			}
 		})
+	}
+}
+
+// RemoveUnrecorded removes only segment and temporary files that begin
+// after the recorded end, never a recorded segment or a file that is not
+// a segment's.
+func TestRemoveUnrecorded(t *testing.T) {
+	dir := t.TempDir()
+	name := func(first, last uint64) string { return fmt.Sprintf("%020d-%020d.jsonl", first, last) }
+	recorded := []string{name(1, 100), name(101, 200), fmt.Sprintf("%020d.jsonl.tmp", 200)}
+	others := []string{"README", "notes.jsonl", fmt.Sprintf("%020d.jsonl", 500), "x" + name(300, 400), name(300, 400) + ".bak"}
+	unrecorded := []string{name(201, 260), fmt.Sprintf("%020d.jsonl.tmp", 201), name(201, 300) + ".tmp"}
+	for _, n := range slices.Concat(recorded, others, unrecorded) {
+		if err := os.WriteFile(filepath.Join(dir, n), []byte("x"), 0o400); err != nil {
+			t.Fatal(err)
+		}
+	}
+	removed, err := RemoveUnrecorded(dir, 200)
+	slices.Sort(removed)
+	slices.Sort(unrecorded)
+	if err != nil || !slices.Equal(removed, unrecorded) {
+		t.Fatalf("RemoveUnrecorded = %v, %v; want %v", removed, err, unrecorded)
+	}
+	for _, n := range slices.Concat(recorded, others) {
+		if _, err := os.Stat(filepath.Join(dir, n)); err != nil {
+			t.Errorf("%s: %v, want it kept", n, err)
+		}
+	}
+	if removed, err := RemoveUnrecorded(filepath.Join(dir, "none"), 0); err != nil || len(removed) != 0 {
+		t.Errorf("a missing directory: %v, %v", removed, err)
 	}
 }
