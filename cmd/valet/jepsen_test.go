@@ -387,7 +387,12 @@ func TestJepsenReplicas(t *testing.T) {
 	waitFor(t, "a replica leads", func() bool { return c.leader() >= 0 })
 
 	stop := make(chan struct{})
+	stopAgents := sync.OnceFunc(func() { close(stop) })
 	var agents sync.WaitGroup
+	// A fault that fails the test (t.Fatal) returns through here: the
+	// agents stop before the test ends, so none reports a failure after
+	// it (which panics the test binary and hides the first failure).
+	defer func() { stopAgents(); agents.Wait() }()
 	var failures atomic.Int64
 	fail := func(format string, args ...any) {
 		failures.Add(1)
@@ -495,7 +500,7 @@ func TestJepsenReplicas(t *testing.T) {
 	hold()
 	c.start(leader)
 	hold()
-	close(stop)
+	stopAgents()
 	agents.Wait()
 	// The longest wait of an agent for an answer (retrying on the other
 	// replicas) among the requests under way during each fault.
