@@ -8,12 +8,15 @@
 package etcdtest
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/url"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -60,7 +63,31 @@ func StartProxied(dir string, n int) (*Cluster, error) {
 	return start(dir, n, true)
 }
 
+// start starts the cluster, again on other ports when a member found its
+// port taken: freeAddr's port is free when it returns, but another test's
+// listener or outgoing connection (the kernel hands out the same range)
+// can take it before the member binds it.
 func start(dir string, n int, proxied bool) (*Cluster, error) {
+	for attempt := 1; ; attempt++ {
+		c, err := startOnce(dir, n, proxied)
+		if err == nil || attempt == 5 || !portTaken(err) {
+			return c, err
+		}
+		for i := range n {
+			if err := os.RemoveAll(filepath.Join(dir, fmt.Sprintf("m%d", i))); err != nil {
+				return nil, err
+			}
+		}
+	}
+}
+
+// portTaken reports whether err is a listener's "address already in
+// use" (embed may not wrap the system call's error).
+func portTaken(err error) bool {
+	return errors.Is(err, syscall.EADDRINUSE) || strings.Contains(err.Error(), "address already in use")
+}
+
+func startOnce(dir string, n int, proxied bool) (*Cluster, error) {
 	c := &Cluster{dir: dir}
 	if proxied {
 		c.peers = &peerNet{cut: map[string]bool{}}
@@ -87,11 +114,18 @@ func start(dir string, n int, proxied bool) (*Cluster, error) {
 	for _, m := range c.members {
 		go func() { errs <- c.start(m, "new") }()
 	}
+	// Every member's start ends (started or failed) before a failure
+	// stops those that started: none is left starting in a directory
+	// that a new attempt reuses.
+	var first error
 	for range n {
-		if err := <-errs; err != nil {
-			c.Stop()
-			return nil, err
+		if err := <-errs; err != nil && first == nil {
+			first = err
 		}
+	}
+	if first != nil {
+		c.Stop()
+		return nil, first
 	}
 	return c, nil
 }
@@ -108,7 +142,9 @@ func StartT(tb testing.TB) *Cluster {
 	return c
 }
 
-func freeAddr() string {
+// freeAddr returns a loopback address whose port is free now (a
+// variable, so a test can hand out a taken one).
+var freeAddr = func() string {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		panic(err)
