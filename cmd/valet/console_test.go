@@ -22,6 +22,7 @@ import (
 	"github.com/valet-broker/valet/backends"
 	"github.com/valet-broker/valet/backends/backendtest"
 	"github.com/valet-broker/valet/backends/builtin"
+	"github.com/valet-broker/valet/backends/vault/vaulttest"
 	"github.com/valet-broker/valet/broker"
 	"github.com/valet-broker/valet/leases/config"
 )
@@ -58,12 +59,7 @@ func startConsole(t *testing.T) *testEnv {
 func startConsoleWith(t *testing.T, edit func(*testEnv)) *testEnv {
 	t.Helper()
 	e := newTestEnv(t)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
+	addr := fmt.Sprintf("127.0.0.1:%d", vaulttest.FreePort(t))
 	e.Config.Listen, e.Config.PublicURL = addr, "http://"+addr
 	e.Config.Console.Disabled = false
 	e.Config.Backends = append(e.Config.Backends, backends.Config{Name: "stubborn", Type: stubbornType})

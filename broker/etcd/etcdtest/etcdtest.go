@@ -22,6 +22,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
+
+	"github.com/valet-broker/valet/broker/freeport"
 )
 
 // Cluster is a running cluster of embedded members.
@@ -142,15 +144,15 @@ func StartT(tb testing.TB) *Cluster {
 	return c
 }
 
-// freeAddr returns a loopback address whose port is free now (a
-// variable, so a test can hand out a taken one).
+// freeAddr returns a loopback address whose port is free now, below the
+// kernel's ephemeral range (broker/freeport); a variable, so a test can
+// hand out a taken one.
 var freeAddr = func() string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := freeport.Addr()
 	if err != nil {
 		panic(err)
 	}
-	defer l.Close()
-	return l.Addr().String()
+	return addr
 }
 
 func (c *Cluster) start(m *Member, state string) error {
