@@ -151,6 +151,11 @@ func Map(b []byte, m map[string]any) ([]byte, error) {
 	return append(b, '}'), nil
 }
 
+// StringMap and Map repeat their object loop rather than share one that
+// takes the value's encoder as a function: a buffer handed to a function
+// value escapes, and Lease.Encode's stack buffer went to the heap with it
+// (472 → 675 ns, 1 → 2 allocations per lease).
+
 // sortedKeys appends m's keys to keys and sorts them in byte order, as
 // encoding/json orders them. Maps on the mint path have a handful of keys:
 // callers pass a small array's slice, which stays on their stack.
