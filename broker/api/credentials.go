@@ -144,11 +144,8 @@ func (s *Server) writeCredential(w http.ResponseWriter, r *http.Request, res *br
 		return
 	}
 	*buf = body
-	h := w.Header()
-	h.Set("Location", "/v1/leases/"+res.Lease.ID)
-	h.Set("Content-Type", "application/json")
-	h.Set("Cache-Control", "no-store")
-	w.WriteHeader(http.StatusCreated)
+	w.Header().Set("Location", "/v1/leases/"+res.Lease.ID)
+	writeJSONHeader(w, http.StatusCreated)
 	_, _ = w.Write(append(body, '\n'))
 }
 

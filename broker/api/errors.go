@@ -123,6 +123,13 @@ func writeProblem(w http.ResponseWriter, p Problem) {
 // the content type is application/json and responses are not cached (they
 // may carry credentials).
 func writeJSON(w http.ResponseWriter, status int, v any) {
+	writeJSONHeader(w, status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// writeJSONHeader writes status with writeJSON's headers, for a handler
+// that writes the JSON body itself.
+func writeJSONHeader(w http.ResponseWriter, status int) {
 	h := w.Header()
 	if h.Get("Content-Type") == "" {
 		h.Set("Content-Type", "application/json")
@@ -131,5 +138,4 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 		h.Set("Cache-Control", "no-store")
 	}
 	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(v)
 }
