@@ -18,37 +18,36 @@ import (
 	"strings"
 )
 
-// Addr returns "127.0.0.1:port" for a port that is free now, drawn below
-// the ephemeral range; after 100 taken ports it falls back to one the
-// kernel picks. The error is the kernel's when no port can be bound.
-func Addr() (string, error) {
+// Port returns a loopback port that is free now, drawn below the
+// ephemeral range; after 100 taken ports it falls back to one the kernel
+// picks. The error is the kernel's when no port can be bound.
+func Port() (int, error) {
 	lo, hi := 10000, ephemeralStart()
 	for range 100 {
 		if hi <= lo {
 			break
 		}
-		addr := "127.0.0.1:" + strconv.Itoa(lo+rand.IntN(hi-lo))
-		if l, err := net.Listen("tcp", addr); err == nil {
+		port := lo + rand.IntN(hi-lo)
+		if l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port)); err == nil {
 			l.Close()
-			return addr, nil
+			return port, nil
 		}
 	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return "", fmt.Errorf("freeport: %w", err)
+		return 0, fmt.Errorf("freeport: %w", err)
 	}
 	defer l.Close()
-	return l.Addr().String(), nil
+	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
-// Port is Addr's port.
-func Port() (int, error) {
-	addr, err := Addr()
+// Addr is Port as "127.0.0.1:port".
+func Addr() (string, error) {
+	port, err := Port()
 	if err != nil {
-		return 0, err
+		return "", err
 	}
-	_, p, _ := net.SplitHostPort(addr)
-	return strconv.Atoi(p)
+	return "127.0.0.1:" + strconv.Itoa(port), nil
 }
 
 // ephemeralStart is the first port of the kernel's ephemeral range

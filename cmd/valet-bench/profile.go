@@ -3,12 +3,13 @@ package main
 import (
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"sync"
 	"time"
+
+	"github.com/valet-broker/valet/broker/freeport"
 )
 
 // profiler fetches profiles of the valet server under load: a CPU profile
@@ -20,12 +21,12 @@ type profiler struct {
 }
 
 // freeAddr picks a free loopback port (a server's pprof listener, an
-// etcd member's client and peer URLs).
+// etcd member's client and peer URLs) below the kernel's ephemeral range,
+// so that none of the load's connections takes it before the bind.
 func freeAddr() string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := freeport.Addr()
 	must(err)
-	defer l.Close()
-	return l.Addr().String()
+	return addr
 }
 
 // during starts a CPU profile and an allocation profile of s covering d;
