@@ -1,7 +1,10 @@
 package api
 
 import (
+	"encoding/json"
+	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -140,13 +143,29 @@ func (s *Server) writeCredential(w http.ResponseWriter, r *http.Request, res *br
 	defer putResponseBuf(buf)
 	body, err := out.appendJSON((*buf)[:0])
 	if err != nil {
-		s.Error(w, r, broker.Errorf(broker.EINTERNAL, "encode the credential of lease %s: %v", res.Lease.ID, err))
+		// encoding/json's error can quote the value (a credential's
+		// part): the keys and types say what failed, never the values.
+		s.Error(w, r, broker.Errorf(broker.EINTERNAL, "the credential of lease %s cannot be encoded as JSON: %s",
+			res.Lease.ID, strings.Join(unencodable(res.Credential), ", ")))
 		return
 	}
 	*buf = body
 	w.Header().Set("Location", "/v1/leases/"+res.Lease.ID)
 	writeJSONHeader(w, http.StatusCreated)
 	_, _ = w.Write(append(body, '\n'))
+}
+
+// unencodable names the credential's values that encoding/json refuses,
+// as "key (Go type)", keys sorted; a value's content is never named.
+func unencodable(cred map[string]any) []string {
+	var out []string
+	for k, v := range cred {
+		if _, err := json.Marshal(v); err != nil {
+			out = append(out, fmt.Sprintf("%q (%T)", k, v))
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 // appendJSON appends the response as encoding/json's Marshal writes it

@@ -57,12 +57,18 @@ func TestCredentialResponseJSON(t *testing.T) {
 // a 500 problem naming the lease, not a 201 with a cut body.
 func TestCredentialThatCannotBeEncoded(t *testing.T) {
 	rec := httptest.NewRecorder()
-	res := &broker.MintResult{Lease: &leases.Lease{ID: "l9", ExpiresAt: time.Now()}, Credential: map[string]any{"x": math.Inf(1)}}
+	res := &broker.MintResult{Lease: &leases.Lease{ID: "l9", ExpiresAt: time.Now()},
+		Credential: map[string]any{"password": "s3cr3t-value", "ttl": math.Inf(1)}}
 	var logs bytes.Buffer
 	srv := &Server{log: slog.New(slog.NewJSONHandler(&logs, nil))}
 	srv.writeCredential(rec, httptest.NewRequest("POST", "/v1/credentials", nil), res)
-	if !strings.Contains(logs.String(), "l9") {
-		t.Errorf("the error log does not name the lease: %s", logs.String())
+	if !strings.Contains(logs.String(), "l9") || !strings.Contains(logs.String(), `\"ttl\" (float64)`) {
+		t.Errorf("the error log does not name the lease and the value that failed: %s", logs.String())
+	}
+	for _, secret := range []string{"s3cr3t-value", "Inf"} {
+		if strings.Contains(logs.String()+rec.Body.String(), secret) {
+			t.Errorf("a credential's value (%s) reached the log or the answer: %s %s", secret, logs.String(), rec.Body)
+		}
 	}
 	if rec.Code != http.StatusInternalServerError || rec.Header().Get("Content-Type") != "application/problem+json" {
 		t.Fatalf("%d %q %s", rec.Code, rec.Header().Get("Content-Type"), rec.Body)
