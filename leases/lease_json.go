@@ -4,7 +4,7 @@ import (
 	"bytes"
 	"strconv"
 
-	"github.com/valet-broker/valet/broker/jsonenc"
+	"github.com/valet-broker/valet/leases/jsonenc"
 )
 
 // Encode returns the lease's JSON, as AppendJSON writes it, in a slice of

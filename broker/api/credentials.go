@@ -14,8 +14,8 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/valet-broker/valet/broker"
-	"github.com/valet-broker/valet/broker/jsonenc"
 	"github.com/valet-broker/valet/leases/config"
+	"github.com/valet-broker/valet/leases/jsonenc"
 )
 
 func (s *Server) registerCredentialRoutes(r chi.Router) {

@@ -9,7 +9,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/valet-broker/valet/broker/freeport"
+	"github.com/valet-broker/valet/backends/freeport"
 )
 
 // profiler fetches profiles of the valet server under load: a CPU profile

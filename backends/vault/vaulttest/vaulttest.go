@@ -23,7 +23,7 @@ import (
 
 	"github.com/hashicorp/vault/api"
 
-	"github.com/valet-broker/valet/broker/freeport"
+	"github.com/valet-broker/valet/backends/freeport"
 )
 
 // TB is the part of testing.TB the helpers use, so that benchmarks and
@@ -73,7 +73,7 @@ func moduleRoot() (string, error) {
 
 // FreePort returns a loopback port that was free a moment ago, below the
 // kernel's ephemeral range so that no outgoing connection takes it before
-// the server binds it (broker/freeport).
+// the server binds it (backends/freeport).
 func FreePort(tb TB) int {
 	tb.Helper()
 	p, err := freeport.Port()

@@ -23,7 +23,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 
-	"github.com/valet-broker/valet/broker/freeport"
+	"github.com/valet-broker/valet/backends/freeport"
 )
 
 // Cluster is a running cluster of embedded members.
@@ -145,7 +145,7 @@ func StartT(tb testing.TB) *Cluster {
 }
 
 // freeAddr returns a loopback address whose port is free now, below the
-// kernel's ephemeral range (broker/freeport); a variable, so a test can
+// kernel's ephemeral range (backends/freeport); a variable, so a test can
 // hand out a taken one.
 var freeAddr = func() string {
 	addr, err := freeport.Addr()
